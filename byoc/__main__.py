@@ -1,0 +1,3 @@
+from byoc.cli import main
+
+main()

@@ -1,0 +1,178 @@
+"""What every cloud offers byoc: its instance types, regions, placement and key formats.
+
+One subclass per cloud (aws.py, gcp.py); nothing outside this folder asks which cloud it is. Cloud objects hold no
+state: they read the catalogs and answer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_catalog
+from byoc.errors import ByocError
+from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a deployment runs, and why there."""
+
+    cloud: str
+    requested_region: str
+    region: str
+    mega_region: str | None
+    instance_type: str
+    instance_gpus: int
+    replicas_per_node: int
+    reason: str
+
+
+class Cloud(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    key_pattern: ClassVar[re.Pattern[str]]
+    key_example: ClassVar[str]
+
+    @property
+    def catalog(self) -> Catalog:
+        return load_catalog()
+
+    @property
+    def instance_types(self) -> Mapping[str, InstanceType]:
+        return self.catalog.instances[self.name]
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self.catalog.regions(self.name)
+
+    def offerings(self, region: str) -> frozenset[str]:
+        return self.catalog.offerings[self.name].get(region, frozenset())
+
+    # -- shapes ------------------------------------------------------------------------------------------------
+    def max_gpus(self, gpu: str) -> int:
+        return max((t.gpus for t in self.instance_types.values() if t.gpu == gpu), default=0)
+
+    def instance_candidates(self, shape: DeploymentShape) -> list[InstanceType]:
+        """Instance types that can hold one replica, best first: fewest GPUs that suffice, then cheapest."""
+        fitting = [t for t in self.instance_types.values() if t.gpu == shape.gpu.id and t.gpus >= shape.count]
+        return sorted(fitting, key=lambda t: (t.gpus, t.hourly_usd, t.name))
+
+    def check_shape(self, shape: DeploymentShape) -> None:
+        most = self.max_gpus(shape.gpu.id)
+        if most == 0:
+            offered = sorted({t.gpu for t in self.instance_types.values()})
+            raise ByocError(
+                "shape",
+                f"{self.title} has no instance type with {shape.gpu.name} GPUs",
+                f"use one of the GPUs {', '.join(offered)} on {self.name}, or another cloud",
+            )
+        if shape.count > most:
+            fewer = max(c for c in GPU_COUNTS if c <= most)
+            raise ByocError(
+                "shape",
+                f"{shape.name} needs {shape.count} GPUs in one instance; {self.title}'s largest "
+                f"{shape.gpu.name} instance has {most}",
+                f"try {shape_name(shape.gpu.id, fewer, shape.precision)}",
+            )
+
+    # -- regions -----------------------------------------------------------------------------------------------
+    def regions_offering(self, shape: DeploymentShape, regions: Iterable[str] | None = None) -> list[str]:
+        names = {t.name for t in self.instance_candidates(shape)}
+        return [r for r in (regions or self.regions) if self.offerings(r) & names]
+
+    def _unknown_region(self, region: str) -> ByocError:
+        for other in CLOUDS:
+            if other != self.name and region in load_catalog().offerings[other]:
+                return ByocError(
+                    "region",
+                    f"{region} is a {other} region, not a {self.name} one",
+                    f"use --cloud {other}, or a {self.name} region such as {self.regions[0]}",
+                )
+        close = difflib.get_close_matches(region, list(self.regions) + list(MEGA_REGIONS), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"use {', '.join(MEGA_REGIONS)} or a {self.name} region"
+        return ByocError("region", f"unknown {self.name} region {region!r}", hint)
+
+    def place(self, requested: str, shape: DeploymentShape) -> Placement:
+        """Pick the concrete region and instance type for a shape; a mega-region takes its first region that can."""
+        self.check_shape(shape)
+        candidates = self.instance_candidates(shape)
+        mega = requested.upper() if requested.upper() in MEGA_REGIONS else None
+        if mega:
+            members = self.regions if mega == "GLOBAL" else self.catalog.mega_regions[self.name][mega]
+            offering = self.regions_offering(shape, members)
+            if not offering:
+                elsewhere = self.regions_offering(shape)
+                hint = (
+                    f"use region GLOBAL or one of {', '.join(elsewhere[:4])}"
+                    if elsewhere
+                    else f"no {self.name} region offers it; try another shape (`byoc shapes`)"
+                )
+                raise ByocError("region", f"no {mega} region of {self.name} offers {shape.gpu.name} instances", hint)
+            region = offering[0]
+            skipped = members[: members.index(region)]
+            reason = f"first {mega} region offering {shape.gpu.name} ({self._names(candidates)})"
+            if skipped:
+                reason += f"; {', '.join(skipped)} do not"
+        else:
+            region = requested
+            if region not in self.regions:
+                raise self._unknown_region(region)
+            if not self.regions_offering(shape, [region]):
+                mega_of = self.catalog.mega_region_of(self.name, region)
+                nearby = self.regions_offering(shape, self.catalog.mega_regions[self.name].get(mega_of or "", ()))
+                alternatives = nearby or self.regions_offering(shape)
+                raise ByocError(
+                    "region",
+                    f"{region} does not offer {shape.gpu.name} instances ({self._names(candidates)})",
+                    f"use {' or '.join(alternatives[:3])}" if alternatives else "try another shape (`byoc shapes`)",
+                )
+            reason = f"{region} was asked for and offers {shape.gpu.name}"
+        chosen = next(t for t in candidates if t.name in self.offerings(region))
+        return Placement(
+            cloud=self.name,
+            requested_region=requested,
+            region=region,
+            mega_region=self.catalog.mega_region_of(self.name, region),
+            instance_type=chosen.name,
+            instance_gpus=chosen.gpus,
+            replicas_per_node=chosen.gpus // shape.count,
+            reason=reason,
+        )
+
+    @staticmethod
+    def _names(types: list[InstanceType]) -> str:
+        return ", ".join(t.name for t in types)
+
+    # -- keys --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def key_region(self, key: str) -> str | None:
+        """The region a customer-managed key lives in, from its id."""
+
+    def check_kms_key(self, key: str, region: str) -> None:
+        if key == "create":
+            return
+        if not self.key_pattern.match(key):
+            raise ByocError(
+                "encryption.kms_key",
+                f"{key!r} is not a {self.title} key id",
+                f"use `create`, or a key like {self.key_example}",
+            )
+        key_region = self.key_region(key)
+        if key_region != region:
+            raise ByocError(
+                "encryption.kms_key",
+                f"the key lives in {key_region} but the deployment is placed in {region}; keys are regional",
+                f"use a key in {region}, or `create`",
+            )
+
+    # -- live data ---------------------------------------------------------------------------------------------
+    def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
+        """Ask the cloud which of our instance types each region offers (an error string where it could not)."""
+        raise ByocError(
+            "--refresh", f"{self.title} offerings come from the offline table only", "drop --refresh"
+        )

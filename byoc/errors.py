@@ -1,0 +1,32 @@
+"""The one error type users see.
+
+A `ByocError` names the field at fault, says what is wrong and how to fix it. The CLI prints it as one message and
+exits 2 (invalid input) or 1 (a failure while running); it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ByocError(Exception):
+    """Invalid input: exit 2."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str, hint: str = "") -> None:
+        self.field = field
+        self.message = message
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {"field": self.field, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+
+
+class ByocFailure(ByocError):
+    """Something failed while running (a server gone, access denied): exit 1."""
+
+    exit_code = 1

@@ -1,0 +1,232 @@
+"""Memory fit, throughput and cost of a model on a deployment shape.
+
+Memory follows how trtllm-serve (PyTorch backend) spends a GPU: the weights load first, the runtime keeps a reserve
+for its context, workspaces and activations, and the KV cache takes `kv_cache_fraction` of what is left
+(`--kv_cache_free_gpu_memory_fraction`).
+
+Throughput is an analytical roofline: prefill is compute-bound, decode reads the weights and the KV cache once per
+step and is bandwidth-bound until the batch is large enough to be compute-bound. Its efficiency factors were fitted
+to NVIDIA's published TensorRT-LLM throughput tables (byoc/catalogs/benchmarks.yaml); docs/estimates.md explains the
+model and `python scripts/calibrate_planner.py` re-fits and prints the error on every published point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from byoc.catalogs import ModelArch
+from byoc.rules import DeploymentShape
+
+GIB = 1024**3
+
+# Bytes per weight at each precision. NVFP4 stores 4-bit values plus one FP8 scale per 16 values (ModelOpt NVFP4,
+# block size 16). ModelOpt leaves the embedding and LM head in BF16 (its default configs disable "*lm_head*").
+WEIGHT_BYTES: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1 / 16}
+KV_BYTES: dict[str, float] = {"bf16": 2.0, "fp8": 1.0}
+
+# Memory trtllm-serve keeps per GPU besides weights and KV cache: CUDA context, cuBLAS/NCCL workspaces, CUDA graphs
+# and activation buffers for max_num_tokens 8192. byoc's estimate; trtllm-serve measures the real free memory at
+# start-up, so a shape at the edge may hold a little more or less KV cache than planned.
+RUNTIME_RESERVE_BYTES_PER_GPU = int(2.5 * GIB)
+
+# --- fitted to NVIDIA's published TensorRT-LLM numbers (see docs/estimates.md) ----------------------------------
+BANDWIDTH_EFFICIENCY = 0.80  # share of datasheet HBM bandwidth a decode step achieves
+DECODE_COMPUTE_EFFICIENCY = 0.40  # share of dense tensor TFLOPS in large-batch decode
+PREFILL_COMPUTE_EFFICIENCY = 0.60  # share of dense tensor TFLOPS in prefill
+STEP_OVERHEAD_S = 0.008  # fixed cost of one scheduler iteration (Python scheduler, sampling, launch)
+# NVFP4 GEMMs reach a smaller share of their (twice as high) peak than FP8 and BF16 ones.
+PRECISION_COMPUTE_EFFICIENCY: dict[str, float] = {"bf16": 1.0, "fp8": 1.0, "fp4": 0.6}
+MAX_BATCH_SIZE = 2048  # trtllm-bench's largest CUDA-graph batch in the published runs
+# Tensor-parallel scaling: all-reduce after every attention and MLP block costs more over PCIe than NVLink.
+TP_EFFICIENCY: dict[str, dict[int, float]] = {
+    "nvlink": {1: 1.0, 2: 0.90, 4: 0.82, 8: 0.74},  # 2 fitted; 4 and 8 extrapolated
+    "pcie": {1: 1.0, 2: 0.80, 4: 0.65, 8: 0.50},
+}
+
+DEFAULT_INPUT_TOKENS = 1000
+DEFAULT_OUTPUT_TOKENS = 1000
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    gpu_memory_bytes: int
+    weight_bytes: int
+    runtime_reserve_bytes: int
+    kv_cache_bytes: int
+    kv_cache_dtype: str
+    kv_bytes_per_token: int
+    kv_capacity_tokens: int
+    max_context: int
+    concurrent_sequences: int
+    fits: bool
+
+    @property
+    def shortfall_bytes(self) -> int:
+        """KV bytes missing for one max-context sequence (0 when it fits)."""
+        return max(0, self.kv_bytes_per_token * self.max_context - self.kv_cache_bytes)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "gpu_memory_gib": round(self.gpu_memory_bytes / GIB, 2),
+            "weights_gib": round(self.weight_bytes / GIB, 2),
+            "runtime_reserve_gib": round(self.runtime_reserve_bytes / GIB, 2),
+            "kv_cache_gib": round(self.kv_cache_bytes / GIB, 2),
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+            "max_context": self.max_context,
+            "concurrent_sequences_at_max_context": self.concurrent_sequences,
+            "fits": self.fits,
+        }
+
+
+def weight_bytes(model: ModelArch, precision: str) -> int:
+    quantized = model.params - model.embedding_params
+    return int(quantized * WEIGHT_BYTES[precision] + model.embedding_params * WEIGHT_BYTES["bf16"])
+
+
+def plan_memory(model: ModelArch, shape: DeploymentShape, kv_cache_fraction: float, max_context: int) -> MemoryPlan:
+    total = shape.memory_bytes
+    weights = weight_bytes(model, shape.precision)
+    reserve = RUNTIME_RESERVE_BYTES_PER_GPU * shape.count
+    free = max(0, total - weights - reserve)
+    kv_cache = int(free * kv_cache_fraction)
+    per_token = model.kv_bytes_per_token(KV_BYTES[shape.kv_cache_dtype])
+    capacity = kv_cache // per_token
+    return MemoryPlan(
+        gpu_memory_bytes=total,
+        weight_bytes=weights,
+        runtime_reserve_bytes=reserve,
+        kv_cache_bytes=kv_cache,
+        kv_cache_dtype=shape.kv_cache_dtype,
+        kv_bytes_per_token=per_token,
+        kv_capacity_tokens=capacity,
+        max_context=max_context,
+        concurrent_sequences=capacity // max_context,
+        fits=capacity >= max_context,
+    )
+
+
+def longest_context_that_fits(memory: MemoryPlan) -> int:
+    """The largest max_context one sequence can have in this KV cache, rounded down to 1024 tokens."""
+    return (memory.kv_capacity_tokens // 1024) * 1024
+
+
+@dataclass(frozen=True)
+class ThroughputEstimate:
+    input_tokens: int
+    output_tokens: int
+    batch_size: int
+    output_tokens_per_s: float
+    requests_per_s: float
+    decode_step_s: float
+    prefill_s_per_request: float
+    bound: Literal["memory-bandwidth", "compute", "prefill"]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "batch_size": self.batch_size,
+            "output_tokens_per_s": round(self.output_tokens_per_s, 1),
+            "requests_per_s": round(self.requests_per_s, 3),
+            "decode_step_ms": round(self.decode_step_s * 1000, 2),
+            "prefill_ms_per_request": round(self.prefill_s_per_request * 1000, 2),
+            "bound": self.bound,
+        }
+
+
+def _expert_share_read(model: ModelArch, batch: int) -> float:
+    """Share of a MoE layer's experts a decode step touches: each token picks k of E experts."""
+    if model.num_experts <= 1:
+        return 1.0
+    untouched = (1 - model.experts_per_token / model.num_experts) ** batch
+    return 1 - untouched
+
+
+def estimate_throughput(
+    model: ModelArch,
+    shape: DeploymentShape,
+    memory: MemoryPlan,
+    input_tokens: int = DEFAULT_INPUT_TOKENS,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+) -> ThroughputEstimate:
+    """Output tokens/s of one replica at saturation (an offline, infinite-rate load like trtllm-bench throughput)."""
+    gpu = shape.gpu
+    tp = TP_EFFICIENCY[gpu.interconnect][shape.count]
+    bandwidth = gpu.bandwidth_tbs * 1e12 * shape.count * BANDWIDTH_EFFICIENCY * tp
+    peak = gpu.tflops[shape.precision] * 1e12 * shape.count * tp * PRECISION_COMPUTE_EFFICIENCY[shape.precision]
+    sequence = input_tokens + output_tokens
+    # trtllm's default scheduler (GUARANTEED_NO_EVICT) admits a request only with KV blocks for its whole sequence.
+    batch = max(1, min(MAX_BATCH_SIZE, memory.kv_capacity_tokens // sequence))
+    attention_width = model.num_layers * model.num_heads * model.head_dim
+
+    # Prefill: 2 FLOPs per parameter per token plus causal attention over the prompt.
+    prefill_flops = 2 * model.active_params * input_tokens + 2 * attention_width * input_tokens**2
+    prefill_s = prefill_flops / (peak * PREFILL_COMPUTE_EFFICIENCY)
+
+    # Decode: one step reads the weights (the experts the batch touches) and every sequence's KV cache.
+    expert_weights = (model.params - model.active_params) * WEIGHT_BYTES[shape.precision]
+    dense_weights = weight_bytes(model, shape.precision) - expert_weights
+    context = input_tokens + output_tokens / 2
+    bytes_read = dense_weights + expert_weights * _expert_share_read(model, batch)
+    bytes_read += batch * context * memory.kv_bytes_per_token
+    flops = batch * (2 * model.active_params + 4 * attention_width * context)
+    memory_s = bytes_read / bandwidth
+    compute_s = flops / (peak * DECODE_COMPUTE_EFFICIENCY)
+    step_s = max(memory_s, compute_s) + STEP_OVERHEAD_S
+
+    # A batch of B sequences turns over in `output_tokens` steps plus B prefills interleaved between them.
+    decode_total = output_tokens * step_s
+    prefill_total = batch * prefill_s
+    tokens_per_s = batch * output_tokens / (decode_total + prefill_total)
+    if prefill_total > decode_total:
+        bound: Literal["memory-bandwidth", "compute", "prefill"] = "prefill"
+    else:
+        bound = "compute" if compute_s > memory_s else "memory-bandwidth"
+    return ThroughputEstimate(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        batch_size=batch,
+        output_tokens_per_s=tokens_per_s,
+        requests_per_s=tokens_per_s / output_tokens,
+        decode_step_s=step_s,
+        prefill_s_per_request=prefill_s,
+        bound=bound,
+    )
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    gpu_hourly_usd: float
+    replica_hourly_usd: float
+    cost_per_million_output_tokens: float
+    price_source: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "gpu_hourly_usd": round(self.gpu_hourly_usd, 4),
+            "replica_hourly_usd": round(self.replica_hourly_usd, 4),
+            "cost_per_million_output_tokens": round(self.cost_per_million_output_tokens, 4),
+            "price_source": self.price_source,
+        }
+
+
+def estimate_cost(
+    gpu_hourly_usd: float, shape: DeploymentShape, throughput: ThroughputEstimate, price_source: str
+) -> CostEstimate:
+    replica_hourly = gpu_hourly_usd * shape.count
+    per_million = replica_hourly / (throughput.output_tokens_per_s * 3600) * 1e6
+    return CostEstimate(
+        gpu_hourly_usd=gpu_hourly_usd,
+        replica_hourly_usd=replica_hourly,
+        cost_per_million_output_tokens=per_million,
+        price_source=price_source,
+    )
+
+
+def default_concurrency_target(throughput: ThroughputEstimate) -> int:
+    """Concurrent requests per replica to scale on: half the saturation batch keeps latency near its floor."""
+    return max(1, min(256, math.floor(throughput.batch_size / 2)))

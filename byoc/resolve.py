@@ -1,0 +1,297 @@
+"""resolve(spec) -> Deployment: placement, shape, instance type, model architecture and estimates, computed once.
+
+Every command goes through `resolve`; stacks, runtime and compliance read the Deployment and never re-derive
+placement or shape rules.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from byoc import __version__, planner, rules
+from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
+from byoc.clouds import Placement, get_cloud
+from byoc.errors import ByocError
+from byoc.spec import Addon, Compliance, Encryption, LoadTarget, Network, Spec, Speculative
+
+
+@dataclass(frozen=True)
+class ResolvedAutoscaling:
+    min_replicas: int
+    max_replicas: int
+    scale_up_window_s: int
+    scale_down_window_s: int
+    scale_to_zero_window_s: int | None
+    load_target: LoadTarget
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "scale_up_window_s": self.scale_up_window_s,
+            "scale_down_window_s": self.scale_down_window_s,
+            "scale_to_zero_window_s": self.scale_to_zero_window_s,
+            "load_target": self.load_target.model_dump(),
+        }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything derived from a Spec; the one object the stacks, runtime and compliance read."""
+
+    spec: Spec
+    placement: Placement
+    shape: rules.DeploymentShape
+    model: ModelArch
+    model_source: str
+    model_revision: str | None
+    max_context: int
+    memory: planner.MemoryPlan
+    throughput: planner.ThroughputEstimate
+    cost: planner.CostEstimate
+    autoscaling: ResolvedAutoscaling
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cloud(self) -> str:
+        return self.spec.cloud
+
+    @property
+    def region(self) -> str:
+        return self.placement.region
+
+    @property
+    def addons(self) -> list[Addon]:
+        return self.spec.addons
+
+    @property
+    def kv_cache_fraction(self) -> float:
+        return self.spec.kv_cache_fraction
+
+    @property
+    def speculative(self) -> Speculative | None:
+        return self.spec.speculative
+
+    @property
+    def network(self) -> Network:
+        return self.spec.network
+
+    @property
+    def encryption(self) -> Encryption:
+        return self.spec.encryption
+
+    @property
+    def compliance(self) -> Compliance:
+        return self.spec.compliance
+
+    def estimates(self) -> dict[str, Any]:
+        return {
+            "memory": self.memory.as_dict(),
+            "throughput": self.throughput.as_dict(),
+            "cost": self.cost.as_dict(),
+        }
+
+    def plan_document(self) -> dict[str, Any]:
+        """The plan.json contract (resources are added by the engine that runs the stacks)."""
+        shape = self.shape
+        return {
+            "byoc_version": __version__,
+            "name": self.name,
+            "cloud": self.cloud,
+            "placement": {
+                "cloud": self.placement.cloud,
+                "requested_region": self.placement.requested_region,
+                "region": self.placement.region,
+                "mega_region": self.placement.mega_region,
+                "instance_type": self.placement.instance_type,
+                "instance_gpus": self.placement.instance_gpus,
+                "replicas_per_node": self.placement.replicas_per_node,
+                "reason": self.placement.reason,
+            },
+            "shape": {
+                "name": shape.name,
+                "gpu": shape.gpu.id,
+                "gpu_name": shape.gpu.name,
+                "gpu_architecture": shape.gpu.architecture,
+                "sm": shape.gpu.sm,
+                "gpu_count": shape.count,
+                "precision": shape.precision,
+                "gpu_memory_gib_each": round(shape.gpu.memory_bytes / planner.GIB, 2),
+            },
+            "model": {
+                "id": self.model.id,
+                "source": self.model_source,
+                "revision": self.model_revision,
+                "architecture": self.model.architecture,
+                "params": self.model.params,
+                "active_params": self.model.active_params,
+                "num_layers": self.model.num_layers,
+                "num_heads": self.model.num_heads,
+                "num_kv_heads": self.model.num_kv_heads,
+                "head_dim": self.model.head_dim,
+                "hidden_size": self.model.hidden_size,
+                "vocab_size": self.model.vocab_size,
+                "max_context": self.model.max_context,
+                "addons": [a.model_dump() for a in self.addons],
+            },
+            "engine": {
+                "backend": "pytorch",
+                "tensor_parallel_size": shape.tensor_parallel_size,
+                "max_seq_len": self.max_context,
+                "kv_cache_free_gpu_memory_fraction": self.kv_cache_fraction,
+                "kv_cache_dtype": shape.kv_cache_dtype,
+                "quantization": None if shape.precision == "bf16" else shape.precision.upper(),
+                "lora": bool(self.addons),
+                "speculative": self.speculative.model_dump() if self.speculative else None,
+            },
+            "autoscaling": self.autoscaling.as_dict(),
+            "network": self.network.model_dump(),
+            "encryption": self.encryption.model_dump(),
+            "compliance": self.compliance.model_dump(),
+            "estimates": self.estimates(),
+        }
+
+
+def resolve_model(spec: Spec) -> tuple[ModelArch, str, str | None]:
+    """The architecture, source URI and revision of the spec's model."""
+    catalog = load_catalog()
+    ref = spec.model
+    model_id = spec.model_id
+    source = None if isinstance(ref, str) else ref.source
+    revision = None if isinstance(ref, str) else ref.revision
+    if source and source.startswith("file://"):
+        path = Path(urlparse(source).path)
+        return model_from_hf_config(model_id, source, path / "config.json"), source, revision
+    known = catalog.models.get(model_id)
+    if known is None:
+        if source:
+            raise ByocError(
+                "model.source",
+                f"{model_id} is not in the catalog and {source} cannot be read at plan time",
+                "use a catalog id, or a file:// copy of the model directory (its config.json is enough)",
+            )
+        close = difflib.get_close_matches(model_id, list(catalog.models), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(catalog.models)}"
+        raise ByocError("model", f"unknown model {model_id!r}", hint + " (or give {id, source: file://...})")
+    return known, source or known.source, revision
+
+
+def _draft_vocab(spec: Spec) -> int | None:
+    if spec.speculative is None:
+        return None
+    draft = spec.speculative.draft_model
+    known = load_catalog().models.get(draft)
+    if known:
+        return known.vocab_size
+    if draft.startswith("file://"):
+        return model_from_hf_config(draft, draft, Path(urlparse(draft).path) / "config.json").vocab_size
+    return None  # a remote draft is checked by the builder, which can read it
+
+
+def _smallest_fitting_shape(spec: Spec, model: ModelArch, max_context: int) -> str | None:
+    """The cheapest catalog shape on the spec's cloud that is valid for the spec and holds the model."""
+    cloud = get_cloud(spec.cloud)
+    best: tuple[float, str] | None = None
+    for shape in catalog_shapes(spec.cloud):
+        if spec.addons and shape.precision != "bf16":
+            continue
+        memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
+        if not memory.fits:
+            continue
+        price = cloud.instance_candidates(shape)[0].gpu_hourly_usd * shape.count
+        if best is None or price < best[0]:
+            best = (price, shape.name)
+    return best[1] if best else None
+
+
+def catalog_shapes(cloud_name: str) -> list[rules.DeploymentShape]:
+    """Every shape a cloud can run: each GPU it offers, at each count it can hold, at each precision it supports."""
+    catalog = load_catalog()
+    cloud = get_cloud(cloud_name)
+    shapes = []
+    for gpu in catalog.gpus.values():
+        for count in rules.GPU_COUNTS:
+            if count > cloud.max_gpus(gpu.id):
+                continue
+            for precision in gpu.tflops:
+                if rules.precision_error(gpu, precision) is None:
+                    shapes.append(rules.parse_shape(rules.shape_name(gpu.id, count, precision)))
+    return shapes
+
+
+def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory: planner.MemoryPlan) -> None:
+    if memory.fits:
+        return
+    gib = planner.GIB
+    needed = memory.kv_bytes_per_token * memory.max_context
+    detail = (
+        f"{model.id} does not fit {shape.name} at max_context {memory.max_context}: weights "
+        f"{memory.weight_bytes / gib:.1f} GiB leave {memory.kv_cache_bytes / gib:.1f} GiB of KV cache "
+        f"(kv_cache_fraction {spec.kv_cache_fraction}), one sequence needs {needed / gib:.1f} GiB"
+    )
+    options = []
+    smallest = _smallest_fitting_shape(spec, model, memory.max_context)
+    if smallest:
+        options.append(f"try {smallest}, the smallest (cheapest) shape that holds it,")
+    longest = planner.longest_context_that_fits(memory)
+    if longest >= 1024:
+        options.append(f"{'or ' if options else ''}set max_context <= {longest}")
+    raise ByocError("shape", detail, " ".join(options) or "no catalog shape holds this model; use a larger cloud GPU")
+
+
+def resolve(spec: Spec) -> Deployment:
+    """Apply every rule to the spec and compute the Deployment, or raise the first ByocError."""
+    rules.check_kv_cache_fraction(spec)
+    rules.check_autoscaling(spec)
+    rules.check_network(spec)
+    shape = rules.parse_shape(spec.shape)
+    rules.check_addons(spec, shape)
+    cloud = get_cloud(spec.cloud)
+    placement = cloud.place(spec.region, shape)
+    cloud.check_kms_key(spec.encryption.kms_key, placement.region)
+    model, source, revision = resolve_model(spec)
+    max_context = spec.max_context or model.max_context
+    rules.check_max_context(max_context, model.max_context, model.id)
+    rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
+    memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
+    check_fit(spec, model, shape, memory)
+    throughput = planner.estimate_throughput(model, shape, memory)
+    instance = cloud.instance_types[placement.instance_type]
+    cost = planner.estimate_cost(
+        instance.gpu_hourly_usd,
+        shape,
+        throughput,
+        f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)",
+    )
+    scaling = spec.autoscaling
+    target = scaling.load_target or LoadTarget(
+        type="concurrent_requests", value=planner.default_concurrency_target(throughput)
+    )
+    autoscaling = ResolvedAutoscaling(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        scale_up_window_s=scaling.scale_up_window,
+        scale_down_window_s=scaling.scale_down_window,
+        scale_to_zero_window_s=scaling.scale_to_zero_window if scaling.min_replicas == 0 else None,
+        load_target=target,
+    )
+    return Deployment(
+        spec=spec,
+        placement=placement,
+        shape=shape,
+        model=model,
+        model_source=source,
+        model_revision=revision,
+        max_context=max_context,
+        memory=memory,
+        throughput=throughput,
+        cost=cost,
+        autoscaling=autoscaling,
+    )

@@ -1,0 +1,350 @@
+"""The deployment spec: what the user wrote in byoc.yaml (and on the command line), validated strictly.
+
+Field descriptions here are the user documentation: `byoc schema` prints them as JSON Schema and docs/spec.md is
+generated from them. Rules that need the catalogs (does this GPU do FP8? does the region offer it?) are not here
+but in `byoc.rules`, reached through `byoc.resolve`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from byoc.errors import ByocError
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SHAPE_PATTERN = re.compile(r"^(?P<gpu>[a-z0-9][a-z0-9-]*?)x(?P<count>[0-9]+)-(?P<precision>[a-z0-9]+)$")
+_DURATION = re.compile(r"^(?P<value>[0-9]+)(?P<unit>s|m|h)?$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
+URI_SCHEMES = ("hf://", "s3://", "gs://", "file://")
+# Names are prefixes of cloud resource names (an S3 bucket name has 63 characters at most, and byoc appends
+# "-artifacts-<account or project suffix>"), so they are shorter than a DNS label may be.
+NAME_MAX = 32
+
+
+def _seconds(value: Any) -> Any:
+    """Durations are written as 30s, 10m, 1h (or plain seconds)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return int(match["value"]) * _UNIT_SECONDS[match["unit"]]
+        raise ValueError(f"{value!r} is not a duration; write it as 30s, 10m or 1h")
+    return value
+
+
+Seconds = Annotated[int, BeforeValidator(_seconds), Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Strict):
+    """A model by id with where its weights come from."""
+
+    id: str = Field(
+        description="Model id: a catalog id (see `byoc shapes`), or any name for a model read from `source`.",
+        min_length=1,
+    )
+    source: str | None = Field(
+        default=None,
+        description="Where the Hugging Face checkpoint lives: hf://org/name, s3://bucket/prefix, gs://bucket/prefix "
+        "or file:///path. A file:// source is read at plan time (its config.json gives the architecture).",
+    )
+    revision: str | None = Field(
+        default=None, description="Revision of the source (a commit hash for hf://); recorded in the build manifest."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(URI_SCHEMES):
+            raise ValueError(f"{value!r} must start with one of {', '.join(URI_SCHEMES)}")
+        return value
+
+
+class Addon(_Strict):
+    """A LoRA adapter served beside the base model; requests select it by `model: <id>`."""
+
+    id: str = Field(description="Addon id, used as the `model` in API requests (a DNS-1123 label).")
+    source: str = Field(description="Where the PEFT adapter lives: hf://, s3://, gs:// or file:// URI.")
+    rank: int = Field(default=16, ge=1, le=512, description="LoRA rank r of the adapter (sizes max_lora_rank).")
+
+    @field_validator("id")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if not DNS_LABEL.match(value) or len(value) > 63:
+            raise ValueError(f"{value!r} must be a DNS-1123 label (lowercase letters, digits, '-')")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(URI_SCHEMES):
+            raise ValueError(f"{value!r} must start with one of {', '.join(URI_SCHEMES)}")
+        return value
+
+
+LoadTargetType = Literal["concurrent_requests", "requests_per_second", "tokens_per_second", "queue_depth"]
+
+
+class LoadTarget(_Strict):
+    """The load one replica should carry; the autoscaler adds replicas above it."""
+
+    type: LoadTargetType = Field(description="What is measured per replica.")
+    value: float = Field(gt=0, description="Target value per replica.")
+
+
+class Autoscaling(_Strict):
+    """Replica bounds and how fast to follow the load. Defaults follow Fireworks' deployments."""
+
+    min_replicas: int = Field(default=0, ge=0, description="Fewest replicas; 0 lets the deployment scale to zero.")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
+    scale_up_window: Seconds = Field(default=30, description="How long load must stay high before adding replicas.")
+    scale_down_window: Seconds = Field(
+        default=600, description="How long load must stay low before removing replicas (10m)."
+    )
+    scale_to_zero_window: Seconds = Field(
+        default=3600, description="How long with no requests before the last replica goes (1h); needs min_replicas 0."
+    )
+    load_target: LoadTarget | None = Field(
+        default=None,
+        description="Load per replica to scale on; default: concurrent requests sized from the shape's KV-cache "
+        "capacity (see `byoc estimate`).",
+    )
+
+
+class Network(_Strict):
+    """The private network byoc creates."""
+
+    cidr: str = Field(default="10.42.0.0/16", description="VPC / VPC network CIDR (a /16 to /20 private range).")
+    endpoint: Literal["private", "allowlist", "public"] = Field(
+        default="private",
+        description="Kubernetes API endpoint: private (VPC only), allowlist (public, limited to allowed_cidrs), or "
+        "public (open; weakens the compliance report).",
+    )
+    allowed_cidrs: list[str] = Field(
+        default_factory=list, description="CIDRs allowed to reach a public API endpoint (endpoint: allowlist)."
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _private_cidr(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
+        if not network.is_private or network.version != 4:
+            raise ValueError(f"{value} is not a private IPv4 range; use e.g. 10.42.0.0/16")
+        if not 16 <= network.prefixlen <= 20:
+            raise ValueError(f"{value} must be a /16 to /20 so that 3 zones get private and public subnets")
+        return value
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                network = ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{value} opens the API to the whole internet; use endpoint: public to mean that")
+        return values
+
+
+class Encryption(_Strict):
+    """Customer-managed keys."""
+
+    kms_key: str = Field(
+        default="create",
+        description="`create` to create customer-managed keys, or an existing key: an AWS KMS key ARN "
+        "(arn:aws:kms:...) or a Cloud KMS key id (projects/.../cryptoKeys/...).",
+    )
+
+
+Framework = Literal["hipaa", "soc2", "iso27001"]
+
+
+class Compliance(_Strict):
+    """Which frameworks the evidence pack maps controls to."""
+
+    frameworks: list[Framework] = Field(
+        default_factory=lambda: ["hipaa", "soc2", "iso27001"], description="Frameworks to report on."
+    )
+
+
+class Speculative(_Strict):
+    """Speculative decoding with a smaller draft model."""
+
+    draft_model: str = Field(description="Catalog id or URI of the draft model (same tokenizer as the target).")
+    max_draft_tokens: int = Field(default=4, ge=1, le=16, description="Tokens the draft proposes per step.")
+
+
+class Spec(_Strict):
+    """A byoc deployment: one model on one shape in one region of one cloud."""
+
+    name: str = Field(
+        default="byoc",
+        description=f"Deployment name: a DNS-1123 label of at most {NAME_MAX} characters; prefixes every resource.",
+    )
+    cloud: Literal["aws", "gcp"] = Field(description="Cloud to deploy into.")
+    region: str = Field(
+        description="A mega-region (GLOBAL, US, EUROPE, APAC: byoc picks the first region in it that offers the "
+        "shape) or a concrete region id of the cloud (eu-west-2, europe-west4)."
+    )
+    model: str | ModelRef = Field(description="Catalog model id, or {id, source, revision}.")
+    shape: str = Field(
+        description="Deployment shape <gpu>x<count>-<precision>: e.g. h100x1-fp8, h200x8-fp8, b200x1-fp4, "
+        "a100x1-bf16, l40sx4-fp8, l4x1-fp8. See `byoc shapes`."
+    )
+    addons: list[Addon] = Field(default_factory=list, description="LoRA addons (BF16 shapes only).")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica bounds and windows.")
+    kv_cache_fraction: float = Field(
+        default=0.9,
+        description="Share of the GPU memory left after the weights that the KV cache takes "
+        "(trtllm-serve --kv_cache_free_gpu_memory_fraction); strictly between 0 and 1.",
+    )
+    max_context: int | None = Field(
+        default=None, ge=1, description="Longest sequence (prompt + output) served; default: the model's own."
+    )
+    speculative: Speculative | None = Field(default=None, description="Speculative decoding, or none.")
+    network: Network = Field(default_factory=Network, description="Private network and API endpoint.")
+    encryption: Encryption = Field(default_factory=Encryption, description="Customer-managed keys.")
+    compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-', from a letter")
+        if len(value) > NAME_MAX:
+            raise ValueError(f"{value!r} has {len(value)} characters; at most {NAME_MAX}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_format(cls, value: str) -> str:
+        if not SHAPE_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not <gpu>x<count>-<precision>, e.g. h100x1-fp8")
+        return value
+
+    @field_validator("addons")
+    @classmethod
+    def _unique_addons(cls, values: list[Addon]) -> list[Addon]:
+        seen: set[str] = set()
+        for addon in values:
+            if addon.id in seen:
+                raise ValueError(f"addon id {addon.id!r} appears twice")
+            seen.add(addon.id)
+        return values
+
+    @property
+    def model_id(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: YAML + flags -> Spec, every problem as one ByocError naming the field.
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("str", "ModelRef", "function-after[_label(), str]") or "[" in str(item):
+            continue  # union branch names pydantic adds to the location
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names allowed where an unknown key was found, for a did-you-mean hint."""
+    current: Any = model
+    for item in loc[:-1]:
+        if isinstance(item, int) or current is None:
+            continue
+        info = current.model_fields.get(item) if isinstance(current, type) else None
+        if info is None:
+            return []
+        annotation = info.annotation
+        args = getattr(annotation, "__args__", (annotation,))
+        current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -> ByocError:
+    """Turn pydantic's first error into one message that names the field and a fix."""
+    first = exc.errors()[0]
+    loc = tuple(first["loc"])
+    field = _field_path(loc) or "spec"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        unknown = str(loc[-1])
+        choices = _known_fields(model, loc)
+        close = difflib.get_close_matches(unknown, choices, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(choices)}"
+        return ByocError(field, f"unknown field {unknown!r}", hint)
+    if kind == "missing":
+        return ByocError(field, "is required", f"add `{loc[-1]}:` to the spec or pass --{loc[-1]}")
+    if kind == "literal_error":
+        expected = first.get("ctx", {}).get("expected", "")
+        return ByocError(field, f"{first['input']!r} is not allowed", f"use one of {expected}")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    hint = {
+        "greater_than_equal": "use a value at or above the minimum",
+        "greater_than": "use a larger value",
+        "less_than_equal": "use a value at or below the maximum",
+        "int_parsing": "write a whole number",
+        "float_parsing": "write a number",
+    }.get(kind, "see `byoc schema` for the allowed values")
+    return ByocError(field, message, hint)
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ByocError("-f", f"{path} does not exist", "pass the path of a byoc.yaml (see examples/)") from None
+    except OSError as exc:
+        raise ByocError("-f", f"cannot read {path}: {exc.strerror}", "check the path and its permissions") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ByocError("-f", f"{path} is not valid YAML{where}", "fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ByocError("-f", f"{path} must hold a mapping of spec keys", "see examples/byoc.yaml")
+    return data
+
+
+def build_spec(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Spec:
+    """Merge flags over the file's keys (flags win) and validate."""
+    merged = dict(data)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    try:
+        return Spec.model_validate(merged)
+    except ValidationError as exc:
+        raise error_from_validation(exc) from None
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Spec:
+    data = load_spec_file(path) if path is not None else {}
+    return build_spec(data, overrides)

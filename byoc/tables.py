@@ -1,0 +1,139 @@
+"""The rows `byoc shapes`, `byoc regions` and `byoc estimate` print, as plain dicts (JSON and tables alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from byoc import planner, rules
+from byoc.catalogs import load_catalog
+from byoc.clouds import get_cloud
+from byoc.errors import ByocError
+from byoc.resolve import catalog_shapes
+from byoc.spec import ModelRef, Spec
+
+
+def _model(model_id: str) -> Any:
+    model = load_catalog().models.get(model_id)
+    if model is None:
+        from byoc.resolve import resolve_model
+
+        # Reuse resolve's message (did-you-mean) for an unknown id.
+        spec = Spec.model_construct(model=ModelRef(id=model_id))
+        return resolve_model(spec)[0]
+    return model
+
+
+def estimate_row(
+    cloud_name: str,
+    model_id: str,
+    shape_text: str,
+    input_tokens: int,
+    output_tokens: int,
+    kv_cache_fraction: float,
+    max_context: int | None,
+    price_per_gpu_hour: float | None,
+) -> dict[str, Any]:
+    if not 0 < kv_cache_fraction < 1:
+        raise ByocError("--kv-cache-fraction", f"{kv_cache_fraction} is not strictly between 0 and 1", "use 0.9")
+    model = _model(model_id)
+    shape = rules.parse_shape(shape_text, "--shape")
+    cloud = get_cloud(cloud_name)
+    cloud.check_shape(shape)
+    context = max_context or model.max_context
+    rules.check_max_context(context, model.max_context, model.id)
+    memory = planner.plan_memory(model, shape, kv_cache_fraction, context)
+    throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
+    instance = cloud.instance_candidates(shape)[0]
+    if price_per_gpu_hour is None:
+        price, source = instance.gpu_hourly_usd, f"{cloud.title} on-demand list price of {instance.name}"
+    else:
+        price, source = price_per_gpu_hour, "--price-per-gpu-hour"
+    cost = planner.estimate_cost(price, shape, throughput, source)
+    return {
+        "model": model.id,
+        "shape": shape.name,
+        "cloud": cloud_name,
+        "instance_type": instance.name,
+        "fits": memory.fits,
+        "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
+        "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
+        "memory": memory.as_dict(),
+        "throughput": throughput.as_dict(),
+        "cost": cost.as_dict(),
+    }
+
+
+def shape_rows(
+    clouds: list[str], model_id: str | None, max_context: int | None, input_tokens: int, output_tokens: int
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    model = _model(model_id) if model_id else None
+    for cloud_name in clouds:
+        cloud = get_cloud(cloud_name)
+        for shape in catalog_shapes(cloud_name):
+            instance = cloud.instance_candidates(shape)[0]
+            row: dict[str, Any] = {
+                "cloud": cloud_name,
+                "shape": shape.name,
+                "gpu": shape.gpu.id,
+                "gpu_name": shape.gpu.name,
+                "gpu_count": shape.count,
+                "precision": shape.precision,
+                "gpu_memory_gib": round(shape.memory_bytes / planner.GIB, 1),
+                "instance_type": instance.name,
+                "replica_hourly_usd": round(instance.gpu_hourly_usd * shape.count, 4),
+                "regions": len(cloud.regions_offering(shape)),
+            }
+            if model is not None:
+                context = min(max_context or model.max_context, model.max_context)
+                memory = planner.plan_memory(model, shape, 0.9, context)
+                if not memory.fits:
+                    continue
+                throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
+                cost = planner.estimate_cost(instance.gpu_hourly_usd, shape, throughput, instance.name)
+                row |= {
+                    "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
+                    "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
+                    "kv_capacity_tokens": memory.kv_capacity_tokens,
+                    "max_context": context,
+                }
+            rows.append(row)
+    if model is not None:
+        rows.sort(key=lambda r: r["cost_per_million_output_tokens"])
+    return rows
+
+
+def region_rows(clouds: list[str], refresh: bool) -> list[dict[str, Any]]:
+    catalog = load_catalog()
+    rows: list[dict[str, Any]] = []
+    for cloud_name in clouds:
+        cloud = get_cloud(cloud_name)
+        live = cloud.live_offerings(cloud.regions) if refresh else {}
+        for region in cloud.regions:
+            offered = cloud.offerings(region)
+            gpus = sorted({cloud.instance_types[t].gpu for t in offered})
+            row: dict[str, Any] = {
+                "cloud": cloud_name,
+                "region": region,
+                "mega_region": catalog.mega_region_of(cloud_name, region),
+                "gpus": gpus,
+                "instance_types": sorted(offered),
+            }
+            if refresh:
+                seen = live.get(region)
+                if isinstance(seen, str):
+                    row["live"] = {"error": seen, "summary": f"not checked: {seen}"}
+                else:
+                    live_types = seen or frozenset()
+                    added, missing = sorted(live_types - offered), sorted(offered - live_types)
+                    summary = "same" if not (added or missing) else (
+                        " ".join([f"+{t}" for t in added] + [f"-{t}" for t in missing])
+                    )
+                    row["live"] = {
+                        "instance_types": sorted(live_types),
+                        "not_in_table": added,
+                        "not_offered_live": missing,
+                        "summary": summary,
+                    }
+            rows.append(row)
+    return rows

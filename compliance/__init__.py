@@ -1,0 +1,1 @@
+"""Control catalogs, checks over the resource graph and the live account, and report writers."""

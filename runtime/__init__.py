@@ -1,0 +1,1 @@
+"""What runs inside the cluster: model build (runtime.build) and serving (runtime.serve)."""

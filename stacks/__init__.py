@@ -1,0 +1,1 @@
+"""Pulumi programs (ComponentResources) for each cloud and for the Kubernetes serving workloads."""
