@@ -190,15 +190,16 @@ def shapes(
     else:
         _table(
             "Deployment shapes",
-            ["cloud", "shape", "GPU", "memory GiB", "instance", "$/h per replica"],
+            ["cloud", "shape", "GPU", "memory GiB", "instance", "$/h per replica", "regions"],
             [
                 [
                     r["cloud"],
                     r["shape"],
-                    r["gpu_name"],
+                    r["gpu"],
                     f"{r['gpu_memory_gib']:.0f}",
                     r["instance_type"],
                     f"{r['replica_hourly_usd']:.2f}",
+                    str(r["regions"]),
                 ]
                 for r in rows
             ],

@@ -84,12 +84,10 @@ def parse_shape(text: str, field: str = "shape") -> DeploymentShape:
 
 
 def _same_gpu_or_better(gpu: Gpu, count: int, precision: str) -> str:
-    """A working alternative: the same GPU at a precision it has, or a GPU that has the precision."""
-    options = [shape_name(gpu.id, count, p) for p in ("fp8", "bf16") if precision_error(gpu, p) is None]
-    better = {"fp8": "h100", "fp4": "b200"}.get(precision)
-    if better:
-        options.append(shape_name(better, count, precision))
-    return " or ".join(options[:2])
+    """Two working alternatives: the same GPU at the best precision it has, or a GPU that has the precision."""
+    same = next(shape_name(gpu.id, count, p) for p in ("fp8", "bf16") if precision_error(gpu, p) is None)
+    better = {"fp8": "h100", "fp4": "b200"}[precision]
+    return f"{same} or {shape_name(better, count, precision)}"
 
 
 def check_addons(spec: Spec, shape: DeploymentShape) -> None:

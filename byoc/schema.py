@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from byoc.spec import Spec
@@ -28,13 +29,19 @@ def _type_of(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     return str(prop.get("type", "any"))
 
 
+def _referenced(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = prop.get("$ref")
+    return dict(defs[ref.split("/")[-1]]) if ref else {}
+
+
 def _rows(model: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
     required = set(model.get("required", []))
     lines: list[str] = []
     nested: list[tuple[str, dict[str, Any]]] = []
     for name, prop in model.get("properties", {}).items():
-        default = "required" if name in required else f"`{prop['default']}`" if "default" in prop else ""
-        description = prop.get("description", "").replace("|", "\\|")
+        default = "required" if name in required else f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
+        description = prop.get("description") or _referenced(prop, defs).get("description", "")
+        description = description.replace("|", "\\|")
         lines.append(f"| `{prefix}{name}` | {_type_of(prop, defs)} | {default} | {description} |")
         refs = [prop] + prop.get("anyOf", []) + [prop.get("items", {})]
         for ref in refs:

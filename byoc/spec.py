@@ -42,6 +42,7 @@ def _seconds(value: Any) -> Any:
     return value
 
 
+# In the schema a duration is its number of seconds; YAML may say 30s, 10m or 1h.
 Seconds = Annotated[int, BeforeValidator(_seconds), Field(ge=0)]
 
 
@@ -110,7 +111,7 @@ class Autoscaling(_Strict):
 
     min_replicas: int = Field(default=0, ge=0, description="Fewest replicas; 0 lets the deployment scale to zero.")
     max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
-    scale_up_window: Seconds = Field(default=30, description="How long load must stay high before adding replicas.")
+    scale_up_window: Seconds = Field(default=30, description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h).")
     scale_down_window: Seconds = Field(
         default=600, description="How long load must stay low before removing replicas (10m)."
     )
@@ -287,7 +288,11 @@ def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
 
 def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -> ByocError:
     """Turn pydantic's first error into one message that names the field and a fix."""
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # For a union (model: str | ModelRef) pydantic reports each branch; the deepest location is the branch the
+    # user meant (a mapping given for `model` fails inside ModelRef, not as "not a string").
+    top = errors[0]["loc"][:1]
+    first = max((e for e in errors if e["loc"][:1] == top), key=lambda e: len(e["loc"]))
     loc = tuple(first["loc"])
     field = _field_path(loc) or "spec"
     kind = first["type"]

@@ -7,7 +7,7 @@ from typing import Any
 from byoc import planner, rules
 from byoc.catalogs import load_catalog
 from byoc.clouds import get_cloud
-from byoc.errors import ByocError
+from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import catalog_shapes
 from byoc.spec import ModelRef, Spec
 
@@ -109,6 +109,9 @@ def region_rows(clouds: list[str], refresh: bool) -> list[dict[str, Any]]:
     for cloud_name in clouds:
         cloud = get_cloud(cloud_name)
         live = cloud.live_offerings(cloud.regions) if refresh else {}
+        if live and all(isinstance(seen, str) for seen in live.values()):
+            first = next(iter(live.values()))
+            raise ByocFailure("--refresh", f"{cloud.title} answered no region: {first}", "check the credentials' rights")
         for region in cloud.regions:
             offered = cloud.offerings(region)
             gpus = sorted({cloud.instance_types[t].gpu for t in offered})

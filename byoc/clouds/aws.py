@@ -26,12 +26,20 @@ class Aws(Cloud):
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
         """EC2 DescribeInstanceTypeOfferings per region (AWS_ENDPOINT_URL and the usual credential chain apply)."""
         import boto3
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.config import Config
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         wanted = sorted(self.instance_types)
+        config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
         result: dict[str, frozenset[str] | str] = {}
         for region in regions:
-            client: EC2Client = boto3.client("ec2", region_name=region)
+            client: EC2Client = boto3.client("ec2", region_name=region, config=config)
             try:
                 offered: set[str] = set()
                 pages = client.get_paginator("describe_instance_type_offerings").paginate(
@@ -45,6 +53,11 @@ class Aws(Cloud):
                     "--refresh",
                     "no AWS credentials found",
                     "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or drop --refresh",
+                ) from None
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                # The endpoint is down or unreachable: every other region would wait out the same timeouts.
+                raise ByocFailure(
+                    "--refresh", f"cannot reach the EC2 API ({exc})", "check the network or AWS_ENDPOINT_URL"
                 ) from None
             except ClientError as exc:
                 error = exc.response.get("Error", {})

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine with Python >= 3.11, then run every check:
+# ruff (lint + format), mypy (strict on byoc/) and pytest (unit + integration against real local servers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+# Debian packages: Prometheus (promtool and a real server for the metrics tests).
+if ! command -v promtool >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
+fi
+
+# torch first, pinned: this is the CPU wheel on these machines; anything asking for a newer torch would pull
+# several GB of CUDA.
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
+
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m mypy
+python3 -m pytest "$@"

@@ -1,0 +1,212 @@
+"""The CLI as users and CI run it: a real subprocess, exit codes, files written (or not), JSON out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from byoc.catalogs import load_catalog
+from byoc.cli import app
+from tests.conftest import EXAMPLES, ROOT
+
+runner = CliRunner()
+
+
+def byoc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "byoc", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_help() -> None:
+    result = byoc("--help")
+    assert result.returncode == 0
+    for command in ("validate", "plan", "estimate", "shapes", "regions", "schema"):
+        assert command in result.stdout
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from byoc.cli import app; "
+        "CliRunner().invoke(app, ['--help']); "
+        "print(sorted(m for m in ('boto3', 'pulumi', 'torch', 'byoc.resolve') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_plan_places_in_an_eu_region_that_offers_p5(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = byoc(
+        "plan", "--cloud", "aws", "--region", "EUROPE", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8",
+        "--out", str(out), "--output", "json",
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    plan = json.loads((out / "plan.json").read_text())
+    assert printed["placement"] == plan["placement"]
+    placement = plan["placement"]
+    catalog = load_catalog()
+    assert placement["region"] in catalog.mega_regions["aws"]["EUROPE"]
+    assert placement["instance_type"].startswith("p5")
+    assert placement["instance_type"] in catalog.offerings["aws"][placement["region"]]
+    assert {"placement", "shape", "model", "engine", "estimates"} <= set(plan)
+    assert plan["shape"]["name"] == "h100x1-fp8"
+    assert plan["engine"]["tensor_parallel_size"] == 1
+    assert plan["estimates"]["memory"]["fits"] is True
+
+
+def test_plan_from_the_example_spec(tmp_path: Path) -> None:
+    result = byoc("plan", "-f", "examples/byoc.yaml", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "eu-west-2" in result.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["name"] == "demo"
+
+
+def test_invalid_input_exits_2_with_one_message_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = byoc(
+        "plan", "--cloud", "aws", "--region", "EUROPE", "--model", "llama-3.1-8b-instruct", "--shape", "a100x1-fp8",
+        "--out", str(out),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: shape: a100x1-fp8")
+    assert "a100x1-bf16" in lines[0]
+    assert not out.exists()
+
+
+def test_invalid_input_as_json(tmp_path: Path) -> None:
+    result = byoc(
+        "plan", "--cloud", "aws", "--region", "mars-1", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8",
+        "--out", str(tmp_path / "o"), "--output", "json",
+    )
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["field"] == "region"
+    assert error["exit_code"] == 2
+
+
+def test_a_failed_plan_keeps_the_previous_plan(tmp_path: Path) -> None:
+    assert byoc("plan", "-f", "examples/byoc.yaml", "--out", str(tmp_path)).returncode == 0
+    before = (tmp_path / "plan.json").read_text()
+    result = byoc("plan", "-f", "examples/byoc.yaml", "--shape", "h100x1-fp4", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert (tmp_path / "plan.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_unwritable_out_is_an_input_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = byoc("plan", "-f", "examples/byoc.yaml", "--out", str(blocker / "sub"))
+    assert result.returncode == 2
+    assert "--out" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_validate_accepts_the_examples(path: Path) -> None:
+    result = runner.invoke(app, ["validate", "-f", str(path), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["valid"] is True
+
+
+def test_validate_refuses_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "byoc.yaml"
+    path.write_text((ROOT / "examples" / "lora-bf16.yaml").read_text().replace("h100x1-bf16", "h100x1-fp8"))
+    result = byoc("validate", "-f", str(path))
+    assert result.returncode == 2
+    assert "addons: shape h100x1-fp8 cannot take LoRA addons" in result.stderr
+
+
+def test_estimate_json() -> None:
+    result = byoc(
+        "estimate", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8", "--input-tokens", "1000",
+        "--output-tokens", "1000", "--output", "json",
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"output_tokens_per_s", "memory", "fits", "cost_per_million_output_tokens"} <= set(data)
+    assert data["fits"] is True
+    assert data["memory"]["kv_bytes_per_token"] == 64 * 1024
+    assert 5_000 < data["output_tokens_per_s"] < 30_000
+
+
+def test_estimate_says_when_a_model_does_not_fit() -> None:
+    result = runner.invoke(
+        app, ["estimate", "--model", "llama-3.1-70b-instruct", "--shape", "l4x1-fp8", "--output", "json"]
+    )
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["fits"] is False
+
+
+def test_estimate_with_own_price() -> None:
+    args = ["estimate", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8", "--output", "json"]
+    list_price = json.loads(runner.invoke(app, args).stdout)
+    own = json.loads(runner.invoke(app, [*args, "--price-per-gpu-hour", "3.44"]).stdout)
+    assert own["cost_per_million_output_tokens"] == pytest.approx(
+        list_price["cost_per_million_output_tokens"] / 2, rel=0.01
+    )
+
+
+def test_shapes_for_a_model_rank_by_cost_per_token() -> None:
+    result = runner.invoke(app, ["shapes", "--model", "llama-3.1-70b-instruct", "--cloud", "aws", "--output", "json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)["shapes"]
+    costs = [r["cost_per_million_output_tokens"] for r in rows]
+    assert costs == sorted(costs)
+    names = {r["shape"] for r in rows}
+    assert "h100x1-fp8" not in names  # does not fit at 128K context
+    assert "h100x2-fp8" in names
+
+
+def test_shapes_table_for_people() -> None:
+    result = runner.invoke(app, ["shapes", "--cloud", "gcp"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "a3-highgpu-1g" in result.stdout
+
+
+def test_regions_json() -> None:
+    result = runner.invoke(app, ["regions", "--cloud", "aws", "--output", "json"])
+    rows = {r["region"]: r for r in json.loads(result.stdout)["regions"]}
+    assert "h100" in rows["eu-west-2"]["gpus"]
+    assert rows["eu-west-2"]["mega_region"] == "EUROPE"
+    assert rows["eu-west-1"]["gpus"] == ["a100-40gb"]
+
+
+def test_refresh_is_aws_only() -> None:
+    result = runner.invoke(app, ["regions", "--cloud", "gcp", "--refresh"])
+    assert result.exit_code == 2
+
+
+def test_schema_describes_every_field() -> None:
+    schema = json.loads(runner.invoke(app, ["schema"]).stdout)
+    models = [schema, *schema["$defs"].values()]
+    for model in models:
+        for name, prop in model.get("properties", {}).items():
+            described = prop.get("description") or ("$ref" in prop)
+            assert described, f"{model.get('title')}.{name} has no description"
+
+
+def test_docs_spec_md_is_generated_from_the_schema() -> None:
+    result = runner.invoke(app, ["schema", "--markdown"])
+    assert (ROOT / "docs" / "spec.md").read_text() == result.stdout, "run: make docs"
+
+
+def test_no_args_shows_help() -> None:
+    result = byoc(env={**os.environ})
+    assert "Usage" in result.stdout + result.stderr

@@ -1,0 +1,137 @@
+"""Loading the spec: strict keys, clear field names in errors, flags over the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from byoc.errors import ByocError
+from byoc.spec import build_spec, load_spec
+from tests.conftest import EXAMPLES, spec_data
+
+
+def invalid(data: dict[str, object]) -> ByocError:
+    with pytest.raises(ByocError) as caught:
+        build_spec(data)
+    return caught.value
+
+
+def test_examples_load() -> None:
+    assert len(EXAMPLES) >= 4
+    for path in EXAMPLES:
+        assert load_spec(path).name
+
+
+def test_unknown_top_level_key_suggests_the_right_one() -> None:
+    error = invalid(spec_data(autoscalng={"min_replicas": 0}))
+    assert error.field == "autoscalng"
+    assert "autoscaling" in error.hint
+
+
+def test_unknown_nested_key_names_its_path() -> None:
+    error = invalid(spec_data(autoscaling={"min_replica": 0}))
+    assert error.field == "autoscaling.min_replica"
+    assert "min_replicas" in error.hint
+
+
+def test_missing_required_field_says_how_to_give_it() -> None:
+    data = spec_data()
+    del data["cloud"]
+    error = invalid(data)
+    assert error.field == "cloud"
+    assert "--cloud" in error.hint
+
+
+def test_cloud_must_be_aws_or_gcp() -> None:
+    error = invalid(spec_data(cloud="azure"))
+    assert error.field == "cloud"
+    assert "'aws'" in error.hint and "'gcp'" in error.hint
+
+
+@pytest.mark.parametrize("name", ["Prod", "-prod", "prod_1", "a" * 33, "9lives"])
+def test_name_must_be_a_short_dns_label(name: str) -> None:
+    assert invalid(spec_data(name=name)).field == "name"
+
+
+def test_durations_accept_units() -> None:
+    spec = build_spec(
+        spec_data(autoscaling={"scale_up_window": "45s", "scale_down_window": "15m", "scale_to_zero_window": "2h"})
+    )
+    assert spec.autoscaling.scale_up_window == 45
+    assert spec.autoscaling.scale_down_window == 900
+    assert spec.autoscaling.scale_to_zero_window == 7200
+
+
+def test_defaults_follow_fireworks_windows() -> None:
+    scaling = build_spec(spec_data()).autoscaling
+    assert (scaling.scale_up_window, scaling.scale_down_window, scaling.scale_to_zero_window) == (30, 600, 3600)
+
+
+def test_bad_duration_names_the_field() -> None:
+    error = invalid(spec_data(autoscaling={"scale_down_window": "ten minutes"}))
+    assert error.field == "autoscaling.scale_down_window"
+    assert "10m" in error.message
+
+
+def test_negative_replicas_refused() -> None:
+    error = invalid(spec_data(autoscaling={"min_replicas": -1}))
+    assert error.field == "autoscaling.min_replicas"
+
+
+@pytest.mark.parametrize("shape", ["h100-fp8", "h100x-fp8", "H100x1-FP8", "x1-fp8"])
+def test_shape_format(shape: str) -> None:
+    error = invalid(spec_data(shape=shape))
+    assert error.field == "shape"
+    assert "h100x1-fp8" in error.message
+
+
+@pytest.mark.parametrize("cidr", ["8.8.0.0/16", "10.0.0.0/8", "10.42.0.1/16", "not-a-cidr"])
+def test_network_cidr_is_a_private_16_to_20(cidr: str) -> None:
+    assert invalid(spec_data(network={"cidr": cidr})).field == "network.cidr"
+
+
+def test_allowed_cidrs_refuse_the_whole_internet() -> None:
+    error = invalid(spec_data(network={"endpoint": "allowlist", "allowed_cidrs": ["0.0.0.0/0"]}))
+    assert error.field == "network.allowed_cidrs"
+    assert "endpoint: public" in error.message
+
+
+def test_model_source_scheme() -> None:
+    error = invalid(spec_data(model={"id": "x", "source": "ftp://host/model"}))
+    assert error.field == "model.source"
+
+
+def test_duplicate_addon_ids_refused() -> None:
+    addon = {"id": "tone", "source": "s3://b/tone"}
+    assert invalid(spec_data(addons=[addon, addon])).field == "addons"
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "byoc.yaml"
+    path.write_text("name: fromfile\ncloud: aws\nregion: US\nmodel: llama-3.1-8b-instruct\nshape: h100x1-fp8\n")
+    spec = load_spec(path, {"region": "EUROPE", "shape": "h100x2-fp8", "name": None})
+    assert (spec.name, spec.region, spec.shape) == ("fromfile", "EUROPE", "h100x2-fp8")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "byoc.yaml"
+    path.write_text("name: x\ncloud: [aws\n")
+    with pytest.raises(ByocError) as caught:
+        load_spec(path)
+    assert caught.value.field == "-f"
+    assert "line" in caught.value.message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ByocError) as caught:
+        load_spec(tmp_path / "nope.yaml")
+    assert "does not exist" in caught.value.message
+
+
+def test_file_must_hold_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "byoc.yaml"
+    path.write_text("- cloud: aws\n")
+    with pytest.raises(ByocError) as caught:
+        load_spec(path)
+    assert "mapping" in caught.value.message
