@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,12 +34,12 @@ app = typer.Typer(
 )
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     text = "text"
     json = "json"
 
 
-class CloudName(str, Enum):
+class CloudName(StrEnum):
     aws = "aws"
     gcp = "gcp"
 
@@ -89,7 +89,12 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def _spec(
-    file: Path | None, cloud: CloudName | None, region: str | None, model: str | None, shape: str | None, name: str | None
+    file: Path | None,
+    cloud: CloudName | None,
+    region: str | None,
+    model: str | None,
+    shape: str | None,
+    name: str | None,
 ) -> Spec:
     from byoc.spec import load_spec
 

@@ -16,7 +16,7 @@ from byoc import __version__, planner, rules
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError
-from byoc.spec import Addon, Compliance, Encryption, LoadTarget, Network, Spec, Speculative
+from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Network, Spec, Speculative
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,10 @@ class Deployment:
         }
 
 
-def resolve_model(spec: Spec) -> tuple[ModelArch, str, str | None]:
-    """The architecture, source URI and revision of the spec's model."""
+def resolve_model(ref: str | ModelRef) -> tuple[ModelArch, str, str | None]:
+    """The architecture, source URI and revision of a model (a catalog id, or an id with a source)."""
     catalog = load_catalog()
-    ref = spec.model
-    model_id = spec.model_id
+    model_id = ref if isinstance(ref, str) else ref.id
     source = None if isinstance(ref, str) else ref.source
     revision = None if isinstance(ref, str) else ref.revision
     if source and source.startswith("file://"):
@@ -256,7 +255,7 @@ def resolve(spec: Spec) -> Deployment:
     cloud = get_cloud(spec.cloud)
     placement = cloud.place(spec.region, shape)
     cloud.check_kms_key(spec.encryption.kms_key, placement.region)
-    model, source, revision = resolve_model(spec)
+    model, source, revision = resolve_model(spec.model)
     max_context = spec.max_context or model.max_context
     rules.check_max_context(max_context, model.max_context, model.id)
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))

@@ -67,9 +67,7 @@ def parse_shape(text: str, field: str = "shape") -> DeploymentShape:
     if gpu is None:
         raise ByocError(field, f"unknown GPU {gpu_id!r} in {text}", f"use one of {', '.join(catalog.gpus)}")
     if precision not in PRECISIONS:
-        raise ByocError(
-            field, f"unknown precision {precision!r} in {text}", f"use one of {', '.join(PRECISIONS)}"
-        )
+        raise ByocError(field, f"unknown precision {precision!r} in {text}", f"use one of {', '.join(PRECISIONS)}")
     if count not in GPU_COUNTS:
         nearest = min((c for c in GPU_COUNTS if c >= count), default=8)
         raise ByocError(
@@ -80,7 +78,7 @@ def parse_shape(text: str, field: str = "shape") -> DeploymentShape:
     reason = precision_error(gpu, precision)
     if reason:
         raise ByocError(field, f"{text}: {reason}", f"try {_same_gpu_or_better(gpu, count, precision)}")
-    return DeploymentShape(gpu=gpu, count=count, precision=precision)  # type: ignore[arg-type]
+    return DeploymentShape(gpu=gpu, count=count, precision=precision)
 
 
 def _same_gpu_or_better(gpu: Gpu, count: int, precision: str) -> str:

@@ -17,7 +17,7 @@ def spec_json_schema() -> dict[str, Any]:
 
 def _type_of(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in prop:
-        return defs[prop["$ref"].split("/")[-1]].get("title", "object")
+        return str(defs[prop["$ref"].split("/")[-1]].get("title", "object"))
     if "enum" in prop:
         return " \\| ".join(f"`{v}`" for v in prop["enum"])
     if "const" in prop:
@@ -43,7 +43,7 @@ def _rows(model: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]
         description = prop.get("description") or _referenced(prop, defs).get("description", "")
         description = description.replace("|", "\\|")
         lines.append(f"| `{prefix}{name}` | {_type_of(prop, defs)} | {default} | {description} |")
-        refs = [prop] + prop.get("anyOf", []) + [prop.get("items", {})]
+        refs = [prop, *prop.get("anyOf", []), prop.get("items", {})]
         for ref in refs:
             if "$ref" in ref:
                 nested.append((f"{prefix}{name}{'[]' if prop.get('type') == 'array' else ''}.", ref))

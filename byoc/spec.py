@@ -111,7 +111,9 @@ class Autoscaling(_Strict):
 
     min_replicas: int = Field(default=0, ge=0, description="Fewest replicas; 0 lets the deployment scale to zero.")
     max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
-    scale_up_window: Seconds = Field(default=30, description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h).")
+    scale_up_window: Seconds = Field(
+        default=30, description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h)."
+    )
     scale_down_window: Seconds = Field(
         default=600, description="How long load must stay low before removing replicas (10m)."
     )
@@ -175,13 +177,14 @@ class Encryption(_Strict):
 
 
 Framework = Literal["hipaa", "soc2", "iso27001"]
+FRAMEWORKS: tuple[Framework, ...] = ("hipaa", "soc2", "iso27001")
 
 
 class Compliance(_Strict):
     """Which frameworks the evidence pack maps controls to."""
 
     frameworks: list[Framework] = Field(
-        default_factory=lambda: ["hipaa", "soc2", "iso27001"], description="Frameworks to report on."
+        default_factory=lambda: list(FRAMEWORKS), description="Frameworks to report on."
     )
 
 
@@ -273,17 +276,16 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """The field names allowed where an unknown key was found, for a did-you-mean hint."""
-    current: Any = model
+    current: type[BaseModel] | None = model
     for item in loc[:-1]:
-        if isinstance(item, int) or current is None:
+        if isinstance(item, int):
             continue
-        info = current.model_fields.get(item) if isinstance(current, type) else None
+        info = current.model_fields.get(item) if current is not None else None
         if info is None:
             return []
-        annotation = info.annotation
-        args = getattr(annotation, "__args__", (annotation,))
+        args = getattr(info.annotation, "__args__", (info.annotation,))
         current = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return list(current.model_fields) if isinstance(current, type) else []
+    return list(current.model_fields) if current is not None else []
 
 
 def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -> ByocError:

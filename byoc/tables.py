@@ -5,22 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from byoc import planner, rules
-from byoc.catalogs import load_catalog
+from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
 from byoc.errors import ByocError, ByocFailure
-from byoc.resolve import catalog_shapes
-from byoc.spec import ModelRef, Spec
+from byoc.resolve import catalog_shapes, resolve_model
 
 
-def _model(model_id: str) -> Any:
-    model = load_catalog().models.get(model_id)
-    if model is None:
-        from byoc.resolve import resolve_model
-
-        # Reuse resolve's message (did-you-mean) for an unknown id.
-        spec = Spec.model_construct(model=ModelRef(id=model_id))
-        return resolve_model(spec)[0]
-    return model
+def _model(model_id: str) -> ModelArch:
+    return resolve_model(model_id)[0]
 
 
 def estimate_row(
@@ -111,7 +103,9 @@ def region_rows(clouds: list[str], refresh: bool) -> list[dict[str, Any]]:
         live = cloud.live_offerings(cloud.regions) if refresh else {}
         if live and all(isinstance(seen, str) for seen in live.values()):
             first = next(iter(live.values()))
-            raise ByocFailure("--refresh", f"{cloud.title} answered no region: {first}", "check the credentials' rights")
+            raise ByocFailure(
+                "--refresh", f"{cloud.title} answered no region: {first}", "check the credentials' rights"
+            )
         for region in cloud.regions:
             offered = cloud.offerings(region)
             gpus = sorted({cloud.instance_types[t].gpu for t in offered})
@@ -129,8 +123,10 @@ def region_rows(clouds: list[str], refresh: bool) -> list[dict[str, Any]]:
                 else:
                     live_types = seen or frozenset()
                     added, missing = sorted(live_types - offered), sorted(offered - live_types)
-                    summary = "same" if not (added or missing) else (
-                        " ".join([f"+{t}" for t in added] + [f"-{t}" for t in missing])
+                    summary = (
+                        "same"
+                        if not (added or missing)
+                        else (" ".join([f"+{t}" for t in added] + [f"-{t}" for t in missing]))
                     )
                     row["live"] = {
                         "instance_types": sorted(live_types),

@@ -101,11 +101,7 @@ class ModelArch:
     @property
     def active_params(self) -> int:
         """Parameters one token passes through: what each decode step reads and computes (MoE: top-k experts)."""
-        return (
-            self.num_layers * self._layer_params(self.experts_per_token)
-            + self.embedding_params
-            + self.hidden_size
-        )
+        return self.num_layers * self._layer_params(self.experts_per_token) + self.embedding_params + self.hidden_size
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> int:
         """K and V for every layer: 2 x layers x kv_heads x head_dim x bytes per element."""

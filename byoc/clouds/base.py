@@ -173,6 +173,4 @@ class Cloud(ABC):
     # -- live data ---------------------------------------------------------------------------------------------
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
         """Ask the cloud which of our instance types each region offers (an error string where it could not)."""
-        raise ByocError(
-            "--refresh", f"{self.title} offerings come from the offline table only", "drop --refresh"
-        )
+        raise ByocError("--refresh", f"{self.title} offerings come from the offline table only", "drop --refresh")

@@ -22,6 +22,7 @@ def byoc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "byoc", *args],
         capture_output=True,
+        check=False,
         text=True,
         timeout=120,
         env=env,
@@ -49,8 +50,19 @@ def test_help_does_not_import_heavy_modules() -> None:
 def test_plan_places_in_an_eu_region_that_offers_p5(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = byoc(
-        "plan", "--cloud", "aws", "--region", "EUROPE", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8",
-        "--out", str(out), "--output", "json",
+        "plan",
+        "--cloud",
+        "aws",
+        "--region",
+        "EUROPE",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-fp8",
+        "--out",
+        str(out),
+        "--output",
+        "json",
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
@@ -77,8 +89,17 @@ def test_plan_from_the_example_spec(tmp_path: Path) -> None:
 def test_invalid_input_exits_2_with_one_message_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = byoc(
-        "plan", "--cloud", "aws", "--region", "EUROPE", "--model", "llama-3.1-8b-instruct", "--shape", "a100x1-fp8",
-        "--out", str(out),
+        "plan",
+        "--cloud",
+        "aws",
+        "--region",
+        "EUROPE",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "a100x1-fp8",
+        "--out",
+        str(out),
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -91,8 +112,19 @@ def test_invalid_input_exits_2_with_one_message_and_writes_nothing(tmp_path: Pat
 
 def test_invalid_input_as_json(tmp_path: Path) -> None:
     result = byoc(
-        "plan", "--cloud", "aws", "--region", "mars-1", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8",
-        "--out", str(tmp_path / "o"), "--output", "json",
+        "plan",
+        "--cloud",
+        "aws",
+        "--region",
+        "mars-1",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-fp8",
+        "--out",
+        str(tmp_path / "o"),
+        "--output",
+        "json",
     )
     assert result.returncode == 2
     error = json.loads(result.stdout)["error"]
@@ -135,8 +167,17 @@ def test_validate_refuses_a_bad_file(tmp_path: Path) -> None:
 
 def test_estimate_json() -> None:
     result = byoc(
-        "estimate", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8", "--input-tokens", "1000",
-        "--output-tokens", "1000", "--output", "json",
+        "estimate",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-fp8",
+        "--input-tokens",
+        "1000",
+        "--output-tokens",
+        "1000",
+        "--output",
+        "json",
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

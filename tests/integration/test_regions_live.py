@@ -33,6 +33,7 @@ def refresh(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "byoc", "regions", "--cloud", "aws", "--refresh", "--output", "json"],
         capture_output=True,
+        check=False,
         text=True,
         timeout=300,
         env=env,

@@ -20,8 +20,12 @@ KIB = 1024
 
 @pytest.mark.parametrize(
     ("model_id", "kib"),
-    [("llama-3.1-8b-instruct", 128), ("llama-3.1-70b-instruct", 320), ("llama-3.3-70b-instruct", 320),
-     ("qwen2.5-7b-instruct", 56)],
+    [
+        ("llama-3.1-8b-instruct", 128),
+        ("llama-3.1-70b-instruct", 320),
+        ("llama-3.3-70b-instruct", 320),
+        ("qwen2.5-7b-instruct", 56),
+    ],
 )
 def test_kv_bytes_per_token_in_bf16(model_id: str, kib: int) -> None:
     # 2 x layers x kv_heads x head_dim x 2 bytes (FACTS.md)
@@ -101,6 +105,4 @@ def test_cost_per_million_tokens_by_hand() -> None:
     throughput = planner.estimate_throughput(LLAMA_70B, shape, memory)
     cost = planner.estimate_cost(6.88, shape, throughput, "test")
     assert cost.replica_hourly_usd == pytest.approx(13.76)
-    assert cost.cost_per_million_output_tokens == pytest.approx(
-        13.76 / (throughput.output_tokens_per_s * 3600) * 1e6
-    )
+    assert cost.cost_per_million_output_tokens == pytest.approx(13.76 / (throughput.output_tokens_per_s * 3600) * 1e6)
