@@ -3,6 +3,7 @@
 # ruff (lint + format), mypy (strict on byoc/) and pytest (unit + integration against real local servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
@@ -15,8 +16,8 @@ fi
 
 # torch first, pinned: this is the CPU wheel on these machines; anything asking for a newer torch would pull
 # several GB of CUDA.
-python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
+python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e '.[dev,runtime]'
 
 python3 -m ruff check .
 python3 -m ruff format --check .

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from byoc.catalogs import load_catalog
@@ -262,3 +265,36 @@ def test_draft_model_of_the_same_family() -> None:
         model="llama-3.1-70b-instruct", shape="h100x2-fp8", speculative={"draft_model": "llama-3.1-8b-instruct"}
     )
     assert deployment.plan_document()["engine"]["speculative"]["draft_model"] == "llama-3.1-8b-instruct"
+
+
+# -- a model outside the catalog --------------------------------------------------------------------------------
+def test_model_from_a_local_hugging_face_directory(tmp_path: Path) -> None:
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    deployment = deploy(model={"id": "qwen2.5-1.5b", "source": tmp_path.as_uri()}, shape="l4x1-fp8", region="US")
+    document = deployment.plan_document()
+    assert document["model"]["source"] == tmp_path.as_uri()
+    assert document["model"]["params"] / 1e9 == pytest.approx(1.54, rel=0.02)  # Qwen2.5-1.5B model card
+    assert deployment.memory.kv_bytes_per_token == 2 * 28 * 2 * 128 * 1  # FP8 KV cache
+
+
+def test_model_directory_without_config(tmp_path: Path) -> None:
+    error = refused(model={"id": "mine", "source": tmp_path.as_uri()})
+    assert error.field == "model.source"
+    assert "config.json" in error.hint
+
+
+def test_remote_model_outside_the_catalog() -> None:
+    error = refused(model={"id": "mine", "source": "s3://bucket/mine"})
+    assert error.field == "model.source"
+    assert "file://" in error.hint
