@@ -307,12 +307,20 @@ def plan(
     out: Annotated[Path, typer.Option("--out", help="Folder for plan.json.")] = Path("byoc-out"),
     output: OutputOpt = Output.text,
 ) -> None:
-    """Resolve the spec offline (no credentials) and write OUT/plan.json."""
+    """Resolve the spec and record the cloud program's resource graph offline (no credentials): OUT/plan.json."""
+    from byoc.engines import program_for
+    from byoc.engines.offline import run_offline
     from byoc.resolve import resolve
 
     with reporting(output):
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
         document = deployment.plan_document()
+        program = program_for(deployment)
+        counts: dict[str, int] = {}
+        if program is not None:
+            graph = run_offline(deployment, program)
+            document["resources"] = [r.as_dict() for r in graph.resources]
+            counts = graph.counts()
         target = out / "plan.json"
         try:
             _write_atomically(target, json.dumps(document, indent=2) + "\n")
@@ -320,10 +328,16 @@ def plan(
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     if output is Output.json:
         _print_json({"plan": str(target), **document})
+        return
+    for line in _summary_lines(deployment):
+        print(line)
+    if program is None:
+        print(f"resources   none yet: byoc has no {deployment.cloud} stack (placement and estimates only)")
     else:
-        for line in _summary_lines(deployment):
-            print(line)
-        print(f"wrote {target}")
+        print(f"resources   {sum(counts.values())} ({len(counts)} types)")
+        for type_token, count in counts.items():
+            print(f"  {count:4d}  {type_token}")
+    print(f"wrote {target}")
 
 
 def main() -> None:

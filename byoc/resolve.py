@@ -68,6 +68,28 @@ class Deployment:
         return self.placement.region
 
     @property
+    def cluster_name(self) -> str:
+        return f"byoc-{self.name}"
+
+    @property
+    def namespace(self) -> str:
+        """The Kubernetes namespace of the serving workloads."""
+        return f"byoc-{self.name}"
+
+    @property
+    def service_accounts(self) -> dict[str, str]:
+        """Kubernetes service accounts that get cloud identities: role -> service account name."""
+        return {"builder": "byoc-builder", "serving": "byoc-serving"}
+
+    @property
+    def gpu_node_disk_gib(self) -> int:
+        return planner.node_disk_gib(self.model, self.shape.precision)
+
+    @property
+    def capacity(self) -> str:
+        return self.spec.capacity
+
+    @property
     def addons(self) -> list[Addon]:
         return self.spec.addons
 
@@ -111,6 +133,7 @@ class Deployment:
                 "region": self.placement.region,
                 "mega_region": self.placement.mega_region,
                 "instance_type": self.placement.instance_type,
+                "instance_types": list(self.placement.instance_types),
                 "instance_gpus": self.placement.instance_gpus,
                 "replicas_per_node": self.placement.replicas_per_node,
                 "reason": self.placement.reason,

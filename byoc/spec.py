@@ -139,6 +139,11 @@ class Network(_Strict):
     allowed_cidrs: list[str] = Field(
         default_factory=list, description="CIDRs allowed to reach a public API endpoint (endpoint: allowlist)."
     )
+    nat_gateways: Literal["per_zone", "single"] = Field(
+        default="per_zone",
+        description="NAT gateways for the private subnets' egress: one per zone (survives a zone outage) or a "
+        "single one (cheaper).",
+    )
 
     @field_validator("cidr")
     @classmethod
@@ -223,6 +228,11 @@ class Spec(_Strict):
         default=None, ge=1, description="Longest sequence (prompt + output) served; default: the model's own."
     )
     speculative: Speculative | None = Field(default=None, description="Speculative decoding, or none.")
+    capacity: Literal["on-demand", "spot"] = Field(
+        default="on-demand",
+        description="How GPU nodes are bought: on-demand, or spot (cheaper, reclaimable at two minutes' notice; "
+        "nodes are drained on the interruption warning).",
+    )
     network: Network = Field(default_factory=Network, description="Private network and API endpoint.")
     encryption: Encryption = Field(default_factory=Encryption, description="Customer-managed keys.")
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")

@@ -115,6 +115,7 @@ class Catalog:
     mega_regions: Mapping[str, Mapping[str, tuple[str, ...]]]
     offerings: Mapping[str, Mapping[str, frozenset[str]]]
     models: Mapping[str, ModelArch]
+    kubernetes: Mapping[str, Any]
 
     def regions(self, cloud: str) -> tuple[str, ...]:
         """Every region of a cloud in GLOBAL order: US, EUROPE, APAC, then the rest."""
@@ -153,7 +154,14 @@ def load_catalog() -> Catalog:
         for cloud, by_region in regions["offerings"].items()
     }
     models = {mid: ModelArch(id=mid, **entry) for mid, entry in _read("models.yaml").items()}
-    return Catalog(gpus=gpus, instances=instances, mega_regions=mega, offerings=offerings, models=models)
+    return Catalog(
+        gpus=gpus,
+        instances=instances,
+        mega_regions=mega,
+        offerings=offerings,
+        models=models,
+        kubernetes=_read("kubernetes.yaml"),
+    )
 
 
 # Hugging Face config.json keys -> ModelArch fields, for models outside the catalog.

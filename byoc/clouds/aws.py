@@ -18,6 +18,7 @@ class Aws(Cloud):
     title = "AWS"
     key_pattern = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+$")
     key_example = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    stack_program = "stacks.aws.program:program"
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -27,6 +27,7 @@ class Placement:
     region: str
     mega_region: str | None
     instance_type: str
+    instance_types: tuple[str, ...]  # every type in the region that holds a replica, best first
     instance_gpus: int
     replicas_per_node: int
     reason: str
@@ -37,6 +38,8 @@ class Cloud(ABC):
     title: ClassVar[str]
     key_pattern: ClassVar[re.Pattern[str]]
     key_example: ClassVar[str]
+    # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
+    stack_program: ClassVar[str | None] = None
 
     @property
     def catalog(self) -> Catalog:
@@ -132,13 +135,15 @@ class Cloud(ABC):
                     f"use {' or '.join(alternatives[:3])}" if alternatives else "try another shape (`byoc shapes`)",
                 )
             reason = f"{region} was asked for and offers {shape.gpu.name}"
-        chosen = next(t for t in candidates if t.name in self.offerings(region))
+        offered = [t for t in candidates if t.name in self.offerings(region)]
+        chosen = offered[0]
         return Placement(
             cloud=self.name,
             requested_region=requested,
             region=region,
             mega_region=self.catalog.mega_region_of(self.name, region),
             instance_type=chosen.name,
+            instance_types=tuple(t.name for t in offered),
             instance_gpus=chosen.gpus,
             replicas_per_node=chosen.gpus // shape.count,
             reason=reason,

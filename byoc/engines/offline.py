@@ -1,0 +1,183 @@
+"""Run a Pulumi program offline under `pulumi.runtime.set_mocks` and record every resource it registers.
+
+This is Pulumi's own unit-test path: the program runs unchanged, every resource registration reaches a mock monitor
+(a wrong keyword argument fails at once with TypeError), and nothing is created. What we record per resource
+(the Pulumi type token, the logical name, the inputs with the names the provider receives, the parent and the
+provider) is the `resources` list of plan.json.
+
+Values only a live account knows are placeholders: the account id is 123456789012 (AWS's documentation account),
+availability zones are <region>a/b/c, and ARNs of resources that do not exist yet are made up from their names.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from byoc.engines import Program
+from byoc.errors import ByocFailure
+from byoc.resolve import Deployment
+
+PLACEHOLDER_ACCOUNT = "123456789012"
+
+
+@dataclass(frozen=True)
+class RecordedResource:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    parent: str | None
+    provider: str | None
+    custom: bool
+    urn: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "inputs": self.inputs,
+            "parent": self.parent,
+            "provider": self.provider,
+        }
+
+
+@dataclass
+class Plan:
+    resources: list[RecordedResource] = field(default_factory=list)
+
+    def by_type(self, type_token: str) -> list[RecordedResource]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for resource in self.resources:
+            counts[resource.type] = counts.get(resource.type, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _plain(value: Any) -> Any:
+    """Inputs as JSON: containers kept, anything exotic (resource references, unknowns) as a string."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
+
+
+def _name_of(urn: str) -> str:
+    """The logical name at the end of a URN (urn:pulumi:stack::project::type$type::name)."""
+    return urn.rsplit("::", 1)[-1]
+
+
+def run_offline(deployment: Deployment, program: Program) -> Plan:
+    """Run the program under Pulumi's mocks and return every resource it registered."""
+    import pulumi
+    from pulumi.runtime import mocks, rpc, settings
+
+    region = deployment.region
+    zones = [f"{region}{suffix}" for suffix in "abc"]
+    plan = Plan()
+    lock = threading.Lock()
+
+    class RecordingMocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+            outputs = dict(args.inputs)
+            name = str(outputs.get("name") or args.name)
+            service = args.typ.split(":")[1].split("/")[0] if args.typ.startswith("aws:") else "resource"
+            outputs.setdefault("arn", f"arn:aws:{service}:{region}:{PLACEHOLDER_ACCOUNT}:{name}")
+            extra: dict[str, dict[str, Any]] = {
+                "aws:iam/role:Role": {
+                    "name": name,
+                    "arn": f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:role/{name}",
+                },
+                "aws:kms/key:Key": {
+                    "keyId": f"{args.name}-key-id",
+                    "arn": f"arn:aws:kms:{region}:{PLACEHOLDER_ACCOUNT}:key/{args.name}-key-id",
+                },
+                "aws:s3/bucket:Bucket": {
+                    "bucket": outputs.get("bucket") or args.name,
+                    "arn": f"arn:aws:s3:::{outputs.get('bucket') or args.name}",
+                },
+                "aws:eks/cluster:Cluster": {
+                    "endpoint": f"https://{name}.eks.{region}.example",
+                    "certificateAuthority": {"data": "cGxhY2Vob2xkZXI="},
+                    "vpcConfig": {**outputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{args.name}"},
+                    "arn": f"arn:aws:eks:{region}:{PLACEHOLDER_ACCOUNT}:cluster/{name}",
+                },
+                "aws:sqs/queue:Queue": {
+                    "url": f"https://sqs.{region}.amazonaws.com/{PLACEHOLDER_ACCOUNT}/{name}",
+                    "arn": f"arn:aws:sqs:{region}:{PLACEHOLDER_ACCOUNT}:{name}",
+                },
+                "aws:cloudwatch/logGroup:LogGroup": {
+                    "arn": f"arn:aws:logs:{region}:{PLACEHOLDER_ACCOUNT}:log-group:{name}",
+                },
+                "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 1},
+                "aws:ec2/eip:Eip": {"allocationId": f"eipalloc-{args.name}"},
+            }
+            outputs.update(extra.get(args.typ, {}))
+            return f"{args.name}-id", outputs
+
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+            arn = f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:role/byoc-deployer"
+            answers: dict[str, dict[str, Any]] = {
+                "aws:index/getCallerIdentity:getCallerIdentity": {
+                    "accountId": PLACEHOLDER_ACCOUNT,
+                    "arn": f"arn:aws:sts::{PLACEHOLDER_ACCOUNT}:assumed-role/byoc-deployer/session",
+                    "userId": "AROAEXAMPLE:session",
+                    "id": PLACEHOLDER_ACCOUNT,
+                },
+                "aws:index/getPartition:getPartition": {
+                    "partition": "aws",
+                    "dnsSuffix": "amazonaws.com",
+                    "id": "aws",
+                },
+                "aws:iam/getSessionContext:getSessionContext": {"issuerArn": arn, "arn": args.args.get("arn")},
+                "aws:index/getAvailabilityZones:getAvailabilityZones": {"names": zones, "zoneIds": zones},
+            }
+            return answers.get(args.token, {}), []
+
+    class RecordingMonitor(mocks.MockMonitor):
+        def RegisterResource(self, request: Any) -> Any:
+            response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+            if request.type != "pulumi:pulumi:Stack":
+                inputs = rpc.deserialize_properties(request.object)
+                # URN: urn:pulumi:<stack>::<project>::<parent types$type>::<name>; the root is pulumi:pulumi:Stack
+                parent_type = request.parent.split("::")[2].split("$")[-1] if request.parent else ""
+                parent = None if parent_type in ("", "pulumi:pulumi:Stack") else _name_of(request.parent)
+                # a provider reference is "<provider URN>::<provider id>"
+                provider = _name_of(request.provider.rsplit("::", 1)[0]) if request.provider else None
+                with lock:
+                    plan.resources.append(
+                        RecordedResource(
+                            type=request.type,
+                            name=request.name,
+                            inputs=_plain(inputs),
+                            parent=parent,
+                            provider=provider,
+                            custom=bool(request.custom),
+                            urn=response.urn,
+                        )
+                    )
+            return response
+
+    settings.ROOT.set(None)  # a fresh root stack for every run in this process
+    recording = RecordingMocks()
+    pulumi.runtime.set_mocks(
+        recording,
+        project=f"byoc-{deployment.cloud}",
+        stack=deployment.name,
+        preview=False,
+        monitor=RecordingMonitor(recording),
+    )
+    try:
+        pulumi.runtime.test(lambda: program(deployment))()  # type: ignore[no-untyped-call]
+    except TypeError:
+        raise  # a wrong property name in a stack: a bug, shown with its traceback
+    except Exception as exc:
+        raise ByocFailure(
+            "plan", f"the {deployment.cloud} program failed offline: {exc}", "report this as a bug"
+        ) from exc
+    return plan

@@ -1,0 +1,1 @@
+"""AWS foundation: Network, Keys, Cluster, GpuCapacity, ArtifactStore, AuditTrail, Identities (Pulumi components)."""

@@ -1,0 +1,25 @@
+"""`pulumi preview -C stacks/aws` / `pulumi up -C stacks/aws`: the program byoc runs, for users with the Pulumi CLI.
+
+pulumi config set byoc:spec ../../examples/byoc.yaml   # per stack (Pulumi.<stack>.yaml)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pulumi
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from byoc.resolve import resolve  # noqa: E402
+from byoc.spec import load_spec  # noqa: E402
+from stacks.aws.program import program  # noqa: E402
+
+spec_path = Path(pulumi.Config("byoc").require("spec"))
+if not spec_path.is_absolute():
+    spec_path = Path(__file__).parent / spec_path
+for name, value in program(resolve(load_spec(spec_path, {"cloud": "aws"}))).items():
+    pulumi.export(name, value)

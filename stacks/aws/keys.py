@@ -1,0 +1,177 @@
+"""Customer-managed KMS keys: one for the platform (cluster secrets, EBS volumes, logs, the audit trail, queues) and
+one for model artifacts. A key ARN in the spec is used for both instead (its key policy is then the customer's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from stacks.aws.context import AwsContext, policy
+
+# KMS waits this long before deleting a key (7 to 30 days): the longest, so a mistaken destroy can be undone.
+DELETION_WINDOW_DAYS = 30
+ENCRYPT_DECRYPT = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+
+
+def trail_arn(ctx: AwsContext) -> pulumi.Output[str]:
+    """The audit trail's ARN, known before the trail exists (the key policy and the trail refer to each other)."""
+    return ctx.arn("cloudtrail", f"trail/byoc-{ctx.name}")
+
+
+class Keys(pulumi.ComponentResource):
+    platform_key_arn: pulumi.Output[str]
+    artifact_key_arn: pulumi.Output[str]
+    created: bool
+
+    def __init__(self, ctx: AwsContext, roles: dict[str, pulumi.Input[str]]) -> None:
+        """roles: ARNs of the roles that use the keys: cluster, karpenter, ebs_csi, builder, serving."""
+        name = ctx.name
+        super().__init__("byoc:aws:Keys", f"{name}-keys", None, pulumi.ResourceOptions(provider=ctx.provider))
+        given = ctx.deployment.encryption.kms_key
+        self.created = given == "create"
+        if not self.created:
+            self.platform_key_arn = pulumi.Output.from_input(given)
+            self.artifact_key_arn = pulumi.Output.from_input(given)
+            self.register_outputs({"platform_key_arn": given, "artifact_key_arn": given})
+            return
+
+        via_ec2 = {"StringEquals": {"kms:ViaService": f"ec2.{ctx.region}.amazonaws.com"}}
+        via_s3 = {"StringEquals": {"kms:ViaService": f"s3.{ctx.region}.amazonaws.com"}}
+        platform = self._key(
+            ctx,
+            "platform",
+            "byoc platform key: EKS secrets, EBS volumes, CloudWatch logs, CloudTrail, SQS",
+            [
+                *self._service_statements(ctx),
+                # EKS envelope-encrypts Kubernetes secrets through the cluster role.
+                self._allow("ClusterEncryptsSecrets", [roles["cluster"]], [*ENCRYPT_DECRYPT, "kms:ListGrants"]),
+                # Karpenter (launching GPU nodes) and the EBS CSI driver (volumes) use the key only through EC2.
+                self._allow("VolumesThroughEc2", [roles["karpenter"], roles["ebs_csi"]], ENCRYPT_DECRYPT, via_ec2),
+                self._allow(
+                    "GrantsForAwsResources",
+                    [roles["cluster"], roles["karpenter"], roles["ebs_csi"], _autoscaling_role(ctx)],
+                    ["kms:CreateGrant"],
+                    {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                ),
+                # EC2 Auto Scaling (the system node group) attaches encrypted volumes through its service-linked
+                # role (EKS docs, "Customize managed nodes with launch templates").
+                self._allow("AutoScalingUsesVolumes", [_autoscaling_role(ctx)], ENCRYPT_DECRYPT),
+            ],
+        )
+        artifacts = self._key(
+            ctx,
+            "artifacts",
+            "byoc artifact key: model checkpoints, built artifacts and LoRA adapters in S3",
+            [
+                self._allow("BuilderWritesThroughS3", [roles["builder"]], ENCRYPT_DECRYPT, via_s3),
+                self._allow("ServingReadsThroughS3", [roles["serving"]], ["kms:Decrypt", "kms:DescribeKey"], via_s3),
+            ],
+        )
+        self.platform_key_arn = platform.arn
+        self.artifact_key_arn = artifacts.arn
+        self.register_outputs({"platform_key_arn": platform.arn, "artifact_key_arn": artifacts.arn})
+
+    def _key(self, ctx: AwsContext, role: str, description: str, statements: list[Any]) -> aws.kms.Key:
+        name = ctx.name
+        account_root = pulumi.Output.concat("arn:", ctx.partition, ":iam::", ctx.account_id, ":root")
+        key = aws.kms.Key(
+            f"{name}-{role}",
+            description=description,
+            key_usage="ENCRYPT_DECRYPT",
+            customer_master_key_spec="SYMMETRIC_DEFAULT",
+            enable_key_rotation=True,
+            rotation_period_in_days=365,
+            deletion_window_in_days=DELETION_WINDOW_DAYS,
+            # In a key policy "Resource": "*" means this key: a key policy governs only its own key.
+            policy=policy(
+                [
+                    {
+                        # The account administers the key through IAM; without this statement a key can become
+                        # unmanageable (AWS KMS default key policy).
+                        "Sid": "AccountAdministers",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": account_root},
+                        "Action": "kms:*",
+                        "Resource": "*",
+                    },
+                    *statements,
+                ]
+            ),
+            tags=ctx.tags(**{"byoc:key": role}),
+            opts=ctx.opts(self),
+        )
+        aws.kms.Alias(
+            f"{name}-{role}",
+            name=f"alias/byoc/{name}/{role}",
+            target_key_id=key.key_id,
+            opts=ctx.opts(self),
+        )
+        return key
+
+    @staticmethod
+    def _allow(
+        sid: str, principals: list[Any], actions: list[str], condition: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        statement = {"Sid": sid, "Effect": "Allow", "Principal": {"AWS": principals}, "Action": actions}
+        statement["Resource"] = "*"
+        if condition:
+            statement["Condition"] = condition
+        return statement
+
+    @staticmethod
+    def _service_statements(ctx: AwsContext) -> list[dict[str, Any]]:
+        logs_arn = ctx.arn("logs", "log-group:*")
+        return [
+            {
+                # CloudWatch Logs encrypts the flow-log, control-plane and trail log groups of this account only.
+                "Sid": "CloudWatchLogs",
+                "Effect": "Allow",
+                "Principal": {"Service": f"logs.{ctx.region}.amazonaws.com"},
+                "Action": ENCRYPT_DECRYPT,
+                "Resource": "*",
+                "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn": logs_arn}},
+            },
+            {
+                # CloudTrail encrypts log files of byoc's trail only (SourceArn) in this account.
+                "Sid": "CloudTrailEncrypts",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudtrail.amazonaws.com"},
+                "Action": "kms:GenerateDataKey*",
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {"aws:SourceArn": trail_arn(ctx)},
+                    "StringLike": {
+                        "kms:EncryptionContext:aws:cloudtrail:arn": ctx.arn("cloudtrail", "trail/*", region=False)
+                    },
+                },
+            },
+            {
+                "Sid": "CloudTrailDescribes",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudtrail.amazonaws.com"},
+                "Action": "kms:DescribeKey",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:SourceArn": trail_arn(ctx)}},
+            },
+            {
+                # EventBridge delivers spot-interruption and health events to Karpenter's encrypted queue.
+                "Sid": "EventBridgeToQueue",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:SourceAccount": ctx.account_id}},
+            },
+        ]
+
+
+def _autoscaling_role(ctx: AwsContext) -> pulumi.Output[str]:
+    return pulumi.Output.concat(
+        "arn:",
+        ctx.partition,
+        ":iam::",
+        ctx.account_id,
+        ":role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling",
+    )

@@ -1,0 +1,41 @@
+"""The AWS foundation as one function of a Deployment: what `byoc plan` records offline and `byoc up` runs live."""
+
+from __future__ import annotations
+
+import pulumi
+
+from byoc.resolve import Deployment
+from stacks.aws.artifacts import ArtifactStore
+from stacks.aws.audit import AuditTrail
+from stacks.aws.capacity import GpuCapacity
+from stacks.aws.cluster import Cluster
+from stacks.aws.context import make_context
+from stacks.aws.identities import Identities
+from stacks.aws.keys import Keys
+from stacks.aws.network import Network
+
+
+def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
+    ctx = make_context(deployment)
+    identities = Identities(ctx)
+    keys = Keys(ctx, identities.arns())
+    network = Network(ctx, keys.platform_key_arn)
+    store = ArtifactStore(ctx, keys.artifact_key_arn)
+    trail = AuditTrail(ctx, keys.platform_key_arn, store.log_bucket, store.bucket_arn)
+    cluster = Cluster(ctx, network, identities, keys.platform_key_arn)
+    capacity = GpuCapacity(ctx, cluster, identities, keys.platform_key_arn)
+    identities.bind_service_accounts(ctx, cluster.name)
+    identities.attach_policies(ctx, store.bucket_arn, keys.artifact_key_arn, capacity.queue_arn)
+    return {
+        "region": deployment.region,
+        "cluster_name": cluster.name,
+        "kubeconfig": cluster.kubeconfig,
+        "vpc_id": network.vpc_id,
+        "artifact_bucket": store.bucket_name,
+        "audit_trail_bucket": trail.bucket_name,
+        "platform_key_arn": keys.platform_key_arn,
+        "artifact_key_arn": keys.artifact_key_arn,
+        "builder_role_arn": identities.roles["builder"].arn,
+        "serving_role_arn": identities.roles["serving"].arn,
+        "gpu_node_pool": capacity.node_pool,
+    }
