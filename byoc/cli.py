@@ -22,6 +22,7 @@ import typer
 from byoc.errors import ByocError
 
 if TYPE_CHECKING:
+    from byoc.engines.live import Operation
     from byoc.resolve import Deployment
     from byoc.spec import Spec
 
@@ -338,6 +339,55 @@ def plan(
         for type_token, count in counts.items():
             print(f"  {count:4d}  {type_token}")
     print(f"wrote {target}")
+
+
+def _live(operation: Operation, file: Path | None, cloud: CloudName | None, region: str | None, output: Output) -> None:
+    from byoc.engines import program_for
+    from byoc.engines.live import run_live
+    from byoc.resolve import resolve
+
+    with reporting(output):
+        deployment = resolve(_spec(file, cloud, region, None, None, None))
+        program = program_for(deployment)
+        if program is None:
+            raise ByocError("cloud", f"byoc has no {deployment.cloud} stack yet", "use --cloud aws")
+        quiet = output is Output.json
+        result = run_live(deployment, program, operation, (lambda _: None) if quiet else print)
+    if quiet:
+        _print_json(result)
+
+
+@app.command()
+def preview(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
+    cloud: CloudOpt = None,
+    region: RegionOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Show what `byoc up` would change in the account (Pulumi preview; needs the Pulumi CLI and credentials)."""
+    _live("preview", file, cloud, region, output)
+
+
+@app.command()
+def up(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
+    cloud: CloudOpt = None,
+    region: RegionOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create or update the deployment in your account (needs the Pulumi CLI and credentials)."""
+    _live("up", file, cloud, region, output)
+
+
+@app.command()
+def destroy(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
+    cloud: CloudOpt = None,
+    region: RegionOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Delete everything byoc created for the deployment (needs the Pulumi CLI and credentials)."""
+    _live("destroy", file, cloud, region, output)
 
 
 def main() -> None:

@@ -77,6 +77,35 @@ def test_plan_places_in_an_eu_region_that_offers_p5(tmp_path: Path) -> None:
     assert plan["shape"]["name"] == "h100x1-fp8"
     assert plan["engine"]["tensor_parallel_size"] == 1
     assert plan["estimates"]["memory"]["fits"] is True
+    resources = plan["resources"]
+    assert len(resources) > 100
+    assert set(resources[0]) == {"type", "name", "inputs", "parent", "provider"}
+    cluster = next(r for r in resources if r["type"] == "aws:eks/cluster:Cluster")
+    assert cluster["inputs"]["vpcConfig"]["endpointPublicAccess"] is False
+    provider = next(r for r in resources if r["type"] == "pulumi:providers:aws")
+    assert provider["inputs"]["region"] == placement["region"]
+
+
+def test_plan_b200_fp4_in_the_us(tmp_path: Path) -> None:
+    result = byoc(
+        "plan",
+        "--cloud",
+        "aws",
+        "--region",
+        "US",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "b200x8-fp4",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "aws:eks/cluster:Cluster" in result.stdout  # the summary counts resources by type
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    pool = next(r for r in plan["resources"] if r["type"] == "kubernetes:karpenter.sh/v1:NodePool")
+    requirements = pool["inputs"]["spec"]["template"]["spec"]["requirements"]
+    assert requirements[0]["values"] == ["p6-b200.48xlarge"]
 
 
 def test_plan_from_the_example_spec(tmp_path: Path) -> None:
@@ -251,3 +280,25 @@ def test_docs_spec_md_is_generated_from_the_schema() -> None:
 def test_no_args_shows_help() -> None:
     result = byoc(env={**os.environ})
     assert "Usage" in result.stdout + result.stderr
+
+
+def test_live_commands_say_when_the_pulumi_cli_is_missing(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no `pulumi` on this PATH
+    result = subprocess.run(
+        [sys.executable, "-m", "byoc", "preview", "-f", "examples/byoc.yaml"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Pulumi CLI is not installed" in result.stderr
+    assert "byoc plan" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_live_commands_need_a_stack_for_the_cloud() -> None:
+    result = runner.invoke(app, ["up", "-f", "examples/gcp-l4.yaml"])
+    assert result.exit_code == 2
