@@ -297,6 +297,28 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> None:
+    """plan.json, manifests/ and helm-releases.yaml, each replaced whole: a failed plan keeps the previous one."""
+    import shutil
+
+    from byoc.manifests import write_helm_releases, write_manifests
+
+    out.mkdir(parents=True, exist_ok=True)
+    if graph is not None:
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".manifests-"))
+        try:
+            write_manifests(graph, staging)
+            write_helm_releases(graph, staging / "helm-releases.yaml")
+            os.replace(staging / "helm-releases.yaml", out / "helm-releases.yaml")
+            previous = out / "manifests"
+            if previous.exists():
+                shutil.rmtree(previous)
+            os.replace(staging, previous)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _write_atomically(out / "plan.json", json.dumps(document, indent=2) + "\n")
+
+
 @app.command()
 def plan(
     file: SpecFileOpt = None,
@@ -317,14 +339,12 @@ def plan(
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
         document = deployment.plan_document()
         program = program_for(deployment)
-        counts: dict[str, int] = {}
-        if program is not None:
-            graph = run_offline(deployment, program)
+        graph = run_offline(deployment, program) if program is not None else None
+        if graph is not None:
             document["resources"] = [r.as_dict() for r in graph.resources]
-            counts = graph.counts()
         target = out / "plan.json"
         try:
-            _write_atomically(target, json.dumps(document, indent=2) + "\n")
+            _write_plan(out, document, graph)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     if output is Output.json:
@@ -332,13 +352,15 @@ def plan(
         return
     for line in _summary_lines(deployment):
         print(line)
-    if program is None:
+    if graph is None:
         print(f"resources   none yet: byoc has no {deployment.cloud} stack (placement and estimates only)")
-    else:
-        print(f"resources   {sum(counts.values())} ({len(counts)} types)")
-        for type_token, count in counts.items():
-            print(f"  {count:4d}  {type_token}")
-    print(f"wrote {target}")
+        print(f"wrote {target}")
+        return
+    counts = graph.counts()
+    print(f"resources   {sum(counts.values())} ({len(counts)} types)")
+    for type_token, count in counts.items():
+        print(f"  {count:4d}  {type_token}")
+    print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}")
 
 
 def _live(operation: Operation, file: Path | None, cloud: CloudName | None, region: str | None, output: Output) -> None:

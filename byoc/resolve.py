@@ -16,7 +16,7 @@ from byoc import __version__, planner, rules
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError
-from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Network, Spec, Speculative
+from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Monitoring, Network, Spec, Speculative
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,26 @@ class Deployment:
     @property
     def capacity(self) -> str:
         return self.spec.capacity
+
+    @property
+    def images(self) -> dict[str, str]:
+        """Image references for the cluster: the spec's, else the pinned catalog defaults (by digest when known)."""
+        catalog = load_catalog().images
+        chosen = {}
+        for role, key in (("serving", "trtllm"), ("runtime", "runtime")):
+            given = getattr(self.spec.images, role)
+            entry = catalog[key]
+            default = (
+                f"{entry['repository']}@{entry['digest']}"
+                if entry.get("digest")
+                else f"{entry['repository']}:{entry['tag']}"
+            )
+            chosen[role] = given or default
+        return chosen
+
+    @property
+    def monitoring(self) -> Monitoring:
+        return self.spec.monitoring
 
     @property
     def addons(self) -> list[Addon]:

@@ -193,6 +193,49 @@ class Compliance(_Strict):
     )
 
 
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64}|:[A-Za-z0-9._-]+)$")
+
+
+class Images(_Strict):
+    """Container images, overriding the pinned defaults in byoc/catalogs/images.yaml."""
+
+    serving: str | None = Field(
+        default=None, description="TensorRT-LLM image for trtllm-serve, as repository@sha256:<digest>."
+    )
+    runtime: str | None = Field(
+        default=None,
+        description="byoc runtime image (gateway, builder, verifier) built from runtime/Dockerfile into your "
+        "registry, as repository@sha256:<digest>.",
+    )
+
+    @field_validator("serving", "runtime")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_REFERENCE.match(value):
+            raise ValueError(f"{value!r} is not an image reference; write registry/repository@sha256:<64 hex>")
+        return value
+
+
+class Monitoring(_Strict):
+    """Metrics, alerts and the autoscaler's data source."""
+
+    prometheus_url: str | None = Field(
+        default=None,
+        description="URL of an existing in-cluster Prometheus that scrapes ServiceMonitors and that KEDA queries "
+        "(e.g. http://prometheus-operated.monitoring:9090); default: byoc installs kube-prometheus-stack.",
+    )
+    ttft_p95_slo_seconds: float = Field(
+        default=2.0, gt=0, description="Time-to-first-token p95 objective; the ByocTTFTHigh alert fires above it."
+    )
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value
+
+
 class Speculative(_Strict):
     """Speculative decoding with a smaller draft model."""
 
@@ -236,6 +279,8 @@ class Spec(_Strict):
     network: Network = Field(default_factory=Network, description="Private network and API endpoint.")
     encryption: Encryption = Field(default_factory=Encryption, description="Customer-managed keys.")
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
+    images: Images = Field(default_factory=Images, description="Container image overrides.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring and alerting.")
 
     @field_validator("name")
     @classmethod

@@ -116,6 +116,7 @@ class Catalog:
     offerings: Mapping[str, Mapping[str, frozenset[str]]]
     models: Mapping[str, ModelArch]
     kubernetes: Mapping[str, Any]
+    images: Mapping[str, Any]
 
     def regions(self, cloud: str) -> tuple[str, ...]:
         """Every region of a cloud in GLOBAL order: US, EUROPE, APAC, then the rest."""
@@ -161,6 +162,7 @@ def load_catalog() -> Catalog:
         offerings=offerings,
         models=models,
         kubernetes=_read("kubernetes.yaml"),
+        images=_read("images.yaml"),
     )
 
 

@@ -13,6 +13,23 @@ from stacks.aws.context import make_context
 from stacks.aws.identities import Identities
 from stacks.aws.keys import Keys
 from stacks.aws.network import Network
+from stacks.k8s.serving import Foundation, ServingStack
+
+# EKS's AL2023 NVIDIA AMI carries the driver and the container toolkit: the GPU Operator adds only the device
+# plugin, feature discovery and dcgm-exporter (GPU metrics, scraped through its ServiceMonitor).
+GPU_OPERATOR_VALUES = {
+    "driver": {"enabled": False},
+    "toolkit": {"enabled": False},
+    "devicePlugin": {"enabled": True},
+    "nfd": {"enabled": True},
+    # honorLabels keeps the namespace/pod of the workload holding each GPU (the rules aggregate by namespace)
+    "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": True, "honorLabels": True}},
+}
+# The gateway's Service becomes an internal Network Load Balancer: reachable from the VPC only.
+INTERNAL_LOAD_BALANCER = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+    "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
+}
 
 
 def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
@@ -26,6 +43,18 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     capacity = GpuCapacity(ctx, cluster, identities, keys.platform_key_arn)
     identities.bind_service_accounts(ctx, cluster.name)
     identities.attach_policies(ctx, store.bucket_arn, keys.artifact_key_arn, capacity.queue_arn)
+    serving = ServingStack(
+        deployment,
+        cluster.provider,
+        Foundation(
+            artifact_root=pulumi.Output.concat("s3://", store.bucket_name),
+            gpu_node_selector={"karpenter.sh/nodepool": capacity.node_pool},
+            gpu_operator_values=GPU_OPERATOR_VALUES,
+            vpc_cidr=deployment.network.cidr,
+            load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            depends_on=[*cluster.ready, capacity],
+        ),
+    )
     return {
         "region": deployment.region,
         "cluster_name": cluster.name,
@@ -38,4 +67,6 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
         "builder_role_arn": identities.roles["builder"].arn,
         "serving_role_arn": identities.roles["serving"].arn,
         "gpu_node_pool": capacity.node_pool,
+        "gateway_service": serving.gateway_service,
+        "artifact": serving.artifact_uri,
     }

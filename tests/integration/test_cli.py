@@ -163,11 +163,11 @@ def test_invalid_input_as_json(tmp_path: Path) -> None:
 
 def test_a_failed_plan_keeps_the_previous_plan(tmp_path: Path) -> None:
     assert byoc("plan", "-f", "examples/byoc.yaml", "--out", str(tmp_path)).returncode == 0
-    before = (tmp_path / "plan.json").read_text()
+    before = {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
     result = byoc("plan", "-f", "examples/byoc.yaml", "--shape", "h100x1-fp4", "--out", str(tmp_path))
     assert result.returncode == 2
-    assert (tmp_path / "plan.json").read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+    assert {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["helm-releases.yaml", "manifests", "plan.json"]
 
 
 def test_unwritable_out_is_an_input_error(tmp_path: Path) -> None:

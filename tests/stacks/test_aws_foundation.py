@@ -6,7 +6,6 @@ branch a spec option opens is run by at least one test here.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import json
@@ -18,29 +17,11 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
-from byoc.engines import program_for
 from byoc.engines.offline import Plan, RecordedResource, run_offline
 from tests.conftest import ROOT, deploy
+from tests.stacks.plans import graph, one
 
 KEY_ARN = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-
-
-@functools.cache
-def _graph(overrides: str) -> Plan:
-    deployment = deploy(**json.loads(overrides))
-    program = program_for(deployment)
-    assert program is not None
-    return run_offline(deployment, program)
-
-
-def graph(**overrides: Any) -> Plan:
-    return _graph(json.dumps(overrides, sort_keys=True))
-
-
-def one(plan: Plan, type_token: str) -> RecordedResource:
-    found = plan.by_type(type_token)
-    assert len(found) == 1, f"{len(found)} x {type_token}"
-    return found[0]
 
 
 def documents(plan: Plan) -> list[tuple[RecordedResource, dict[str, Any]]]:
@@ -76,9 +57,9 @@ def test_components_and_counts() -> None:
 
 def test_every_resource_has_a_parent_component_and_our_provider() -> None:
     plan = graph()
-    components = {r.name for r in plan.resources if r.type.startswith("byoc:aws:")}
+    components = {r.name for r in plan.resources if r.type.startswith("byoc:")}
     for resource in plan.resources:
-        if resource.type.startswith(("byoc:aws:", "pulumi:providers:aws")):
+        if resource.type.startswith(("byoc:", "pulumi:providers:aws")):
             continue
         assert resource.parent in components, resource.name
         if resource.type.startswith("aws:"):
@@ -329,7 +310,8 @@ def test_interruption_queue_and_rules() -> None:
 
 
 def test_karpenter_release_is_pinned() -> None:
-    release = one(graph(), "kubernetes:helm.sh/v3:Release").inputs
+    releases = graph().by_type("kubernetes:helm.sh/v3:Release")
+    release = next(r.inputs for r in releases if r.inputs["name"] == "karpenter")
     assert release["chart"] == "oci://public.ecr.aws/karpenter/karpenter"
     assert release["version"] == "1.8.1"
     assert release["values"]["settings"]["clusterName"] == "byoc-test"

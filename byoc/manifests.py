@@ -1,0 +1,84 @@
+"""Render the Kubernetes objects a plan declares as plain YAML (for GitOps and review).
+
+Only objects byoc itself declares: not the contents of the upstream Helm charts it installs (those releases are
+listed in `manifests/helm-releases.yaml` with their pinned versions and values instead).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from byoc.engines.offline import Plan, RecordedResource
+
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def _integral(value: Any) -> Any:
+    """Pulumi sends every number as a float; Kubernetes schemas want integers where they are whole."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def kubernetes_objects(plan: Plan) -> list[dict[str, Any]]:
+    objects = []
+    for resource in plan.resources:
+        if not resource.type.startswith("kubernetes:") or resource.type == HELM_RELEASE:
+            continue
+        objects.append(_as_object(resource))
+    return objects
+
+
+def _as_object(resource: RecordedResource) -> dict[str, Any]:
+    inputs = _integral(dict(resource.inputs))
+    group_version, kind = resource.type.removeprefix("kubernetes:").rsplit(":", 1)
+    group, _, version = group_version.partition("/")
+    api_version = version if group == "core" else f"{group}/{version}"
+    document: dict[str, Any] = {"apiVersion": inputs.pop("apiVersion", api_version), "kind": inputs.pop("kind", kind)}
+    document["metadata"] = inputs.pop("metadata", {})
+    document.update(inputs)
+    return document
+
+
+def helm_releases(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            key: _integral(release.inputs.get(key))
+            for key in ("name", "namespace", "chart", "version", "repositoryOpts", "values")
+            if release.inputs.get(key) is not None
+        }
+        for release in plan.by_type(HELM_RELEASE)
+    ]
+
+
+def _file_name(document: dict[str, Any]) -> str:
+    metadata = document["metadata"]
+    folder = metadata.get("namespace", "cluster")
+    name = re.sub(r"[^a-z0-9.-]+", "-", f"{document['kind']}-{metadata['name']}".lower())
+    return f"{folder}/{name}.yaml"
+
+
+def write_manifests(plan: Plan, folder: Path) -> list[Path]:
+    """One YAML file per object under folder/<namespace, or cluster for cluster-scoped objects>/."""
+    written = []
+    for document in kubernetes_objects(plan):
+        path = folder / _file_name(document)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        written.append(path)
+    return written
+
+
+def write_helm_releases(plan: Plan, path: Path) -> None:
+    path.write_text(
+        "# Helm releases byoc installs: Helm renders their objects at deploy time; their contents are upstream's.\n"
+        + yaml.safe_dump_all(helm_releases(plan), sort_keys=False)
+    )

@@ -1,0 +1,1 @@
+"""Kubernetes serving workloads, the same on every cloud (ServingStack)."""

@@ -1,0 +1,815 @@
+"""The serving stack on Kubernetes, the same for every cloud: namespace, model build Job, trtllm-serve Deployment,
+gateway, KEDA autoscaling (to zero and back), monitoring, GPU add-ons and network policies.
+
+A cloud's program builds its foundation, then hands this stack a Kubernetes provider and a `Foundation` (what
+differs per cloud: the artifact store URI, the GPU node selector, load balancer annotations, GPU add-on values).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from byoc.catalogs import load_catalog
+from byoc.resolve import Deployment
+from runtime.build.plan import SERVE_PORT, BuildPlan, build_plan
+
+MONITORING = Path(__file__).parent / "monitoring"
+GATEWAY_PORT = 8080
+GATEWAY_METRICS_PORT = 9090
+ENGINE_STATS_PORT = 9091
+RUN_AS = 10001  # a high UID no host account has
+# Long enough for in-flight streams to finish once a pod is told to stop (the gateway stops sending it new work).
+SERVING_GRACE_SECONDS = 300
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class Foundation:
+    """What the cloud foundation hands the serving stack."""
+
+    artifact_root: pulumi.Input[str]  # e.g. s3://bucket or gs://bucket
+    gpu_node_selector: dict[str, str]
+    gpu_operator_values: dict[str, Any]
+    vpc_cidr: str
+    load_balancer_annotations: dict[str, str] = field(default_factory=dict)
+    service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+def labels(deployment: Deployment, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": deployment.name,
+        "app.kubernetes.io/part-of": "byoc",
+        "app.kubernetes.io/managed-by": "byoc",
+    }
+
+
+def selector(deployment: Deployment, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
+
+
+def pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def image_annotations(deployment: Deployment) -> dict[str, str]:
+    """checkov wants images by digest (CKV_K8S_43); byoc's own runtime image has none until you build and pin it."""
+    if "@sha256:" in deployment.images["runtime"]:
+        return {}
+    return {
+        "checkov.io/skip1": "CKV_K8S_43=byoc publishes no runtime image to pin; build runtime/Dockerfile into your "
+        "registry and set images.runtime to its @sha256 digest"
+    }
+
+
+def load_target_query(deployment: Deployment) -> str:
+    """The PromQL whose value per replica the autoscaler holds at the spec's target."""
+    ns = f'namespace="{deployment.namespace}"'
+    return {
+        "concurrent_requests": f"sum(byoc_gateway_in_flight_requests{{{ns}}})",
+        "requests_per_second": f"sum(rate(byoc_gateway_requests_total{{{ns}}}[1m]))",
+        "tokens_per_second": f"sum(rate(byoc_gateway_output_tokens_total{{{ns}}}[1m]))",
+        "queue_depth": f"sum(byoc_gateway_queue_depth{{{ns}}})",
+    }[deployment.autoscaling.load_target.type]
+
+
+def prometheus_url(deployment: Deployment) -> str:
+    if deployment.monitoring.prometheus_url:
+        return deployment.monitoring.prometheus_url
+    namespace = load_catalog().kubernetes["charts"]["kube_prometheus_stack"]["namespace"]
+    return f"http://byoc-monitoring-prometheus.{namespace}.svc:9090"
+
+
+class ServingStack(pulumi.ComponentResource):
+    gateway_service: pulumi.Output[str]
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        provider: k8s.Provider,
+        foundation: Foundation,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        name = deployment.name
+        super().__init__("byoc:k8s:ServingStack", f"{name}-serving-stack", None, opts)
+        self.deployment = deployment
+        self.foundation = foundation
+        self.plan = build_plan(deployment)
+        self.namespace = deployment.namespace
+        self._opts = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        addons = self._cluster_addons()
+        namespace = self._resource(
+            k8s.core.v1.Namespace,
+            "namespace",
+            metadata={
+                "name": self.namespace,
+                "labels": {
+                    **labels(deployment, "namespace"),
+                    # Pod Security Admission: nothing here may run privileged (GPU drivers live elsewhere).
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            },
+            depends_on=foundation.depends_on,
+        )
+        self._in_namespace = pulumi.ResourceOptions(depends_on=[namespace])
+        accounts = self._service_accounts()
+        config = self._engine_config()
+        build = self._build_job(accounts["builder"], config)
+        serving = self._serving(accounts["serving"], config, build)
+        gateway_service = self._gateway(accounts["gateway"])
+        self._autoscaling(serving, addons)
+        self._monitoring(addons)
+        self._network_policies()
+        self.gateway_service = gateway_service.metadata.apply(lambda m: f"{m['name']}.{m['namespace']}")
+        self.register_outputs({"namespace": self.namespace, "artifact": self.artifact_uri})
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _resource(
+        self,
+        resource_type: type[Any],
+        suffix: str,
+        depends_on: list[pulumi.Resource] | None = None,
+        **args: Any,
+    ) -> Any:
+        options = pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=depends_on or []))
+        return resource_type(f"{self.deployment.name}-{suffix}", opts=options, **args)
+
+    def _namespaced(self, resource_type: type[Any], suffix: str, metadata: dict[str, Any], **args: Any) -> Any:
+        options = pulumi.ResourceOptions.merge(self._opts, self._in_namespace)
+        depends = args.pop("depends_on", [])
+        if depends:
+            options = pulumi.ResourceOptions.merge(options, pulumi.ResourceOptions(depends_on=depends))
+        return resource_type(
+            f"{self.deployment.name}-{suffix}",
+            metadata={"namespace": self.namespace, **metadata},
+            opts=options,
+            **args,
+        )
+
+    def _custom(
+        self, api_version: str, kind: str, suffix: str, metadata: dict[str, Any], spec: Any, **extra: Any
+    ) -> Any:
+        return self._namespaced(
+            k8s.apiextensions.CustomResource, suffix, metadata, api_version=api_version, kind=kind, spec=spec, **extra
+        )
+
+    @property
+    def artifact_uri(self) -> pulumi.Output[str]:
+        return pulumi.Output.concat(self.foundation.artifact_root, "/", self.plan.artifact_prefix)
+
+    def _object_name(self, component: str) -> str:
+        return f"byoc-{self.deployment.name}-{component}"
+
+    # -- cluster add-ons (their own namespaces) ----------------------------------------------------------------
+    def _cluster_addons(self) -> dict[str, pulumi.Resource]:
+        charts = load_catalog().kubernetes["charts"]
+        deployment = self.deployment
+        installed: dict[str, pulumi.Resource] = {}
+
+        def release(key: str, pod_security: str, values: dict[str, Any]) -> pulumi.Resource:
+            chart = charts[key]
+            namespace = self._resource(
+                k8s.core.v1.Namespace,
+                f"{key.replace('_', '-')}-namespace",
+                metadata={
+                    "name": chart["namespace"],
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "byoc",
+                        "pod-security.kubernetes.io/enforce": pod_security,
+                    },
+                },
+                depends_on=self.foundation.depends_on,
+            )
+            chart_release: pulumi.Resource = self._resource(
+                k8s.helm.v3.Release,
+                key.replace("_", "-"),
+                depends_on=[namespace],
+                name=key.replace("_", "-"),
+                chart=chart["chart"],
+                version=chart["version"],
+                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart["repo"]),
+                namespace=chart["namespace"],
+                values=values,
+                atomic=True,
+            )
+            return chart_release
+
+        # GPU drivers and the device plugin need host access: privileged, in their own namespace.
+        installed["gpu_operator"] = release("gpu_operator", "privileged", self.foundation.gpu_operator_values)
+        installed["keda"] = release("keda", "baseline", {"prometheus": {"metricServer": {"enabled": True}}})
+        if deployment.monitoring.prometheus_url is None:
+            installed["monitoring"] = release(
+                "kube_prometheus_stack",
+                "privileged",  # node-exporter reads the host
+                {
+                    "fullnameOverride": "byoc-monitoring",
+                    "prometheus": {
+                        "prometheusSpec": {
+                            # pick up every ServiceMonitor and PrometheusRule, not only the chart's own
+                            "serviceMonitorSelectorNilUsesHelmValues": False,
+                            "ruleSelectorNilUsesHelmValues": False,
+                            "retention": "15d",
+                        }
+                    },
+                    "grafana": {"sidecar": {"dashboards": {"enabled": True, "searchNamespace": "ALL"}}},
+                },
+            )
+        return installed
+
+    # -- identities and configuration --------------------------------------------------------------------------
+    def _service_accounts(self) -> dict[str, Any]:
+        accounts = {}
+        roles = {**self.deployment.service_accounts, "gateway": "byoc-gateway"}
+        for role, account in roles.items():
+            accounts[role] = self._namespaced(
+                k8s.core.v1.ServiceAccount,
+                f"{role}-sa",
+                {
+                    "name": account,
+                    "labels": labels(self.deployment, role),
+                    "annotations": self.foundation.service_account_annotations.get(role, {}),
+                },
+                # The cloud identity comes from the pod identity webhook's own token, not the API token.
+                automount_service_account_token=False,
+            )
+        return accounts
+
+    def _engine_config(self) -> Any:
+        spec = self.deployment.spec.model_dump(mode="json", exclude_none=True)
+        return self._namespaced(
+            k8s.core.v1.ConfigMap,
+            "engine-config",
+            {"name": self._object_name("engine"), "labels": labels(self.deployment, "serving")},
+            data={
+                "options.yaml": yaml.safe_dump(self.plan.options, sort_keys=False),
+                "build-plan.json": json.dumps(self.plan.as_dict(), indent=2),
+                "byoc.yaml": yaml.safe_dump(spec, sort_keys=False),
+            },
+        )
+
+    # -- model build -------------------------------------------------------------------------------------------
+    def _gpu_pod(self) -> dict[str, Any]:
+        return {
+            "nodeSelector": self.foundation.gpu_node_selector,
+            "tolerations": [GPU_TOLERATION],
+        }
+
+    def _gpu_resources(self, cpu_per_gpu: int, memory_gib: int) -> dict[str, Any]:
+        gpus = str(self.deployment.shape.count)
+        amount = {"cpu": str(cpu_per_gpu * self.deployment.shape.count), "memory": f"{memory_gib}Gi"}
+        return {
+            "requests": {**amount, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
+            "limits": {**amount, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
+        }
+
+    def _host_memory_gib(self) -> int:
+        """Host memory a GPU pod needs to stage the BF16 checkpoint while loading or quantizing it."""
+        weights = self.deployment.memory.weight_bytes / 1024**3
+        return int(max(32, min(1024, weights * 1.5 + 16)))
+
+    def _scratch_gib(self) -> int:
+        return int(self.deployment.gpu_node_disk_gib * 0.7)
+
+    def _build_job(self, account: Any, config: Any) -> Any:
+        deployment = self.deployment
+        dest = self.artifact_uri
+        command = pulumi.Output.all(dest).apply(
+            lambda values: [
+                "byoc",
+                "build",
+                "-f",
+                "/etc/byoc/byoc.yaml",
+                "--dest",
+                values[0],
+                "--output",
+                "json",
+            ]
+        )
+        return self._namespaced(
+            k8s.batch.v1.Job,
+            "build",
+            {
+                "name": self._object_name(f"build-{self.plan.cache_key[:10]}"),
+                "labels": labels(deployment, "builder"),
+                "annotations": image_annotations(deployment),
+            },
+            spec={
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": 6 * 3600,
+                "ttlSecondsAfterFinished": 86400,
+                "template": {
+                    "metadata": {"labels": labels(deployment, "builder")},
+                    "spec": {
+                        "serviceAccountName": account.metadata["name"],
+                        "automountServiceAccountToken": False,
+                        "restartPolicy": "Never",
+                        "securityContext": pod_security(),
+                        **self._gpu_pod(),
+                        "containers": [
+                            {
+                                "name": "build",
+                                "image": deployment.images["runtime"],
+                                "imagePullPolicy": "Always",
+                                "command": command,
+                                "env": [{"name": "HOME", "value": "/scratch/home"}],
+                                "securityContext": container_security(),
+                                "resources": self._gpu_resources(8, self._host_memory_gib()),
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": "/etc/byoc", "readOnly": True},
+                                    {"name": "scratch", "mountPath": "/scratch"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": config.metadata["name"]}},
+                            {"name": "scratch", "emptyDir": {"sizeLimit": f"{self._scratch_gib()}Gi"}},
+                        ],
+                    },
+                },
+            },
+        )
+
+    # -- serving -----------------------------------------------------------------------------------------------
+    def _serving(self, account: Any, config: Any, build: Any) -> Any:
+        deployment = self.deployment
+        plan: BuildPlan = self.plan
+        probe = {"httpGet": {"path": "/health", "port": "http"}}
+        fetch = self.artifact_uri.apply(
+            lambda uri: ["byoc", "artifacts", "fetch", "--from", uri, "--to", "/models", "--verify"]
+        )
+        component = "serving"
+        serving = self._namespaced(
+            k8s.apps.v1.Deployment,
+            "serving",
+            {
+                "name": self._object_name("serving"),
+                "labels": labels(deployment, component),
+                "annotations": image_annotations(deployment),
+            },
+            depends_on=[build],
+            spec={
+                # KEDA owns the replica count from here on; this is only where it starts
+                "replicas": deployment.autoscaling.min_replicas,
+                "selector": {"matchLabels": selector(deployment, component)},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {
+                        "labels": labels(deployment, component),
+                        "annotations": {"byoc.dev/artifact": plan.artifact_prefix},
+                    },
+                    "spec": {
+                        "serviceAccountName": account.metadata["name"],
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security(),
+                        "terminationGracePeriodSeconds": SERVING_GRACE_SECONDS,
+                        **self._gpu_pod(),
+                        "topologySpreadConstraints": [
+                            {
+                                "maxSkew": 1,
+                                "topologyKey": "topology.kubernetes.io/zone",
+                                "whenUnsatisfiable": "ScheduleAnyway",
+                                "labelSelector": {"matchLabels": selector(deployment, component)},
+                            }
+                        ],
+                        "initContainers": [
+                            {
+                                # fetch the built artifact and check every file against its manifest's sha256
+                                "name": "fetch-artifacts",
+                                "image": deployment.images["runtime"],
+                                "imagePullPolicy": "Always",
+                                "command": fetch,
+                                "env": [{"name": "HOME", "value": "/scratch/home"}],
+                                "securityContext": container_security(),
+                                "resources": {
+                                    "requests": {"cpu": "2", "memory": "4Gi"},
+                                    "limits": {"cpu": "4", "memory": "4Gi"},
+                                },
+                                "volumeMounts": [
+                                    {"name": "models", "mountPath": "/models"},
+                                    {"name": "scratch", "mountPath": "/scratch"},
+                                ],
+                            }
+                        ],
+                        "containers": [
+                            {
+                                "name": "trtllm-serve",
+                                "image": deployment.images["serving"],
+                                "imagePullPolicy": "Always",
+                                "command": plan.serve_command(),
+                                "ports": [{"name": "http", "containerPort": SERVE_PORT, "protocol": "TCP"}],
+                                "env": [
+                                    {"name": "HOME", "value": "/scratch/home"},
+                                    {"name": "HF_HUB_OFFLINE", "value": "1"},  # never reach out for weights
+                                    {"name": "TRITON_CACHE_DIR", "value": "/scratch/triton"},
+                                    {"name": "XDG_CACHE_HOME", "value": "/scratch/cache"},
+                                ],
+                                "securityContext": container_security(),
+                                "resources": self._gpu_resources(8, self._host_memory_gib()),
+                                # model load can take many minutes; liveness starts only after it
+                                "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+                                "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+                                "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
+                                "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
+                                "volumeMounts": [
+                                    {"name": "models", "mountPath": "/models", "readOnly": True},
+                                    {"name": "config", "mountPath": "/etc/byoc", "readOnly": True},
+                                    {"name": "scratch", "mountPath": "/scratch"},
+                                    {"name": "shm", "mountPath": "/dev/shm"},
+                                ],
+                            },
+                            {
+                                # re-exports trtllm's iteration stats (KV cache use, queue) as Prometheus gauges
+                                "name": "engine-stats",
+                                "image": deployment.images["runtime"],
+                                "imagePullPolicy": "Always",
+                                "command": [
+                                    "byoc",
+                                    "serve",
+                                    "engine-stats",
+                                    "--engine",
+                                    f"http://127.0.0.1:{SERVE_PORT}",
+                                    "--listen",
+                                    f"0.0.0.0:{ENGINE_STATS_PORT}",
+                                ],
+                                "ports": [{"name": "stats", "containerPort": ENGINE_STATS_PORT, "protocol": "TCP"}],
+                                "securityContext": container_security(),
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                                    "limits": {"cpu": "250m", "memory": "128Mi"},
+                                },
+                                "readinessProbe": {"httpGet": {"path": "/health", "port": "stats"}},
+                                "livenessProbe": {"httpGet": {"path": "/health", "port": "stats"}},
+                            },
+                        ],
+                        "volumes": [
+                            {"name": "models", "emptyDir": {"sizeLimit": f"{self._scratch_gib()}Gi"}},
+                            {"name": "config", "configMap": {"name": config.metadata["name"]}},
+                            {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}},
+                            # NCCL and the runtime use shared memory between tensor-parallel ranks
+                            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                        ],
+                    },
+                },
+            },
+        )
+        self._namespaced(
+            k8s.core.v1.Service,
+            "serving-service",
+            {"name": self._object_name("serving"), "labels": labels(deployment, component)},
+            spec={
+                # headless: the gateway resolves every ready pod and routes to the least busy one
+                "clusterIP": "None",
+                "selector": selector(deployment, component),
+                "ports": [
+                    {"name": "http", "port": SERVE_PORT, "targetPort": "http"},
+                    {"name": "stats", "port": ENGINE_STATS_PORT, "targetPort": "stats"},
+                ],
+            },
+        )
+        self._namespaced(
+            k8s.policy.v1.PodDisruptionBudget,
+            "serving-pdb",
+            {"name": self._object_name("serving"), "labels": labels(deployment, component)},
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(deployment, component)}},
+        )
+        return serving
+
+    # -- gateway -----------------------------------------------------------------------------------------------
+    def _gateway(self, account: Any) -> Any:
+        deployment = self.deployment
+        component = "gateway"
+        upstream = f"dns+http://{self._object_name('serving')}.{self.namespace}.svc.cluster.local:{SERVE_PORT}"
+        models = [deployment.model.id, *[f"{a.id}={a.source}" for a in deployment.addons]]
+        command = [
+            "byoc",
+            "serve",
+            "gateway",
+            "--listen",
+            f"0.0.0.0:{GATEWAY_PORT}",
+            "--metrics-listen",
+            f"0.0.0.0:{GATEWAY_METRICS_PORT}",
+            "--upstream",
+            upstream,
+            "--api-keys",
+            "/etc/byoc/keys/keys.yaml",
+            "--model",
+            deployment.model.id,
+            "--max-context",
+            str(deployment.max_context),
+            "--ttft-slo",
+            str(deployment.monitoring.ttft_p95_slo_seconds),
+            # hold requests while the serving deployment wakes from zero (a GPU node and a model load)
+            "--wake-timeout",
+            "900",
+        ]
+        for addon in models[1:]:
+            command += ["--addon", addon]
+        probe_port = {"port": "http"}
+        gateway = self._namespaced(
+            k8s.apps.v1.Deployment,
+            "gateway",
+            {
+                "name": self._object_name("gateway"),
+                "labels": labels(deployment, component),
+                "annotations": image_annotations(deployment),
+            },
+            spec={
+                "replicas": 2,
+                "selector": {"matchLabels": selector(deployment, component)},
+                "template": {
+                    "metadata": {"labels": labels(deployment, component)},
+                    "spec": {
+                        "serviceAccountName": account.metadata["name"],
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security(),
+                        "terminationGracePeriodSeconds": SERVING_GRACE_SECONDS,
+                        "topologySpreadConstraints": [
+                            {
+                                "maxSkew": 1,
+                                "topologyKey": "topology.kubernetes.io/zone",
+                                "whenUnsatisfiable": "ScheduleAnyway",
+                                "labelSelector": {"matchLabels": selector(deployment, component)},
+                            }
+                        ],
+                        "containers": [
+                            {
+                                "name": "gateway",
+                                "image": deployment.images["runtime"],
+                                "imagePullPolicy": "Always",
+                                "command": command,
+                                "ports": [
+                                    {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+                                    {"name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP"},
+                                ],
+                                "securityContext": container_security(),
+                                "resources": {
+                                    "requests": {"cpu": "1", "memory": "512Mi"},
+                                    "limits": {"cpu": "2", "memory": "512Mi"},
+                                },
+                                "readinessProbe": {"httpGet": {"path": "/ready", **probe_port}, "periodSeconds": 5},
+                                "livenessProbe": {"httpGet": {"path": "/health", **probe_port}, "periodSeconds": 10},
+                                "volumeMounts": [
+                                    # API keys as a file, never as environment variables
+                                    {"name": "api-keys", "mountPath": "/etc/byoc/keys", "readOnly": True},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            # Created by the operator (hashed keys only); byoc never holds your API keys.
+                            {"name": "api-keys", "secret": {"secretName": self._object_name("api-keys")}},
+                        ],
+                    },
+                },
+            },
+        )
+        service = self._namespaced(
+            k8s.core.v1.Service,
+            "gateway-service",
+            {
+                "name": self._object_name("gateway"),
+                "labels": labels(deployment, component),
+                "annotations": self.foundation.load_balancer_annotations,
+            },
+            spec={
+                # an internal load balancer: reachable from the VPC, never from the internet
+                "type": "LoadBalancer",
+                "selector": selector(deployment, component),
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        )
+        self._namespaced(
+            k8s.policy.v1.PodDisruptionBudget,
+            "gateway-pdb",
+            {"name": self._object_name("gateway"), "labels": labels(deployment, component)},
+            spec={"minAvailable": 1, "selector": {"matchLabels": selector(deployment, component)}},
+        )
+        self._namespaced(
+            k8s.autoscaling.v2.HorizontalPodAutoscaler,
+            "gateway-hpa",
+            {"name": self._object_name("gateway"), "labels": labels(deployment, component)},
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self._object_name("gateway")},
+                "minReplicas": 2,
+                "maxReplicas": 6,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                    }
+                ],
+            },
+            depends_on=[gateway],
+        )
+        return service
+
+    # -- autoscaling -------------------------------------------------------------------------------------------
+    def _autoscaling(self, serving: Any, addons: dict[str, pulumi.Resource]) -> None:
+        deployment = self.deployment
+        scaling = deployment.autoscaling
+        server = prometheus_url(deployment)
+        wake = f'sum(byoc_gateway_pending_requests{{namespace="{deployment.namespace}"}})'
+        spec: dict[str, Any] = {
+            "scaleTargetRef": {"name": self._object_name("serving")},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "pollingInterval": 15,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleUp": {
+                            "stabilizationWindowSeconds": scaling.scale_up_window_s,
+                            "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                        },
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": scaling.scale_down_window_s,
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
+                        },
+                    }
+                }
+            },
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "name": "load",
+                    "metadata": {
+                        "serverAddress": server,
+                        "query": load_target_query(deployment),
+                        "threshold": f"{scaling.load_target.value:g}",
+                        "activationThreshold": "0",
+                    },
+                },
+                {
+                    # a request waiting at the gateway wakes a deployment that is at zero
+                    "type": "prometheus",
+                    "name": "wake",
+                    "metadata": {
+                        "serverAddress": server,
+                        "query": wake,
+                        "threshold": "1",
+                        "activationThreshold": "0",
+                    },
+                },
+            ],
+        }
+        if scaling.scale_to_zero_window_s is not None:
+            spec["cooldownPeriod"] = scaling.scale_to_zero_window_s  # idle this long before the last replica goes
+        self._custom(
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            "serving-scaler",
+            {"name": self._object_name("serving"), "labels": labels(deployment, "serving")},
+            spec,
+            depends_on=[serving, addons["keda"]],
+        )
+
+    # -- monitoring --------------------------------------------------------------------------------------------
+    def _monitoring(self, addons: dict[str, pulumi.Resource]) -> None:
+        deployment = self.deployment
+        after = [addons["monitoring"]] if "monitoring" in addons else []
+        monitors = {
+            "gateway": ("gateway", [{"port": "metrics", "path": "/metrics", "interval": "15s"}]),
+            "serving": (
+                "serving",
+                [
+                    {"port": "http", "path": "/prometheus/metrics", "interval": "15s"},
+                    {"port": "stats", "path": "/metrics", "interval": "15s"},
+                ],
+            ),
+        }
+        for suffix, (component, endpoints) in monitors.items():
+            self._custom(
+                "monitoring.coreos.com/v1",
+                "ServiceMonitor",
+                f"{suffix}-monitor",
+                {"name": self._object_name(suffix), "labels": labels(deployment, component)},
+                {"selector": {"matchLabels": selector(deployment, component)}, "endpoints": endpoints},
+                depends_on=after,
+            )
+        rules = yaml.safe_load((MONITORING / "rules.yaml").read_text())
+        self._custom(
+            "monitoring.coreos.com/v1",
+            "PrometheusRule",
+            "rules",
+            {"name": self._object_name("rules"), "labels": labels(deployment, "monitoring")},
+            rules,
+            depends_on=after,
+        )
+        self._namespaced(
+            k8s.core.v1.ConfigMap,
+            "dashboard",
+            {
+                "name": self._object_name("dashboard"),
+                # the Grafana sidecar loads every ConfigMap with this label
+                "labels": {**labels(deployment, "monitoring"), "grafana_dashboard": "1"},
+            },
+            data={"byoc-serving.json": (MONITORING / "dashboard.json").read_text()},
+        )
+
+    # -- network policies --------------------------------------------------------------------------------------
+    def _network_policies(self) -> None:
+        deployment = self.deployment
+        charts = load_catalog().kubernetes["charts"]
+        monitoring_ns = charts["kube_prometheus_stack"]["namespace"]
+
+        def policy(suffix: str, spec: dict[str, Any]) -> None:
+            self._namespaced(
+                k8s.networking.v1.NetworkPolicy,
+                f"netpol-{suffix}",
+                {"name": self._object_name(suffix), "labels": labels(deployment, "network-policy")},
+                spec=spec,
+            )
+
+        def pods(component: str) -> dict[str, Any]:
+            return {"matchLabels": selector(deployment, component)}
+
+        from_prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring_ns}}}
+        https_out = {"ports": [{"protocol": "TCP", "port": 443}]}
+        policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+        policy(
+            "allow-dns",
+            {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                            }
+                        ],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                    }
+                ],
+            },
+        )
+        policy(
+            "gateway",
+            {
+                "podSelector": pods("gateway"),
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    # clients inside the VPC, through the internal load balancer
+                    {
+                        "from": [{"ipBlock": {"cidr": self.foundation.vpc_cidr}}],
+                        "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}],
+                    },
+                    {"from": [from_prometheus], "ports": [{"protocol": "TCP", "port": GATEWAY_METRICS_PORT}]},
+                ],
+                "egress": [
+                    {"to": [{"podSelector": pods("serving")}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}
+                ],
+            },
+        )
+        policy(
+            "serving",
+            {
+                "podSelector": pods("serving"),
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    {"from": [{"podSelector": pods("gateway")}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                    {
+                        "from": [from_prometheus],
+                        "ports": [
+                            {"protocol": "TCP", "port": SERVE_PORT},
+                            {"protocol": "TCP", "port": ENGINE_STATS_PORT},
+                        ],
+                    },
+                ],
+                # the artifact store over HTTPS (object stores have no fixed addresses to narrow this to)
+                "egress": [https_out],
+            },
+        )
+        policy(
+            "builder",
+            {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out]},
+        )

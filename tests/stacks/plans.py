@@ -1,0 +1,29 @@
+"""Offline plans of the AWS program, cached per spec (each run takes a couple of seconds)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from byoc.engines import program_for
+from byoc.engines.offline import Plan, RecordedResource, run_offline
+from tests.conftest import deploy
+
+
+@functools.cache
+def _graph(overrides: str) -> Plan:
+    deployment = deploy(**json.loads(overrides))
+    program = program_for(deployment)
+    assert program is not None
+    return run_offline(deployment, program)
+
+
+def graph(**overrides: Any) -> Plan:
+    return _graph(json.dumps(overrides, sort_keys=True))
+
+
+def one(plan: Plan, type_token: str) -> RecordedResource:
+    found = plan.by_type(type_token)
+    assert len(found) == 1, f"{len(found)} x {type_token}"
+    return found[0]

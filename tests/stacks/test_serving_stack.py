@@ -1,0 +1,255 @@
+"""The Kubernetes serving stack as recorded in the plan: what an operator reviewing the YAML checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from byoc.engines.offline import Plan
+from tests.stacks.plans import graph, one
+
+ADDON = {"id": "support-tone", "source": "s3://acme-adapters/support-tone/", "rank": 16}
+LORA = {"shape": "h100x1-bf16", "addons": [ADDON], "max_context": 16384}
+
+
+def scaled_object(plan: Plan) -> dict[str, Any]:
+    spec: dict[str, Any] = one(plan, "kubernetes:keda.sh/v1alpha1:ScaledObject").inputs["spec"]
+    return spec
+
+
+def trigger(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(t for t in spec["triggers"] if t["name"] == name)
+    return found
+
+
+def workload(plan: Plan, component: str) -> dict[str, Any]:
+    deployments = plan.by_type("kubernetes:apps/v1:Deployment")
+    found = next(d for d in deployments if d.inputs["metadata"]["name"].endswith(f"-{component}"))
+    spec: dict[str, Any] = found.inputs["spec"]
+    return spec
+
+
+def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod["containers"] + pod.get("initContainers", [])}
+
+
+# -- autoscaling ------------------------------------------------------------------------------------------------
+def test_scaled_object_reaches_zero_and_four() -> None:
+    spec = scaled_object(graph(**LORA, autoscaling={"min_replicas": 0, "max_replicas": 4}))
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 4)
+    assert spec["cooldownPeriod"] == 3600  # idle an hour before the last replica goes (the spec's default)
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 30
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+    assert spec["scaleTargetRef"]["name"] == "byoc-test-serving"
+
+
+def test_scaled_object_follows_the_windows() -> None:
+    scaling = {
+        "min_replicas": 0,
+        "max_replicas": 2,
+        "scale_up_window": "1m",
+        "scale_down_window": "20m",
+        "scale_to_zero_window": "15m",
+    }
+    spec = scaled_object(graph(autoscaling=scaling))
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 60
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 1200
+    assert spec["cooldownPeriod"] == 900
+
+
+def test_no_scale_to_zero_when_min_is_above_zero() -> None:
+    spec = scaled_object(graph(autoscaling={"min_replicas": 2, "max_replicas": 5}))
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 5)
+    assert "cooldownPeriod" not in spec
+
+
+@pytest.mark.parametrize(
+    ("kind", "metric"),
+    [
+        ("concurrent_requests", 'sum(byoc_gateway_in_flight_requests{namespace="byoc-test"})'),
+        ("requests_per_second", 'sum(rate(byoc_gateway_requests_total{namespace="byoc-test"}[1m]))'),
+        ("tokens_per_second", 'sum(rate(byoc_gateway_output_tokens_total{namespace="byoc-test"}[1m]))'),
+        ("queue_depth", 'sum(byoc_gateway_queue_depth{namespace="byoc-test"})'),
+    ],
+)
+def test_load_trigger_follows_the_target(kind: str, metric: str) -> None:
+    spec = scaled_object(graph(autoscaling={"max_replicas": 3, "load_target": {"type": kind, "value": 12.5}}))
+    load = trigger(spec, "load")["metadata"]
+    assert load["query"] == metric
+    assert load["threshold"] == "12.5"
+
+
+def test_default_load_target_is_sized_by_the_planner() -> None:
+    load = trigger(scaled_object(graph()), "load")["metadata"]
+    assert load["query"].startswith("sum(byoc_gateway_in_flight_requests")
+    assert 1 <= float(load["threshold"]) <= 256
+
+
+def test_pending_requests_wake_the_deployment_from_zero() -> None:
+    wake = trigger(scaled_object(graph()), "wake")
+    assert wake["type"] == "prometheus"
+    assert wake["metadata"]["query"] == 'sum(byoc_gateway_pending_requests{namespace="byoc-test"})'
+    assert wake["metadata"]["activationThreshold"] == "0"
+
+
+def test_triggers_query_the_installed_prometheus_or_yours() -> None:
+    plan = graph()
+    assert trigger(scaled_object(plan), "load")["metadata"]["serverAddress"] == (
+        "http://byoc-monitoring-prometheus.monitoring.svc:9090"
+    )
+    assert "kube-prometheus-stack" in {r.inputs["name"] for r in plan.by_type("kubernetes:helm.sh/v3:Release")}
+    mine = "http://prometheus-operated.observability:9090"
+    plan = graph(monitoring={"prometheus_url": mine})
+    assert trigger(scaled_object(plan), "load")["metadata"]["serverAddress"] == mine
+    assert "kube-prometheus-stack" not in {r.inputs["name"] for r in plan.by_type("kubernetes:helm.sh/v3:Release")}
+
+
+def test_helm_releases_are_pinned() -> None:
+    releases = {r.inputs["name"]: r.inputs for r in graph().by_type("kubernetes:helm.sh/v3:Release")}
+    assert releases["keda"]["version"] == "2.18.0"
+    assert releases["gpu-operator"]["version"] == "v25.10.1"
+    assert releases["kube-prometheus-stack"]["version"] == "79.7.1"
+    # the EKS AMI carries the NVIDIA driver; the operator adds the device plugin and dcgm-exporter
+    gpu = releases["gpu-operator"]["values"]
+    assert gpu["driver"]["enabled"] is False and gpu["dcgmExporter"]["enabled"] is True
+
+
+# -- workloads --------------------------------------------------------------------------------------------------
+def test_namespace_enforces_restricted_pod_security() -> None:
+    namespaces = {
+        n.inputs["metadata"]["name"]: n.inputs["metadata"]["labels"]
+        for n in graph().by_type("kubernetes:core/v1:Namespace")
+    }
+    assert namespaces["byoc-test"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert namespaces["gpu-operator"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_serving_pods_hold_the_shapes_gpus_on_its_node_pool() -> None:
+    spec = workload(graph(shape="h100x2-fp8"), "serving")
+    pod = spec["template"]["spec"]
+    engine = containers(pod)["trtllm-serve"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert engine["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"karpenter.sh/nodepool": "byoc-gpu"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert engine["image"].startswith("nvcr.io/nvidia/tensorrt-llm/release@sha256:")
+    assert "--tp_size" in engine["command"] and engine["command"][engine["command"].index("--tp_size") + 1] == "2"
+
+
+def test_serving_pods_are_locked_down() -> None:
+    pod = workload(graph(), "serving")["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in containers(pod).values():
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"]
+    assert pod["terminationGracePeriodSeconds"] >= 120
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+
+
+def test_serving_probes_health_and_waits_for_model_load() -> None:
+    engine = containers(workload(graph(), "serving")["template"]["spec"])["trtllm-serve"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert engine[probe]["httpGet"]["path"] == "/health"
+    assert engine["startupProbe"]["periodSeconds"] * engine["startupProbe"]["failureThreshold"] >= 1800
+
+
+def test_serving_fetches_and_verifies_the_built_artifact() -> None:
+    plan = graph()
+    fetch = containers(workload(plan, "serving")["template"]["spec"])["fetch-artifacts"]
+    assert fetch["command"][:3] == ["byoc", "artifacts", "fetch"]
+    assert "--verify" in fetch["command"]
+    source = fetch["command"][fetch["command"].index("--from") + 1]
+    assert source.startswith("s3://byoc-test-artifacts-123456789012/artifacts/llama-3.1-8b-instruct/")
+    job = one(plan, "kubernetes:batch/v1:Job").inputs["spec"]["template"]["spec"]
+    build = job["containers"][0]
+    assert build["command"][build["command"].index("--dest") + 1] == source  # the Job writes what pods read
+    assert job["serviceAccountName"] == "byoc-builder"
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_options_config_map_follows_the_shape() -> None:
+    plan = graph(**LORA, kv_cache_fraction=0.85)
+    maps = {c.inputs["metadata"]["name"]: c.inputs["data"] for c in plan.by_type("kubernetes:core/v1:ConfigMap")}
+    options = yaml.safe_load(maps["byoc-test-engine"]["options.yaml"])
+    assert options["backend"] == "pytorch"
+    assert options["tensor_parallel_size"] == 1
+    assert options["max_seq_len"] == 16384
+    assert options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.85
+    assert options["lora_config"]["max_lora_rank"] == 16
+    fp8 = yaml.safe_load(
+        {c.inputs["metadata"]["name"]: c.inputs["data"] for c in graph().by_type("kubernetes:core/v1:ConfigMap")}[
+            "byoc-test-engine"
+        ]["options.yaml"]
+    )
+    assert "lora_config" not in fp8
+    assert fp8["kv_cache_config"]["dtype"] == "fp8"
+
+
+def test_gateway_knows_the_addon_and_reads_keys_from_a_file() -> None:
+    pod = workload(graph(**LORA), "gateway")["template"]["spec"]
+    gateway = containers(pod)["gateway"]
+    assert gateway["command"][gateway["command"].index("--addon") + 1] == (
+        "support-tone=s3://acme-adapters/support-tone/"
+    )
+    assert "env" not in gateway  # no key in an environment variable
+    assert pod["volumes"][0]["secret"]["secretName"] == "byoc-test-api-keys"
+
+
+def test_gateway_is_an_internal_load_balancer_with_a_pdb_and_hpa() -> None:
+    plan = graph()
+    services = {s.inputs["metadata"]["name"]: s.inputs for s in plan.by_type("kubernetes:core/v1:Service")}
+    gateway = services["byoc-test-gateway"]
+    assert gateway["spec"]["type"] == "LoadBalancer"
+    assert gateway["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
+    assert services["byoc-test-serving"]["spec"]["clusterIP"] == "None"
+    budgets = {
+        p.inputs["metadata"]["name"]: p.inputs["spec"] for p in plan.by_type("kubernetes:policy/v1:PodDisruptionBudget")
+    }
+    assert budgets["byoc-test-serving"]["maxUnavailable"] == 1
+    assert budgets["byoc-test-gateway"]["minAvailable"] == 1
+    assert one(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]["minReplicas"] == 2
+
+
+# -- network policies and monitoring ----------------------------------------------------------------------------
+def test_network_policies_default_deny_then_allow_what_is_needed() -> None:
+    policies = {
+        p.inputs["metadata"]["name"].removeprefix("byoc-test-"): p.inputs["spec"]
+        for p in graph().by_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    }
+    assert policies["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    dns = policies["allow-dns"]["egress"][0]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    serving_in = policies["serving"]["ingress"]
+    assert serving_in[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway"
+    gateway_out = policies["gateway"]["egress"][0]
+    assert gateway_out["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "serving"
+    assert policies["gateway"]["ingress"][0]["from"][0]["ipBlock"]["cidr"] == "10.42.0.0/16"
+    assert policies["builder"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}]}]
+
+
+def test_monitoring_objects() -> None:
+    plan = graph()
+    monitors = {
+        m.inputs["metadata"]["name"]: m.inputs["spec"]
+        for m in plan.by_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+    }
+    serving_paths = {e["path"] for e in monitors["byoc-test-serving"]["endpoints"]}
+    assert serving_paths == {"/prometheus/metrics", "/metrics"}
+    rules = one(plan, "kubernetes:monitoring.coreos.com/v1:PrometheusRule").inputs["spec"]
+    alerts = {r["alert"] for group in rules["groups"] for r in group["rules"] if "alert" in r}
+    assert {"ByocTTFTHigh", "ByocErrorRatioHigh", "ByocGPUsIdle", "ByocKVCacheNearFull"} <= alerts
+    dashboards = [
+        c
+        for c in plan.by_type("kubernetes:core/v1:ConfigMap")
+        if c.inputs["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    assert len(dashboards) == 1
