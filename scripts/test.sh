@@ -14,6 +14,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
 fi
 
+# checkov pins an old boto3, so it lives in a virtual environment of its own (tests find .venv-checkov/bin/checkov).
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  python3 -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q checkov
+fi
+
 # torch first, pinned: this is the CPU wheel on these machines; anything asking for a newer torch would pull
 # several GB of CUDA.
 python3 -m pip install -q torch==2.13.0

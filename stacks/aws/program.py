@@ -13,18 +13,9 @@ from stacks.aws.context import make_context
 from stacks.aws.identities import Identities
 from stacks.aws.keys import Keys
 from stacks.aws.network import Network
+from stacks.k8s.gpu_operator import gpu_operator_values
 from stacks.k8s.serving import Foundation, ServingStack
 
-# EKS's AL2023 NVIDIA AMI carries the driver and the container toolkit: the GPU Operator adds only the device
-# plugin, feature discovery and dcgm-exporter (GPU metrics, scraped through its ServiceMonitor).
-GPU_OPERATOR_VALUES = {
-    "driver": {"enabled": False},
-    "toolkit": {"enabled": False},
-    "devicePlugin": {"enabled": True},
-    "nfd": {"enabled": True},
-    # honorLabels keeps the namespace/pod of the workload holding each GPU (the rules aggregate by namespace)
-    "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": True, "honorLabels": True}},
-}
 # The gateway's Service becomes an internal Network Load Balancer: reachable from the VPC only.
 INTERNAL_LOAD_BALANCER = {
     "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
@@ -49,7 +40,8 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
         Foundation(
             artifact_root=pulumi.Output.concat("s3://", store.bucket_name),
             gpu_node_selector={"karpenter.sh/nodepool": capacity.node_pool},
-            gpu_operator_values=GPU_OPERATOR_VALUES,
+            # EKS's AL2023 NVIDIA AMI carries the driver and the container toolkit
+            gpu_operator_values=gpu_operator_values("node-image"),
             vpc_cidr=deployment.network.cidr,
             load_balancer_annotations=INTERNAL_LOAD_BALANCER,
             depends_on=[*cluster.ready, capacity],

@@ -253,3 +253,14 @@ def test_monitoring_objects() -> None:
         if c.inputs["metadata"]["labels"].get("grafana_dashboard") == "1"
     ]
     assert len(dashboards) == 1
+
+
+def test_gpu_operator_values_for_each_driver_source() -> None:
+    from stacks.k8s.gpu_operator import gpu_operator_values
+
+    eks, gke = gpu_operator_values("node-image"), gpu_operator_values("gke")
+    assert eks["driver"]["enabled"] is False and eks["toolkit"]["enabled"] is False
+    assert gke["driver"]["enabled"] is False
+    assert gke["hostPaths"]["driverInstallDir"] == "/home/kubernetes/bin/nvidia"
+    for values in (eks, gke):
+        assert values["dcgmExporter"]["serviceMonitor"]["honorLabels"] is True
