@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from byoc.commands import build, compliance, serve
+from byoc.commands.common import Output, OutputOpt, print_json, reporting
 from byoc.errors import ByocError
 
 if TYPE_CHECKING:
@@ -35,17 +34,11 @@ app = typer.Typer(
 )
 
 
-class Output(StrEnum):
-    text = "text"
-    json = "json"
-
-
 class CloudName(StrEnum):
     aws = "aws"
     gcp = "gcp"
 
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for tools.")]
 SpecFileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")]
 CloudOpt = Annotated[CloudName | None, typer.Option("--cloud", help="aws or gcp (overrides the spec).")]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="GLOBAL, US, EUROPE, APAC, or a region id.")]
@@ -54,22 +47,6 @@ ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Shape such as h10
 NameOpt = Annotated[str | None, typer.Option("--name", help="Deployment name (overrides the spec).")]
 InputTokensOpt = Annotated[int, typer.Option("--input-tokens", min=1, help="Prompt tokens per request.")]
 OutputTokensOpt = Annotated[int, typer.Option("--output-tokens", min=1, help="Generated tokens per request.")]
-
-
-@contextmanager
-def reporting(output: Output) -> Iterator[None]:
-    """Turn a ByocError into one message (and a JSON object with --output json) and its exit code."""
-    try:
-        yield
-    except ByocError as exc:
-        if output is Output.json:
-            print(json.dumps({"error": exc.as_dict()}))
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False))
 
 
 def _console() -> Any:
@@ -138,7 +115,7 @@ def validate(
     with reporting(output):
         deployment = resolve(_spec(file, None, None, None, None, None))
     if output is Output.json:
-        _print_json({"valid": True, **deployment.plan_document()})
+        print_json({"valid": True, **deployment.plan_document()})
     else:
         print(f"{file}: valid")
         for line in _summary_lines(deployment):
@@ -155,7 +132,7 @@ def schema(
     if markdown:
         print(spec_markdown(), end="")
     else:
-        _print_json(spec_json_schema())
+        print_json(spec_json_schema())
 
 
 @app.command()
@@ -174,7 +151,7 @@ def shapes(
         clouds = [cloud.value] if cloud else ["aws", "gcp"]
         rows = shape_rows(clouds, model, max_context, input_tokens, output_tokens)
     if output is Output.json:
-        _print_json({"model": model, "shapes": rows})
+        print_json({"model": model, "shapes": rows})
         return
     if model:
         _table(
@@ -229,7 +206,7 @@ def regions(
             raise ByocError("--refresh", "only AWS offerings can be refreshed live", "add --cloud aws")
         rows = region_rows(clouds, refresh)
     if output is Output.json:
-        _print_json({"regions": rows})
+        print_json({"regions": rows})
         return
     columns = ["cloud", "region", "mega-region", "GPUs"]
     if refresh:
@@ -267,7 +244,7 @@ def estimate(
             cloud.value, model, shape, input_tokens, output_tokens, kv_cache_fraction, max_context, price_per_gpu_hour
         )
     if output is Output.json:
-        _print_json(row)
+        print_json(row)
         return
     memory = row["memory"]
     lines = [
@@ -348,7 +325,7 @@ def plan(
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     if output is Output.json:
-        _print_json({"plan": str(target), **document})
+        print_json({"plan": str(target), **document})
         return
     for line in _summary_lines(deployment):
         print(line)
@@ -376,7 +353,7 @@ def _live(operation: Operation, file: Path | None, cloud: CloudName | None, regi
         quiet = output is Output.json
         result = run_live(deployment, program, operation, (lambda _: None) if quiet else print)
     if quiet:
-        _print_json(result)
+        print_json(result)
 
 
 @app.command()
@@ -410,6 +387,10 @@ def destroy(
 ) -> None:
     """Delete everything byoc created for the deployment (needs the Pulumi CLI and credentials)."""
     _live("destroy", file, cloud, region, output)
+
+
+for group in (serve, build, compliance):
+    group.register(app)
 
 
 def main() -> None:

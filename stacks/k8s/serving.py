@@ -301,18 +301,9 @@ class ServingStack(pulumi.ComponentResource):
 
     def _build_job(self, account: Any, config: Any) -> Any:
         deployment = self.deployment
-        dest = self.artifact_uri
-        command = pulumi.Output.all(dest).apply(
-            lambda values: [
-                "byoc",
-                "build",
-                "-f",
-                "/etc/byoc/byoc.yaml",
-                "--dest",
-                values[0],
-                "--output",
-                "json",
-            ]
+        # the builder writes under <store>/<artifact prefix>, the content-addressed place the serving pods read
+        command = pulumi.Output.from_input(self.foundation.artifact_root).apply(
+            lambda root: ["byoc", "build", "-f", "/etc/byoc/byoc.yaml", "--dest", root, "--output", "json"]
         )
         return self._namespaced(
             k8s.batch.v1.Job,

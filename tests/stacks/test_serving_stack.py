@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from byoc.engines.offline import Plan
+from runtime.build.plan import build_plan
+from tests.conftest import deploy
 from tests.stacks.plans import graph, one
 
 ADDON = {"id": "support-tone", "source": "s3://acme-adapters/support-tone/", "rank": 16}
@@ -171,7 +173,9 @@ def test_serving_fetches_and_verifies_the_built_artifact() -> None:
     assert source.startswith("s3://byoc-test-artifacts-123456789012/artifacts/llama-3.1-8b-instruct/")
     job = one(plan, "kubernetes:batch/v1:Job").inputs["spec"]["template"]["spec"]
     build = job["containers"][0]
-    assert build["command"][build["command"].index("--dest") + 1] == source  # the Job writes what pods read
+    # the Job builds into the store; the content-addressed prefix it writes under is the one pods read
+    assert build["command"][build["command"].index("--dest") + 1] == "s3://byoc-test-artifacts-123456789012"
+    assert source.endswith(build_plan(deploy()).artifact_prefix)
     assert job["serviceAccountName"] == "byoc-builder"
     assert build["resources"]["limits"]["nvidia.com/gpu"] == "1"
 

@@ -1,0 +1,38 @@
+"""What every command shares: the output switch, the error reporting, JSON printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from byoc.errors import ByocError
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for tools.")]
+
+
+@contextmanager
+def reporting(output: Output) -> Iterator[None]:
+    """Turn a ByocError into one message (and a JSON object with --output json) and its exit code."""
+    try:
+        yield
+    except ByocError as exc:
+        if output is Output.json:
+            print(json.dumps({"error": exc.as_dict()}))
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
