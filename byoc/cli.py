@@ -274,8 +274,9 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> None:
-    """plan.json, manifests/ and helm-releases.yaml, each replaced whole: a failed plan keeps the previous one."""
+def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> dict[str, Any] | None:
+    """plan.json, manifests/, helm-releases.yaml and compliance/, each replaced whole: a failed plan keeps the
+    previous one. Returns the compliance summary."""
     import shutil
 
     from byoc.manifests import write_helm_releases, write_manifests
@@ -293,7 +294,16 @@ def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> None:
             os.replace(staging, previous)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    compliance = None
+    if graph is not None:
+        from compliance.evaluate import evaluate, graph_from_plan
+        from compliance.reports import write_pack
+
+        frameworks = document["compliance"]["frameworks"]
+        declared = graph_from_plan(document)
+        compliance = write_pack(declared, evaluate(declared, frameworks), frameworks, out / "compliance")
     _write_atomically(out / "plan.json", json.dumps(document, indent=2) + "\n")
+    return compliance
 
 
 @app.command()
@@ -321,7 +331,7 @@ def plan(
             document["resources"] = [r.as_dict() for r in graph.resources]
         target = out / "plan.json"
         try:
-            _write_plan(out, document, graph)
+            compliance = _write_plan(out, document, graph)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     if output is Output.json:
@@ -337,7 +347,13 @@ def plan(
     print(f"resources   {sum(counts.values())} ({len(counts)} types)")
     for type_token, count in counts.items():
         print(f"  {count:4d}  {type_token}")
-    print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}")
+    if compliance is not None:
+        found = compliance["findings"]
+        print(
+            f"compliance  {compliance['checks_evaluated']} checks evaluated: {found['PASS']} pass, {found['FAIL']} fail "
+            f"({', '.join(compliance['failing_controls']) or 'no failing control'})"
+        )
+    print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
 
 
 def _live(operation: Operation, file: Path | None, cloud: CloudName | None, region: str | None, output: Output) -> None:

@@ -2,8 +2,86 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from byoc.commands.common import Output, OutputOpt, print_json, reporting
+from byoc.errors import ByocError
+
+FRAMEWORKS = ("hipaa", "soc2", "iso27001")
+
+
+def parse_frameworks(value: str) -> list[str]:
+    chosen = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FRAMEWORKS]
+    if unknown or not chosen:
+        raise ByocError("--framework", f"unknown framework {', '.join(unknown) or '(none)'}", f"use {','.join(FRAMEWORKS)}")
+    return chosen
+
+
+def report(
+    plan: Annotated[Path | None, typer.Option("--plan", help="plan.json written by `byoc plan` (what is declared).")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Read the live account (what exists).")] = False,
+    cloud: Annotated[str, typer.Option("--cloud", help="Cloud of the live account (aws).")] = "aws",
+    region: Annotated[str | None, typer.Option("--region", help="Region of the live deployment.")] = None,
+    deployment: Annotated[str | None, typer.Option("--deployment", help="Deployment name (live).")] = None,
+    framework: Annotated[str, typer.Option("--framework", help="Comma-separated: hipaa,soc2,iso27001.")] = ",".join(
+        FRAMEWORKS
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the evidence pack.")] = Path("compliance-report"),
+    output: OutputOpt = Output.text,
+) -> None:
+    """Check the deployment against HIPAA, SOC 2 and ISO 27001 controls and write the evidence pack.
+
+    Exit 0 when no check fails, 1 when one fails (or could not be evaluated live), 2 for bad input. With --live and
+    --plan together, differences between what the plan declares and what the account has are reported as drift.
+    """
+    from compliance.evaluate import drift, evaluate, graph_from_plan, load_plan
+    from compliance.reports import write_pack
+
+    with reporting(output):
+        selected = parse_frameworks(framework)
+        if not live and plan is None:
+            raise ByocError("--plan", "nothing to check", "pass --plan DIR/plan.json, or --live with --deployment")
+        declared = graph_from_plan(load_plan(plan)) if plan is not None else None
+        if live:
+            if cloud != "aws":
+                raise ByocError("--cloud", f"live collection supports aws, not {cloud}", "use --cloud aws")
+            if not region or not deployment:
+                raise ByocError("--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo")
+            from compliance.collectors.aws import collect
+
+            graph = collect(deployment, region, declared.requested_region if declared else region)
+        else:
+            assert declared is not None
+            graph = declared
+        findings = evaluate(graph, selected)
+        differences = drift(evaluate(declared, selected), findings) if live and declared is not None else []
+        try:
+            result = write_pack(graph, findings, selected, out, differences)
+        except OSError as exc:
+            raise ByocError("--out", f"cannot write {out}: {exc.strerror}", "choose a writable folder") from None
+    failing = result["findings"]["FAIL"] + result["findings"]["ERROR"]
+    if output is Output.json:
+        print_json({"out": str(out), **result})
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result["findings"].items())
+        print(f"{result['checks_evaluated']} checks evaluated on {graph.source} resources: {counts}")
+        for total in result["frameworks"]:
+            print(
+                f"  {total['title']}: {total['passing']} controls passing, {total['failing']} failing, "
+                f"{total['errors']} errors, {total['not_assessed']} not assessed"
+            )
+        for difference in result["drift"]:
+            print(f"  drift: {difference['check_id']} declared {difference['declared']}, live {difference['live']}")
+        print(f"wrote {out}/ (report.html, report.md, findings.json, OSCAL, OCSF, manifest.sha256)")
+    if failing:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    del app  # commands land with the compliance work
+    group = typer.Typer(help="Compliance evidence: HIPAA, SOC 2 and ISO 27001 controls checked on the deployment.")
+    group.command("report")(report)
+    app.add_typer(group, name="compliance")

@@ -26,6 +26,7 @@ PLACEHOLDER_ACCOUNT = "123456789012"
 class RecordedResource:
     type: str
     name: str
+    id: str
     inputs: dict[str, Any]
     parent: str | None
     provider: str | None
@@ -36,6 +37,7 @@ class RecordedResource:
         return {
             "type": self.type,
             "name": self.name,
+            "id": self.id,
             "inputs": self.inputs,
             "parent": self.parent,
             "provider": self.provider,
@@ -154,6 +156,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                         RecordedResource(
                             type=request.type,
                             name=request.name,
+                            id=response.id,
                             inputs=_plain(inputs),
                             parent=parent,
                             provider=provider,

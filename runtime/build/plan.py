@@ -47,6 +47,7 @@ class BuildPlan:
     options: dict[str, Any]
     tool_versions: dict[str, str]
     cache_key: str
+    merged_adapter: str | None = None  # a LoRA adapter folded into the weights before quantizing (live merge)
 
     @property
     def artifact_prefix(self) -> str:
@@ -88,6 +89,7 @@ class BuildPlan:
             "options": self.options,
             "tool_versions": self.tool_versions,
             "cache_key": self.cache_key,
+            "merged_adapter": self.merged_adapter,
             "artifact_prefix": self.artifact_prefix,
             "serve_command": self.serve_command(),
         }
@@ -133,7 +135,8 @@ def serve_options(deployment: Deployment) -> dict[str, Any]:
     return options
 
 
-def build_plan(deployment: Deployment) -> BuildPlan:
+def build_plan(deployment: Deployment, merged_adapter: str | None = None) -> BuildPlan:
+    """The build for a Deployment; `merged_adapter` (a URI) folds one LoRA adapter into the weights first."""
     shape = deployment.shape
     quantization = MODELOPT_CONFIGS.get(shape.precision)
     calibration = Calibration("byoc-builtin", 512, 512) if quantization else None
@@ -150,6 +153,11 @@ def build_plan(deployment: Deployment) -> BuildPlan:
         "calibration": None if calibration is None else calibration.__dict__,
         "tools": versions,
     }
+    # Keys added only when used, so that every other build keeps the key (and artifact) it always had.
+    if deployment.speculative is not None:
+        key_inputs["speculative"] = deployment.speculative.model_dump()
+    if merged_adapter is not None:
+        key_inputs["merged_adapter"] = merged_adapter
     digest = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:24]
     return BuildPlan(
         model_id=deployment.model.id,
@@ -164,4 +172,5 @@ def build_plan(deployment: Deployment) -> BuildPlan:
         options=options,
         tool_versions=versions,
         cache_key=digest,
+        merged_adapter=merged_adapter,
     )

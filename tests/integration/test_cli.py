@@ -79,7 +79,7 @@ def test_plan_places_in_an_eu_region_that_offers_p5(tmp_path: Path) -> None:
     assert plan["estimates"]["memory"]["fits"] is True
     resources = plan["resources"]
     assert len(resources) > 100
-    assert set(resources[0]) == {"type", "name", "inputs", "parent", "provider"}
+    assert set(resources[0]) == {"type", "name", "id", "inputs", "parent", "provider"}
     cluster = next(r for r in resources if r["type"] == "aws:eks/cluster:Cluster")
     assert cluster["inputs"]["vpcConfig"]["endpointPublicAccess"] is False
     provider = next(r for r in resources if r["type"] == "pulumi:providers:aws")

@@ -1,0 +1,824 @@
+"""AWS checks over the deployment's resources (declared in the plan, or read from the account).
+
+Check ids follow Prowler's where Prowler has the same check (kms_cmk_rotation_enabled, s3_bucket_default_encryption,
+cloudtrail_multi_region_enabled, vpc_flow_logs_enabled, ...), so that findings line up with an existing Prowler
+scan; the others cover what Prowler leaves unmapped for this stack (EKS endpoint and logging, IMDS on node
+templates, Karpenter node classes, pod identity trust, the artifact bucket's put policy).
+"""
+
+from __future__ import annotations
+
+from compliance.checks.common import as_list, denies_insecure_transport, is_customer_key, statements
+from compliance.model import Graph, Resource, Verdict, check, not_applicable, verdict
+
+KEY = "aws:kms/key:Key"
+BUCKET = "aws:s3/bucket:Bucket"
+ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
+PUBLIC_ACCESS = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+OWNERSHIP = "aws:s3/bucketOwnershipControls:BucketOwnershipControls"
+BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+LOGGING = "aws:s3/bucketLogging:BucketLogging"
+TRAIL = "aws:cloudtrail/trail:Trail"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+VPC = "aws:ec2/vpc:Vpc"
+FLOW_LOG = "aws:ec2/flowLog:FlowLog"
+DEFAULT_SG = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+SUBNET = "aws:ec2/subnet:Subnet"
+ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+CLUSTER = "aws:eks/cluster:Cluster"
+ADDON = "aws:eks/addon:Addon"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+QUEUE = "aws:sqs/queue:Queue"
+QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
+PROVIDER = "pulumi:providers:aws"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+
+ENCRYPT_AT_REST = ("hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24")
+AUDIT = ("hipaa:164.312(b)", "hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "iso27001:A.8.15")
+IN_TRANSIT = ("hipaa:164.312(e)(1)", "hipaa:164.312(e)(2)(ii)", "soc2:CC6.7", "iso27001:A.8.24")
+BOUNDARY = ("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.22")
+LEAST_PRIVILEGE = ("hipaa:164.312(a)(1)", "hipaa:164.308(a)(4)(ii)(B)", "soc2:CC6.3", "iso27001:A.5.15")
+HARDENING = ("soc2:CC6.8", "iso27001:A.8.9")
+# Pod and task roles must not reach node credentials through instance metadata.
+IMDS = ("hipaa:164.312(a)(1)", "soc2:CC6.1", "iso27001:A.8.9")
+RECOVERY = ("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.13")
+WILDCARD_ALLOWED = {"AllowRegionalReadActions", "AllowPricingReadActions", "AllowUnscopedInstanceProfileListAction"}
+ADMIN_POLICIES = {"AdministratorAccess", "PowerUserAccess", "IAMFullAccess", "AmazonS3FullAccess"}
+
+
+def _one(graph: Graph, type_token: str, bucket: Resource) -> Resource | None:
+    found = graph.related(type_token, "bucket", bucket.id) or graph.related(type_token, "bucket", bucket.name)
+    return found[0] if found else None
+
+
+def _is_log_target(graph: Graph, bucket: Resource) -> bool:
+    """S3 server access logs can only be delivered to an SSE-S3 bucket; such a bucket is judged by that rule."""
+    return bool(graph.related(LOGGING, "targetBucket", bucket.id) or graph.related(LOGGING, "targetBucket", bucket.name))
+
+
+# -- KMS --------------------------------------------------------------------------------------------------------
+@check(
+    id="kms_cmk_rotation_enabled",
+    title="Customer-managed keys rotate automatically",
+    severity="high",
+    resource_types=[KEY],
+    controls=ENCRYPT_AT_REST,
+    remediation="Turn on automatic rotation (enable_key_rotation) for the key.",
+    risk="A key that never rotates exposes more data if its material is ever compromised.",
+    cloud="aws",
+)
+def kms_cmk_rotation_enabled(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("enableKeyRotation")
+    return verdict(value is True, "enableKeyRotation", value)
+
+
+@check(
+    id="kms_key_deletion_window",
+    title="Keys wait at least 7 days before deletion",
+    severity="medium",
+    resource_types=[KEY],
+    controls=("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.24"),
+    remediation="Set deletion_window_in_days to 30 so a mistaken deletion can be cancelled.",
+    risk="A key deleted at once makes every object encrypted under it unreadable for good.",
+    cloud="aws",
+)
+def kms_key_deletion_window(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("deletionWindowInDays")
+    if value is None and resource.source == "live":
+        return not_applicable("the deletion window is not readable from a key that is not pending deletion")
+    return verdict(value is not None and value >= 7, "deletionWindowInDays", value)
+
+
+@check(
+    id="kms_key_policy_no_public_access",
+    title="Key policies grant no one outside the account",
+    severity="critical",
+    resource_types=[KEY],
+    controls=LEAST_PRIVILEGE,
+    remediation="Remove statements whose principal is * (or another account) from the key policy.",
+    risk="A public key policy lets anyone decrypt data encrypted under the key.",
+    cloud="aws",
+)
+def kms_key_policy_no_public_access(resource: Resource, graph: Graph) -> Verdict:
+    public = [
+        s.get("Sid", "?")
+        for s in statements(resource.get("policy"))
+        if s.get("Effect") == "Allow" and s.get("Principal") in ("*", {"AWS": "*"}) and not s.get("Condition")
+    ]
+    return verdict(not public, "policy.Statement[Principal=*]", public)
+
+
+@check(
+    id="kms_key_policy_service_conditions",
+    title="Key policies let AWS services use a key only with conditions",
+    severity="high",
+    resource_types=[KEY],
+    controls=("soc2:CC6.3", "iso27001:A.5.15", "hipaa:164.308(a)(4)(ii)(B)"),
+    remediation="Add aws:SourceArn / aws:SourceAccount or encryption-context conditions to service statements.",
+    risk="A service principal without conditions can be used by other accounts (confused deputy).",
+    cloud="aws",
+)
+def kms_key_policy_service_conditions(resource: Resource, graph: Graph) -> Verdict:
+    unconditioned = [
+        s.get("Sid", "?")
+        for s in statements(resource.get("policy"))
+        if s.get("Effect") == "Allow" and "Service" in (s.get("Principal") or {}) and not s.get("Condition")
+    ]
+    return verdict(not unconditioned, "policy.Statement[Principal.Service, no Condition]", unconditioned)
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------------
+@check(
+    id="s3_bucket_default_encryption",
+    title="Buckets encrypt objects by default",
+    severity="high",
+    resource_types=[BUCKET],
+    controls=ENCRYPT_AT_REST,
+    remediation="Add a server-side encryption configuration (aws:kms with a customer key).",
+    risk="Objects written without encryption are readable by anyone who gets the disks or a copy.",
+    cloud="aws",
+)
+def s3_bucket_default_encryption(resource: Resource, graph: Graph) -> Verdict:
+    config = _one(graph, ENCRYPTION, resource)
+    algorithm = config.get("rules.0.applyServerSideEncryptionByDefault.sseAlgorithm") if config else None
+    return verdict(algorithm in ("aws:kms", "aws:kms:dsse", "AES256"), "rules[0].sseAlgorithm", algorithm)
+
+
+@check(
+    id="s3_bucket_kms_encryption",
+    title="Data buckets encrypt with a customer-managed KMS key",
+    severity="high",
+    resource_types=[BUCKET],
+    controls=ENCRYPT_AT_REST,
+    remediation="Use sse_algorithm aws:kms with the deployment's key, and a bucket key.",
+    risk="SSE-S3 keys are AWS's: you cannot revoke them, audit their use, or crypto-shred the data.",
+    cloud="aws",
+)
+def s3_bucket_kms_encryption(resource: Resource, graph: Graph) -> Verdict:
+    if _is_log_target(graph, resource):
+        return not_applicable("an S3 server access log target can only use SSE-S3 (AWS requirement)")
+    config = _one(graph, ENCRYPTION, resource)
+    key = config.get("rules.0.applyServerSideEncryptionByDefault.kmsMasterKeyId") if config else None
+    manager = config.get("rules.0.applyServerSideEncryptionByDefault.kmsKeyManager") if config else None
+    return verdict(is_customer_key(key, manager), "rules[0].kmsMasterKeyId", key)
+
+
+@check(
+    id="s3_bucket_versioning_enabled",
+    title="Buckets keep object versions",
+    severity="medium",
+    resource_types=[BUCKET],
+    controls=RECOVERY,
+    remediation="Enable versioning on the bucket.",
+    risk="Without versions an overwrite or delete cannot be undone.",
+    cloud="aws",
+)
+def s3_bucket_versioning_enabled(resource: Resource, graph: Graph) -> Verdict:
+    config = _one(graph, VERSIONING, resource)
+    status = config.get("versioningConfiguration.status") if config else None
+    return verdict(status == "Enabled", "versioningConfiguration.status", status)
+
+
+@check(
+    id="s3_bucket_level_public_access_block",
+    title="Buckets block all public access",
+    severity="critical",
+    resource_types=[BUCKET],
+    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "soc2:CC6.6", "iso27001:A.5.15", "iso27001:A.8.12"),
+    remediation="Turn on all four Block Public Access settings for the bucket.",
+    risk="A bucket policy or ACL could make model weights or logs public.",
+    cloud="aws",
+)
+def s3_bucket_level_public_access_block(resource: Resource, graph: Graph) -> Verdict:
+    config = _one(graph, PUBLIC_ACCESS, resource)
+    settings = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    values = {s: config.get(s) if config else None for s in settings}
+    return verdict(all(v is True for v in values.values()), "publicAccessBlock", values)
+
+
+@check(
+    id="s3_bucket_acl_disabled",
+    title="Bucket ACLs are disabled (BucketOwnerEnforced)",
+    severity="medium",
+    resource_types=[BUCKET],
+    controls=("soc2:CC6.1", "iso27001:A.5.15"),
+    remediation="Set object ownership to BucketOwnerEnforced.",
+    risk="ACLs grant access outside the bucket policy and are easy to get wrong.",
+    cloud="aws",
+)
+def s3_bucket_acl_disabled(resource: Resource, graph: Graph) -> Verdict:
+    config = _one(graph, OWNERSHIP, resource)
+    value = config.get("rule.objectOwnership") if config else None
+    return verdict(value == "BucketOwnerEnforced", "rule.objectOwnership", value)
+
+
+@check(
+    id="s3_bucket_secure_transport_policy",
+    title="Buckets refuse requests without TLS",
+    severity="high",
+    resource_types=[BUCKET],
+    controls=IN_TRANSIT,
+    remediation="Add a bucket policy statement denying s3:* when aws:SecureTransport is false.",
+    risk="Data could be read or changed in transit over plain HTTP.",
+    cloud="aws",
+)
+def s3_bucket_secure_transport_policy(resource: Resource, graph: Graph) -> Verdict:
+    config = _one(graph, BUCKET_POLICY, resource)
+    ok = bool(config) and denies_insecure_transport(config.get("policy") if config else None)
+    return verdict(ok, "policy.Deny[aws:SecureTransport=false]", ok)
+
+
+@check(
+    id="s3_bucket_deny_unencrypted_puts",
+    title="The artifact bucket refuses objects not encrypted with KMS",
+    severity="medium",
+    resource_types=[BUCKET],
+    controls=ENCRYPT_AT_REST,
+    remediation="Deny s3:PutObject unless s3:x-amz-server-side-encryption is aws:kms.",
+    risk="A client could store model data under a weaker or foreign key.",
+    cloud="aws",
+)
+def s3_bucket_deny_unencrypted_puts(resource: Resource, graph: Graph) -> Verdict:
+    role = (resource.get("tags") or {}).get("byoc:bucket")
+    if role != "artifacts":
+        return not_applicable(f"only the artifact bucket takes writes from workloads (this is {role or 'another'})")
+    config = _one(graph, BUCKET_POLICY, resource)
+    denied = [
+        s.get("Sid")
+        for s in statements(config.get("policy") if config else None)
+        if s.get("Effect") == "Deny"
+        and s.get("Condition", {}).get("StringNotEquals", {}).get("s3:x-amz-server-side-encryption") == "aws:kms"
+    ]
+    return verdict(bool(denied), "policy.Deny[s3:x-amz-server-side-encryption!=aws:kms]", denied)
+
+
+@check(
+    id="s3_bucket_server_access_logging_enabled",
+    title="Bucket access is logged to the log bucket",
+    severity="medium",
+    resource_types=[BUCKET],
+    controls=AUDIT,
+    remediation="Enable server access logging to the deployment's access-log bucket.",
+    risk="Without access logs nobody can tell who read or wrote model data.",
+    cloud="aws",
+)
+def s3_bucket_server_access_logging_enabled(resource: Resource, graph: Graph) -> Verdict:
+    if _is_log_target(graph, resource):
+        return not_applicable("the access-log bucket itself (logging it into itself would loop)")
+    config = _one(graph, LOGGING, resource)
+    target = config.get("targetBucket") if config else None
+    return verdict(bool(target), "logging.targetBucket", target)
+
+
+# -- CloudTrail -------------------------------------------------------------------------------------------------
+@check(
+    id="cloudtrail_multi_region_enabled",
+    title="The trail records every region",
+    severity="high",
+    resource_types=[TRAIL],
+    controls=AUDIT,
+    remediation="Set is_multi_region_trail on the trail.",
+    risk="Activity in other regions (e.g. someone starting resources there) goes unrecorded.",
+    cloud="aws",
+)
+def cloudtrail_multi_region_enabled(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("isMultiRegionTrail")
+    return verdict(value is True, "isMultiRegionTrail", value)
+
+
+@check(
+    id="cloudtrail_log_file_validation_enabled",
+    title="Trail log files are signed (validation on)",
+    severity="medium",
+    resource_types=[TRAIL],
+    controls=("hipaa:164.312(c)(1)", "hipaa:164.312(b)", "soc2:CC7.1", "iso27001:A.8.15"),
+    remediation="Enable log file validation on the trail.",
+    risk="Altered or deleted log files could not be detected.",
+    cloud="aws",
+)
+def cloudtrail_log_file_validation_enabled(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("enableLogFileValidation")
+    return verdict(value is True, "enableLogFileValidation", value)
+
+
+@check(
+    id="cloudtrail_kms_encryption_enabled",
+    title="Trail logs are encrypted with a customer key",
+    severity="medium",
+    resource_types=[TRAIL],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set kms_key_id on the trail to the deployment's key.",
+    risk="Audit logs reveal the account's activity; they deserve the same key control as the data.",
+    cloud="aws",
+)
+def cloudtrail_kms_encryption_enabled(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("kmsKeyId")
+    return verdict(is_customer_key(key), "kmsKeyId", key)
+
+
+@check(
+    id="cloudtrail_cloudwatch_logging_enabled",
+    title="The trail delivers to CloudWatch Logs for monitoring",
+    severity="medium",
+    resource_types=[TRAIL],
+    controls=("hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "soc2:CC7.3", "iso27001:A.8.16"),
+    remediation="Set cloud_watch_logs_group_arn and a delivery role on the trail.",
+    risk="Events can be alerted on only once they reach a log service.",
+    cloud="aws",
+)
+def cloudtrail_cloudwatch_logging_enabled(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("cloudWatchLogsGroupArn")
+    return verdict(bool(value), "cloudWatchLogsGroupArn", value)
+
+
+@check(
+    id="cloudtrail_s3_dataevents_enabled",
+    title="The trail records object-level access to the artifact bucket",
+    severity="medium",
+    resource_types=[TRAIL],
+    controls=AUDIT,
+    remediation="Add an advanced event selector for Data events on AWS::S3::Object under the artifact bucket.",
+    risk="Management events alone do not show who read or wrote model files.",
+    cloud="aws",
+)
+def cloudtrail_s3_dataevents_enabled(resource: Resource, graph: Graph) -> Verdict:
+    selectors = as_list(resource.get("advancedEventSelectors"))
+    data = [
+        s.get("name")
+        for s in selectors
+        if any(f.get("field") == "eventCategory" and "Data" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
+        and any("AWS::S3::Object" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
+    ]
+    return verdict(bool(data), "advancedEventSelectors[eventCategory=Data, AWS::S3::Object]", data)
+
+
+@check(
+    id="cloudtrail_global_service_events_enabled",
+    title="The trail records global services (IAM, STS)",
+    severity="medium",
+    resource_types=[TRAIL],
+    controls=AUDIT,
+    remediation="Set include_global_service_events on the trail.",
+    risk="Changes to roles and policies would not be recorded.",
+    cloud="aws",
+)
+def cloudtrail_global_service_events_enabled(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("includeGlobalServiceEvents")
+    return verdict(value is True, "includeGlobalServiceEvents", value)
+
+
+# -- CloudWatch Logs --------------------------------------------------------------------------------------------
+@check(
+    id="cloudwatch_log_group_kms_encryption_enabled",
+    title="Log groups are encrypted with a customer key",
+    severity="medium",
+    resource_types=[LOG_GROUP],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set kms_key_id on the log group.",
+    risk="Logs can hold identifiers and network metadata; they need key control too.",
+    cloud="aws",
+)
+def cloudwatch_log_group_kms_encryption_enabled(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("kmsKeyId")
+    return verdict(is_customer_key(key), "kmsKeyId", key)
+
+
+@check(
+    id="cloudwatch_log_group_retention_policy_specific_days_enabled",
+    title="Log groups keep logs for at least a year",
+    severity="low",
+    resource_types=[LOG_GROUP],
+    controls=AUDIT,
+    remediation="Set retention_in_days to 365 or more.",
+    risk="Logs expiring early cannot support an investigation or an audit period.",
+    cloud="aws",
+)
+def cloudwatch_log_group_retention(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("retentionInDays")
+    return verdict(value is not None and value >= 365, "retentionInDays", value)
+
+
+# -- network ----------------------------------------------------------------------------------------------------
+@check(
+    id="vpc_flow_logs_enabled",
+    title="VPC flow logs record all traffic",
+    severity="medium",
+    resource_types=[VPC],
+    controls=("hipaa:164.312(b)", "soc2:CC7.2", "iso27001:A.8.16", "iso27001:A.8.20"),
+    remediation="Add a flow log (traffic type ALL) for the VPC.",
+    risk="Without flow logs, network-level investigation is impossible.",
+    cloud="aws",
+)
+def vpc_flow_logs_enabled(resource: Resource, graph: Graph) -> Verdict:
+    logs = graph.related(FLOW_LOG, "vpcId", resource.id)
+    kinds = [log.get("trafficType") for log in logs]
+    return verdict("ALL" in kinds, "flowLog.trafficType", kinds)
+
+
+@check(
+    id="ec2_securitygroup_default_restrict_traffic",
+    title="The VPC's default security group allows nothing",
+    severity="medium",
+    resource_types=[DEFAULT_SG],
+    controls=BOUNDARY,
+    remediation="Remove every rule from the default security group.",
+    risk="Resources launched without a group would get the default's rules.",
+    cloud="aws",
+)
+def ec2_securitygroup_default_restrict_traffic(resource: Resource, graph: Graph) -> Verdict:
+    rules = as_list(resource.get("ingress")) + as_list(resource.get("egress"))
+    return verdict(not rules, "ingress+egress", rules)
+
+
+@check(
+    id="ec2_securitygroup_no_internet_ingress",
+    title="Security groups admit no traffic from the internet",
+    severity="high",
+    resource_types=[SECURITY_GROUP],
+    controls=BOUNDARY,
+    remediation="Limit ingress to the VPC CIDR or to other security groups.",
+    risk="An open port is reachable by anyone.",
+    cloud="aws",
+)
+def ec2_securitygroup_no_internet_ingress(resource: Resource, graph: Graph) -> Verdict:
+    open_rules = [
+        rule for rule in as_list(resource.get("ingress")) if "0.0.0.0/0" in as_list(rule.get("cidrBlocks"))
+    ]
+    return verdict(not open_rules, "ingress[cidrBlocks contains 0.0.0.0/0]", open_rules)
+
+
+@check(
+    id="vpc_subnet_no_public_ip_by_default",
+    title="Subnets do not give instances public addresses",
+    severity="medium",
+    resource_types=[SUBNET],
+    controls=BOUNDARY,
+    remediation="Set map_public_ip_on_launch to false.",
+    risk="Nodes with public addresses are reachable from the internet.",
+    cloud="aws",
+)
+def vpc_subnet_no_public_ip_by_default(resource: Resource, graph: Graph) -> Verdict:
+    value = bool(resource.get("mapPublicIpOnLaunch", False))
+    return verdict(not value, "mapPublicIpOnLaunch", value)
+
+
+@check(
+    id="vpc_endpoints_for_aws_apis",
+    title="AWS APIs are reached through private VPC endpoints",
+    severity="medium",
+    resource_types=[VPC],
+    controls=("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.12"),
+    remediation="Add an S3 gateway endpoint and interface endpoints for ECR, STS, KMS, Logs and EC2.",
+    risk="Model artifacts and credentials would cross the NAT and the internet.",
+    cloud="aws",
+)
+def vpc_endpoints_for_aws_apis(resource: Resource, graph: Graph) -> Verdict:
+    services = sorted(
+        str(e.get("serviceName", "")).split(".", 3)[-1] for e in graph.related(ENDPOINT, "vpcId", resource.id)
+    )
+    needed = {"s3", "ecr.api", "ecr.dkr", "sts", "kms"}
+    return verdict(needed <= set(services), "vpcEndpoints.serviceName", services)
+
+
+# -- EKS --------------------------------------------------------------------------------------------------------
+@check(
+    id="eks_cluster_kms_cmk_encryption_in_secrets_enabled",
+    title="Kubernetes secrets are envelope-encrypted with a customer key",
+    severity="high",
+    resource_types=[CLUSTER],
+    controls=ENCRYPT_AT_REST,
+    remediation="Add an encryption config for secrets with the deployment's KMS key.",
+    risk="Secrets in etcd would rely on AWS-managed encryption only.",
+    cloud="aws",
+)
+def eks_cluster_secrets_encryption(resource: Resource, graph: Graph) -> Verdict:
+    config = resource.get("encryptionConfig") or {}
+    configs = as_list(config)
+    ok = any("secrets" in as_list(c.get("resources")) and is_customer_key((c.get("provider") or {}).get("keyArn"))
+             for c in configs)
+    return verdict(ok, "encryptionConfig", configs)
+
+
+@check(
+    id="eks_control_plane_logging_all_types_enabled",
+    title="All control-plane log types are on",
+    severity="medium",
+    resource_types=[CLUSTER],
+    controls=AUDIT,
+    remediation="Enable api, audit, authenticator, controllerManager and scheduler logs.",
+    risk="Without the audit log, actions against the Kubernetes API leave no record.",
+    cloud="aws",
+)
+def eks_control_plane_logging(resource: Resource, graph: Graph) -> Verdict:
+    enabled = sorted(as_list(resource.get("enabledClusterLogTypes")))
+    needed = {"api", "audit", "authenticator", "controllerManager", "scheduler"}
+    return verdict(needed <= set(enabled), "enabledClusterLogTypes", enabled)
+
+
+@check(
+    id="eks_cluster_private_endpoint_enabled",
+    title="The Kubernetes API is reachable from inside the VPC",
+    severity="medium",
+    resource_types=[CLUSTER],
+    controls=BOUNDARY,
+    remediation="Enable the private endpoint (endpoint_private_access).",
+    risk="Nodes and operators would reach the API over the internet.",
+    cloud="aws",
+)
+def eks_cluster_private_endpoint(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("vpcConfig.endpointPrivateAccess")
+    return verdict(value is True, "vpcConfig.endpointPrivateAccess", value)
+
+
+@check(
+    id="eks_cluster_not_publicly_accessible",
+    title="The Kubernetes API is not open to the internet",
+    severity="critical",
+    resource_types=[CLUSTER],
+    controls=BOUNDARY,
+    remediation="Use network.endpoint: private, or allowlist with your CIDRs (never 0.0.0.0/0).",
+    risk="Anyone on the internet can reach the API server and try credentials or exploits.",
+    cloud="aws",
+)
+def eks_cluster_not_publicly_accessible(resource: Resource, graph: Graph) -> Verdict:
+    public = resource.get("vpcConfig.endpointPublicAccess")
+    cidrs = as_list(resource.get("vpcConfig.publicAccessCidrs"))
+    ok = public is not True or (bool(cidrs) and "0.0.0.0/0" not in cidrs)
+    return verdict(ok, "vpcConfig.endpointPublicAccess/publicAccessCidrs", {"public": public, "cidrs": cidrs})
+
+
+@check(
+    id="eks_cluster_access_entries_only",
+    title="Cluster access is granted through explicit access entries",
+    severity="medium",
+    resource_types=[CLUSTER],
+    controls=("hipaa:164.312(d)", "hipaa:164.312(a)(1)", "soc2:CC6.2", "iso27001:A.8.5", "iso27001:A.5.15"),
+    remediation="Use authentication_mode API and bootstrap_cluster_creator_admin_permissions false.",
+    risk="The aws-auth ConfigMap and implicit creator admin are easy to misconfigure and hard to audit.",
+    cloud="aws",
+)
+def eks_cluster_access_entries_only(resource: Resource, graph: Graph) -> Verdict:
+    mode = resource.get("accessConfig.authenticationMode")
+    creator = resource.get("accessConfig.bootstrapClusterCreatorAdminPermissions")
+    return verdict(mode == "API" and creator is not True, "accessConfig", {"mode": mode, "creator_admin": creator})
+
+
+@check(
+    id="eks_network_policy_enforced",
+    title="The VPC CNI enforces Kubernetes network policies",
+    severity="medium",
+    resource_types=[ADDON],
+    controls=BOUNDARY,
+    remediation="Configure the vpc-cni add-on with enableNetworkPolicy true.",
+    risk="NetworkPolicies would be accepted but not enforced.",
+    cloud="aws",
+)
+def eks_network_policy_enforced(resource: Resource, graph: Graph) -> Verdict:
+    if resource.get("addonName") != "vpc-cni":
+        return not_applicable("network policies are the CNI add-on's job")
+    import json
+
+    raw = resource.get("configurationValues") or "{}"
+    value = (json.loads(raw) if isinstance(raw, str) else raw).get("enableNetworkPolicy")
+    return verdict(value in ("true", True), "configurationValues.enableNetworkPolicy", value)
+
+
+@check(
+    id="eks_nodes_in_private_subnets",
+    title="Nodes run in private subnets",
+    severity="high",
+    resource_types=[NODE_GROUP],
+    controls=BOUNDARY,
+    remediation="Place node groups in the private subnets only.",
+    risk="Nodes in public subnets can be exposed directly to the internet.",
+    cloud="aws",
+)
+def eks_nodes_in_private_subnets(resource: Resource, graph: Graph) -> Verdict:
+    subnets = {s.id: s for s in graph.by_type(SUBNET)}
+    used = as_list(resource.get("subnetIds"))
+    public = [s for s in used if s in subnets and subnets[s].get("mapPublicIpOnLaunch")]
+    public += [s for s in used if s in subnets and "kubernetes.io/role/elb" in (subnets[s].get("tags") or {})]
+    return verdict(bool(used) and not public, "subnetIds", used)
+
+
+# -- instance metadata and volumes ------------------------------------------------------------------------------
+@check(
+    id="ec2_launch_template_imdsv2_required",
+    title="Node launch templates require IMDSv2 with a hop limit of 1",
+    severity="high",
+    resource_types=[LAUNCH_TEMPLATE],
+    controls=IMDS,
+    remediation="Set metadata_options http_tokens required and http_put_response_hop_limit 1.",
+    risk="IMDSv1 and a higher hop limit let pods steal node credentials (SSRF).",
+    cloud="aws",
+)
+def ec2_launch_template_imdsv2(resource: Resource, graph: Graph) -> Verdict:
+    tokens = resource.get("metadataOptions.httpTokens")
+    hops = resource.get("metadataOptions.httpPutResponseHopLimit")
+    return verdict(tokens == "required" and hops == 1, "metadataOptions", {"httpTokens": tokens, "hopLimit": hops})
+
+
+@check(
+    id="ec2_launch_template_ebs_encrypted",
+    title="Node volumes are encrypted with a customer key",
+    severity="high",
+    resource_types=[LAUNCH_TEMPLATE],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set encrypted and kms_key_id on every block device mapping.",
+    risk="Model weights and scratch data on node disks would be unencrypted or under AWS keys.",
+    cloud="aws",
+)
+def ec2_launch_template_ebs_encrypted(resource: Resource, graph: Graph) -> Verdict:
+    volumes = [m.get("ebs", {}) for m in as_list(resource.get("blockDeviceMappings"))]
+    ok = bool(volumes) and all(v.get("encrypted") in ("true", True) and is_customer_key(v.get("kmsKeyId"))
+                               for v in volumes)
+    return verdict(ok, "blockDeviceMappings[].ebs", volumes)
+
+
+@check(
+    id="karpenter_nodeclass_imdsv2_required",
+    title="GPU node classes require IMDSv2 with a hop limit of 1",
+    severity="high",
+    resource_types=[NODE_CLASS],
+    controls=IMDS,
+    remediation="Set metadataOptions httpTokens required and httpPutResponseHopLimit 1 on the EC2NodeClass.",
+    risk="Pods on GPU nodes could read node credentials.",
+    cloud="aws",
+)
+def karpenter_nodeclass_imdsv2(resource: Resource, graph: Graph) -> Verdict:
+    tokens = resource.get("spec.metadataOptions.httpTokens")
+    hops = resource.get("spec.metadataOptions.httpPutResponseHopLimit")
+    return verdict(tokens == "required" and hops == 1, "spec.metadataOptions", {"httpTokens": tokens, "hopLimit": hops})
+
+
+@check(
+    id="karpenter_nodeclass_ebs_encrypted",
+    title="GPU node volumes are encrypted with a customer key",
+    severity="high",
+    resource_types=[NODE_CLASS],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set encrypted true and kmsKeyID on the EC2NodeClass block device mappings.",
+    risk="Model weights on GPU nodes would sit on disks without customer key control.",
+    cloud="aws",
+)
+def karpenter_nodeclass_ebs_encrypted(resource: Resource, graph: Graph) -> Verdict:
+    volumes = [m.get("ebs", {}) for m in as_list(resource.get("spec.blockDeviceMappings"))]
+    ok = bool(volumes) and all(v.get("encrypted") is True and is_customer_key(v.get("kmsKeyID")) for v in volumes)
+    return verdict(ok, "spec.blockDeviceMappings[].ebs", volumes)
+
+
+@check(
+    id="karpenter_nodepool_bounded",
+    title="The GPU node pool launches only the shape's instance types, within a GPU limit",
+    severity="medium",
+    resource_types=[NODE_POOL],
+    controls=("soc2:CC8.1", "soc2:CC7.1", "iso27001:A.8.9"),
+    remediation="Restrict node.kubernetes.io/instance-type to the shape's types and set limits.nvidia.com/gpu.",
+    risk="An unbounded pool can launch unapproved or runaway capacity.",
+    cloud="aws",
+)
+def karpenter_nodepool_bounded(resource: Resource, graph: Graph) -> Verdict:
+    requirements = resource.get("spec.template.spec.requirements") or []
+    types = next((r.get("values") for r in requirements if r.get("key") == "node.kubernetes.io/instance-type"), None)
+    limit = resource.get("spec.limits.nvidia.com/gpu") or (resource.get("spec.limits") or {}).get("nvidia.com/gpu")
+    return verdict(bool(types) and bool(limit), "spec.requirements/limits", {"instance_types": types, "gpu_limit": limit})
+
+
+# -- queues -----------------------------------------------------------------------------------------------------
+@check(
+    id="sqs_queues_server_side_encryption_enabled",
+    title="Queues are encrypted with a customer key",
+    severity="medium",
+    resource_types=[QUEUE],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set kms_master_key_id on the queue.",
+    risk="Messages at rest would rely on AWS-managed keys.",
+    cloud="aws",
+)
+def sqs_queue_encryption(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("kmsMasterKeyId")
+    return verdict(is_customer_key(key), "kmsMasterKeyId", key)
+
+
+@check(
+    id="sqs_queue_secure_transport_policy",
+    title="Queues refuse requests without TLS",
+    severity="medium",
+    resource_types=[QUEUE],
+    controls=IN_TRANSIT,
+    remediation="Add a queue policy denying sqs:* when aws:SecureTransport is false.",
+    risk="Queue traffic could travel unencrypted.",
+    cloud="aws",
+)
+def sqs_queue_secure_transport(resource: Resource, graph: Graph) -> Verdict:
+    policies = graph.related(QUEUE_POLICY, "queueUrl", resource.get("url") or "") or graph.by_type(QUEUE_POLICY)
+    ok = any(denies_insecure_transport(p.get("policy")) for p in policies)
+    return verdict(ok, "queuePolicy.Deny[aws:SecureTransport=false]", ok)
+
+
+# -- IAM --------------------------------------------------------------------------------------------------------
+@check(
+    id="iam_inline_policy_no_administrative_privileges",
+    title="No role policy allows every action, or every resource outside read-only lookups",
+    severity="critical",
+    resource_types=[ROLE_POLICY],
+    controls=LEAST_PRIVILEGE,
+    remediation="Name actions and resources; keep '*' resources to read-only calls AWS cannot scope.",
+    risk="A wildcard policy turns any compromise of the role into control of the account.",
+    cloud="aws",
+)
+def iam_no_wildcards(resource: Resource, graph: Graph) -> Verdict:
+    offending = []
+    for statement in statements(resource.get("policy")):
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = as_list(statement.get("Action"))
+        if "*" in actions or any(a.endswith(":*") for a in actions):
+            offending.append(statement.get("Sid") or str(actions))
+        elif as_list(statement.get("Resource")) == ["*"] and statement.get("Sid") not in WILDCARD_ALLOWED:
+            offending.append(statement.get("Sid") or str(actions))
+    return verdict(not offending, "Statement[Allow, * ]", offending)
+
+
+@check(
+    id="iam_role_no_administrator_managed_policy",
+    title="No role has an administrator managed policy attached",
+    severity="critical",
+    resource_types=[ATTACHMENT],
+    controls=LEAST_PRIVILEGE,
+    remediation="Detach AdministratorAccess-style policies; grant what the role needs.",
+    risk="Full-admin roles make least privilege impossible.",
+    cloud="aws",
+)
+def iam_no_admin_attachment(resource: Resource, graph: Graph) -> Verdict:
+    policy = str(resource.get("policyArn", "")).rsplit("/", 1)[-1]
+    return verdict(policy not in ADMIN_POLICIES, "policyArn", resource.get("policyArn"))
+
+
+@check(
+    id="iam_role_trust_confused_deputy_protection",
+    title="Roles that AWS services assume are limited to this account's resources",
+    severity="high",
+    resource_types=[ROLE],
+    controls=LEAST_PRIVILEGE,
+    remediation="Add aws:SourceAccount / aws:SourceArn conditions to service trust statements.",
+    risk="Another account's use of the same service could assume the role (confused deputy).",
+    cloud="aws",
+)
+def iam_role_trust_conditions(resource: Resource, graph: Graph) -> Verdict:
+    trust = statements(resource.get("assumeRolePolicy"))
+    services = [str(s.get("Principal", {}).get("Service")) for s in trust if "Service" in (s.get("Principal") or {})]
+    # EC2 and the EKS control plane do not send source conditions for instance and cluster roles.
+    needs = [s for s in trust if set(as_list((s.get("Principal") or {}).get("Service"))) - {"ec2.amazonaws.com",
+                                                                                             "eks.amazonaws.com"}]
+    if not needs:
+        return not_applicable(f"trusted by {services or 'no service'}: no source condition exists for it")
+    ok = all(s.get("Condition") for s in needs)
+    return verdict(ok, "assumeRolePolicy.Condition", [s.get("Condition") for s in needs])
+
+
+@check(
+    id="iam_workload_roles_scoped_to_prefixes",
+    title="Workload roles reach only their own S3 prefixes",
+    severity="high",
+    resource_types=[ROLE_POLICY],
+    controls=("hipaa:164.308(a)(4)(ii)(B)", "soc2:CC6.3", "iso27001:A.5.15", "soc2:C1.1"),
+    remediation="Limit s3 actions to the bucket's sources/, adapters/ and artifacts/ prefixes.",
+    risk="A serving pod able to write, or to read outside its prefix, widens any compromise.",
+    cloud="aws",
+)
+def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
+    name = str(resource.get("name", ""))
+    if name not in ("byoc-builder", "byoc-serving"):
+        return not_applicable("not a workload role policy")
+    too_wide = [
+        s.get("Sid")
+        for s in statements(resource.get("policy"))
+        if any(str(a).startswith("s3:") for a in as_list(s.get("Action")))
+        and any(str(r).endswith("/*") and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
+                and "ReadModelSource" != s.get("Sid") for r in as_list(s.get("Resource")))
+    ]
+    return verdict(not too_wide, "Statement[s3:*].Resource", too_wide)
+
+
+# -- residency --------------------------------------------------------------------------------------------------
+@check(
+    id="data_residency_region",
+    title="Every regional resource is in the chosen region",
+    severity="high",
+    resource_types=[PROVIDER, BUCKET, KEY, CLUSTER, TRAIL, LOG_GROUP, QUEUE, VPC],
+    controls=("soc2:C1.1", "iso27001:A.5.34", "iso27001:A.8.12"),
+    remediation="Keep region on the provider and on every resource inside the spec's region or mega-region.",
+    risk="Data stored outside the agreed jurisdiction breaks residency commitments.",
+    cloud="aws",
+)
+def data_residency_region(resource: Resource, graph: Graph) -> Verdict:
+    region = resource.get("region") or resource.region or graph.region
+    return verdict(region in graph.allowed_regions, "region", {"region": region, "allowed": graph.requested_region})

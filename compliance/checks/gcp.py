@@ -1,0 +1,246 @@
+"""Google Cloud checks for the same controls (GKE, Cloud KMS, Cloud Storage, audit logs, VPC).
+
+byoc's GCP stack is still to come; these checks read the Pulumi gcp provider's type tokens and inputs, so they run
+on its plan as soon as it exists, and are tested now on small GCP graphs.
+"""
+
+from __future__ import annotations
+
+from compliance.checks.common import as_list
+from compliance.model import Graph, Resource, Verdict, check, verdict
+
+CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
+BUCKET = "gcp:storage/bucket:Bucket"
+CLUSTER = "gcp:container/cluster:Cluster"
+NODE_POOL = "gcp:container/nodePool:NodePool"
+AUDIT_CONFIG = "gcp:projects/iAMAuditConfig:IAMAuditConfig"
+SINK = "gcp:logging/projectSink:ProjectSink"
+SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
+ENCRYPT_AT_REST = ("hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24")
+AUDIT = ("hipaa:164.312(b)", "hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "iso27001:A.8.15")
+BOUNDARY = ("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.22")
+# Cloud KMS rotation periods are durations in seconds ("7776000s" = 90 days); a year at most.
+MAX_ROTATION_SECONDS = 365 * 86400
+
+
+def _seconds(value: object) -> int | None:
+    text = str(value or "")
+    return int(float(text[:-1])) if text.endswith("s") and text[:-1].replace(".", "", 1).isdigit() else None
+
+
+@check(
+    id="gcp_kms_key_rotation_enabled",
+    title="Cloud KMS keys rotate at least yearly",
+    severity="high",
+    resource_types=[CRYPTO_KEY],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set rotation_period to 7776000s (90 days) or at most 31536000s.",
+    risk="A key that never rotates exposes more data if compromised.",
+    cloud="gcp",
+)
+def gcp_kms_rotation(resource: Resource, graph: Graph) -> Verdict:
+    seconds = _seconds(resource.get("rotationPeriod"))
+    return verdict(seconds is not None and seconds <= MAX_ROTATION_SECONDS, "rotationPeriod", resource.get("rotationPeriod"))
+
+
+@check(
+    id="gcp_storage_bucket_cmek",
+    title="Cloud Storage buckets use a customer-managed key",
+    severity="high",
+    resource_types=[BUCKET],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set encryption.default_kms_key_name to the deployment's Cloud KMS key.",
+    risk="Google-managed keys cannot be revoked or audited by you.",
+    cloud="gcp",
+)
+def gcp_bucket_cmek(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("encryption.defaultKmsKeyName")
+    return verdict(str(key or "").startswith("projects/"), "encryption.defaultKmsKeyName", key)
+
+
+@check(
+    id="gcp_storage_bucket_public_access_prevention",
+    title="Buckets enforce public access prevention and uniform access",
+    severity="critical",
+    resource_types=[BUCKET],
+    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "soc2:CC6.6", "iso27001:A.5.15", "iso27001:A.8.12"),
+    remediation="Set public_access_prevention 'enforced' and uniform_bucket_level_access true.",
+    risk="An ACL or IAM grant could make objects public.",
+    cloud="gcp",
+)
+def gcp_bucket_public_access(resource: Resource, graph: Graph) -> Verdict:
+    prevention = resource.get("publicAccessPrevention")
+    uniform = resource.get("uniformBucketLevelAccess")
+    return verdict(prevention == "enforced" and uniform is True, "publicAccessPrevention/uniformBucketLevelAccess",
+                   {"publicAccessPrevention": prevention, "uniformBucketLevelAccess": uniform})
+
+
+@check(
+    id="gcp_storage_bucket_versioning",
+    title="Buckets keep object versions",
+    severity="medium",
+    resource_types=[BUCKET],
+    controls=("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.13"),
+    remediation="Enable versioning on the bucket.",
+    risk="An overwrite or delete could not be undone.",
+    cloud="gcp",
+)
+def gcp_bucket_versioning(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("versioning.enabled")
+    return verdict(value is True, "versioning.enabled", value)
+
+
+@check(
+    id="gcp_gke_database_encryption",
+    title="GKE encrypts Kubernetes secrets with a customer key",
+    severity="high",
+    resource_types=[CLUSTER],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set database_encryption state ENCRYPTED with the deployment's key.",
+    risk="Secrets in etcd would rely on Google-managed encryption only.",
+    cloud="gcp",
+)
+def gcp_gke_database_encryption(resource: Resource, graph: Graph) -> Verdict:
+    state = resource.get("databaseEncryption.state")
+    key = resource.get("databaseEncryption.keyName")
+    return verdict(state == "ENCRYPTED" and bool(key), "databaseEncryption", {"state": state, "keyName": key})
+
+
+@check(
+    id="gcp_gke_private_nodes",
+    title="GKE nodes have no public addresses",
+    severity="high",
+    resource_types=[CLUSTER],
+    controls=BOUNDARY,
+    remediation="Set private_cluster_config.enable_private_nodes true.",
+    risk="Nodes with public addresses are reachable from the internet.",
+    cloud="gcp",
+)
+def gcp_gke_private_nodes(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("privateClusterConfig.enablePrivateNodes")
+    return verdict(value is True, "privateClusterConfig.enablePrivateNodes", value)
+
+
+@check(
+    id="gcp_gke_control_plane_not_public",
+    title="The GKE control plane is private or allow-listed",
+    severity="critical",
+    resource_types=[CLUSTER],
+    controls=BOUNDARY,
+    remediation="Enable the private endpoint, or master authorized networks without 0.0.0.0/0.",
+    risk="Anyone on the internet can reach the API server.",
+    cloud="gcp",
+)
+def gcp_gke_control_plane(resource: Resource, graph: Graph) -> Verdict:
+    private = resource.get("privateClusterConfig.enablePrivateEndpoint") is True
+    blocks = [b.get("cidrBlock") for b in as_list(resource.get("masterAuthorizedNetworksConfig.cidrBlocks"))]
+    ok = private or (bool(blocks) and "0.0.0.0/0" not in blocks)
+    return verdict(ok, "privateClusterConfig/masterAuthorizedNetworksConfig", {"private": private, "cidrs": blocks})
+
+
+@check(
+    id="gcp_gke_network_policy",
+    title="GKE enforces network policies (Dataplane V2)",
+    severity="medium",
+    resource_types=[CLUSTER],
+    controls=BOUNDARY,
+    remediation="Set datapath_provider ADVANCED_DATAPATH (or enable the network policy add-on).",
+    risk="NetworkPolicies would not be enforced.",
+    cloud="gcp",
+)
+def gcp_gke_network_policy(resource: Resource, graph: Graph) -> Verdict:
+    datapath = resource.get("datapathProvider")
+    legacy = resource.get("networkPolicy.enabled")
+    return verdict(datapath == "ADVANCED_DATAPATH" or legacy is True, "datapathProvider", datapath)
+
+
+@check(
+    id="gcp_gke_logging_components",
+    title="GKE sends system and API server logs to Cloud Logging",
+    severity="medium",
+    resource_types=[CLUSTER],
+    controls=AUDIT,
+    remediation="Enable logging_config components SYSTEM_COMPONENTS, APISERVER and WORKLOADS.",
+    risk="Control-plane activity would leave no record.",
+    cloud="gcp",
+)
+def gcp_gke_logging(resource: Resource, graph: Graph) -> Verdict:
+    components = as_list(resource.get("loggingConfig.enableComponents"))
+    return verdict({"SYSTEM_COMPONENTS", "APISERVER"} <= set(components), "loggingConfig.enableComponents", components)
+
+
+@check(
+    id="gcp_gke_node_boot_disk_cmek",
+    title="GKE node boot disks use a customer key",
+    severity="high",
+    resource_types=[NODE_POOL],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set node_config.boot_disk_kms_key.",
+    risk="Model weights on node disks would not be under your key.",
+    cloud="gcp",
+)
+def gcp_node_boot_disk_cmek(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("nodeConfig.bootDiskKmsKey")
+    return verdict(str(key or "").startswith("projects/"), "nodeConfig.bootDiskKmsKey", key)
+
+
+@check(
+    id="gcp_gke_metadata_server",
+    title="GKE node pools hide node credentials from pods (GKE metadata server)",
+    severity="high",
+    resource_types=[NODE_POOL],
+    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "iso27001:A.8.9"),
+    remediation="Set node_config.workload_metadata_config.mode GKE_METADATA (Workload Identity).",
+    risk="Pods could read the node's service-account credentials.",
+    cloud="gcp",
+)
+def gcp_gke_metadata_server(resource: Resource, graph: Graph) -> Verdict:
+    mode = resource.get("nodeConfig.workloadMetadataConfig.mode")
+    return verdict(mode == "GKE_METADATA", "nodeConfig.workloadMetadataConfig.mode", mode)
+
+
+@check(
+    id="gcp_audit_data_access_logs",
+    title="Data Access audit logs are on for the services holding data",
+    severity="high",
+    resource_types=[AUDIT_CONFIG],
+    controls=AUDIT,
+    remediation="Enable DATA_READ and DATA_WRITE audit log types (and ADMIN_READ).",
+    risk="Reads and writes of model data would not be recorded.",
+    cloud="gcp",
+)
+def gcp_audit_data_access(resource: Resource, graph: Graph) -> Verdict:
+    kinds = {c.get("logType") for c in as_list(resource.get("auditLogConfigs"))}
+    return verdict({"DATA_READ", "DATA_WRITE", "ADMIN_READ"} <= kinds, "auditLogConfigs[].logType", sorted(kinds))
+
+
+@check(
+    id="gcp_logging_sink_exports_audit_logs",
+    title="Audit logs are exported to a retained destination",
+    severity="medium",
+    resource_types=[SINK],
+    controls=AUDIT,
+    remediation="Route cloudaudit.googleapis.com logs to a locked, retained bucket or dataset.",
+    risk="Cloud Logging's default retention may be shorter than the audit period.",
+    cloud="gcp",
+)
+def gcp_logging_sink(resource: Resource, graph: Graph) -> Verdict:
+    destination = resource.get("destination")
+    log_filter = str(resource.get("filter") or "")
+    return verdict(bool(destination) and "cloudaudit.googleapis.com" in log_filter, "destination/filter",
+                   {"destination": destination, "filter": log_filter})
+
+
+@check(
+    id="gcp_subnetwork_flow_logs",
+    title="VPC flow logs are on for the subnetworks",
+    severity="medium",
+    resource_types=[SUBNETWORK],
+    controls=("hipaa:164.312(b)", "soc2:CC7.2", "iso27001:A.8.16", "iso27001:A.8.20"),
+    remediation="Set log_config on the subnetwork.",
+    risk="Network-level investigation would be impossible.",
+    cloud="gcp",
+)
+def gcp_flow_logs(resource: Resource, graph: Graph) -> Verdict:
+    config = resource.get("logConfig")
+    return verdict(bool(config), "logConfig", config)

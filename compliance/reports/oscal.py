@@ -1,0 +1,183 @@
+"""OSCAL 1.2 documents built with compliance-trestle's models (which validate them as they are built).
+
+component-definition: how the deployment implements each control (the checks that evidence it).
+assessment-results: what was observed (one observation per finding) and, per control, satisfied or not.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from compliance.model import Finding, Framework, Graph, Status, frameworks
+
+OSCAL_VERSION = "1.2.1"
+NAMESPACE = "https://byoc.dev/ns/oscal"
+
+
+def control_token(framework: str, control_id: str) -> str:
+    """OSCAL control ids are tokens: 164.312(a)(2)(iv) -> hipaa_164.312_a_2_iv; CC6.1 -> soc2_CC6.1."""
+    cleaned = re.sub(r"[()]+", "_", control_id).strip("_").replace("__", "_")
+    return f"{framework}_{cleaned}"
+
+
+def _uuid(*parts: str) -> str:
+    """Stable UUIDs (v5) so that the same evidence gives the same document."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, NAMESPACE + "/" + "/".join(parts)))
+
+
+def _metadata(title: str, version: str) -> object:
+    from trestle.oscal.common import Metadata
+
+    return Metadata(
+        title=title,
+        last_modified=datetime.now(UTC),
+        version=version,
+        oscal_version=OSCAL_VERSION,
+    )
+
+
+def component_definition(graph: Graph, findings: list[Finding], selected: list[str], version: str) -> object:
+    from trestle.oscal.common import Property
+    from trestle.oscal.component import (
+        ComponentDefinition,
+        ControlImplementation,
+        DefinedComponent,
+        ImplementedRequirement,
+    )
+
+    implementations = []
+    for framework_id in selected:
+        framework: Framework = frameworks()[framework_id]
+        requirements = []
+        for control in framework.controls:
+            checks = sorted({f.check.id for f in findings if control.ref in f.check.controls})
+            if not checks:
+                continue
+            requirements.append(
+                ImplementedRequirement(
+                    uuid=_uuid(graph.deployment, "requirement", control.ref),
+                    control_id=control_token(framework_id, control.id),
+                    description=f"{control.title}: evidenced by byoc checks {', '.join(checks)}.",
+                    props=[Property(name="citation", value=control.id, ns=NAMESPACE)]
+                    + [Property(name="check", value=c, ns=NAMESPACE) for c in checks],
+                )
+            )
+        implementations.append(
+            ControlImplementation(
+                uuid=_uuid(graph.deployment, "implementation", framework_id),
+                source=framework.source,
+                description=f"How the byoc deployment {graph.deployment} implements {framework.title}.",
+                implemented_requirements=requirements,
+            )
+        )
+    component = DefinedComponent(
+        uuid=_uuid(graph.deployment, "component"),
+        type="service",
+        title=f"byoc deployment {graph.deployment}",
+        description=(
+            f"Private LLM inference deployed by byoc in {graph.region}: network, customer-managed keys, GPU cluster, "
+            "serving runtime, audit trail."
+        ),
+        control_implementations=implementations,
+    )
+    return ComponentDefinition(
+        uuid=_uuid(graph.deployment, "component-definition"),
+        metadata=_metadata(f"byoc deployment {graph.deployment}: control implementation", version),
+        components=[component],
+    )
+
+
+def assessment_results(graph: Graph, findings: list[Finding], selected: list[str], version: str) -> object:
+    from trestle.oscal.assessment_results import AssessmentResults, ImportAp, Result
+    from trestle.oscal.common import (
+        ControlSelection,
+        FindingTarget,
+        IncludeAll,
+        ObjectiveStatus,
+        Observation,
+        Property,
+        RelatedObservation,
+        ReviewedControls,
+    )
+    from trestle.oscal.common import Finding as OscalFinding
+
+    now = datetime.now(UTC)
+    observations = []
+    by_control: dict[str, list[str]] = {}
+    for index, finding in enumerate(findings):
+        if finding.status == Status.NOT_APPLICABLE:
+            continue
+        observation_id = _uuid(graph.deployment, graph.source, "observation", str(index), finding.check.id)
+        evidence = "; ".join(f"{e.path}={e.value!r}" for e in finding.evidence) or finding.reason or "-"
+        observations.append(
+            Observation(
+                uuid=observation_id,
+                title=f"{finding.check.id} on {finding.resource.name}",
+                description=f"{finding.status.value}: {finding.check.title}. Evidence: {evidence}"[:4000],
+                methods=["TEST"],
+                props=[
+                    Property(name="check", value=finding.check.id, ns=NAMESPACE),
+                    Property(name="status", value=finding.status.value, ns=NAMESPACE),
+                    Property(name="resource-type", value=finding.resource.type, ns=NAMESPACE),
+                    Property(name="source", value=finding.resource.source, ns=NAMESPACE),
+                ],
+                collected=now,
+            )
+        )
+        for ref in finding.controls(selected):
+            by_control.setdefault(ref, []).append(observation_id)
+    oscal_findings = []
+    for framework_id in selected:
+        for control in frameworks()[framework_id].controls:
+            related = by_control.get(control.ref)
+            if not related:
+                continue
+            token = control_token(framework_id, control.id)
+            statuses = {f.status for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE}
+            satisfied = statuses <= {Status.PASS}
+            oscal_findings.append(
+                OscalFinding(
+                    uuid=_uuid(graph.deployment, graph.source, "finding", control.ref),
+                    title=f"{control.ref} {control.title}",
+                    description=f"{len(related)} observations; {'all passed' if satisfied else 'some failed or errored'}.",
+                    target=FindingTarget(
+                        type="objective-id",
+                        target_id=token,
+                        status=ObjectiveStatus(state="satisfied" if satisfied else "not-satisfied"),
+                    ),
+                    related_observations=[RelatedObservation(observation_uuid=o) for o in related],
+                )
+            )
+    result = Result(
+        uuid=_uuid(graph.deployment, graph.source, "result"),
+        title=f"byoc compliance checks ({graph.source})",
+        description=f"Automated checks over the {graph.source} resources of byoc deployment {graph.deployment}.",
+        start=now,
+        end=now,
+        # every control of the selected frameworks was in scope; the findings say which had evidence
+        reviewed_controls=ReviewedControls(control_selections=[ControlSelection(include_all=IncludeAll())]),
+        observations=observations or None,
+        findings=oscal_findings or None,
+    )
+    return AssessmentResults(
+        uuid=_uuid(graph.deployment, graph.source, "assessment-results"),
+        metadata=_metadata(f"byoc deployment {graph.deployment}: assessment results", version),
+        import_ap=ImportAp(href=f"urn:byoc:assessment-plan:{graph.deployment}"),
+        results=[result],
+    )
+
+
+def write_oscal(graph: Graph, findings: list[Finding], selected: list[str], version: str, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, document in (
+        ("component-definition.json", component_definition(graph, findings, selected, version)),
+        ("assessment-results.json", assessment_results(graph, findings, selected, version)),
+    ):
+        path = folder / name
+        document.oscal_write(path)  # type: ignore[attr-defined]
+        written.append(path)
+    return written

@@ -1,0 +1,237 @@
+"""Gateway settings: command-line flags, an optional YAML file (`--config`), and their validation.
+
+Every check raises `ByocError` naming the flag and a fix, so `byoc serve gateway` exits 2 with one message.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from byoc.errors import ByocError
+
+# trtllm-serve's container mounts each addon's adapter under this folder (runtime/build/plan.py ADAPTER_DIR).
+ADAPTER_ROOT = "/models/adapters"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """`http://host:port` is one replica; `dns+http://host:port` is every A record of host (a headless Service)."""
+
+    scheme: str  # "http" or "dns+http"
+    host: str
+    port: int
+
+    @property
+    def discovered(self) -> bool:
+        return self.scheme == "dns+http"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Addon:
+    """A LoRA addon: clients select it with `model: NAME`; upstream it becomes trtllm's `lora_request`."""
+
+    name: str
+    lora_int_id: int
+    lora_path: str
+    source: str = ""
+
+    def lora_request(self) -> dict[str, Any]:
+        return {"lora_name": self.name, "lora_int_id": self.lora_int_id, "lora_path": self.lora_path}
+
+
+def lora_int_id(name: str) -> int:
+    """Stable across gateway replicas and restarts (trtllm caches adapters by this id), whatever the flag order."""
+    return zlib.crc32(name.encode()) % 1_000_000 + 1
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: Address = Address("127.0.0.1", 8080)
+    metrics_listen: Address | None = None
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    api_keys: Path | None = None
+    insecure_no_auth: bool = False
+    model: str = "default"
+    addons: tuple[Addon, ...] = ()
+    max_context: int = 8192
+    ttft_slo: float = 2.0
+    rate_limit_rpm: int = 0
+    max_concurrency: int = 256
+    max_queue: int = 512
+    queue_timeout: float = 30.0
+    wake_timeout: float = 300.0
+    health_interval: float = 5.0
+    upstream_timeout: float = 600.0
+
+    def validate(self) -> GatewayConfig:
+        if not self.upstreams:
+            raise ByocError(
+                "--upstream", "no upstream given", "pass --upstream http://HOST:PORT (repeatable) or dns+http://..."
+            )
+        if self.api_keys is None and not self.insecure_no_auth:
+            raise ByocError(
+                "--api-keys",
+                "the gateway refuses to start without API keys",
+                "pass --api-keys FILE (build it with `byoc serve hash-key`), or --insecure-no-auth on a trusted "
+                "development machine only",
+            )
+        checks: list[tuple[str, bool, str]] = [
+            ("--max-context", self.max_context >= 1, "a positive number of tokens, e.g. 16384"),
+            ("--ttft-slo", self.ttft_slo > 0, "a positive number of seconds, e.g. 2.0"),
+            ("--rate-limit-rpm", self.rate_limit_rpm >= 0, "0 (unlimited) or a positive requests/minute"),
+            ("--max-concurrency", self.max_concurrency >= 1, "at least 1"),
+            ("--max-queue", self.max_queue >= 0, "0 (no queue) or more"),
+            ("--queue-timeout", self.queue_timeout > 0, "a positive number of seconds"),
+            ("--wake-timeout", self.wake_timeout >= 0, "0 (fail at once) or seconds to hold requests"),
+            ("--health-interval", self.health_interval > 0, "a positive number of seconds"),
+            ("--upstream-timeout", self.upstream_timeout > 0, "a positive number of seconds"),
+        ]
+        for flag, ok, hint in checks:
+            if not ok:
+                raise ByocError(flag, "out of range", hint)
+        names = [a.name for a in self.addons]
+        if self.model in names:
+            raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")
+        if len(set(names)) != len(names):
+            raise ByocError("--addon", "the same addon name is given twice", "give each addon once")
+        return self
+
+
+def parse_address(value: str, flag: str) -> Address:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ByocError(flag, f"{value!r} is not HOST:PORT", "e.g. 0.0.0.0:8080")
+    return Address(host.strip("[]"), int(port))
+
+
+def parse_upstream(value: str) -> UpstreamSpec:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "dns+http") or not parts.hostname or parts.path not in ("", "/"):
+        raise ByocError(
+            "--upstream",
+            f"{value!r} is not an upstream URL",
+            "use http://HOST:PORT for one replica or dns+http://SERVICE:PORT to route to every address of a name",
+        )
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ByocError("--upstream", f"{value!r} has a bad port", "e.g. http://127.0.0.1:8000") from None
+    return UpstreamSpec(parts.scheme, parts.hostname, port)
+
+
+def parse_addon(value: str) -> Addon:
+    name, sep, source = value.partition("=")
+    name = name.strip()
+    if not name or any(c.isspace() or c == "/" for c in name):
+        raise ByocError("--addon", f"{value!r} has no usable addon name", "use NAME=SOURCE, e.g. sql=hf://org/sql-lora")
+    return Addon(name, lora_int_id(name), f"{ADAPTER_ROOT}/{name}", source.strip() if sep else "")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """A value from the config file, checked against the type of the setting's default."""
+    flag = f"--config: {name}"
+    if name == "listen" or name == "metrics_listen":
+        return parse_address(str(value), flag)
+    if name == "upstreams":
+        items = value if isinstance(value, list) else [value]
+        return tuple(parse_upstream(str(v)) for v in items)
+    if name == "addons":
+        items = value if isinstance(value, list) else [value]
+        return tuple(parse_addon(str(v)) for v in items)
+    if name == "api_keys":
+        return Path(str(value))
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ByocError(flag, "must be true or false", f"e.g. {name}: false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ByocError(flag, "must be a whole number", f"e.g. {name}: {default}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ByocError(flag, "must be a number", f"e.g. {name}: {default}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ByocError(flag, "must be a string", f"e.g. {name}: {default}")
+    return value
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The YAML file's settings, named like the flags with underscores (`max_queue: 100`, `upstreams: [...]`)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ByocError("--config", f"cannot read {path}: {exc.strerror}", "give a readable YAML file") from None
+    except yaml.YAMLError:
+        raise ByocError("--config", f"{path} is not valid YAML", "check the file's indentation and quoting") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ByocError("--config", f"{path} must hold a mapping of settings", "e.g. `max_queue: 100`")
+    defaults = {f.name: f.default for f in fields(GatewayConfig)}
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "upstream":
+            name = "upstreams"
+        if name == "addon":
+            name = "addons"
+        if name not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ByocError("--config", f"unknown setting {key!r}", f"known settings: {known}")
+        settings[name] = _coerce(name, value, defaults[name])
+    return settings
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any]) -> GatewayConfig:
+    """Defaults, then the config file, then every flag given on the command line (None = not given)."""
+    config = GatewayConfig()
+    if config_file is not None:
+        config = replace(config, **load_config_file(config_file))
+    given = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
+    if given.get("insecure_no_auth") is False:
+        given.pop("insecure_no_auth")
+    return replace(config, **given).validate()
+
+
+@dataclass
+class EngineSettings:
+    """`byoc serve engine` flags."""
+
+    model_dir: Path
+    listen: Address
+    addons: dict[str, Path] = field(default_factory=dict)
+    model_name: str | None = None
+    max_batch_size: int = 8
+    max_context: int | None = None
+    kv_cache_tokens: int = 65536
+    threads: int = 1
+
+
+def parse_engine_addon(value: str) -> tuple[str, Path]:
+    name, sep, folder = value.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise ByocError("--addon", f"{value!r} is not NAME=DIR", "e.g. --addon sql=/models/adapters/sql")
+    path = Path(folder.strip())
+    if not (path / "adapter_config.json").is_file():
+        raise ByocError("--addon", f"{path} holds no adapter_config.json", "point at a PEFT LoRA adapter folder")
+    return name.strip(), path

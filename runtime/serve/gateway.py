@@ -1,0 +1,522 @@
+"""The OpenAI-compatible gateway in front of trtllm-serve replicas.
+
+One asyncio process. Per request, in this order: API key (401), the key's requests per minute (429), the body
+(400), the model or addon (404), the key's concurrent requests (429), a held wait while no replica is ready
+(scale from zero: `byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the
+bounded queue (429 when full or after --queue-timeout), then the least busy ready replica. A request that fails
+before its first byte is retried once on another replica; a stream cut mid-way ends with an error event.
+
+Zero data retention: request and response bodies pass through memory only. Logs carry one access line per request
+(key name, model, status, token counts, latency); metrics carry model, addon and status; error bodies name the
+parameter at fault, never its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
+from runtime.serve.keys import ApiKey, KeyRing
+from runtime.serve.limits import Admission, KeyConcurrency, RequestsPerMinute, retry_after
+from runtime.serve.logs import exception_summary
+from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
+from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
+from runtime.serve.upstreams import Upstream, UpstreamPool
+
+log = logging.getLogger("byoc.gateway")
+access_log = logging.getLogger("byoc.gateway.access")
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_BODY_BYTES = 8 * 1024 * 1024
+UPSTREAM_CONNECT_SECONDS = 5.0
+NO_REPLICA_RETRY_AFTER = "10"
+DONE = b"data: [DONE]"
+# What an interrupted stream ends with: OpenAI's clients raise an APIError on an event that carries "error".
+STREAM_CUT = (
+    b'data: {"error": {"message": "the model replica stopped in the middle of the answer; retry the request", '
+    b'"type": "server_error", "param": null, "code": "upstream_stream_interrupted"}}\n\n'
+)
+
+
+@dataclass
+class Outcome:
+    """What one request's access line and metrics say."""
+
+    key: str = "-"
+    addon: str = UNKNOWN
+    code: str = "500"
+    stream: bool = False
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    first_token: float | None = None
+    last_token: float | None = None
+    reason: str = ""
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, keys: list[ApiKey] | None) -> None:
+        self.config = config
+        self.keys = KeyRing(keys)
+        self.metrics = GatewayMetrics(config.ttft_slo)
+        self.pool = UpstreamPool(config.upstreams, config.health_interval, self.metrics)
+        self.rpm = RequestsPerMinute()
+        self.key_concurrency = KeyConcurrency()
+        self.admission = Admission(config.max_concurrency, config.max_queue)
+        self.declared = {a.name: a for a in config.addons}
+        self.pending = 0
+        self.in_flight = 0
+        self.draining = False
+        self._session: aiohttp.ClientSession | None = None
+        # Gauges read at scrape time: no per-request cost.
+        self.metrics.pending.set_function(lambda: self.pending)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.queue_depth.set_function(lambda: self.admission.queued)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=10)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=UPSTREAM_CONNECT_SECONDS, sock_read=self.config.upstream_timeout
+        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Gateway.start() first"
+        return self._session
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/v1/models/{model}", self.get_model)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/metrics", self.prometheus)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/health", self.health)
+        return app
+
+    # -- small endpoints -------------------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 when requests can be taken: served now, or held while a replica wakes from zero.
+
+        A gateway that said "not ready" at zero replicas would be taken out of its load balancer, and the request
+        that should wake the deployment would never arrive.
+        """
+        ready = len(self.pool.ready)
+        body = {"upstreams_ready": ready, "upstreams_known": len(self.pool.upstreams), "draining": self.draining}
+        if self.draining or not self.pool.discovered.is_set():
+            return web.json_response({**body, "ready": False}, status=503)
+        if ready == 0 and self.config.wake_timeout <= 0:
+            return web.json_response({**body, "ready": False, "reason": "no upstream ready"}, status=503)
+        return web.json_response({**body, "ready": True, "holding": ready == 0})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _model_cards(self) -> list[dict[str, Any]]:
+        created = 0
+        cards = [{"id": self.config.model, "object": "model", "created": created, "owned_by": "byoc"}]
+        names = list(self.declared) + [n for n in self.pool.learned_addons() if n not in self.declared]
+        for name in names:
+            if name != self.config.model:
+                cards.append(
+                    {"id": name, "object": "model", "created": created, "owned_by": "byoc", "parent": self.config.model}
+                )
+        return cards
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        if self.keys.authenticate(request.headers.get("Authorization")) is None:
+            return self._error(_unauthorized())
+        return web.json_response({"object": "list", "data": self._model_cards()})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        if self.keys.authenticate(request.headers.get("Authorization")) is None:
+            return self._error(_unauthorized())
+        for card in self._model_cards():
+            if card["id"] == request.match_info["model"]:
+                return web.json_response(card)
+        return self._error(_unknown_model())
+
+    # -- completions -----------------------------------------------------------------------------------------
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "chat", "/v1/chat/completions")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "completions", "/v1/completions")
+
+    @staticmethod
+    def _error(error: ApiError) -> web.Response:
+        headers = dict(JSON_HEADERS)
+        if error.retry_after is not None:
+            headers["Retry-After"] = error.retry_after
+        return web.Response(status=error.status, body=error.body(), headers=headers)
+
+    async def _serve(self, request: web.Request, kind: Kind, path: str) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = Outcome()
+        try:
+            response = await self._handle(request, kind, path, outcome, started)
+        except ApiError as error:
+            outcome.code = str(error.status)
+            response = self._error(error)
+        except Exception as exc:  # a bug: answer 500 and log where, never the message (it may quote the request)
+            log.error("request failed: %s", exception_summary(exc))
+            outcome.code = "500"
+            response = web.Response(
+                status=500, body=error_body("internal error in the gateway", "server_error"), headers=JSON_HEADERS
+            )
+        self._record(outcome, started)
+        return response
+
+    def _record(self, outcome: Outcome, started: float) -> None:
+        ended = time.perf_counter()
+        series = self.metrics.series(self.config.model, outcome.addon)
+        series.answered(outcome.code)
+        ttft_ms = -1.0
+        if outcome.first_token is not None:
+            series.duration.observe(ended - started)
+            series.ttft.observe(outcome.first_token - started)
+            ttft_ms = (outcome.first_token - started) * 1000
+            if outcome.prompt_tokens:
+                series.prompt_tokens.inc(outcome.prompt_tokens)
+            if outcome.output_tokens:
+                series.output_tokens.inc(outcome.output_tokens)
+            if outcome.stream and outcome.output_tokens > 1 and outcome.last_token is not None:
+                series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
+        access_log.info(
+            "key=%s model=%s addon=%s stream=%d status=%s prompt_tokens=%d output_tokens=%d ttft_ms=%.1f "
+            "latency_ms=%.1f%s",
+            outcome.key,
+            self.config.model,
+            outcome.addon,
+            outcome.stream,
+            outcome.code,
+            outcome.prompt_tokens,
+            outcome.output_tokens,
+            ttft_ms,
+            (ended - started) * 1000,
+            f" reason={outcome.reason}" if outcome.reason else "",
+        )
+
+    def _resolve_model(self, name: str) -> Addon | None:
+        if name == self.config.model:
+            return None
+        addon = self.declared.get(name)
+        if addon is not None:
+            return addon
+        learned = self.pool.learned_addons()
+        if name in learned:
+            return Addon(name, lora_int_id(name), learned[name] or f"{ADAPTER_ROOT}/{name}")
+        raise _unknown_model()
+
+    def _limited(self, reason: str, message: str, wait: float, outcome: Outcome) -> ApiError:
+        self.metrics.rate_limited.labels(reason=reason).inc()
+        outcome.reason = reason
+        return ApiError(429, message, kind="requests", code="rate_limit_exceeded", retry_after=retry_after(wait))
+
+    async def _handle(
+        self, request: web.Request, kind: Kind, path: str, outcome: Outcome, started: float
+    ) -> web.StreamResponse:
+        key = self.keys.authenticate(request.headers.get("Authorization"))
+        if key is None:
+            raise _unauthorized()
+        outcome.key = key.name
+        rpm = key.rpm if key.rpm is not None else self.config.rate_limit_rpm
+        wait = self.rpm.take(key.name, rpm)
+        if wait:
+            raise self._limited("key_rpm", f"rate limit: this key may send {rpm} requests per minute", wait, outcome)
+        parsed = validate(kind, parse_json(await request.read()), self.config.max_context)
+        outcome.stream = parsed.stream
+        addon = self._resolve_model(parsed.model)
+        outcome.addon = addon.name if addon is not None else BASE
+        if not self.key_concurrency.try_enter(key.name, key.max_concurrency):
+            raise self._limited(
+                "key_concurrency",
+                f"rate limit: this key may have {key.max_concurrency} requests in progress at once",
+                1,
+                outcome,
+            )
+        try:
+            await self._hold_until_ready(outcome)
+            self.metrics.queue_depth  # noqa: B018 (read at scrape time through set_function)
+            reason = await self.admission.acquire(self.config.queue_timeout)
+            if reason is not None:
+                raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
+            self.in_flight += 1
+            try:
+                return await self._forward(request, path, parsed, addon, outcome)
+            finally:
+                self.in_flight -= 1
+                self.admission.release()
+        finally:
+            self.key_concurrency.leave(key.name)
+
+    async def _hold_until_ready(self, outcome: Outcome) -> None:
+        """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""
+        if self.pool.ready:
+            return
+        held = self.pending + self.admission.active + self.admission.queued
+        if held >= self.config.max_concurrency + self.config.max_queue:
+            raise self._limited("queue_full", "the gateway is at capacity: retry shortly", 1, outcome)
+        self.pending += 1
+        try:
+            ready = await self.pool.wait_ready(self.config.wake_timeout)
+        finally:
+            self.pending -= 1
+        if not ready:
+            self.metrics.upstream_errors.labels(reason="no_upstream").inc()
+            outcome.reason = "no_upstream"
+            raise ApiError(
+                503,
+                "no model replica is ready (the deployment may be scaling up from zero): retry shortly",
+                kind="server_error",
+                code="no_replica_ready",
+                retry_after=NO_REPLICA_RETRY_AFTER,
+            )
+
+    async def _forward(
+        self, request: web.Request, path: str, parsed: ParsedRequest, addon: Addon | None, outcome: Outcome
+    ) -> web.StreamResponse:
+        body = parsed.body
+        upstream_model = self.pool.upstream_model() or self.config.model
+        body["model"] = upstream_model
+        if addon is not None:
+            body["lora_request"] = addon.lora_request()
+        payload = json.dumps(body).encode()
+        failed: Upstream | None = None
+        for attempt in range(2):
+            upstream = self.pool.pick(exclude=failed)
+            if upstream is None:
+                # the only replica just failed: hold as at zero replicas, then try whichever is ready
+                await self._hold_until_ready(outcome)
+                upstream = self.pool.pick(exclude=failed) or self.pool.pick()
+                if upstream is None:
+                    break
+            upstream.outstanding += 1
+            try:
+                response = await self.session.post(upstream.url + path, data=payload, headers=JSON_HEADERS)
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                upstream.outstanding -= 1
+                reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+                self.metrics.upstream_errors.labels(reason=reason).inc()
+                self.pool.failed(upstream)
+                failed = upstream
+                continue
+            if response.status in (502, 503, 504) and attempt == 0:
+                self.metrics.upstream_errors.labels(reason=f"status_{response.status}").inc()
+                response.release()
+                upstream.outstanding -= 1
+                failed = upstream
+                continue
+            try:
+                if parsed.stream:
+                    return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
+                return await self._relay(response, parsed, outcome)
+            finally:
+                response.release()
+                upstream.outstanding -= 1
+        outcome.reason = "upstream_unavailable"
+        raise ApiError(
+            502,
+            "no model replica could be reached: retry shortly",
+            kind="server_error",
+            code="upstream_unavailable",
+            retry_after="1",
+        )
+
+    async def _upstream_failure(self, response: aiohttp.ClientResponse, parsed: ParsedRequest) -> ApiError:
+        raw = await response.read()
+        if 400 <= response.status < 500:
+            return upstream_error(response.status, raw, parsed.body)
+        self.metrics.upstream_errors.labels(reason="status_5xx").inc()
+        return ApiError(502, f"the model replica failed (HTTP {response.status}): retry shortly", kind="server_error")
+
+    async def _relay(self, response: aiohttp.ClientResponse, parsed: ParsedRequest, outcome: Outcome) -> web.Response:
+        if response.status != 200:
+            raise await self._upstream_failure(response, parsed)
+        data = json.loads(await response.read())
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            outcome.output_tokens = int(usage.get("completion_tokens") or 0)
+        data["model"] = parsed.model
+        outcome.first_token = time.perf_counter()  # a non-streamed answer's first token arrives with all the others
+        outcome.code = "200"
+        return web.Response(body=json.dumps(data).encode(), headers=JSON_HEADERS)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        response: aiohttp.ClientResponse,
+        parsed: ParsedRequest,
+        upstream_model: str,
+        outcome: Outcome,
+        upstream: Upstream,
+    ) -> web.StreamResponse:
+        if response.status != 200:
+            raise await self._upstream_failure(response, parsed)
+        # chunks name the upstream's model id; clients expect the id they asked for
+        renames = [
+            (json.dumps({"model": upstream_model})[1:-1].encode(), json.dumps({"model": parsed.model})[1:-1].encode()),
+            (f'"model":{json.dumps(upstream_model)}'.encode(), f'"model":{json.dumps(parsed.model)}'.encode()),
+        ]
+        out = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await out.prepare(request)
+        finished = False
+        try:
+            async for event in _sse_events(response.content):
+                now = time.perf_counter()
+                if outcome.first_token is None:
+                    outcome.first_token = now
+                if event.startswith(DONE):
+                    finished = True
+                    await out.write(event)
+                    break
+                outcome.last_token = now
+                if b'"usage"' in event:
+                    forwarded = self._take_usage(event, parsed, outcome)
+                    if forwarded is None:
+                        continue
+                    event = forwarded
+                for old, new in renames:
+                    event = event.replace(old, new)
+                await out.write(event)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except ConnectionResetError:
+            outcome.code, outcome.reason = "499", "client_disconnected"
+            return out
+        if not finished:
+            self.metrics.upstream_errors.labels(reason="stream_cut").inc()
+            self.pool.failed(upstream)
+            outcome.code, outcome.reason = "502", "stream_cut"
+            try:
+                await out.write(STREAM_CUT)
+                await out.write_eof()
+            except ConnectionResetError:
+                pass
+            return out
+        outcome.code = "200"
+        try:
+            await out.write_eof()
+        except ConnectionResetError:
+            outcome.code, outcome.reason = "499", "client_disconnected"
+        return out
+
+    @staticmethod
+    def _take_usage(event: bytes, parsed: ParsedRequest, outcome: Outcome) -> bytes | None:
+        """Count the usage chunk's tokens; pass it on only if the client asked for it (stream_options)."""
+        try:
+            chunk = json.loads(event[event.index(b"{") :])
+        except ValueError:
+            return event
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if not isinstance(usage, dict):
+            return event
+        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        outcome.output_tokens = int(usage.get("completion_tokens") or 0)
+        if parsed.include_usage:
+            return event
+        if not chunk.get("choices"):
+            return None
+        chunk.pop("usage")
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Whole server-sent events (their lines and the blank line after them), as they arrive."""
+    lines: list[bytes] = []
+    async for line in content:
+        if line == b"\n" or line == b"\r\n":
+            if lines:
+                lines.append(b"\n")
+                yield b"".join(lines)
+                lines = []
+        else:
+            lines.append(line)
+    if lines:
+        raise asyncio.IncompleteReadError(b"".join(lines), None)
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "missing or invalid API key: send the header `Authorization: Bearer <key>`",
+        kind="invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+def _unknown_model() -> ApiError:
+    return ApiError(
+        404,
+        "model: this gateway does not serve that model; GET /v1/models lists the base model and its addons",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds: float = 30.0) -> None:
+    """Run until SIGTERM or SIGINT, then stop taking requests and let those in progress finish."""
+    gateway = Gateway(config, keys)
+    await gateway.start()
+    runners = [web.AppRunner(gateway.app(), access_log=None, handle_signals=False)]
+    sites = [(runners[0], config.listen)]
+    if config.metrics_listen is not None:
+        runners.append(web.AppRunner(gateway.metrics_app(), access_log=None, handle_signals=False))
+        sites.append((runners[1], config.metrics_listen))
+    for runner in runners:
+        await runner.setup()
+    for runner, address in sites:
+        await web.TCPSite(runner, address.host, address.port, backlog=1024).start()
+    auth = f"{len(gateway.keys)} API keys" if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
+    log.info(
+        "gateway listening on %s (metrics %s), model %s, %d declared addons, upstreams %s, %s",
+        config.listen,
+        config.metrics_listen or config.listen,
+        config.model,
+        len(config.addons),
+        ", ".join(str(u) for u in config.upstreams),
+        auth,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    gateway.draining = True
+    log.info("stopping: draining %d requests in progress", gateway.admission.active + gateway.pending)
+    deadline = time.monotonic() + drain_seconds
+    while (gateway.admission.active or gateway.pending or gateway.admission.queued) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for runner in reversed(runners):
+        await runner.cleanup()
+    await gateway.stop()

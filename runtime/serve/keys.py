@@ -1,0 +1,133 @@
+"""API keys: loaded once as SHA-256 digests, checked in constant time, never stored or logged in plain text.
+
+The keys file is either one key per line (for development: the gateway hashes each line at load and keeps only
+the digest), or YAML built with `byoc serve hash-key`:
+
+    keys:
+      - {name: ci, sha256: 9f86d0...0f00a08, rpm: 600, max_concurrency: 8}
+
+Keys are random secrets with plenty of entropy, so one SHA-256 per request (under a microsecond) is the right cost:
+a slow password hash would only make every request slower without making a key harder to guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from byoc.errors import ByocError
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    digest: bytes
+    rpm: int | None = None  # None: the gateway's --rate-limit-rpm
+    max_concurrency: int | None = None  # None: no per-key limit
+
+
+ANONYMOUS = ApiKey("anonymous", b"")
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def hash_key_entry(name: str, key: str, rpm: int | None = None, max_concurrency: int | None = None) -> str:
+    """The YAML list entry for one key, as `byoc serve hash-key` prints it (the key itself never appears)."""
+    entry: dict[str, object] = {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+    if rpm is not None:
+        entry["rpm"] = rpm
+    if max_concurrency is not None:
+        entry["max_concurrency"] = max_concurrency
+    return yaml.safe_dump([entry], sort_keys=False, default_flow_style=None)
+
+
+def _limit(entry: dict[str, object], field: str, where: str) -> int | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ByocError("--api-keys", f"{where}: {field} must be a whole number >= 0", f"e.g. {field}: 60")
+    return value
+
+
+def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
+    if not isinstance(entries, list):
+        raise ByocError("--api-keys", f"{path}: `keys` must be a list", "run `byoc serve hash-key` for an entry")
+    keys: list[ApiKey] = []
+    for index, entry in enumerate(entries, start=1):
+        where = f"{path}: key {index}"
+        if not isinstance(entry, dict):
+            raise ByocError("--api-keys", f"{where} is not a mapping", "use {name: ..., sha256: ...}")
+        unknown = set(entry) - {"name", "sha256", "rpm", "max_concurrency"}
+        if unknown:
+            raise ByocError(
+                "--api-keys", f"{where} has unknown field {sorted(unknown)[0]!r}", "fields: name, sha256, rpm, max_concurrency"
+            )
+        name, hexdigest = entry.get("name"), str(entry.get("sha256", "")).lower()
+        if not isinstance(name, str) or not name.strip():
+            raise ByocError("--api-keys", f"{where} has no name", "give every key a name (it appears in the access log)")
+        if not HEX64.match(hexdigest):
+            raise ByocError(
+                "--api-keys",
+                f"{where} ({name}) has no valid sha256",
+                "the hex SHA-256 of the key: `byoc serve hash-key --name NAME < key.txt`",
+            )
+        rpm = _limit(entry, "rpm", where)
+        keys.append(ApiKey(name.strip(), bytes.fromhex(hexdigest), rpm, _limit(entry, "max_concurrency", where)))
+    return keys
+
+
+def load_keys(path: Path) -> list[ApiKey]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ByocError("--api-keys", f"cannot read {path}: {exc.strerror}", "give the path of the keys file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None  # plain keys can contain characters YAML dislikes: read them as lines below
+    if isinstance(data, dict) and "keys" in data:
+        keys = _from_yaml(data["keys"], path)
+    else:
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+        keys = [ApiKey(f"key-{n}", digest(line)) for n, line in lines if line and not line.startswith("#")]
+    if not keys:
+        raise ByocError("--api-keys", f"{path} holds no keys", "add one key per line, or YAML from `byoc serve hash-key`")
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ByocError("--api-keys", f"{path}: two keys share a name", "key names must be unique")
+    if len({k.digest for k in keys}) != len(keys):
+        raise ByocError("--api-keys", f"{path}: the same key appears twice", "remove the duplicate")
+    return keys
+
+
+class KeyRing:
+    """Bearer token -> ApiKey. The digest indexes a dict (a lookup by the hash of a secret tells an attacker
+    nothing about the secret); the final comparison is `hmac.compare_digest`, constant time."""
+
+    def __init__(self, keys: list[ApiKey] | None) -> None:
+        self.enabled = keys is not None
+        self._by_digest = {k.digest: k for k in keys or []}
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        presented = digest(authorization[7:].strip())
+        found = self._by_digest.get(presented)
+        if found is None or not hmac.compare_digest(found.digest, presented):
+            return None
+        return found

@@ -1,0 +1,304 @@
+"""The OpenAI request and error shapes the gateway checks and forwards.
+
+Every 400 names the parameter at fault (`param`, as OpenAI does) and never quotes the value that was sent: values
+are user data, and no user data goes into an error body or a log line (zero data retention).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["chat", "completions"]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+# OpenAI platform features with no meaning for a private deployment: accepted and not forwarded.
+DROPPED = frozenset({"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"})
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind
+        self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.kind, self.param, self.code)
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+def bad(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param)
+
+
+@dataclass
+class ParsedRequest:
+    model: str
+    stream: bool
+    include_usage: bool
+    body: dict[str, Any]  # what goes upstream, once the model is rewritten
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body: not valid JSON", param="body", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body: must be a JSON object", param="body")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is not None and (not _is_number(value) or not low <= value <= high):
+        raise bad(name, f"must be a number from {low:g} to {high:g}")
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int | None = None) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not _is_int(value):
+        raise bad(name, "must be an integer")
+    if value < low or (high is not None and value > high):
+        raise bad(name, f"must be at least {low}" + (f" and at most {high}" if high is not None else ""))
+
+
+def _boolean(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise bad(name, "must be true or false")
+
+
+def _stop(value: Any) -> None:
+    if value is None:
+        return
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise bad("stop", "must be a non-empty string or a list of non-empty strings")
+    if len(items) > 4:
+        raise bad("stop", "at most 4 sequences")
+
+
+def _messages(value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise bad("messages", "must be a non-empty list of messages")
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad(where, "must be an object with role and content")
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad(f"{where}.role", "must be one of " + ", ".join(sorted(ROLES)))
+        content = message.get("content")
+        if content is None:
+            if role != "assistant":
+                raise bad(f"{where}.content", "is required")
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise bad(f"{where}.content[{j}]", "must be an object with a type")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise bad(f"{where}.content[{j}].text", "must be a string")
+        elif not isinstance(content, str):
+            raise bad(f"{where}.content", "must be a string or a list of content parts")
+        if "name" in message and not isinstance(message["name"], str):
+            raise bad(f"{where}.name", "must be a string")
+        if "tool_calls" in message and not isinstance(message["tool_calls"], list):
+            raise bad(f"{where}.tool_calls", "must be a list")
+
+
+def _prompt(value: Any) -> None:
+    if isinstance(value, str):
+        return
+    if isinstance(value, list) and value:
+        if all(_is_int(t) for t in value):
+            return
+        if len(value) == 1 and (isinstance(value[0], str) or (isinstance(value[0], list) and all(_is_int(t) for t in value[0]))):
+            return
+        if len(value) > 1 and all(isinstance(p, str | list) for p in value):
+            raise bad("prompt", "one prompt per request (send several requests instead)")
+    raise bad("prompt", "must be a string or a list of token ids")
+
+
+def _tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise bad("tools", "must be a list of tools")
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+                raise bad(f"tools[{i}]", 'must be {"type": "function", "function": {...}}')
+            if not isinstance(function.get("name"), str):
+                raise bad(f"tools[{i}].function.name", "must be a string")
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("none", "auto", "required"):
+        function = choice.get("function") if isinstance(choice, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad("tool_choice", 'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+
+
+def _response_format(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
+        raise bad("response_format", "must be an object whose type is text, json_object or json_schema")
+    if value["type"] == "json_schema" and not isinstance(value.get("json_schema"), dict):
+        raise bad("response_format.json_schema", "must be an object")
+
+
+COMMON = frozenset(
+    {
+        "model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+        "frequency_penalty", "presence_penalty", "repetition_penalty", "stop", "seed", "n", "user", "logit_bias",
+        "logprobs", "top_logprobs", "ignore_eos", "min_tokens", "min_p",
+    }
+)  # fmt: skip
+CHAT_ONLY = frozenset({"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort"})
+COMPLETIONS_ONLY = frozenset({"prompt", "echo", "suffix", "best_of", "response_format"})
+
+
+def validate(kind: Kind, body: dict[str, Any], max_context: int) -> ParsedRequest:
+    allowed = COMMON | (CHAT_ONLY if kind == "chat" else COMPLETIONS_ONLY)
+    for name in body:
+        if name not in allowed and name not in DROPPED:
+            if name == "lora_request":
+                raise bad(name, "not accepted here: select an addon with `model` (GET /v1/models lists them)")
+            raise bad(str(name)[:64], "unrecognized request argument")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("model", "is required (GET /v1/models lists the models)")
+    if kind == "chat":
+        _messages(body.get("messages"))
+    elif "prompt" not in body:
+        raise bad("prompt", "is required")
+    else:
+        _prompt(body["prompt"])
+    for name in ("stream", "ignore_eos", "echo", "parallel_tool_calls"):
+        _boolean(body, name)
+    if kind == "chat":
+        _boolean(body, "logprobs")
+    else:
+        _integer(body, "logprobs", 0, 20)
+    for name in ("max_tokens", "max_completion_tokens"):
+        # every prompt has at least one token, so max_tokens must leave room for it in the window
+        _integer(body, name, 1, max_context - 1)
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _integer(body, "top_k", -1)
+    _number(body, "min_p", 0, 1)
+    _number(body, "frequency_penalty", -2, 2)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "repetition_penalty", 0.01, 10)
+    _integer(body, "seed", -(2**63), 2**64 - 1)
+    _integer(body, "n", 1, 1)
+    _integer(body, "best_of", 1, 1)
+    _integer(body, "top_logprobs", 0, 20)
+    _integer(body, "min_tokens", 0, max_context)
+    _stop(body.get("stop"))
+    if "logit_bias" in body and body["logit_bias"] is not None and not isinstance(body["logit_bias"], dict):
+        raise bad("logit_bias", "must be an object of token id to bias")
+    if "user" in body and body["user"] is not None and not isinstance(body["user"], str):
+        raise bad("user", "must be a string")
+    _response_format(body.get("response_format"))
+    if kind == "chat":
+        _tools(body)
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in REASONING_EFFORTS:
+            raise bad("reasoning_effort", "must be one of " + ", ".join(sorted(REASONING_EFFORTS)))
+    stream = bool(body.get("stream"))
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise bad("stream_options", 'must be {"include_usage": true|false}')
+        if not stream:
+            raise bad("stream_options", "only allowed with stream: true")
+        include_usage = bool(options.get("include_usage"))
+    forwarded = {k: v for k, v in body.items() if k not in DROPPED}
+    if "max_completion_tokens" in forwarded:
+        forwarded["max_tokens"] = forwarded.pop("max_completion_tokens")
+    if stream:
+        # always ask for usage upstream: token counters need it; the chunk is dropped if the client did not ask
+        forwarded["stream_options"] = {"include_usage": True}
+    return ParsedRequest(model, stream, include_usage, forwarded)
+
+
+def request_texts(body: dict[str, Any]) -> list[str]:
+    """Every string a client sent, for scrubbing upstream error messages."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk({k: v for k, v in body.items() if k != "model"})
+    return found
+
+
+def scrub(message: str, body: dict[str, Any]) -> str | None:
+    """The upstream's message if it quotes nothing the client sent, else None.
+
+    trtllm-serve answers most bad requests with its own words, but a validation error can quote the offending
+    input; such a message is replaced, not forwarded.
+    """
+    for text in request_texts(body):
+        probe = text.strip()[:16]
+        if len(probe) >= 3 and probe in message:
+            return None
+    return message[:500]
+
+
+def upstream_error(status: int, raw: bytes, body: dict[str, Any]) -> ApiError:
+    """An upstream 4xx, in OpenAI's shape, with the upstream's own words only when they are safe to pass on."""
+    message, param, code = "", None, None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict):
+        detail = data.get("error") if isinstance(data.get("error"), dict) else data  # OpenAI's or trtllm's shape
+        message = str(detail.get("message") or "")
+        param = detail.get("param") if isinstance(detail.get("param"), str) else None
+        code = detail.get("code") if isinstance(detail.get("code"), str) else None
+    safe = scrub(message, body) if message else None
+    if safe is None:
+        safe = f"the engine rejected the request (HTTP {status}); its message was withheld because it quoted the request"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return ApiError(status, safe, param=param, kind=kind, code=code)
