@@ -46,7 +46,9 @@ def load_plan(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ByocError("--plan", f"{path} does not exist", "run `byoc plan --out DIR` and pass DIR/plan.json") from None
+        raise ByocError(
+            "--plan", f"{path} does not exist", "run `byoc plan --out DIR` and pass DIR/plan.json"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ByocError("--plan", f"cannot read {path}: {exc}", "pass the plan.json `byoc plan` wrote") from None
     if not isinstance(data, dict) or "placement" not in data:

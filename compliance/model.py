@@ -174,9 +174,7 @@ def check(
         declared = tuple(controls)
         for ref in declared:
             control(ref)  # a check may only cite controls the catalogs hold
-        REGISTRY.append(
-            Check(id, title, severity, tuple(resource_types), declared, remediation, risk, function, cloud)
-        )
+        REGISTRY.append(Check(id, title, severity, tuple(resource_types), declared, remediation, risk, function, cloud))
         return function
 
     return register

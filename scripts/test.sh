@@ -8,10 +8,14 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-# Debian packages: Prometheus (promtool and a real server for the metrics tests).
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages: Prometheus (promtool and a real server for the metrics tests), Chromium (opens the HTML
+# compliance report headless).
+missing=""
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 # checkov pins an old boto3, so it lives in a virtual environment of its own (tests find .venv-checkov/bin/checkov).

@@ -17,12 +17,16 @@ def parse_frameworks(value: str) -> list[str]:
     chosen = [f.strip().lower() for f in value.split(",") if f.strip()]
     unknown = [f for f in chosen if f not in FRAMEWORKS]
     if unknown or not chosen:
-        raise ByocError("--framework", f"unknown framework {', '.join(unknown) or '(none)'}", f"use {','.join(FRAMEWORKS)}")
+        raise ByocError(
+            "--framework", f"unknown framework {', '.join(unknown) or '(none)'}", f"use {','.join(FRAMEWORKS)}"
+        )
     return chosen
 
 
 def report(
-    plan: Annotated[Path | None, typer.Option("--plan", help="plan.json written by `byoc plan` (what is declared).")] = None,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="plan.json written by `byoc plan` (what is declared).")
+    ] = None,
     live: Annotated[bool, typer.Option("--live", help="Read the live account (what exists).")] = False,
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud of the live account (aws).")] = "aws",
     region: Annotated[str | None, typer.Option("--region", help="Region of the live deployment.")] = None,
@@ -50,7 +54,9 @@ def report(
             if cloud != "aws":
                 raise ByocError("--cloud", f"live collection supports aws, not {cloud}", "use --cloud aws")
             if not region or not deployment:
-                raise ByocError("--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo")
+                raise ByocError(
+                    "--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo"
+                )
             from compliance.collectors.aws import collect
 
             graph = collect(deployment, region, declared.requested_region if declared else region)

@@ -60,7 +60,9 @@ def _one(graph: Graph, type_token: str, bucket: Resource) -> Resource | None:
 
 def _is_log_target(graph: Graph, bucket: Resource) -> bool:
     """S3 server access logs can only be delivered to an SSE-S3 bucket; such a bucket is judged by that rule."""
-    return bool(graph.related(LOGGING, "targetBucket", bucket.id) or graph.related(LOGGING, "targetBucket", bucket.name))
+    return bool(
+        graph.related(LOGGING, "targetBucket", bucket.id) or graph.related(LOGGING, "targetBucket", bucket.name)
+    )
 
 
 # -- KMS --------------------------------------------------------------------------------------------------------
@@ -353,7 +355,10 @@ def cloudtrail_s3_dataevents_enabled(resource: Resource, graph: Graph) -> Verdic
     data = [
         s.get("name")
         for s in selectors
-        if any(f.get("field") == "eventCategory" and "Data" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
+        if any(
+            f.get("field") == "eventCategory" and "Data" in as_list(f.get("equals"))
+            for f in s.get("fieldSelectors", [])
+        )
         and any("AWS::S3::Object" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
     ]
     return verdict(bool(data), "advancedEventSelectors[eventCategory=Data, AWS::S3::Object]", data)
@@ -448,9 +453,7 @@ def ec2_securitygroup_default_restrict_traffic(resource: Resource, graph: Graph)
     cloud="aws",
 )
 def ec2_securitygroup_no_internet_ingress(resource: Resource, graph: Graph) -> Verdict:
-    open_rules = [
-        rule for rule in as_list(resource.get("ingress")) if "0.0.0.0/0" in as_list(rule.get("cidrBlocks"))
-    ]
+    open_rules = [rule for rule in as_list(resource.get("ingress")) if "0.0.0.0/0" in as_list(rule.get("cidrBlocks"))]
     return verdict(not open_rules, "ingress[cidrBlocks contains 0.0.0.0/0]", open_rules)
 
 
@@ -501,8 +504,10 @@ def vpc_endpoints_for_aws_apis(resource: Resource, graph: Graph) -> Verdict:
 def eks_cluster_secrets_encryption(resource: Resource, graph: Graph) -> Verdict:
     config = resource.get("encryptionConfig") or {}
     configs = as_list(config)
-    ok = any("secrets" in as_list(c.get("resources")) and is_customer_key((c.get("provider") or {}).get("keyArn"))
-             for c in configs)
+    ok = any(
+        "secrets" in as_list(c.get("resources")) and is_customer_key((c.get("provider") or {}).get("keyArn"))
+        for c in configs
+    )
     return verdict(ok, "encryptionConfig", configs)
 
 
@@ -637,8 +642,9 @@ def ec2_launch_template_imdsv2(resource: Resource, graph: Graph) -> Verdict:
 )
 def ec2_launch_template_ebs_encrypted(resource: Resource, graph: Graph) -> Verdict:
     volumes = [m.get("ebs", {}) for m in as_list(resource.get("blockDeviceMappings"))]
-    ok = bool(volumes) and all(v.get("encrypted") in ("true", True) and is_customer_key(v.get("kmsKeyId"))
-                               for v in volumes)
+    ok = bool(volumes) and all(
+        v.get("encrypted") in ("true", True) and is_customer_key(v.get("kmsKeyId")) for v in volumes
+    )
     return verdict(ok, "blockDeviceMappings[].ebs", volumes)
 
 
@@ -688,7 +694,9 @@ def karpenter_nodepool_bounded(resource: Resource, graph: Graph) -> Verdict:
     requirements = resource.get("spec.template.spec.requirements") or []
     types = next((r.get("values") for r in requirements if r.get("key") == "node.kubernetes.io/instance-type"), None)
     limit = resource.get("spec.limits.nvidia.com/gpu") or (resource.get("spec.limits") or {}).get("nvidia.com/gpu")
-    return verdict(bool(types) and bool(limit), "spec.requirements/limits", {"instance_types": types, "gpu_limit": limit})
+    return verdict(
+        bool(types) and bool(limit), "spec.requirements/limits", {"instance_types": types, "gpu_limit": limit}
+    )
 
 
 # -- queues -----------------------------------------------------------------------------------------------------
@@ -776,8 +784,11 @@ def iam_role_trust_conditions(resource: Resource, graph: Graph) -> Verdict:
     trust = statements(resource.get("assumeRolePolicy"))
     services = [str(s.get("Principal", {}).get("Service")) for s in trust if "Service" in (s.get("Principal") or {})]
     # EC2 and the EKS control plane do not send source conditions for instance and cluster roles.
-    needs = [s for s in trust if set(as_list((s.get("Principal") or {}).get("Service"))) - {"ec2.amazonaws.com",
-                                                                                             "eks.amazonaws.com"}]
+    needs = [
+        s
+        for s in trust
+        if set(as_list((s.get("Principal") or {}).get("Service"))) - {"ec2.amazonaws.com", "eks.amazonaws.com"}
+    ]
     if not needs:
         return not_applicable(f"trusted by {services or 'no service'}: no source condition exists for it")
     ok = all(s.get("Condition") for s in needs)
@@ -802,8 +813,12 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
         s.get("Sid")
         for s in statements(resource.get("policy"))
         if any(str(a).startswith("s3:") for a in as_list(s.get("Action")))
-        and any(str(r).endswith("/*") and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
-                and "ReadModelSource" != s.get("Sid") for r in as_list(s.get("Resource")))
+        and any(
+            str(r).endswith("/*")
+            and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
+            and "ReadModelSource" != s.get("Sid")
+            for r in as_list(s.get("Resource"))
+        )
     ]
     return verdict(not too_wide, "Statement[s3:*].Resource", too_wide)
 

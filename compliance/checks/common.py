@@ -40,6 +40,9 @@ def is_customer_key(value: Any, key_manager: Any = None) -> bool:
 def denies_insecure_transport(policy: Any) -> bool:
     for statement in statements(policy):
         condition = statement.get("Condition", {})
-        if statement.get("Effect") == "Deny" and condition.get("Bool", {}).get("aws:SecureTransport") in ("false", False):
+        if statement.get("Effect") == "Deny" and condition.get("Bool", {}).get("aws:SecureTransport") in (
+            "false",
+            False,
+        ):
             return True
     return False

@@ -40,7 +40,9 @@ def _seconds(value: object) -> int | None:
 )
 def gcp_kms_rotation(resource: Resource, graph: Graph) -> Verdict:
     seconds = _seconds(resource.get("rotationPeriod"))
-    return verdict(seconds is not None and seconds <= MAX_ROTATION_SECONDS, "rotationPeriod", resource.get("rotationPeriod"))
+    return verdict(
+        seconds is not None and seconds <= MAX_ROTATION_SECONDS, "rotationPeriod", resource.get("rotationPeriod")
+    )
 
 
 @check(
@@ -71,8 +73,11 @@ def gcp_bucket_cmek(resource: Resource, graph: Graph) -> Verdict:
 def gcp_bucket_public_access(resource: Resource, graph: Graph) -> Verdict:
     prevention = resource.get("publicAccessPrevention")
     uniform = resource.get("uniformBucketLevelAccess")
-    return verdict(prevention == "enforced" and uniform is True, "publicAccessPrevention/uniformBucketLevelAccess",
-                   {"publicAccessPrevention": prevention, "uniformBucketLevelAccess": uniform})
+    return verdict(
+        prevention == "enforced" and uniform is True,
+        "publicAccessPrevention/uniformBucketLevelAccess",
+        {"publicAccessPrevention": prevention, "uniformBucketLevelAccess": uniform},
+    )
 
 
 @check(
@@ -227,8 +232,11 @@ def gcp_audit_data_access(resource: Resource, graph: Graph) -> Verdict:
 def gcp_logging_sink(resource: Resource, graph: Graph) -> Verdict:
     destination = resource.get("destination")
     log_filter = str(resource.get("filter") or "")
-    return verdict(bool(destination) and "cloudaudit.googleapis.com" in log_filter, "destination/filter",
-                   {"destination": destination, "filter": log_filter})
+    return verdict(
+        bool(destination) and "cloudaudit.googleapis.com" in log_filter,
+        "destination/filter",
+        {"destination": destination, "filter": log_filter},
+    )
 
 
 @check(

@@ -125,8 +125,10 @@ def workload_security_context(resource: Resource, graph: Graph) -> Verdict:
     cloud="kubernetes",
 )
 def no_service_account_token(resource: Resource, graph: Graph) -> Verdict:
-    value = resource.get("automountServiceAccountToken") if resource.type == SERVICE_ACCOUNT else _pod(resource).get(
-        "automountServiceAccountToken"
+    value = (
+        resource.get("automountServiceAccountToken")
+        if resource.type == SERVICE_ACCOUNT
+        else _pod(resource).get("automountServiceAccountToken")
     )
     return verdict(value is False, "automountServiceAccountToken", value)
 
@@ -162,7 +164,9 @@ def secrets_as_files(resource: Resource, graph: Graph) -> Verdict:
     cloud="kubernetes",
 )
 def gateway_zero_data_retention(resource: Resource, graph: Graph) -> Verdict:
-    arguments = [str(a) for c in _containers(_pod(resource)) for a in as_list(c.get("command")) + as_list(c.get("args"))]
+    arguments = [
+        str(a) for c in _containers(_pod(resource)) for a in as_list(c.get("command")) + as_list(c.get("args"))
+    ]
     if not any("gateway" in a or "trtllm-serve" in a for a in arguments):
         return not_applicable("neither the gateway nor the engine")
     logging = [a for a in arguments if a in CONTENT_LOGGING_FLAGS or a in ("--log_level=debug", "debug")]
@@ -206,7 +210,8 @@ def services_internal(resource: Resource, graph: Graph) -> Verdict:
     internal = {
         k: v
         for k, v in annotations.items()
-        if k.endswith("load-balancer-internal") or (k.endswith("load-balancer-scheme") and v == "internal")
+        if k.endswith("load-balancer-internal")
+        or (k.endswith("load-balancer-scheme") and v == "internal")
         or k == "networking.gke.io/load-balancer-type"
     }
     return verdict(bool(internal), "metadata.annotations", internal)
@@ -280,7 +285,10 @@ def helm_releases_pinned(resource: Resource, graph: Graph) -> Verdict:
 )
 def monitoring_alerts_defined(resource: Resource, graph: Graph) -> Verdict:
     alerts = sorted(
-        r["alert"] for group in as_list(resource.get("spec.groups")) for r in as_list(group.get("rules")) if "alert" in r
+        r["alert"]
+        for group in as_list(resource.get("spec.groups"))
+        for r in as_list(group.get("rules"))
+        if "alert" in r
     )
     needed = {"ByocErrorRatioHigh", "ByocReplicasUnavailable", "ByocTTFTHigh"}
     return verdict(needed <= set(alerts), "spec.groups[].rules[].alert", alerts)

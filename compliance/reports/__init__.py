@@ -70,8 +70,13 @@ def write_pack(
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         result = summary(findings, selected, drift)
-        result |= {"deployment": graph.deployment, "source": graph.source, "region": graph.region,
-                   "generated_at": datetime.now(UTC).isoformat(), "byoc_version": __version__}
+        result |= {
+            "deployment": graph.deployment,
+            "source": graph.source,
+            "region": graph.region,
+            "generated_at": datetime.now(UTC).isoformat(),
+            "byoc_version": __version__,
+        }
         found = notices(graph)
         (staging / "report.md").write_text(human.markdown(graph, findings, selected, drift, found))
         (staging / "report.html").write_text(human.html_report(graph, findings, selected, drift, found))
@@ -86,9 +91,7 @@ def write_pack(
         (staging / "data-flows.json").write_text(json.dumps(evidence.data_flows(graph), indent=2))
         (staging / "shared-responsibility.md").write_text(evidence.SHARED_RESPONSIBILITY)
         files = sorted(p for p in staging.rglob("*") if p.is_file())
-        (staging / MANIFEST).write_text(
-            "".join(f"{_sha256(p)}  {p.relative_to(staging).as_posix()}\n" for p in files)
-        )
+        (staging / MANIFEST).write_text("".join(f"{_sha256(p)}  {p.relative_to(staging).as_posix()}\n" for p in files))
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

@@ -45,7 +45,9 @@ def encryption_inventory(graph: Graph) -> list[dict[str, Any]]:
 
     for config in graph.by_type(aws.ENCRYPTION):
         default = config.get("rules.0.applyServerSideEncryptionByDefault") or {}
-        note = "SSE-S3 (AES-256): S3 access logs cannot target SSE-KMS" if default.get("sseAlgorithm") == "AES256" else ""
+        note = (
+            "SSE-S3 (AES-256): S3 access logs cannot target SSE-KMS" if default.get("sseAlgorithm") == "AES256" else ""
+        )
         add("S3 bucket", config, default.get("kmsMasterKeyId"), note)
     for group in graph.by_type(aws.LOG_GROUP):
         add("CloudWatch log group", group, group.get("kmsKeyId"))
@@ -85,7 +87,8 @@ def audit_logging(graph: Graph) -> dict[str, Any]:
             for g in graph.by_type(aws.LOG_GROUP)
         ],
         "eks_control_plane_logs": [
-            {"cluster": c.get("name") or c.name, "types": c.get("enabledClusterLogTypes")} for c in graph.by_type(aws.CLUSTER)
+            {"cluster": c.get("name") or c.name, "types": c.get("enabledClusterLogTypes")}
+            for c in graph.by_type(aws.CLUSTER)
         ],
         "vpc_flow_logs": [
             {"vpc": f.get("vpcId"), "traffic": f.get("trafficType"), "destination": f.get("logDestination")}
@@ -139,10 +142,18 @@ def data_flows(graph: Graph) -> dict[str, Any]:
         "flows": [
             {"from": "clients in the VPC", "to": "gateway", "via": "internal load balancer", "data": "API requests"},
             {"from": "gateway", "to": "serving pods", "via": "cluster network (NetworkPolicy)", "data": "requests"},
-            {"from": "serving pods, build Job", "to": "artifact bucket", "via": "S3 gateway endpoint, TLS",
-             "data": "model artifacts (encrypted with the artifact key)"},
-            {"from": "nodes", "to": "AWS APIs", "via": f"VPC endpoints ({', '.join(endpoints)})",
-             "data": "credentials, keys, logs, images"},
+            {
+                "from": "serving pods, build Job",
+                "to": "artifact bucket",
+                "via": "S3 gateway endpoint, TLS",
+                "data": "model artifacts (encrypted with the artifact key)",
+            },
+            {
+                "from": "nodes",
+                "to": "AWS APIs",
+                "via": f"VPC endpoints ({', '.join(endpoints)})",
+                "data": "credentials, keys, logs, images",
+            },
             {"from": "AWS services", "to": "CloudTrail bucket and CloudWatch Logs", "via": "AWS", "data": "audit logs"},
         ],
         "inbound_only": [

@@ -30,20 +30,33 @@ def write_json(findings: list[Finding], selected: list[str], path: Path) -> None
 def write_csv(findings: list[Finding], selected: list[str], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["check_id", "status", "severity", "resource_type", "resource", "controls", "evidence",
-                         "reason", "remediation"])
+        writer.writerow(
+            [
+                "check_id",
+                "status",
+                "severity",
+                "resource_type",
+                "resource",
+                "controls",
+                "evidence",
+                "reason",
+                "remediation",
+            ]
+        )
         for f in findings:
-            writer.writerow([
-                f.check.id,
-                f.status.value,
-                f.check.severity,
-                f.resource.type,
-                f.resource.name,
-                " ".join(f.controls(selected)),
-                json.dumps([e.as_dict() for e in f.evidence]),
-                f.reason,
-                f.check.remediation,
-            ])
+            writer.writerow(
+                [
+                    f.check.id,
+                    f.status.value,
+                    f.check.severity,
+                    f.resource.type,
+                    f.resource.name,
+                    " ".join(f.controls(selected)),
+                    json.dumps([e.as_dict() for e in f.evidence]),
+                    f.reason,
+                    f.check.remediation,
+                ]
+            )
 
 
 def ocsf(finding: Finding, graph: Graph, selected: list[str], now_ms: int) -> dict[str, object]:

@@ -33,7 +33,9 @@ def control_summaries(findings: list[Finding], selected: list[str]) -> list[Cont
             errors = sum(f.status == Status.ERROR for f in related)
             status = "FAIL" if failed else "ERROR" if errors else "PASS" if passed else "NOT_ASSESSED"
             checks = sorted({f.check.id for f in related})
-            summaries.append(ControlSummary(framework_id, control.id, control.title, status, checks, passed, failed, errors))
+            summaries.append(
+                ControlSummary(framework_id, control.id, control.title, status, checks, passed, failed, errors)
+            )
     return summaries
 
 
@@ -97,7 +99,13 @@ def markdown(
     for notice in notices:
         lines.append(f"> **Notice:** {notice}")
     if drift:
-        lines += ["", "## Drift (declared vs live)", "", "| check | declared | live | resources |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Drift (declared vs live)",
+            "",
+            "| check | declared | live | resources |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += [f"| {d.check_id} | {d.declared} | {d.live} | {', '.join(d.resources)} |" for d in drift]
     lines += ["", "## Controls", "", "| control | title | status | checks |", "| --- | --- | --- | --- |"]
     for s in sorted(summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "PASS": 2}.get(s.status, 3), s.framework)):

@@ -136,7 +136,9 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
             if not related:
                 continue
             token = control_token(framework_id, control.id)
-            statuses = {f.status for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE}
+            statuses = {
+                f.status for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE
+            }
             satisfied = statuses <= {Status.PASS}
             oscal_findings.append(
                 OscalFinding(

@@ -78,6 +78,7 @@ class Gateway:
         self.pending = 0
         self.in_flight = 0
         self.draining = False
+        self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
         # Gauges read at scrape time: no per-request cost.
         self.metrics.pending.set_function(lambda: self.pending)
@@ -142,7 +143,7 @@ class Gateway:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _model_cards(self) -> list[dict[str, Any]]:
-        created = 0
+        created = self.created
         cards = [{"id": self.config.model, "object": "model", "created": created, "owned_by": "byoc"}]
         names = list(self.declared) + [n for n in self.pool.learned_addons() if n not in self.declared]
         for name in names:
@@ -266,7 +267,6 @@ class Gateway:
             )
         try:
             await self._hold_until_ready(outcome)
-            self.metrics.queue_depth  # noqa: B018 (read at scrape time through set_function)
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason is not None:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)

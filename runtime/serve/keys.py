@@ -47,7 +47,7 @@ def hash_key_entry(name: str, key: str, rpm: int | None = None, max_concurrency:
         entry["rpm"] = rpm
     if max_concurrency is not None:
         entry["max_concurrency"] = max_concurrency
-    return yaml.safe_dump([entry], sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump([entry], sort_keys=False, default_flow_style=None, width=1000)
 
 
 def _limit(entry: dict[str, object], field: str, where: str) -> int | None:

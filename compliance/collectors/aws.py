@@ -1,0 +1,450 @@
+"""Read a live AWS deployment into the same graph shape the plan gives (Pulumi type tokens, camelCase inputs), so
+that the same checks judge what exists.
+
+Scoped to what carries the tag byoc:deployment=<name> (and, where AWS has no tag filter, to byoc's names). Honours
+AWS_ENDPOINT_URL (and per-service AWS_ENDPOINT_URL_<SERVICE>) and the usual credential chain. A service that refuses
+(AccessDenied) or cannot be reached leaves its resource types marked unreadable: their checks report ERROR with the
+reason, and the rest of the report is still written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+from compliance.checks import aws as t
+from compliance.evaluate import allowed_regions
+from compliance.model import Graph, Resource
+
+TAG = "byoc:deployment"
+
+
+class _Session:
+    def __init__(self, deployment: str, region: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.deployment = deployment
+        self.region = region
+        self.session = boto3.session.Session(region_name=region)
+        self.config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
+        self.resources: list[Resource] = []
+        self.errors: dict[str, str] = {}
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, config=self.config)
+
+    def add(self, type_token: str, name: str, id_: str, inputs: dict[str, Any]) -> None:
+        self.resources.append(Resource(type_token, name, id_, inputs, "live", self.region))
+
+
+def _tags(pairs: list[dict[str, str]] | None, key: str = "Key", value: str = "Value") -> dict[str, str]:
+    return {p[key]: p[value] for p in pairs or []}
+
+
+def _json(document: Any) -> str:
+    if isinstance(document, str):
+        document = json.loads(unquote(document))
+    return json.dumps(document)
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _missing(exc: Exception, *codes: str) -> bool:
+    return _error_code(exc) in codes
+
+
+# -- one collector per service ----------------------------------------------------------------------------------
+def _kms(s: _Session) -> None:
+    kms = s.client("kms")
+    for page in kms.get_paginator("list_keys").paginate():
+        for entry in page["Keys"]:
+            key_id = entry["KeyId"]
+            tags = _tags(kms.list_resource_tags(KeyId=key_id).get("Tags"), "TagKey", "TagValue")
+            if tags.get(TAG) != s.deployment:
+                continue
+            meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+            rotation = kms.get_key_rotation_status(KeyId=key_id).get("KeyRotationEnabled")
+            policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
+            s.add(
+                t.KEY,
+                tags.get("byoc:key", key_id),
+                key_id,
+                {
+                    "keyId": key_id,
+                    "arn": meta["Arn"],
+                    "description": meta.get("Description"),
+                    "keyManager": meta.get("KeyManager"),
+                    "enableKeyRotation": rotation,
+                    "policy": _json(policy),
+                    "tags": tags,
+                },
+            )
+
+
+def _s3(s: _Session) -> None:
+    from botocore.exceptions import ClientError
+
+    s3 = s.client("s3")
+    for bucket in s3.list_buckets().get("Buckets", []):
+        name = bucket["Name"]
+        try:
+            tags = _tags(s3.get_bucket_tagging(Bucket=name).get("TagSet"))
+        except ClientError as exc:
+            if _missing(exc, "NoSuchTagSet", "NoSuchBucket"):
+                continue
+            raise
+        if tags.get(TAG) != s.deployment:
+            continue
+        # ListBuckets spans every region: the bucket's own region is what residency is judged on
+        location = s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
+        s.add(t.BUCKET, name, name, {"bucket": name, "tags": tags, "region": location})
+
+        def read(call: Callable[[], Any], *absent: str) -> Any:
+            try:
+                return call()
+            except ClientError as exc:
+                if _missing(exc, *absent):
+                    return None
+                raise
+
+        encryption = read(
+            lambda: s3.get_bucket_encryption(Bucket=name), "ServerSideEncryptionConfigurationNotFoundError"
+        )
+        if encryption:
+            rules = []
+            for rule in encryption["ServerSideEncryptionConfiguration"]["Rules"]:
+                default = rule.get("ApplyServerSideEncryptionByDefault", {})
+                rules.append(
+                    {
+                        "applyServerSideEncryptionByDefault": {
+                            "sseAlgorithm": default.get("SSEAlgorithm"),
+                            "kmsMasterKeyId": default.get("KMSMasterKeyID"),
+                        },
+                        "bucketKeyEnabled": rule.get("BucketKeyEnabled", False),
+                    }
+                )
+            s.add(t.ENCRYPTION, name, name, {"bucket": name, "rules": rules})
+        versioning = read(lambda: s3.get_bucket_versioning(Bucket=name))
+        if versioning and versioning.get("Status"):
+            s.add(
+                t.VERSIONING, name, name, {"bucket": name, "versioningConfiguration": {"status": versioning["Status"]}}
+            )
+        block = read(lambda: s3.get_public_access_block(Bucket=name), "NoSuchPublicAccessBlockConfiguration")
+        if block:
+            config = block["PublicAccessBlockConfiguration"]
+            s.add(
+                t.PUBLIC_ACCESS,
+                name,
+                name,
+                {
+                    "bucket": name,
+                    "blockPublicAcls": config.get("BlockPublicAcls"),
+                    "blockPublicPolicy": config.get("BlockPublicPolicy"),
+                    "ignorePublicAcls": config.get("IgnorePublicAcls"),
+                    "restrictPublicBuckets": config.get("RestrictPublicBuckets"),
+                },
+            )
+        ownership = read(lambda: s3.get_bucket_ownership_controls(Bucket=name), "OwnershipControlsNotFoundError")
+        if ownership:
+            rule = ownership["OwnershipControls"]["Rules"][0]
+            s.add(t.OWNERSHIP, name, name, {"bucket": name, "rule": {"objectOwnership": rule.get("ObjectOwnership")}})
+        policy = read(lambda: s3.get_bucket_policy(Bucket=name), "NoSuchBucketPolicy")
+        if policy:
+            s.add(t.BUCKET_POLICY, name, name, {"bucket": name, "policy": _json(policy["Policy"])})
+        logging = read(lambda: s3.get_bucket_logging(Bucket=name))
+        enabled = (logging or {}).get("LoggingEnabled")
+        if enabled:
+            s.add(
+                t.LOGGING,
+                name,
+                name,
+                {
+                    "bucket": name,
+                    "targetBucket": enabled.get("TargetBucket"),
+                    "targetPrefix": enabled.get("TargetPrefix"),
+                },
+            )
+
+
+def _selectors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = {"Equals": "equals", "StartsWith": "startsWiths", "EndsWith": "endsWiths", "NotEquals": "notEquals"}
+    return [
+        {
+            "name": selector.get("Name"),
+            "fieldSelectors": [
+                {"field": f["Field"], **{names[k]: v for k, v in f.items() if k in names}}
+                for f in selector.get("FieldSelectors", [])
+            ],
+        }
+        for selector in raw
+    ]
+
+
+def _cloudtrail(s: _Session) -> None:
+    trails = s.client("cloudtrail")
+    for trail in trails.describe_trails(includeShadowTrails=False).get("trailList", []):
+        arn = trail["TrailARN"]
+        listed = trails.list_tags(ResourceIdList=[arn]).get("ResourceTagList", [])
+        tags = _tags(listed[0].get("TagsList") if listed else [])
+        if tags.get(TAG) != s.deployment:
+            continue
+        selectors = trails.get_event_selectors(TrailName=arn)
+        s.add(
+            t.TRAIL,
+            trail["Name"],
+            arn,
+            {
+                "name": trail["Name"],
+                "s3BucketName": trail.get("S3BucketName"),
+                "isMultiRegionTrail": trail.get("IsMultiRegionTrail"),
+                "includeGlobalServiceEvents": trail.get("IncludeGlobalServiceEvents"),
+                "enableLogFileValidation": trail.get("LogFileValidationEnabled"),
+                "kmsKeyId": trail.get("KmsKeyId"),
+                "cloudWatchLogsGroupArn": trail.get("CloudWatchLogsLogGroupArn"),
+                "advancedEventSelectors": _selectors(selectors.get("AdvancedEventSelectors", [])),
+                "tags": tags,
+            },
+        )
+
+
+def _logs(s: _Session) -> None:
+    logs = s.client("logs")
+    for prefix in (f"/byoc/{s.deployment}/", f"/aws/eks/byoc-{s.deployment}/"):
+        for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=prefix):
+            for group in page.get("logGroups", []):
+                s.add(
+                    t.LOG_GROUP,
+                    group["logGroupName"],
+                    group.get("arn", group["logGroupName"]),
+                    {
+                        "name": group["logGroupName"],
+                        "kmsKeyId": group.get("kmsKeyId"),
+                        "retentionInDays": group.get("retentionInDays"),
+                    },
+                )
+
+
+def _eks(s: _Session) -> None:
+    eks = s.client("eks")
+    for name in eks.list_clusters().get("clusters", []):
+        cluster = eks.describe_cluster(name=name)["cluster"]
+        if cluster.get("tags", {}).get(TAG) != s.deployment:
+            continue
+        vpc = cluster.get("resourcesVpcConfig", {})
+        enabled = [
+            kind
+            for entry in cluster.get("logging", {}).get("clusterLogging", [])
+            if entry.get("enabled")
+            for kind in entry.get("types", [])
+        ]
+        access = cluster.get("accessConfig", {})
+        s.add(
+            t.CLUSTER,
+            name,
+            cluster.get("arn", name),
+            {
+                "name": name,
+                "vpcConfig": {
+                    "endpointPrivateAccess": vpc.get("endpointPrivateAccess"),
+                    "endpointPublicAccess": vpc.get("endpointPublicAccess"),
+                    "publicAccessCidrs": vpc.get("publicAccessCidrs"),
+                    "subnetIds": vpc.get("subnetIds"),
+                },
+                "encryptionConfig": [
+                    {"provider": {"keyArn": c.get("provider", {}).get("keyArn")}, "resources": c.get("resources", [])}
+                    for c in cluster.get("encryptionConfig", [])
+                ],
+                "enabledClusterLogTypes": enabled,
+                "accessConfig": {"authenticationMode": access.get("authenticationMode")},
+                "tags": cluster.get("tags", {}),
+            },
+        )
+        for group_name in eks.list_nodegroups(clusterName=name).get("nodegroups", []):
+            group = eks.describe_nodegroup(clusterName=name, nodegroupName=group_name)["nodegroup"]
+            s.add(
+                t.NODE_GROUP,
+                group_name,
+                group.get("nodegroupArn", group_name),
+                {"subnetIds": group.get("subnets", []), "capacityType": group.get("capacityType")},
+            )
+
+
+def _ec2(s: _Session) -> None:
+    ec2 = s.client("ec2")
+    tagged = [{"Name": f"tag:{TAG}", "Values": [s.deployment]}]
+    for vpc in ec2.describe_vpcs(Filters=tagged).get("Vpcs", []):
+        vpc_id = vpc["VpcId"]
+        in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
+        s.add(t.VPC, vpc_id, vpc_id, {"cidrBlock": vpc.get("CidrBlock"), "tags": _tags(vpc.get("Tags"))})
+        for log in ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}]).get("FlowLogs", []):
+            s.add(
+                t.FLOW_LOG,
+                log["FlowLogId"],
+                log["FlowLogId"],
+                {
+                    "vpcId": vpc_id,
+                    "trafficType": log.get("TrafficType"),
+                    "logDestinationType": log.get("LogDestinationType"),
+                    "logDestination": log.get("LogDestination") or log.get("LogGroupName"),
+                },
+            )
+        default = [{"Name": "group-name", "Values": ["default"]}, *in_vpc]
+        for group in ec2.describe_security_groups(Filters=default).get("SecurityGroups", []):
+            s.add(
+                t.DEFAULT_SG,
+                group["GroupId"],
+                group["GroupId"],
+                {
+                    "vpcId": vpc_id,
+                    "ingress": group.get("IpPermissions", []),
+                    "egress": group.get("IpPermissionsEgress", []),
+                },
+            )
+        for subnet in ec2.describe_subnets(Filters=in_vpc).get("Subnets", []):
+            s.add(
+                t.SUBNET,
+                subnet["SubnetId"],
+                subnet["SubnetId"],
+                {"mapPublicIpOnLaunch": subnet.get("MapPublicIpOnLaunch", False), "tags": _tags(subnet.get("Tags"))},
+            )
+        for endpoint in ec2.describe_vpc_endpoints(Filters=in_vpc).get("VpcEndpoints", []):
+            s.add(
+                t.ENDPOINT,
+                endpoint["VpcEndpointId"],
+                endpoint["VpcEndpointId"],
+                {
+                    "vpcId": vpc_id,
+                    "serviceName": endpoint.get("ServiceName"),
+                    "vpcEndpointType": endpoint.get("VpcEndpointType"),
+                    "privateDnsEnabled": endpoint.get("PrivateDnsEnabled"),
+                },
+            )
+    for template in ec2.describe_launch_templates(Filters=tagged).get("LaunchTemplates", []):
+        template_id = template["LaunchTemplateId"]
+        versions = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=["$Latest"])
+        data = versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        metadata = data.get("MetadataOptions", {})
+        s.add(
+            t.LAUNCH_TEMPLATE,
+            template["LaunchTemplateName"],
+            template_id,
+            {
+                "metadataOptions": {
+                    "httpTokens": metadata.get("HttpTokens"),
+                    "httpPutResponseHopLimit": metadata.get("HttpPutResponseHopLimit"),
+                },
+                "blockDeviceMappings": [
+                    {
+                        "deviceName": m.get("DeviceName"),
+                        "ebs": {
+                            "encrypted": m.get("Ebs", {}).get("Encrypted"),
+                            "kmsKeyId": m.get("Ebs", {}).get("KmsKeyId"),
+                        },
+                    }
+                    for m in data.get("BlockDeviceMappings", [])
+                ],
+            },
+        )
+
+
+def _iam(s: _Session) -> None:
+    iam = s.client("iam")
+    prefix = f"byoc-{s.deployment}-"
+    for page in iam.get_paginator("list_roles").paginate():
+        for role in page.get("Roles", []):
+            name = role["RoleName"]
+            if not name.startswith(prefix):
+                continue
+            tags = _tags(iam.list_role_tags(RoleName=name).get("Tags"))
+            if tags.get(TAG) != s.deployment:
+                continue
+            s.add(
+                t.ROLE,
+                name,
+                name,
+                {
+                    "name": name,
+                    "description": role.get("Description"),
+                    "assumeRolePolicy": _json(role["AssumeRolePolicyDocument"]),
+                },
+            )
+            for policy_name in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+                document = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
+                s.add(
+                    t.ROLE_POLICY,
+                    f"{name}/{policy_name}",
+                    f"{name}:{policy_name}",
+                    {"role": name, "name": policy_name, "policy": _json(document)},
+                )
+            for attached in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+                s.add(
+                    t.ATTACHMENT,
+                    f"{name}/{attached['PolicyName']}",
+                    attached["PolicyArn"],
+                    {"role": name, "policyArn": attached["PolicyArn"]},
+                )
+
+
+def _sqs(s: _Session) -> None:
+    from botocore.exceptions import ClientError
+
+    sqs = s.client("sqs")
+    try:
+        url = sqs.get_queue_url(QueueName=f"byoc-{s.deployment}")["QueueUrl"]
+    except ClientError as exc:
+        if _missing(exc, "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            return
+        raise
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
+    s.add(t.QUEUE, f"byoc-{s.deployment}", url, {"url": url, "kmsMasterKeyId": attributes.get("KmsMasterKeyId")})
+    if attributes.get("Policy"):
+        s.add(t.QUEUE_POLICY, f"byoc-{s.deployment}", url, {"queueUrl": url, "policy": _json(attributes["Policy"])})
+
+
+COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
+    "kms": (_kms, (t.KEY,)),
+    "s3": (_s3, (t.BUCKET, t.ENCRYPTION, t.VERSIONING, t.PUBLIC_ACCESS, t.OWNERSHIP, t.BUCKET_POLICY, t.LOGGING)),
+    "cloudtrail": (_cloudtrail, (t.TRAIL,)),
+    "logs": (_logs, (t.LOG_GROUP,)),
+    "eks": (_eks, (t.CLUSTER, t.NODE_GROUP)),
+    "ec2": (_ec2, (t.VPC, t.FLOW_LOG, t.DEFAULT_SG, t.SUBNET, t.ENDPOINT, t.LAUNCH_TEMPLATE)),
+    "iam": (_iam, (t.ROLE, t.ROLE_POLICY, t.ATTACHMENT)),
+    "sqs": (_sqs, (t.QUEUE, t.QUEUE_POLICY)),
+}
+
+
+def _run(session: _Session) -> Iterator[tuple[str, str]]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for service, (collector, _) in COLLECTORS.items():
+        try:
+            collector(session)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            yield service, f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+        except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
+            yield service, f"{type(exc).__name__}: {exc}"
+
+
+def collect(deployment: str, region: str, requested_region: str) -> Graph:
+    """Every byoc resource of the deployment in the region, in plan shape; unreadable services recorded."""
+    session = _Session(deployment, region)
+    for service, reason in _run(session):
+        for type_token in COLLECTORS[service][1]:
+            session.errors[type_token] = f"could not read {service}: {reason}"
+    session.add(t.PROVIDER, "aws", "aws", {"region": region})
+    return Graph(
+        resources=session.resources,
+        deployment=deployment,
+        region=region,
+        requested_region=requested_region,
+        allowed_regions=allowed_regions("aws", requested_region, region),
+        source="live",
+        errors=session.errors,
+    )

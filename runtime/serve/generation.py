@@ -1,0 +1,389 @@
+"""The CPU engine's generation loop: a Hugging Face causal LM (plus PEFT LoRA adapters) stepped token by token.
+
+One worker thread owns the model. Each iteration advances every active request by one token (continuous
+batching in time, one sequence per forward pass: on a CPU that is as fast as padding them into a batch, and it lets
+each sequence use its own adapter and KV cache). Requests beyond `max_batch_size`, or beyond the KV budget, wait in
+the queue; that is what the iteration stats report, in trtllm-serve's JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import resource
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from runtime.serve.logs import exception_summary
+
+log = logging.getLogger("byoc.engine")
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter forward pass
+TOKENS_PER_BLOCK = 32  # trtllm's default KV cache block size (KvCacheConfig.tokens_per_block)
+STATS_KEPT = 1000
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str  # the last piece of text not yet sent
+    reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt: list[int]
+    sampling: Sampling
+    adapter: str
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event]
+    arrival: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    generated: list[int] = field(default_factory=list)
+    cache: Any = None
+    generator: torch.Generator | None = None
+    counts: dict[int, int] = field(default_factory=dict)
+    sent: int = 0  # characters of text already sent
+    scheduled: float | None = None
+    first_token: float | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.generated)
+
+    def emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class EngineMetrics:
+    """trtllm-serve's Prometheus metrics (tensorrt_llm/metrics/collector.py names, buckets and labels)."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"model_name": model_name, "engine_type": "byoc-cpu"}
+        names = list(labels)
+        r = self.registry
+        self.success = Counter(
+            "trtllm_request_success", "Count of successfully processed requests.", [*names, "finished_reason"], registry=r
+        )
+        self.e2e = Histogram(
+            "trtllm_e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.",
+            names,
+            buckets=(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0),
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "trtllm_time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            names,
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "trtllm_time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            names,
+            buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
+            registry=r,
+        )
+        self.queue = Histogram(
+            "trtllm_request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            names,
+            buckets=(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0),
+            registry=r,
+        )
+        self._labels = labels
+
+    def finished(self, sequence: Sequence, reason: str, now: float) -> None:
+        labels = self._labels
+        self.success.labels(**labels, finished_reason=reason).inc()
+        self.e2e.labels(**labels).observe(now - sequence.arrival)
+        if sequence.first_token is not None:
+            self.ttft.labels(**labels).observe(sequence.first_token - sequence.arrival)
+            if len(sequence.generated) > 1:
+                self.tpot.labels(**labels).observe((now - sequence.first_token) / (len(sequence.generated) - 1))
+        if sequence.scheduled is not None:
+            self.queue.labels(**labels).observe(sequence.scheduled - sequence.arrival)
+
+
+class Generator:
+    """Owns the model and the worker thread; `submit` from the event loop, events come back on the loop."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        addons: dict[str, Path],
+        model_name: str,
+        max_batch_size: int,
+        kv_cache_tokens: int,
+        threads: int,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
+        # float32 on CPU: bfloat16 matmuls are emulated on most CPUs and slower
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if addons:
+            from peft import PeftModel
+
+            first, *rest = addons.items()
+            model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
+            for name, folder in rest:
+                model.load_adapter(str(folder), adapter_name=name)
+        model.eval()
+        self.model = model
+        self.addons = dict(addons)
+        self.config: Any = model.config
+        self.max_context = int(getattr(self.config, "max_position_embeddings", 2048))
+        self.eos_ids = self._eos_ids()
+        self.metrics = EngineMetrics(model_name)
+        self.max_batch_size = max_batch_size
+        self.max_blocks = max(1, kv_cache_tokens // TOKENS_PER_BLOCK)
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self._wake = threading.Condition()
+        self._stats: deque[dict[str, Any]] = deque(maxlen=STATS_KEPT)
+        self._iteration = 0
+        self._alloc_total = 0
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
+        self._thread.start()
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for value in (getattr(self.config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    # -- called from the event loop --------------------------------------------------------------------------
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            self._waiting.append(sequence)
+            self._wake.notify()
+
+    def drain_stats(self) -> list[dict[str, Any]]:
+        """Iteration stats since the last call, as trtllm-serve's /metrics returns them (it drains a queue too)."""
+        taken: list[dict[str, Any]] = []
+        while self._stats:
+            taken.append(self._stats.popleft())
+        return taken
+
+    def stop(self) -> None:
+        with self._wake:
+            self._running = False
+            self._wake.notify()
+
+    # -- the worker thread -----------------------------------------------------------------------------------
+    def _blocks(self, tokens: int) -> int:
+        return math.ceil(tokens / TOKENS_PER_BLOCK)
+
+    def _admit(self) -> int:
+        """Move waiting requests into the batch while there is room in it and in the KV budget."""
+        used = sum(self._blocks(s.length + 1) for s in self._active)
+        admitted = 0
+        with self._wake:
+            while self._waiting and len(self._active) < self.max_batch_size:
+                head = self._waiting[0]
+                if head.cancelled:
+                    self._waiting.popleft()
+                    continue
+                need = self._blocks(len(head.prompt) + 1)
+                if used + need > self.max_blocks and self._active:
+                    break
+                self._waiting.popleft()
+                head.scheduled = time.perf_counter()
+                self._active.append(head)
+                used += need
+                admitted += 1
+        return admitted
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while self._running and not self._waiting and not self._active:
+                        self._wake.wait()
+                    if not self._running:
+                        return
+                self._admit()
+                started = time.perf_counter()
+                context = sum(1 for s in self._active if s.cache is None)
+                context_tokens = sum(len(s.prompt) for s in self._active if s.cache is None)
+                completed = 0
+                for sequence in list(self._active):
+                    done = True
+                    try:
+                        done = sequence.cancelled or self._step(sequence)
+                    except Exception as exc:  # one bad request must not stop the engine
+                        log.error("generation failed: %s", exception_summary(exc))
+                        sequence.emit(Failed("generation failed inside the engine"))
+                    if done:
+                        self._active.remove(sequence)
+                        sequence.cache = None
+                        completed += 1
+                self._record(started, context, context_tokens, completed)
+
+    def _step(self, s: Sequence) -> bool:
+        """Advance one sequence by one token; True when it has finished."""
+        if s.cache is None:
+            from transformers import DynamicCache
+
+            s.cache = DynamicCache()
+            inputs = torch.tensor([s.prompt], dtype=torch.long)
+            if s.sampling.seed is not None:
+                s.generator = torch.Generator().manual_seed(s.sampling.seed % (2**63))
+            self._alloc_total += self._blocks(len(s.prompt))
+        else:
+            inputs = torch.tensor([[s.generated[-1]]], dtype=torch.long)
+        kwargs: dict[str, Any] = {"input_ids": inputs, "cache": s.cache, "use_cache": True, "logits_to_keep": 1}
+        if self.addons:
+            kwargs["adapter_names"] = [s.adapter]
+        logits = self.model(**kwargs).logits[0, -1].float()
+        token = self._sample(s, logits)
+        now = time.perf_counter()
+        if s.first_token is None:
+            s.first_token = now
+        s.generated.append(token)
+        s.counts[token] = s.counts.get(token, 0) + 1
+        if s.length % TOKENS_PER_BLOCK == 1:
+            self._alloc_total += 1
+        eos = token in self.eos_ids and not s.sampling.ignore_eos and len(s.generated) > s.sampling.min_tokens
+        ids = s.generated[:-1] if eos else s.generated
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in s.sampling.stop:
+            at = text.find(stop)
+            if at != -1:
+                return self._finish(s, text[:at], "stop", now)
+        if eos:
+            return self._finish(s, text, "stop", now)
+        if len(s.generated) >= s.sampling.max_tokens:
+            return self._finish(s, text, "length", now)
+        # hold back what could still become a stop sequence, and half a multi-byte character
+        safe = len(text) - max((len(x) for x in s.sampling.stop), default=1) + 1
+        while safe > s.sent and text[safe - 1] == "\ufffd":
+            safe -= 1
+        if safe > s.sent:
+            s.emit(Delta(text[s.sent : safe]))
+            s.sent = safe
+        return False
+
+    def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
+        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated)))
+        self.metrics.finished(s, reason, now)
+        return True
+
+    def _sample(self, s: Sequence, logits: torch.Tensor) -> int:
+        p = s.sampling
+        if s.counts and (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
+            ids = torch.tensor(list(s.counts), dtype=torch.long)
+            counts = torch.tensor(list(s.counts.values()), dtype=logits.dtype)
+            if p.repetition_penalty != 1.0:
+                chosen = logits[ids]
+                logits[ids] = torch.where(chosen > 0, chosen / p.repetition_penalty, chosen * p.repetition_penalty)
+            logits[ids] -= p.frequency_penalty * counts + p.presence_penalty
+        if p.temperature <= 1e-5:
+            return int(torch.argmax(logits))  # greedy: temperature 0 is deterministic
+        logits = logits / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < p.top_p
+            keep[0] = True
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            probs = probs / probs.sum()
+        return int(torch.multinomial(probs, 1, generator=s.generator))
+
+    def _record(self, started: float, context: int, context_tokens: int, completed: int) -> None:
+        self._iteration += 1
+        used = sum(self._blocks(s.length) for s in self._active)
+        waiting = len(self._waiting)
+        self._stats.append(
+            {
+                "iter": self._iteration,
+                "iterLatencyMS": (time.perf_counter() - started) * 1000,
+                "timestamp": datetime.now(UTC).strftime("%m-%d-%Y %H:%M:%S"),
+                "numActiveRequests": len(self._active),
+                "numQueuedRequests": waiting,
+                "numCompletedRequests": completed,
+                "numNewActiveRequests": context,
+                "maxNumActiveRequests": self.max_batch_size,
+                "maxBatchSizeStatic": self.max_batch_size,
+                "maxBatchSizeRuntime": self.max_batch_size,
+                "maxNumTokensStatic": self.max_blocks * TOKENS_PER_BLOCK,
+                "maxNumTokensRuntime": self.max_blocks * TOKENS_PER_BLOCK,
+                "cpuMemUsage": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "gpuMemUsage": 0,
+                "pinnedMemUsage": 0,
+                "kvCacheStats": {
+                    "maxNumBlocks": self.max_blocks,
+                    "freeNumBlocks": self.max_blocks - used,
+                    "usedNumBlocks": used,
+                    "tokensPerBlock": TOKENS_PER_BLOCK,
+                    "allocTotalBlocks": self._alloc_total,
+                    "allocNewBlocks": self._alloc_total,
+                    "reusedBlocks": 0,
+                    "missedBlocks": 0,
+                    "cacheHitRate": 0.0,
+                },
+                "inflightBatchingStats": {
+                    "numScheduledRequests": len(self._active) + completed,
+                    "numContextRequests": context,
+                    "numGenRequests": len(self._active) + completed - context,
+                    "numPausedRequests": 0,
+                    "numCtxTokens": context_tokens,
+                    "microBatchId": 0,
+                    "avgNumDecodedTokensPerIter": 1.0,
+                },
+            }
+        )
+
+
+def cpu_threads_default() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))

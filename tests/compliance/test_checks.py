@@ -1,0 +1,737 @@
+"""Every check on a graph where it passes and on one where it fails (small graphs built here, AWS, Kubernetes and
+GCP). A check registered without a case here fails test_every_check_has_a_case."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from compliance.checks import all_checks
+from compliance.evaluate import allowed_regions, evaluate
+from compliance.model import Graph, Resource, Status
+
+KEY_ARN = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+GCP_KEY = "projects/p/locations/europe-west4/keyRings/r/cryptoKeys/k"
+SECURE = {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def r(type_token: str, inputs: dict[str, Any], name: str = "x", id_: str | None = None) -> Resource:
+    return Resource(type_token, name, id_ or f"{name}-id", inputs, "plan")
+
+
+def policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def bucket(name: str = "b", role: str = "artifacts") -> Resource:
+    return r("aws:s3/bucket:Bucket", {"tags": {"byoc:bucket": role}}, name)
+
+
+def on_bucket(type_token: str, inputs: dict[str, Any], name: str = "b") -> Resource:
+    return r(type_token, {"bucket": f"{name}-id", **inputs}, name)
+
+
+def sse(algorithm: str, key: str | None = None) -> Resource:
+    default = {"sseAlgorithm": algorithm, **({"kmsMasterKeyId": key} if key else {})}
+    return on_bucket(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        {"rules": [{"applyServerSideEncryptionByDefault": default}]},
+    )
+
+
+def trail(**inputs: Any) -> Resource:
+    return r("aws:cloudtrail/trail:Trail", inputs)
+
+
+def cluster(**inputs: Any) -> Resource:
+    return r("aws:eks/cluster:Cluster", inputs)
+
+
+def pod(containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "d", "namespace": "byoc-t"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {"containers": containers, **spec}}},
+    }
+
+
+GOOD_CONTAINER = {
+    "name": "c",
+    "image": "nvcr.io/nvidia/x@sha256:" + "a" * 64,
+    "securityContext": {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    },
+}
+GOOD_POD = {
+    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    "automountServiceAccountToken": False,
+}
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+SELECTORS_DATA = [
+    {
+        "name": "d",
+        "fieldSelectors": [
+            {"field": "eventCategory", "equals": ["Data"]},
+            {"field": "resources.type", "equals": ["AWS::S3::Object"]},
+        ],
+    }
+]
+SELECTORS_MGMT = [{"name": "m", "fieldSelectors": [{"field": "eventCategory", "equals": ["Management"]}]}]
+ENDPOINTS = ["s3", "ecr.api", "ecr.dkr", "sts", "kms"]
+
+# check id -> (resources where it passes, resources where it fails)
+CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
+    "kms_cmk_rotation_enabled": (
+        [r("aws:kms/key:Key", {"enableKeyRotation": True})],
+        [r("aws:kms/key:Key", {"enableKeyRotation": False})],
+    ),
+    "kms_key_deletion_window": (
+        [r("aws:kms/key:Key", {"deletionWindowInDays": 30})],
+        [r("aws:kms/key:Key", {"deletionWindowInDays": 5})],
+    ),
+    "kms_key_policy_no_public_access": (
+        [
+            r(
+                "aws:kms/key:Key",
+                {
+                    "policy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"AWS": "arn:aws:iam::1:root"},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        }
+                    )
+                },
+            )
+        ],
+        [
+            r(
+                "aws:kms/key:Key",
+                {"policy": policy({"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"})},
+            )
+        ],
+    ),
+    "kms_key_policy_service_conditions": (
+        [
+            r(
+                "aws:kms/key:Key",
+                {
+                    "policy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "logs.amazonaws.com"},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                            "Condition": {"A": {}},
+                        }
+                    )
+                },
+            )
+        ],
+        [
+            r(
+                "aws:kms/key:Key",
+                {
+                    "policy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "logs.amazonaws.com"},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        }
+                    )
+                },
+            )
+        ],
+    ),
+    "s3_bucket_default_encryption": ([bucket(), sse("AES256")], [bucket()]),
+    "s3_bucket_kms_encryption": ([bucket(), sse("aws:kms", KEY_ARN)], [bucket(), sse("AES256")]),
+    "s3_bucket_versioning_enabled": (
+        [
+            bucket(),
+            on_bucket("aws:s3/bucketVersioning:BucketVersioning", {"versioningConfiguration": {"status": "Enabled"}}),
+        ],
+        [
+            bucket(),
+            on_bucket("aws:s3/bucketVersioning:BucketVersioning", {"versioningConfiguration": {"status": "Suspended"}}),
+        ],
+    ),
+    "s3_bucket_level_public_access_block": (
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+                dict.fromkeys(
+                    ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"), True
+                ),
+            ),
+        ],
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+                {
+                    "blockPublicAcls": True,
+                    "blockPublicPolicy": False,
+                    "ignorePublicAcls": True,
+                    "restrictPublicBuckets": True,
+                },
+            ),
+        ],
+    ),
+    "s3_bucket_acl_disabled": (
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketOwnershipControls:BucketOwnershipControls",
+                {"rule": {"objectOwnership": "BucketOwnerEnforced"}},
+            ),
+        ],
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketOwnershipControls:BucketOwnershipControls", {"rule": {"objectOwnership": "ObjectWriter"}}
+            ),
+        ],
+    ),
+    "s3_bucket_secure_transport_policy": (
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPolicy:BucketPolicy",
+                {
+                    "policy": policy(
+                        {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*", "Condition": SECURE}
+                    )
+                },
+            ),
+        ],
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPolicy:BucketPolicy",
+                {
+                    "policy": policy(
+                        {"Effect": "Allow", "Principal": {"AWS": "x"}, "Action": "s3:GetObject", "Resource": "*"}
+                    )
+                },
+            ),
+        ],
+    ),
+    "s3_bucket_deny_unencrypted_puts": (
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPolicy:BucketPolicy",
+                {
+                    "policy": policy(
+                        {
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:PutObject",
+                            "Resource": "*",
+                            "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+                        }
+                    )
+                },
+            ),
+        ],
+        [
+            bucket(),
+            on_bucket(
+                "aws:s3/bucketPolicy:BucketPolicy",
+                {
+                    "policy": policy(
+                        {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*", "Condition": SECURE}
+                    )
+                },
+            ),
+        ],
+    ),
+    "s3_bucket_server_access_logging_enabled": (
+        [bucket(), on_bucket("aws:s3/bucketLogging:BucketLogging", {"targetBucket": "logs-id"})],
+        [bucket()],
+    ),
+    "cloudtrail_multi_region_enabled": ([trail(isMultiRegionTrail=True)], [trail(isMultiRegionTrail=False)]),
+    "cloudtrail_log_file_validation_enabled": (
+        [trail(enableLogFileValidation=True)],
+        [trail(enableLogFileValidation=False)],
+    ),
+    "cloudtrail_kms_encryption_enabled": ([trail(kmsKeyId=KEY_ARN)], [trail()]),
+    "cloudtrail_cloudwatch_logging_enabled": (
+        [trail(cloudWatchLogsGroupArn="arn:aws:logs:x:1:log-group:g:*")],
+        [trail()],
+    ),
+    "cloudtrail_s3_dataevents_enabled": (
+        [trail(advancedEventSelectors=SELECTORS_DATA)],
+        [trail(advancedEventSelectors=SELECTORS_MGMT)],
+    ),
+    "cloudtrail_global_service_events_enabled": (
+        [trail(includeGlobalServiceEvents=True)],
+        [trail(includeGlobalServiceEvents=False)],
+    ),
+    "cloudwatch_log_group_kms_encryption_enabled": (
+        [r("aws:cloudwatch/logGroup:LogGroup", {"kmsKeyId": KEY_ARN})],
+        [r("aws:cloudwatch/logGroup:LogGroup", {})],
+    ),
+    "cloudwatch_log_group_retention_policy_specific_days_enabled": (
+        [r("aws:cloudwatch/logGroup:LogGroup", {"retentionInDays": 365})],
+        [r("aws:cloudwatch/logGroup:LogGroup", {"retentionInDays": 30})],
+    ),
+    "vpc_flow_logs_enabled": (
+        [r("aws:ec2/vpc:Vpc", {}, "v"), r("aws:ec2/flowLog:FlowLog", {"vpcId": "v-id", "trafficType": "ALL"})],
+        [r("aws:ec2/vpc:Vpc", {}, "v"), r("aws:ec2/flowLog:FlowLog", {"vpcId": "v-id", "trafficType": "REJECT"})],
+    ),
+    "ec2_securitygroup_default_restrict_traffic": (
+        [r("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", {})],
+        [r("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", {"ingress": [{"fromPort": 0}]})],
+    ),
+    "ec2_securitygroup_no_internet_ingress": (
+        [r("aws:ec2/securityGroup:SecurityGroup", {"ingress": [{"fromPort": 443, "cidrBlocks": ["10.0.0.0/16"]}]})],
+        [r("aws:ec2/securityGroup:SecurityGroup", {"ingress": [{"fromPort": 443, "cidrBlocks": ["0.0.0.0/0"]}]})],
+    ),
+    "vpc_subnet_no_public_ip_by_default": (
+        [r("aws:ec2/subnet:Subnet", {"mapPublicIpOnLaunch": False})],
+        [r("aws:ec2/subnet:Subnet", {"mapPublicIpOnLaunch": True})],
+    ),
+    "vpc_endpoints_for_aws_apis": (
+        [r("aws:ec2/vpc:Vpc", {}, "v")]
+        + [
+            r("aws:ec2/vpcEndpoint:VpcEndpoint", {"vpcId": "v-id", "serviceName": f"com.amazonaws.eu-west-2.{s}"}, s)
+            for s in ENDPOINTS
+        ],
+        [
+            r("aws:ec2/vpc:Vpc", {}, "v"),
+            r("aws:ec2/vpcEndpoint:VpcEndpoint", {"vpcId": "v-id", "serviceName": "com.amazonaws.eu-west-2.s3"}),
+        ],
+    ),
+    "eks_cluster_kms_cmk_encryption_in_secrets_enabled": (
+        [cluster(encryptionConfig={"provider": {"keyArn": KEY_ARN}, "resources": ["secrets"]})],
+        [cluster()],
+    ),
+    "eks_control_plane_logging_all_types_enabled": (
+        [cluster(enabledClusterLogTypes=["api", "audit", "authenticator", "controllerManager", "scheduler"])],
+        [cluster(enabledClusterLogTypes=["api"])],
+    ),
+    "eks_cluster_private_endpoint_enabled": (
+        [cluster(vpcConfig={"endpointPrivateAccess": True})],
+        [cluster(vpcConfig={"endpointPrivateAccess": False})],
+    ),
+    "eks_cluster_not_publicly_accessible": (
+        [cluster(vpcConfig={"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]})],
+        [cluster(vpcConfig={"endpointPublicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]})],
+    ),
+    "eks_cluster_access_entries_only": (
+        [cluster(accessConfig={"authenticationMode": "API"})],
+        [cluster(accessConfig={"authenticationMode": "CONFIG_MAP"})],
+    ),
+    "eks_network_policy_enforced": (
+        [r("aws:eks/addon:Addon", {"addonName": "vpc-cni", "configurationValues": '{"enableNetworkPolicy": "true"}'})],
+        [r("aws:eks/addon:Addon", {"addonName": "vpc-cni", "configurationValues": "{}"})],
+    ),
+    "eks_nodes_in_private_subnets": (
+        [
+            r("aws:ec2/subnet:Subnet", {"mapPublicIpOnLaunch": False}, "s"),
+            r("aws:eks/nodeGroup:NodeGroup", {"subnetIds": ["s-id"]}),
+        ],
+        [
+            r("aws:ec2/subnet:Subnet", {"mapPublicIpOnLaunch": True}, "s"),
+            r("aws:eks/nodeGroup:NodeGroup", {"subnetIds": ["s-id"]}),
+        ],
+    ),
+    "ec2_launch_template_imdsv2_required": (
+        [
+            r(
+                "aws:ec2/launchTemplate:LaunchTemplate",
+                {"metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1.0}},
+            )
+        ],
+        [
+            r(
+                "aws:ec2/launchTemplate:LaunchTemplate",
+                {"metadataOptions": {"httpTokens": "optional", "httpPutResponseHopLimit": 2}},
+            )
+        ],
+    ),
+    "ec2_launch_template_ebs_encrypted": (
+        [
+            r(
+                "aws:ec2/launchTemplate:LaunchTemplate",
+                {"blockDeviceMappings": [{"ebs": {"encrypted": "true", "kmsKeyId": KEY_ARN}}]},
+            )
+        ],
+        [r("aws:ec2/launchTemplate:LaunchTemplate", {"blockDeviceMappings": [{"ebs": {"encrypted": "false"}}]})],
+    ),
+    "karpenter_nodeclass_imdsv2_required": (
+        [
+            r(
+                "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+                {"spec": {"metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1}}},
+            )
+        ],
+        [r("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", {"spec": {"metadataOptions": {"httpTokens": "optional"}}})],
+    ),
+    "karpenter_nodeclass_ebs_encrypted": (
+        [
+            r(
+                "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+                {"spec": {"blockDeviceMappings": [{"ebs": {"encrypted": True, "kmsKeyID": KEY_ARN}}]}},
+            )
+        ],
+        [
+            r(
+                "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+                {"spec": {"blockDeviceMappings": [{"ebs": {"encrypted": True}}]}},
+            )
+        ],
+    ),
+    "karpenter_nodepool_bounded": (
+        [
+            r(
+                "kubernetes:karpenter.sh/v1:NodePool",
+                {
+                    "spec": {
+                        "limits": {"nvidia.com/gpu": "8"},
+                        "template": {
+                            "spec": {
+                                "requirements": [{"key": "node.kubernetes.io/instance-type", "values": ["p5.48xlarge"]}]
+                            }
+                        },
+                    }
+                },
+            )
+        ],
+        [r("kubernetes:karpenter.sh/v1:NodePool", {"spec": {"template": {"spec": {"requirements": []}}}})],
+    ),
+    "sqs_queues_server_side_encryption_enabled": (
+        [r("aws:sqs/queue:Queue", {"kmsMasterKeyId": KEY_ARN})],
+        [r("aws:sqs/queue:Queue", {})],
+    ),
+    "sqs_queue_secure_transport_policy": (
+        [
+            r("aws:sqs/queue:Queue", {}),
+            r(
+                "aws:sqs/queuePolicy:QueuePolicy",
+                {
+                    "policy": policy(
+                        {"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": "*", "Condition": SECURE}
+                    )
+                },
+            ),
+        ],
+        [r("aws:sqs/queue:Queue", {})],
+    ),
+    "iam_inline_policy_no_administrative_privileges": (
+        [
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {"policy": policy({"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"})},
+            )
+        ],
+        [r("aws:iam/rolePolicy:RolePolicy", {"policy": policy({"Effect": "Allow", "Action": "*", "Resource": "*"})})],
+    ),
+    "iam_role_no_administrator_managed_policy": (
+        [
+            r(
+                "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+                {"policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"},
+            )
+        ],
+        [
+            r(
+                "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+                {"policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+            )
+        ],
+    ),
+    "iam_role_trust_confused_deputy_protection": (
+        [
+            r(
+                "aws:iam/role:Role",
+                {
+                    "assumeRolePolicy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "pods.eks.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                            "Condition": {"StringEquals": {}},
+                        }
+                    )
+                },
+            )
+        ],
+        [
+            r(
+                "aws:iam/role:Role",
+                {
+                    "assumeRolePolicy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "pods.eks.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    )
+                },
+            )
+        ],
+    ),
+    "iam_workload_roles_scoped_to_prefixes": (
+        [
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {
+                    "name": "byoc-serving",
+                    "policy": policy(
+                        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/artifacts/*"}
+                    ),
+                },
+            )
+        ],
+        [
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {
+                    "name": "byoc-serving",
+                    "policy": policy({"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"}),
+                },
+            )
+        ],
+    ),
+    "data_residency_region": (
+        [r("pulumi:providers:aws", {"region": "eu-west-2"})],
+        [r("pulumi:providers:aws", {"region": "us-east-1"})],
+    ),
+    "k8s_namespace_pod_security_restricted": (
+        [
+            r(
+                NAMESPACE,
+                {"metadata": {"name": "byoc-t", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+            )
+        ],
+        [r(NAMESPACE, {"metadata": {"name": "byoc-t", "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})],
+    ),
+    "k8s_namespace_default_deny_network_policy": (
+        [
+            r(NAMESPACE, {"metadata": {"name": "byoc-t"}}),
+            r(
+                "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                {
+                    "metadata": {"name": "deny", "namespace": "byoc-t"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+                },
+            ),
+        ],
+        [
+            r(NAMESPACE, {"metadata": {"name": "byoc-t"}}),
+            r(
+                "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                {
+                    "metadata": {"name": "allow", "namespace": "byoc-t"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
+                },
+            ),
+        ],
+    ),
+    "k8s_workload_security_context_restricted": (
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER], **GOOD_POD))],
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "securityContext": {"readOnlyRootFilesystem": False}}], **GOOD_POD))],
+    ),
+    "k8s_no_service_account_token": (
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER], automountServiceAccountToken=False))],
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER]))],
+    ),
+    "k8s_secrets_mounted_as_files": (
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER]))],
+        [
+            r(
+                DEPLOYMENT,
+                pod([{**GOOD_CONTAINER, "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s"}}}]}]),
+            )
+        ],
+    ),
+    "gateway_zero_data_retention": (
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--api-keys", "f"]}]))],
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--log-prompts"]}]))],
+    ),
+    "gateway_requires_api_keys": (
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--api-keys", "f"]}]))],
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--insecure-no-auth"]}]))],
+    ),
+    "k8s_services_not_internet_facing": (
+        [
+            r(
+                "kubernetes:core/v1:Service",
+                {
+                    "metadata": {"annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}},
+                    "spec": {"type": "LoadBalancer"},
+                },
+            )
+        ],
+        [r("kubernetes:core/v1:Service", {"metadata": {}, "spec": {"type": "LoadBalancer"}})],
+    ),
+    "k8s_disruption_budgets": (
+        [
+            r(DEPLOYMENT, pod([GOOD_CONTAINER])),
+            r(
+                "kubernetes:policy/v1:PodDisruptionBudget",
+                {"metadata": {"name": "p", "namespace": "byoc-t"}, "spec": {"selector": {"matchLabels": {"a": "b"}}}},
+            ),
+        ],
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER]))],
+    ),
+    "k8s_third_party_images_pinned": (
+        [r(DEPLOYMENT, pod([GOOD_CONTAINER]))],
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "image": "nginx:1.27"}]))],
+    ),
+    "helm_releases_pinned": (
+        [r("kubernetes:helm.sh/v3:Release", {"version": "1.8.1"})],
+        [r("kubernetes:helm.sh/v3:Release", {})],
+    ),
+    "monitoring_alerts_defined": (
+        [
+            r(
+                "kubernetes:monitoring.coreos.com/v1:PrometheusRule",
+                {
+                    "spec": {
+                        "groups": [
+                            {
+                                "rules": [
+                                    {"alert": "ByocErrorRatioHigh"},
+                                    {"alert": "ByocReplicasUnavailable"},
+                                    {"alert": "ByocTTFTHigh"},
+                                ]
+                            }
+                        ]
+                    }
+                },
+            )
+        ],
+        [r("kubernetes:monitoring.coreos.com/v1:PrometheusRule", {"spec": {"groups": [{"rules": [{"record": "x"}]}]}})],
+    ),
+    "k8s_storage_class_encrypted": (
+        [r("kubernetes:storage.k8s.io/v1:StorageClass", {"parameters": {"encrypted": "true", "kmsKeyId": KEY_ARN}})],
+        [r("kubernetes:storage.k8s.io/v1:StorageClass", {"parameters": {"type": "gp3"}})],
+    ),
+    "gcp_kms_key_rotation_enabled": (
+        [r("gcp:kms/cryptoKey:CryptoKey", {"rotationPeriod": "7776000s"})],
+        [r("gcp:kms/cryptoKey:CryptoKey", {})],
+    ),
+    "gcp_storage_bucket_cmek": (
+        [r("gcp:storage/bucket:Bucket", {"encryption": {"defaultKmsKeyName": GCP_KEY}})],
+        [r("gcp:storage/bucket:Bucket", {})],
+    ),
+    "gcp_storage_bucket_public_access_prevention": (
+        [r("gcp:storage/bucket:Bucket", {"publicAccessPrevention": "enforced", "uniformBucketLevelAccess": True})],
+        [r("gcp:storage/bucket:Bucket", {"publicAccessPrevention": "inherited", "uniformBucketLevelAccess": True})],
+    ),
+    "gcp_storage_bucket_versioning": (
+        [r("gcp:storage/bucket:Bucket", {"versioning": {"enabled": True}})],
+        [r("gcp:storage/bucket:Bucket", {})],
+    ),
+    "gcp_gke_database_encryption": (
+        [r("gcp:container/cluster:Cluster", {"databaseEncryption": {"state": "ENCRYPTED", "keyName": GCP_KEY}})],
+        [r("gcp:container/cluster:Cluster", {"databaseEncryption": {"state": "DECRYPTED"}})],
+    ),
+    "gcp_gke_private_nodes": (
+        [r("gcp:container/cluster:Cluster", {"privateClusterConfig": {"enablePrivateNodes": True}})],
+        [r("gcp:container/cluster:Cluster", {})],
+    ),
+    "gcp_gke_control_plane_not_public": (
+        [r("gcp:container/cluster:Cluster", {"privateClusterConfig": {"enablePrivateEndpoint": True}})],
+        [
+            r(
+                "gcp:container/cluster:Cluster",
+                {"masterAuthorizedNetworksConfig": {"cidrBlocks": [{"cidrBlock": "0.0.0.0/0"}]}},
+            )
+        ],
+    ),
+    "gcp_gke_network_policy": (
+        [r("gcp:container/cluster:Cluster", {"datapathProvider": "ADVANCED_DATAPATH"})],
+        [r("gcp:container/cluster:Cluster", {"datapathProvider": "LEGACY_DATAPATH"})],
+    ),
+    "gcp_gke_logging_components": (
+        [
+            r(
+                "gcp:container/cluster:Cluster",
+                {"loggingConfig": {"enableComponents": ["SYSTEM_COMPONENTS", "APISERVER"]}},
+            )
+        ],
+        [r("gcp:container/cluster:Cluster", {"loggingConfig": {"enableComponents": ["WORKLOADS"]}})],
+    ),
+    "gcp_gke_node_boot_disk_cmek": (
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"bootDiskKmsKey": GCP_KEY}})],
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {}})],
+    ),
+    "gcp_gke_metadata_server": (
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"workloadMetadataConfig": {"mode": "GKE_METADATA"}}})],
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"workloadMetadataConfig": {"mode": "GCE_METADATA"}}})],
+    ),
+    "gcp_audit_data_access_logs": (
+        [
+            r(
+                "gcp:projects/iAMAuditConfig:IAMAuditConfig",
+                {"auditLogConfigs": [{"logType": t} for t in ("DATA_READ", "DATA_WRITE", "ADMIN_READ")]},
+            )
+        ],
+        [r("gcp:projects/iAMAuditConfig:IAMAuditConfig", {"auditLogConfigs": [{"logType": "ADMIN_READ"}]})],
+    ),
+    "gcp_logging_sink_exports_audit_logs": (
+        [
+            r(
+                "gcp:logging/projectSink:ProjectSink",
+                {"destination": "storage.googleapis.com/b", "filter": 'logName:"cloudaudit.googleapis.com"'},
+            )
+        ],
+        [r("gcp:logging/projectSink:ProjectSink", {"destination": "storage.googleapis.com/b", "filter": ""})],
+    ),
+    "gcp_subnetwork_flow_logs": (
+        [r("gcp:compute/subnetwork:Subnetwork", {"logConfig": {"aggregationInterval": "INTERVAL_5_SEC"}})],
+        [r("gcp:compute/subnetwork:Subnetwork", {})],
+    ),
+}
+
+
+def statuses(check_id: str, resources: list[Resource]) -> set[Status]:
+    cloud = "gcp" if check_id.startswith("gcp_") else "aws"
+    region = "europe-west4" if cloud == "gcp" else "eu-west-2"
+    graph = Graph(resources, "t", region, "EUROPE", allowed_regions(cloud, "EUROPE", region), "plan")
+    found = {f.status for f in evaluate(graph) if f.check.id == check_id}
+    return found - {Status.NOT_APPLICABLE}
+
+
+def test_every_check_has_a_case() -> None:
+    assert {c.id for c in all_checks()} == set(CASES)
+
+
+@pytest.mark.parametrize("check_id", sorted(CASES))
+def test_check_passes_and_fails(check_id: str) -> None:
+    passing, failing = CASES[check_id]
+    assert statuses(check_id, passing) == {Status.PASS}
+    assert statuses(check_id, failing) == {Status.FAIL}
+
+
+def test_every_check_cites_known_controls_with_metadata() -> None:
+    for check in all_checks():
+        assert check.controls and check.remediation and check.risk and check.title
+        assert check.severity in {"low", "medium", "high", "critical"}
+
+
+def test_a_log_target_bucket_is_judged_by_the_sse_s3_rule() -> None:
+    logs = bucket("logs", role="access-logs")
+    resources = [logs, r("aws:s3/bucketLogging:BucketLogging", {"bucket": "b-id", "targetBucket": "logs-id"}, "b")]
+    graph = Graph(resources, "t", "eu-west-2", "EUROPE", ("eu-west-2",), "plan")
+    kms = [f for f in evaluate(graph) if f.check.id == "s3_bucket_kms_encryption"]
+    assert [f.status for f in kms] == [Status.NOT_APPLICABLE]
+    assert "SSE-S3" in kms[0].reason
+
+
+def test_a_check_that_breaks_on_odd_input_reports_error_not_crash() -> None:
+    odd = r("aws:eks/addon:Addon", {"addonName": "vpc-cni", "configurationValues": "not json"})
+    graph = Graph([odd], "t", "eu-west-2", "EUROPE", ("eu-west-2",), "plan")
+    found = [f for f in evaluate(graph) if f.check.id == "eks_network_policy_enforced"]
+    assert found[0].status == Status.ERROR
