@@ -350,8 +350,8 @@ def plan(
     if compliance is not None:
         found = compliance["findings"]
         print(
-            f"compliance  {compliance['checks_evaluated']} checks evaluated: {found['PASS']} pass, {found['FAIL']} fail "
-            f"({', '.join(compliance['failing_controls']) or 'no failing control'})"
+            f"compliance  {compliance['checks_evaluated']} checks evaluated: {found['PASS']} pass, "
+            f"{found['FAIL']} fail ({', '.join(compliance['failing_controls']) or 'no failing control'})"
         )
     print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
 

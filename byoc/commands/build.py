@@ -165,6 +165,14 @@ def register(app: typer.Typer) -> None:
                 "--kms-key-id", envvar="BYOC_ARTIFACT_KMS_KEY", help="KMS key for the uploads (SSE-KMS / CMEK)."
             ),
         ] = None,
+        calibration_samples: Annotated[
+            int | None,
+            typer.Option("--calibration-samples", min=1, help="Calibration samples (default 512; changes the key)."),
+        ] = None,
+        calibration_seq_len: Annotated[
+            int | None,
+            typer.Option("--calibration-seq-len", min=16, help="Tokens per calibration sample (default 512)."),
+        ] = None,
         plan_only: Annotated[bool, typer.Option("--plan-only", help="Print the build plan; build nothing.")] = False,
         work_dir: Annotated[
             Path | None, typer.Option("--work-dir", help="Scratch space for downloads and the export.")
@@ -174,6 +182,7 @@ def register(app: typer.Typer) -> None:
         """Build a model for a shape (ModelOpt FP8/NVFP4, or BF16 with LoRA addons) into the artifact store."""
         with reporting(output):
             from runtime.build.builder import BuildRequest, run_build
+            from runtime.build.plan import DEFAULT_CALIBRATION, Calibration
             from runtime.build.progress import Events
 
             spec = spec_for_build(file, source, revision, model_id, shape, addon or [], kv_cache_fraction)
@@ -183,6 +192,13 @@ def register(app: typer.Typer) -> None:
                 kms_key=kms_key_id or None,
                 plan_only=plan_only,
                 merge_adapter=merge_adapter,
+                calibration=None
+                if calibration_samples is None and calibration_seq_len is None
+                else Calibration(
+                    DEFAULT_CALIBRATION.dataset,
+                    calibration_samples or DEFAULT_CALIBRATION.samples,
+                    calibration_seq_len or DEFAULT_CALIBRATION.sequence_length,
+                ),
                 work_dir=work_dir,
             )
             result = run_build(request, Events(json_lines=output is Output.json))

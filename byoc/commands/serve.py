@@ -17,7 +17,7 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
 
     from byoc.commands.common import Output, reporting
     from runtime.serve import logs
-    from runtime.serve.config import build_config, parse_address, parse_addon, parse_upstream
+    from runtime.serve.config import build_config, parse_addon, parse_address, parse_upstream
     from runtime.serve.gateway import serve
     from runtime.serve.keys import load_keys
 
@@ -197,7 +197,11 @@ def register(app: typer.Typer) -> None:
             else:
                 key = sys.stdin.readline().rstrip("\r\n")
             if not key.strip():
-                raise ByocError("stdin", "no key was given", "pipe the key in: `byoc serve hash-key --name ci < key.txt`")
+                raise ByocError(
+                    "stdin", "no key was given", "pipe the key in: `byoc serve hash-key --name ci < key.txt`"
+                )
             if len(key) < 16:
-                raise ByocError("stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`")
+                raise ByocError(
+                    "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
+                )
         print(hash_key_entry(name, key.strip(), rpm, max_concurrency), end="")

@@ -748,9 +748,9 @@ def iam_no_wildcards(resource: Resource, graph: Graph) -> Verdict:
         if statement.get("Effect") != "Allow":
             continue
         actions = as_list(statement.get("Action"))
-        if "*" in actions or any(a.endswith(":*") for a in actions):
-            offending.append(statement.get("Sid") or str(actions))
-        elif as_list(statement.get("Resource")) == ["*"] and statement.get("Sid") not in WILDCARD_ALLOWED:
+        every_action = "*" in actions or any(a.endswith(":*") for a in actions)
+        every_resource = as_list(statement.get("Resource")) == ["*"]
+        if every_action or (every_resource and statement.get("Sid") not in WILDCARD_ALLOWED):
             offending.append(statement.get("Sid") or str(actions))
     return verdict(not offending, "Statement[Allow, * ]", offending)
 
@@ -816,7 +816,7 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
         and any(
             str(r).endswith("/*")
             and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
-            and "ReadModelSource" != s.get("Sid")
+            and s.get("Sid") != "ReadModelSource"
             for r in as_list(s.get("Resource"))
         )
     ]

@@ -28,7 +28,7 @@ class _Session:
 
         self.deployment = deployment
         self.region = region
-        self.session = boto3.session.Session(region_name=region)
+        self.session: Any = boto3.session.Session(region_name=region)
         self.config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
         self.resources: list[Resource] = []
         self.errors: dict[str, str] = {}
@@ -105,17 +105,16 @@ def _s3(s: _Session) -> None:
         location = s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
         s.add(t.BUCKET, name, name, {"bucket": name, "tags": tags, "region": location})
 
-        def read(call: Callable[[], Any], *absent: str) -> Any:
+        def read(call: Callable[..., Any], *absent: str) -> Any:
+            """One bucket setting; None where the bucket has none (each API has its own not-found code)."""
             try:
-                return call()
+                return call(Bucket=name)  # noqa: B023 - called at once, inside this iteration
             except ClientError as exc:
                 if _missing(exc, *absent):
                     return None
                 raise
 
-        encryption = read(
-            lambda: s3.get_bucket_encryption(Bucket=name), "ServerSideEncryptionConfigurationNotFoundError"
-        )
+        encryption = read(s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError")
         if encryption:
             rules = []
             for rule in encryption["ServerSideEncryptionConfiguration"]["Rules"]:
@@ -130,12 +129,12 @@ def _s3(s: _Session) -> None:
                     }
                 )
             s.add(t.ENCRYPTION, name, name, {"bucket": name, "rules": rules})
-        versioning = read(lambda: s3.get_bucket_versioning(Bucket=name))
+        versioning = read(s3.get_bucket_versioning)
         if versioning and versioning.get("Status"):
             s.add(
                 t.VERSIONING, name, name, {"bucket": name, "versioningConfiguration": {"status": versioning["Status"]}}
             )
-        block = read(lambda: s3.get_public_access_block(Bucket=name), "NoSuchPublicAccessBlockConfiguration")
+        block = read(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration")
         if block:
             config = block["PublicAccessBlockConfiguration"]
             s.add(
@@ -150,14 +149,14 @@ def _s3(s: _Session) -> None:
                     "restrictPublicBuckets": config.get("RestrictPublicBuckets"),
                 },
             )
-        ownership = read(lambda: s3.get_bucket_ownership_controls(Bucket=name), "OwnershipControlsNotFoundError")
+        ownership = read(s3.get_bucket_ownership_controls, "OwnershipControlsNotFoundError")
         if ownership:
             rule = ownership["OwnershipControls"]["Rules"][0]
             s.add(t.OWNERSHIP, name, name, {"bucket": name, "rule": {"objectOwnership": rule.get("ObjectOwnership")}})
-        policy = read(lambda: s3.get_bucket_policy(Bucket=name), "NoSuchBucketPolicy")
+        policy = read(s3.get_bucket_policy, "NoSuchBucketPolicy")
         if policy:
             s.add(t.BUCKET_POLICY, name, name, {"bucket": name, "policy": _json(policy["Policy"])})
-        logging = read(lambda: s3.get_bucket_logging(Bucket=name))
+        logging = read(s3.get_bucket_logging)
         enabled = (logging or {}).get("LoggingEnabled")
         if enabled:
             s.add(

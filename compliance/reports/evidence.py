@@ -4,6 +4,7 @@ account), and the shared-responsibility matrix."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from compliance.checks import aws
@@ -168,15 +169,4 @@ def data_flows(graph: Graph) -> dict[str, Any]:
     }
 
 
-SHARED_RESPONSIBILITY = """# Shared responsibility
-
-| area | byoc (this deployment's code) | you (the account owner) | cloud provider |
-| --- | --- | --- | --- |
-| Network | private subnets, NAT, VPC endpoints, flow logs, default-deny NetworkPolicies, internal load balancer | who may reach the VPC (VPN, peering), client TLS in front of the gateway | physical network, hypervisor isolation |
-| Keys | customer-managed KMS keys with rotation, key policies limited to named roles and conditioned services | key administrators, approving key deletion, key policy of a key you bring | KMS hardware security modules |
-| Identity | least-privilege roles bound to service accounts (Pod Identity), no wildcard admin | who is a cluster admin, who holds API keys for the gateway, your IdP | IAM/STS service |
-| Data at rest | encryption of buckets, volumes, logs, secrets, queues with your keys | what data you send to the model; retention of artifacts | storage durability |
-| Audit | CloudTrail (all regions, validated, encrypted), control-plane logs, flow logs, access logs, alert rules | reviewing logs and alerts, incident response, log retention beyond a year | CloudTrail delivery |
-| Workloads | restricted Pod Security, non-root read-only containers, pinned charts and images, zero data retention in the gateway | building and pinning byoc's runtime image in your registry, patch cadence, model choice and licence | managed control plane (EKS/GKE) |
-| Compliance | this evidence pack (checks, OSCAL, OCSF) | policies, risk assessment, BAAs with the provider, auditor sign-off | the provider's own attestations (SOC 2, ISO 27001, HIPAA eligibility) |
-"""
+SHARED_RESPONSIBILITY = (Path(__file__).parent / "shared-responsibility.md").read_text()

@@ -188,7 +188,8 @@ def html_report(
 <style>{STYLE}</style></head><body>
 <h1>Compliance report: byoc deployment <code>{_cell(graph.deployment)}</code></h1>
 <p>Source: <strong>{_cell(graph.source)}</strong> resources in {_cell(graph.region)}
-(requested: {_cell(graph.requested_region)}); {len({f.check.id for f in findings})} checks, {len(findings)} findings.</p>
+(requested: {_cell(graph.requested_region)}); {len({f.check.id for f in findings})} checks,
+{len(findings)} findings.</p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>framework</th><th>controls</th><th>passing</th><th>failing</th><th>errors</th>
 <th>not assessed</th></tr>{rows}</table>

@@ -144,7 +144,8 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
                 OscalFinding(
                     uuid=_uuid(graph.deployment, graph.source, "finding", control.ref),
                     title=f"{control.ref} {control.title}",
-                    description=f"{len(related)} observations; {'all passed' if satisfied else 'some failed or errored'}.",
+                    description=f"{len(related)} observations; "
+                    + ("all passed." if satisfied else "some failed or errored."),
                     target=FindingTarget(
                         type="objective-id",
                         target_id=token,
