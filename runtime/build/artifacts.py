@@ -35,7 +35,7 @@ def read_manifest(uri: str) -> tuple[dict[str, Any], bytes]:
 
 def _place(staging: Path, target: Path) -> list[str]:
     """Move staging's top-level entries into target, replacing what was there; manifest.json goes last."""
-    names = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST) + [MANIFEST]
+    names = [*sorted(p.name for p in staging.iterdir() if p.name != MANIFEST), MANIFEST]
     for name in names:
         destination = target / name
         if destination.is_dir() and not destination.is_symlink():

@@ -39,7 +39,7 @@ from byoc.spec import ModelRef, Spec
 from runtime.build import checkpoint
 from runtime.build.adapters import AdapterInfo, validate_adapter
 from runtime.build.manifest import FORMAT, MANIFEST, hash_tree, parse
-from runtime.build.plan import ADAPTER_DIR, DRAFT_DIR, MODEL_DIR, BuildPlan, build_plan
+from runtime.build.plan import ADAPTER_DIR, DRAFT_DIR, MODEL_DIR, BuildPlan, Calibration, build_plan
 from runtime.build.progress import Events
 from runtime.build.sources import SourceLocation, fetch, locate, peek
 from runtime.build.stores import ObjectMissing, Store, join, open_store
@@ -61,6 +61,7 @@ class BuildRequest:
     kms_key: str | None = None
     plan_only: bool = False
     merge_adapter: str | None = None
+    calibration: Calibration | None = None
     work_dir: Path | None = None
 
 
@@ -84,9 +85,9 @@ def options_yaml(plan: BuildPlan) -> str:
 def _needs_remote_config(spec: Spec) -> ModelRef | None:
     """A model outside the catalog whose config.json is not on local disk: resolve cannot read it by itself."""
     model = spec.model
-    if isinstance(model, ModelRef) and model.source and not model.source.startswith("file://"):
-        if model.id not in load_catalog().models:
-            return model
+    remote = isinstance(model, ModelRef) and bool(model.source) and not str(model.source).startswith("file://")
+    if isinstance(model, ModelRef) and remote and model.id not in load_catalog().models:
+        return model
     return None
 
 
@@ -103,7 +104,9 @@ def resolve_for_build(spec: Spec, work: Path) -> Deployment:
     location = locate(remote.source, remote.revision, "model.source")
     config = peek(location, "config.json", "model.source")
     if config is None:
-        raise ByocError("model.source", f"{remote.source} holds no config.json", "point it at a Hugging Face model folder")
+        raise ByocError(
+            "model.source", f"{remote.source} holds no config.json", "point it at a Hugging Face model folder"
+        )
     folder = work / "source-config"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_bytes(config)
@@ -193,7 +196,10 @@ def _gather(deployment: Deployment, request: BuildRequest, work: Path, events: E
     spec = deployment.spec
     with timer.step("fetch"):
         source = locate(deployment.model_source, deployment.model_revision, "model.source")
-        events.step("fetch", f"source {source.uri}" + (f" via {source.via} {source.store_uri}" if source.via != "direct" else ""))
+        events.step(
+            "fetch",
+            f"source {source.uri}" + (f" via {source.via} {source.store_uri}" if source.via != "direct" else ""),
+        )
         source_dir = fetch(source, work / "source", "model.source", events, "source")
         _verify_source(deployment, source_dir, source.uri)
         adapters = []
@@ -203,7 +209,9 @@ def _gather(deployment: Deployment, request: BuildRequest, work: Path, events: E
             folder = fetch(location, work / "adapters" / addon.id, where, events, f"addon {addon.id}")
             info = validate_adapter(folder, addon.id, addon.rank, source_dir, where)
             adapters.append((addon.id, location, folder, info))
-            events.step("addon", f"{addon.id}: LoRA rank {info.rank} on {', '.join(info.target_modules)}: fits the base")
+            events.step(
+                "addon", f"{addon.id}: LoRA rank {info.rank} on {', '.join(info.target_modules)}: fits the base"
+            )
         merge = None
         if request.merge_adapter:
             where = "--merge-adapter"
@@ -222,7 +230,8 @@ def _gather(deployment: Deployment, request: BuildRequest, work: Path, events: E
             if found.vocab_size != deployment.model.vocab_size:
                 raise ByocError(
                     where,
-                    f"the draft's vocabulary ({found.vocab_size}) differs from the model's ({deployment.model.vocab_size})",
+                    f"the draft's vocabulary ({found.vocab_size}) differs from the model's "
+                    f"({deployment.model.vocab_size})",
                     "use a draft model with the same tokenizer",
                 )
             draft = (location, folder)
@@ -238,7 +247,13 @@ def _make_artifact(
     if plan.quantization and plan.calibration:
         with timer.step("quantize"):
             details = checkpoint.quantize(
-                inputs.source_dir, model_dir, plan.quantization, plan.kv_cache_dtype, plan.calibration, merge_dir, events
+                inputs.source_dir,
+                model_dir,
+                plan.quantization,
+                plan.kv_cache_dtype,
+                plan.calibration,
+                merge_dir,
+                events,
             )
         installed = details.get("modelopt_installed")
         if installed and installed != plan.tool_versions["modelopt"]:
@@ -323,7 +338,7 @@ def run_build(request: BuildRequest, events: Events) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="byoc-build-", dir=request.work_dir))
     try:
         deployment = resolve_for_build(request.spec, work)
-        plan = build_plan(deployment, request.merge_adapter)
+        plan = build_plan(deployment, request.merge_adapter, request.calibration)
         if request.plan_only:
             return plan_result(plan, request.dest)
         if not request.dest:
@@ -356,9 +371,11 @@ def run_build(request: BuildRequest, events: Events) -> dict[str, Any]:
         with timer.step("manifest"):
             manifest = _manifest(deployment, plan, inputs, staging, details, started, timer)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        leftovers = store.list(plan.artifact_prefix)
+        leftovers = store.list_objects(plan.artifact_prefix)
         if leftovers:
-            events.warn(f"{len(leftovers)} file(s) of an unfinished build under {artifact} (no manifest): removing them")
+            events.warn(
+                f"{len(leftovers)} file(s) of an unfinished build under {artifact} (no manifest): removing them"
+            )
             store.delete([o.key for o in leftovers])
         with timer.step("upload"):
             events.step("upload", f"{len(manifest['files']) + 1} files to {artifact} (manifest.json last)")

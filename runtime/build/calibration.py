@@ -47,7 +47,7 @@ CODE = (
     "SELECT customer_id, SUM(amount) AS total FROM orders WHERE created_at >= '2024-01-01' GROUP BY customer_id "
     "ORDER BY total DESC LIMIT 10;",
     'const server = http.createServer((req, res) => {\n  res.writeHead(200, {"Content-Type": "application/json"});\n'
-    '  res.end(JSON.stringify({ ok: true }));\n});\nserver.listen(8080);\n',
+    "  res.end(JSON.stringify({ ok: true }));\n});\nserver.listen(8080);\n",
     "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\nspec:\n  replicas: 2\n",
 )
 NUMBERS = (
@@ -57,12 +57,18 @@ NUMBERS = (
 )
 DIALOGUE = (
     ("What is the capital of Australia?", "The capital of Australia is Canberra, not Sydney as many people assume."),
-    ("Summarise the plot of Hamlet in two sentences.", "Prince Hamlet seeks revenge on his uncle for his father's "
-     "murder. His hesitation leads to the deaths of nearly everyone, himself included."),
+    (
+        "Summarise the plot of Hamlet in two sentences.",
+        "Prince Hamlet seeks revenge on his uncle for his father's "
+        "murder. His hesitation leads to the deaths of nearly everyone, himself included.",
+    ),
     ("Write a haiku about autumn.", "Maple leaves descend / a slow red conversation / with the cooling ground."),
     ("How do I reverse a list in Python?", "Use my_list.reverse() to reverse in place, or my_list[::-1] for a copy."),
-    ("Explain what a KV cache is.", "During generation the model stores the keys and values of earlier tokens so "
-     "that each new token attends to them without recomputing the whole prefix."),
+    (
+        "Explain what a KV cache is.",
+        "During generation the model stores the keys and values of earlier tokens so "
+        "that each new token attends to them without recomputing the whole prefix.",
+    ),
 )
 
 

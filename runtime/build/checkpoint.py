@@ -12,6 +12,7 @@ NVFP4 quantization needs CUDA, and the build never runs one). On a GPU machine t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import shutil
 import warnings
@@ -80,8 +81,7 @@ def _quiet() -> Iterator[io.StringIO]:
     with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
         warnings.simplefilter("ignore")
         try:
-            from transformers.utils import logging as hf_logging
-
+            hf_logging: Any = importlib.import_module("transformers.utils.logging")
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
         except ImportError:
@@ -105,7 +105,7 @@ def _load(source: Path, merge_adapter: Path | None) -> tuple[Any, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, merge_adapter).merge_and_unload()
-    model.eval()
+    model.train(False)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
 
@@ -144,10 +144,12 @@ def quantize(
     """Quantize with ModelOpt and export the unified HF checkpoint into target; returns what was done."""
     with _quiet() as chatter:
         try:
-            import modelopt
-            import modelopt.torch.quantization as mtq
-            from modelopt.torch.export import export_hf_checkpoint
-            from modelopt.torch.quantization.utils.core_utils import update_quant_cfg_with_kv_cache_quant
+            # ModelOpt ships no type information
+            modelopt: Any = importlib.import_module("modelopt")
+            mtq: Any = importlib.import_module("modelopt.torch.quantization")
+            export_hf_checkpoint = importlib.import_module("modelopt.torch.export").export_hf_checkpoint
+            core_utils: Any = importlib.import_module("modelopt.torch.quantization.utils.core_utils")
+            update_quant_cfg_with_kv_cache_quant = core_utils.update_quant_cfg_with_kv_cache_quant
         except ImportError as exc:
             raise ByocFailure(
                 "quantize",
@@ -155,7 +157,9 @@ def quantize(
                 "pip install 'byoc[runtime]' (nvidia-modelopt without its [hf] extra) and requests",
             ) from None
         try:
-            events.step("load", f"loading {source.name} in BF16" + (" and merging the adapter" if merge_adapter else ""))
+            events.step(
+                "load", f"loading {source.name} in BF16" + (" and merging the adapter" if merge_adapter else "")
+            )
             model, tokenizer = _load(source, merge_adapter)
             config = getattr(mtq, quantization)
             if kv_cache_dtype == "fp8":

@@ -135,11 +135,22 @@ def serve_options(deployment: Deployment) -> dict[str, Any]:
     return options
 
 
-def build_plan(deployment: Deployment, merged_adapter: str | None = None) -> BuildPlan:
-    """The build for a Deployment; `merged_adapter` (a URI) folds one LoRA adapter into the weights first."""
+# ModelOpt's hf_ptq example defaults: 512 calibration samples of 512 tokens.
+DEFAULT_CALIBRATION = Calibration("byoc-builtin", 512, 512)
+
+
+def build_plan(
+    deployment: Deployment, merged_adapter: str | None = None, calibration: Calibration | None = None
+) -> BuildPlan:
+    """The build for a Deployment.
+
+    `merged_adapter` (a URI) folds one LoRA adapter into the weights before quantizing; `calibration` replaces the
+    default calibration of quantized shapes. Both are part of the cache key, so a build that uses them lands at its
+    own prefix (not the one a deployment's serving pods read).
+    """
     shape = deployment.shape
     quantization = MODELOPT_CONFIGS.get(shape.precision)
-    calibration = Calibration("byoc-builtin", 512, 512) if quantization else None
+    calibration = (calibration or DEFAULT_CALIBRATION) if quantization else None
     options = serve_options(deployment)
     versions = tool_versions()
     key_inputs = {

@@ -29,9 +29,11 @@ class Events:
         self._last: dict[str, float] = {}
         self._open_line = False
         self.started = time.monotonic()
+        # held now: the quantizer's chatter is redirected away from stdout while it runs, our events are not
+        self.stdout = sys.stdout
 
     def _print_json(self, data: dict[str, Any]) -> None:
-        print(json.dumps(data, default=str), flush=True)
+        print(json.dumps(data, default=str), file=self.stdout, flush=True)
 
     def _end_line(self) -> None:
         if self._open_line:

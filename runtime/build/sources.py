@@ -97,7 +97,7 @@ def fetch(location: SourceLocation, work: Path, field: str, events: Events, labe
             raise ByocError(field, f"{location.uri} does not exist or is not a folder", "check the path")
         return path
     store = open_store(location.store_uri, field)
-    objects = store.list()
+    objects = store.list_objects()
     if not objects:
         raise ByocError(field, f"{location.uri} holds no files", "check the URI (it names a folder of the checkpoint)")
     total = sum(o.size for o in objects)

@@ -6,6 +6,8 @@ when a store of their scheme is opened, so reading a local directory never impor
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import os
 import shutil
@@ -40,7 +42,7 @@ class Store(Protocol):
     root: str
 
     def uri(self, key: str = "") -> str: ...
-    def list(self, prefix: str = "") -> list[StoredObject]: ...
+    def list_objects(self, prefix: str = "") -> list[StoredObject]: ...
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path, progress: Progress | None = None) -> None: ...
@@ -70,7 +72,7 @@ class FileStore:
     def uri(self, key: str = "") -> str:
         return f"file://{self.path / key}" if key else f"file://{self.path}"
 
-    def list(self, prefix: str = "") -> list[StoredObject]:
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
         base = self.path / prefix if prefix else self.path
         if not base.is_dir():
             return []
@@ -137,7 +139,9 @@ def _s3_error(exc: Exception, field: str, what: str) -> ByocError:
         code = str(response.get("Error", {}).get("Code", ""))
     name = type(exc).__name__
     if code in ("NoSuchBucket", "404") and "bucket" in what:
-        return ByocError(field, f"{what}: the bucket does not exist", "create it, or pass the artifact bucket byoc made")
+        return ByocError(
+            field, f"{what}: the bucket does not exist", "create it, or pass the artifact bucket byoc made"
+        )
     if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
         return ByocFailure(field, f"{what}: access denied ({code})", "check the IAM role or credentials in use")
     if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -164,7 +168,9 @@ class S3Store:
         self.kms_key = kms_key
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.client: Any = boto3.client("s3", endpoint_url=endpoint)
-        self.transfer: Any = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK)
+        self.transfer: Any = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
+        )
 
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
@@ -184,7 +190,7 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, self.field, what) from None
 
-    def list(self, prefix: str = "") -> list[StoredObject]:
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
         full = self._key(prefix)
         full = f"{full}/" if full else ""
         paginator = self.client.get_paginator("list_objects_v2")
@@ -248,12 +254,10 @@ class S3Store:
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
-            self._call(
-                f"deleting under {self.uri()}",
-                lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                ),
+            delete = functools.partial(
+                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
             )
+            self._call(f"deleting under {self.uri()}", delete)
 
     def check_writable(self) -> None:
         self._call(f"bucket {self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket))
@@ -298,7 +302,7 @@ class GcsStore:
                 raise ByocFailure(self.field, f"{what}: permission denied", "check the service account") from None
             raise ByocFailure(self.field, f"{what}: {type(exc).__name__}: {exc}", "check the bucket") from None
 
-    def list(self, prefix: str = "") -> list[StoredObject]:
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
         full = self._key(prefix)
         blobs = self._call(f"listing {self.uri(prefix)}", lambda: list(self.bucket.list_blobs(prefix=f"{full}/")))
         cut = len(self.prefix) + 1 if self.prefix else 0
@@ -324,10 +328,12 @@ class GcsStore:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            self._call(f"deleting {self.uri(key)}", lambda key=key: self.bucket.blob(self._key(key)).delete())
+            blob = self.bucket.blob(self._key(key))
+            with contextlib.suppress(ObjectMissing):  # never written (the upload that failed)
+                self._call(f"deleting {self.uri(key)}", blob.delete)
 
     def check_writable(self) -> None:
-        self._call(f"bucket {self.bucket_name}", lambda: self.bucket.reload())
+        self._call(f"bucket {self.bucket_name}", self.bucket.reload)
 
 
 def open_store(uri: str, field: str, kms_key: str | None = None) -> Store:
@@ -341,4 +347,6 @@ def open_store(uri: str, field: str, kms_key: str | None = None) -> Store:
         return S3Store(uri, field, kms_key)
     if scheme == "gs":
         return GcsStore(uri, field, kms_key)
-    raise ByocError(field, f"{uri!r} is not a store URI byoc can use", "use file:///path, s3://bucket/prefix or gs://...")
+    raise ByocError(
+        field, f"{uri!r} is not a store URI byoc can use", "use file:///path, s3://bucket/prefix or gs://..."
+    )

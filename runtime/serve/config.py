@@ -117,7 +117,7 @@ class GatewayConfig:
 
 def parse_address(value: str, flag: str) -> Address:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ByocError(flag, f"{value!r} is not HOST:PORT", "e.g. 0.0.0.0:8080")
     return Address(host.strip("[]"), int(port))
 

@@ -117,7 +117,9 @@ class Engine:
         lora = body.get("lora_request")
         if lora is not None:
             if not isinstance(lora, dict):
-                raise BadRequest("lora_request must be an object with lora_name, lora_int_id, lora_path", "lora_request")
+                raise BadRequest(
+                    "lora_request must be an object with lora_name, lora_int_id, lora_path", "lora_request"
+                )
             name, path = lora.get("lora_name"), lora.get("lora_path")
             if name in self.generator.addons:
                 return str(name)

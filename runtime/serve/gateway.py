@@ -14,6 +14,7 @@ parameter at fault, never its value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -306,11 +307,9 @@ class Gateway:
         self, request: web.Request, path: str, parsed: ParsedRequest, addon: Addon | None, outcome: Outcome
     ) -> web.StreamResponse:
         body = parsed.body
-        upstream_model = self.pool.upstream_model() or self.config.model
-        body["model"] = upstream_model
         if addon is not None:
             body["lora_request"] = addon.lora_request()
-        payload = json.dumps(body).encode()
+        payloads: dict[str, bytes] = {}
         failed: Upstream | None = None
         for attempt in range(2):
             upstream = self.pool.pick(exclude=failed)
@@ -320,6 +319,12 @@ class Gateway:
                 upstream = self.pool.pick(exclude=failed) or self.pool.pick()
                 if upstream is None:
                     break
+            # each replica is addressed by the model id it reports (trtllm-serve: its model path)
+            upstream_model = upstream.model_id or self.config.model
+            payload = payloads.get(upstream_model)
+            if payload is None:
+                body["model"] = upstream_model
+                payload = payloads[upstream_model] = json.dumps(body).encode()
             upstream.outstanding += 1
             try:
                 response = await self.session.post(upstream.url + path, data=payload, headers=JSON_HEADERS)
@@ -341,7 +346,10 @@ class Gateway:
                     return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
                 return await self._relay(response, parsed, outcome)
             finally:
-                response.release()
+                if outcome.code == "200":
+                    response.release()
+                else:
+                    response.close()  # an unfinished answer: drop the connection, which also stops the engine
                 upstream.outstanding -= 1
         outcome.reason = "upstream_unavailable"
         raise ApiError(
@@ -392,28 +400,31 @@ class Gateway:
         await out.prepare(request)
         finished = False
         try:
-            async for event in _sse_events(response.content):
-                now = time.perf_counter()
-                if outcome.first_token is None:
-                    outcome.first_token = now
-                if event.startswith(DONE):
-                    finished = True
-                    await out.write(event)
-                    break
-                outcome.last_token = now
-                if b'"usage"' in event:
-                    forwarded = self._take_usage(event, parsed, outcome)
-                    if forwarded is None:
-                        continue
-                    event = forwarded
-                for old, new in renames:
-                    event = event.replace(old, new)
-                await out.write(event)
+            async with contextlib.aclosing(_sse_events(response.content)) as events:
+                async for event in events:
+                    now = time.perf_counter()
+                    if outcome.first_token is None:
+                        outcome.first_token = now
+                    if event.startswith(DONE):
+                        finished = True
+                    else:
+                        outcome.last_token = now
+                        if b'"usage"' in event:
+                            forwarded = self._take_usage(event, parsed, outcome)
+                            if forwarded is None:
+                                continue
+                            event = forwarded
+                        for old, new in renames:
+                            event = event.replace(old, new)
+                    try:
+                        await out.write(event)
+                    except ConnectionResetError:  # the client left: closing our side stops the engine too
+                        outcome.code, outcome.reason = "499", "client_disconnected"
+                        return out
+                    if finished:
+                        break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
-        except ConnectionResetError:
-            outcome.code, outcome.reason = "499", "client_disconnected"
-            return out
+            pass  # the upstream broke off: handled below, as a stream that never finished
         if not finished:
             self.metrics.upstream_errors.labels(reason="stream_cut").inc()
             self.pool.failed(upstream)

@@ -102,7 +102,10 @@ class EngineMetrics:
         names = list(labels)
         r = self.registry
         self.success = Counter(
-            "trtllm_request_success", "Count of successfully processed requests.", [*names, "finished_reason"], registry=r
+            "trtllm_request_success",
+            "Count of successfully processed requests.",
+            [*names, "finished_reason"],
+            registry=r,
         )
         self.e2e = Histogram(
             "trtllm_e2e_request_latency_seconds",

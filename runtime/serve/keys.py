@@ -70,11 +70,15 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
         unknown = set(entry) - {"name", "sha256", "rpm", "max_concurrency"}
         if unknown:
             raise ByocError(
-                "--api-keys", f"{where} has unknown field {sorted(unknown)[0]!r}", "fields: name, sha256, rpm, max_concurrency"
+                "--api-keys",
+                f"{where} has unknown field {sorted(unknown)[0]!r}",
+                "fields: name, sha256, rpm, max_concurrency",
             )
         name, hexdigest = entry.get("name"), str(entry.get("sha256", "")).lower()
         if not isinstance(name, str) or not name.strip():
-            raise ByocError("--api-keys", f"{where} has no name", "give every key a name (it appears in the access log)")
+            raise ByocError(
+                "--api-keys", f"{where} has no name", "give every key a name (it appears in the access log)"
+            )
         if not HEX64.match(hexdigest):
             raise ByocError(
                 "--api-keys",
@@ -101,7 +105,9 @@ def load_keys(path: Path) -> list[ApiKey]:
         lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
         keys = [ApiKey(f"key-{n}", digest(line)) for n, line in lines if line and not line.startswith("#")]
     if not keys:
-        raise ByocError("--api-keys", f"{path} holds no keys", "add one key per line, or YAML from `byoc serve hash-key`")
+        raise ByocError(
+            "--api-keys", f"{path} holds no keys", "add one key per line, or YAML from `byoc serve hash-key`"
+        )
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ByocError("--api-keys", f"{path}: two keys share a name", "key names must be unique")

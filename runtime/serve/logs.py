@@ -18,7 +18,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 class _NoExceptionText(logging.Formatter):
     """Replaces a traceback by its exception type and innermost frame: exception messages can quote user data."""
 
-    def formatException(self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]) -> str:  # noqa: N802
+    def formatException(
+        self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+    ) -> str:  # noqa: N802
         kind, _, tb = ei
         if kind is None:
             return ""

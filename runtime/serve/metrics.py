@@ -88,7 +88,9 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "byoc_gateway_rate_limited", "Requests answered 429, by reason.", ["reason"], registry=r
         )
-        self.upstreams_ready = Gauge("byoc_gateway_upstreams_ready", "Upstream replicas passing health checks.", registry=r)
+        self.upstreams_ready = Gauge(
+            "byoc_gateway_upstreams_ready", "Upstream replicas passing health checks.", registry=r
+        )
         self.slo = Gauge("byoc_slo_ttft_p95_seconds", "The deployment's time-to-first-token p95 objective.", registry=r)
         self.slo.set(ttft_slo)
         self._series: dict[tuple[str, str], ModelSeries] = {}

@@ -143,7 +143,9 @@ def _prompt(value: Any) -> None:
     if isinstance(value, list) and value:
         if all(_is_int(t) for t in value):
             return
-        if len(value) == 1 and (isinstance(value[0], str) or (isinstance(value[0], list) and all(_is_int(t) for t in value[0]))):
+        if len(value) == 1 and (
+            isinstance(value[0], str) or (isinstance(value[0], list) and all(_is_int(t) for t in value[0]))
+        ):
             return
         if len(value) > 1 and all(isinstance(p, str | list) for p in value):
             raise bad("prompt", "one prompt per request (send several requests instead)")
@@ -165,7 +167,9 @@ def _tools(body: dict[str, Any]) -> None:
     if choice is not None and choice not in ("none", "auto", "required"):
         function = choice.get("function") if isinstance(choice, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise bad("tool_choice", 'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+            raise bad(
+                "tool_choice", 'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}'
+            )
 
 
 def _response_format(value: Any) -> None:
@@ -184,7 +188,9 @@ COMMON = frozenset(
         "logprobs", "top_logprobs", "ignore_eos", "min_tokens", "min_p",
     }
 )  # fmt: skip
-CHAT_ONLY = frozenset({"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort"})
+CHAT_ONLY = frozenset(
+    {"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort"}
+)
 COMPLETIONS_ONLY = frozenset({"prompt", "echo", "suffix", "best_of", "response_format"})
 
 
@@ -299,6 +305,8 @@ def upstream_error(status: int, raw: bytes, body: dict[str, Any]) -> ApiError:
         code = detail.get("code") if isinstance(detail.get("code"), str) else None
     safe = scrub(message, body) if message else None
     if safe is None:
-        safe = f"the engine rejected the request (HTTP {status}); its message was withheld because it quoted the request"
+        safe = (
+            f"the engine rejected the request (HTTP {status}); its message was withheld because it quoted the request"
+        )
     kind = "invalid_request_error" if status < 500 else "server_error"
     return ApiError(status, safe, param=param, kind=kind, code=code)

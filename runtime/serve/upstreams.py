@@ -90,12 +90,6 @@ class UpstreamPool:
             found.update(upstream.addons)
         return found
 
-    def upstream_model(self) -> str | None:
-        for upstream in self.ready:
-            if upstream.model_id:
-                return upstream.model_id
-        return None
-
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=1)

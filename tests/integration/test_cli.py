@@ -167,7 +167,7 @@ def test_a_failed_plan_keeps_the_previous_plan(tmp_path: Path) -> None:
     result = byoc("plan", "-f", "examples/byoc.yaml", "--shape", "h100x1-fp4", "--out", str(tmp_path))
     assert result.returncode == 2
     assert {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["helm-releases.yaml", "manifests", "plan.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compliance", "helm-releases.yaml", "manifests", "plan.json"]
 
 
 def test_unwritable_out_is_an_input_error(tmp_path: Path) -> None:
