@@ -87,7 +87,26 @@ def report(
         raise typer.Exit(1)
 
 
+def checks(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Coverage tables as Markdown.")] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """List every check and every control with the checks that evidence it."""
+    from compliance.coverage import coverage_markdown, coverage_rows
+
+    if markdown:
+        print(coverage_markdown(), end="")
+        return
+    rows = coverage_rows()
+    if output is Output.json:
+        print_json(rows)
+        return
+    for check in rows["checks"]:
+        print(f"{check['id']:<58} {check['cloud']:<10} {' '.join(check['controls'])}")
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Compliance evidence: HIPAA, SOC 2 and ISO 27001 controls checked on the deployment.")
     group.command("report")(report)
+    group.command("checks")(checks)
     app.add_typer(group, name="compliance")

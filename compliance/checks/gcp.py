@@ -252,3 +252,41 @@ def gcp_logging_sink(resource: Resource, graph: Graph) -> Verdict:
 def gcp_flow_logs(resource: Resource, graph: Graph) -> Verdict:
     config = resource.get("logConfig")
     return verdict(bool(config), "logConfig", config)
+
+
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+IAM_BINDING = "gcp:projects/iAMBinding:IAMBinding"
+PROVIDER = "pulumi:providers:gcp"
+PRIMITIVE_ROLES = {"roles/owner", "roles/editor"}
+
+
+@check(
+    id="gcp_iam_no_primitive_roles",
+    title="No project grant of the primitive Owner or Editor roles",
+    severity="critical",
+    resource_types=[IAM_MEMBER, IAM_BINDING],
+    controls=("hipaa:164.308(a)(4)(ii)(B)", "hipaa:164.312(a)(1)", "soc2:CC6.3", "iso27001:A.5.15"),
+    remediation="Grant predefined or custom roles that name what the identity needs.",
+    risk="Owner and Editor reach every resource in the project.",
+    cloud="gcp",
+)
+def gcp_iam_no_primitive_roles(resource: Resource, graph: Graph) -> Verdict:
+    role = resource.get("role")
+    return verdict(role not in PRIMITIVE_ROLES, "role", role)
+
+
+@check(
+    id="gcp_data_residency_region",
+    title="Every regional resource is in the chosen region",
+    severity="high",
+    resource_types=[PROVIDER, BUCKET, CLUSTER],
+    controls=("soc2:C1.1", "iso27001:A.5.34", "iso27001:A.8.12"),
+    remediation="Keep the provider's region and every resource's location inside the spec's region or mega-region.",
+    risk="Data stored outside the agreed jurisdiction breaks residency commitments.",
+    cloud="gcp",
+)
+def gcp_data_residency_region(resource: Resource, graph: Graph) -> Verdict:
+    location = str(resource.get("region") or resource.get("location") or graph.region).lower()
+    return verdict(
+        location in graph.allowed_regions, "region/location", {"location": location, "allowed": graph.requested_region}
+    )

@@ -689,6 +689,14 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
         ],
         [r("gcp:logging/projectSink:ProjectSink", {"destination": "storage.googleapis.com/b", "filter": ""})],
     ),
+    "gcp_iam_no_primitive_roles": (
+        [r("gcp:projects/iAMMember:IAMMember", {"role": "roles/storage.objectViewer"})],
+        [r("gcp:projects/iAMMember:IAMMember", {"role": "roles/editor"})],
+    ),
+    "gcp_data_residency_region": (
+        [r("gcp:storage/bucket:Bucket", {"location": "EUROPE-WEST4"})],
+        [r("gcp:storage/bucket:Bucket", {"location": "US-CENTRAL1"})],
+    ),
     "gcp_subnetwork_flow_logs": (
         [r("gcp:compute/subnetwork:Subnetwork", {"logConfig": {"aggregationInterval": "INTERVAL_5_SEC"}})],
         [r("gcp:compute/subnetwork:Subnetwork", {})],
@@ -735,3 +743,14 @@ def test_a_check_that_breaks_on_odd_input_reports_error_not_crash() -> None:
     graph = Graph([odd], "t", "eu-west-2", "EUROPE", ("eu-west-2",), "plan")
     found = [f for f in evaluate(graph) if f.check.id == "eks_network_policy_enforced"]
     assert found[0].status == Status.ERROR
+
+
+def test_docs_coverage_tables_are_generated_from_the_checks() -> None:
+    from pathlib import Path
+
+    from compliance.coverage import coverage_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "compliance-coverage.md"
+    assert docs.read_text() == coverage_markdown(), (
+        "run: byoc compliance checks --markdown > docs/compliance-coverage.md"
+    )
