@@ -13,10 +13,8 @@ import typer
 
 
 def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
-    import asyncio
-
     from byoc.commands.common import Output, reporting
-    from runtime.serve import logs
+    from runtime.serve import logs, loop
     from runtime.serve.config import build_config, parse_addon, parse_address, parse_upstream
     from runtime.serve.gateway import serve
     from runtime.serve.keys import load_keys
@@ -30,7 +28,165 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
     logs.configure()
-    asyncio.run(serve(config, keys))
+    loop.run(serve(config, keys))
+
+
+def gateway(
+    listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT for the API [127.0.0.1:8080].")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option("--metrics-listen", help="HOST:PORT serving /metrics too (for Prometheus).")
+    ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            help="http://HOST:PORT of an engine (repeatable); dns+http://NAME:PORT = every address NAME "
+            "resolves to (a headless Service).",
+        ),
+    ] = None,
+    api_keys: Annotated[
+        Path | None, typer.Option("--api-keys", help="Keys file: one key per line, or YAML from hash-key.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="The base model id clients send.")] = None,
+    addon: Annotated[
+        list[str] | None, typer.Option("--addon", help="NAME=SOURCE: a LoRA addon clients select by NAME.")
+    ] = None,
+    max_context: Annotated[int | None, typer.Option("--max-context", help="Context window in tokens.")] = None,
+    ttft_slo: Annotated[float | None, typer.Option("--ttft-slo", help="TTFT p95 objective (seconds).")] = None,
+    rate_limit_rpm: Annotated[
+        int | None, typer.Option("--rate-limit-rpm", help="Requests/minute per key (0 = unlimited).")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", help="Requests forwarded at once, whole gateway [256].")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option("--max-queue", help="Requests waiting for a slot; more get 429 [512].")
+    ] = None,
+    queue_timeout: Annotated[
+        float | None, typer.Option("--queue-timeout", help="Longest wait for a slot (seconds) [30].")
+    ] = None,
+    wake_timeout: Annotated[
+        float | None,
+        typer.Option("--wake-timeout", help="How long to hold requests while no engine is ready [300]."),
+    ] = None,
+    health_interval: Annotated[
+        float | None, typer.Option("--health-interval", help="Seconds between upstream health checks [5].")
+    ] = None,
+    upstream_timeout: Annotated[
+        float | None, typer.Option("--upstream-timeout", help="Longest silence from an engine (seconds) [600].")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of these settings (flags win).")] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Run without API keys (development only).")
+    ] = False,
+) -> None:
+    """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
+    flags: dict[str, object] = {
+        "listen": listen,
+        "metrics_listen": metrics_listen,
+        "upstream": upstream,
+        "api_keys": api_keys,
+        "model": model,
+        "addon": addon,
+        "max_context": max_context,
+        "ttft_slo": ttft_slo,
+        "rate_limit_rpm": rate_limit_rpm,
+        "max_concurrency": max_concurrency,
+        "max_queue": max_queue,
+        "queue_timeout": queue_timeout,
+        "wake_timeout": wake_timeout,
+        "health_interval": health_interval,
+        "upstream_timeout": upstream_timeout,
+        "insecure_no_auth": insecure_no_auth,
+    }
+    _run_gateway(config, flags)
+
+
+def engine(
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="A Hugging Face model folder.")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT.")] = "127.0.0.1:8000",
+    addon: Annotated[list[str] | None, typer.Option("--addon", help="NAME=DIR of a PEFT LoRA adapter.")] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="The id /v1/models shows [the --model-dir path].")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="Sequences at once.")] = 8,
+    max_context: Annotated[
+        int | None, typer.Option("--max-context", min=2, help="Context window [the model's].")
+    ] = None,
+    kv_cache_tokens: Annotated[
+        int, typer.Option("--kv-cache-tokens", min=32, help="KV cache budget in tokens (for the stats).")
+    ] = 65536,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+) -> None:
+    """A CPU engine speaking trtllm-serve's API with a real model (for development and tests)."""
+    import asyncio
+
+    from byoc.commands.common import Output, reporting
+    from byoc.errors import ByocError
+    from runtime.serve import logs
+    from runtime.serve.config import parse_address, parse_engine_addon
+
+    with reporting(Output.text):
+        address = parse_address(listen, "--listen")
+        if not (model_dir / "config.json").is_file():
+            raise ByocError("--model-dir", f"{model_dir} holds no config.json", "give a Hugging Face model folder")
+        addons = dict(parse_engine_addon(a) for a in addon or [])
+    logs.configure()
+    from runtime.serve.engine import serve as serve_engine
+    from runtime.serve.generation import Generator, cpu_threads_default
+
+    name = model_name or str(model_dir)
+    generator = Generator(model_dir, addons, name, max_batch_size, kv_cache_tokens, threads or cpu_threads_default())
+    if max_context is not None:
+        generator.max_context = min(max_context, generator.max_context)
+    asyncio.run(serve_engine(generator, name, address))
+
+
+def engine_stats(
+    engine_url: Annotated[str, typer.Option("--engine", help="trtllm-serve's base URL.")] = "http://127.0.0.1:8000",
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT serving /metrics.")] = "0.0.0.0:9091",
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls.")] = 2.0,
+) -> None:
+    """Re-export trtllm-serve's JSON iteration stats (KV cache use, queue) as Prometheus gauges."""
+    import asyncio
+
+    from byoc.commands.common import Output, reporting
+    from byoc.errors import ByocError
+    from runtime.serve import logs
+    from runtime.serve.config import parse_address
+    from runtime.serve.engine_stats import serve as serve_stats
+
+    with reporting(Output.text):
+        address = parse_address(listen, "--listen")
+        if not engine_url.startswith(("http://", "https://")):
+            raise ByocError("--engine", f"{engine_url!r} is not an http URL", "e.g. http://127.0.0.1:8000")
+    logs.configure()
+    asyncio.run(serve_stats(engine_url, address, interval))
+
+
+def hash_key(
+    name: Annotated[str, typer.Option("--name", help="The key's name (it appears in the access log).")],
+    rpm: Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute for this key.")] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", min=0, help="Requests in progress at once for this key.")
+    ] = None,
+) -> None:
+    """Read an API key on stdin and print its keys.yaml entry (only the SHA-256 of the key)."""
+    import sys
+
+    from byoc.commands.common import Output, reporting
+    from byoc.errors import ByocError
+    from runtime.serve.keys import hash_key_entry
+
+    with reporting(Output.text):
+        key = typer.prompt("API key", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+        if not key.strip():
+            raise ByocError("stdin", "no key was given", "pipe the key in: `byoc serve hash-key --name ci < key.txt`")
+        if len(key) < 16:
+            raise ByocError(
+                "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
+            )
+    print(hash_key_entry(name, key.strip(), rpm, max_concurrency), end="")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,170 +194,7 @@ def register(app: typer.Typer) -> None:
         help="Run the serving runtime: the OpenAI-compatible gateway, the CPU reference engine.", no_args_is_help=True
     )
     app.add_typer(serve, name="serve")
-
-    @serve.command("gateway")
-    def gateway(
-        listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT for the API [127.0.0.1:8080].")] = None,
-        metrics_listen: Annotated[
-            str | None, typer.Option("--metrics-listen", help="HOST:PORT serving /metrics too (for Prometheus).")
-        ] = None,
-        upstream: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--upstream",
-                help="http://HOST:PORT of an engine (repeatable); dns+http://NAME:PORT = every address NAME "
-                "resolves to (a headless Service).",
-            ),
-        ] = None,
-        api_keys: Annotated[
-            Path | None, typer.Option("--api-keys", help="Keys file: one key per line, or YAML from hash-key.")
-        ] = None,
-        model: Annotated[str | None, typer.Option("--model", help="The base model id clients send.")] = None,
-        addon: Annotated[
-            list[str] | None, typer.Option("--addon", help="NAME=SOURCE: a LoRA addon clients select by NAME.")
-        ] = None,
-        max_context: Annotated[int | None, typer.Option("--max-context", help="Context window in tokens.")] = None,
-        ttft_slo: Annotated[float | None, typer.Option("--ttft-slo", help="TTFT p95 objective (seconds).")] = None,
-        rate_limit_rpm: Annotated[
-            int | None, typer.Option("--rate-limit-rpm", help="Requests/minute per key (0 = unlimited).")
-        ] = None,
-        max_concurrency: Annotated[
-            int | None, typer.Option("--max-concurrency", help="Requests forwarded at once, whole gateway [256].")
-        ] = None,
-        max_queue: Annotated[
-            int | None, typer.Option("--max-queue", help="Requests waiting for a slot; more get 429 [512].")
-        ] = None,
-        queue_timeout: Annotated[
-            float | None, typer.Option("--queue-timeout", help="Longest wait for a slot (seconds) [30].")
-        ] = None,
-        wake_timeout: Annotated[
-            float | None,
-            typer.Option("--wake-timeout", help="How long to hold requests while no engine is ready [300]."),
-        ] = None,
-        health_interval: Annotated[
-            float | None, typer.Option("--health-interval", help="Seconds between upstream health checks [5].")
-        ] = None,
-        upstream_timeout: Annotated[
-            float | None, typer.Option("--upstream-timeout", help="Longest silence from an engine (seconds) [600].")
-        ] = None,
-        config: Annotated[
-            Path | None, typer.Option("--config", help="YAML file of these settings (flags win).")
-        ] = None,
-        insecure_no_auth: Annotated[
-            bool, typer.Option("--insecure-no-auth", help="Run without API keys (development only).")
-        ] = False,
-    ) -> None:
-        """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
-        flags: dict[str, object] = {
-            "listen": listen,
-            "metrics_listen": metrics_listen,
-            "upstream": upstream,
-            "api_keys": api_keys,
-            "model": model,
-            "addon": addon,
-            "max_context": max_context,
-            "ttft_slo": ttft_slo,
-            "rate_limit_rpm": rate_limit_rpm,
-            "max_concurrency": max_concurrency,
-            "max_queue": max_queue,
-            "queue_timeout": queue_timeout,
-            "wake_timeout": wake_timeout,
-            "health_interval": health_interval,
-            "upstream_timeout": upstream_timeout,
-            "insecure_no_auth": insecure_no_auth,
-        }
-        _run_gateway(config, flags)
-
-    @serve.command("engine")
-    def engine(
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="A Hugging Face model folder.")],
-        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT.")] = "127.0.0.1:8000",
-        addon: Annotated[list[str] | None, typer.Option("--addon", help="NAME=DIR of a PEFT LoRA adapter.")] = None,
-        model_name: Annotated[
-            str | None, typer.Option("--model-name", help="The id /v1/models shows [the --model-dir path].")
-        ] = None,
-        max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="Sequences at once.")] = 8,
-        max_context: Annotated[
-            int | None, typer.Option("--max-context", min=2, help="Context window [the model's].")
-        ] = None,
-        kv_cache_tokens: Annotated[
-            int, typer.Option("--kv-cache-tokens", min=32, help="KV cache budget in tokens (for the stats).")
-        ] = 65536,
-        threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
-    ) -> None:
-        """A CPU engine speaking trtllm-serve's API with a real model (for development and tests)."""
-        import asyncio
-
-        from byoc.commands.common import Output, reporting
-        from byoc.errors import ByocError
-        from runtime.serve import logs
-        from runtime.serve.config import parse_address, parse_engine_addon
-
-        with reporting(Output.text):
-            address = parse_address(listen, "--listen")
-            if not (model_dir / "config.json").is_file():
-                raise ByocError("--model-dir", f"{model_dir} holds no config.json", "give a Hugging Face model folder")
-            addons = dict(parse_engine_addon(a) for a in addon or [])
-        logs.configure()
-        from runtime.serve.engine import serve as serve_engine
-        from runtime.serve.generation import Generator, cpu_threads_default
-
-        name = model_name or str(model_dir)
-        generator = Generator(
-            model_dir, addons, name, max_batch_size, kv_cache_tokens, threads or cpu_threads_default()
-        )
-        if max_context is not None:
-            generator.max_context = min(max_context, generator.max_context)
-        asyncio.run(serve_engine(generator, name, address))
-
-    @serve.command("engine-stats")
-    def engine_stats(
-        engine_url: Annotated[str, typer.Option("--engine", help="trtllm-serve's base URL.")] = "http://127.0.0.1:8000",
-        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT serving /metrics.")] = "0.0.0.0:9091",
-        interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls.")] = 2.0,
-    ) -> None:
-        """Re-export trtllm-serve's JSON iteration stats (KV cache use, queue) as Prometheus gauges."""
-        import asyncio
-
-        from byoc.commands.common import Output, reporting
-        from byoc.errors import ByocError
-        from runtime.serve import logs
-        from runtime.serve.config import parse_address
-        from runtime.serve.engine_stats import serve as serve_stats
-
-        with reporting(Output.text):
-            address = parse_address(listen, "--listen")
-            if not engine_url.startswith(("http://", "https://")):
-                raise ByocError("--engine", f"{engine_url!r} is not an http URL", "e.g. http://127.0.0.1:8000")
-        logs.configure()
-        asyncio.run(serve_stats(engine_url, address, interval))
-
-    @serve.command("hash-key")
-    def hash_key(
-        name: Annotated[str, typer.Option("--name", help="The key's name (it appears in the access log).")],
-        rpm: Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute for this key.")] = None,
-        max_concurrency: Annotated[
-            int | None, typer.Option("--max-concurrency", min=0, help="Requests in progress at once for this key.")
-        ] = None,
-    ) -> None:
-        """Read an API key on stdin and print its keys.yaml entry (only the SHA-256 of the key)."""
-        import sys
-
-        from byoc.commands.common import Output, reporting
-        from byoc.errors import ByocError
-        from runtime.serve.keys import hash_key_entry
-
-        with reporting(Output.text):
-            if sys.stdin.isatty():
-                key = typer.prompt("API key", hide_input=True)
-            else:
-                key = sys.stdin.readline().rstrip("\r\n")
-            if not key.strip():
-                raise ByocError(
-                    "stdin", "no key was given", "pipe the key in: `byoc serve hash-key --name ci < key.txt`"
-                )
-            if len(key) < 16:
-                raise ByocError(
-                    "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
-                )
-        print(hash_key_entry(name, key.strip(), rpm, max_concurrency), end="")
+    serve.command("gateway")(gateway)
+    serve.command("engine")(engine)
+    serve.command("engine-stats")(engine_stats)
+    serve.command("hash-key")(hash_key)

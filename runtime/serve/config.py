@@ -148,7 +148,7 @@ def parse_addon(value: str) -> Addon:
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """A value from the config file, checked against the type of the setting's default."""
     flag = f"--config: {name}"
-    if name == "listen" or name == "metrics_listen":
+    if name in {"listen", "metrics_listen"}:
         return parse_address(str(value), flag)
     if name == "upstreams":
         items = value if isinstance(value, list) else [value]
@@ -207,7 +207,7 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> GatewayConf
     config = GatewayConfig()
     if config_file is not None:
         config = replace(config, **load_config_file(config_file))
-    given = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
+    given = {k: v for k, v in flags.items() if v is not None and v not in ((), [])}
     if given.get("insecure_no_auth") is False:
         given.pop("insecure_no_auth")
     return replace(config, **given).validate()

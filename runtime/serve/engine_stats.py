@@ -11,6 +11,7 @@ blocks. When the engine cannot be reached the gauges become NaN (no alert fires 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -100,10 +101,8 @@ class StatsExporter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._session is not None:
             await self._session.close()
 

@@ -14,12 +14,10 @@ parameter at fault, never its value.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +28,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.limits import Admission, KeyConcurrency, RequestsPerMinute, retry_after
-from runtime.serve.logs import exception_summary
+from runtime.serve.logs import AccessLog, exception_summary
+from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway")
-access_log = logging.getLogger("byoc.gateway.access")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -44,6 +42,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 UPSTREAM_CONNECT_SECONDS = 5.0
 NO_REPLICA_RETRY_AFTER = "10"
 DONE = b"data: [DONE]"
+_DECODER = json.JSONDecoder()
 # What an interrupted stream ends with: OpenAI's clients raise an APIError on an event that carries "error".
 STREAM_CUT = (
     b'data: {"error": {"message": "the model replica stopped in the middle of the answer; retry the request", '
@@ -79,6 +78,7 @@ class Gateway:
         self.pending = 0
         self.in_flight = 0
         self.draining = False
+        self.access_log = AccessLog()
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
         # Gauges read at scrape time: no per-request cost.
@@ -213,19 +213,11 @@ class Gateway:
                 series.output_tokens.inc(outcome.output_tokens)
             if outcome.stream and outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
-        access_log.info(
-            "key=%s model=%s addon=%s stream=%d status=%s prompt_tokens=%d output_tokens=%d ttft_ms=%.1f "
-            "latency_ms=%.1f%s",
-            outcome.key,
-            self.config.model,
-            outcome.addon,
-            outcome.stream,
-            outcome.code,
-            outcome.prompt_tokens,
-            outcome.output_tokens,
-            ttft_ms,
-            (ended - started) * 1000,
-            f" reason={outcome.reason}" if outcome.reason else "",
+        reason = f" reason={outcome.reason}" if outcome.reason else ""
+        self.access_log.write(
+            f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
+            f"status={outcome.code} prompt_tokens={outcome.prompt_tokens} output_tokens={outcome.output_tokens} "
+            f"ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
         )
 
     def _resolve_model(self, name: str) -> Addon | None:
@@ -344,7 +336,7 @@ class Gateway:
             try:
                 if parsed.stream:
                     return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
-                return await self._relay(response, parsed, outcome)
+                return await self._relay(response, parsed, upstream_model, outcome)
             finally:
                 if outcome.code == "200":
                     response.release()
@@ -367,18 +359,17 @@ class Gateway:
         self.metrics.upstream_errors.labels(reason="status_5xx").inc()
         return ApiError(502, f"the model replica failed (HTTP {response.status}): retry shortly", kind="server_error")
 
-    async def _relay(self, response: aiohttp.ClientResponse, parsed: ParsedRequest, outcome: Outcome) -> web.Response:
+    async def _relay(
+        self, response: aiohttp.ClientResponse, parsed: ParsedRequest, upstream_model: str, outcome: Outcome
+    ) -> web.Response:
         if response.status != 200:
             raise await self._upstream_failure(response, parsed)
-        data = json.loads(await response.read())
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            outcome.output_tokens = int(usage.get("completion_tokens") or 0)
-        data["model"] = parsed.model
+        raw = await response.read()
+        outcome.prompt_tokens, outcome.output_tokens = _usage(raw)
+        body = _rename_model(raw, upstream_model, parsed.model)
         outcome.first_token = time.perf_counter()  # a non-streamed answer's first token arrives with all the others
         outcome.code = "200"
-        return web.Response(body=json.dumps(data).encode(), headers=JSON_HEADERS)
+        return web.Response(body=body, headers=JSON_HEADERS)
 
     async def _relay_stream(
         self,
@@ -391,39 +382,42 @@ class Gateway:
     ) -> web.StreamResponse:
         if response.status != 200:
             raise await self._upstream_failure(response, parsed)
-        # chunks name the upstream's model id; clients expect the id they asked for
-        renames = [
-            (json.dumps({"model": upstream_model})[1:-1].encode(), json.dumps({"model": parsed.model})[1:-1].encode()),
-            (f'"model":{json.dumps(upstream_model)}'.encode(), f'"model":{json.dumps(parsed.model)}'.encode()),
-        ]
         out = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await out.prepare(request)
         finished = False
+        pending = b""
         try:
-            async with contextlib.aclosing(_sse_events(response.content)) as events:
-                async for event in events:
-                    now = time.perf_counter()
-                    if outcome.first_token is None:
-                        outcome.first_token = now
+            # events that arrive together leave together: one write (one send) per read, not per event
+            async for data in response.content.iter_any():
+                now = time.perf_counter()
+                if outcome.first_token is None:
+                    outcome.first_token = now
+                pending += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+                *events, pending = pending.split(b"\n\n")
+                batch: list[bytes] = []
+                for event in events:
+                    if not event:
+                        continue
                     if event.startswith(DONE):
                         finished = True
-                    else:
-                        outcome.last_token = now
-                        if b'"usage"' in event:
-                            forwarded = self._take_usage(event, parsed, outcome)
-                            if forwarded is None:
-                                continue
-                            event = forwarded
-                        for old, new in renames:
-                            event = event.replace(old, new)
+                        batch.append(event + b"\n\n")
+                        break
+                    outcome.last_token = now
+                    if b'"usage"' in event:
+                        kept = self._take_usage(event, parsed, outcome)
+                        if kept is None:
+                            continue
+                        event = kept  # noqa: PLW2901 (the usage chunk, trimmed to what the client asked for)
+                    batch.append(_rename_model(event, upstream_model, parsed.model) + b"\n\n")
+                if batch:
                     try:
-                        await out.write(event)
+                        await out.write(b"".join(batch))
                     except ConnectionResetError:  # the client left: closing our side stops the engine too
                         outcome.code, outcome.reason = "499", "client_disconnected"
                         return out
-                    if finished:
-                        break
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError, asyncio.IncompleteReadError):
+                if finished:
+                    break
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
             pass  # the upstream broke off: handled below, as a stream that never finished
         if not finished:
             self.metrics.upstream_errors.labels(reason="stream_cut").inc()
@@ -459,22 +453,33 @@ class Gateway:
         if not chunk.get("choices"):
             return None
         chunk.pop("usage")
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        return b"data: " + json.dumps(chunk).encode()
 
 
-async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Whole server-sent events (their lines and the blank line after them), as they arrive."""
-    lines: list[bytes] = []
-    async for line in content:
-        if line == b"\n" or line == b"\r\n":
-            if lines:
-                lines.append(b"\n")
-                yield b"".join(lines)
-                lines = []
-        else:
-            lines.append(line)
-    if lines:
-        raise asyncio.IncompleteReadError(b"".join(lines), None)
+def _usage(raw: bytes) -> tuple[int, int]:
+    """(prompt, completion) tokens from an answer's `usage`, without decoding the whole answer."""
+    at = raw.rfind(b'"usage"')
+    start = raw.find(b"{", at) if at != -1 else -1
+    if start == -1:
+        return 0, 0
+    try:
+        usage, _ = _DECODER.raw_decode(raw[start:].decode())
+    except ValueError:
+        return 0, 0
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def _rename_model(raw: bytes, upstream: str, public: str) -> bytes:
+    """Answers name the upstream's model id (trtllm-serve: its model path); clients expect the id they sent."""
+    if upstream == public:
+        return raw
+    for sep in (b": ", b":"):
+        old = b'"model"' + sep + json.dumps(upstream).encode()
+        if old in raw:
+            return raw.replace(old, b'"model"' + sep + json.dumps(public).encode(), 1)
+    return raw
 
 
 def _unauthorized() -> ApiError:
@@ -510,13 +515,14 @@ async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds:
         await web.TCPSite(runner, address.host, address.port, backlog=1024).start()
     auth = f"{len(gateway.keys)} API keys" if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
     log.info(
-        "gateway listening on %s (metrics %s), model %s, %d declared addons, upstreams %s, %s",
+        "gateway listening on %s (metrics %s), model %s, %d declared addons, upstreams %s, %s, %s loop",
         config.listen,
         config.metrics_listen or config.listen,
         config.model,
         len(config.addons),
         ", ".join(str(u) for u in config.upstreams),
         auth,
+        loop_name(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ a queued request that does not get a slot within the queue timeout answers 429 t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -88,10 +89,8 @@ class Admission:
             self.release()  # we were handed a slot but will not use it: pass it on
             return
         waiter.cancel()
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def release(self) -> None:
         while self._waiters:

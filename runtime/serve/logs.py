@@ -7,8 +7,10 @@ replaced by a one-line summary that names the exception type and where it happen
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 import traceback
 from types import TracebackType
 
@@ -20,7 +22,7 @@ class _NoExceptionText(logging.Formatter):
 
     def formatException(
         self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
-    ) -> str:  # noqa: N802
+    ) -> str:
         kind, _, tb = ei
         if kind is None:
             return ""
@@ -59,3 +61,39 @@ def configure(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # aiohttp's access logger would log every path and client address a second time; we write our own access line.
     logging.getLogger("aiohttp.access").disabled = True
+
+
+class AccessLog:
+    """One line per request, written in batches.
+
+    The logging module costs tens of microseconds per record (a LogRecord, a formatter, a lock, a write and flush),
+    which is a real share of a proxied request. Lines here are formatted like the other log lines, collected and
+    written together at most `flush_seconds` later, or at once when no event loop runs.
+    """
+
+    def __init__(self, name: str = "byoc.gateway.access", flush_seconds: float = 0.05) -> None:
+        self.prefix = f" INFO {name} "
+        self.flush_seconds = flush_seconds
+        self._lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def write(self, message: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        self._lines.append(f"{self._stamp},{int((now - second) * 1000):03d}{self.prefix}{message}\n")
+        if len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_later(self.flush_seconds, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            text = "".join(self._lines)
+            self._lines.clear()
+            sys.stderr.write(text)
+            sys.stderr.flush()

@@ -194,63 +194,87 @@ CHAT_ONLY = frozenset(
 COMPLETIONS_ONLY = frozenset({"prompt", "echo", "suffix", "best_of", "response_format"})
 
 
+NUMBERS: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "frequency_penalty": (-2, 2),
+    "presence_penalty": (-2, 2),
+    "repetition_penalty": (0.01, 10),
+}
+INTEGERS: dict[str, tuple[int, int | None]] = {
+    "top_k": (-1, None),  # -1 and 0 both mean "off", as in trtllm and vLLM
+    "seed": (-(2**63), 2**64 - 1),
+    "n": (1, 1),
+    "best_of": (1, 1),
+    "top_logprobs": (0, 20),
+}
+BOOLEANS = frozenset({"stream", "ignore_eos", "echo", "parallel_tool_calls"})
+
+
+def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int) -> None:
+    if name in NUMBERS:
+        _number(body, name, *NUMBERS[name])
+    elif name in INTEGERS:
+        _integer(body, name, *INTEGERS[name])
+    elif name in BOOLEANS:
+        _boolean(body, name)
+    elif name in ("max_tokens", "max_completion_tokens"):
+        # every prompt has at least one token, so max_tokens must leave room for it in the window
+        _integer(body, name, 1, max_context - 1)
+    elif name == "min_tokens":
+        _integer(body, name, 0, max_context)
+    elif name == "logprobs":
+        if kind == "chat":
+            _boolean(body, name)
+        else:
+            _integer(body, name, 0, 20)
+    elif name == "stop":
+        _stop(body[name])
+    elif name == "logit_bias":
+        if body[name] is not None and not isinstance(body[name], dict):
+            raise bad(name, "must be an object of token id to bias")
+    elif name == "user":
+        if body[name] is not None and not isinstance(body[name], str):
+            raise bad(name, "must be a string")
+    elif name == "response_format":
+        _response_format(body[name])
+    elif name == "reasoning_effort" and body[name] is not None and body[name] not in REASONING_EFFORTS:
+        raise bad(name, "must be one of " + ", ".join(sorted(REASONING_EFFORTS)))
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise bad("stream_options", 'must be {"include_usage": true|false}')
+    if not stream:
+        raise bad("stream_options", "only allowed with stream: true")
+    return bool(options.get("include_usage"))
+
+
 def validate(kind: Kind, body: dict[str, Any], max_context: int) -> ParsedRequest:
+    """Check a request the way OpenAI does (400 naming the parameter) and build the body that goes upstream."""
     allowed = COMMON | (CHAT_ONLY if kind == "chat" else COMPLETIONS_ONLY)
     for name in body:
         if name not in allowed and name not in DROPPED:
             if name == "lora_request":
                 raise bad(name, "not accepted here: select an addon with `model` (GET /v1/models lists them)")
             raise bad(str(name)[:64], "unrecognized request argument")
+        _check_value(kind, name, body, max_context)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model", "is required (GET /v1/models lists the models)")
     if kind == "chat":
         _messages(body.get("messages"))
+        _tools(body)
     elif "prompt" not in body:
         raise bad("prompt", "is required")
     else:
         _prompt(body["prompt"])
-    for name in ("stream", "ignore_eos", "echo", "parallel_tool_calls"):
-        _boolean(body, name)
-    if kind == "chat":
-        _boolean(body, "logprobs")
-    else:
-        _integer(body, "logprobs", 0, 20)
-    for name in ("max_tokens", "max_completion_tokens"):
-        # every prompt has at least one token, so max_tokens must leave room for it in the window
-        _integer(body, name, 1, max_context - 1)
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _integer(body, "top_k", -1)
-    _number(body, "min_p", 0, 1)
-    _number(body, "frequency_penalty", -2, 2)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "repetition_penalty", 0.01, 10)
-    _integer(body, "seed", -(2**63), 2**64 - 1)
-    _integer(body, "n", 1, 1)
-    _integer(body, "best_of", 1, 1)
-    _integer(body, "top_logprobs", 0, 20)
-    _integer(body, "min_tokens", 0, max_context)
-    _stop(body.get("stop"))
-    if "logit_bias" in body and body["logit_bias"] is not None and not isinstance(body["logit_bias"], dict):
-        raise bad("logit_bias", "must be an object of token id to bias")
-    if "user" in body and body["user"] is not None and not isinstance(body["user"], str):
-        raise bad("user", "must be a string")
-    _response_format(body.get("response_format"))
-    if kind == "chat":
-        _tools(body)
-        effort = body.get("reasoning_effort")
-        if effort is not None and effort not in REASONING_EFFORTS:
-            raise bad("reasoning_effort", "must be one of " + ", ".join(sorted(REASONING_EFFORTS)))
     stream = bool(body.get("stream"))
-    options = body.get("stream_options")
-    include_usage = False
-    if options is not None:
-        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-            raise bad("stream_options", 'must be {"include_usage": true|false}')
-        if not stream:
-            raise bad("stream_options", "only allowed with stream: true")
-        include_usage = bool(options.get("include_usage"))
+    include_usage = _include_usage(body, stream)
     forwarded = {k: v for k, v in body.items() if k not in DROPPED}
     if "max_completion_tokens" in forwarded:
         forwarded["max_tokens"] = forwarded.pop("max_completion_tokens")
@@ -299,7 +323,8 @@ def upstream_error(status: int, raw: bytes, body: dict[str, Any]) -> ApiError:
     except (ValueError, UnicodeDecodeError):
         data = None
     if isinstance(data, dict):
-        detail = data.get("error") if isinstance(data.get("error"), dict) else data  # OpenAI's or trtllm's shape
+        error = data.get("error")
+        detail: dict[str, Any] = error if isinstance(error, dict) else data  # OpenAI's shape or trtllm-serve's
         message = str(detail.get("message") or "")
         param = detail.get("param") if isinstance(detail.get("param"), str) else None
         code = detail.get("code") if isinstance(detail.get("code"), str) else None

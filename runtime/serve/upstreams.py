@@ -7,6 +7,7 @@ is taken out at once (passive check) and comes back on the next health check tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -99,10 +100,8 @@ class UpstreamPool:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._session:
             await self._session.close()
 

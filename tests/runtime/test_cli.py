@@ -1,0 +1,68 @@
+"""`byoc serve ...` as an operator runs it: bad input exits 2 with one message naming the flag, no traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def byoc(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "byoc", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_gateway_without_keys_refuses_to_start() -> None:
+    result = byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "--api-keys" in result.stderr and "--insecure-no-auth" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_flags_name_the_flag(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-local-0123456789abcdef\n")
+    cases = {
+        "--upstream": ["--upstream", "ftp://engine:8000", "--api-keys", str(keys)],
+        "--listen": ["--upstream", "http://127.0.0.1:9", "--api-keys", str(keys), "--listen", "nowhere"],
+        "--max-concurrency": ["--upstream", "http://127.0.0.1:9", "--api-keys", str(keys), "--max-concurrency", "0"],
+        "--config": ["--upstream", "http://127.0.0.1:9", "--api-keys", str(keys), "--config", str(tmp_path / "no")],
+    }
+    for flag, args in cases.items():
+        result = byoc("serve", "gateway", *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: {flag}"), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_keys_file_and_config_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("keys:\n  - {name: ci, sha256: not-hex}\n")
+    result = byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(bad))
+    assert result.returncode == 2 and "--api-keys" in result.stderr and "hash-key" in result.stderr
+    config = tmp_path / "gateway.yaml"
+    config.write_text("max_queue: lots\n")
+    result = byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--insecure-no-auth", "--config", str(config))
+    assert result.returncode == 2 and "max_queue" in result.stderr
+
+
+def test_hash_key_prints_an_entry_without_the_key() -> None:
+    key = "sk-operator-9c1b7e3f5a2d4c6e"
+    result = byoc("serve", "hash-key", "--name", "ci", "--rpm", "600", "--max-concurrency", "8", stdin=key + "\n")
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout
+    entry = yaml.safe_load(result.stdout)[0]
+    assert entry == {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "rpm": 600, "max_concurrency": 8}
+    assert byoc("serve", "hash-key", "--name", "ci", stdin="short\n").returncode == 2

@@ -1,0 +1,110 @@
+"""Replicas that come, go and die: scale from zero, a retry before the first byte, a stream cut mid-way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.runtime.conftest import (
+    MODEL,
+    Server,
+    free_port,
+    http,
+    long_stream,
+    metric,
+    start_engine,
+    start_gateway,
+    wait_for,
+)
+
+
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_scale_from_zero_then_a_stream_cut_when_the_engine_dies(
+    tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    port = free_port()
+    # dns+http: the gateway resolves the name itself, as with the headless Service in the cluster
+    gateway = start_gateway(
+        runtime_dir, [f"dns+http://localhost:{port}"], "--wake-timeout", "120", "--health-interval", "0.2"
+    )
+    engine: Server | None = None
+    try:
+        ready = http("GET", gateway.url + "/ready")
+        assert ready.status == 200 and ready.json()["holding"] is True  # takes requests at zero replicas
+        answers: list[str] = []
+        failures: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                answer = client(gateway).completions.create(model=MODEL, prompt="One two", max_tokens=3)
+                answers.append(answer.choices[0].text)
+            except BaseException as exc:
+                failures.append(exc)
+
+        waiting = threading.Thread(target=ask)
+        waiting.start()
+        wait_for(lambda: (metric(gateway.metrics(), "byoc_gateway_pending_requests") or 0) >= 1, what="pending")
+        engine = start_engine(tiny_models, runtime_dir, port=port, wait=False)  # the replica wakes up
+        waiting.join(timeout=120)
+        assert not failures and len(answers) == 1
+        assert metric(gateway.metrics(), "byoc_gateway_pending_requests") == 0
+
+        # the engine dies in the middle of an answer: an error event, then a clean end of the stream
+        stream = long_stream(client(gateway))
+        received = 0
+        with pytest.raises(openai.APIError) as caught:
+            for _chunk in stream:
+                received += 1
+                if received == 3:
+                    engine.kill()
+        assert not isinstance(caught.value, openai.APIConnectionError)  # the HTTP response itself ended cleanly
+        assert "stopped in the middle" in caught.value.message
+        assert received >= 3
+        assert (metric(gateway.metrics(), "byoc_gateway_upstream_errors_total", reason="stream_cut") or 0) == 1
+        assert (metric(gateway.metrics(), "byoc_gateway_requests_total", code="502") or 0) == 1
+    finally:
+        gateway.stop()
+        if engine is not None:
+            engine.stop()
+
+
+def test_no_replica_within_the_wake_timeout_is_503_with_retry_after(runtime_dir: Path) -> None:
+    gateway = start_gateway(runtime_dir, [f"http://127.0.0.1:{free_port()}"], "--wake-timeout", "1")
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as caught:
+            client(gateway).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+        assert 1.0 <= time.monotonic() - started < 10
+        assert metric(gateway.metrics(), "byoc_gateway_upstream_errors_total", reason="no_upstream") == 1
+    finally:
+        gateway.stop()
+
+
+def test_a_request_that_fails_before_its_first_byte_is_retried_on_another_replica(
+    tiny_models: dict[str, Path], runtime_dir: Path, engine: Server
+) -> None:
+    doomed = start_engine(tiny_models, runtime_dir)
+    # a long health interval: the gateway still believes in the dead replica when the requests arrive
+    gateway = start_gateway(runtime_dir, [doomed.url, engine.url], "--health-interval", "60")
+    try:
+        wait_for(lambda: http("GET", gateway.url + "/ready").json()["upstreams_ready"] == 2, what="two replicas")
+        doomed.kill()
+        for _ in range(4):  # round-robin between equally idle replicas: one of these goes to the dead one first
+            answer = client(gateway).completions.create(model=MODEL, prompt="One two", max_tokens=2)
+            assert answer.choices[0].text is not None
+        text = gateway.metrics()
+        assert metric(text, "byoc_gateway_upstream_errors_total", reason="connect") == 1  # then out of rotation
+        assert metric(text, "byoc_gateway_requests_total", code="200") == 4
+        assert metric(text, "byoc_gateway_upstreams_ready") == 1
+    finally:
+        gateway.stop()
+        doomed.stop()
