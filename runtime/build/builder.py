@@ -255,6 +255,7 @@ def _make_artifact(
                 merge_dir,
                 events,
             )
+        timer.steps.update({f"quantize.{k}": v for k, v in details.pop("timings", {}).items()})
         installed = details.get("modelopt_installed")
         if installed and installed != plan.tool_versions["modelopt"]:
             events.warn(f"ModelOpt {installed} is installed; the plan pins {plan.tool_versions['modelopt']}")

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import io
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,6 +143,8 @@ def quantize(
     events: Events,
 ) -> dict[str, Any]:
     """Quantize with ModelOpt and export the unified HF checkpoint into target; returns what was done."""
+    timings: dict[str, float] = {}  # load includes importing torch, transformers and ModelOpt
+    started = time.monotonic()
     with _quiet() as chatter:
         try:
             # ModelOpt ships no type information
@@ -161,6 +164,7 @@ def quantize(
                 "load", f"loading {source.name} in BF16" + (" and merging the adapter" if merge_adapter else "")
             )
             model, tokenizer = _load(source, merge_adapter)
+            timings["load"] = round(time.monotonic() - started, 3)
             config = getattr(mtq, quantization)
             if kv_cache_dtype == "fp8":
                 config = update_quant_cfg_with_kv_cache_quant(config, mtq.FP8_KV_CFG["quant_cfg"])
@@ -171,10 +175,14 @@ def quantize(
                 f"{quantization}: calibrating on {calibration.samples} samples of "
                 f"{min(calibration.sequence_length, max_positions)} tokens ({calibration.dataset})",
             )
+            started = time.monotonic()
             model = mtq.quantize(model, config, forward_loop=loop)
+            timings["calibrate"] = round(time.monotonic() - started, 3)
             events.step("export", f"exporting the quantized checkpoint to {target.name}/")
+            started = time.monotonic()
             target.mkdir(parents=True, exist_ok=True)
             export_hf_checkpoint(model, export_dir=target)
+            timings["export"] = round(time.monotonic() - started, 3)
         except ByocFailure:
             raise
         except Exception as exc:
@@ -184,6 +192,7 @@ def quantize(
         "modelopt_installed": str(modelopt.__version__),
         "kv_cache_quantization": "FP8" if kv_cache_dtype == "fp8" else None,
         "support_files": copied,
+        "timings": timings,
     }
 
 

@@ -44,6 +44,12 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             gpu_operator_values=gpu_operator_values("node-image"),
             vpc_cidr=deployment.network.cidr,
             load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            build_env={
+                # the builder encrypts every artifact object with the artifact key (the bucket refuses others)
+                "BYOC_ARTIFACT_KMS_KEY": keys.artifact_key_arn,
+                # hf:// sources come from this mirror in the bucket (sources/hf/<org>/<name>[/<revision>])
+                "BYOC_HF_MIRROR": pulumi.Output.concat("s3://", store.bucket_name, "/sources/hf"),
+            },
             depends_on=[*cluster.ready, capacity],
         ),
     )

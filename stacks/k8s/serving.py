@@ -39,6 +39,8 @@ class Foundation:
     gpu_operator_values: dict[str, Any]
     vpc_cidr: str
     load_balancer_annotations: dict[str, str] = field(default_factory=dict)
+    # for the build Job: where model sources are mirrored, the key artifacts are written under
+    build_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
@@ -303,7 +305,18 @@ class ServingStack(pulumi.ComponentResource):
         deployment = self.deployment
         # the builder writes under <store>/<artifact prefix>, the content-addressed place the serving pods read
         command = pulumi.Output.from_input(self.foundation.artifact_root).apply(
-            lambda root: ["byoc", "build", "-f", "/etc/byoc/byoc.yaml", "--dest", root, "--output", "json"]
+            lambda root: [
+                "byoc",
+                "build",
+                "-f",
+                "/etc/byoc/byoc.yaml",
+                "--dest",
+                root,
+                "--work-dir",
+                "/scratch/work",
+                "--output",
+                "json",
+            ]
         )
         return self._namespaced(
             k8s.batch.v1.Job,
@@ -331,7 +344,10 @@ class ServingStack(pulumi.ComponentResource):
                                 "image": deployment.images["runtime"],
                                 "imagePullPolicy": "Always",
                                 "command": command,
-                                "env": [{"name": "HOME", "value": "/scratch/home"}],
+                                "env": [
+                                    {"name": "HOME", "value": "/scratch/home"},
+                                    *({"name": k, "value": v} for k, v in sorted(self.foundation.build_env.items())),
+                                ],
                                 "securityContext": container_security(),
                                 "resources": self._gpu_resources(8, self._host_memory_gib()),
                                 "volumeMounts": [

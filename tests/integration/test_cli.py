@@ -33,7 +33,20 @@ def byoc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_help() -> None:
     result = byoc("--help")
     assert result.returncode == 0
-    for command in ("validate", "plan", "estimate", "shapes", "regions", "schema"):
+    for command in (
+        "validate",
+        "plan",
+        "estimate",
+        "shapes",
+        "regions",
+        "schema",
+        "build",
+        "artifacts",
+        "serve",
+        "compliance",
+        "up",
+        "preview",
+    ):
         assert command in result.stdout
 
 

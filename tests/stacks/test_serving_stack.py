@@ -268,3 +268,12 @@ def test_gpu_operator_values_for_each_driver_source() -> None:
     assert gke["hostPaths"]["driverInstallDir"] == "/home/kubernetes/bin/nvidia"
     for values in (eks, gke):
         assert values["dcgmExporter"]["serviceMonitor"]["honorLabels"] is True
+
+
+def test_build_job_knows_the_artifact_key_and_the_source_mirror() -> None:
+    job = one(graph(), "kubernetes:batch/v1:Job").inputs["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in job["containers"][0]["env"]}
+    assert env["BYOC_ARTIFACT_KMS_KEY"] == "arn:aws:kms:eu-west-2:123456789012:key/test-artifacts-key-id"
+    assert env["BYOC_HF_MIRROR"] == "s3://byoc-test-artifacts-123456789012/sources/hf"
+    command = job["containers"][0]["command"]
+    assert command[command.index("--work-dir") + 1].startswith("/scratch/")
