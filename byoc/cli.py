@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -372,38 +373,26 @@ def _live(operation: Operation, file: Path | None, cloud: CloudName | None, regi
         print_json(result)
 
 
-@app.command()
-def preview(
-    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
-    cloud: CloudOpt = None,
-    region: RegionOpt = None,
-    output: OutputOpt = Output.text,
-) -> None:
-    """Show what `byoc up` would change in the account (Pulumi preview; needs the Pulumi CLI and credentials)."""
-    _live("preview", file, cloud, region, output)
+def _live_command(operation: Operation, summary: str) -> Callable[..., None]:
+    def command(
+        file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
+        cloud: CloudOpt = None,
+        region: RegionOpt = None,
+        output: OutputOpt = Output.text,
+    ) -> None:
+        _live(operation, file, cloud, region, output)
+
+    command.__doc__ = summary
+    return command
 
 
-@app.command()
-def up(
-    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
-    cloud: CloudOpt = None,
-    region: RegionOpt = None,
-    output: OutputOpt = Output.text,
-) -> None:
-    """Create or update the deployment in your account (needs the Pulumi CLI and credentials)."""
-    _live("up", file, cloud, region, output)
-
-
-@app.command()
-def destroy(
-    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
-    cloud: CloudOpt = None,
-    region: RegionOpt = None,
-    output: OutputOpt = Output.text,
-) -> None:
-    """Delete everything byoc created for the deployment (needs the Pulumi CLI and credentials)."""
-    _live("destroy", file, cloud, region, output)
-
+LIVE_COMMANDS: dict[Operation, str] = {
+    "preview": "Show what `byoc up` would change in the account (a Pulumi preview; needs the Pulumi CLI).",
+    "up": "Create or update the deployment in your account (needs the Pulumi CLI and credentials).",
+    "destroy": "Delete everything byoc created for the deployment (needs the Pulumi CLI and credentials).",
+}
+for name, summary in LIVE_COMMANDS.items():
+    app.command(name)(_live_command(name, summary))
 
 for group in (serve, build, compliance):
     group.register(app)

@@ -58,6 +58,18 @@ def selector(deployment: Deployment, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
 
 
+def zone_spread(deployment: Deployment, component: str) -> list[dict[str, Any]]:
+    """Replicas spread over zones when they can be (a zone short of GPUs must not block scaling)."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector(deployment, component)},
+        }
+    ]
+
+
 def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -399,14 +411,7 @@ class ServingStack(pulumi.ComponentResource):
                         "securityContext": pod_security(),
                         "terminationGracePeriodSeconds": SERVING_GRACE_SECONDS,
                         **self._gpu_pod(),
-                        "topologySpreadConstraints": [
-                            {
-                                "maxSkew": 1,
-                                "topologyKey": "topology.kubernetes.io/zone",
-                                "whenUnsatisfiable": "ScheduleAnyway",
-                                "labelSelector": {"matchLabels": selector(deployment, component)},
-                            }
-                        ],
+                        "topologySpreadConstraints": zone_spread(deployment, component),
                         "initContainers": [
                             {
                                 # fetch the built artifact and check every file against its manifest's sha256
@@ -559,14 +564,7 @@ class ServingStack(pulumi.ComponentResource):
                         "automountServiceAccountToken": False,
                         "securityContext": pod_security(),
                         "terminationGracePeriodSeconds": SERVING_GRACE_SECONDS,
-                        "topologySpreadConstraints": [
-                            {
-                                "maxSkew": 1,
-                                "topologyKey": "topology.kubernetes.io/zone",
-                                "whenUnsatisfiable": "ScheduleAnyway",
-                                "labelSelector": {"matchLabels": selector(deployment, component)},
-                            }
-                        ],
+                        "topologySpreadConstraints": zone_spread(deployment, component),
                         "containers": [
                             {
                                 "name": "gateway",
