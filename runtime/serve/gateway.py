@@ -247,7 +247,8 @@ class Gateway:
         wait = self.rpm.take(key.name, rpm)
         if wait:
             raise self._limited("key_rpm", f"rate limit: this key may send {rpm} requests per minute", wait, outcome)
-        parsed = validate(kind, parse_json(await request.read()), self.config.max_context)
+        raw = await request.read()
+        parsed = validate(kind, parse_json(raw), self.config.max_context)
         outcome.stream = parsed.stream
         addon = self._resolve_model(parsed.model)
         outcome.addon = addon.name if addon is not None else BASE
@@ -265,7 +266,7 @@ class Gateway:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
             self.in_flight += 1
             try:
-                return await self._forward(request, path, parsed, addon, outcome)
+                return await self._forward(request, path, parsed, addon, outcome, raw)
             finally:
                 self.in_flight -= 1
                 self.admission.release()
@@ -296,12 +297,22 @@ class Gateway:
             )
 
     async def _forward(
-        self, request: web.Request, path: str, parsed: ParsedRequest, addon: Addon | None, outcome: Outcome
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | None,
+        outcome: Outcome,
+        raw: bytes,
     ) -> web.StreamResponse:
         body = parsed.body
+        payloads: dict[str, bytes] = {}
         if addon is not None:
             body["lora_request"] = addon.lora_request()
-        payloads: dict[str, bytes] = {}
+        else:
+            # the body goes upstream unchanged when the replica serves the model under the name asked for:
+            # no second JSON encoding on the hot path
+            payloads[parsed.model] = raw
         failed: Upstream | None = None
         for attempt in range(2):
             upstream = self.pool.pick(exclude=failed)
