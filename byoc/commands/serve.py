@@ -79,6 +79,10 @@ def gateway(
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Run without API keys (development only).")
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): serve the API over HTTPS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
 ) -> None:
     """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
     flags: dict[str, object] = {
@@ -98,6 +102,8 @@ def gateway(
         "health_interval": health_interval,
         "upstream_timeout": upstream_timeout,
         "insecure_no_auth": insecure_no_auth,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
     _run_gateway(config, flags)
 

@@ -193,6 +193,25 @@ def gateway_requires_api_keys(resource: Resource, graph: Graph) -> Verdict:
 
 
 @check(
+    id="gateway_tls_enabled",
+    title="The gateway serves its API over TLS",
+    severity="high",
+    resource_types=[DEPLOYMENT],
+    controls=("hipaa:164.312(e)(1)", "hipaa:164.312(e)(2)(ii)", "soc2:CC6.7", "iso27001:A.8.24"),
+    remediation="Run the gateway with --tls-cert and --tls-key (a kubernetes.io/tls Secret from your PKI).",
+    risk="Prompts, completions and API keys would cross the network in the clear.",
+    cloud="kubernetes",
+)
+def gateway_tls_enabled(resource: Resource, graph: Graph) -> Verdict:
+    commands = [as_list(c.get("command")) for c in _containers(_pod(resource))]
+    gateway = next((c for c in commands if "gateway" in c and "serve" in c), None)
+    if gateway is None:
+        return not_applicable("not the gateway")
+    ok = "--tls-cert" in gateway and "--tls-key" in gateway
+    return verdict(ok, "command[--tls-cert, --tls-key]", ok)
+
+
+@check(
     id="k8s_services_not_internet_facing",
     title="Load balancers are internal to the network",
     severity="high",

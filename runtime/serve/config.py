@@ -5,6 +5,7 @@ Every check raises `ByocError` naming the flag and a fix, so `byoc serve gateway
 
 from __future__ import annotations
 
+import ssl
 import zlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -80,6 +81,24 @@ class GatewayConfig:
     wake_timeout: float = 300.0
     health_interval: float = 5.0
     upstream_timeout: float = 600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ByocError(
+                "--tls-cert",
+                f"cannot load {self.tls_cert} with {self.tls_key}: {exc}",
+                "give a PEM certificate and its key",
+            ) from None
+        return context
 
     def validate(self) -> GatewayConfig:
         if not self.upstreams:
@@ -107,6 +126,11 @@ class GatewayConfig:
         for flag, ok, hint in checks:
             if not ok:
                 raise ByocError(flag, "out of range", hint)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ByocError(
+                "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
+            )
+        self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")
@@ -156,7 +180,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name == "api_keys":
+    if name in {"api_keys", "tls_cert", "tls_key"}:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):

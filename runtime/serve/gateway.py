@@ -522,11 +522,15 @@ async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds:
         sites.append((runners[1], config.metrics_listen))
     for runner in runners:
         await runner.setup()
-    for runner, address in sites:
-        await web.TCPSite(runner, address.host, address.port, backlog=1024).start()
+    tls = config.ssl_context()
+    for index, (runner, address) in enumerate(sites):
+        # TLS on the API listener; the metrics listener carries no request data and stays plain for Prometheus
+        context = tls if index == 0 else None
+        await web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=context).start()
     auth = f"{len(gateway.keys)} API keys" if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
     log.info(
-        "gateway listening on %s (metrics %s), model %s, %d declared addons, upstreams %s, %s, %s loop",
+        "gateway listening on %s://%s (metrics %s), model %s, %d declared addons, upstreams %s, %s, %s loop",
+        "https" if tls else "http",
         config.listen,
         config.metrics_listen or config.listen,
         config.model,

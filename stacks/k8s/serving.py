@@ -533,6 +533,11 @@ class ServingStack(pulumi.ComponentResource):
             upstream,
             "--api-keys",
             "/etc/byoc/keys/keys.yaml",
+            # the API is TLS-only, also inside the VPC: clients verify the deployment's certificate
+            "--tls-cert",
+            "/etc/byoc/tls/tls.crt",
+            "--tls-key",
+            "/etc/byoc/tls/tls.key",
             "--model",
             deployment.model.id,
             "--max-context",
@@ -545,7 +550,7 @@ class ServingStack(pulumi.ComponentResource):
         ]
         for addon in models[1:]:
             command += ["--addon", addon]
-        probe_port = {"port": "http"}
+        probe_port = {"port": "http", "scheme": "HTTPS"}
         gateway = self._namespaced(
             k8s.apps.v1.Deployment,
             "gateway",
@@ -585,12 +590,15 @@ class ServingStack(pulumi.ComponentResource):
                                 "volumeMounts": [
                                     # API keys as a file, never as environment variables
                                     {"name": "api-keys", "mountPath": "/etc/byoc/keys", "readOnly": True},
+                                    {"name": "tls", "mountPath": "/etc/byoc/tls", "readOnly": True},
                                 ],
                             }
                         ],
                         "volumes": [
                             # Created by the operator (hashed keys only); byoc never holds your API keys.
                             {"name": "api-keys", "secret": {"secretName": self._object_name("api-keys")}},
+                            # a kubernetes.io/tls Secret from your PKI or cert-manager (tls.crt, tls.key)
+                            {"name": "tls", "secret": {"secretName": self._object_name("gateway-tls")}},
                         ],
                     },
                 },
@@ -608,7 +616,7 @@ class ServingStack(pulumi.ComponentResource):
                 # an internal load balancer: reachable from the VPC, never from the internet
                 "type": "LoadBalancer",
                 "selector": selector(deployment, component),
-                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                "ports": [{"name": "https", "port": 443, "targetPort": "http"}],
             },
         )
         self._namespaced(

@@ -562,6 +562,15 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
         [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--api-keys", "f"]}]))],
         [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--insecure-no-auth"]}]))],
     ),
+    "gateway_tls_enabled": (
+        [
+            r(
+                DEPLOYMENT,
+                pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--tls-cert", "c", "--tls-key", "k"]}]),
+            )
+        ],
+        [r(DEPLOYMENT, pod([{**GOOD_CONTAINER, "command": ["byoc", "serve", "gateway", "--api-keys", "f"]}]))],
+    ),
     "k8s_services_not_internet_facing": (
         [
             r(

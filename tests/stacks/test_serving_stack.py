@@ -208,6 +208,15 @@ def test_gateway_knows_the_addon_and_reads_keys_from_a_file() -> None:
     assert pod["volumes"][0]["secret"]["secretName"] == "byoc-test-api-keys"
 
 
+def test_gateway_serves_tls_from_a_secret() -> None:
+    pod = workload(graph(), "gateway")["template"]["spec"]
+    gateway = containers(pod)["gateway"]
+    command = gateway["command"]
+    assert command[command.index("--tls-cert") + 1] == "/etc/byoc/tls/tls.crt"
+    assert {"name": "tls", "secret": {"secretName": "byoc-test-gateway-tls"}} in pod["volumes"]
+    assert gateway["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
 def test_gateway_is_an_internal_load_balancer_with_a_pdb_and_hpa() -> None:
     plan = graph()
     services = {s.inputs["metadata"]["name"]: s.inputs for s in plan.by_type("kubernetes:core/v1:Service")}
