@@ -141,7 +141,12 @@ def data_flows(graph: Graph) -> dict[str, Any]:
             "keeps no request content, and every store is in the deployment's region."
         ),
         "flows": [
-            {"from": "clients in the VPC", "to": "gateway", "via": "internal load balancer, TLS", "data": "API requests"},
+            {
+                "from": "clients in the VPC",
+                "to": "gateway",
+                "via": "internal load balancer, TLS",
+                "data": "API requests",
+            },
             {"from": "gateway", "to": "serving pods", "via": "cluster network (NetworkPolicy)", "data": "requests"},
             {
                 "from": "serving pods, build Job",
