@@ -34,6 +34,12 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return as_list(pod.get("containers")) + as_list(pod.get("initContainers"))
 
 
+def _gateway_command(resource: Resource) -> list[str] | None:
+    """The `byoc serve gateway ...` command line of a workload, or None when it runs no gateway."""
+    commands = [[str(a) for a in as_list(c.get("command"))] for c in _containers(_pod(resource))]
+    return next((c for c in commands if "gateway" in c and "serve" in c), None)
+
+
 def _byoc_namespace(graph: Graph, name: str) -> bool:
     return name == f"byoc-{graph.deployment}"
 
@@ -184,8 +190,7 @@ def gateway_zero_data_retention(resource: Resource, graph: Graph) -> Verdict:
     cloud="kubernetes",
 )
 def gateway_requires_api_keys(resource: Resource, graph: Graph) -> Verdict:
-    commands = [as_list(c.get("command")) for c in _containers(_pod(resource))]
-    gateway = next((c for c in commands if "gateway" in c and "serve" in c), None)
+    gateway = _gateway_command(resource)
     if gateway is None:
         return not_applicable("not the gateway")
     ok = "--api-keys" in gateway and "--insecure-no-auth" not in gateway
@@ -203,8 +208,7 @@ def gateway_requires_api_keys(resource: Resource, graph: Graph) -> Verdict:
     cloud="kubernetes",
 )
 def gateway_tls_enabled(resource: Resource, graph: Graph) -> Verdict:
-    commands = [as_list(c.get("command")) for c in _containers(_pod(resource))]
-    gateway = next((c for c in commands if "gateway" in c and "serve" in c), None)
+    gateway = _gateway_command(resource)
     if gateway is None:
         return not_applicable("not the gateway")
     ok = "--tls-cert" in gateway and "--tls-key" in gateway
