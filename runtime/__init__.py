@@ -1,1 +1,1 @@
-"""What runs inside the cluster: model build (runtime.build) and serving (runtime.serve)."""
+"""What runs inside the cluster: model build (runtime.model_build) and serving (runtime.serve)."""

@@ -27,7 +27,7 @@ fi
 # torch first, pinned: this is the CPU wheel on these machines; anything asking for a newer torch would pull
 # several GB of CUDA.
 python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[dev,runtime,pulumi]'
+python3 -m pip install -q -e '.[dev,runtime,gcp]'
 
 python3 -m ruff check .
 python3 -m ruff format --check .

@@ -1,4 +1,4 @@
-"""`byoc build` and `byoc artifacts`: building a model for a shape (runtime/build/).
+"""`byoc build` and `byoc artifacts`: building a model for a shape (runtime/model_build/).
 
 `byoc build` is also the Kubernetes build Job's entrypoint (`byoc build -f /etc/byoc/byoc.yaml --dest <store root>
 --output json`); `byoc artifacts fetch --verify` is the serving pods' init container. torch, ModelOpt and boto3 are
@@ -18,7 +18,7 @@ import typer
 from byoc.commands.common import Output, OutputOpt, print_json, reporting
 
 if TYPE_CHECKING:
-    from runtime.build.progress import Events
+    from runtime.model_build.progress import Events
 
 _ID_CHARS = re.compile(r"[^a-z0-9._-]+")
 DEFAULT_ADDON_RANK = 16
@@ -40,7 +40,7 @@ def _model_id(source: str) -> str:
 
 def _addon_rank(uri: str, field: str) -> int:
     """An addon given on the command line declares the rank its adapter_config.json says (else the spec default)."""
-    from runtime.build.sources import locate, peek
+    from runtime.model_build.sources import locate, peek
 
     data = peek(locate(uri, None, field, marker="adapter_config.json"), "adapter_config.json", field)
     try:
@@ -181,9 +181,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a model for a shape (ModelOpt FP8/NVFP4, or BF16 with LoRA addons) into the artifact store."""
         with reporting(output):
-            from runtime.build.builder import BuildRequest, run_build
-            from runtime.build.plan import DEFAULT_CALIBRATION, Calibration
-            from runtime.build.progress import Events
+            from runtime.model_build.builder import BuildRequest, run_build
+            from runtime.model_build.plan import DEFAULT_CALIBRATION, Calibration
+            from runtime.model_build.progress import Events
 
             spec = spec_for_build(file, source, revision, model_id, shape, addon or [], kv_cache_fraction)
             request = BuildRequest(
@@ -219,7 +219,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download an artifact (and with --verify check it against its manifest) into a folder."""
         with reporting(output):
-            from runtime.build.artifacts import fetch_artifact
+            from runtime.model_build.artifacts import fetch_artifact
 
             result = fetch_artifact(source, to, verify, _events(output))
         if output is Output.json:
@@ -234,7 +234,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check every file in a fetched artifact against its manifest.json."""
         with reporting(output):
-            from runtime.build.artifacts import verify_folder
+            from runtime.model_build.artifacts import verify_folder
 
             result = verify_folder(folder)
         if output is Output.json:
@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print an artifact's manifest."""
         with reporting(output):
-            from runtime.build.artifacts import read_manifest
+            from runtime.model_build.artifacts import read_manifest
 
             manifest, _ = read_manifest(source)
         if output is Output.json:
@@ -264,6 +264,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _events(output: Output) -> Events:
-    from runtime.build.progress import Events
+    from runtime.model_build.progress import Events
 
     return Events(json_lines=output is Output.json)

@@ -16,7 +16,7 @@ import yaml
 
 from byoc.errors import ByocError
 
-# trtllm-serve's container mounts each addon's adapter under this folder (runtime/build/plan.py ADAPTER_DIR).
+# trtllm-serve's container mounts each addon's adapter under this folder (runtime/model_build/plan.py ADAPTER_DIR).
 ADAPTER_ROOT = "/models/adapters"
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from byoc.catalogs import load_catalog
 from byoc.resolve import Deployment
-from runtime.build.plan import SERVE_PORT, BuildPlan, build_plan
+from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 
 MONITORING = Path(__file__).parent / "monitoring"
 GATEWAY_PORT = 8080

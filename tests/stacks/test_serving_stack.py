@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from byoc.engines.offline import Plan
-from runtime.build.plan import build_plan
+from runtime.model_build.plan import build_plan
 from tests.conftest import deploy
 from tests.stacks.plans import graph, one
 

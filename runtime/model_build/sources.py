@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from byoc.errors import ByocError
-from runtime.build.progress import Events
-from runtime.build.stores import ObjectMissing, join, open_store
+from runtime.model_build.progress import Events
+from runtime.model_build.stores import ObjectMissing, join, open_store
 
 MIRROR_ENV = "BYOC_HF_MIRROR"
 CACHE_ENV = "HF_HUB_CACHE"

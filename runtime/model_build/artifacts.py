@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from byoc.errors import ByocError, ByocFailure
-from runtime.build.manifest import MANIFEST, check_file, parse, verify_tree
-from runtime.build.progress import Events
-from runtime.build.stores import ObjectMissing, open_store
+from runtime.model_build.manifest import MANIFEST, check_file, parse, verify_tree
+from runtime.model_build.progress import Events
+from runtime.model_build.stores import ObjectMissing, open_store
 
 
 def read_manifest(uri: str) -> tuple[dict[str, Any], bytes]:

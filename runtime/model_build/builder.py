@@ -36,13 +36,13 @@ from byoc.catalogs import load_catalog, model_from_hf_config
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import Deployment, resolve
 from byoc.spec import ModelRef, Spec
-from runtime.build import checkpoint
-from runtime.build.adapters import AdapterInfo, validate_adapter
-from runtime.build.manifest import FORMAT, MANIFEST, hash_tree, parse
-from runtime.build.plan import ADAPTER_DIR, DRAFT_DIR, MODEL_DIR, BuildPlan, Calibration, build_plan
-from runtime.build.progress import Events
-from runtime.build.sources import SourceLocation, fetch, locate, peek
-from runtime.build.stores import ObjectMissing, Store, join, open_store
+from runtime.model_build import checkpoint
+from runtime.model_build.adapters import AdapterInfo, validate_adapter
+from runtime.model_build.manifest import FORMAT, MANIFEST, hash_tree, parse
+from runtime.model_build.plan import ADAPTER_DIR, DRAFT_DIR, MODEL_DIR, BuildPlan, Calibration, build_plan
+from runtime.model_build.progress import Events
+from runtime.model_build.sources import SourceLocation, fetch, locate, peek
+from runtime.model_build.stores import ObjectMissing, Store, join, open_store
 
 # The artifact's folders are the serving pod's: `byoc artifacts fetch --to /models` puts model/ at MODEL_DIR.
 MODEL_SUBDIR = PurePosixPath(MODEL_DIR).name

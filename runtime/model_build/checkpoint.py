@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from byoc.errors import ByocFailure
-from runtime.build.calibration import batches, token_windows
-from runtime.build.plan import Calibration
-from runtime.build.progress import Events
+from runtime.model_build.calibration import batches, token_windows
+from runtime.model_build.plan import Calibration
+from runtime.model_build.progress import Events
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

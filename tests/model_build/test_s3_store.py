@@ -14,7 +14,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from runtime.build.stores import S3Store
+from runtime.model_build.stores import S3Store
 from tests.build.conftest import FAST_CALIBRATION, byoc, files_under
 
 BUCKET = "byoc-artifacts"

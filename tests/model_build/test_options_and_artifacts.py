@@ -11,7 +11,7 @@ import pytest
 from byoc.errors import ByocError
 from byoc.resolve import catalog_shapes, resolve
 from byoc.spec import build_spec
-from runtime.build.plan import build_plan
+from runtime.model_build.plan import build_plan
 from tests.build.conftest import byoc, files_under
 
 FRACTION = 0.85

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from byoc.errors import ByocError
-from runtime.build.plan import LORA_TARGET_MODULES
+from runtime.model_build.plan import LORA_TARGET_MODULES
 
 # Hugging Face module names -> trtllm LoRA module names (tensorrt_llm/lora_manager.py, Llama-style models)
 HF_TO_TRTLLM = {
