@@ -2,29 +2,19 @@
 
 Exit codes: 0 ok; 2 invalid input (one message naming the field and a fix, no traceback); 1 a failure while
 running. Every command that prints data takes `--output json`. Heavy modules (rich, cloud SDKs, Pulumi) are
-imported inside the commands that use them, so `byoc --help` stays instant.
+imported inside the commands that use them, so `byoc --help` stays instant. The command groups live in
+byoc/commands/, one module each.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
-from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from byoc.commands import build, compliance, serve
-from byoc.commands.common import Output, OutputOpt, print_json, reporting
-from byoc.errors import ByocError
-
-if TYPE_CHECKING:
-    from byoc.engines.live import Operation
-    from byoc.resolve import Deployment
-    from byoc.spec import Spec
+from byoc import __version__
+from byoc.commands import build, compliance, live, serve
+from byoc.commands import plan as planning
 
 app = typer.Typer(
     name="byoc",
@@ -35,366 +25,23 @@ app = typer.Typer(
 )
 
 
-class CloudName(StrEnum):
-    aws = "aws"
-    gcp = "gcp"
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"byoc {__version__}")
+        raise typer.Exit(0)
 
 
-SpecFileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")]
-CloudOpt = Annotated[CloudName | None, typer.Option("--cloud", help="aws or gcp (overrides the spec).")]
-RegionOpt = Annotated[str | None, typer.Option("--region", help="GLOBAL, US, EUROPE, APAC, or a region id.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Catalog model id (overrides the spec).")]
-ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Shape such as h100x1-fp8 (overrides the spec).")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Deployment name (overrides the spec).")]
-InputTokensOpt = Annotated[int, typer.Option("--input-tokens", min=1, help="Prompt tokens per request.")]
-OutputTokensOpt = Annotated[int, typer.Option("--output-tokens", min=1, help="Generated tokens per request.")]
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    _console().print(table)
-
-
-def _spec(
-    file: Path | None,
-    cloud: CloudName | None,
-    region: str | None,
-    model: str | None,
-    shape: str | None,
-    name: str | None,
-) -> Spec:
-    from byoc.spec import load_spec
-
-    overrides = {
-        "cloud": cloud.value if cloud else None,
-        "region": region,
-        "model": model,
-        "shape": shape,
-        "name": name,
-    }
-    return load_spec(file, overrides)
-
-
-def _summary_lines(deployment: Deployment) -> list[str]:
-    p, m, t, c = deployment.placement, deployment.memory, deployment.throughput, deployment.cost
-    gib = 1024**3
-    return [
-        f"deployment  {deployment.name}: {deployment.model.id} on {deployment.shape.name}",
-        f"placement   {p.cloud} {p.region} ({p.reason}); instance {p.instance_type}",
-        f"memory      weights {m.weight_bytes / gib:.1f} GiB, KV cache {m.kv_cache_bytes / gib:.1f} GiB "
-        f"({m.kv_capacity_tokens} tokens, {m.concurrent_sequences} sequences at {m.max_context})",
-        f"throughput  ~{t.output_tokens_per_s:,.0f} output tokens/s per replica at {t.input_tokens}/"
-        f"{t.output_tokens} tokens ({t.bound}-bound)",
-        f"cost        ${c.replica_hourly_usd:.2f}/h per replica, ${c.cost_per_million_output_tokens:.3f} per 1M "
-        "output tokens at saturation",
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@app.command()
-def validate(
-    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
-    output: OutputOpt = Output.text,
-) -> None:
-    """Check a spec against every rule, without creating anything."""
-    from byoc.resolve import resolve
-
-    with reporting(output):
-        deployment = resolve(_spec(file, None, None, None, None, None))
-    if output is Output.json:
-        print_json({"valid": True, **deployment.plan_document()})
-    else:
-        print(f"{file}: valid")
-        for line in _summary_lines(deployment):
-            print("  " + line)
-
-
-@app.command()
-def schema(
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the spec reference as Markdown.")] = False,
-) -> None:
-    """Print the spec's JSON Schema (or the Markdown reference in docs/spec.md)."""
-    from byoc.schema import spec_json_schema, spec_markdown
-
-    if markdown:
-        print(spec_markdown(), end="")
-    else:
-        print_json(spec_json_schema())
-
-
-@app.command()
-def shapes(
-    model: Annotated[str | None, typer.Option("--model", help="Rank the shapes that fit this model.")] = None,
-    cloud: CloudOpt = None,
-    max_context: Annotated[int | None, typer.Option("--max-context", min=1, help="Context to fit.")] = None,
-    input_tokens: InputTokensOpt = 1000,
-    output_tokens: OutputTokensOpt = 1000,
-    output: OutputOpt = Output.text,
-) -> None:
-    """List deployment shapes; with --model, the ones that fit, cheapest per token first."""
-    from byoc.tables import shape_rows
-
-    with reporting(output):
-        clouds = [cloud.value] if cloud else ["aws", "gcp"]
-        rows = shape_rows(clouds, model, max_context, input_tokens, output_tokens)
-    if output is Output.json:
-        print_json({"model": model, "shapes": rows})
-        return
-    if model:
-        _table(
-            f"Shapes that fit {model} ({input_tokens}/{output_tokens} tokens), cheapest per token first",
-            ["cloud", "shape", "instance", "$/h", "tokens/s", "$/1M out", "KV tokens"],
-            [
-                [
-                    r["cloud"],
-                    r["shape"],
-                    r["instance_type"],
-                    f"{r['replica_hourly_usd']:.2f}",
-                    f"{r['output_tokens_per_s']:,.0f}",
-                    f"{r['cost_per_million_output_tokens']:.3f}",
-                    f"{r['kv_capacity_tokens']:,}",
-                ]
-                for r in rows
-            ],
-        )
-    else:
-        _table(
-            "Deployment shapes",
-            ["cloud", "shape", "GPU", "memory GiB", "instance", "$/h per replica", "regions"],
-            [
-                [
-                    r["cloud"],
-                    r["shape"],
-                    r["gpu"],
-                    f"{r['gpu_memory_gib']:.0f}",
-                    r["instance_type"],
-                    f"{r['replica_hourly_usd']:.2f}",
-                    str(r["regions"]),
-                ]
-                for r in rows
-            ],
-        )
-
-
-@app.command()
-def regions(
-    cloud: CloudOpt = None,
-    refresh: Annotated[
-        bool, typer.Option("--refresh", help="Ask the cloud's API (AWS EC2) and show where it differs.")
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print byoc's version and exit."),
     ] = False,
-    output: OutputOpt = Output.text,
 ) -> None:
-    """List regions, their mega-region and the GPUs each offers."""
-    from byoc.tables import region_rows
-
-    clouds = [cloud.value] if cloud else ["aws", "gcp"]
-    with reporting(output):
-        if refresh and clouds != ["aws"]:
-            raise ByocError("--refresh", "only AWS offerings can be refreshed live", "add --cloud aws")
-        rows = region_rows(clouds, refresh)
-    if output is Output.json:
-        print_json({"regions": rows})
-        return
-    columns = ["cloud", "region", "mega-region", "GPUs"]
-    if refresh:
-        columns.append("live vs table")
-    _table(
-        "Regions",
-        columns,
-        [
-            [r["cloud"], r["region"], r["mega_region"] or "-", ", ".join(r["gpus"]) or "-"]
-            + ([r["live"]["summary"]] if refresh else [])
-            for r in rows
-        ],
-    )
+    """Private LLM inference in your own AWS or GCP account: plan, deploy, serve, and prove compliance."""
 
 
-@app.command()
-def estimate(
-    model: Annotated[str, typer.Option("--model", help="Catalog model id.")],
-    shape: Annotated[str, typer.Option("--shape", help="Shape such as h100x1-fp8.")],
-    input_tokens: InputTokensOpt = 1000,
-    output_tokens: OutputTokensOpt = 1000,
-    cloud: Annotated[CloudName, typer.Option("--cloud", help="Cloud whose prices to use.")] = CloudName.aws,
-    kv_cache_fraction: Annotated[float, typer.Option("--kv-cache-fraction", help="KV cache share.")] = 0.9,
-    max_context: Annotated[int | None, typer.Option("--max-context", min=1, help="Context to fit.")] = None,
-    price_per_gpu_hour: Annotated[
-        float | None, typer.Option("--price-per-gpu-hour", min=0.0, help="Your own $/GPU-hour.")
-    ] = None,
-    output: OutputOpt = Output.text,
-) -> None:
-    """Memory fit, max throughput and cost of a model on a shape."""
-    from byoc.tables import estimate_row
-
-    with reporting(output):
-        row = estimate_row(
-            cloud.value, model, shape, input_tokens, output_tokens, kv_cache_fraction, max_context, price_per_gpu_hour
-        )
-    if output is Output.json:
-        print_json(row)
-        return
-    memory = row["memory"]
-    lines = [
-        f"{model} on {shape} ({cloud.value}, {row['instance_type']})",
-        f"  fits               {'yes' if row['fits'] else 'NO'} (max_context {memory['max_context']})",
-        f"  weights            {memory['weights_gib']} GiB of {memory['gpu_memory_gib']} GiB",
-        f"  KV cache           {memory['kv_cache_gib']} GiB = {memory['kv_capacity_tokens']:,} tokens "
-        f"({memory['kv_bytes_per_token']:,} bytes/token, {memory['kv_cache_dtype']})",
-        f"  throughput         ~{row['output_tokens_per_s']:,.0f} output tokens/s per replica "
-        f"({input_tokens}/{output_tokens} tokens, batch {row['throughput']['batch_size']}, "
-        f"{row['throughput']['bound']}-bound)",
-        f"  cost               ${row['cost']['replica_hourly_usd']:.2f}/h, "
-        f"${row['cost_per_million_output_tokens']:.3f} per 1M output tokens",
-    ]
-    print("\n".join(lines))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> dict[str, Any] | None:
-    """plan.json, manifests/, helm-releases.yaml and compliance/, each replaced whole: a failed plan keeps the
-    previous one. Returns the compliance summary."""
-    import shutil
-
-    from byoc.manifests import write_helm_releases, write_manifests
-
-    out.mkdir(parents=True, exist_ok=True)
-    if graph is not None:
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".manifests-"))
-        try:
-            write_manifests(graph, staging)
-            write_helm_releases(graph, staging / "helm-releases.yaml")
-            os.replace(staging / "helm-releases.yaml", out / "helm-releases.yaml")
-            previous = out / "manifests"
-            if previous.exists():
-                shutil.rmtree(previous)
-            os.replace(staging, previous)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    compliance = None
-    if graph is not None:
-        from compliance.evaluate import evaluate, graph_from_plan
-        from compliance.reports import write_pack
-
-        frameworks = document["compliance"]["frameworks"]
-        declared = graph_from_plan(document)
-        compliance = write_pack(declared, evaluate(declared, frameworks), frameworks, out / "compliance")
-    _write_atomically(out / "plan.json", json.dumps(document, indent=2) + "\n")
-    return compliance
-
-
-@app.command()
-def plan(
-    file: SpecFileOpt = None,
-    cloud: CloudOpt = None,
-    region: RegionOpt = None,
-    model: ModelOpt = None,
-    shape: ShapeOpt = None,
-    name: NameOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for plan.json.")] = Path("byoc-out"),
-    output: OutputOpt = Output.text,
-) -> None:
-    """Resolve the spec and record the cloud program's resource graph offline (no credentials): OUT/plan.json."""
-    from byoc.engines import program_for
-    from byoc.engines.offline import run_offline
-    from byoc.resolve import resolve
-
-    with reporting(output):
-        deployment = resolve(_spec(file, cloud, region, model, shape, name))
-        document = deployment.plan_document()
-        program = program_for(deployment)
-        graph = run_offline(deployment, program) if program is not None else None
-        if graph is not None:
-            document["resources"] = [r.as_dict() for r in graph.resources]
-        target = out / "plan.json"
-        try:
-            compliance = _write_plan(out, document, graph)
-        except OSError as exc:
-            raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
-    if output is Output.json:
-        print_json({"plan": str(target), **document})
-        return
-    for line in _summary_lines(deployment):
-        print(line)
-    if graph is None:
-        print(f"resources   none yet: byoc has no {deployment.cloud} stack (placement and estimates only)")
-        print(f"wrote {target}")
-        return
-    counts = graph.counts()
-    print(f"resources   {sum(counts.values())} ({len(counts)} types)")
-    for type_token, count in counts.items():
-        print(f"  {count:4d}  {type_token}")
-    if compliance is not None:
-        found = compliance["findings"]
-        print(
-            f"compliance  {compliance['checks_evaluated']} checks evaluated: {found['PASS']} pass, "
-            f"{found['FAIL']} fail ({', '.join(compliance['failing_controls']) or 'no failing control'})"
-        )
-    print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
-
-
-def _live(operation: Operation, file: Path | None, cloud: CloudName | None, region: str | None, output: Output) -> None:
-    from byoc.engines import program_for
-    from byoc.engines.live import run_live
-    from byoc.resolve import resolve
-
-    with reporting(output):
-        deployment = resolve(_spec(file, cloud, region, None, None, None))
-        program = program_for(deployment)
-        if program is None:
-            raise ByocError("cloud", f"byoc has no {deployment.cloud} stack yet", "use --cloud aws")
-        quiet = output is Output.json
-        result = run_live(deployment, program, operation, (lambda _: None) if quiet else print)
-    if quiet:
-        print_json(result)
-
-
-def _live_command(operation: Operation, summary: str) -> Callable[..., None]:
-    def command(
-        file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")],
-        cloud: CloudOpt = None,
-        region: RegionOpt = None,
-        output: OutputOpt = Output.text,
-    ) -> None:
-        _live(operation, file, cloud, region, output)
-
-    command.__doc__ = summary
-    return command
-
-
-LIVE_COMMANDS: dict[Operation, str] = {
-    "preview": "Show what `byoc up` would change in the account (a Pulumi preview; needs the Pulumi CLI).",
-    "up": "Create or update the deployment in your account (needs the Pulumi CLI and credentials).",
-    "destroy": "Delete everything byoc created for the deployment (needs the Pulumi CLI and credentials).",
-}
-for name, summary in LIVE_COMMANDS.items():
-    app.command(name)(_live_command(name, summary))
-
-for group in (serve, build, compliance):
+for group in (planning, live, serve, build, compliance):
     group.register(app)
 
 

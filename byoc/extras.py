@@ -6,7 +6,7 @@ pack included. Heavier groups stay optional:
 | extra | what needs it | modules it brings |
 | --- | --- | --- |
 | `gcp` | a plan or deployment with `--cloud gcp` | pulumi_gcp |
-| `runtime` | `byoc serve ...`, `byoc build`, `byoc artifacts ...` | aiohttp, prometheus_client, torch, transformers, ... |
+| `runtime` | `byoc serve ...`, `byoc build`, `byoc artifacts ...` | aiohttp, prometheus_client, torch, ... |
 
 `require` checks with `importlib.util.find_spec` (nothing is imported), so a command fails before any work with
 exit 2 and the exact `pip install` to run, never a `ModuleNotFoundError` traceback.

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from byoc.engines.offline import Plan, RecordedResource
+from byoc.plan import Plan, RecordedResource
 
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 

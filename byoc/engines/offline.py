@@ -12,50 +12,14 @@ availability zones are <region>a/b/c, and ARNs of resources that do not exist ye
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from byoc.engines import Program
 from byoc.errors import ByocFailure
+from byoc.plan import Plan, RecordedResource
 from byoc.resolve import Deployment
 
 PLACEHOLDER_ACCOUNT = "123456789012"
-
-
-@dataclass(frozen=True)
-class RecordedResource:
-    type: str
-    name: str
-    id: str
-    inputs: dict[str, Any]
-    parent: str | None
-    provider: str | None
-    custom: bool
-    urn: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "name": self.name,
-            "id": self.id,
-            "inputs": self.inputs,
-            "parent": self.parent,
-            "provider": self.provider,
-        }
-
-
-@dataclass
-class Plan:
-    resources: list[RecordedResource] = field(default_factory=list)
-
-    def by_type(self, type_token: str) -> list[RecordedResource]:
-        return [r for r in self.resources if r.type == type_token]
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for resource in self.resources:
-            counts[resource.type] = counts.get(resource.type, 0) + 1
-        return dict(sorted(counts.items()))
 
 
 def _plain(value: Any) -> Any:

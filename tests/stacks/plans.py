@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from byoc.engines import program_for
-from byoc.engines.offline import Plan, RecordedResource, run_offline
+from byoc.engines.offline import run_offline
+from byoc.plan import Plan, RecordedResource
 from tests.conftest import deploy
 
 

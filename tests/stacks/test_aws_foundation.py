@@ -17,7 +17,8 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
-from byoc.engines.offline import Plan, RecordedResource, run_offline
+from byoc.engines.offline import run_offline
+from byoc.plan import Plan, RecordedResource
 from tests.conftest import ROOT, deploy
 from tests.stacks.plans import graph, one
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from byoc.engines.offline import Plan
+from byoc.plan import Plan
 from runtime.model_build.plan import build_plan
 from tests.conftest import deploy
 from tests.stacks.plans import graph, one
