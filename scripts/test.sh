@@ -29,6 +29,20 @@ fi
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[dev,runtime,gcp]'
 
+# npm: the upstream CRD schemas (KEDA, Karpenter, prometheus-operator) tests/stacks/test_crd_schemas.py validates
+# the rendered custom resources against, pinned by tests/crd_schemas/package-lock.json. Reinstalled only when
+# node_modules is missing or the lock changed (a stamp of the lock's hash sits in node_modules).
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+crd_lock_hash="$(sha256sum tests/crd_schemas/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat tests/crd_schemas/node_modules/.byoc-lock.sha256 2>/dev/null)" != "$crd_lock_hash" ]; then
+  # The packages declare Node >= 22 but run on Node 20 (checked by the test itself): keep engine warnings quiet.
+  npm ci --prefix tests/crd_schemas --no-audit --no-fund --loglevel=error
+  echo "$crd_lock_hash" >tests/crd_schemas/node_modules/.byoc-lock.sha256
+fi
+
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
