@@ -33,3 +33,35 @@ def refused(**overrides: Any) -> ByocError:
     with pytest.raises(ByocError) as caught:
         deploy(**overrides)
     return caught.value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A guard against tests silently dropping out of CI (pytest skips folders named `build` by default: tests/build
+# once ran in no CI run). scripts/test.sh passes --min-collected with the floor in tests/min-collected.txt.
+
+TESTS = ROOT / "tests"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--min-collected",
+        type=int,
+        default=None,
+        help="Fail unless at least this many tests are collected and every tests/ folder with test files has some.",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    floor = config.getoption("--min-collected")
+    if floor is None:
+        return
+    folders = {path.parent for path in TESTS.rglob("test_*.py") if "node_modules" not in path.parts}
+    collected = {Path(str(item.path)).parent for item in items}
+    silent = sorted(str(folder.relative_to(ROOT)) for folder in folders - collected)
+    problems = []
+    if silent:
+        problems.append(f"test folders with no collected test: {', '.join(silent)}")
+    if len(items) < floor:
+        problems.append(f"{len(items)} tests collected, fewer than the floor of {floor} (tests/min-collected.txt)")
+    if problems:
+        pytest.exit("; ".join(problems), returncode=3)

@@ -181,6 +181,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a model for a shape (ModelOpt FP8/NVFP4, or BF16 with LoRA addons) into the artifact store."""
         with reporting(output):
+            if not plan_only:
+                from byoc.extras import require
+
+                require("runtime", "byoc build")
             from runtime.model_build.builder import BuildRequest, run_build
             from runtime.model_build.plan import DEFAULT_CALIBRATION, Calibration
             from runtime.model_build.progress import Events

@@ -200,6 +200,19 @@ def register(app: typer.Typer) -> None:
         help="Run the serving runtime: the OpenAI-compatible gateway, the CPU reference engine.", no_args_is_help=True
     )
     app.add_typer(serve, name="serve")
+
+    @serve.callback()
+    def _needs_runtime_extra(ctx: typer.Context) -> None:
+        # hash-key needs nothing beyond the plain install; the servers need the runtime extra.
+        if ctx.invoked_subcommand != "hash-key":
+            from byoc.commands.common import Output, reporting
+            from byoc.extras import require
+
+            with reporting(Output.text):
+                require(
+                    "serve" if ctx.invoked_subcommand != "engine" else "runtime", f"byoc serve {ctx.invoked_subcommand}"
+                )
+
     serve.command("gateway")(gateway)
     serve.command("engine")(engine)
     serve.command("engine-stats")(engine_stats)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.build.conftest import byoc, files_under
+from tests.model_build.conftest import byoc, files_under
 
 
 def refused(dest: Path, *args: str) -> str:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from tests.build.conftest import FAST_CALIBRATION, byoc, files_under
+from tests.model_build.conftest import FAST_CALIBRATION, byoc, files_under
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")

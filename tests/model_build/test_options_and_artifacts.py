@@ -12,7 +12,7 @@ from byoc.errors import ByocError
 from byoc.resolve import catalog_shapes, resolve
 from byoc.spec import build_spec
 from runtime.model_build.plan import build_plan
-from tests.build.conftest import byoc, files_under
+from tests.model_build.conftest import byoc, files_under
 
 FRACTION = 0.85
 

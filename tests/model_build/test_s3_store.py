@@ -15,7 +15,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from runtime.model_build.stores import S3Store
-from tests.build.conftest import FAST_CALIBRATION, byoc, files_under
+from tests.model_build.conftest import FAST_CALIBRATION, byoc, files_under
 
 BUCKET = "byoc-artifacts"
 
