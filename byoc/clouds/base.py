@@ -40,6 +40,8 @@ class Cloud(ABC):
     key_example: ClassVar[str]
     # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
     stack_program: ClassVar[str | None] = None
+    # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
+    stack_extra: ClassVar[str | None] = None
 
     @property
     def catalog(self) -> Catalog:

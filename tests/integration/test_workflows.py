@@ -120,6 +120,8 @@ def test_the_release_publishes_runtime_dockerfile_and_pins_its_digest() -> None:
     assert pin["needs"] == "publish"
     assert any("scripts/pin_runtime_image.py --digest" in s.get("run", "") for s in pin["steps"])
     assert (ROOT / "scripts" / "pin_runtime_image.py").is_file()
+    catalog = yaml.safe_load((ROOT / "byoc" / "catalogs" / "images.yaml").read_text())
+    assert ROOT / catalog["runtime"]["published_by"] == RELEASE
 
 
 PLANTED = """\
