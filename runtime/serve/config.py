@@ -83,6 +83,9 @@ class GatewayConfig:
     upstream_timeout: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # OpenAI's hosted API takes 4 stop sequences; trtllm-serve and the CPU engine have no limit of their own. A
+    # bound still keeps per-token stop matching cheap (--config: max_stop_sequences).
+    max_stop_sequences: int = 16
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -122,6 +125,7 @@ class GatewayConfig:
             ("--wake-timeout", self.wake_timeout >= 0, "0 (fail at once) or seconds to hold requests"),
             ("--health-interval", self.health_interval > 0, "a positive number of seconds"),
             ("--upstream-timeout", self.upstream_timeout > 0, "a positive number of seconds"),
+            ("--config: max_stop_sequences", 1 <= self.max_stop_sequences <= 1024, "from 1 to 1024, e.g. 16"),
         ]
         for flag, ok, hint in checks:
             if not ok:

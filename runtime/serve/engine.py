@@ -22,9 +22,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.serve.config import Address
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
+from runtime.serve.structured import SchemaError, Structure, requested_structure, tool_call
 
 log = logging.getLogger("byoc.engine")
 VERSION = "byoc-cpu-engine 0.1"
+# Message fields the chat template sees besides role and content (tool calls and their results).
+TEMPLATE_FIELDS = ("name", "tool_calls", "tool_call_id")
+# Parameters this engine cannot honour: refused (400), never silently ignored. See docs/gateway.md.
+UNSUPPORTED = {
+    "logprobs": "no log probabilities are computed on the CPU engine",
+    "top_logprobs": "no log probabilities are computed on the CPU engine",
+    "suffix": "no fill-in-the-middle",
+}
 
 
 class BadRequest(Exception):
@@ -141,23 +150,64 @@ class Engine:
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("messages must be a non-empty list", "messages")
             flat = []
-            for message in messages:
+            for i, message in enumerate(messages):
                 if not isinstance(message, dict):
-                    raise BadRequest("every message must be an object", "messages")
+                    raise BadRequest("every message must be an object", f"messages[{i}]")
                 content = message.get("content")
                 if isinstance(content, list):
-                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                flat.append({"role": str(message.get("role", "user")), "content": content or ""})
-            text = tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=False)
+                    for j, part in enumerate(content):
+                        if not isinstance(part, dict) or part.get("type") != "text":
+                            # an image or audio part dropped on the floor would answer a different question
+                            raise BadRequest(
+                                "this model reads text only: content parts must have type text",
+                                f"messages[{i}].content[{j}].type",
+                            )
+                    content = "".join(str(p.get("text", "")) for p in content)
+                entry = {k: message[k] for k in TEMPLATE_FIELDS if message.get(k) is not None}
+                entry["role"], entry["content"] = str(message.get("role", "user")), content or ""
+                flat.append(entry)
+            options = {}
+            if body.get("tools"):
+                options["tools"] = [t["function"] for t in body["tools"] if isinstance(t, dict) and "function" in t]
+            if body.get("reasoning_effort") is not None:
+                options["reasoning_effort"] = body["reasoning_effort"]  # read by the templates that know it
+            text = tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=False, **options)
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return list(tokenizer(prompt)["input_ids"])
+            ids = list(tokenizer(prompt)["input_ids"])
+            if not ids and tokenizer.bos_token_id is not None:
+                ids = [int(tokenizer.bos_token_id)]  # an empty prompt starts a document, as OpenAI's does
+            if not ids:
+                raise BadRequest("prompt is empty", "prompt")
+            return ids
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            vocab = self.generator.vocab_size
+            if not all(0 <= t < vocab for t in prompt):
+                raise BadRequest(f"prompt has token ids outside the vocabulary (0 to {vocab - 1})", "prompt")
             return [int(t) for t in prompt]
         raise BadRequest("prompt must be a string or a list of token ids", "prompt")
+
+    def _logit_bias(self, body: dict[str, Any]) -> dict[int, float]:
+        value = body.get("logit_bias")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise BadRequest("logit_bias must be an object of token id to bias", "logit_bias")
+        bias: dict[int, float] = {}
+        for key, amount in value.items():
+            token = int(key) if isinstance(key, str) and key.lstrip("-").isdigit() else -1
+            if not 0 <= token < self.generator.vocab_size:
+                raise BadRequest(
+                    f"logit_bias keys must be token ids of this model (0 to {self.generator.vocab_size - 1})",
+                    "logit_bias",
+                )
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or not -100 <= amount <= 100:
+                raise BadRequest("logit_bias values must be numbers from -100 to 100", "logit_bias")
+            bias[token] = float(amount)
+        return bias
 
     def _sampling(self, body: dict[str, Any], prompt_tokens: int) -> Sampling:
         room = self.max_context - prompt_tokens
@@ -166,17 +216,22 @@ class Engine:
                 f"the prompt has {prompt_tokens} tokens: no room left in the context window of {self.max_context}",
                 "messages" if "messages" in body else "prompt",
             )
-        max_tokens = _integer(body, "max_completion_tokens", None) or _integer(body, "max_tokens", None)
+        # errors name the parameter the client sent
+        limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = _integer(body, limit, None)
         if max_tokens is None:
             max_tokens = room
         if max_tokens < 1:
-            raise BadRequest("max_tokens must be at least 1", "max_tokens")
+            raise BadRequest(f"{limit} must be at least 1", limit)
         if prompt_tokens + max_tokens > self.max_context:
             raise BadRequest(
-                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the context window of "
+                f"prompt ({prompt_tokens} tokens) + {limit} ({max_tokens}) exceeds the context window of "
                 f"{self.max_context} tokens",
-                "max_tokens",
+                limit,
             )
+        for name, why in UNSUPPORTED.items():
+            if body.get(name):
+                raise BadRequest(f"{name} is not supported by this engine ({why})", name)
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
@@ -195,7 +250,15 @@ class Engine:
             stop=stop,
             ignore_eos=bool(body.get("ignore_eos", False)),
             min_tokens=_integer(body, "min_tokens", 0) or 0,
+            min_p=_number(body, "min_p", 0.0),
+            logit_bias=self._logit_bias(body),
         )
+
+    def _grammar(self, structure: Structure | None) -> Any:
+        """Compile the request's grammar (in a worker thread: a new schema takes milliseconds)."""
+        if structure is None:
+            return None
+        return self.generator.grammars.compile(structure)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
@@ -205,8 +268,12 @@ class Engine:
             adapter = self._adapter(body)
             prompt = await asyncio.to_thread(self._prompt_ids, body, chat)
             sampling = self._sampling(body, len(prompt))
+            structure = requested_structure(body, chat)
+            sampling.grammar = await asyncio.to_thread(self._grammar, structure)
         except BadRequest as error:
             return _error(error)
+        except SchemaError as error:
+            return _error(BadRequest(f"{error.param} {error}", error.param))
         except ValueError:
             return _error(BadRequest("the body is not valid JSON"))
         loop = asyncio.get_running_loop()
@@ -226,12 +293,29 @@ class Engine:
             if body.get("stream"):
                 options = body.get("stream_options") or {}
                 usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                return await self._stream(request, sequence, meta, chat, usage, echo)
-            return await self._whole(sequence, meta, chat, echo)
+                return await self._stream(request, sequence, meta, chat, usage, echo, structure)
+            return await self._whole(sequence, meta, chat, echo, structure)
         finally:
             sequence.cancelled = True  # a no-op once finished; stops generation if the client went away
 
-    async def _whole(self, sequence: Sequence, meta: dict[str, Any], chat: bool, echo: str) -> web.Response:
+    async def _stream_tool_call(
+        self,
+        response: web.StreamResponse,
+        sequence: Sequence,
+        chunk_meta: dict[str, Any],
+        include_usage: bool,
+        structure: Structure,
+    ) -> web.StreamResponse:
+        try:
+            await _tool_call_events(response, sequence, chunk_meta, include_usage, structure)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left; the finally in _generate stops the generation
+        return response
+
+    async def _whole(
+        self, sequence: Sequence, meta: dict[str, Any], chat: bool, echo: str, structure: Structure | None
+    ) -> web.Response:
         parts = [echo]
         while True:
             event = await sequence.events.get()
@@ -243,7 +327,11 @@ class Engine:
                 break
         text = "".join(parts)
         choice: dict[str, Any] = {"index": 0, "finish_reason": event.reason, "logprobs": None}
-        if chat:
+        call = _tool_call(structure, text, event.reason)
+        if call is not None:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice["finish_reason"] = "tool_calls" if event.reason == "stop" else event.reason
+        elif chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
@@ -258,6 +346,7 @@ class Engine:
         chat: bool,
         include_usage: bool,
         echo: str,
+        structure: Structure | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -273,6 +362,8 @@ class Engine:
                 choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
             return b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n"
 
+        if structure is not None and structure.mode != "json" and chat:
+            return await self._stream_tool_call(response, sequence, chunk_meta, include_usage, structure)
         first = True
         try:
             while True:
@@ -303,6 +394,44 @@ class Engine:
         return response
 
 
+async def _tool_call_events(
+    response: web.StreamResponse,
+    sequence: Sequence,
+    chunk_meta: dict[str, Any],
+    include_usage: bool,
+    structure: Structure,
+) -> None:
+    """A forced tool call goes out whole, in one chunk, once its arguments are complete."""
+    held: list[str] = []
+    while True:
+        event = await sequence.events.get()
+        if isinstance(event, Failed):
+            error = {"error": {"message": event.message, "type": "InternalServerError", "code": 500}}
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+            return
+        held.append(event.text)
+        if isinstance(event, Finished):
+            break
+    text = "".join(held)
+    call = tool_call(structure, text, f"call_{uuid.uuid4().hex[:24]}")
+    delta: dict[str, Any] = {"role": "assistant", "content": text if call is None else None}
+    if call is not None:
+        delta["tool_calls"] = [{"index": 0, **call}]
+    reason = "tool_calls" if call is not None and event.reason == "stop" else event.reason
+    choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+    await response.write(b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n")
+    if include_usage:
+        usage = {**chunk_meta, "choices": [], "usage": _usage(event)}
+        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+
+
+def _tool_call(structure: Structure | None, text: str, reason: str) -> dict[str, Any] | None:
+    if structure is None or structure.mode == "json":
+        return None
+    return tool_call(structure, text, f"call_{uuid.uuid4().hex[:24]}")
+
+
 def _usage(event: Finished) -> dict[str, int]:
     return {
         "prompt_tokens": event.prompt_tokens,
@@ -313,7 +442,8 @@ def _usage(event: Finished) -> dict[str, int]:
 
 async def serve(generator: Generator, model_name: str, listen: Address) -> None:
     engine = Engine(generator, model_name, generator.max_context)
-    runner = web.AppRunner(engine.app(), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that leaves cancels its handler, whose `finally` stops the generation
+    runner = web.AppRunner(engine.app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, listen.host, listen.port).start()
     log.info(

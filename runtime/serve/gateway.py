@@ -107,19 +107,23 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_get("/v1/models", self.list_models)
-        app.router.add_get("/v1/models/{model}", self.get_model)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/ready", self.ready)
-        app.router.add_get("/metrics", self.prometheus)
+        _routes(
+            app,
+            [
+                ("POST", "/v1/chat/completions", self.chat_completions),
+                ("POST", "/v1/completions", self.completions),
+                ("GET", "/v1/models", self.list_models),
+                ("GET", "/v1/models/{model}", self.get_model),
+                ("GET", "/health", self.health),
+                ("GET", "/ready", self.ready),
+                ("GET", "/metrics", self.prometheus),
+            ],
+        )
         return app
 
     def metrics_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/health", self.health)
+        _routes(app, [("GET", "/metrics", self.prometheus), ("GET", "/health", self.health)])
         return app
 
     # -- small endpoints -------------------------------------------------------------------------------------
@@ -186,6 +190,12 @@ class Gateway:
         outcome = Outcome()
         try:
             response = await self._handle(request, kind, path, outcome, started)
+        except asyncio.CancelledError:
+            # the client left (aiohttp cancels the handler): every `finally` below has freed its slot and closed
+            # the upstream connection, which stops the engine's work too
+            outcome.code, outcome.reason = "499", "client_disconnected"
+            self._record(outcome, started)
+            raise
         except ApiError as error:
             outcome.code = str(error.status)
             response = self._error(error)
@@ -203,15 +213,18 @@ class Gateway:
         series = self.metrics.series(self.config.model, outcome.addon)
         series.answered(outcome.code)
         ttft_ms = -1.0
-        if outcome.first_token is not None:
+        if outcome.code == "200" or outcome.first_token is not None:
             series.duration.observe(ended - started)
-            series.ttft.observe(outcome.first_token - started)
-            ttft_ms = (outcome.first_token - started) * 1000
             if outcome.prompt_tokens:
                 series.prompt_tokens.inc(outcome.prompt_tokens)
             if outcome.output_tokens:
                 series.output_tokens.inc(outcome.output_tokens)
-            if outcome.stream and outcome.output_tokens > 1 and outcome.last_token is not None:
+        # time to first token only where the gateway sees the first token: streamed answers (a non-streamed
+        # answer's first token is inside the engine; trtllm_time_to_first_token_seconds has it)
+        if outcome.first_token is not None:
+            series.ttft.observe(outcome.first_token - started)
+            ttft_ms = (outcome.first_token - started) * 1000
+            if outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
         reason = f" reason={outcome.reason}" if outcome.reason else ""
         self.access_log.write(
@@ -220,7 +233,12 @@ class Gateway:
             f"ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
         )
 
-    def _resolve_model(self, name: str) -> Addon | None:
+    def _resolve_model(self, name: str) -> Addon | Unresolved | None:
+        """The addon a model name selects (None: the base model).
+
+        Raises 404 for a name no ready replica serves. With no replica ready, the replicas' own addons are not
+        known yet (start-up, or scale from zero): the name stays unresolved and the request is held like any other.
+        """
         if name == self.config.model:
             return None
         addon = self.declared.get(name)
@@ -229,6 +247,8 @@ class Gateway:
         learned = self.pool.learned_addons()
         if name in learned:
             return Addon(name, lora_int_id(name), learned[name] or f"{ADAPTER_ROOT}/{name}")
+        if not self.pool.ready:
+            return UNRESOLVED
         raise _unknown_model()
 
     def _limited(self, reason: str, message: str, wait: float, outcome: Outcome) -> ApiError:
@@ -247,11 +267,20 @@ class Gateway:
         wait = self.rpm.take(key.name, rpm)
         if wait:
             raise self._limited("key_rpm", f"rate limit: this key may send {rpm} requests per minute", wait, outcome)
-        raw = await request.read()
-        parsed = validate(kind, parse_json(raw), self.config.max_context)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(
+                413,
+                f"request body: larger than the gateway's limit of {MAX_BODY_BYTES // (1024 * 1024)} MiB",
+                param="body",
+                code="request_too_large",
+            ) from None
+        parsed = validate(kind, parse_json(raw), self.config.max_context, self.config.max_stop_sequences)
         outcome.stream = parsed.stream
         addon = self._resolve_model(parsed.model)
-        outcome.addon = addon.name if addon is not None else BASE
+        if not isinstance(addon, Unresolved):
+            outcome.addon = addon.name if addon is not None else BASE
         if not self.key_concurrency.try_enter(key.name, key.max_concurrency):
             raise self._limited(
                 "key_concurrency",
@@ -261,6 +290,11 @@ class Gateway:
             )
         try:
             await self._hold_until_ready(outcome)
+            if isinstance(addon, Unresolved):
+                addon = self._resolve_model(parsed.model)  # a replica is ready now: it has told us its addons
+                if isinstance(addon, Unresolved):
+                    raise _unknown_model()
+                outcome.addon = addon.name if addon is not None else BASE
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason is not None:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
@@ -309,9 +343,9 @@ class Gateway:
         payloads: dict[str, bytes] = {}
         if addon is not None:
             body["lora_request"] = addon.lora_request()
-        else:
-            # the body goes upstream unchanged when the replica serves the model under the name asked for:
-            # no second JSON encoding on the hot path
+        elif parsed.unchanged:
+            # the client's bytes go upstream as they are when nothing in them changes (the replica serves the
+            # model under the name asked for, no field renamed, dropped or added): no second JSON encoding
             payloads[parsed.model] = raw
         failed: Upstream | None = None
         for attempt in range(2):
@@ -329,30 +363,30 @@ class Gateway:
                 body["model"] = upstream_model
                 payload = payloads[upstream_model] = json.dumps(body).encode()
             upstream.outstanding += 1
+            response: aiohttp.ClientResponse | None = None
             try:
-                response = await self.session.post(upstream.url + path, data=payload, headers=JSON_HEADERS)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                upstream.outstanding -= 1
-                reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
-                self.metrics.upstream_errors.labels(reason=reason).inc()
-                self.pool.failed(upstream)
-                failed = upstream
-                continue
-            if response.status in (502, 503, 504) and attempt == 0:
-                self.metrics.upstream_errors.labels(reason=f"status_{response.status}").inc()
-                response.release()
-                upstream.outstanding -= 1
-                failed = upstream
-                continue
-            try:
+                try:
+                    response = await self.session.post(upstream.url + path, data=payload, headers=JSON_HEADERS)
+                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+                    self.metrics.upstream_errors.labels(reason=reason).inc()
+                    self.pool.failed(upstream)
+                    failed = upstream
+                    continue
+                if response.status in (502, 503, 504) and attempt == 0:
+                    self.metrics.upstream_errors.labels(reason=f"status_{response.status}").inc()
+                    failed = upstream
+                    continue
                 if parsed.stream:
                     return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
                 return await self._relay(response, parsed, upstream_model, outcome)
             finally:
-                if outcome.code == "200":
-                    response.release()
-                else:
-                    response.close()  # an unfinished answer: drop the connection, which also stops the engine
+                # also on cancellation (the client left): the slot on the replica is free at once
+                if response is not None:
+                    if outcome.code == "200":
+                        response.release()
+                    else:
+                        response.close()  # an unfinished answer: drop the connection, which stops the engine
                 upstream.outstanding -= 1
         outcome.reason = "upstream_unavailable"
         raise ApiError(
@@ -366,7 +400,8 @@ class Gateway:
     async def _upstream_failure(self, response: aiohttp.ClientResponse, parsed: ParsedRequest) -> ApiError:
         raw = await response.read()
         if 400 <= response.status < 500:
-            return upstream_error(response.status, raw, parsed.body)
+            # the engine refused the input: the client's mistake, not the replica's (no upstream error, no retry)
+            return upstream_error(response.status, raw, parsed.body, parsed.renamed)
         self.metrics.upstream_errors.labels(reason="status_5xx").inc()
         return ApiError(502, f"the model replica failed (HTTP {response.status}): retry shortly", kind="server_error")
 
@@ -378,7 +413,6 @@ class Gateway:
         raw = await response.read()
         outcome.prompt_tokens, outcome.output_tokens = _usage(raw)
         body = _rename_model(raw, upstream_model, parsed.model)
-        outcome.first_token = time.perf_counter()  # a non-streamed answer's first token arrives with all the others
         outcome.code = "200"
         return web.Response(body=body, headers=JSON_HEADERS)
 
@@ -493,6 +527,34 @@ def _rename_model(raw: bytes, upstream: str, public: str) -> bytes:
     return raw
 
 
+class Unresolved:
+    """A model name not resolved yet: no replica has listed its models (start-up, or scale from zero)."""
+
+
+UNRESOLVED = Unresolved()
+
+
+def _routes(app: web.Application, routes: list[tuple[str, str, Any]]) -> None:
+    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404)."""
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+        allowed = "GET, HEAD" if method == "GET" else method
+
+        async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
+            error = ApiError(405, f"{request.path} accepts {allowed} only", code="method_not_allowed")
+            return web.Response(
+                status=405, body=error.body(), headers={**JSON_HEADERS, "Allow": allowed.replace(", HEAD", "")}
+            )
+
+        app.router.add_route("*", path, not_allowed)
+
+    async def not_found(request: web.Request) -> web.Response:
+        error = ApiError(404, "no such route: the API is under /v1 (chat/completions, completions, models)")
+        return web.Response(status=404, body=error.body(), headers=JSON_HEADERS)
+
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+
 def _unauthorized() -> ApiError:
     return ApiError(
         401,
@@ -514,8 +576,16 @@ def _unknown_model() -> ApiError:
 async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds: float = 30.0) -> None:
     """Run until SIGTERM or SIGINT, then stop taking requests and let those in progress finish."""
     gateway = Gateway(config, keys)
+    try:
+        await _serve_until_stopped(gateway, config, drain_seconds)
+    finally:
+        gateway.access_log.flush()  # the last batch of access lines: an audit line is never lost on shutdown
+
+
+async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_seconds: float) -> None:
     await gateway.start()
-    runners = [web.AppRunner(gateway.app(), access_log=None, handle_signals=False)]
+    # handler_cancellation: a client that leaves cancels its request at once (499), streamed or not
+    runners = [web.AppRunner(gateway.app(), access_log=None, handle_signals=False, handler_cancellation=True)]
     sites = [(runners[0], config.listen)]
     if config.metrics_listen is not None:
         runners.append(web.AppRunner(gateway.metrics_app(), access_log=None, handle_signals=False))
@@ -527,7 +597,7 @@ async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds:
         # TLS on the API listener; the metrics listener carries no request data and stays plain for Prometheus
         context = tls if index == 0 else None
         await web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=context).start()
-    auth = f"{len(gateway.keys)} API keys" if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
+    auth = gateway.keys.describe() if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
     log.info(
         "gateway listening on %s://%s (metrics %s), model %s, %d declared addons, upstreams %s, %s, %s loop",
         "https" if tls else "http",

@@ -25,6 +25,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from runtime.serve.logs import exception_summary
+from runtime.serve.structured import Grammars
 
 log = logging.getLogger("byoc.engine")
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter forward pass
@@ -45,6 +46,9 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     min_tokens: int = 0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (-100..100)
+    grammar: Any = None  # an xgrammar CompiledGrammar: only tokens that keep the answer valid may be sampled
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class Sequence:
     sent: int = 0  # characters of text already sent
     scheduled: float | None = None
     first_token: float | None = None
+    processors: list[Any] = field(default_factory=list)  # transformers logits processors, in their order
+    warpers: list[Any] = field(default_factory=list)  # transformers logits warpers, after temperature/top-k/top-p
+    matcher: Any = None  # xgrammar GrammarMatcher
+    bitmask: Any = None
 
     @property
     def length(self) -> int:
@@ -179,6 +187,9 @@ class Generator:
         self.addons = dict(addons)
         self.config: Any = model.config
         self.max_context = int(getattr(self.config, "max_position_embeddings", 2048))
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         self.eos_ids = self._eos_ids()
         self.metrics = EngineMetrics(model_name)
         self.max_batch_size = max_batch_size
@@ -203,6 +214,14 @@ class Generator:
         return ids
 
     # -- called from the event loop --------------------------------------------------------------------------
+    @property
+    def grammars(self) -> Grammars:
+        """xgrammar for this tokenizer, made on the first request that asks for structured output."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.vocab_size)
+            return self._grammars
+
     def submit(self, sequence: Sequence) -> None:
         with self._wake:
             self._waiting.append(sequence)
@@ -279,6 +298,7 @@ class Generator:
             inputs = torch.tensor([s.prompt], dtype=torch.long)
             if s.sampling.seed is not None:
                 s.generator = torch.Generator().manual_seed(s.sampling.seed % (2**63))
+            self._prepare(s)
             self._alloc_total += self._blocks(len(s.prompt))
         else:
             inputs = torch.tensor([[s.generated[-1]]], dtype=torch.long)
@@ -294,8 +314,13 @@ class Generator:
         s.counts[token] = s.counts.get(token, 0) + 1
         if s.length % TOKENS_PER_BLOCK == 1:
             self._alloc_total += 1
-        eos = token in self.eos_ids and not s.sampling.ignore_eos and len(s.generated) > s.sampling.min_tokens
-        ids = s.generated[:-1] if eos else s.generated
+        if s.matcher is not None:
+            s.matcher.accept_token(token)
+            # the grammar allows an end token only once the answer is complete, and nothing after it
+            eos = s.matcher.is_terminated()
+        else:
+            eos = token in self.eos_ids and not s.sampling.ignore_eos and len(s.generated) > s.sampling.min_tokens
+        ids = s.generated[:-1] if eos and token in self.eos_ids else s.generated
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in s.sampling.stop:
             at = text.find(stop)
@@ -319,8 +344,26 @@ class Generator:
         self.metrics.finished(s, reason, now)
         return True
 
+    def _prepare(self, s: Sequence) -> None:
+        """The per-request logits processors: transformers' own, and xgrammar's matcher for structured output."""
+        from transformers import MinPLogitsWarper, SequenceBiasLogitsProcessor
+
+        p = s.sampling
+        if p.logit_bias:
+            s.processors.append(SequenceBiasLogitsProcessor([[[token], bias] for token, bias in p.logit_bias.items()]))
+        if p.min_p > 0:
+            s.warpers.append(MinPLogitsWarper(p.min_p))
+        if p.grammar is not None:
+            s.matcher, s.bitmask = self.grammars.matcher(p.grammar)
+
     def _sample(self, s: Sequence, logits: torch.Tensor) -> int:
         p = s.sampling
+        if s.matcher is not None:
+            self.grammars.mask(s.matcher, s.bitmask, logits)
+        if s.processors:
+            last = torch.tensor([[s.generated[-1] if s.generated else s.prompt[-1]]], dtype=torch.long)
+            for processor in s.processors:
+                logits = processor(last, logits.unsqueeze(0))[0]
         if s.counts and (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
             ids = torch.tensor(list(s.counts), dtype=torch.long)
             counts = torch.tensor(list(s.counts.values()), dtype=logits.dtype)
@@ -341,6 +384,11 @@ class Generator:
             keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
             probs = probs / probs.sum()
+        if s.warpers:
+            scores = torch.log(probs).unsqueeze(0)
+            for warper in s.warpers:
+                scores = warper(None, scores)
+            probs = torch.softmax(scores[0], dim=-1)
         return int(torch.multinomial(probs, 1, generator=s.generator))
 
     def _record(self, started: float, context: int, context_tokens: int, completed: int) -> None:

@@ -1,10 +1,18 @@
 """API keys: loaded once as SHA-256 digests, checked in constant time, never stored or logged in plain text.
 
-The keys file is either one key per line (for development: the gateway hashes each line at load and keeps only
-the digest), or YAML built with `byoc serve hash-key`:
+The keys file is one of two formats that cannot be mistaken for each other:
 
-    keys:
+- YAML of hashed keys, as `byoc serve hash-key` prints them: a list of entries, so that `hash-key >> keys.yaml`
+  adds one (a top-level `keys:` holding the same list is read too):
+
       - {name: ci, sha256: 9f86d0...0f00a08, rpm: 600, max_concurrency: 8}
+
+- plain keys, one per line (development only): the gateway hashes each line at load and keeps only the digest.
+  A line must look like a key: one word of at least 16 characters, not 64 hex digits (that is a digest). A file
+  with any other line, or YAML of any other shape, is refused: read as plain keys, a file of hashes would make
+  every line of it a valid key.
+
+A file that yields no key refuses to start the gateway (exit 2).
 
 Keys are random secrets with plenty of entropy, so one SHA-256 per request (under a microsecond) is the right cost:
 a slow password hash would only make every request slower without making a key harder to guess.
@@ -31,6 +39,7 @@ class ApiKey:
     digest: bytes
     rpm: int | None = None  # None: the gateway's --rate-limit-rpm
     max_concurrency: int | None = None  # None: no per-key limit
+    kind: str = "sha256"  # "sha256" (a hashed entry) or "plaintext" (a line hashed at load)
 
 
 ANONYMOUS = ApiKey("anonymous", b"")
@@ -90,7 +99,37 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
     return keys
 
 
+MIN_PLAIN_KEY = 16  # as `byoc serve hash-key` requires
+YAML_HINT = "YAML entries come from `byoc serve hash-key --name NAME < key.txt` (append them: >> keys.yaml)"
+
+
+def _plain_keys(text: str, path: Path) -> list[ApiKey]:
+    keys: list[ApiKey] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}: line {number}"
+        if any(c.isspace() for c in line) or line.startswith(("-", "{", "[")) or line.endswith(":"):
+            raise ByocError("--api-keys", f"{where} is neither a plain key nor valid YAML of hashed keys", YAML_HINT)
+        if HEX64.match(line.lower()):
+            raise ByocError(
+                "--api-keys",
+                f"{where} is a SHA-256 digest, not a key: read as a plain key, the digest itself would be the key",
+                "put digests in YAML entries: " + YAML_HINT,
+            )
+        if len(line) < MIN_PLAIN_KEY:
+            raise ByocError("--api-keys", f"{where} is shorter than {MIN_PLAIN_KEY} characters", "use a random key")
+        keys.append(ApiKey(f"key-{number}", digest(line), kind="plaintext"))
+    return keys
+
+
 def load_keys(path: Path) -> list[ApiKey]:
+    """The keys of a keys file (either format above).
+
+    Raises ByocError (the CLI's exit 2) when the file cannot be read, mixes the formats, has a malformed entry, a
+    duplicate name or key, or yields no key at all.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
@@ -98,16 +137,17 @@ def load_keys(path: Path) -> list[ApiKey]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        data = None  # plain keys can contain characters YAML dislikes: read them as lines below
-    if isinstance(data, dict) and "keys" in data:
-        keys = _from_yaml(data["keys"], path)
+        data = None  # plain keys can contain characters YAML dislikes: the line checks below decide
+    if isinstance(data, list):
+        keys = _from_yaml(data, path)
+    elif isinstance(data, dict):
+        if set(data) != {"keys"}:
+            raise ByocError("--api-keys", f"{path} is YAML without a list of keys", YAML_HINT)
+        keys = _from_yaml(data["keys"] if data["keys"] is not None else [], path)
     else:
-        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
-        keys = [ApiKey(f"key-{n}", digest(line)) for n, line in lines if line and not line.startswith("#")]
+        keys = _plain_keys(text, path)
     if not keys:
-        raise ByocError(
-            "--api-keys", f"{path} holds no keys", "add one key per line, or YAML from `byoc serve hash-key`"
-        )
+        raise ByocError("--api-keys", f"{path} holds no keys", "add hashed entries: " + YAML_HINT)
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ByocError("--api-keys", f"{path}: two keys share a name", "key names must be unique")
@@ -126,6 +166,11 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+    def describe(self) -> str:
+        """`3 API keys (2 sha256, 1 plaintext)`: for the start-up log line."""
+        kinds = [k.kind for k in self._by_digest.values()]
+        return f"{len(kinds)} API keys ({kinds.count('sha256')} sha256, {kinds.count('plaintext')} plaintext)"
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         if not self.enabled:

@@ -7,6 +7,7 @@ are user data, and no user data goes into an error body or a log line (zero data
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,8 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     body: dict[str, Any]  # what goes upstream, once the model is rewritten
+    unchanged: bool = True  # `body` equals what the client sent (its bytes can go upstream as they are)
+    renamed: dict[str, str] | None = None  # upstream parameter name -> the name the client used
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -99,14 +102,26 @@ def _boolean(body: dict[str, Any], name: str) -> None:
         raise bad(name, "must be true or false")
 
 
-def _stop(value: Any) -> None:
+def _stop(value: Any, max_sequences: int) -> None:
     if value is None:
         return
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
         raise bad("stop", "must be a non-empty string or a list of non-empty strings")
-    if len(items) > 4:
-        raise bad("stop", "at most 4 sequences")
+    if len(items) > max_sequences:
+        raise bad("stop", f"at most {max_sequences} sequences (the gateway's max_stop_sequences)")
+
+
+def _logit_bias(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise bad("logit_bias", "must be an object of token id to bias")
+    for token, bias in value.items():
+        if not token.isdigit():
+            raise bad("logit_bias", "keys must be token ids (strings of digits)")
+        if not _is_number(bias) or not -100 <= bias <= 100:
+            raise bad("logit_bias", "values must be numbers from -100 to 100")
 
 
 def _messages(value: Any) -> None:
@@ -212,7 +227,7 @@ INTEGERS: dict[str, tuple[int, int | None]] = {
 BOOLEANS = frozenset({"stream", "ignore_eos", "echo", "parallel_tool_calls"})
 
 
-def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int) -> None:
+def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, max_stop: int) -> None:
     if name in NUMBERS:
         _number(body, name, *NUMBERS[name])
     elif name in INTEGERS:
@@ -230,10 +245,9 @@ def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int) 
         else:
             _integer(body, name, 0, 20)
     elif name == "stop":
-        _stop(body[name])
+        _stop(body[name], max_stop)
     elif name == "logit_bias":
-        if body[name] is not None and not isinstance(body[name], dict):
-            raise bad(name, "must be an object of token id to bias")
+        _logit_bias(body[name])
     elif name == "user":
         if body[name] is not None and not isinstance(body[name], str):
             raise bad(name, "must be a string")
@@ -254,15 +268,19 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return bool(options.get("include_usage"))
 
 
-def validate(kind: Kind, body: dict[str, Any], max_context: int) -> ParsedRequest:
-    """Check a request the way OpenAI does (400 naming the parameter) and build the body that goes upstream."""
+def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int = 16) -> ParsedRequest:
+    """Check a request the way OpenAI does and build the body that goes upstream.
+
+    Raises ApiError 400 naming the parameter (as the client spelled it) for a value out of range or of the wrong
+    type, an unknown parameter, or a missing `model`/`messages`/`prompt`. `max_stop` bounds the `stop` list.
+    """
     allowed = COMMON | (CHAT_ONLY if kind == "chat" else COMPLETIONS_ONLY)
     for name in body:
         if name not in allowed and name not in DROPPED:
             if name == "lora_request":
                 raise bad(name, "not accepted here: select an addon with `model` (GET /v1/models lists them)")
             raise bad(str(name)[:64], "unrecognized request argument")
-        _check_value(kind, name, body, max_context)
+        _check_value(kind, name, body, max_context, max_stop)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model", "is required (GET /v1/models lists the models)")
@@ -275,13 +293,21 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int) -> ParsedReques
         _prompt(body["prompt"])
     stream = bool(body.get("stream"))
     include_usage = _include_usage(body, stream)
-    forwarded = {k: v for k, v in body.items() if k not in DROPPED}
+    unchanged = True
+    forwarded = body
+    if any(k in DROPPED for k in body):
+        forwarded = {k: v for k, v in body.items() if k not in DROPPED}
+        unchanged = False
+    renamed = None
     if "max_completion_tokens" in forwarded:
         forwarded["max_tokens"] = forwarded.pop("max_completion_tokens")
-    if stream:
+        renamed = {"max_tokens": "max_completion_tokens"}  # an engine's error about max_tokens is about this
+        unchanged = False
+    if stream and not include_usage:
         # always ask for usage upstream: token counters need it; the chunk is dropped if the client did not ask
         forwarded["stream_options"] = {"include_usage": True}
-    return ParsedRequest(model, stream, include_usage, forwarded)
+        unchanged = False
+    return ParsedRequest(model, stream, include_usage, forwarded, unchanged, renamed)
 
 
 def request_texts(body: dict[str, Any]) -> list[str]:
@@ -315,8 +341,16 @@ def scrub(message: str, body: dict[str, Any]) -> str | None:
     return message[:500]
 
 
-def upstream_error(status: int, raw: bytes, body: dict[str, Any]) -> ApiError:
-    """An upstream 4xx, in OpenAI's shape, with the upstream's own words only when they are safe to pass on."""
+# What the gateway adds to a request: an engine's complaint about it is about the parameter the client sent.
+ADDED = {"lora_request": "model"}
+
+
+def upstream_error(status: int, raw: bytes, body: dict[str, Any], renamed: dict[str, str] | None = None) -> ApiError:
+    """An upstream 4xx, in OpenAI's shape, with the upstream's own words only when they are safe to pass on.
+
+    `renamed` maps the upstream's parameter names back to the client's (max_tokens -> max_completion_tokens), in
+    `param` and in the message.
+    """
     message, param, code = "", None, None
     try:
         data = json.loads(raw)
@@ -333,5 +367,10 @@ def upstream_error(status: int, raw: bytes, body: dict[str, Any]) -> ApiError:
         safe = (
             f"the engine rejected the request (HTTP {status}); its message was withheld because it quoted the request"
         )
+    names = {**ADDED, **(renamed or {})}
+    if param in names:
+        param = names[param]
+    for upstream_name, client_name in (renamed or {}).items():
+        safe = re.sub(rf"\b{upstream_name}\b", client_name, safe)
     kind = "invalid_request_error" if status < 500 else "server_error"
     return ApiError(status, safe, param=param, kind=kind, code=code)
