@@ -6,6 +6,11 @@ import re
 
 from byoc.clouds.base import Cloud
 
+# What people write when they mean Google's default encryption at rest: no key of theirs at all.
+GOOGLE_MANAGED = frozenset(
+    {"google", "google-managed", "google_managed", "gmek", "google-default-encryption", "google_default_encryption"}
+)
+
 
 class Gcp(Cloud):
     name = "gcp"
@@ -14,7 +19,26 @@ class Gcp(Cloud):
         r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/locations/(?P<region>[a-z0-9-]+)/keyRings/[\w-]+/cryptoKeys/[\w-]+$"
     )
     key_example = "projects/my-project/locations/europe-west4/keyRings/byoc/cryptoKeys/cluster"
+    object_store_scheme = "gs://"
+    # GKE master authorized networks: at most 50 CIDRs for a cluster's public endpoint (GKE docs, "Add authorized
+    # networks for control plane access"); private ranges reach the private endpoint from inside the VPC instead.
+    allowed_cidrs_max = 50
+    allowed_cidrs_private = False
+    stack_program = "stacks.gcp.program:program"
+    stack_extra = "gcp"  # pulumi_gcp comes with the byoc[gcp] extra
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
         return match["region"] if match else None
+
+    def provider_managed_key(self, key: str) -> str | None:
+        # Google-managed encryption keys are Google's: you cannot revoke them, rotate them on your schedule or see
+        # their use in your audit logs, and GKE secrets encryption and CMEK buckets take a Cloud KMS key only.
+        if key.strip().lower() in GOOGLE_MANAGED:
+            return (
+                f"{key!r} is Google-managed encryption: Google holds that key, so you cannot revoke it, rotate it or "
+                "audit its use, and GKE secrets encryption and CMEK buckets need a Cloud KMS key of yours"
+            )
+        if "/cryptoKeyVersions/" in key:
+            return f"{key!r} is a key version: GKE, Compute Engine and Cloud Storage take the key, and rotate it"
+        return None

@@ -8,16 +8,24 @@ from collections.abc import Callable
 from typing import Any
 
 from byoc.clouds import get_cloud
+from byoc.extras import require
 from byoc.resolve import Deployment
 
 Program = Callable[[Deployment], dict[str, Any]]
 
 
 def program_for(deployment: Deployment) -> Program | None:
-    """The cloud's program function, imported only now (Pulumi SDKs are heavy)."""
-    target = get_cloud(deployment.cloud).stack_program
+    """The cloud's program function, imported only now (Pulumi SDKs are heavy).
+
+    Raises:
+        ByocError: the cloud's provider SDK is in a pip extra that is not installed (exit 2 with the pip command).
+    """
+    cloud = get_cloud(deployment.cloud)
+    target = cloud.stack_program
     if target is None:
         return None
+    if cloud.stack_extra is not None:
+        require(cloud.stack_extra, f"--cloud {cloud.name}")
     module, _, function = target.partition(":")
     program: Program = getattr(importlib.import_module(module), function)
     return program

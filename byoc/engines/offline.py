@@ -6,7 +6,9 @@ This is Pulumi's own unit-test path: the program runs unchanged, every resource 
 provider) is the `resources` list of plan.json.
 
 Values only a live account knows are placeholders: the account id is 123456789012 (AWS's documentation account),
-availability zones are <region>a/b/c, and ARNs of resources that do not exist yet are made up from their names.
+availability zones are <region>a/b/c, and ARNs of resources that do not exist yet are made up from their names. On
+Google Cloud the project is `example-project` (number 123456789012), and ids, emails and service agents are made up
+in the formats Google documents for them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,36 @@ from byoc.plan import Plan, RecordedResource
 from byoc.resolve import Deployment
 
 PLACEHOLDER_ACCOUNT = "123456789012"
+PLACEHOLDER_PROJECT = "example-project"
+PLACEHOLDER_PROJECT_NUMBER = "123456789012"
+
+
+def _gcp_outputs(type_token: str, name: str, inputs: dict[str, Any], region: str) -> tuple[str | None, dict[str, Any]]:
+    """The id and computed outputs a Google Cloud resource would have (None: the default placeholder id)."""
+    project = PLACEHOLDER_PROJECT
+    if type_token == "gcp:kms/keyRing:KeyRing":
+        return f"projects/{project}/locations/{inputs.get('location', region)}/keyRings/{name}", {}
+    if type_token == "gcp:kms/cryptoKey:CryptoKey":
+        return f"{inputs.get('keyRing')}/cryptoKeys/{name}", {}
+    if type_token == "gcp:serviceaccount/account:Account":
+        email = f"{inputs.get('accountId')}@{project}.iam.gserviceaccount.com"
+        path = f"projects/{project}/serviceAccounts/{email}"
+        return path, {"email": email, "member": f"serviceAccount:{email}", "name": path}
+    if type_token == "gcp:storage/bucket:Bucket":
+        return name, {"url": f"gs://{name}", "selfLink": f"https://www.googleapis.com/storage/v1/b/{name}"}
+    if type_token == "gcp:compute/network:Network":
+        return f"projects/{project}/global/networks/{name}", {}
+    if type_token == "gcp:compute/subnetwork:Subnetwork":
+        return f"projects/{project}/regions/{region}/subnetworks/{name}", {}
+    if type_token == "gcp:container/cluster:Cluster":
+        return f"projects/{project}/locations/{inputs.get('location', region)}/clusters/{name}", {
+            "endpoint": "10.42.96.2",
+            "masterAuth": {**inputs.get("masterAuth", {}), "clusterCaCertificate": "cGxhY2Vob2xkZXI="},
+        }
+    if type_token == "gcp:logging/projectSink:ProjectSink":
+        writer = f"serviceAccount:service-{PLACEHOLDER_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com"
+        return None, {"writerIdentity": writer}
+    return None, {}
 
 
 def _plain(value: Any) -> Any:
@@ -84,10 +116,13 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                 "aws:ec2/eip:Eip": {"allocationId": f"eipalloc-{args.name}"},
             }
             outputs.update(extra.get(args.typ, {}))
-            return f"{args.name}-id", outputs
+            resource_id, computed = _gcp_outputs(args.typ, name, outputs, region)
+            outputs.update(computed)
+            return resource_id or f"{args.name}-id", outputs
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
             arn = f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:role/byoc-deployer"
+            storage_agent = f"service-{PLACEHOLDER_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
             answers: dict[str, dict[str, Any]] = {
                 "aws:index/getCallerIdentity:getCallerIdentity": {
                     "accountId": PLACEHOLDER_ACCOUNT,
@@ -102,6 +137,17 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                 },
                 "aws:iam/getSessionContext:getSessionContext": {"issuerArn": arn, "arn": args.args.get("arn")},
                 "aws:index/getAvailabilityZones:getAvailabilityZones": {"names": zones, "zoneIds": zones},
+                "gcp:organizations/getProject:getProject": {
+                    "projectId": PLACEHOLDER_PROJECT,
+                    "number": PLACEHOLDER_PROJECT_NUMBER,
+                    "name": PLACEHOLDER_PROJECT,
+                    "id": f"projects/{PLACEHOLDER_PROJECT}",
+                },
+                "gcp:storage/getProjectServiceAccount:getProjectServiceAccount": {
+                    "emailAddress": storage_agent,
+                    "member": f"serviceAccount:{storage_agent}",
+                    "id": PLACEHOLDER_PROJECT,
+                },
             }
             return answers.get(args.token, {}), []
 

@@ -1,7 +1,7 @@
 """Google Cloud checks for the same controls (GKE, Cloud KMS, Cloud Storage, audit logs, VPC).
 
-byoc's GCP stack is still to come; these checks read the Pulumi gcp provider's type tokens and inputs, so they run
-on its plan as soon as it exists, and are tested now on small GCP graphs.
+They read the Pulumi gcp provider's type tokens and inputs as stacks/gcp registers them (camelCase), so every one
+of them evaluates on a `byoc plan --cloud gcp` graph.
 """
 
 from __future__ import annotations
@@ -86,13 +86,23 @@ def gcp_bucket_public_access(resource: Resource, graph: Graph) -> Verdict:
     severity="medium",
     resource_types=[BUCKET],
     controls=("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.13"),
-    remediation="Enable versioning on the bucket.",
+    remediation="Enable versioning on the bucket, or lock a retention policy on it (audit-log buckets).",
     risk="An overwrite or delete could not be undone.",
     cloud="gcp",
 )
 def gcp_bucket_versioning(resource: Resource, graph: Graph) -> Verdict:
-    value = resource.get("versioning.enabled")
-    return verdict(value is True, "versioning.enabled", value)
+    # Cloud Storage refuses versioning on a bucket with a retention policy ("Bucket Lock"); a locked policy is the
+    # stronger guarantee: no object can be overwritten or deleted until it has been kept the whole period.
+    versioned = resource.get("versioning.enabled")
+    locked = (
+        resource.get("retentionPolicy.isLocked") is True
+        and (_seconds(f"{resource.get('retentionPolicy.retentionPeriod', '')}s") or 0) > 0
+    )
+    return verdict(
+        versioned is True or locked,
+        "versioning.enabled/retentionPolicy",
+        {"versioning": versioned, "retentionPolicy": resource.get("retentionPolicy")},
+    )
 
 
 @check(

@@ -20,10 +20,14 @@ def gpu_operator_values(driver: DriverSource) -> dict[str, Any]:
         # the AMI has the driver and the NVIDIA container toolkit; the operator adds the device plugin
         values |= {"toolkit": {"enabled": False}, "devicePlugin": {"enabled": True}}
     else:
-        # GKE installs the driver under /home/kubernetes/bin/nvidia (NVIDIA GPU Operator docs, "Google GKE")
+        # GKE installs the driver (node pool gpu_driver_installation_config) under /home/kubernetes/bin/nvidia and
+        # runs its own device plugin, which also mounts the driver into GPU containers, so neither the NVIDIA
+        # container toolkit nor a second device plugin is wanted (two plugins would advertise every GPU twice). The
+        # operator stays for dcgm-exporter: the byoc recording rules read its DCGM metrics from the in-cluster
+        # Prometheus, and GKE's own DCGM metrics go to Cloud Monitoring instead.
         values |= {
             "hostPaths": {"driverInstallDir": "/home/kubernetes/bin/nvidia"},
-            "toolkit": {"installDir": "/home/kubernetes/bin/nvidia"},
-            "cdi": {"enabled": True, "default": True},
+            "toolkit": {"enabled": False},
+            "devicePlugin": {"enabled": False},
         }
     return values

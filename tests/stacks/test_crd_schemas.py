@@ -38,10 +38,13 @@ AWS_KINDS = frozenset(
 # The custom-resource kinds each example's manifests must contain, all of them validated: a kind that silently drops
 # out of the rendering (or a new one nobody validates) fails the test. An example spec that renders manifests but is
 # missing here fails too, so a new stack (the GCP one: add "gcp-l4.yaml" with its kinds) is checked from its first plan.
+# GKE: the node pool is a Google Cloud resource, not a Karpenter object.
+GCP_KINDS = AWS_KINDS - {"karpenter.sh/v1/NodePool", "karpenter.k8s.aws/v1/EC2NodeClass"}
 EXPECTED_KINDS: dict[str, frozenset[str]] = {
     "byoc.yaml": AWS_KINDS,
     "b200-fp4.yaml": AWS_KINDS,
     "lora-bf16.yaml": AWS_KINDS,
+    "gcp-l4.yaml": GCP_KINDS,
 }
 
 # Groups whose kinds Kubernetes serves itself (kubernetes-validate checks those, in test_manifests.py).

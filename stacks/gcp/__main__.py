@@ -1,0 +1,26 @@
+"""`pulumi preview -C stacks/gcp` / `pulumi up -C stacks/gcp`: the program byoc runs, for users with the Pulumi CLI.
+
+pulumi config set byoc:spec ../../examples/byoc.yaml   # per stack (Pulumi.<stack>.yaml)
+pulumi config set gcp:project my-project              # the project to deploy into
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pulumi
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from byoc.resolve import resolve  # noqa: E402
+from byoc.spec import load_spec  # noqa: E402
+from stacks.gcp.program import program  # noqa: E402
+
+spec_path = Path(pulumi.Config("byoc").require("spec"))
+if not spec_path.is_absolute():
+    spec_path = Path(__file__).parent / spec_path
+for name, value in program(resolve(load_spec(spec_path, {"cloud": "gcp"}))).items():
+    pulumi.export(name, value)

@@ -1,0 +1,102 @@
+"""GPU capacity: a GKE node pool of the shape's machine type with its GPUs, GKE-installed drivers, autoscaling from
+zero to what max replicas plus the model build Job need, the GPU taint, CMEK boot disks, the held node version,
+spot or on-demand per spec, and a dedicated least-privilege node service account.
+
+The cluster autoscaler scales a pool up from zero by reading the pool's template, so the labels and the taint that
+pods select and tolerate are set in the pool's node config (GKE docs, "Cluster autoscaler": node labels and taints
+of a pool at zero), never applied to nodes afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pulumi
+import pulumi_gcp as gcp
+
+from stacks.gcp.cluster import Cluster, hardened_node_config
+from stacks.gcp.context import GcpContext
+from stacks.gcp.identities import Identities
+from stacks.gcp.keys import Keys
+from stacks.gcp.network import Network
+
+NODE_POOL = "byoc-gpu"
+# GKE also taints GPU nodes with nvidia.com/gpu=present:NoSchedule; declaring it keeps the template complete.
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
+GPU_MAX_PODS_PER_NODE = 32  # a /26 of the pods range: a few serving replicas and the node's daemons
+
+
+def machine_series(machine_type: str) -> str:
+    """a3-highgpu-8g -> a3-highgpu; g2-standard-24 -> g2-standard."""
+    return machine_type.rsplit("-", 1)[0]
+
+
+def max_nodes(replicas_per_node: int, max_replicas: int) -> int:
+    """Nodes the pool may grow to: every replica plus the model build Job, each on its share of a node."""
+    return math.ceil((max_replicas + 1) / replicas_per_node)
+
+
+class GpuCapacity(pulumi.ComponentResource):
+    node_pool: pulumi.Output[str]
+    accelerator: str
+
+    def __init__(self, ctx: GcpContext, cluster: Cluster, network: Network, identities: Identities, keys: Keys) -> None:
+        name = ctx.name
+        deployment = ctx.deployment
+        platform = ctx.platform
+        super().__init__(
+            "byoc:gcp:GpuCapacity", f"{name}-gpu-capacity", None, pulumi.ResourceOptions(provider=ctx.provider)
+        )
+        placement = deployment.placement
+        machine_type = placement.instance_type  # a pool has one machine type: the best the region offers
+        series = machine_series(machine_type)
+        self.accelerator = platform["accelerators"][series]
+        spot = deployment.capacity == "spot"
+        pool = gcp.container.NodePool(
+            f"{name}-gpu",
+            name=NODE_POOL,
+            cluster=cluster.id,
+            location=ctx.region,
+            initial_node_count=0,
+            max_pods_per_node=GPU_MAX_PODS_PER_NODE,
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(
+                total_min_node_count=0,
+                total_max_node_count=max_nodes(placement.replicas_per_node, deployment.autoscaling.max_replicas),
+                # GPUs are scarce: take a node in whichever zone has one, not the least-used zone
+                location_policy="ANY",
+            ),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            # no surge node: a spare 8-GPU machine is rarely there; replace one node at a time instead
+            upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(
+                strategy="SURGE", max_surge=0, max_unavailable=1
+            ),
+            node_config=hardened_node_config(
+                ctx,
+                identities.email("gpu-nodes"),
+                keys.key_ids["disks"],
+                network.network_tag,
+                machine_type=machine_type,
+                # room for the source checkpoint, the built artifact and the serving images
+                disk_size_gb=deployment.gpu_node_disk_gib,
+                disk_type=platform["boot_disk_types"][series],
+                gvnic=gcp.container.NodePoolNodeConfigGvnicArgs(enabled=True),  # A3 and A4 need gVNIC
+                guest_accelerators=[
+                    gcp.container.NodePoolNodeConfigGuestAcceleratorArgs(
+                        type=self.accelerator,
+                        count=placement.instance_gpus,
+                        # GKE installs the driver; set explicitly, as a change replaces the pool
+                        gpu_driver_installation_config=(
+                            gcp.container.NodePoolNodeConfigGuestAcceleratorGpuDriverInstallationConfigArgs(
+                                gpu_driver_version=platform["gpu_driver_version"]
+                            )
+                        ),
+                    )
+                ],
+                spot=spot,
+                labels={"byoc.dev/pool": "gpu", "byoc.dev/deployment": name},
+                taints=[gcp.container.NodePoolNodeConfigTaintArgs(**GPU_TAINT)],
+            ),
+            opts=ctx.opts(self, depends_on=keys.grants["disks"]),
+        )
+        self.node_pool = pool.name
+        self.register_outputs({"node_pool": pool.name})

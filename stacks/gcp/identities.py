@@ -1,0 +1,122 @@
+"""Google service accounts: one per node pool kind (system and GPU nodes, each a dedicated least-privilege node
+account instead of the Compute Engine default) and one per workload (model builder, serving pods), the workload
+ones bound to their Kubernetes service accounts through Workload Identity.
+
+Accounts are created first (the node pools and the key grants name them); bucket access and the Workload Identity
+bindings come once the bucket and the cluster (whose workload pool they name) exist.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_gcp as gcp
+
+from stacks.gcp.context import GcpContext
+
+# GKE docs, "Harden your cluster's security": node service accounts get the predefined minimal role (logs,
+# metrics, metadata), plus reading images from Artifact Registry.
+NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
+PURPOSES = {
+    "nodes": "GKE system nodes",
+    "gpu-nodes": "GKE GPU nodes",
+    "builder": "model builder Job (Workload Identity)",
+    "serving": "serving pods (Workload Identity)",
+}
+
+
+def objects_under(bucket: pulumi.Input[str], prefixes: list[str]) -> pulumi.Output[str]:
+    """A CEL condition: the bucket itself (object listing is checked on it) or objects under these prefixes."""
+    path = pulumi.Output.concat("projects/_/buckets/", bucket)
+    clauses = [pulumi.Output.concat('resource.name == "', path, '"')]
+    clauses += [pulumi.Output.concat('resource.name.startsWith("', path, "/objects/", p, '/")') for p in prefixes]
+    return pulumi.Output.all(*clauses).apply(" || ".join)
+
+
+class Identities(pulumi.ComponentResource):
+    accounts: dict[str, gcp.serviceaccount.Account]
+
+    def __init__(self, ctx: GcpContext) -> None:
+        name = ctx.name
+        super().__init__(
+            "byoc:gcp:Identities", f"{name}-identities", None, pulumi.ResourceOptions(provider=ctx.provider)
+        )
+        self.accounts = {
+            role: gcp.serviceaccount.Account(
+                f"{name}-{role}",
+                account_id=ctx.account_id(role),
+                display_name=f"byoc {name}: {purpose}",
+                description=f"byoc {name}: {purpose}",
+                opts=ctx.opts(self),
+            )
+            for role, purpose in PURPOSES.items()
+        }
+        for role in ("nodes", "gpu-nodes"):
+            for granted in NODE_ROLES:
+                gcp.projects.IAMMember(
+                    f"{name}-{role}-{granted.split('/')[-1].replace('.', '-')}",
+                    project=ctx.project,
+                    role=granted,
+                    member=self.accounts[role].member,
+                    opts=ctx.opts(self),
+                )
+        self.register_outputs({role: a.email for role, a in self.accounts.items()})
+
+    def email(self, role: str) -> pulumi.Output[str]:
+        return self.accounts[role].email
+
+    def bind_service_accounts(self, ctx: GcpContext, cluster: pulumi.Resource) -> None:
+        """Workload Identity: the builder and serving Kubernetes service accounts may act as their Google service
+        accounts. The workload pool exists once the cluster does (binding earlier fails)."""
+        deployment = ctx.deployment
+        for role, service_account in deployment.service_accounts.items():
+            gcp.serviceaccount.IAMMember(
+                f"{ctx.name}-{role}-workload-identity",
+                service_account_id=self.accounts[role].name,
+                role="roles/iam.workloadIdentityUser",
+                member=pulumi.Output.concat(
+                    "serviceAccount:", ctx.project, ".svc.id.goog[", deployment.namespace, "/", service_account, "]"
+                ),
+                opts=ctx.opts(self, depends_on=[cluster]),
+            )
+
+    def grant_bucket_access(self, ctx: GcpContext, bucket: pulumi.Output[str]) -> None:
+        """The builder reads sources/ and adapters/ and writes artifacts/; serving only reads artifacts/ and adapters/.
+        Cloud Storage encrypts with its own service agent, so neither needs the artifact key."""
+        name = ctx.name
+        grants = {
+            "builder-read": ("builder", "roles/storage.objectViewer", ["sources", "adapters", "artifacts"]),
+            "builder-write": ("builder", "roles/storage.objectCreator", ["artifacts"]),
+            "serving-read": ("serving", "roles/storage.objectViewer", ["artifacts", "adapters"]),
+        }
+        for grant, (role, granted, prefixes) in grants.items():
+            gcp.storage.BucketIAMMember(
+                f"{name}-{grant}",
+                bucket=bucket,
+                role=granted,
+                member=self.accounts[role].member,
+                condition=gcp.storage.BucketIAMMemberConditionArgs(
+                    title=f"byoc-{grant}",
+                    description=f"only {', '.join(p + '/' for p in prefixes)}",
+                    expression=objects_under(bucket, prefixes),
+                ),
+                opts=ctx.opts(self),
+            )
+        source = ctx.deployment.model_source
+        if source.startswith("gs://"):
+            # the model lives in the customer's own bucket (model.source: gs://bucket/prefix)
+            source_bucket, _, prefix = source.removeprefix("gs://").partition("/")
+            prefix = prefix.strip("/")
+            gcp.storage.BucketIAMMember(
+                f"{name}-builder-model-source",
+                bucket=source_bucket,
+                role="roles/storage.objectViewer",
+                member=self.accounts["builder"].member,
+                condition=gcp.storage.BucketIAMMemberConditionArgs(
+                    title="byoc-model-source",
+                    description=f"the model source {source}",
+                    expression=objects_under(source_bucket, [prefix]),
+                )
+                if prefix
+                else None,
+                opts=ctx.opts(self),
+            )

@@ -1,0 +1,84 @@
+"""The GCP foundation as one function of a Deployment: what `byoc plan` records offline and `byoc up` runs live."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pulumi
+
+from byoc.resolve import Deployment
+from stacks.gcp.artifacts import ArtifactStore
+from stacks.gcp.audit import AuditTrail
+from stacks.gcp.capacity import NODE_POOL, GpuCapacity
+from stacks.gcp.cluster import Cluster
+from stacks.gcp.context import make_context
+from stacks.gcp.identities import Identities
+from stacks.gcp.keys import Keys
+from stacks.gcp.network import Network
+from stacks.k8s.gpu_operator import gpu_operator_values
+from stacks.k8s.serving import Foundation, ServingStack
+
+# The gateway's Service becomes an internal passthrough Network Load Balancer: reachable from the VPC only
+# (GKE docs, "Create an internal load balancer").
+INTERNAL_LOAD_BALANCER = {"networking.gke.io/load-balancer-type": "Internal"}
+# Workload Identity: the Kubernetes service account acts as this Google service account.
+WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
+
+
+def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
+    ctx = make_context(deployment)
+    identities = Identities(ctx)
+    keys = Keys(ctx)
+    network = Network(ctx)
+    store = ArtifactStore(ctx, keys.key_ids, keys.grants)
+    trail = AuditTrail(ctx, keys.key_ids["logs"], keys.grants["logs"])
+    cluster = Cluster(ctx, network, identities, keys)
+    capacity = GpuCapacity(ctx, cluster, network, identities, keys)
+    identities.bind_service_accounts(ctx, cluster.cluster)
+    identities.grant_bucket_access(ctx, store.bucket_name)
+    serving = ServingStack(
+        deployment,
+        cluster.provider,
+        Foundation(
+            artifact_root=pulumi.Output.concat("gs://", store.bucket_name),
+            # the pool by name (GKE labels every node with it) and its GPU model, which the pool's template carries
+            gpu_node_selector={
+                "cloud.google.com/gke-nodepool": NODE_POOL,
+                "cloud.google.com/gke-accelerator": capacity.accelerator,
+            },
+            # GKE installs the driver and runs its own device plugin
+            gpu_operator_values=gpu_operator_values("gke"),
+            vpc_cidr=deployment.network.cidr,
+            load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            build_env={
+                # the builder names the artifact key on every object it writes (the bucket refuses other keys)
+                "BYOC_ARTIFACT_KMS_KEY": keys.key_ids["artifacts"],
+                # hf:// sources come from this mirror in the bucket (sources/hf/<org>/<name>[/<revision>])
+                "BYOC_HF_MIRROR": pulumi.Output.concat("gs://", store.bucket_name, "/sources/hf"),
+            },
+            # (Outputs, which Pulumi resolves inside the ServiceAccount's metadata)
+            service_account_annotations=cast(
+                dict[str, dict[str, str]],
+                {role: {WORKLOAD_IDENTITY_ANNOTATION: identities.email(role)} for role in deployment.service_accounts},
+            ),
+            depends_on=[*cluster.ready, capacity],
+        ),
+    )
+    return {
+        "region": deployment.region,
+        "project": ctx.project,
+        "cluster_name": cluster.name,
+        "kubeconfig": cluster.kubeconfig,
+        "network_id": network.network_id,
+        "artifact_bucket": store.bucket_name,
+        "audit_log_bucket": trail.bucket_name,
+        "secrets_key_id": keys.key_ids["secrets"],
+        "disks_key_id": keys.key_ids["disks"],
+        "artifact_key_id": keys.key_ids["artifacts"],
+        "logs_key_id": keys.key_ids["logs"],
+        "builder_service_account": identities.email("builder"),
+        "serving_service_account": identities.email("serving"),
+        "gpu_node_pool": capacity.node_pool,
+        "gateway_service": serving.gateway_service,
+        "artifact": serving.artifact_uri,
+    }
