@@ -30,3 +30,20 @@ class ByocFailure(ByocError):
     """Something failed while running (a server gone, access denied): exit 1."""
 
     exit_code = 1
+
+
+class ByocWarning:
+    """A deliberate or risky choice that still works: printed on stderr by validate/plan/up and listed in
+    plan.json's `warnings`, never an exit code of its own."""
+
+    def __init__(self, field: str, message: str, hint: str = "") -> None:
+        self.field = field
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.field}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message, "hint": self.hint}

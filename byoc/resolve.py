@@ -9,13 +9,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from byoc import __version__, planner, rules
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
-from byoc.errors import ByocError
+from byoc.errors import ByocError, ByocWarning
 from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Monitoring, Network, Spec, Speculative
 
 
@@ -54,6 +54,8 @@ class Deployment:
     throughput: planner.ThroughputEstimate
     cost: planner.CostEstimate
     autoscaling: ResolvedAutoscaling
+    node_image: str | None = None
+    warnings: tuple[ByocWarning, ...] = ()
 
     @property
     def name(self) -> str:
@@ -194,12 +196,42 @@ class Deployment:
                 "lora": bool(self.addons),
                 "speculative": self.speculative.model_dump() if self.speculative else None,
             },
+            "node_image": self.node_image,
             "autoscaling": self.autoscaling.as_dict(),
             "network": self.network.model_dump(),
             "encryption": self.encryption.model_dump(),
             "compliance": self.compliance.model_dump(),
             "estimates": self.estimates(),
+            "warnings": [w.as_dict() for w in self.warnings],
         }
+
+
+def image_warnings(spec: Spec) -> list[ByocWarning]:
+    """Images a deployment would reference that nothing publishes, or that are pinned by a movable tag."""
+    catalog = load_catalog().images
+    warnings = []
+    for role, key in (("serving", "trtllm"), ("runtime", "runtime")):
+        given = getattr(spec.images, role)
+        entry = catalog[key]
+        if given is None and not entry.get("digest"):
+            warnings.append(
+                ByocWarning(
+                    f"images.{role}",
+                    f"the default {entry['repository']}:{entry['tag']} has no published digest "
+                    f"({entry.get('published_by', 'nothing publishes it')}): the cluster cannot pull it",
+                    "build runtime/Dockerfile into your registry (docs/operations.md, 'The runtime image') and set "
+                    f"images.{role} to <registry>/byoc-runtime@sha256:<digest>",
+                )
+            )
+        elif given is not None and "@sha256:" not in given:
+            warnings.append(
+                ByocWarning(
+                    f"images.{role}",
+                    f"{given} is pinned by tag: a tag pushed again changes what runs, unreviewed",
+                    f"pin it by digest: {given.rsplit(':', 1)[0]}@sha256:<digest>",
+                )
+            )
+    return warnings
 
 
 def resolve_model(ref: str | ModelRef) -> tuple[ModelArch, str, str | None]:
@@ -208,16 +240,20 @@ def resolve_model(ref: str | ModelRef) -> tuple[ModelArch, str, str | None]:
     model_id = ref if isinstance(ref, str) else ref.id
     source = None if isinstance(ref, str) else ref.source
     revision = None if isinstance(ref, str) else ref.revision
+    config = None if isinstance(ref, str) else ref.config
     if source and source.startswith("file://"):
         path = Path(urlparse(source).path)
         return model_from_hf_config(model_id, source, path / "config.json"), source, revision
     known = catalog.models.get(model_id)
+    if known is None and source and config:
+        return model_from_hf_config(model_id, source, Path(urlparse(config).path), "model.config"), source, revision
     if known is None:
         if source:
             raise ByocError(
                 "model.source",
-                f"{model_id} is not in the catalog and {source} cannot be read at plan time",
-                "use a catalog id, or a file:// copy of the model directory (its config.json is enough)",
+                f"{model_id} is not in the catalog and {source} cannot be read at plan time (byoc plan is offline)",
+                "give the architecture with model.config: file:///path/to/config.json (a local copy of the "
+                "model's config.json), or use a catalog id",
             )
         close = difflib.get_close_matches(model_id, list(catalog.models), n=1)
         hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(catalog.models)}"
@@ -288,16 +324,27 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     raise ByocError("shape", detail, " ".join(options) or "no catalog shape holds this model; use a larger cloud GPU")
 
 
-def resolve(spec: Spec) -> Deployment:
-    """Apply every rule to the spec and compute the Deployment, or raise the first ByocError."""
+BuildLocation = Literal["cluster", "local"]
+
+
+def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deployment:
+    """Apply every rule to the spec and compute the Deployment, or raise the first ByocError.
+
+    `build_location` is where the model build reads its sources: "cluster" (a cloud deployment's build Job: a
+    file:// source is refused) or "local" (`byoc build` on this machine).
+    """
     rules.check_kv_cache_fraction(spec)
     rules.check_autoscaling(spec)
     rules.check_network(spec)
+    cloud = get_cloud(spec.cloud)
+    cloud.check_allowed_cidrs(spec.network.allowed_cidrs)
+    if build_location == "cluster":
+        rules.check_sources_reachable_from_cluster(spec, cloud.object_store_scheme)
     shape = rules.parse_shape(spec.shape)
     rules.check_addons(spec, shape)
-    cloud = get_cloud(spec.cloud)
     placement = cloud.place(spec.region, shape)
     cloud.check_kms_key(spec.encryption.kms_key, placement.region)
+    node_image, warnings = cloud.node_image(spec.node_image)
     model, source, revision = resolve_model(spec.model)
     max_context = spec.max_context or model.max_context
     rules.check_max_context(max_context, model.max_context, model.id)
@@ -336,4 +383,6 @@ def resolve(spec: Spec) -> Deployment:
         throughput=throughput,
         cost=cost,
         autoscaling=autoscaling,
+        node_image=node_image,
+        warnings=(*warnings, *rules.deliberate_choices(spec), *image_warnings(spec)),
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from byoc.catalogs import PRECISIONS, Gpu, Precision, load_catalog
-from byoc.errors import ByocError
-from byoc.spec import SHAPE_PATTERN, Spec
+from byoc.errors import ByocError, ByocWarning
+from byoc.spec import HPA_WINDOW_MAX, SCALE_TO_ZERO_MIN, SHAPE_PATTERN, Spec
 
 GPU_COUNTS = (1, 2, 4, 8)
 FP8_MIN_SM = 89  # Ada (sm89) and Hopper (sm90) have FP8 tensor cores; Ampere (sm80) does not.
@@ -98,8 +98,31 @@ def check_addons(spec: Spec, shape: DeploymentShape) -> None:
         )
 
 
+def _duration(seconds: int) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def check_autoscaling(spec: Spec) -> None:
+    """Replica bounds and windows, against what the HPA and KEDA objects they render into accept and do.
+
+    Raises:
+        ByocError: min above max; an HPA stabilization window over 3600 s (Kubernetes refuses the object); a
+            scale-to-zero window without min_replicas 0, under SCALE_TO_ZERO_MIN, or shorter than the scale-down
+            window (KEDA's cooldownPeriod would take every replica straight to zero, kedacore/keda#7770).
+    """
     scaling = spec.autoscaling
+    for field in ("scale_up_window", "scale_down_window"):
+        window = getattr(scaling, field)
+        if window > HPA_WINDOW_MAX:
+            raise ByocError(
+                f"autoscaling.{field}",
+                f"{_duration(window)} ({window} s) is longer than the {HPA_WINDOW_MAX} s Kubernetes allows for an "
+                "HPA stabilization window; the autoscaler would never be created",
+                "use at most 1h (for a slower scale-down to zero, raise scale_to_zero_window instead)",
+            )
     if scaling.min_replicas > scaling.max_replicas:
         raise ByocError(
             "autoscaling.min_replicas",
@@ -112,6 +135,23 @@ def check_autoscaling(spec: Spec) -> None:
             f"scaling to zero needs min_replicas 0, but min_replicas is {scaling.min_replicas}",
             "set min_replicas: 0, or remove scale_to_zero_window",
         )
+    if scaling.min_replicas == 0:
+        zero, down = scaling.scale_to_zero_window, scaling.scale_down_window
+        if zero < SCALE_TO_ZERO_MIN:
+            raise ByocError(
+                "autoscaling.scale_to_zero_window",
+                f"{_duration(zero)} is shorter than {_duration(SCALE_TO_ZERO_MIN)}: KEDA samples activity every 15 s, "
+                "so light steady traffic would look idle and the last replica would go between two requests",
+                f"use at least {_duration(SCALE_TO_ZERO_MIN)} (1h is the default)",
+            )
+        if scaling.max_replicas > 1 and zero < down:
+            raise ByocError(
+                "autoscaling.scale_to_zero_window",
+                f"{_duration(zero)} is shorter than scale_down_window {_duration(down)}: after {_duration(zero)} "
+                f"idle, KEDA's cooldownPeriod takes up to {scaling.max_replicas} replicas straight to zero, "
+                "bypassing the gradual scale-down",
+                f"set scale_to_zero_window to at least {_duration(down)}, or shorten scale_down_window",
+            )
 
 
 def check_kv_cache_fraction(spec: Spec) -> None:
@@ -158,3 +198,54 @@ def check_speculative(spec: Spec, target_vocab: int, draft_vocab: int | None) ->
             "a draft must share the target's tokenizer",
             "pick a smaller model of the same family",
         )
+
+
+LOCAL_SCHEME = "file://"
+
+
+def check_sources_reachable_from_cluster(spec: Spec, object_store_scheme: str) -> None:
+    """A cloud deployment's build Job runs in the cluster: it cannot read a path on the operator's machine.
+
+    Checks every source a cloud deployment reads (the model, each addon, the speculative draft model).
+
+    Raises:
+        ByocError: naming the field that holds a file:// source, with the way out (upload, then s3/gs/hf).
+    """
+    sources: list[tuple[str, str | None]] = []
+    if not isinstance(spec.model, str):
+        sources.append(("model.source", spec.model.source))
+    sources += [(f"addons[{i}].source", addon.source) for i, addon in enumerate(spec.addons)]
+    if spec.speculative is not None:
+        sources.append(("speculative.draft_model", spec.speculative.draft_model))
+    store = f"{object_store_scheme}BUCKET/models/"
+    for field, source in sources:
+        if source and source.startswith(LOCAL_SCHEME):
+            config = ""
+            if field == "model.source":
+                config = " (keep model.config: file://.../config.json for the architecture)"
+            raise ByocError(
+                field,
+                f"{source} is a path on this machine; the deployment's build Job runs in the cluster and cannot "
+                "read it",
+                f"upload the folder (or `byoc build --source {source} --dest {store}`) and set {field} to its "
+                f"{store}... / hf:// URI{config}",
+            )
+
+
+def deliberate_choices(spec: Spec) -> list[ByocWarning]:
+    """Spec values the evidence pack fails on purpose: allowed (a team may choose them), said out loud.
+
+    Every compliance FAIL that a spec value causes is either refused by a rule above or warned here;
+    tests/unit/test_spec_vs_evidence.py plans each such value and checks the pack agrees.
+    """
+    warnings = []
+    if spec.network.endpoint == "public":
+        warnings.append(
+            ByocWarning(
+                "network.endpoint",
+                "public opens the Kubernetes API endpoint to the whole internet; the evidence pack fails the "
+                "private-endpoint check (HIPAA 164.312(e)(1), SOC 2 CC6.6, ISO 27001 A.8.20/A.8.22)",
+                "use private (the default), or allowlist with allowed_cidrs",
+            )
+        )
+    return warnings

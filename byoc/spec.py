@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from byoc.errors import ByocError
+from byoc.yamlio import DuplicateKeyError, load_unique
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SHAPE_PATTERN = re.compile(r"^(?P<gpu>[a-z0-9][a-z0-9-]*?)x(?P<count>[0-9]+)-(?P<precision>[a-z0-9]+)$")
@@ -26,6 +27,14 @@ URI_SCHEMES = ("hf://", "s3://", "gs://", "file://")
 # Names are prefixes of cloud resource names (an S3 bucket name has 63 characters at most, and byoc appends
 # "-artifacts-<account or project suffix>"), so they are shorter than a DNS label may be.
 NAME_MAX = 32
+
+
+# Kubernetes validates an HPA's behavior.scaleUp/scaleDown.stabilizationWindowSeconds as 0..3600
+# (k8s.io/kubernetes pkg/apis/autoscaling/validation: MaxStabilizationWindowSeconds).
+HPA_WINDOW_MAX = 3600
+# KEDA samples the activation query every pollingInterval (15 s in byoc's ScaledObject): a scale-to-zero window
+# shorter than four samples would drop the last replica between two requests of light steady traffic.
+SCALE_TO_ZERO_MIN = 60
 
 
 def _seconds(value: Any) -> Any:
@@ -59,12 +68,24 @@ class ModelRef(_Strict):
     )
     source: str | None = Field(
         default=None,
-        description="Where the Hugging Face checkpoint lives: hf://org/name, s3://bucket/prefix, gs://bucket/prefix "
-        "or file:///path. A file:// source is read at plan time (its config.json gives the architecture).",
+        description="Where the Hugging Face checkpoint lives: hf://org/name, s3://bucket/prefix or gs://bucket/prefix "
+        "(what the in-cluster build Job reads). file:///path only for a local `byoc build`: a cloud plan refuses it.",
     )
     revision: str | None = Field(
         default=None, description="Revision of the source (a commit hash for hf://); recorded in the build manifest."
     )
+    config: str | None = Field(
+        default=None,
+        description="A local copy of the model's config.json (file:///path/config.json), read at plan time for a "
+        "model outside the catalog whose source is remote; the build checks it against the source's own.",
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _local_config(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("file://"):
+            raise ValueError(f"{value!r} must be a file:// path to a config.json on this machine")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -112,13 +133,23 @@ class Autoscaling(_Strict):
     min_replicas: int = Field(default=0, ge=0, description="Fewest replicas; 0 lets the deployment scale to zero.")
     max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
     scale_up_window: Seconds = Field(
-        default=30, description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h)."
+        default=30,
+        description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h); at most 1h "
+        "(the HPA's behavior.scaleUp.stabilizationWindowSeconds).",
+        json_schema_extra={"maximum": HPA_WINDOW_MAX},
     )
     scale_down_window: Seconds = Field(
-        default=600, description="How long load must stay low before removing replicas (10m)."
+        default=600,
+        description="How long load must stay low before removing replicas (10m); at most 1h "
+        "(the HPA's behavior.scaleDown.stabilizationWindowSeconds).",
+        json_schema_extra={"maximum": HPA_WINDOW_MAX},
     )
     scale_to_zero_window: Seconds = Field(
-        default=3600, description="How long with no requests before the last replica goes (1h); needs min_replicas 0."
+        default=3600,
+        description="How long with no requests before the last replica goes (1h; KEDA's cooldownPeriod); needs "
+        "min_replicas 0, at least 1m and, with max_replicas above 1, at least scale_down_window (KEDA takes every "
+        "replica straight to zero once it passes).",
+        json_schema_extra={"minimum": SCALE_TO_ZERO_MIN},
     )
     load_target: LoadTarget | None = Field(
         default=None,
@@ -276,6 +307,12 @@ class Spec(_Strict):
         description="How GPU nodes are bought: on-demand, or spot (cheaper, reclaimable at two minutes' notice; "
         "nodes are drained on the interruption warning).",
     )
+    node_image: str | None = Field(
+        default=None,
+        description="Image of the GPU nodes. AWS: a Karpenter AMI alias, family@version (al2023@v20260512; "
+        "al2023@latest rolls every GPU node, each a model reload, on every AMI release). Default: the dated alias "
+        "pinned in byoc/catalogs/kubernetes.yaml.",
+    )
     network: Network = Field(default_factory=Network, description="Private network and API endpoint.")
     encryption: Encryption = Field(default_factory=Encryption, description="Customer-managed keys.")
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
@@ -383,7 +420,13 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ByocError("-f", f"cannot read {path}: {exc.strerror}", "check the path and its permissions") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_unique(text)
+    except DuplicateKeyError as exc:
+        raise ByocError(
+            exc.path,
+            f"is given twice in {path} (lines {exc.first_line} and {exc.line}); YAML would keep the last silently",
+            f"keep one {exc.path.rsplit('.', 1)[-1]}: line",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -176,16 +176,21 @@ _ARCHITECTURES_WE_KNOW = {
 }
 
 
-def model_from_hf_config(model_id: str, source: str, config_path: Path) -> ModelArch:
-    """Read a local Hugging Face config.json into a ModelArch; unknown architectures are refused with a hint."""
-    where = "model.source"
+def model_from_hf_config(model_id: str, source: str, config_path: Path, where: str = "model.source") -> ModelArch:
+    """Read a local Hugging Face config.json into a ModelArch; unknown architectures are refused with a hint.
+
+    Raises:
+        ByocError: naming `where` (the spec field that pointed at the file) when it is missing or unreadable.
+    """
     try:
         config = json.loads(config_path.read_text())
     except FileNotFoundError:
         raise ByocError(
             where,
             f"{config_path} does not exist",
-            "point model.source at a Hugging Face model directory that holds config.json",
+            f"point {where} at a Hugging Face model's config.json"
+            if where != "model.source"
+            else "point model.source at a Hugging Face model directory that holds config.json",
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ByocError(where, f"cannot read {config_path}: {exc}", "check that config.json is valid JSON") from None

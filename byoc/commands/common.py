@@ -36,3 +36,9 @@ def reporting(output: Output) -> Iterator[None]:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def print_warnings(warnings: Any) -> None:
+    """Each ByocWarning as one `warning: field: message (hint)` line on stderr (stdout stays data)."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from byoc.commands.common import Output, OutputOpt, print_json, reporting
+from byoc.commands.common import Output, OutputOpt, print_json, print_warnings, reporting
 from byoc.errors import ByocError
 
 if TYPE_CHECKING:
@@ -39,17 +39,24 @@ OutputTokensOpt = Annotated[int, typer.Option("--output-tokens", min=1, help="Ge
 
 
 def _console() -> Any:
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # In a pipe or a file there is no terminal width to respect: never cut a value to fit 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=1000)
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
+    for index, column in enumerate(columns):
+        # Identifiers and numbers (no spaces) are never wrapped or cut ("h100x1-b..." is a wrong shape name);
+        # free text may wrap in a narrow terminal.
+        values = [row[index] for row in rows]
+        atomic = all(" " not in value for value in values)
+        table.add_column(column, no_wrap=atomic, min_width=max(map(len, values), default=0) if atomic else None)
     for row in rows:
         table.add_row(*row)
     _console().print(table)
@@ -102,6 +109,7 @@ def validate(
 
     with reporting(output):
         deployment = resolve(_spec(file, None, None, None, None, None))
+    print_warnings(deployment.warnings)
     if output is Output.json:
         print_json({"valid": True, **deployment.plan_document()})
     else:
@@ -112,11 +120,17 @@ def validate(
 
 def schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the spec reference as Markdown.")] = False,
+    output: Annotated[
+        Output | None, typer.Option("--output", "-o", help="json: the JSON Schema (default); text: the Markdown.")
+    ] = None,
 ) -> None:
-    """Print the spec's JSON Schema (or the Markdown reference in docs/spec.md)."""
+    """Print the spec's JSON Schema (--output json, the default) or its Markdown reference (docs/spec.md)."""
     from byoc.schema import spec_json_schema, spec_markdown
 
-    if markdown:
+    if markdown and output is Output.json:
+        with reporting(output):
+            raise ByocError("--markdown", "asks for Markdown and --output json for JSON", "pass one of the two")
+    if markdown or output is Output.text:
         print(spec_markdown(), end="")
     else:
         print_json(spec_json_schema())
@@ -227,8 +241,18 @@ def estimate(
         row = estimate_row(
             cloud.value, model, shape, input_tokens, output_tokens, kv_cache_fraction, max_context, price_per_gpu_hour
         )
+    misfit = None
+    if not row["fits"]:
+        # As validate does: a model that does not fit is invalid input (exit 2), the estimate still shown.
+        misfit = ByocError(
+            "shape",
+            f"{model} does not fit {shape} at max_context {row['memory']['max_context']}",
+            f"`byoc shapes --model {model}` lists the shapes that hold it, or lower --max-context",
+        )
     if output is Output.json:
-        print_json(row)
+        print_json({**row, "error": misfit.as_dict()} if misfit else row)
+        if misfit:
+            raise typer.Exit(misfit.exit_code)
         return
     memory = row["memory"]
     lines = [
@@ -244,6 +268,9 @@ def estimate(
         f"${row['cost_per_million_output_tokens']:.3f} per 1M output tokens",
     ]
     print("\n".join(lines))
+    if misfit:
+        with reporting(output):
+            raise misfit
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -256,6 +283,43 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# Finding statuses as the plan's summary line says them.
+STATUS_WORDS = {
+    "PASS": "pass",
+    "FAIL": "fail",
+    "NOT_APPLICABLE": "not applicable",
+    "ERROR": "error",
+    "NOT_ASSESSED": "not assessed",
+    "EXCEPTION": "excepted by design",
+}
+PLAN_OUTPUTS = ("plan.json", "manifests", "helm-releases.yaml", "compliance")
+
+
+def _check_out_is_ours(out: Path) -> None:
+    """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository), refuse
+    rather than delete someone's manifests/ or compliance/.
+
+    Raises:
+        ByocError: naming --out and the first output path that exists without a byoc plan.json beside it.
+    """
+    plan_file = out / "plan.json"
+    ours = False
+    if plan_file.is_file():
+        try:
+            ours = "byoc_version" in json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            ours = False
+    if ours:
+        return
+    for name in PLAN_OUTPUTS:
+        if (out / name).exists():
+            raise ByocError(
+                "--out",
+                f"{out / name} exists and {out} holds no plan written by byoc; plan would replace it",
+                "choose an empty or new folder (the default is ./byoc-out), or move it away",
+            )
 
 
 def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> dict[str, Any] | None:
@@ -307,6 +371,7 @@ def plan(
 
     with reporting(output):
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
+        _check_out_is_ours(out)
         document = deployment.plan_document()
         program = program_for(deployment)
         graph = run_offline(deployment, program) if program is not None else None
@@ -317,6 +382,7 @@ def plan(
             compliance = _write_plan(out, document, graph)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
+    print_warnings(deployment.warnings)
     if output is Output.json:
         print_json({"plan": str(target), **document})
         return
@@ -333,8 +399,11 @@ def plan(
     if compliance is not None:
         found = compliance["findings"]
         print(
-            f"compliance  {compliance['checks_evaluated']} checks evaluated: {found['PASS']} pass, "
-            f"{found['FAIL']} fail ({', '.join(compliance['failing_controls']) or 'no failing control'})"
+            f"compliance  {compliance['checks_evaluated']} checks evaluated, {sum(found.values())} findings: "
+            + ", ".join(
+                f"{count} {STATUS_WORDS.get(status, status.lower())}" for status, count in found.items() if count
+            )
+            + f" ({', '.join(compliance['failing_controls']) or 'no failing control'})"
         )
     print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
 

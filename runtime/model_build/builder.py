@@ -95,9 +95,10 @@ def resolve_for_build(spec: Spec, work: Path) -> Deployment:
     """resolve(spec); for a remote model outside the catalog, with its config.json fetched first (only that file)."""
     remote = _needs_remote_config(spec)
     if remote is None or remote.source is None:
-        return resolve(spec)
+        return resolve(spec, build_location="local")
     try:
-        resolve(spec)  # every shape and addon rule runs first, so a refused spec never touches the source
+        # every shape and addon rule runs first, so a refused spec never touches the source
+        resolve(spec, build_location="local")
     except ByocError as exc:
         if exc.field != "model.source":
             raise
@@ -111,7 +112,7 @@ def resolve_for_build(spec: Spec, work: Path) -> Deployment:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_bytes(config)
     local = ModelRef(id=remote.id, source=f"file://{folder}", revision=remote.revision)
-    deployment = resolve(spec.model_copy(update={"model": local}))
+    deployment = resolve(spec.model_copy(update={"model": local}), build_location="local")
     # the cache key and the manifest name the source as the user wrote it, not the temporary copy
     return dataclasses.replace(deployment, spec=spec, model_source=remote.source)
 

@@ -140,7 +140,7 @@ class GpuCapacity(pulumi.ComponentResource):
             spec={
                 "role": identities.roles["gpu_nodes"].name,
                 # AL2023, NVIDIA variant for GPU instance types (drivers and the container toolkit in the AMI).
-                "amiSelectorTerms": [{"alias": platform["ami_alias"]}],
+                "amiSelectorTerms": [{"alias": deployment.node_image}],
                 "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
                 "securityGroupSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
                 "metadataOptions": {
@@ -193,6 +193,9 @@ class GpuCapacity(pulumi.ComponentResource):
                         "requirements": requirements,
                         "taints": [GPU_TAINT],  # only pods that tolerate GPUs land here
                         "expireAfter": "720h",
+                        # Drift and expiry wait for pods marked do-not-disrupt (a build, a serving replica) at most
+                        # this long, so an AMI or spec change still rolls every GPU node within a day.
+                        "terminationGracePeriod": "24h",
                     },
                 },
                 "limits": {"nvidia.com/gpu": str(limit)},

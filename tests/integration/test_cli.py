@@ -233,8 +233,14 @@ def test_estimate_says_when_a_model_does_not_fit() -> None:
     result = runner.invoke(
         app, ["estimate", "--model", "llama-3.1-70b-instruct", "--shape", "l4x1-fp8", "--output", "json"]
     )
-    assert result.exit_code == 0
-    assert json.loads(result.stdout)["fits"] is False
+    assert result.exit_code == 2  # as validate: invalid input, the estimate still shown
+    data = json.loads(result.stdout)
+    assert data["fits"] is False
+    assert data["error"]["field"] == "shape" and "byoc shapes --model" in data["error"]["hint"]
+    text = byoc("estimate", "--model", "llama-3.1-70b-instruct", "--shape", "l4x1-fp8")
+    assert text.returncode == 2
+    assert "fits               NO" in text.stdout
+    assert text.stderr.startswith("error: shape: llama-3.1-70b-instruct does not fit l4x1-fp8")
 
 
 def test_estimate_with_own_price() -> None:
@@ -315,3 +321,66 @@ def test_live_commands_say_when_the_pulumi_cli_is_missing(tmp_path: Path) -> Non
 def test_live_commands_need_a_stack_for_the_cloud() -> None:
     result = runner.invoke(app, ["up", "-f", "examples/gcp-l4.yaml"])
     assert result.exit_code == 2
+
+
+def test_version() -> None:
+    from byoc import __version__
+
+    result = byoc("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"byoc {__version__}"
+
+
+def test_schema_takes_output_json_and_text() -> None:
+    as_json = byoc("schema", "--output", "json")
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout)["title"] == "byoc deployment spec"
+    assert byoc("schema", "--output", "text").stdout == (ROOT / "docs" / "spec.md").read_text()
+    assert byoc("schema", "--markdown", "--output", "json").returncode == 2
+
+
+def test_tables_never_cut_names_in_a_pipe() -> None:
+    """In a pipe (no terminal width) or at 80 columns, shape and instance names come out whole."""
+    piped = byoc("shapes", "--cloud", "aws")
+    assert piped.returncode == 0
+    for shape in ("h100x1-bf16", "b200x8-fp4", "l40sx4-fp8"):
+        assert shape in piped.stdout
+    assert "…" not in piped.stdout
+    narrow = runner.invoke(app, ["shapes", "--cloud", "aws"], env={"COLUMNS": "80"})
+    assert "h100x1-bf16" in narrow.stdout and "p6-b200.48xlarge" in narrow.stdout
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        "name: a\ncloud: aws\nregion: EUROPE\nmodel: llama-3.1-8b-instruct\nshape: h100x1-fp8\n"
+        "autoscaling:\n  max_replicas: 2\n  max_replicas: 8\n"
+    )
+    result = byoc("validate", "-f", str(spec))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: autoscaling.max_replicas: is given twice")
+    assert "lines 7 and 8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plan_refuses_to_replace_folders_it_did_not_write(tmp_path: Path) -> None:
+    """`plan --out .` in a repository must not delete its manifests/."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "app.yaml").write_text("kind: ConfigMap\n")
+    result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "--out" in result.stderr and "manifests" in result.stderr
+    assert (tmp_path / "manifests" / "app.yaml").read_text() == "kind: ConfigMap\n"
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_plan_prints_warnings_and_lists_them(tmp_path: Path) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        "name: w\ncloud: aws\nregion: EUROPE\nmodel: llama-3.1-8b-instruct\nshape: h100x1-fp8\n"
+        "network: {endpoint: public}\nnode_image: al2023@latest\n"
+    )
+    result = byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    fields = {w["field"] for w in json.loads(result.stdout)["warnings"]}
+    assert {"network.endpoint", "node_image"} <= fields
+    assert "warning: network.endpoint: public opens" in result.stderr

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from byoc.catalogs import load_catalog
-from tests.conftest import deploy, refused
+from byoc.resolve import resolve
+from byoc.spec import build_spec
+from tests.conftest import deploy, refused, spec_data
+
+_QWEN_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+}
 
 ADDON = {"id": "tone", "source": "s3://adapters/tone", "rank": 16}
 
@@ -269,32 +284,137 @@ def test_draft_model_of_the_same_family() -> None:
 
 # -- a model outside the catalog --------------------------------------------------------------------------------
 def test_model_from_a_local_hugging_face_directory(tmp_path: Path) -> None:
-    config = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "hidden_size": 1536,
-        "intermediate_size": 8960,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 2,
-        "vocab_size": 151936,
-        "max_position_embeddings": 32768,
-        "tie_word_embeddings": True,
-    }
+    config = _QWEN_CONFIG
     (tmp_path / "config.json").write_text(json.dumps(config))
-    deployment = deploy(model={"id": "qwen2.5-1.5b", "source": tmp_path.as_uri()}, shape="l4x1-fp8", region="US")
+    source = "s3://acme-models/qwen2.5-1.5b/"
+    model = {"id": "qwen2.5-1.5b", "source": source, "config": (tmp_path / "config.json").as_uri()}
+    deployment = deploy(model=model, shape="l4x1-fp8", region="US")
     document = deployment.plan_document()
-    assert document["model"]["source"] == tmp_path.as_uri()
+    assert document["model"]["source"] == source
     assert document["model"]["params"] / 1e9 == pytest.approx(1.54, rel=0.02)  # Qwen2.5-1.5B model card
     assert deployment.memory.kv_bytes_per_token == 2 * 28 * 2 * 128 * 1  # FP8 KV cache
 
 
-def test_model_directory_without_config(tmp_path: Path) -> None:
-    error = refused(model={"id": "mine", "source": tmp_path.as_uri()})
-    assert error.field == "model.source"
+def test_model_config_that_does_not_exist(tmp_path: Path) -> None:
+    error = refused(model={"id": "mine", "source": "s3://b/mine", "config": (tmp_path / "config.json").as_uri()})
+    assert error.field == "model.config"
     assert "config.json" in error.hint
 
 
 def test_remote_model_outside_the_catalog() -> None:
     error = refused(model={"id": "mine", "source": "s3://bucket/mine"})
     assert error.field == "model.source"
-    assert "file://" in error.hint
+    assert "model.config: file://" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model": {"id": "llama-3.1-8b-instruct", "source": "file:///home/me/llama"}}, "model.source"),
+        (
+            {"shape": "h100x1-bf16", "addons": [{"id": "a", "source": "s3://b/a"}, {"id": "b", "source": "file:///x"}]},
+            "addons[1].source",
+        ),
+        ({"speculative": {"draft_model": "file:///home/me/draft"}}, "speculative.draft_model"),
+    ],
+)
+def test_a_local_source_in_a_cloud_deployment_is_refused(overrides: dict[str, Any], field: str) -> None:
+    """The build Job runs in the cluster: a path on the operator's laptop can never be read there."""
+    error = refused(**overrides)
+    assert error.field == field
+    assert "s3://" in error.hint and "upload" in error.hint
+
+
+def test_a_local_source_is_fine_for_a_local_build(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(_QWEN_CONFIG))
+    spec = build_spec(spec_data(model={"id": "q", "source": tmp_path.as_uri()}, shape="l4x1-fp8", region="US"))
+    assert resolve(spec, build_location="local").model_source == tmp_path.as_uri()
+
+
+# -- values the rendered objects would refuse or misread ----------------------------------------------------------
+@pytest.mark.parametrize("field", ["scale_down_window", "scale_up_window"])
+def test_hpa_stabilization_windows_at_most_an_hour(field: str) -> None:
+    """Kubernetes validates behavior.scaleUp/scaleDown.stabilizationWindowSeconds as 0..3600."""
+    error = refused(autoscaling={"max_replicas": 4, field: "2h", "scale_to_zero_window": "3h"})
+    assert error.field == f"autoscaling.{field}"
+    assert "3600" in error.message and "1h" in error.hint
+    assert deploy(autoscaling={"max_replicas": 4, field: "1h"}).autoscaling.as_dict()[f"{field}_s"] == 3600
+
+
+def test_scale_to_zero_shorter_than_scale_down_is_refused() -> None:
+    """KEDA's cooldownPeriod would take four replicas straight to zero after 5 idle minutes (kedacore/keda#7770)."""
+    error = refused(autoscaling={"max_replicas": 4, "scale_to_zero_window": "5m", "scale_down_window": "30m"})
+    assert error.field == "autoscaling.scale_to_zero_window"
+    assert "straight to zero" in error.message and "30m" in error.hint
+    # one replica at most: there is no gradual scale-down to bypass
+    assert deploy(autoscaling={"max_replicas": 1, "scale_to_zero_window": "5m", "scale_down_window": "30m"})
+
+
+def test_scale_to_zero_window_under_a_minute_is_refused() -> None:
+    error = refused(autoscaling={"max_replicas": 1, "scale_to_zero_window": "30s"})
+    assert error.field == "autoscaling.scale_to_zero_window"
+    assert "1m" in error.hint
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "arn:aws:kms:eu-west-2:111122223333:alias/aws/eks",
+        "arn:aws:kms:eu-west-2:111122223333:alias/aws/s3",
+        "alias/aws/ebs",
+    ],
+)
+def test_an_aws_managed_key_is_refused(key: str) -> None:
+    error = refused(encryption={"kms_key": key})
+    assert error.field == "encryption.kms_key"
+    assert "AWS-managed" in error.message and "create" in error.hint
+
+
+def test_a_customer_managed_alias_is_accepted() -> None:
+    key = "arn:aws:kms:eu-west-2:111122223333:alias/acme/byoc"
+    assert deploy(encryption={"kms_key": key}).encryption.kms_key == key
+
+
+def test_allowlist_refuses_private_ranges_on_eks() -> None:
+    error = refused(network={"endpoint": "allowlist", "allowed_cidrs": ["203.0.113.0/24", "10.1.0.0/16"]})
+    assert error.field == "network.allowed_cidrs[1]"
+    assert "RFC 1918" in error.message
+
+
+def test_allowlist_at_most_40_cidrs_on_eks() -> None:
+    cidrs = [f"198.51.{i}.0/24" for i in range(41)]
+    error = refused(network={"endpoint": "allowlist", "allowed_cidrs": cidrs})
+    assert error.field == "network.allowed_cidrs"
+    assert "40" in error.message
+    assert deploy(network={"endpoint": "allowlist", "allowed_cidrs": cidrs[:40]})
+
+
+def test_gpu_node_image_is_a_pinned_alias_by_default() -> None:
+    deployment = deploy()
+    assert deployment.node_image is not None
+    assert deployment.node_image.startswith("al2023@v") and "latest" not in deployment.node_image
+    assert not [w for w in deployment.warnings if w.field == "node_image"]
+
+
+def test_latest_node_image_is_allowed_with_a_warning() -> None:
+    deployment = deploy(node_image="al2023@latest")
+    assert deployment.node_image == "al2023@latest"
+    (warning,) = [w for w in deployment.warnings if w.field == "node_image"]
+    assert "drift-replaces every GPU node" in warning.message
+
+
+@pytest.mark.parametrize("image", ["al2@v20250101", "ubuntu", "al2023@20260512", "ami-0123456789abcdef0"])
+def test_unusable_node_image_is_refused(image: str) -> None:
+    error = refused(node_image=image)
+    assert error.field == "node_image"
+    assert "al2023@v" in error.hint
+
+
+def test_an_unpublished_runtime_image_is_warned_and_a_tag_too() -> None:
+    warned = {w.field: w for w in deploy().warnings}
+    if not load_catalog().images["runtime"].get("digest"):
+        assert "images.runtime" in warned and "cannot pull" in warned["images.runtime"].message
+    pinned = "registry.example/byoc-runtime@sha256:" + "ab" * 32
+    assert "images.runtime" not in {w.field for w in deploy(images={"runtime": pinned}).warnings}
+    tagged = {w.field: w for w in deploy(images={"serving": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0"}).warnings}
+    assert "pinned by tag" in tagged["images.serving"].message
