@@ -10,7 +10,7 @@ from typing import Any
 
 from byoc.catalogs import MEGA_REGIONS, load_catalog
 from compliance.checks import all_checks
-from compliance.model import Finding, Graph, Resource, Status, Verdict
+from compliance.model import Check, Finding, Graph, Resource, Status, Verdict
 
 
 def allowed_regions(cloud: str, requested: str, region: str) -> tuple[str, ...]:
@@ -37,6 +37,7 @@ def graph_from_plan(plan: dict[str, Any]) -> Graph:
         requested_region=placement["requested_region"],
         allowed_regions=allowed_regions(plan["cloud"], placement["requested_region"], placement["region"]),
         source="plan",
+        cloud=plan["cloud"],
     )
 
 
@@ -60,13 +61,36 @@ def load_plan(path: Path) -> dict[str, Any]:
     return data
 
 
+NOT_READ = "(not read)"
+
+
+def _silent(check: Check, graph: Graph) -> Finding:
+    """The NOT_ASSESSED finding of a check that applies to a live deployment but found nothing to judge."""
+    for type_token in check.resource_types:
+        if type_token in graph.unassessed:
+            unread = Resource(type=type_token, name=NOT_READ, id="", inputs={}, source=graph.source)
+            return Finding(check, Status.NOT_ASSESSED, unread, (), graph.unassessed[type_token])
+    kinds = ", ".join(t.rsplit(":", 1)[-1] for t in check.resource_types)
+    absent = Resource(type=check.resource_types[0], name="(none)", id="", inputs={}, source=graph.source)
+    if all(t.startswith("kubernetes:") for t in check.resource_types):
+        reason = f"the cluster has no {kinds} labelled app.kubernetes.io/managed-by=byoc"
+    else:
+        reason = f"the account has no {kinds} of deployment {graph.deployment} in {graph.region}"
+    return Finding(check, Status.NOT_ASSESSED, absent, (), reason)
+
+
 def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Finding]:
-    """Every applicable check on every resource it applies to; a check that raises becomes an ERROR finding."""
+    """Every applicable check on every resource it applies to; a check that raises becomes an ERROR finding.
+
+    On a live graph no check of the graph's cloud (or Kubernetes) stays silent: one that found nothing to judge
+    yields a NOT_ASSESSED finding saying why (no cluster access, none of the resource type in the account).
+    """
     wanted = set(frameworks) if frameworks is not None else None
     findings: list[Finding] = []
     for check in all_checks():
         if wanted is not None and not any(c.split(":")[0] in wanted for c in check.controls):
             continue
+        found: list[Finding] = []
         for resource in graph.resources:
             if not check.applies_to(resource):
                 continue
@@ -74,11 +98,14 @@ def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Find
                 result = check.evaluate(resource, graph)
             except Exception as exc:  # a malformed resource must not stop the report
                 result = Verdict(Status.ERROR, (), f"{type(exc).__name__}: {exc}")
-            findings.append(Finding(check, result.status, resource, result.evidence, result.reason))
+            found.append(Finding(check, result.status, resource, result.evidence, result.reason))
         for type_token, reason in graph.errors.items():
             if type_token in check.resource_types:
                 unreadable = Resource(type=type_token, name="(unreadable)", id="", inputs={}, source=graph.source)
-                findings.append(Finding(check, Status.ERROR, unreadable, (), reason))
+                found.append(Finding(check, Status.ERROR, unreadable, (), reason))
+        if not found and graph.source == "live" and check.cloud in (graph.cloud, "kubernetes"):
+            found.append(_silent(check, graph))
+        findings += found
     return findings
 
 
@@ -95,7 +122,14 @@ class Drift:
 
 def _worst(findings: list[Finding]) -> str:
     statuses = {f.status for f in findings}
-    for status in (Status.FAIL, Status.ERROR, Status.PASS, Status.NOT_APPLICABLE):
+    for status in (
+        Status.FAIL,
+        Status.ERROR,
+        Status.PASS,
+        Status.EXCEPTION,
+        Status.NOT_APPLICABLE,
+        Status.NOT_ASSESSED,
+    ):
         if status in statuses:
             return status.value
     return "MISSING"
@@ -107,6 +141,8 @@ def drift(declared: list[Finding], live: list[Finding]) -> list[Drift]:
     for check_id in sorted({f.check.id for f in declared}):
         planned = [f for f in declared if f.check.id == check_id]
         actual = [f for f in live if f.check.id == check_id]
+        if actual and all(f.resource.name == NOT_READ for f in actual):
+            continue  # not looked at (e.g. no cluster access): nothing to compare
         want, have = _worst(planned), _worst(actual)
         if want != have:
             names = sorted({f.resource.name for f in actual if f.status.value == have}) or ["(no live resource)"]

@@ -19,10 +19,20 @@ CATALOGS = Path(__file__).parent / "catalogs"
 
 
 class Status(StrEnum):
+    """What a check found on one resource.
+
+    PASS and FAIL judge the resource; ERROR means the evidence could not be read (the API's error is the reason);
+    NOT_ASSESSED means the check applies to the deployment but had nothing to judge, and the reason says why (no
+    cluster access, none of the resource type in the account); NOT_APPLICABLE means the check does not concern this
+    resource; EXCEPTION means byoc declines the property by design, for the reason given (not a silent gap).
+    """
+
     PASS = "PASS"
     FAIL = "FAIL"
     NOT_APPLICABLE = "NOT_APPLICABLE"
     ERROR = "ERROR"
+    NOT_ASSESSED = "NOT_ASSESSED"
+    EXCEPTION = "EXCEPTION"
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,9 @@ class Graph:
     allowed_regions: tuple[str, ...]
     source: str
     errors: dict[str, str] = field(default_factory=dict)  # resource type -> why it could not be read (live)
+    # resource type -> why it was not looked at (live: e.g. Kubernetes objects without --kubeconfig)
+    unassessed: dict[str, str] = field(default_factory=dict)
+    cloud: str | None = None  # aws | gcp: the checks of this cloud (and Kubernetes) apply
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
@@ -133,6 +146,11 @@ def verdict(ok: bool, path: str, value: Any, reason: str = "") -> Verdict:
 
 def not_applicable(reason: str) -> Verdict:
     return Verdict(Status.NOT_APPLICABLE, (), reason)
+
+
+def exception(reason: str, path: str = "", value: Any = None) -> Verdict:
+    """A property byoc declines by design: reported with its reason, never counted as a pass or a failure."""
+    return Verdict(Status.EXCEPTION, (Evidence(path, value),) if path else (), reason)
 
 
 Evaluate = Callable[[Resource, Graph], Verdict]

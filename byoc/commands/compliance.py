@@ -31,6 +31,14 @@ def report(
     cloud: Annotated[str, typer.Option("--cloud", help="Cloud of the live account (aws).")] = "aws",
     region: Annotated[str | None, typer.Option("--region", help="Region of the live deployment.")] = None,
     deployment: Annotated[str | None, typer.Option("--deployment", help="Deployment name (live).")] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            "--kubeconfig",
+            help="Kubeconfig of the deployment's cluster (live): its Kubernetes objects are read through the API; "
+            "without it their checks are NOT_ASSESSED (no cluster access).",
+        ),
+    ] = None,
     framework: Annotated[str, typer.Option("--framework", help="Comma-separated: hipaa,soc2,iso27001.")] = ",".join(
         FRAMEWORKS
     ),
@@ -41,6 +49,8 @@ def report(
 
     Exit 0 when no check fails, 1 when one fails (or could not be evaluated live), 2 for bad input. With --live and
     --plan together, differences between what the plan declares and what the account has are reported as drift.
+    Live, every check says something: PASS, FAIL, ERROR (with the API's error) or NOT_ASSESSED (with why); a
+    property byoc declines by design is an EXCEPTION with its reason.
     """
     from compliance.evaluate import drift, evaluate, graph_from_plan, load_plan
     from compliance.reports import write_pack
@@ -59,7 +69,7 @@ def report(
                 )
             from compliance.collectors.aws import collect
 
-            graph = collect(deployment, region, declared.requested_region if declared else region)
+            graph = collect(deployment, region, declared.requested_region if declared else region, kubeconfig)
         else:
             assert declared is not None
             graph = declared

@@ -8,8 +8,20 @@ templates, Karpenter node classes, pod identity trust, the artifact bucket's put
 
 from __future__ import annotations
 
+from typing import Any
+
 from compliance.checks.common import as_list, denies_insecure_transport, is_customer_key, statements
-from compliance.model import Graph, Resource, Verdict, check, not_applicable, verdict
+from compliance.model import (
+    Evidence,
+    Graph,
+    Resource,
+    Status,
+    Verdict,
+    check,
+    exception,
+    not_applicable,
+    verdict,
+)
 
 KEY = "aws:kms/key:Key"
 BUCKET = "aws:s3/bucket:Bucket"
@@ -39,6 +51,8 @@ QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
 PROVIDER = "pulumi:providers:aws"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+EBS_DEFAULT = "aws:ebs/encryptionByDefault:EncryptionByDefault"
+EBS_DEFAULT_KEY = "aws:ebs/defaultKmsKey:DefaultKmsKey"
 
 ENCRYPT_AT_REST = ("hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24")
 AUDIT = ("hipaa:164.312(b)", "hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "iso27001:A.8.15")
@@ -49,6 +63,12 @@ HARDENING = ("soc2:CC6.8", "iso27001:A.8.9")
 # Pod and task roles must not reach node credentials through instance metadata.
 IMDS = ("hipaa:164.312(a)(1)", "soc2:CC6.1", "iso27001:A.8.9")
 RECOVERY = ("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.13")
+# What AWS does when a field is left unset (the API reference of each service): reading "unset" as "off" or "bad"
+# where AWS reads it as a default would fail compliant resources.
+KMS_ROTATION_DEFAULT_DAYS = 365  # KMS EnableKeyRotation: RotationPeriodInDays defaults to 365
+KMS_DELETION_DEFAULT_DAYS = 30  # KMS ScheduleKeyDeletion / CreateKey: PendingWindowInDays defaults to 30
+# Karpenter v1 EC2NodeClass defaults: metadataOptions httpTokens required, httpPutResponseHopLimit 1.
+KARPENTER_IMDS_DEFAULTS = {"httpTokens": "required", "httpPutResponseHopLimit": 1}
 WILDCARD_ALLOWED = {"AllowRegionalReadActions", "AllowPricingReadActions", "AllowUnscopedInstanceProfileListAction"}
 ADMIN_POLICIES = {"AdministratorAccess", "PowerUserAccess", "IAMFullAccess", "AmazonS3FullAccess"}
 
@@ -68,17 +88,20 @@ def _is_log_target(graph: Graph, bucket: Resource) -> bool:
 # -- KMS --------------------------------------------------------------------------------------------------------
 @check(
     id="kms_cmk_rotation_enabled",
-    title="Customer-managed keys rotate automatically",
+    title="Customer-managed keys rotate automatically, at least yearly",
     severity="high",
     resource_types=[KEY],
     controls=ENCRYPT_AT_REST,
-    remediation="Turn on automatic rotation (enable_key_rotation) for the key.",
+    remediation="Turn on automatic rotation (enable_key_rotation) with a period of 365 days or less.",
     risk="A key that never rotates exposes more data if its material is ever compromised.",
     cloud="aws",
 )
 def kms_cmk_rotation_enabled(resource: Resource, graph: Graph) -> Verdict:
-    value = resource.get("enableKeyRotation")
-    return verdict(value is True, "enableKeyRotation", value)
+    enabled = resource.get("enableKeyRotation")
+    period = resource.get("rotationPeriodInDays")
+    days = KMS_ROTATION_DEFAULT_DAYS if period is None else period  # unset: AWS rotates yearly
+    ok = enabled is True and days <= KMS_ROTATION_DEFAULT_DAYS
+    return verdict(ok, "enableKeyRotation/rotationPeriodInDays", {"enabled": enabled, "period_days": days})
 
 
 @check(
@@ -95,7 +118,8 @@ def kms_key_deletion_window(resource: Resource, graph: Graph) -> Verdict:
     value = resource.get("deletionWindowInDays")
     if value is None and resource.source == "live":
         return not_applicable("the deletion window is not readable from a key that is not pending deletion")
-    return verdict(value is not None and value >= 7, "deletionWindowInDays", value)
+    days = KMS_DELETION_DEFAULT_DAYS if value is None else value  # unset: AWS waits 30 days
+    return verdict(days >= 7, "deletionWindowInDays", days)
 
 
 @check(
@@ -279,6 +303,71 @@ def s3_bucket_server_access_logging_enabled(resource: Resource, graph: Graph) ->
     return verdict(bool(target), "logging.targetBucket", target)
 
 
+# Properties Prowler maps to these frameworks that byoc declines by design: reported as exceptions with the reason.
+@check(
+    id="s3_bucket_object_lock",
+    title="Buckets lock objects against deletion (Object Lock)",
+    severity="low",
+    resource_types=[BUCKET],
+    controls=RECOVERY,
+    remediation="None by design: versioning (s3_bucket_versioning_enabled) keeps overwritten and deleted objects.",
+    risk="Without a WORM lock, an administrator can delete object versions.",
+    cloud="aws",
+)
+def s3_bucket_object_lock(resource: Resource, graph: Graph) -> Verdict:
+    enabled = resource.get("objectLockEnabled")
+    if enabled is True or enabled == "Enabled":
+        return verdict(True, "objectLockEnabled", enabled)
+    return exception(
+        "byoc declines Object Lock by design: a locked object cannot be deleted before its retention ends, so "
+        "`byoc destroy` and a customer's request to erase model data or logs could not be honoured; recovery comes "
+        "from versioning and the KMS key's 30-day deletion window",
+        "objectLockEnabled",
+        enabled,
+    )
+
+
+@check(
+    id="s3_bucket_cross_region_replication",
+    title="Buckets replicate to another region",
+    severity="low",
+    resource_types=[BUCKET],
+    controls=RECOVERY,
+    remediation="None by design: keep data in the spec's region; recover from versions in the same region.",
+    risk="A regional outage makes the bucket's data unavailable until the region recovers.",
+    cloud="aws",
+)
+def s3_bucket_cross_region_replication(resource: Resource, graph: Graph) -> Verdict:
+    rules = resource.get("replicationRules")
+    return exception(
+        "byoc declines cross-region replication by design (data residency): a deployment's model data, adapters "
+        "and logs stay in the region the spec chose (data_residency_region); versioning gives recovery in-region",
+        "replicationRules",
+        rules,
+    )
+
+
+# -- EBS account default ----------------------------------------------------------------------------------------
+@check(
+    id="ec2_ebs_default_encryption",
+    title="New EBS volumes in the region are encrypted by default with a customer key",
+    severity="high",
+    resource_types=[EBS_DEFAULT],
+    controls=ENCRYPT_AT_REST,
+    remediation="Set encryption.ebs_default: true in the spec (EBS encryption by default with the platform key).",
+    risk="A volume created outside byoc's launch templates (a snapshot copy, a manual volume) would be unencrypted.",
+    cloud="aws",
+)
+def ec2_ebs_default_encryption(resource: Resource, graph: Graph) -> Verdict:
+    enabled = resource.get("enabled")
+    if enabled is True and resource.get("kmsKeyError"):
+        return Verdict(Status.ERROR, (Evidence("ebsEncryptionByDefault", enabled),), resource.get("kmsKeyError"))
+    keys = graph.by_type(EBS_DEFAULT_KEY)
+    key = keys[0].get("keyArn") if keys else None
+    ok = enabled is True and is_customer_key(key)
+    return verdict(ok, "ebsEncryptionByDefault/defaultKmsKey", {"enabled": enabled, "kms_key": key})
+
+
 # -- CloudTrail -------------------------------------------------------------------------------------------------
 @check(
     id="cloudtrail_multi_region_enabled",
@@ -376,7 +465,51 @@ def cloudtrail_s3_dataevents_enabled(resource: Resource, graph: Graph) -> Verdic
 )
 def cloudtrail_global_service_events_enabled(resource: Resource, graph: Graph) -> Verdict:
     value = resource.get("includeGlobalServiceEvents")
+    value = True if value is None else value  # unset: CloudTrail includes global service events
     return verdict(value is True, "includeGlobalServiceEvents", value)
+
+
+def _management_events(resource: Resource) -> tuple[bool, str]:
+    """Whether the trail records every management event (read and write), and in which form it says so.
+
+    Classic selectors: one with IncludeManagementEvents and ReadWriteType All. Advanced selectors: one selecting
+    eventCategory Management without a readOnly filter (Prowler looks for the name "Management events selector";
+    any name is accepted here). Neither: CloudTrail's default, which records all management events.
+    """
+    classic = as_list(resource.get("eventSelectors"))
+    advanced = as_list(resource.get("advancedEventSelectors"))
+    for selector in advanced:
+        fields = as_list(selector.get("fieldSelectors"))
+        management = any(f.get("field") == "eventCategory" and "Management" in as_list(f.get("equals")) for f in fields)
+        if management and not any(f.get("field") == "readOnly" for f in fields):
+            return True, f"advanced selector {selector.get('name')!r}"
+    for selector in classic:
+        include = selector.get("includeManagementEvents")
+        if (include is None or include is True) and selector.get("readWriteType", "All") == "All":
+            return True, "classic selector (ReadWriteType All)"
+    if not classic and not advanced:
+        return True, "no selectors: CloudTrail's default records all management events"
+    return False, "no selector records every management event"
+
+
+@check(
+    id="cloudtrail_multi_region_enabled_logging_management_events",
+    title="A multi-region trail is logging every management event",
+    severity="high",
+    resource_types=[TRAIL],
+    controls=AUDIT,
+    remediation="Keep the trail multi-region and logging, with a management-events selector (read and write).",
+    risk="Control-plane changes (keys, roles, buckets) could happen without a record.",
+    cloud="aws",
+)
+def cloudtrail_multi_region_management_events(resource: Resource, graph: Graph) -> Verdict:
+    recorded, form = _management_events(resource)
+    logging = resource.get("isLogging", resource.get("enableLogging"))
+    logging = True if logging is None else logging  # unset: a new trail starts logging
+    multi = resource.get("isMultiRegionTrail") is True
+    ok = recorded and multi and logging is True
+    value = {"multi_region": multi, "logging": logging, "management_events": form}
+    return verdict(ok, "isMultiRegionTrail/isLogging/eventSelectors", value)
 
 
 # -- CloudWatch Logs --------------------------------------------------------------------------------------------
@@ -407,7 +540,9 @@ def cloudwatch_log_group_kms_encryption_enabled(resource: Resource, graph: Graph
 )
 def cloudwatch_log_group_retention(resource: Resource, graph: Graph) -> Verdict:
     value = resource.get("retentionInDays")
-    return verdict(value is not None and value >= 365, "retentionInDays", value)
+    if not value:  # unset (or 0 in Pulumi): CloudWatch Logs keeps the events forever
+        return verdict(True, "retentionInDays", value, "unset: logs never expire")
+    return verdict(value >= 365, "retentionInDays", value)
 
 
 # -- network ----------------------------------------------------------------------------------------------------
@@ -446,15 +581,19 @@ def ec2_securitygroup_default_restrict_traffic(resource: Resource, graph: Graph)
     id="ec2_securitygroup_no_internet_ingress",
     title="Security groups admit no traffic from the internet",
     severity="high",
-    resource_types=[SECURITY_GROUP],
+    resource_types=[SECURITY_GROUP, DEFAULT_SG],
     controls=BOUNDARY,
     remediation="Limit ingress to the VPC CIDR or to other security groups.",
     risk="An open port is reachable by anyone.",
     cloud="aws",
 )
 def ec2_securitygroup_no_internet_ingress(resource: Resource, graph: Graph) -> Verdict:
-    open_rules = [rule for rule in as_list(resource.get("ingress")) if "0.0.0.0/0" in as_list(rule.get("cidrBlocks"))]
-    return verdict(not open_rules, "ingress[cidrBlocks contains 0.0.0.0/0]", open_rules)
+    open_rules = [
+        rule
+        for rule in as_list(resource.get("ingress"))
+        if "0.0.0.0/0" in as_list(rule.get("cidrBlocks")) or "::/0" in as_list(rule.get("ipv6CidrBlocks"))
+    ]
+    return verdict(not open_rules, "ingress[cidrBlocks 0.0.0.0/0 or ::/0]", open_rules)
 
 
 @check(
@@ -553,9 +692,10 @@ def eks_cluster_private_endpoint(resource: Resource, graph: Graph) -> Verdict:
     cloud="aws",
 )
 def eks_cluster_not_publicly_accessible(resource: Resource, graph: Graph) -> Verdict:
-    public = resource.get("vpcConfig.endpointPublicAccess")
-    cidrs = as_list(resource.get("vpcConfig.publicAccessCidrs"))
-    ok = public is not True or (bool(cidrs) and "0.0.0.0/0" not in cidrs)
+    # unset: EKS makes the endpoint public, open to 0.0.0.0/0 (CreateCluster's VpcConfigRequest defaults)
+    public = resource.get("vpcConfig.endpointPublicAccess", True)
+    cidrs = as_list(resource.get("vpcConfig.publicAccessCidrs")) or ["0.0.0.0/0"]
+    ok = public is not True or "0.0.0.0/0" not in cidrs
     return verdict(ok, "vpcConfig.endpointPublicAccess/publicAccessCidrs", {"public": public, "cidrs": cidrs})
 
 
@@ -571,7 +711,10 @@ def eks_cluster_not_publicly_accessible(resource: Resource, graph: Graph) -> Ver
 )
 def eks_cluster_access_entries_only(resource: Resource, graph: Graph) -> Verdict:
     mode = resource.get("accessConfig.authenticationMode")
-    creator = resource.get("accessConfig.bootstrapClusterCreatorAdminPermissions")
+    # unset in a declaration: EKS grants the creator cluster admin (CreateCluster's default is true); a live
+    # cluster that does not report it says nothing either way
+    default = None if resource.source == "live" else True
+    creator = resource.get("accessConfig.bootstrapClusterCreatorAdminPermissions", default)
     return verdict(mode == "API" and creator is not True, "accessConfig", {"mode": mode, "creator_admin": creator})
 
 
@@ -659,8 +802,11 @@ def ec2_launch_template_ebs_encrypted(resource: Resource, graph: Graph) -> Verdi
     cloud="aws",
 )
 def karpenter_nodeclass_imdsv2(resource: Resource, graph: Graph) -> Verdict:
-    tokens = resource.get("spec.metadataOptions.httpTokens")
-    hops = resource.get("spec.metadataOptions.httpPutResponseHopLimit")
+    # unset: Karpenter's EC2NodeClass defaults are already IMDSv2 with a hop limit of 1
+    tokens = resource.get("spec.metadataOptions.httpTokens", KARPENTER_IMDS_DEFAULTS["httpTokens"])
+    hops = resource.get(
+        "spec.metadataOptions.httpPutResponseHopLimit", KARPENTER_IMDS_DEFAULTS["httpPutResponseHopLimit"]
+    )
     return verdict(tokens == "required" and hops == 1, "spec.metadataOptions", {"httpTokens": tokens, "hopLimit": hops})
 
 
@@ -732,6 +878,18 @@ def sqs_queue_secure_transport(resource: Resource, graph: Graph) -> Verdict:
 
 
 # -- IAM --------------------------------------------------------------------------------------------------------
+def _wildcard_actions(statement: dict[str, Any]) -> bool:
+    """Every action (`*`), every action of a service (`s3:*`), or NotAction (everything but some)."""
+    if "NotAction" in statement:
+        return True
+    return any(str(a) == "*" or str(a).endswith(":*") for a in as_list(statement.get("Action")))
+
+
+def _wildcard_resources(statement: dict[str, Any]) -> bool:
+    """Every resource: `*` anywhere in Resource, or NotResource (all but some)."""
+    return "NotResource" in statement or "*" in [str(r) for r in as_list(statement.get("Resource"))]
+
+
 @check(
     id="iam_inline_policy_no_administrative_privileges",
     title="No role policy allows every action, or every resource outside read-only lookups",
@@ -747,11 +905,9 @@ def iam_no_wildcards(resource: Resource, graph: Graph) -> Verdict:
     for statement in statements(resource.get("policy")):
         if statement.get("Effect") != "Allow":
             continue
-        actions = as_list(statement.get("Action"))
-        every_action = "*" in actions or any(a.endswith(":*") for a in actions)
-        every_resource = as_list(statement.get("Resource")) == ["*"]
-        if every_action or (every_resource and statement.get("Sid") not in WILDCARD_ALLOWED):
-            offending.append(statement.get("Sid") or str(actions))
+        every_resource = _wildcard_resources(statement)
+        if _wildcard_actions(statement) or (every_resource and statement.get("Sid") not in WILDCARD_ALLOWED):
+            offending.append(statement.get("Sid") or str(statement.get("Action", statement.get("NotAction"))))
     return verdict(not offending, "Statement[Allow, * ]", offending)
 
 
@@ -809,18 +965,22 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
     name = str(resource.get("name", ""))
     if name not in ("byoc-builder", "byoc-serving"):
         return not_applicable("not a workload role policy")
-    too_wide = [
-        s.get("Sid")
-        for s in statements(resource.get("policy"))
-        if any(str(a).startswith("s3:") for a in as_list(s.get("Action")))
-        and any(
+    too_wide = []
+    for s in statements(resource.get("policy")):
+        if s.get("Effect") != "Allow":
+            continue
+        label = s.get("Sid") or str(s.get("Action", s.get("NotAction")))
+        if _wildcard_actions(s) or _wildcard_resources(s):
+            too_wide.append(label)  # `*` on `*`, a whole service, NotAction/NotResource: never a workload's scope
+            continue
+        if any(str(a).lower().startswith("s3:") for a in as_list(s.get("Action"))) and any(
             str(r).endswith("/*")
             and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
             and s.get("Sid") != "ReadModelSource"
             for r in as_list(s.get("Resource"))
-        )
-    ]
-    return verdict(not too_wide, "Statement[s3:*].Resource", too_wide)
+        ):
+            too_wide.append(label)
+    return verdict(not too_wide, "Statement[Allow].Action/Resource", too_wide)
 
 
 # -- residency --------------------------------------------------------------------------------------------------

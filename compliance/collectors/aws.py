@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -59,6 +60,17 @@ def _missing(exc: Exception, *codes: str) -> bool:
     return _error_code(exc) in codes
 
 
+def _reason(exc: Exception) -> str:
+    """An API error as a reviewer reads it: `Code: message` for AWS errors, the exception otherwise."""
+    error = (getattr(exc, "response", None) or {}).get("Error", {})
+    if error:
+        message = str(error.get("Message", "")).strip()
+        if message.startswith("<"):  # an HTML error page (an endpoint that does not serve this API)
+            message = "the endpoint does not serve this API"
+        return f"{error.get('Code', 'error')}: {message.splitlines()[0] if message else ''}".strip()[:300]
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()[:300]
+
+
 # -- one collector per service ----------------------------------------------------------------------------------
 def _kms(s: _Session) -> None:
     kms = s.client("kms")
@@ -69,7 +81,7 @@ def _kms(s: _Session) -> None:
             if tags.get(TAG) != s.deployment:
                 continue
             meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
-            rotation = kms.get_key_rotation_status(KeyId=key_id).get("KeyRotationEnabled")
+            status = kms.get_key_rotation_status(KeyId=key_id)
             policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
             s.add(
                 t.KEY,
@@ -80,7 +92,8 @@ def _kms(s: _Session) -> None:
                     "arn": meta["Arn"],
                     "description": meta.get("Description"),
                     "keyManager": meta.get("KeyManager"),
-                    "enableKeyRotation": rotation,
+                    "enableKeyRotation": status.get("KeyRotationEnabled"),
+                    "rotationPeriodInDays": status.get("RotationPeriodInDays"),
                     "policy": _json(policy),
                     "tags": tags,
                 },
@@ -103,7 +116,6 @@ def _s3(s: _Session) -> None:
             continue
         # ListBuckets spans every region: the bucket's own region is what residency is judged on
         location = s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
-        s.add(t.BUCKET, name, name, {"bucket": name, "tags": tags, "region": location})
 
         def read(call: Callable[..., Any], *absent: str) -> Any:
             """One bucket setting; None where the bucket has none (each API has its own not-found code)."""
@@ -113,6 +125,21 @@ def _s3(s: _Session) -> None:
                 if _missing(exc, *absent):
                     return None
                 raise
+
+        lock = read(s3.get_object_lock_configuration, "ObjectLockConfigurationNotFoundError")
+        replication = read(s3.get_bucket_replication, "ReplicationConfigurationNotFoundError")
+        s.add(
+            t.BUCKET,
+            name,
+            name,
+            {
+                "bucket": name,
+                "tags": tags,
+                "region": location,
+                "objectLockEnabled": (lock or {}).get("ObjectLockConfiguration", {}).get("ObjectLockEnabled"),
+                "replicationRules": (replication or {}).get("ReplicationConfiguration", {}).get("Rules"),
+            },
+        )
 
         encryption = read(s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError")
         if encryption:
@@ -194,6 +221,7 @@ def _cloudtrail(s: _Session) -> None:
         if tags.get(TAG) != s.deployment:
             continue
         selectors = trails.get_event_selectors(TrailName=arn)
+        status = trails.get_trail_status(Name=arn)
         s.add(
             t.TRAIL,
             trail["Name"],
@@ -207,6 +235,15 @@ def _cloudtrail(s: _Session) -> None:
                 "kmsKeyId": trail.get("KmsKeyId"),
                 "cloudWatchLogsGroupArn": trail.get("CloudWatchLogsLogGroupArn"),
                 "advancedEventSelectors": _selectors(selectors.get("AdvancedEventSelectors", [])),
+                "eventSelectors": [
+                    {
+                        "readWriteType": e.get("ReadWriteType"),
+                        "includeManagementEvents": e.get("IncludeManagementEvents"),
+                        "dataResources": e.get("DataResources", []),
+                    }
+                    for e in selectors.get("EventSelectors", [])
+                ],
+                "isLogging": status.get("IsLogging"),
                 "tags": tags,
             },
         )
@@ -260,10 +297,29 @@ def _eks(s: _Session) -> None:
                     for c in cluster.get("encryptionConfig", [])
                 ],
                 "enabledClusterLogTypes": enabled,
-                "accessConfig": {"authenticationMode": access.get("authenticationMode")},
+                "accessConfig": {
+                    "authenticationMode": access.get("authenticationMode"),
+                    "bootstrapClusterCreatorAdminPermissions": access.get("bootstrapClusterCreatorAdminPermissions"),
+                },
                 "tags": cluster.get("tags", {}),
             },
         )
+        try:
+            addons = eks.list_addons(clusterName=name).get("addons", [])
+            for addon in addons:
+                described = eks.describe_addon(clusterName=name, addonName=addon)["addon"]
+                s.add(
+                    t.ADDON,
+                    addon,
+                    described.get("addonArn", addon),
+                    {
+                        "clusterName": name,
+                        "addonName": addon,
+                        "configurationValues": described.get("configurationValues") or "{}",
+                    },
+                )
+        except Exception as exc:  # the add-ons API alone refusing must not hide the cluster's other checks
+            s.errors[t.ADDON] = f"could not read eks add-ons: {_reason(exc)}"
         for group_name in eks.list_nodegroups(clusterName=name).get("nodegroups", []):
             group = eks.describe_nodegroup(clusterName=name, nodegroupName=group_name)["nodegroup"]
             s.add(
@@ -272,6 +328,33 @@ def _eks(s: _Session) -> None:
                 group.get("nodegroupArn", group_name),
                 {"subnetIds": group.get("subnets", []), "capacityType": group.get("capacityType")},
             )
+
+
+def _rule(permission: dict[str, Any]) -> dict[str, Any]:
+    """An EC2 IpPermission in the shape of a Pulumi security group rule."""
+    return {
+        "protocol": permission.get("IpProtocol"),
+        "fromPort": permission.get("FromPort"),
+        "toPort": permission.get("ToPort"),
+        "cidrBlocks": [r["CidrIp"] for r in permission.get("IpRanges", [])],
+        "ipv6CidrBlocks": [r["CidrIpv6"] for r in permission.get("Ipv6Ranges", [])],
+        "securityGroups": [p.get("GroupId") for p in permission.get("UserIdGroupPairs", [])],
+        "prefixListIds": [p.get("PrefixListId") for p in permission.get("PrefixListIds", [])],
+    }
+
+
+def _ebs(s: _Session) -> None:
+    """The region's account-level EBS settings: encryption by default and its default key."""
+    ec2 = s.client("ec2")
+    enabled = ec2.get_ebs_encryption_by_default().get("EbsEncryptionByDefault")
+    inputs: dict[str, Any] = {"enabled": enabled}
+    try:
+        key = ec2.get_ebs_default_kms_key_id().get("KmsKeyId")
+    except Exception as exc:  # the key alone unreadable: say so on the setting, keep the rest
+        inputs["kmsKeyError"] = f"could not read the default EBS key: {_reason(exc)}"
+    else:
+        s.add(t.EBS_DEFAULT_KEY, "ebs-default-kms-key", s.region, {"keyArn": key})
+    s.add(t.EBS_DEFAULT, "ebs-encryption-by-default", s.region, inputs)
 
 
 def _ec2(s: _Session) -> None:
@@ -293,22 +376,25 @@ def _ec2(s: _Session) -> None:
                     "logDestination": log.get("LogDestination") or log.get("LogGroupName"),
                 },
             )
-        default = [{"Name": "group-name", "Values": ["default"]}, *in_vpc]
-        for group in ec2.describe_security_groups(Filters=default).get("SecurityGroups", []):
-            s.add(
-                t.DEFAULT_SG,
-                group["GroupId"],
-                group["GroupId"],
-                {
-                    "vpcId": vpc_id,
-                    "ingress": group.get("IpPermissions", []),
-                    "egress": group.get("IpPermissionsEgress", []),
-                },
-            )
+        for page in ec2.get_paginator("describe_security_groups").paginate(Filters=in_vpc):
+            for group in page.get("SecurityGroups", []):
+                default = group.get("GroupName") == "default"
+                s.add(
+                    t.DEFAULT_SG if default else t.SECURITY_GROUP,
+                    group["GroupId"] if default else group.get("GroupName", group["GroupId"]),
+                    group["GroupId"],
+                    {
+                        "name": group.get("GroupName"),
+                        "vpcId": vpc_id,
+                        "ingress": [_rule(r) for r in group.get("IpPermissions", [])],
+                        "egress": [_rule(r) for r in group.get("IpPermissionsEgress", [])],
+                        "tags": _tags(group.get("Tags")),
+                    },
+                )
         for subnet in ec2.describe_subnets(Filters=in_vpc).get("Subnets", []):
             s.add(
                 t.SUBNET,
-                subnet["SubnetId"],
+                _tags(subnet.get("Tags")).get("Name", subnet["SubnetId"]),
                 subnet["SubnetId"],
                 {"mapPublicIpOnLaunch": subnet.get("MapPublicIpOnLaunch", False), "tags": _tags(subnet.get("Tags"))},
             )
@@ -411,39 +497,45 @@ COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
     "s3": (_s3, (t.BUCKET, t.ENCRYPTION, t.VERSIONING, t.PUBLIC_ACCESS, t.OWNERSHIP, t.BUCKET_POLICY, t.LOGGING)),
     "cloudtrail": (_cloudtrail, (t.TRAIL,)),
     "logs": (_logs, (t.LOG_GROUP,)),
-    "eks": (_eks, (t.CLUSTER, t.NODE_GROUP)),
-    "ec2": (_ec2, (t.VPC, t.FLOW_LOG, t.DEFAULT_SG, t.SUBNET, t.ENDPOINT, t.LAUNCH_TEMPLATE)),
+    "eks": (_eks, (t.CLUSTER, t.NODE_GROUP, t.ADDON)),
+    "ec2": (_ec2, (t.VPC, t.FLOW_LOG, t.DEFAULT_SG, t.SECURITY_GROUP, t.SUBNET, t.ENDPOINT, t.LAUNCH_TEMPLATE)),
+    "ebs": (_ebs, (t.EBS_DEFAULT, t.EBS_DEFAULT_KEY)),
     "iam": (_iam, (t.ROLE, t.ROLE_POLICY, t.ATTACHMENT)),
     "sqs": (_sqs, (t.QUEUE, t.QUEUE_POLICY)),
 }
 
 
 def _run(session: _Session) -> Iterator[tuple[str, str]]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     for service, (collector, _) in COLLECTORS.items():
         try:
             collector(session)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            yield service, f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
-        except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
-            yield service, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # AccessDenied, no credentials, unreachable, an answer botocore cannot parse
+            yield service, _reason(exc)
 
 
-def collect(deployment: str, region: str, requested_region: str) -> Graph:
-    """Every byoc resource of the deployment in the region, in plan shape; unreadable services recorded."""
+def collect(deployment: str, region: str, requested_region: str, kubeconfig: Path | None = None) -> Graph:
+    """Every byoc resource of the deployment in the region, in plan shape; unreadable services recorded.
+
+    With a kubeconfig, the Kubernetes objects byoc declares (namespaces, NetworkPolicies, NodePools,
+    EC2NodeClasses, workloads, ...) are read through the cluster's API too; without one they are recorded as not
+    assessed ("no cluster access"), so their checks say so instead of staying silent.
+    """
+    from compliance.collectors import kubernetes
+
     session = _Session(deployment, region)
     for service, reason in _run(session):
         for type_token in COLLECTORS[service][1]:
             session.errors[type_token] = f"could not read {service}: {reason}"
     session.add(t.PROVIDER, "aws", "aws", {"region": region})
+    cluster = kubernetes.read_cluster(kubeconfig, region) if kubeconfig else kubernetes.without_access()
     return Graph(
-        resources=session.resources,
+        resources=session.resources + cluster.resources,
         deployment=deployment,
         region=region,
         requested_region=requested_region,
         allowed_regions=allowed_regions("aws", requested_region, region),
         source="live",
-        errors=session.errors,
+        errors={**session.errors, **cluster.errors},
+        unassessed=cluster.unassessed,
+        cloud="aws",
     )

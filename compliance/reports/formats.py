@@ -18,6 +18,8 @@ COMPLIANCE_STATUS = {
     Status.FAIL: (3, "Fail"),
     Status.ERROR: (99, "Error"),
     Status.NOT_APPLICABLE: (99, "Not applicable"),
+    Status.NOT_ASSESSED: (0, "Unknown"),
+    Status.EXCEPTION: (99, "Exception"),
 }
 STANDARDS = {"hipaa": "HIPAA Security Rule", "soc2": "SOC 2 (2017 TSC)", "iso27001": "ISO/IEC 27001:2022"}
 PROVIDERS = {"aws": "AWS", "gcp": "GCP", "kubernetes": "Kubernetes"}

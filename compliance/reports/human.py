@@ -16,25 +16,49 @@ class ControlSummary:
     framework: str
     control: str
     title: str
-    status: str  # PASS | FAIL | ERROR | NOT_ASSESSED
+    status: str  # PASS | FAIL | ERROR | NOT_ASSESSED | EXCEPTION
     checks: list[str]
     passed: int
     failed: int
     errors: int
+    not_assessed: int = 0
+    exceptions: int = 0
 
 
 def control_summaries(findings: list[Finding], selected: list[str]) -> list[ControlSummary]:
+    """One row per control of the selected frameworks.
+
+    Status: FAIL if any check failed, else ERROR if evidence could not be read, else NOT_ASSESSED if part of the
+    evidence was not looked at (or none exists), else PASS; EXCEPTION when the only evidence is a documented
+    exception (a property byoc declines by design).
+    """
     summaries = []
     for framework_id in selected:
         for control in frameworks()[framework_id].controls:
             related = [f for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE]
-            passed = sum(f.status == Status.PASS for f in related)
-            failed = sum(f.status == Status.FAIL for f in related)
-            errors = sum(f.status == Status.ERROR for f in related)
-            status = "FAIL" if failed else "ERROR" if errors else "PASS" if passed else "NOT_ASSESSED"
+            count = {s: sum(f.status == s for f in related) for s in Status}
+            if count[Status.FAIL]:
+                status = "FAIL"
+            elif count[Status.ERROR]:
+                status = "ERROR"
+            elif count[Status.NOT_ASSESSED] or not (count[Status.PASS] or count[Status.EXCEPTION]):
+                status = "NOT_ASSESSED"
+            else:
+                status = "PASS" if count[Status.PASS] else "EXCEPTION"
             checks = sorted({f.check.id for f in related})
             summaries.append(
-                ControlSummary(framework_id, control.id, control.title, status, checks, passed, failed, errors)
+                ControlSummary(
+                    framework_id,
+                    control.id,
+                    control.title,
+                    status,
+                    checks,
+                    count[Status.PASS],
+                    count[Status.FAIL],
+                    count[Status.ERROR],
+                    count[Status.NOT_ASSESSED],
+                    count[Status.EXCEPTION],
+                )
             )
     return summaries
 
@@ -58,7 +82,14 @@ def framework_totals(summaries: list[ControlSummary], selected: list[str]) -> li
 
 
 def _ordered(findings: list[Finding]) -> list[Finding]:
-    rank = {Status.FAIL: 0, Status.ERROR: 1, Status.PASS: 2, Status.NOT_APPLICABLE: 3}
+    rank = {
+        Status.FAIL: 0,
+        Status.ERROR: 1,
+        Status.NOT_ASSESSED: 2,
+        Status.EXCEPTION: 3,
+        Status.PASS: 4,
+        Status.NOT_APPLICABLE: 5,
+    }
     severity = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     return sorted(findings, key=lambda f: (rank[f.status], severity[f.check.severity], f.check.id, f.resource.name))
 
@@ -108,7 +139,9 @@ def markdown(
         ]
         lines += [f"| {d.check_id} | {d.declared} | {d.live} | {', '.join(d.resources)} |" for d in drift]
     lines += ["", "## Controls", "", "| control | title | status | checks |", "| --- | --- | --- | --- |"]
-    for s in sorted(summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "PASS": 2}.get(s.status, 3), s.framework)):
+    for s in sorted(
+        summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework)
+    ):
         lines.append(f"| {s.framework}:{s.control} | {s.title} | {s.status} | {', '.join(s.checks) or '-'} |")
     lines += ["", "## Findings (failing first)", ""]
     for finding in _ordered(findings):
@@ -124,6 +157,23 @@ def markdown(
             f"- remediation: {finding.check.remediation}",
             "",
         ]
+    exceptions = [f for f in findings if f.status == Status.EXCEPTION]
+    if exceptions:
+        lines += [
+            "## Exceptions (declined by design)",
+            "",
+            "| check | resource | controls | why |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {f.check.id} | {f.resource.name} | {', '.join(f.controls(selected))} | {f.reason} |" for f in exceptions
+        ]
+        lines.append("")
+    unassessed = [f for f in findings if f.status == Status.NOT_ASSESSED]
+    if unassessed:
+        lines += ["## Not assessed", "", "| check | resource type | why |", "| --- | --- | --- |"]
+        lines += [f"| {f.check.id} | {f.resource.type} | {f.reason} |" for f in unassessed]
+        lines.append("")
     not_applicable = [f for f in findings if f.status == Status.NOT_APPLICABLE]
     if not_applicable:
         lines += ["## Not applicable", "", "| check | resource | why |", "| --- | --- | --- |"]
@@ -138,6 +188,7 @@ th, td { border: 1px solid #d0d7de; padding: .35rem .6rem; text-align: left; ver
 th { background: #f6f8fa; }
 .PASS { color: #1a7f37; font-weight: 600; } .FAIL { color: #cf222e; font-weight: 600; }
 .ERROR { color: #9a6700; font-weight: 600; } .NOT_ASSESSED, .NOT_APPLICABLE { color: #57606a; }
+.EXCEPTION { color: #8250df; font-weight: 600; }
 code { font-size: .9em; }
 """
 
@@ -162,7 +213,10 @@ def html_report(
     controls = "".join(
         f"<tr><td>{_cell(s.framework)}:{_cell(s.control)}</td><td>{_cell(s.title)}</td>"
         f"<td class='{s.status}'>{s.status}</td><td>{_cell(', '.join(s.checks) or '-')}</td></tr>"
-        for s in sorted(summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "PASS": 2}.get(s.status, 3), s.framework))
+        for s in sorted(
+            summaries,
+            key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework),
+        )
     )
     finding_rows = "".join(
         f"<tr><td class='{f.status.value}'>{f.status.value}</td><td><code>{_cell(f.check.id)}</code><br>"

@@ -111,7 +111,10 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
         if finding.status == Status.NOT_APPLICABLE:
             continue
         observation_id = _uuid(graph.deployment, graph.source, "observation", str(index), finding.check.id)
-        evidence = "; ".join(f"{e.path}={e.value!r}" for e in finding.evidence) or finding.reason or "-"
+        evidence = "; ".join(
+            [f"{e.path}={e.value!r}" for e in finding.evidence] + [finding.reason] * bool(finding.reason)
+        )
+        evidence = evidence or "-"
         observations.append(
             Observation(
                 uuid=observation_id,
@@ -139,13 +142,14 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
             statuses = {
                 f.status for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE
             }
-            satisfied = statuses <= {Status.PASS}
+            # a documented exception neither satisfies nor breaks a control; missing evidence does not satisfy it
+            satisfied = Status.PASS in statuses and statuses <= {Status.PASS, Status.EXCEPTION}
             oscal_findings.append(
                 OscalFinding(
                     uuid=_uuid(graph.deployment, graph.source, "finding", control.ref),
                     title=f"{control.ref} {control.title}",
                     description=f"{len(related)} observations; "
-                    + ("all passed." if satisfied else "some failed or errored."),
+                    + ("all passed." if satisfied else "some failed, errored or were not assessed."),
                     target=FindingTarget(
                         type="objective-id",
                         target_id=token,

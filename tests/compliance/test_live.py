@@ -1,5 +1,6 @@
-"""Live collectors against a moto server on 127.0.0.1 seeded with compliant and non-compliant tagged resources, a
-service that answers AccessDenied, and drift between a plan and the account."""
+"""Live collectors against a moto server on 127.0.0.1 seeded with byoc's stack shape, compliant properties and
+planted failures (tests/compliance/seeded_account.py), a stand-in Kubernetes API for the cluster's objects, a service
+that answers AccessDenied, and drift between a plan and the account."""
 
 from __future__ import annotations
 
@@ -13,17 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
+from compliance.checks import all_checks
+from tests.compliance.seeded_account import NAME, PLANTED, REGION, KubernetesStandIn, cluster_objects, seed, start_moto
 from tests.conftest import ROOT
-
-REGION = "eu-west-2"
-NAME = "live"
-TAGS = [{"Key": "byoc:deployment", "Value": NAME}]
-SECURE = {"Bool": {"aws:SecureTransport": "false"}}
 
 
 def env(endpoint: str, **extra: str) -> dict[str, str]:
@@ -40,185 +36,21 @@ def env(endpoint: str, **extra: str) -> dict[str, str]:
     return values
 
 
-def seed(endpoint: str) -> dict[str, str]:
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
-
-    def client(service: str) -> Any:
-        return session.client(service, endpoint_url=endpoint)
-
-    kms = client("kms")
-    good_key = kms.create_key(
-        Description="platform",
-        Tags=[{"TagKey": "byoc:deployment", "TagValue": NAME}, {"TagKey": "byoc:key", "TagValue": "platform"}],
-    )["KeyMetadata"]
-    kms.enable_key_rotation(KeyId=good_key["KeyId"])
-    kms.create_key(
-        Description="stale",
-        Tags=[{"TagKey": "byoc:deployment", "TagValue": NAME}, {"TagKey": "byoc:key", "TagValue": "stale"}],
-    )
-    kms.create_key(Description="someone else's")  # untagged: out of scope
-
-    s3 = client("s3")
-    where = {"LocationConstraint": REGION}
-    s3.create_bucket(Bucket="byoc-live-access-logs", CreateBucketConfiguration=where)
-    s3.put_bucket_tagging(
-        Bucket="byoc-live-access-logs", Tagging={"TagSet": [*TAGS, {"Key": "byoc:bucket", "Value": "access-logs"}]}
-    )
-    s3.put_bucket_encryption(
-        Bucket="byoc-live-access-logs",
-        ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-        },
-    )
-    s3.create_bucket(Bucket="byoc-live-artifacts", CreateBucketConfiguration=where)
-    s3.put_bucket_tagging(
-        Bucket="byoc-live-artifacts", Tagging={"TagSet": [*TAGS, {"Key": "byoc:bucket", "Value": "artifacts"}]}
-    )
-    s3.put_bucket_encryption(
-        Bucket="byoc-live-artifacts",
-        ServerSideEncryptionConfiguration={
-            "Rules": [
-                {
-                    "ApplyServerSideEncryptionByDefault": {
-                        "SSEAlgorithm": "aws:kms",
-                        "KMSMasterKeyID": good_key["Arn"],
-                    },
-                    "BucketKeyEnabled": True,
-                }
-            ]
-        },
-    )
-    s3.put_bucket_versioning(Bucket="byoc-live-artifacts", VersioningConfiguration={"Status": "Enabled"})
-    s3.put_public_access_block(
-        Bucket="byoc-live-artifacts",
-        PublicAccessBlockConfiguration=dict.fromkeys(
-            ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
-        ),
-    )
-    s3.put_bucket_ownership_controls(
-        Bucket="byoc-live-artifacts", OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
-    )
-    arn = "arn:aws:s3:::byoc-live-artifacts"
-    s3.put_bucket_policy(
-        Bucket="byoc-live-artifacts",
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "DenyInsecureTransport",
-                        "Effect": "Deny",
-                        "Principal": "*",
-                        "Action": "s3:*",
-                        "Resource": [arn, f"{arn}/*"],
-                        "Condition": SECURE,
-                    },
-                    {
-                        "Sid": "DenyPutsWithoutKms",
-                        "Effect": "Deny",
-                        "Principal": "*",
-                        "Action": "s3:PutObject",
-                        "Resource": f"{arn}/*",
-                        "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
-                    },
-                ],
-            }
-        ),
-    )
-    s3.put_bucket_policy(
-        Bucket="byoc-live-access-logs",
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "S3ServerAccessLogDelivery",
-                        "Effect": "Allow",
-                        "Principal": {"Service": "logging.s3.amazonaws.com"},
-                        "Action": ["s3:PutObject"],
-                        "Resource": "arn:aws:s3:::byoc-live-access-logs/*",
-                    }
-                ],
-            }
-        ),
-    )
-    s3.put_bucket_logging(
-        Bucket="byoc-live-artifacts",
-        BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": "byoc-live-access-logs", "TargetPrefix": "artifacts/"}},
-    )
-    s3.create_bucket(Bucket="byoc-live-scratch", CreateBucketConfiguration=where)  # no guard at all
-    s3.put_bucket_tagging(Bucket="byoc-live-scratch", Tagging={"TagSet": TAGS})
-    s3.create_bucket(Bucket="unrelated", CreateBucketConfiguration=where)
-
-    s3.create_bucket(Bucket="byoc-live-audit-trail", CreateBucketConfiguration=where)
-    trail = client("cloudtrail")
-    trail.create_trail(
-        Name="byoc-live",
-        S3BucketName="byoc-live-audit-trail",
-        IsMultiRegionTrail=True,
-        EnableLogFileValidation=True,
-        KmsKeyId=good_key["Arn"],
-        IncludeGlobalServiceEvents=True,
-        TagsList=TAGS,
-    )
-
-    logs = client("logs")
-    logs.create_log_group(logGroupName=f"/byoc/{NAME}/vpc-flow-logs", kmsKeyId=good_key["Arn"])
-    logs.put_retention_policy(logGroupName=f"/byoc/{NAME}/vpc-flow-logs", retentionInDays=365)
-    logs.create_log_group(logGroupName=f"/aws/eks/byoc-{NAME}/cluster")  # no key, no retention
-
-    ec2 = client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16", TagSpecifications=[{"ResourceType": "vpc", "Tags": TAGS}])["Vpc"]
-    ec2.create_flow_logs(
-        ResourceIds=[vpc["VpcId"]],
-        ResourceType="VPC",
-        TrafficType="ALL",
-        LogDestinationType="cloud-watch-logs",
-        LogGroupName=f"/byoc/{NAME}/vpc-flow-logs",
-        DeliverLogsPermissionArn="arn:aws:iam::123456789012:role/flow",
-    )
-    ec2.create_launch_template(
-        LaunchTemplateName="byoc-live-system-nodes",
-        LaunchTemplateData={
-            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            "BlockDeviceMappings": [
-                {"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": True, "KmsKeyId": good_key["Arn"], "VolumeSize": 50}}
-            ],
-        },
-        TagSpecifications=[{"ResourceType": "launch-template", "Tags": TAGS}],
-    )
-
-    iam = client("iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "pods.eks.amazonaws.com"},
-                "Action": ["sts:AssumeRole", "sts:TagSession"],
-            }
-        ],
-    }
-    iam.create_role(RoleName=f"byoc-{NAME}-serving", AssumeRolePolicyDocument=json.dumps(trust), Tags=TAGS)
-    iam.put_role_policy(
-        RoleName=f"byoc-{NAME}-serving",
-        PolicyName="byoc-serving",
-        PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        ),
-    )
-    return {"good_key": good_key["KeyId"], "vpc": vpc["VpcId"]}
-
-
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, dict[str, str]]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    server, endpoint = start_moto()
     seeded = seed(endpoint)
     yield endpoint, seeded
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(moto: tuple[str, dict[str, str]]) -> Iterator[KubernetesStandIn]:
+    """A stand-in for the cluster's API server (not Kubernetes: an HTTP server answering the list calls)."""
+    _, seeded = moto
+    standin = KubernetesStandIn(cluster_objects(seeded["platform_key_arn"])).start()
+    yield standin
+    standin.stop()
 
 
 def report(out: Path, environment: dict[str, str], *extra: str) -> tuple[subprocess.CompletedProcess[str], list[Any]]:
@@ -260,35 +92,131 @@ def by(found: list[Any], check_id: str) -> dict[str, str]:
 def test_live_findings_follow_what_exists(moto: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     endpoint, seeded = moto
     result, found = report(tmp_path / "live", env(endpoint))
-    assert result.returncode == 1, result.stderr  # the non-compliant resources fail
-    assert by(found, "kms_cmk_rotation_enabled") == {"platform": "PASS", "stale": "FAIL"}
+    assert result.returncode == 1, result.stderr  # the planted failures fail
+    assert by(found, "kms_cmk_rotation_enabled") == {
+        "platform": "PASS",
+        "artifacts": "PASS",
+        "stale": "FAIL",
+        "shared": "PASS",
+    }
     assert by(found, "s3_bucket_kms_encryption") == {
         "byoc-live-artifacts": "PASS",
+        "byoc-live-audit-trail": "PASS",
         "byoc-live-scratch": "FAIL",
         "byoc-live-access-logs": "NOT_APPLICABLE",
     }
-    assert by(found, "s3_bucket_versioning_enabled")["byoc-live-scratch"] == "FAIL"
-    assert by(found, "s3_bucket_level_public_access_block") == {
-        "byoc-live-artifacts": "PASS",
-        "byoc-live-scratch": "FAIL",
-        "byoc-live-access-logs": "FAIL",
-    }
+    assert by(found, "s3_bucket_level_public_access_block")["byoc-live-scratch"] == "FAIL"
     assert by(found, "s3_bucket_secure_transport_policy")["byoc-live-artifacts"] == "PASS"
     assert by(found, "s3_bucket_deny_unencrypted_puts")["byoc-live-artifacts"] == "PASS"
-    assert by(found, "s3_bucket_server_access_logging_enabled")["byoc-live-artifacts"] == "PASS"
     assert "unrelated" not in by(found, "s3_bucket_versioning_enabled")
-    assert by(found, "cloudtrail_multi_region_enabled") == {"byoc-live": "PASS"}
-    assert by(found, "cloudtrail_log_file_validation_enabled") == {"byoc-live": "PASS"}
-    assert by(found, "cloudtrail_kms_encryption_enabled") == {"byoc-live": "PASS"}
+    assert by(found, "cloudtrail_multi_region_enabled") == {"byoc-live": "PASS", "byoc-live-debug": "FAIL"}
+    # byoc's trail declares management events in the form Prowler recognises; the stray trail is write-only
+    assert by(found, "cloudtrail_multi_region_enabled_logging_management_events") == {
+        "byoc-live": "PASS",
+        "byoc-live-debug": "FAIL",
+    }
+    # a log group without retention never expires: it keeps logs for more than a year
     retention = by(found, "cloudwatch_log_group_retention_policy_specific_days_enabled")
-    assert retention == {f"/byoc/{NAME}/vpc-flow-logs": "PASS", f"/aws/eks/byoc-{NAME}/cluster": "FAIL"}
+    assert retention[f"/aws/eks/byoc-{NAME}/cluster"] == "PASS"
+    assert retention[f"/byoc/{NAME}/debug"] == "FAIL"
+    # every security group of the VPC is read, not only the default one
+    assert by(found, "ec2_securitygroup_no_internet_ingress") == {
+        f"byoc-{NAME}-endpoints": "PASS",
+        f"byoc-{NAME}-debug-ssh": "FAIL",
+        # the default group (by id) keeps no rule
+        **{n: "PASS" for n, s in by(found, "ec2_securitygroup_default_restrict_traffic").items()},
+    }
+    ssh = next(f for f in found if f["check_id"] == "ec2_securitygroup_no_internet_ingress" and f["status"] == "FAIL")
+    assert ssh["evidence"][0]["value"][0]["fromPort"] == 22
     assert by(found, "vpc_flow_logs_enabled") == {seeded["vpc"]: "PASS"}
-    assert set(by(found, "ec2_launch_template_imdsv2_required").values()) == {"PASS"}
-    assert set(by(found, "ec2_launch_template_ebs_encrypted").values()) == {"PASS"}
-    assert by(found, "iam_role_trust_confused_deputy_protection") == {f"byoc-{NAME}-serving": "FAIL"}
-    assert set(by(found, "iam_inline_policy_no_administrative_privileges").values()) == {"FAIL"}
+    # a workload policy allowing * on * is not scoped to byoc's prefixes
+    assert by(found, "iam_workload_roles_scoped_to_prefixes") == {
+        f"byoc-{NAME}-serving/byoc-serving": "PASS",
+        f"byoc-{NAME}-builder/byoc-builder": "FAIL",
+    }
+    assert by(found, "ec2_ebs_default_encryption") == {"ebs-encryption-by-default": "FAIL"}
+    assert set(by(found, "s3_bucket_object_lock").values()) == {"EXCEPTION"}
     assert set(by(found, "data_residency_region").values()) == {"PASS"}
     assert all(f["resource"]["source"] == "live" for f in found)
+
+
+def test_every_check_says_something_and_only_planted_failures_fail(
+    moto: tuple[str, dict[str, str]], cluster: KubernetesStandIn, tmp_path: Path
+) -> None:
+    endpoint, _ = moto
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig")
+    result, found = report(tmp_path / "all", env(endpoint), "--kubeconfig", str(kubeconfig))
+    assert result.returncode == 1, result.stderr
+    said = {f["check_id"] for f in found}
+    catalog = {c.id for c in all_checks() if c.cloud in ("aws", "kubernetes")}
+    assert catalog - said == set(), "silent checks"
+    for finding in found:
+        if finding["status"] in ("ERROR", "NOT_ASSESSED", "EXCEPTION", "NOT_APPLICABLE"):
+            assert finding["reason"], finding
+    failing = {(f["resource"]["name"], f["check_id"]) for f in found if f["status"] == "FAIL"}
+    planted = {(p.resource, p.check) for p in PLANTED}
+    assert planted - failing == set(), "planted failures missed"
+    assert failing - planted == set(), "false positives"
+    # the cluster's objects were read through its API
+    assert by(found, "k8s_namespace_default_deny_network_policy") == {f"byoc-{NAME}": "PASS", "keda": "NOT_APPLICABLE"}
+    assert by(found, "karpenter_nodepool_bounded") == {"byoc-gpu": "PASS", "byoc-gpu-burst": "FAIL"}
+    assert by(found, "karpenter_nodeclass_imdsv2_required") == {"byoc-gpu": "PASS", "byoc-gpu-legacy": "FAIL"}
+    # an API the account's endpoint does not serve is an ERROR with the API's answer, not silence
+    addons = next(f for f in found if f["check_id"] == "eks_network_policy_enforced")
+    assert addons["status"] == "ERROR" and "eks add-ons" in addons["reason"]
+    # a CRD the cluster does not have: not assessed, and why
+    alerts = next(f for f in found if f["check_id"] == "monitoring_alerts_defined")
+    assert alerts["status"] == "NOT_ASSESSED" and "monitoring.coreos.com/v1" in alerts["reason"]
+
+
+def test_without_kubeconfig_cluster_checks_say_no_cluster_access(
+    moto: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    endpoint, _ = moto
+    _, found = report(tmp_path / "nocluster", env(endpoint))
+    for check_id in (
+        "k8s_namespace_default_deny_network_policy",
+        "karpenter_nodepool_bounded",
+        "karpenter_nodeclass_imdsv2_required",
+        "karpenter_nodeclass_ebs_encrypted",
+    ):
+        statuses = [(f["status"], f["reason"]) for f in found if f["check_id"] == check_id]
+        assert len(statuses) == 1 and statuses[0][0] == "NOT_ASSESSED", statuses
+        assert "no cluster access" in statuses[0][1] and "--kubeconfig" in statuses[0][1]
+    markdown = (tmp_path / "nocluster" / "report.md").read_text()
+    assert "## Not assessed" in markdown and "no cluster access" in markdown
+
+
+def test_a_cluster_that_refuses_the_token_is_an_error(
+    moto: tuple[str, dict[str, str]], cluster: KubernetesStandIn, tmp_path: Path
+) -> None:
+    endpoint, _ = moto
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", token="wrong")
+    result, found = report(tmp_path / "refused", env(endpoint), "--kubeconfig", str(kubeconfig))
+    assert "Traceback" not in result.stderr
+    pools = [f for f in found if f["check_id"] == "karpenter_nodepool_bounded"]
+    assert [f["status"] for f in pools] == ["ERROR"]
+    assert "401" in pools[0]["reason"]
+
+
+def test_declined_properties_are_exceptions_in_every_format(moto: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    from trestle.oscal.assessment_results import AssessmentResults
+
+    endpoint, _ = moto
+    _, found = report(tmp_path / "pack", env(endpoint))
+    lock = [f for f in found if f["check_id"] == "s3_bucket_object_lock"]
+    assert lock and {f["status"] for f in lock} == {"EXCEPTION"}
+    assert "by design" in lock[0]["reason"]
+    replication = [f for f in found if f["check_id"] == "s3_bucket_cross_region_replication"]
+    assert {f["status"] for f in replication} == {"EXCEPTION"} and "data residency" in replication[0]["reason"]
+    markdown = (tmp_path / "pack" / "report.md").read_text()
+    assert "## Exceptions (declined by design)" in markdown and "data residency" in markdown
+    assert "EXCEPTION" in (tmp_path / "pack" / "report.html").read_text()
+    results = AssessmentResults.oscal_read(tmp_path / "pack" / "oscal" / "assessment-results.json")
+    assert results is not None
+    observations = results.results[0].observations or []
+    excepted = [o for o in observations if any(p.name == "status" and p.value == "EXCEPTION" for p in o.props or [])]
+    assert excepted and "by design" in excepted[0].description
 
 
 def test_access_denied_becomes_error_and_the_report_is_still_written(
@@ -348,7 +276,7 @@ def test_drift_between_the_plan_and_the_account(moto: tuple[str, dict[str, str]]
     assert drift["kms_cmk_rotation_enabled"]["declared"] == "PASS"
     assert drift["kms_cmk_rotation_enabled"]["live"] == "FAIL"
     assert drift["kms_cmk_rotation_enabled"]["resources"] == ["stale"]
-    assert "cloudtrail_multi_region_enabled" not in drift  # declared and live agree
+    assert "vpc_flow_logs_enabled" not in drift  # declared and live agree
     assert "Drift (declared vs live)" in (tmp_path / "drift" / "report.md").read_text()
 
 

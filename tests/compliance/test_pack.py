@@ -64,7 +64,9 @@ def test_findings_carry_controls_evidence_and_remediation(secure: Path) -> None:
     rotation = next(f for f in findings(secure) if f["check_id"] == "kms_cmk_rotation_enabled")
     assert set(rotation) >= {"check_id", "status", "resource", "controls", "evidence", "remediation"}
     assert rotation["controls"] == ["hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24"]
-    assert rotation["evidence"] == [{"path": "enableKeyRotation", "value": True}]
+    assert rotation["evidence"] == [
+        {"path": "enableKeyRotation/rotationPeriodInDays", "value": {"enabled": True, "period_days": 365}}
+    ]
 
 
 def test_a_weaker_spec_fails_exactly_the_controls_it_weakens(secure: Path, public: Path) -> None:
