@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from byoc.clouds.base import Cloud
+from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocFailure
 
 if TYPE_CHECKING:
@@ -66,3 +67,16 @@ class Aws(Cloud):
             except BotoCoreError as exc:
                 result[region] = f"{type(exc).__name__}: {exc}"
         return result
+
+    def preflight(self, need: CapacityNeed) -> PreflightReport:
+        """STS identity, EC2 zone offerings and the EC2 vCPU quota (byoc/clouds/aws_preflight.py)."""
+        from byoc.clouds.aws_preflight import preflight
+
+        return preflight(need)
+
+    def sweep(self, target: SweepTarget, delete: bool, **options: Any) -> SweepReport:
+        """Tagged instances, load balancers, launch templates, ENIs, volumes, security groups
+        (byoc/clouds/aws_sweep.py)."""
+        from byoc.clouds.aws_sweep import sweep
+
+        return sweep(target, delete, **options)

@@ -11,9 +11,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_catalog
+from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
 
@@ -181,3 +182,18 @@ class Cloud(ABC):
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
         """Ask the cloud which of our instance types each region offers (an error string where it could not)."""
         raise ByocError("--refresh", f"{self.title} offerings come from the offline table only", "drop --refresh")
+
+    # -- lifecycle (byoc up / destroy) -------------------------------------------------------------------------
+    def preflight(self, need: CapacityNeed) -> PreflightReport:
+        """Before anything is created: credentials, the instance type's offering in the region's zones, and the
+        GPU quota for `need` (see aws_preflight.py). A cloud without a live preflight says so, without failing."""
+        return PreflightReport(
+            self.name,
+            need.region,
+            (Check("preflight", "unknown", f"byoc has no live preflight for {self.title} yet"),),
+        )
+
+    def sweep(self, target: SweepTarget, delete: bool, **options: Any) -> SweepReport:
+        """After the stack is destroyed: what controllers left behind, tagged with the deployment or its cluster
+        (found, and with `delete` removed). A cloud without a sweep reports that it could not look."""
+        return SweepReport(target.region, errors=[f"byoc has no leftover sweep for {self.title} yet"])

@@ -1,50 +1,283 @@
-"""Run a cloud's Pulumi program for real through Pulumi's Automation API (needs the `pulumi` CLI and a backend:
-`pulumi login`, or PULUMI_BACKEND_URL). It is the same program function `byoc plan` records offline."""
+"""Run a cloud's Pulumi program for real through Pulumi's Automation API: the same program function `byoc plan`
+records offline, one stack per deployment.
+
+Needs the `pulumi` CLI (pulumi.com/docs/install). State lives in a backend chosen per deployment: `file://` under
+BYOC_HOME by default (no account needed; secrets encrypted with a passphrase from PULUMI_CONFIG_PASSPHRASE or
+PULUMI_CONFIG_PASSPHRASE_FILE), or `s3://` / `gs://` for teams (Pulumi locks the stack there; secrets with
+`awskms://` or `gcpkms://`). Engines never touch the deployment registry: byoc.lifecycle does.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from byoc.engines import Program
-from byoc.errors import ByocFailure
+from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import Deployment
 
-Operation = Literal["preview", "up", "destroy"]
+if TYPE_CHECKING:
+    from pulumi.automation import EngineEvent, Stack
+
+Operation = Literal["preview", "up", "refresh", "destroy"]
+EventSink = Callable[["EngineEvent"], None]
+
+BACKEND_SCHEMES = ("file://", "s3://", "gs://")
+SECRETS_SCHEMES = ("passphrase", "awskms://", "gcpkms://")
+PASSPHRASE_VARIABLES = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+INSTALL_HINT = (
+    "install the Pulumi CLI (curl -fsSL https://get.pulumi.com | sh, or see pulumi.com/docs/install) and put "
+    "`pulumi` on PATH; `byoc plan` shows the same resources offline, with no CLI and no credentials"
+)
 
 
-def run_live(
-    deployment: Deployment, program: Program, operation: Operation, on_output: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """preview / up / destroy the deployment's stack; returns a summary (changes, or outputs after up)."""
-    import pulumi
-    from pulumi import automation as auto
+def require_cli(command: str) -> str:
+    """The path of the `pulumi` CLI; ByocError (exit 2) with how to install it when there is none."""
+    found = shutil.which("pulumi")
+    if found is None:
+        raise ByocError(command, "the Pulumi CLI is not installed, and `byoc " + command + "` drives it", INSTALL_HINT)
+    return found
 
-    def inline() -> None:
-        for name, value in program(deployment).items():
-            pulumi.export(name, value)
 
-    try:
-        stack = auto.create_or_select_stack(
-            stack_name=deployment.name, project_name=f"byoc-{deployment.cloud}", program=inline
+@dataclass(frozen=True)
+class Backend:
+    """Where a deployment's Pulumi state lives and how its secrets are encrypted."""
+
+    url: str
+    secrets_provider: str
+
+    @property
+    def local_path(self) -> Path | None:
+        return Path(self.url.removeprefix("file://")) if self.url.startswith("file://") else None
+
+    @classmethod
+    def choose(cls, home: Path, url: str | None, secrets_provider: str | None) -> Backend:
+        """Validate --backend / --secrets-provider (ByocError naming the flag); the file backend under `home`
+        with a passphrase by default."""
+        url = url or f"file://{home / 'state'}"
+        if not url.startswith(BACKEND_SCHEMES):
+            raise ByocError(
+                "--backend",
+                f"{url!r} is not a backend byoc supports",
+                "use file://PATH (the default, under BYOC_HOME), s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]",
+            )
+        local = url.startswith("file://")
+        provider = secrets_provider or ("passphrase" if local else None)
+        if provider is None:
+            raise ByocError(
+                "--secrets-provider",
+                f"a cloud backend ({url}) needs a secrets provider that does not depend on this machine",
+                "pass --secrets-provider awskms://alias/NAME?region=REGION or gcpkms://projects/P/locations/L/"
+                "keyRings/R/cryptoKeys/K",
+            )
+        if not provider.startswith(SECRETS_SCHEMES):
+            raise ByocError(
+                "--secrets-provider",
+                f"{provider!r} is not a secrets provider byoc supports",
+                "use passphrase, awskms://... or gcpkms://...",
+            )
+        if provider == "passphrase" and not any(os.environ.get(v) for v in PASSPHRASE_VARIABLES):
+            raise ByocError(
+                "PULUMI_CONFIG_PASSPHRASE",
+                "the stack's secrets are encrypted with a passphrase, and none is set",
+                "export PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE), the same on every run; or use "
+                "--secrets-provider awskms://...",
+            )
+        return cls(url=url, secrets_provider=provider)
+
+
+@dataclass(frozen=True)
+class PreviewStep:
+    """One step of a preview: Pulumi's op (same, create, update, delete, replace, create-replacement, ...)."""
+
+    op: str
+    type: str
+    urn: str
+    diffs: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "type": self.type, "name": self.name, "urn": self.urn, "diffs": list(self.diffs)}
+
+
+REPLACING_OPS = frozenset({"replace", "create-replacement", "delete-replaced"})
+
+
+class LiveStack:
+    """The deployment's stack in its backend. Every method raises ByocFailure (exit 1) when Pulumi fails."""
+
+    def __init__(self, deployment: Deployment, program: Program, backend: Backend, work_dir: Path) -> None:
+        self.deployment = deployment
+        self.program = program
+        self.backend = backend
+        self.work_dir = work_dir
+        self.project = f"byoc-{deployment.cloud}"
+        self._stack: Stack | None = None
+        self.secret_outputs: dict[str, Any] = {}  # the secret values of the last `up`'s outputs (the kubeconfig)
+
+    # -- the stack ---------------------------------------------------------------------------------------------
+    def stack(self) -> Stack:
+        if self._stack is not None:
+            return self._stack
+        import pulumi
+        from pulumi import automation as auto
+
+        deployment, program = self.deployment, self.program
+
+        def inline() -> None:
+            for name, value in program(deployment).items():
+                pulumi.export(name, value)
+
+        if self.backend.local_path is not None:
+            self.backend.local_path.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        provider = self.backend.secrets_provider
+        options = auto.LocalWorkspaceOptions(
+            work_dir=str(self.work_dir),
+            project_settings=auto.ProjectSettings(
+                name=self.project, runtime="python", backend=auto.ProjectBackend(url=self.backend.url)
+            ),
+            secrets_provider=None if provider == "passphrase" else provider,
         )
-    except FileNotFoundError:
-        raise ByocFailure(
-            operation,
-            "the Pulumi CLI is not installed, and `byoc " + operation + "` drives it",
-            "install it (pulumi.com/docs/install), or use `byoc plan`, which needs no CLI and no credentials",
-        ) from None
-    except auto.errors.CommandError as exc:
-        raise ByocFailure(operation, f"pulumi could not open the stack: {exc}", "check `pulumi login`") from None
-    try:
-        if operation == "preview":
-            result = stack.preview(on_output=on_output)
-            return {"operation": operation, "changes": dict(result.change_summary)}
-        if operation == "up":
-            outcome = stack.up(on_output=on_output)
-            outputs = {k: ("[secret]" if v.secret else v.value) for k, v in outcome.outputs.items()}
-            return {"operation": operation, "outputs": outputs}
-        stack.destroy(on_output=on_output)
-        return {"operation": operation}
-    except auto.errors.CommandError as exc:
-        raise ByocFailure(operation, f"pulumi {operation} failed: {exc}", "see the output above") from None
+        try:
+            self._stack = auto.create_or_select_stack(
+                stack_name=deployment.name, project_name=self.project, program=inline, opts=options
+            )
+        except FileNotFoundError:
+            require_cli("up")
+            raise
+        except auto.errors.CommandError as exc:
+            raise ByocFailure(
+                "--backend", f"pulumi could not open stack {deployment.name} in {self.backend.url}: {_short(exc)}", ""
+            ) from None
+        return self._stack
+
+    # -- operations --------------------------------------------------------------------------------------------
+    def preview(self, on_event: EventSink, diff: bool = False) -> dict[str, Any]:
+        """{"changes": {op: count}, "steps": [PreviewStep.as_dict()...]} for what `up` would do."""
+        steps: list[PreviewStep] = []
+
+        def collect(event: EngineEvent) -> None:
+            pre = event.resource_pre_event
+            if pre is not None and pre.metadata is not None:
+                meta = pre.metadata
+                steps.append(PreviewStep(str(meta.op.value), meta.type, meta.urn, tuple(meta.diffs or ())))
+            on_event(event)
+
+        result = self._run("preview", lambda s: s.preview(on_event=collect, diff=diff or None))
+        changes = {str(k): int(v) for k, v in (result.change_summary or {}).items()}
+        return {"changes": changes, "steps": [s.as_dict() for s in steps]}
+
+    def up(self, on_event: EventSink) -> dict[str, Any]:
+        """Create or update; returns the stack outputs (secrets shown as "[secret]")."""
+        result = self._run("up", lambda s: s.up(on_event=on_event))
+        self.secret_outputs = {k: v.value for k, v in result.outputs.items() if v.secret}
+        return {k: ("[secret]" if v.secret else v.value) for k, v in result.outputs.items()}
+
+    def refresh(self, on_event: EventSink, clear_pending_creates: bool = False) -> dict[str, int]:
+        """Adopt the cloud's view into the state (a resource deleted by hand drops out); returns the changes."""
+        result = self._run(
+            "refresh",
+            lambda s: s.refresh(on_event=on_event, clear_pending_creates=clear_pending_creates or None),
+        )
+        return {str(k): int(v) for k, v in (result.summary.resource_changes or {}).items()}
+
+    def destroy(self, on_event: EventSink) -> dict[str, int]:
+        result = self._run("destroy", lambda s: s.destroy(on_event=on_event))
+        return {str(k): int(v) for k, v in (result.summary.resource_changes or {}).items()}
+
+    def outputs(self) -> dict[str, Any]:
+        values = self._run("refresh", lambda s: s.outputs())
+        return {k: ("[secret]" if v.secret else v.value) for k, v in values.items()}
+
+    def export_state(self) -> dict[str, Any]:
+        """The stack's checkpoint (`pulumi stack export`): {"version": 3, "deployment": {"resources": [...],
+        "pending_operations": [...]}}."""
+        exported = self._run("refresh", lambda s: s.export_stack())
+        return {"version": exported.version, "deployment": dict(exported.deployment or {})}
+
+    def _run(self, operation: Operation, call: Callable[[Stack], Any]) -> Any:
+        from pulumi import automation as auto
+
+        stack = self.stack()
+        try:
+            return call(stack)
+        except auto.errors.ConcurrentUpdateError as exc:
+            raise ByocFailure(
+                operation,
+                f"the stack {self.deployment.name} is locked by another Pulumi run: {_short(exc)}",
+                f"wait for that run; if its process was killed on this machine, `byoc unlock {self.deployment.name}`",
+            ) from None
+        except auto.errors.CommandError as exc:
+            raise ByocFailure(operation, f"pulumi {operation} failed: {_short(exc)}", "see the events above") from None
+
+    # -- Pulumi's own stack lock (file backend) ----------------------------------------------------------------
+    def lock_files(self) -> list[Path]:
+        """Lock files of this stack in a file:// backend: .pulumi/locks/<org>/<project>/<stack>/<id>.json."""
+        root = self.backend.local_path
+        if root is None:
+            return []
+        locks = root / ".pulumi" / "locks"
+        return sorted(p for p in locks.glob(f"*/{self.project}/{self.deployment.name}/*.json"))
+
+
+def pending_operations(state: dict[str, Any]) -> list[dict[str, str]]:
+    """The operations a stopped run left in flight: [{"type": "creating", "urn": ..., "resource_type": ...}]."""
+    pending = (state.get("deployment") or {}).get("pending_operations") or []
+    return [
+        {
+            "type": str(op.get("type", "")),
+            "urn": str((op.get("resource") or {}).get("urn", "")),
+            "resource_type": str((op.get("resource") or {}).get("type", "")),
+        }
+        for op in pending
+    ]
+
+
+@dataclass(frozen=True)
+class PulumiLock:
+    """The content Pulumi writes in a file backend's lock (pkg/backend/diy/lock.go: pid, username, hostname,
+    timestamp)."""
+
+    path: Path
+    pid: int
+    host: str
+    username: str
+    timestamp: str
+
+    @classmethod
+    def read(cls, path: Path) -> PulumiLock:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return cls(
+            path=path,
+            pid=int(data.get("pid", 0) or 0),
+            host=str(data.get("hostname", "")),
+            username=str(data.get("username", "")),
+            timestamp=str(data.get("timestamp", "")),
+        )
+
+    @property
+    def local(self) -> bool:
+        return self.host == socket.gethostname()
+
+
+def _short(exc: Exception) -> str:
+    """The useful line of a CommandError (Pulumi prints its whole output into it)."""
+    text = str(exc)
+    for marker in ("error: ", "stderr: "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(exc).__name__

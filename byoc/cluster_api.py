@@ -1,0 +1,72 @@
+"""The deployment's Kubernetes cluster, as byoc's lifecycle needs it: list and delete objects.
+
+`ClusterApi` is the interface; `Kubectl` implements it with the `kubectl` CLI and the kubeconfig `byoc up` saved
+(which authenticates with `aws eks get-token`, so the caller's cloud credentials apply). Kinds are kubectl's
+resource names: services, persistentvolumeclaims, nodes, events, deployments.apps, nodepools.karpenter.sh,
+nodeclaims.karpenter.sh, scaledobjects.keda.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class ClusterUnreachable(Exception):
+    """The cluster's API could not be asked (no kubectl, no kubeconfig, server gone, access denied)."""
+
+
+class ClusterApi(Protocol):
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Objects of a kind (in a namespace, or cluster-wide / all namespaces when None)."""
+        ...
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        """Ask for deletion and return at once (finalizers run in the cluster; callers poll `list`).
+        An object that is already gone is not an error."""
+        ...
+
+
+class Kubectl:
+    """ClusterApi through `kubectl --kubeconfig PATH`."""
+
+    def __init__(self, kubeconfig: Path, kubectl: str = "kubectl", timeout_s: float = 60.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.kubectl = kubectl
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def for_kubeconfig(cls, kubeconfig: str | None) -> Kubectl:
+        """Raises ClusterUnreachable when kubectl or the kubeconfig is missing."""
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            raise ClusterUnreachable("kubectl is not installed")
+        if not kubeconfig or not Path(kubeconfig).is_file():
+            raise ClusterUnreachable("no kubeconfig for the cluster (the stack has no cluster yet, or it was removed)")
+        return cls(Path(kubeconfig), kubectl)
+
+    def _run(self, *args: str) -> str:
+        command = [self.kubectl, "--kubeconfig", str(self.kubeconfig), "--request-timeout", "20s", *args]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterUnreachable(f"kubectl {args[0]}: {exc}") from None
+        if done.returncode != 0:
+            message = (done.stderr or done.stdout).strip().splitlines()
+            raise ClusterUnreachable(f"kubectl {' '.join(args[:2])}: {message[-1] if message else done.returncode}")
+        return done.stdout
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        where = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+        text = self._run("get", kind, *where, "--output", "json", "--ignore-not-found")
+        if not text.strip():
+            return []
+        items: list[dict[str, Any]] = json.loads(text).get("items", [])
+        return items
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        where = ["--namespace", namespace] if namespace else []
+        self._run("delete", kind, name, *where, "--ignore-not-found", "--wait=false")

@@ -1,0 +1,744 @@
+"""The lifecycle of a deployment: `byoc up / preview / refresh / status / scale / update / destroy / unlock`.
+
+The CLI calls this module and nothing else for them. It owns the deployment registry (byoc.registry): it takes the
+deployment's lock, runs preflight through the cloud's interface (byoc.clouds), runs the live engine
+(byoc.engines.live, Pulumi's Automation API), feeds a progress view with the engine's events, and records every
+state change and event. Engines and clouds never touch the registry.
+
+What a failure leaves: the deployment FAILED with the reason, the stack's state exported into the registry and the
+operations Pulumi left pending listed; `up`/`update`/`scale`/`destroy` refuse to run over pending operations until
+`byoc refresh NAME` has reconciled them. A first SIGINT/SIGTERM lets Pulumi stop gracefully and records the run as
+interrupted; a second one forces it (operations may be left pending).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from byoc.clouds import get_cloud
+from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
+from byoc.errors import ByocError, ByocFailure
+from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
+from byoc.resolve import Deployment, resolve
+from byoc.spec import Spec, build_spec
+
+if TYPE_CHECKING:
+    from byoc.cluster_api import ClusterApi
+    from byoc.engines.live import Backend, LiveStack
+    from byoc.progress import ProgressView
+
+PLACEMENT_MESSAGE = "placement cannot change after creation; destroy and recreate it, or use a new name"
+# What `byoc scale` may change: the KEDA bounds and the NodePool's GPU limit (Pulumi type tokens).
+SCALE_TYPES = frozenset({"kubernetes:keda.sh/v1alpha1:ScaledObject", "kubernetes:karpenter.sh/v1:NodePool"})
+# A replacement of one of these recreates the cluster or its GPU nodes: `byoc update` refuses it without
+# --allow-replace.
+REPLACE_GUARDED = frozenset(
+    {
+        "aws:eks/cluster:Cluster",
+        "aws:eks/nodeGroup:NodeGroup",
+        "gcp:container/cluster:Cluster",
+        "gcp:container/nodePool:NodePool",
+        "kubernetes:karpenter.sh/v1:NodePool",
+        "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+    }
+)
+
+
+def capacity_need(deployment: Deployment) -> CapacityNeed:
+    """Instances at the deployment's peak: every replica at max_replicas plus the model build Job (which runs on
+    the same shape), `replicas_per_node` to an instance; the same count stacks/aws/capacity.gpu_limit sizes the
+    NodePool for."""
+    placement = deployment.placement
+    pods = deployment.autoscaling.max_replicas + 1
+    instances = math.ceil(pods / placement.replicas_per_node)
+    return CapacityNeed(
+        region=placement.region,
+        instance_type=placement.instance_type,
+        instances=instances,
+        purchase_option="spot" if deployment.capacity == "spot" else "on-demand",
+        why=f"max_replicas {deployment.autoscaling.max_replicas} + the model build Job, "
+        f"{placement.replicas_per_node} replica(s) per instance",
+    )
+
+
+def preflight(deployment: Deployment) -> PreflightReport:
+    """The cloud's preflight for the deployment's peak capacity (`byoc preflight`, and the first step of `up`)."""
+    return get_cloud(deployment.cloud).preflight(capacity_need(deployment))
+
+
+def planned_resources(deployment: Deployment) -> int | None:
+    """The resource count of the offline plan of the same program (+1, the stack itself): what `up` counts to."""
+    from byoc.engines import program_for
+    from byoc.engines.offline import run_offline
+
+    program = program_for(deployment)
+    try:
+        return len(run_offline(deployment, program).resources) + 1 if program else None
+    except Exception:  # a total is a nicety; never fail a deployment over it
+        return None
+
+
+def stored_spec(spec: Spec) -> dict[str, Any]:
+    """The spec as the registry keeps it: only what the user set (defaults stay defaults of the byoc reading it)."""
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def check_placement(record: Record | None, deployment: Deployment) -> None:
+    """Placement is immutable: raises ByocError (exit 2) when a live deployment of the name sits elsewhere."""
+    if record is None or record.state is State.DELETED:
+        return
+    if record.cloud != deployment.cloud:
+        raise ByocError(
+            "cloud", f"{record.name} runs on {record.cloud}, not {deployment.cloud}: {PLACEMENT_MESSAGE}", ""
+        )
+    if record.region != deployment.region:
+        raise ByocError(
+            "region", f"{record.name} runs in {record.region}, not {deployment.region}: {PLACEMENT_MESSAGE}", ""
+        )
+
+
+# -- interrupts --------------------------------------------------------------------------------------------------
+def _children() -> list[int]:
+    """This process's direct children (the `pulumi` CLI the Automation API started), from /proc."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me:
+            found.append(int(entry.parent.name))
+    return found
+
+
+def _terminal_sent_it() -> bool:
+    """A Ctrl+C at a terminal reaches the whole foreground process group, the pulumi CLI included."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
+class InterruptGuard:
+    """First SIGINT/SIGTERM: let Pulumi stop gracefully (it gets one SIGINT) and remember the run as interrupted.
+    Second: warn that operations may be left pending and pass it on (Pulumi then stops at once). Third: raise."""
+
+    def __init__(self, say: Callable[[str], None], name: str) -> None:
+        self.say = say
+        self.name = name
+        self.signals: list[str] = []
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.signals)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signal.Signals(signum).name)
+        count = len(self.signals)
+        if count >= 3:
+            raise KeyboardInterrupt
+        if count == 1:
+            self.say(
+                f"{self.signals[0]}: Pulumi finishes the operations in flight and stops; press Ctrl+C again to force "
+                "it (operations in flight are then left pending)"
+            )
+        else:
+            self.say(
+                f"warning: forcing Pulumi to stop: operations in flight will be left pending; run "
+                f"`byoc refresh {self.name}` before the next `byoc up`"
+            )
+        if signum == signal.SIGTERM or not _terminal_sent_it():
+            for child in _children():
+                with suppress(OSError):
+                    os.kill(child, signal.SIGINT)
+
+    def __enter__(self) -> InterruptGuard:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+# -- options -----------------------------------------------------------------------------------------------------
+@dataclass
+class LiveOptions:
+    backend: str | None = None
+    secrets_provider: str | None = None
+    yes: bool = False
+
+
+Confirm = Callable[[str], bool]
+ClusterFactory = Callable[[Record], "ClusterApi"]
+
+
+def kubectl_cluster(record: Record) -> ClusterApi:
+    """The deployment's cluster through kubectl and the kubeconfig `byoc up` saved; ClusterUnreachable if none."""
+    from byoc.cluster_api import Kubectl
+
+    return Kubectl.for_kubeconfig(record.outputs.get("kubeconfig"))
+
+
+@dataclass
+class Waits:
+    """How long the pre-destroy waits for each controller (seconds) and how often it looks."""
+
+    gateway_s: float = 600.0
+    volumes_s: float = 300.0
+    node_claims_s: float = 900.0
+    poll_s: float = 10.0
+
+
+@dataclass
+class Lifecycle:
+    registry: Registry = field(default_factory=Registry)
+    view: ProgressView | None = None
+    confirm: Confirm = lambda _question: False
+    cluster_for: ClusterFactory = kubectl_cluster
+    waits: Waits = field(default_factory=Waits)
+    sweep_options: dict[str, Any] = field(default_factory=dict)
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.view is None:
+            from byoc.progress import Silent
+
+            self.view = Silent()
+
+    @property
+    def _view(self) -> ProgressView:
+        assert self.view is not None
+        return self.view
+
+    # -- shared steps --------------------------------------------------------------------------------------------
+    def _program(self, deployment: Deployment) -> Any:
+        from byoc.engines import program_for
+
+        program = program_for(deployment)
+        if program is None:
+            raise ByocError("cloud", f"byoc has no {deployment.cloud} stack yet", "use --cloud aws")
+        return program
+
+    def _stack(self, deployment: Deployment, backend: Backend) -> LiveStack:
+        from byoc.engines.live import LiveStack
+
+        work = self.registry.home / "work" / deployment.name
+        return LiveStack(deployment, self._program(deployment), backend, work)
+
+    def _backend(self, command: str, record: Record | None, options: LiveOptions) -> Backend:
+        from byoc.engines.live import Backend, require_cli
+
+        require_cli(command)
+        if record is not None and options.backend and options.backend != record.backend:
+            raise ByocError(
+                "--backend",
+                f"{record.name}'s Pulumi state is in {record.backend}, not {options.backend}",
+                "drop --backend (byoc remembers it), or move the state with `pulumi stack export/import`",
+            )
+        url = options.backend or (record.backend if record else None)
+        return Backend.choose(self.registry.home, url, options.secrets_provider)
+
+    def _refuse_pending(self, record: Record | None) -> None:
+        if record is None or not record.pending_operations:
+            return
+        listed = ", ".join(f"{op['type']} {op['urn'].rsplit('::', 1)[-1]}" for op in record.pending_operations[:5])
+        raise ByocError(
+            "NAME",
+            f"{record.name} has {len(record.pending_operations)} operation(s) Pulumi left pending ({listed}); "
+            "running over them could create resources twice or lose track of them",
+            f"run `byoc refresh {record.name}` first",
+        )
+
+    def _require_preflight(self, deployment: Deployment) -> PreflightReport:
+        self._view.step("preflight")
+        report = preflight(deployment)
+        for check in report.checks:
+            self._view.message(f"preflight {check.name}: {check.status}: {check.detail}")
+        if not report.ok:
+            failure = report.failures[0]
+            raise ByocFailure(f"preflight.{failure.name}", failure.detail, failure.hint)
+        return report
+
+    def _engine(
+        self,
+        name: str,
+        stack: LiveStack,
+        operation: str,
+        call: Callable[[Callable[[Any], None]], Any],
+    ) -> Any:
+        """Run one engine call under the interrupt guard; on any failure end the run FAILED with the reason, the
+        exported state and the pending operations."""
+        guard = InterruptGuard(self._view.message, name)
+        with guard:
+            try:
+                result = call(self._view.engine_event)
+            except ByocError as exc:
+                reason = f"interrupted ({', '.join(guard.signals)})" if guard.interrupted else str(exc)
+                self._fail(name, stack, reason, guard.interrupted)
+                if guard.interrupted:
+                    raise ByocFailure(
+                        operation, f"{name}: {reason}; Pulumi stopped", self._after_failure(name)
+                    ) from None
+                raise
+            except BaseException as exc:
+                self._fail(name, stack, f"byoc {operation} crashed: {type(exc).__name__}: {exc}", guard.interrupted)
+                raise
+        if guard.interrupted:
+            reason = f"interrupted ({', '.join(guard.signals)}) while Pulumi ran {operation}"
+            self._fail(name, stack, reason, True)
+            raise ByocFailure(operation, f"{name}: {reason}", self._after_failure(name))
+        return result
+
+    def _after_failure(self, name: str) -> str:
+        record = self.registry.get(name)
+        if record and record.pending_operations:
+            return f"{len(record.pending_operations)} operation(s) left pending: run `byoc refresh {name}`, then retry"
+        return f"retry with `byoc up`, or `byoc destroy {name}`"
+
+    def _fail(self, name: str, stack: LiveStack, reason: str, interrupted: bool) -> None:
+        from byoc.engines.live import pending_operations
+
+        state: dict[str, Any] | None = None
+        pending: list[dict[str, str]] = []
+        try:
+            state = stack.export_state()
+            pending = pending_operations(state)
+        except Exception as exc:  # the failure that brought us here may have taken the backend too
+            self.registry.record_event(name, "state-export", f"the stack state could not be exported: {exc}")
+        self.registry.update(name, stack_state=state, pending_operations=pending, interrupted=interrupted)
+        self.registry.transition(name, State.FAILED, reason, pending_operations=len(pending))
+
+    def _save_outputs(self, name: str, stack: LiveStack, outputs: dict[str, Any]) -> dict[str, Any]:
+        """Store the stack outputs; the kubeconfig (a secret output) goes to a 0600 file and the outputs keep its
+        path."""
+        kubeconfig = stack.secret_outputs.get("kubeconfig")
+        if isinstance(kubeconfig, str) and kubeconfig:
+            path = self.registry.home / "work" / name / "kubeconfig"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(kubeconfig)
+            outputs = {**outputs, "kubeconfig": str(path)}
+        self.registry.update(name, outputs=outputs)
+        return outputs
+
+    # -- up ------------------------------------------------------------------------------------------------------
+    def up(self, spec: Spec, options: LiveOptions) -> dict[str, Any]:
+        """Create the deployment, or re-run / resume it (idempotent): preflight, then `pulumi up`.
+
+        Raises ByocError (exit 2): no Pulumi CLI, another placement, pending operations, a running command;
+        ByocFailure (exit 1): preflight found a blocker, or Pulumi failed (the deployment is then FAILED).
+        """
+        deployment = resolve(spec)
+        name = deployment.name
+        record = self.registry.get(name)
+        check_placement(record, deployment)
+        backend = self._backend("up", record, options)
+        stack = self._stack(deployment, backend)
+        with self.registry.locked(name, "up"):
+            record = self.registry.get(name)
+            check_placement(record, deployment)
+            self._refuse_pending(record)
+            if record is not None and record.state is not State.DELETED:
+                check_transition(name, record.state, State.DEPLOYING)
+            preflight = self._require_preflight(deployment)
+            fresh = record is None or record.state is State.DELETED
+            verb = "create" if fresh else "update"
+            where = f"{deployment.placement.instance_type} in {deployment.region}"
+            question = f"{verb} {name}: {deployment.shape.name} on {where}?"
+            if not options.yes and not self.confirm(question):
+                raise ByocError("--yes", f"not confirmed: nothing was {verb}d", "answer y, or pass --yes")
+            if fresh:
+                self.registry.create(
+                    name=name,
+                    cloud=deployment.cloud,
+                    region=deployment.region,
+                    requested_region=deployment.placement.requested_region,
+                    shape=deployment.shape.name,
+                    instance_type=deployment.placement.instance_type,
+                    spec=stored_spec(spec),
+                    backend=backend.url,
+                )
+            else:
+                self.registry.update(name, spec=stored_spec(spec))
+            self.registry.record_event(name, "preflight", "preflight passed", report=preflight.as_dict())
+            self.registry.transition(name, State.DEPLOYING)
+            self._view.step("pulumi up", total=planned_resources(deployment))
+            outputs = self._engine(name, stack, "up", stack.up)
+            outputs = self._save_outputs(name, stack, outputs)
+            self.registry.update(name, pending_operations=[], stack_state=None, interrupted=False)
+            self.registry.transition(name, State.DEPLOYED)
+        return {"operation": "up", "name": name, "state": State.DEPLOYED.value, "outputs": outputs}
+
+    # -- preview -------------------------------------------------------------------------------------------------
+    def preview(self, spec: Spec, options: LiveOptions, diff: bool = False) -> dict[str, Any]:
+        """What `up` would change (Pulumi preview); changes nothing and takes no lock."""
+        deployment = resolve(spec)
+        record = self.registry.get(deployment.name)
+        check_placement(record, deployment)
+        backend = self._backend("preview", record, options)
+        stack = self._stack(deployment, backend)
+        self._view.step("pulumi preview")
+        result = stack.preview(self._view.engine_event, diff=diff)
+        if record is not None:
+            self.registry.record_event(deployment.name, "preview", "previewed", changes=result["changes"])
+        return {"operation": "preview", "name": deployment.name, **result}
+
+    # -- refresh -------------------------------------------------------------------------------------------------
+    def refresh(self, name: str, options: LiveOptions) -> dict[str, Any]:
+        """Reconcile the stack's state with the cloud (`pulumi refresh`), clearing pending operations."""
+        from byoc.engines.live import pending_operations
+
+        record = self.registry.require(name)
+        deployment = resolve(build_spec(record.spec))
+        backend = self._backend("refresh", record, options)
+        stack = self._stack(deployment, backend)
+        with self.registry.locked(name, "refresh"):
+            record = self.registry.require(name)
+            cleared = record.pending_operations
+            self._view.step("pulumi refresh")
+            changes = stack.refresh(self._view.engine_event, clear_pending_creates=bool(cleared))
+            state = stack.export_state()
+            left = pending_operations(state)
+            self.registry.update(name, pending_operations=left, stack_state=None if not left else state)
+            message = f"refreshed: {changes}"
+            if cleared:
+                message += (
+                    f"; {len(cleared)} pending operation(s) cleared (a resource Pulumi had started creating may "
+                    f"exist untracked: it carries byoc:deployment={name}, and `byoc destroy {name}` sweeps it)"
+                )
+            self.registry.record_event(name, "refresh", message, cleared=cleared)
+        after = self.registry.require(name)
+        return {
+            "operation": "refresh",
+            "name": name,
+            "state": after.state.value,
+            "changes": changes,
+            "cleared_pending_operations": cleared,
+            "pending_operations": left,
+        }
+
+    # -- scale ---------------------------------------------------------------------------------------------------
+    def scale(self, name: str, min_replicas: int, max_replicas: int, options: LiveOptions) -> dict[str, Any]:
+        """New KEDA bounds and NodePool GPU limit; nothing else may change (checked on the offline graphs first).
+
+        Raises ByocError for bounds the rules refuse (naming autoscaling.*), or a change beyond the two objects."""
+        record = self.registry.require(name)
+        data = dict(record.spec)
+        scaling = dict(data.get("autoscaling") or {})
+        scaling |= {"min_replicas": min_replicas, "max_replicas": max_replicas}
+        if min_replicas > 0:
+            scaling.pop("scale_to_zero_window", None)
+        data["autoscaling"] = scaling
+        spec = build_spec(data)
+        deployment = resolve(spec)
+        old = resolve(build_spec(record.spec))
+        changed = offline_changes(old, deployment)
+        beyond = sorted(f"{t} {n}" for t, n in changed if t not in SCALE_TYPES)
+        if beyond:
+            raise ByocError(
+                "--max",
+                f"scaling {name} would also change {', '.join(beyond)}",
+                f"use `byoc update {name} -f SPEC` for changes beyond the replica bounds",
+            )
+        backend = self._backend("scale", record, options)
+        stack = self._stack(deployment, backend)
+        with self.registry.locked(name, "scale"):
+            record = self.registry.require(name)
+            self._refuse_pending(record)
+            check_transition(name, record.state, State.SCALING)
+            self._require_preflight(deployment)
+            self.registry.transition(name, State.SCALING, f"replicas {min_replicas}..{max_replicas}")
+            self._view.step("pulumi up (scale)")
+            outputs = self._engine(name, stack, "scale", stack.up)
+            self._save_outputs(name, stack, outputs)
+            self.registry.update(name, spec=stored_spec(spec))
+            self.registry.transition(name, State.DEPLOYED)
+        return {
+            "operation": "scale",
+            "name": name,
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "changed": [{"type": t, "name": n} for t, n in changed],
+        }
+
+    # -- update --------------------------------------------------------------------------------------------------
+    def update(self, name: str, spec: Spec, options: LiveOptions, allow_replace: bool = False) -> dict[str, Any]:
+        """Apply a new spec that keeps placement. A preview first: replacing the cluster or a node pool is shown
+        and refused without `allow_replace`."""
+        if spec.name != name:
+            raise ByocError("name", f"the spec is for {spec.name!r}, not {name!r}", f"set name: {name} in the spec")
+        record = self.registry.require(name)
+        deployment = resolve(spec)
+        check_placement(record, deployment)
+        backend = self._backend("update", record, options)
+        stack = self._stack(deployment, backend)
+        with self.registry.locked(name, "update"):
+            record = self.registry.require(name)
+            self._refuse_pending(record)
+            check_transition(name, record.state, State.UPDATING)
+            self._view.step("pulumi preview")
+            previewed = stack.preview(self._view.engine_event)
+            replaced = [
+                s
+                for s in previewed["steps"]
+                if s["op"] in ("replace", "create-replacement") and s["type"] in REPLACE_GUARDED
+            ]
+            if replaced and not allow_replace:
+                listed = ", ".join(f"{s['type']} {s['name']}" for s in replaced)
+                raise ByocError(
+                    "--allow-replace",
+                    f"this update replaces {listed} (the cluster or its GPU nodes are recreated; serving stops)",
+                    "pass --allow-replace to accept it, or keep the fields that force it",
+                )
+            self._require_preflight(deployment)
+            self.registry.transition(name, State.UPDATING)
+            self._view.step("pulumi up (update)")
+            outputs = self._engine(name, stack, "update", stack.up)
+            self._save_outputs(name, stack, outputs)
+            self.registry.update(name, spec=stored_spec(spec))
+            self.registry.transition(name, State.DEPLOYED)
+        return {"operation": "update", "name": name, "changes": previewed["changes"], "replaced": replaced}
+
+    # -- destroy -------------------------------------------------------------------------------------------------
+    def destroy(self, name: str, options: LiveOptions) -> dict[str, Any]:
+        """Without `yes`: report what would go (cluster objects, the stack, tagged leftovers) and change nothing.
+        With `yes`: gateway Service (its NLB) -> PVCs (their volumes) -> NodePools until zero NodeClaims -> the
+        stack (refreshed first) -> the sweep of tagged leftovers; DELETED when nothing remains, else FAILED."""
+        record = self.registry.require(name)
+        target = SweepTarget(deployment=name, cluster=f"byoc-{name}", region=record.region)
+        cloud = get_cloud(record.cloud)
+        if not options.yes:
+            cluster = self._cluster_objects(record)
+            report = cloud.sweep(target, delete=False, **self.sweep_options)
+            return {
+                "operation": "destroy",
+                "name": name,
+                "dry_run": True,
+                "state": record.state.value,
+                "cluster": cluster,
+                "stack": {"backend": record.backend, "resources": len(_state_resources(record))},
+                "leftovers": report.as_dict(),
+                "hint": f"nothing was deleted; `byoc destroy {name} --yes` deletes all of it",
+            }
+        deployment = resolve(build_spec(record.spec))
+        backend = self._backend("destroy", record, options)
+        stack = self._stack(deployment, backend)
+        with self.registry.locked(name, "destroy"):
+            record = self.registry.require(name)
+            self._refuse_pending(record)
+            stack_gone = record.state is State.DELETED
+            if not stack_gone:
+                check_transition(name, record.state, State.DELETING)
+                self.registry.transition(name, State.DELETING)
+                self._view.step("controller resources")
+                controllers = self._predestroy(record)
+                self.registry.record_event(name, "pre-destroy", "controller resources", **controllers)
+                self._view.step("pulumi refresh")
+                self._engine(name, stack, "destroy", stack.refresh)
+                self._view.step("pulumi destroy")
+                self._engine(name, stack, "destroy", stack.destroy)
+            else:
+                controllers = {"skipped": "the stack was destroyed before; sweeping again"}
+            self._view.step("sweep")
+            report = cloud.sweep(target, delete=True, on_progress=self._view.message, **self.sweep_options)
+            self.registry.record_event(name, "sweep", f"{len(report.resources)} tagged leftover(s)", **report.as_dict())
+            remaining = report.remaining
+            if not stack_gone:
+                if remaining or report.errors:
+                    left = ", ".join(f"{r.kind} {r.id}" for r in remaining) or "; ".join(report.errors)
+                    self.registry.transition(name, State.FAILED, f"the stack is gone but leftovers remain: {left}")
+                else:
+                    self.registry.update(name, outputs={}, stack_state=None, pending_operations=[])
+                    self.registry.transition(name, State.DELETED)
+        after = self.registry.require(name)
+        return {
+            "operation": "destroy",
+            "name": name,
+            "state": after.state.value,
+            "cluster": controllers,
+            "leftovers": report.as_dict(),
+        }
+
+    def _cluster_objects(self, record: Record) -> dict[str, Any]:
+        from byoc.cluster_api import ClusterUnreachable
+
+        namespace = f"byoc-{record.name}"
+        try:
+            cluster = self.cluster_for(record)
+            return {
+                "services": [_name(s) for s in cluster.list("services", namespace) if _is_load_balancer(s)],
+                "persistentvolumeclaims": [_name(p) for p in cluster.list("persistentvolumeclaims", namespace)],
+                "nodepools": [_name(p) for p in cluster.list("nodepools.karpenter.sh")],
+                "nodeclaims": [_name(c) for c in cluster.list("nodeclaims.karpenter.sh")],
+            }
+        except ClusterUnreachable as exc:
+            return {"unknown": str(exc)}
+
+    def _wait_gone(
+        self, cluster: ClusterApi, kind: str, namespace: str | None, names: set[str], limit_s: float
+    ) -> bool:
+        deadline = time.monotonic() + limit_s
+        while True:
+            left = {_name(o) for o in cluster.list(kind, namespace)} & names
+            if not left:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.sleep(self.waits.poll_s)
+
+    def _predestroy(self, record: Record) -> dict[str, Any]:
+        """Delete what controllers made while the controllers still run (through the cluster's API).
+
+        An unreachable cluster is reported, not fatal: the sweep after the stack finds what they left."""
+        from byoc.cluster_api import ClusterUnreachable
+
+        namespace = f"byoc-{record.name}"
+        done: dict[str, Any] = {}
+        try:
+            cluster = self.cluster_for(record)
+            # 1. the gateway's LoadBalancer Service: the load-balancer controller deletes the NLB, then the finalizer
+            services = {_name(s) for s in cluster.list("services", namespace) if _is_load_balancer(s)}
+            for service in sorted(services):
+                cluster.delete("services", service, namespace)
+            gone = self._wait_gone(cluster, "services", namespace, services, self.waits.gateway_s)
+            done["services"] = {"deleted": sorted(services), "gone": gone}
+            # 2. PVCs while the CSI driver runs (it deletes their volumes)
+            claims = {_name(p) for p in cluster.list("persistentvolumeclaims", namespace)}
+            for claim in sorted(claims):
+                cluster.delete("persistentvolumeclaims", claim, namespace)
+            gone = self._wait_gone(cluster, "persistentvolumeclaims", namespace, claims, self.waits.volumes_s)
+            done["persistentvolumeclaims"] = {"deleted": sorted(claims), "gone": gone}
+            # 3. NodePools, then wait for Karpenter to terminate every NodeClaim (its instances) before it goes
+            pools = {_name(p) for p in cluster.list("nodepools.karpenter.sh")}
+            for pool in sorted(pools):
+                cluster.delete("nodepools.karpenter.sh", pool)
+            claims_before = {_name(c) for c in cluster.list("nodeclaims.karpenter.sh")}
+            gone = self._wait_gone(cluster, "nodeclaims.karpenter.sh", None, claims_before, self.waits.node_claims_s)
+            done["nodepools"] = {"deleted": sorted(pools), "nodeclaims": sorted(claims_before), "gone": gone}
+        except ClusterUnreachable as exc:
+            done["unknown"] = f"{exc}; the sweep after the stack looks for what controllers left"
+            self._view.message(f"cluster: unknown: {done['unknown']}")
+        return done
+
+    # -- unlock --------------------------------------------------------------------------------------------------
+    def unlock(self, name: str) -> dict[str, Any]:
+        """Clear locks held by dead processes on this machine: byoc's own, and Pulumi's in a file:// backend.
+        A lock of a live process, or of another host, is never cleared (ByocError)."""
+        from byoc.engines.live import Backend, PulumiLock
+
+        record = self.registry.require(name)
+        cleared: list[str] = []
+        held = self.registry.lock_of(name)
+        if held is not None:
+            if held.alive:
+                raise ByocError(
+                    "NAME",
+                    f"{held.describe()} holds {name}'s lock and "
+                    + ("is still running" if held.local else "runs on another host, which byoc cannot see"),
+                    "wait for it to finish" if held.local else f"stop it on {held.host}",
+                )
+            self.registry.recover_stale(name)
+            cleared.append(f"byoc lock of {held.describe()}")
+        backend = Backend(record.backend, "passphrase")
+        if backend.local_path is None:
+            hint = f"byoc cannot read locks in {record.backend}"
+        else:
+            from byoc.engines.live import LiveStack
+
+            probe = LiveStack(resolve(build_spec(record.spec)), lambda _: {}, backend, self.registry.home / "work")
+            for path in probe.lock_files():
+                lock = PulumiLock.read(path)
+                who = f"pid {lock.pid} on {lock.host or 'unknown host'} (since {lock.timestamp})"
+                if not lock.local:
+                    raise ByocError(
+                        "NAME",
+                        f"Pulumi's lock on {name} is held by {who}, another machine: byoc cannot tell if it still runs",
+                        f"stop that run there; if it is gone, delete {path}",
+                    )
+                if process_alive(lock.pid, None):
+                    raise ByocError(
+                        "NAME", f"Pulumi's lock on {name} is held by {who}, which is running", "wait for it"
+                    )
+                path.unlink()
+                cleared.append(f"Pulumi lock of {who}")
+            hint = ""
+        for item in cleared:
+            self.registry.record_event(name, "unlock", f"cleared the {item} (process dead)")
+        return {"operation": "unlock", "name": name, "cleared": cleared, **({"note": hint} if hint else {})}
+
+    # -- status --------------------------------------------------------------------------------------------------
+    def status(self, name: str | None = None, probe: bool = True) -> list[dict[str, Any]]:
+        """Every deployment (or one), reconciled with what can be observed; see byoc.status for the health rules."""
+        from byoc.status import observe
+
+        self.registry.recover_stale(name)
+        records = [self.registry.require(name)] if name else self.registry.deployments()
+        rows = []
+        for record in records:
+            lock = self.registry.lock_of(record.name)
+            observed = observe(record, lock, self.cluster_for, probe=probe)
+            rows.append(
+                {
+                    **record.as_dict(),
+                    **observed,
+                    "running": lock.describe() if lock else None,
+                    "events": self.registry.events(record.name, last=5),
+                }
+            )
+        return rows
+
+    @contextmanager
+    def closing(self) -> Iterator[Lifecycle]:
+        try:
+            yield self
+        finally:
+            self._view.close()
+            self.registry.close()
+
+
+def offline_changes(old: Deployment, new: Deployment) -> list[tuple[str, str]]:
+    """(type, name) of every resource whose inputs differ between two deployments' offline graphs (the same
+    program `up` runs), plus resources only one of them has."""
+    from byoc.engines import program_for
+    from byoc.engines.offline import run_offline
+
+    program = program_for(old)
+    if program is None:
+        return []
+    before = {(r.type, r.name): r.inputs for r in run_offline(old, program).resources}
+    after = {(r.type, r.name): r.inputs for r in run_offline(new, program).resources}
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("name", ""))
+
+
+def _is_load_balancer(service: dict[str, Any]) -> bool:
+    return bool(service.get("spec", {}).get("type") == "LoadBalancer")
+
+
+def _state_resources(record: Record) -> list[Any]:
+    state = record.stack_state or {}
+    return list((state.get("deployment") or {}).get("resources") or [])
+
+
+__all__ = ["RUNNING", "Lifecycle", "LiveOptions", "capacity_need", "check_placement", "offline_changes"]

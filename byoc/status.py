@@ -1,0 +1,169 @@
+"""`byoc status`: the registry's record reconciled with what can be observed, and a health line beside the state.
+
+Sources: the stack outputs in the registry; the cluster (the serving Deployment's replicas, the gateway Service's
+load balancer, NodeClaims, nodes and events, through byoc.cluster_api); and a real completion through the endpoint
+where it is reachable (POST /v1/completions with one token, the key from BYOC_API_KEY, the CA from BYOC_CA_BUNDLE).
+Where a source cannot be read the health says "unknown: <why>" instead of guessing.
+
+Health rules (`judge`):
+- a completion failed while Kubernetes reports replicas ready: unhealthy (Ready is not healthy);
+- a completion succeeded while readiness lags: serving, with a warning;
+- a completion succeeded and every desired replica is ready: healthy;
+- no replica wanted (scaled to zero): scaled to zero;
+- replicas missing: why GPU replicas are not coming, from the controllers' own messages: no capacity in the zone
+  (a NodeClaim's Launched condition), the NodePool's GPU limit reached (Karpenter's scheduling event), or a node
+  whose GPUs never registered (allocatable nvidia.com/gpu 0);
+- otherwise, without a completion: unknown, with the reason no completion was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from byoc.registry import RUNNING, Lock, Record, State
+
+if TYPE_CHECKING:
+    from byoc.lifecycle import ClusterFactory
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of one completion through the endpoint: ok, or failed (the server answered badly), or
+    unreachable (nothing answered; says nothing about health)."""
+
+    outcome: str  # "ok" | "failed" | "unreachable" | "skipped"
+    detail: str
+
+
+def probe_endpoint(endpoint: str | None, model: str, timeout_s: float = 20.0) -> Probe:
+    if not endpoint:
+        return Probe("skipped", "the gateway's load balancer has no address yet")
+    key = os.environ.get("BYOC_API_KEY")
+    if not key:
+        return Probe("skipped", "no API key to send a test completion with (set BYOC_API_KEY)")
+    body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1}).encode()
+    request = urllib.request.Request(
+        endpoint.rstrip("/") + "/v1/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=os.environ.get("BYOC_CA_BUNDLE") or None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as answer:
+            data = json.loads(answer.read() or b"{}")
+        if not data.get("choices"):
+            return Probe("failed", "the completion came back without choices")
+        return Probe("ok", "a completion succeeded")
+    except urllib.error.HTTPError as exc:
+        return Probe("failed", f"HTTP {exc.code} from {endpoint}: {exc.read()[:200].decode(errors='replace')}")
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Probe("unreachable", f"{endpoint} is not reachable from here ({reason})")
+    except ValueError:
+        return Probe("failed", "the completion's answer is not JSON")
+
+
+def gpu_blockers(cluster: Any, node_pool: str) -> list[str]:
+    """Why GPU replicas are not coming, in the controllers' own words."""
+    reasons: list[str] = []
+    for claim in cluster.list("nodeclaims.karpenter.sh"):
+        for condition in claim.get("status", {}).get("conditions", []):
+            if condition.get("status") != "False":
+                continue
+            message = str(condition.get("message", ""))
+            name = claim.get("metadata", {}).get("name", "")
+            if condition.get("type") == "Launched":
+                if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
+                    reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
+                else:
+                    reasons.append(f"NodeClaim {name} not launched: {message}")
+    for event in cluster.list("events"):
+        message = str(event.get("message", ""))
+        if "exceed limits for nodepool" in message:
+            reasons.append(f"the NodePool's GPU limit is reached: {message}")
+            break
+    for node in cluster.list("nodes"):
+        labels = node.get("metadata", {}).get("labels", {})
+        if labels.get("karpenter.sh/nodepool") != node_pool:
+            continue
+        allocatable = str(node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
+        if allocatable in ("0", ""):
+            reasons.append(
+                f"node {node['metadata']['name']}'s GPUs never registered (allocatable {GPU_RESOURCE} {allocatable}): "
+                "check the GPU Operator's device plugin on it"
+            )
+    return list(dict.fromkeys(reasons))
+
+
+def judge(desired: int, ready: int, probe: Probe, blockers: list[str]) -> str:
+    if probe.outcome == "failed":
+        return f"unhealthy: Kubernetes reports {ready}/{desired} ready but a completion failed: {probe.detail}"
+    if probe.outcome == "ok":
+        if ready >= desired:
+            return "healthy: a completion succeeded"
+        return f"serving, with a warning: readiness lags ({ready}/{desired} ready) while completions succeed"
+    if desired == 0:
+        return "scaled to zero: the first request wakes a replica"
+    if ready < desired:
+        if blockers:
+            return f"waiting for GPUs ({ready}/{desired} ready): " + "; ".join(blockers)
+        return f"starting: {ready}/{desired} ready"
+    return f"unknown: {ready}/{desired} ready per Kubernetes, but no completion was sent: {probe.detail}"
+
+
+def _model_id(record: Record) -> str:
+    model = record.spec.get("model")
+    return str(model.get("id") if isinstance(model, dict) else model)
+
+
+def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, probe: bool = True) -> dict[str, Any]:
+    """{"health", "replicas", "endpoint", "artifact"} for one deployment."""
+    from byoc.cluster_api import ClusterUnreachable
+
+    seen: dict[str, Any] = {
+        "replicas": None,
+        "endpoint": None,
+        "artifact": record.outputs.get("artifact"),
+    }
+    if lock is not None:
+        return seen | {"health": f"in progress: {lock.describe()}"}
+    if record.state is State.DELETED:
+        return seen | {"health": "deleted"}
+    if record.state is State.FAILED:
+        pending = f"; {len(record.pending_operations)} pending operation(s)" if record.pending_operations else ""
+        return seen | {"health": f"failed: {record.reason}{pending}"}
+    if record.state in RUNNING:
+        return seen | {"health": f"unknown: {record.state.value} without a running byoc process"}
+    namespace = f"byoc-{record.name}"
+    try:
+        cluster = cluster_for(record)
+        serving = [
+            d
+            for d in cluster.list("deployments.apps", namespace)
+            if d.get("metadata", {}).get("name") == f"byoc-{record.name}-serving"
+        ]
+        if not serving:
+            return seen | {"health": f"unknown: the serving Deployment is not in namespace {namespace}"}
+        desired = int(serving[0].get("spec", {}).get("replicas") or 0)
+        ready = int(serving[0].get("status", {}).get("readyReplicas") or 0)
+        seen["replicas"] = {"desired": desired, "ready": ready}
+        for service in cluster.list("services", namespace):
+            ingress = service.get("status", {}).get("loadBalancer", {}).get("ingress") or []
+            if service.get("spec", {}).get("type") == "LoadBalancer" and ingress:
+                host = ingress[0].get("hostname") or ingress[0].get("ip")
+                seen["endpoint"] = f"https://{host}"
+        blockers = gpu_blockers(cluster, str(record.outputs.get("gpu_node_pool", "byoc-gpu")))
+    except ClusterUnreachable as exc:
+        return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
+    endpoint = os.environ.get("BYOC_ENDPOINT") or seen["endpoint"]
+    result = probe_endpoint(endpoint, _model_id(record)) if probe else Probe("skipped", "the completion check was off")
+    return seen | {"health": judge(desired, ready, result, blockers), "probe": result.outcome}
