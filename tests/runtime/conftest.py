@@ -194,7 +194,7 @@ class GatewayUnderTest:
 
     def client(self, key: str = "ci", **options: Any) -> openai.OpenAI:
         return openai.OpenAI(
-            base_url=self.url + "/v1", api_key=KEYS.get(key, key), max_retries=0, timeout=60, **options
+            base_url=self.url + "/v1", api_key=KEYS.get(key, key), **{"max_retries": 0, "timeout": 60, **options}
         )
 
 

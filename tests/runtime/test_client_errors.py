@@ -1,0 +1,182 @@
+"""A client's mistake is a 4xx in OpenAI's error shape, naming the parameter as the client sent it; it is never an
+upstream error and never costs a replica its place in rotation. A client that leaves stops the work (499)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+from tests.runtime.conftest import KEYS, MODEL, GatewayUnderTest, Server, http, metric, wait_for
+
+HELLO = [{"role": "user", "content": "Hello, how can I help you today?"}]
+AUTH = {"Authorization": f"Bearer {KEYS['ci']}", "Content-Type": "application/json"}
+LONG_PROMPT = [{"role": "user", "content": "one two three four five six seven eight nine ten " * 60}]
+
+
+def _upstream_health(gateway: GatewayUnderTest) -> tuple[float, float, float]:
+    text = gateway.server.metrics()
+    errors = sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("byoc_gateway_upstream_errors_total{")
+    )
+    server_errors = sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("byoc_gateway_requests_total{") and 'code="5' in line
+    )
+    return errors, server_errors, metric(text, "byoc_gateway_upstreams_ready") or 0
+
+
+def _assert_openai_error(answer_body: object, param: str | None) -> dict[str, object]:
+    assert isinstance(answer_body, dict)
+    error = answer_body.get("error", answer_body)  # the openai client unwraps "error"
+    assert isinstance(error, dict)
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        # token ids the model does not have: the engine refuses them (it used to fail inside: 502)
+        ("/v1/completions", {"model": MODEL, "prompt": [5, 100000, 7], "max_tokens": 3}, "prompt"),
+        ("/v1/completions", {"model": "sql", "prompt": [100000], "max_tokens": 3}, "prompt"),
+        # an image part for a text-only model: refused, never dropped on the floor
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            },
+            "messages[0].content[0].type",
+        ),
+        # a token id the model does not have, in logit_bias
+        ("/v1/chat/completions", {"model": MODEL, "messages": HELLO, "logit_bias": {"999999": 5}}, "logit_bias"),
+        # a schema xgrammar cannot enforce
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": HELLO,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}},
+            },
+            "response_format.json_schema.schema",
+        ),
+    ],
+)
+def test_what_the_engine_refuses_is_a_400_not_an_upstream_error(
+    gateway: GatewayUnderTest, path: str, body: dict[str, object], param: str
+) -> None:
+    before = _upstream_health(gateway)
+    for stream in (False, True):
+        answer = http("POST", gateway.url + path, json.dumps({**body, "stream": stream}).encode(), AUTH)
+        assert answer.status == 400, answer.body
+        _assert_openai_error(answer.json(), param)
+    assert _upstream_health(gateway) == before  # no upstream error, no 5xx, the replica still in rotation
+
+
+def test_an_empty_prompt_is_served_not_a_server_error(gateway: GatewayUnderTest) -> None:
+    before = _upstream_health(gateway)
+    answer = gateway.client().completions.create(model=MODEL, prompt="", max_tokens=3)
+    assert answer.choices[0].finish_reason in ("stop", "length")  # it starts a document, as OpenAI's does
+    assert _upstream_health(gateway) == before
+
+
+@pytest.mark.parametrize("model", [MODEL, "sql"])
+def test_errors_name_the_parameter_the_client_sent(gateway: GatewayUnderTest, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(model=model, messages=LONG_PROMPT, max_completion_tokens=2000)
+    error = _assert_openai_error(caught.value.body, "max_completion_tokens")
+    assert "max_completion_tokens" in str(error["message"]) and "max_tokens " not in str(error["message"])
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(model=model, messages=HELLO, max_completion_tokens=4096)
+    _assert_openai_error(caught.value.body, "max_completion_tokens")
+
+
+def test_a_body_over_the_limit_is_413_in_openais_shape(gateway: GatewayUnderTest) -> None:
+    big = json.dumps({"model": MODEL, "prompt": "x" * (9 * 1024 * 1024)}).encode()
+    answer = http("POST", gateway.url + "/v1/completions", big, AUTH)
+    assert answer.status == 413
+    assert answer.headers["content-type"].startswith("application/json")
+    error = _assert_openai_error(answer.json(), "body")
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("GET", "/v1/chat/completions", 405, "POST"),
+        ("PUT", "/v1/completions", 405, "POST"),
+        ("POST", "/v1/models", 405, "GET"),
+        ("GET", "/v1/embeddings", 404, None),
+        ("POST", "/v2/chat/completions", 404, None),
+    ],
+)
+def test_unknown_routes_and_wrong_methods_answer_in_openais_shape(
+    gateway: GatewayUnderTest, method: str, path: str, status: int, allow: str | None
+) -> None:
+    answer = http(method, gateway.url + path, b"{}" if method != "GET" else None, AUTH)
+    assert answer.status == status
+    assert answer.headers["content-type"].startswith("application/json")
+    _assert_openai_error(answer.json(), None)
+    if allow:
+        assert answer.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_a_client_that_leaves_a_non_streamed_request_stops_the_work(
+    gateway: GatewayUnderTest, engine: Server, kind: str
+) -> None:
+    client = gateway.client("single", timeout=1.0)  # max_concurrency: 1
+    long = {"max_tokens": 1800, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    with pytest.raises(openai.APITimeoutError):
+        if kind == "chat":
+            client.chat.completions.create(model=MODEL, messages=HELLO, **long)  # type: ignore[arg-type]
+        else:
+            client.completions.create(model=MODEL, prompt="One two", **long)  # type: ignore[arg-type]
+    left = time.monotonic()
+    # the key's only slot is free at once: an immediate retry is served, not 429
+    retry = gateway.client("single").completions.create(model=MODEL, prompt="One", max_tokens=1)
+    assert retry.choices
+    assert time.monotonic() - left < 3
+    wait_for(lambda: metric(gateway.server.metrics(), "byoc_gateway_in_flight_requests") == 0, timeout=5)
+    # the engine stopped generating: no iterations run once it is idle
+    time.sleep(0.3)
+    http("GET", engine.url + "/metrics")  # drains the iteration stats
+    time.sleep(0.5)
+    assert http("GET", engine.url + "/metrics").json() == []
+    wait_for(
+        lambda: any(
+            "key=single" in line and "status=499" in line for line in gateway.server.log.read_text().splitlines()
+        ),
+        timeout=5,
+        what="the access line with status 499",
+    )
+
+
+def test_a_client_that_leaves_while_queued_frees_its_place(engine: Server, runtime_dir: object) -> None:
+    from pathlib import Path
+
+    from tests.runtime.conftest import long_stream, start_gateway
+
+    assert isinstance(runtime_dir, Path)
+    server = start_gateway(runtime_dir, [engine.url], "--max-concurrency", "1", "--max-queue", "1")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        holder = long_stream(client)
+        next(iter(holder))
+        try:
+            with pytest.raises(openai.APITimeoutError):
+                client.with_options(timeout=1.0).completions.create(model=MODEL, prompt="One", max_tokens=1)
+            wait_for(lambda: metric(server.metrics(), "byoc_gateway_queue_depth") == 0, timeout=5, what="no queue")
+        finally:
+            holder.close()
+        wait_for(lambda: "status=499" in server.log.read_text(), timeout=5, what="the 499 access line")
+        assert client.completions.create(model=MODEL, prompt="One", max_tokens=1).choices
+    finally:
+        server.stop()
