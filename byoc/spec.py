@@ -210,6 +210,13 @@ class Encryption(_Strict):
         description="`create` to create customer-managed keys, or an existing key: an AWS KMS key ARN "
         "(arn:aws:kms:...) or a Cloud KMS key id (projects/.../cryptoKeys/...).",
     )
+    ebs_default: bool = Field(
+        default=False,
+        description="AWS: turn on EBS encryption by default for the account in the deployment's region, with the "
+        "platform key as the default key, so that every new volume there is encrypted, including volumes made "
+        "outside byoc (HIPAA 164.312(a)(2)(iv), ISO 27001 A.8.24). Off by default because the setting is "
+        "account-wide; byoc's own node volumes are encrypted either way.",
+    )
 
 
 Framework = Literal["hipaa", "soc2", "iso27001"]

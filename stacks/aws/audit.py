@@ -100,7 +100,9 @@ class AuditTrail(pulumi.ComponentResource):
             cloud_watch_logs_role_arn=role.arn,
             advanced_event_selectors=[
                 aws.cloudtrail.TrailAdvancedEventSelectorArgs(
-                    name="Management events",
+                    # The name Prowler's cloudtrail_multi_region_enabled_logging_management_events looks for (the
+                    # name the AWS console gives it); without it a Prowler scan fails byoc's trail.
+                    name="Management events selector",
                     field_selectors=[
                         aws.cloudtrail.TrailAdvancedEventSelectorFieldSelectorArgs(
                             field="eventCategory", equals=["Management"]

@@ -34,6 +34,7 @@ class Keys(pulumi.ComponentResource):
         if not self.created:
             self.platform_key_arn = pulumi.Output.from_input(given)
             self.artifact_key_arn = pulumi.Output.from_input(given)
+            self._ebs_default(ctx, self.platform_key_arn)
             self.register_outputs({"platform_key_arn": given, "artifact_key_arn": given})
             return
 
@@ -71,7 +72,19 @@ class Keys(pulumi.ComponentResource):
         )
         self.platform_key_arn = platform.arn
         self.artifact_key_arn = artifacts.arn
+        self._ebs_default(ctx, self.platform_key_arn)
         self.register_outputs({"platform_key_arn": platform.arn, "artifact_key_arn": artifacts.arn})
+
+    def _ebs_default(self, ctx: AwsContext, key_arn: pulumi.Output[str]) -> None:
+        """encryption.ebs_default: every new EBS volume in the region is encrypted, by default with the platform key.
+
+        Account-wide in the region (not only byoc's volumes), hence opt-in. Principals that create volumes need
+        kms:CreateGrant/Encrypt on the key through IAM (the key policy delegates to the account's IAM).
+        """
+        if not ctx.deployment.encryption.ebs_default:
+            return
+        aws.ebs.EncryptionByDefault(f"{ctx.name}-ebs-encryption-by-default", enabled=True, opts=ctx.opts(self))
+        aws.ebs.DefaultKmsKey(f"{ctx.name}-ebs-default-key", key_arn=key_arn, opts=ctx.opts(self))
 
     def _key(self, ctx: AwsContext, role: str, description: str, statements: list[Any]) -> aws.kms.Key:
         name = ctx.name

@@ -69,6 +69,13 @@ def test_findings_carry_controls_evidence_and_remediation(secure: Path) -> None:
     ]
 
 
+def test_ebs_default_encryption_is_evidenced_when_the_spec_opts_in(tmp_path: Path) -> None:
+    out = plan(tmp_path, encryption={"ebs_default": True})
+    ebs = [f for f in findings(out) if f["check_id"] == "ec2_ebs_default_encryption"]
+    assert [f["status"] for f in ebs] == ["PASS"]
+    assert {"hipaa:164.312(a)(2)(iv)", "iso27001:A.8.24"} <= set(ebs[0]["controls"])
+
+
 def test_a_weaker_spec_fails_exactly_the_controls_it_weakens(secure: Path, public: Path) -> None:
     failing = [f for f in findings(public) if f["status"] == "FAIL"]
     assert {f["check_id"] for f in failing} == {"eks_cluster_not_publicly_accessible"}

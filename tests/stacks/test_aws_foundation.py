@@ -359,6 +359,31 @@ def test_trail_multi_region_validated_encrypted_with_data_events() -> None:
     assert arn_selector["startsWiths"] == ["arn:aws:s3:::byoc-test-artifacts-123456789012/"]
 
 
+def test_trail_declares_management_events_the_way_prowler_recognises() -> None:
+    trail = one(graph(), "aws:cloudtrail/trail:Trail").inputs
+    management = [s for s in trail["advancedEventSelectors"] if s["name"] == "Management events selector"]
+    assert len(management) == 1
+    fields = management[0]["fieldSelectors"]
+    assert fields == [{"field": "eventCategory", "equals": ["Management"]}]  # read and write: no readOnly filter
+
+
+def test_ebs_encryption_by_default_is_off_unless_asked() -> None:
+    assert graph().by_type("aws:ebs/encryptionByDefault:EncryptionByDefault") == []
+    assert graph().by_type("aws:ebs/defaultKmsKey:DefaultKmsKey") == []
+
+
+@pytest.mark.parametrize("kms_key", ["create", KEY_ARN])
+def test_ebs_encryption_by_default_with_the_platform_key(kms_key: str) -> None:
+    plan = graph(encryption={"kms_key": kms_key, "ebs_default": True})
+    assert one(plan, "aws:ebs/encryptionByDefault:EncryptionByDefault").inputs["enabled"] is True
+    key = one(plan, "aws:ebs/defaultKmsKey:DefaultKmsKey").inputs["keyArn"]
+    assert key == (
+        KEY_ARN
+        if kms_key == KEY_ARN
+        else one(plan, "aws:eks/cluster:Cluster").inputs["encryptionConfig"]["provider"]["keyArn"]
+    )
+
+
 # -- identities -------------------------------------------------------------------------------------------------
 def test_no_wildcard_admin_anywhere() -> None:
     for resource, document in documents(graph()):
