@@ -118,6 +118,10 @@ def serve_options(deployment: Deployment) -> dict[str, Any]:
         # per-request perf metrics feed /prometheus/metrics; iteration stats feed /metrics (KV cache use)
         "return_perf_metrics": True,
         "enable_iter_perf_stats": True,
+        # response_format and forced tool calls are enforced only with a grammar backend; without one
+        # trtllm-serve accepts them and returns free text. xgrammar works with LoRA, FP8/NVFP4 and speculative
+        # decoding (TensorRT-LLM blog "Combining Guided Decoding and Speculative Decoding").
+        "guided_decoding_backend": "xgrammar",
     }
     if deployment.addons:
         options["lora_config"] = {

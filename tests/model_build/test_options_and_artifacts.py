@@ -42,6 +42,7 @@ def test_options_for_every_catalog_shape(cloud: str, tiny: Path, lora: Path) -> 
         assert options["tensor_parallel_size"] == shape.count == plan.tensor_parallel_size, shape.name
         assert options["kv_cache_config"]["free_gpu_memory_fraction"] == FRACTION
         assert ("lora_config" in options) == bf16, shape.name
+        assert options["guided_decoding_backend"] == "xgrammar", shape.name  # structured output is enforced
         assert options["kv_cache_config"]["dtype"] == ("auto" if bf16 else "fp8")
         assert (
             plan.quantization == {"fp8": "FP8_DEFAULT_CFG", "fp4": "NVFP4_DEFAULT_CFG", "bf16": None}[shape.precision]
