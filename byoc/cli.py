@@ -22,6 +22,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich costs ~0.15 s of imports on every `byoc --help` (docs/performance.md).
+    rich_markup_mode=None,
 )
 
 

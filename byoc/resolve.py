@@ -217,8 +217,9 @@ def image_warnings(spec: Spec) -> list[ByocWarning]:
             warnings.append(
                 ByocWarning(
                     f"images.{role}",
-                    f"the default {entry['repository']}:{entry['tag']} has no published digest "
-                    f"({entry.get('published_by', 'nothing publishes it')}): the cluster cannot pull it",
+                    f"the default {entry['repository']}:{entry['tag']} was never published with a digest "
+                    "(no release has run .github/workflows/release-runtime.yml and pinned it): the cluster "
+                    "cannot pull it",
                     "build runtime/Dockerfile into your registry (docs/operations.md, 'The runtime image') and set "
                     f"images.{role} to <registry>/byoc-runtime@sha256:<digest>",
                 )

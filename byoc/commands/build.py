@@ -211,7 +211,9 @@ def register(app: typer.Typer) -> None:
         else:
             _print_build(result)
 
-    artifacts = typer.Typer(help="Fetch, verify and inspect built model artifacts.", no_args_is_help=True)
+    artifacts = typer.Typer(
+        rich_markup_mode=None, help="Fetch, verify and inspect built model artifacts.", no_args_is_help=True
+    )
     app.add_typer(artifacts, name="artifacts")
 
     @artifacts.command("fetch")

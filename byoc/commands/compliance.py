@@ -116,7 +116,10 @@ def checks(
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Compliance evidence: HIPAA, SOC 2 and ISO 27001 controls checked on the deployment.")
+    group = typer.Typer(
+        rich_markup_mode=None,
+        help="Compliance evidence: HIPAA, SOC 2 and ISO 27001 controls checked on the deployment.",
+    )
     group.command("report")(report)
     group.command("checks")(checks)
     app.add_typer(group, name="compliance")

@@ -6,6 +6,7 @@ stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -322,7 +323,7 @@ def _check_out_is_ours(out: Path) -> None:
             )
 
 
-def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> dict[str, Any] | None:
+def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: EvidenceWriter) -> dict[str, Any] | None:
     """plan.json, manifests/, helm-releases.yaml and compliance/, each replaced whole: a failed plan keeps the
     previous one. Returns the compliance summary."""
     import shutil
@@ -342,16 +343,93 @@ def _write_plan(out: Path, document: dict[str, Any], graph: Any) -> dict[str, An
             os.replace(staging, previous)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    compliance = None
-    if graph is not None:
-        from compliance.evaluate import evaluate, graph_from_plan
-        from compliance.reports import write_pack
-
-        frameworks = document["compliance"]["frameworks"]
-        declared = graph_from_plan(document)
-        compliance = write_pack(declared, evaluate(declared, frameworks), frameworks, out / "compliance")
+    compliance = evidence.write(document, out / "compliance") if graph is not None else None
     _write_atomically(out / "plan.json", json.dumps(document, indent=2) + "\n")
     return compliance
+
+
+def write_evidence_pack(document: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Evaluate the plan's controls and write the evidence pack into `folder`; returns the pack's summary."""
+    from compliance.evaluate import evaluate, graph_from_plan
+    from compliance.reports import write_pack
+
+    frameworks = document["compliance"]["frameworks"]
+    declared = graph_from_plan(document)
+    return write_pack(declared, evaluate(declared, frameworks), frameworks, folder)
+
+
+def _evidence_worker(connection: Any) -> None:
+    """The worker: load the OSCAL models at once, then write the one pack it is sent (or nothing)."""
+    import traceback
+
+    import compliance.reports  # noqa: F401  (OSCAL models through compliance-trestle: ~0.6 s of imports)
+
+    try:
+        job = connection.recv()
+    except EOFError:
+        return
+    if job is None:
+        return
+    try:
+        connection.send(("ok", write_evidence_pack(*job)))
+    except BaseException:
+        connection.send(("error", traceback.format_exc()))
+
+
+class EvidenceWriter:
+    """Writes the evidence pack in a forked worker process that loads the OSCAL models (compliance-trestle)
+    while this process loads Pulumi and runs the program: on two cores the two imports overlap
+    (docs/performance.md). Where fork is not the platform's way (macOS, Windows), it writes in-process.
+
+    Raises (from `write`):
+        ByocFailure: the worker failed or died; the message carries its traceback's last line.
+    """
+
+    def __init__(self) -> None:
+        self._process: Any = None
+        self._connection: Any = None
+
+    def __enter__(self) -> EvidenceWriter:
+        import sys
+
+        if sys.platform == "linux":
+            import multiprocessing
+
+            context = multiprocessing.get_context("fork")
+            # Forked now, before Pulumi starts its threads; the worker only ever runs byoc's own code.
+            self._connection, theirs = context.Pipe()
+            self._process = context.Process(target=_evidence_worker, args=(theirs,), daemon=True)
+            self._process.start()
+            theirs.close()
+        return self
+
+    def write(self, document: dict[str, Any], folder: Path) -> dict[str, Any]:
+        if self._process is None:
+            return write_evidence_pack(document, folder)
+        from byoc.errors import ByocFailure
+
+        try:
+            self._connection.send((document, folder))
+            status, result = self._connection.recv()
+        except (EOFError, OSError):
+            raise ByocFailure("compliance", "the evidence pack's worker died", "run byoc plan again") from None
+        if status != "ok":
+            last = str(result).strip().splitlines()[-1]
+            raise ByocFailure("compliance", f"writing the evidence pack failed: {last}", "report this as a bug")
+        summary: dict[str, Any] = result
+        return summary
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is None:
+            return
+        if exc[0] is None:
+            with contextlib.suppress(OSError):
+                self._connection.send(None)
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()  # an invalid spec or a failure: do not wait for the worker's imports
+            self._process.join()
+        self._connection.close()
 
 
 def plan(
@@ -369,7 +447,7 @@ def plan(
     from byoc.engines.offline import run_offline
     from byoc.resolve import resolve
 
-    with reporting(output):
+    with reporting(output), EvidenceWriter() as evidence:
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
         _check_out_is_ours(out)
         document = deployment.plan_document()
@@ -379,7 +457,7 @@ def plan(
             document["resources"] = [r.as_dict() for r in graph.resources]
         target = out / "plan.json"
         try:
-            compliance = _write_plan(out, document, graph)
+            compliance = _write_plan(out, document, graph, evidence)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     print_warnings(deployment.warnings)

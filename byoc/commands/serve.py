@@ -197,7 +197,9 @@ def hash_key(
 
 def register(app: typer.Typer) -> None:
     serve = typer.Typer(
-        help="Run the serving runtime: the OpenAI-compatible gateway, the CPU reference engine.", no_args_is_help=True
+        rich_markup_mode=None,
+        help="Run the serving runtime: the OpenAI-compatible gateway, the CPU reference engine.",
+        no_args_is_help=True,
     )
     app.add_typer(serve, name="serve")
 

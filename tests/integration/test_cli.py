@@ -384,3 +384,27 @@ def test_plan_prints_warnings_and_lists_them(tmp_path: Path) -> None:
     fields = {w["field"] for w in json.loads(result.stdout)["warnings"]}
     assert {"network.endpoint", "node_image"} <= fields
     assert "warning: network.endpoint: public opens" in result.stderr
+
+
+def test_a_failing_evidence_worker_is_a_clear_failure(tmp_path: Path) -> None:
+    from byoc.commands.plan import EvidenceWriter
+    from byoc.errors import ByocFailure
+
+    with EvidenceWriter() as writer, pytest.raises(ByocFailure) as failed:
+        writer.write({"resources": []}, tmp_path / "compliance")  # no "compliance" section: the worker raises
+    assert failed.value.field == "compliance" and "KeyError" in failed.value.message
+    assert not (tmp_path / "compliance").exists()
+
+
+def test_a_killed_evidence_worker_is_a_clear_failure(tmp_path: Path) -> None:
+    from byoc.commands.plan import EvidenceWriter
+    from byoc.errors import ByocFailure
+
+    with EvidenceWriter() as writer:
+        if writer._process is None:
+            pytest.skip("the worker process is used on Linux only")
+        writer._process.kill()
+        writer._process.join()
+        with pytest.raises(ByocFailure) as failed:
+            writer.write({"compliance": {"frameworks": []}, "resources": []}, tmp_path / "compliance")
+    assert "died" in failed.value.message
