@@ -112,6 +112,29 @@ def load_target_query(deployment: Deployment) -> str:
     }[deployment.autoscaling.load_target.type]
 
 
+# KEDA samples its triggers every POLLING_INTERVAL_S; Prometheus scrapes the gateway every 15 s. A request shorter
+# than both is invisible to an instantaneous gauge, so activity looks back over several samples of each.
+POLLING_INTERVAL_S = 15
+ACTIVITY_WINDOW_S = 4 * POLLING_INTERVAL_S
+
+
+def activity_query(namespace: str, window_s: int = ACTIVITY_WINDOW_S) -> str:
+    """PromQL that is 1 while the deployment is in use, else 0: KEDA's activation signal for scale to zero.
+
+    In use = a request for a served model answered in the last `window_s` seconds (the counter catches requests
+    that start and end between two samples), one in flight at any sample in that window, or one held at zero.
+    Capped at 1, so this trigger never asks for more than one replica: the load trigger sizes the deployment.
+    401s and rate-limited requests (addon "unknown") do not keep GPUs awake.
+    """
+    ns = f'namespace="{namespace}"'
+    window = f"{window_s}s"
+    return (
+        f'clamp_max((sum(increase(byoc_gateway_requests_total{{{ns},addon!="unknown"}}[{window}])) or vector(0))'
+        f" + (sum(max_over_time(byoc_gateway_in_flight_requests{{{ns}}}[{window}])) or vector(0))"
+        f" + (sum(byoc_gateway_pending_requests{{{ns}}}) or vector(0)), 1)"
+    )
+
+
 def prometheus_url(deployment: Deployment) -> str:
     if deployment.monitoring.prometheus_url:
         return deployment.monitoring.prometheus_url
@@ -654,7 +677,7 @@ class ServingStack(pulumi.ComponentResource):
             "scaleTargetRef": {"name": self._object_name("serving")},
             "minReplicaCount": scaling.min_replicas,
             "maxReplicaCount": scaling.max_replicas,
-            "pollingInterval": 15,
+            "pollingInterval": POLLING_INTERVAL_S,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": {
@@ -695,6 +718,20 @@ class ServingStack(pulumi.ComponentResource):
         }
         if scaling.scale_to_zero_window_s is not None:
             spec["cooldownPeriod"] = scaling.scale_to_zero_window_s  # idle this long before the last replica goes
+            # KEDA goes to zero once every trigger has been inactive for cooldownPeriod; the load and wake queries
+            # read instantaneous gauges, which steady light traffic of short requests leaves at 0 in most samples
+            spec["triggers"].append(
+                {
+                    "type": "prometheus",
+                    "name": "activity",
+                    "metadata": {
+                        "serverAddress": server,
+                        "query": activity_query(deployment.namespace),
+                        "threshold": "1",
+                        "activationThreshold": "0",
+                    },
+                }
+            )
         self._custom(
             "keda.sh/v1alpha1",
             "ScaledObject",

@@ -98,6 +98,19 @@ def test_pending_requests_wake_the_deployment_from_zero() -> None:
     assert wake["metadata"]["activationThreshold"] == "0"
 
 
+def test_recent_requests_keep_a_deployment_that_scales_to_zero_active() -> None:
+    spec = scaled_object(graph())
+    activity = trigger(spec, "activity")
+    assert activity["type"] == "prometheus"
+    query = activity["metadata"]["query"]
+    # windowed: a counter's increase and a gauge's max over the window, never an instantaneous sample alone
+    assert 'increase(byoc_gateway_requests_total{namespace="byoc-test",addon!="unknown"}[60s])' in query
+    assert 'max_over_time(byoc_gateway_in_flight_requests{namespace="byoc-test"}[60s])' in query
+    assert query.startswith("clamp_max(") and query.endswith(", 1)")  # never asks for more than one replica
+    assert (activity["metadata"]["threshold"], activity["metadata"]["activationThreshold"]) == ("1", "0")
+    assert "activity" not in {t["name"] for t in scaled_object(graph(autoscaling={"min_replicas": 1}))["triggers"]}
+
+
 def test_triggers_query_the_installed_prometheus_or_yours() -> None:
     plan = graph()
     assert trigger(scaled_object(plan), "load")["metadata"]["serverAddress"] == (
