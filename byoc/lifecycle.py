@@ -38,8 +38,15 @@ if TYPE_CHECKING:
     from byoc.progress import ProgressView
 
 PLACEMENT_MESSAGE = "placement cannot change after creation; destroy and recreate it, or use a new name"
-# What `byoc scale` may change: the KEDA bounds and the NodePool's GPU limit (Pulumi type tokens).
-SCALE_TYPES = frozenset({"kubernetes:keda.sh/v1alpha1:ScaledObject", "kubernetes:karpenter.sh/v1:NodePool"})
+# What `byoc scale` may change (Pulumi type token -> the input paths that may differ; None: any): the KEDA bounds,
+# the NodePool's GPU limit, the serving Deployment's starting replica count (KEDA owns it from then on) and the spec
+# record in the engine ConfigMap (byoc.yaml, read by the build Job; no pod template hashes it, so nothing rolls).
+SCALE_CHANGES: dict[str, frozenset[str] | None] = {
+    "kubernetes:keda.sh/v1alpha1:ScaledObject": None,
+    "kubernetes:karpenter.sh/v1:NodePool": None,
+    "kubernetes:apps/v1:Deployment": frozenset({"spec.replicas"}),
+    "kubernetes:core/v1:ConfigMap": frozenset({"data.byoc.yaml"}),
+}
 # A replacement of one of these recreates the cluster or its GPU nodes: `byoc update` refuses it without
 # --allow-replace.
 REPLACE_GUARDED = frozenset(
@@ -451,7 +458,7 @@ class Lifecycle:
         deployment = resolve(spec)
         old = resolve(build_spec(record.spec))
         changed = offline_changes(old, deployment)
-        beyond = sorted(f"{t} {n}" for t, n in changed if t not in SCALE_TYPES)
+        beyond = scale_violations(changed)
         if beyond:
             raise ByocError(
                 "--max",
@@ -476,7 +483,7 @@ class Lifecycle:
             "name": name,
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
-            "changed": [{"type": t, "name": n} for t, n in changed],
+            "changed": [{"type": t, "name": n, "paths": p} for (t, n), p in changed.items()],
         }
 
     # -- update --------------------------------------------------------------------------------------------------
@@ -714,18 +721,47 @@ class Lifecycle:
             self.registry.close()
 
 
-def offline_changes(old: Deployment, new: Deployment) -> list[tuple[str, str]]:
-    """(type, name) of every resource whose inputs differ between two deployments' offline graphs (the same
-    program `up` runs), plus resources only one of them has."""
+def offline_changes(old: Deployment, new: Deployment) -> dict[tuple[str, str], list[str]]:
+    """{(type, name): [input paths that differ]} between two deployments' offline graphs (the same program `up`
+    runs); a resource only one of them has differs at its root ("")."""
     from byoc.engines import program_for
     from byoc.engines.offline import run_offline
 
     program = program_for(old)
     if program is None:
-        return []
+        return {}
     before = {(r.type, r.name): r.inputs for r in run_offline(old, program).resources}
     after = {(r.type, r.name): r.inputs for r in run_offline(new, program).resources}
-    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    changed = {}
+    for key in sorted(before.keys() | after.keys()):
+        paths = _diff_paths(before.get(key), after.get(key), "")
+        if paths:
+            changed[key] = paths
+    return changed
+
+
+def _diff_paths(a: Any, b: Any, path: str) -> list[str]:
+    if a is None or b is None:
+        return [path] if a != b else []
+    if isinstance(a, dict) and isinstance(b, dict):
+        found: list[str] = []
+        for key in sorted(a.keys() | b.keys()):
+            found += _diff_paths(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    return [path] if a != b else []
+
+
+def scale_violations(changed: dict[tuple[str, str], list[str]]) -> list[str]:
+    """The changes a scale may not make (see SCALE_CHANGES), as 'type name (paths)'."""
+    refused = []
+    for (type_token, name), paths in changed.items():
+        allowed = SCALE_CHANGES.get(type_token, frozenset())
+        if allowed is None:
+            continue
+        extra = [p for p in paths if p not in allowed]
+        if extra:
+            refused.append(f"{type_token} {name} ({', '.join(extra[:3])})")
+    return refused
 
 
 def _name(obj: dict[str, Any]) -> str:
@@ -741,4 +777,12 @@ def _state_resources(record: Record) -> list[Any]:
     return list((state.get("deployment") or {}).get("resources") or [])
 
 
-__all__ = ["RUNNING", "Lifecycle", "LiveOptions", "capacity_need", "check_placement", "offline_changes"]
+__all__ = [
+    "RUNNING",
+    "Lifecycle",
+    "LiveOptions",
+    "capacity_need",
+    "check_placement",
+    "offline_changes",
+    "scale_violations",
+]

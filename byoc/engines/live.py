@@ -200,10 +200,22 @@ class LiveStack:
         return {k: ("[secret]" if v.secret else v.value) for k, v in values.items()}
 
     def export_state(self) -> dict[str, Any]:
-        """The stack's checkpoint (`pulumi stack export`): {"version": 3, "deployment": {"resources": [...],
-        "pending_operations": [...]}}."""
+        """What the stack's checkpoint (`pulumi stack export`) knows, without its secrets or inputs:
+        {"version": 3, "deployment": {"resources": [{"urn", "type", "id"}], "pending_operations": [...]}}."""
         exported = self._run("refresh", lambda s: s.export_stack())
-        return {"version": exported.version, "deployment": dict(exported.deployment or {})}
+        deployment = dict(exported.deployment or {})
+        resources = [
+            {"urn": r.get("urn", ""), "type": r.get("type", ""), "id": r.get("id", "")}
+            for r in deployment.get("resources") or []
+        ]
+        pending = [
+            {
+                "type": op.get("type", ""),
+                "resource": {k: (op.get("resource") or {}).get(k, "") for k in ("urn", "type")},
+            }
+            for op in deployment.get("pending_operations") or []
+        ]
+        return {"version": exported.version, "deployment": {"resources": resources, "pending_operations": pending}}
 
     def _run(self, operation: Operation, call: Callable[[Stack], Any]) -> Any:
         from pulumi import automation as auto
@@ -274,10 +286,13 @@ class PulumiLock:
 
 
 def _short(exc: Exception) -> str:
-    """The useful line of a CommandError (Pulumi prints its whole output into it)."""
+    """The useful line of a CommandError (it holds Pulumi's whole stdout and stderr): the first `error:` line, else
+    the last line of stderr."""
     text = str(exc)
-    for marker in ("error: ", "stderr: "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(exc).__name__
+    for line in lines:
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()[:500]
+    stderr = text.split("stderr:", 1)[1] if "stderr:" in text else text
+    tail = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return tail[-1][:500] if tail else type(exc).__name__
