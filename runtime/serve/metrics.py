@@ -48,7 +48,8 @@ class GatewayMetrics:
         )
         self.ttft = Histogram(
             "byoc_gateway_time_to_first_token_seconds",
-            "From request arrival to the first token sent (the whole answer for non-streaming requests).",
+            "From request arrival to the first token sent, streamed answers only (a non-streamed answer's first "
+            "token is inside the engine: trtllm_time_to_first_token_seconds).",
             ["model", "addon"],
             buckets=TTFT_BUCKETS,
             registry=r,
