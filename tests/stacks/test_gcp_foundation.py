@@ -105,9 +105,10 @@ def test_everything_regional_is_in_the_resolved_region() -> None:
         assert bucket.inputs["location"] == "EUROPE-WEST4"  # one region, never a multi-region
 
 
-def _gcp_class(type_token: str) -> type:
+def _gcp_class(type_token: str) -> Any:
+    """gcp:storage/bucket:Bucket -> pulumi_gcp.storage.Bucket."""
     module, name = type_token.split(":")[1].split("/", maxsplit=1)[0], type_token.split(":")[2]
-    return getattr(importlib.import_module(f"pulumi_gcp.{module}"), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(f"pulumi_gcp.{module}"), name)
 
 
 def test_every_labelable_resource_carries_the_deployment_label() -> None:
@@ -224,7 +225,7 @@ def registrations() -> Iterator[dict[tuple[str, str], dict[str, Any]]]:
             "dependencies": {_type_and_name(urn) for urn in request.dependencies},
             "retain_on_delete": bool(request.retainOnDelete),
         }
-        return original(self, request)
+        return original(self, request)  # type: ignore[no-untyped-call]
 
     mocks.MockMonitor.RegisterResource = recording  # type: ignore[method-assign]
     try:
