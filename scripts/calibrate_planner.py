@@ -1,7 +1,8 @@
 """Fit the planner's efficiency factors to NVIDIA's published TensorRT-LLM throughput and print the errors.
 
-    python scripts/calibrate_planner.py            # errors of the factors in byoc/planner.py, as JSON
-    python scripts/calibrate_planner.py --search   # grid search for better factors (minutes)
+    python scripts/calibrate_planner.py             # errors of the factors in byoc/planner.py, as JSON
+    python scripts/calibrate_planner.py --markdown  # the same as docs/estimates.md shows it (tested to match)
+    python scripts/calibrate_planner.py --search    # grid search for better factors (minutes)
 
 The fit minimises the mean absolute log error over every point in byoc/catalogs/benchmarks.yaml.
 """
@@ -79,13 +80,8 @@ def search() -> dict[str, float]:
     return {"mean_abs_log_error": round(best[0], 4), **best[1]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--search", action="store_true")
-    args = parser.parse_args()
-    if args.search:
-        print(json.dumps(search(), indent=2))
-        return
+def calibration() -> dict[str, object]:
+    """{"summary": {...}, "rows": [...]}: the error of every published point, for the factors in the code."""
     rows = errors()
     ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
     summary = {
@@ -96,7 +92,34 @@ def main() -> None:
         "max_ratio": max(ratios),
         "within_25_percent": sum(0.75 <= r <= 1.25 for r in ratios),
     }
-    print(json.dumps({"summary": summary, "rows": rows}, indent=2))
+    return {"summary": summary, "rows": rows}
+
+
+def markdown(result: dict[str, object]) -> str:
+    """The summary as JSON and every point as a table row, exactly as docs/estimates.md carries them."""
+    lines = ["```json", json.dumps({"summary": result["summary"], "rows": ["..."]}, indent=2), "```", ""]
+    lines += [
+        "| model | shape | ISL/OSL | published tok/s | byoc estimate | ratio |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in result["rows"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {row['model']} | {row['shape']} | {row['isl_osl']} | {row['published']:,.0f} | "
+            f"{row['estimate']:,} | {row['ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--search", action="store_true")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    if args.search:
+        print(json.dumps(search(), indent=2))
+        return
+    result = calibration()
+    print(markdown(result) if args.markdown else json.dumps(result, indent=2), end="" if args.markdown else "\n")
 
 
 if __name__ == "__main__":
