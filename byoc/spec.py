@@ -23,6 +23,9 @@ DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SHAPE_PATTERN = re.compile(r"^(?P<gpu>[a-z0-9][a-z0-9-]*?)x(?P<count>[0-9]+)-(?P<precision>[a-z0-9]+)$")
 _DURATION = re.compile(r"^(?P<value>[0-9]+)(?P<unit>s|m|h)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
+# A model id names the artifact's prefix in the store (artifacts/<id>/<key>) and is what clients send as `model`.
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+MODEL_ID_MAX = 128
 URI_SCHEMES = ("hf://", "s3://", "gs://", "file://")
 # Names are prefixes of cloud resource names (an S3 bucket name has 63 characters at most, and byoc appends
 # "-artifacts-<account or project suffix>"), so they are shorter than a DNS label may be.
@@ -79,6 +82,16 @@ class ModelRef(_Strict):
         description="A local copy of the model's config.json (file:///path/config.json), read at plan time for a "
         "model outside the catalog whose source is remote; the build checks it against the source's own.",
     )
+
+    @field_validator("id")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        if len(value) > MODEL_ID_MAX or not MODEL_ID.match(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not a model id: letters, digits, '.', '_', '-', at most one '/' (org/name), "
+                f"at most {MODEL_ID_MAX} characters"
+            )
+        return value
 
     @field_validator("config")
     @classmethod
@@ -254,6 +267,11 @@ class Images(_Strict):
         return value
 
 
+# The largest finite bucket of the gateway's TTFT histogram (runtime/serve/metrics.py TTFT_BUCKETS; a test ties
+# the two): histogram_quantile never reports more than it, so an objective above it would never fire its alert.
+TTFT_SLO_MAX_S = 60.0
+
+
 class Monitoring(_Strict):
     """Metrics, alerts and the autoscaler's data source."""
 
@@ -263,7 +281,11 @@ class Monitoring(_Strict):
         "(e.g. http://prometheus-operated.monitoring:9090); default: byoc installs kube-prometheus-stack.",
     )
     ttft_p95_slo_seconds: float = Field(
-        default=2.0, gt=0, description="Time-to-first-token p95 objective; the ByocTTFTHigh alert fires above it."
+        default=2.0,
+        gt=0,
+        le=TTFT_SLO_MAX_S,
+        description="Time-to-first-token p95 objective; the ByocTTFTHigh alert fires above it. At most 60 s: the "
+        "gateway's TTFT histogram ends there, so a larger objective could never be seen to be missed.",
     )
 
     @field_validator("prometheus_url")

@@ -135,3 +135,38 @@ def test_file_must_hold_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ByocError) as caught:
         load_spec(path)
     assert "mapping" in caught.value.message
+
+
+@pytest.mark.parametrize("model_id", ["my model", "../escape", "a/b/c", "/abs", "x" * 129, "org/"])
+def test_model_ids_that_cannot_name_an_artifact_are_refused(model_id: str) -> None:
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(model={"id": model_id, "source": "s3://b/m"}))
+    assert caught.value.field == "model.id"
+
+
+def test_an_org_name_model_id_is_accepted() -> None:
+    assert build_spec(spec_data(model={"id": "acme/llama-ft.v2", "source": "s3://b/m"})).model_id == "acme/llama-ft.v2"
+
+
+def test_ttft_objective_within_the_gateways_histogram() -> None:
+    """Above the histogram's last finite bucket, histogram_quantile never exceeds the objective: a silent alert."""
+    from byoc.spec import TTFT_SLO_MAX_S
+    from runtime.serve.metrics import TTFT_BUCKETS
+
+    assert max(TTFT_BUCKETS) == TTFT_SLO_MAX_S
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(monitoring={"ttft_p95_slo_seconds": 120}))
+    assert caught.value.field == "monitoring.ttft_p95_slo_seconds"
+    assert build_spec(spec_data(monitoring={"ttft_p95_slo_seconds": 60})).monitoring.ttft_p95_slo_seconds == 60
+
+
+def test_a_key_given_twice_anywhere_is_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        "name: a\ncloud: aws\nregion: US\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\n"
+        "addons:\n  - {id: a, source: s3://b/a}\n  - id: b\n    source: s3://b/b\n    source: s3://b/c\n"
+    )
+    with pytest.raises(ByocError) as caught:
+        load_spec(spec)
+    assert caught.value.field == "addons[1].source"
+    assert "lines 9 and 10" in caught.value.message
