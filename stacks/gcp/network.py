@@ -1,6 +1,11 @@
 """The private network: a custom-mode VPC, one regional subnet for nodes with secondary ranges for pods and
 services, Private Google Access, Cloud Router + Cloud NAT (logged), subnet flow logs, and firewall rules that deny
-ingress by default and allow only what GKE needs beyond the rules it manages itself."""
+ingress by default and allow only what GKE needs beyond the rules it manages itself.
+
+GKE writes its own rules for the cluster: control plane to nodes on 443 and 10250, node and pod ranges to each
+other, and Google's health checks to the nodes of each internal load balancer Service. byoc adds only what those
+leave out (the add-ons' webhook ports) and a logged deny for everything else.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,6 @@ SERVICES_RANGE = "services"
 # (it opens 443 and 10250): KEDA's metrics API server (6443) and webhooks (9443), and 8443 (GKE docs, "Add
 # firewall rules for specific use cases" in "Creating a private cluster").
 WEBHOOK_PORTS = ["6443", "8443", "9443"]
-# Google's health-check ranges ("Firewall rules" in the Cloud Load Balancing health check docs).
-HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22"]
 
 
 @dataclass(frozen=True)
@@ -135,20 +138,6 @@ class Network(pulumi.ComponentResource):
             log_config=gcp.compute.FirewallLogConfigArgs(metadata="INCLUDE_ALL_METADATA"),
             opts=ctx.opts(self),
         )
-        gcp.compute.Firewall(
-            f"{name}-health-checks",
-            name=f"byoc-{name}-health-checks",
-            description="Google health checks of the gateway's internal load balancer",
-            network=vpc.id,
-            direction="INGRESS",
-            priority=1000,
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp")],
-            source_ranges=HEALTH_CHECK_RANGES,
-            target_tags=[network_tag],
-            log_config=gcp.compute.FirewallLogConfigArgs(metadata="INCLUDE_ALL_METADATA"),
-            opts=ctx.opts(self),
-        )
-
         self.network_tag = network_tag
         self.network_id = vpc.id
         self.subnet_id = subnet.id
