@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
-from byoc.errors import ByocError
+from byoc.errors import ByocError, ByocWarning
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
 
 
@@ -34,11 +34,21 @@ class Placement:
     reason: str
 
 
+# The private address ranges of RFC 1918 (not Python's wider is_private, which also covers documentation ranges).
+RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
 class Cloud(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     key_pattern: ClassVar[re.Pattern[str]]
     key_example: ClassVar[str]
+    # The object store the cluster reads models from (s3://, gs://): the way out for a local file:// source.
+    object_store_scheme: ClassVar[str]
+    # The API endpoint's allowlist (network.allowed_cidrs): how many CIDRs the cloud takes, and whether private
+    # ranges may be listed.
+    allowed_cidrs_max: ClassVar[int]
+    allowed_cidrs_private: ClassVar[bool]
     # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
     stack_program: ClassVar[str | None] = None
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
@@ -161,9 +171,20 @@ class Cloud(ABC):
     def key_region(self, key: str) -> str | None:
         """The region a customer-managed key lives in, from its id."""
 
+    def provider_managed_key(self, key: str) -> str | None:
+        """Why `key` is a key the cloud provider manages (and so cannot be used for byoc's encryption), or None."""
+        return None
+
     def check_kms_key(self, key: str, region: str) -> None:
         if key == "create":
             return
+        managed = self.provider_managed_key(key)
+        if managed:
+            raise ByocError(
+                "encryption.kms_key",
+                managed,
+                f"use `create` (byoc creates customer-managed keys), or a customer-managed key like {self.key_example}",
+            )
         if not self.key_pattern.match(key):
             raise ByocError(
                 "encryption.kms_key",
@@ -177,6 +198,45 @@ class Cloud(ABC):
                 f"the key lives in {key_region} but the deployment is placed in {region}; keys are regional",
                 f"use a key in {region}, or `create`",
             )
+
+    # -- nodes -------------------------------------------------------------------------------------------------
+    def node_image(self, requested: str | None) -> tuple[str | None, list[ByocWarning]]:
+        """The GPU nodes' image for the spec's `node_image` (None: the cloud's pinned default), and warnings.
+
+        Raises:
+            ByocError: naming node_image, when the cloud cannot use it.
+        """
+        return requested, []
+
+    # -- network -----------------------------------------------------------------------------------------------
+    def check_allowed_cidrs(self, cidrs: list[str]) -> None:
+        """The endpoint allowlist against the cloud's own limits (count, private ranges).
+
+        Raises:
+            ByocError: naming network.allowed_cidrs, with the limit and its source.
+        """
+        import ipaddress
+
+        if len(cidrs) > self.allowed_cidrs_max:
+            raise ByocError(
+                "network.allowed_cidrs",
+                f"{len(cidrs)} CIDRs; {self.title} takes at most {self.allowed_cidrs_max} for the API endpoint",
+                "merge neighbouring ranges, or reach the endpoint through a VPN/bastion with endpoint: private",
+            )
+        if not self.allowed_cidrs_private:
+            for index, cidr in enumerate(cidrs):
+                network = ipaddress.ip_network(cidr)
+                if any(network.overlaps(ipaddress.ip_network(block)) for block in RFC1918):
+                    raise ByocError(
+                        f"network.allowed_cidrs[{index}]",
+                        f"{cidr} is a private (RFC 1918) range; {self.title} refuses private ranges in the public "
+                        "endpoint's allowlist (private networks reach the private endpoint inside the VPC)",
+                        "list only public addresses (your offices' or CI runners' egress IPs)",
+                    )
+
+    def account_identity(self, region: str, field: str) -> str:
+        """The account the credentials reach, checked before reading the live account (ByocFailure if none)."""
+        raise ByocError(field, f"live reading of {self.title} accounts is not supported yet", "use --cloud aws")
 
     # -- live data ---------------------------------------------------------------------------------------------
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:

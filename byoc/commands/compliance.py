@@ -67,7 +67,11 @@ def report(
                 raise ByocError(
                     "--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo"
                 )
+            from byoc.clouds import get_cloud
             from compliance.collectors.aws import collect
+
+            # No credentials is one clear failure, not one ERROR per check and a drift line per control.
+            get_cloud(cloud).account_identity(region, "--live")
 
             graph = collect(deployment, region, declared.requested_region if declared else region, kubeconfig)
         else:
