@@ -66,3 +66,46 @@ def test_hash_key_prints_an_entry_without_the_key() -> None:
     entry = yaml.safe_load(result.stdout)[0]
     assert entry == {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "rpm": 600, "max_concurrency": 8}
     assert byoc("serve", "hash-key", "--name", "ci", stdin="short\n").returncode == 2
+
+
+def _gateway_refuses(keys: Path) -> str:
+    result = byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(keys))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --api-keys") and "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_a_keys_file_that_yields_nothing_usable_refuses_to_start(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"sk-operator-9c1b7e3f5a2d4c6e").hexdigest()
+    cases = {
+        "comments.txt": "# no keys yet\n\n",
+        "empty-list.yaml": "keys: []\n",
+        "empty.yaml": "[]\n",
+        # YAML-looking text that is not valid YAML: never read as plain keys
+        "broken.yaml": "- {name: ci, sha256: " + digest + "\n",
+        "mapping.yaml": "ci: " + digest + "\n",
+        # a bare digest, as if copied out of an entry: read as a plain key, the digest would be the key
+        "digest.txt": digest + "\n",
+        "note.txt": "sk-operator-9c1b7e3f5a2d4c6e  # the CI key\n",
+        "short.txt": "sk-short\n",
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        message = _gateway_refuses(path)
+        assert "sk-operator" not in message  # the message never quotes a key
+
+
+def test_hash_key_output_works_as_is_and_appended(tmp_path: Path) -> None:
+    """`hash-key > keys.yaml`, then `hash-key >> keys.yaml`: the gateway reads both entries as hashed keys."""
+    from runtime.serve.keys import KeyRing, load_keys
+
+    keys = tmp_path / "keys.yaml"
+    first, second = "sk-first-0a1b2c3d4e5f6a7b", "sk-second-9f8e7d6c5b4a3f2e"
+    keys.write_text(byoc("serve", "hash-key", "--name", "ci", stdin=first + "\n").stdout)
+    with keys.open("a") as out:
+        out.write(byoc("serve", "hash-key", "--name", "batch", "--rpm", "60", stdin=second + "\n").stdout)
+    loaded = load_keys(keys)
+    assert [(k.name, k.kind, k.rpm) for k in loaded] == [("ci", "sha256", None), ("batch", "sha256", 60)]
+    ring = KeyRing(loaded)
+    assert ring.describe() == "2 API keys (2 sha256, 0 plaintext)"

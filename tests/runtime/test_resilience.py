@@ -108,3 +108,80 @@ def test_a_request_that_fails_before_its_first_byte_is_retried_on_another_replic
     finally:
         gateway.stop()
         doomed.stop()
+
+
+def test_hash_key_output_admits_the_key_and_never_its_own_text(engine: Server, runtime_dir: Path) -> None:
+    """The file `byoc serve hash-key > keys.yaml` writes: the real key gets 200, the line's text 401."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    key = "sk-real-4d7a1c9e0b3f6a2d8e5c"
+    printed = subprocess.run(
+        [sys.executable, "-m", "byoc", "serve", "hash-key", "--name", "ci"],
+        input=key + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    keys = runtime_dir / "hash-key-output.yaml"
+    keys.write_text(printed)
+    gateway = start_gateway(runtime_dir, [engine.url], keys=keys)
+    try:
+        assert "1 API keys (1 sha256, 0 plaintext)" in gateway.log.read_text()
+
+        def ask(token: str) -> int:
+            try:
+                openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0).completions.create(
+                    model=MODEL, prompt="One", max_tokens=1
+                )
+            except openai.AuthenticationError as error:
+                return error.status_code
+            return 200
+
+        assert ask(key) == 200
+        assert ask(printed.strip()) == 401
+        assert ask(printed.strip().removeprefix("- ")) == 401
+    finally:
+        gateway.stop()
+
+
+def test_an_addon_asked_for_before_the_replica_is_known_is_served_not_404(
+    tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    """Ready means ready: a gateway that takes requests before it has heard from a replica (start-up, scale from
+    zero) holds a request for a replica's addon until the replica lists it, and serves it."""
+    port = free_port()
+    gateway = start_gateway(
+        runtime_dir, [f"http://127.0.0.1:{port}"], "--wake-timeout", "120", "--health-interval", "0.2"
+    )
+    engine: Server | None = None
+    try:
+        assert http("GET", gateway.url + "/ready").json()["holding"] is True
+        answers: list[str] = []
+        failures: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                answer = client(gateway).completions.create(model="support", prompt="One two", max_tokens=3)
+                answers.append(answer.model)
+            except BaseException as exc:
+                failures.append(exc)
+
+        waiting = threading.Thread(target=ask)
+        waiting.start()
+        wait_for(lambda: (metric(gateway.metrics(), "byoc_gateway_pending_requests") or 0) >= 1, what="pending")
+        engine = start_engine(tiny_models, runtime_dir, port=port, wait=False)
+        waiting.join(timeout=120)
+        assert not failures, failures
+        assert answers == ["support"]
+        assert "support" in {m.id for m in client(gateway).models.list()}
+        with pytest.raises(openai.NotFoundError):  # a name no replica serves is still 404 once they are known
+            client(gateway).completions.create(model="no-such-addon", prompt="One", max_tokens=1)
+    finally:
+        gateway.stop()
+        if engine is not None:
+            engine.stop()
