@@ -138,6 +138,14 @@ def _spec_for(
     return _spec(file, cloud, region, model, shape, name)
 
 
+def _warn(spec: Spec) -> None:
+    """Validate's warnings (deliberate choices, unpublished images) before anything runs, as validate says them."""
+    from byoc.commands.common import print_warnings
+    from byoc.resolve import resolve
+
+    print_warnings(resolve(spec).warnings)
+
+
 # -- commands ---------------------------------------------------------------------------------------------------
 def up(
     file: SpecFileOpt = None,
@@ -157,6 +165,7 @@ def up(
     """
     with reporting(output):
         spec = _spec_for(file, cloud, region, model, shape, name)
+        _warn(spec)
         with _lifecycle(output) as lifecycle:
             result = lifecycle.up(spec, _options(backend, secrets_provider, yes))
             outputs = result["outputs"]
@@ -179,6 +188,7 @@ def preview(
     """Show what `byoc up` would change in the account (a Pulumi preview; needs the Pulumi CLI and credentials)."""
     with reporting(output):
         spec = _spec_for(file, cloud, region, model, shape, name)
+        _warn(spec)
         with _lifecycle(output) as lifecycle:
             result = lifecycle.preview(spec, _options(backend, secrets_provider, True), diff=diff)
             lines = [f"{result['name']}: " + (", ".join(f"{v} to {k}" for k, v in result["changes"].items()) or "-")]
@@ -224,6 +234,7 @@ def update(
     """Apply a changed spec that keeps placement; a model or shape change rebuilds and rolls the replicas."""
     with reporting(output):
         spec = _spec(file, None, None, None, None, None)
+        _warn(spec)
         with _lifecycle(output) as lifecycle:
             result = lifecycle.update(name, spec, _options(None, None, yes), allow_replace=allow_replace)
             _finish(lifecycle, output, result, [f"{name}: updated ({result['changes']})"])

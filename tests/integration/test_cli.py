@@ -408,3 +408,24 @@ def test_a_killed_evidence_worker_is_a_clear_failure(tmp_path: Path) -> None:
         with pytest.raises(ByocFailure) as failed:
             writer.write({"compliance": {"frameworks": []}, "resources": []}, tmp_path / "compliance")
     assert "died" in failed.value.message
+
+
+def test_up_says_the_warnings_validate_says(tmp_path: Path) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        "name: w\ncloud: aws\nregion: EUROPE\nmodel: llama-3.1-8b-instruct\nshape: h100x1-fp8\n"
+        "network: {endpoint: public}\n"
+    )
+    env = {**os.environ, "PATH": str(tmp_path), "BYOC_HOME": str(tmp_path / "home")}  # no `pulumi` on this PATH
+    result = subprocess.run(
+        [sys.executable, "-m", "byoc", "up", "-f", str(spec), "--yes"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "warning: network.endpoint: public opens" in result.stderr
+    assert "Traceback" not in result.stderr
