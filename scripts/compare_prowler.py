@@ -418,8 +418,8 @@ def run_both(out: Path) -> tuple[list[dict[str, Any]], list[ProwlerFinding]]:
     prowler_cli = ensure_prowler()
     server, endpoint = start_moto()
     try:
-        seeded = seed(endpoint)
-        cluster = KubernetesStandIn(cluster_objects(seeded["platform_key_arn"])).start()
+        seed(endpoint)
+        cluster = KubernetesStandIn(cluster_objects()).start()
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 kubeconfig = cluster.kubeconfig(Path(scratch) / "kubeconfig")

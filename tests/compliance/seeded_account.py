@@ -583,75 +583,54 @@ def _object(
     return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **({"spec": spec} if spec else {})}
 
 
-def cluster_objects(platform_key_arn: str) -> dict[str, list[dict[str, Any]]]:
-    """byoc's Kubernetes objects for deployment `live`, by list path: compliant ones and the planted failures."""
-    namespace = f"byoc-{NAME}"
-    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+def declared_objects() -> dict[str, list[dict[str, Any]]]:
+    """byoc's own Kubernetes objects for deployment `live`, as its plan declares them, by list path."""
+    from byoc.engines import program_for
+    from byoc.engines.offline import run_offline
+    from byoc.resolve import resolve
+    from byoc.spec import build_spec
+    from compliance.collectors.kubernetes import KINDS
+
+    spec = {"name": NAME, "cloud": "aws", "region": REGION, "model": "llama-3.1-8b-instruct", "shape": "h100x1-fp8"}
+    deployment = resolve(build_spec(spec))
+    program = program_for(deployment)
+    assert program is not None
+    objects: dict[str, list[dict[str, Any]]] = {path: [] for path in KINDS.values()}
+    for resource in run_offline(deployment, program).resources:
+        if resource.type in KINDS:
+            objects[KINDS[resource.type]].append(json.loads(json.dumps(resource.inputs)))
+    return objects
+
+
+def cluster_objects() -> dict[str, list[dict[str, Any]]]:
+    """What the stand-in cluster serves: byoc's declared objects plus planted failures, by list path.
+
+    The PrometheusRule API is left out, as on a cluster where prometheus-operator is not installed (yet).
+    """
+    objects = declared_objects()
+    del objects["/apis/monitoring.coreos.com/v1/prometheusrules"]
     requirements = [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["p5.48xlarge"]}]
-    volume = {
-        "deviceName": "/dev/xvda",
-        "ebs": {"volumeSize": "200Gi", "encrypted": True, "kmsKeyID": platform_key_arn},
-    }
-    return {
-        "/api/v1/namespaces": [
-            _object("v1", "Namespace", namespace, {}, labels=restricted),
-            _object("v1", "Namespace", "keda", {}),  # an add-on's namespace: its own Pod Security level
-        ],
-        "/apis/networking.k8s.io/v1/networkpolicies": [
-            _object(
-                "networking.k8s.io/v1",
-                "NetworkPolicy",
-                f"byoc-{NAME}-default-deny",
-                {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
-                namespace,
-            ),
-            _object(
-                "networking.k8s.io/v1",
-                "NetworkPolicy",
-                f"byoc-{NAME}-gateway",
-                {"podSelector": {"matchLabels": {"app": "gateway"}}, "policyTypes": ["Ingress"], "ingress": [{}]},
-                namespace,
-            ),
-        ],
-        "/apis/karpenter.sh/v1/nodepools": [
-            _object(
-                "karpenter.sh/v1",
-                "NodePool",
-                "byoc-gpu",
-                {"limits": {"nvidia.com/gpu": "16"}, "template": {"spec": {"requirements": requirements}}},
-            ),
-            _object(  # planted: no GPU limit
-                "karpenter.sh/v1", "NodePool", "byoc-gpu-burst", {"template": {"spec": {"requirements": requirements}}}
-            ),
-        ],
-        "/apis/karpenter.k8s.aws/v1/ec2nodeclasses": [
-            _object(  # metadataOptions left to Karpenter's defaults (IMDSv2, hop limit 1)
-                "karpenter.k8s.aws/v1", "EC2NodeClass", "byoc-gpu", {"blockDeviceMappings": [volume]}
-            ),
-            _object(  # planted: IMDSv1 and a volume without a customer key
-                "karpenter.k8s.aws/v1",
-                "EC2NodeClass",
-                "byoc-gpu-legacy",
-                {
-                    "metadataOptions": {"httpTokens": "optional", "httpPutResponseHopLimit": 2},
-                    "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"encrypted": True}}],
-                },
-            ),
-        ],
-        "/apis/storage.k8s.io/v1/storageclasses": [
+    objects["/apis/karpenter.sh/v1/nodepools"].append(
+        _object(  # planted: no GPU limit
+            "karpenter.sh/v1", "NodePool", "byoc-gpu-burst", {"template": {"spec": {"requirements": requirements}}}
+        )
+    )
+    objects["/apis/karpenter.k8s.aws/v1/ec2nodeclasses"].append(
+        _object(  # planted: IMDSv1 and a volume without a customer key
+            "karpenter.k8s.aws/v1",
+            "EC2NodeClass",
+            "byoc-gpu-legacy",
             {
-                **_object("storage.k8s.io/v1", "StorageClass", "byoc-gp3-encrypted", {}),
-                "provisioner": "ebs.csi.aws.com",
-                "parameters": {"type": "gp3", "encrypted": "true", "kmsKeyId": platform_key_arn},
-            }
-        ],
-        "/api/v1/services": [],
-        "/api/v1/serviceaccounts": [],
-        "/apis/apps/v1/deployments": [],
-        "/apis/batch/v1/jobs": [],
-        "/apis/policy/v1/poddisruptionbudgets": [],
-        # /apis/monitoring.coreos.com/v1/prometheusrules is not served: as a cluster without prometheus-operator
-    }
+                "metadataOptions": {"httpTokens": "optional", "httpPutResponseHopLimit": 2},
+                "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"encrypted": True}}],
+            },
+        )
+    )
+    # someone else's namespace: not labelled as byoc's, so never listed
+    objects["/api/v1/namespaces"].append(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-sandbox"}}
+    )
+    return objects
 
 
 class KubernetesStandIn:

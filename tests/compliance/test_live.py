@@ -45,10 +45,10 @@ def moto() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def cluster(moto: tuple[str, dict[str, str]]) -> Iterator[KubernetesStandIn]:
-    """A stand-in for the cluster's API server (not Kubernetes: an HTTP server answering the list calls)."""
-    _, seeded = moto
-    standin = KubernetesStandIn(cluster_objects(seeded["platform_key_arn"])).start()
+def cluster() -> Iterator[KubernetesStandIn]:
+    """A stand-in for the cluster's API server (not Kubernetes: an HTTP server answering the list calls) serving
+    the objects byoc's plan declares for the deployment, plus planted failures."""
+    standin = KubernetesStandIn(cluster_objects()).start()
     yield standin
     standin.stop()
 
@@ -158,7 +158,10 @@ def test_every_check_says_something_and_only_planted_failures_fail(
     assert planted - failing == set(), "planted failures missed"
     assert failing - planted == set(), "false positives"
     # the cluster's objects were read through its API
-    assert by(found, "k8s_namespace_default_deny_network_policy") == {f"byoc-{NAME}": "PASS", "keda": "NOT_APPLICABLE"}
+    namespaces = by(found, "k8s_namespace_default_deny_network_policy")
+    assert namespaces[f"byoc-{NAME}"] == "PASS"
+    assert "team-sandbox" not in namespaces  # not labelled as byoc's: never listed
+    assert set(by(found, "k8s_workload_security_context_restricted").values()) == {"PASS"}
     assert by(found, "karpenter_nodepool_bounded") == {"byoc-gpu": "PASS", "byoc-gpu-burst": "FAIL"}
     assert by(found, "karpenter_nodeclass_imdsv2_required") == {"byoc-gpu": "PASS", "byoc-gpu-legacy": "FAIL"}
     # an API the account's endpoint does not serve is an ERROR with the API's answer, not silence
@@ -280,11 +283,37 @@ def test_drift_between_the_plan_and_the_account(moto: tuple[str, dict[str, str]]
     assert "Drift (declared vs live)" in (tmp_path / "drift" / "report.md").read_text()
 
 
-def test_no_credentials_reports_errors_not_a_traceback(moto: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_no_credentials_is_one_clear_failure(moto: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """Without credentials the report says so once (as `regions --refresh` does), not one ERROR per check."""
     endpoint, _ = moto
     environment = env(endpoint)
     del environment["AWS_ACCESS_KEY_ID"], environment["AWS_SECRET_ACCESS_KEY"]
-    result, found = report(tmp_path / "nocreds", environment)
+    environment |= {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+    environment |= {"AWS_EC2_METADATA_DISABLED": "true"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byoc",
+            "compliance",
+            "report",
+            "--live",
+            "--region",
+            REGION,
+            "--deployment",
+            NAME,
+            "--out",
+            str(tmp_path / "nocreds"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert {f["status"] for f in found if f["check_id"].startswith(("kms_", "s3_", "cloudtrail_"))} == {"ERROR"}
+    assert result.stderr.strip().splitlines() == [
+        "error: --live: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+        "(or run in a role), then run it again)"
+    ]
+    assert "drift" not in result.stdout and not (tmp_path / "nocreds").exists()
