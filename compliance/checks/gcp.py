@@ -234,18 +234,28 @@ def gcp_audit_data_access(resource: Resource, graph: Graph) -> Verdict:
     title="Audit logs are exported to a retained destination",
     severity="medium",
     resource_types=[SINK],
-    controls=AUDIT,
-    remediation="Route cloudaudit.googleapis.com logs to a locked, retained bucket or dataset.",
-    risk="Cloud Logging's default retention may be shorter than the audit period.",
+    # Admin Activity audit logs are the record of configuration changes; a locked bucket keeps them unaltered
+    # (the role log-file validation plays for CloudTrail).
+    controls=(*AUDIT, "soc2:CC7.1"),
+    remediation="Route cloudaudit.googleapis.com logs to a bucket with a locked retention policy (Bucket Lock).",
+    risk="Cloud Logging's default retention may be shorter than the audit period, and unlocked logs can be altered.",
     cloud="gcp",
 )
 def gcp_logging_sink(resource: Resource, graph: Graph) -> Verdict:
-    destination = resource.get("destination")
+    destination = str(resource.get("destination") or "")
     log_filter = str(resource.get("filter") or "")
+    # A destination bucket the graph declares must lock its retention; one outside it is judged by the sink alone.
+    target = destination.removeprefix("storage.googleapis.com/")
+    buckets = [b for b in graph.by_type(BUCKET) if destination.startswith("storage.") and b.get("name") == target]
+    locked = all(b.get("retentionPolicy.isLocked") is True for b in buckets)
     return verdict(
-        bool(destination) and "cloudaudit.googleapis.com" in log_filter,
-        "destination/filter",
-        {"destination": destination, "filter": log_filter},
+        bool(destination) and "cloudaudit.googleapis.com" in log_filter and locked,
+        "destination/filter/retentionPolicy",
+        {
+            "destination": destination,
+            "filter": log_filter,
+            "retentionPolicy": [b.get("retentionPolicy") for b in buckets] or None,
+        },
     )
 
 
@@ -299,4 +309,82 @@ def gcp_data_residency_region(resource: Resource, graph: Graph) -> Verdict:
     location = str(resource.get("region") or resource.get("location") or graph.region).lower()
     return verdict(
         location in graph.allowed_regions, "region/location", {"location": location, "allowed": graph.requested_region}
+    )
+
+
+FIREWALL = "gcp:compute/firewall:Firewall"
+INTERNET = {"0.0.0.0/0", "::/0"}
+# Node service accounts to avoid: the Compute Engine default holds Editor on the project unless someone removed it.
+DEFAULT_NODE_ACCOUNTS = ("default", "-compute@developer.gserviceaccount.com")
+
+
+@check(
+    id="gcp_firewall_no_ingress_from_internet",
+    title="No firewall rule allows ingress from the internet",
+    severity="high",
+    resource_types=[FIREWALL],
+    controls=BOUNDARY,
+    remediation="Allow ingress only from the VPC's ranges or named sources; deny the rest with a logged rule.",
+    risk="Nodes would be reachable from anywhere on the allowed ports.",
+    cloud="gcp",
+)
+def gcp_firewall_no_internet_ingress(resource: Resource, graph: Graph) -> Verdict:
+    sources = set(as_list(resource.get("sourceRanges")))
+    allowing = bool(as_list(resource.get("allows"))) and resource.get("direction", "INGRESS") == "INGRESS"
+    open_to = sorted(sources & INTERNET) if allowing else []
+    return verdict(
+        not open_to, "allows/sourceRanges", {"allows": resource.get("allows"), "sourceRanges": sorted(sources)}
+    )
+
+
+@check(
+    id="gcp_gke_node_service_account_not_default",
+    title="GKE nodes run as a dedicated service account, not the Compute Engine default",
+    severity="high",
+    resource_types=[CLUSTER, NODE_POOL],
+    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "soc2:CC6.3", "iso27001:A.5.15"),
+    remediation="Set node_config.service_account to an account with roles/container.defaultNodeServiceAccount.",
+    risk="The default Compute Engine account usually holds Editor: every pod escape would own the project.",
+    cloud="gcp",
+)
+def gcp_node_service_account(resource: Resource, graph: Graph) -> Verdict:
+    account = str(resource.get("nodeConfig.serviceAccount") or "default")
+    if resource.type == CLUSTER and resource.get("removeDefaultNodePool") is True and not resource.get("nodeConfig"):
+        account = "(default pool removed)"
+    return verdict(not account.endswith(DEFAULT_NODE_ACCOUNTS), "nodeConfig.serviceAccount", account)
+
+
+@check(
+    id="gcp_gke_shielded_nodes_secure_boot",
+    title="GKE nodes boot verified (Shielded VM secure boot and integrity monitoring)",
+    severity="medium",
+    resource_types=[NODE_POOL],
+    controls=("soc2:CC6.8", "iso27001:A.8.9"),
+    remediation="Set node_config.shielded_instance_config enable_secure_boot and enable_integrity_monitoring.",
+    risk="A tampered boot chain (rootkit) would go unnoticed on the nodes holding the model.",
+    cloud="gcp",
+)
+def gcp_shielded_nodes(resource: Resource, graph: Graph) -> Verdict:
+    shielded = resource.get("nodeConfig.shieldedInstanceConfig") or {}
+    ok = shielded.get("enableSecureBoot") is True and shielded.get("enableIntegrityMonitoring") is not False
+    return verdict(ok, "nodeConfig.shieldedInstanceConfig", shielded)
+
+
+@check(
+    id="gcp_gke_node_pool_bounded",
+    title="Every GKE node pool has one machine type and an autoscaling maximum",
+    severity="medium",
+    resource_types=[NODE_POOL],
+    controls=("soc2:CC8.1", "soc2:CC7.1", "iso27001:A.8.9"),
+    remediation="Set node_config.machine_type and autoscaling max_node_count (or total_max_node_count).",
+    risk="An unbounded pool can grow GPU spend without limit.",
+    cloud="gcp",
+)
+def gcp_node_pool_bounded(resource: Resource, graph: Graph) -> Verdict:
+    most = resource.get("autoscaling.totalMaxNodeCount") or resource.get("autoscaling.maxNodeCount")
+    machine = resource.get("nodeConfig.machineType")
+    return verdict(
+        bool(machine) and most is not None and float(most) > 0,
+        "nodeConfig.machineType/autoscaling",
+        {"machineType": machine, "autoscaling": resource.get("autoscaling")},
     )

@@ -725,6 +725,50 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
         [r("gcp:compute/subnetwork:Subnetwork", {"logConfig": {"aggregationInterval": "INTERVAL_5_SEC"}})],
         [r("gcp:compute/subnetwork:Subnetwork", {})],
     ),
+    "gcp_firewall_no_ingress_from_internet": (
+        [
+            r(
+                "gcp:compute/firewall:Firewall",
+                {"direction": "INGRESS", "denies": [{"protocol": "all"}], "sourceRanges": ["0.0.0.0/0"]},
+            ),
+            r("gcp:compute/firewall:Firewall", {"allows": [{"protocol": "tcp"}], "sourceRanges": ["10.0.0.0/28"]}),
+        ],
+        [r("gcp:compute/firewall:Firewall", {"allows": [{"protocol": "tcp"}], "sourceRanges": ["0.0.0.0/0"]})],
+    ),
+    "gcp_gke_node_service_account_not_default": (
+        [
+            r("gcp:container/nodePool:NodePool", {"nodeConfig": {"serviceAccount": "n@p.iam.gserviceaccount.com"}}),
+            r("gcp:container/cluster:Cluster", {"removeDefaultNodePool": True}),
+        ],
+        [
+            r(
+                "gcp:container/nodePool:NodePool",
+                {"nodeConfig": {"serviceAccount": "1-compute@developer.gserviceaccount.com"}},
+            )
+        ],
+    ),
+    "gcp_gke_shielded_nodes_secure_boot": (
+        [
+            r(
+                "gcp:container/nodePool:NodePool",
+                {
+                    "nodeConfig": {
+                        "shieldedInstanceConfig": {"enableSecureBoot": True, "enableIntegrityMonitoring": True}
+                    }
+                },
+            )
+        ],
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {}})],
+    ),
+    "gcp_gke_node_pool_bounded": (
+        [
+            r(
+                "gcp:container/nodePool:NodePool",
+                {"nodeConfig": {"machineType": "a3-highgpu-8g"}, "autoscaling": {"totalMaxNodeCount": 2.0}},
+            )
+        ],
+        [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"machineType": "a3-highgpu-8g"}})],
+    ),
 }
 
 
@@ -741,6 +785,17 @@ def statuses(check_id: str, resources: list[Resource]) -> set[Status]:
     graph = Graph(resources, "t", region, "EUROPE", allowed_regions(cloud, "EUROPE", region), "plan")
     found = {f.status for f in evaluate(graph) if f.check.id == check_id}
     return found - {Status.NOT_APPLICABLE}
+
+
+def test_an_audit_sink_into_an_unlocked_bucket_fails() -> None:
+    sink = r(
+        "gcp:logging/projectSink:ProjectSink",
+        {"destination": "storage.googleapis.com/logs", "filter": 'logName:"cloudaudit.googleapis.com"'},
+    )
+    locked = {"retentionPeriod": "31536000", "isLocked": True}
+    for retention, expected in (({**locked, "isLocked": False}, Status.FAIL), (locked, Status.PASS)):
+        logs = r("gcp:storage/bucket:Bucket", {"name": "logs", "retentionPolicy": retention})
+        assert statuses("gcp_logging_sink_exports_audit_logs", [sink, logs]) == {expected}
 
 
 def test_every_check_has_a_case() -> None:
