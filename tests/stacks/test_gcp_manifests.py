@@ -1,6 +1,6 @@
-"""A GCP plan's rendered manifests pass the same scanners as AWS's (tests/stacks/test_manifests.py):
-kubernetes-validate (strict) and checkov, on `byoc plan` output for the GKE serving stack. Its custom resources are
-validated against their CRD schemas by tests/stacks/test_crd_schemas.py (examples/gcp-l4.yaml)."""
+"""A GCP plan as a user makes it (`byoc plan`): its rendered manifests pass the same scanners as AWS's
+(tests/stacks/test_manifests.py: kubernetes-validate strict, checkov), and its evidence pack has no FAIL. Its custom
+resources are validated against their CRD schemas by tests/stacks/test_crd_schemas.py (examples/gcp-l4.yaml)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,12 @@ def test_checkov_reports_no_failed_check(planned: Path) -> None:
     assert report["summary"]["passed"] > 100
     for skipped in report["results"]["skipped_checks"]:
         assert skipped["check_result"].get("suppress_comment"), skipped["check_id"]
+
+
+def test_the_evidence_pack_has_no_fail_and_assesses_every_control(planned: Path) -> None:
+    summary = json.loads((planned / "compliance" / "summary.json").read_text())
+    assert summary["region"].startswith("europe-")
+    assert summary["findings"]["FAIL"] == 0 and summary["findings"]["ERROR"] == 0
+    assert summary["failing_controls"] == []
+    for framework in summary["frameworks"]:
+        assert framework["not_assessed"] == 0, framework["framework"]
