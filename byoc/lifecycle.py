@@ -297,7 +297,7 @@ class Lifecycle:
             try:
                 result = call(self._view.engine_event)
             except ByocError as exc:
-                reason = f"interrupted ({', '.join(guard.signals)})" if guard.interrupted else str(exc)
+                reason = f"interrupted ({', '.join(guard.signals)})" if guard.interrupted else exc.message
                 self._fail(name, stack, reason, guard.interrupted)
                 if guard.interrupted:
                     raise ByocFailure(

@@ -291,8 +291,8 @@ def _short(exc: Exception) -> str:
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("error:"):
-            return line.removeprefix("error:").strip()[:500]
+        if "error: " in line:
+            return line.split("error: ", 1)[1].strip()[:500]
     stderr = text.split("stderr:", 1)[1] if "stderr:" in text else text
     tail = [line.strip() for line in stderr.splitlines() if line.strip()]
     return tail[-1][:500] if tail else type(exc).__name__
