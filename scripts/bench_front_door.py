@@ -54,7 +54,7 @@ from byoc.manifests import write_helm_releases, write_manifests
 out = Path(tempfile.mkdtemp())
 write_manifests(graph, out / "manifests"); write_helm_releases(graph, out / "helm.yaml")
 lap("render manifests")
-import compliance.reports
+import compliance.reports, trestle.oscal.common, trestle.oscal.component, trestle.oscal.assessment_results
 lap("import the evidence pack's modules (compliance-trestle OSCAL models)")
 from byoc.commands.plan import write_evidence_pack
 document = deployment.plan_document(); document["resources"] = [r.as_dict() for r in graph.resources]

@@ -220,6 +220,8 @@ def test_declined_properties_are_exceptions_in_every_format(moto: tuple[str, dic
     observations = results.results[0].observations or []
     excepted = [o for o in observations if any(p.name == "status" and p.value == "EXCEPTION" for p in o.props or [])]
     assert excepted and "by design" in excepted[0].description
+    components = (tmp_path / "pack" / "oscal" / "component-definition.json").read_text()
+    assert "Declined by design" in components and "s3_bucket_object_lock" in components
 
 
 def test_access_denied_becomes_error_and_the_report_is_still_written(
@@ -290,30 +292,11 @@ def test_no_credentials_is_one_clear_failure(moto: tuple[str, dict[str, str]], t
     del environment["AWS_ACCESS_KEY_ID"], environment["AWS_SECRET_ACCESS_KEY"]
     environment |= {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
     environment |= {"AWS_EC2_METADATA_DISABLED": "true"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "byoc",
-            "compliance",
-            "report",
-            "--live",
-            "--region",
-            REGION,
-            "--deployment",
-            NAME,
-            "--out",
-            str(tmp_path / "nocreds"),
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-        timeout=120,
-    )
+    result, found = report(tmp_path / "nocreds", environment)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: --live: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
         "(or run in a role), then run it again)"
     ]
-    assert "drift" not in result.stdout and not (tmp_path / "nocreds").exists()
+    assert json.loads(result.stdout)["error"]["field"] == "--live"
+    assert found == [] and not (tmp_path / "nocreds").exists()
