@@ -318,11 +318,11 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     options = []
     smallest = _smallest_fitting_shape(spec, model, memory.max_context)
     if smallest:
-        options.append(f"try {smallest}, the smallest (cheapest) shape that holds it,")
+        options.append(f"try {smallest}, the smallest (cheapest) shape that holds it")
     longest = planner.longest_context_that_fits(memory)
     if longest >= 1024:
-        options.append(f"{'or ' if options else ''}set max_context <= {longest}")
-    raise ByocError("shape", detail, " ".join(options) or "no catalog shape holds this model; use a larger cloud GPU")
+        options.append(f"set max_context <= {longest}")
+    raise ByocError("shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU")
 
 
 BuildLocation = Literal["cluster", "local"]

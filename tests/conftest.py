@@ -32,7 +32,11 @@ def deploy(**overrides: Any) -> Deployment:
 def refused(**overrides: Any) -> ByocError:
     with pytest.raises(ByocError) as caught:
         deploy(**overrides)
-    return caught.value
+    error = caught.value
+    # Every refusal reads as one sentence with a fix: a field, a message, a hint that ends cleanly.
+    assert error.field and error.message and error.hint, str(error)
+    assert not error.hint.endswith((",", ";", " ", "(")) and not error.message.endswith((",", " ")), str(error)
+    return error
 
 
 # ---------------------------------------------------------------------------------------------------------------

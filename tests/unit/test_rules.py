@@ -418,3 +418,9 @@ def test_an_unpublished_runtime_image_is_warned_and_a_tag_too() -> None:
     assert "images.runtime" not in {w.field for w in deploy(images={"runtime": pinned}).warnings}
     tagged = {w.field: w for w in deploy(images={"serving": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0"}).warnings}
     assert "pinned by tag" in tagged["images.serving"].message
+
+
+def test_a_shape_too_small_names_a_shape_and_a_context_that_fit() -> None:
+    error = refused(model="llama-3.1-70b-instruct", shape="h100x1-fp8", region="US")
+    assert error.field == "shape"
+    assert error.hint == "try h200x1-fp8, the smallest (cheapest) shape that holds it, or set max_context <= 57344"
