@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,7 +178,8 @@ def run_prowler(prowler: Path, endpoint: str, out: Path) -> list[dict[str, Any]]
         "--no-banner",
         "--ignore-exit-code-3",
     ]
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # Prowler appends to an existing output file
+    out.mkdir(parents=True)
     done = subprocess.run(command, env=aws_env(endpoint), capture_output=True, text=True, check=False)
     (out / "prowler.log").write_text(done.stdout + done.stderr)
     results = out / "prowler.ocsf.json"

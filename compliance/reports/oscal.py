@@ -53,14 +53,19 @@ def component_definition(graph: Graph, findings: list[Finding], selected: list[s
         framework: Framework = frameworks()[framework_id]
         requirements = []
         for control in framework.controls:
-            checks = sorted({f.check.id for f in findings if control.ref in f.check.controls})
-            if not checks:
+            related = [f for f in findings if control.ref in f.check.controls]
+            checks = sorted({f.check.id for f in related if f.status != Status.EXCEPTION})
+            declined = sorted({f.check.id for f in related if f.status == Status.EXCEPTION} - set(checks))
+            if not checks and not declined:
                 continue
+            description = f"{control.title}: evidenced by byoc checks {', '.join(checks) or '(none)'}."
+            if declined:
+                description += f" Declined by design (reasons in the assessment results): {', '.join(declined)}."
             requirements.append(
                 ImplementedRequirement(
                     uuid=_uuid(graph.deployment, "requirement", control.ref),
                     control_id=control_token(framework_id, control.id),
-                    description=f"{control.title}: evidenced by byoc checks {', '.join(checks)}.",
+                    description=description,
                     props=[Property(name="citation", value=control.id, ns=NAMESPACE)]
                     + [Property(name="check", value=c, ns=NAMESPACE) for c in checks],
                 )
