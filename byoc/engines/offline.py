@@ -26,6 +26,25 @@ PLACEHOLDER_PROJECT = "example-project"
 PLACEHOLDER_PROJECT_NUMBER = "123456789012"
 
 
+def _gcp_machine_type(name_filter: str) -> dict[str, Any]:
+    """A placeholder Compute Engine machine type named as the filter `name = "<type>"` asks."""
+    name = name_filter.split("=", 1)[-1].strip().strip('"')
+    return {
+        "name": name,
+        "accelerators": [],
+        "architecture": "X86_64",
+        "bundledLocalSsds": [],
+        "deprecateds": [],
+        "description": name,
+        "guestCpus": 0,
+        "isSharedCpus": False,
+        "maximumPersistentDisks": 0,
+        "maximumPersistentDisksSizeGb": 0,
+        "memoryMb": 0,
+        "selfLink": name,
+    }
+
+
 def _gcp_outputs(type_token: str, name: str, inputs: dict[str, Any], region: str) -> tuple[str | None, dict[str, Any]]:
     """The id and computed outputs a Google Cloud resource would have (None: the default placeholder id)."""
     project = PLACEHOLDER_PROJECT
@@ -142,6 +161,12 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                     "number": PLACEHOLDER_PROJECT_NUMBER,
                     "name": PLACEHOLDER_PROJECT,
                     "id": f"projects/{PLACEHOLDER_PROJECT}",
+                },
+                "gcp:compute/getZones:getZones": {"names": [f"{region}-{suffix}" for suffix in "abc"], "id": region},
+                # every zone offers every machine type asked for (a live plan asks Compute Engine)
+                "gcp:compute/getMachineTypes:getMachineTypes": {
+                    "machineTypes": [_gcp_machine_type(str(args.args.get("filter", "")))],
+                    "id": str(args.args.get("zone")),
                 },
                 "gcp:storage/getProjectServiceAccount:getProjectServiceAccount": {
                     "emailAddress": storage_agent,

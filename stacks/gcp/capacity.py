@@ -9,7 +9,9 @@ of a pool at zero), never applied to nodes afterwards.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
@@ -29,6 +31,34 @@ GPU_MAX_PODS_PER_NODE = 32  # a /26 of the pods range: a few serving replicas an
 def machine_series(machine_type: str) -> str:
     """a3-highgpu-8g -> a3-highgpu; g2-standard-24 -> g2-standard."""
     return machine_type.rsplit("-", 1)[0]
+
+
+def offering_zones(ctx: GcpContext, machine_type: str) -> pulumi.Output[list[str]]:
+    """The region's zones whose Compute Engine offers the machine type (GPUs are offered per zone, and a pool
+    that names a zone without them fails to create: Compute Engine "GPU regions and zones")."""
+    invoke = pulumi.InvokeOutputOptions(provider=ctx.provider)
+
+    def offered(zones: list[str]) -> pulumi.Output[list[str]]:
+        found = [
+            gcp.compute.get_machine_types_output(
+                zone=zone, filter=f'name = "{machine_type}"', opts=invoke
+            ).machine_types.apply(functools.partial(_zone_if_any, zone))
+            for zone in zones
+        ]
+        return pulumi.Output.all(*found).apply(functools.partial(_some_zone, ctx.region, machine_type))
+
+    return gcp.compute.get_zones_output(region=ctx.region, status="UP", opts=invoke).names.apply(offered)
+
+
+def _zone_if_any(zone: str, machine_types: list[Any]) -> list[str]:
+    return [zone] if machine_types else []
+
+
+def _some_zone(region: str, machine_type: str, per_zone: list[list[str]]) -> list[str]:
+    zones = sorted(zone for found in per_zone for zone in found)
+    if not zones:
+        raise ValueError(f"no zone of {region} offers {machine_type} to this project (check its GPU quota and region)")
+    return zones
 
 
 def max_nodes(replicas_per_node: int, max_replicas: int) -> int:
@@ -57,6 +87,7 @@ class GpuCapacity(pulumi.ComponentResource):
             name=NODE_POOL,
             cluster=cluster.id,
             location=ctx.region,
+            node_locations=offering_zones(ctx, machine_type),
             initial_node_count=0,
             max_pods_per_node=GPU_MAX_PODS_PER_NODE,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(

@@ -381,6 +381,8 @@ def test_every_node_is_hardened() -> None:
 # -- GPU capacity -----------------------------------------------------------------------------------------------
 def test_gpu_pool_scales_from_zero_with_its_labels_and_taint_in_the_template() -> None:
     inputs = pool(gke())
+    # the zones Compute Engine offers the machine type in (offline: every placeholder zone)
+    assert inputs["nodeLocations"] == ["europe-west4-a", "europe-west4-b", "europe-west4-c"]
     assert inputs["initialNodeCount"] == 0
     assert inputs["autoscaling"]["totalMinNodeCount"] == 0
     assert inputs["autoscaling"]["locationPolicy"] == "ANY"
