@@ -123,6 +123,19 @@ def engine(
         int, typer.Option("--kv-cache-tokens", min=32, help="KV cache budget in tokens (for the stats).")
     ] = 65536,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    enable_block_reuse: Annotated[
+        bool,
+        typer.Option(
+            "--enable-block-reuse/--disable-block-reuse",
+            help="Keep prompt KV blocks and reuse them for requests that share a prefix (trtllm's enable_block_reuse).",
+        ),
+    ] = True,
+    event_buffer_max_size: Annotated[
+        int,
+        typer.Option(
+            "--event-buffer-max-size", min=1, help="KV cache events kept until POST /kv_cache_events reads them."
+        ),
+    ] = 4096,
 ) -> None:
     """A CPU engine speaking trtllm-serve's API with a real model (for development and tests)."""
     import asyncio
@@ -142,7 +155,16 @@ def engine(
     from runtime.serve.generation import Generator, cpu_threads_default
 
     name = model_name or str(model_dir)
-    generator = Generator(model_dir, addons, name, max_batch_size, kv_cache_tokens, threads or cpu_threads_default())
+    generator = Generator(
+        model_dir,
+        addons,
+        name,
+        max_batch_size,
+        kv_cache_tokens,
+        threads or cpu_threads_default(),
+        enable_block_reuse=enable_block_reuse,
+        event_buffer_max_size=event_buffer_max_size,
+    )
     if max_context is not None:
         generator.max_context = min(max_context, generator.max_context)
     asyncio.run(serve_engine(generator, name, address))

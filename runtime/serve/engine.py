@@ -82,6 +82,7 @@ class Engine:
         app.router.add_get("/prometheus/metrics", self.prometheus)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/kv_cache_events", self.kv_cache_events)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -109,6 +110,11 @@ class Engine:
 
     async def iteration_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.generator.drain_stats())
+
+    async def kv_cache_events(self, request: web.Request) -> web.Response:
+        """trtllm-serve's KV cache events since the last call (stored/removed block hashes); [] with reuse off."""
+        cache = self.generator.prefix_cache
+        return web.json_response(cache.drain_events() if cache is not None else [])
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -25,6 +25,13 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from runtime.serve.logs import exception_summary
+from runtime.serve.prefix_cache import (
+    EVENT_BUFFER_MAX_SIZE,
+    PrefixCache,
+    PrefixCacheMetrics,
+    ReuseStats,
+    block_hashes,
+)
 from runtime.serve.structured import Grammars
 
 log = logging.getLogger("byoc.engine")
@@ -168,6 +175,8 @@ class Generator:
         max_batch_size: int,
         kv_cache_tokens: int,
         threads: int,
+        enable_block_reuse: bool = True,
+        event_buffer_max_size: int = EVENT_BUFFER_MAX_SIZE,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,6 +209,11 @@ class Generator:
         self._stats: deque[dict[str, Any]] = deque(maxlen=STATS_KEPT)
         self._iteration = 0
         self._alloc_total = 0
+        # trtllm's kv_cache_config.enable_block_reuse: prompt blocks kept and reused across requests (prefix_cache.py)
+        self.prefix_cache: PrefixCache | None = None
+        if enable_block_reuse:
+            self.prefix_cache = PrefixCache(self.max_blocks, event_buffer_max_size=event_buffer_max_size)
+            PrefixCacheMetrics(self.prefix_cache, self.metrics.registry)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
@@ -261,6 +275,11 @@ class Generator:
                 self._active.append(head)
                 used += need
                 admitted += 1
+        if self.prefix_cache is not None:
+            # as in trtllm, a running sequence's full prompt blocks are the cached blocks (counted once); the rest of
+            # its blocks (the partial last one, its output) are its own: the cache lives in what they leave
+            shared = sum((len(s.prompt) - 1) // TOKENS_PER_BLOCK for s in self._active)
+            self.prefix_cache.trim(self.max_blocks - used + shared)
         return admitted
 
     def _run(self) -> None:
@@ -291,11 +310,10 @@ class Generator:
 
     def _step(self, s: Sequence) -> bool:
         """Advance one sequence by one token; True when it has finished."""
+        hashes: list[int] = []  # the prompt's block keys, at prefill when blocks are reused
+        reused = 0
         if s.cache is None:
-            from transformers import DynamicCache
-
-            s.cache = DynamicCache()
-            inputs = torch.tensor([s.prompt], dtype=torch.long)
+            inputs, hashes, reused = self._prefill(s)
             if s.sampling.seed is not None:
                 s.generator = torch.Generator().manual_seed(s.sampling.seed % (2**63))
             self._prepare(s)
@@ -306,6 +324,9 @@ class Generator:
         if self.addons:
             kwargs["adapter_names"] = [s.adapter]
         logits = self.model(**kwargs).logits[0, -1].float()
+        if s.first_token is None and self.prefix_cache is not None and len(hashes) > reused:
+            cache, prefix = s.cache, self.prefix_cache
+            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused)
         token = self._sample(s, logits)
         now = time.perf_counter()
         if s.first_token is None:
@@ -338,6 +359,23 @@ class Generator:
             s.emit(Delta(text[s.sent : safe]))
             s.sent = safe
         return False
+
+    def _prefill(self, s: Sequence) -> tuple[torch.Tensor, list[int], int]:
+        """The prompt tokens still to compute, the prompt's block keys and how many blocks came from the cache.
+
+        Sets the sequence's KV cache: empty, or the cached blocks of its longest cached prefix.
+        """
+        from transformers import DynamicCache
+
+        s.cache = DynamicCache()
+        if self.prefix_cache is None:
+            return torch.tensor([s.prompt], dtype=torch.long), [], 0
+        # full blocks before the last prompt token: that token is always computed (it gives the first logits)
+        hashes = block_hashes(s.prompt, s.adapter, limit=(len(s.prompt) - 1) // TOKENS_PER_BLOCK)
+        found = self.prefix_cache.match(hashes)
+        if found:
+            s.cache = self.prefix_cache.restore(found)
+        return torch.tensor([s.prompt[len(found) * TOKENS_PER_BLOCK :]], dtype=torch.long), hashes, len(found)
 
     def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
         s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated)))
@@ -395,6 +433,7 @@ class Generator:
         self._iteration += 1
         used = sum(self._blocks(s.length) for s in self._active)
         waiting = len(self._waiting)
+        reuse = self.prefix_cache.stats if self.prefix_cache is not None else ReuseStats()
         self._stats.append(
             {
                 "iter": self._iteration,
@@ -419,9 +458,9 @@ class Generator:
                     "tokensPerBlock": TOKENS_PER_BLOCK,
                     "allocTotalBlocks": self._alloc_total,
                     "allocNewBlocks": self._alloc_total,
-                    "reusedBlocks": 0,
-                    "missedBlocks": 0,
-                    "cacheHitRate": 0.0,
+                    "reusedBlocks": reuse.reused_blocks,
+                    "missedBlocks": reuse.missed_blocks,
+                    "cacheHitRate": reuse.hit_rate,
                 },
                 "inflightBatchingStats": {
                     "numScheduledRequests": len(self._active) + completed,
