@@ -95,7 +95,8 @@ class Sweeper:
                 if key == "Reservations":
                     items = [i for r in items for i in r.get("Instances", [])]
                 for item in items:
-                    tag = _matching_tag(item.get("Tags", []), self.target) or tag_key
+                    # DescribeNetworkInterfaces names the list TagSet; the other calls, Tags
+                    tag = _matching_tag(item.get("Tags") or item.get("TagSet") or [], self.target) or tag_key
                     found.setdefault(item[id_field], tag)
         return found
 

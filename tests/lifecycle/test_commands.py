@@ -70,9 +70,22 @@ def test_placement_cannot_change(tmp_path: Path) -> None:
     assert "region: demo runs in eu-west-2, not us-east-1" in moved.stderr
     assert "placement cannot change after creation; destroy and recreate it, or use a new name" in moved.stderr
     other_cloud = byoc(
-        "up", "--name", "demo", "--cloud", "gcp", "--region", "EUROPE", "--model", "llama-3.1-8b-instruct",
-        "--shape", "h100x1-fp8", "-f", EXAMPLE, "--yes", env=env(tmp_path),
-    )  # fmt: skip
+        "up",
+        "--name",
+        "demo",
+        "--cloud",
+        "gcp",
+        "--region",
+        "EUROPE",
+        "--model",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-fp8",
+        "-f",
+        EXAMPLE,
+        "--yes",
+        env=env(tmp_path),
+    )
     assert other_cloud.returncode == 2
     assert "cloud: demo runs on aws, not gcp" in other_cloud.stderr
     assert Registry(tmp_path).require("demo").state is State.DEPLOYED

@@ -99,8 +99,12 @@ def test_interrupted_up_is_recorded_pending_operations_block_until_refresh(
     standin.mode("hang")
     running = subprocess.Popen(
         [sys.executable, "-m", "byoc", "up", "-f", EXAMPLE, "--yes", "--output", "json"],
-        env=run_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=run_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (standin.home / "running").exists():
         assert running.poll() is None and time.monotonic() < deadline, running.communicate()
@@ -113,9 +117,12 @@ def test_interrupted_up_is_recorded_pending_operations_block_until_refresh(
     assert row["state"] == "FAILED" and row["interrupted"] is True
     assert row["reason"].startswith("interrupted (SIGTERM)")
     assert row["pending_operations"] == [
-        {"type": "creating", "urn": "urn:pulumi:demo::byoc-aws::aws:eks/cluster:Cluster::demo-cluster",
-         "resource_type": "aws:eks/cluster:Cluster"}
-    ]  # fmt: skip
+        {
+            "type": "creating",
+            "urn": "urn:pulumi:demo::byoc-aws::aws:eks/cluster:Cluster::demo-cluster",
+            "resource_type": "aws:eks/cluster:Cluster",
+        }
+    ]
 
     standin.mode("ok")
     refused = byoc("up", "--name", "demo", "--yes", env=run_env)
@@ -137,9 +144,18 @@ def test_preview_with_a_cloud_backend_and_kms_secrets(run_env: dict[str, str], s
     standin.mode("replace")
     env = {k: v for k, v in run_env.items() if k != "PULUMI_CONFIG_PASSPHRASE"}
     result = byoc(
-        "preview", "-f", EXAMPLE, "--diff", "--backend", "s3://team-state/byoc",
-        "--secrets-provider", "awskms://alias/byoc-state?region=eu-west-2", "--output", "json", env=env,
-    )  # fmt: skip
+        "preview",
+        "-f",
+        EXAMPLE,
+        "--diff",
+        "--backend",
+        "s3://team-state/byoc",
+        "--secrets-provider",
+        "awskms://alias/byoc-state?region=eu-west-2",
+        "--output",
+        "json",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     outcome = stream(result)[-1]
     assert outcome["changes"] == {"update": 3}
