@@ -1,0 +1,194 @@
+"""`byoc status` health: the registry reconciled with the cluster (a RECORDED FAKE of the Kubernetes API: no API
+server can run here) and a real completion through a real HTTP endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from byoc.cluster_api import ClusterUnreachable
+from byoc.lifecycle import Lifecycle
+from byoc.registry import Record, Registry, State
+
+SPEC = {"name": "demo", "cloud": "aws", "region": "EUROPE", "model": "llama-3.1-8b-instruct", "shape": "h100x1-fp8"}
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """An OpenAI-style completions endpoint answering with `status` (200: one choice)."""
+    state: dict[str, Any] = {"status": 200, "requests": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            state["requests"].append((self.path, self.headers.get("Authorization"), body))
+            ok = state["status"] == 200
+            payload = json.dumps({"choices": [{"text": "pong"}]} if ok else {"error": {"message": "engine died"}})
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload.encode())
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("BYOC_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("BYOC_API_KEY", "sk-test")
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+class RecordedCluster:
+    """kubectl-shaped objects for one deployment: the serving Deployment's replicas, and whatever GPU trouble the
+    controllers report."""
+
+    def __init__(self, desired: int, ready: int) -> None:
+        self.objects: dict[str, list[dict[str, Any]]] = {
+            "deployments.apps": [
+                {
+                    "metadata": {"name": "byoc-demo-serving"},
+                    "spec": {"replicas": desired},
+                    "status": {"readyReplicas": ready},
+                }
+            ],
+            "services": [
+                {
+                    "metadata": {"name": "byoc-demo-gateway"},
+                    "spec": {"type": "LoadBalancer"},
+                    "status": {"loadBalancer": {"ingress": [{"hostname": "internal-k8s.elb.eu-west-2.amazonaws.com"}]}},
+                }
+            ],
+            "nodeclaims.karpenter.sh": [],
+            "events": [],
+            "nodes": [],
+        }
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return self.objects.get(kind, [])
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        raise AssertionError("status never deletes")
+
+
+def health(tmp_path: Path, cluster: Any) -> dict[str, Any]:
+    registry = Registry(tmp_path)
+    if registry.get("demo") is None:
+        registry.create(
+            name="demo",
+            cloud="aws",
+            region="eu-west-2",
+            requested_region="EUROPE",
+            shape="h100x1-fp8",
+            instance_type="p5.4xlarge",
+            spec=SPEC,
+            backend="file:///x",
+        )
+        registry.transition("demo", State.DEPLOYING)
+        registry.transition("demo", State.DEPLOYED)
+        registry.update("demo", outputs={"gpu_node_pool": "byoc-gpu", "artifact": "s3://b/artifacts/llama/abc"})
+
+    def cluster_for(record: Record) -> Any:
+        if isinstance(cluster, Exception):
+            raise cluster
+        return cluster
+
+    rows = Lifecycle(registry=registry, cluster_for=cluster_for).status()
+    registry.close()
+    return rows[0]
+
+
+def test_ready_while_a_completion_fails_is_unhealthy(tmp_path: Path, endpoint: dict[str, Any]) -> None:
+    endpoint["status"] = 500
+    row = health(tmp_path, RecordedCluster(desired=2, ready=2))
+    assert row["health"].startswith("unhealthy: Kubernetes reports 2/2 ready but a completion failed: HTTP 500")
+    path, auth, body = endpoint["requests"][0]
+    assert (path, auth, body["model"], body["max_tokens"]) == (
+        "/v1/completions",
+        "Bearer sk-test",
+        "llama-3.1-8b-instruct",
+        1,
+    )
+
+
+def test_healthy_and_lagging_readiness(tmp_path: Path, endpoint: dict[str, Any]) -> None:
+    row = health(tmp_path, RecordedCluster(desired=2, ready=2))
+    assert row["health"] == "healthy: a completion succeeded"
+    assert row["replicas"] == {"desired": 2, "ready": 2}
+    assert row["endpoint"] == "https://internal-k8s.elb.eu-west-2.amazonaws.com"
+    assert row["artifact"] == "s3://b/artifacts/llama/abc"
+    lagging = health(tmp_path, RecordedCluster(desired=2, ready=1))
+    assert lagging["health"] == "serving, with a warning: readiness lags (1/2 ready) while completions succeed"
+
+
+def test_why_gpu_replicas_are_not_coming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = RecordedCluster(desired=3, ready=0)
+    cluster.objects["nodeclaims.karpenter.sh"] = [
+        {
+            "metadata": {"name": "byoc-gpu-x1"},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Launched",
+                        "status": "False",
+                        "reason": "LaunchFailed",
+                        "message": "creating instance, insufficient capacity, InsufficientInstanceCapacity: We "
+                        "currently do not have sufficient p5.4xlarge capacity in the Availability Zone you requested "
+                        "(eu-west-2a)",
+                    }
+                ]
+            },
+        }
+    ]
+    cluster.objects["events"] = [
+        {
+            "reason": "FailedScheduling",
+            "involvedObject": {"kind": "Pod", "name": "byoc-demo-serving-abc"},
+            "message": 'Failed to schedule pod, all available instance types exceed limits for nodepool: "byoc-gpu"',
+        }
+    ]
+    cluster.objects["nodes"] = [
+        {
+            "metadata": {"name": "ip-10-42-1-7", "labels": {"karpenter.sh/nodepool": "byoc-gpu"}},
+            "status": {"allocatable": {"cpu": "15", "nvidia.com/gpu": "0"}},
+        },
+        {
+            "metadata": {"name": "ip-10-42-1-9", "labels": {"karpenter.sh/nodepool": "system"}},
+            "status": {"allocatable": {}},
+        },
+    ]
+    row = health(tmp_path, cluster)
+    text = row["health"]
+    assert text.startswith("waiting for GPUs (0/3 ready): ")
+    assert "no capacity in the zone: NodeClaim byoc-gpu-x1: creating instance, insufficient capacity" in text
+    assert "the NodePool's GPU limit is reached: Failed to schedule pod, all available instance types exceed" in text
+    assert "node ip-10-42-1-7's GPUs never registered (allocatable nvidia.com/gpu 0)" in text
+    assert "ip-10-42-1-9" not in text
+
+
+def test_unknown_rather_than_guessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    row = health(tmp_path, RecordedCluster(desired=1, ready=1))
+    assert row["health"] == (
+        "unknown: 1/1 ready per Kubernetes, but no completion was sent: no API key to send a test completion "
+        "with (set BYOC_API_KEY)"
+    )
+    unreachable = health(tmp_path, ClusterUnreachable("no kubeconfig for the cluster"))
+    assert unreachable["health"] == "unknown: cannot read the cluster: no kubeconfig for the cluster"
+    assert unreachable["replicas"] is None
+
+
+def test_scaled_to_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    row = health(tmp_path, RecordedCluster(desired=0, ready=0))
+    assert row["health"] == "scaled to zero: the first request wakes a replica"
