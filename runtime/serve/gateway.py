@@ -343,10 +343,12 @@ class Gateway:
         payloads: dict[str, bytes] = {}
         if addon is not None:
             body["lora_request"] = addon.lora_request()
-        elif parsed.unchanged:
-            # the client's bytes go upstream as they are when nothing in them changes (the replica serves the
-            # model under the name asked for, no field renamed, dropped or added): no second JSON encoding
-            payloads[parsed.model] = raw
+        else:
+            # the client's bytes go upstream when nothing in them changes but the usage request (the replica serves
+            # the model under the name asked for, no field renamed or dropped): no second JSON encoding
+            payload = parsed.upstream_bytes(raw)
+            if payload is not None:
+                payloads[parsed.model] = payload
         failed: Upstream | None = None
         for attempt in range(2):
             upstream = self.pool.pick(exclude=failed)

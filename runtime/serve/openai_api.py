@@ -59,7 +59,18 @@ class ParsedRequest:
     include_usage: bool
     body: dict[str, Any]  # what goes upstream, once the model is rewritten
     unchanged: bool = True  # `body` equals what the client sent (its bytes can go upstream as they are)
+    asks_usage: bool = False  # `body` is what the client sent plus stream_options.include_usage (appended to its bytes)
     renamed: dict[str, str] | None = None  # upstream parameter name -> the name the client used
+
+    def upstream_bytes(self, raw: bytes) -> bytes | None:
+        """The body to send upstream built from the client's bytes without a second JSON encoding, when it can be."""
+        if self.unchanged:
+            return raw
+        if self.asks_usage:
+            end = raw.rstrip()
+            if end.endswith(b"}"):
+                return end[:-1] + b', "stream_options": {"include_usage": true}}'
+        return None
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -303,11 +314,13 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
         forwarded["max_tokens"] = forwarded.pop("max_completion_tokens")
         renamed = {"max_tokens": "max_completion_tokens"}  # an engine's error about max_tokens is about this
         unchanged = False
+    asks_usage = False
     if stream and not include_usage:
         # always ask for usage upstream: token counters need it; the chunk is dropped if the client did not ask
+        asks_usage = unchanged and "stream_options" not in body
         forwarded["stream_options"] = {"include_usage": True}
         unchanged = False
-    return ParsedRequest(model, stream, include_usage, forwarded, unchanged, renamed)
+    return ParsedRequest(model, stream, include_usage, forwarded, unchanged, asks_usage, renamed)
 
 
 def request_texts(body: dict[str, Any]) -> list[str]:
