@@ -18,7 +18,9 @@ from stacks.gcp.keys import Keys
 from stacks.gcp.network import PODS_RANGE, SERVICES_RANGE, Network
 
 LOGGED_COMPONENTS = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "WORKLOADS"]
-MONITORED_COMPONENTS = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER"]
+# DCGM: GKE's managed dcgm-exporter on GPU nodes (GPU utilisation and memory), which needs Managed Service for
+# Prometheus (GKE docs, "Collect and view DCGM metrics").
+MONITORED_COMPONENTS = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "DCGM"]
 # Pods per node sizes each node's slice of the pods range (64 -> a /25); changing it replaces the cluster.
 MAX_PODS_PER_NODE = 64
 # Maintenance on weekends, 4 hours from 01:00 UTC (RFC 5545 recurrence, as GKE takes it).
@@ -163,8 +165,8 @@ class Cluster(pulumi.ComponentResource):
             logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=LOGGED_COMPONENTS),
             monitoring_config=gcp.container.ClusterMonitoringConfigArgs(
                 enable_components=MONITORED_COMPONENTS,
-                # the serving stack runs its own Prometheus; set explicitly, as GKE turned it on by default
-                managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=False),
+                # for the DCGM metrics; set explicitly (its default changed: on for new clusters since GKE 1.27)
+                managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=True),
             ),
             addons_config=gcp.container.ClusterAddonsConfigArgs(
                 http_load_balancing=gcp.container.ClusterAddonsConfigHttpLoadBalancingArgs(disabled=False),

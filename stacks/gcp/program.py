@@ -15,7 +15,6 @@ from stacks.gcp.context import make_context
 from stacks.gcp.identities import Identities
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
-from stacks.k8s.gpu_operator import gpu_operator_values
 from stacks.k8s.serving import Foundation, ServingStack
 
 # The gateway's Service becomes an internal passthrough Network Load Balancer: reachable from the VPC only
@@ -46,8 +45,12 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
                 "cloud.google.com/gke-nodepool": NODE_POOL,
                 "cloud.google.com/gke-accelerator": capacity.accelerator,
             },
-            # GKE installs the driver and runs its own device plugin
-            gpu_operator_values=gpu_operator_values("gke"),
+            # No NVIDIA GPU Operator: GKE installs the driver (the pool's gpu_driver_installation_config), configures
+            # containerd for it and runs its own device plugin, which advertises nvidia.com/gpu and mounts the driver
+            # into GPU containers. The operator's operands would need the `nvidia` runtime class its toolkit adds,
+            # which GKE supports only with GKE's driver installation and device plugin turned off (GKE docs, "Manage
+            # the GPU stack with the NVIDIA GPU Operator"). GPU metrics come from GKE's managed DCGM exporter.
+            gpu_operator_values=None,
             vpc_cidr=deployment.network.cidr,
             load_balancer_annotations=INTERNAL_LOAD_BALANCER,
             build_env={

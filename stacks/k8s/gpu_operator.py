@@ -1,5 +1,10 @@
 """NVIDIA GPU Operator values for the two ways a managed cluster's GPU nodes come: with the driver and container
-toolkit baked into the node image (EKS AL2023 NVIDIA AMIs, Bottlerocket), or with the driver installed by GKE."""
+toolkit baked into the node image (EKS AL2023 NVIDIA AMIs, Bottlerocket), or with the driver installed by GKE.
+
+The "gke" values are NVIDIA's for GKE pools that opt out of GKE's own GPU stack (GKE docs, "Manage the GPU stack with
+the NVIDIA GPU Operator": `gpu-driver-version=disabled` and the `gke-no-default-nvidia-gpu-device-plugin=true` node
+label). byoc's GKE stack keeps GKE's managed stack instead and installs no operator (stacks/gcp/program.py).
+"""
 
 from __future__ import annotations
 
@@ -20,14 +25,10 @@ def gpu_operator_values(driver: DriverSource) -> dict[str, Any]:
         # the AMI has the driver and the NVIDIA container toolkit; the operator adds the device plugin
         values |= {"toolkit": {"enabled": False}, "devicePlugin": {"enabled": True}}
     else:
-        # GKE installs the driver (node pool gpu_driver_installation_config) under /home/kubernetes/bin/nvidia and
-        # runs its own device plugin, which also mounts the driver into GPU containers, so neither the NVIDIA
-        # container toolkit nor a second device plugin is wanted (two plugins would advertise every GPU twice). The
-        # operator stays for dcgm-exporter: the byoc recording rules read its DCGM metrics from the in-cluster
-        # Prometheus, and GKE's own DCGM metrics go to Cloud Monitoring instead.
+        # GKE installs the driver under /home/kubernetes/bin/nvidia (NVIDIA GPU Operator docs, "Google GKE")
         values |= {
             "hostPaths": {"driverInstallDir": "/home/kubernetes/bin/nvidia"},
-            "toolkit": {"enabled": False},
-            "devicePlugin": {"enabled": False},
+            "toolkit": {"installDir": "/home/kubernetes/bin/nvidia"},
+            "cdi": {"enabled": True, "default": True},
         }
     return values

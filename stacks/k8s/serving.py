@@ -261,7 +261,8 @@ class ServingStack(pulumi.ComponentResource):
             return chart_release
 
         # GPU drivers and the device plugin need host access: privileged, in their own namespace.
-        installed["gpu_operator"] = release("gpu_operator", "privileged", self.foundation.gpu_operator_values)
+        if self.foundation.gpu_operator_values is not None:
+            installed["gpu_operator"] = release("gpu_operator", "privileged", self.foundation.gpu_operator_values)
         installed["keda"] = release("keda", "baseline", {"prometheus": {"metricServer": {"enabled": True}}})
         if deployment.monitoring.prometheus_url is None:
             installed["monitoring"] = release(

@@ -277,7 +277,7 @@ def test_cluster_can_be_destroyed_and_replacing_defaults_are_explicit() -> None:
     assert inputs["datapathProvider"] == "ADVANCED_DATAPATH"
     assert inputs["networkingMode"] == "VPC_NATIVE"
     assert inputs["defaultMaxPodsPerNode"] == 64
-    assert inputs["monitoringConfig"]["managedPrometheus"] == {"enabled": False}
+    assert inputs["monitoringConfig"]["managedPrometheus"] == {"enabled": True}
     assert inputs["addonsConfig"]["networkPolicyConfig"] == {"disabled": True}  # Dataplane V2 enforces instead
     driver = pool(gke())["nodeConfig"]["guestAccelerators"][0]["gpuDriverInstallationConfig"]
     assert driver == {"gpuDriverVersion": "LATEST"}
@@ -546,14 +546,13 @@ def test_serving_stack_uses_gke_node_selectors_internal_load_balancer_and_worklo
     }
 
 
-def test_gpu_operator_leaves_the_driver_and_device_plugin_to_gke() -> None:
-    release = next(r.inputs for r in _kubernetes(gke(), "Release") if r.inputs["name"] == "gpu-operator")
-    values = release["values"]
-    assert values["driver"] == {"enabled": False}
-    assert values["toolkit"] == {"enabled": False}
-    assert values["devicePlugin"] == {"enabled": False}
-    assert values["hostPaths"] == {"driverInstallDir": "/home/kubernetes/bin/nvidia"}
-    assert values["dcgmExporter"]["enabled"] is True
+def test_gke_runs_the_gpu_stack_no_gpu_operator_and_collects_dcgm_metrics() -> None:
+    plan = gke()
+    releases = {r.inputs["name"] for r in _kubernetes(plan, "Release")}
+    assert releases == {"keda", "kube-prometheus-stack"}  # GKE's driver, runtime and device plugin serve the GPUs
+    monitoring = cluster(plan)["monitoringConfig"]
+    assert "DCGM" in monitoring["enableComponents"]
+    assert monitoring["managedPrometheus"] == {"enabled": True}  # GKE's DCGM metrics need it
 
 
 # -- compliance on the recorded graph ---------------------------------------------------------------------------
