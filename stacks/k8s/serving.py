@@ -36,7 +36,8 @@ class Foundation:
 
     artifact_root: pulumi.Input[str]  # e.g. s3://bucket or gs://bucket
     gpu_node_selector: dict[str, str]
-    gpu_operator_values: dict[str, Any]
+    # None: the cluster's own GPU stack (GKE's managed driver, runtime and device plugin) needs no GPU Operator
+    gpu_operator_values: dict[str, Any] | None
     vpc_cidr: str
     load_balancer_annotations: dict[str, str] = field(default_factory=dict)
     # for the build Job: where model sources are mirrored, the key artifacts are written under
