@@ -256,4 +256,4 @@ class Cloud(ABC):
     def sweep(self, target: SweepTarget, delete: bool, **options: Any) -> SweepReport:
         """After the stack is destroyed: what controllers left behind, tagged with the deployment or its cluster
         (found, and with `delete` removed). A cloud without a sweep reports that it could not look."""
-        return SweepReport(target.region, errors=[f"byoc has no leftover sweep for {self.title} yet"])
+        return SweepReport(target.region, skipped=f"byoc has no leftover sweep for {self.title} yet")

@@ -83,9 +83,13 @@ class SweptResource:
 
 @dataclass
 class SweepReport:
+    """What the sweep found; `errors`: kinds it could not list (so it cannot say nothing remains); `skipped`: why
+    the cloud has no sweep at all."""
+
     region: str
     resources: list[SweptResource] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: str = ""
 
     @property
     def remaining(self) -> list[SweptResource]:
@@ -97,4 +101,5 @@ class SweepReport:
             "resources": [r.as_dict() for r in self.resources],
             "remaining": len(self.remaining),
             "errors": self.errors,
+            "skipped": self.skipped,
         }
