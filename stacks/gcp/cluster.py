@@ -94,11 +94,12 @@ class Cluster(pulumi.ComponentResource):
         platform = ctx.platform
         super().__init__("byoc:gcp:Cluster", f"{name}-cluster", None, pulumi.ResourceOptions(provider=ctx.provider))
         endpoint = deployment.network.endpoint
-        # "private": only the VPC reaches the private endpoint; "allowlist": a public endpoint for these CIDRs only;
-        # "public": open, as the user asked explicitly.
+        # "private": only the VPC reaches the private endpoint; "allowlist": the VPC, and a public endpoint for these
+        # CIDRs only (as EKS keeps its private endpoint beside the allow-listed public one); "public": open, as the
+        # user asked explicitly.
         authorized = {
             "private": [deployment.network.cidr],
-            "allowlist": list(deployment.network.allowed_cidrs),
+            "allowlist": [deployment.network.cidr, *deployment.network.allowed_cidrs],
             "public": ["0.0.0.0/0"],
         }[endpoint]
         start, end, recurrence = MAINTENANCE_WINDOW

@@ -341,7 +341,8 @@ def test_endpoint_allowlist() -> None:
     inputs = cluster(gke(network={"endpoint": "allowlist", "allowed_cidrs": ["203.0.113.0/24"]}))
     assert inputs["privateClusterConfig"]["enablePrivateEndpoint"] is False
     assert inputs["privateClusterConfig"]["enablePrivateNodes"] is True
-    assert [b["cidrBlock"] for b in inputs["masterAuthorizedNetworksConfig"]["cidrBlocks"]] == ["203.0.113.0/24"]
+    blocks = [b["cidrBlock"] for b in inputs["masterAuthorizedNetworksConfig"]["cidrBlocks"]]
+    assert blocks == ["10.42.0.0/16", "203.0.113.0/24"]  # the VPC, as through EKS's private endpoint, and the list
 
 
 def test_endpoint_public_only_when_asked() -> None:
