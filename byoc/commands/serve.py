@@ -83,6 +83,23 @@ def gateway(
         Path | None, typer.Option("--tls-cert", help="PEM certificate (chain): serve the API over HTTPS.")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    routing: Annotated[
+        str | None,
+        typer.Option(
+            "--routing",
+            help="least_outstanding, approximate (prefixes sent to each replica) or precise (each replica's KV "
+            "cache events) [least_outstanding].",
+        ),
+    ] = None,
+    routing_tokenizer: Annotated[
+        Path | None, typer.Option("--routing-tokenizer", help="The model's tokenizer folder (precise routing).")
+    ] = None,
+    routing_load_factor: Annotated[
+        float | None,
+        typer.Option(
+            "--routing-load-factor", help="A replica takes cached prefixes while under this x mean load [1.25]."
+        ),
+    ] = None,
 ) -> None:
     """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
     flags: dict[str, object] = {
@@ -104,6 +121,9 @@ def gateway(
         "insecure_no_auth": insecure_no_auth,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
+        "routing": routing,
+        "routing_tokenizer": routing_tokenizer,
+        "routing_load_factor": routing_load_factor,
     }
     _run_gateway(config, flags)
 

@@ -9,7 +9,7 @@ import ssl
 import zlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -18,6 +18,12 @@ from byoc.errors import ByocError
 
 # trtllm-serve's container mounts each addon's adapter under this folder (runtime/model_build/plan.py ADAPTER_DIR).
 ADAPTER_ROOT = "/models/adapters"
+
+
+# How the gateway picks a replica (runtime/serve/routing.py): by load only, by the prompt prefixes it sent each
+# replica, or by the KV cache blocks each replica reports (`POST /kv_cache_events`).
+RoutingMode = Literal["least_outstanding", "approximate", "precise"]
+ROUTING_MODES: tuple[str, ...] = get_args(RoutingMode)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class GatewayConfig:
     # OpenAI's hosted API takes 4 stop sequences; trtllm-serve and the CPU engine have no limit of their own. A
     # bound still keeps per-token stop matching cheap (--config: max_stop_sequences).
     max_stop_sequences: int = 16
+    routing: RoutingMode = "least_outstanding"
+    routing_tokenizer: Path | None = None  # precise routing: the model's tokenizer folder (the engine's tokens)
+    routing_load_factor: float = 1.25  # a replica takes a cached prefix while under this x the mean load
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -130,6 +139,18 @@ class GatewayConfig:
         for flag, ok, hint in checks:
             if not ok:
                 raise ByocError(flag, "out of range", hint)
+        if self.routing not in ROUTING_MODES:
+            raise ByocError("--routing", f"unknown routing mode {self.routing!r}", f"one of {', '.join(ROUTING_MODES)}")
+        if self.routing == "precise" and self.routing_tokenizer is None:
+            raise ByocError(
+                "--routing-tokenizer",
+                "precise routing tokenizes prompts as the engine does, and needs the model's tokenizer",
+                "pass --routing-tokenizer DIR (the model folder, or any folder with its tokenizer files)",
+            )
+        if self.routing_tokenizer is not None and not self.routing_tokenizer.is_dir():
+            raise ByocError("--routing-tokenizer", f"{self.routing_tokenizer} is not a folder", "give the model folder")
+        if not 1.0 <= self.routing_load_factor <= 10.0:
+            raise ByocError("--routing-load-factor", "out of range", "from 1.0 to 10.0, e.g. 1.25")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
@@ -184,7 +205,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name in {"api_keys", "tls_cert", "tls_key"}:
+    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer"}:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):

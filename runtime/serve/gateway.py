@@ -32,6 +32,7 @@ from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
+from runtime.serve.routing import make_router
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway")
@@ -71,6 +72,7 @@ class Gateway:
         self.keys = KeyRing(keys)
         self.metrics = GatewayMetrics(config.ttft_slo)
         self.pool = UpstreamPool(config.upstreams, config.health_interval, self.metrics)
+        self.router = make_router(config, self.pool)  # --routing: least_outstanding, approximate, precise
         self.rpm = RequestsPerMinute()
         self.key_concurrency = KeyConcurrency()
         self.admission = Admission(config.max_concurrency, config.max_queue)
@@ -94,8 +96,10 @@ class Gateway:
         )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         await self.pool.start()
+        await self.router.start()
 
     async def stop(self) -> None:
+        await self.router.stop()
         await self.pool.stop()
         if self._session is not None:
             await self._session.close()
@@ -350,12 +354,13 @@ class Gateway:
             if payload is not None:
                 payloads[parsed.model] = payload
         failed: Upstream | None = None
+        route = self.router.key(path.endswith("chat/completions"), body, addon.name if addon is not None else None)
         for attempt in range(2):
-            upstream = self.pool.pick(exclude=failed)
+            upstream = self.router.pick(route, exclude=failed)
             if upstream is None:
                 # the only replica just failed: hold as at zero replicas, then try whichever is ready
                 await self._hold_until_ready(outcome)
-                upstream = self.pool.pick(exclude=failed) or self.pool.pick()
+                upstream = self.router.pick(route, exclude=failed) or self.router.pick(route)
                 if upstream is None:
                     break
             # each replica is addressed by the model id it reports (trtllm-serve: its model path)

@@ -1,0 +1,148 @@
+"""KV-cache-aware routing through the real gateway to two CPU engines: a prefix goes where it is cached, a hot
+prefix spreads under the load bound, and a replica killed mid-run is routed around and forgotten."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.runtime.conftest import MODEL, Server, http, metric, start_engine, start_gateway, wait_for
+from tests.tiny_model import CORPUS
+
+TENANTS = {name: " ".join(CORPUS[i : i + 14]) + f" You answer for {name}." for i, name in enumerate(["acme", "bolt"])}
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_models: dict[str, Path], runtime_dir: Path) -> Iterator[list[Server]]:
+    servers = [start_engine(tiny_models, runtime_dir, wait=False) for _ in range(2)]
+    for server in servers:
+        server.wait()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def served(engine: Server) -> float:
+    """Requests an engine has answered (trtllm_request_success_total, all finish reasons)."""
+    text = http("GET", engine.url + "/prometheus/metrics").body.decode()
+    return sum(
+        metric(text, "trtllm_request_success_total", finished_reason=reason) or 0.0 for reason in ("length", "stop")
+    )
+
+
+def reused(engine: Server) -> float:
+    text = http("GET", engine.url + "/prometheus/metrics").body.decode()
+    return metric(text, "trtllm_kv_cache_reused_blocks_total") or 0.0
+
+
+def ask(gateway: Server, tenant: str, question: str, tokens: int = 2) -> str:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": TENANTS[tenant]}, {"role": "user", "content": question}],
+        max_tokens=tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    return answer.choices[0].message.content or ""
+
+
+def gateway_for(mode: str, replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path) -> Server:
+    extra = ["--routing", mode, "--health-interval", "0.3"]
+    if mode == "precise":
+        extra += ["--routing-tokenizer", str(tiny_models["base"])]
+    return start_gateway(runtime_dir, [r.url for r in replicas], *extra)
+
+
+@pytest.mark.parametrize("mode", ["precise", "approximate"])
+def test_a_prefix_goes_to_the_replica_that_holds_it(
+    mode: str, replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    gateway = gateway_for(mode, replicas, tiny_models, runtime_dir)
+    try:
+        before = [served(r) for r in replicas]
+        reused_before = [reused(r) for r in replicas]
+        ask(gateway, "acme", "Hello?")
+        first = [served(r) - b for r, b in zip(replicas, before, strict=True)]
+        holder = first.index(1)
+        for question in ("What is the weather?", "Tell me one two three.", "Who are you?", "And now?"):
+            ask(gateway, "acme", question)
+        after = [served(r) - b for r, b in zip(replicas, before, strict=True)]
+        assert after[holder] == 5 and after[1 - holder] == 0  # every later request found its prefix there
+        assert reused(replicas[holder]) - reused_before[holder] >= 4 * 5  # and reused its system prompt's blocks
+        assert reused(replicas[1 - holder]) == reused_before[1 - holder]
+        # another tenant's prompt is held nowhere: the least busy replica takes it (here: a tie, round-robin)
+        ask(gateway, "bolt", "Hello?")
+    finally:
+        gateway.stop()
+
+
+def test_a_hot_prefix_spreads_under_the_load_bound(
+    replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    gateway = gateway_for("precise", replicas, tiny_models, runtime_dir)
+    try:
+        ask(gateway, "acme", "Warm up.")
+        before = [served(r) for r in replicas]
+        failures: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                ask(gateway, "acme", "Count slowly.", tokens=120)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert not failures
+        spread = [served(r) - b for r, b in zip(replicas, before, strict=True)]
+        assert sum(spread) == 6
+        # bound = ceil(1.25 x (outstanding + 1) / 2): the replica holding the prefix takes 3 or 4 of 6, never all
+        assert min(spread) >= 2, spread
+    finally:
+        gateway.stop()
+
+
+def test_a_replica_killed_mid_run_is_routed_around_and_forgotten(
+    tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    engines = [start_engine(tiny_models, runtime_dir, wait=False) for _ in range(2)]
+    for engine in engines:
+        engine.wait()
+    gateway = gateway_for("precise", engines, tiny_models, runtime_dir)
+    try:
+        before = [served(e) for e in engines]
+        ask(gateway, "acme", "Hello?")
+        holder = [served(e) - b for e, b in zip(engines, before, strict=True)].index(1)
+        survivor = engines[1 - holder]
+        answers: list[str] = []
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            for i in range(12):
+                try:
+                    answers.append(ask(gateway, "acme", f"Question {i}?", tokens=30))
+                except BaseException as exc:
+                    failures.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        wait_for(lambda: len(answers) >= 3, timeout=120, what="three answers")
+        engines[holder].kill()  # the replica holding the tenant's prefix dies in the middle of the run
+        worker.join(timeout=300)
+        assert not failures and len(answers) == 12  # every request was answered (retried once on the survivor)
+        assert served(survivor) > before[1 - holder]
+        ready = http("GET", gateway.url + "/ready").json()
+        assert ready["upstreams_ready"] == 1
+        assert ask(gateway, "acme", "Still there?")  # the survivor now holds the prefix and serves it
+    finally:
+        gateway.stop()
+        for engine in engines:
+            engine.stop()
