@@ -118,9 +118,13 @@ def hang(events: EventLog, stack: str, state: dict) -> int:
     stopped: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stopped.append(1))
     (HOME / "running").write_text(str(os.getpid()))
+    # "hang" stops on the first SIGINT; "stubborn" (an operation that cannot stop yet) only on the second
+    wanted = 2 if (HOME / "mode").read_text().strip() == "stubborn" else 1
     deadline = time.time() + 60
-    while not stopped and time.time() < deadline:
+    while len(stopped) < wanted and time.time() < deadline:
         time.sleep(0.05)
+        if stopped:
+            (HOME / "signals").write_text(str(len(stopped)))
     events.write(diagnosticEvent={"message": "update canceled", "severity": "error", "color": "never"})
     print("error: update canceled", file=sys.stderr)
     return 255
@@ -129,7 +133,7 @@ def hang(events: EventLog, stack: str, state: dict) -> int:
 def up(events: EventLog, stack: str, mode: str) -> int:
     events.write(preludeEvent={"config": {}})
     state = load(stack)
-    if mode == "hang":
+    if mode in ("hang", "stubborn"):
         return hang(events, stack, state)
     for type_, name in RESOURCES:
         events.resource("resourcePreEvent", "create", stack, type_, name)

@@ -146,3 +146,26 @@ def test_pending_operations_block_up_and_destroy_until_refresh(tmp_path: Path, s
         assert "1 operation(s) Pulumi left pending (creating demo-cluster)" in result.stderr
         assert "run `byoc refresh demo` first" in result.stderr
     assert not [c for c in standin.commands() if c.startswith(("up", "destroy"))]
+
+
+def test_scale_refuses_changes_beyond_the_bounds() -> None:
+    from byoc.lifecycle import scale_violations
+
+    changed = {
+        ("kubernetes:keda.sh/v1alpha1:ScaledObject", "demo-serving-scaler"): ["spec.maxReplicaCount"],
+        ("kubernetes:apps/v1:Deployment", "demo-serving"): ["spec.replicas", "spec.template.spec.containers"],
+        ("aws:eks/cluster:Cluster", "demo-cluster"): ["version"],
+    }
+    assert scale_violations(changed) == [
+        "kubernetes:apps/v1:Deployment demo-serving (spec.template.spec.containers)",
+        "aws:eks/cluster:Cluster demo-cluster (version)",
+    ]
+
+
+def test_status_watch_stops_once_settled(tmp_path: Path) -> None:
+    deployed(tmp_path, state=State.FAILED).close()
+    result = byoc("status", "--watch", "--interval", "1", "--timeout", "30", "--output", "json", env=env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1  # FAILED is settled: one look, no waiting
+    assert json.loads(lines[0])[0]["health"] == "failed: test"

@@ -140,6 +140,64 @@ def test_interrupted_up_is_recorded_pending_operations_block_until_refresh(
     assert (row["state"], row["pending_operations"], row["interrupted"]) == ("DEPLOYED", [], False)
 
 
+def test_a_second_signal_forces_the_stop_and_warns(run_env: dict[str, str], standin: StandIn) -> None:
+    standin.mode("stubborn")
+    running = subprocess.Popen(
+        [sys.executable, "-m", "byoc", "up", "-f", EXAMPLE, "--yes"],
+        env=run_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (standin.home / "running").exists():
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.1)
+    running.send_signal(signal.SIGINT)  # not from a terminal: byoc passes it on to Pulumi
+    while not (standin.home / "signals").exists():
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.1)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 1
+    assert "SIGINT: Pulumi finishes the operations in flight and stops" in stderr
+    assert "warning: forcing Pulumi to stop: operations in flight will be left pending" in stderr
+    assert "run `byoc refresh demo` before the next `byoc up`" in stderr
+    assert (standin.home / "signals").read_text() == "2"
+    row = status(run_env)
+    assert row["reason"].startswith("interrupted (SIGINT, SIGINT)") and len(row["pending_operations"]) == 1
+
+
+def test_up_asks_before_creating_anything(run_env: dict[str, str], standin: StandIn) -> None:
+    result = byoc("up", "-f", EXAMPLE, env=run_env)  # no terminal, no --yes
+    assert result.returncode == 2
+    assert "--yes: this changes billable resources in your account and needs a confirmation" in result.stderr
+    assert not [c for c in standin.commands() if c.startswith("up")]
+    assert json.loads(byoc("status", "--output", "json", env=run_env).stdout) == []
+
+
+def test_scale_changes_only_the_bounds(run_env: dict[str, str], standin: StandIn) -> None:
+    assert byoc("up", "-f", EXAMPLE, "--yes", env=run_env).returncode == 0
+    result = byoc("scale", "demo", "--min", "1", "--max", "6", "--output", "json", env=run_env)
+    assert result.returncode == 0, result.stderr
+    outcome = stream(result)[-1]
+    changed = {(c["type"], tuple(c["paths"])) for c in outcome["changed"]}
+    assert ("kubernetes:apps/v1:Deployment", ("spec.replicas",)) in changed
+    assert {t for t, _ in changed} <= {
+        "kubernetes:keda.sh/v1alpha1:ScaledObject",
+        "kubernetes:karpenter.sh/v1:NodePool",
+        "kubernetes:apps/v1:Deployment",
+        "kubernetes:core/v1:ConfigMap",
+    }
+    row = status(run_env)
+    assert row["state"] == "DEPLOYED"
+    assert [e["message"] for e in row["events"]][-2:] == ["DEPLOYED -> SCALING: replicas 1..6", "SCALING -> DEPLOYED"]
+    stored = Registry(Path(run_env["BYOC_HOME"])).require("demo").spec["autoscaling"]
+    assert (stored["min_replicas"], stored["max_replicas"]) == (1, 6)
+    assert "scale_to_zero_window" not in stored  # only for min_replicas 0
+
+
 def test_preview_with_a_cloud_backend_and_kms_secrets(run_env: dict[str, str], standin: StandIn) -> None:
     standin.mode("replace")
     env = {k: v for k, v in run_env.items() if k != "PULUMI_CONFIG_PASSPHRASE"}
