@@ -24,6 +24,8 @@ LORA_TARGET_MODULES = ["attn_q", "attn_k", "attn_v", "attn_dense", "mlp_h_to_4h"
 MODELOPT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "fp4": "NVFP4_DEFAULT_CFG"}
 # trtllm-serve's scheduler budget per iteration (its default): prefill chunks and decode tokens together.
 MAX_NUM_TOKENS = 8192
+# trtllm's default is 0 (no KV cache events); 1024 events between two 100 ms polls is ample at any batch size.
+KV_EVENT_BUFFER_MAX_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ def serve_options(deployment: Deployment) -> dict[str, Any]:
         "kv_cache_config": {
             "free_gpu_memory_fraction": deployment.kv_cache_fraction,
             "enable_block_reuse": True,
+            # KV cache events (stored/removed block hashes) for `POST /kv_cache_events`, which the gateway's
+            # `--routing precise` polls every 100 ms; the buffer holds what arrives between two polls
+            "event_buffer_max_size": KV_EVENT_BUFFER_MAX_SIZE,
             "dtype": "fp8" if shape.kv_cache_dtype == "fp8" else "auto",
         },
         # per-request perf metrics feed /prometheus/metrics; iteration stats feed /metrics (KV cache use)

@@ -164,7 +164,12 @@ def test_bf16_build_places_the_addon_beside_the_model(tiny: Path, lora: Path, tm
     assert options["lora_config"]["max_lora_rank"] == 8
     assert options["lora_config"]["max_loras"] == 1
     assert "attn_q" in options["lora_config"]["lora_target_modules"]
-    assert options["kv_cache_config"] == {"free_gpu_memory_fraction": 0.8, "enable_block_reuse": True, "dtype": "auto"}
+    assert options["kv_cache_config"] == {
+        "free_gpu_memory_fraction": 0.8,
+        "enable_block_reuse": True,
+        "event_buffer_max_size": 1024,
+        "dtype": "auto",
+    }
     manifest = assert_manifest_matches(artifact)
     assert manifest["addons"][0]["id"] == "support"
     assert manifest["addons"][0]["path"] == "adapters/support"
