@@ -511,6 +511,18 @@ def test_builder_writes_only_its_prefix_and_serving_only_reads() -> None:
     assert not [g for g in plan.by_type(KEY_MEMBER) if "byoc-test-" in g.inputs["member"]]
 
 
+def test_the_longest_name_fits_service_account_ids_and_bucket_names() -> None:
+    name = "a-deployment-name-of-32-chars-xy"
+    assert len(name) == 32  # the spec's longest
+    plan = gke(name=name)
+    account_ids = [a.inputs["accountId"] for a in plan.by_type("gcp:serviceaccount/account:Account")]
+    assert len(set(account_ids)) == 4
+    for account_id in account_ids:
+        assert 6 <= len(account_id) <= 30 and account_id.startswith("byoc-a-deploy"), account_id
+    for bucket in plan.by_type(BUCKET):
+        assert len(bucket.inputs["name"]) <= 63, bucket.inputs["name"]
+
+
 def test_model_in_the_customers_bucket_is_readable_by_the_builder() -> None:
     model = {"id": "llama-3.1-8b-instruct", "source": "gs://acme-models/llama/8b/"}
     grant = named(gke(model=model), BUCKET_MEMBER, "test-builder-model-source")
