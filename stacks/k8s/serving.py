@@ -92,6 +92,17 @@ def container_security() -> dict[str, Any]:
     }
 
 
+# GPU pods that must not be evicted to save cost: a running quantization (hours of GPU time) and a serving replica
+# (a model reload of minutes; with one replica, an outage). Karpenter's consolidation and drift honour
+# karpenter.sh/do-not-disrupt (karpenter.sh/docs/concepts/disruption); the Kubernetes cluster autoscaler (GKE)
+# honours safe-to-evict=false. Neither blocks a Deployment's own rolling update, which replaces pods itself; the
+# NodePool's terminationGracePeriod bounds how long drift may wait for such pods (docs/operations.md).
+DO_NOT_DISRUPT = {
+    "karpenter.sh/do-not-disrupt": "true",
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+}
+
+
 def image_annotations(deployment: Deployment) -> dict[str, str]:
     """checkov wants images by digest (CKV_K8S_43); byoc's own runtime image has none until you build and pin it."""
     if "@sha256:" in deployment.images["runtime"]:
@@ -368,7 +379,7 @@ class ServingStack(pulumi.ComponentResource):
                 "activeDeadlineSeconds": 6 * 3600,
                 "ttlSecondsAfterFinished": 86400,
                 "template": {
-                    "metadata": {"labels": labels(deployment, "builder")},
+                    "metadata": {"labels": labels(deployment, "builder"), "annotations": dict(DO_NOT_DISRUPT)},
                     "spec": {
                         "serviceAccountName": account.metadata["name"],
                         "automountServiceAccountToken": False,
@@ -428,7 +439,7 @@ class ServingStack(pulumi.ComponentResource):
                 "template": {
                     "metadata": {
                         "labels": labels(deployment, component),
-                        "annotations": {"byoc.dev/artifact": plan.artifact_prefix},
+                        "annotations": {"byoc.dev/artifact": plan.artifact_prefix, **DO_NOT_DISRUPT},
                     },
                     "spec": {
                         "serviceAccountName": account.metadata["name"],

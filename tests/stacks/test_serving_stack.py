@@ -54,13 +54,13 @@ def test_scaled_object_follows_the_windows() -> None:
         "max_replicas": 2,
         "scale_up_window": "1m",
         "scale_down_window": "20m",
-        "scale_to_zero_window": "15m",
+        "scale_to_zero_window": "45m",
     }
     spec = scaled_object(graph(autoscaling=scaling))
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 60
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 1200
-    assert spec["cooldownPeriod"] == 900
+    assert spec["cooldownPeriod"] == 2700
 
 
 def test_no_scale_to_zero_when_min_is_above_zero() -> None:
@@ -299,3 +299,27 @@ def test_build_job_knows_the_artifact_key_and_the_source_mirror() -> None:
     assert env["BYOC_HF_MIRROR"] == "s3://byoc-test-artifacts-123456789012/sources/hf"
     command = job["containers"][0]["command"]
     assert command[command.index("--work-dir") + 1].startswith("/scratch/")
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_gpu_pods_are_not_evicted_to_save_cost(cloud: str) -> None:
+    """A running build or serving replica is never consolidated away (Karpenter, and GKE's cluster autoscaler)."""
+    overrides: dict[str, Any] = {} if cloud == "aws" else {"cloud": "gcp", "shape": "h100x8-fp8"}
+    plan = graph(**overrides)
+    build = one(plan, "kubernetes:batch/v1:Job").inputs["spec"]["template"]["metadata"]["annotations"]
+    serving = workload(plan, "serving")["template"]["metadata"]["annotations"]
+    gateway = workload(plan, "gateway")["template"]["metadata"].get("annotations", {})
+    for marks in (build, serving):
+        assert marks["karpenter.sh/do-not-disrupt"] == "true"
+        assert marks["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert "karpenter.sh/do-not-disrupt" not in gateway  # on the system nodes: free to move
+
+
+def test_drift_still_rolls_gpu_nodes_within_a_day() -> None:
+    pool = next(r for r in graph().resources if r.inputs.get("kind") == "NodePool").inputs["spec"]
+    assert pool["template"]["spec"]["terminationGracePeriod"] == "24h"
+    node_class = next(r for r in graph().resources if r.inputs.get("kind") == "EC2NodeClass").inputs["spec"]
+    (term,) = node_class["amiSelectorTerms"]
+    assert term["alias"].startswith("al2023@v") and "latest" not in term["alias"]
+    pinned = next(r for r in graph(node_image="al2023@latest").resources if r.inputs.get("kind") == "EC2NodeClass")
+    assert pinned.inputs["spec"]["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
