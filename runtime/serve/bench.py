@@ -304,7 +304,7 @@ def _measure(
     return throughput, ratio, ratio_range, latency, added, errors
 
 
-def benchmark(seconds: float, repeat: int = 3) -> dict[str, Any]:
+def benchmark(seconds: float, repeat: int = 3, routing: str = "least_outstanding") -> dict[str, Any]:
     cpus = _cpus()
     gateway_cpu, load_cpu = cpus[0], cpus[-1]
     folder = Path(tempfile.mkdtemp(prefix="byoc-bench-"))
@@ -347,6 +347,8 @@ def benchmark(seconds: float, repeat: int = 3) -> dict[str, Any]:
                     "1024",
                     "--max-queue",
                     "1024",
+                    "--routing",
+                    routing,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -380,6 +382,7 @@ def benchmark(seconds: float, repeat: int = 3) -> dict[str, Any]:
                 "upstream_cpu": {"direct": gateway_cpu, "gateway": load_cpu},
             },
             "gateway_features_on": FEATURES,
+            "routing": routing,
             "seconds_per_run": seconds,
             "repeat": repeat,
             "requests_per_second": throughput,
@@ -415,7 +418,24 @@ def main() -> None:
     parser.add_argument("--url", default="")
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--body", default="")
+    parser.add_argument(
+        "--scenario",
+        choices=["pass-through", "shared-prefix", "multi-addon"],
+        default="pass-through",
+        help="pass-through: the gateway's overhead (this module); shared-prefix / multi-addon: routing modes on CPU "
+        "engines (runtime/serve/bench_routing.py).",
+    )
+    parser.add_argument("--requests", type=int, default=None, help="shared-prefix / multi-addon: requests per mode.")
+    parser.add_argument("--rate", type=float, default=None, help="shared-prefix / multi-addon: requests per second.")
+    parser.add_argument(
+        "--routing", default="least_outstanding", help="pass-through: the gateway's --routing mode [least_outstanding]."
+    )
     args = parser.parse_args()
+    if args.scenario != "pass-through" and args.role == "bench":
+        from runtime.serve import bench_routing
+
+        bench_routing.main(args.scenario, args.requests, args.rate)
+        return
     if args.role == "upstream":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_upstream(args.port))
@@ -424,7 +444,7 @@ def main() -> None:
         result = asyncio.run(run_load(args.url, args.body.encode(), args.connections, args.seconds))
         print(json.dumps(result))
         return
-    print(json.dumps(benchmark(args.seconds, args.repeat), indent=2))
+    print(json.dumps(benchmark(args.seconds, args.repeat, args.routing), indent=2))
 
 
 if __name__ == "__main__":
