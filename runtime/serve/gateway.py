@@ -49,6 +49,10 @@ STREAM_CUT = (
     b'data: {"error": {"message": "the model replica stopped in the middle of the answer; retry the request", '
     b'"type": "server_error", "param": null, "code": "upstream_stream_interrupted"}}\n\n'
 )
+STREAM_ERROR = (
+    b'data: {"error": {"message": "the model replica failed while generating this answer; retry the request", '
+    b'"type": "server_error", "param": null, "code": "upstream_stream_error"}}\n\n'
+)
 
 
 @dataclass
@@ -436,7 +440,7 @@ class Gateway:
             raise await self._upstream_failure(response, parsed)
         out = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await out.prepare(request)
-        finished = False
+        finished = errored = broken = False
         pending = b""
         try:
             # events that arrive together leave together: one write (one send) per read, not per event
@@ -454,6 +458,9 @@ class Gateway:
                         finished = True
                         batch.append(event + b"\n\n")
                         break
+                    if b'"error"' in event[:32]:  # OpenAI's {"error": ...} or trtllm-serve's {"object": "error"}
+                        errored = True
+                        break
                     outcome.last_token = now
                     if b'"usage"' in event:
                         kept = self._take_usage(event, parsed, outcome)
@@ -467,10 +474,27 @@ class Gateway:
                     except ConnectionResetError:  # the client left: closing our side stops the engine too
                         outcome.code, outcome.reason = "499", "client_disconnected"
                         return out
-                if finished:
+                if finished or errored:
                     break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-            pass  # the upstream broke off: handled below, as a stream that never finished
+            broken = True  # the upstream broke off: handled below, as a stream that never finished
+        return await self._end_stream(out, outcome, upstream, finished, errored and not broken)
+
+    async def _end_stream(
+        self, out: web.StreamResponse, outcome: Outcome, upstream: Upstream, finished: bool, failed_answer: bool
+    ) -> web.StreamResponse:
+        """Close the client's stream: complete, an answer the replica failed, or a replica that broke off."""
+        if failed_answer:
+            # the replica failed this one answer and said so: the request's failure, not a sign the replica is down
+            # (it stays in rotation); its message is not passed on (it may quote the request)
+            self.metrics.upstream_errors.labels(reason="stream_error").inc()
+            outcome.code, outcome.reason = "502", "stream_error"
+            try:
+                await out.write(STREAM_ERROR)
+                await out.write_eof()
+            except ConnectionResetError:
+                pass
+            return out
         if not finished:
             self.metrics.upstream_errors.labels(reason="stream_cut").inc()
             self.pool.failed(upstream)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -185,3 +187,54 @@ def test_an_addon_asked_for_before_the_replica_is_known_is_served_not_404(
         gateway.stop()
         if engine is not None:
             engine.stop()
+
+
+class _FailingAnswers(BaseHTTPRequestHandler):
+    """A replica that is up and healthy but fails every answer with an error event, as trtllm-serve does."""
+
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode())
+        else:
+            self._send(200, b"")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        error = {"object": "error", "message": "generation failed", "type": "InternalServerError", "code": 500}
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": MODEL, "choices": []}
+        events = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(error)}\n\n"
+        self._send(200, events.encode(), "text/event-stream")
+
+
+def test_an_answer_the_replica_fails_keeps_the_replica_in_rotation(runtime_dir: Path) -> None:
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _FailingAnswers)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    gateway = start_gateway(runtime_dir, [f"http://127.0.0.1:{upstream.server_address[1]}"], "--health-interval", "60")
+    try:
+        for _ in range(2):
+            with pytest.raises(openai.APIError) as caught:
+                list(
+                    client(gateway).chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+                    )
+                )
+            assert "failed while generating" in caught.value.message
+        text = gateway.metrics()
+        assert metric(text, "byoc_gateway_upstream_errors_total", reason="stream_error") == 2
+        assert metric(text, "byoc_gateway_upstreams_ready") == 1  # a failed answer is not a failed replica
+        assert metric(text, "byoc_gateway_requests_total", code="502") == 2
+    finally:
+        gateway.stop()
+        upstream.shutdown()
+        upstream.server_close()
