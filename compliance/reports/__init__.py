@@ -34,7 +34,7 @@ def notices(graph: Graph) -> list[str]:
             f"byoc's runtime image is referenced by tag ({', '.join(unpinned)}): build runtime/Dockerfile into your "
             "registry and set images.runtime to its @sha256 digest."
         )
-    return found
+    return found + evidence.notices(graph)
 
 
 def summary(findings: list[Finding], selected: list[str], drift: list[Drift]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def write_pack(
         (staging / "audit-logging.json").write_text(json.dumps(evidence.audit_logging(graph), indent=2))
         (staging / "iam-policies.json").write_text(json.dumps(evidence.iam_policies(graph), indent=2))
         (staging / "data-flows.json").write_text(json.dumps(evidence.data_flows(graph), indent=2))
-        (staging / "shared-responsibility.md").write_text(evidence.SHARED_RESPONSIBILITY)
+        (staging / "shared-responsibility.md").write_text(evidence.shared_responsibility(graph))
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         (staging / MANIFEST).write_text("".join(f"{_sha256(p)}  {p.relative_to(staging).as_posix()}\n" for p in files))
         if out.exists():

@@ -1,15 +1,22 @@
-"""Supporting evidence security teams ask for, read from the same graph the checks read: the encryption
-inventory, the audit-log configuration, the IAM policies byoc's roles get, the data flows (and what leaves the
-account), and the shared-responsibility matrix."""
+"""AWS evidence: KMS keys and what they encrypt, CloudTrail and the logs byoc keeps, the IAM roles byoc creates
+and their policies, and the data flows of the VPC (endpoints, NAT, the internal NLB)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from compliance.checks import aws
 from compliance.checks.common import as_list, policy_document
 from compliance.model import Graph, Resource
+from compliance.reports.evidence.common import (
+    STORAGE_CLASS,
+    CloudEvidence,
+    KeyFacts,
+    Store,
+    read_text,
+    storage_class,
+)
 
 
 def _key_index(graph: Graph) -> dict[str, Resource]:
@@ -22,90 +29,48 @@ def _key_index(graph: Graph) -> dict[str, Resource]:
     return index
 
 
-def _key(graph: Graph, index: dict[str, Resource], reference: Any) -> dict[str, Any]:
-    if not reference:
-        return {"key": None, "customer_managed": False, "rotation": None}
-    key = index.get(str(reference).split("key/")[-1])
-    return {
-        "key": reference,
-        "customer_managed": key is not None or ":key/" in str(reference),
-        "rotation": None if key is None else bool(key.get("enableKeyRotation")),
-        "key_resource": None if key is None else key.name,
-    }
-
-
-def encryption_inventory(graph: Graph) -> list[dict[str, Any]]:
+def keys(graph: Graph) -> KeyFacts:
     index = _key_index(graph)
-    stores: list[dict[str, Any]] = []
 
-    def add(store: str, resource: Resource, reference: Any, note: str = "") -> None:
-        entry = {"store": store, "resource": resource.name, "type": resource.type, **_key(graph, index, reference)}
-        if note:
-            entry["note"] = note
-        stores.append(entry)
+    def facts(reference: Any) -> dict[str, Any]:
+        if not reference:
+            return {"key": None, "customer_managed": False, "rotation": None}
+        key = index.get(str(reference).split("key/")[-1])
+        return {
+            "key": reference,
+            "customer_managed": key is not None or ":key/" in str(reference),
+            "rotation": None if key is None else bool(key.get("enableKeyRotation")),
+            "key_resource": None if key is None else key.name,
+        }
 
-    for config in graph.by_type(aws.ENCRYPTION):
-        default = config.get("rules.0.applyServerSideEncryptionByDefault") or {}
-        note = (
-            "SSE-S3 (AES-256): S3 access logs cannot target SSE-KMS" if default.get("sseAlgorithm") == "AES256" else ""
-        )
-        add("S3 bucket", config, default.get("kmsMasterKeyId"), note)
-    for group in graph.by_type(aws.LOG_GROUP):
-        add("CloudWatch log group", group, group.get("kmsKeyId"))
-    for cluster in graph.by_type(aws.CLUSTER):
-        add("EKS secrets (etcd)", cluster, cluster.get("encryptionConfig.provider.keyArn"))
-    for template in graph.by_type(aws.LAUNCH_TEMPLATE):
-        for mapping in as_list(template.get("blockDeviceMappings")):
-            add("EBS root volume (system nodes)", template, (mapping.get("ebs") or {}).get("kmsKeyId"))
-    for node_class in graph.by_type(aws.NODE_CLASS):
-        for mapping in as_list(node_class.get("spec.blockDeviceMappings")):
-            add("EBS root volume (GPU nodes)", node_class, (mapping.get("ebs") or {}).get("kmsKeyID"))
-    for storage in graph.by_type("kubernetes:storage.k8s.io/v1:StorageClass"):
-        add("EBS persistent volumes", storage, (storage.get("parameters") or {}).get("kmsKeyId"))
-    for queue in graph.by_type(aws.QUEUE):
-        add("SQS queue", queue, queue.get("kmsMasterKeyId"))
-    for trail in graph.by_type(aws.TRAIL):
-        add("CloudTrail log files", trail, trail.get("kmsKeyId"))
-    return stores
+    return facts
 
 
-def audit_logging(graph: Graph) -> dict[str, Any]:
+def _s3(config: Resource, graph: Graph) -> Iterable[Store]:
+    default = config.get("rules.0.applyServerSideEncryptionByDefault") or {}
+    note = "SSE-S3 (AES-256): S3 access logs cannot target SSE-KMS" if default.get("sseAlgorithm") == "AES256" else ""
+    yield Store("S3 bucket", default.get("kmsMasterKeyId"), note)
+
+
+def _launch_template(template: Resource, graph: Graph) -> Iterable[Store]:
+    for mapping in as_list(template.get("blockDeviceMappings")):
+        yield Store("EBS root volume (system nodes)", (mapping.get("ebs") or {}).get("kmsKeyId"))
+
+
+def _node_class(node_class: Resource, graph: Graph) -> Iterable[Store]:
+    for mapping in as_list(node_class.get("spec.blockDeviceMappings")):
+        yield Store("EBS root volume (GPU nodes)", (mapping.get("ebs") or {}).get("kmsKeyID"))
+
+
+def _trail(t: Resource, graph: Graph) -> dict[str, Any]:
     return {
-        "cloudtrail": [
-            {
-                "trail": t.get("name") or t.name,
-                "multi_region": t.get("isMultiRegionTrail"),
-                "global_service_events": t.get("includeGlobalServiceEvents"),
-                "log_file_validation": t.get("enableLogFileValidation"),
-                "kms_key": t.get("kmsKeyId"),
-                "cloudwatch_logs_group": t.get("cloudWatchLogsGroupArn"),
-                "event_selectors": t.get("advancedEventSelectors"),
-            }
-            for t in graph.by_type(aws.TRAIL)
-        ],
-        "log_groups": [
-            {"name": g.get("name") or g.name, "retention_days": g.get("retentionInDays"), "kms_key": g.get("kmsKeyId")}
-            for g in graph.by_type(aws.LOG_GROUP)
-        ],
-        "eks_control_plane_logs": [
-            {"cluster": c.get("name") or c.name, "types": c.get("enabledClusterLogTypes")}
-            for c in graph.by_type(aws.CLUSTER)
-        ],
-        "vpc_flow_logs": [
-            {"vpc": f.get("vpcId"), "traffic": f.get("trafficType"), "destination": f.get("logDestination")}
-            for f in graph.by_type(aws.FLOW_LOG)
-        ],
-        "s3_access_logging": [
-            {"bucket": b.get("bucket"), "target": b.get("targetBucket"), "prefix": b.get("targetPrefix")}
-            for b in graph.by_type(aws.LOGGING)
-        ],
-        "alert_rules": [
-            r["alert"]
-            for rule in graph.by_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
-            for group in as_list(rule.get("spec.groups"))
-            for r in as_list(group.get("rules"))
-            if "alert" in r
-        ],
+        "trail": t.get("name") or t.name,
+        "multi_region": t.get("isMultiRegionTrail"),
+        "global_service_events": t.get("includeGlobalServiceEvents"),
+        "log_file_validation": t.get("enableLogFileValidation"),
+        "kms_key": t.get("kmsKeyId"),
+        "cloudwatch_logs_group": t.get("cloudWatchLogsGroupArn"),
+        "event_selectors": t.get("advancedEventSelectors"),
     }
 
 
@@ -174,4 +139,52 @@ def data_flows(graph: Graph) -> dict[str, Any]:
     }
 
 
-SHARED_RESPONSIBILITY = (Path(__file__).parent / "shared-responsibility.md").read_text()
+EVIDENCE = CloudEvidence(
+    keys=keys,
+    stores={
+        aws.ENCRYPTION: _s3,
+        aws.LOG_GROUP: lambda group, graph: [Store("CloudWatch log group", group.get("kmsKeyId"))],
+        aws.CLUSTER: lambda cluster, graph: [
+            Store("EKS secrets (etcd)", cluster.get("encryptionConfig.provider.keyArn"))
+        ],
+        aws.LAUNCH_TEMPLATE: _launch_template,
+        aws.NODE_CLASS: _node_class,
+        STORAGE_CLASS: storage_class,
+        aws.QUEUE: lambda queue, graph: [Store("SQS queue", queue.get("kmsMasterKeyId"))],
+        aws.TRAIL: lambda trail, graph: [Store("CloudTrail log files", trail.get("kmsKeyId"))],
+    },
+    audit={
+        "cloudtrail": (aws.TRAIL, _trail),
+        "log_groups": (
+            aws.LOG_GROUP,
+            lambda g, graph: {
+                "name": g.get("name") or g.name,
+                "retention_days": g.get("retentionInDays"),
+                "kms_key": g.get("kmsKeyId"),
+            },
+        ),
+        "eks_control_plane_logs": (
+            aws.CLUSTER,
+            lambda c, graph: {"cluster": c.get("name") or c.name, "types": c.get("enabledClusterLogTypes")},
+        ),
+        "vpc_flow_logs": (
+            aws.FLOW_LOG,
+            lambda f, graph: {
+                "vpc": f.get("vpcId"),
+                "traffic": f.get("trafficType"),
+                "destination": f.get("logDestination"),
+            },
+        ),
+        "s3_access_logging": (
+            aws.LOGGING,
+            lambda b, graph: {
+                "bucket": b.get("bucket"),
+                "target": b.get("targetBucket"),
+                "prefix": b.get("targetPrefix"),
+            },
+        ),
+    },
+    identities=iam_policies,
+    data_flows=data_flows,
+    shared_responsibility=read_text("shared-responsibility.md"),
+)
