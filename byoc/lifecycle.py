@@ -75,6 +75,7 @@ def capacity_need(deployment: Deployment) -> CapacityNeed:
         purchase_option="spot" if deployment.capacity == "spot" else "on-demand",
         why=f"max_replicas {deployment.autoscaling.max_replicas} + the model build Job, "
         f"{placement.replicas_per_node} replica(s) per instance",
+        deployment=deployment.name,
     )
 
 
@@ -253,6 +254,8 @@ class Lifecycle:
         from byoc.engines.live import Backend, require_cli
 
         require_cli(command)
+        if record is not None and record.state is State.DELETED:
+            record = None  # a name used again may keep its state anywhere
         if record is not None and options.backend and options.backend != record.backend:
             raise ByocError(
                 "--backend",
@@ -448,6 +451,7 @@ class Lifecycle:
 
         Raises ByocError for bounds the rules refuse (naming autoscaling.*), or a change beyond the two objects."""
         record = self.registry.require(name)
+        check_transition(name, record.state, State.SCALING)  # before the offline comparison, which takes seconds
         data = dict(record.spec)
         scaling = dict(data.get("autoscaling") or {})
         scaling |= {"min_replicas": min_replicas, "max_replicas": max_replicas}
@@ -493,6 +497,7 @@ class Lifecycle:
         if spec.name != name:
             raise ByocError("name", f"the spec is for {spec.name!r}, not {name!r}", f"set name: {name} in the spec")
         record = self.registry.require(name)
+        check_transition(name, record.state, State.UPDATING)
         deployment = resolve(spec)
         check_placement(record, deployment)
         backend = self._backend("update", record, options)
@@ -560,7 +565,7 @@ class Lifecycle:
                 self.registry.record_event(name, "pre-destroy", "controller resources", **controllers)
                 self._view.step("pulumi refresh")
                 self._engine(name, stack, "destroy", stack.refresh)
-                self._view.step("pulumi destroy")
+                self._view.step("pulumi destroy", total=_resource_count(stack))
                 self._engine(name, stack, "destroy", stack.destroy)
             else:
                 controllers = {"skipped": "the stack was destroyed before; sweeping again"}
@@ -762,6 +767,14 @@ def scale_violations(changed: dict[tuple[str, str], list[str]]) -> list[str]:
         if extra:
             refused.append(f"{type_token} {name} ({', '.join(extra[:3])})")
     return refused
+
+
+def _resource_count(stack: LiveStack) -> int | None:
+    """How many resources the stack holds (what a destroy counts to), or None if the state cannot be read."""
+    try:
+        return len(stack.export_state()["deployment"]["resources"])
+    except Exception:  # a total is a nicety; the destroy reports its own failure
+        return None
 
 
 def _name(obj: dict[str, Any]) -> str:

@@ -167,7 +167,7 @@ def _quota_check(need: CapacityNeed, ec2: Any) -> Check:
 
     try:
         per_instance = _vcpus(ec2, [need.instance_type])[need.instance_type]
-        in_use = _vcpus_in_use(ec2, family, need.purchase_option)
+        in_use = _vcpus_in_use(ec2, family, need.purchase_option, need.deployment)
     except (ClientError, BotoCoreError, KeyError) as exc:
         error_code, message = _error(exc)
         return Check(
@@ -224,8 +224,9 @@ def _quota_check(need: CapacityNeed, ec2: Any) -> Check:
     )
 
 
-def _vcpus_in_use(ec2: Any, family: str, purchase_option: str) -> int:
-    """vCPUs of the running and pending instances that count against the family's quota."""
+def _vcpus_in_use(ec2: Any, family: str, purchase_option: str, deployment: str) -> int:
+    """vCPUs of the running and pending instances that count against the family's quota, except the deployment's
+    own (tagged byoc:deployment=<name>: a re-run of `up` already counts them in what it needs)."""
     counts: dict[str, int] = {}
     pages = ec2.get_paginator("describe_instances").paginate(
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
@@ -233,6 +234,9 @@ def _vcpus_in_use(ec2: Any, family: str, purchase_option: str) -> int:
     for page in pages:
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):
+                tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+                if deployment and tags.get("byoc:deployment") == deployment:
+                    continue
                 kind = instance["InstanceType"]
                 spot = instance.get("InstanceLifecycle") == "spot"
                 if quota_family(kind) == family and spot == (purchase_option == "spot"):

@@ -18,6 +18,7 @@ class CapacityNeed:
     instances: int
     purchase_option: Literal["on-demand", "spot"]
     why: str
+    deployment: str = ""  # its own running instances are part of the need, not of what else runs
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ and end with the result (`{"event": "result", ...}`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import typer
 
 from byoc.commands.common import Output, OutputOpt, print_json, reporting
 from byoc.commands.plan import CloudName, CloudOpt, ModelOpt, NameOpt, RegionOpt, ShapeOpt, SpecFileOpt, _spec
-from byoc.errors import ByocError
+from byoc.errors import ByocError, ByocFailure
 
 if TYPE_CHECKING:
     from byoc.lifecycle import Lifecycle, LiveOptions
@@ -72,7 +73,18 @@ def _lifecycle(output: Output, live: bool = True) -> Iterator[Lifecycle]:
         view = RichProgress() if live and sys.stderr.isatty() else _PlainLines()
     lifecycle = Lifecycle(view=view, confirm=_confirm(output))
     with lifecycle.closing():
-        yield lifecycle
+        try:
+            yield lifecycle
+        except ByocError:
+            raise
+        except Exception as exc:  # a bug or an answer nobody expected: the run is already FAILED with the reason
+            if os.environ.get("BYOC_DEBUG"):
+                raise
+            raise ByocFailure(
+                "byoc",
+                f"unexpected error: {type(exc).__name__}: {exc}",
+                "`byoc status` shows the deployment's state and reason; BYOC_DEBUG=1 shows the traceback",
+            ) from None
 
 
 class _PlainLines:

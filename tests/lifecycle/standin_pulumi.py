@@ -86,6 +86,9 @@ def stack_command(args: list[str], command: list[str], stack: str) -> int:
         (HOME / "stacks").mkdir(exist_ok=True)
         save(args[args.index("init") + 1], {"version": 3, "deployment": {"resources": [], "pending_operations": []}})
     elif command == ["stack", "output"]:
+        if (HOME / "mode").exists() and (HOME / "mode").read_text().strip() == "garbage":
+            print("{this is not JSON")  # a CLI answer nobody expected
+            return 0
         outputs = load(stack).get("outputs", {})
         if "--show-secrets" not in args:
             outputs = {k: ("[secret]" if k == "kubeconfig" else v) for k, v in outputs.items()}

@@ -59,6 +59,11 @@ def test_running_instances_count_against_the_quota(moto_endpoint: str, quota_ser
     )
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     running = ec2.run_instances(ImageId=image, InstanceType="p5.48xlarge", MinCount=1, MaxCount=1)["Instances"]
+    own = [{"ResourceType": "instance", "Tags": [{"Key": "byoc:deployment", "Value": "demo"}]}]
+    # the deployment's own node: a re-run of `up` counts it in what it needs, not in what else runs
+    running += ec2.run_instances(
+        ImageId=image, InstanceType="p5.4xlarge", MinCount=1, MaxCount=1, TagSpecifications=own
+    )["Instances"]
     try:
         quota_server.applied[P_ON_DEMAND] = 256
         result, checks = preflight(aws_env(moto_endpoint, quota_server.url))

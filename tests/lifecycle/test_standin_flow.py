@@ -169,6 +169,15 @@ def test_a_second_signal_forces_the_stop_and_warns(run_env: dict[str, str], stan
     assert row["reason"].startswith("interrupted (SIGINT, SIGINT)") and len(row["pending_operations"]) == 1
 
 
+def test_a_crash_ends_failed_with_the_reason_and_no_traceback(run_env: dict[str, str], standin: StandIn) -> None:
+    standin.mode("garbage")
+    result = byoc("up", "-f", EXAMPLE, "--yes", env=run_env)
+    assert result.returncode == 1
+    assert "error: byoc: unexpected error: JSONDecodeError" in result.stderr and "Traceback" not in result.stderr
+    row = status(run_env)
+    assert row["state"] == "FAILED" and row["reason"].startswith("byoc up crashed: JSONDecodeError")
+
+
 def test_up_asks_before_creating_anything(run_env: dict[str, str], standin: StandIn) -> None:
     result = byoc("up", "-f", EXAMPLE, env=run_env)  # no terminal, no --yes
     assert result.returncode == 2
