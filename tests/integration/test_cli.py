@@ -312,7 +312,7 @@ def test_live_commands_say_when_the_pulumi_cli_is_missing(tmp_path: Path) -> Non
         cwd=ROOT,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # issue 13: no CLI is a refusal before anything runs, like invalid input
     assert "Pulumi CLI is not installed" in result.stderr
     assert "byoc plan" in result.stderr
     assert "Traceback" not in result.stderr
