@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from byoc import __version__
-from byoc.commands import build, compliance, live, serve
+from byoc.commands import addons, build, compliance, live, serve
 from byoc.commands import plan as planning
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ def _root(
     """Private LLM inference in your own AWS or GCP account: plan, deploy, serve, and prove compliance."""
 
 
-for group in (planning, live, serve, build, compliance):
+for group in (planning, live, serve, addons, build, compliance):
     group.register(app)
 
 

@@ -156,6 +156,13 @@ def engine(
             "--event-buffer-max-size", min=1, help="KV cache events kept until POST /kv_cache_events reads them."
         ),
     ] = 4096,
+    max_loras: Annotated[
+        int | None,
+        typer.Option("--max-loras", min=1, help="LoRA adapters resident at once (trtllm's max_loras) [all]."),
+    ] = None,
+    max_lora_rank: Annotated[
+        int, typer.Option("--max-lora-rank", min=1, help="Highest adapter rank accepted (trtllm's max_lora_rank).")
+    ] = 64,
 ) -> None:
     """A CPU engine speaking trtllm-serve's API with a real model (for development and tests)."""
     import asyncio
@@ -184,6 +191,8 @@ def engine(
         threads or cpu_threads_default(),
         enable_block_reuse=enable_block_reuse,
         event_buffer_max_size=event_buffer_max_size,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank,
     )
     if max_context is not None:
         generator.max_context = min(max_context, generator.max_context)

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from byoc.errors import ByocError
+from runtime.serve.addons import routes as addon_routes
 from runtime.serve.config import Address
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
 from runtime.serve.structured import SchemaError, Structure, requested_structure, tool_call
@@ -83,6 +85,8 @@ class Engine:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/kv_cache_events", self.kv_cache_events)
+        for path, handler in addon_routes(self.generator.lora, self.generator.wake):
+            app.router.add_post(path, handler)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -141,6 +145,13 @@ class Engine:
             for addon, folder in self.generator.addons.items():
                 if isinstance(path, str) and path and (Path(path) == folder or Path(path).name == addon):
                     return addon
+            if isinstance(name, str) and isinstance(path, str) and path and Path(path).is_dir():
+                # as trtllm-serve: an adapter not seen before is loaded from its lora_path (checked first)
+                try:
+                    self.generator.lora.register(name, Path(path))
+                except ByocError as error:
+                    raise BadRequest(f"lora_request: {error.message}", "lora_request") from None
+                return name
             raise BadRequest("lora_request names an adapter this engine has not loaded", "lora_request")
         model = body.get("model")
         if model in self.generator.addons:

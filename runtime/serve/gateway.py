@@ -399,6 +399,7 @@ class Gateway:
                     else:
                         response.close()  # an unfinished answer: drop the connection, which stops the engine
                 upstream.outstanding -= 1
+                self.router.release(route)
         outcome.reason = "upstream_unavailable"
         raise ApiError(
             502,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from runtime.serve.addons import MAX_LORA_RANK, LoraSlots
 from runtime.serve.logs import exception_summary
 from runtime.serve.prefix_cache import (
     EVENT_BUFFER_MAX_SIZE,
@@ -177,6 +178,8 @@ class Generator:
         threads: int,
         enable_block_reuse: bool = True,
         event_buffer_max_size: int = EVENT_BUFFER_MAX_SIZE,
+        max_loras: int | None = None,
+        max_lora_rank: int = MAX_LORA_RANK,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,13 +187,6 @@ class Generator:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         # float32 on CPU: bfloat16 matmuls are emulated on most CPUs and slower
         model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        if addons:
-            from peft import PeftModel
-
-            first, *rest = addons.items()
-            model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
-            for name, folder in rest:
-                model.load_adapter(str(folder), adapter_name=name)
         model.eval()
         self.model = model
         self.addons = dict(addons)
@@ -201,6 +197,9 @@ class Generator:
         self._grammars_lock = threading.Lock()
         self.eos_ids = self._eos_ids()
         self.metrics = EngineMetrics(model_name)
+        # LoRA adapters: at most max_loras in the model, the others loaded on first use; added and removed live
+        self.lora = LoraSlots(model_dir, self.addons, max_loras, max_lora_rank, self.metrics.registry)
+        self.model = self.lora.load_initial(self.model)
         self.max_batch_size = max_batch_size
         self.max_blocks = max(1, kv_cache_tokens // TOKENS_PER_BLOCK)
         self._waiting: deque[Sequence] = deque()
@@ -248,6 +247,11 @@ class Generator:
             taken.append(self._stats.popleft())
         return taken
 
+    def wake(self) -> None:
+        """Tell the generation thread there is work besides requests (an addon to unload)."""
+        with self._wake:
+            self._wake.notify()
+
     def stop(self) -> None:
         with self._wake:
             self._running = False
@@ -286,10 +290,11 @@ class Generator:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while self._running and not self._waiting and not self._active:
+                    while self._running and not self._waiting and not self._active and not self.lora.pending_unload:
                         self._wake.wait()
                     if not self._running:
                         return
+                self.model = self.lora.apply_unloads(self.model, {s.adapter for s in self._active}, self.prefix_cache)
                 self._admit()
                 started = time.perf_counter()
                 context = sum(1 for s in self._active if s.cache is None)
@@ -321,7 +326,7 @@ class Generator:
         else:
             inputs = torch.tensor([[s.generated[-1]]], dtype=torch.long)
         kwargs: dict[str, Any] = {"input_ids": inputs, "cache": s.cache, "use_cache": True, "logits_to_keep": 1}
-        if self.addons:
+        if self.lora.peft:
             kwargs["adapter_names"] = [s.adapter]
         logits = self.model(**kwargs).logits[0, -1].float()
         if s.first_token is None and self.prefix_cache is not None and len(hashes) > reused:
@@ -367,6 +372,7 @@ class Generator:
         """
         from transformers import DynamicCache
 
+        self.model = self.lora.ensure(self.model, s.adapter, {a.adapter for a in self._active})
         s.cache = DynamicCache()
         if self.prefix_cache is None:
             return torch.tensor([s.prompt], dtype=torch.long), [], 0

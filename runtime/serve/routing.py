@@ -13,9 +13,13 @@ Modes (`--routing`):
   `event_buffer_max_size`; the CPU engine), polled every `EVENTS_POLL_SECONDS`. Blocks routed but not reported yet
   count for `PENDING_SECONDS`, so a burst of one tenant's requests does not scatter before the events arrive.
 
-Both cache-aware modes pick, among the replicas under the load bound, the one with the longest matched prefix; a
-request for a LoRA addon then prefers a replica that served that addon in the last `ADDON_AFFINITY_SECONDS`; ties and
-prompts no replica holds go to the least outstanding. The load bound (bounded-load consistent hashing, Mirrokni et
+Both cache-aware modes pick, among the replicas under the load bound, the one where the request costs least, counted
+in prompt blocks: the blocks it would prefill there (its blocks minus the prefix matched there), plus the prefill
+already queued there (blocks of requests in progress that were not cached there), plus `DECODE_COST_BLOCKS` per request
+in progress, plus `ADDON_LOAD_COST_BLOCKS` for an addon that replica has not served in the last
+`ADDON_AFFINITY_SECONDS` (LoRA affinity: adapters are not loaded on every replica in turn). So a prefix goes where it
+is cached unless that replica is busy prefilling others; a prompt no replica holds goes to the least loaded; ties go
+round-robin. The load bound (bounded-load consistent hashing, Mirrokni et
 al. 2018): a replica is eligible while its outstanding requests are below `ceil(load_factor * (all outstanding + 1) /
 replicas)`, so a hot prefix spreads to a second replica instead of queueing on one. Replicas that leave the ready set
 are forgotten (a restarted engine's cache is empty).
@@ -53,23 +57,30 @@ ADDON_AFFINITY_SECONDS = 120.0
 EVENTS_POLL_SECONDS = 0.1
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=2, connect=1)
 LOAD_FACTOR = 1.25
-
-
-@dataclass(frozen=True)
-class RouteKey:
-    """What a request is routed by: its prompt's block keys (text or token blocks) and its addon."""
-
-    blocks: tuple[int, ...]
-    addon: str | None
+# The cost of a replica for a request, in prompt blocks to prefill: a running request slows each iteration about as
+# much as 2 blocks of prefill on the CPU engine; loading a LoRA adapter costs about 8 (PEFT load from local disk).
+DECODE_COST_BLOCKS = 2
+ADDON_LOAD_COST_BLOCKS = 8
 
 
 @dataclass
+class RouteKey:
+    """What a request is routed by: its prompt's block keys (text or token blocks) and its addon; and the prefill
+    work it was charged to a replica (released when the request ends)."""
+
+    blocks: tuple[int, ...]
+    addon: str | None
+    charged: tuple[ReplicaState, int] | None = None
+
+
+@dataclass(eq=False)
 class ReplicaState:
     """What the gateway knows about one replica's cache."""
 
     routed: OrderedDict[int, float] = field(default_factory=OrderedDict)  # block key -> when last routed (LRU)
     reported: set[int] = field(default_factory=set)  # precise: blocks the replica's KV events say it holds
     addons: dict[str, float] = field(default_factory=dict)  # addon -> when last routed here
+    prefill_blocks: int = 0  # prompt blocks sent here and not cached there, of requests still in progress
     events_supported: bool = True
 
 
@@ -190,29 +201,46 @@ class Router:
             return None
         if len(self.states) > len(self.pool.ready):
             self._forget_gone()
+        self.release(key)  # a retry: the first replica's charge goes
         now = time.monotonic()
         total = sum(u.outstanding for u in candidates)
         bound = math.ceil(self.load_factor * (total + 1) / len(candidates))
         self._turn += 1
         count = len(candidates)
+        blocks = len(key.blocks)
         best: Upstream | None = None
-        best_score: tuple[int, int, int] = (-1, -1, 0)
+        best_cost = math.inf
+        best_new = blocks
         for i in range(count):
             upstream = candidates[(self._turn + i) % count]
             if upstream.outstanding >= bound:
                 continue
             state = self.states.get(upstream.url)
-            matched = self._matched(state, key.blocks, now) if state is not None else 0
-            recent = 0
-            if key.addon is not None and state is not None:
-                recent = int(now - state.addons.get(key.addon, -math.inf) < ADDON_AFFINITY_SECONDS)
-            score = (matched, recent, -upstream.outstanding)
-            if score > best_score:
-                best, best_score = upstream, score
+            new = blocks - (self._matched(state, key.blocks, now) if state is not None else 0)
+            # the prefill this request would cost there, the prefill already queued there, the running requests,
+            # and an adapter load if the addon was not served there lately
+            cost = new + DECODE_COST_BLOCKS * upstream.outstanding
+            if state is not None:
+                cost += state.prefill_blocks
+            if key.addon is not None and (
+                state is None or now - state.addons.get(key.addon, -math.inf) > ADDON_AFFINITY_SECONDS
+            ):
+                cost += ADDON_LOAD_COST_BLOCKS
+            if cost < best_cost:
+                best, best_cost, best_new = upstream, cost, new
         if best is None:  # every replica at the bound (cannot happen with load_factor >= 1): the least busy
             best = min(candidates, key=lambda u: u.outstanding)
-        self._remember(best, key, now)
+        state = self._remember(best, key, now)
+        state.prefill_blocks += best_new
+        key.charged = (state, best_new)
         return best
+
+    def release(self, key: RouteKey | None) -> None:
+        """The request ended (or is retried elsewhere): its prefill no longer weighs on the replica."""
+        if key is not None and key.charged is not None:
+            state, blocks = key.charged
+            state.prefill_blocks = max(0, state.prefill_blocks - blocks)
+            key.charged = None
 
     def _matched(self, state: ReplicaState, blocks: tuple[int, ...], now: float) -> int:
         matched = 0
@@ -228,7 +256,7 @@ class Router:
             matched += 1
         return matched
 
-    def _remember(self, upstream: Upstream, key: RouteKey, now: float) -> None:
+    def _remember(self, upstream: Upstream, key: RouteKey, now: float) -> ReplicaState:
         state = self.states.get(upstream.url)
         if state is None:
             state = self.states[upstream.url] = ReplicaState()
@@ -240,6 +268,7 @@ class Router:
             routed.popitem(last=False)
         if key.addon is not None:
             state.addons[key.addon] = now
+        return state
 
     def _forget_gone(self) -> None:
         ready = {u.url for u in self.pool.ready}
