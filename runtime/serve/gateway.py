@@ -114,6 +114,8 @@ class Gateway:
         return self._session
 
     def app(self) -> web.Application:
+        """The API. Routes go in the list: `_routes` ends with a catch-all (OpenAI-shaped 404) that would shadow
+        any route added after it."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         _routes(
             app,
