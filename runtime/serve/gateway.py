@@ -1,10 +1,13 @@
 """The OpenAI-compatible gateway in front of trtllm-serve replicas.
 
 One asyncio process. Per request, in this order: API key (401), the key's requests per minute (429), the body
-(400), the model or addon (404), the key's concurrent requests (429), a held wait while no replica is ready
-(scale from zero: `byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the
-bounded queue (429 when full or after --queue-timeout), then the least busy ready replica. A request that fails
-before its first byte is retried once on another replica; a stream cut mid-way ends with an error event.
+(413 over 8 MiB, 400), the model or addon (404; held like the rest while no replica has listed its addons yet), the
+key's concurrent requests (429), a held wait while no replica is ready (scale from zero:
+`byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the bounded queue (429
+when full or after --queue-timeout), then the least busy ready replica. A request that fails before its first byte
+is retried once on another replica; a stream cut mid-way ends with an error event. What the engine refuses (4xx)
+is the client's mistake: relayed, never retried, never held against the replica. A client that leaves cancels its
+request wherever it is (499): every slot it held is freed and the upstream connection closed.
 
 Zero data retention: request and response bodies pass through memory only. Logs carry one access line per request
 (key name, model, status, token counts, latency); metrics carry model, addon and status; error bodies name the
