@@ -18,7 +18,7 @@ FRACTION = 0.85
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp"])
-def test_options_for_every_catalog_shape(cloud: str, tiny: Path, lora: Path) -> None:
+def test_options_for_every_catalog_shape(cloud: str, tiny: Path) -> None:
     shapes = catalog_shapes(cloud)
     assert shapes
     for shape in shapes:
@@ -27,10 +27,11 @@ def test_options_for_every_catalog_shape(cloud: str, tiny: Path, lora: Path) -> 
             "name": "opts",
             "cloud": cloud,
             "region": "GLOBAL",
-            "model": {"id": "tiny", "source": f"file://{tiny}"},
+            # a cloud deployment builds from a store the cluster reads; the architecture comes from the local config
+            "model": {"id": "tiny", "source": "hf://byoc-examples/tiny", "config": f"file://{tiny}/config.json"},
             "shape": shape.name,
             "kv_cache_fraction": FRACTION,
-            "addons": [{"id": "support", "source": f"file://{lora}", "rank": 8}],
+            "addons": [{"id": "support", "source": "hf://byoc-examples/support-lora", "rank": 8}],
         }
         if not bf16:
             with pytest.raises(ByocError, match="cannot take LoRA addons"):
