@@ -101,9 +101,12 @@ def test_prometheus_scrapes_the_gateway_and_computes_the_ttft_quantile(
         value = math.nan
         while time.monotonic() < deadline and math.isnan(value):
             with contextlib.suppress(OSError):
-                client.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=3, stream=True
-                ).close()
+                # streamed answers read to the end: TTFT is measured on streamed answers only
+                list(
+                    client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=3, stream=True
+                    )
+                )
                 client.completions.create(model=MODEL, prompt="One two", max_tokens=3)
                 result = query(TTFT_P50)
                 if result:
