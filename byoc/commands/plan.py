@@ -358,9 +358,23 @@ def write_evidence_pack(document: dict[str, Any], folder: Path) -> dict[str, Any
     return write_pack(declared, evaluate(declared, frameworks), frameworks, folder)
 
 
-def _evidence_worker(connection: Any) -> None:
-    """The worker: load the OSCAL models at once, then write the one pack it is sent (or nothing)."""
+def _evidence_worker(connection: Any, parent: int) -> None:
+    """The worker: load the OSCAL models at once, then write the one pack it is sent (or nothing).
+
+    It never outlives `byoc plan`: Ctrl+C is the parent's to handle (it kills the worker), and the kernel kills the
+    worker when the parent dies any other way (SIGTERM, SIGKILL), through prctl(PR_SET_PDEATHSIG) (Linux, man 2
+    prctl), so a CI step that reads the command's output never waits on an orphan.
+    """
+    import ctypes
+    import os
+    import signal
     import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call above took effect
+        return
 
     # The OSCAL models (compliance-trestle) are most of the pack's cost: ~0.6 s of imports, done while the parent
     # process loads Pulumi. compliance.reports.oscal imports them lazily, so name them here.
@@ -404,7 +418,7 @@ class EvidenceWriter:
             context = multiprocessing.get_context("fork")
             # Forked now, before Pulumi starts its threads; the worker only ever runs byoc's own code.
             self._connection, theirs = context.Pipe()
-            self._process = context.Process(target=_evidence_worker, args=(theirs,), daemon=True)
+            self._process = context.Process(target=_evidence_worker, args=(theirs, os.getpid()), daemon=True)
             self._process.start()
             theirs.close()
         return self

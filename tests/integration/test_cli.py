@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -429,3 +431,35 @@ def test_up_says_the_warnings_validate_says(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "warning: network.endpoint: public opens" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_plan_leaves_no_process_and_keeps_the_previous_plan(tmp_path: Path, sig: signal.Signals) -> None:
+    """CI steps that read byoc's output must never wait on an orphan; Ctrl+C shows no traceback."""
+    import psutil
+
+    out = tmp_path / "out"
+    assert byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(out)).returncode == 0
+    before = (out / "plan.json").read_text()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "byoc", "plan", "-f", str(EXAMPLES[0]), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not psutil.Process(process.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = psutil.Process(process.pid).children()[0]
+    if sig == signal.SIGINT:
+        os.killpg(process.pid, sig)  # Ctrl+C reaches the whole foreground process group
+    else:
+        process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    worker.wait(timeout=10)  # gone, not orphaned
+    assert not worker.is_running()
+    assert (out / "plan.json").read_text() == before
