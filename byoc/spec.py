@@ -13,11 +13,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from byoc.errors import ByocError
-from byoc.yamlio import DuplicateKeyError, load_unique
+from byoc.yamlio import load_user_yaml
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SHAPE_PATTERN = re.compile(r"^(?P<gpu>[a-z0-9][a-z0-9-]*?)x(?P<count>[0-9]+)-(?P<precision>[a-z0-9]+)$")
@@ -442,24 +441,8 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ByocError("-f", f"{path} does not exist", "pass the path of a byoc.yaml (see examples/)") from None
-    except OSError as exc:
-        raise ByocError("-f", f"cannot read {path}: {exc.strerror}", "check the path and its permissions") from None
-    try:
-        data = load_unique(text)
-    except DuplicateKeyError as exc:
-        raise ByocError(
-            exc.path,
-            f"is given twice in {path} (lines {exc.first_line} and {exc.line}); YAML would keep the last silently",
-            f"keep one {exc.path.rsplit('.', 1)[-1]}: line",
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ByocError("-f", f"{path} is not valid YAML{where}", "fix the YAML syntax") from None
+    """The spec file's keys (strict YAML: see byoc.yamlio.load_user_yaml), or ByocError naming -f."""
+    data = load_user_yaml(path, "-f", "a byoc.yaml spec")
     if data is None:
         return {}
     if not isinstance(data, dict):

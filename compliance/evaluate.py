@@ -44,12 +44,12 @@ def graph_from_plan(plan: dict[str, Any]) -> Graph:
 def load_plan(path: Path) -> dict[str, Any]:
     from byoc.errors import ByocError
 
+    if not path.exists():
+        raise ByocError("--plan", f"{path} does not exist", "run `byoc plan --out DIR` and pass DIR/plan.json")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ByocError(
-            "--plan", f"{path} does not exist", "run `byoc plan --out DIR` and pass DIR/plan.json"
-        ) from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ByocError("--plan", f"{path} is not UTF-8 text", "pass the plan.json `byoc plan` wrote") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ByocError("--plan", f"cannot read {path}: {exc}", "pass the plan.json `byoc plan` wrote") from None
     if not isinstance(data, dict) or "placement" not in data:
@@ -84,7 +84,10 @@ def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Find
 
     On a live graph no check of the graph's cloud (or Kubernetes) stays silent: one that found nothing to judge
     yields a NOT_ASSESSED finding saying why (no cluster access, none of the resource type in the account).
+
+    The findings come in one order: the checks' own, then per check its resources by type token, name and id.
     """
+    graph = graph.in_order()  # a plan's or a collector's order means nothing; the reports must not depend on it
     wanted = set(frameworks) if frameworks is not None else None
     findings: list[Finding] = []
     for check in all_checks():

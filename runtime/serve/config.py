@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
-
 from byoc.errors import ByocError
 
 # trtllm-serve's container mounts each addon's adapter under this folder (runtime/model_build/plan.py ADAPTER_DIR).
@@ -226,12 +224,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """The YAML file's settings, named like the flags with underscores (`max_queue: 100`, `upstreams: [...]`)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ByocError("--config", f"cannot read {path}: {exc.strerror}", "give a readable YAML file") from None
-    except yaml.YAMLError:
-        raise ByocError("--config", f"{path} is not valid YAML", "check the file's indentation and quoting") from None
+    from byoc.yamlio import load_user_yaml
+
+    data = load_user_yaml(path, "--config", "a gateway config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -130,12 +130,13 @@ def load_keys(path: Path) -> list[ApiKey]:
     Raises ByocError (the CLI's exit 2) when the file cannot be read, mixes the formats, has a malformed entry, a
     duplicate name or key, or yields no key at all.
     """
+    from byoc.yamlio import DuplicateKeyError, ExpansionError, load_unique, read_user_file
+
+    text = read_user_file(path, "--api-keys", "the keys file")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ByocError("--api-keys", f"cannot read {path}: {exc.strerror}", "give the path of the keys file") from None
-    try:
-        data = yaml.safe_load(text)
+        data = load_unique(text)
+    except (DuplicateKeyError, ExpansionError) as exc:
+        raise ByocError("--api-keys", f"{path}: {exc}", "write each key's entry once, without YAML aliases") from None
     except yaml.YAMLError:
         data = None  # plain keys can contain characters YAML dislikes: the line checks below decide
     if isinstance(data, list):
