@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,13 @@ class Graph:
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
+
+    def in_order(self) -> Graph:
+        """The same graph with its resources in one order (type token, name, id, region), whatever order a plan
+        recorded or a collector listed them in: findings and reports come out the same for the same resources."""
+        ordered = sorted(self.resources, key=lambda r: (r.type, r.name, r.id, r.region or ""))
+        errors, unassessed = dict(sorted(self.errors.items())), dict(sorted(self.unassessed.items()))
+        return replace(self, resources=ordered, errors=errors, unassessed=unassessed)
 
     def related(self, type_token: str, key: str, value: str) -> list[Resource]:
         """Resources of a type whose input `key` names `value` (e.g. the versioning of a bucket)."""
