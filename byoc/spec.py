@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from byoc.errors import ByocError
 from byoc.yamlio import load_user_yaml
@@ -39,10 +48,15 @@ HPA_WINDOW_MAX = 3600
 SCALE_TO_ZERO_MIN = 60
 
 
+# Replica counts and durations render into int32 fields of KEDA's ScaledObject and the HPA (minReplicaCount,
+# maxReplicaCount, cooldownPeriod): Kubernetes refuses larger values.
+INT32_MAX = 2**31 - 1
+
+
 def _seconds(value: Any) -> Any:
     """Durations are written as 30s, 10m, 1h (or plain seconds)."""
     if isinstance(value, bool):
-        return value
+        raise ValueError(f"{str(value).lower()} is not a duration; write it as 30s, 10m or 1h")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -53,12 +67,27 @@ def _seconds(value: Any) -> Any:
     return value
 
 
-# In the schema a duration is its number of seconds; YAML may say 30s, 10m or 1h.
-Seconds = Annotated[int, BeforeValidator(_seconds), Field(ge=0)]
+# A duration is a number of seconds, or a string such as 30s, 10m or 1h; the schema says both.
+Seconds = Annotated[
+    int,
+    BeforeValidator(_seconds),
+    Field(ge=0, le=INT32_MAX),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ]
+        }
+    ),
+]
+# Whole numbers as YAML writes them: `true` or "4" is not a count (pydantic's lax mode would take both).
+Count = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelRef(_Strict):
@@ -110,9 +139,12 @@ class ModelRef(_Strict):
 class Addon(_Strict):
     """A LoRA adapter served beside the base model; requests select it by `model: <id>`."""
 
-    id: str = Field(description="Addon id, used as the `model` in API requests (a DNS-1123 label).")
+    id: str = Field(
+        description="Addon id, used as the `model` in API requests (a DNS-1123 label).",
+        json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": 63},
+    )
     source: str = Field(description="Where the PEFT adapter lives: hf://, s3://, gs:// or file:// URI.")
-    rank: int = Field(default=16, ge=1, le=512, description="LoRA rank r of the adapter (sizes max_lora_rank).")
+    rank: Count = Field(default=16, ge=1, le=512, description="LoRA rank r of the adapter (sizes max_lora_rank).")
 
     @field_validator("id")
     @classmethod
@@ -136,14 +168,16 @@ class LoadTarget(_Strict):
     """The load one replica should carry; the autoscaler adds replicas above it."""
 
     type: LoadTargetType = Field(description="What is measured per replica.")
-    value: float = Field(gt=0, description="Target value per replica.")
+    value: Number = Field(gt=0, description="Target value per replica.")
 
 
 class Autoscaling(_Strict):
     """Replica bounds and how fast to follow the load. Defaults follow Fireworks' deployments."""
 
-    min_replicas: int = Field(default=0, ge=0, description="Fewest replicas; 0 lets the deployment scale to zero.")
-    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
+    min_replicas: Count = Field(
+        default=0, ge=0, le=INT32_MAX, description="Fewest replicas; 0 lets the deployment scale to zero."
+    )
+    max_replicas: Count = Field(default=1, ge=1, le=INT32_MAX, description="Most replicas.")
     scale_up_window: Seconds = Field(
         default=30,
         description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h); at most 1h "
@@ -279,7 +313,7 @@ class Monitoring(_Strict):
         description="URL of an existing in-cluster Prometheus that scrapes ServiceMonitors and that KEDA queries "
         "(e.g. http://prometheus-operated.monitoring:9090); default: byoc installs kube-prometheus-stack.",
     )
-    ttft_p95_slo_seconds: float = Field(
+    ttft_p95_slo_seconds: Number = Field(
         default=2.0,
         gt=0,
         le=TTFT_SLO_MAX_S,
@@ -299,7 +333,7 @@ class Speculative(_Strict):
     """Speculative decoding with a smaller draft model."""
 
     draft_model: str = Field(description="Catalog id or URI of the draft model (same tokenizer as the target).")
-    max_draft_tokens: int = Field(default=4, ge=1, le=16, description="Tokens the draft proposes per step.")
+    max_draft_tokens: Count = Field(default=4, ge=1, le=16, description="Tokens the draft proposes per step.")
 
 
 class Spec(_Strict):
@@ -307,6 +341,7 @@ class Spec(_Strict):
 
     name: str = Field(
         default="byoc",
+        json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": NAME_MAX},
         description=f"Deployment name: a DNS-1123 label of at most {NAME_MAX} characters; prefixes every resource.",
     )
     cloud: Literal["aws", "gcp"] = Field(description="Cloud to deploy into.")
@@ -321,12 +356,12 @@ class Spec(_Strict):
     )
     addons: list[Addon] = Field(default_factory=list, description="LoRA addons (BF16 shapes only).")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica bounds and windows.")
-    kv_cache_fraction: float = Field(
+    kv_cache_fraction: Number = Field(
         default=0.9,
         description="Share of the GPU memory left after the weights that the KV cache takes "
         "(trtllm-serve --kv_cache_free_gpu_memory_fraction); strictly between 0 and 1.",
     )
-    max_context: int | None = Field(
+    max_context: Count | None = Field(
         default=None, ge=1, description="Longest sequence (prompt + output) served; default: the model's own."
     )
     speculative: Speculative | None = Field(default=None, description="Speculative decoding, or none.")
@@ -435,7 +470,11 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
         "greater_than": "use a larger value",
         "less_than_equal": "use a value at or below the maximum",
         "int_parsing": "write a whole number",
+        "int_type": "write a whole number, not true/false or a quoted value",
         "float_parsing": "write a number",
+        "float_type": "write a number, not true/false or a quoted value",
+        "finite_number": "write a finite number",
+        "string_type": "quote it: YAML reads yes/no/on/off (and NO, Norway's code) as true/false",
     }.get(kind, "see `byoc schema` for the allowed values")
     return ByocError(field, message, hint)
 

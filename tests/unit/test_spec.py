@@ -170,3 +170,43 @@ def test_a_key_given_twice_anywhere_is_refused(tmp_path: Path) -> None:
         load_spec(spec)
     assert caught.value.field == "addons[1].source"
     assert "lines 9 and 10" in caught.value.message
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_against_the_published_schema(path: Path) -> None:
+    """Editors (yaml-language-server) check byoc.yaml against `byoc schema`: a valid spec must pass it."""
+    import jsonschema
+    import yaml
+
+    from byoc.schema import spec_json_schema
+
+    schema = spec_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    jsonschema.validate({**spec_data(), "autoscaling": {"scale_up_window": "30s", "scale_down_window": 600}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**spec_data(), "name": "Not-A-Label"}, schema)
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "field"),
+    [
+        ({"max_replicas": True}, "autoscaling.max_replicas"),
+        ({"max_replicas": "4"}, "autoscaling.max_replicas"),
+        ({"max_replicas": 2**63}, "autoscaling.max_replicas"),
+        ({"scale_up_window": True}, "autoscaling.scale_up_window"),
+        ({"scale_to_zero_window": "99999999h"}, "autoscaling.scale_to_zero_window"),
+        ({"max_replicas": 2, "load_target": {"type": "concurrent_requests", "value": float("inf")}}, "autoscaling"),
+    ],
+)
+def test_values_kubernetes_cannot_store_are_refused(autoscaling: dict[str, object], field: str) -> None:
+    """KEDA's and the HPA's replica counts and cooldown are int32; thresholds finite; a boolean is no count."""
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(autoscaling=autoscaling))
+    assert caught.value.field.startswith(field)
+
+
+def test_yaml_booleans_in_a_text_field_say_to_quote_them() -> None:
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(region=False))  # `region: NO` in YAML 1.1
+    assert caught.value.field == "region" and "quote it" in caught.value.hint
