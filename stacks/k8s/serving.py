@@ -104,8 +104,9 @@ DO_NOT_DISRUPT = {
 
 
 def image_annotations(deployment: Deployment) -> dict[str, str]:
-    """checkov wants images by digest (CKV_K8S_43); byoc's own runtime image has none until you build and pin it."""
-    if "@sha256:" in deployment.images["runtime"]:
+    """checkov wants images by digest (CKV_K8S_43). Only byoc's own unpublished default is excused (validate warns
+    about it); an image the user pinned by tag is theirs, and the scanner must still see it."""
+    if "@sha256:" in deployment.images["runtime"] or deployment.spec.images.runtime is not None:
         return {}
     return {
         "checkov.io/skip1": "CKV_K8S_43=byoc publishes no runtime image to pin; build runtime/Dockerfile into your "

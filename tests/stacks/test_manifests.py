@@ -154,3 +154,11 @@ def test_checkov_catches_a_weakened_manifest(planned: Path, tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(document))
     failed = {f["check_id"] for f in checkov(folder)["results"]["failed_checks"]}
     assert "CKV_K8S_20" in failed
+
+
+def test_a_runtime_image_pinned_by_tag_is_not_excused(tmp_path: Path) -> None:
+    """Only byoc's own unpublished default carries the skip; a user's tag is theirs, and checkov must flag it."""
+    out = plan_to(tmp_path, {**SPEC, "images": {"runtime": "registry.example.com/byoc-runtime:0.1.0"}})
+    results = checkov(out / "manifests")["results"]
+    assert "CKV_K8S_43" in {f["check_id"] for f in results["failed_checks"]}
+    assert not [s for s in results.get("skipped_checks", []) if s["check_id"] == "CKV_K8S_43"]
