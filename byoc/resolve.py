@@ -258,7 +258,11 @@ def resolve_model(ref: str | ModelRef) -> tuple[ModelArch, str, str | None]:
             )
         close = difflib.get_close_matches(model_id, list(catalog.models), n=1)
         hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(catalog.models)}"
-        raise ByocError("model", f"unknown model {model_id!r}", hint + " (or give {id, source: file://...})")
+        raise ByocError(
+            "model",
+            f"unknown model {model_id!r}",
+            hint + ", or give {id, source: hf://... or s3://..., config: file:///path/config.json}",
+        )
     return known, source or known.source, revision
 
 
@@ -271,7 +275,14 @@ def _draft_vocab(spec: Spec) -> int | None:
         return known.vocab_size
     if draft.startswith("file://"):
         return model_from_hf_config(draft, draft, Path(urlparse(draft).path) / "config.json").vocab_size
-    return None  # a remote draft is checked by the builder, which can read it
+    if draft.startswith(("hf://", "s3://", "gs://")):
+        return None  # a remote draft is checked by the builder, which can read it
+    close = difflib.get_close_matches(draft, list(load_catalog().models), n=1)
+    raise ByocError(
+        "speculative.draft_model",
+        f"{draft!r} is neither a catalog model nor an hf://, s3:// or gs:// source",
+        f"did you mean {close[0]}?" if close else "name a catalog model (`byoc shapes`) or the draft's hf:// URI",
+    )
 
 
 def _smallest_fitting_shape(spec: Spec, model: ModelArch, max_context: int) -> str | None:
@@ -355,10 +366,13 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
-        instance.gpu_hourly_usd,
         shape,
         throughput,
-        f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)",
+        instance,
+        min_replicas=spec.autoscaling.min_replicas,
+        max_replicas=spec.autoscaling.max_replicas,
+        price_source=f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)",
+        fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
     scaling = spec.autoscaling
     target = scaling.load_target or LoadTarget(
@@ -385,5 +399,10 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         cost=cost,
         autoscaling=autoscaling,
         node_image=node_image,
-        warnings=(*warnings, *rules.deliberate_choices(spec), *image_warnings(spec)),
+        warnings=(
+            *warnings,
+            *rules.deliberate_choices(spec),
+            *image_warnings(spec),
+            *planner.cost_warnings(shape, cost, model.id),
+        ),
     )

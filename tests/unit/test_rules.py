@@ -424,3 +424,14 @@ def test_a_shape_too_small_names_a_shape_and_a_context_that_fit() -> None:
     error = refused(model="llama-3.1-70b-instruct", shape="h100x1-fp8", region="US")
     assert error.field == "shape"
     assert error.hint == "try h200x1-fp8, the smallest (cheapest) shape that holds it, or set max_context <= 57344"
+
+
+@pytest.mark.parametrize("draft", ["not a model", "../../x", "llama-3.1-8b-instrct"])
+def test_a_draft_model_that_names_nothing_is_refused(draft: str) -> None:
+    error = refused(model="llama-3.1-70b-instruct", shape="h100x2-fp8", speculative={"draft_model": draft})
+    assert error.field == "speculative.draft_model"
+
+
+def test_an_unknown_model_points_at_a_source_a_cloud_plan_can_use() -> None:
+    error = refused(model="nope")
+    assert error.field == "model" and "file://" not in error.hint.split("config:")[0]
