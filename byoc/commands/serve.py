@@ -31,6 +31,15 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
     loop.run(serve(config, keys))
 
 
+def _needs_extra(group: str, command: str) -> None:
+    """The servers need the runtime extra (their --help does not: click answers it before this runs)."""
+    from byoc.commands.common import Output, reporting
+    from byoc.extras import require
+
+    with reporting(Output.text):
+        require(group, command)
+
+
 def gateway(
     listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT for the API [127.0.0.1:8080].")] = None,
     metrics_listen: Annotated[
@@ -102,6 +111,7 @@ def gateway(
     ] = None,
 ) -> None:
     """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
+    _needs_extra("serve", "byoc serve gateway")
     flags: dict[str, object] = {
         "listen": listen,
         "metrics_listen": metrics_listen,
@@ -165,6 +175,7 @@ def engine(
     ] = 64,
 ) -> None:
     """A CPU engine speaking trtllm-serve's API with a real model (for development and tests)."""
+    _needs_extra("runtime", "byoc serve engine")
     import asyncio
 
     from byoc.commands.common import Output, reporting
@@ -205,6 +216,7 @@ def engine_stats(
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls.")] = 2.0,
 ) -> None:
     """Re-export trtllm-serve's JSON iteration stats (KV cache use, queue) as Prometheus gauges."""
+    _needs_extra("serve", "byoc serve engine-stats")
     import asyncio
 
     from byoc.commands.common import Output, reporting
@@ -253,18 +265,6 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     app.add_typer(serve, name="serve")
-
-    @serve.callback()
-    def _needs_runtime_extra(ctx: typer.Context) -> None:
-        # hash-key needs nothing beyond the plain install; the servers need the runtime extra.
-        if ctx.invoked_subcommand != "hash-key":
-            from byoc.commands.common import Output, reporting
-            from byoc.extras import require
-
-            with reporting(Output.text):
-                require(
-                    "serve" if ctx.invoked_subcommand != "engine" else "runtime", f"byoc serve {ctx.invoked_subcommand}"
-                )
 
     serve.command("gateway")(gateway)
     serve.command("engine")(engine)

@@ -65,3 +65,10 @@ def test_plan_needs_no_extra(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (out / "plan.json").is_file()
     assert (out / "compliance").is_dir()
+
+
+@pytest.mark.parametrize("command", ["gateway", "engine", "engine-stats"])
+def test_help_is_readable_before_the_extra_is_installed(command: str) -> None:
+    result = byoc_without(["aiohttp", "torch", "prometheus_client"], "serve", command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
