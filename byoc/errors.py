@@ -6,6 +6,13 @@ exits 2 (invalid input) or 1 (a failure while running); it never shows a traceba
 
 from __future__ import annotations
 
+# A message quotes what the user wrote; a megabyte-long value must not come back a megabyte long.
+MAX_TEXT = 600
+
+
+def _capped(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[: MAX_TEXT - 40]}... ({len(text):,} characters in all)"
+
 
 class ByocError(Exception):
     """Invalid input: exit 2."""
@@ -13,9 +20,9 @@ class ByocError(Exception):
     exit_code = 2
 
     def __init__(self, field: str, message: str, hint: str = "") -> None:
-        self.field = field
-        self.message = message
-        self.hint = hint
+        self.field = _capped(field)
+        self.message = _capped(message)
+        self.hint = _capped(hint)
         super().__init__(str(self))
 
     def __str__(self) -> str:

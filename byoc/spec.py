@@ -53,6 +53,11 @@ SCALE_TO_ZERO_MIN = 60
 INT32_MAX = 2**31 - 1
 
 
+def _show(value: str, limit: int = 40) -> str:
+    """A value as an error message quotes it: whole when short, its start when long."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
 def _seconds(value: Any) -> Any:
     """Durations are written as 30s, 10m, 1h (or plain seconds)."""
     if isinstance(value, bool):
@@ -385,10 +390,10 @@ class Spec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
+        if len(value) > NAME_MAX:
+            raise ValueError(f"{_show(value)} has {len(value):,} characters; at most {NAME_MAX}")
         if not DNS_LABEL.match(value):
             raise ValueError(f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-', from a letter")
-        if len(value) > NAME_MAX:
-            raise ValueError(f"{value!r} has {len(value)} characters; at most {NAME_MAX}")
         return value
 
     @field_validator("shape")
@@ -448,6 +453,9 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
     errors = exc.errors()
     # For a union (model: str | ModelRef) pydantic reports each branch; the deepest location is the branch the
     # user meant (a mapping given for `model` fails inside ModelRef, not as "not a string").
+    # A misspelt key shows up twice: as an unknown field and as the required field it meant. The unknown field is
+    # the one with a did-you-mean.
+    errors = [e for e in errors if e["type"] == "extra_forbidden"] or errors
     top = errors[0]["loc"][:1]
     first = max((e for e in errors if e["loc"][:1] == top), key=lambda e: len(e["loc"]))
     loc = tuple(first["loc"])

@@ -210,3 +210,22 @@ def test_yaml_booleans_in_a_text_field_say_to_quote_them() -> None:
     with pytest.raises(ByocError) as caught:
         build_spec(spec_data(region=False))  # `region: NO` in YAML 1.1
     assert caught.value.field == "region" and "quote it" in caught.value.hint
+
+
+def test_a_misspelt_required_key_gets_a_did_you_mean() -> None:
+    data = spec_data()
+    data["regoin"] = data.pop("region")
+    with pytest.raises(ByocError) as caught:
+        build_spec(data)
+    assert caught.value.message == "unknown field 'regoin'" and "'region'" in caught.value.hint
+
+
+def test_a_huge_value_is_not_echoed_back_whole() -> None:
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(name="a" * 1_000_000))
+    assert len(str(caught.value)) < 300 and "has 1,000,000 characters; at most 32" in caught.value.message
+    from tests.conftest import deploy
+
+    with pytest.raises(ByocError) as caught:
+        deploy(encryption={"kms_key": "x" * 1_000_000})
+    assert caught.value.field == "encryption.kms_key" and len(str(caught.value)) < 1500
