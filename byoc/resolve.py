@@ -349,6 +349,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     rules.check_autoscaling(spec)
     rules.check_network(spec)
     cloud = get_cloud(spec.cloud)
+    cloud.check_fields(spec)
     cloud.check_allowed_cidrs(spec.network.allowed_cidrs)
     if build_location == "cluster":
         rules.check_sources_reachable_from_cluster(spec, cloud.object_store_scheme)

@@ -17,6 +17,7 @@ from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_cata
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
+from byoc.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Cloud(ABC):
     stack_program: ClassVar[str | None] = None
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
     stack_extra: ClassVar[str | None] = None
+    # Whether the GPU node pool may launch any type of Placement.instance_types when the first has no capacity
+    # (Karpenter's NodePool, stacks/aws/capacity.py) or only Placement.instance_type (a GKE node pool has one
+    # machine type): the planner warns about the larger, dearer fallbacks.
+    node_pool_fallbacks: ClassVar[bool] = False
 
     @property
     def catalog(self) -> Catalog:
@@ -198,6 +203,26 @@ class Cloud(ABC):
                 f"the key lives in {key_region} but the deployment is placed in {region}; keys are regional",
                 f"use a key in {region}, or `create`",
             )
+
+    # Spec fields that mean nothing on this cloud, with why: given explicitly, they are refused rather than ignored.
+    unsupported_fields: ClassVar[dict[str, str]] = {}
+
+    def check_fields(self, spec: Spec) -> None:
+        """Refuse a spec field this cloud has no use for, when the user set it (defaults are fine).
+
+        Raises:
+            ByocError: naming the field and why it does not apply.
+        """
+        for path, why in self.unsupported_fields.items():
+            node: Any = spec
+            *parents, leaf = path.split(".")
+            for name in parents:
+                if name not in node.model_fields_set:
+                    node = None
+                    break
+                node = getattr(node, name)
+            if node is not None and leaf in node.model_fields_set:
+                raise ByocError(path, f"does not apply on {self.title}: {why}", f"remove {path} from the spec")
 
     # -- nodes -------------------------------------------------------------------------------------------------
     def node_image(self, requested: str | None) -> tuple[str | None, list[ByocWarning]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from byoc.clouds.base import Cloud
 
@@ -24,6 +25,13 @@ class Gcp(Cloud):
     # networks for control plane access"); private ranges reach the private endpoint from inside the VPC instead.
     allowed_cidrs_max = 50
     allowed_cidrs_private = False
+    unsupported_fields: ClassVar[dict[str, str]] = {
+        "node_image": "GKE nodes run Container-Optimized OS at the cluster's GKE version, held by a maintenance "
+        "exclusion (docs/gcp-foundation.md); node_image is a Karpenter AMI alias on AWS",
+        "encryption.ebs_default": "it is the AWS account's EBS setting; GKE boot disks and volumes are encrypted "
+        "with the deployment's Cloud KMS keys already",
+        "network.nat_gateways": "Cloud NAT is regional: one NAT serves every zone",
+    }
     stack_program = "stacks.gcp.program:program"
     stack_extra = "gcp"  # pulumi_gcp comes with the byoc[gcp] extra
 

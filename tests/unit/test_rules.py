@@ -435,3 +435,20 @@ def test_a_draft_model_that_names_nothing_is_refused(draft: str) -> None:
 def test_an_unknown_model_points_at_a_source_a_cloud_plan_can_use() -> None:
     error = refused(model="nope")
     assert error.field == "model" and "file://" not in error.hint.split("config:")[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"node_image": "al2023@v20260512"}, "node_image"),
+        ({"encryption": {"ebs_default": True}}, "encryption.ebs_default"),
+        ({"network": {"nat_gateways": "single"}}, "network.nat_gateways"),
+    ],
+)
+def test_aws_only_fields_are_refused_on_gcp(overrides: dict[str, Any], field: str) -> None:
+    error = refused(cloud="gcp", shape="h100x8-fp8", **overrides)
+    assert error.field == field and "Google Cloud" in error.message
+
+
+def test_gcp_defaults_plan_without_those_fields() -> None:
+    assert deploy(cloud="gcp", shape="h100x8-fp8").cloud == "gcp"
