@@ -250,6 +250,20 @@ class Network(_Strict):
                 raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
             if network.prefixlen == 0:
                 raise ValueError(f"{value} opens the API to the whole internet; use endpoint: public to mean that")
+            cgnat = ipaddress.ip_network("100.64.0.0/10")
+            if (
+                network.is_loopback
+                or network.is_link_local
+                or network.is_multicast
+                or network.is_unspecified
+                or (
+                    network.version == 4 and network.subnet_of(cgnat)  # type: ignore[arg-type]
+                )
+            ):
+                raise ValueError(f"{value} is not an address a client reaches the endpoint from; list public CIDRs")
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"{', '.join(duplicates)} listed twice; list each CIDR once")
         return values
 
 
@@ -278,8 +292,17 @@ class Compliance(_Strict):
     """Which frameworks the evidence pack maps controls to."""
 
     frameworks: list[Framework] = Field(
-        default_factory=lambda: list(FRAMEWORKS), description="Frameworks to report on."
+        default_factory=lambda: list(FRAMEWORKS),
+        min_length=1,
+        description="Frameworks to report on (at least one).",
     )
+
+    @field_validator("frameworks")
+    @classmethod
+    def _once_each(cls, values: list[Framework]) -> list[Framework]:
+        if len(set(values)) != len(values):
+            raise ValueError("a framework is listed twice; list each once")
+        return values
 
 
 IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64}|:[A-Za-z0-9._-]+)$")
@@ -308,6 +331,8 @@ class Images(_Strict):
 # The largest finite bucket of the gateway's TTFT histogram (runtime/serve/metrics.py TTFT_BUCKETS; a test ties
 # the two): histogram_quantile never reports more than it, so an objective above it would never fire its alert.
 TTFT_SLO_MAX_S = 60.0
+# ... and its first bucket: an objective below it cannot be told from zero, so the alert would fire on every answer.
+TTFT_SLO_MIN_S = 0.01
 
 
 class Monitoring(_Strict):
@@ -320,7 +345,7 @@ class Monitoring(_Strict):
     )
     ttft_p95_slo_seconds: Number = Field(
         default=2.0,
-        gt=0,
+        ge=TTFT_SLO_MIN_S,
         le=TTFT_SLO_MAX_S,
         description="Time-to-first-token p95 objective; the ByocTTFTHigh alert fires above it. At most 60 s: the "
         "gateway's TTFT histogram ends there, so a larger objective could never be seen to be missed.",
@@ -329,8 +354,13 @@ class Monitoring(_Strict):
     @field_validator("prometheus_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\s\"'<>]", value):
+            raise ValueError(f"{_show(value)} must be an http:// or https:// URL with a host and no spaces or quotes")
         return value
 
 

@@ -251,11 +251,12 @@ class Cloud(ABC):
         if not self.allowed_cidrs_private:
             for index, cidr in enumerate(cidrs):
                 network = ipaddress.ip_network(cidr)
-                if any(network.overlaps(ipaddress.ip_network(block)) for block in RFC1918):
+                private = next((b for b in RFC1918 if network.overlaps(ipaddress.ip_network(b))), None)
+                if private:
                     raise ByocError(
                         f"network.allowed_cidrs[{index}]",
-                        f"{cidr} is a private (RFC 1918) range; {self.title} refuses private ranges in the public "
-                        "endpoint's allowlist (private networks reach the private endpoint inside the VPC)",
+                        f"{cidr} overlaps the private (RFC 1918) range {private}; {self.title} refuses private ranges "
+                        "in the public endpoint's allowlist (private networks reach the private endpoint in the VPC)",
                         "list only public addresses (your offices' or CI runners' egress IPs)",
                     )
 

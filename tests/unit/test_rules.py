@@ -378,7 +378,7 @@ def test_a_customer_managed_alias_is_accepted() -> None:
 def test_allowlist_refuses_private_ranges_on_eks() -> None:
     error = refused(network={"endpoint": "allowlist", "allowed_cidrs": ["203.0.113.0/24", "10.1.0.0/16"]})
     assert error.field == "network.allowed_cidrs[1]"
-    assert "RFC 1918" in error.message
+    assert "RFC 1918" in error.message and "10.0.0.0/8" in error.message
 
 
 def test_allowlist_at_most_40_cidrs_on_eks() -> None:

@@ -229,3 +229,35 @@ def test_a_huge_value_is_not_echoed_back_whole() -> None:
     with pytest.raises(ByocError) as caught:
         deploy(encryption={"kms_key": "x" * 1_000_000})
     assert caught.value.field == "encryption.kms_key" and len(str(caught.value)) < 1500
+
+
+@pytest.mark.parametrize(
+    "cidrs", [["127.0.0.1/32"], ["100.64.0.0/10"], ["169.254.0.0/16"], ["203.0.113.0/24", "203.0.113.0/24"]]
+)
+def test_allowlist_entries_no_client_comes_from_are_refused(cidrs: list[str]) -> None:
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(network={"endpoint": "allowlist", "allowed_cidrs": cidrs}))
+    assert caught.value.field == "network.allowed_cidrs"
+
+
+@pytest.mark.parametrize(
+    ("section", "value"),
+    [
+        ("compliance", {"frameworks": []}),
+        ("compliance", {"frameworks": ["soc2", "soc2"]}),
+        ("monitoring", {"prometheus_url": 'http://prom "x" :9090'}),
+        ("monitoring", {"prometheus_url": "http://"}),
+        ("monitoring", {"ttft_p95_slo_seconds": 0.001}),
+    ],
+)
+def test_values_the_rendered_objects_could_not_use(section: str, value: dict[str, object]) -> None:
+    with pytest.raises(ByocError) as caught:
+        build_spec(spec_data(**{section: value}))
+    assert caught.value.field.startswith(section)
+
+
+def test_ttft_objective_floor_is_the_histograms_first_bucket() -> None:
+    from byoc.spec import TTFT_SLO_MIN_S
+    from runtime.serve.metrics import TTFT_BUCKETS
+
+    assert min(TTFT_BUCKETS) == TTFT_SLO_MIN_S
