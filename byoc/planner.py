@@ -13,10 +13,12 @@ model and `python scripts/calibrate_planner.py` re-fits and prints the error on 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from byoc.catalogs import ModelArch
+from byoc.catalogs import InstanceType, ModelArch
+from byoc.errors import ByocWarning
 from byoc.rules import DeploymentShape
 
 GIB = 1024**3
@@ -211,11 +213,63 @@ def estimate_throughput(
 
 
 @dataclass(frozen=True)
+class NodeFleet:
+    """Replicas on whole nodes: a node is billed whole, however few of its GPUs the replicas use."""
+
+    replicas: int
+    nodes: int
+    hourly_usd: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"replicas": self.replicas, "nodes": self.nodes, "hourly_usd": round(self.hourly_usd, 4)}
+
+
+@dataclass(frozen=True)
+class Node:
+    """An instance type a replica runs on, at the price used, and how many replicas it holds."""
+
+    instance_type: str
+    gpus: int
+    hourly_usd: float
+    replicas_per_node: int
+
+    def fleet(self, replicas: int) -> NodeFleet:
+        nodes = math.ceil(replicas / self.replicas_per_node)
+        return NodeFleet(replicas=replicas, nodes=nodes, hourly_usd=nodes * self.hourly_usd)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "instance_type": self.instance_type,
+            "gpus": self.gpus,
+            "hourly_usd": round(self.hourly_usd, 4),
+            "replicas_per_node": self.replicas_per_node,
+        }
+
+
+# What the per-replica share and `cost_per_million_output_tokens` assume; plan.json and `byoc estimate` say it.
+PACKED_BASIS = "saturation: every replica kept busy and every node full of replicas (no GPU paid for and unused)"
+
+
+@dataclass(frozen=True)
 class CostEstimate:
+    """What a deployment costs as it is billed: whole nodes. `replica_hourly_usd` and
+    `cost_per_million_output_tokens` are a replica's share of a full node; the fleets say what min_replicas,
+    one serving replica and max_replicas cost in whole nodes."""
+
     gpu_hourly_usd: float
     replica_hourly_usd: float
     cost_per_million_output_tokens: float
     price_source: str
+    node: Node
+    at_min_replicas: NodeFleet
+    serving_floor: NodeFleet  # at min_replicas, or at one replica when min_replicas is 0: the cost of serving
+    at_max_replicas: NodeFleet
+    cost_per_million_output_tokens_at_floor: float  # the serving floor's nodes, its replicas saturated
+    fallback_nodes: tuple[Node, ...] = ()  # larger types the node pool may launch when the node has no capacity
+
+    @property
+    def floor_hourly_usd(self) -> float:
+        return self.serving_floor.hourly_usd
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -223,20 +277,116 @@ class CostEstimate:
             "replica_hourly_usd": round(self.replica_hourly_usd, 4),
             "cost_per_million_output_tokens": round(self.cost_per_million_output_tokens, 4),
             "price_source": self.price_source,
+            "basis": PACKED_BASIS,
+            "node": self.node.as_dict(),
+            "floor_hourly_usd": round(self.floor_hourly_usd, 4),
+            "at_min_replicas": self.at_min_replicas.as_dict(),
+            "serving_floor": self.serving_floor.as_dict(),
+            "at_max_replicas": self.at_max_replicas.as_dict(),
+            "cost_per_million_output_tokens_at_floor": round(self.cost_per_million_output_tokens_at_floor, 4),
+            "fallback_nodes": [f.as_dict() for f in self.fallback_nodes],
         }
 
 
+def _node(instance: InstanceType, shape: DeploymentShape, price_per_gpu_hour: float | None) -> Node:
+    hourly = instance.hourly_usd if price_per_gpu_hour is None else price_per_gpu_hour * instance.gpus
+    return Node(instance.name, instance.gpus, hourly, instance.gpus // shape.count)
+
+
+def _per_million(hourly_usd: float, tokens_per_s: float) -> float:
+    return hourly_usd / (tokens_per_s * 3600) * 1e6
+
+
 def estimate_cost(
-    gpu_hourly_usd: float, shape: DeploymentShape, throughput: ThroughputEstimate, price_source: str
+    shape: DeploymentShape,
+    throughput: ThroughputEstimate,
+    instance: InstanceType,
+    *,
+    min_replicas: int,
+    max_replicas: int,
+    price_source: str,
+    price_per_gpu_hour: float | None = None,
+    fallbacks: Sequence[InstanceType] = (),
 ) -> CostEstimate:
-    replica_hourly = gpu_hourly_usd * shape.count
-    per_million = replica_hourly / (throughput.output_tokens_per_s * 3600) * 1e6
+    """Cost of replicas of `shape` on `instance` nodes, each node billed whole.
+
+    Prices are each instance type's list price, or `price_per_gpu_hour` x its GPUs when given. `fallbacks` are the
+    other types the node pool may launch; those with more GPUs than `instance` are kept (they cost more per node).
+    """
+    node = _node(instance, shape, price_per_gpu_hour)
+    gpu_hourly = node.hourly_usd / node.gpus
+    replica_hourly = gpu_hourly * shape.count
+    floor = node.fleet(max(1, min_replicas))
     return CostEstimate(
-        gpu_hourly_usd=gpu_hourly_usd,
+        gpu_hourly_usd=gpu_hourly,
         replica_hourly_usd=replica_hourly,
-        cost_per_million_output_tokens=per_million,
+        cost_per_million_output_tokens=_per_million(replica_hourly, throughput.output_tokens_per_s),
         price_source=price_source,
+        node=node,
+        at_min_replicas=node.fleet(min_replicas),
+        serving_floor=floor,
+        at_max_replicas=node.fleet(max_replicas),
+        cost_per_million_output_tokens_at_floor=_per_million(
+            floor.hourly_usd, throughput.output_tokens_per_s * floor.replicas
+        ),
+        fallback_nodes=tuple(
+            _node(t, shape, price_per_gpu_hour) for t in fallbacks if t.gpus > instance.gpus and t.gpus >= shape.count
+        ),
     )
+
+
+def _dollars(usd: float) -> str:
+    return f"${usd:,.2f}/h"
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
+
+
+def fleet_text(fleet: NodeFleet) -> str:
+    """`$113.93/h (1 node)`."""
+    return f"{_dollars(fleet.hourly_usd)} ({_nodes(fleet.nodes)})"
+
+
+def floor_text(cost: CostEstimate) -> str:
+    """The floor in words: what min_replicas (or, at 0, one serving replica) costs in whole nodes."""
+    floor = cost.serving_floor
+    if cost.at_min_replicas.replicas == 0:
+        return f"$0/h at min_replicas 0, {_dollars(floor.hourly_usd)} while serving (1 replica, {_nodes(floor.nodes)})"
+    return f"{_dollars(floor.hourly_usd)} at min_replicas {floor.replicas} ({_nodes(floor.nodes)})"
+
+
+def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> list[ByocWarning]:
+    """Where the per-replica share understates the bill: a replica that leaves most of a node unused, and a node
+    pool that may launch a larger (dearer) instance type when the chosen one has no capacity."""
+    warnings = []
+    node = cost.node
+    if node.replicas_per_node > 1:
+        warnings.append(
+            ByocWarning(
+                "shape",
+                f"{shape.name} takes {shape.count} of the {node.gpus} GPUs of a {node.instance_type} node, which "
+                f"is billed whole at {_dollars(node.hourly_usd)}: the floor is {floor_text(cost)}, not the "
+                f"{_dollars(cost.replica_hourly_usd)} per replica that a full node works out to",
+                f"up to {node.replicas_per_node} replicas share one node at that price; `byoc shapes --model "
+                f"{model_id}` ranks shapes by the cost of one replica on whole nodes",
+            )
+        )
+    if cost.fallback_nodes:
+        larger = " or ".join(
+            f"{f.instance_type} ({f.gpus} GPUs, {_dollars(f.hourly_usd)})" for f in cost.fallback_nodes
+        )
+        dearest = max(f.hourly_usd for f in cost.fallback_nodes)
+        warnings.append(
+            ByocWarning(
+                "shape",
+                f"the GPU node pool may also launch {larger} when {node.instance_type} "
+                f"({_dollars(node.hourly_usd)}) has no capacity: one replica alone on such a node costs up to "
+                f"{_dollars(dearest)}, {dearest / node.hourly_usd:.1f}x the price of {node.instance_type}",
+                "placement.instance_types in plan.json lists the types the node pool may launch",
+            )
+        )
+    return warnings
 
 
 def default_concurrency_target(throughput: ThroughputEstimate) -> int:

@@ -24,9 +24,19 @@ def estimate_row(
     kv_cache_fraction: float,
     max_context: int | None,
     price_per_gpu_hour: float | None,
+    min_replicas: int = 0,
+    max_replicas: int = 1,
 ) -> dict[str, Any]:
+    """The estimate of one shape. A model that does not fit gets its memory lines only: throughput and cost are
+    None, with the reason in `not_estimated` (a model that cannot load serves nothing)."""
     if not 0 < kv_cache_fraction < 1:
         raise ByocError("--kv-cache-fraction", f"{kv_cache_fraction} is not strictly between 0 and 1", "use 0.9")
+    if min_replicas > max_replicas:
+        raise ByocError(
+            "--min-replicas",
+            f"min_replicas {min_replicas} is above max_replicas {max_replicas}",
+            f"set --max-replicas to at least {min_replicas}",
+        )
     model = _model(model_id)
     shape = rules.parse_shape(shape_text, "--shape")
     cloud = get_cloud(cloud_name)
@@ -34,25 +44,51 @@ def estimate_row(
     context = max_context or model.max_context
     rules.check_max_context(context, model.max_context, model.id)
     memory = planner.plan_memory(model, shape, kv_cache_fraction, context)
-    throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
-    instance = cloud.instance_candidates(shape)[0]
-    if price_per_gpu_hour is None:
-        price, source = instance.gpu_hourly_usd, f"{cloud.title} on-demand list price of {instance.name}"
-    else:
-        price, source = price_per_gpu_hour, "--price-per-gpu-hour"
-    cost = planner.estimate_cost(price, shape, throughput, source)
-    return {
+    candidates = cloud.instance_candidates(shape)
+    instance = candidates[0]
+    row: dict[str, Any] = {
         "model": model.id,
         "shape": shape.name,
         "cloud": cloud_name,
         "instance_type": instance.name,
         "fits": memory.fits,
+        "output_tokens_per_s": None,
+        "cost_per_million_output_tokens": None,
+        "memory": memory.as_dict(),
+        "throughput": None,
+        "cost": None,
+    }
+    if not memory.fits:
+        return row | {
+            "not_estimated": f"{model.id} does not fit {shape.name} at max_context {context}: a model that cannot "
+            "load has no throughput or cost per token"
+        }
+    throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
+    if price_per_gpu_hour is None:
+        source = f"{cloud.title} on-demand list price of {instance.name}"
+    else:
+        source = "--price-per-gpu-hour"
+    cost = planner.estimate_cost(
+        shape,
+        throughput,
+        instance,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        price_source=source,
+        price_per_gpu_hour=price_per_gpu_hour,
+        fallbacks=candidates if cloud.node_pool_fallbacks else [],
+    )
+    return row | {
         "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
         "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
-        "memory": memory.as_dict(),
         "throughput": throughput.as_dict(),
         "cost": cost.as_dict(),
     }
+
+
+# What `byoc shapes --model` ranks by: one replica pays for its whole node(s), as it is billed. Ranking by the
+# per-replica share of a full node would pretend a node's idle GPUs cost nothing.
+RANKED_BY = "cost_per_million_output_tokens_one_replica"
 
 
 def shape_rows(
@@ -74,6 +110,8 @@ def shape_rows(
                 "gpu_memory_gib": round(shape.memory_bytes / planner.GIB, 1),
                 "instance_type": instance.name,
                 "replica_hourly_usd": round(instance.gpu_hourly_usd * shape.count, 4),
+                "node_hourly_usd": round(instance.hourly_usd, 4),
+                "replicas_per_node": instance.gpus // shape.count,
                 "regions": len(cloud.regions_offering(shape)),
             }
             if model is not None:
@@ -82,16 +120,20 @@ def shape_rows(
                 if not memory.fits:
                     continue
                 throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
-                cost = planner.estimate_cost(instance.gpu_hourly_usd, shape, throughput, instance.name)
+                cost = planner.estimate_cost(
+                    shape, throughput, instance, min_replicas=1, max_replicas=1, price_source=instance.name
+                )
                 row |= {
                     "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
                     "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
+                    "one_replica_hourly_usd": round(cost.serving_floor.hourly_usd, 4),
+                    RANKED_BY: round(cost.cost_per_million_output_tokens_at_floor, 4),
                     "kv_capacity_tokens": memory.kv_capacity_tokens,
                     "max_context": context,
                 }
             rows.append(row)
     if model is not None:
-        rows.sort(key=lambda r: r["cost_per_million_output_tokens"])
+        rows.sort(key=lambda r: (r[RANKED_BY], r["cost_per_million_output_tokens"]))
     return rows
 
 

@@ -84,8 +84,12 @@ def _spec(
 
 
 def _summary_lines(deployment: Deployment) -> list[str]:
+    from byoc.planner import fleet_text, floor_text
+
     p, m, t, c = deployment.placement, deployment.memory, deployment.throughput, deployment.cost
     gib = 1024**3
+    node, floor, top = c.node, c.serving_floor, c.at_max_replicas
+    share = f" (${c.replica_hourly_usd:.2f}/h each when full)" if node.replicas_per_node > 1 else ""
     return [
         f"deployment  {deployment.name}: {deployment.model.id} on {deployment.shape.name}",
         f"placement   {p.cloud} {p.region} ({p.reason}); instance {p.instance_type}",
@@ -93,9 +97,16 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"({m.kv_capacity_tokens} tokens, {m.concurrent_sequences} sequences at {m.max_context})",
         f"throughput  ~{t.output_tokens_per_s:,.0f} output tokens/s per replica at {t.input_tokens}/"
         f"{t.output_tokens} tokens ({t.bound}-bound)",
-        f"cost        ${c.replica_hourly_usd:.2f}/h per replica, ${c.cost_per_million_output_tokens:.3f} per 1M "
-        "output tokens at saturation",
+        f"cost        node {node.instance_type} ${node.hourly_usd:.2f}/h, billed whole, "
+        f"{_replicas(node.replicas_per_node)} per node{share}",
+        f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}",
+        f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
+        f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
     ]
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica" if count == 1 else f"{count} replicas"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,26 +156,40 @@ def shapes(
     output_tokens: OutputTokensOpt = 1000,
     output: OutputOpt = Output.text,
 ) -> None:
-    """List deployment shapes; with --model, the ones that fit, cheapest per token first."""
-    from byoc.tables import shape_rows
+    """List deployment shapes; with --model, the ones that fit, cheapest per token for one replica on whole nodes
+    first."""
+    from byoc.tables import RANKED_BY, shape_rows
 
     with reporting(output):
         clouds = [cloud.value] if cloud else ["aws", "gcp"]
         rows = shape_rows(clouds, model, max_context, input_tokens, output_tokens)
     if output is Output.json:
-        print_json({"model": model, "shapes": rows})
+        print_json({"model": model, "ranked_by": RANKED_BY if model else None, "shapes": rows})
         return
     if model:
         _table(
-            f"Shapes that fit {model} ({input_tokens}/{output_tokens} tokens), cheapest per token first",
-            ["cloud", "shape", "instance", "$/h", "tokens/s", "$/1M out", "KV tokens"],
+            f"Shapes that fit {model} ({input_tokens}/{output_tokens} tokens), ranked by $ per 1M output tokens "
+            "of one replica paying its whole node",
+            [
+                "cloud",
+                "shape",
+                "instance",
+                "replicas/node",
+                "$/h 1 replica (whole node)",
+                "tokens/s",
+                "$/1M out 1 replica (whole node)",
+                "$/1M out full nodes",
+                "KV tokens",
+            ],
             [
                 [
                     r["cloud"],
                     r["shape"],
                     r["instance_type"],
-                    f"{r['replica_hourly_usd']:.2f}",
+                    str(r["replicas_per_node"]),
+                    f"{r['one_replica_hourly_usd']:.2f}",
                     f"{r['output_tokens_per_s']:,.0f}",
+                    f"{r[RANKED_BY]:.3f}",
                     f"{r['cost_per_million_output_tokens']:.3f}",
                     f"{r['kv_capacity_tokens']:,}",
                 ]
@@ -174,7 +199,17 @@ def shapes(
     else:
         _table(
             "Deployment shapes",
-            ["cloud", "shape", "GPU", "memory GiB", "instance", "$/h per replica", "regions"],
+            [
+                "cloud",
+                "shape",
+                "GPU",
+                "memory GiB",
+                "instance",
+                "node $/h",
+                "replicas/node",
+                "$/h per replica (full node)",
+                "regions",
+            ],
             [
                 [
                     r["cloud"],
@@ -182,6 +217,8 @@ def shapes(
                     r["gpu"],
                     f"{r['gpu_memory_gib']:.0f}",
                     r["instance_type"],
+                    f"{r['node_hourly_usd']:.2f}",
+                    str(r["replicas_per_node"]),
                     f"{r['replica_hourly_usd']:.2f}",
                     str(r["regions"]),
                 ]
@@ -233,18 +270,31 @@ def estimate(
     price_per_gpu_hour: Annotated[
         float | None, typer.Option("--price-per-gpu-hour", min=0.0, help="Your own $/GPU-hour.")
     ] = None,
+    min_replicas: Annotated[
+        int, typer.Option("--min-replicas", min=0, help="Fewest replicas (the floor is costed in whole nodes).")
+    ] = 0,
+    max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="Most replicas.")] = 1,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Memory fit, max throughput and cost of a model on a shape."""
+    """Memory fit, max throughput and cost of a model on a shape (nodes billed whole)."""
     from byoc.tables import estimate_row
 
     with reporting(output):
         row = estimate_row(
-            cloud.value, model, shape, input_tokens, output_tokens, kv_cache_fraction, max_context, price_per_gpu_hour
+            cloud.value,
+            model,
+            shape,
+            input_tokens,
+            output_tokens,
+            kv_cache_fraction,
+            max_context,
+            price_per_gpu_hour,
+            min_replicas,
+            max_replicas,
         )
     misfit = None
     if not row["fits"]:
-        # As validate does: a model that does not fit is invalid input (exit 2), the estimate still shown.
+        # As validate does: a model that does not fit is invalid input (exit 2), the memory lines still shown.
         misfit = ByocError(
             "shape",
             f"{model} does not fit {shape} at max_context {row['memory']['max_context']}",
@@ -262,16 +312,50 @@ def estimate(
         f"  weights            {memory['weights_gib']} GiB of {memory['gpu_memory_gib']} GiB",
         f"  KV cache           {memory['kv_cache_gib']} GiB = {memory['kv_capacity_tokens']:,} tokens "
         f"({memory['kv_bytes_per_token']:,} bytes/token, {memory['kv_cache_dtype']})",
-        f"  throughput         ~{row['output_tokens_per_s']:,.0f} output tokens/s per replica "
-        f"({input_tokens}/{output_tokens} tokens, batch {row['throughput']['batch_size']}, "
-        f"{row['throughput']['bound']}-bound)",
-        f"  cost               ${row['cost']['replica_hourly_usd']:.2f}/h, "
-        f"${row['cost_per_million_output_tokens']:.3f} per 1M output tokens",
     ]
+    if misfit:
+        lines += ["  throughput         n/a (does not fit)", "  cost               n/a (does not fit)"]
+    else:
+        lines += _estimate_cost_lines(row, input_tokens, output_tokens)
     print("\n".join(lines))
     if misfit:
         with reporting(output):
             raise misfit
+
+
+def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: int) -> list[str]:
+    cost, node = row["cost"], row["cost"]["node"]
+    fewest, floor, most = cost["at_min_replicas"], cost["serving_floor"], cost["at_max_replicas"]
+
+    def fleet(figures: dict[str, Any]) -> str:
+        nodes = figures["nodes"]
+        return f"${figures['hourly_usd']:,.2f}/h ({nodes} node{'' if nodes == 1 else 's'})"
+
+    at_min = (
+        f"$0/h at min_replicas 0, ${floor['hourly_usd']:,.2f}/h while serving (1 replica, {floor['nodes']} node)"
+        if fewest["replicas"] == 0
+        else f"{fleet(fewest)} at min_replicas {fewest['replicas']}"
+    )
+    gpus = f"{node['gpus']} GPU{'' if node['gpus'] == 1 else 's'}"
+    share = f" (${cost['replica_hourly_usd']:.2f}/h each when full)" if node["replicas_per_node"] > 1 else ""
+    lines = [
+        f"  throughput         ~{row['output_tokens_per_s']:,.0f} output tokens/s per replica "
+        f"({input_tokens}/{output_tokens} tokens, batch {row['throughput']['batch_size']}, "
+        f"{row['throughput']['bound']}-bound)",
+        f"  node               {node['instance_type']}, {gpus}, ${node['hourly_usd']:,.2f}/h billed whole: "
+        f"{_replicas(node['replicas_per_node'])} per node{share}",
+        f"  cost               {at_min}; {fleet(most)} at max_replicas {most['replicas']}",
+        f"  per 1M output      ${cost['cost_per_million_output_tokens']:.3f} at saturation on full nodes, "
+        f"${cost['cost_per_million_output_tokens_at_floor']:.3f} at the floor ({_replicas(floor['replicas'])} "
+        "saturated)",
+        f"  price              {cost['price_source']}",
+    ]
+    for fallback in cost["fallback_nodes"]:
+        lines.append(
+            f"  fallback node      {fallback['instance_type']}, {fallback['gpus']} GPUs, "
+            f"${fallback['hourly_usd']:,.2f}/h, if the node pool finds no {node['instance_type']}"
+        )
+    return lines
 
 
 def _write_atomically(path: Path, text: str) -> None:

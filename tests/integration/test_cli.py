@@ -257,12 +257,79 @@ def test_estimate_with_own_price() -> None:
 def test_shapes_for_a_model_rank_by_cost_per_token() -> None:
     result = runner.invoke(app, ["shapes", "--model", "llama-3.1-70b-instruct", "--cloud", "aws", "--output", "json"])
     assert result.exit_code == 0
-    rows = json.loads(result.stdout)["shapes"]
-    costs = [r["cost_per_million_output_tokens"] for r in rows]
+    data = json.loads(result.stdout)
+    rows = data["shapes"]
+    # ranked by one replica paying its whole node, not by a share of a node nobody else fills
+    assert data["ranked_by"] == "cost_per_million_output_tokens_one_replica"
+    costs = [r["cost_per_million_output_tokens_one_replica"] for r in rows]
     assert costs == sorted(costs)
     names = {r["shape"] for r in rows}
     assert "h100x1-fp8" not in names  # does not fit at 128K context
     assert "h100x2-fp8" in names
+
+
+def test_shapes_rank_by_whole_nodes() -> None:
+    result = runner.invoke(app, ["shapes", "--model", "llama-3.1-70b-instruct", "--cloud", "aws", "--output", "json"])
+    rows = {r["shape"]: r for r in json.loads(result.stdout)["shapes"]}
+    order = list(rows)
+    one, eight = rows["b200x1-fp4"], rows["b200x8-fp4"]
+    assert one["replicas_per_node"] == 8 and one["one_replica_hourly_usd"] == 113.93
+    assert one["replica_hourly_usd"] == pytest.approx(113.93 / 8, abs=1e-3)
+    # per GPU share, b200x1 looks cheapest per token; paying for the node it takes, b200x8 is
+    assert one["cost_per_million_output_tokens"] < eight["cost_per_million_output_tokens"]
+    assert order.index("b200x8-fp4") < order.index("b200x1-fp4")
+    assert one["cost_per_million_output_tokens_one_replica"] == pytest.approx(
+        8 * one["cost_per_million_output_tokens"], rel=1e-3
+    )
+    table = runner.invoke(app, ["shapes", "--model", "llama-3.1-70b-instruct", "--cloud", "aws"])
+    assert "one replica paying its whole node" in table.stdout
+    assert "$/1M out 1 replica (whole node)" in table.stdout
+
+
+def test_estimate_costs_whole_nodes() -> None:
+    args = ["estimate", "--model", "llama-3.3-70b-instruct", "--shape", "b200x1-fp4", "--min-replicas", "1"]
+    data = json.loads(runner.invoke(app, [*args, "--max-replicas", "9", "--output", "json"]).stdout)
+    cost = data["cost"]
+    assert cost["node"] == {
+        "instance_type": "p6-b200.48xlarge",
+        "gpus": 8,
+        "hourly_usd": 113.93,
+        "replicas_per_node": 8,
+    }
+    assert cost["floor_hourly_usd"] == 113.93
+    assert cost["at_max_replicas"] == {"replicas": 9, "nodes": 2, "hourly_usd": 227.86}
+    assert cost["replica_hourly_usd"] == pytest.approx(14.2413)
+    text = runner.invoke(app, args).stdout
+    assert "p6-b200.48xlarge, 8 GPUs, $113.93/h billed whole: 8 replicas per node ($14.24/h each when full)" in text
+    assert "$113.93/h (1 node) at min_replicas 1" in text
+    assert "at saturation on full nodes" in text
+
+
+def test_validate_says_the_floor_and_warns() -> None:
+    result = byoc("validate", "-f", str(ROOT / "examples" / "b200-fp4.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "floor       $113.93/h at min_replicas 1 (1 node)" in result.stdout
+    assert "8 replicas per node ($14.24/h each when full)" in result.stdout
+    assert "warning: shape: b200x1-fp4 takes 1 of the 8 GPUs of a p6-b200.48xlarge node" in result.stderr
+    full = byoc("validate", "-f", str(ROOT / "examples" / "byoc.yaml"))
+    assert "$0/h at min_replicas 0, $6.88/h while serving (1 replica, 1 node)" in full.stdout
+    assert "may also launch p5.48xlarge (8 GPUs, $55.04/h)" in full.stderr
+
+
+def test_estimate_of_a_model_that_does_not_fit_has_no_throughput_or_cost() -> None:
+    args = ["estimate", "--model", "llama-3.1-70b-instruct", "--shape", "l4x1-fp8"]
+    result = runner.invoke(app, [*args, "--output", "json"])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["output_tokens_per_s"] is None and data["cost_per_million_output_tokens"] is None
+    assert data["throughput"] is None and data["cost"] is None
+    assert "does not fit l4x1-fp8" in data["not_estimated"]
+    assert data["memory"]["fits"] is False
+    text = runner.invoke(app, args)
+    assert text.exit_code == 2
+    assert "throughput         n/a (does not fit)" in text.stdout
+    assert "cost               n/a (does not fit)" in text.stdout
+    assert "tokens/s" not in text.stdout and "per 1M" not in text.stdout
 
 
 def test_shapes_table_for_people() -> None:
@@ -463,3 +530,20 @@ def test_a_stopped_plan_leaves_no_process_and_keeps_the_previous_plan(tmp_path: 
     worker.wait(timeout=10)  # gone, not orphaned
     assert not worker.is_running()
     assert (out / "plan.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--region", "mars", "--deployment", "demo"], "--region"),
+        (["--region", "eu-west-2", "--deployment", "BAD NAME"], "--deployment"),
+    ],
+)
+def test_live_report_checks_its_input_before_the_account(tmp_path: Path, args: list[str], field: str) -> None:
+    """Bad input is exit 2 naming it, even without credentials (which would be exit 1)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true"}
+    result = byoc("compliance", "report", "--live", *args, "--out", str(tmp_path / "pack"), env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {field}:")

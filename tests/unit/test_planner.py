@@ -103,6 +103,26 @@ def test_cost_per_million_tokens_by_hand() -> None:
     shape = parse_shape("h100x2-fp8")
     memory = planner.plan_memory(LLAMA_70B, shape, 0.9, 8192)
     throughput = planner.estimate_throughput(LLAMA_70B, shape, memory)
-    cost = planner.estimate_cost(6.88, shape, throughput, "test")
+    p5 = CATALOG.instances["aws"]["p5.48xlarge"]
+    cost = planner.estimate_cost(
+        shape, throughput, p5, min_replicas=1, max_replicas=1, price_source="test", price_per_gpu_hour=6.88
+    )
     assert cost.replica_hourly_usd == pytest.approx(13.76)
     assert cost.cost_per_million_output_tokens == pytest.approx(13.76 / (throughput.output_tokens_per_s * 3600) * 1e6)
+
+
+def test_one_b200_replica_is_billed_a_whole_node() -> None:
+    """b200x1 on p6-b200.48xlarge: 8 replicas per node; one replica costs the node, not 1/8 of it."""
+    model, shape = CATALOG.models["llama-3.3-70b-instruct"], parse_shape("b200x1-fp4")
+    memory = planner.plan_memory(model, shape, 0.9, 131072)
+    throughput = planner.estimate_throughput(model, shape, memory)
+    node = CATALOG.instances["aws"]["p6-b200.48xlarge"]
+    cost = planner.estimate_cost(shape, throughput, node, min_replicas=1, max_replicas=2, price_source="list")
+    assert cost.node.replicas_per_node == 8
+    assert cost.replica_hourly_usd == pytest.approx(113.93 / 8)
+    assert cost.floor_hourly_usd == pytest.approx(113.93)
+    assert (cost.at_min_replicas.nodes, cost.at_max_replicas.nodes) == (1, 1)
+    # $ per 1M at the floor: the whole node for one saturated replica, 8x the full-node figure
+    assert cost.cost_per_million_output_tokens_at_floor == pytest.approx(8 * cost.cost_per_million_output_tokens)
+    (warning,) = planner.cost_warnings(shape, cost, model.id)
+    assert warning.field == "shape" and "$113.93/h" in warning.message and "$14.24/h" in warning.message
