@@ -68,10 +68,21 @@ def report(
                     "--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo"
                 )
             from byoc.clouds import get_cloud
+            from byoc.spec import DNS_LABEL, NAME_MAX
             from compliance.collectors.aws import collect
 
+            live_cloud = get_cloud(cloud)
+            if region not in live_cloud.regions:
+                raise ByocError(
+                    "--region", f"{region!r} is not an {live_cloud.title} region", "e.g. --region eu-west-2"
+                )
+            if not DNS_LABEL.match(deployment) or len(deployment) > NAME_MAX:
+                raise ByocError(
+                    "--deployment", f"{deployment!r} is not a byoc deployment name", "the spec's name, e.g. demo"
+                )
+
             # No credentials is one clear failure, not one ERROR per check and a drift line per control.
-            get_cloud(cloud).account_identity(region, "--live")
+            live_cloud.account_identity(region, "--live")
 
             graph = collect(deployment, region, declared.requested_region if declared else region, kubeconfig)
         else:
