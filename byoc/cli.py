@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Plain help: rendering it with rich costs ~0.15 s of imports on every `byoc --help` (docs/performance.md).
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

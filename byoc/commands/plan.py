@@ -31,6 +31,8 @@ class CloudName(StrEnum):
 
 SpecFileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")]
 CloudOpt = Annotated[CloudName | None, typer.Option("--cloud", help="aws or gcp (overrides the spec).")]
+# For the commands that read no spec: the cloud to list.
+ListCloudOpt = Annotated[CloudName | None, typer.Option("--cloud", help="Only this cloud (aws or gcp).")]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="GLOBAL, US, EUROPE, APAC, or a region id.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Catalog model id (overrides the spec).")]
 ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Shape such as h100x1-fp8 (overrides the spec).")]
@@ -150,7 +152,7 @@ def schema(
 
 def shapes(
     model: Annotated[str | None, typer.Option("--model", help="Rank the shapes that fit this model.")] = None,
-    cloud: CloudOpt = None,
+    cloud: ListCloudOpt = None,
     max_context: Annotated[int | None, typer.Option("--max-context", min=1, help="Context to fit.")] = None,
     input_tokens: InputTokensOpt = 1000,
     output_tokens: OutputTokensOpt = 1000,
@@ -228,7 +230,7 @@ def shapes(
 
 
 def regions(
-    cloud: CloudOpt = None,
+    cloud: ListCloudOpt = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ask the cloud's API (AWS EC2) and show where it differs.")
     ] = False,
