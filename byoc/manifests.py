@@ -2,6 +2,10 @@
 
 Only objects byoc itself declares: not the contents of the upstream Helm charts it installs (those releases are
 listed in `manifests/helm-releases.yaml` with their pinned versions and values instead).
+
+The files are reproducible (CI reviews them with `git diff`): one file per object, named by namespace, kind and
+name; in each object `apiVersion`, `kind` and `metadata` first, then the other fields, and every mapping below them
+by key; Helm releases by namespace and name, each with its fields in one fixed order.
 """
 
 from __future__ import annotations
@@ -28,13 +32,23 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _by_key(value: Any) -> Any:
+    """Every mapping sorted by key (lists keep their order: in Kubernetes it means something)."""
+    if isinstance(value, dict):
+        return {k: _by_key(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_by_key(v) for v in value]
+    return value
+
+
 def kubernetes_objects(plan: Plan) -> list[dict[str, Any]]:
-    objects = []
-    for resource in plan.resources:
-        if not resource.type.startswith("kubernetes:") or resource.type == HELM_RELEASE:
-            continue
-        objects.append(_as_object(resource))
-    return objects
+    """byoc's own Kubernetes objects, in the order of their file names."""
+    objects = [
+        _as_object(resource)
+        for resource in plan.resources
+        if resource.type.startswith("kubernetes:") and resource.type != HELM_RELEASE
+    ]
+    return sorted(objects, key=_file_name)
 
 
 def _as_object(resource: RecordedResource) -> dict[str, Any]:
@@ -45,18 +59,22 @@ def _as_object(resource: RecordedResource) -> dict[str, Any]:
     document: dict[str, Any] = {"apiVersion": inputs.pop("apiVersion", api_version), "kind": inputs.pop("kind", kind)}
     document["metadata"] = inputs.pop("metadata", {})
     document.update(inputs)
-    return document
+    # the order people read an object in: apiVersion, kind, metadata, then the other fields by name
+    head = ("apiVersion", "kind", "metadata")
+    return {k: _by_key(document[k]) for k in (*head, *sorted(set(document) - set(head)))}
 
 
 def helm_releases(plan: Plan) -> list[dict[str, Any]]:
-    return [
+    """The Helm releases by namespace and name, their fields in a fixed order, their values sorted by key."""
+    releases = [
         {
-            key: _integral(release.inputs.get(key))
+            key: _by_key(_integral(release.inputs.get(key)))
             for key in ("name", "namespace", "chart", "version", "repositoryOpts", "values")
             if release.inputs.get(key) is not None
         }
         for release in plan.by_type(HELM_RELEASE)
     ]
+    return sorted(releases, key=lambda r: (str(r.get("namespace", "")), str(r.get("name", ""))))
 
 
 def _file_name(document: dict[str, Any]) -> str:

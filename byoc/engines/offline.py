@@ -5,6 +5,11 @@ This is Pulumi's own unit-test path: the program runs unchanged, every resource 
 (the Pulumi type token, the logical name, the inputs with the names the provider receives, the parent and the
 provider) is the `resources` list of plan.json.
 
+Pulumi registers resources from many threads at once, so the order in which they reach the monitor varies from run
+to run, and the protobuf maps the inputs arrive in iterate in a per-process order. Neither means anything, and CI
+reviews plans with `git diff`: the record is put in one order (the resource tree depth first, each parent before its
+children, siblings by type token then logical name) and every mapping in the inputs is sorted by key.
+
 Values only a live account knows are placeholders: the account id is 123456789012 (AWS's documentation account),
 availability zones are <region>a/b/c, and ARNs of resources that do not exist yet are made up from their names. On
 Google Cloud the project is `example-project` (number 123456789012), and ids, emails and service agents are made up
@@ -74,9 +79,10 @@ def _gcp_outputs(type_token: str, name: str, inputs: dict[str, Any], region: str
 
 
 def _plain(value: Any) -> Any:
-    """Inputs as JSON: containers kept, anything exotic (resource references, unknowns) as a string."""
+    """Inputs as JSON: containers kept (mappings sorted by key: their order in the protobuf map that carried them
+    changes from process to process), anything exotic (resource references, unknowns) as a string."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (str, bool, int, float)):
@@ -89,6 +95,24 @@ def _name_of(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
 
+def _in_tree_order(resources: list[RecordedResource], parents: dict[str, str]) -> list[RecordedResource]:
+    """The resources depth first down the resource tree: a parent before its children, siblings by type token and
+    logical name. The order does not depend on when each registration reached the monitor."""
+    by_urn = {r.urn: r for r in resources}
+    paths: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    def path(urn: str) -> tuple[tuple[str, str], ...]:
+        if urn not in paths:
+            resource = by_urn[urn]
+            parent = parents.get(urn, "")
+            # the stack itself (and any parent not recorded) is the root
+            above = path(parent) if parent in by_urn and parent != urn else ()
+            paths[urn] = (*above, (resource.type, resource.name))
+        return paths[urn]
+
+    return sorted(resources, key=lambda r: (path(r.urn), r.urn))
+
+
 def run_offline(deployment: Deployment, program: Program) -> Plan:
     """Run the program under Pulumi's mocks and return every resource it registered."""
     import pulumi
@@ -98,6 +122,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
     zones = [f"{region}{suffix}" for suffix in "abc"]
     plan = Plan()
     lock = threading.Lock()
+    parents: dict[str, str] = {}  # URN -> parent URN, to put the record in tree order
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -187,6 +212,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                 # a provider reference is "<provider URN>::<provider id>"
                 provider = _name_of(request.provider.rsplit("::", 1)[0]) if request.provider else None
                 with lock:
+                    parents[response.urn] = request.parent
                     plan.resources.append(
                         RecordedResource(
                             type=request.type,
@@ -218,4 +244,5 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
         raise ByocFailure(
             "plan", f"the {deployment.cloud} program failed offline: {exc}", "report this as a bug"
         ) from exc
+    plan.resources[:] = _in_tree_order(plan.resources, parents)
     return plan

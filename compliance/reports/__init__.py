@@ -1,4 +1,8 @@
-"""The evidence pack: every report format, written into one folder with a SHA-256 manifest of its files."""
+"""The evidence pack: every report format, written into one folder with a SHA-256 manifest of its files.
+
+The same graph and findings give the same pack, byte for byte, except for the pack's time (listed in
+compliance.reports.timestamps; fixed by SOURCE_DATE_EPOCH) and the manifest lines of the files that carry it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from byoc import __version__
 from compliance.evaluate import Drift
 from compliance.model import Finding, Graph, Status
 from compliance.reports import evidence, formats, human, oscal
+from compliance.reports.timestamps import pack_time
 
 MANIFEST = "manifest.sha256"
 
@@ -63,9 +68,15 @@ def write_pack(
     selected: list[str],
     out: Path,
     drift: list[Drift] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Write every file of the pack into `out` (replacing a previous pack whole) and return the summary."""
+    """Write every file of the pack into `out` (replacing a previous pack whole) and return the summary.
+
+    `now` is the one time every file carries (default: compliance.reports.timestamps.pack_time()).
+    """
     drift = drift or []
+    now = now or pack_time()
+    graph = graph.in_order()  # the evidence files list resources in one order, whatever order they came in
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -74,7 +85,7 @@ def write_pack(
             "deployment": graph.deployment,
             "source": graph.source,
             "region": graph.region,
-            "generated_at": datetime.now(UTC).isoformat(),
+            "generated_at": now.isoformat(),
             "byoc_version": __version__,
         }
         found = notices(graph)
@@ -82,8 +93,8 @@ def write_pack(
         (staging / "report.html").write_text(human.html_report(graph, findings, selected, drift, found))
         formats.write_json(findings, selected, staging / "findings.json")
         formats.write_csv(findings, selected, staging / "findings.csv")
-        formats.write_ocsf(findings, graph, selected, staging / "findings.ocsf.jsonl")
-        oscal.write_oscal(graph, findings, selected, __version__, staging / "oscal")
+        formats.write_ocsf(findings, graph, selected, staging / "findings.ocsf.jsonl", now)
+        oscal.write_oscal(graph, findings, selected, __version__, staging / "oscal", now)
         (staging / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         (staging / "encryption-inventory.json").write_text(json.dumps(evidence.encryption_inventory(graph), indent=2))
         (staging / "audit-logging.json").write_text(json.dumps(evidence.audit_logging(graph), indent=2))

@@ -1,10 +1,14 @@
-"""Machine formats: findings.json, findings.csv, findings.ocsf.jsonl (OCSF Compliance Finding, class 2003)."""
+"""Machine formats: findings.json, findings.csv, findings.ocsf.jsonl (OCSF Compliance Finding, class 2003).
+
+Each lists the findings in the order `compliance.evaluate` gives them; the only time is each OCSF record's `time`,
+the pack's time (compliance.reports.timestamps).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
-import time
+from datetime import datetime
 from pathlib import Path
 
 from byoc import __version__
@@ -115,8 +119,8 @@ def ocsf(finding: Finding, graph: Graph, selected: list[str], now_ms: int) -> di
     return record
 
 
-def write_ocsf(findings: list[Finding], graph: Graph, selected: list[str], path: Path) -> None:
-    now_ms = int(time.time() * 1000)
+def write_ocsf(findings: list[Finding], graph: Graph, selected: list[str], path: Path, now: datetime) -> None:
+    now_ms = int(now.timestamp() * 1000)
     with path.open("w") as handle:
         for finding in findings:
             handle.write(json.dumps(ocsf(finding, graph, selected, now_ms), default=str) + "\n")

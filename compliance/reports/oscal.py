@@ -2,13 +2,17 @@
 
 component-definition: how the deployment implements each control (the checks that evidence it).
 assessment-results: what was observed (one observation per finding) and, per control, satisfied or not.
+
+Both are reproducible: every UUID is a version 5 UUID (OSCAL takes RFC 4122 v4 or v5) of byoc's namespace and the
+things it names (deployment, source, control, check, resource), never a random one, and the only time is the
+pack's (`last-modified`, the result's `start`/`end`, each observation's `collected`; compliance.reports.timestamps).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from compliance.model import Finding, Framework, Graph, Status, frameworks
@@ -24,22 +28,25 @@ def control_token(framework: str, control_id: str) -> str:
 
 
 def _uuid(*parts: str) -> str:
-    """Stable UUIDs (v5) so that the same evidence gives the same document."""
+    """Stable UUIDs (v5, over the URL namespace and byoc's OSCAL namespace URL) so that the same evidence gives the
+    same document."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, NAMESPACE + "/" + "/".join(parts)))
 
 
-def _metadata(title: str, version: str) -> object:
+def _metadata(title: str, version: str, now: datetime) -> object:
     from trestle.oscal.common import Metadata
 
     return Metadata(
         title=title,
-        last_modified=datetime.now(UTC),
+        last_modified=now,
         version=version,
         oscal_version=OSCAL_VERSION,
     )
 
 
-def component_definition(graph: Graph, findings: list[Finding], selected: list[str], version: str) -> object:
+def component_definition(
+    graph: Graph, findings: list[Finding], selected: list[str], version: str, now: datetime
+) -> object:
     from trestle.oscal.common import Property
     from trestle.oscal.component import (
         ComponentDefinition,
@@ -90,12 +97,27 @@ def component_definition(graph: Graph, findings: list[Finding], selected: list[s
     )
     return ComponentDefinition(
         uuid=_uuid(graph.deployment, "component-definition"),
-        metadata=_metadata(f"byoc deployment {graph.deployment}: control implementation", version),
+        metadata=_metadata(f"byoc deployment {graph.deployment}: control implementation", version, now),
         components=[component],
     )
 
 
-def assessment_results(graph: Graph, findings: list[Finding], selected: list[str], version: str) -> object:
+def _observation_ids(graph: Graph, findings: list[Finding]) -> list[str]:
+    """One UUID per finding, from what it is about (check, resource type, name and id), not from its place in the
+    list; a second finding about the same thing (none is expected) gets its occurrence number too."""
+    seen: dict[tuple[str, ...], int] = {}
+    ids = []
+    for finding in findings:
+        about = (finding.check.id, finding.resource.type, finding.resource.name, finding.resource.id)
+        seen[about] = seen.get(about, 0) + 1
+        occurrence = (str(seen[about]),) if seen[about] > 1 else ()
+        ids.append(_uuid(graph.deployment, graph.source, "observation", *about, *occurrence))
+    return ids
+
+
+def assessment_results(
+    graph: Graph, findings: list[Finding], selected: list[str], version: str, now: datetime
+) -> object:
     from trestle.oscal.assessment_results import AssessmentResults, ImportAp, Result
     from trestle.oscal.common import (
         ControlSelection,
@@ -109,13 +131,11 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
     )
     from trestle.oscal.common import Finding as OscalFinding
 
-    now = datetime.now(UTC)
     observations = []
     by_control: dict[str, list[str]] = {}
-    for index, finding in enumerate(findings):
+    for finding, observation_id in zip(findings, _observation_ids(graph, findings), strict=True):
         if finding.status == Status.NOT_APPLICABLE:
             continue
-        observation_id = _uuid(graph.deployment, graph.source, "observation", str(index), finding.check.id)
         evidence = "; ".join(
             [f"{e.path}={e.value!r}" for e in finding.evidence] + [finding.reason] * bool(finding.reason)
         )
@@ -176,18 +196,20 @@ def assessment_results(graph: Graph, findings: list[Finding], selected: list[str
     )
     return AssessmentResults(
         uuid=_uuid(graph.deployment, graph.source, "assessment-results"),
-        metadata=_metadata(f"byoc deployment {graph.deployment}: assessment results", version),
+        metadata=_metadata(f"byoc deployment {graph.deployment}: assessment results", version, now),
         import_ap=ImportAp(href=f"urn:byoc:assessment-plan:{graph.deployment}"),
         results=[result],
     )
 
 
-def write_oscal(graph: Graph, findings: list[Finding], selected: list[str], version: str, folder: Path) -> list[Path]:
+def write_oscal(
+    graph: Graph, findings: list[Finding], selected: list[str], version: str, folder: Path, now: datetime
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, document in (
-        ("component-definition.json", component_definition(graph, findings, selected, version)),
-        ("assessment-results.json", assessment_results(graph, findings, selected, version)),
+        ("component-definition.json", component_definition(graph, findings, selected, version, now)),
+        ("assessment-results.json", assessment_results(graph, findings, selected, version, now)),
     ):
         path = folder / name
         document.oscal_write(path)  # type: ignore[attr-defined]
