@@ -372,6 +372,31 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+# Kubernetes keeps an object in etcd, whose default request limit is 1.5 MiB; a ConfigMap's data may hold 1 MiB
+# (kubernetes.io/docs/concepts/configuration/configmap). byoc's rendered objects must stay under the smaller.
+KUBERNETES_OBJECT_MAX_BYTES = 1 << 20
+
+
+def _check_object_sizes(graph: Any, deployment: Deployment) -> None:
+    """Refuse a spec whose rendered Kubernetes objects Kubernetes would not store (many addons grow two of them).
+
+    Raises:
+        ByocError: naming addons (or the spec) and the object that is too large.
+    """
+    from byoc.manifests import kubernetes_objects
+
+    for obj in kubernetes_objects(graph):
+        size = len(json.dumps(obj))
+        if size > KUBERNETES_OBJECT_MAX_BYTES:
+            name = obj.get("metadata", {}).get("name", "?")
+            raise ByocError(
+                "addons" if deployment.addons else "spec",
+                f"the rendered {obj['kind']} {name} is {size:,} bytes; Kubernetes stores at most 1 MiB in one "
+                f"object ({len(deployment.addons):,} addons)",
+                "serve fewer addons per deployment, or split them across deployments",
+            )
+
+
 # Finding statuses as the plan's summary line says them.
 STATUS_WORDS = {
     "PASS": "pass",
@@ -548,7 +573,11 @@ def plan(
     out: Annotated[Path, typer.Option("--out", help="Folder for plan.json.")] = Path("byoc-out"),
     output: OutputOpt = Output.text,
 ) -> None:
-    """Resolve the spec and record the cloud program's resource graph offline (no credentials): OUT/plan.json."""
+    """Resolve the spec and record the cloud program's resource graph offline (no credentials): OUT/plan.json.
+
+    Also writes OUT/manifests/, OUT/helm-releases.yaml and OUT/compliance/; each is replaced whole on every run
+    (files you add inside them are not kept), and a folder byoc did not write is never replaced.
+    """
     from byoc.engines import program_for
     from byoc.engines.offline import run_offline
     from byoc.resolve import resolve
@@ -560,6 +589,7 @@ def plan(
         program = program_for(deployment)
         graph = run_offline(deployment, program) if program is not None else None
         if graph is not None:
+            _check_object_sizes(graph, deployment)
             document["resources"] = [r.as_dict() for r in graph.resources]
         target = out / "plan.json"
         try:

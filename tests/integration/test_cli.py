@@ -547,3 +547,16 @@ def test_live_report_checks_its_input_before_the_account(tmp_path: Path, args: l
     result = byoc("compliance", "report", "--live", *args, "--out", str(tmp_path / "pack"), env=env)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {field}:")
+
+
+def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path) -> None:
+    """Thousands of addons grow the engine ConfigMap past Kubernetes' 1 MiB: refused at plan, not at apply."""
+    addons = "\n".join(f"  - {{id: a{i}, source: s3://bucket/adapters/{'x' * 200}{i}}}" for i in range(4000))
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        f"name: many\ncloud: aws\nregion: US\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\naddons:\n{addons}\n"
+    )
+    result = byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: addons: the rendered ConfigMap byoc-many-engine is")
+    assert not (tmp_path / "out" / "plan.json").exists()
