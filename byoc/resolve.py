@@ -295,7 +295,8 @@ def _smallest_fitting_shape(spec: Spec, model: ModelArch, max_context: int) -> s
         memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
         if not memory.fits:
             continue
-        price = cloud.instance_candidates(shape)[0].gpu_hourly_usd * shape.count
+        # a replica pays for its whole node when it runs alone (nodes are billed whole: byoc/planner.py)
+        price = cloud.instance_candidates(shape)[0].hourly_usd
         if best is None or price < best[0]:
             best = (price, shape.name)
     return best[1] if best else None
@@ -329,7 +330,7 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     options = []
     smallest = _smallest_fitting_shape(spec, model, memory.max_context)
     if smallest:
-        options.append(f"try {smallest}, the smallest (cheapest) shape that holds it")
+        options.append(f"try {smallest}, the cheapest shape that holds it with its node billed whole")
     longest = planner.longest_context_that_fits(memory)
     if longest >= 1024:
         options.append(f"set max_context <= {longest}")

@@ -200,7 +200,7 @@ def test_70b_does_not_fit_one_h100_and_the_error_names_what_does() -> None:
     error = refused(model="llama-3.1-70b-instruct", shape="h100x1-fp8")
     assert error.field == "shape"
     assert "does not fit h100x1-fp8" in error.message
-    assert "try h200x1-fp8" in error.hint  # cheapest AWS shape that holds 70B in FP8 at 128K context
+    assert "try l40sx4-fp8" in error.hint  # cheapest AWS node that holds 70B in FP8 at 128K context (g6e.12xlarge)
     assert "max_context <=" in error.hint
 
 
@@ -423,7 +423,9 @@ def test_an_unpublished_runtime_image_is_warned_and_a_tag_too() -> None:
 def test_a_shape_too_small_names_a_shape_and_a_context_that_fit() -> None:
     error = refused(model="llama-3.1-70b-instruct", shape="h100x1-fp8", region="US")
     assert error.field == "shape"
-    assert error.hint == "try h200x1-fp8, the smallest (cheapest) shape that holds it, or set max_context <= 57344"
+    assert error.hint == (
+        "try l40sx4-fp8, the cheapest shape that holds it with its node billed whole, or set max_context <= 57344"
+    )
 
 
 @pytest.mark.parametrize("draft", ["not a model", "../../x", "llama-3.1-8b-instrct"])
