@@ -584,6 +584,11 @@ def plan(
 
     with reporting(output), EvidenceWriter() as evidence:
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if epoch is not None and not epoch.strip().isdigit():
+            raise ByocError(
+                "SOURCE_DATE_EPOCH", f"{epoch[:40]!r} is not a whole number of seconds", "unset it, or e.g. 1767225600"
+            )
         _check_out_is_ours(out)
         document = deployment.plan_document()
         program = program_for(deployment)

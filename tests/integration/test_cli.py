@@ -560,3 +560,8 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: addons: the rendered ConfigMap byoc-many-engine is")
     assert not (tmp_path / "out" / "plan.json").exists()
+
+
+def test_a_bad_source_date_epoch_is_input_error(tmp_path: Path) -> None:
+    result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(tmp_path), env={**os.environ, "SOURCE_DATE_EPOCH": "x"})
+    assert result.returncode == 2 and result.stderr.startswith("error: SOURCE_DATE_EPOCH:")
