@@ -486,15 +486,7 @@ def test_up_says_the_warnings_validate_says(tmp_path: Path) -> None:
         "network: {endpoint: public}\n"
     )
     env = {**os.environ, "PATH": str(tmp_path), "BYOC_HOME": str(tmp_path / "home")}  # no `pulumi` on this PATH
-    result = subprocess.run(
-        [sys.executable, "-m", "byoc", "up", "-f", str(spec), "--yes"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
+    result = byoc("up", "-f", str(spec), "--yes", env=env)
     assert result.returncode == 2
     assert "warning: network.endpoint: public opens" in result.stderr
     assert "Traceback" not in result.stderr
