@@ -44,13 +44,13 @@ MODES = ("least_outstanding", "approximate", "precise")
 @dataclass(frozen=True)
 class Workload:
     replicas: int = 3
-    tenants: int = 12
+    tenants: int = 8
     system_words: int = 900  # ~1,200 tokens of system prompt per tenant (a 6-layer model: ~0.6 s of prefill)
     question_words: int = 12
     output_tokens: int = 8
-    requests: int = 144
-    rate: float = 1.0  # requests per second, evenly spaced
-    kv_cache_tokens: int = 7168  # per replica: the system prompts of about five tenants, less running requests
+    requests: int = 240
+    rate: float = 1.2  # requests per second, evenly spaced
+    kv_cache_tokens: int = 5120  # per replica: the system prompts of about four tenants (half of them)
     seed: int = 16
 
 

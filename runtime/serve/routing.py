@@ -16,12 +16,15 @@ Modes (`--routing`):
 Both cache-aware modes pick, among the replicas under the load bound, the one where the request costs least, counted
 in prompt blocks: the blocks it would prefill there (its blocks minus the prefix matched there), plus the prefill
 already queued there (blocks of requests in progress that were not cached there), plus `DECODE_COST_BLOCKS` per request
-in progress, plus `ADDON_LOAD_COST_BLOCKS` for an addon that replica has not served in the last
-`ADDON_AFFINITY_SECONDS` (LoRA affinity: adapters are not loaded on every replica in turn). So a prefix goes where it
+in progress, plus `ADDON_LOAD_COST_BLOCKS` for an addon unless that replica is the one that served it last, within
+`ADDON_AFFINITY_SECONDS` (LoRA affinity: an engine keeps only `max_loras` adapters loaded, so an addon stays where it
+was served last instead of being loaded on every replica in turn). So a prefix goes where it
 is cached unless that replica is busy prefilling others; a prompt no replica holds goes to the least loaded; ties go
 round-robin. The load bound (bounded-load consistent hashing, Mirrokni et
 al. 2018): a replica is eligible while its outstanding requests are below `ceil(load_factor * (all outstanding + 1) /
-replicas)`, so a hot prefix spreads to a second replica instead of queueing on one. Replicas that leave the ready set
+replicas)`, so a hot prefix spreads to a second replica instead of queueing on one; and over time, while its
+recent requests (decayed, 30 s half-life) are below `load_factor x their mean + 2`, so a replica that holds the
+prefixes of many busy tenants hands some of them to another. Replicas that leave the ready set
 are forgotten (a restarted engine's cache is empty).
 
 Per-request cost: `approximate` hashes at most 64 text blocks and does a dict lookup per block and replica (about
@@ -61,6 +64,12 @@ LOAD_FACTOR = 1.25
 # much as 2 blocks of prefill on the CPU engine; loading a LoRA adapter costs about 8 (PEFT load from local disk).
 DECODE_COST_BLOCKS = 2
 ADDON_LOAD_COST_BLOCKS = 8
+# Over time too, no replica takes much more than its share: a replica whose recent requests (decayed, 30 s half-life)
+# exceed load_factor x the mean + 2 takes no more until they decay; among equals the least recently loaded wins, so
+# the prefixes of new tenants are spread over the replicas instead of piling onto whichever had them first.
+RECENT_HALF_LIFE_SECONDS = 30.0
+RECENT_SLACK = 2.0
+RECENT_COST_BLOCKS = 0.5
 
 
 @dataclass
@@ -81,6 +90,12 @@ class ReplicaState:
     reported: set[int] = field(default_factory=set)  # precise: blocks the replica's KV events say it holds
     addons: dict[str, float] = field(default_factory=dict)  # addon -> when last routed here
     prefill_blocks: int = 0  # prompt blocks sent here and not cached there, of requests still in progress
+    recent: float = 0.0  # requests routed here, decayed with a RECENT_HALF_LIFE_SECONDS half-life
+    recent_at: float = 0.0
+
+    def recent_load(self, now: float) -> float:
+        return float(self.recent * 0.5 ** ((now - self.recent_at) / RECENT_HALF_LIFE_SECONDS))
+
     events_supported: bool = True
 
 
@@ -171,6 +186,8 @@ class Router:
         self.tokenizer = tokenizer
         self.load_factor = load_factor
         self.states: dict[str, ReplicaState] = {}
+        # addon -> the replica that served it last: its adapter is surely loaded there (engines keep only max_loras)
+        self.addon_home: dict[str, str] = {}
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -207,23 +224,31 @@ class Router:
         bound = math.ceil(self.load_factor * (total + 1) / len(candidates))
         self._turn += 1
         count = len(candidates)
+        recent = {}
+        for upstream in candidates:
+            known = self.states.get(upstream.url)
+            recent[upstream.url] = known.recent_load(now) if known is not None else 0.0
+        recent_bound = self.load_factor * sum(recent.values()) / count + RECENT_SLACK
         blocks = len(key.blocks)
         best: Upstream | None = None
         best_cost = math.inf
         best_new = blocks
         for i in range(count):
             upstream = candidates[(self._turn + i) % count]
-            if upstream.outstanding >= bound:
+            load = recent[upstream.url]
+            if upstream.outstanding >= bound or load >= recent_bound:
                 continue
             state = self.states.get(upstream.url)
             new = blocks - (self._matched(state, key.blocks, now) if state is not None else 0)
             # the prefill this request would cost there, the prefill already queued there, the running requests,
             # and an adapter load if the addon was not served there lately
-            cost = new + DECODE_COST_BLOCKS * upstream.outstanding
+            cost = new + DECODE_COST_BLOCKS * upstream.outstanding + RECENT_COST_BLOCKS * load
             if state is not None:
                 cost += state.prefill_blocks
             if key.addon is not None and (
-                state is None or now - state.addons.get(key.addon, -math.inf) > ADDON_AFFINITY_SECONDS
+                self.addon_home.get(key.addon) != upstream.url
+                or now - (state.addons.get(key.addon, -math.inf) if state is not None else -math.inf)
+                > ADDON_AFFINITY_SECONDS
             ):
                 cost += ADDON_LOAD_COST_BLOCKS
             if cost < best_cost:
@@ -231,6 +256,7 @@ class Router:
         if best is None:  # every replica at the bound (cannot happen with load_factor >= 1): the least busy
             best = min(candidates, key=lambda u: u.outstanding)
         state = self._remember(best, key, now)
+        state.recent, state.recent_at = state.recent_load(now) + 1.0, now
         state.prefill_blocks += best_new
         key.charged = (state, best_new)
         return best
@@ -268,6 +294,7 @@ class Router:
             routed.popitem(last=False)
         if key.addon is not None:
             state.addons[key.addon] = now
+            self.addon_home[key.addon] = upstream.url
         return state
 
     def _forget_gone(self) -> None:
@@ -276,6 +303,8 @@ class Router:
             if url not in ready:
                 log.info("routing: forgetting the cache of %s (left the ready set)", url)
                 del self.states[url]
+                for addon in [a for a, home in self.addon_home.items() if home == url]:
+                    del self.addon_home[addon]
 
     # -- precise: KV cache events ----------------------------------------------------------------------------
     async def start(self) -> None:

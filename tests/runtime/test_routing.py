@@ -146,3 +146,20 @@ def test_a_replica_killed_mid_run_is_routed_around_and_forgotten(
         gateway.stop()
         for engine in engines:
             engine.stop()
+
+
+def test_an_addon_keeps_going_to_the_replica_that_has_its_adapter(
+    replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    gateway = start_gateway(runtime_dir, [r.url for r in replicas], "--routing", "approximate")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    try:
+        before = [served(r) for r in replicas]
+        for question in ("One?", "Two?", "Three?", "Four?", "Five?"):
+            client.chat.completions.create(
+                model="sql", messages=[{"role": "user", "content": question}], max_tokens=2, temperature=0
+            )
+        spread = sorted(served(r) - b for r, b in zip(replicas, before, strict=True))
+        assert spread == [0, 5]  # never loaded on the other replica in turn
+    finally:
+        gateway.stop()
