@@ -27,8 +27,9 @@ recent requests (decayed, 30 s half-life) are below `load_factor x their mean + 
 prefixes of many busy tenants hands some of them to another. Replicas that leave the ready set
 are forgotten (a restarted engine's cache is empty).
 
-Per-request cost: `approximate` hashes at most 64 text blocks and does a dict lookup per block and replica (about
-20 us for a 4,000-character prompt); `precise` adds tokenization (about 0.3 ms per 1,000 tokens).
+Per-request cost (measured here, 3 replicas): `least_outstanding` none; `approximate` hashes at most 64 text blocks
+and does a dict lookup per block and replica: ~5 us for a short prompt, ~25 us for a 4,600-character one; `precise`
+renders the chat template and tokenizes: ~0.1 ms for a short prompt, ~1.3 ms for 1,234 tokens, on the event loop.
 """
 
 from __future__ import annotations
