@@ -13,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from byoc.commands.addons import build_addon
 from tests.conftest import ROOT
 from tests.runtime.conftest import ENGINE_MODEL, MODEL, Server, free_port, http, metric, start_gateway
 from tests.tiny_model import make_lora_adapter
@@ -102,3 +103,19 @@ def test_addons_follow_the_plan_time_rules(
     assert "wide" not in {c["id"] for c in http("GET", gateway.url + "/v1/models").json()["data"]}
     with pytest.raises(openai.NotFoundError):
         ask(gateway, "wide")
+
+
+def test_an_adapter_that_does_not_match_its_manifest_is_refused(
+    pair: tuple[Server, Server], tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    engine, _ = pair
+    built = build_addon("tampered", f"file://{tiny_models['sql']}", tmp_path)
+    weights = Path(built["path"]) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    body = json.dumps({"lora_name": "tampered", "lora_path": built["path"]}).encode()
+    answer = http("POST", engine.url + "/v1/load_lora_adapter", body, {"Content-Type": "application/json"})
+    assert answer.status == 400
+    assert "does not match manifest.json" in answer.json()["message"]
+    assert "tampered" not in {c["id"] for c in http("GET", engine.url + "/v1/models").json()["data"]}

@@ -3,6 +3,8 @@ prefix spreads under the load bound, and a replica killed mid-run is routed arou
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.conftest import ROOT
 from tests.runtime.conftest import MODEL, Server, http, metric, start_engine, start_gateway, wait_for
 from tests.tiny_model import CORPUS
 
@@ -163,3 +166,28 @@ def test_an_addon_keeps_going_to_the_replica_that_has_its_adapter(
         assert spread == [0, 5]  # never loaded on the other replica in turn
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--routing", "precise"], "--routing-tokenizer"),
+        (["--routing", "nearest"], "--routing"),
+        (["--routing", "approximate", "--routing-load-factor", "0.5"], "--routing-load-factor"),
+    ],
+)
+def test_routing_settings_are_checked_before_start(flags: list[str], named: str) -> None:
+
+    command = [
+        sys.executable,
+        "-m",
+        "byoc",
+        "serve",
+        "gateway",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--insecure-no-auth",
+    ]
+    done = subprocess.run([*command, *flags], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 2
+    assert named in done.stderr and "Traceback" not in done.stderr
