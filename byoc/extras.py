@@ -1,7 +1,7 @@
 """Optional dependency groups (pip extras) and the one error a command gives when its group is not installed.
 
-The plain install (`pip install byoc`) carries everything `byoc plan` needs for the default cloud (AWS), evidence
-pack included. Heavier groups stay optional:
+The plain install (the distribution `byoc-inference`; "byoc" on PyPI is an unrelated project) carries everything
+`byoc plan` needs for the default cloud (AWS), evidence pack included. Heavier groups stay optional:
 
 | extra | what needs it | modules it brings |
 | --- | --- | --- |
@@ -20,6 +20,8 @@ from importlib import metadata
 
 from byoc.errors import ByocError
 
+# The distribution's name ("byoc" on PyPI belongs to an unrelated project).
+DISTRIBUTION = "byoc-inference"
 # extra -> the top-level modules whose absence means the extra is missing (a subset of pyproject's list: the ones
 # the commands import first).
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -38,15 +40,22 @@ def missing_modules(group: str) -> list[str]:
 
 def install_command(extra: str) -> str:
     """The pip command that adds `extra` to this install: editable checkouts get `-e <path>[extra]`."""
-    target = f"'byoc[{extra}]'"
+    target = f"'{DISTRIBUTION}[{extra}]'"
     try:
-        direct = metadata.distribution("byoc").read_text("direct_url.json")
+        direct = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
     except metadata.PackageNotFoundError:
         direct = None
     if direct:
+        # Installed from a checkout, a wheel file or a git URL: the extra comes from the same place (PEP 610).
         info = json.loads(direct)
-        if info.get("dir_info", {}).get("editable") and str(info.get("url", "")).startswith("file://"):
-            target = f"-e '{info['url'].removeprefix('file://')}[{extra}]'"
+        url = str(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            target = f"-e '{url.removeprefix('file://')}[{extra}]'"
+        elif "vcs_info" in info:
+            commit = info["vcs_info"].get("commit_id", "")
+            target = f"'{DISTRIBUTION}[{extra}] @ {info['vcs_info'].get('vcs', 'git')}+{url}@{commit}'"
+        elif url:
+            target = f"'{DISTRIBUTION}[{extra}] @ {url}'"
     return f"python3 -m pip install {target}"
 
 
@@ -62,6 +71,6 @@ def require(group: str, needed_by: str) -> None:
         extra = PIP_EXTRA[group]
         raise ByocError(
             needed_by,
-            f"needs the byoc[{extra}] extra, which is not installed (missing: {', '.join(missing)})",
+            f"needs byoc's {extra} extra, which is not installed (missing: {', '.join(missing)})",
             f"run: {install_command(extra)}",
         )

@@ -33,7 +33,7 @@ class Gcp(Cloud):
         "network.nat_gateways": "Cloud NAT is regional: one NAT serves every zone",
     }
     stack_program = "stacks.gcp.program:program"
-    stack_extra = "gcp"  # pulumi_gcp comes with the byoc[gcp] extra
+    stack_extra = "gcp"  # pulumi_gcp comes with the gcp extra
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -157,7 +157,7 @@ def quantize(
             raise ByocFailure(
                 "quantize",
                 f"NVIDIA ModelOpt cannot be imported ({exc})",
-                "pip install 'byoc[runtime]' (nvidia-modelopt without its [hf] extra) and requests",
+                "pip install 'byoc-inference[runtime]' (nvidia-modelopt without its [hf] extra) and requests",
             ) from None
         try:
             events.step(

@@ -1,7 +1,7 @@
 """Commands whose pip extra is not installed exit 2 with the exact `pip install` to run, never a traceback.
 
 The extra's modules are hidden in a real subprocess (`sys.modules[name] = None` makes both `import` and
-`importlib.util.find_spec` see them as absent), which is what a plain `pip install byoc` looks like to byoc.
+`importlib.util.find_spec` see them as absent), which is what a plain install (no extra) looks like to byoc.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_a_missing_extra_names_the_pip_command(hidden: list[str], args: list[str
     result = byoc_without(hidden, *args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert f"byoc[{extra}] extra" in result.stderr
+    assert f"byoc's {extra} extra" in result.stderr
     assert "pip install" in result.stderr and f"[{extra}]" in result.stderr
     assert hidden[0] in result.stderr  # names what is missing
 

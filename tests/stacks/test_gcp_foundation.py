@@ -598,7 +598,7 @@ def test_a_public_endpoint_fails_exactly_the_control_plane_check() -> None:
 
 # -- the engine, the extra and the Pulumi project ---------------------------------------------------------------
 def test_a_gcp_plan_without_the_gcp_extra_exits_2_with_the_pip_command(tmp_path: Path) -> None:
-    """pulumi_gcp hidden (as in a plain `pip install byoc`): the plan stops before importing the program."""
+    """pulumi_gcp hidden (as in a plain install without the gcp extra): the plan stops before importing the program."""
     script = (
         "import runpy, sys\n"
         "sys.modules['pulumi_gcp'] = None  # import and importlib.util.find_spec both see no module\n"
@@ -610,7 +610,7 @@ def test_a_gcp_plan_without_the_gcp_extra_exits_2_with_the_pip_command(tmp_path:
         [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT, timeout=120
     )
     assert result.returncode == 2, result.stderr
-    assert "--cloud gcp" in result.stderr and "byoc[gcp]" in result.stderr
+    assert "--cloud gcp" in result.stderr and "byoc's gcp extra" in result.stderr and "[gcp]" in result.stderr
     assert "pip install" in result.stderr and "[gcp]" in result.stderr.split("pip install", 1)[1]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "plan.json").exists()
