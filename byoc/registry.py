@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from byoc.errors import ByocError
+from byoc.errors import ByocError, ByocFailure
 
 
 class State(StrEnum):
@@ -206,10 +206,18 @@ class Registry:
                 "BYOC_HOME", f"cannot create {self.home}: {exc.strerror}", "set BYOC_HOME to a writable folder"
             ) from None
         self.path = self.home / "registry.db"
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # a corrupt or foreign file, or one this user cannot open
+            raise ByocFailure(
+                "BYOC_HOME",
+                f"{self.path} cannot be used as byoc's registry ({exc})",
+                "check its permissions; if it is damaged, move it aside: byoc starts a new one, and "
+                "`byoc refresh NAME` re-reads each deployment's stack",
+            ) from None
 
     def close(self) -> None:
         self._db.close()
