@@ -388,7 +388,14 @@ class Lifecycle:
                 )
             else:
                 self.registry.update(name, spec=stored_spec(spec))
-            self.registry.record_event(name, "preflight", "preflight passed", report=preflight.as_dict())
+            checked = [c for c in preflight.checks if c.status != "unknown"]
+            summary = (
+                "preflight passed"
+                if checked and len(checked) == len(preflight.checks)
+                else "preflight passed what it could check; not checked: "
+                + "; ".join(c.detail for c in preflight.checks if c.status == "unknown")
+            )
+            self.registry.record_event(name, "preflight", summary, report=preflight.as_dict())
             self.registry.transition(name, State.DEPLOYING)
             self._view.step("pulumi up", total=planned_resources(deployment))
             outputs = self._engine(name, stack, "up", stack.up)

@@ -237,7 +237,10 @@ class Network(_Strict):
         if not network.is_private or network.version != 4:
             raise ValueError(f"{value} is not a private IPv4 range; use e.g. 10.42.0.0/16")
         if not 16 <= network.prefixlen <= 20:
-            raise ValueError(f"{value} must be a /16 to /20 so that 3 zones get private and public subnets")
+            raise ValueError(
+                f"{value} must be a /16 to /20: byoc carves the zones' subnets (AWS) or the pods and services "
+                "ranges (Google Cloud) out of it"
+            )
         return value
 
     @field_validator("allowed_cidrs")
@@ -250,6 +253,8 @@ class Network(_Strict):
                 raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
             if network.prefixlen == 0:
                 raise ValueError(f"{value} opens the API to the whole internet; use endpoint: public to mean that")
+            if network.version == 6:
+                raise ValueError(f"{value} is IPv6; byoc's clusters and their endpoints are IPv4-only")
             cgnat = ipaddress.ip_network("100.64.0.0/10")
             if (
                 network.is_loopback

@@ -26,6 +26,9 @@ class Aws(Cloud):
     # "Cluster API server endpoint"; the API answers InvalidParameterException).
     allowed_cidrs_max = 40
     allowed_cidrs_private = False
+    private_allowlist_reason = (
+        "EKS refuses private ranges in publicAccessCidrs; private networks reach the private endpoint in the VPC"
+    )
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -50,6 +50,7 @@ class Cloud(ABC):
     # ranges may be listed.
     allowed_cidrs_max: ClassVar[int]
     allowed_cidrs_private: ClassVar[bool]
+    private_allowlist_reason: ClassVar[str] = ""
     # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
     stack_program: ClassVar[str | None] = None
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
@@ -255,8 +256,7 @@ class Cloud(ABC):
                 if private:
                     raise ByocError(
                         f"network.allowed_cidrs[{index}]",
-                        f"{cidr} overlaps the private (RFC 1918) range {private}; {self.title} refuses private ranges "
-                        "in the public endpoint's allowlist (private networks reach the private endpoint in the VPC)",
+                        f"{cidr} overlaps the private (RFC 1918) range {private}; {self.private_allowlist_reason}",
                         "list only public addresses (your offices' or CI runners' egress IPs)",
                     )
 

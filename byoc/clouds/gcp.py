@@ -25,6 +25,10 @@ class Gcp(Cloud):
     # networks for control plane access"); private ranges reach the private endpoint from inside the VPC instead.
     allowed_cidrs_max = 50
     allowed_cidrs_private = False
+    private_allowlist_reason = (
+        "byoc authorizes the VPC's own range itself and keeps other private ranges off the control plane's "
+        "allowlist: reach the private endpoint from them through Cloud VPN or Interconnect"
+    )
     unsupported_fields: ClassVar[dict[str, str]] = {
         "node_image": "GKE nodes run Container-Optimized OS at the cluster's GKE version, held by a maintenance "
         "exclusion (docs/gcp-foundation.md); node_image is a Karpenter AMI alias on AWS",

@@ -454,3 +454,14 @@ def test_aws_only_fields_are_refused_on_gcp(overrides: dict[str, Any], field: st
 
 def test_gcp_defaults_plan_without_those_fields() -> None:
     assert deploy(cloud="gcp", shape="h100x8-fp8").cloud == "gcp"
+
+
+def test_allowlist_private_ranges_on_gcp_say_why_and_the_way() -> None:
+    error = refused(cloud="gcp", shape="h100x8-fp8", network={"endpoint": "allowlist", "allowed_cidrs": ["10.0.0.0/8"]})
+    assert error.field == "network.allowed_cidrs[0]"
+    assert "Cloud VPN or Interconnect" in error.message and "EKS" not in error.message
+
+
+def test_allowlist_ipv6_is_refused() -> None:
+    error = refused(network={"endpoint": "allowlist", "allowed_cidrs": ["2001:db8::/32"]})
+    assert error.field == "network.allowed_cidrs" and "IPv4-only" in error.message
