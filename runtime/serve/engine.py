@@ -291,7 +291,7 @@ class Engine:
             return _error(error)
         except SchemaError as error:
             return _error(BadRequest(f"{error.param} {error}", error.param))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             return _error(BadRequest("the body is not valid JSON"))
         loop = asyncio.get_running_loop()
         sequence = Sequence(prompt, sampling, adapter, loop, asyncio.Queue())

@@ -78,6 +78,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "request body: not valid JSON", param="body", code="invalid_json") from None
+    except RecursionError:  # arrays or objects nested thousands deep: json's decoder recurses per level
+        raise ApiError(400, "request body: nested too deeply", param="body", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body: must be a JSON object", param="body")
     return data
@@ -367,7 +369,7 @@ def upstream_error(status: int, raw: bytes, body: dict[str, Any], renamed: dict[
     message, param, code = "", None, None
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     if isinstance(data, dict):
         error = data.get("error")

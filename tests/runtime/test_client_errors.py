@@ -180,3 +180,12 @@ def test_a_client_that_leaves_while_queued_frees_its_place(engine: Server, runti
         assert client.completions.create(model=MODEL, prompt="One", max_tokens=1).choices
     finally:
         server.stop()
+
+
+def test_a_body_nested_thousands_deep_is_a_400_not_a_500(gateway: GatewayUnderTest) -> None:
+    """json's decoder recurses per level: a 200 kB body of brackets must not become a server error."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    answer = http("POST", gateway.url + "/v1/chat/completions", deep, {**AUTH, "Content-Type": "application/json"})
+    assert answer.status == 400
+    error = _assert_openai_error(answer.json(), "body")
+    assert error["code"] == "invalid_json"
