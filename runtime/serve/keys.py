@@ -132,7 +132,8 @@ def load_keys(path: Path) -> list[ApiKey]:
     """
     from byoc.yamlio import DuplicateKeyError, ExpansionError, load_unique, read_user_file
 
-    text = read_user_file(path, "--api-keys", "the keys file")
+    # A byte-order mark (Windows editors write one) is not part of the first key.
+    text = read_user_file(path, "--api-keys", "the keys file").removeprefix("\ufeff")
     try:
         data = load_unique(text)
     except (DuplicateKeyError, ExpansionError) as exc:
@@ -176,7 +177,8 @@ class KeyRing:
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         if not self.enabled:
             return ANONYMOUS
-        if not authorization or not authorization.startswith("Bearer "):
+        # The auth scheme is case-insensitive (RFC 7235 section 2.1): "bearer" and "BEARER" are Bearer too.
+        if not authorization or authorization[:7].lower() != "bearer ":
             return None
         presented = digest(authorization[7:].strip())
         found = self._by_digest.get(presented)

@@ -73,3 +73,15 @@ def test_yaml_mistakes_say_what_is_wrong(tmp_path: Path, text: str, words: str) 
     with pytest.raises(ByocError) as caught:
         load_spec_file(path)
     assert words in caught.value.message
+
+
+def test_a_plain_key_file_with_a_byte_order_mark_authenticates(tmp_path: Path) -> None:
+    """Editors on Windows start UTF-8 files with a BOM; it is not part of the first key."""
+    from runtime.serve.keys import KeyRing
+
+    path = tmp_path / "keys.txt"
+    path.write_bytes("\ufeffsk-plain-0123456789abcdef\r\n".encode())
+    store = KeyRing(load_keys(path))
+    assert store.authenticate("Bearer sk-plain-0123456789abcdef") is not None
+    assert store.authenticate("bearer sk-plain-0123456789abcdef") is not None  # RFC 7235: scheme case-insensitive
+    assert store.authenticate("Bearer sk-plain-0123456789abcdeX") is None
