@@ -198,6 +198,9 @@ def _tools(body: dict[str, Any]) -> None:
             raise bad(
                 "tool_choice", 'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}'
             )
+    if choice is not None and choice not in ("none", "auto") and not tools:
+        # OpenAI refuses it too: a forced tool call without tools would be silently ignored.
+        raise bad("tool_choice", "is only allowed when tools are given")
 
 
 def _response_format(value: Any) -> None:

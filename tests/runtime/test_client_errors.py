@@ -189,3 +189,11 @@ def test_a_body_nested_thousands_deep_is_a_400_not_a_500(gateway: GatewayUnderTe
     assert answer.status == 400
     error = _assert_openai_error(answer.json(), "body")
     assert error["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "nope"}}])
+def test_a_tool_choice_without_tools_is_refused(gateway: GatewayUnderTest, choice: object) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tool_choice": choice, "max_tokens": 3}
+    answer = http("POST", gateway.url + "/v1/chat/completions", json.dumps(body).encode(), AUTH)
+    assert answer.status == 400
+    _assert_openai_error(answer.json(), "tool_choice")
