@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +35,9 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[in
     if key:
         headers["Authorization"] = f"Bearer {key}"
     data = json.dumps(body).encode() if body is not None else None
+    import urllib.error  # here, not at the top: `byoc --help` must not pay for http.client
+    import urllib.request
+
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
