@@ -996,4 +996,12 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
 )
 def data_residency_region(resource: Resource, graph: Graph) -> Verdict:
     region = resource.get("region") or resource.region or graph.region
+    regional = (BUCKET, KEY, CLUSTER, TRAIL, LOG_GROUP, QUEUE, VPC)
+    if resource.type == PROVIDER and region in graph.allowed_regions and not graph.by_type(*regional):
+        # The provider's region is only what was asked for: with no regional resource there is no data to place.
+        return Verdict(
+            Status.NOT_ASSESSED,
+            (Evidence("region", region),),
+            f"no regional resource of deployment {graph.deployment} was found in {region}: nothing holds data there",
+        )
     return verdict(region in graph.allowed_regions, "region", {"region": region, "allowed": graph.requested_region})

@@ -518,7 +518,7 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
         ],
     ),
     "data_residency_region": (
-        [r("pulumi:providers:aws", {"region": "eu-west-2"})],
+        [r("pulumi:providers:aws", {"region": "eu-west-2"}), r("aws:s3/bucket:Bucket", {"region": "eu-west-2"})],
         [r("pulumi:providers:aws", {"region": "us-east-1"})],
     ),
     "k8s_namespace_pod_security_restricted": (
@@ -1024,3 +1024,13 @@ def test_docs_coverage_tables_are_generated_from_the_checks() -> None:
     assert docs.read_text() == coverage_markdown(), (
         "run: byoc compliance checks --markdown > docs/compliance-coverage.md"
     )
+
+
+def test_residency_is_not_assessed_when_nothing_regional_exists() -> None:
+    """An empty account must not pass a residency control on the strength of the region asked for."""
+    from compliance.evaluate import evaluate
+
+    provider = Resource(type="pulumi:providers:aws", name="aws", id="", inputs={"region": "eu-west-2"}, source="live")
+    graph = Graph([provider], "demo", "eu-west-2", "eu-west-2", ("eu-west-2",), "live", cloud="aws")
+    (finding,) = [f for f in evaluate(graph) if f.check.id == "data_residency_region"]
+    assert finding.status.value == "NOT_ASSESSED" and "nothing holds data" in finding.reason
