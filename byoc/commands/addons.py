@@ -168,6 +168,14 @@ def register(app: typer.Typer) -> None:
             if not source.startswith(("file://", "s3://", "gs://", "hf://")) and Path(source).is_dir():
                 source = f"file://{Path(source).resolve()}"
             max_rank = check_rules(name, source, file, shape, model_source)
+            if name in _gateway_addons(gateway):
+                # Replacing weights under a served name would leave replicas (and their cached KV blocks) on the
+                # old adapter while the files say new: one name, one adapter.
+                raise ByocError(
+                    "NAME",
+                    f"addon {name} is already served",
+                    f"`byoc addons remove {name}` first, or add the new adapter under another name",
+                )
             built = build_addon(name, source, dest)
             for url in engine:
                 status, answer = _call(

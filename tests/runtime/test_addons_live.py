@@ -78,6 +78,10 @@ def test_an_addon_added_live_serves_its_first_request_and_a_removed_one_is_404(
     assert resident(engine) == 1
     listed = addons("list", "--gateway", gateway.url, "--output", "json")
     assert json.loads(listed.stdout)["addons"] == ["legal"]
+    # one name, one adapter: other weights under a served name are refused, and the served ones stay
+    again = addons("add", "legal", "--source", str(tiny_models["sql"]), *where, *deployment)
+    assert again.returncode == 2 and "already served" in again.stderr
+    assert json.loads((tmp_path / "adapters" / "legal" / "manifest.json").read_text())["files"] == result["files"]
 
     removed = addons("remove", "legal", "--engine", engine.url, "--gateway", gateway.url)
     assert removed.returncode == 0, removed.stderr + removed.stdout
