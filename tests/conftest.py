@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,33 @@ def spec_data(**overrides: Any) -> dict[str, Any]:
 
 def deploy(**overrides: Any) -> Deployment:
     return resolve(build_spec(spec_data(**overrides)))
+
+
+def run_byoc(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m byoc ARGS` in a real subprocess from the repository root, as a user or CI runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "byoc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A real moto server on 127.0.0.1 (an ephemeral port); yields its endpoint URL and stops it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 def refused(**overrides: Any) -> ByocError:

@@ -15,21 +15,13 @@ from typer.testing import CliRunner
 
 from byoc.catalogs import load_catalog
 from byoc.cli import app
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, run_byoc
 
 runner = CliRunner()
 
 
 def byoc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "byoc", *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
+    return run_byoc(*args, env=env, timeout=120)
 
 
 def test_help() -> None:

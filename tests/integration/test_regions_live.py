@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.conftest import ROOT
+from tests.conftest import moto_server, run_byoc
 
 
 def _env(endpoint: str, credentials: bool = True) -> dict[str, str]:
@@ -30,24 +28,13 @@ def _env(endpoint: str, credentials: bool = True) -> dict[str, str]:
 
 
 def refresh(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "byoc", "regions", "--cloud", "aws", "--refresh", "--output", "json"],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
+    return run_byoc("regions", "--cloud", "aws", "--refresh", "--output", "json", env=env)
 
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def test_live_offerings_agree_with_the_table(moto_endpoint: str) -> None:
