@@ -182,11 +182,13 @@ def engine(
     from byoc.errors import ByocError
     from runtime.serve import logs
     from runtime.serve.config import parse_address, parse_engine_addon
+    from runtime.serve.generation import refuse_quantized
 
     with reporting(Output.text):
         address = parse_address(listen, "--listen")
         if not (model_dir / "config.json").is_file():
             raise ByocError("--model-dir", f"{model_dir} holds no config.json", "give a Hugging Face model folder")
+        refuse_quantized(model_dir)
         addons = dict(parse_engine_addon(a) for a in addon or [])
     logs.configure()
     from runtime.serve.engine import serve as serve_engine

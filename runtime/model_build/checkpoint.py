@@ -33,6 +33,48 @@ EXPORT_WRITES = ("config.json", "generation_config.json", "hf_quant_config.json"
 CALIBRATION_BATCH = 16
 
 
+# Unquantized weight dtypes: what a manifest's `precision` or a config's `torch_dtype` says for a plain checkpoint.
+FULL_PRECISIONS = frozenset({"bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float"})
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def quantization_of(folder: Path) -> tuple[str, str] | None:
+    """(what the weights are quantized to, the file that says so), or None for full-precision weights.
+
+    Read where each producer writes it: ModelOpt's unified export (`hf_quant_config.json`: `quantization.quant_algo`
+    and `kv_cache_quant_algo`, e.g. FP8, NVFP4, W4A8_AWQ; newer ModelOpt also puts `quantization_config` with
+    `quant_method: modelopt` and `quant_algo` in config.json), any other Hugging Face quantizer (config.json
+    `quantization_config.quant_method`: gptq, awq, fp8, bitsandbytes, compressed-tensors, ...), and byoc's artifact
+    manifest (`precision` fp8/fp4, `quantization`).
+    """
+    modelopt = _json_object(folder / "hf_quant_config.json").get("quantization")
+    if isinstance(modelopt, dict):
+        for key in ("quant_algo", "kv_cache_quant_algo"):
+            if modelopt.get(key):
+                what = str(modelopt[key]) + (" KV cache" if key == "kv_cache_quant_algo" else "")
+                return what, "hf_quant_config.json"
+    quantization = _json_object(folder / "config.json").get("quantization_config")
+    if isinstance(quantization, dict) and quantization:
+        what = quantization.get("quant_algo") or quantization.get("quant_method") or "quantized"
+        return str(what), "config.json quantization_config"
+    manifest = _json_object(folder / "manifest.json")
+    precision = manifest.get("precision")
+    if isinstance(precision, str) and precision.lower() not in FULL_PRECISIONS:
+        return precision.upper(), "manifest.json precision"
+    if manifest.get("quantization"):
+        return str(manifest["quantization"]), "manifest.json quantization"
+    return None
+
+
 def is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or name in WEIGHT_INDEXES
 

@@ -17,6 +17,7 @@ parameter at fault, never its value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -45,6 +46,7 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 MAX_BODY_BYTES = 8 * 1024 * 1024
 UPSTREAM_CONNECT_SECONDS = 5.0
 NO_REPLICA_RETRY_AFTER = "10"
+DRAINING_RETRY_AFTER = "1"
 DONE = b"data: [DONE]"
 _DECODER = json.JSONDecoder()
 # What an interrupted stream ends with: OpenAI's clients raise an APIError on an event that carries "error".
@@ -172,17 +174,44 @@ class Gateway:
         return cards
 
     async def list_models(self, request: web.Request) -> web.Response:
+        """The base model and its addons. With no replica ready, the addons only replicas know (not declared with
+        --addon) cannot be listed: the list says `"partial": true` rather than wake the deployment (a monitor polling
+        the list would keep GPUs up); a request naming such an addon is still held and served."""
         if self.keys.authenticate(request.headers.get("Authorization")) is None:
             return self._error(_unauthorized())
-        return web.json_response({"object": "list", "data": self._model_cards()})
+        await self._first_discovery()
+        body: dict[str, Any] = {"object": "list", "data": self._model_cards()}
+        if not self.pool.ready:
+            body["partial"] = True
+        return web.json_response(body)
 
     async def get_model(self, request: web.Request) -> web.Response:
         if self.keys.authenticate(request.headers.get("Authorization")) is None:
             return self._error(_unauthorized())
+        await self._first_discovery()
         for card in self._model_cards():
             if card["id"] == request.match_info["model"]:
                 return web.json_response(card)
+        if not self.pool.ready:
+            # it may be an addon a replica will list once one is ready: not known yet is not "no such model"
+            return self._error(
+                ApiError(
+                    503,
+                    "model: not known until a model replica is ready (the deployment may be scaling up from zero); "
+                    "a request naming it is held until then",
+                    param="model",
+                    kind="server_error",
+                    code="no_replica_ready",
+                    retry_after=NO_REPLICA_RETRY_AFTER,
+                )
+            )
         return self._error(_unknown_model())
+
+    async def _first_discovery(self) -> None:
+        """At start-up, wait for the first round of asking the replicas (seconds; bounded by --wake-timeout)."""
+        if not self.pool.discovered.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pool.discovered.wait(), self.config.wake_timeout)
 
     # -- completions -----------------------------------------------------------------------------------------
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -272,6 +301,17 @@ class Gateway:
     async def _handle(
         self, request: web.Request, kind: Kind, path: str, outcome: Outcome, started: float
     ) -> web.StreamResponse:
+        if self.draining:
+            # SIGTERM: the load balancer takes this gateway out of rotation (/ready says 503) but may still send a
+            # few; they go to another gateway replica, not into a process about to exit
+            outcome.reason = "draining"
+            raise ApiError(
+                503,
+                "this gateway replica is shutting down: retry (another replica will take the request)",
+                kind="server_error",
+                code="gateway_draining",
+                retry_after=DRAINING_RETRY_AFTER,
+            )
         key = self.keys.authenticate(request.headers.get("Authorization"))
         if key is None:
             raise _unauthorized()

@@ -183,6 +183,7 @@ class Generator:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        refuse_quantized(model_dir)
         torch.set_num_threads(threads)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         # float32 on CPU: bfloat16 matmuls are emulated on most CPUs and slower
@@ -478,6 +479,27 @@ class Generator:
                     "avgNumDecodedTokensPerIter": 1.0,
                 },
             }
+        )
+
+
+def refuse_quantized(model_dir: Path) -> None:
+    """Raise ByocError (exit 2) for a quantized checkpoint: this engine would serve it wrong, not slowly.
+
+    transformers on CPU loads an FP8 or NVFP4 ModelOpt export by ignoring its scales (the weights come out as the raw
+    quantized values), and other quantizers need kernels this engine does not have: the answers would be wrong
+    numbers with no error. trtllm-serve on a GPU is what serves these.
+    """
+    from byoc.errors import ByocError
+    from runtime.model_build.checkpoint import quantization_of
+
+    found = quantization_of(model_dir)
+    if found is not None:
+        what, where = found
+        raise ByocError(
+            "--model-dir",
+            f"{model_dir} is a {what} checkpoint ({where}); the CPU engine serves full-precision weights only "
+            "and would compute wrong numbers from it",
+            "serve the shape's BF16 artifact with the CPU engine, or serve this one with trtllm-serve on a GPU",
         )
 
 

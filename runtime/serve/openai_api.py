@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from runtime.serve.structured import SchemaError, requested_structure
+
 Kind = Literal["chat", "completions"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -307,6 +309,11 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
         raise bad("prompt", "is required")
     else:
         _prompt(body["prompt"])
+    try:
+        # what the engine's grammar would drop is refused here, whatever engine is behind (trtllm-serve drops too)
+        requested_structure(body, kind == "chat")
+    except SchemaError as error:
+        raise bad(error.param, str(error)) from None
     stream = bool(body.get("stream"))
     include_usage = _include_usage(body, stream)
     unchanged = True
@@ -328,21 +335,51 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
     return ParsedRequest(model, stream, include_usage, forwarded, unchanged, asks_usage, renamed)
 
 
+# Inside a JSON schema the client wrote, the values of these keywords are structure (type names, references,
+# property names), not content: an engine's message may name them.
+SCHEMA_STRUCTURE = frozenset({"type", "format", "$ref", "$schema", "$id", "required"})
+
+
+def _strings(value: Any, found: list[str], structure: frozenset[str] = frozenset()) -> None:
+    """Every string value under `value` (not the keys), skipping the values of the keys in `structure`."""
+    if isinstance(value, str):
+        found.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in structure:
+                _strings(item, found, structure)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, found, structure)
+
+
 def request_texts(body: dict[str, Any]) -> list[str]:
-    """Every string a client sent, for scrubbing upstream error messages."""
+    """What the client wrote as content, for scrubbing upstream error messages.
+
+    Content is what a person or program said: message texts (and the names, tool calls and results in them), the
+    prompt, stop strings, `suffix`, `user`, tool descriptions and the values written in a JSON schema (descriptions,
+    patterns, enums, defaults, titles). The request's structure is not content: parameter names, property names,
+    type names and enum-like parameter values (`response_format.type: json_schema`, `tool_choice: required`, a
+    role), which an engine's own message legitimately names.
+    """
     found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk({k: v for k, v in body.items() if k != "model"})
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            _strings({k: v for k, v in message.items() if k != "role"}, found, frozenset({"type", "role"}))
+        else:
+            _strings(message, found)
+    for name in ("prompt", "stop", "suffix", "user"):
+        _strings(body.get(name), found)
+    for tool in body.get("tools") or []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            _strings(function.get("description"), found)
+            _strings(function.get("parameters"), found, SCHEMA_STRUCTURE)
+    response_format = body.get("response_format")
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if isinstance(spec, dict):
+        _strings(spec.get("description"), found)
+        _strings(spec.get("schema"), found, SCHEMA_STRUCTURE)
     return found
 
 

@@ -4,13 +4,14 @@ that parses against it from a random tiny model, on the base model and on an add
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.runtime.conftest import KEYS, MODEL, GatewayUnderTest, http
+from tests.runtime.conftest import ENGINE_MODEL, KEYS, MODEL, GatewayUnderTest, Server, http
 
 ASK = [{"role": "user", "content": "Plan a trip: where, how long, and is it sunny?"}]
 AUTH = {"Authorization": f"Bearer {KEYS['ci']}", "Content-Type": "application/json"}
@@ -108,3 +109,162 @@ def test_a_forced_tool_that_is_not_in_tools_is_400(gateway: GatewayUnderTest) ->
             tool_choice={"type": "function", "function": {"name": "Weather"}},
         )
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "tool_choice"
+
+
+# -- schema keywords xgrammar would drop: refused with a 400 naming them, never accepted and ignored ----------------
+def _schema_format(schema: dict[str, object]) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def _string_schema(**keywords: object) -> dict[str, object]:
+    return {"type": "object", "properties": {"contact": {"type": "string", **keywords}}, "required": ["contact"]}
+
+
+ROOT = "response_format.json_schema.schema"
+AT = f"{ROOT}.properties.contact"
+DROPPED_KEYWORDS = [
+    # xgrammar generates a string from the first of format, pattern, length bounds: the others are dropped
+    (_string_schema(format="email", maxLength=12), f"{AT}.maxLength"),
+    (_string_schema(format="date", minLength=2), f"{AT}.minLength"),
+    (_string_schema(format="uuid", pattern="^[a-f]+$"), f"{AT}.pattern"),
+    (_string_schema(pattern="^[a-z]+$", maxLength=5), f"{AT}.maxLength"),
+    # a format it has no regex for is not enforced at all
+    (_string_schema(format="password"), f"{AT}.format"),
+    # keywords it never enforces, anywhere in the schema
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, f"{ROOT}.uniqueItems"),
+    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, f"{ROOT}.properties.a.not"),
+    ({"type": "number", "multipleOf": 0.5}, f"{ROOT}.multipleOf"),
+    ({"type": "integer", "multipleOf": 3, "minimum": 0}, f"{ROOT}.multipleOf"),
+    ({"allOf": [{"type": "string"}, {"maxLength": 3}]}, f"{ROOT}.allOf"),
+    (
+        {"$defs": {"A": {"type": "string", "format": "email", "maxLength": 3}}, "$ref": "#/$defs/A"},
+        f"{ROOT}.$defs.A.maxLength",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("schema", "param"), DROPPED_KEYWORDS)
+def test_a_schema_keyword_the_grammar_would_drop_is_400_naming_it(
+    gateway: GatewayUnderTest, engine: Server, schema: dict[str, object], param: str
+) -> None:
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 30, "response_format": _schema_format(schema)}
+    keyword = param.rpartition(".")[2]
+    # through the gateway (whatever engine is behind it: trtllm-serve's xgrammar drops the same keywords)
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(**body)  # type: ignore[call-overload]
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == param, error
+    assert keyword in str(error["message"])
+    # and the engine on its own, in trtllm-serve's error shape
+    answer = http("POST", engine.url + "/v1/chat/completions", json.dumps({**body, "model": ENGINE_MODEL}).encode())
+    assert answer.status == 400, answer.body
+    assert answer.json()["object"] == "error" and answer.json()["param"] == param
+
+
+def test_the_same_keywords_in_a_tool_are_400_too(gateway: GatewayUnderTest) -> None:
+    tools = [
+        openai.pydantic_function_tool(Alarm),
+        {"type": "function", "function": {"name": "mail", "parameters": _string_schema(format="email", maxLength=9)}},
+    ]
+    for choice in ("required", {"type": "function", "function": {"name": "mail"}}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            gateway.client().chat.completions.create(
+                model=MODEL,
+                messages=ASK,
+                tools=tools,
+                tool_choice=choice,
+                max_tokens=30,  # type: ignore[arg-type]
+            )
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "tools[1].function.parameters.properties.contact.maxLength"
+
+
+def test_what_the_grammar_enforces_together_is_still_accepted_and_enforced(gateway: GatewayUnderTest) -> None:
+    """Length bounds alone, a format alone, an integer step inside a two-sided range: enforced, so served."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "minLength": 2, "maxLength": 4},
+            "day": {"type": "string", "format": "date"},
+            "step": {"type": "integer", "multipleOf": 5, "minimum": 0, "maximum": 50},
+        },
+        "required": ["code", "day", "step"],
+        "additionalProperties": False,
+    }
+    answer = gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        max_tokens=120,
+        temperature=0,
+        response_format=_schema_format(schema),  # type: ignore[arg-type]
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    data = json.loads(answer.choices[0].message.content or "")
+    assert 2 <= len(data["code"]) <= 4
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", data["day"])
+    assert data["step"] % 5 == 0 and 0 <= data["step"] <= 50
+
+
+# -- a tool call cut by max_tokens is a tool call with partial arguments, on every path -----------------------------
+TOOLS = [openai.pydantic_function_tool(Weather), openai.pydantic_function_tool(Alarm)]
+NAMES = {"Weather", "Alarm"}
+
+
+def _call(
+    client: openai.OpenAI, model: str, choice: object, max_tokens: int, stream: bool
+) -> tuple[str, list[dict[str, str]], str | None]:
+    """(finish_reason, [{name, arguments}], content) of one answer, streamed or not, put together as a client does."""
+    options = {
+        "model": model,
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": choice,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    if not stream:
+        choice_ = client.chat.completions.create(**options).choices[0]  # type: ignore[call-overload]
+        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in choice_.message.tool_calls or []]
+        return str(choice_.finish_reason), calls, choice_.message.content
+    reason, content, calls_by_index = None, "", {}  # type: ignore[var-annotated]
+    for chunk in client.chat.completions.create(**options, stream=True):  # type: ignore[call-overload]
+        for part in chunk.choices:
+            reason = part.finish_reason or reason
+            content += part.delta.content or ""
+            for call in part.delta.tool_calls or []:
+                entry = calls_by_index.setdefault(call.index, {"name": "", "arguments": ""})
+                entry["name"] += (call.function.name or "") if call.function else ""
+                entry["arguments"] += (call.function.arguments or "") if call.function else ""
+    return str(reason), list(calls_by_index.values()), content or None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "Weather"}}], ids=["required", "named"]
+)
+@pytest.mark.parametrize("via", ["gateway", "engine"])
+def test_a_tool_call_cut_by_max_tokens_is_a_tool_call_with_partial_arguments(
+    gateway: GatewayUnderTest, engine: Server, via: str, choice: object, stream: bool
+) -> None:
+    if via == "gateway":
+        client, model = gateway.client(), MODEL
+    else:
+        client, model = openai.OpenAI(base_url=engine.url + "/v1", api_key="unused", max_retries=0), ENGINE_MODEL
+    whole = client.chat.completions.create(  # type: ignore[call-overload]
+        model=model, messages=ASK, tools=TOOLS, tool_choice=choice, max_tokens=100, temperature=0
+    )
+    assert whole.choices[0].finish_reason == "tool_calls"
+    name = whole.choices[0].message.tool_calls[0].function.name
+    full = whole.choices[0].message.tool_calls[0].function.arguments
+    json.loads(full)
+    tokens = whole.usage.completion_tokens
+    # cut early (for "required": inside the grammar's wrapper, before the tool's name is complete) and late (inside
+    # the arguments, two thirds of the way)
+    for max_tokens in (2, tokens * 2 // 3):
+        reason, calls, content = _call(client, model, choice, max_tokens, stream)
+        assert reason == "length"
+        assert content is None  # never the grammar's {"name": ..., "parameters": ...} wrapper as text
+        assert len(calls) == 1, calls
+        assert calls[0]["name"] in (name, "")
+        assert full.startswith(calls[0]["arguments"]) and calls[0]["arguments"] != full
+    assert calls[0]["name"] == name and calls[0]["arguments"]  # the late cut: the tool and part of its arguments
