@@ -497,7 +497,7 @@ def refuse_quantized(model_dir: Path) -> None:
         what, where = found
         raise ByocError(
             "--model-dir",
-            f"{model_dir} is a {what} checkpoint ({where}); the CPU engine serves full-precision weights only "
+            f"{model_dir} holds quantized weights ({what}, per {where}); the CPU engine serves full-precision weights only "
             "and would compute wrong numbers from it",
             "serve the shape's BF16 artifact with the CPU engine, or serve this one with trtllm-serve on a GPU",
         )

@@ -109,3 +109,33 @@ def test_hash_key_output_works_as_is_and_appended(tmp_path: Path) -> None:
     assert [(k.name, k.kind, k.rpm) for k in loaded] == [("ci", "sha256", None), ("batch", "sha256", 60)]
     ring = KeyRing(loaded)
     assert ring.describe() == "2 API keys (2 sha256, 0 plaintext)"
+
+
+def test_the_cpu_engine_refuses_a_quantized_checkpoint(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """It would load FP8/NVFP4 weights without their scales and answer with wrong numbers: exit 2, one line."""
+    import json
+    import shutil
+
+    from tests.conftest import run_byoc
+
+    cases = {
+        # ModelOpt's unified export (what `byoc build` writes for FP8 and FP4 shapes)
+        "FP8": ("hf_quant_config.json", {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}),
+        "NVFP4": ("hf_quant_config.json", {"quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}}),
+        # any other quantizer, in config.json
+        "gptq": ("config.json", {"quantization_config": {"quant_method": "gptq", "bits": 4}}),
+        # byoc's artifact manifest
+        "FP4": ("manifest.json", {"format": "byoc-artifact/1", "precision": "fp4", "files": {}}),
+    }
+    for what, (name, content) in cases.items():
+        folder = tmp_path / what
+        shutil.copytree(tiny_models["base"], folder)
+        path = folder / name
+        data = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**data, **content}))
+        result = run_byoc("serve", "engine", "--model-dir", str(folder), "--listen", "127.0.0.1:0", timeout=120)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith("error: --model-dir") and what in lines[0]
+        assert "BF16 artifact" in lines[0] and "trtllm-serve" in lines[0]

@@ -197,3 +197,46 @@ def test_a_tool_choice_without_tools_is_refused(gateway: GatewayUnderTest, choic
     answer = http("POST", gateway.url + "/v1/chat/completions", json.dumps(body).encode(), AUTH)
     assert answer.status == 400
     _assert_openai_error(answer.json(), "tool_choice")
+
+
+def test_the_engines_own_words_reach_the_client_when_they_quote_no_content(gateway: GatewayUnderTest) -> None:
+    """A schema that names no content but cannot compile: the engine's 400 says why, and the client reads it (the
+    scrubber used to withhold it for naming `json_schema`, a value of the request's structure)."""
+    schema = {"type": "object", "minProperties": 1, "additionalProperties": False}  # satisfiable by no object
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        )
+    error = _assert_openai_error(caught.value.body, "response_format.json_schema.schema")
+    assert "not a JSON schema the engine can enforce" in str(error["message"])
+    assert "withheld" not in str(error["message"])
+
+
+def test_an_engine_message_that_quotes_content_is_still_withheld() -> None:
+    """trtllm-serve answers a bad request with pydantic's words, which quote the input (`input_value=...`)."""
+    from runtime.serve.openai_api import upstream_error
+
+    secret = "my card number is 4111 1111 1111 1111"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": secret}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"description": "pin 9921"}}},
+        "stop": ["END-OF-ANSWER"],
+    }
+    quotes = [
+        f"1 validation error for ChatCompletionRequest: messages.0 input_value='{secret}'",
+        "schema: description 'pin 9921' is not allowed",
+        "stop sequence 'END-OF-ANSWER' too long",
+    ]
+    for message in quotes:
+        raw = json.dumps({"object": "error", "message": message, "type": "BadRequestError", "code": 400}).encode()
+        error = upstream_error(400, raw, body)
+        assert "withheld because it quoted the request" in error.message
+    # the request's structure is not content: parameter names, type names, enum-like values pass
+    harmless = "response_format.json_schema.schema is not a JSON schema the engine can enforce (RuntimeError)"
+    raw = json.dumps({"object": "error", "message": harmless, "type": "BadRequestError", "code": 400}).encode()
+    assert upstream_error(400, raw, body).message == harmless
+    raw = json.dumps({"object": "error", "message": "role user: bad", "type": "BadRequestError", "code": 400})
+    assert upstream_error(400, raw.encode(), body).message == "role user: bad"
