@@ -497,8 +497,8 @@ def refuse_quantized(model_dir: Path) -> None:
         what, where = found
         raise ByocError(
             "--model-dir",
-            f"{model_dir} holds quantized weights ({what}, per {where}); the CPU engine serves full-precision weights only "
-            "and would compute wrong numbers from it",
+            f"{model_dir} holds quantized weights ({what}, per {where}); the CPU engine serves full-precision "
+            "weights only and would compute wrong numbers from them",
             "serve the shape's BF16 artifact with the CPU engine, or serve this one with trtllm-serve on a GPU",
         )
 
