@@ -265,8 +265,6 @@ class Grammars:
         self._xgr.apply_token_bitmask_inplace(logits, bitmask)
 
 
-
-
 def tool_call(structure: Structure, text: str, call_id: str) -> dict[str, Any] | None:
     """The OpenAI tool call a constrained answer stands for; None for a response_format answer.
 
