@@ -24,7 +24,8 @@ from byoc.errors import ByocError
 from runtime.serve.addons import routes as addon_routes
 from runtime.serve.config import Address
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
-from runtime.serve.structured import SchemaError, Structure, requested_structure, tool_call
+from runtime.serve.openai_api import ApiError, bad, check_request, parse_json
+from runtime.serve.structured import SchemaError, Structure, tool_call
 
 log = logging.getLogger("byoc.engine")
 VERSION = "byoc-cpu-engine 0.1"
@@ -38,34 +39,19 @@ UNSUPPORTED = {
 }
 
 
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
-
-
-def _error(error: BadRequest) -> web.Response:
+def _error(error: ApiError) -> web.Response:
+    """An error in trtllm-serve's shape: `ErrorResponse` in tensorrt_llm/serve/openai_protocol.py (TensorRT-LLM
+    1.3.0rc19) is {object: "error", message, type, param, code: int}, and openai_server.py's create_error_response
+    sets type "BadRequestError" or "NotFoundError" and code to the HTTP status."""
     kind = "NotFoundError" if error.status == 404 else "BadRequestError"
     body = {"object": "error", "message": error.message, "type": kind, "param": error.param, "code": error.status}
     return web.json_response(body, status=error.status)
 
 
-def _number(body: dict[str, Any], name: str, default: float) -> float:
+def _value(body: dict[str, Any], name: str, default: Any) -> Any:
+    """A parameter check_request has typed and ranged already, or its default when absent or null."""
     value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{name} must be a number", name)
-    return float(value)
-
-
-def _integer(body: dict[str, Any], name: str, default: int | None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{name} must be an integer", name)
-    return value
+    return default if value is None else value
 
 
 class Engine:
@@ -136,9 +122,7 @@ class Engine:
         lora = body.get("lora_request")
         if lora is not None:
             if not isinstance(lora, dict):
-                raise BadRequest(
-                    "lora_request must be an object with lora_name, lora_int_id, lora_path", "lora_request"
-                )
+                raise bad("lora_request", "must be an object with lora_name, lora_int_id, lora_path")
             name, path = lora.get("lora_name"), lora.get("lora_path")
             if name in self.generator.addons:
                 return str(name)
@@ -150,34 +134,29 @@ class Engine:
                 try:
                     self.generator.lora.register(name, Path(path))
                 except ByocError as error:
-                    raise BadRequest(f"lora_request: {error.message}", "lora_request") from None
+                    raise bad("lora_request", error.message) from None
                 return name
-            raise BadRequest("lora_request names an adapter this engine has not loaded", "lora_request")
+            raise bad("lora_request", "names an adapter this engine has not loaded")
         model = body.get("model")
         if model in self.generator.addons:
             return str(model)
         if model is not None and model != self.model_name:
-            raise BadRequest("model is not served here; GET /v1/models lists the models", "model", status=404)
+            raise ApiError(404, "model: not served here; GET /v1/models lists the models", param="model")
         return BASE_ADAPTER
 
     def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
         tokenizer = self.generator.tokenizer
         if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise BadRequest("messages must be a non-empty list", "messages")
             flat = []
-            for i, message in enumerate(messages):
-                if not isinstance(message, dict):
-                    raise BadRequest("every message must be an object", f"messages[{i}]")
+            for i, message in enumerate(body["messages"]):  # their shape checked by check_request
                 content = message.get("content")
                 if isinstance(content, list):
                     for j, part in enumerate(content):
                         if not isinstance(part, dict) or part.get("type") != "text":
                             # an image or audio part dropped on the floor would answer a different question
-                            raise BadRequest(
-                                "this model reads text only: content parts must have type text",
+                            raise bad(
                                 f"messages[{i}].content[{j}].type",
+                                "this model reads text only: content parts must have type text",
                             )
                     content = "".join(str(p.get("text", "")) for p in content)
                 entry = {k: message[k] for k in TEMPLATE_FIELDS if message.get(k) is not None}
@@ -198,76 +177,56 @@ class Engine:
             if not ids and tokenizer.bos_token_id is not None:
                 ids = [int(tokenizer.bos_token_id)]  # an empty prompt starts a document, as OpenAI's does
             if not ids:
-                raise BadRequest("prompt is empty", "prompt")
+                raise bad("prompt", "is empty")
             return ids
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             vocab = self.generator.vocab_size
             if not all(0 <= t < vocab for t in prompt):
-                raise BadRequest(f"prompt has token ids outside the vocabulary (0 to {vocab - 1})", "prompt")
+                raise bad("prompt", f"has token ids outside the vocabulary (0 to {vocab - 1})")
             return [int(t) for t in prompt]
-        raise BadRequest("prompt must be a string or a list of token ids", "prompt")
+        raise bad("prompt", "must be a string or a list of token ids")
 
     def _logit_bias(self, body: dict[str, Any]) -> dict[int, float]:
-        value = body.get("logit_bias")
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise BadRequest("logit_bias must be an object of token id to bias", "logit_bias")
-        bias: dict[int, float] = {}
-        for key, amount in value.items():
-            token = int(key) if isinstance(key, str) and key.lstrip("-").isdigit() else -1
-            if not 0 <= token < self.generator.vocab_size:
-                raise BadRequest(
-                    f"logit_bias keys must be token ids of this model (0 to {self.generator.vocab_size - 1})",
-                    "logit_bias",
-                )
-            if isinstance(amount, bool) or not isinstance(amount, int | float) or not -100 <= amount <= 100:
-                raise BadRequest("logit_bias values must be numbers from -100 to 100", "logit_bias")
-            bias[token] = float(amount)
-        return bias
+        value = body.get("logit_bias") or {}  # its shape (digit keys, -100..100) checked by check_request
+        vocab = self.generator.vocab_size
+        if not all(0 <= int(token) < vocab for token in value):
+            raise bad("logit_bias", f"keys must be token ids of this model (0 to {vocab - 1})")
+        return {int(token): float(amount) for token, amount in value.items()}
 
     def _sampling(self, body: dict[str, Any], prompt_tokens: int) -> Sampling:
+        """What check_request cannot know: the prompt's length against the window, and what this engine lacks."""
         room = self.max_context - prompt_tokens
         if room < 1:
-            raise BadRequest(
-                f"the prompt has {prompt_tokens} tokens: no room left in the context window of {self.max_context}",
+            raise bad(
                 "messages" if "messages" in body else "prompt",
+                f"the prompt has {prompt_tokens} tokens: no room left in the context window of {self.max_context}",
             )
         # errors name the parameter the client sent
         limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        max_tokens = _integer(body, limit, None)
-        if max_tokens is None:
-            max_tokens = room
-        if max_tokens < 1:
-            raise BadRequest(f"{limit} must be at least 1", limit)
+        max_tokens = int(_value(body, limit, room))
         if prompt_tokens + max_tokens > self.max_context:
-            raise BadRequest(
+            raise bad(
+                limit,
                 f"prompt ({prompt_tokens} tokens) + {limit} ({max_tokens}) exceeds the context window of "
                 f"{self.max_context} tokens",
-                limit,
             )
         for name, why in UNSUPPORTED.items():
             if body.get(name):
-                raise BadRequest(f"{name} is not supported by this engine ({why})", name)
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise BadRequest("stop must be a string or a list of strings", "stop")
-        if (_integer(body, "n", 1) or 1) != 1:
-            raise BadRequest("n must be 1", "n")
+                raise bad(name, f"not supported by this engine ({why})")
+        stop = _value(body, "stop", [])
         return Sampling(
             max_tokens=max_tokens,
-            temperature=_number(body, "temperature", 1.0),
-            top_p=_number(body, "top_p", 1.0),
-            top_k=max(0, _integer(body, "top_k", 0) or 0),
-            frequency_penalty=_number(body, "frequency_penalty", 0.0),
-            presence_penalty=_number(body, "presence_penalty", 0.0),
-            repetition_penalty=_number(body, "repetition_penalty", 1.0),
-            seed=_integer(body, "seed", None),
-            stop=stop,
+            temperature=float(_value(body, "temperature", 1.0)),
+            top_p=float(_value(body, "top_p", 1.0)),
+            top_k=max(0, int(_value(body, "top_k", 0))),
+            frequency_penalty=float(_value(body, "frequency_penalty", 0.0)),
+            presence_penalty=float(_value(body, "presence_penalty", 0.0)),
+            repetition_penalty=float(_value(body, "repetition_penalty", 1.0)),
+            seed=body.get("seed"),
+            stop=[stop] if isinstance(stop, str) else list(stop),
             ignore_eos=bool(body.get("ignore_eos", False)),
-            min_tokens=_integer(body, "min_tokens", 0) or 0,
-            min_p=_number(body, "min_p", 0.0),
+            min_tokens=int(_value(body, "min_tokens", 0)),
+            min_p=float(_value(body, "min_p", 0.0)),
             logit_bias=self._logit_bias(body),
         )
 
@@ -279,20 +238,18 @@ class Engine:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            body = json.loads(await request.read())
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            body = parse_json(await request.read())
+            # one parser and validator with the gateway (runtime/serve/openai_api.py); the stop list is unbounded
+            # here, as in trtllm-serve: the gateway bounds it
+            structure = check_request("chat" if chat else "completions", body, self.max_context, None, engine=True)
             adapter = self._adapter(body)
             prompt = await asyncio.to_thread(self._prompt_ids, body, chat)
             sampling = self._sampling(body, len(prompt))
-            structure = requested_structure(body, chat)
             sampling.grammar = await asyncio.to_thread(self._grammar, structure)
-        except BadRequest as error:
+        except ApiError as error:
             return _error(error)
-        except SchemaError as error:
-            return _error(BadRequest(f"{error.param} {error}", error.param))
-        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
-            return _error(BadRequest("the body is not valid JSON"))
+        except SchemaError as error:  # a schema xgrammar could not compile
+            return _error(bad(error.param, str(error)))
         loop = asyncio.get_running_loop()
         sequence = Sequence(prompt, sampling, adapter, loop, asyncio.Queue())
         self.generator.submit(sequence)

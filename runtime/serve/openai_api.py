@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from runtime.serve.structured import SchemaError, requested_structure
+from runtime.serve.structured import SchemaError, Structure, requested_structure
 
 Kind = Literal["chat", "completions"]
 
@@ -117,13 +117,13 @@ def _boolean(body: dict[str, Any], name: str) -> None:
         raise bad(name, "must be true or false")
 
 
-def _stop(value: Any, max_sequences: int) -> None:
+def _stop(value: Any, max_sequences: int | None) -> None:
     if value is None:
         return
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
         raise bad("stop", "must be a non-empty string or a list of non-empty strings")
-    if len(items) > max_sequences:
+    if max_sequences is not None and len(items) > max_sequences:
         raise bad("stop", f"at most {max_sequences} sequences (the gateway's max_stop_sequences)")
 
 
@@ -225,6 +225,8 @@ CHAT_ONLY = frozenset(
     {"messages", "response_format", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort"}
 )
 COMPLETIONS_ONLY = frozenset({"prompt", "echo", "suffix", "best_of", "response_format"})
+# trtllm-serve's own request fields that the gateway sends (openai_protocol.py: `lora_request`), engine-side only.
+ENGINE_ONLY = frozenset({"lora_request"})
 
 
 NUMBERS: dict[str, tuple[float, float]] = {
@@ -245,7 +247,7 @@ INTEGERS: dict[str, tuple[int, int | None]] = {
 BOOLEANS = frozenset({"stream", "ignore_eos", "echo", "parallel_tool_calls"})
 
 
-def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, max_stop: int) -> None:
+def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, max_stop: int | None) -> None:
     if name in NUMBERS:
         _number(body, name, *NUMBERS[name])
     elif name in INTEGERS:
@@ -286,13 +288,17 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return bool(options.get("include_usage"))
 
 
-def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int = 16) -> ParsedRequest:
-    """Check a request the way OpenAI does and build the body that goes upstream.
+def check_request(
+    kind: Kind, body: dict[str, Any], max_context: int, max_stop: int | None = 16, engine: bool = False
+) -> Structure | None:
+    """Check a request the way OpenAI does; the gateway and the CPU engine both call this (one parser, one error type).
 
     Raises ApiError 400 naming the parameter (as the client spelled it) for a value out of range or of the wrong
-    type, an unknown parameter, or a missing `model`/`messages`/`prompt`. `max_stop` bounds the `stop` list.
+    type, an unknown parameter, a missing `model`/`messages`/`prompt`, or a JSON schema keyword the grammar would
+    drop. `max_stop` bounds the `stop` list (None: no bound). `engine`: the engine's own request fields (trtllm-serve's
+    `lora_request`, which the gateway sends) are accepted too. Returns the structured output asked for, if any.
     """
-    allowed = COMMON | (CHAT_ONLY if kind == "chat" else COMPLETIONS_ONLY)
+    allowed = COMMON | (CHAT_ONLY if kind == "chat" else COMPLETIONS_ONLY) | (ENGINE_ONLY if engine else frozenset())
     for name in body:
         if name not in allowed and name not in DROPPED:
             if name == "lora_request":
@@ -311,9 +317,17 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
         _prompt(body["prompt"])
     try:
         # what the engine's grammar would drop is refused here, whatever engine is behind (trtllm-serve drops too)
-        requested_structure(body, kind == "chat")
+        structure = requested_structure(body, kind == "chat")
     except SchemaError as error:
         raise bad(error.param, str(error)) from None
+    _include_usage(body, bool(body.get("stream")))
+    return structure
+
+
+def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int = 16) -> ParsedRequest:
+    """Check a request (`check_request`) and build the body that goes upstream."""
+    check_request(kind, body, max_context, max_stop)
+    model = body["model"]
     stream = bool(body.get("stream"))
     include_usage = _include_usage(body, stream)
     unchanged = True

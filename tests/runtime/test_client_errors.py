@@ -240,3 +240,54 @@ def test_an_engine_message_that_quotes_content_is_still_withheld() -> None:
     assert upstream_error(400, raw, body).message == harmless
     raw = json.dumps({"object": "error", "message": "role user: bad", "type": "BadRequestError", "code": 400})
     assert upstream_error(400, raw.encode(), body).message == "role user: bad"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 3}, "top_p"),
+        ({"stop": [3]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"frobnicate": True}, "frobnicate"),  # trtllm-serve forbids unknown fields too (extra="forbid")
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # only with stream: true
+    ],
+)
+def test_the_gateway_and_the_engine_refuse_a_request_with_one_validator(
+    gateway: GatewayUnderTest, engine: Server, body: dict[str, object], param: str
+) -> None:
+    """One parser for both: the same parameter named with the same words; the engine in trtllm-serve's shape."""
+    request = {"model": MODEL, "messages": HELLO, "max_tokens": 2, **body}
+    through = http("POST", gateway.url + "/v1/chat/completions", json.dumps(request).encode(), AUTH)
+    direct = http(
+        "POST",
+        engine.url + "/v1/chat/completions",
+        json.dumps({**request, "model": "tiny-engine"}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert through.status == direct.status == 400, (through.body, direct.body)
+    error = _assert_openai_error(through.json(), param)
+    assert direct.json() == {
+        "object": "error",
+        "message": error["message"],
+        "type": "BadRequestError",
+        "param": param,
+        "code": 400,
+    }
+
+
+def test_the_engine_takes_trtllm_serves_own_fields_the_gateway_refuses(
+    gateway: GatewayUnderTest, engine: Server
+) -> None:
+    lora = {"lora_request": {"lora_name": "sql", "lora_int_id": 1, "lora_path": "/models/adapters/sql"}}
+    request = {"model": MODEL, "messages": HELLO, "max_tokens": 2, **lora}
+    through = http("POST", gateway.url + "/v1/chat/completions", json.dumps(request).encode(), AUTH)
+    assert through.status == 400 and through.json()["error"]["param"] == "lora_request"
+    direct = http(
+        "POST",
+        engine.url + "/v1/chat/completions",
+        json.dumps({**request, "model": "tiny-engine"}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert direct.status == 200, direct.body

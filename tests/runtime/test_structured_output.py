@@ -122,30 +122,65 @@ def _string_schema(**keywords: object) -> dict[str, object]:
 
 ROOT = "response_format.json_schema.schema"
 AT = f"{ROOT}.properties.contact"
+UUID = "0b5e4a7c-1d2e-4f60-8a9b-0c1d2e3f4a5b"
+# (schema, the keyword's path, an answer that breaks only that keyword: xgrammar lets it through)
 DROPPED_KEYWORDS = [
     # xgrammar generates a string from the first of format, pattern, length bounds: the others are dropped
-    (_string_schema(format="email", maxLength=12), f"{AT}.maxLength"),
-    (_string_schema(format="date", minLength=2), f"{AT}.minLength"),
-    (_string_schema(format="uuid", pattern="^[a-f]+$"), f"{AT}.pattern"),
-    (_string_schema(pattern="^[a-z]+$", maxLength=5), f"{AT}.maxLength"),
+    (_string_schema(format="email", maxLength=12), f"{AT}.maxLength", {"contact": "someone.far.away@example.com"}),
+    (_string_schema(format="date", minLength=20), f"{AT}.minLength", {"contact": "2026-12-06"}),
+    (_string_schema(format="uuid", pattern="^[a-f]+$"), f"{AT}.pattern", {"contact": UUID}),
+    (_string_schema(pattern="^[a-z]+$", maxLength=5), f"{AT}.maxLength", {"contact": "abcdefghijkl"}),
     # a format it has no regex for is not enforced at all
-    (_string_schema(format="password"), f"{AT}.format"),
+    (_string_schema(format="ipv4-cidr"), f"{AT}.format", {"contact": "not an address"}),
     # keywords it never enforces, anywhere in the schema
-    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, f"{ROOT}.uniqueItems"),
-    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, f"{ROOT}.properties.a.not"),
-    ({"type": "number", "multipleOf": 0.5}, f"{ROOT}.multipleOf"),
-    ({"type": "integer", "multipleOf": 3, "minimum": 0}, f"{ROOT}.multipleOf"),
-    ({"allOf": [{"type": "string"}, {"maxLength": 3}]}, f"{ROOT}.allOf"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, f"{ROOT}.uniqueItems", [1, 1]),
+    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, f"{ROOT}.properties.a.not", {"a": "x"}),
+    ({"type": "number", "multipleOf": 0.5}, f"{ROOT}.multipleOf", 0.3),
+    ({"type": "integer", "multipleOf": 3, "minimum": 0}, f"{ROOT}.multipleOf", 4),
+    ({"allOf": [{"type": "string"}, {"maxLength": 3}]}, f"{ROOT}.allOf", [True]),
     (
         {"$defs": {"A": {"type": "string", "format": "email", "maxLength": 3}}, "$ref": "#/$defs/A"},
         f"{ROOT}.$defs.A.maxLength",
+        "someone@example.com",
     ),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("schema", "param"), DROPPED_KEYWORDS)
+def _grammar_accepts(schema: object, answer: object) -> bool:
+    import xgrammar
+
+    grammar = xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    return bool(xgrammar.testing._is_grammar_accept_string(grammar, json.dumps(answer)))
+
+
+@pytest.mark.parametrize(("schema", "param", "breaking"), DROPPED_KEYWORDS)
+def test_the_installed_xgrammar_drops_each_keyword_refused(schema: object, param: str, breaking: object) -> None:
+    """The table in runtime/serve/structured.py against the xgrammar installed: an answer that breaks only the
+    refused keyword is one the grammar lets through, so accepting the schema would let it reach the client."""
+    assert _grammar_accepts(schema, breaking)
+
+
+@pytest.mark.parametrize(
+    ("schema", "breaking"),
+    [
+        ({"type": "string", "maxLength": 3}, "abcd"),
+        ({"type": "string", "format": "email"}, "nobody"),
+        ({"type": "string", "pattern": "^[a-z]+$"}, "ABC"),
+        ({"type": "integer", "multipleOf": 5, "minimum": 0, "maximum": 50}, 7),
+        ({"type": "integer", "multipleOf": 5}, 7),
+        ({"type": "array", "items": {"type": "integer"}, "maxItems": 1}, [1, 2]),
+    ],
+)
+def test_what_is_accepted_the_installed_xgrammar_enforces(schema: object, breaking: object) -> None:
+    from runtime.serve.structured import unenforced
+
+    assert unenforced(schema, "schema") == []
+    assert not _grammar_accepts(schema, breaking)
+
+
+@pytest.mark.parametrize(("schema", "param", "breaking"), DROPPED_KEYWORDS)
 def test_a_schema_keyword_the_grammar_would_drop_is_400_naming_it(
-    gateway: GatewayUnderTest, engine: Server, schema: dict[str, object], param: str
+    gateway: GatewayUnderTest, engine: Server, schema: dict[str, object], param: str, breaking: object
 ) -> None:
     body = {"model": MODEL, "messages": ASK, "max_tokens": 30, "response_format": _schema_format(schema)}
     keyword = param.rpartition(".")[2]
