@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from byoc.errors import ByocError
 from runtime.serve.addons import routes as addon_routes
-from runtime.serve.config import Address
+from runtime.serve.config import Address, lora_int_id
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
 from runtime.serve.structured import SchemaError, Structure, requested_structure, tool_call
 
@@ -160,6 +160,18 @@ class Engine:
             raise BadRequest("model is not served here; GET /v1/models lists the models", "model", status=404)
         return BASE_ADAPTER
 
+    @staticmethod
+    def _lora_task_id(body: dict[str, Any], adapter: str) -> int | None:
+        """The request's LoRA task id, which TensorRT-LLM mixes into its KV block keys: `lora_request.lora_int_id`
+        as sent (trtllm's LoRARequest), byoc's id for an addon asked for by `model`, none for the base model."""
+        if adapter == BASE_ADAPTER:
+            return None
+        lora = body.get("lora_request")
+        task_id = lora.get("lora_int_id") if isinstance(lora, dict) else None
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            return task_id
+        return lora_int_id(adapter)
+
     def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
         tokenizer = self.generator.tokenizer
         if chat:
@@ -295,6 +307,7 @@ class Engine:
             return _error(BadRequest("the body is not valid JSON"))
         loop = asyncio.get_running_loop()
         sequence = Sequence(prompt, sampling, adapter, loop, asyncio.Queue())
+        sequence.lora_task_id = self._lora_task_id(body, adapter)
         self.generator.submit(sequence)
         prefix = "chatcmpl" if chat else "cmpl"
         meta = {

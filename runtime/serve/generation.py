@@ -31,7 +31,7 @@ from runtime.serve.prefix_cache import (
     PrefixCache,
     PrefixCacheMetrics,
     ReuseStats,
-    block_hashes,
+    context_block_hashes,
 )
 from runtime.serve.structured import Grammars
 
@@ -100,6 +100,7 @@ class Sequence:
     warpers: list[Any] = field(default_factory=list)  # transformers logits warpers, after temperature/top-k/top-p
     matcher: Any = None  # xgrammar GrammarMatcher
     bitmask: Any = None
+    lora_task_id: int | None = None  # lora_request.lora_int_id: part of the KV block keys (None: the base model)
 
     @property
     def length(self) -> int:
@@ -211,7 +212,9 @@ class Generator:
         # trtllm's kv_cache_config.enable_block_reuse: prompt blocks kept and reused across requests (prefix_cache.py)
         self.prefix_cache: PrefixCache | None = None
         if enable_block_reuse:
-            self.prefix_cache = PrefixCache(self.max_blocks, event_buffer_max_size=event_buffer_max_size)
+            self.prefix_cache = PrefixCache(
+                self.max_blocks, event_buffer_max_size=event_buffer_max_size, window_size=self.max_context
+            )
             PrefixCacheMetrics(self.prefix_cache, self.metrics.registry)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
@@ -331,7 +334,7 @@ class Generator:
         logits = self.model(**kwargs).logits[0, -1].float()
         if s.first_token is None and self.prefix_cache is not None and len(hashes) > reused:
             cache, prefix = s.cache, self.prefix_cache
-            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused)
+            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused, adapter=s.adapter)
         token = self._sample(s, logits)
         now = time.perf_counter()
         if s.first_token is None:
@@ -377,7 +380,7 @@ class Generator:
         if self.prefix_cache is None:
             return torch.tensor([s.prompt], dtype=torch.long), [], 0
         # full blocks before the last prompt token: that token is always computed (it gives the first logits)
-        hashes = block_hashes(s.prompt, s.adapter, limit=(len(s.prompt) - 1) // TOKENS_PER_BLOCK)
+        hashes = context_block_hashes(s.prompt, s.lora_task_id, TOKENS_PER_BLOCK)
         found = self.prefix_cache.match(hashes)
         if found:
             s.cache = self.prefix_cache.restore(found)

@@ -46,8 +46,8 @@ from typing import Any
 
 import aiohttp
 
-from runtime.serve.config import GatewayConfig, RoutingMode
-from runtime.serve.prefix_cache import BASE_ADAPTER, TOKENS_PER_BLOCK, block_hashes
+from runtime.serve.config import GatewayConfig, RoutingMode, lora_int_id
+from runtime.serve.prefix_cache import BASE_ADAPTER, prompt_block_hashes
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway.routing")
@@ -204,9 +204,9 @@ class Router:
             except Exception:  # a template that fails here fails in the engine too: route by load
                 tokens = None
             if tokens is not None:
-                # the engine keys the full blocks before the last prompt token (prefix_cache.py)
-                limit = (len(tokens) - 1) // TOKENS_PER_BLOCK
-                return RouteKey(tuple(block_hashes(tokens, addon or BASE_ADAPTER, limit=limit)), addon)
+                # TensorRT-LLM's V1 block keys, as its KV-aware router computes them (prefix_cache.py)
+                task_id = lora_int_id(addon) if addon else None
+                return RouteKey(tuple(prompt_block_hashes(tokens, task_id)), addon)
             return RouteKey((), addon)
         return RouteKey(text_blocks(chat, body, addon), addon)
 
