@@ -462,11 +462,14 @@ def _tool_call(structure: Structure | None, text: str, reason: str) -> dict[str,
     return tool_call(structure, text, f"call_{uuid.uuid4().hex[:24]}")
 
 
-def _usage(event: Finished) -> dict[str, int]:
+def _usage(event: Finished) -> dict[str, Any]:
+    """trtllm-serve's UsageInfo (tensorrt_llm/serve/openai_protocol.py), with the prompt tokens served from reused KV
+    blocks in `prompt_tokens_details.cached_tokens`, as trtllm reports them per request."""
     return {
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
         "total_tokens": event.prompt_tokens + event.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
     }
 
 

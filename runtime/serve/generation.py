@@ -70,6 +70,7 @@ class Finished:
     reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from reused blocks (usage.prompt_tokens_details)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Sequence:
     matcher: Any = None  # xgrammar GrammarMatcher
     bitmask: Any = None
     lora_task_id: int | None = None  # lora_request.lora_int_id: part of the KV block keys (None: the base model)
+    cached_tokens: int = 0  # prompt tokens taken from reused KV blocks
 
     @property
     def length(self) -> int:
@@ -384,10 +386,11 @@ class Generator:
         found = self.prefix_cache.match(hashes)
         if found:
             s.cache = self.prefix_cache.restore(found)
+            s.cached_tokens = len(found) * TOKENS_PER_BLOCK
         return torch.tensor([s.prompt[len(found) * TOKENS_PER_BLOCK :]], dtype=torch.long), hashes, len(found)
 
     def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
-        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated)))
+        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
         self.metrics.finished(s, reason, now)
         return True
 

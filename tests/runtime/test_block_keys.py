@@ -14,6 +14,7 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,9 +125,11 @@ def stored_blocks(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return blocks
 
 
-def complete(server: Server, body: dict[str, object]) -> None:
+def complete(server: Server, body: dict[str, object]) -> dict[str, Any]:
     answer = http("POST", server.url + "/v1/completions", json_body(body), {"Content-Type": "application/json"})
     assert answer.status == 200, answer.body
+    found: dict[str, Any] = answer.json()
+    return found
 
 
 def json_body(body: dict[str, object]) -> bytes:
@@ -137,7 +140,8 @@ def test_engine_events_carry_tensorrt_llm_keys_and_token_ids(engine: Server, tin
     drain(engine)
     prompt = [*ONE_TO_64, 7]  # 65 tokens: two full blocks before the last token
     request = {"prompt": prompt, "max_tokens": 2, "temperature": 0}
-    complete(engine, {**request, "model": ENGINE_MODEL})
+    first = complete(engine, {**request, "model": ENGINE_MODEL})
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     events = drain(engine)
     assert events and all(set(e) == {"event_id", "data", "window_size"} for e in events)  # no attention DP here
     assert all(isinstance(e["window_size"], int) and e["window_size"] > 0 for e in events)
@@ -158,6 +162,10 @@ def test_engine_events_carry_tensorrt_llm_keys_and_token_ids(engine: Server, tin
     # ... or, asked for by name, with byoc's id for that name (the one the gateway sends)
     complete(engine, {**request, "model": "sql"})
     assert [b["block_hash"] for b in stored_blocks(drain(engine))] == SQL_64
+    # the same prompt again: its two blocks are reused, and the usage says so (trtllm's cached_tokens)
+    again = complete(engine, {**request, "model": ENGINE_MODEL})
+    assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": 64} and again["usage"]["prompt_tokens"] == 65
+    assert stored_blocks(drain(engine)) == []
     # a later block of a cached prefix is stored with its parent's key
     complete(engine, {**request, "prompt": [*ONE_TO_64, *range(100, 132), 7], "model": ENGINE_MODEL})
     (event,) = [e["data"] for e in drain(engine) if isinstance(e["data"], dict) and e["data"]["type"] == "stored"]
