@@ -8,12 +8,13 @@ recently used, leaves before the blocks they extend, within the engine's KV budg
 an event in trtllm-serve's shape (`POST /kv_cache_events`, drained on read), which the gateway's precise routing
 follows: with the same keys, it routes by what trtllm-serve itself reports.
 
-Which blocks (TensorRT-LLM 1.3.0rc19; read at the commits named below): the KV cache manager keys a request's tokens
-less the last one, whose KV is not computed yet (`storeContextBlocks` in
-cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp stores the full blocks of `prompt[:-1]` once the prefill is done;
-its `storeBlocksForReuse`, at release, also stores the output's blocks and a partial last block). The engine here
-stores the prompt's full blocks only. TensorRT-LLM's own KV-aware router (`BlockHashMixin._compute_block_hashes` in
-tensorrt_llm/serve/router.py) keys `prompt[:-1]` too, with a partial last block: `prompt_block_hashes` does the same.
+Which blocks (the catalog pins TensorRT-LLM 1.3.0rc19; read in the newest stored versions, see docs/gateway.md "The
+engine contract"): the KV cache manager keys a request's tokens less the last one, whose KV is not computed yet
+(`storeContextBlocks` in cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp stores the full blocks of `prompt[:-1]`
+once the prefill is done; its `storeBlocksForReuse`, at release, also stores the output's blocks and a partial last
+block). The engine here stores the prompt's full blocks only. TensorRT-LLM's own KV-aware router
+(`BlockHashMixin._compute_block_hashes` in tensorrt_llm/serve/router.py, commit 00895e31) keys `prompt[:-1]` too, the
+last block partial: `prompt_block_hashes` does the same, so its full blocks are the ones the engine reports.
 
 Pure Python: the tensors are opaque here, so the gateway imports this module (for the keys) without torch.
 """
