@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,7 @@ class Engine:
             adapter = self._adapter(body)
             prompt = await asyncio.to_thread(self._prompt_ids, body, chat)
             sampling = self._sampling(body, len(prompt))
+            usage = _stream_options(body)
             structure = requested_structure(body, chat)
             sampling.grammar = await asyncio.to_thread(self._grammar, structure)
         except BadRequest as error:
@@ -321,8 +323,6 @@ class Engine:
         )
         try:
             if body.get("stream"):
-                options = body.get("stream_options") or {}
-                usage = isinstance(options, dict) and bool(options.get("include_usage"))
                 return await self._stream(request, sequence, meta, chat, usage, echo, structure)
             return await self._whole(sequence, meta, chat, echo, structure)
         finally:
@@ -333,11 +333,11 @@ class Engine:
         response: web.StreamResponse,
         sequence: Sequence,
         chunk_meta: dict[str, Any],
-        include_usage: bool,
+        usage: StreamUsage,
         structure: Structure,
     ) -> web.StreamResponse:
         try:
-            await _tool_call_events(response, sequence, chunk_meta, include_usage, structure)
+            await _tool_call_events(response, sequence, chunk_meta, usage, structure)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client left; the finally in _generate stops the generation
@@ -365,7 +365,7 @@ class Engine:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        usage = _usage(event)
+        usage = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         return web.json_response({**meta, "choices": [choice], "usage": usage})
 
     async def _stream(
@@ -374,7 +374,7 @@ class Engine:
         sequence: Sequence,
         meta: dict[str, Any],
         chat: bool,
-        include_usage: bool,
+        usage: StreamUsage,
         echo: str,
         structure: Structure | None,
     ) -> web.StreamResponse:
@@ -382,7 +382,7 @@ class Engine:
         await response.prepare(request)
         chunk_meta = {**meta, "object": "chat.completion.chunk" if chat else "text_completion"}
 
-        def chunk(text: str | None, reason: str | None, first: bool = False) -> bytes:
+        def chunk(text: str | None, reason: str | None, generated: int, first: bool = False) -> bytes:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else {}
                 if not first and text is not None:
@@ -390,10 +390,15 @@ class Engine:
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-            return b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n"
+            data: dict[str, Any] = {**chunk_meta, "choices": [choice]}
+            if usage.continuous:
+                data["usage"] = _usage(len(sequence.prompt), generated, sequence.cached_tokens)
+            elif not chat:
+                data["usage"] = None  # trtllm-serve dumps completion chunks with unset fields (exclude_unset=False)
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         if structure is not None and structure.mode != "json" and chat:
-            return await self._stream_tool_call(response, sequence, chunk_meta, include_usage, structure)
+            return await self._stream_tool_call(response, sequence, chunk_meta, usage, structure)
         first = True
         try:
             while True:
@@ -405,17 +410,16 @@ class Engine:
                 if first:
                     # the role chunk goes out with the first token, so it marks the time to first token
                     if chat:
-                        await response.write(chunk(echo, None, first=True))
+                        await response.write(chunk(echo, None, 0, first=True))
                     elif echo:
-                        await response.write(chunk(echo, None))
+                        await response.write(chunk(echo, None, 0))
                     first = False
                 if isinstance(event, Delta):
-                    await response.write(chunk(event.text, None))
+                    await response.write(chunk(event.text, None, event.completion_tokens))
                     continue
-                await response.write(chunk(event.text if event.text else None, event.reason))
-                if include_usage:
-                    usage = {**chunk_meta, "choices": [], "usage": _usage(event)}
-                    await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+                await response.write(chunk(event.text if event.text else None, event.reason, event.completion_tokens))
+                if usage.include:
+                    await response.write(_usage_chunk(chunk_meta, event))
                 await response.write(b"data: [DONE]\n\n")
                 break
             await response.write_eof()
@@ -424,11 +428,50 @@ class Engine:
         return response
 
 
+@dataclass(frozen=True)
+class StreamUsage:
+    """What a streamed answer carries of usage, as trtllm-serve 1.3.0rc19 decides it
+    (tensorrt_llm/serve/postprocess_handlers.py, `chat_stream_post_processor`, `completion_stream_post_processor`)."""
+
+    include: bool = False  # a last chunk with `choices: []` and the request's usage
+    continuous: bool = False  # the running usage on every chunk too
+
+
+# TensorRT-LLM's `StreamOptions` (tensorrt_llm/serve/openai_protocol.py at 1.3.0rc19): extra fields forbidden,
+# `include_usage` defaults true and `continuous_usage_stats` false (true before PR #10644, early 2026).
+STREAM_OPTION_DEFAULTS = {"include_usage": True, "continuous_usage_stats": False}
+
+
+def _stream_options(body: dict[str, Any]) -> StreamUsage:
+    """The request's `stream_options` as trtllm-serve reads them: none sent, no usage in the stream at all."""
+    options = body.get("stream_options")
+    if options and not body.get("stream"):
+        raise BadRequest("Stream options can only be defined when stream is true.", "stream_options")
+    if options is None:
+        return StreamUsage()
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options must be an object", "stream_options")
+    for name, value in options.items():
+        if name not in STREAM_OPTION_DEFAULTS:
+            raise BadRequest(f"stream_options: extra inputs are not permitted ({str(name)[:64]})", "stream_options")
+        if value is not None and not isinstance(value, bool):
+            raise BadRequest(f"stream_options.{name} must be a boolean", "stream_options")
+    include = options.get("include_usage", STREAM_OPTION_DEFAULTS["include_usage"])
+    continuous = options.get("continuous_usage_stats", STREAM_OPTION_DEFAULTS["continuous_usage_stats"])
+    return StreamUsage(bool(include), bool(include and continuous))
+
+
+def _usage_chunk(chunk_meta: dict[str, Any], event: Finished) -> bytes:
+    """The last chunk of a stream that asked for usage: no choices, the whole request's usage."""
+    usage = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    return b"data: " + json.dumps({**chunk_meta, "choices": [], "usage": usage}).encode() + b"\n\n"
+
+
 async def _tool_call_events(
     response: web.StreamResponse,
     sequence: Sequence,
     chunk_meta: dict[str, Any],
-    include_usage: bool,
+    usage: StreamUsage,
     structure: Structure,
 ) -> None:
     """A forced tool call goes out whole, in one chunk, once its arguments are complete."""
@@ -449,10 +492,12 @@ async def _tool_call_events(
         delta["tool_calls"] = [{"index": 0, **call}]
     reason = "tool_calls" if call is not None and event.reason == "stop" else event.reason
     choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
-    await response.write(b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n")
-    if include_usage:
-        usage = {**chunk_meta, "choices": [], "usage": _usage(event)}
-        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    data: dict[str, Any] = {**chunk_meta, "choices": [choice]}
+    if usage.continuous:
+        data["usage"] = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+    if usage.include:
+        await response.write(_usage_chunk(chunk_meta, event))
     await response.write(b"data: [DONE]\n\n")
 
 
@@ -462,14 +507,14 @@ def _tool_call(structure: Structure | None, text: str, reason: str) -> dict[str,
     return tool_call(structure, text, f"call_{uuid.uuid4().hex[:24]}")
 
 
-def _usage(event: Finished) -> dict[str, Any]:
-    """trtllm-serve's UsageInfo (tensorrt_llm/serve/openai_protocol.py), with the prompt tokens served from reused KV
-    blocks in `prompt_tokens_details.cached_tokens`, as trtllm reports them per request."""
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """trtllm-serve's `UsageInfo`, with `prompt_tokens_details.cached_tokens` (the request's prompt tokens served
+    from the KV cache: TensorRT-LLM PR #7637)."""
     return {
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.prompt_tokens + event.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 

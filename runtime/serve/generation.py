@@ -62,6 +62,7 @@ class Sampling:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    completion_tokens: int = 0  # generated so far (trtllm-serve's continuous usage counts them per chunk)
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ class Generator:
         while safe > s.sent and text[safe - 1] == "\ufffd":
             safe -= 1
         if safe > s.sent:
-            s.emit(Delta(text[s.sent : safe]))
+            s.emit(Delta(text[s.sent : safe], len(s.generated)))
             s.sent = safe
         return False
 

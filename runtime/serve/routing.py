@@ -40,6 +40,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ import aiohttp
 
 from runtime.serve.config import GatewayConfig, RoutingMode, lora_int_id
 from runtime.serve.prefix_cache import BASE_ADAPTER, prompt_block_hashes
-from runtime.serve.upstreams import Upstream, UpstreamPool
+from runtime.serve.upstreams import Upstream, UpstreamPool, excluded_set
 
 log = logging.getLogger("byoc.gateway.routing")
 
@@ -210,11 +211,12 @@ class Router:
             return RouteKey((), addon)
         return RouteKey(text_blocks(chat, body, addon), addon)
 
-    def pick(self, key: RouteKey | None, exclude: Upstream | None = None) -> Upstream | None:
+    def pick(self, key: RouteKey | None, exclude: Upstream | Collection[Upstream] | None = None) -> Upstream | None:
         """The replica for this request, and (cache-aware modes) remember that its prefix went there."""
         if key is None:
             return self.pool.pick(exclude)
-        candidates = [u for u in self.pool.ready if u is not exclude]
+        excluded = excluded_set(exclude)
+        candidates = [u for u in self.pool.ready if u not in excluded]
         if not candidates:
             return None
         if len(self.states) > len(self.pool.ready):
