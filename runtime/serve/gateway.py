@@ -380,7 +380,7 @@ class Gateway:
                 payloads[parsed.model] = payload
         route = self.router.key(path.endswith("chat/completions"), body, addon.name if addon is not None else None)
         tried: list[Upstream] = []  # each replica at most once per request
-        overloaded: ApiError | None = None  # the answer for the client if every replica is busy
+        overloaded: Overloaded | None = None  # the answer for the client if every replica is busy
         for _ in range(max(2, len(self.pool.upstreams) + 1)):
             upstream = await self._next_replica(route, tried, overloaded is not None, outcome)
             if upstream is None:
@@ -423,7 +423,7 @@ class Gateway:
                 self.router.release(route)
         raise self._no_replica_left(overloaded, outcome)
 
-    def _no_replica_left(self, overloaded: ApiError | None, outcome: Outcome) -> ApiError:
+    def _no_replica_left(self, overloaded: Overloaded | None, outcome: Outcome) -> ApiError:
         """Every replica tried: busy (their 429 or 503, never the client's fault) or unreachable (502)."""
         if overloaded is not None:
             outcome.reason = f"upstream_{overloaded.status}"
@@ -449,32 +449,33 @@ class Gateway:
         await self._hold_until_ready(outcome)
         return self.router.pick(route, exclude=tried) or self.router.pick(route)
 
-    def _overloaded(self, response: aiohttp.ClientResponse, earlier: ApiError | None) -> ApiError:
+    def _overloaded(self, response: aiohttp.ClientResponse, earlier: Overloaded | None) -> Overloaded:
         """A busy replica's 429 or 503 as the client gets it when no replica is left: typed as OpenAI types it
         (429 `requests`/`rate_limit_exceeded`, as the gateway's own limits; 503 `server_error`), with the
-        soonest Retry-After a replica gave, or the gateway's estimate. Its body is not passed on (it may quote the
+        soonest Retry-After an engine gave, else the gateway's estimate. Its body is not passed on (it may quote the
         request). A 429 outranks a 503: some replica is up and will take work again."""
-        wait = _retry_after_seconds(response.headers.get("Retry-After"))
-        if wait is None:
-            wait = self._busy_estimate()
-        if earlier is not None and earlier.retry_after is not None:
-            wait = min(wait, int(earlier.retry_after))
-        status = 429 if response.status == 429 or (earlier is not None and earlier.status == 429) else 503
-        if status == 429:
-            return ApiError(
+        given = _retry_after_seconds(response.headers.get("Retry-After"))
+        if earlier is not None and earlier.engine_wait is not None:
+            given = earlier.engine_wait if given is None else min(given, earlier.engine_wait)
+        wait = retry_after(given if given is not None else self._busy_estimate())
+        if response.status == 429 or (earlier is not None and earlier.status == 429):
+            error = Overloaded(
                 429,
                 "every model replica is at capacity: retry after the time in Retry-After",
                 kind="requests",
                 code="rate_limit_exceeded",
-                retry_after=retry_after(wait),
+                retry_after=wait,
             )
-        return ApiError(
-            503,
-            "every model replica is overloaded: retry after the time in Retry-After",
-            kind="server_error",
-            code="server_is_overloaded",
-            retry_after=retry_after(wait),
-        )
+        else:
+            error = Overloaded(
+                503,
+                "every model replica is overloaded: retry after the time in Retry-After",
+                kind="server_error",
+                code="server_is_overloaded",
+                retry_after=wait,
+            )
+        error.engine_wait = given
+        return error
 
     def _busy_estimate(self) -> float:
         """Seconds until a busy replica likely has room: about one request's duration (a running request ends and
@@ -668,6 +669,12 @@ def _rename_model(raw: bytes, upstream: str, public: str) -> bytes:
         if old in raw:
             return raw.replace(old, b'"model"' + sep + json.dumps(public).encode(), 1)
     return raw
+
+
+class Overloaded(ApiError):
+    """Every replica tried was busy (429/503): the answer, and the soonest Retry-After an engine gave (seconds)."""
+
+    engine_wait: float | None = None
 
 
 class Unresolved:

@@ -13,7 +13,17 @@ from typing import Any
 import openai
 import pytest
 
-from tests.runtime.conftest import ENGINE_MODEL, Server, http, long_stream, metric, start_gateway, wait_for
+from tests.runtime.conftest import (
+    ENGINE_MODEL,
+    MODEL,
+    GatewayUnderTest,
+    Server,
+    http,
+    long_stream,
+    metric,
+    start_gateway,
+    wait_for,
+)
 from tests.runtime.standin import ANSWER, PROMPT_TOKENS, StandInEngine
 
 
@@ -269,3 +279,22 @@ def test_a_stream_the_client_cancels_is_metered(engine: Server, runtime_dir: Pat
         assert metric(gateway.metrics(), "byoc_gateway_requests_total", code="499") == 1
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"include_usage": "yes"}, "stream_options.include_usage"),
+        ({"include_usage": True, "continuous_usage_stats": 1}, "stream_options.continuous_usage_stats"),
+        ({"include_obfuscation": False}, "stream_options.include_obfuscation"),  # OpenAI's, not an engine's
+        (["include_usage"], "stream_options"),
+    ],
+)
+def test_stream_options_the_gateway_cannot_honour_are_refused(
+    gateway: GatewayUnderTest, options: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=2, stream=True, extra_body={"stream_options": options}
+        )
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == param

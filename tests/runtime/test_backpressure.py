@@ -110,19 +110,21 @@ def test_one_busy_replica_and_one_free_every_request_succeeds(runtime_dir: Path,
 
 
 def test_busy_and_unreachable_replicas_give_the_busy_answer(runtime_dir: Path) -> None:
-    busy = StandInEngine(status=429, retry_after="7")
-    gone = StandInEngine()
-    gateway = _gateway(runtime_dir, [busy, gone])
-    gone.stop()  # refuses connections from now on; the gateway learns it on the first request that tries it
+    """A 429 without Retry-After, a 503 with one, a replica that is gone: 429 (one replica is up and will take work
+    again) with the only Retry-After an engine gave."""
+    engines = [StandInEngine(status=429), StandInEngine(status=503, retry_after="7"), StandInEngine()]
+    gateway = _gateway(runtime_dir, engines)
+    engines[2].stop()  # refuses connections from now on; the gateway learns it on the first request that tries it
     try:
         for _ in range(2):
             with pytest.raises(openai.RateLimitError) as caught:
                 client(gateway).completions.create(model=MODEL, prompt="One", max_tokens=5)
             assert caught.value.response.headers["retry-after"] == "7"
-        assert len(busy.requests) == 2
+        assert [len(e.requests) for e in engines[:2]] == [2, 2]
     finally:
         gateway.stop()
-        busy.stop()
+        for engine in engines[:2]:
+            engine.stop()
 
 
 def test_the_cpu_engine_queues_beyond_its_batch_size(tiny_models: dict[str, Path], runtime_dir: Path) -> None:
