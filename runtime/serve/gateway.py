@@ -5,9 +5,12 @@ One asyncio process. Per request, in this order: API key (401), the key's reques
 key's concurrent requests (429), a held wait while no replica is ready (scale from zero:
 `byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the bounded queue (429
 when full or after --queue-timeout), then the least busy ready replica. A request that fails before its first byte
-is retried once on another replica; a stream cut mid-way ends with an error event. What the engine refuses (4xx)
-is the client's mistake: relayed, never retried, never held against the replica. A client that leaves cancels its
-request wherever it is (499): every slot it held is freed and the upstream connection closed.
+(unreachable, 502/504) or that a busy engine turns away (429/503: vLLM and SGLang do when full; trtllm-serve queues)
+is tried on each other ready replica once; a stream cut mid-way ends with an error event. What the engine refuses
+as invalid (any other 4xx) is the client's mistake: relayed, never retried, never held against the replica.
+Streamed usage is asked of the engine explicitly and passed on only as the client asked (see `_take_usage`). A
+client that leaves cancels its request wherever it is (499): every slot it held is freed and the upstream connection
+closed, and the tokens it was sent are metered.
 
 Zero data retention: request and response bodies pass through memory only. Logs carry one access line per request
 (key name, model, status, token counts, latency); metrics carry model, addon and status; error bodies name the
