@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from byoc.errors import ByocError
 from runtime.serve.addons import routes as addon_routes
-from runtime.serve.config import Address
+from runtime.serve.config import Address, lora_int_id
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
 from runtime.serve.openai_api import ApiError, bad, check_request, parse_json
 from runtime.serve.structured import SchemaError, Structure, tool_call
@@ -144,6 +145,18 @@ class Engine:
             raise ApiError(404, "model: not served here; GET /v1/models lists the models", param="model")
         return BASE_ADAPTER
 
+    @staticmethod
+    def _lora_task_id(body: dict[str, Any], adapter: str) -> int | None:
+        """The request's LoRA task id, which TensorRT-LLM mixes into its KV block keys: `lora_request.lora_int_id`
+        as sent (trtllm's LoRARequest), byoc's id for an addon asked for by `model`, none for the base model."""
+        if adapter == BASE_ADAPTER:
+            return None
+        lora = body.get("lora_request")
+        task_id = lora.get("lora_int_id") if isinstance(lora, dict) else None
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            return task_id
+        return lora_int_id(adapter)
+
     def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
         tokenizer = self.generator.tokenizer
         if chat:
@@ -245,6 +258,7 @@ class Engine:
             adapter = self._adapter(body)
             prompt = await asyncio.to_thread(self._prompt_ids, body, chat)
             sampling = self._sampling(body, len(prompt))
+            usage = _stream_options(body)
             sampling.grammar = await asyncio.to_thread(self._grammar, structure)
         except ApiError as error:
             return _error(error)
@@ -252,6 +266,7 @@ class Engine:
             return _error(bad(error.param, str(error)))
         loop = asyncio.get_running_loop()
         sequence = Sequence(prompt, sampling, adapter, loop, asyncio.Queue())
+        sequence.lora_task_id = self._lora_task_id(body, adapter)
         self.generator.submit(sequence)
         prefix = "chatcmpl" if chat else "cmpl"
         meta = {
@@ -265,8 +280,6 @@ class Engine:
         )
         try:
             if body.get("stream"):
-                options = body.get("stream_options") or {}
-                usage = isinstance(options, dict) and bool(options.get("include_usage"))
                 return await self._stream(request, sequence, meta, chat, usage, echo, structure)
             return await self._whole(sequence, meta, chat, echo, structure)
         finally:
@@ -277,11 +290,11 @@ class Engine:
         response: web.StreamResponse,
         sequence: Sequence,
         chunk_meta: dict[str, Any],
-        include_usage: bool,
+        usage: StreamUsage,
         structure: Structure,
     ) -> web.StreamResponse:
         try:
-            await _tool_call_events(response, sequence, chunk_meta, include_usage, structure)
+            await _tool_call_events(response, sequence, chunk_meta, usage, structure)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client left; the finally in _generate stops the generation
@@ -309,7 +322,7 @@ class Engine:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        usage = _usage(event)
+        usage = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         return web.json_response({**meta, "choices": [choice], "usage": usage})
 
     async def _stream(
@@ -318,7 +331,7 @@ class Engine:
         sequence: Sequence,
         meta: dict[str, Any],
         chat: bool,
-        include_usage: bool,
+        usage: StreamUsage,
         echo: str,
         structure: Structure | None,
     ) -> web.StreamResponse:
@@ -326,7 +339,7 @@ class Engine:
         await response.prepare(request)
         chunk_meta = {**meta, "object": "chat.completion.chunk" if chat else "text_completion"}
 
-        def chunk(text: str | None, reason: str | None, first: bool = False) -> bytes:
+        def chunk(text: str | None, reason: str | None, generated: int, first: bool = False) -> bytes:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else {}
                 if not first and text is not None:
@@ -334,10 +347,15 @@ class Engine:
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-            return b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n"
+            data: dict[str, Any] = {**chunk_meta, "choices": [choice]}
+            if usage.continuous:
+                data["usage"] = _usage(len(sequence.prompt), generated, sequence.cached_tokens)
+            elif not chat:
+                data["usage"] = None  # trtllm-serve dumps completion chunks with unset fields (exclude_unset=False)
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         if structure is not None and structure.mode != "json" and chat:
-            return await self._stream_tool_call(response, sequence, chunk_meta, include_usage, structure)
+            return await self._stream_tool_call(response, sequence, chunk_meta, usage, structure)
         first = True
         try:
             while True:
@@ -349,17 +367,16 @@ class Engine:
                 if first:
                     # the role chunk goes out with the first token, so it marks the time to first token
                     if chat:
-                        await response.write(chunk(echo, None, first=True))
+                        await response.write(chunk(echo, None, 0, first=True))
                     elif echo:
-                        await response.write(chunk(echo, None))
+                        await response.write(chunk(echo, None, 0))
                     first = False
                 if isinstance(event, Delta):
-                    await response.write(chunk(event.text, None))
+                    await response.write(chunk(event.text, None, event.completion_tokens))
                     continue
-                await response.write(chunk(event.text if event.text else None, event.reason))
-                if include_usage:
-                    usage = {**chunk_meta, "choices": [], "usage": _usage(event)}
-                    await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+                await response.write(chunk(event.text if event.text else None, event.reason, event.completion_tokens))
+                if usage.include:
+                    await response.write(_usage_chunk(chunk_meta, event))
                 await response.write(b"data: [DONE]\n\n")
                 break
             await response.write_eof()
@@ -368,11 +385,42 @@ class Engine:
         return response
 
 
+@dataclass(frozen=True)
+class StreamUsage:
+    """What a streamed answer carries of usage, as trtllm-serve 1.3.0rc19 decides it
+    (tensorrt_llm/serve/postprocess_handlers.py, `chat_stream_post_processor`, `completion_stream_post_processor`)."""
+
+    include: bool = False  # a last chunk with `choices: []` and the request's usage
+    continuous: bool = False  # the running usage on every chunk too
+
+
+# TensorRT-LLM's `StreamOptions` (tensorrt_llm/serve/openai_protocol.py at 1.3.0rc19): extra fields forbidden,
+# `include_usage` defaults true and `continuous_usage_stats` false (true before PR #10644, early 2026).
+STREAM_OPTION_DEFAULTS = {"include_usage": True, "continuous_usage_stats": False}
+
+
+def _stream_options(body: dict[str, Any]) -> StreamUsage:
+    """The request's `stream_options` as trtllm-serve reads them: none sent, no usage in the stream at all. Their
+    shape (known names, booleans, only with stream: true) is checked by check_request."""
+    options = body.get("stream_options")
+    if options is None:
+        return StreamUsage()
+    include = _value(options, "include_usage", STREAM_OPTION_DEFAULTS["include_usage"])
+    continuous = _value(options, "continuous_usage_stats", STREAM_OPTION_DEFAULTS["continuous_usage_stats"])
+    return StreamUsage(bool(include), bool(include and continuous))
+
+
+def _usage_chunk(chunk_meta: dict[str, Any], event: Finished) -> bytes:
+    """The last chunk of a stream that asked for usage: no choices, the whole request's usage."""
+    usage = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    return b"data: " + json.dumps({**chunk_meta, "choices": [], "usage": usage}).encode() + b"\n\n"
+
+
 async def _tool_call_events(
     response: web.StreamResponse,
     sequence: Sequence,
     chunk_meta: dict[str, Any],
-    include_usage: bool,
+    usage: StreamUsage,
     structure: Structure,
 ) -> None:
     """A forced tool call goes out whole, in one chunk, once its arguments are complete."""
@@ -393,10 +441,12 @@ async def _tool_call_events(
         delta["tool_calls"] = [{"index": 0, **call}]
     reason = "tool_calls" if call is not None and event.reason == "stop" else event.reason
     choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
-    await response.write(b"data: " + json.dumps({**chunk_meta, "choices": [choice]}).encode() + b"\n\n")
-    if include_usage:
-        usage = {**chunk_meta, "choices": [], "usage": _usage(event)}
-        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    data: dict[str, Any] = {**chunk_meta, "choices": [choice]}
+    if usage.continuous:
+        data["usage"] = _usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+    if usage.include:
+        await response.write(_usage_chunk(chunk_meta, event))
     await response.write(b"data: [DONE]\n\n")
 
 
@@ -406,11 +456,14 @@ def _tool_call(structure: Structure | None, text: str, reason: str) -> dict[str,
     return tool_call(structure, text, f"call_{uuid.uuid4().hex[:24]}")
 
 
-def _usage(event: Finished) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """trtllm-serve's `UsageInfo`, with `prompt_tokens_details.cached_tokens` (the request's prompt tokens served
+    from the KV cache: TensorRT-LLM PR #7637)."""
     return {
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.prompt_tokens + event.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 

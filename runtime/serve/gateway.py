@@ -5,9 +5,12 @@ One asyncio process. Per request, in this order: API key (401), the key's reques
 key's concurrent requests (429), a held wait while no replica is ready (scale from zero:
 `byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the bounded queue (429
 when full or after --queue-timeout), then the least busy ready replica. A request that fails before its first byte
-is retried once on another replica; a stream cut mid-way ends with an error event. What the engine refuses (4xx)
-is the client's mistake: relayed, never retried, never held against the replica. A client that leaves cancels its
-request wherever it is (499): every slot it held is freed and the upstream connection closed.
+(unreachable, 502/504) or that a busy engine turns away (429/503: vLLM and SGLang do when full; trtllm-serve queues)
+is tried on each other ready replica once; a stream cut mid-way ends with an error event. What the engine refuses
+as invalid (any other 4xx) is the client's mistake: relayed, never retried, never held against the replica.
+Streamed usage is asked of the engine explicitly and passed on only as the client asked (see `_take_usage`). A
+client that leaves cancels its request wherever it is (499): every slot it held is freed and the upstream connection
+closed, and the tokens it was sent are metered.
 
 Zero data retention: request and response bodies pass through memory only. Logs carry one access line per request
 (key name, model, status, token counts, latency); metrics carry model, addon and status; error bodies name the
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -47,6 +52,10 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 UPSTREAM_CONNECT_SECONDS = 5.0
 NO_REPLICA_RETRY_AFTER = "10"
 DRAINING_RETRY_AFTER = "1"
+# An engine's "not now" before the first byte (vLLM and SGLang answer 429 or 503 when full; trtllm-serve queues
+# instead) or a proxy in front of it failing (502, 504): another replica can take the request.
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+BUSY_RETRY_MAX_SECONDS = 60.0
 DONE = b"data: [DONE]"
 _DECODER = json.JSONDecoder()
 # What an interrupted stream ends with: OpenAI's clients raise an APIError on an event that carries "error".
@@ -73,6 +82,8 @@ class Outcome:
     first_token: float | None = None
     last_token: float | None = None
     reason: str = ""
+    usage_seen: bool = False  # the engine sent usage (cumulative: the last one counts, once)
+    content_chunks: int = 0  # streamed chunks that carried generated text: the count when no usage came
 
 
 class Gateway:
@@ -89,6 +100,7 @@ class Gateway:
         self.pending = 0
         self.in_flight = 0
         self.draining = False
+        self.typical_duration = 0.0  # seconds, a moving average of answered requests (Retry-After when busy)
         self.access_log = AccessLog()
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
@@ -255,6 +267,13 @@ class Gateway:
         series = self.metrics.series(self.config.model, outcome.addon)
         series.answered(outcome.code)
         ttft_ms = -1.0
+        if outcome.code == "200":
+            self.typical_duration += 0.1 * (ended - started - self.typical_duration)
+        if outcome.stream and not outcome.usage_seen:
+            # no usage from the engine (it ignores stream_options, or the stream ended before its usage chunk: a
+            # client that left, a replica that broke off): one token per chunk of generated text relayed, which is
+            # what trtllm-serve sends per iteration (a lower bound with speculative decoding); prompt tokens unknown
+            outcome.output_tokens = outcome.content_chunks
         if outcome.code == "200" or outcome.first_token is not None:
             series.duration.observe(ended - started)
             if outcome.prompt_tokens:
@@ -402,16 +421,14 @@ class Gateway:
             payload = parsed.upstream_bytes(raw)
             if payload is not None:
                 payloads[parsed.model] = payload
-        failed: Upstream | None = None
         route = self.router.key(path.endswith("chat/completions"), body, addon.name if addon is not None else None)
-        for attempt in range(2):
-            upstream = self.router.pick(route, exclude=failed)
+        tried: list[Upstream] = []  # each replica at most once per request
+        overloaded: Overloaded | None = None  # the answer for the client if every replica is busy
+        for _ in range(max(2, len(self.pool.upstreams) + 1)):
+            upstream = await self._next_replica(route, tried, overloaded is not None, outcome)
             if upstream is None:
-                # the only replica just failed: hold as at zero replicas, then try whichever is ready
-                await self._hold_until_ready(outcome)
-                upstream = self.router.pick(route, exclude=failed) or self.router.pick(route)
-                if upstream is None:
-                    break
+                break
+            tried.append(upstream)
             # each replica is addressed by the model id it reports (trtllm-serve: its model path)
             upstream_model = upstream.model_id or self.config.model
             payload = payloads.get(upstream_model)
@@ -427,11 +444,13 @@ class Gateway:
                     reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
                     self.metrics.upstream_errors.labels(reason=reason).inc()
                     self.pool.failed(upstream)
-                    failed = upstream
                     continue
-                if response.status in (502, 503, 504) and attempt == 0:
+                if response.status in RETRIED_STATUSES:
+                    # the replica could not take the request (busy, or its proxy failed): before the first byte,
+                    # so another replica can; a busy replica stays in rotation
                     self.metrics.upstream_errors.labels(reason=f"status_{response.status}").inc()
-                    failed = upstream
+                    if response.status in (429, 503):
+                        overloaded = self._overloaded(response, overloaded)
                     continue
                 if parsed.stream:
                     return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
@@ -445,14 +464,66 @@ class Gateway:
                         response.close()  # an unfinished answer: drop the connection, which stops the engine
                 upstream.outstanding -= 1
                 self.router.release(route)
+        raise self._no_replica_left(overloaded, outcome)
+
+    def _no_replica_left(self, overloaded: Overloaded | None, outcome: Outcome) -> ApiError:
+        """Every replica tried: busy (their 429 or 503, never the client's fault) or unreachable (502)."""
+        if overloaded is not None:
+            outcome.reason = f"upstream_{overloaded.status}"
+            if overloaded.status == 429:
+                self.metrics.rate_limited.labels(reason="engine").inc()
+            return overloaded
         outcome.reason = "upstream_unavailable"
-        raise ApiError(
+        return ApiError(
             502,
             "no model replica could be reached: retry shortly",
             kind="server_error",
             code="upstream_unavailable",
             retry_after="1",
         )
+
+    async def _next_replica(self, route: Any, tried: list[Upstream], busy: bool, outcome: Outcome) -> Upstream | None:
+        """A ready replica this request has not tried yet; None when every one has answered (busy or failing)."""
+        upstream = self.router.pick(route, exclude=tried)
+        if upstream is not None or busy or self.pool.ready:
+            return upstream
+        # the replicas tried have all failed and left the rotation: hold as at zero replicas, then try whichever is
+        # ready (one that passed a health check again may be tried again)
+        await self._hold_until_ready(outcome)
+        return self.router.pick(route, exclude=tried) or self.router.pick(route)
+
+    def _overloaded(self, response: aiohttp.ClientResponse, earlier: Overloaded | None) -> Overloaded:
+        """A busy replica's 429 or 503 as the client gets it when no replica is left: typed as OpenAI types it
+        (429 `requests`/`rate_limit_exceeded`, as the gateway's own limits; 503 `server_error`), with the
+        soonest Retry-After an engine gave, else the gateway's estimate. Its body is not passed on (it may quote the
+        request). A 429 outranks a 503: some replica is up and will take work again."""
+        given = _retry_after_seconds(response.headers.get("Retry-After"))
+        if earlier is not None and earlier.engine_wait is not None:
+            given = earlier.engine_wait if given is None else min(given, earlier.engine_wait)
+        wait = retry_after(given if given is not None else self._busy_estimate())
+        if response.status == 429 or (earlier is not None and earlier.status == 429):
+            error = Overloaded(
+                429,
+                "every model replica is at capacity: retry after the time in Retry-After",
+                kind="requests",
+                code="rate_limit_exceeded",
+                retry_after=wait,
+            )
+        else:
+            error = Overloaded(
+                503,
+                "every model replica is overloaded: retry after the time in Retry-After",
+                kind="server_error",
+                code="server_is_overloaded",
+                retry_after=wait,
+            )
+        error.engine_wait = given
+        return error
+
+    def _busy_estimate(self) -> float:
+        """Seconds until a busy replica likely has room: about one request's duration (a running request ends and
+        frees its place), from the recent answers; 1 s before any."""
+        return min(BUSY_RETRY_MAX_SECONDS, max(1.0, self.typical_duration))
 
     async def _upstream_failure(self, response: aiohttp.ClientResponse, parsed: ParsedRequest) -> ApiError:
         raw = await response.read()
@@ -508,11 +579,13 @@ class Gateway:
                         errored = True
                         break
                     outcome.last_token = now
-                    if b'"usage"' in event:
+                    if _carries_usage(event):
                         kept = self._take_usage(event, parsed, outcome)
                         if kept is None:
                             continue
                         event = kept  # noqa: PLW2901 (the usage chunk, trimmed to what the client asked for)
+                    elif not outcome.usage_seen and _GENERATED.search(event) is not None:
+                        outcome.content_chunks += 1
                     batch.append(_rename_model(event, upstream_model, parsed.model) + b"\n\n")
                 if batch:
                     try:
@@ -560,7 +633,13 @@ class Gateway:
 
     @staticmethod
     def _take_usage(event: bytes, parsed: ParsedRequest, outcome: Outcome) -> bytes | None:
-        """Count the usage chunk's tokens; pass it on only if the client asked for it (stream_options)."""
+        """Meter a chunk's usage and pass on only what the client asked for (OpenAI's `stream_options`).
+
+        Usage is cumulative (trtllm-serve's and vLLM's `continuous_usage_stats` put the running total on every
+        chunk, then the total again on a last chunk with `choices: []`), so the last one seen is the count: every
+        token once, whether the engine sent it on every chunk, once, or both. The client gets the last chunk only
+        with `include_usage`, and usage on the other chunks only with `continuous_usage_stats` too.
+        """
         try:
             chunk = json.loads(event[event.index(b"{") :])
         except ValueError:
@@ -568,14 +647,45 @@ class Gateway:
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if not isinstance(usage, dict):
             return event
+        outcome.usage_seen = True
         outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         outcome.output_tokens = int(usage.get("completion_tokens") or 0)
-        if parsed.include_usage:
-            return event
         if not chunk.get("choices"):
-            return None
+            return event if parsed.include_usage else None
+        if parsed.continuous_usage:
+            return event
+        if _GENERATED.search(event) is not None:
+            outcome.content_chunks += 1
         chunk.pop("usage")
         return b"data: " + json.dumps(chunk).encode()
+
+
+def _carries_usage(event: bytes) -> bool:
+    """Whether a chunk has a usage object (trtllm-serve's completion chunks carry `"usage":null` when it has none).
+
+    A quote inside a JSON string is escaped, so `"usage"` only matches the key."""
+    at = event.find(b'"usage"')
+    return at != -1 and not event[at + 7 : at + 16].lstrip(b": ").startswith(b"null")
+
+
+# A chunk that carries generated text: chat `content` (or `reasoning_content`), a tool call's `arguments`, or a
+# completion's `text`, not empty. Keys only: a quote inside a JSON string is escaped.
+_GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """An engine's Retry-After (RFC 9110: seconds, or an HTTP date) in seconds; None without a usable one."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _usage(raw: bytes) -> tuple[int, int]:
@@ -602,6 +712,12 @@ def _rename_model(raw: bytes, upstream: str, public: str) -> bytes:
         if old in raw:
             return raw.replace(old, b'"model"' + sep + json.dumps(public).encode(), 1)
     return raw
+
+
+class Overloaded(ApiError):
+    """Every replica tried was busy (429/503): the answer, and the soonest Retry-After an engine gave (seconds)."""
+
+    engine_wait: float | None = None
 
 
 class Unresolved:

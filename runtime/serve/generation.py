@@ -31,7 +31,7 @@ from runtime.serve.prefix_cache import (
     PrefixCache,
     PrefixCacheMetrics,
     ReuseStats,
-    block_hashes,
+    context_block_hashes,
 )
 from runtime.serve.structured import Grammars
 
@@ -62,6 +62,7 @@ class Sampling:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    completion_tokens: int = 0  # generated so far (trtllm-serve's continuous usage counts them per chunk)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Finished:
     reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from reused blocks (usage.prompt_tokens_details)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class Sequence:
     warpers: list[Any] = field(default_factory=list)  # transformers logits warpers, after temperature/top-k/top-p
     matcher: Any = None  # xgrammar GrammarMatcher
     bitmask: Any = None
+    lora_task_id: int | None = None  # lora_request.lora_int_id: part of the KV block keys (None: the base model)
+    cached_tokens: int = 0  # prompt tokens taken from reused KV blocks
 
     @property
     def length(self) -> int:
@@ -212,7 +216,9 @@ class Generator:
         # trtllm's kv_cache_config.enable_block_reuse: prompt blocks kept and reused across requests (prefix_cache.py)
         self.prefix_cache: PrefixCache | None = None
         if enable_block_reuse:
-            self.prefix_cache = PrefixCache(self.max_blocks, event_buffer_max_size=event_buffer_max_size)
+            self.prefix_cache = PrefixCache(
+                self.max_blocks, event_buffer_max_size=event_buffer_max_size, window_size=self.max_context
+            )
             PrefixCacheMetrics(self.prefix_cache, self.metrics.registry)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
@@ -332,7 +338,7 @@ class Generator:
         logits = self.model(**kwargs).logits[0, -1].float()
         if s.first_token is None and self.prefix_cache is not None and len(hashes) > reused:
             cache, prefix = s.cache, self.prefix_cache
-            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused)
+            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused, adapter=s.adapter)
         token = self._sample(s, logits)
         now = time.perf_counter()
         if s.first_token is None:
@@ -362,7 +368,7 @@ class Generator:
         while safe > s.sent and text[safe - 1] == "\ufffd":
             safe -= 1
         if safe > s.sent:
-            s.emit(Delta(text[s.sent : safe]))
+            s.emit(Delta(text[s.sent : safe], len(s.generated)))
             s.sent = safe
         return False
 
@@ -378,14 +384,15 @@ class Generator:
         if self.prefix_cache is None:
             return torch.tensor([s.prompt], dtype=torch.long), [], 0
         # full blocks before the last prompt token: that token is always computed (it gives the first logits)
-        hashes = block_hashes(s.prompt, s.adapter, limit=(len(s.prompt) - 1) // TOKENS_PER_BLOCK)
+        hashes = context_block_hashes(s.prompt, s.lora_task_id, TOKENS_PER_BLOCK)
         found = self.prefix_cache.match(hashes)
         if found:
             s.cache = self.prefix_cache.restore(found)
+            s.cached_tokens = len(found) * TOKENS_PER_BLOCK
         return torch.tensor([s.prompt[len(found) * TOKENS_PER_BLOCK :]], dtype=torch.long), hashes, len(found)
 
     def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
-        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated)))
+        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
         self.metrics.finished(s, reason, now)
         return True
 

@@ -58,11 +58,12 @@ def bad(param: str, message: str) -> ApiError:
 class ParsedRequest:
     model: str
     stream: bool
-    include_usage: bool
+    include_usage: bool  # the client asked for the final usage chunk (stream_options.include_usage)
     body: dict[str, Any]  # what goes upstream, once the model is rewritten
     unchanged: bool = True  # `body` equals what the client sent (its bytes can go upstream as they are)
-    asks_usage: bool = False  # `body` is what the client sent plus stream_options.include_usage (appended to its bytes)
+    asks_usage: bool = False  # `body` is what the client sent plus UPSTREAM_STREAM_OPTIONS (appended to its bytes)
     renamed: dict[str, str] | None = None  # upstream parameter name -> the name the client used
+    continuous_usage: bool = False  # the client asked for usage on every chunk (stream_options.continuous_usage_stats)
 
     def upstream_bytes(self, raw: bytes) -> bytes | None:
         """The body to send upstream built from the client's bytes without a second JSON encoding, when it can be."""
@@ -71,8 +72,15 @@ class ParsedRequest:
         if self.asks_usage:
             end = raw.rstrip()
             if end.endswith(b"}"):
-                return end[:-1] + b', "stream_options": {"include_usage": true}}'
+                return end[:-1] + b', "stream_options": ' + UPSTREAM_STREAM_OPTIONS + b"}"
         return None
+
+
+# What a streamed request asks of the engine when the client sent no stream_options: usage for the meter, as one
+# final chunk. Both fields are explicit because TensorRT-LLM's defaults moved (tensorrt_llm/serve/openai_protocol.py,
+# `StreamOptions`: `continuous_usage_stats` defaulted to true until PR #10644, false from early 2026 and at the
+# pinned 1.3.0rc19); trtllm-serve sends no usage at all when `stream_options` is absent (serve/postprocess_handlers.py).
+UPSTREAM_STREAM_OPTIONS = b'{"include_usage": true, "continuous_usage_stats": false}'
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -277,15 +285,27 @@ def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, 
         raise bad(name, "must be one of " + ", ".join(sorted(REASONING_EFFORTS)))
 
 
-def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+# OpenAI's `include_usage`, and vLLM's `continuous_usage_stats` (also TensorRT-LLM's): usage on every chunk,
+# cumulative, which vLLM and trtllm-serve apply only together with include_usage.
+STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    """(final usage chunk, usage on every chunk) as the client asked; both off unless asked (OpenAI's default)."""
     options = body.get("stream_options")
     if options is None:
-        return False
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise bad("stream_options", 'must be {"include_usage": true|false}')
+        return False, False
+    if not isinstance(options, dict):
+        raise bad("stream_options", 'must be {"include_usage": true|false, "continuous_usage_stats": true|false}')
+    for name, value in options.items():
+        if name not in STREAM_OPTIONS:
+            raise bad(f"stream_options.{str(name)[:64]}", "unrecognized stream option")
+        if value is not None and not isinstance(value, bool):
+            raise bad(f"stream_options.{name}", "must be true or false")
     if not stream:
         raise bad("stream_options", "only allowed with stream: true")
-    return bool(options.get("include_usage"))
+    include = bool(options.get("include_usage"))
+    return include, include and bool(options.get("continuous_usage_stats"))
 
 
 def check_request(
@@ -306,7 +326,8 @@ def check_request(
             raise bad(str(name)[:64], "unrecognized request argument")
         _check_value(kind, name, body, max_context, max_stop)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    # trtllm-serve serves one model and takes a request without `model`; the gateway must know which one is asked
+    if (model is not None or not engine) and (not isinstance(model, str) or not model):
         raise bad("model", "is required (GET /v1/models lists the models)")
     if kind == "chat":
         _messages(body.get("messages"))
@@ -320,7 +341,9 @@ def check_request(
         structure = requested_structure(body, kind == "chat")
     except SchemaError as error:
         raise bad(error.param, str(error)) from None
-    _include_usage(body, bool(body.get("stream")))
+    # trtllm-serve refuses stream_options without stream only when they say something: `{}` passes there
+    if not (engine and body.get("stream_options") == {}):
+        _stream_options(body, bool(body.get("stream")))
     return structure
 
 
@@ -329,7 +352,7 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
     check_request(kind, body, max_context, max_stop)
     model = body["model"]
     stream = bool(body.get("stream"))
-    include_usage = _include_usage(body, stream)
+    include_usage, continuous = _stream_options(body, stream)
     unchanged = True
     forwarded = body
     if any(k in DROPPED for k in body):
@@ -341,12 +364,16 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
         renamed = {"max_tokens": "max_completion_tokens"}  # an engine's error about max_tokens is about this
         unchanged = False
     asks_usage = False
-    if stream and not include_usage:
-        # always ask for usage upstream: token counters need it; the chunk is dropped if the client did not ask
-        asks_usage = unchanged and "stream_options" not in body
-        forwarded["stream_options"] = {"include_usage": True}
-        unchanged = False
-    return ParsedRequest(model, stream, include_usage, forwarded, unchanged, asks_usage, renamed)
+    if stream:
+        # always say what the meter needs, explicitly (the engine's defaults have changed between versions): usage
+        # once at the end, or on every chunk only where the client asked for that; the gateway passes on only what
+        # the client asked for
+        wanted = {"include_usage": True, "continuous_usage_stats": continuous}
+        if body.get("stream_options") != wanted:
+            asks_usage = unchanged and "stream_options" not in body
+            forwarded["stream_options"] = wanted
+            unchanged = False
+    return ParsedRequest(model, stream, include_usage, forwarded, unchanged, asks_usage, renamed, continuous)
 
 
 # Inside a JSON schema the client wrote, the values of these keywords are structure (type names, references,

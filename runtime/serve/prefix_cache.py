@@ -1,20 +1,27 @@
-"""The CPU engine's KV cache block reuse, and the block hashes the gateway's precise routing shares with it.
+"""The CPU engine's KV cache block reuse, and the block keys the gateway's precise routing shares with it.
 
 As in TensorRT-LLM's KV cache manager (`kv_cache_config.enable_block_reuse`): a prompt is cut into blocks of
-`TOKENS_PER_BLOCK` tokens; each full block is keyed by a hash chain (the block's tokens and its parent block's key,
-the first block seeded with the LoRA adapter, so the base model and every addon have their own blocks). A request
-whose leading blocks are cached starts its prefill after them. Cached blocks are evicted least recently used, leaves
-before the blocks they extend, within the engine's KV budget. Every block stored and removed is an event in
-trtllm-serve's shape (`POST /kv_cache_events`, drained on read), which the gateway's precise routing follows.
+`TOKENS_PER_BLOCK` tokens and each block is keyed by TensorRT-LLM's V1 block key (`block_hash`: the block's token
+ids, its parent block's key, and the LoRA task id of an adapter request, so the base model and every addon have their
+own blocks). A request whose leading blocks are cached starts its prefill after them. Cached blocks are evicted least
+recently used, leaves before the blocks they extend, within the engine's KV budget. Every block stored and removed is
+an event in trtllm-serve's shape (`POST /kv_cache_events`, drained on read), which the gateway's precise routing
+follows: with the same keys, it routes by what trtllm-serve itself reports.
 
-Pure Python: the tensors are opaque here, so the gateway imports this module (for `block_hashes`) without torch.
+Which blocks (the catalog pins TensorRT-LLM 1.3.0rc19; read in the newest stored versions, see docs/gateway.md "The
+engine contract"): the KV cache manager keys a request's tokens less the last one, whose KV is not computed yet
+(`storeContextBlocks` in cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp stores the full blocks of `prompt[:-1]`
+once the prefill is done; its `storeBlocksForReuse`, at release, also stores the output's blocks and a partial last
+block). The engine here stores the prompt's full blocks only. TensorRT-LLM's own KV-aware router
+(`BlockHashMixin._compute_block_hashes` in tensorrt_llm/serve/router.py, commit 00895e31) keys `prompt[:-1]` too, the
+last block partial: `prompt_block_hashes` does the same, so its full blocks are the ones the engine reports.
+
+Pure Python: the tensors are opaque here, so the gateway imports this module (for the keys) without torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from array import array
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,38 +33,106 @@ EVENT_BUFFER_MAX_SIZE = 4096
 PRIORITY_DEFAULT = 35  # trtllm's default retention priority, reported in stored events
 BASE_ADAPTER = "__base__"
 
+# TensorRT-LLM's V1 block key, `BlockKeyHasher::hash` (cpp/tensorrt_llm/batch_manager/blockKey.cpp, read at commit
+# 0bd2980d75e7c5dc45524c1290555b92acf0e478) and its Python mirror `hash_v1_block_key`
+# (tensorrt_llm/runtime/kv_cache_hash.py, commit 991de58c52acf039626cabc30e7c4f4106d222fd); the catalog pins
+# TensorRT-LLM 1.3.0rc19 (byoc/catalogs/images.yaml), whose tag the stored copies do not name. C++ size_t and
+# uint32_t arithmetic wraps, so every step here is masked to 64 or 32 bits.
+_MASK32 = (1 << 32) - 1
+_MASK64 = (1 << 64) - 1
+_PARENT_MULTIPLIER = 0xBF58476D1CE4E5B9
+_MIX32_MULTIPLIER = 0x45D9F3B
+_MIX64_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+_GOLDEN = 0x9E3779B9  # the boost::hash_combine constant
 
-def _root(adapter: str) -> bytes:
-    return hashlib.blake2b(b"byoc-kv\x00" + adapter.encode(), digest_size=8).digest()
+
+def _combine(seed: int, mixed: int) -> int:
+    """boost::hash_combine in 64 bits: `seed ^ (mixed + (seed << 6) + (seed >> 2))`."""
+    return (seed ^ ((mixed + (seed << 6) + (seed >> 2)) & _MASK64)) & _MASK64
+
+
+def _mix_token(token_id: int, seed: int) -> int:
+    """A token id: truncated to uint32, scrambled, and the golden constant added in 32 bits (both operands are
+    uint32_t in the C++), before it is combined into the 64-bit seed."""
+    x = token_id & _MASK32
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * _MIX32_MULTIPLIER) & _MASK32
+    x = (x >> 16) ^ x
+    return _combine(seed, (x + _GOLDEN) & _MASK32)
+
+
+def _mix_id(value: int, seed: int) -> int:
+    """A 64-bit id (the LoRA task id): splitmix64's finalizer, then combined with the golden constant in 64 bits."""
+    x = value & _MASK64
+    x = ((x ^ (x >> 30)) * _MIX64_MULTIPLIERS[0]) & _MASK64
+    x = ((x ^ (x >> 27)) * _MIX64_MULTIPLIERS[1]) & _MASK64
+    x ^= x >> 31
+    return _combine(seed, x + _GOLDEN)
+
+
+def block_hash(tokens: Sequence[int], parent_hash: int = 0, lora_task_id: int | None = None) -> int:
+    """TensorRT-LLM's V1 key of one block: an unsigned 64-bit integer, as trtllm-serve reports it in KV events.
+
+    `parent_hash` is the key of the block before (0 for a prompt's first block); `lora_task_id` is the request's
+    `lora_request.lora_int_id` (None for the base model). No cache salt (byoc sends none: the C++ key of a salted
+    request mixes `std::hash` of the salt, not reproducible outside the engine's process) and no token extra ids
+    (those are for prompt tables).
+    """
+    seed = (len(tokens) ^ (parent_hash * _PARENT_MULTIPLIER)) & _MASK64
+    for token_id in tokens:
+        seed = _mix_token(token_id, seed)
+    if lora_task_id is not None:
+        seed = _mix_id(lora_task_id, seed)
+    return seed
 
 
 def block_hashes(
-    tokens: Sequence[int], adapter: str = BASE_ADAPTER, block_size: int = TOKENS_PER_BLOCK, limit: int | None = None
+    tokens: Sequence[int],
+    lora_task_id: int | None = None,
+    tokens_per_block: int = TOKENS_PER_BLOCK,
+    allow_partial: bool = False,
 ) -> list[int]:
-    """The hash chain of the full blocks of `tokens` (a partial last block has no key), at most `limit` of them.
+    """The chained keys of `tokens` cut into blocks of `tokens_per_block`, each block's parent the one before.
 
-    Each hash is an unsigned 64-bit integer: blake2b-64 of the parent block's hash and the block's token ids (int32),
-    the first block's parent being a digest of `adapter` (the base model: `BASE_ADAPTER`). About 1 us per block.
+    A partial last block has a key only with `allow_partial` (as `chopVectorIntoBlocks(..., allowPartial)`).
+    About 10 us per 32-token block.
     """
-    count = len(tokens) // block_size
-    if limit is not None:
-        count = min(count, limit)
-    parent = _root(adapter)
+    count = len(tokens) // tokens_per_block
+    if allow_partial and len(tokens) % tokens_per_block:
+        count += 1
     out: list[int] = []
+    parent = 0
     for i in range(count):
-        chunk = array("i", tokens[i * block_size : (i + 1) * block_size]).tobytes()
-        parent = hashlib.blake2b(parent + chunk, digest_size=8).digest()
-        out.append(int.from_bytes(parent, "big"))
+        parent = block_hash(tokens[i * tokens_per_block : (i + 1) * tokens_per_block], parent, lora_task_id)
+        out.append(parent)
     return out
+
+
+def prompt_block_hashes(
+    prompt: Sequence[int], lora_task_id: int | None = None, tokens_per_block: int = TOKENS_PER_BLOCK
+) -> list[int]:
+    """A prompt's keys as TensorRT-LLM's KV-aware router computes them (tensorrt_llm/serve/router.py): the prompt
+    less its last token, the last block partial. The full blocks are the ones the engine stores after the prefill."""
+    return block_hashes(prompt[:-1], lora_task_id, tokens_per_block, allow_partial=True)
+
+
+def context_block_hashes(
+    prompt: Sequence[int], lora_task_id: int | None = None, tokens_per_block: int = TOKENS_PER_BLOCK
+) -> list[int]:
+    """The keys of the blocks the engine reuses and stores for a prompt (`storeContextBlocks`): the full blocks of
+    the prompt less its last token, which is always computed (it gives the first logits)."""
+    return block_hashes(prompt[:-1], lora_task_id, tokens_per_block)
 
 
 @dataclass(eq=False)
 class Block:
-    """One cached block: its key, its parent's key, its tokens and its KV tensors (per layer: keys, values)."""
+    """One cached block: its key, its parent's key, its tokens, the adapter it was computed with (its blocks go when
+    the adapter is unloaded) and its KV tensors (per layer: keys, values)."""
 
     block_hash: int
     parent: int | None
     tokens: tuple[int, ...]
+    adapter: str
     kv: Any
     children: set[int] = field(default_factory=set)
 
@@ -87,8 +162,11 @@ class PrefixCache:
         capacity_blocks: int,
         block_size: int = TOKENS_PER_BLOCK,
         event_buffer_max_size: int = EVENT_BUFFER_MAX_SIZE,
+        window_size: int = 0,
     ) -> None:
         self.capacity_blocks = capacity_blocks
+        # trtllm reports the attention window its blocks belong to: with full attention, the maximum sequence length
+        self.window_size = window_size
         self.block_size = block_size
         self.stats = ReuseStats()
         self._blocks: OrderedDict[int, Block] = OrderedDict()  # oldest use first
@@ -122,9 +200,18 @@ class PrefixCache:
             self.stats.missed_blocks += len(hashes) - len(found)
             return found
 
-    def store(self, hashes: Sequence[int], tokens: Sequence[int], kv_of_block: Any, start: int = 0) -> int:
-        """Keep blocks `start..len(hashes)-1` of a prompt; `kv_of_block(i)` gives block i's tensors. Returns how
-        many were new. Stored blocks become one `stored` event (trtllm: parent_hash and the blocks in order)."""
+    def store(
+        self,
+        hashes: Sequence[int],
+        tokens: Sequence[int],
+        kv_of_block: Any,
+        start: int = 0,
+        adapter: str = BASE_ADAPTER,
+    ) -> int:
+        """Keep blocks `start..len(hashes)-1` of a prompt computed with `adapter`; `kv_of_block(i)` gives block i's
+        tensors. Returns how many were new. Stored blocks become one `stored` event (trtllm's
+        `KVCacheEventSerializer` in tensorrt_llm/_utils.py: parent_hash and the blocks in order, each with its
+        token ids; `lora_id` is left out there, so here too)."""
         stored: list[dict[str, Any]] = []
         first_parent: int | None = None
         with self._lock:
@@ -136,7 +223,7 @@ class PrefixCache:
                 if block_hash in self._blocks:
                     continue
                 chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
-                self._blocks[block_hash] = Block(block_hash, parent, chunk, kv_of_block(i))
+                self._blocks[block_hash] = Block(block_hash, parent, chunk, adapter, kv_of_block(i))
                 if parent is not None:
                     self._blocks[parent].children.add(block_hash)
                 if not stored:
@@ -184,17 +271,10 @@ class PrefixCache:
 
     def clear_adapter(self, adapter: str) -> int:
         """Remove every block of one adapter (it was unloaded). Returns how many."""
-        root = _root(adapter)
-        first_hashes = set()
         with self._lock:
-            for block in self._blocks.values():
-                if block.parent is None and block.tokens:
-                    chunk = array("i", block.tokens).tobytes()
-                    if int.from_bytes(hashlib.blake2b(root + chunk, digest_size=8).digest(), "big") == block.block_hash:
-                        first_hashes.add(block.block_hash)
             removed: list[int] = []
-            for block_hash in first_hashes:
-                self._remove_locked(block_hash, removed)
+            for block in [b for b in self._blocks.values() if b.adapter == adapter and b.parent is None]:
+                self._remove_locked(block.block_hash, removed)  # and its descendants: same adapter, same chain
             if removed:
                 self._event({"type": "removed", "block_hashes": removed})
         return len(removed)
@@ -230,7 +310,7 @@ class PrefixCache:
         return taken
 
     def _event(self, data: dict[str, Any]) -> None:
-        self._events.append({"event_id": self._event_id, "data": data, "window_size": 0})
+        self._events.append({"event_id": self._event_id, "data": data, "window_size": self.window_size})
         self._event_id += 1
 
 

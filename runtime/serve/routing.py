@@ -40,15 +40,16 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from runtime.serve.config import GatewayConfig, RoutingMode
-from runtime.serve.prefix_cache import BASE_ADAPTER, TOKENS_PER_BLOCK, block_hashes
-from runtime.serve.upstreams import Upstream, UpstreamPool
+from runtime.serve.config import GatewayConfig, RoutingMode, lora_int_id
+from runtime.serve.prefix_cache import BASE_ADAPTER, prompt_block_hashes
+from runtime.serve.upstreams import Upstream, UpstreamPool, excluded_set
 
 log = logging.getLogger("byoc.gateway.routing")
 
@@ -204,17 +205,18 @@ class Router:
             except Exception:  # a template that fails here fails in the engine too: route by load
                 tokens = None
             if tokens is not None:
-                # the engine keys the full blocks before the last prompt token (prefix_cache.py)
-                limit = (len(tokens) - 1) // TOKENS_PER_BLOCK
-                return RouteKey(tuple(block_hashes(tokens, addon or BASE_ADAPTER, limit=limit)), addon)
+                # TensorRT-LLM's V1 block keys, as its KV-aware router computes them (prefix_cache.py)
+                task_id = lora_int_id(addon) if addon else None
+                return RouteKey(tuple(prompt_block_hashes(tokens, task_id)), addon)
             return RouteKey((), addon)
         return RouteKey(text_blocks(chat, body, addon), addon)
 
-    def pick(self, key: RouteKey | None, exclude: Upstream | None = None) -> Upstream | None:
+    def pick(self, key: RouteKey | None, exclude: Upstream | Collection[Upstream] | None = None) -> Upstream | None:
         """The replica for this request, and (cache-aware modes) remember that its prefix went there."""
         if key is None:
             return self.pool.pick(exclude)
-        candidates = [u for u in self.pool.ready if u is not exclude]
+        excluded = excluded_set(exclude)
+        candidates = [u for u in self.pool.ready if u not in excluded]
         if not candidates:
             return None
         if len(self.states) > len(self.pool.ready):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,13 @@ class Upstream:
     addons: dict[str, str | None] = field(default_factory=dict)  # learned: addon id -> its adapter path if listed
 
 
+def excluded_set(exclude: Upstream | Collection[Upstream] | None) -> Collection[Upstream]:
+    """The replicas a pick must skip: the ones a request has tried already."""
+    if exclude is None:
+        return ()
+    return (exclude,) if isinstance(exclude, Upstream) else exclude
+
+
 class UpstreamPool:
     def __init__(self, specs: tuple[UpstreamSpec, ...], interval: float, metrics: GatewayMetrics) -> None:
         self.specs = specs
@@ -49,8 +57,9 @@ class UpstreamPool:
         self._session: aiohttp.ClientSession | None = None
 
     # -- routing ---------------------------------------------------------------------------------------------
-    def pick(self, exclude: Upstream | None = None) -> Upstream | None:
-        """The ready replica with the fewest requests outstanding; ties go round-robin."""
+    def pick(self, exclude: Upstream | Collection[Upstream] | None = None) -> Upstream | None:
+        """The ready replica with the fewest requests outstanding, not one of `exclude`; ties go round-robin."""
+        excluded = excluded_set(exclude)
         candidates = self.ready
         count = len(candidates)
         if count == 0:
@@ -59,7 +68,7 @@ class UpstreamPool:
         best: Upstream | None = None
         for i in range(count):
             upstream = candidates[(self._turn + i) % count]
-            if upstream is exclude:
+            if upstream in excluded:
                 continue
             if best is None or upstream.outstanding < best.outstanding:
                 best = upstream

@@ -1,15 +1,30 @@
-"""What the gateway counts and logs is complete: token usage on every stream, and every access line written before
-the process exits on SIGTERM (a rolling update must never drop audit lines)."""
+"""What the gateway counts and logs is complete: token usage on every stream, counted once whatever the engine sends,
+usage shown to clients only as they asked, cancelled streams metered, and every access line written before the
+process exits on SIGTERM (a rolling update must never drop audit lines)."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import openai
+import pytest
 
-from tests.runtime.conftest import ENGINE_MODEL, Server, metric, start_gateway, wait_for
+from tests.runtime.conftest import (
+    ENGINE_MODEL,
+    MODEL,
+    GatewayUnderTest,
+    Server,
+    http,
+    long_stream,
+    metric,
+    start_gateway,
+    wait_for,
+)
+from tests.runtime.standin import ANSWER, PROMPT_TOKENS, StandInEngine
 
 
 def client(server: Server) -> openai.OpenAI:
@@ -68,3 +83,218 @@ def test_sigterm_flushes_every_access_line(engine: Server, runtime_dir: Path) ->
         lines = _access(gateway)
         assert len(lines) == trial + 1, f"trial {trial}: {len(lines)} access lines of {trial + 1}"
         assert all("status=200" in line for line in lines)
+
+
+# -- usage once -----------------------------------------------------------------------------------------------------
+HELLO = [{"role": "user", "content": "Hello"}]
+CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
+
+
+def _stream(
+    gateway: Server, kind: str, options: dict[str, bool] | None, model: str = ENGINE_MODEL, tokens: int = 5
+) -> list[Any]:
+    """A streamed answer of exactly `tokens` tokens, with `stream_options` as given (None: not sent)."""
+    extra: dict[str, Any] = {"ignore_eos": True}
+    if options is not None:
+        extra["stream_options"] = options  # as sent, also the vLLM/TensorRT-LLM field the typed client lacks
+    common: dict[str, Any] = {"model": model, "max_tokens": tokens, "temperature": 0, "stream": True}
+    if kind == "chat":
+        return list(client(gateway).chat.completions.create(messages=HELLO, extra_body=extra, **common))
+    return list(client(gateway).completions.create(prompt="One two", extra_body=extra, **common))
+
+
+def _output_tokens(server: Server) -> int:
+    return int(metric(server.metrics(), "byoc_gateway_output_tokens_total", model=ENGINE_MODEL, addon="base") or 0)
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_streamed_usage_reaches_the_client_as_asked_and_is_metered_once(
+    engine: Server, runtime_dir: Path, kind: str
+) -> None:
+    gateway = start_gateway(runtime_dir, [engine.url], "--model", ENGINE_MODEL)
+    try:
+        # not asked (OpenAI's default): no usage anywhere, though the gateway asked the engine for it
+        chunks = _stream(gateway, kind, None)
+        assert chunks and all(c.usage is None for c in chunks)
+        assert all(c.choices for c in chunks)  # the usage-only chunk was not passed on
+
+        # include_usage: usage once, on a last chunk with no choices (OpenAI's shape)
+        chunks = _stream(gateway, kind, {"include_usage": True})
+        *content, last = chunks
+        assert all(c.usage is None for c in content) and content
+        assert last.choices == [] and last.usage is not None
+        assert last.usage.completion_tokens == 5 and last.usage.prompt_tokens > 0
+        assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+        assert last.usage.prompt_tokens_details is not None and last.usage.prompt_tokens_details.cached_tokens == 0
+
+        # continuous_usage_stats too (vLLM's and TensorRT-LLM's extension): the running total on every chunk
+        chunks = _stream(gateway, kind, CONTINUOUS)
+        assert all(c.usage is not None for c in chunks)
+        running = [c.usage.completion_tokens for c in chunks]
+        assert running == sorted(running) and running[0] <= 1 and running[-1] == 5
+        assert chunks[-1].choices == [] and all(c.choices for c in chunks[:-1])
+
+        # each answer's 5 tokens counted once, whatever the client asked to see
+        wait_for(lambda: len(_access(gateway)) == 3, timeout=5, what="three access lines")
+        assert all("output_tokens=5 " in line for line in _access(gateway)), _access(gateway)
+        assert _output_tokens(gateway) == 15
+    finally:
+        gateway.stop()
+
+
+def test_a_streamed_tool_call_carries_usage_once(engine: Server, runtime_dir: Path) -> None:
+    gateway = start_gateway(runtime_dir, [engine.url], "--model", ENGINE_MODEL)
+    tool = {
+        "type": "function",
+        "function": {"name": "alarm", "parameters": {"type": "object", "properties": {"hour": {"type": "integer"}}}},
+    }
+    try:
+        chunks = list(
+            client(gateway).chat.completions.create(
+                model=ENGINE_MODEL,
+                messages=[{"role": "user", "content": "Wake me at seven"}],
+                tools=[tool],  # type: ignore[list-item]
+                tool_choice={"type": "function", "function": {"name": "alarm"}},
+                max_tokens=40,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        calls = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+        assert calls and calls[0].choices[0].delta.tool_calls[0].function.name == "alarm"  # type: ignore[index,union-attr]
+        with_usage = [c for c in chunks if c.usage is not None]
+        assert with_usage == [chunks[-1]] and chunks[-1].choices == []
+        generated = with_usage[0].usage.completion_tokens  # type: ignore[union-attr]
+        assert 0 < generated <= 40
+        wait_for(lambda: len(_access(gateway)) == 1, timeout=5, what="the access line")
+        assert f"output_tokens={generated} " in _access(gateway)[0]
+        assert _output_tokens(gateway) == generated
+    finally:
+        gateway.stop()
+
+
+def test_the_cpu_engine_follows_trtllm_serve_stream_options(engine: Server) -> None:
+    """TensorRT-LLM 1.3.0rc19: no stream_options, no usage; `{}` means include_usage true, continuous false;
+    continuous usage rides on every chunk, the role chunk included; cached prompt tokens are reported."""
+
+    def events(options: dict[str, Any] | None, prompt: str = "One two") -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"model": ENGINE_MODEL, "prompt": prompt, "max_tokens": 3, "stream": True}
+        body.update({"ignore_eos": True, **({"stream_options": options} if options is not None else {})})
+        answer = http("POST", engine.url + "/v1/completions", json.dumps(body).encode())
+        assert answer.status == 200, answer.body
+        found = [e.removeprefix("data: ") for e in answer.body.decode().split("\n\n") if e]
+        assert found[-1] == "[DONE]"
+        return [json.loads(e) for e in found[:-1]]
+
+    assert all(c.get("usage") is None for c in events(None))
+    *content, last = events({})
+    assert all(c["usage"] is None for c in content) and last["choices"] == []
+    assert last["usage"]["completion_tokens"] == 3
+    continuous = events({"continuous_usage_stats": True})
+    running = [c["usage"]["completion_tokens"] for c in continuous]
+    assert running == sorted(running) and running[-2:] == [3, 3] and continuous[-1]["choices"] == []
+    assert all(c["usage"]["prompt_tokens_details"] == {"cached_tokens": 0} for c in continuous)
+    alone = http("POST", engine.url + "/v1/completions", json.dumps({"prompt": "x", "stream_options": {}}).encode())
+    assert alone.status == 200  # an empty object is falsy: trtllm-serve accepts it without stream
+    refused = http(
+        "POST",
+        engine.url + "/v1/completions",
+        json.dumps({"prompt": "x", "stream_options": {"include_usage": True}}).encode(),
+    )
+    assert refused.status == 400 and refused.json()["param"] == "stream_options"
+    # the same long prompt twice: the second reuses the first's full 32-token blocks from the prefix cache
+    long_prompt = " ".join(f"word{i}" for i in range(80))
+    events({}, long_prompt)
+    again = events({}, long_prompt)[-1]["usage"]
+    assert again["prompt_tokens_details"]["cached_tokens"] >= 32
+    assert again["prompt_tokens_details"]["cached_tokens"] % 32 == 0
+    assert again["prompt_tokens_details"]["cached_tokens"] < again["prompt_tokens"]
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_an_engine_that_sends_usage_on_every_chunk_is_metered_once(runtime_dir: Path, kind: str) -> None:
+    """An engine that puts cumulative usage on every chunk whatever it was asked (TensorRT-LLM before PR #10644):
+    the client sees usage only as it asked, and each token is counted once."""
+    standin = StandInEngine(usage="every")
+    gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
+    try:
+        chunks = _stream(gateway, kind, None)
+        assert chunks and all(c.usage is None for c in chunks)
+        assert "".join((c.choices[0].delta.content if kind == "chat" else c.choices[0].text) or "" for c in chunks) == (
+            "".join(ANSWER)
+        )
+        chunks = _stream(gateway, kind, {"include_usage": True})
+        assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
+        assert chunks[-1].usage.completion_tokens == len(ANSWER)  # type: ignore[union-attr]
+        chunks = _stream(gateway, kind, CONTINUOUS)
+        assert all(c.usage is not None for c in chunks)
+        # what the gateway asked for, explicitly, each time
+        assert [r["stream_options"] for r in standin.requests] == [
+            {"include_usage": True, "continuous_usage_stats": False},
+            {"include_usage": True, "continuous_usage_stats": False},
+            {"include_usage": True, "continuous_usage_stats": True},
+        ]
+        wait_for(lambda: len(_access(gateway)) == 3, timeout=5, what="three access lines")
+        for line in _access(gateway):
+            assert f"prompt_tokens={PROMPT_TOKENS} output_tokens={len(ANSWER)} " in line, line
+        assert _output_tokens(gateway) == 3 * len(ANSWER)
+    finally:
+        gateway.stop()
+        standin.stop()
+
+
+def test_an_engine_that_sends_no_usage_is_metered_by_its_chunks(runtime_dir: Path) -> None:
+    standin = StandInEngine(usage="none")
+    gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
+    try:
+        for kind in ("chat", "completions"):
+            chunks = _stream(gateway, kind, {"include_usage": True})
+            assert all(c.usage is None for c in chunks)  # nothing to pass on: the gateway invents no usage
+        wait_for(lambda: len(_access(gateway)) == 2, timeout=5, what="two access lines")
+        assert all(f"output_tokens={len(ANSWER)} " in line for line in _access(gateway)), _access(gateway)
+        assert _output_tokens(gateway) == 2 * len(ANSWER)
+    finally:
+        gateway.stop()
+        standin.stop()
+
+
+def test_a_stream_the_client_cancels_is_metered(engine: Server, runtime_dir: Path) -> None:
+    gateway = start_gateway(runtime_dir, [engine.url], "--model", ENGINE_MODEL)
+    try:
+        stream = long_stream(client(gateway), model=ENGINE_MODEL)
+        received = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+            if received == 8:
+                break
+        stream.close()  # the client leaves mid-answer
+        wait_for(lambda: len(_access(gateway)) == 1, timeout=10, what="the access line")
+        line = _access(gateway)[0]
+        assert "status=499" in line, line
+        counted = int(re.search(r"output_tokens=(\d+)", line).group(1))  # type: ignore[union-attr]
+        assert 8 <= counted < 1500  # what it was sent, not the whole answer it asked for
+        assert _output_tokens(gateway) == counted
+        assert metric(gateway.metrics(), "byoc_gateway_requests_total", code="499") == 1
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"include_usage": "yes"}, "stream_options.include_usage"),
+        ({"include_usage": True, "continuous_usage_stats": 1}, "stream_options.continuous_usage_stats"),
+        ({"include_obfuscation": False}, "stream_options.include_obfuscation"),  # OpenAI's, not an engine's
+        (["include_usage"], "stream_options"),
+    ],
+)
+def test_stream_options_the_gateway_cannot_honour_are_refused(
+    gateway: GatewayUnderTest, options: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=2, stream=True, extra_body={"stream_options": options}
+        )
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == param

@@ -1,0 +1,132 @@
+"""A stand-in engine on 127.0.0.1: a small aiohttp server that speaks trtllm-serve's routes the way other engines
+answer them (vLLM and SGLang refuse with 429/503 when full; older TensorRT-LLM sends usage on every chunk), for the
+gateway tests that the CPU engine, which follows TensorRT-LLM 1.3.0rc19, cannot show.
+
+Chunks are written as pydantic dumps them in trtllm-serve (compact JSON), with the words ANSWER in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any, Literal
+
+from aiohttp import web
+
+ANSWER = [" one", " two", " three", " four", " five"]
+PROMPT_TOKENS = 11
+# "honour": usage as stream_options ask (trtllm-serve 1.3.0rc19); "every": cumulative usage on every chunk plus a
+# final usage chunk whatever was asked (TensorRT-LLM before PR #10644 with include_usage); "none": never any usage
+UsageMode = Literal["honour", "every", "none"]
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class StandInEngine:
+    """One replica. `status` other than 200 refuses every completion (with `Retry-After` if given)."""
+
+    def __init__(
+        self,
+        model: str = "standin-model",
+        status: int = 200,
+        retry_after: str | None = None,
+        usage: UsageMode = "honour",
+        delay: float = 0.0,
+    ) -> None:
+        self.model, self.status, self.retry_after, self.usage, self.delay = model, status, retry_after, usage, delay
+        self.requests: list[dict[str, Any]] = []  # the bodies received, in order
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="standin", daemon=True)
+        self._thread.start()
+        self._runner: web.AppRunner | None = None
+        self.port: int = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def _start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=False)
+
+    def _refusal(self) -> web.Response:
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+        kind = "RateLimitError" if self.status == 429 else "ServiceUnavailableError"
+        # vLLM's shape; the message quotes nothing here, but the gateway must not pass it on anyway
+        body = {"error": {"message": "the engine is full", "type": kind, "param": None, "code": self.status}}
+        return web.json_response(body, status=self.status, headers=headers)
+
+    async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        if self.status != 200:
+            return self._refusal()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        total = len(ANSWER)
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": total, "total_tokens": PROMPT_TOKENS + total}
+        meta = {"id": "chatcmpl-standin" if chat else "cmpl-standin", "created": int(time.time()), "model": self.model}
+        if not body.get("stream"):
+            if chat:
+                message = {"role": "assistant", "content": "".join(ANSWER)}
+                choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "length"}
+            else:
+                choice = {"index": 0, "text": "".join(ANSWER), "finish_reason": "length"}
+            kind = "chat.completion" if chat else "text_completion"
+            return web.json_response({**meta, "object": kind, "choices": [choice], "usage": usage})
+        options = body.get("stream_options") or {}
+        include = self.usage == "every" or (self.usage == "honour" and bool(options.get("include_usage")))
+        continuous = self.usage == "every" or (include and bool(options.get("continuous_usage_stats")))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        meta["object"] = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(choice: dict[str, Any], generated: int) -> bytes:
+            data = {**meta, "choices": [choice]}
+            if continuous:
+                data["usage"] = {
+                    "prompt_tokens": PROMPT_TOKENS,
+                    "completion_tokens": generated,
+                    "total_tokens": PROMPT_TOKENS + generated,
+                }
+            return _dump(data)
+
+        if chat:
+            await response.write(chunk({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}, 0))
+        for i, word in enumerate(ANSWER, 1):
+            reason = "length" if i == total else None
+            choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
+            await response.write(chunk({**choice, "finish_reason": reason}, i))
+        if include:
+            await response.write(_dump({**meta, "choices": [], "usage": usage}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
