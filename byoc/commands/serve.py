@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
     from byoc.commands.common import Output, reporting
     from runtime.serve import logs, loop
-    from runtime.serve.config import build_config, parse_addon, parse_address, parse_upstream
+    from runtime.serve.config import GatewayConfig, build_config, parse_addon, parse_address, parse_upstream
     from runtime.serve.gateway import serve
     from runtime.serve.keys import load_keys
     from runtime.serve.listen import check_listen
@@ -32,9 +32,17 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
-        listeners = [(config.listen, "--listen")]
+        # named where the user set it: the flag, or the config file's setting (a default's port: the flag)
+        defaults = GatewayConfig()
+        named = {
+            k: f"--config: {k}"
+            if flags[k] is None and getattr(config, k) != getattr(defaults, k)
+            else f"--{k.replace('_', '-')}"
+            for k in ("listen", "metrics_listen")
+        }
+        listeners = [(config.listen, named["listen"])]
         if config.metrics_listen is not None:
-            listeners.append((config.metrics_listen, "--metrics-listen"))
+            listeners.append((config.metrics_listen, named["metrics_listen"]))
         check_listen(listeners)
     logs.configure()
     _run_server(lambda: loop.run(serve(config, keys)), listeners)

@@ -165,6 +165,11 @@ def test_a_listen_address_that_cannot_be_taken_is_one_line_naming_the_flag(tmp_p
     for listen, metrics in (("127.0.0.1", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"), ("localhost", "127.0.0.1")):
         both = byoc(*gateway, "--listen", f"{listen}:{free}", "--metrics-listen", f"{metrics}:{free}")
         assert "takes the port of --listen" in _one_line(both, 2, "--metrics-listen")
+    # set in --config, it is named there
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"listen: 127.0.0.1:{free}\nmetrics_listen: 0.0.0.0:{free}\n")
+    from_file = byoc(*gateway, "--config", str(config))
+    assert "takes the port of --config: listen" in _one_line(from_file, 2, "--config: metrics_listen")
     # an address of no interface here (TEST-NET-1, RFC 5737), and a name that resolves to nothing
     assert "not an address of this machine" in _one_line(byoc(*gateway, "--listen", "192.0.2.1:8080"), 2, "--listen")
     assert "does not resolve" in _one_line(byoc(*gateway, "--listen", "no-such-host.invalid:8080"), 2, "--listen")
@@ -212,32 +217,24 @@ def test_addons_refuse_bad_input_before_any_server_is_asked(tmp_path: Path) -> N
     nowhere = f"http://127.0.0.1:{_free_port()}"
     where = ["--engine", nowhere, "--gateway", nowhere, "--dest", str(dest)]
     adapter = ["--source", str(tmp_path)]
-    cases = {
+    bf16 = ["--shape", "h100x1-bf16"]
+    cases = [
         # the option the user has to pass, not the name it has in `byoc build`
-        "--model-source": ["add", "legal", *adapter, *where, "--shape", "h100x1-bf16"],
-        "--shape": ["add", "legal", *adapter, *where, "--model-source", f"file://{tmp_path}"],
-        # a spec field filled from a flag is named as the flag (here: a folder without config.json)
-        "--model-source ": [
-            "add",
-            "legal",
-            *adapter,
-            *where,
-            "--shape",
-            "h100x1-bf16",
-            "--model-source",
-            f"file://{tmp_path}",
-        ],
-        "NAME": ["add", "Legal_v2", *adapter, *where, "--shape", "h100x1-bf16", "--model-source", "file:///m"],
-        "--source": ["add", "legal", "--source", "not/a/folder", *where, "--shape", "h100x1-bf16"],
-        "--engine": ["add", "legal", *adapter, *where[2:], "--engine", "10.0.1.7:8000", "--shape", "h100x1-bf16"],
-        "--gateway": ["list", "--gateway", "llm.internal"],
-    }
-    for flag, args in cases.items():
+        ("--model-source", ["add", "legal", *adapter, *where, *bf16]),
+        ("--shape", ["add", "legal", *adapter, *where, "--model-source", f"file://{tmp_path}"]),
+        # a spec field filled from a flag is named as the flag (model.source: a folder without config.json)
+        ("--model-source", ["add", "legal", *adapter, *where, *bf16, "--model-source", f"file://{tmp_path}"]),
+        ("NAME", ["add", "Legal_v2", *adapter, *where, *bf16, "--model-source", "file:///m"]),
+        ("--source", ["add", "legal", "--source", "not/a/folder", *where, *bf16]),
+        ("--engine", ["add", "legal", *adapter, *where[2:], "--engine", "10.0.1.7:8000", *bf16]),
+        ("--gateway", ["list", "--gateway", "llm.internal"]),
+    ]
+    for flag, args in cases:
         for output in ("text", "json"):
             result = byoc("addons", *args, "--output", output)
-            _one_line(result, 2, flag.strip())
+            _one_line(result, 2, flag)
             if output == "json":
-                assert json.loads(result.stdout)["error"]["field"] == flag.strip()
+                assert json.loads(result.stdout)["error"]["field"] == flag
     assert not dest.exists()
 
 
