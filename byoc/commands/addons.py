@@ -41,6 +41,10 @@ _KEY_HINT = (
     f"export {API_KEY_ENV}=KEY with a key of the gateway's --api-keys file (a variable keeps it out of shell history)"
 )
 
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", min=0.1, help="Longest wait for the gateway to list (or drop) the addon (seconds)."),
+]
 TimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=0.1, help="Longest wait for each answer of the gateway or a replica (seconds)."),
@@ -156,18 +160,18 @@ class Peers:
     def gateway_addons(self) -> dict[str, dict[str, Any]]:
         return {c["id"]: c for c in self.models(self.gateway, "--gateway") if c.get("parent")}
 
-    def wait_gateway(self, name: str, listed: bool) -> float:
-        """Seconds until the gateway lists (or no longer lists) addon `name`."""
+    def wait_gateway(self, name: str, listed: bool, wait: float) -> float:
+        """Seconds until the gateway lists (or no longer lists) addon `name`, `wait` seconds at most."""
 
         started = time.monotonic()
-        while time.monotonic() - started < ANNOUNCE_TIMEOUT:
+        while time.monotonic() - started < wait:
             if (name in self.gateway_addons()) == listed:
                 return time.monotonic() - started
             time.sleep(0.2)
         state = "list" if listed else "drop"
         raise ByocFailure(
             "--gateway",
-            f"the gateway did not {state} addon {name} within {ANNOUNCE_TIMEOUT:.0f}s",
+            f"the gateway did not {state} addon {name} within {wait:g}s",
             "check that --engine names the replicas behind this gateway and that they are ready",
         )
 
@@ -330,6 +334,7 @@ def add_addon(
     file: Path | None,
     shape: str | None,
     model_source: str | None,
+    wait: float = ANNOUNCE_TIMEOUT,
 ) -> dict[str, Any]:
     """`byoc addons add` once the peers are checked: every check that needs no server, then every server, then
     build, load and announce; a failure after the build takes everything back (`_undo`)."""
@@ -363,7 +368,7 @@ def add_addon(
                 loaded.append(url)  # asked and silent: it may have registered the addon, so it is unloaded too
                 raise
             loaded.append(url)
-        waited = peers.wait_gateway(name, listed=True)
+        waited = peers.wait_gateway(name, listed=True, wait=wait)
     except ByocError as error:
         done = _undo(peers, name, loaded, made)
         raise type(error)(error.field, f"{error.message} ({done})" if done else error.message, error.hint) from None
@@ -380,7 +385,7 @@ def add_addon(
     }
 
 
-def remove_addon(name: str, peers: Peers) -> float:
+def remove_addon(name: str, peers: Peers, wait: float = ANNOUNCE_TIMEOUT) -> float:
     """`byoc addons remove`: unloaded from the replicas that have it, then dropped by the gateway (seconds waited)."""
 
     # every server answers before any replica unloads: never an addon left on some replicas only
@@ -400,7 +405,7 @@ def remove_addon(name: str, peers: Peers) -> float:
         )
     for url in holders:
         peers.unload(url, name)
-    return peers.wait_gateway(name, listed=False)
+    return peers.wait_gateway(name, listed=False, wait=wait)
 
 
 def register(app: typer.Typer) -> None:
@@ -421,13 +426,14 @@ def register(app: typer.Typer) -> None:
         model_source: Annotated[
             str | None, typer.Option("--model-source", help="The base model's URI, without -f.")
         ] = None,
+        wait: WaitOpt = ANNOUNCE_TIMEOUT,
         timeout: TimeoutOpt = CALL_TIMEOUT,
         output: OutputOpt = Output.text,
     ) -> None:
         """Add an addon to a running deployment: checked, built (sha256 manifest), loaded, announced."""
         with reporting(output):
             peers = Peers.checked(gateway, engine, timeout)
-            result = add_addon(name, source, peers, dest, file, shape, model_source)
+            result = add_addon(name, source, peers, dest, file, shape, model_source, wait)
         if output == Output.json:
             print_json(result)
         else:
@@ -438,12 +444,13 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="The addon id.")],
         engine: Annotated[list[str], typer.Option("--engine", help="An engine replica's URL (repeatable).")],
         gateway: Annotated[str, typer.Option("--gateway", help="The gateway's URL.")],
+        wait: WaitOpt = ANNOUNCE_TIMEOUT,
         timeout: TimeoutOpt = CALL_TIMEOUT,
         output: OutputOpt = Output.text,
     ) -> None:
         """Remove an addon: 404 for its requests from now on, unloaded from every replica."""
         with reporting(output):
-            waited = remove_addon(name, Peers.checked(gateway, engine, timeout))
+            waited = remove_addon(name, Peers.checked(gateway, engine, timeout), wait)
         if output == Output.json:
             print_json({"addon": name, "removed": True, "gateway_dropped_after_seconds": round(waited, 2)})
         else:

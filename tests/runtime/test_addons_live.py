@@ -58,9 +58,10 @@ def models_of(server: Server) -> set[str]:
 
 
 @contextmanager
-def fake_engine(load_status: int, delay: float = 0.0) -> Iterator[str]:
-    """A replica that lists a base model and answers every load with `load_status` after `delay` seconds (an engine
-    failing, overloaded, or without the load endpoint, as trtllm-serve is)."""
+def fake_engine(load_status: int, delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """A replica that lists a base model and answers every POST with `load_status` after `delay` seconds (an engine
+    failing, overloaded, or without the load endpoint, as trtllm-serve is). Yields its URL and the POSTs' paths."""
+    posts: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, status: int, body: dict[str, object]) -> None:
@@ -76,6 +77,7 @@ def fake_engine(load_status: int, delay: float = 0.0) -> Iterator[str]:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(self.path)
             time.sleep(delay)
             self._answer(load_status, {"object": "error", "message": "engine busy", "code": load_status})
 
@@ -87,7 +89,7 @@ def fake_engine(load_status: int, delay: float = 0.0) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", posts
     finally:
         server.shutdown()
         server.server_close()
@@ -240,18 +242,32 @@ def test_an_add_that_fails_on_a_replica_leaves_nothing_behind(
     )
     assert "cannot be reached" in one_line(down, 1, "--engine")
     assert json.loads(down.stdout)["error"]["exit_code"] == 1
-    # a replica answering an error, or nothing in time, once the first one has loaded the addon
-    for status, delay, says in ((503, 0.0, "answered 503"), (200, 5.0, "did not answer")):
-        with fake_engine(status, delay) as failing:
+    # a replica answering an error, or nothing in time, once the first one has loaded the addon; the silent one may
+    # have loaded it, so it is asked to unload too
+    load, unload = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
+    for status, delay, says, asked in (
+        (503, 0.0, "answered 503", [load]),
+        (200, 5.0, "did not answer", [load, unload]),
+    ):
+        with fake_engine(status, delay) as (failing, posts):
             where = ["--engine", engine.url, "--engine", failing, "--gateway", gateway.url, "--dest", str(dest)]
             result = addons("add", "legal", *source, *where, *deployment, "--timeout", "2", "--output", "json")
+        assert posts == asked
         line = one_line(result, 1, "--engine")
         assert says in line and "unloaded from 1 replica(s)" in line, line
         assert json.loads(result.stdout)["error"]["field"] == "--engine"
         assert not dest.exists()
         assert "legal" not in models_of(engine)
+    # a replica that loads it but is not behind this gateway: the gateway never lists it, and the load is undone
+    with fake_engine(200) as (elsewhere, posts):
+        where = ["--engine", elsewhere, "--gateway", gateway.url, "--dest", str(dest)]
+        result = addons("add", "legal", *source, *where, *deployment, "--wait", "2", "--output", "json")
+    line = one_line(result, 1, "--gateway")
+    assert "did not list addon legal within 2s" in line and "unloaded from 1 replica(s), its files removed" in line
+    assert posts == ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"]
+    assert not dest.exists()
     # an engine without the load endpoint (trtllm-serve) is told apart from a failing one
-    with fake_engine(404) as trtllm:
+    with fake_engine(404) as (trtllm, _):
         result = addons(
             "add", "legal", *source, "--engine", trtllm, "--gateway", gateway.url, "--dest", str(dest), *deployment
         )
