@@ -25,9 +25,9 @@ from pydantic import (
 )
 
 from byoc.errors import ByocError
+from byoc.names import DNS_LABEL, DNS_LABEL_MAX, addon_id_problem
 from byoc.yamlio import load_user_yaml
 
-DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SHAPE_PATTERN = re.compile(r"^(?P<gpu>[a-z0-9][a-z0-9-]*?)x(?P<count>[0-9]+)-(?P<precision>[a-z0-9]+)$")
 _DURATION = re.compile(r"^(?P<value>[0-9]+)(?P<unit>s|m|h)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
@@ -146,7 +146,7 @@ class Addon(_Strict):
 
     id: str = Field(
         description="Addon id, used as the `model` in API requests (a DNS-1123 label).",
-        json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": 63},
+        json_schema_extra={"pattern": DNS_LABEL.pattern, "maxLength": DNS_LABEL_MAX},
     )
     source: str = Field(description="Where the PEFT adapter lives: hf://, s3://, gs:// or file:// URI.")
     rank: Count = Field(default=16, ge=1, le=512, description="LoRA rank r of the adapter (sizes max_lora_rank).")
@@ -154,8 +154,9 @@ class Addon(_Strict):
     @field_validator("id")
     @classmethod
     def _label(cls, value: str) -> str:
-        if not DNS_LABEL.match(value) or len(value) > 63:
-            raise ValueError(f"{value!r} must be a DNS-1123 label (lowercase letters, digits, '-')")
+        problem = addon_id_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("source")

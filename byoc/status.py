@@ -47,8 +47,11 @@ def probe_endpoint(endpoint: str | None, model: str, timeout_s: float = 20.0) ->
     if not endpoint:
         return Probe("skipped", "the gateway's load balancer has no address yet")
     key = os.environ.get("BYOC_API_KEY")
-    if not key:
+    if not key or not key.strip():
         return Probe("skipped", "no API key to send a test completion with (set BYOC_API_KEY)")
+    if any(c.isspace() for c in key):
+        # a line break read from a file would fail inside http.client as a ValueError, reported as a bad answer
+        return Probe("skipped", "BYOC_API_KEY holds whitespace (a space or a line break); set it to the key alone")
     body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1}).encode()
     request = urllib.request.Request(
         endpoint.rstrip("/") + "/v1/completions",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from byoc.commands.common import Output, OutputOpt, print_json, reporting
+from byoc.commands.common import Output, OutputOpt, fields_as_flags, print_json, reporting
 
 if TYPE_CHECKING:
     from runtime.model_build.progress import Events
@@ -70,8 +70,11 @@ def spec_for_build(
     shape: str | None,
     addons: list[str],
     kv_cache_fraction: float | None,
+    addon_field: str = "--addon",
 ) -> Any:
-    """The spec a build runs: the file's (if any) with the flags over it, or one made from the flags alone."""
+    """The spec a build runs: the file's (if any) with the flags over it, or one made from the flags alone.
+
+    `addon_field` is the flag a user gave the addons' sources with (`byoc addons add` takes one, as --source)."""
     from byoc.errors import ByocError
     from byoc.spec import build_spec, load_spec_file
 
@@ -101,7 +104,8 @@ def spec_for_build(
     if addons:
         listed = [dict(a) for a in data.get("addons") or [] if isinstance(a, dict)]
         for index, (name, uri) in enumerate(_parse_addons(addons)):
-            entry = {"id": name, "source": uri, "rank": _addon_rank(uri, f"--addon[{index}]")}
+            field = f"{addon_field}[{index}]" if len(addons) > 1 or addon_field == "--addon" else addon_field
+            entry = {"id": name, "source": uri, "rank": _addon_rank(uri, field)}
             listed = [a for a in listed if a.get("id") != name] + [entry]
         data["addons"] = listed
     return build_spec(data)
@@ -189,7 +193,21 @@ def register(app: typer.Typer) -> None:
             from runtime.model_build.plan import DEFAULT_CALIBRATION, Calibration
             from runtime.model_build.progress import Events
 
-            spec = spec_for_build(file, source, revision, model_id, shape, addon or [], kv_cache_fraction)
+            # errors about what was typed as a flag name the flag, not the spec field it fills
+            flags = {
+                field: flag
+                for field, flag, value in (
+                    (r"model\.source", "--source", source),
+                    (r"model\.revision", "--revision", revision),
+                    (r"model\.id", "--model-id", model_id),
+                    (r"shape", "--shape", shape),
+                    (r"kv_cache_fraction", "--kv-cache-fraction", kv_cache_fraction),
+                    (r"addons\[\d+\].*", "--addon", addon if file is None else None),
+                )
+                if value
+            }
+            with fields_as_flags(flags):
+                spec = spec_for_build(file, source, revision, model_id, shape, addon or [], kv_cache_fraction)
             request = BuildRequest(
                 spec=spec,
                 dest=dest,
@@ -205,7 +223,8 @@ def register(app: typer.Typer) -> None:
                 ),
                 work_dir=work_dir,
             )
-            result = run_build(request, Events(json_lines=output is Output.json))
+            with fields_as_flags(flags):
+                result = run_build(request, Events(json_lines=output is Output.json))
         if output is Output.json:
             _last_line(result)
         else:

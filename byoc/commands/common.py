@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,20 @@ def reporting(output: Output) -> Iterator[None]:
             print(json.dumps({"error": exc.as_dict()}))
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
+
+
+@contextmanager
+def fields_as_flags(names: dict[str, str]) -> Iterator[None]:
+    """A ByocError about a spec field the user gave as a flag names that flag: with `--source` typed, `model.source`
+    appears nowhere in what the user wrote. `names` maps a regular expression of spec fields to the flag."""
+    try:
+        yield
+    except ByocError as error:
+        flag = next((f for pattern, f in names.items() if re.fullmatch(pattern, error.field)), None)
+        if flag is None:
+            raise
+        message, hint = error.message.replace(error.field, flag), error.hint.replace(error.field, flag)
+        raise type(error)(flag, message, hint) from None
 
 
 def print_json(data: Any) -> None:

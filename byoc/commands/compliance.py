@@ -68,7 +68,8 @@ def report(
                     "--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo"
                 )
             from byoc.clouds import get_cloud
-            from byoc.spec import DNS_LABEL, NAME_MAX
+            from byoc.names import DNS_LABEL
+            from byoc.spec import NAME_MAX
             from compliance.collectors.aws import collect
 
             live_cloud = get_cloud(cloud)

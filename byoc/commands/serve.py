@@ -6,18 +6,23 @@ runs, so `byoc --help` stays instant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from runtime.serve.config import Address
 
 
 def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
     from byoc.commands.common import Output, reporting
     from runtime.serve import logs, loop
-    from runtime.serve.config import build_config, parse_addon, parse_address, parse_upstream
+    from runtime.serve.config import GatewayConfig, build_config, parse_addon, parse_address, parse_upstream
     from runtime.serve.gateway import serve
     from runtime.serve.keys import load_keys
+    from runtime.serve.listen import check_listen
 
     with reporting(Output.text):
         for name, flag in (("listen", "--listen"), ("metrics_listen", "--metrics-listen")):
@@ -27,8 +32,35 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
+        # named where the user set it: the flag, or the config file's setting (a default's port: the flag)
+        defaults = GatewayConfig()
+        named = {
+            k: f"--config: {k}"
+            if flags[k] is None and getattr(config, k) != getattr(defaults, k)
+            else f"--{k.replace('_', '-')}"
+            for k in ("listen", "metrics_listen")
+        }
+        listeners = [(config.listen, named["listen"])]
+        if config.metrics_listen is not None:
+            listeners.append((config.metrics_listen, named["metrics_listen"]))
+        check_listen(listeners)
     logs.configure()
-    loop.run(serve(config, keys))
+    _run_server(lambda: loop.run(serve(config, keys)), listeners)
+
+
+def _run_server(run: Callable[[], None], listeners: list[tuple[Address, str]]) -> None:
+    """Run a server until it stops; an address lost after `check_listen` is one line and exit 1, not a traceback."""
+    from byoc.commands.common import Output, reporting
+    from runtime.serve.listen import bind_failure
+
+    with reporting(Output.text):
+        try:
+            run()
+        except OSError as exc:
+            failure = bind_failure(exc, listeners)
+            if failure is None:
+                raise
+            raise failure from None
 
 
 def _needs_extra(group: str, command: str) -> None:
@@ -181,20 +213,22 @@ def engine(
     from byoc.commands.common import Output, reporting
     from byoc.errors import ByocError
     from runtime.serve import logs
-    from runtime.serve.config import parse_address, parse_engine_addon
+    from runtime.serve.config import parse_address, parse_engine_addons
     from runtime.serve.generation import refuse_quantized
+    from runtime.serve.listen import check_listen
 
+    name = model_name or str(model_dir)
     with reporting(Output.text):
         address = parse_address(listen, "--listen")
         if not (model_dir / "config.json").is_file():
             raise ByocError("--model-dir", f"{model_dir} holds no config.json", "give a Hugging Face model folder")
         refuse_quantized(model_dir)
-        addons = dict(parse_engine_addon(a) for a in addon or [])
+        addons = parse_engine_addons(addon or [], name)
+        check_listen([(address, "--listen")])  # before the model loads: a taken port fails in a second, not a minute
     logs.configure()
     from runtime.serve.engine import serve as serve_engine
     from runtime.serve.generation import Generator, cpu_threads_default
 
-    name = model_name or str(model_dir)
     generator = Generator(
         model_dir,
         addons,
@@ -209,7 +243,10 @@ def engine(
     )
     if max_context is not None:
         generator.max_context = min(max_context, generator.max_context)
-    asyncio.run(serve_engine(generator, name, address))
+    try:
+        _run_server(lambda: asyncio.run(serve_engine(generator, name, address)), [(address, "--listen")])
+    finally:
+        generator.stop()
 
 
 def engine_stats(
@@ -226,13 +263,15 @@ def engine_stats(
     from runtime.serve import logs
     from runtime.serve.config import parse_address
     from runtime.serve.engine_stats import serve as serve_stats
+    from runtime.serve.listen import check_listen
 
     with reporting(Output.text):
         address = parse_address(listen, "--listen")
         if not engine_url.startswith(("http://", "https://")):
             raise ByocError("--engine", f"{engine_url!r} is not an http URL", "e.g. http://127.0.0.1:8000")
+        check_listen([(address, "--listen")])
     logs.configure()
-    asyncio.run(serve_stats(engine_url, address, interval))
+    _run_server(lambda: asyncio.run(serve_stats(engine_url, address, interval)), [(address, "--listen")])
 
 
 def hash_key(
@@ -247,9 +286,10 @@ def hash_key(
 
     from byoc.commands.common import Output, reporting
     from byoc.errors import ByocError
-    from runtime.serve.keys import hash_key_entry
+    from runtime.serve.keys import check_key_name, hash_key_entry
 
     with reporting(Output.text):
+        check_key_name(name)  # before the key is asked for
         key = typer.prompt("API key", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
         if not key.strip():
             raise ByocError("stdin", "no key was given", "pipe the key in: `byoc serve hash-key --name ci < key.txt`")
@@ -257,7 +297,8 @@ def hash_key(
             raise ByocError(
                 "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
             )
-    print(hash_key_entry(name, key.strip(), rpm, max_concurrency), end="")
+        entry = hash_key_entry(name, key.strip(), rpm, max_concurrency)
+    print(entry, end="")
 
 
 def register(app: typer.Typer) -> None:

@@ -209,7 +209,7 @@ class S3Store:
         return result
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -218,17 +218,21 @@ class S3Store:
             if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise _s3_error(exc, self.field, f"reading {self.uri(key)}") from None
+        except BotoCoreError as exc:  # no endpoint, no credentials, a timeout: as every other call says them
+            raise _s3_error(exc, self.field, f"reading {self.uri(key)}") from None
 
     def read_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data: bytes = response["Body"].read()
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 raise ObjectMissing(key) from None
             raise _s3_error(exc, self.field, f"reading {self.uri(key)}") from None
-        data: bytes = response["Body"].read()
+        except BotoCoreError as exc:
+            raise _s3_error(exc, self.field, f"reading {self.uri(key)}") from None
         return data
 
     def download(self, key: str, path: Path, progress: Progress | None = None) -> None:

@@ -52,8 +52,10 @@ class LoraSlots:
         max_loras: int | None,
         max_lora_rank: int,
         registry: CollectorRegistry,
+        base_name: str = "",
     ) -> None:
         self.base_dir = base_dir
+        self.base_name = base_name  # the model id /v1/models lists: an adapter under that name would shadow it
         self.known = known
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
@@ -80,10 +82,14 @@ class LoraSlots:
 
         Raises ByocError (the message names what is wrong) for a bad name or adapter.
         """
+        from byoc.names import addon_id_problem
         from runtime.model_build.adapters import validate_adapter
 
-        if not name or name == BASE_ADAPTER or "/" in name or any(c.isspace() for c in name):
-            raise ByocError("lora_name", f"{name!r} is not a usable addon name", "use a DNS-1123 label")
+        problem = addon_id_problem(name)
+        if problem:
+            raise ByocError("lora_name", problem, "rename it")
+        if name == self.base_name:
+            raise ByocError("lora_name", f"{name!r} is the base model's name", "give the adapter a name of its own")
         if (folder / "manifest.json").is_file():  # built by `byoc addons add`: every file as it was hashed
             from runtime.model_build.artifacts import verify_folder
 
@@ -187,7 +193,7 @@ def routes(slots: LoraSlots, wake: Any) -> list[tuple[str, Any]]:
         try:
             await asyncio.to_thread(slots.register, name, Path(path))
         except ByocError as error:
-            return _bad(f"{error.field}: {error.message}", "lora_path")
+            return _bad(f"{error.field}: {error.message}", error.field if error.field == "lora_name" else "lora_path")
         log.info("addon %s registered", name)
         return web.json_response({"lora_name": name, "status": "registered"})
 

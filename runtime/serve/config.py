@@ -184,11 +184,21 @@ def parse_upstream(value: str) -> UpstreamSpec:
     return UpstreamSpec(parts.scheme, parts.hostname, port)
 
 
+def _addon_name(name: str, flag: str, example: str) -> str:
+    """An addon name as clients will send it as `model` and the engine will find its folder (byoc/names.py)."""
+    from byoc.names import addon_id_problem
+
+    if not name:
+        raise ByocError(flag, "an addon has no name", f"use NAME=..., e.g. {example}")
+    problem = addon_id_problem(name)
+    if problem:
+        raise ByocError(flag, f"addon name {problem}", f"rename it, e.g. {example}")
+    return name
+
+
 def parse_addon(value: str) -> Addon:
     name, sep, source = value.partition("=")
-    name = name.strip()
-    if not name or any(c.isspace() or c == "/" for c in name):
-        raise ByocError("--addon", f"{value!r} has no usable addon name", "use NAME=SOURCE, e.g. sql=hf://org/sql-lora")
+    name = _addon_name(name.strip(), "--addon", "sql=hf://org/sql-lora")
     return Addon(name, lora_int_id(name), f"{ADAPTER_ROOT}/{name}", source.strip() if sep else "")
 
 
@@ -275,7 +285,21 @@ def parse_engine_addon(value: str) -> tuple[str, Path]:
     name, sep, folder = value.partition("=")
     if not sep or not name.strip() or not folder.strip():
         raise ByocError("--addon", f"{value!r} is not NAME=DIR", "e.g. --addon sql=/models/adapters/sql")
+    name = _addon_name(name.strip(), "--addon", "sql=/models/adapters/sql")
     path = Path(folder.strip())
     if not (path / "adapter_config.json").is_file():
         raise ByocError("--addon", f"{path} holds no adapter_config.json", "point at a PEFT LoRA adapter folder")
-    return name.strip(), path
+    return name, path
+
+
+def parse_engine_addons(values: list[str], model_name: str) -> dict[str, Path]:
+    """The engine's `--addon NAME=DIR` flags: each name once, none the base model's (`--model-name`)."""
+    addons: dict[str, Path] = {}
+    for value in values:
+        name, path = parse_engine_addon(value)
+        if name == model_name:
+            raise ByocError("--addon", f"addon {name!r} has the base model's name (--model-name)", "rename the addon")
+        if name in addons:
+            raise ByocError("--addon", f"addon {name!r} is given twice", "give each addon once")
+        addons[name] = path
+    return addons

@@ -203,7 +203,7 @@ class Generator:
         self.eos_ids = self._eos_ids()
         self.metrics = EngineMetrics(model_name)
         # LoRA adapters: at most max_loras in the model, the others loaded on first use; added and removed live
-        self.lora = LoraSlots(model_dir, self.addons, max_loras, max_lora_rank, self.metrics.registry)
+        self.lora = LoraSlots(model_dir, self.addons, max_loras, max_lora_rank, self.metrics.registry, model_name)
         self.model = self.lora.load_initial(self.model)
         self.max_batch_size = max_batch_size
         self.max_blocks = max(1, kv_cache_tokens // TOKENS_PER_BLOCK)

@@ -31,6 +31,20 @@ import yaml
 from byoc.errors import ByocError
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# A key's name is the access log's `key=NAME`, one of its space-separated field=value pairs: so it takes the rule of a
+# non-empty Kubernetes label value (IsValidLabelValue), a charset any log parser reads as one field. Letters, digits,
+# '-', '_' and '.', from and to a letter or digit, at most 63 characters.
+KEY_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+KEY_NAME_RULE = "letters, digits, '-', '_' and '.', from and to a letter or digit, at most 63 characters"
+
+
+def key_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an API key (it appears in the access log as `key=NAME`), or None."""
+    if len(name) > 63:
+        return f"{name[:63]!r}... is {len(name)} characters long, above 63"
+    if not KEY_NAME.match(name):
+        return f"{name!r} is not a key name: {KEY_NAME_RULE}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,18 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def check_key_name(name: str) -> None:
+    """Raise ByocError naming `--name` (of `byoc serve hash-key`) for a name the gateway would refuse to load."""
+    problem = key_name_problem(name)
+    if problem:
+        raise ByocError("--name", problem, "e.g. --name ci-pipeline: the access log writes key=NAME")
+
+
 def hash_key_entry(name: str, key: str, rpm: int | None = None, max_concurrency: int | None = None) -> str:
-    """The YAML list entry for one key, as `byoc serve hash-key` prints it (the key itself never appears)."""
+    """The YAML list entry for one key, as `byoc serve hash-key` prints it (the key itself never appears).
+
+    Raises ByocError (`--name`) for a name the gateway would refuse to load."""
+    check_key_name(name)
     entry: dict[str, object] = {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest()}
     if rpm is not None:
         entry["rpm"] = rpm
@@ -84,9 +108,16 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
                 "fields: name, sha256, rpm, max_concurrency",
             )
         name, hexdigest = entry.get("name"), str(entry.get("sha256", "")).lower()
-        if not isinstance(name, str) or not name.strip():
+        if name is None or (isinstance(name, str) and not name.strip()):
             raise ByocError(
                 "--api-keys", f"{where} has no name", "give every key a name (it appears in the access log)"
+            )
+        if not isinstance(name, str):
+            raise ByocError("--api-keys", f"{where}: name {name!r} is not text", f'quote it: name: "{name}"')
+        problem = key_name_problem(name)
+        if problem:
+            raise ByocError(
+                "--api-keys", f"{where}: {problem}", "rename it (the access log writes `key=NAME`, space-separated)"
             )
         if not HEX64.match(hexdigest):
             raise ByocError(
@@ -95,7 +126,7 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
                 "the hex SHA-256 of the key: `byoc serve hash-key --name NAME < key.txt`",
             )
         rpm = _limit(entry, "rpm", where)
-        keys.append(ApiKey(name.strip(), bytes.fromhex(hexdigest), rpm, _limit(entry, "max_concurrency", where)))
+        keys.append(ApiKey(name, bytes.fromhex(hexdigest), rpm, _limit(entry, "max_concurrency", where)))
     return keys
 
 

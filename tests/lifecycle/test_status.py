@@ -188,6 +188,16 @@ def test_unknown_rather_than_guessing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert unreachable["replicas"] is None
 
 
+def test_a_key_with_whitespace_is_named_not_sent(
+    tmp_path: Path, endpoint: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key read from a file with its line break: said as such, not as the endpoint's answer being wrong."""
+    monkeypatch.setenv("BYOC_API_KEY", "sk-test\n")
+    row = health(tmp_path, RecordedCluster(desired=1, ready=1))
+    assert row["health"].endswith("BYOC_API_KEY holds whitespace (a space or a line break); set it to the key alone")
+    assert endpoint["requests"] == []
+
+
 def test_scaled_to_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BYOC_API_KEY", raising=False)
     row = health(tmp_path, RecordedCluster(desired=0, ready=0))

@@ -206,3 +206,28 @@ def test_fetch_of_an_unfinished_artifact(s3: Any, tmp_path: Path) -> None:
     run = byoc("artifacts", "fetch", "--from", f"s3://{BUCKET}/artifacts/m/k", "--to", str(tmp_path / "x"))
     assert run.exit_code == 1
     assert "no manifest.json" in run.stderr
+
+
+def test_a_store_that_cannot_be_reached_is_one_line(aws_env: dict[str, str], tmp_path: Path) -> None:
+    """No S3 endpoint answering (a wrong AWS_ENDPOINT_URL, no network path): each command that reads the store says
+    so in one line naming its flag, exit 1, in a real subprocess, and leaves nothing."""
+    import os
+    import socket
+
+    from tests.conftest import run_byoc
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**os.environ, **aws_env, "AWS_ENDPOINT_URL": nowhere, "AWS_MAX_ATTEMPTS": "1"}
+    cases = {
+        "--from": ["artifacts", "fetch", "--from", f"s3://{BUCKET}/artifacts/m/k", "--to", str(tmp_path / "x")],
+        "--source": ["build", "--source", f"s3://{BUCKET}/models/m", "--shape", "h100x1-bf16", "--plan-only"],
+    }
+    for flag, args in cases.items():
+        result = run_byoc(*args, "--output", "json", env=env, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.startswith(f"error: {flag}: "), result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "EndpointConnectionError" in result.stderr
+        assert result.stdout.splitlines()[-1].startswith('{"error": ')
+    assert not (tmp_path / "x").exists()

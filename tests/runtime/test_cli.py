@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +142,178 @@ def test_the_cpu_engine_refuses_a_quantized_checkpoint(tiny_models: dict[str, Pa
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         assert lines[0].startswith("error: --model-dir") and what in lines[0]
         assert "BF16 artifact" in lines[0] and "trtllm-serve" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a server assumes of the machine: its listen addresses. Each fault is one line naming the flag, exit 2, before
+# the gateway opens connections or the engine loads its model; the process is gone when the command returns.
+
+
+def _one_line(result: subprocess.CompletedProcess[str], code: int, flag: str) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: "), result.stderr
+    return lines[0]
+
+
+def _held_port() -> tuple[socket.socket, int]:
+    """A port another process holds, as when a second gateway is started on the first one's port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock, int(sock.getsockname()[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_listen_address_that_cannot_be_taken_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-local-0123456789abcdef\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # never read: the address is refused before the model loads
+    gateway = ["serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(keys)]
+    held, port = _held_port()
+    free = _free_port()
+    with held:
+        cases = {
+            "--listen": [*gateway, "--listen", f"127.0.0.1:{port}"],
+            "--metrics-listen": [*gateway, "--listen", f"127.0.0.1:{free}", "--metrics-listen", f"127.0.0.1:{port}"],
+        }
+        for flag, args in cases.items():
+            assert "already in use" in _one_line(byoc(*args), 2, flag)
+        engine = byoc("serve", "engine", "--model-dir", str(model), "--listen", f"127.0.0.1:{port}")
+        assert "already in use" in _one_line(engine, 2, "--listen")
+        stats = byoc("serve", "engine-stats", "--engine", "http://127.0.0.1:9", "--listen", f"127.0.0.1:{port}")
+        assert "already in use" in _one_line(stats, 2, "--listen")
+    # one port given to both listeners, as the same address, through a wildcard, or through a name
+    for listen, metrics in (("127.0.0.1", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"), ("localhost", "127.0.0.1")):
+        both = byoc(*gateway, "--listen", f"{listen}:{free}", "--metrics-listen", f"{metrics}:{free}")
+        assert "takes the port of --listen" in _one_line(both, 2, "--metrics-listen")
+    # set in --config, it is named there
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"listen: 127.0.0.1:{free}\nmetrics_listen: 0.0.0.0:{free}\n")
+    from_file = byoc(*gateway, "--config", str(config))
+    assert "takes the port of --config: listen" in _one_line(from_file, 2, "--config: metrics_listen")
+    # an address of no interface here (TEST-NET-1, RFC 5737), and a name that resolves to nothing
+    assert "not an address of this machine" in _one_line(byoc(*gateway, "--listen", "192.0.2.1:8080"), 2, "--listen")
+    assert "does not resolve" in _one_line(byoc(*gateway, "--listen", "no-such-host.invalid:8080"), 2, "--listen")
+
+
+def test_key_names_fit_the_access_log(tmp_path: Path) -> None:
+    """A key's name is the access log's `key=NAME`: a name with a space would split that field in two."""
+    key = "sk-operator-9c1b7e3f5a2d4c6e"
+    for name in ("my key", "ci\tpipeline", "", "-ci", "ci.", "é", "k" * 64, "ci=1"):
+        result = byoc("serve", "hash-key", "--name", name, stdin=key + "\n")
+        assert "letters, digits" in _one_line(result, 2, "--name") or "above 63" in result.stderr
+        assert result.stdout == ""
+    for name in ("ci", "ci.pipeline_2", "Team-A", "k" * 63, "7"):
+        result = byoc("serve", "hash-key", "--name", name, stdin=key + "\n")
+        assert result.returncode == 0, result.stderr
+        assert yaml.safe_load(result.stdout)[0]["name"] == name
+    # the same rule when the gateway loads a keys file written by hand
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    for entry in ('"my key"', "2024", '"ci=1"'):
+        path = tmp_path / "keys.yaml"
+        path.write_text(f"- {{name: ci, sha256: {'a' * 64}}}\n- {{name: {entry}, sha256: {digest}}}\n")
+        line = _one_line(
+            byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(path)), 2, "--api-keys"
+        )
+        assert "key 2" in line and key not in line
+
+
+def test_addon_names_the_engine_or_gateway_cannot_route_are_refused(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    gateway = ["serve", "gateway", "--upstream", "http://127.0.0.1:9", "--insecure-no-auth", "--model", "tiny"]
+    for addon in ("Bad_Name=hf://org/x", "a/b=hf://org/x", "x" * 64 + "=hf://org/x", "tiny=hf://org/x", "=hf://o/x"):
+        _one_line(byoc(*gateway, "--addon", addon), 2, "--addon")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    engine = ["serve", "engine", "--model-dir", str(model), "--model-name", "tiny", "--listen", "127.0.0.1:0"]
+    for addons in ([f"Bad_Name={adapter}"], [f"tiny={adapter}"], [f"sql={adapter}", f"sql={adapter}"]):
+        _one_line(byoc(*engine, *[a for pair in (("--addon", a) for a in addons) for a in pair]), 2, "--addon")
+
+
+def test_addons_refuse_bad_input_before_any_server_is_asked(tmp_path: Path) -> None:
+    dest = tmp_path / "adapters"
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    where = ["--engine", nowhere, "--gateway", nowhere, "--dest", str(dest)]
+    adapter = ["--source", str(tmp_path)]
+    bf16 = ["--shape", "h100x1-bf16"]
+    cases = [
+        # the option the user has to pass, not the name it has in `byoc build`
+        ("--model-source", ["add", "legal", *adapter, *where, *bf16]),
+        ("--shape", ["add", "legal", *adapter, *where, "--model-source", f"file://{tmp_path}"]),
+        # a spec field filled from a flag is named as the flag (model.source: a folder without config.json)
+        ("--model-source", ["add", "legal", *adapter, *where, *bf16, "--model-source", f"file://{tmp_path}"]),
+        ("NAME", ["add", "Legal_v2", *adapter, *where, *bf16, "--model-source", "file:///m"]),
+        ("--source", ["add", "legal", "--source", "not/a/folder", *where, *bf16]),
+        ("--engine", ["add", "legal", *adapter, *where[2:], "--engine", "10.0.1.7:8000", *bf16]),
+        ("--gateway", ["list", "--gateway", "llm.internal"]),
+    ]
+    for flag, args in cases:
+        for output in ("text", "json"):
+            result = byoc("addons", *args, "--output", output)
+            _one_line(result, 2, flag)
+            if output == "json":
+                assert json.loads(result.stdout)["error"]["field"] == flag
+    assert not dest.exists()
+
+
+def test_addons_with_the_gateway_down_say_so_in_one_line(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    dest = tmp_path / "adapters"
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    adapter = tiny_models["sql"]
+    deployment = ["--shape", "h100x1-bf16", "--model-source", f"file://{tiny_models['base']}"]
+    commands = {
+        "add": [
+            "add",
+            "legal",
+            "--source",
+            str(adapter),
+            "--engine",
+            nowhere,
+            "--gateway",
+            nowhere,
+            "--dest",
+            str(dest),
+            *deployment,
+        ],
+        "remove": ["remove", "legal", "--engine", nowhere, "--gateway", nowhere],
+        "list": ["list", "--gateway", nowhere],
+    }
+    for command, args in commands.items():
+        result = byoc("addons", *args, "--output", "json")
+        assert "cannot be reached" in _one_line(result, 1, "--gateway"), command
+        assert json.loads(result.stdout)["error"]["exit_code"] == 1
+    assert not dest.exists()
+
+
+def test_the_api_key_variable_is_checked_before_it_is_sent() -> None:
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    for value, says in (
+        ("", "set but empty"),
+        ("  ", "set but empty"),
+        ("sk-abc 123", "whitespace"),
+        ("sk\n", "whitespace"),
+    ):
+        env = {**os.environ, "BYOC_API_KEY": value}
+        result = subprocess.run(
+            [sys.executable, "-m", "byoc", "addons", "list", "--gateway", nowhere, "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
+        assert says in _one_line(result, 2, "BYOC_API_KEY")
+        assert json.loads(result.stdout)["error"]["field"] == "BYOC_API_KEY"
