@@ -36,6 +36,7 @@ from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
 from runtime.serve.routing import make_router
+from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway")
@@ -89,7 +90,7 @@ class Gateway:
         self.draining = False
         self.access_log = AccessLog()
         self.created = int(time.time())
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamClient | None = None
         # Gauges read at scrape time: no per-request cost.
         self.metrics.pending.set_function(lambda: self.pending)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
@@ -97,11 +98,8 @@ class Gateway:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=10)
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=UPSTREAM_CONNECT_SECONDS, sock_read=self.config.upstream_timeout
-        )
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        # the upstream hop's own small client: aiohttp's was a quarter of the gateway's CPU per request
+        self._session = UpstreamClient(UPSTREAM_CONNECT_SECONDS, self.config.upstream_timeout, keepalive_seconds=30)
         await self.pool.start()
         await self.router.start()
 
@@ -112,7 +110,7 @@ class Gateway:
             await self._session.close()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
+    def session(self) -> UpstreamClient:
         assert self._session is not None, "Gateway.start() first"
         return self._session
 
@@ -379,7 +377,7 @@ class Gateway:
                 body["model"] = upstream_model
                 payload = payloads[upstream_model] = json.dumps(body).encode()
             upstream.outstanding += 1
-            response: aiohttp.ClientResponse | None = None
+            response: UpstreamResponse | None = None
             try:
                 try:
                     response = await self.session.post(upstream.url + path, data=payload, headers=JSON_HEADERS)
@@ -414,7 +412,7 @@ class Gateway:
             retry_after="1",
         )
 
-    async def _upstream_failure(self, response: aiohttp.ClientResponse, parsed: ParsedRequest) -> ApiError:
+    async def _upstream_failure(self, response: UpstreamResponse, parsed: ParsedRequest) -> ApiError:
         raw = await response.read()
         if 400 <= response.status < 500:
             # the engine refused the input: the client's mistake, not the replica's (no upstream error, no retry)
@@ -423,7 +421,7 @@ class Gateway:
         return ApiError(502, f"the model replica failed (HTTP {response.status}): retry shortly", kind="server_error")
 
     async def _relay(
-        self, response: aiohttp.ClientResponse, parsed: ParsedRequest, upstream_model: str, outcome: Outcome
+        self, response: UpstreamResponse, parsed: ParsedRequest, upstream_model: str, outcome: Outcome
     ) -> web.Response:
         if response.status != 200:
             raise await self._upstream_failure(response, parsed)
@@ -436,7 +434,7 @@ class Gateway:
     async def _relay_stream(
         self,
         request: web.Request,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         parsed: ParsedRequest,
         upstream_model: str,
         outcome: Outcome,
