@@ -36,6 +36,7 @@ from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
 from runtime.serve.routing import make_router
+from runtime.serve.sse import SseResponse
 from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
@@ -442,7 +443,7 @@ class Gateway:
     ) -> web.StreamResponse:
         if response.status != 200:
             raise await self._upstream_failure(response, parsed)
-        out = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        out = SseResponse(status=200, headers=SSE_HEADERS)  # headers with the first events, [DONE] with the end
         await out.prepare(request)
         finished = errored = broken = False
         pending = b""

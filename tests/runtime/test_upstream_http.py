@@ -56,7 +56,7 @@ def _chunked(*parts: bytes, trailer: bytes = b"") -> bytes:
 
 @pytest.mark.parametrize("piece", [1, 3, 1000])
 def test_chunked_answer_split_anywhere_is_read_whole_and_the_connection_reused(piece: int) -> None:
-    stream = [b"data: {\"n\": 1}\n\n", b"data: {\"n\": 2}\n\n", b"data: [DONE]\n\n"]
+    stream = [b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n', b"data: [DONE]\n\n"]
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
