@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -254,9 +254,25 @@ class _Body:
         connection.body.clear()
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while data := await self.readany():
-            yield data
+    def iter_any(self) -> _Chunks:
+        return _Chunks(self)
+
+
+class _Chunks:
+    """`async for data in body.iter_any()`: an iterator object rather than an async generator, because a generator
+    left at `data: [DONE]` (the gateway stops reading there) is closed by the event loop in a task of its own."""
+
+    def __init__(self, body: _Body) -> None:
+        self._body = body
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._body.readany()
+        if not data:
+            raise StopAsyncIteration
+        return data
 
 
 class UpstreamResponse:
