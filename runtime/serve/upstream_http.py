@@ -50,6 +50,8 @@ class _Connection(asyncio.Protocol):
         self.head: tuple[int, CIMultiDict[str]] | None = None
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.wait_deadline = 0.0
+        self.read_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.tail_timer: asyncio.TimerHandle | None = None  # released before its body ended: reuse once it does
 
@@ -79,9 +81,10 @@ class _Connection(asyncio.Protocol):
             self.error = aiohttp.ServerDisconnectedError("the replica closed the connection before answering")
         elif self.state != _DONE:
             self.error = aiohttp.ClientPayloadError("the replica closed the connection in the middle of the answer")
-        if self.tail_timer is not None:
-            self.tail_timer.cancel()
-            self.tail_timer = None
+        for timer in (self.tail_timer, self.read_timer):
+            if timer is not None:
+                timer.cancel()
+        self.tail_timer = self.read_timer = None
         self._wake()
 
     # -- parsing -------------------------------------------------------------------------------------------
@@ -210,23 +213,33 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, timeout: float | None) -> None:
-        """Until more bytes, the end of the answer, or an error."""
+        """Until more bytes, the end of the answer, or an error; at most `timeout` seconds."""
         loop = asyncio.get_running_loop()
         self.waiter = loop.create_future()
-        timer = loop.call_later(timeout, self._timed_out) if timeout is not None else None
+        if timeout is not None:
+            # one timer per connection, moved on only when it fires, instead of one armed and cancelled per wait
+            self.wait_deadline = loop.time() + timeout
+            if self.read_timer is None:
+                self.read_timer = loop.call_at(self.wait_deadline, self._check_read_timeout, loop)
         try:
             await self.waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
 
-    def _timed_out(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
+    def _check_read_timeout(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.read_timer = None
+        if self.waiter is None or self.waiter.done():
+            return  # not waiting now: the next wait arms it again
+        if loop.time() >= self.wait_deadline:
             self.waiter.set_exception(aiohttp.ServerTimeoutError("the replica sent nothing within the read timeout"))
+        else:
+            self.read_timer = loop.call_at(self.wait_deadline, self._check_read_timeout, loop)
 
     def close(self) -> None:
         self.reusable = False
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
         if self.tail_timer is not None:
             self.tail_timer.cancel()
             self.tail_timer = None
