@@ -1,5 +1,5 @@
 # The README's two commands, plus the pieces of the second one.
-.PHONY: plan test lint typecheck docs calibrate
+.PHONY: plan test lint typecheck docs calibrate bench-venv bench
 
 plan:
 	python3 -m pip install -q -e . && byoc plan -f examples/byoc.yaml --out byoc-out
@@ -18,3 +18,10 @@ docs:
 
 calibrate:
 	python3 scripts/calibrate_planner.py
+
+# The gateway benchmark's outside reference, vLLM's Rust router, in a venv of its own: a benchmark dependency only.
+bench-venv:
+	test -x .venv-bench/bin/vllm-router || (python3 -m venv .venv-bench && .venv-bench/bin/pip install -q 'vllm-router==0.1.17')
+
+bench: bench-venv
+	python3 -m runtime.serve.bench --seconds 4 --repeat 3

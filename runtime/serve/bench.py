@@ -1,14 +1,20 @@
 """Gateway overhead benchmark: `python -m runtime.serve.bench`.
 
 Starts a fixed fake upstream (aiohttp: a small fixed JSON answer and a fixed SSE stream), the real gateway
-(`byoc serve gateway` with API keys, per-key limits, the admission queue, metrics and the access log all on) and a
-load generator (wrk when it is on PATH, else a Python one in its own process), all on loopback, and prints JSON:
-requests/s direct and through the gateway at 32 and 64 connections (non-streamed and SSE), and the latency the
-gateway adds at one connection (p50, p99).
+(`byoc serve gateway` with API keys, per-key limits, the admission queue, metrics and the access log all on), the
+outside reference, vLLM's Rust router `vllm-router` (round robin over the same upstream), and a load generator (wrk
+when it is on PATH, else a Python one in its own process), all on loopback, and prints JSON: requests/s direct,
+through the gateway and through vllm-router at 32 and 64 connections (non-streamed and SSE), the gateway's
+throughput as a ratio of direct and of vllm-router's, and the latency each proxy adds at one connection (p50, p99).
 
-Cores (os.sched_setaffinity): the gateway gets core 0 to itself; the load generator runs on the last core. The
-upstream runs on core 0 for the direct runs (so the direct figure is one core of upstream, like the gateway's one
-core) and beside the load generator for the gateway runs. With one core everything shares it.
+vllm-router is a benchmark dependency, never a runtime one: it lives in a virtual environment of its own,
+`.venv-bench/` at the repository root (`make bench-venv`), or wherever `--vllm-router PATH` points.
+
+Cores (os.sched_setaffinity, set before each process starts so every thread it spawns inherits it): the gateway
+and vllm-router each get core 0 to themselves in turn (tokio sizes its worker pool from the affinity mask: one
+worker, as the gateway's one event loop); the load generator runs on the last core. The upstream runs on core 0
+for the direct runs (so the direct figure is one core of upstream, like a proxy's one core) and beside the load
+generator for the runs through a proxy. With one core everything shares it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "bench-model"
+# The outside reference: vLLM's router (Rust, PyPI `vllm-router`), at the version the figures in
+# docs/performance.md were taken with.
+VLLM_ROUTER = "vllm-router==0.1.17"
+VLLM_ROUTER_VENV = ROOT / ".venv-bench"
+VLLM_ROUTER_INSTALL = (
+    f"make bench-venv   (or: python3 -m venv .venv-bench && .venv-bench/bin/pip install '{VLLM_ROUTER}')"
+)
 KEY = "sk-bench-4f1e9a7c2b5d8e0f3a6c"
 CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
 STREAM_BODY = {**CHAT_BODY, "stream": True}
@@ -152,8 +166,25 @@ def _cpus() -> list[int]:
 
 
 def _pin(pid: int, cpu: int) -> None:
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(pid, {cpu})
+    """Every thread of `pid` onto `cpu` (sched_setaffinity on a pid moves only its main thread)."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(thread, {cpu})
+
+
+def _start_pinned(command: list[str], cpu: int, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a process already on `cpu`: threads it starts inherit the mask, and a thread pool sized from it
+    (tokio's workers, say) is sized for one core."""
+
+    def on_cpu() -> None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+
+    return subprocess.Popen(command, preexec_fn=on_cpu, **kwargs)  # noqa: PLW1509 (no threads in this parent)
 
 
 def _wait(url: str, timeout: float = 30) -> None:
@@ -255,58 +286,115 @@ class Load:
         return result
 
 
+PROXIES = ("gateway", "vllm_router")
+MODES = {"json": CHAT_BODY, "sse": STREAM_BODY}
+CONNECTIONS = ("32", "64")
+
+
+def _median(values: list[float], digits: int) -> float:
+    return round(statistics.median(values), digits)
+
+
 def _measure(
-    load: Load, targets: dict[str, str], upstream: subprocess.Popen[bytes], gateway_cpu: int, load_cpu: int, repeat: int
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], int]:
-    """Throughput and single-connection latency, direct and through the gateway, `repeat` times; medians."""
+    load: Load, targets: dict[str, str], upstream: subprocess.Popen[bytes], proxy_cpu: int, load_cpu: int, repeat: int
+) -> dict[str, Any]:
+    """Throughput and single-connection latency, direct and through each proxy, `repeat` times; medians.
+
+    This machine's CPU time is shared and noisy (+-30% between runs): each configuration is measured direct and
+    through every proxy back to back, and each ratio is taken within one such round, so a slow spell moves a round's
+    figures together rather than one side of a ratio.
+    """
+
+    def place_upstream(target: str) -> None:
+        # direct: the upstream alone on the proxies' core; through a proxy: beside the load generator
+        _pin(upstream.pid, proxy_cpu if target == "direct" else load_cpu)
+
     errors = 0
     for target, url in targets.items():
-        _pin(upstream.pid, gateway_cpu if target == "direct" else load_cpu)
-        load.run(url, CHAT_BODY, 8, 1.0)  # warm up connections, caches, metric children
-    # This machine's CPU time is shared and noisy (+-30% between runs): each configuration is measured direct and
-    # through the gateway back to back, `repeat` times, and the medians are reported.
+        place_upstream(target)
+        for body in MODES.values():
+            load.run(url, body, 8, 1.0)  # warm up connections, caches, metric children
     rps: dict[str, dict[str, dict[str, list[float]]]] = {
-        t: {m: {"32": [], "64": []} for m in ("json", "sse")} for t in targets
+        t: {m: {c: [] for c in CONNECTIONS} for m in MODES} for t in targets
     }
-    ratios: dict[str, dict[str, list[float]]] = {m: {"32": [], "64": []} for m in ("json", "sse")}
+    ratio_names = [f"{p}_to_direct" for p in targets if p != "direct"]
+    if "vllm_router" in targets:
+        ratio_names.append("gateway_to_vllm_router")
+    ratios: dict[str, dict[str, dict[str, list[float]]]] = {
+        r: {m: {c: [] for c in CONNECTIONS} for m in MODES} for r in ratio_names
+    }
     singles: dict[str, dict[str, list[float]]] = {t: {"p50_ms": [], "p99_ms": []} for t in targets}
-    added_samples: dict[str, list[float]] = {"p50_ms": [], "p99_ms": []}
+    added: dict[str, dict[str, list[float]]] = {p: {"p50_ms": [], "p99_ms": []} for p in targets if p != "direct"}
     for _ in range(repeat):
-        for mode, body in (("json", CHAT_BODY), ("sse", STREAM_BODY)):
-            for connections in ("32", "64"):
-                pair = {}
+        for mode, body in MODES.items():
+            for connections in CONNECTIONS:
+                round_rps: dict[str, float] = {}
                 for target, url in targets.items():
-                    # direct: the upstream alone on the gateway's core; through the gateway: beside the load
-                    _pin(upstream.pid, gateway_cpu if target == "direct" else load_cpu)
+                    place_upstream(target)
                     result = load.run(url, body, int(connections))
                     errors += result["errors"]
-                    pair[target] = result["requests_per_second"]
-                    rps[target][mode][connections].append(pair[target])
-                ratios[mode][connections].append(pair["gateway"] / pair["direct"])
-        single_pair = {}
+                    round_rps[target] = result["requests_per_second"]
+                    rps[target][mode][connections].append(round_rps[target])
+                for name in ratio_names:
+                    over, under = name.split("_to_")
+                    ratios[name][mode][connections].append(round_rps[over] / round_rps[under])
+        round_single: dict[str, dict[str, Any]] = {}
         for target, url in targets.items():
-            _pin(upstream.pid, gateway_cpu if target == "direct" else load_cpu)
+            place_upstream(target)
             single = load.run(url, CHAT_BODY, 1)
             errors += single["errors"]
-            single_pair[target] = single
+            round_single[target] = single
             for key in ("p50_ms", "p99_ms"):
                 singles[target][key].append(single[key] or 0.0)
-        for key in ("p50_ms", "p99_ms"):
-            added_samples[key].append((single_pair["gateway"][key] or 0.0) - (single_pair["direct"][key] or 0.0))
-    throughput = {
-        t: {m: {c: round(statistics.median(v), 1) for c, v in per.items()} for m, per in modes.items()}
-        for t, modes in rps.items()
+        for proxy, samples in added.items():
+            for key, values in samples.items():
+                values.append((round_single[proxy][key] or 0.0) - (round_single["direct"][key] or 0.0))
+    return {
+        "requests_per_second": {
+            t: {m: {c: _median(v, 1) for c, v in per.items()} for m, per in modes.items()} for t, modes in rps.items()
+        },
+        "ratios": {
+            r: {m: {c: _median(v, 3) for c, v in per.items()} for m, per in modes.items()}
+            for r, modes in ratios.items()
+        },
+        "ratio_ranges": {
+            r: {m: {c: [round(min(v), 3), round(max(v), 3)] for c, v in per.items()} for m, per in modes.items()}
+            for r, modes in ratios.items()
+        },
+        "latency": {t: {k: _median(v, 3) for k, v in per.items()} for t, per in singles.items()},
+        "added": {p: {k: _median(v, 3) for k, v in per.items()} for p, per in added.items()},
+        "errors": errors,
     }
-    ratio = {m: {c: round(statistics.median(v), 3) for c, v in per.items()} for m, per in ratios.items()}
-    ratio_range = {m: {c: [round(min(v), 3), round(max(v), 3)] for c, v in per.items()} for m, per in ratios.items()}
-    latency = {t: {k: round(statistics.median(v), 3) for k, v in per.items()} for t, per in singles.items()}
-    added = {k: round(statistics.median(v), 3) for k, v in added_samples.items()}
-    return throughput, ratio, ratio_range, latency, added, errors
 
 
-def benchmark(seconds: float, repeat: int = 3, routing: str = "least_outstanding") -> dict[str, Any]:
+def find_vllm_router(given: str | None) -> Path | None:
+    """`--vllm-router PATH`, else `.venv-bench/bin/vllm-router`, else one on PATH."""
+    if given:
+        path = Path(given)
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    local = VLLM_ROUTER_VENV / "bin" / "vllm-router"
+    if local.is_file():
+        return local
+    found = shutil.which("vllm-router")
+    return Path(found) if found else None
+
+
+def _vllm_router_version(path: Path) -> str:
+    """The wheel's version, read from the venv the executable belongs to (the CLI has no --version)."""
+    python = path.parent / "python"
+    probe = "import importlib.metadata as m; print(m.version('vllm-router'))"
+    if python.is_file():
+        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return "unknown"
+
+
+def benchmark(
+    seconds: float, repeat: int = 3, routing: str = "least_outstanding", vllm_router: Path | None = None
+) -> dict[str, Any]:
     cpus = _cpus()
-    gateway_cpu, load_cpu = cpus[0], cpus[-1]
+    proxy_cpu, load_cpu = cpus[0], cpus[-1]
     folder = Path(tempfile.mkdtemp(prefix="byoc-bench-"))
     keys = folder / "keys.yaml"
     from runtime.serve.keys import hash_key_entry
@@ -326,7 +414,7 @@ def benchmark(seconds: float, repeat: int = 3, routing: str = "least_outstanding
         processes.append(upstream)
         gateway_log = folder / "gateway.log"
         with gateway_log.open("wb") as log:
-            gateway = subprocess.Popen(
+            gateway = _start_pinned(
                 [
                     sys.executable,
                     "-m",
@@ -350,53 +438,101 @@ def benchmark(seconds: float, repeat: int = 3, routing: str = "least_outstanding
                     "--routing",
                     routing,
                 ],
+                proxy_cpu,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        _pin(gateway.pid, gateway_cpu)
         processes.append(gateway)
-        _wait(f"http://127.0.0.1:{upstream_port}/health")
-        _wait(f"http://127.0.0.1:{gateway_port}/ready")
-        load = Load(load_cpu, seconds, folder)
         targets = {
             "direct": f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
             "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
         }
-        throughput, ratio, ratio_range, latency, added, errors = _measure(
-            load, targets, upstream, gateway_cpu, load_cpu, repeat
-        )
+        reference: dict[str, Any] = {"name": "vllm-router", "measured": False, "install": VLLM_ROUTER_INSTALL}
+        if vllm_router is not None:
+            router_port = _free_port()
+            with (folder / "vllm-router.log").open("wb") as log:
+                # its defaults (cache_aware policy, metrics, retries, circuit breaker) but round robin, which is
+                # what one upstream gets anyway and skips the prefix tree: the cheapest path it has
+                router = _start_pinned(
+                    [
+                        str(vllm_router),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(router_port),
+                        "--worker-urls",
+                        f"http://127.0.0.1:{upstream_port}",
+                        "--policy",
+                        "round_robin",
+                        "--prometheus-host",
+                        "127.0.0.1",
+                        "--prometheus-port",
+                        str(_free_port()),
+                    ],
+                    proxy_cpu,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            processes.append(router)
+            targets["vllm_router"] = f"http://127.0.0.1:{router_port}/v1/chat/completions"
+            reference = {
+                "name": "vllm-router",
+                "measured": True,
+                "version": _vllm_router_version(vllm_router),
+                "path": str(vllm_router),
+                "policy": "round_robin",
+            }
+        _wait(f"http://127.0.0.1:{upstream_port}/health")
+        _wait(f"http://127.0.0.1:{gateway_port}/ready")
+        if "vllm_router" in targets:
+            _wait(targets["vllm_router"].replace("/v1/chat/completions", "/readiness"))
+        load = Load(load_cpu, seconds, folder)
+        measured = _measure(load, targets, upstream, proxy_cpu, load_cpu, repeat)
         access_lines = sum(1 for line in gateway_log.read_text().splitlines() if "byoc.gateway.access" in line)
-        worst_ratio = min(v for per_mode in ratio.values() for v in per_mode.values())
+        ratios, ranges = measured["ratios"], measured["ratio_ranges"]
+        worst_ratio = min(v for per_mode in ratios["gateway_to_direct"].values() for v in per_mode.values())
+        added = measured["added"]
+        targets_met: dict[str, Any] = {
+            "throughput_ratio_at_least": 0.3,
+            "throughput_ratio_met": worst_ratio >= 0.3,
+            "added_p50_ms_below": 1.0,
+            "added_p50_met": added["gateway"]["p50_ms"] < 1.0,
+        }
+        if "gateway_to_vllm_router" in ratios:
+            sse = ratios["gateway_to_vllm_router"]["sse"]
+            targets_met["sse_to_vllm_router_at_least"] = 0.6
+            targets_met["sse_to_vllm_router_met"] = min(sse.values()) >= 0.6
         return {
-            "command": "python -m runtime.serve.bench",
+            "command": " ".join(["python -m runtime.serve.bench", *sys.argv[1:]]),
             "machine": {
                 "cpus": len(cpus),
                 "python": platform.python_version(),
                 "platform": platform.platform(),
+                "load_average_1m_at_start": round(os.getloadavg()[0], 2),
             },
             "load_generator": load.name,
             "layout": {
-                "gateway_cpu": gateway_cpu,
+                "proxy_cpu": proxy_cpu,
                 "load_generator_cpu": load_cpu,
-                "upstream_cpu": {"direct": gateway_cpu, "gateway": load_cpu},
+                "upstream_cpu": {"direct": proxy_cpu, "through_a_proxy": load_cpu},
             },
             "gateway_features_on": FEATURES,
             "routing": routing,
+            "reference": reference,
             "seconds_per_run": seconds,
             "repeat": repeat,
-            "requests_per_second": throughput,
-            "gateway_to_direct_ratio": ratio,
-            "gateway_to_direct_ratio_range": ratio_range,
-            "latency_at_1_connection_ms": {**latency, "added_by_gateway": added},
-            "errors": errors,
-            "access_log_lines": access_lines,
-            "targets": {
-                "throughput_ratio_at_least": 0.3,
-                "throughput_ratio_met": worst_ratio >= 0.3,
-                "added_p50_ms_below": 1.0,
-                "added_p50_met": added["p50_ms"] < 1.0,
+            "requests_per_second": measured["requests_per_second"],
+            **{f"{name}_ratio": value for name, value in ratios.items()},
+            **{f"{name}_ratio_range": value for name, value in ranges.items()},
+            "latency_at_1_connection_ms": {
+                **measured["latency"],
+                **{f"added_by_{proxy}": value for proxy, value in added.items()},
             },
+            "errors": measured["errors"],
+            "access_log_lines": access_lines,
+            "targets": targets_met,
         }
     finally:
         for process in processes:
@@ -406,6 +542,7 @@ def benchmark(seconds: float, repeat: int = 3, routing: str = "least_outstanding
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -430,6 +567,18 @@ def main() -> None:
     parser.add_argument(
         "--routing", default="least_outstanding", help="pass-through: the gateway's --routing mode [least_outstanding]."
     )
+    parser.add_argument(
+        "--vllm-router",
+        default=None,
+        metavar="PATH",
+        help="pass-through: the vllm-router executable measured as the outside reference "
+        "[.venv-bench/bin/vllm-router, else vllm-router on PATH].",
+    )
+    parser.add_argument(
+        "--without-reference",
+        action="store_true",
+        help="pass-through: measure direct and the gateway only (no vllm-router, no ratio to it).",
+    )
     args = parser.parse_args()
     if args.scenario != "pass-through" and args.role == "bench":
         from runtime.serve import bench_routing
@@ -444,7 +593,19 @@ def main() -> None:
         result = asyncio.run(run_load(args.url, args.body.encode(), args.connections, args.seconds))
         print(json.dumps(result))
         return
-    print(json.dumps(benchmark(args.seconds, args.repeat, args.routing), indent=2))
+    router = None
+    if not args.without_reference:
+        router = find_vllm_router(args.vllm_router)
+        if router is None:
+            where = args.vllm_router or f"{VLLM_ROUTER_VENV}/bin/vllm-router or on PATH"
+            print(
+                f"vllm-router (the outside reference) not found at {where}: install it into a venv of its own with\n"
+                f"  {VLLM_ROUTER_INSTALL}\n"
+                "or run without it: --without-reference",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+    print(json.dumps(benchmark(args.seconds, args.repeat, args.routing, router), indent=2))
 
 
 if __name__ == "__main__":
