@@ -26,7 +26,7 @@ from byoc.errors import ByocError
 from runtime.serve.addons import routes as addon_routes
 from runtime.serve.config import Address, lora_int_id
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
-from runtime.serve.openai_api import ApiError, NotEnforceable, bad, check_request, parse_json
+from runtime.serve.openai_api import ApiError, HandlerCheck, bad, check_request, parse_json
 from runtime.serve.structured import SchemaError, Structure, tool_call
 
 log = logging.getLogger("byoc.engine")
@@ -294,7 +294,7 @@ class Engine:
             # one parser and validator with the gateway (runtime/serve/openai_api.py); the stop list is unbounded
             # here, as in trtllm-serve: the gateway bounds it
             structure = check_request("chat" if chat else "completions", body, self.max_context, None, engine=True)
-        except NotEnforceable as error:  # byoc's own refusal, not one of trtllm-serve's request models
+        except HandlerCheck as error:  # not one of trtllm-serve's request models' refusals
             return _error(error)
         except ApiError as error:
             return _validation_error(error, body)

@@ -415,11 +415,10 @@ class Generator:
         return torch.tensor([s.prompt[s.cached_tokens :]], dtype=torch.long), hashes, len(found)
 
     def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
-        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
-        self.metrics.finished(s, reason, now)
         if self.prefix_cache is not None:
             # as trtllm's storeBlocksForReuse when a request ends: prompt and output less the last token (its KV is
-            # not computed), the last block partial; the cache holds exactly those tokens' KV
+            # not computed), the last block partial; the cache holds exactly those tokens' KV. Stored before the
+            # answer is complete, so that a client that has its answer finds its blocks in the events.
             tokens = s.prompt + s.generated
             hashes = sequence_block_hashes(tokens, s.lora_task_id, TOKENS_PER_BLOCK)
             cache, prefix = s.cache, self.prefix_cache
@@ -430,6 +429,8 @@ class Generator:
                 adapter=s.adapter,
                 lora_task_id=s.lora_task_id,
             )
+        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
+        self.metrics.finished(s, reason, now)
         return True
 
     def _prepare(self, s: Sequence) -> None:

@@ -51,10 +51,11 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
 
-class NotEnforceable(ApiError):
-    """A structured-output request the grammar could not enforce as written: byoc's own refusal (trtllm-serve has no
-    such check: its xgrammar drops the keywords), so the CPU engine answers it in its handler's error shape rather than
-    as a request-validation failure."""
+class HandlerCheck(ApiError):
+    """A refusal that trtllm-serve makes, if at all, in its request handler once its pydantic request models have
+    accepted the body (a length beyond the context window), or that is byoc's own (a schema the grammar could not
+    enforce: trtllm-serve's xgrammar drops the keywords): the CPU engine answers it in the handler's `ErrorResponse`
+    shape, not as a request-validation failure."""
 
 
 def bad(param: str, message: str) -> ApiError:
@@ -270,8 +271,10 @@ def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, 
     elif name in BOOLEANS:
         _boolean(body, name)
     elif name in ("max_tokens", "max_completion_tokens"):
-        # every prompt has at least one token, so max_tokens must leave room for it in the window
-        _integer(body, name, 1, max_context - 1)
+        _integer(body, name, 1)
+        if body[name] is not None and body[name] > max_context - 1:
+            # every prompt has at least one token, so max_tokens must leave room for it in the window
+            raise HandlerCheck(400, f"{name}: must be at most {max_context - 1}", param=name)
     elif name == "min_tokens":
         _integer(body, name, 0, max_context)
     elif name == "logprobs":
@@ -347,7 +350,7 @@ def check_request(
         # what the engine's grammar would drop is refused here, whatever engine is behind (trtllm-serve drops too)
         structure = requested_structure(body, kind == "chat")
     except SchemaError as error:
-        raise NotEnforceable(400, f"{error.param}: {error}", param=error.param) from None
+        raise HandlerCheck(400, f"{error.param}: {error}", param=error.param) from None
     # trtllm-serve refuses stream_options without stream only when they say something: `{}` passes there
     if not (engine and body.get("stream_options") == {}):
         _stream_options(body, bool(body.get("stream")))
