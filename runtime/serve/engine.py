@@ -3,7 +3,9 @@
 Endpoints as trtllm-serve has them: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /health,
 /version, /metrics (JSON iteration stats, including kvCacheStats) and /prometheus/metrics (`trtllm_` metrics).
 LoRA addons are chosen per request by trtllm's `lora_request` or by naming the addon as `model`.
-Errors use trtllm-serve's shape: {"object": "error", "message", "type", "param", "code"}.
+Errors use trtllm-serve's shapes: {"error": "<FastAPI's validation text>"} for a body its request models would refuse,
+{"object": "error", "message", "type", "param", "code"} for the rest; a streamed answer that fails breaks off, as
+trtllm-serve's does (docs/gateway.md, "The engine contract").
 """
 
 from __future__ import annotations
