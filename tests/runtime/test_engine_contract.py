@@ -87,8 +87,9 @@ def test_a_failed_answer_breaks_the_stream_off_and_the_replica_keeps_serving(
         stream = long_stream(client(gateway), tokens=FAULT_AT - 1)  # a long answer, short of the fault
         next(iter(stream))
         engine.kill()
-        with pytest.raises(openai.APIError):
+        with pytest.raises(openai.APIError) as caught:
             list(stream)
+        assert "stopped in the middle" in caught.value.message  # what the client sees is the same
         wait_for(lambda: metric(gateway.metrics(), "byoc_gateway_upstreams_ready") == 0, timeout=10, what="out")
     finally:
         gateway.stop()
