@@ -7,6 +7,7 @@ are user data, and no user data goes into an error body or a log line (zero data
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -463,11 +464,12 @@ def _validation_failure(status: int, text: str, body: dict[str, Any], renamed: d
     param: str | None = None
     said = ""
     where, what = _LOC.search(text), _MSG.search(text)
-    try:
-        loc = ast.literal_eval(f"({where.group(1)},)") if where is not None and where.group(1).strip() else ()
+    loc: Any = ()
+    inside = where.group(1).strip().rstrip(",") if where is not None else ""
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        loc = ast.literal_eval(f"({inside},)") if inside else ()
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
         said = str(ast.literal_eval(what.group(1))) if what is not None else ""
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        loc = ()
     parts = [p for p in loc if not (isinstance(p, str) and p == "body")] if isinstance(loc, tuple) else []
     if parts and isinstance(parts[0], str):
         param = parts[0]
