@@ -3,7 +3,9 @@
 Endpoints as trtllm-serve has them: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /health,
 /version, /metrics (JSON iteration stats, including kvCacheStats) and /prometheus/metrics (`trtllm_` metrics).
 LoRA addons are chosen per request by trtllm's `lora_request` or by naming the addon as `model`.
-Errors use trtllm-serve's shape: {"object": "error", "message", "type", "param", "code"}.
+Errors use trtllm-serve's shapes: {"error": "<FastAPI's validation text>"} for a body its request models would refuse,
+{"object": "error", "message", "type", "param", "code"} for the rest; a streamed answer that fails breaks off, as
+trtllm-serve's does (docs/gateway.md, "The engine contract").
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import time
 import uuid
@@ -25,7 +28,7 @@ from byoc.errors import ByocError
 from runtime.serve.addons import routes as addon_routes
 from runtime.serve.config import Address, lora_int_id
 from runtime.serve.generation import BASE_ADAPTER, Delta, Failed, Finished, Generator, Sampling, Sequence
-from runtime.serve.openai_api import ApiError, bad, check_request, parse_json
+from runtime.serve.openai_api import ApiError, HandlerCheck, bad, check_request, parse_json
 from runtime.serve.structured import SchemaError, Structure, tool_call
 
 log = logging.getLogger("byoc.engine")
@@ -47,6 +50,41 @@ def _error(error: ApiError) -> web.Response:
     kind = "NotFoundError" if error.status == 404 else "BadRequestError"
     body = {"object": "error", "message": error.message, "type": kind, "param": error.param, "code": error.status}
     return web.json_response(body, status=error.status)
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _validation_error(error: ApiError, body: dict[str, Any] | None) -> web.Response:
+    """A body that fails request validation, answered as trtllm-serve answers it: 400 with `{"error": str(exc)}`.
+
+    trtllm-serve's request models are pydantic (`extra="forbid"`), and its handler for FastAPI's
+    `RequestValidationError` (`validation_exception_handler` in tensorrt_llm/serve/openai_server.py, commit 00057725)
+    returns `JSONResponse(status_code=400, content={"error": str(exc)})`: FastAPI's text, "N validation error(s):"
+    then each pydantic error as a Python dict (type, loc, msg, input), so it quotes the offending input. What the
+    shared validator refuses is what pydantic refuses there (an unknown field, a wrong type, a missing field); the
+    message here has the same form, input included, so the gateway is tested against the real thing.
+    """
+    loc: list[str | int] = ["body"]
+    for name, index in _PATH_PART.findall(error.param or ""):
+        loc.append(int(index) if index else name)
+    value: Any = body
+    for part in loc[1:]:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            value = body
+            break
+    said = error.message.removeprefix(f"{error.param}: ")
+    if body is None:
+        detail = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {}}
+    elif said.startswith("unrecognized"):
+        detail = {"type": "extra_forbidden", "loc": tuple(loc), "msg": "Extra inputs are not permitted", "input": value}
+    elif said.startswith("is required"):
+        detail = {"type": "missing", "loc": tuple(loc), "msg": "Field required", "input": body}
+    else:
+        detail = {"type": "value_error", "loc": tuple(loc), "msg": f"Value error, {said}", "input": value}
+    return web.json_response({"error": f"1 validation error:\n  {detail}"}, status=400)
 
 
 def _value(body: dict[str, Any], name: str, default: Any) -> Any:
@@ -252,9 +290,17 @@ class Engine:
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
             body = parse_json(await request.read())
+        except ApiError as error:
+            return _validation_error(error, None)
+        try:
             # one parser and validator with the gateway (runtime/serve/openai_api.py); the stop list is unbounded
             # here, as in trtllm-serve: the gateway bounds it
             structure = check_request("chat" if chat else "completions", body, self.max_context, None, engine=True)
+        except HandlerCheck as error:  # not one of trtllm-serve's request models' refusals
+            return _error(error)
+        except ApiError as error:
+            return _validation_error(error, body)
+        try:
             adapter = self._adapter(body)
             prompt = await asyncio.to_thread(self._prompt_ids, body, chat)
             sampling = self._sampling(body, len(prompt))
@@ -287,6 +333,7 @@ class Engine:
 
     async def _stream_tool_call(
         self,
+        request: web.Request,
         response: web.StreamResponse,
         sequence: Sequence,
         chunk_meta: dict[str, Any],
@@ -294,7 +341,9 @@ class Engine:
         structure: Structure,
     ) -> web.StreamResponse:
         try:
-            await _tool_call_events(response, sequence, chunk_meta, usage, structure)
+            if not await _tool_call_events(response, sequence, chunk_meta, usage, structure):
+                _break_off(request)
+                return response
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client left; the finally in _generate stops the generation
@@ -355,15 +404,14 @@ class Engine:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         if structure is not None and structure.mode != "json" and chat:
-            return await self._stream_tool_call(response, sequence, chunk_meta, usage, structure)
+            return await self._stream_tool_call(request, response, sequence, chunk_meta, usage, structure)
         first = True
         try:
             while True:
                 event = await sequence.events.get()
                 if isinstance(event, Failed):
-                    error = {"error": {"message": event.message, "type": "InternalServerError", "code": 500}}
-                    await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-                    break
+                    _break_off(request)
+                    return response
                 if first:
                     # the role chunk goes out with the first token, so it marks the time to first token
                     if chat:
@@ -422,15 +470,13 @@ async def _tool_call_events(
     chunk_meta: dict[str, Any],
     usage: StreamUsage,
     structure: Structure,
-) -> None:
-    """A forced tool call goes out whole, in one chunk, once its arguments are complete."""
+) -> bool:
+    """A forced tool call goes out whole, in one chunk, once its arguments are complete. False: the answer failed."""
     held: list[str] = []
     while True:
         event = await sequence.events.get()
         if isinstance(event, Failed):
-            error = {"error": {"message": event.message, "type": "InternalServerError", "code": 500}}
-            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-            return
+            return False
         held.append(event.text)
         if isinstance(event, Finished):
             break
@@ -448,6 +494,20 @@ async def _tool_call_events(
     if usage.include:
         await response.write(_usage_chunk(chunk_meta, event))
     await response.write(b"data: [DONE]\n\n")
+    return True
+
+
+def _break_off(request: web.Request) -> None:
+    """End a stream whose answer failed as trtllm-serve's does: no error event, no `[DONE]`, and no end of the body.
+
+    trtllm-serve's stream generators (`chat_stream_generator`, `completion_generator` in
+    tensorrt_llm/serve/openai_server.py, commit 00057725) log the exception and re-raise it; Starlette passes it on once
+    the response has started, and uvicorn (`RequestResponseCycle.run_asgi`) then closes the connection: the chunked
+    body never gets its terminating chunk, so a client reads an incomplete body, not a clean end. Closing the
+    transport here does the same (aiohttp's own end of the response then finds it closed and lets it be).
+    """
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _tool_call(structure: Structure | None, text: str, reason: str) -> dict[str, Any] | None:

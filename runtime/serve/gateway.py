@@ -89,6 +89,7 @@ class Outcome:
     reason: str = ""
     usage_seen: bool = False  # the engine sent usage (cumulative: the last one counts, once)
     content_chunks: int = 0  # streamed chunks that carried generated text: the count when no usage came
+    stream_identity: tuple[str, str] | None = None  # the stream's first chunk's (id, object)
 
 
 class Gateway:
@@ -583,6 +584,8 @@ class Gateway:
                         errored = True
                         break
                     outcome.last_token = now
+                    if outcome.stream_identity is None:
+                        outcome.stream_identity = _stream_identity(event)
                     if _carries_usage(event):
                         kept = self._take_usage(event, parsed, outcome)
                         if kept is None:
@@ -619,8 +622,9 @@ class Gateway:
                 pass
             return out
         if not finished:
+            # broken off: trtllm-serve ends a failed answer that way too, so check the replica rather than drop it
             self.metrics.upstream_errors.labels(reason="stream_cut").inc()
-            self.pool.failed(upstream)
+            self.pool.check_now(upstream)
             outcome.code, outcome.reason = "502", "stream_cut"
             try:
                 await out.write(STREAM_CUT)
@@ -655,13 +659,34 @@ class Gateway:
         outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         outcome.output_tokens = int(usage.get("completion_tokens") or 0)
         if not chunk.get("choices"):
-            return event if parsed.include_usage else None
+            if not parsed.include_usage:
+                return None
+            identity = outcome.stream_identity
+            if identity is None or (chunk.get("id"), chunk.get("object")) == identity:
+                return event
+            # some trtllm-serve versions build a completion stream's usage chunk as a chat chunk with an id of its
+            # own (`completion_stream_post_processor`, fixed by TensorRT-LLM PRs #12758 and #14708): OpenAI's
+            # clients expect the stream's own id and object on every chunk
+            chunk["id"], chunk["object"] = identity
+            return b"data: " + json.dumps(chunk).encode()
         if parsed.continuous_usage:
             return event
         if _GENERATED.search(event) is not None:
             outcome.content_chunks += 1
         chunk.pop("usage")
         return b"data: " + json.dumps(chunk).encode()
+
+
+_ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
+_OBJECT = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
+
+
+def _stream_identity(event: bytes) -> tuple[str, str] | None:
+    """A chunk's (id, object), read without decoding it: the stream's identity, from its first chunk."""
+    found_id, found_object = _ID.search(event), _OBJECT.search(event)
+    if found_id is None or found_object is None:
+        return None
+    return found_id.group(1).decode(), found_object.group(1).decode()
 
 
 def _carries_usage(event: bytes) -> bool:

@@ -32,6 +32,7 @@ from runtime.serve.prefix_cache import (
     PrefixCacheMetrics,
     ReuseStats,
     context_block_hashes,
+    sequence_block_hashes,
 )
 from runtime.serve.structured import Grammars
 
@@ -39,6 +40,9 @@ log = logging.getLogger("byoc.engine")
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter forward pass
 TOKENS_PER_BLOCK = 32  # trtllm's default KV cache block size (KvCacheConfig.tokens_per_block)
 STATS_KEPT = 1000
+# Fault injection for tests (never set in a deployment): every answer that reaches this many generated tokens fails
+# there, as an engine error mid-stream would; shorter answers are served normally.
+FAULT_AT_TOKEN_ENV = "BYOC_ENGINE_FAULT_AT_TOKEN"
 
 
 @dataclass
@@ -220,6 +224,8 @@ class Generator:
                 self.max_blocks, event_buffer_max_size=event_buffer_max_size, window_size=self.max_context
             )
             PrefixCacheMetrics(self.prefix_cache, self.metrics.registry)
+        fault = os.environ.get(FAULT_AT_TOKEN_ENV, "")
+        self._fault_at: int | None = int(fault) if fault.isdigit() else None
         self._running = True
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
@@ -338,13 +344,22 @@ class Generator:
         logits = self.model(**kwargs).logits[0, -1].float()
         if s.first_token is None and self.prefix_cache is not None and len(hashes) > reused:
             cache, prefix = s.cache, self.prefix_cache
-            prefix.store(hashes, s.prompt, lambda i: prefix.block_kv(cache, i), start=reused, adapter=s.adapter)
+            prefix.store(
+                hashes,
+                s.prompt,
+                lambda i: prefix.block_kv(cache, i),
+                start=reused,
+                adapter=s.adapter,
+                lora_task_id=s.lora_task_id,
+            )
         token = self._sample(s, logits)
         now = time.perf_counter()
         if s.first_token is None:
             s.first_token = now
         s.generated.append(token)
         s.counts[token] = s.counts.get(token, 0) + 1
+        if self._fault_at is not None and len(s.generated) >= self._fault_at:
+            raise RuntimeError(f"injected fault ({FAULT_AT_TOKEN_ENV})")
         if s.length % TOKENS_PER_BLOCK == 1:
             self._alloc_total += 1
         if s.matcher is not None:
@@ -386,12 +401,34 @@ class Generator:
         # full blocks before the last prompt token: that token is always computed (it gives the first logits)
         hashes = context_block_hashes(s.prompt, s.lora_task_id, TOKENS_PER_BLOCK)
         found = self.prefix_cache.match(hashes)
-        if found:
-            s.cache = self.prefix_cache.restore(found)
-            s.cached_tokens = len(found) * TOKENS_PER_BLOCK
-        return torch.tensor([s.prompt[len(found) * TOKENS_PER_BLOCK :]], dtype=torch.long), hashes, len(found)
+        # then the next block's leading tokens (up to the last prompt token), from a cached block that starts alike:
+        # a previous answer's partial last block, or a block that differs further on
+        start = len(found) * TOKENS_PER_BLOCK
+        wanted = s.prompt[start : min(start + TOKENS_PER_BLOCK, len(s.prompt) - 1)]
+        partial = None
+        if wanted:
+            parent = found[-1].block_hash if found else None
+            partial = self.prefix_cache.match_partial(parent, wanted, s.lora_task_id, counted=len(found) < len(hashes))
+        if found or partial:
+            s.cache = self.prefix_cache.restore(found, partial)
+            s.cached_tokens = start + (partial[1] if partial else 0)
+        return torch.tensor([s.prompt[s.cached_tokens :]], dtype=torch.long), hashes, len(found)
 
     def _finish(self, s: Sequence, text: str, reason: str, now: float) -> bool:
+        if self.prefix_cache is not None:
+            # as trtllm's storeBlocksForReuse when a request ends: prompt and output less the last token (its KV is
+            # not computed), the last block partial; the cache holds exactly those tokens' KV. Stored before the
+            # answer is complete, so that a client that has its answer finds its blocks in the events.
+            tokens = s.prompt + s.generated
+            hashes = sequence_block_hashes(tokens, s.lora_task_id, TOKENS_PER_BLOCK)
+            cache, prefix = s.cache, self.prefix_cache
+            prefix.store(
+                hashes,
+                tokens[:-1],
+                lambda i: prefix.block_kv(cache, i),
+                adapter=s.adapter,
+                lora_task_id=s.lora_task_id,
+            )
         s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
         self.metrics.finished(s, reason, now)
         return True

@@ -6,6 +6,8 @@ are user data, and no user data goes into an error body or a log line (zero data
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -48,6 +50,13 @@ class ApiError(Exception):
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+class HandlerCheck(ApiError):
+    """A refusal that trtllm-serve makes, if at all, in its request handler once its pydantic request models have
+    accepted the body (a length beyond the context window), or that is byoc's own (a schema the grammar could not
+    enforce: trtllm-serve's xgrammar drops the keywords): the CPU engine answers it in the handler's `ErrorResponse`
+    shape, not as a request-validation failure."""
 
 
 def bad(param: str, message: str) -> ApiError:
@@ -263,8 +272,10 @@ def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, 
     elif name in BOOLEANS:
         _boolean(body, name)
     elif name in ("max_tokens", "max_completion_tokens"):
-        # every prompt has at least one token, so max_tokens must leave room for it in the window
-        _integer(body, name, 1, max_context - 1)
+        _integer(body, name, 1)
+        if body[name] is not None and body[name] > max_context - 1:
+            # every prompt has at least one token, so max_tokens must leave room for it in the window
+            raise HandlerCheck(400, f"{name}: must be at most {max_context - 1}", param=name)
     elif name == "min_tokens":
         _integer(body, name, 0, max_context)
     elif name == "logprobs":
@@ -340,7 +351,7 @@ def check_request(
         # what the engine's grammar would drop is refused here, whatever engine is behind (trtllm-serve drops too)
         structure = requested_structure(body, kind == "chat")
     except SchemaError as error:
-        raise bad(error.param, str(error)) from None
+        raise HandlerCheck(400, f"{error.param}: {error}", param=error.param) from None
     # trtllm-serve refuses stream_options without stream only when they say something: `{}` passes there
     if not (engine and body.get("stream_options") == {}):
         _stream_options(body, bool(body.get("stream")))
@@ -441,17 +452,54 @@ def scrub(message: str, body: dict[str, Any]) -> str | None:
 ADDED = {"lora_request": "model"}
 
 
+# trtllm-serve's answer to a body its pydantic request models refuse: `{"error": str(RequestValidationError)}`
+# (openai_server.py's `validation_exception_handler`), FastAPI's text of one Python dict per error. Only `loc` (where)
+# and `msg` (pydantic's words) are read from it; `input`, the client's own value, never leaves.
+_LOC = re.compile(r"'loc': \(([^()]*)\)")
+_MSG = re.compile(r"""'msg': ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def _validation_failure(status: int, text: str, body: dict[str, Any], renamed: dict[str, str] | None) -> ApiError:
+    """An engine's request-validation failure in OpenAI's shape: the parameter it names and pydantic's words."""
+    param: str | None = None
+    said = ""
+    where, what = _LOC.search(text), _MSG.search(text)
+    loc: Any = ()
+    inside = where.group(1).strip().rstrip(",") if where is not None else ""
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        loc = ast.literal_eval(f"({inside},)") if inside else ()
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        said = str(ast.literal_eval(what.group(1))) if what is not None else ""
+    parts = [p for p in loc if not (isinstance(p, str) and p == "body")] if isinstance(loc, tuple) else []
+    if parts and isinstance(parts[0], str):
+        param = parts[0]
+        for part in parts[1:]:
+            param += f"[{part}]" if isinstance(part, int) else f".{part}"
+    names = {**ADDED, **(renamed or {})}
+    if param is not None and param.split(".")[0].split("[")[0] in names:
+        head = param.split(".")[0].split("[")[0]
+        param = names[head] + param[len(head) :]
+    safe = scrub(said, body) if said else None
+    if safe is None:
+        safe = "invalid value"
+    message = f"{param}: {safe}" if param else f"the engine refused the request as invalid: {safe}"
+    return ApiError(status, message[:500], param=param, kind="invalid_request_error")
+
+
 def upstream_error(status: int, raw: bytes, body: dict[str, Any], renamed: dict[str, str] | None = None) -> ApiError:
     """An upstream 4xx, in OpenAI's shape, with the upstream's own words only when they are safe to pass on.
 
     `renamed` maps the upstream's parameter names back to the client's (max_tokens -> max_completion_tokens), in
-    `param` and in the message.
+    `param` and in the message. Both of trtllm-serve's shapes: its `ErrorResponse` ({object: "error", message, type,
+    param, code}) and, for a body its request models refuse, `{"error": "<FastAPI's validation text>"}`.
     """
     message, param, code = "", None, None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return _validation_failure(status, data["error"], body, renamed)
     if isinstance(data, dict):
         error = data.get("error")
         detail: dict[str, Any] = error if isinstance(error, dict) else data  # OpenAI's shape or trtllm-serve's

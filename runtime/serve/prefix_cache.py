@@ -11,8 +11,12 @@ follows: with the same keys, it routes by what trtllm-serve itself reports.
 Which blocks (the catalog pins TensorRT-LLM 1.3.0rc19; read in the newest stored versions, see docs/gateway.md "The
 engine contract"): the KV cache manager keys a request's tokens less the last one, whose KV is not computed yet
 (`storeContextBlocks` in cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp stores the full blocks of `prompt[:-1]`
-once the prefill is done; its `storeBlocksForReuse`, at release, also stores the output's blocks and a partial last
-block). The engine here stores the prompt's full blocks only. TensorRT-LLM's own KV-aware router
+once the prefill is done; its `storeBlocksForReuse`, when the request ends, stores the blocks of prompt and output less
+the last token, a partial last block included: `chopVectorIntoBlocks(uniqueTokens, size - 1, tokensPerBlock, true)`;
+read at commit b35ac1b6). The engine here does both (`sequence_block_hashes` for the second), so a chat's next turn,
+whose prompt holds the previous answer, reuses the answer's blocks. A cached block whose tokens start the prompt's
+next block is reused for as many tokens as agree (trtllm's partial reuse, `enable_partial_reuse` on by default): that
+is how a stored partial last block is reused. TensorRT-LLM's own KV-aware router
 (`BlockHashMixin._compute_block_hashes` in tensorrt_llm/serve/router.py, commit 00895e31) keys `prompt[:-1]` too, the
 last block partial: `prompt_block_hashes` does the same, so its full blocks are the ones the engine reports.
 
@@ -124,6 +128,14 @@ def context_block_hashes(
     return block_hashes(prompt[:-1], lora_task_id, tokens_per_block)
 
 
+def sequence_block_hashes(
+    tokens: Sequence[int], lora_task_id: int | None = None, tokens_per_block: int = TOKENS_PER_BLOCK
+) -> list[int]:
+    """The keys of the blocks the engine stores when a request ends (`storeBlocksForReuse`): its prompt and output
+    less the last token (whose KV is never computed), the last block partial."""
+    return block_hashes(tokens[:-1], lora_task_id, tokens_per_block, allow_partial=True)
+
+
 @dataclass(eq=False)
 class Block:
     """One cached block: its key, its parent's key, its tokens, the adapter it was computed with (its blocks go when
@@ -135,6 +147,7 @@ class Block:
     adapter: str
     kv: Any
     children: set[int] = field(default_factory=set)
+    lora_task_id: int | None = None  # part of its key; a partial match must not cross adapters
 
 
 @dataclass
@@ -200,6 +213,37 @@ class PrefixCache:
             self.stats.missed_blocks += len(hashes) - len(found)
             return found
 
+    def match_partial(
+        self, parent: int | None, tokens: Sequence[int], lora_task_id: int | None, counted: bool
+    ) -> tuple[Block, int] | None:
+        """A cached block after `parent` (None: a first block) whose leading tokens agree with `tokens`, the next
+        block's tokens, and how many agree: the most of any such block, at least one. As trtllm's partial reuse
+        (`findMatchingBlock` with `enable_partial_reuse`), the agreeing tokens' KV is copied, not shared. `counted`:
+        `tokens` is a block `match` counted as missed (a full one), now a reused one."""
+        with self._lock:
+            if parent is None:
+                candidates = [b for b in self._blocks.values() if b.parent is None]
+            else:
+                holder = self._blocks.get(parent)
+                candidates = [self._blocks[c] for c in holder.children if c in self._blocks] if holder else []
+            best: tuple[Block, int] | None = None
+            for block in candidates:
+                if block.lora_task_id != lora_task_id:
+                    continue
+                agree = 0
+                for mine, theirs in zip(tokens, block.tokens, strict=False):
+                    if mine != theirs:
+                        break
+                    agree += 1
+                if agree and (best is None or agree > best[1]):
+                    best = (block, agree)
+            if best is not None:
+                self._blocks.move_to_end(best[0].block_hash)
+                self.stats.reused_blocks += 1
+                if counted:
+                    self.stats.missed_blocks -= 1
+            return best
+
     def store(
         self,
         hashes: Sequence[int],
@@ -207,11 +251,12 @@ class PrefixCache:
         kv_of_block: Any,
         start: int = 0,
         adapter: str = BASE_ADAPTER,
+        lora_task_id: int | None = None,
     ) -> int:
-        """Keep blocks `start..len(hashes)-1` of a prompt computed with `adapter`; `kv_of_block(i)` gives block i's
-        tensors. Returns how many were new. Stored blocks become one `stored` event (trtllm's
-        `KVCacheEventSerializer` in tensorrt_llm/_utils.py: parent_hash and the blocks in order, each with its
-        token ids; `lora_id` is left out there, so here too)."""
+        """Keep blocks `start..len(hashes)-1` of `tokens` computed with `adapter` (the last one may be partial);
+        `kv_of_block(i)` gives block i's tensors. Returns how many were new. Stored blocks become one `stored` event
+        (trtllm's `KVCacheEventSerializer` in tensorrt_llm/_utils.py: parent_hash and the blocks in order, each with
+        its token ids; `lora_id` is left out there, so here too)."""
         stored: list[dict[str, Any]] = []
         first_parent: int | None = None
         with self._lock:
@@ -223,7 +268,9 @@ class PrefixCache:
                 if block_hash in self._blocks:
                     continue
                 chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
-                self._blocks[block_hash] = Block(block_hash, parent, chunk, adapter, kv_of_block(i))
+                self._blocks[block_hash] = Block(
+                    block_hash, parent, chunk, adapter, kv_of_block(i), lora_task_id=lora_task_id
+                )
                 if parent is not None:
                     self._blocks[parent].children.add(block_hash)
                 if not stored:
@@ -281,16 +328,20 @@ class PrefixCache:
 
     # -- KV tensors (torch, imported by the engine only) -----------------------------------------------------
     @staticmethod
-    def restore(blocks: Sequence[Block]) -> Any:
-        """A transformers `DynamicCache` holding `blocks` in order: the prefix a prefill continues from."""
+    def restore(blocks: Sequence[Block], partial: tuple[Block, int] | None = None) -> Any:
+        """A transformers `DynamicCache` holding `blocks` in order, then the first tokens of a partially matched
+        block: the prefix a prefill continues from."""
         import torch
         from transformers import DynamicCache
 
+        parts: list[list[tuple[Any, Any]]] = [b.kv for b in blocks]
+        if partial is not None:
+            block, agree = partial
+            parts.append([(k[:, :, :agree, :], v[:, :, :agree, :]) for k, v in block.kv])
         cache = DynamicCache()
-        layers = len(blocks[0].kv)
-        for layer in range(layers):
-            keys = torch.cat([b.kv[layer][0] for b in blocks], dim=2)
-            values = torch.cat([b.kv[layer][1] for b in blocks], dim=2)
+        for layer in range(len(parts[0])):
+            keys = torch.cat([kv[layer][0] for kv in parts], dim=2)
+            values = torch.cat([kv[layer][1] for kv in parts], dim=2)
             cache.update(keys, values, layer)
         return cache
 

@@ -55,6 +55,8 @@ class UpstreamPool:
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._checking: set[Upstream] = set()  # replicas with a check_now under way
+        self._checks: set[asyncio.Task[None]] = set()  # their tasks, kept referenced until done
 
     # -- routing ---------------------------------------------------------------------------------------------
     def pick(self, exclude: Upstream | Collection[Upstream] | None = None) -> Upstream | None:
@@ -94,6 +96,27 @@ class UpstreamPool:
             self._refresh()
         self._wake.set()
 
+    def check_now(self, upstream: Upstream) -> None:
+        """A stream from it broke off: check it at once (its /health and /v1/models), without taking it out first.
+
+        trtllm-serve breaks a stream off both when one answer fails (the exception closes the connection) and when
+        the process dies, so the break alone says nothing about the replica; the check does: a dead one is out
+        within a round trip, a healthy one keeps serving.
+        """
+        if self._session is None or upstream in self._checking:
+            return
+        self._checking.add(upstream)
+        task = asyncio.create_task(self._check_now(upstream), name="upstream-check-now")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_now(self, upstream: Upstream) -> None:
+        try:
+            await self._check(upstream)
+            self._refresh()
+        finally:
+            self._checking.discard(upstream)
+
     def learned_addons(self) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
         for upstream in self.ready:
@@ -107,6 +130,8 @@ class UpstreamPool:
         self._task = asyncio.create_task(self._run(), name="upstream-health")
 
     async def stop(self) -> None:
+        for check in list(self._checks):
+            check.cancel()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

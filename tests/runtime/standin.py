@@ -20,6 +20,10 @@ PROMPT_TOKENS = 11
 # "honour": usage as stream_options ask (trtllm-serve 1.3.0rc19); "every": cumulative usage on every chunk plus a
 # final usage chunk whatever was asked (TensorRT-LLM before PR #10644 with include_usage); "none": never any usage
 UsageMode = Literal["honour", "every", "none"]
+# "stream": the usage chunk of a completion stream carries the stream's id and object (TensorRT-LLM 1.3.0rc19's
+# newest source); "chat_fresh_id": a chat chunk with an id of its own, as `completion_stream_post_processor` built it
+# before TensorRT-LLM PRs #12758 and #14708
+UsageChunk = Literal["stream", "chat_fresh_id"]
 
 
 def _dump(data: dict[str, Any]) -> bytes:
@@ -36,8 +40,12 @@ class StandInEngine:
         retry_after: str | None = None,
         usage: UsageMode = "honour",
         delay: float = 0.0,
+        refusal: dict[str, Any] | None = None,
+        usage_chunk: UsageChunk = "stream",
     ) -> None:
         self.model, self.status, self.retry_after, self.usage, self.delay = model, status, retry_after, usage, delay
+        self.refusal = refusal  # the body of a refusal (status other than 200), instead of vLLM's
+        self.usage_chunk = usage_chunk
         self.requests: list[dict[str, Any]] = []  # the bodies received, in order
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="standin", daemon=True)
@@ -82,7 +90,7 @@ class StandInEngine:
         kind = "RateLimitError" if self.status == 429 else "ServiceUnavailableError"
         # vLLM's shape; the message quotes nothing here, but the gateway must not pass it on anyway
         body = {"error": {"message": "the engine is full", "type": kind, "param": None, "code": self.status}}
-        return web.json_response(body, status=self.status, headers=headers)
+        return web.json_response(self.refusal or body, status=self.status, headers=headers)
 
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
@@ -126,7 +134,10 @@ class StandInEngine:
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
             await response.write(chunk({**choice, "finish_reason": reason}, i))
         if include:
-            await response.write(_dump({**meta, "choices": [], "usage": usage}))
+            last = {**meta, "choices": [], "usage": usage}
+            if not chat and self.usage_chunk == "chat_fresh_id":
+                last.update(id="chatcmpl-fresh", object="chat.completion.chunk")
+            await response.write(_dump(last))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

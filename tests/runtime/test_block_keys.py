@@ -146,10 +146,17 @@ def test_engine_events_carry_tensorrt_llm_keys_and_token_ids(engine: Server, tin
     assert events and all(set(e) == {"event_id", "data", "window_size"} for e in events)  # no attention DP here
     assert all(isinstance(e["window_size"], int) and e["window_size"] > 0 for e in events)
     stored = [e["data"] for e in events if isinstance(e["data"], dict) and e["data"]["type"] == "stored"]
-    assert len(stored) == 1 and set(stored[0]) == {"type", "parent_hash", "blocks"}
+    # after the prefill, the prompt's full blocks; when the request ends, prompt and answer less the last token: here
+    # the partial third block, the prompt's last token and the first generated one (trtllm's storeBlocksForReuse)
+    assert len(stored) == 2 and all(set(data) == {"type", "parent_hash", "blocks"} for data in stored)
     assert stored[0]["parent_hash"] is None  # the first block extends nothing
+    assert stored[1]["parent_hash"] == BASE_64[1]
     blocks = stored_blocks(events)
-    assert [b["block_hash"] for b in blocks] == BASE_64
+    assert [b["block_hash"] for b in blocks[:2]] == BASE_64
+    (partial,) = stored[1]["blocks"]
+    ids = [t["token_id"] for t in partial["tokens"]]
+    assert len(ids) == 2 and ids[0] == 7 and partial["block_hash"] == block_hash(ids, BASE_64[1])
+    blocks = blocks[:2]
     for block, tokens in zip(blocks, (ONE_TO_64[:32], ONE_TO_64[32:]), strict=True):
         assert set(block) == {"type", "block_hash", "tokens", "cache_level", "priority"}  # lora_id: not serialized
         assert block["type"] == "stored_block" and block["cache_level"] == 0 and block["priority"] == 35
@@ -158,17 +165,17 @@ def test_engine_events_carry_tensorrt_llm_keys_and_token_ids(engine: Server, tin
     # an addon's blocks are keyed with the LoRA task id the request carries (trtllm's lora_request.lora_int_id) ...
     lora = {"lora_name": "sql", "lora_int_id": 7, "lora_path": str(tiny_models["sql"])}
     complete(engine, {**request, "model": ENGINE_MODEL, "lora_request": lora})
-    assert [b["block_hash"] for b in stored_blocks(drain(engine))] == TASK7_64
+    assert [b["block_hash"] for b in stored_blocks(drain(engine))][:2] == TASK7_64
     # ... or, asked for by name, with byoc's id for that name (the one the gateway sends)
     complete(engine, {**request, "model": "sql"})
-    assert [b["block_hash"] for b in stored_blocks(drain(engine))] == SQL_64
+    assert [b["block_hash"] for b in stored_blocks(drain(engine))][:2] == SQL_64
     # the same prompt again: its two blocks are reused, and the usage says so (trtllm's cached_tokens)
     again = complete(engine, {**request, "model": ENGINE_MODEL})
     assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": 64} and again["usage"]["prompt_tokens"] == 65
-    assert stored_blocks(drain(engine)) == []
+    assert stored_blocks(drain(engine)) == []  # the same greedy answer: its partial block is held already
     # a later block of a cached prefix is stored with its parent's key
     complete(engine, {**request, "prompt": [*ONE_TO_64, *range(100, 132), 7], "model": ENGINE_MODEL})
-    (event,) = [e["data"] for e in drain(engine) if isinstance(e["data"], dict) and e["data"]["type"] == "stored"]
+    event, _end = [e["data"] for e in drain(engine) if isinstance(e["data"], dict) and e["data"]["type"] == "stored"]
     assert event["parent_hash"] == BASE_64[1]
     assert [b["block_hash"] for b in event["blocks"]] == [block_hash(list(range(100, 132)), BASE_64[1])]
 
@@ -178,7 +185,7 @@ def test_gateway_keys_a_prompt_as_the_engine_reports_it(
 ) -> None:
     """The same chat request through the gateway (base model and addon): the engine's stored blocks are the full
     blocks of the keys the gateway's precise routing computes; the gateway's last key may be a partial block, which
-    TensorRT-LLM's router keys too and the engine stores only when the request ends (not at all here)."""
+    TensorRT-LLM's router keys too and the engine stores only when the request ends, with the answer's tokens in it."""
     # least_outstanding: a precise gateway would drain the engine's events before the test reads them
     gateway = start_gateway(runtime_dir, [engine.url], "--addon", "sql=hf://byoc-examples/sql-lora")
     router = Router("precise", UpstreamPool((), 1.0, GatewayMetrics(2.0)), PromptTokenizer(tiny_models["base"]))
@@ -198,7 +205,8 @@ def test_gateway_keys_a_prompt_as_the_engine_reports_it(
                 "POST", gateway.url + "/v1/chat/completions", json_body(body), {"Content-Type": "application/json"}
             )
             assert answer.status == 200, answer.body
-            stored = [b["block_hash"] for b in stored_blocks(drain(engine))]
+            prefill = drain(engine)[:1]  # the prefill's event; the request's end stores the answer's blocks after it
+            stored = [b["block_hash"] for b in stored_blocks(prefill)]
             assert len(stored) >= 2
             assert list(key.blocks[: len(stored)]) == stored
             assert len(key.blocks) - len(stored) <= 1  # at most the partial last block
@@ -225,4 +233,6 @@ def test_unloading_an_addon_removes_its_blocks_and_only_its(engine: Server, tiny
         if isinstance(event["data"], dict) and event["data"]["type"] == "removed"
         for block in event["data"]["block_hashes"]
     ]
-    assert sorted(removed) == sorted(legal)  # the base model's blocks of the same tokens stay cached
+    # its prompt blocks and the partial block its answer ended in; the base model's blocks of the same tokens stay
+    assert set(legal) <= set(removed) and len(removed) == len(legal) + 1
+    assert not set(block_hashes(prompt[:-1])) & set(removed)

@@ -257,7 +257,8 @@ def test_an_engine_message_that_quotes_content_is_still_withheld() -> None:
 def test_the_gateway_and_the_engine_refuse_a_request_with_one_validator(
     gateway: GatewayUnderTest, engine: Server, body: dict[str, object], param: str
 ) -> None:
-    """One parser for both: the same parameter named with the same words; the engine in trtllm-serve's shape."""
+    """One parser for both: the same parameter named; the engine answers as trtllm-serve's RequestValidationError
+    handler does (`{"error": str(exc)}`, FastAPI's text naming the parameter's location)."""
     request = {"model": MODEL, "messages": HELLO, "max_tokens": 2, **body}
     through = http("POST", gateway.url + "/v1/chat/completions", json.dumps(request).encode(), AUTH)
     direct = http(
@@ -268,13 +269,12 @@ def test_the_gateway_and_the_engine_refuse_a_request_with_one_validator(
     )
     assert through.status == direct.status == 400, (through.body, direct.body)
     error = _assert_openai_error(through.json(), param)
-    assert direct.json() == {
-        "object": "error",
-        "message": error["message"],
-        "type": "BadRequestError",
-        "param": param,
-        "code": 400,
-    }
+    refused = direct.json()
+    assert set(refused) == {"error"} and refused["error"].startswith("1 validation error:")
+    # the location names the same parameter: ('body', 'messages', 0, 'role') for messages[0].role
+    where = ", ".join(repr(int(p) if p.isdigit() else p) for p in param.replace("[", ".").replace("]", "").split("."))
+    assert f"'loc': ('body', {where})" in refused["error"]
+    assert str(error["message"]).startswith(f"{param}: ")
 
 
 def test_the_engine_takes_trtllm_serves_own_fields_the_gateway_refuses(
@@ -291,3 +291,30 @@ def test_the_engine_takes_trtllm_serves_own_fields_the_gateway_refuses(
         {"Content-Type": "application/json"},
     )
     assert direct.status == 200, direct.body
+
+
+@pytest.mark.parametrize(
+    ("loc", "param"),
+    [
+        ("('body', 'max_tokens')", "max_completion_tokens"),  # the name the client sent (the gateway renamed it)
+        ("('body', 'lora_request', 'lora_path')", "model.lora_path"),  # what the gateway added: the client's `model`
+        ("('body', 'messages', 1, 'content', 0, 'text')", "messages[1].content[0].text"),
+        ("('body',)", None),
+    ],
+)
+def test_trtllm_serves_validation_text_names_the_parameter_and_never_the_input(loc: str, param: str | None) -> None:
+    """trtllm-serve's `{"error": str(RequestValidationError)}` (FastAPI's text: one Python dict per error, quoting the
+    input) becomes OpenAI's error shape: `param` from `loc`, pydantic's `msg`, and nothing of `input`."""
+    from runtime.serve.openai_api import upstream_error
+
+    secret = "the password is swordfish"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": secret}], "max_tokens": 5}
+    text = f"1 validation error:\n  {{'type': 'int_type', 'loc': {loc}, 'msg': 'Input should be a valid integer', "
+    text += f"'input': '{secret}'}}\n  File \"openai_server.py\", line 1, in openai_chat\n    POST /v1/chat/completions"
+    error = upstream_error(400, json.dumps({"error": text}).encode(), body, {"max_tokens": "max_completion_tokens"})
+    assert error.status == 400 and error.kind == "invalid_request_error" and error.param == param
+    assert "Input should be a valid integer" in error.message and "swordfish" not in error.message
+    # pydantic's own words are dropped too when they quote the request
+    quoting = text.replace("Input should be a valid integer", f"Value error, {secret}")
+    error = upstream_error(400, json.dumps({"error": quoting}).encode(), body)
+    assert "swordfish" not in error.message
