@@ -565,6 +565,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None, help="shared-prefix / multi-addon: requests per mode.")
     parser.add_argument("--rate", type=float, default=None, help="shared-prefix / multi-addon: requests per second.")
     parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="shared-prefix / multi-addon: gateway processes, requests alternated across them (as a Service spreads "
+        "clients over gateway replicas) [1].",
+    )
+    parser.add_argument(
+        "--modes",
+        default="",
+        help="shared-prefix / multi-addon: routing modes to run, comma-separated [all three].",
+    )
+    parser.add_argument(
         "--routing", default="least_outstanding", help="pass-through: the gateway's --routing mode [least_outstanding]."
     )
     parser.add_argument(
@@ -583,7 +595,8 @@ def main() -> None:
     if args.scenario != "pass-through" and args.role == "bench":
         from runtime.serve import bench_routing
 
-        bench_routing.main(args.scenario, args.requests, args.rate)
+        modes = tuple(m for m in args.modes.split(",") if m) or bench_routing.MODES
+        bench_routing.main(args.scenario, args.requests, args.rate, args.gateways, modes)
         return
     if args.role == "upstream":
         with contextlib.suppress(KeyboardInterrupt):

@@ -9,6 +9,9 @@ back on fresh replicas (cold caches), the same workload. Per mode: TTFT p50/p90,
 (answered requests per second from the first arrival to the last answer), prefix hit rate (the engines' reused /
 (reused + missed) KV blocks) and requests per replica.
 
+`--gateways N` runs N gateway processes in front of the same replicas and sends request i to gateway i mod N, as a
+Kubernetes Service spreads clients over the gateway replicas the HPA runs; each gateway keeps its own routing state.
+
 multi-addon: the same replicas with `--max-loras 2` (two adapters resident at once, as trtllm's lora_config.max_loras)
 and six LoRA addons; requests pick an addon at random; per mode: latencies and the adapter loads per replica.
 """
@@ -233,13 +236,16 @@ async def _one(session: Any, url: str, request: Request, output_tokens: int, sta
     return Result(None if first is None else first - sent, done - sent, first is not None)
 
 
-async def _drive(url: str, requests: list[Request], output_tokens: int) -> tuple[list[Result], float]:
+async def _drive(urls: list[str], requests: list[Request], output_tokens: int) -> tuple[list[Result], float]:
+    """Send the requests at their times, request i to urls[i mod len(urls)]."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         started = time.perf_counter()
-        results = await asyncio.gather(*(_one(session, url, r, output_tokens, started) for r in requests))
+        results = await asyncio.gather(
+            *(_one(session, urls[i % len(urls)], r, output_tokens, started) for i, r in enumerate(requests))
+        )
         return list(results), time.perf_counter() - started
 
 
@@ -261,8 +267,9 @@ def run_mode(
     workload: Workload,
     requests: list[Request],
     engine_extra: list[str],
+    gateways: int = 1,
 ) -> dict[str, Any]:
-    """One routing mode on fresh replicas: start them and the gateway, send the workload, read the counters."""
+    """One routing mode on fresh replicas: start them and the gateways, send the workload, read the counters."""
     processes: list[subprocess.Popen[bytes]] = []
     replicas: list[Replica] = []
     try:
@@ -275,24 +282,26 @@ def run_mode(
             replicas.append(Replica(f"http://127.0.0.1:{port}", process))
         for replica in replicas:
             _wait(replica.url + "/health", replica.process)
-        port = _free_port()
-        args = ["gateway", "--listen", f"127.0.0.1:{port}", "--model", MODEL, "--insecure-no-auth"]
-        args += ["--max-context", "4096", "--routing", mode, "--health-interval", "1"]
-        args += ["--max-concurrency", "1024", "--upstream-timeout", "600"]
-        if mode == "precise":
-            args += ["--routing-tokenizer", str(model_dir)]
-        for replica in replicas:
-            args += ["--upstream", replica.url]
-        gateway = _byoc(args, folder / f"gateway-{mode}.log")
-        processes.append(gateway)
-        _wait(f"http://127.0.0.1:{port}/ready", gateway)
+        urls = []
+        for g in range(gateways):
+            port = _free_port()
+            args = ["gateway", "--listen", f"127.0.0.1:{port}", "--model", MODEL, "--insecure-no-auth"]
+            args += ["--max-context", "4096", "--routing", mode, "--health-interval", "1"]
+            args += ["--max-concurrency", "1024", "--upstream-timeout", "600"]
+            if mode == "precise":
+                args += ["--routing-tokenizer", str(model_dir)]
+            for replica in replicas:
+                args += ["--upstream", replica.url]
+            gateway = _byoc(args, folder / f"gateway-{mode}-{g}.log")
+            processes.append(gateway)
+            _wait(f"http://127.0.0.1:{port}/ready", gateway)
+            urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
         # warm each replica's torch kernels with a prompt shorter than one KV block (nothing is cached)
         warm = Request(0.0, [{"role": "user", "content": "ka lo mi"}], requests[0].model)
         for replica in replicas:
-            asyncio.run(_drive(replica.url + "/v1/chat/completions", [warm], 2))
+            asyncio.run(_drive([replica.url + "/v1/chat/completions"], [warm], 2))
         before = [r.counters() for r in replicas]
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        results, elapsed = asyncio.run(_drive(url, requests, workload.output_tokens))
+        results, elapsed = asyncio.run(_drive(urls, requests, workload.output_tokens))
         after = [r.counters() for r in replicas]
     finally:
         _stop(processes)
@@ -339,7 +348,7 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_average_1m_at_start": round(load[0], 2)}
 
 
-def benchmark(scenario: str, workload: Workload, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
+def benchmark(scenario: str, workload: Workload, modes: tuple[str, ...] = MODES, gateways: int = 1) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="byoc-bench-routing-"))
     machine = _machine()
     try:
@@ -353,11 +362,14 @@ def benchmark(scenario: str, workload: Workload, modes: tuple[str, ...] = MODES)
             engine_extra = ["--max-loras", "2"]
             for name, path in adapters.items():
                 engine_extra += ["--addon", f"{name}={path}"]
-        per_mode = {mode: run_mode(mode, model_dir, folder, workload, requests, engine_extra) for mode in modes}
+        per_mode = {
+            mode: run_mode(mode, model_dir, folder, workload, requests, engine_extra, gateways) for mode in modes
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result: dict[str, Any] = {
-        "command": f"python -m runtime.serve.bench --scenario {scenario}",
+        "command": f"python -m runtime.serve.bench --scenario {scenario} --gateways {gateways}",
+        "gateways": gateways,
         "machine": {**machine, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "workload": workload.__dict__,
         "modes": per_mode,
@@ -373,10 +385,12 @@ def benchmark(scenario: str, workload: Workload, modes: tuple[str, ...] = MODES)
     return result
 
 
-def main(scenario: str, requests: int | None, rate: float | None) -> None:
+def main(
+    scenario: str, requests: int | None, rate: float | None, gateways: int = 1, modes: tuple[str, ...] = MODES
+) -> None:
     workload = Workload()
     if requests is not None:
         workload = Workload(**{**workload.__dict__, "requests": requests})
     if rate is not None:
         workload = Workload(**{**workload.__dict__, "rate": rate})
-    print(json.dumps(benchmark(scenario, workload), indent=2))
+    print(json.dumps(benchmark(scenario, workload, modes, gateways), indent=2))

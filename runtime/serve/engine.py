@@ -98,7 +98,6 @@ class Engine:
         self.generator = generator
         self.model_name = model_name
         self.max_context = max_context
-        self.created = int(time.time())
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -121,15 +120,19 @@ class Engine:
         return web.json_response({"version": VERSION})
 
     async def models(self, request: web.Request) -> web.Response:
+        # as trtllm-serve's ModelCard (openai_protocol.py, 1.3.0rc19): `created` is stamped per request, so it says
+        # nothing of when the engine started; the engine's per-process identity is its KV event stream (ids from 0,
+        # `created` first: prefix_cache.py)
+        created = int(time.time())
         data: list[dict[str, Any]] = [
-            {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "tensorrt_llm"}
+            {"id": self.model_name, "object": "model", "created": created, "owned_by": "tensorrt_llm"}
         ]
         for name, folder in self.generator.addons.items():
             data.append(
                 {
                     "id": name,
                     "object": "model",
-                    "created": self.created,
+                    "created": created,
                     "owned_by": "tensorrt_llm",
                     "parent": self.model_name,
                     "root": str(folder),

@@ -2,6 +2,14 @@
 
 A replica is ready when `/health` answers 200 and `/v1/models` names its model. A replica that refuses a connection
 is taken out at once (passive check) and comes back on the next health check that passes.
+
+Each time a replica comes back into the ready set it is a new incarnation (`Upstream.incarnation`): whatever the
+router knew of its KV cache belongs to the old one. An engine restarted in place (same address, empty cache) is
+caught this way when a health check saw it down: trtllm-serve takes minutes to load a model, answering 503 or refusing
+connections meanwhile. trtllm-serve 1.3.0rc19 exposes no per-process identity on the endpoints read here
+(tensorrt_llm/serve/openai_server.py: `/v1/models` stamps each card's `created` at the request, ModelCard in
+openai_protocol.py; `/version` is the build; `/health` has no body), so a restart too quick for the health interval
+is caught by the router where it follows the engine's KV events (their ids start over in a new process): `renewed`.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class Upstream:
     outstanding: int = 0
     model_id: str | None = None
     addons: dict[str, str | None] = field(default_factory=dict)  # learned: addon id -> its adapter path if listed
+    # which life of the replica this is: bumped when it comes back into the ready set or shows a new engine process
+    incarnation: int = 0
 
 
 def excluded_set(exclude: Upstream | Collection[Upstream] | None) -> Collection[Upstream]:
@@ -117,6 +127,11 @@ class UpstreamPool:
         finally:
             self._checking.discard(upstream)
 
+    def renewed(self, upstream: Upstream, why: str) -> None:
+        """The replica turned out to be a new engine process (an empty cache) without leaving the ready set."""
+        log.info("upstream %s is a new engine process (%s)", upstream.url, why)
+        upstream.incarnation += 1
+
     def learned_addons(self) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
         for upstream in self.ready:
@@ -195,6 +210,8 @@ class UpstreamPool:
             ready = False
         if ready != upstream.ready:
             log.info("upstream %s is %s", upstream.url, "ready" if ready else "not ready")
+            if ready:
+                upstream.incarnation += 1  # back in the ready set: perhaps restarted, its cache is not known
         upstream.ready = ready
 
     @staticmethod
