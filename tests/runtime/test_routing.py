@@ -191,3 +191,110 @@ def test_routing_settings_are_checked_before_start(flags: list[str], named: str)
     done = subprocess.run([*command, *flags], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 2
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+def missed(engine: Server) -> float:
+    text = http("GET", engine.url + "/prometheus/metrics").body.decode()
+    return metric(text, "trtllm_kv_cache_missed_blocks_total") or 0.0
+
+
+def ready_upstreams(gateway: Server) -> int:
+    return int(http("GET", gateway.url + "/ready").json()["upstreams_ready"])
+
+
+def test_a_replica_restarted_in_place_loses_its_cache_credit(tiny_models: dict[str, Path], runtime_dir: Path) -> None:
+    """approximate mode: an engine that restarts at the same address has an empty cache; the gateway must stop
+    sending it the prefixes it held before (they go to the replica that still holds them, and hit there)."""
+    engines = [start_engine(tiny_models, runtime_dir, wait=False) for _ in range(2)]
+    for engine in engines:
+        engine.wait()
+    gateway = gateway_for("approximate", engines, tiny_models, runtime_dir)
+    try:
+        ask(gateway, "acme", "Warm up.")
+        before = [served(e) for e in engines]
+        failures: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                ask(gateway, "acme", "Count slowly.", tokens=200)
+            except BaseException as exc:
+                failures.append(exc)
+
+        # three at once: the load bound sends the third to the other replica, so both hold acme's prefix
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert not failures
+        spread = [served(e) - b for e, b in zip(engines, before, strict=True)]
+        assert min(spread) >= 1, f"the load bound did not spread the prefix: {spread}"
+        # restart the replica that took fewer: by old credit it would be the cheaper one (fewer recent requests)
+        restarted = spread.index(min(spread))
+        survivor = engines[1 - restarted]
+        engines[restarted].stop()
+        wait_for(lambda: ready_upstreams(gateway) == 1, timeout=30, what="the gateway to see the replica go")
+        engines[restarted] = start_engine(tiny_models, runtime_dir, port=engines[restarted].port)
+        wait_for(lambda: ready_upstreams(gateway) == 2, timeout=30, what="the gateway to see the replica back")
+        reused_before, served_before = reused(survivor), served(survivor)
+        for question in ("What now?", "And then?"):
+            ask(gateway, "acme", question)
+        # the restarted engine (counters from zero) took none of them and missed nothing; the survivor reused acme's
+        # prefix for both
+        assert served(engines[restarted]) == 0
+        assert missed(engines[restarted]) == 0
+        assert served(survivor) - served_before == 2
+        assert reused(survivor) - reused_before >= 2 * 4
+    finally:
+        gateway.stop()
+        for engine in engines:
+            engine.stop()
+
+
+def tenant_prompt(name: str, i: int) -> str:
+    # the tenant's name first: no two tenants share a leading block
+    return f"You answer for {name}, and only for {name}. " + " ".join(CORPUS[i * 9 : i * 9 + 14])
+
+
+def prefix_hit_rate(gateways: list[Server], replicas: list[Server], tenants: list[str], rounds: int) -> float:
+    """Each tenant asked `rounds` times, requests alternated across the gateways as a Service spreads clients; the
+    engines' reused / (reused + missed) prompt blocks over the run."""
+    before = [(reused(r), missed(r)) for r in replicas]
+    for round_ in range(rounds):
+        for i, name in enumerate(tenants):
+            # each tenant's successive requests reach different gateways
+            gateway = gateways[(round_ + i) % len(gateways)]
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    {"role": "system", "content": tenant_prompt(name, i)},
+                    {"role": "user", "content": f"Question {round_}?"},
+                ],
+                max_tokens=2,
+                temperature=0,
+            )
+    hits = sum(reused(r) - b[0] for r, b in zip(replicas, before, strict=True))
+    misses = sum(missed(r) - b[1] for r, b in zip(replicas, before, strict=True))
+    return hits / (hits + misses)
+
+
+@pytest.mark.parametrize("mode", ["approximate", "precise"])
+def test_two_gateway_replicas_keep_the_prefix_hit_rate_of_one(
+    mode: str, replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    """Two gateways, each with its own routing state, taking alternate requests: a tenant's prefix still reaches the
+    replica that holds it (rendezvous home), so the hit rate stays within 0.9x of one gateway's."""
+    one = [gateway_for(mode, replicas, tiny_models, runtime_dir)]
+    try:
+        single = prefix_hit_rate(one, replicas, [f"{mode}-solo-{i}" for i in range(6)], rounds=3)
+    finally:
+        one[0].stop()
+    two = [gateway_for(mode, replicas, tiny_models, runtime_dir) for _ in range(2)]
+    try:
+        pair = prefix_hit_rate(two, replicas, [f"{mode}-pair-{i}" for i in range(6)], rounds=3)
+    finally:
+        for gateway in two:
+            gateway.stop()
+    assert single > 0.5  # each tenant misses once, on its first request, then hits
+    assert pair >= 0.9 * single, (single, pair)
