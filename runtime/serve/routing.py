@@ -112,6 +112,7 @@ class RouteKey:
     blocks: tuple[int, ...]
     addon: str | None
     home: bytes = b""
+    home_depth: int = 0  # how many leading blocks the home key covers
     charged: tuple[ReplicaState, int] | None = None
 
 
@@ -239,8 +240,8 @@ class PrefixMatch:
         for candidate in eligible:
             known = self.matched(candidate.state, blocks, now) if candidate.state is not None else 0
             candidate.known = candidate.matched = known
-        depth = min(len(blocks), HOME_BLOCKS)
-        if depth and decision.key.home and max(c.known for c in eligible) < depth:
+        depth = decision.key.home_depth
+        if depth and max(c.known for c in eligible) < depth:
             # this gateway knows no eligible replica holding the prompt's leading blocks: another gateway may have
             # sent them to the prefix's home, and a new prefix goes there, so that every gateway agrees
             home = max(eligible, key=lambda c: rendezvous_rank(decision.key.home, c.upstream.url))
@@ -262,12 +263,12 @@ class TextPrefix(PrefixMatch):
             # Python's string hash (SipHash, salted per process): the index lives and dies with this process
             parent = hash((parent, text[i * TEXT_BLOCK_CHARS : (i + 1) * TEXT_BLOCK_CHARS]))
             out.append(parent)
-        home = b""
-        if count:
+        home, depth = b"", min(count, HOME_BLOCKS)
+        if depth:
             # the home key must be the same in every gateway process: blake2b, not the salted hash above
-            leading = (addon or BASE_ADAPTER) + "\x00" + text[: min(count, HOME_BLOCKS) * TEXT_BLOCK_CHARS]
+            leading = (addon or BASE_ADAPTER) + "\x00" + text[: depth * TEXT_BLOCK_CHARS]
             home = hashlib.blake2b(leading.encode(), digest_size=8).digest()
-        return RouteKey(tuple(out), addon, home)
+        return RouteKey(tuple(out), addon, home, depth)
 
     def matched(self, state: ReplicaState, blocks: tuple[int, ...], now: float) -> int:
         return sent_prefix(state, blocks)
@@ -289,9 +290,9 @@ class EngineBlockPrefix(PrefixMatch):
             return RouteKey((), addon)
         blocks = engine_block_keys(tokens, addon)
         # the home is keyed by full blocks only: a partial last block changes with every question
-        full = min((len(tokens) - 1) // TOKENS_PER_BLOCK, len(blocks), HOME_BLOCKS)
-        home = (blocks[full - 1] & _KEY_MASK).to_bytes(8, "big") if full > 0 else b""
-        return RouteKey(blocks, addon, home)
+        depth = min((len(tokens) - 1) // TOKENS_PER_BLOCK, len(blocks), HOME_BLOCKS)
+        home = (blocks[depth - 1] & _KEY_MASK).to_bytes(8, "big") if depth > 0 else b""
+        return RouteKey(blocks, addon, home, depth)
 
     def matched(self, state: ReplicaState, blocks: tuple[int, ...], now: float) -> int:
         if not state.events_supported:  # no /kv_cache_events there: what was sent there, as in approximate
