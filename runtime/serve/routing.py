@@ -44,12 +44,12 @@ blake2b per ready replica per request, and moves only the prefixes of a replica 
 
 Routing state follows the replicas, in every mode: what the router knows of a replica is tied to the replica's
 incarnation (`Upstream.incarnation`, runtime/serve/upstreams.py), which changes when the replica leaves the ready set
-and comes back, or when it turns out to be a new engine process. trtllm-serve 1.3.0rc19 exposes no per-process
-identity on the endpoints a health check reads (`/v1/models` stamps `created` per request, `/version` is the build,
-`/prometheus/metrics` is a multiprocess registry without `process_start_time_seconds`); its KV event stream is per
-process (event ids count from 0 and the first event is `created`), so precise mode takes a `created` event or event
-ids that go back as a new process. A forgotten replica loses its prefix index, reported blocks, queued prefill and
-LoRA affinity.
+and comes back, or when it turns out to be a new engine process. trtllm-serve (1.3.0rc19; openai_server.py read at
+NVIDIA/TensorRT-LLM 00057725) exposes no per-process identity on the endpoints a health check reads (`/v1/models`
+stamps `created` per request, `/version` is the build, `/prometheus/metrics` is a multiprocess registry without
+`process_start_time_seconds`); its KV event stream is per process (event ids count from 0 and the first event is
+`created`), so precise mode takes a `created` event or event ids that go back as a new process. A forgotten replica
+loses its prefix index, reported blocks, queued prefill and LoRA affinity.
 
 Per-request cost (measured here, 3 replicas): `least_outstanding` none; `approximate` hashes at most 64 text blocks
 and does a dict lookup per block and replica: ~5 us for a short prompt, ~25 us for a 4,600-character one; `precise`
