@@ -208,10 +208,11 @@ def test_a_replica_restarted_in_place_loses_its_cache_credit(tiny_models: dict[s
     """approximate mode: an engine that restarts at the same address has an empty cache; the gateway must stop
     sending it the prefixes it held before (they go to the replica that still holds them, and hit there)."""
     engines = [start_engine(tiny_models, runtime_dir, wait=False) for _ in range(2)]
-    for engine in engines:
-        engine.wait()
-    gateway = gateway_for("approximate", engines, tiny_models, runtime_dir)
+    gateway: Server | None = None
     try:
+        for engine in engines:
+            engine.wait()
+        gateway = gateway_for("approximate", engines, tiny_models, runtime_dir)
         ask(gateway, "acme", "Warm up.")
         before = [served(e) for e in engines]
         failures: list[BaseException] = []
@@ -248,7 +249,8 @@ def test_a_replica_restarted_in_place_loses_its_cache_credit(tiny_models: dict[s
         assert served(survivor) - served_before == 2
         assert reused(survivor) - reused_before >= 2 * 4
     finally:
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
         for engine in engines:
             engine.stop()
 
@@ -297,8 +299,10 @@ def test_two_gateway_replicas_keep_the_prefix_hit_rate_of_one(
         single = prefix_hit_rate(one, replicas, [f"{mode}-solo-{i}" for i in range(6)], rounds=3)
     finally:
         one[0].stop()
-    two = [gateway_for(mode, replicas, tiny_models, runtime_dir, *factor) for _ in range(2)]
+    two: list[Server] = []
     try:
+        for _ in range(2):  # one by one: a gateway that fails to start leaves none running
+            two.append(gateway_for(mode, replicas, tiny_models, runtime_dir, *factor))
         pair = prefix_hit_rate(two, replicas, [f"{mode}-pair-{i}" for i in range(6)], rounds=3)
     finally:
         for gateway in two:
