@@ -429,8 +429,9 @@ class Generator:
                 adapter=s.adapter,
                 lora_task_id=s.lora_task_id,
             )
-        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
+        # counted before the answer is complete: a client that has its answer finds it in the metrics
         self.metrics.finished(s, reason, now)
+        s.emit(Finished(text[s.sent :], reason, len(s.prompt), len(s.generated), s.cached_tokens))
         return True
 
     def _prepare(self, s: Sequence) -> None:
