@@ -313,6 +313,12 @@ class Engine:
             return _error(error)
         except SchemaError as error:  # a schema xgrammar could not compile
             return _error(bad(error.param, str(error)))
+        except Exception as exc:  # noqa: BLE001
+            # trtllm-serve's handlers answer any exception while a request is prepared (the chat template, the
+            # tokenizer) with create_error_response(str(e)): 400 BadRequestError, not 500 (openai_server.py,
+            # openai_chat / openai_completion). The gateway withholds the message if it quotes the request.
+            log.warning("request refused while it was prepared: %s", type(exc).__name__)
+            return _error(ApiError(400, f"{type(exc).__name__}: {exc}"[:500]))
         loop = asyncio.get_running_loop()
         sequence = Sequence(prompt, sampling, adapter, loop, asyncio.Queue())
         sequence.lora_task_id = self._lora_task_id(body, adapter)

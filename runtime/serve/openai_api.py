@@ -101,7 +101,43 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "request body: nested too deeply", param="body", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body: must be a JSON object", param="body")
+    if _SURROGATE_ESCAPE.search(raw) is not None:
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            # JSON lets `\ud800` stand alone; it is no character, so no tokenizer can take it (the engine fails)
+            raise ApiError(
+                400,
+                f"{where}: holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair): not text; "
+                "send the text as UTF-8 or escape whole characters",
+                param=where,
+                code="invalid_json",
+            )
     return data
+
+
+# A surrogate escape in the raw body: only then are the parsed strings walked (an emoji's pair is one character).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string holding a lone surrogate (json.loads keeps one as it is), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, path) or _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -435,6 +471,11 @@ def request_texts(body: dict[str, Any]) -> list[str]:
     return found
 
 
+# A request value this long found anywhere in an engine's message is taken as quoted; a shorter one only in quotes.
+QUOTE_MIN_CHARS = 8
+QUOTES = ("'", '"', "`")
+
+
 def scrub(message: str, body: dict[str, Any]) -> str | None:
     """The upstream's message if it quotes nothing the client sent, else None.
 
@@ -442,8 +483,13 @@ def scrub(message: str, body: dict[str, Any]) -> str | None:
     input; such a message is replaced, not forwarded.
     """
     for text in request_texts(body):
-        probe = text.strip()[:16]
-        if len(probe) >= 3 and probe in message:
+        value = text.strip()
+        if len(value) >= QUOTE_MIN_CHARS:
+            if value[:16] in message:
+                return None
+        elif value and any(f"{q}{value}{q}" in message for q in QUOTES):
+            # a short value counts as quoted only between quotes (as Python's repr and pydantic show it): a word of
+            # the client's that is also one of the engine's ("the", "schema") is no quote
             return None
     return message[:500]
 

@@ -240,6 +240,20 @@ def test_an_engine_message_that_quotes_content_is_still_withheld() -> None:
     assert upstream_error(400, raw, body).message == harmless
     raw = json.dumps({"object": "error", "message": "role user: bad", "type": "BadRequestError", "code": 400})
     assert upstream_error(400, raw.encode(), body).message == "role user: bad"
+    # a short value of the client's that is also one of the engine's words is no quote (found by a new user:
+    # `"user": "engine"`, `"stop": ["the"]`, a message `schema` withheld the harmless message above)
+    for coincidence in (
+        {**body, "user": "engine"},
+        {**body, "stop": ["the"]},
+        {**body, "messages": [{"role": "user", "content": "schema"}]},
+        {**body, "messages": [{"role": "user", "content": "enforce"}]},
+    ):
+        raw = json.dumps({"object": "error", "message": harmless, "type": "BadRequestError", "code": 400}).encode()
+        assert upstream_error(400, raw, coincidence).message == harmless, coincidence
+    # ...but the same short value between quotes, as Python's repr and pydantic show an input, is withheld
+    quoted = "stop: 'the' is not a valid stop sequence"
+    raw = json.dumps({"object": "error", "message": quoted, "type": "BadRequestError", "code": 400}).encode()
+    assert "withheld because it quoted the request" in upstream_error(400, raw, {**body, "stop": ["the"]}).message
 
 
 @pytest.mark.parametrize(
@@ -318,3 +332,29 @@ def test_trtllm_serves_validation_text_names_the_parameter_and_never_the_input(l
     quoting = text.replace("Input should be a valid integer", f"Value error, {secret}")
     error = upstream_error(400, json.dumps({"error": quoting}).encode(), body)
     assert "swordfish" not in error.message
+
+
+def test_a_lone_surrogate_is_the_clients_400_naming_where_not_a_replica_failure(
+    gateway: GatewayUnderTest, engine: Server
+) -> None:
+    """JSON lets `\\ud800` stand alone; no tokenizer can take it. Found by a new user: it came back 502 "the model
+    replica failed" and raised the upstream-error alerts. It is the client's mistake, named where it is, and never
+    reaches a replica; an emoji's surrogate pair is still text."""
+    errors_before = _upstream_health(gateway)
+    for path, request, param in (
+        ("chat/completions", {"messages": [{"role": "user", "content": "x\\ud800"}]}, "messages[0].content"),
+        ("completions", {"prompt": "x\\udfff y"}, "prompt"),
+    ):
+        raw = json.dumps({"model": MODEL, "max_tokens": 2, **request}).replace("\\\\u", "\\u").encode()
+        for stream in (False, True):
+            body = raw[:-1] + (b', "stream": true}' if stream else b"}")
+            through = http("POST", f"{gateway.url}/v1/{path}", body, AUTH)
+            assert through.status == 400, through.body
+            error = _assert_openai_error(through.json(), param)
+            assert "surrogate" in str(error["message"])
+        direct = http("POST", f"{engine.url}/v1/{path}", raw, {"Content-Type": "application/json"})
+        assert direct.status == 400, direct.body
+    assert _upstream_health(gateway) == errors_before
+    emoji = json.dumps({"model": MODEL, "max_tokens": 2, "prompt": "ok \U0001f600"}).encode()  # ascii: a pair
+    assert b"\\ud83d\\ude00" in emoji
+    assert http("POST", gateway.url + "/v1/completions", emoji, AUTH).status == 200
