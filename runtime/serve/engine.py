@@ -313,7 +313,7 @@ class Engine:
             return _error(error)
         except SchemaError as error:  # a schema xgrammar could not compile
             return _error(bad(error.param, str(error)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # trtllm-serve's handlers answer any exception while a request is prepared (the chat template, the
             # tokenizer) with create_error_response(str(e)): 400 BadRequestError, not 500 (openai_server.py,
             # openai_chat / openai_completion). The gateway withholds the message if it quotes the request.
