@@ -90,6 +90,11 @@ class Outcome:
     usage_seen: bool = False  # the engine sent usage (cumulative: the last one counts, once)
     content_chunks: int = 0  # streamed chunks that carried generated text: the count when no usage came
     stream_identity: tuple[str, str] | None = None  # the stream's first chunk's (id, object)
+    # the one usage-only chunk a client with `include_usage` gets before [DONE], built from the last usage seen
+    usage_chunk: dict[str, Any] | None = None
+    # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
+    # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
+    usage_source: str = "none"
 
 
 class Gateway:
@@ -279,6 +284,7 @@ class Gateway:
             # client that left, a replica that broke off): one token per chunk of generated text relayed, which is
             # what trtllm-serve sends per iteration (a lower bound with speculative decoding); prompt tokens unknown
             outcome.output_tokens = outcome.content_chunks
+            outcome.usage_source = "counted"
         if outcome.code == "200" or outcome.first_token is not None:
             series.duration.observe(ended - started)
             if outcome.prompt_tokens:
@@ -296,7 +302,7 @@ class Gateway:
         self.access_log.write(
             f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
             f"status={outcome.code} prompt_tokens={outcome.prompt_tokens} output_tokens={outcome.output_tokens} "
-            f"ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
+            f"usage={outcome.usage_source} ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
         )
 
     def _resolve_model(self, name: str) -> Addon | Unresolved | None:
@@ -545,6 +551,8 @@ class Gateway:
             raise await self._upstream_failure(response, parsed)
         raw = await response.read()
         outcome.prompt_tokens, outcome.output_tokens = _usage(raw)
+        if outcome.prompt_tokens or outcome.output_tokens:
+            outcome.usage_source = "engine"
         body = _rename_model(raw, upstream_model, parsed.model)
         outcome.code = "200"
         return web.Response(body=body, headers=JSON_HEADERS)
@@ -578,6 +586,9 @@ class Gateway:
                         continue
                     if event.startswith(DONE):
                         finished = True
+                        if parsed.include_usage and outcome.usage_chunk is not None:
+                            # one usage chunk, the last cumulative count, whatever number the engine sent
+                            batch.append(b"data: " + json.dumps(outcome.usage_chunk).encode() + b"\n\n")
                         batch.append(event + b"\n\n")
                         break
                     if b'"error"' in event[:32]:  # OpenAI's {"error": ...} or trtllm-serve's {"object": "error"}
@@ -644,9 +655,10 @@ class Gateway:
         """Meter a chunk's usage and pass on only what the client asked for (OpenAI's `stream_options`).
 
         Usage is cumulative (trtllm-serve's and vLLM's `continuous_usage_stats` put the running total on every
-        chunk, then the total again on a last chunk with `choices: []`), so the last one seen is the count: every
-        token once, whether the engine sent it on every chunk, once, or both. The client gets the last chunk only
-        with `include_usage`, and usage on the other chunks only with `continuous_usage_stats` too.
+        chunk, then the total again on a last chunk with `choices: []`; some engines put it on the last content
+        chunk instead, or send several usage-only chunks), so the last one seen is the count: every token once.
+        Usage-only chunks are held back (None): a client with `include_usage` gets one, built from the last usage
+        seen, just before [DONE] (`_relay_stream`); usage on content chunks stays only with `continuous_usage_stats`.
         """
         try:
             chunk = json.loads(event[event.index(b"{") :])
@@ -656,19 +668,24 @@ class Gateway:
         if not isinstance(usage, dict):
             return event
         outcome.usage_seen = True
+        outcome.usage_source = "engine"
         outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         outcome.output_tokens = int(usage.get("completion_tokens") or 0)
+        if parsed.include_usage:
+            # the stream's own id and object (some trtllm-serve versions build a completion stream's usage chunk
+            # as a chat chunk with an id of its own: `completion_stream_post_processor`, fixed by TensorRT-LLM PRs
+            # #12758 and #14708; OpenAI's clients expect the stream's id and object on every chunk)
+            chunk_id, chunk_object = outcome.stream_identity or (chunk.get("id"), chunk.get("object"))
+            outcome.usage_chunk = {
+                "id": chunk_id,
+                "object": chunk_object,
+                "created": chunk.get("created"),
+                "model": parsed.model,
+                "choices": [],
+                "usage": usage,
+            }
         if not chunk.get("choices"):
-            if not parsed.include_usage:
-                return None
-            identity = outcome.stream_identity
-            if identity is None or (chunk.get("id"), chunk.get("object")) == identity:
-                return event
-            # some trtllm-serve versions build a completion stream's usage chunk as a chat chunk with an id of its
-            # own (`completion_stream_post_processor`, fixed by TensorRT-LLM PRs #12758 and #14708): OpenAI's
-            # clients expect the stream's own id and object on every chunk
-            chunk["id"], chunk["object"] = identity
-            return b"data: " + json.dumps(chunk).encode()
+            return None
         if parsed.continuous_usage:
             return event
         if _GENERATED.search(event) is not None:

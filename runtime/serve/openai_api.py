@@ -192,7 +192,7 @@ def _logit_bias(value: Any) -> None:
             raise bad("logit_bias", "values must be numbers from -100 to 100")
 
 
-def _messages(value: Any) -> None:
+def _messages(value: Any, engine: bool = False) -> None:
     if not isinstance(value, list) or not value:
         raise bad("messages", "must be a non-empty list of messages")
     for i, message in enumerate(value):
@@ -218,6 +218,11 @@ def _messages(value: Any) -> None:
             raise bad(f"{where}.name", "must be a string")
         if "tool_calls" in message and not isinstance(message["tool_calls"], list):
             raise bad(f"{where}.tool_calls", "must be a list")
+        # OpenAI requires `tool_call_id` on a tool message (ChatCompletionToolMessageParam); trtllm-serve takes one
+        # without it (its CustomChatCompletionMessageParam allows any role, tool_call_id optional), so the engine
+        # does too and only the gateway refuses
+        if role == "tool" and not engine and not isinstance(message.get("tool_call_id"), str):
+            raise bad(f"{where}.tool_call_id", "is required on a tool message (the id of the tool call it answers)")
 
 
 def _prompt(value: Any) -> None:
@@ -377,7 +382,7 @@ def check_request(
     if (model is not None or not engine) and (not isinstance(model, str) or not model):
         raise bad("model", "is required (GET /v1/models lists the models)")
     if kind == "chat":
-        _messages(body.get("messages"))
+        _messages(body.get("messages"), engine)
         _tools(body)
     elif "prompt" not in body:
         raise bad("prompt", "is required")

@@ -18,8 +18,10 @@ from aiohttp import web
 ANSWER = [" one", " two", " three", " four", " five"]
 PROMPT_TOKENS = 11
 # "honour": usage as stream_options ask (trtllm-serve 1.3.0rc19); "every": cumulative usage on every chunk plus a
-# final usage chunk whatever was asked (TensorRT-LLM before PR #10644 with include_usage); "none": never any usage
-UsageMode = Literal["honour", "every", "none"]
+# final usage chunk whatever was asked (TensorRT-LLM before PR #10644 with include_usage); "none": never any usage;
+# "last_content": the total on the last content chunk, no usage-only chunk (some vLLM/SGLang-style engines);
+# "twice": two usage-only chunks at the end, the running total then the total
+UsageMode = Literal["honour", "every", "none", "last_content", "twice"]
 # "stream": the usage chunk of a completion stream carries the stream's id and object (TensorRT-LLM 1.3.0rc19's
 # newest source); "chat_fresh_id": a chat chunk with an id of its own, as `completion_stream_post_processor` built it
 # before TensorRT-LLM PRs #12758 and #14708
@@ -111,7 +113,8 @@ class StandInEngine:
             kind = "chat.completion" if chat else "text_completion"
             return web.json_response({**meta, "object": kind, "choices": [choice], "usage": usage})
         options = body.get("stream_options") or {}
-        include = self.usage == "every" or (self.usage == "honour" and bool(options.get("include_usage")))
+        asked = bool(options.get("include_usage"))
+        include = self.usage == "every" or (self.usage in ("honour", "twice") and asked)
         continuous = self.usage == "every" or (include and bool(options.get("continuous_usage_stats")))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -119,7 +122,7 @@ class StandInEngine:
 
         def chunk(choice: dict[str, Any], generated: int) -> bytes:
             data = {**meta, "choices": [choice]}
-            if continuous:
+            if continuous or (self.usage == "last_content" and asked and generated == total):
                 data["usage"] = {
                     "prompt_tokens": PROMPT_TOKENS,
                     "completion_tokens": generated,
@@ -133,6 +136,9 @@ class StandInEngine:
             reason = "length" if i == total else None
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
             await response.write(chunk({**choice, "finish_reason": reason}, i))
+        if include and self.usage == "twice":
+            running = {**usage, "completion_tokens": total - 1, "total_tokens": PROMPT_TOKENS + total - 1}
+            await response.write(_dump({**meta, "choices": [], "usage": running}))
         if include:
             last = {**meta, "choices": [], "usage": usage}
             if not chat and self.usage_chunk == "chat_fresh_id":

@@ -87,6 +87,7 @@ def test_sigterm_flushes_every_access_line(engine: Server, runtime_dir: Path) ->
 
 # -- usage once -----------------------------------------------------------------------------------------------------
 HELLO = [{"role": "user", "content": "Hello"}]
+JSON = {"Content-Type": "application/json"}
 CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
 
 
@@ -300,3 +301,126 @@ def test_stream_options_the_gateway_cannot_honour_are_refused(
             model=MODEL, messages=HELLO, max_tokens=2, stream=True, extra_body={"stream_options": options}
         )
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == param
+
+
+def _sse(gateway: Server, kind: str, options: dict[str, bool] | None) -> list[dict[str, Any] | str]:
+    """A streamed answer read raw: each event's JSON, and "[DONE]" as the string."""
+    body: dict[str, Any] = {"model": ENGINE_MODEL, "max_tokens": 5, "stream": True}
+    body.update({"messages": HELLO} if kind == "chat" else {"prompt": "One two"})
+    if options is not None:
+        body["stream_options"] = options
+    path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+    answer = http("POST", gateway.url + path, json.dumps(body).encode(), JSON)
+    assert answer.status == 200, answer.body
+    events = [e.removeprefix("data: ") for e in answer.body.decode().split("\n\n") if e.strip()]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+@pytest.mark.parametrize("usage", ["last_content", "twice", "every", "honour"])
+def test_a_client_that_asks_for_usage_gets_exactly_one_usage_chunk_whatever_the_engine_sends(
+    runtime_dir: Path, kind: str, usage: Any
+) -> None:
+    """Usage on the last content chunk only, two usage-only chunks, usage on every chunk, one usage chunk: a client
+    with `include_usage` gets one chunk with `choices: []`, the stream's identity and the last total, before
+    [DONE]; a client that did not ask gets none; each token is counted once."""
+    standin = StandInEngine(usage=usage)
+    gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
+    try:
+        chunks = _stream(gateway, kind, {"include_usage": True})  # the official client parses the stream
+        assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
+        *content, last = chunks
+        assert last.choices == [] and {c.id for c in chunks} == {content[0].id}
+        assert {c.object for c in chunks} == {content[0].object} and last.model == ENGINE_MODEL
+        assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (PROMPT_TOKENS, len(ANSWER))
+
+        events = _sse(gateway, kind, {"include_usage": True})
+        assert events[-1] == "[DONE]"
+        carrying = [e for e in events[:-1] if isinstance(e, dict) and e.get("usage") is not None]
+        assert carrying == [events[-2]] and events[-2]["choices"] == []  # type: ignore[index]
+        assert events[-2]["usage"]["total_tokens"] == PROMPT_TOKENS + len(ANSWER)  # type: ignore[index]
+        assert isinstance(events[-2]["created"], int)  # type: ignore[index]
+
+        events = _sse(gateway, kind, None)
+        assert all(isinstance(e, str) or (e.get("usage") is None and e["choices"]) for e in events)
+
+        wait_for(lambda: len(_access(gateway)) == 3, timeout=5, what="three access lines")
+        for line in _access(gateway):
+            assert f"prompt_tokens={PROMPT_TOKENS} output_tokens={len(ANSWER)} usage=engine " in line, line
+        assert _output_tokens(gateway) == 3 * len(ANSWER)
+    finally:
+        gateway.stop()
+        standin.stop()
+
+
+def test_an_engine_with_usage_on_its_last_content_chunk_keeps_continuous_usage(runtime_dir: Path) -> None:
+    standin = StandInEngine(usage="last_content")
+    gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
+    try:
+        chunks = _stream(gateway, "chat", CONTINUOUS)
+        # the engine's usage stays where it put it (on content), and one usage-only chunk ends the stream
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(ANSWER)
+        assert chunks[-2].choices and chunks[-2].usage is not None
+        assert sum(1 for c in chunks if not c.choices) == 1
+    finally:
+        gateway.stop()
+        standin.stop()
+
+
+def test_a_cancelled_request_says_its_counts_are_lower_bounds(engine: Server, runtime_dir: Path) -> None:
+    """A request the client cancels before the engine's usage: the access line says where its counts come from
+    (`usage=none`: nothing known; `usage=counted`: output tokens counted by chunk, prompt unknown)."""
+    standin = StandInEngine(delay=3)
+    gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
+    try:
+        impatient = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model=ENGINE_MODEL, messages=HELLO, max_tokens=5)
+        wait_for(lambda: len(_access(gateway)) == 1, timeout=10, what="the access line")
+        line = _access(gateway)[0]
+        assert "status=499 prompt_tokens=0 output_tokens=0 usage=none " in line, line
+    finally:
+        gateway.stop()
+        standin.stop()
+    gateway = start_gateway(runtime_dir, [engine.url], "--model", ENGINE_MODEL)
+    try:
+        stream = long_stream(client(gateway), model=ENGINE_MODEL)
+        for received, _ in enumerate(stream):
+            if received == 8:
+                break
+        stream.close()
+        _stream(gateway, "chat", None)  # a whole answer: the engine's usage
+        wait_for(lambda: len(_access(gateway)) == 2, timeout=10, what="two access lines")
+        cancelled, whole = sorted(_access(gateway), key=lambda line: "status=499" not in line)
+        assert "status=499 prompt_tokens=0 " in cancelled and " usage=counted " in cancelled, cancelled
+        assert "status=200 " in whole and " usage=engine " in whole, whole
+    finally:
+        gateway.stop()
+
+
+def test_a_tool_message_without_tool_call_id_is_refused_by_the_gateway_not_the_engine(
+    engine: Server, runtime_dir: Path
+) -> None:
+    """OpenAI requires `tool_call_id` on a tool message; trtllm-serve (and so the CPU engine) takes one without."""
+    messages = [
+        {"role": "user", "content": "What is the weather?"},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "tool", "content": "sunny"},
+    ]
+    gateway = start_gateway(runtime_dir, [engine.url], "--model", ENGINE_MODEL)
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(gateway).chat.completions.create(model=ENGINE_MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+        assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "messages[2].tool_call_id"
+        assert caught.value.status_code == 400
+        answered = client(gateway).chat.completions.create(
+            model=ENGINE_MODEL,
+            messages=[*messages[:2], {**messages[2], "tool_call_id": "call_1"}],  # type: ignore[list-item]
+            max_tokens=2,
+        )
+        assert answered.choices
+    finally:
+        gateway.stop()
+    body = {"model": ENGINE_MODEL, "messages": messages, "max_tokens": 2}
+    direct = http("POST", engine.url + "/v1/chat/completions", json.dumps(body).encode(), JSON)
+    assert direct.status == 200, direct.body
