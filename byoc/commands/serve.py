@@ -297,6 +297,14 @@ def hash_key(
             raise ByocError(
                 "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
             )
+        if any(c.isspace() or not c.isprintable() for c in key.strip()):
+            # the gateway would take it, but no client could send it: BYOC_API_KEY (`byoc addons`, `byoc status`)
+            # refuses whitespace, and HTTP clients strip or reject it in an Authorization header
+            raise ByocError(
+                "stdin",
+                "the key on stdin holds whitespace or a control character, and a key is one word",
+                "use a random key, e.g. `openssl rand -hex 24`",
+            )
         entry = hash_key_entry(name, key.strip(), rpm, max_concurrency)
     print(entry, end="")
 
