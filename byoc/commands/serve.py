@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from runtime.serve.config import Address
 
 
-def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
+def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_seconds: float = 30.0) -> None:
     from byoc.commands.common import Output, reporting
     from runtime.serve import logs, loop
     from runtime.serve.config import GatewayConfig, build_config, parse_addon, parse_address, parse_upstream
@@ -45,7 +45,7 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object]) -> None:
             listeners.append((config.metrics_listen, named["metrics_listen"]))
         check_listen(listeners)
     logs.configure()
-    _run_server(lambda: loop.run(serve(config, keys)), listeners)
+    _run_server(lambda: loop.run(serve(config, keys, drain_seconds)), listeners)
 
 
 def _run_server(run: Callable[[], None], listeners: list[tuple[Address, str]]) -> None:
@@ -141,6 +141,14 @@ def gateway(
             "--routing-load-factor", help="A replica takes cached prefixes while under this x mean load [1.25]."
         ),
     ] = None,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            "--drain-seconds",
+            min=1.0,
+            help="On SIGTERM, how long requests in progress may take before the gateway ends them and exits.",
+        ),
+    ] = 30.0,
 ) -> None:
     """The OpenAI-compatible gateway: auth, limits, addon routing, metrics, scale-from-zero buffering."""
     _needs_extra("serve", "byoc serve gateway")
@@ -167,7 +175,7 @@ def gateway(
         "routing_tokenizer": routing_tokenizer,
         "routing_load_factor": routing_load_factor,
     }
-    _run_gateway(config, flags)
+    _run_gateway(config, flags, drain_seconds)
 
 
 def engine(
@@ -296,6 +304,14 @@ def hash_key(
         if len(key) < 16:
             raise ByocError(
                 "stdin", "the key is shorter than 16 characters", "use a random key, e.g. `openssl rand -hex 24`"
+            )
+        if any(c.isspace() or not c.isprintable() for c in key.strip()):
+            # the gateway would take it, but no client could send it: BYOC_API_KEY (`byoc addons`, `byoc status`)
+            # refuses whitespace, and HTTP clients strip or reject it in an Authorization header
+            raise ByocError(
+                "stdin",
+                "the key on stdin holds whitespace or a control character, and a key is one word",
+                "use a random key, e.g. `openssl rand -hex 24`",
             )
         entry = hash_key_entry(name, key.strip(), rpm, max_concurrency)
     print(entry, end="")

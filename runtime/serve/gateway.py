@@ -68,6 +68,13 @@ STREAM_CUT = (
     b'data: {"error": {"message": "the model replica stopped in the middle of the answer; retry the request", '
     b'"type": "server_error", "param": null, "code": "upstream_stream_interrupted"}}\n\n'
 )
+# A stream still running at the end of the drain (SIGTERM + drain_seconds): the gateway ends it, the client retries.
+STREAM_DRAINED = (
+    b'data: {"error": {"message": "this gateway replica shut down before the answer ended; retry the request", '
+    b'"type": "server_error", "param": null, "code": "gateway_draining"}}\n\n'
+)
+# aiohttp's AppRunner waits this long for handlers after the drain has ended the answers (its default is 60 s)
+CLOSE_SECONDS = 1.0
 STREAM_ERROR = (
     b'data: {"error": {"message": "the model replica failed while generating this answer; retry the request", '
     b'"type": "server_error", "param": null, "code": "upstream_stream_error"}}\n\n'
@@ -111,6 +118,8 @@ class Gateway:
         self.pending = 0
         self.in_flight = 0
         self.draining = False
+        self.drain_started = asyncio.Event()
+        self.answers: dict[UpstreamResponse, Outcome] = {}  # answers being relayed: the drain's deadline ends them
         self.typical_duration = 0.0  # seconds, a moving average of answered requests (Retry-After when busy)
         self.access_log = AccessLog()
         self.created = int(time.time())
@@ -128,6 +137,22 @@ class Gateway:
         )
         await self.pool.start()
         await self.router.start()
+
+    def drain(self) -> None:
+        """SIGTERM: no new request, and none left waiting (held for a replica, or queued for a slot): each is
+        answered 503 `gateway_draining` at once, and its client retries on another gateway replica."""
+        self.draining = True
+        self.drain_started.set()
+        self.admission.close()
+
+    def end_answers(self) -> int:
+        """The drain's deadline: every answer still being relayed ends now (a stream with the gateway's error event),
+        and its engine stops generating. How many there were."""
+        answers = list(self.answers.items())
+        for response, outcome in answers:
+            outcome.reason = "drain_deadline"
+            response.close()
+        return len(answers)
 
     async def stop(self) -> None:
         await self.router.stop()
@@ -334,14 +359,7 @@ class Gateway:
         if self.draining:
             # SIGTERM: the load balancer takes this gateway out of rotation (/ready says 503) but may still send a
             # few; they go to another gateway replica, not into a process about to exit
-            outcome.reason = "draining"
-            raise ApiError(
-                503,
-                "this gateway replica is shutting down: retry (another replica will take the request)",
-                kind="server_error",
-                code="gateway_draining",
-                retry_after=DRAINING_RETRY_AFTER,
-            )
+            raise self._draining(outcome)
         key = self.keys.authenticate(request.headers.get("Authorization"))
         if key is None:
             raise _unauthorized()
@@ -379,6 +397,8 @@ class Gateway:
                     raise _unknown_model()
                 outcome.addon = addon.name if addon is not None else BASE
             reason = await self.admission.acquire(self.config.queue_timeout)
+            if reason == "closed":
+                raise self._draining(outcome)
             if reason is not None:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
             self.in_flight += 1
@@ -397,12 +417,21 @@ class Gateway:
         held = self.pending + self.admission.active + self.admission.queued
         if held >= self.config.max_concurrency + self.config.max_queue:
             raise self._limited("queue_full", "the gateway is at capacity: retry shortly", 1, outcome)
+        if self.draining:
+            raise self._draining(outcome)
         self.pending += 1
+        waiting = asyncio.ensure_future(self.pool.wait_ready(self.config.wake_timeout))
+        drain = asyncio.ensure_future(self.drain_started.wait())
         try:
-            ready = await self.pool.wait_ready(self.config.wake_timeout)
+            # held until a replica is ready, the wake timeout, or the drain (which answers at once)
+            await asyncio.wait((waiting, drain), return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pending -= 1
-        if not ready:
+            waiting.cancel()
+            drain.cancel()
+        if not waiting.done() or waiting.cancelled():
+            raise self._draining(outcome)
+        if not waiting.result():
             self.metrics.upstream_errors.labels(reason="no_upstream").inc()
             outcome.reason = "no_upstream"
             raise ApiError(
@@ -412,6 +441,17 @@ class Gateway:
                 code="no_replica_ready",
                 retry_after=NO_REPLICA_RETRY_AFTER,
             )
+
+    @staticmethod
+    def _draining(outcome: Outcome) -> ApiError:
+        outcome.reason = "draining"
+        return ApiError(
+            503,
+            "this gateway replica is shutting down: retry (another replica will take the request)",
+            kind="server_error",
+            code="gateway_draining",
+            retry_after=DRAINING_RETRY_AFTER,
+        )
 
     async def _forward(
         self,
@@ -463,12 +503,14 @@ class Gateway:
                     if response.status in (429, 503):
                         overloaded = self._overloaded(response, overloaded)
                     continue
+                self.answers[response] = outcome
                 if parsed.stream:
                     return await self._relay_stream(request, response, parsed, upstream_model, outcome, upstream)
                 return await self._relay(response, parsed, upstream_model, outcome)
             finally:
                 # also on cancellation (the client left): the slot on the replica is free at once
                 if response is not None:
+                    self.answers.pop(response, None)
                     if outcome.code == "200":
                         response.release()
                     else:
@@ -549,7 +591,12 @@ class Gateway:
     ) -> web.Response:
         if response.status != 200:
             raise await self._upstream_failure(response, parsed)
-        raw = await response.read()
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            if outcome.reason == "drain_deadline":
+                raise self._draining(outcome) from None
+            raise
         outcome.prompt_tokens, outcome.output_tokens = _usage(raw)
         if outcome.prompt_tokens or outcome.output_tokens:
             outcome.usage_source = "engine"
@@ -620,7 +667,16 @@ class Gateway:
     async def _end_stream(
         self, out: web.StreamResponse, outcome: Outcome, upstream: Upstream, finished: bool, failed_answer: bool
     ) -> web.StreamResponse:
-        """Close the client's stream: complete, an answer the replica failed, or a replica that broke off."""
+        """Close the client's stream: complete, an answer the replica failed, a replica that broke off, or one the
+        drain's deadline ended."""
+        if not finished and outcome.reason == "drain_deadline":
+            outcome.code = "503"  # the gateway ended it, not the replica: no upstream error, no health check
+            try:
+                await out.write(STREAM_DRAINED)
+                await out.write_eof()
+            except ConnectionResetError:
+                pass
+            return out
         if failed_answer:
             # the replica failed this one answer and said so: the request's failure, not a sign the replica is down
             # (it stays in rotation); its message is not passed on (it may quote the request)
@@ -824,10 +880,21 @@ async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds:
 async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_seconds: float) -> None:
     await gateway.start()
     # handler_cancellation: a client that leaves cancels its request at once (499), streamed or not
-    runners = [web.AppRunner(gateway.app(), access_log=None, handle_signals=False, handler_cancellation=True)]
+    # shutdown_timeout: the drain below has ended every answer by then (aiohttp's default would wait 60 s more)
+    runners = [
+        web.AppRunner(
+            gateway.app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=CLOSE_SECONDS,
+        )
+    ]
     sites = [(runners[0], config.listen)]
     if config.metrics_listen is not None:
-        runners.append(web.AppRunner(gateway.metrics_app(), access_log=None, handle_signals=False))
+        runners.append(
+            web.AppRunner(gateway.metrics_app(), access_log=None, handle_signals=False, shutdown_timeout=CLOSE_SECONDS)
+        )
         sites.append((runners[1], config.metrics_listen))
     for runner in runners:
         await runner.setup()
@@ -853,11 +920,22 @@ async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_se
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    gateway.draining = True
-    log.info("stopping: draining %d requests in progress", gateway.admission.active + gateway.pending)
-    deadline = time.monotonic() + drain_seconds
+    log.info(
+        "stopping: draining %d requests in progress, answering %d waiting ones 503",
+        gateway.admission.active,
+        gateway.pending + gateway.admission.queued,
+    )
+    gateway.drain()
+    # the whole drain within drain_seconds (Kubernetes' grace period is set above it): the answers still running
+    # end CLOSE_SECONDS early, so that the listeners close in time too
+    deadline = time.monotonic() + max(0.0, drain_seconds - CLOSE_SECONDS)
     while (gateway.admission.active or gateway.pending or gateway.admission.queued) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    if gateway.admission.active:
+        log.warning("drain deadline (%.0f s): ending %d answers still running", drain_seconds, gateway.end_answers())
+        ended = time.monotonic() + CLOSE_SECONDS / 2
+        while gateway.admission.active and time.monotonic() < ended:
+            await asyncio.sleep(0.05)
     for runner in reversed(runners):
         await runner.cleanup()
     await gateway.stop()

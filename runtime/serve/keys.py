@@ -149,6 +149,9 @@ def _plain_keys(text: str, path: Path) -> list[ApiKey]:
                 f"{where} is a SHA-256 digest, not a key: read as a plain key, the digest itself would be the key",
                 "put digests in YAML entries: " + YAML_HINT,
             )
+        if any(not c.isprintable() for c in line):
+            # a control character no client can send in an Authorization header: the key could never be used
+            raise ByocError("--api-keys", f"{where} holds a control character, and a key is one word", YAML_HINT)
         if len(line) < MIN_PLAIN_KEY:
             raise ByocError("--api-keys", f"{where} is shorter than {MIN_PLAIN_KEY} characters", "use a random key")
         keys.append(ApiKey(f"key-{number}", digest(line), kind="plaintext"))

@@ -59,6 +59,7 @@ class Admission:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.active = 0
+        self.closed = False  # the gateway drains: no request waits for a slot any more
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -66,7 +67,9 @@ class Admission:
         return len(self._waiters)
 
     async def acquire(self, timeout: float) -> str | None:
-        """None once a slot is held; else why not: "queue_full" or "queue_timeout"."""
+        """None once a slot is held; else why not: "queue_full", "queue_timeout" or "closed"."""
+        if self.closed:
+            return "closed"
         if self.active < self.max_concurrency and not self._waiters:
             self.active += 1
             return None
@@ -82,7 +85,13 @@ class Admission:
         if waiter.done() and not waiter.cancelled():
             return None  # release() handed its slot over
         self._abandon(waiter)
-        return "queue_timeout"
+        return "closed" if self.closed else "queue_timeout"
+
+    def close(self) -> None:
+        """Every request waiting for a slot is told "closed" at once, and so is every later one."""
+        self.closed = True
+        for waiter in self._waiters:
+            waiter.cancel()
 
     def _abandon(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done() and not waiter.cancelled():

@@ -71,6 +71,26 @@ def test_hash_key_prints_an_entry_without_the_key() -> None:
     assert byoc("serve", "hash-key", "--name", "ci", stdin="short\n").returncode == 2
 
 
+def test_hash_key_refuses_a_key_no_client_could_send() -> None:
+    # the gateway would take it, but `byoc addons` and `byoc status` refuse such a BYOC_API_KEY, and HTTP clients
+    # strip or reject it: one line naming the key on stdin, and the key never echoed
+    for key in ("two words here-long-enough", "tab\tseparated-key-long-enough", "bell\x07in-the-key-long-enough"):
+        result = byoc("serve", "hash-key", "--name", "sp", stdin=key + "\n")
+        assert result.returncode == 2, (key, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: stdin") and "whitespace or a control character" in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
+        assert "long-enough" not in result.stderr
+
+
+def test_a_plain_keys_file_with_a_control_character_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text("sk-operator-9c1b7e3f5a2d4c6e\nsk-second\x01key-3f9a0c7e5b1d\n")
+    message = _gateway_refuses(path)
+    assert "line 2" in message and "control character" in message
+    assert "sk-second" not in message and "sk-operator" not in message
+
+
 def _gateway_refuses(keys: Path) -> str:
     result = byoc("serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(keys))
     assert result.returncode == 2, result.stderr

@@ -4,11 +4,43 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 import openai
 
-from tests.runtime.conftest import KEYS, MODEL, GatewayUnderTest, Server, free_port, http, start_gateway, wait_for
+from tests.runtime.conftest import (
+    KEYS,
+    MODEL,
+    GatewayUnderTest,
+    Http,
+    Server,
+    free_port,
+    http,
+    metric,
+    start_gateway,
+    wait_for,
+)
+
+COMPLETION = b'{"model": "' + MODEL.encode() + b'", "prompt": "One", "max_tokens": 2}'
+
+
+def _ask_in_background(url: str, answers: list[Http]) -> threading.Thread:
+    asker = threading.Thread(
+        target=lambda: answers.append(
+            http("POST", url + "/v1/completions", COMPLETION, {"Content-Type": "application/json"})
+        )
+    )
+    asker.start()
+    return asker
+
+
+def _draining(answer: Http) -> bool:
+    return (
+        answer.status == 503
+        and int(answer.headers["retry-after"]) >= 1
+        and answer.json()["error"]["code"] == "gateway_draining"
+    )
 
 
 def test_the_model_list_says_partial_while_no_replica_can_list_its_addons(
@@ -91,5 +123,71 @@ def test_the_drain_refuses_new_requests_with_503_and_finishes_those_in_progress(
         assert reasons[-1] == "length" and usage == [400]  # the stream in progress ran to its end
         assert gateway.process.wait(timeout=30) == 0
         assert "status=503" in gateway.log.read_text() and "reason=draining" in gateway.log.read_text()
+    finally:
+        gateway.stop()
+
+
+def test_the_drain_answers_a_request_held_for_a_waking_replica_at_once(runtime_dir: Path) -> None:
+    # scale from zero: no replica yet, the request is held (up to --wake-timeout); SIGTERM must not leave it there
+    waking = start_gateway(runtime_dir, [f"http://127.0.0.1:{free_port()}"], "--wake-timeout", "100")
+    try:
+        answers: list[Http] = []
+        asker = _ask_in_background(waking.url, answers)
+        wait_for(lambda: metric(waking.metrics(), "byoc_gateway_pending_requests") == 1, what="the request held")
+        signalled = time.monotonic()
+        waking.process.send_signal(signal.SIGTERM)
+        asker.join(timeout=10)
+        assert answers and _draining(answers[0]), answers  # answered at once: its client retries elsewhere
+        assert waking.process.wait(timeout=10) == 0
+        assert time.monotonic() - signalled < 5
+        assert "status=503" in waking.log.read_text() and "reason=draining" in waking.log.read_text()
+    finally:
+        waking.stop()
+
+
+def test_the_drain_answers_queued_requests_at_once_and_ends_streams_at_its_deadline(
+    engine: Server, runtime_dir: Path
+) -> None:
+    gateway = start_gateway(runtime_dir, [engine.url], "--max-concurrency", "1", "--drain-seconds", "3")
+    try:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count to a thousand."}],
+            max_tokens=1900,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},  # runs far longer than the 3 s drain
+        )
+        chunks: list[str] = []
+        failures: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                for chunk in stream:
+                    chunks.extend(choice.delta.content or "" for choice in chunk.choices)
+            except BaseException as exc:
+                failures.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: len(chunks) >= 3, what="the stream to start")
+        answers: list[Http] = []
+        asker = _ask_in_background(gateway.url, answers)  # the one slot is taken: it waits in the queue
+        wait_for(lambda: metric(gateway.metrics(), "byoc_gateway_queue_depth") == 1, what="the request queued")
+        signalled = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        asker.join(timeout=10)
+        assert answers and _draining(answers[0]), answers
+        assert reader.is_alive()  # the stream in progress still runs
+        assert metric(gateway.metrics(), "byoc_gateway_requests_total", code="503") == 1  # counted as answered 503
+        reader.join(timeout=10)
+        # the deadline ended it with the gateway's error event (the client raises), and the whole drain kept to 3 s
+        assert failures and isinstance(failures[0], openai.APIError), failures
+        assert "gateway replica shut down" in str(failures[0])
+        assert gateway.process.wait(timeout=10) == 0
+        assert time.monotonic() - signalled < 3 + 1.5
+        log = gateway.log.read_text()
+        assert "status=503" in log and "reason=drain_deadline" in log and "reason=draining" in log
     finally:
         gateway.stop()

@@ -323,3 +323,12 @@ def test_drift_still_rolls_gpu_nodes_within_a_day() -> None:
     assert term["alias"].startswith("al2023@v") and "latest" not in term["alias"]
     pinned = next(r for r in graph(node_image="al2023@latest").resources if r.inputs.get("kind") == "EC2NodeClass")
     assert pinned.inputs["spec"]["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+
+
+def test_the_gateway_pod_outlives_its_drain() -> None:
+    # SIGTERM: the gateway drains for --drain-seconds (default 30) and exits; a grace period shorter than that would
+    # have the kubelet kill it mid-drain (SIGKILL: streams cut without the gateway's error event, access lines lost)
+    pod = workload(graph(), "gateway")["template"]["spec"]
+    command = containers(pod)["gateway"]["command"]
+    drain = float(command[command.index("--drain-seconds") + 1]) if "--drain-seconds" in command else 30.0
+    assert pod["terminationGracePeriodSeconds"] > drain + 5
