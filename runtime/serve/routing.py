@@ -28,6 +28,9 @@ The load bound (bounded-load consistent hashing, Mirrokni et al. 2018): a replic
 requests are below `ceil(load_factor * (all outstanding + 1) / replicas)`, so a hot prefix spreads to a second
 replica instead of queueing on one; and over time, while its recent requests (decayed, 30 s half-life) are below
 `load_factor x their mean + 2`, so a replica that holds the prefixes of many busy tenants hands some of them to another.
+The bound over time never passes over a replica that has no request in progress and holds what the request reuses
+(its prefix's first `HOME_BLOCKS` blocks, or its addon's adapter): a lone tenant's sequential requests stay where
+they hit, and the bound still spreads new tenants (they hold nothing anywhere) and the tenants of busy replicas.
 
 Several gateway replicas (the HPA runs 2 to 6 behind one Service, each with its own routing state): they agree on a
 prefix's home without talking, by rendezvous hashing (highest random weight, Thaler and Ravishankar 1998). Each
@@ -49,7 +52,10 @@ NVIDIA/TensorRT-LLM 00057725) exposes no per-process identity on the endpoints a
 stamps `created` per request, `/version` is the build, `/prometheus/metrics` is a multiprocess registry without
 `process_start_time_seconds`); its KV event stream is per process (event ids count from 0 and the first event is
 `created`), so precise mode takes a `created` event or event ids that go back as a new process. A forgotten replica
-loses its prefix index, reported blocks, queued prefill and LoRA affinity.
+loses its prefix index, reported blocks, queued prefill and LoRA affinity. The limit, in approximate mode: a restart
+whose outage falls between two health checks with no request forwarded meanwhile is not seen (no signal tells a new
+process from an idle one: uvicorn closes idle connections after 5 s, the gateway its upstream ones after 4 s), so
+each tenant held there misses once; trtllm-serve loads its model for minutes, longer than the default 5 s interval.
 
 Per-request cost (measured here, 3 replicas): `least_outstanding` none; `approximate` hashes at most 64 text blocks
 and does a dict lookup per block and replica: ~5 us for a short prompt, ~25 us for a 4,600-character one; `precise`
@@ -174,10 +180,18 @@ class LoadBound:
 
 
 class RecentLoadBound:
-    """Bounded load over time: a replica whose recent requests exceed load_factor x their mean + slack rests."""
+    """Bounded load over time: a replica whose recent requests exceed load_factor x their mean + slack rests, unless
+    it has nothing in progress and holds what the request would reuse (its prefix's home blocks, or its addon's
+    adapter). The bound spreads the tenants of busy replicas; an idle replica delays no one, and moving a lone tenant
+    off it only turns a cache hit into a miss elsewhere."""
 
     def admits(self, decision: Decision, candidate: Candidate) -> bool:
-        return candidate.recent < decision.recent_bound
+        if candidate.recent < decision.recent_bound:
+            return True
+        if candidate.upstream.outstanding > 0:
+            return False
+        depth = decision.key.home_depth
+        return (depth > 0 and candidate.known >= depth) or holds_addon(decision, candidate)
 
 
 class _NoPreparation:
@@ -211,13 +225,18 @@ class LoraAffinity(_NoPreparation):
     window (an engine keeps only max_loras adapters loaded)."""
 
     def cost(self, decision: Decision, candidate: Candidate) -> float:
-        addon = decision.key.addon
-        if addon is None:
-            return 0.0
-        url, state = candidate.upstream.url, candidate.state
-        served = state.addons.get(addon, -math.inf) if state is not None else -math.inf
-        home = decision.addon_home.get(addon) == url
-        return 0.0 if home and decision.now - served <= ADDON_AFFINITY_SECONDS else 1.0
+        return 0.0 if decision.key.addon is None or holds_addon(decision, candidate) else 1.0
+
+
+def holds_addon(decision: Decision, candidate: Candidate) -> bool:
+    """The request's addon was served last on this replica, within the affinity window: its adapter is loaded there."""
+    addon = decision.key.addon
+    if addon is None:
+        return False
+    url, state = candidate.upstream.url, candidate.state
+    served = state.addons.get(addon, -math.inf) if state is not None else -math.inf
+    home = decision.addon_home.get(addon) == url
+    return home and decision.now - served <= ADDON_AFFINITY_SECONDS
 
 
 def rendezvous_rank(home: bytes, url: str) -> bytes:
@@ -235,11 +254,15 @@ class PrefixMatch:
     def matched(self, state: ReplicaState, blocks: tuple[int, ...], now: float) -> int:
         raise NotImplementedError
 
-    def prepare(self, decision: Decision, eligible: list[Candidate]) -> None:
+    def measure(self, decision: Decision, candidates: list[Candidate]) -> None:
+        """Each replica's known prefix, before the filters (`RecentLoadBound` reads it)."""
         blocks, now = decision.key.blocks, decision.now
-        for candidate in eligible:
+        for candidate in candidates:
             known = self.matched(candidate.state, blocks, now) if candidate.state is not None else 0
             candidate.known = candidate.matched = known
+
+    def prepare(self, decision: Decision, eligible: list[Candidate]) -> None:
+        blocks = decision.key.blocks
         depth = decision.key.home_depth
         if depth and max(c.known for c in eligible) < depth:
             # this gateway knows no eligible replica holding the prompt's leading blocks: another gateway may have
@@ -339,6 +362,7 @@ class RoutingProfile:
     scorers: tuple[tuple[Scorer, float], ...]
 
     def choose(self, decision: Decision, candidates: list[Candidate]) -> Candidate:
+        self.prefix.measure(decision, candidates)
         eligible = [c for c in candidates if all(f.admits(decision, c) for f in self.filters)]
         if not eligible:  # every replica at a bound (cannot happen with load_factor >= 1): the least busy
             return min(candidates, key=lambda c: c.upstream.outstanding)

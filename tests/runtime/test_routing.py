@@ -153,19 +153,42 @@ def test_a_replica_killed_mid_run_is_routed_around_and_forgotten(
             engine.stop()
 
 
-def test_an_addon_keeps_going_to_the_replica_that_has_its_adapter(
-    replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+@pytest.mark.parametrize("mode", ["precise", "approximate"])
+def test_sequential_requests_stay_on_the_idle_replica_that_holds_their_prefix(
+    mode: str, replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
 ) -> None:
-    gateway = start_gateway(runtime_dir, [r.url for r in replicas], "--routing", "approximate")
+    """One tenant alone, one request at a time: nothing is ever in progress, so its replica's past load (the decayed
+    recent-load bound, which fires after about six requests on two replicas) must not move it to an empty cache."""
+    gateway = gateway_for(mode, replicas, tiny_models, runtime_dir)
+    try:
+        before = [served(r) for r in replicas]
+        missed_before = [missed(r) for r in replicas]
+        for i in range(12):
+            ask(gateway, "acme", f"Question number {i}?")
+        spread = [served(r) - b for r, b in zip(replicas, before, strict=True)]
+        assert sorted(spread) == [0, 12], spread
+        # the replica that never took the tenant missed nothing: no prefix went to an empty cache
+        other = spread.index(0)
+        assert missed(replicas[other]) == missed_before[other]
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("mode", ["precise", "approximate"])
+def test_an_addon_keeps_going_to_the_replica_that_has_its_adapter(
+    mode: str, replicas: list[Server], tiny_models: dict[str, Path], runtime_dir: Path
+) -> None:
+    """Short prompts (no full prefix block): the loaded adapter alone keeps 12 sequential requests on one replica."""
+    gateway = gateway_for(mode, replicas, tiny_models, runtime_dir)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     try:
         before = [served(r) for r in replicas]
-        for question in ("One?", "Two?", "Three?", "Four?", "Five?"):
+        for i in range(12):
             client.chat.completions.create(
-                model="sql", messages=[{"role": "user", "content": question}], max_tokens=2, temperature=0
+                model="sql", messages=[{"role": "user", "content": f"Query {i}?"}], max_tokens=2, temperature=0
             )
         spread = sorted(served(r) - b for r, b in zip(replicas, before, strict=True))
-        assert spread == [0, 5]  # never loaded on the other replica in turn
+        assert spread == [0, 12]  # never loaded on the other replica in turn
     finally:
         gateway.stop()
 
