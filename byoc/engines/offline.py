@@ -228,6 +228,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
             return response
 
     settings.ROOT.set(None)  # a fresh root stack for every run in this process
+    _ensure_event_loop()
     recording = RecordingMocks()
     pulumi.runtime.set_mocks(
         recording,
@@ -246,3 +247,18 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
         ) from exc
     plan.resources[:] = _in_tree_order(plan.resources, parents)
     return plan
+
+
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks run on the thread's current event loop (`asyncio.get_event_loop()`). A process that ran
+    `asyncio.run()` before (a tool embedding byoc, a test session) has none left, and the plan would fail with "There
+    is no current event loop": give it one, once (a loop per plan would leak its file descriptors)."""
+    import asyncio
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())

@@ -178,3 +178,23 @@ def test_plan_order_does_not_depend_on_registration_timing() -> None:
     for resource in first.resources:
         assert resource.parent is None or resource.parent in seen, f"{resource.name} before its parent"
         seen.add(resource.name)
+
+
+def test_a_plan_runs_in_a_process_that_ran_asyncio_before() -> None:
+    """Pulumi's mocks use the thread's current event loop; `asyncio.run()` leaves none (a tool embedding byoc, or a
+    test session whose earlier tests ran an asyncio server). The plan must not fail with "no current event loop"."""
+    import asyncio
+
+    from byoc.engines import program_for
+    from byoc.engines.offline import run_offline
+    from tests.conftest import deploy
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())  # leaves the main thread's loop unset, as any earlier asyncio.run does
+    deployment = deploy(name="after-asyncio")
+    program = program_for(deployment)
+    assert program is not None
+    plan = run_offline(deployment, program)
+    assert plan.by_type("aws:kms/key:Key")
