@@ -62,29 +62,38 @@ ANSWER = json.dumps(
 ).encode()
 
 
-def _sse() -> bytes:
-    def chunk(delta: dict[str, str], reason: str | None) -> dict[str, Any]:
-        return {
+def _sse(continuous: bool) -> bytes:
+    """The fixed stream: trtllm-serve's chunks (pydantic's compact dumps), with the running usage on every chunk
+    when the request asks for `continuous_usage_stats` (as the gateway does; a client through vllm-router does not),
+    and the total on a last `choices: []` chunk."""
+    words = ("Hello", " there", ",", " friend", "!")
+
+    def chunk(delta: dict[str, str], reason: str | None, generated: int) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "id": "chatcmpl-bench",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": MODEL,
             "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
         }
+        if continuous:
+            data["usage"] = {"prompt_tokens": 9, "total_tokens": 9 + generated, "completion_tokens": generated}
+        return data
 
-    events = [chunk({"role": "assistant", "content": ""}, None)]
-    events += [chunk({"content": word}, None) for word in ("Hello", " there", ",", " friend", "!")]
-    events.append(chunk({}, "stop"))
+    events = [chunk({"role": "assistant", "content": ""}, None, 0)]
+    events += [chunk({"content": word}, None, i) for i, word in enumerate(words, 1)]
+    events.append(chunk({}, "stop", len(words)))
     usage = {
-        **chunk({}, None),
+        **chunk({}, None, 0),
         "choices": [],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+        "usage": {"prompt_tokens": 9, "total_tokens": 9 + len(words), "completion_tokens": len(words)},
     }
     events.append(usage)
-    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    dumped = (json.dumps(e, separators=(",", ":")).encode() for e in events)
+    return b"".join(b"data: " + e + b"\n\n" for e in dumped) + b"data: [DONE]\n\n"
 
 
-STREAM = _sse()
+STREAM, STREAM_CONTINUOUS = _sse(False), _sse(True)
 
 
 # -- the fake upstream -------------------------------------------------------------------------------------------
@@ -107,7 +116,8 @@ async def run_upstream(port: int) -> None:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         with contextlib.suppress(ConnectionResetError):  # wrk hangs up mid-answer when a run ends
             await response.prepare(request)
-            await response.write(STREAM)
+            continuous = b'"continuous_usage_stats": true' in body or b'"continuous_usage_stats":true' in body
+            await response.write(STREAM_CONTINUOUS if continuous else STREAM)
             await response.write_eof()
         return response
 

@@ -24,7 +24,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
+from runtime.serve.relay import DONE, StreamEditor, answer_usage, rename_model
 from runtime.serve.routing import make_router
 from runtime.serve.sse import SseResponse
 from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
@@ -61,8 +61,6 @@ DRAINING_RETRY_AFTER = "1"
 # instead) or a proxy in front of it failing (502, 504): another replica can take the request.
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 BUSY_RETRY_MAX_SECONDS = 60.0
-DONE = b"data: [DONE]"
-_DECODER = json.JSONDecoder()
 # What an interrupted stream ends with: OpenAI's clients raise an APIError on an event that carries "error".
 STREAM_CUT = (
     b'data: {"error": {"message": "the model replica stopped in the middle of the answer; retry the request", '
@@ -96,9 +94,6 @@ class Outcome:
     reason: str = ""
     usage_seen: bool = False  # the engine sent usage (cumulative: the last one counts, once)
     content_chunks: int = 0  # streamed chunks that carried generated text: the count when no usage came
-    stream_identity: tuple[str, str] | None = None  # the stream's first chunk's (id, object)
-    # the one usage-only chunk a client with `include_usage` gets before [DONE], built from the last usage seen
-    usage_chunk: dict[str, Any] | None = None
     # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
     # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
     usage_source: str = "none"
@@ -597,10 +592,10 @@ class Gateway:
             if outcome.reason == "drain_deadline":
                 raise self._draining(outcome) from None
             raise
-        outcome.prompt_tokens, outcome.output_tokens = _usage(raw)
+        outcome.prompt_tokens, outcome.output_tokens = answer_usage(raw)
         if outcome.prompt_tokens or outcome.output_tokens:
             outcome.usage_source = "engine"
-        body = _rename_model(raw, upstream_model, parsed.model)
+        body = rename_model(raw, upstream_model, parsed.model)
         outcome.code = "200"
         return web.Response(body=body, headers=JSON_HEADERS)
 
@@ -617,52 +612,41 @@ class Gateway:
             raise await self._upstream_failure(response, parsed)
         out = SseResponse(status=200, headers=SSE_HEADERS)  # headers with the first events, [DONE] with the end
         await out.prepare(request)
-        finished = errored = broken = False
+        editor = StreamEditor(parsed, upstream_model)
+        broken = False
         pending = b""
         try:
-            # events that arrive together leave together: one write (one send) per read, not per event
+            # events that arrive together leave together: edited as one block, one write (one send) per read
             async for data in response.content.iter_any():
                 now = time.perf_counter()
                 if outcome.first_token is None:
                     outcome.first_token = now
                 pending += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-                *events, pending = pending.split(b"\n\n")
-                batch: list[bytes] = []
-                for event in events:
-                    if not event:
-                        continue
-                    if event.startswith(DONE):
-                        finished = True
-                        if parsed.include_usage and outcome.usage_chunk is not None:
-                            # one usage chunk, the last cumulative count, whatever number the engine sent
-                            batch.append(b"data: " + json.dumps(outcome.usage_chunk).encode() + b"\n\n")
-                        batch.append(event + b"\n\n")
-                        break
-                    if b'"error"' in event[:32]:  # OpenAI's {"error": ...} or trtllm-serve's {"object": "error"}
-                        errored = True
-                        break
+                cut = pending.rfind(b"\n\n")
+                if cut == -1:
+                    continue
+                block, pending = pending[: cut + 2], pending[cut + 2 :]
+                if not block.startswith(DONE):
                     outcome.last_token = now
-                    if outcome.stream_identity is None:
-                        outcome.stream_identity = _stream_identity(event)
-                    if _carries_usage(event):
-                        kept = self._take_usage(event, parsed, outcome)
-                        if kept is None:
-                            continue
-                        event = kept  # noqa: PLW2901 (the usage chunk, trimmed to what the client asked for)
-                    elif not outcome.usage_seen and _GENERATED.search(event) is not None:
-                        outcome.content_chunks += 1
-                    batch.append(_rename_model(event, upstream_model, parsed.model) + b"\n\n")
-                if batch:
+                edited = editor.edit(block)
+                if edited:
                     try:
-                        await out.write(b"".join(batch))
+                        await out.write(edited)
                     except ConnectionResetError:  # the client left: closing our side stops the engine too
                         outcome.code, outcome.reason = "499", "client_disconnected"
                         return out
-                if finished or errored:
+                if editor.finished or editor.failed:
                     break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
             broken = True  # the upstream broke off: handled below, as a stream that never finished
-        return await self._end_stream(out, outcome, upstream, finished, errored and not broken)
+        finally:
+            # metered however the stream ends: complete, cut, or cancelled because the client left
+            if editor.usage is not None:
+                outcome.usage_seen, outcome.usage_source = True, "engine"
+                outcome.prompt_tokens = int(editor.usage.get("prompt_tokens") or 0)
+                outcome.output_tokens = int(editor.usage.get("completion_tokens") or 0)
+            outcome.content_chunks = editor.content_chunks
+        return await self._end_stream(out, outcome, upstream, editor.finished, editor.failed and not broken)
 
     async def _end_stream(
         self, out: web.StreamResponse, outcome: Outcome, upstream: Upstream, finished: bool, failed_answer: bool
@@ -706,74 +690,6 @@ class Gateway:
             outcome.code, outcome.reason = "499", "client_disconnected"
         return out
 
-    @staticmethod
-    def _take_usage(event: bytes, parsed: ParsedRequest, outcome: Outcome) -> bytes | None:
-        """Meter a chunk's usage and pass on only what the client asked for (OpenAI's `stream_options`).
-
-        Usage is cumulative (trtllm-serve's and vLLM's `continuous_usage_stats` put the running total on every
-        chunk, then the total again on a last chunk with `choices: []`; some engines put it on the last content
-        chunk instead, or send several usage-only chunks), so the last one seen is the count: every token once.
-        Usage-only chunks are held back (None): a client with `include_usage` gets one, built from the last usage
-        seen, just before [DONE] (`_relay_stream`); usage on content chunks stays only with `continuous_usage_stats`.
-        """
-        try:
-            chunk = json.loads(event[event.index(b"{") :])
-        except ValueError:
-            return event
-        usage = chunk.get("usage") if isinstance(chunk, dict) else None
-        if not isinstance(usage, dict):
-            return event
-        outcome.usage_seen = True
-        outcome.usage_source = "engine"
-        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        outcome.output_tokens = int(usage.get("completion_tokens") or 0)
-        if parsed.include_usage:
-            # the stream's own id and object (some trtllm-serve versions build a completion stream's usage chunk
-            # as a chat chunk with an id of its own: `completion_stream_post_processor`, fixed by TensorRT-LLM PRs
-            # #12758 and #14708; OpenAI's clients expect the stream's id and object on every chunk)
-            chunk_id, chunk_object = outcome.stream_identity or (chunk.get("id"), chunk.get("object"))
-            outcome.usage_chunk = {
-                "id": chunk_id,
-                "object": chunk_object,
-                "created": chunk.get("created"),
-                "model": parsed.model,
-                "choices": [],
-                "usage": usage,
-            }
-        if not chunk.get("choices"):
-            return None
-        if parsed.continuous_usage:
-            return event
-        if _GENERATED.search(event) is not None:
-            outcome.content_chunks += 1
-        chunk.pop("usage")
-        return b"data: " + json.dumps(chunk).encode()
-
-
-_ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
-_OBJECT = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
-
-
-def _stream_identity(event: bytes) -> tuple[str, str] | None:
-    """A chunk's (id, object), read without decoding it: the stream's identity, from its first chunk."""
-    found_id, found_object = _ID.search(event), _OBJECT.search(event)
-    if found_id is None or found_object is None:
-        return None
-    return found_id.group(1).decode(), found_object.group(1).decode()
-
-
-def _carries_usage(event: bytes) -> bool:
-    """Whether a chunk has a usage object (trtllm-serve's completion chunks carry `"usage":null` when it has none).
-
-    A quote inside a JSON string is escaped, so `"usage"` only matches the key."""
-    at = event.find(b'"usage"')
-    return at != -1 and not event[at + 7 : at + 16].lstrip(b": ").startswith(b"null")
-
-
-# A chunk that carries generated text: chat `content` (or `reasoning_content`), a tool call's `arguments`, or a
-# completion's `text`, not empty. Keys only: a quote inside a JSON string is escaped.
-_GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
-
 
 def _retry_after_seconds(value: str | None) -> float | None:
     """An engine's Retry-After (RFC 9110: seconds, or an HTTP date) in seconds; None without a usable one."""
@@ -788,32 +704,6 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _usage(raw: bytes) -> tuple[int, int]:
-    """(prompt, completion) tokens from an answer's `usage`, without decoding the whole answer."""
-    at = raw.rfind(b'"usage"')
-    start = raw.find(b"{", at) if at != -1 else -1
-    if start == -1:
-        return 0, 0
-    try:
-        usage, _ = _DECODER.raw_decode(raw[start:].decode())
-    except ValueError:
-        return 0, 0
-    if not isinstance(usage, dict):
-        return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
-def _rename_model(raw: bytes, upstream: str, public: str) -> bytes:
-    """Answers name the upstream's model id (trtllm-serve: its model path); clients expect the id they sent."""
-    if upstream == public:
-        return raw
-    for sep in (b": ", b":"):
-        old = b'"model"' + sep + json.dumps(upstream).encode()
-        if old in raw:
-            return raw.replace(old, b'"model"' + sep + json.dumps(public).encode(), 1)
-    return raw
 
 
 class Overloaded(ApiError):

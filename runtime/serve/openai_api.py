@@ -85,11 +85,13 @@ class ParsedRequest:
         return None
 
 
-# What a streamed request asks of the engine when the client sent no stream_options: usage for the meter, as one
-# final chunk. Both fields are explicit because TensorRT-LLM's defaults moved (tensorrt_llm/serve/openai_protocol.py,
-# `StreamOptions`: `continuous_usage_stats` defaulted to true until PR #10644, false from early 2026 and at the
-# pinned 1.3.0rc19); trtllm-serve sends no usage at all when `stream_options` is absent (serve/postprocess_handlers.py).
-UPSTREAM_STREAM_OPTIONS = b'{"include_usage": true, "continuous_usage_stats": false}'
+# What every streamed request asks of the engine: usage on every chunk, cumulative, and the total on a last chunk,
+# so the meter holds the running count even for a stream that ends early (a client that leaves: its prompt tokens
+# arrive with the first chunk). Both fields are explicit because TensorRT-LLM's defaults moved
+# (tensorrt_llm/serve/openai_protocol.py, `StreamOptions`: `continuous_usage_stats` defaulted to true until PR #10644,
+# false from early 2026 and at the pinned 1.3.0rc19); trtllm-serve sends no usage at all when `stream_options` is
+# absent (serve/postprocess_handlers.py). The gateway passes on only what the client asked for (runtime/serve/relay.py).
+UPSTREAM_STREAM_OPTIONS = b'{"include_usage": true, "continuous_usage_stats": true}'
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -417,10 +419,9 @@ def validate(kind: Kind, body: dict[str, Any], max_context: int, max_stop: int =
         unchanged = False
     asks_usage = False
     if stream:
-        # always say what the meter needs, explicitly (the engine's defaults have changed between versions): usage
-        # once at the end, or on every chunk only where the client asked for that; the gateway passes on only what
-        # the client asked for
-        wanted = {"include_usage": True, "continuous_usage_stats": continuous}
+        # always say what the meter needs, explicitly (the engine's defaults have changed between versions): the
+        # running usage on every chunk; the gateway passes on only what the client asked for
+        wanted = {"include_usage": True, "continuous_usage_stats": True}
         if body.get("stream_options") != wanted:
             asks_usage = unchanged and "stream_options" not in body
             forwarded["stream_options"] = wanted

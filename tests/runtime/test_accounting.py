@@ -232,12 +232,10 @@ def test_an_engine_that_sends_usage_on_every_chunk_is_metered_once(runtime_dir: 
         assert chunks[-1].usage.completion_tokens == len(ANSWER)  # type: ignore[union-attr]
         chunks = _stream(gateway, kind, CONTINUOUS)
         assert all(c.usage is not None for c in chunks)
-        # what the gateway asked for, explicitly, each time
+        # what the gateway asked for, explicitly, each time: the running usage, for the meter
         assert [r["stream_options"] for r in standin.requests] == [
-            {"include_usage": True, "continuous_usage_stats": False},
-            {"include_usage": True, "continuous_usage_stats": False},
-            {"include_usage": True, "continuous_usage_stats": True},
-        ]
+            {"include_usage": True, "continuous_usage_stats": True}
+        ] * 3
         wait_for(lambda: len(_access(gateway)) == 3, timeout=5, what="three access lines")
         for line in _access(gateway):
             assert f"prompt_tokens={PROMPT_TOKENS} output_tokens={len(ANSWER)} " in line, line
@@ -255,7 +253,7 @@ def test_an_engine_that_sends_no_usage_is_metered_by_its_chunks(runtime_dir: Pat
             chunks = _stream(gateway, kind, {"include_usage": True})
             assert all(c.usage is None for c in chunks)  # nothing to pass on: the gateway invents no usage
         wait_for(lambda: len(_access(gateway)) == 2, timeout=5, what="two access lines")
-        assert all(f"output_tokens={len(ANSWER)} " in line for line in _access(gateway)), _access(gateway)
+        assert all(f"output_tokens={len(ANSWER)} usage=counted " in line for line in _access(gateway)), _access(gateway)
         assert _output_tokens(gateway) == 2 * len(ANSWER)
     finally:
         gateway.stop()
@@ -275,11 +273,17 @@ def test_a_stream_the_client_cancels_is_metered(engine: Server, runtime_dir: Pat
         stream.close()  # the client leaves mid-answer
         wait_for(lambda: len(_access(gateway)) == 1, timeout=10, what="the access line")
         line = _access(gateway)[0]
-        assert "status=499" in line, line
+        assert "status=499" in line and " usage=engine " in line, line
+        # the engine's running usage: the prompt it prefilled, and what it had generated when the client left
+        prompt = int(re.search(r"prompt_tokens=(\d+)", line).group(1))  # type: ignore[union-attr]
         counted = int(re.search(r"output_tokens=(\d+)", line).group(1))  # type: ignore[union-attr]
         assert 8 <= counted < 1500  # what it was sent, not the whole answer it asked for
         assert _output_tokens(gateway) == counted
         assert metric(gateway.metrics(), "byoc_gateway_requests_total", code="499") == 1
+        same_prompt = client(gateway).chat.completions.create(
+            model=ENGINE_MODEL, messages=[{"role": "user", "content": "Count to a thousand."}], max_tokens=1
+        )
+        assert same_prompt.usage is not None and prompt == same_prompt.usage.prompt_tokens > 0
     finally:
         gateway.stop()
 
@@ -367,9 +371,10 @@ def test_an_engine_with_usage_on_its_last_content_chunk_keeps_continuous_usage(r
         standin.stop()
 
 
-def test_a_cancelled_request_says_its_counts_are_lower_bounds(engine: Server, runtime_dir: Path) -> None:
-    """A request the client cancels before the engine's usage: the access line says where its counts come from
-    (`usage=none`: nothing known; `usage=counted`: output tokens counted by chunk, prompt unknown)."""
+def test_a_cancelled_request_says_where_its_counts_come_from(engine: Server, runtime_dir: Path) -> None:
+    """A request the client cancels: the access line says where its counts come from (`usage=none`: a non-streamed
+    request cancelled before its answer, nothing known; `usage=engine`: a stream, metered by the engine's running
+    usage up to its last chunk)."""
     standin = StandInEngine(delay=3)
     gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
     try:
@@ -392,7 +397,7 @@ def test_a_cancelled_request_says_its_counts_are_lower_bounds(engine: Server, ru
         _stream(gateway, "chat", None)  # a whole answer: the engine's usage
         wait_for(lambda: len(_access(gateway)) == 2, timeout=10, what="two access lines")
         cancelled, whole = sorted(_access(gateway), key=lambda line: "status=499" not in line)
-        assert "status=499 prompt_tokens=0 " in cancelled and " usage=counted " in cancelled, cancelled
+        assert "status=499 prompt_tokens=0 " not in cancelled and " usage=engine " in cancelled, cancelled
         assert "status=200 " in whole and " usage=engine " in whole, whole
     finally:
         gateway.stop()

@@ -1,0 +1,237 @@
+"""A streamed answer on its way from the engine to the client: metered, and edited to what the client asked for.
+
+The gateway asks the engine for usage on every chunk (`stream_options: {"include_usage": true,
+"continuous_usage_stats": true}`, openai_api.UPSTREAM_STREAM_OPTIONS), so the meter always holds the running count:
+a stream that ends early (the client left, the replica broke off) is metered to its last chunk, prompt tokens
+included. trtllm-serve puts that usage on every chunk from the first (the role chunk carries the prompt tokens:
+`chat_stream_post_processor` / `completion_stream_post_processor` in tensorrt_llm/serve/postprocess_handlers.py at
+TensorRT-LLM 1.3.0rc19, commit 01bf1923), then the total again on a last chunk with `choices: []`; vLLM and SGLang
+do the same with these options. The client gets usage only as it asked (OpenAI's `stream_options`): none, one
+usage-only chunk before `[DONE]` (`include_usage`), or the running usage on every chunk (`continuous_usage_stats`).
+
+Events that arrive together are edited together (`StreamEditor.edit`): a block of whole events is searched and
+rewritten with a few byte-level passes (C loops over the block, not Python per event), which is most of what a
+streamed request costs the gateway beyond HTTP. The passes rely on what JSON guarantees: a quote inside a string is
+escaped, so `"usage"` with its quotes only matches a key, and a newline inside a string is escaped, so an event never
+spans a blank line. A block whose layout the passes do not recognise (an error event, an SSE comment, a chunk without
+`choices`, a usage object nested deeper than the engines send) is edited one event at a time by decoding each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from runtime.serve.openai_api import ParsedRequest
+
+DONE = b"data: [DONE]"
+_DECODER = json.JSONDecoder()
+
+# A usage object as engines send it: flat, or with one level of details (`prompt_tokens_details`).
+_OBJECT = rb"\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}"
+_USAGE_VALUE = re.compile(rb'"usage": ?(' + _OBJECT + rb")")
+# the usage field of a content chunk with the comma before it (pydantic dumps it last): compact as trtllm-serve,
+# vLLM and SGLang write it (a literal prefix, which the regex engine finds at memchr speed), and any other spacing
+_USAGE_TAIL = re.compile(rb',"usage":' + _OBJECT)
+_USAGE_FIELD = re.compile(rb', ?"usage": ?' + _OBJECT + rb'|"usage": ?' + _OBJECT + rb", ?")
+_USAGE_OBJECT = re.compile(rb'"usage": ?\{')
+_EMPTY_CHOICES = re.compile(rb'"choices": ?\[\]')  # a usage-only chunk (held back; see StreamEditor._ending)
+# A chunk that carries generated text: chat `content` (or `reasoning_content`), a tool call's `arguments`, or a
+# completion's `text`, not empty. Keys only: a quote inside a JSON string is escaped.
+_GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
+_ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
+_OBJECT_NAME = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
+_CREATED = re.compile(rb'"created": ?(\d{1,20})')
+
+
+class StreamEditor:
+    """One stream's meter and editor. Feed it blocks of whole events (each ending in a blank line) in order.
+
+    After each block: `finished` (the engine's `[DONE]` came: nothing after it is read), `failed` (the engine sent an
+    error event: the events before it were passed on). Any time: `usage` (the engine's last cumulative usage, a dict
+    as the engine sent it, or None) and `content_chunks` (chunks of generated text relayed while no usage came: the
+    meter of an engine that sends none).
+    """
+
+    def __init__(self, parsed: ParsedRequest, upstream_model: str) -> None:
+        self.include_usage = parsed.include_usage
+        self.continuous = parsed.continuous_usage
+        self.public_model = parsed.model
+        # answers name the upstream's model id (trtllm-serve: its model path); clients expect the id they sent
+        self.renames: list[tuple[bytes, bytes]] = []
+        if upstream_model != parsed.model:
+            old, new = json.dumps(upstream_model).encode(), json.dumps(parsed.model).encode()
+            self.renames = [(b'"model"' + sep + old, b'"model"' + sep + new) for sep in (b": ", b":")]
+        self._usage_raw: bytes | None = None  # the engine's last usage object, as it sent it
+        self._usage: dict[str, Any] | None = None
+        self.content_chunks = 0
+        self.finished = False
+        self.failed = False
+        # the stream's id, object and created, from its first chunk: the usage chunk a client asked for carries
+        # them (some trtllm-serve versions build a completion stream's usage chunk as a chat chunk with an id of its
+        # own: `completion_stream_post_processor`, fixed by TensorRT-LLM PRs #12758 and #14708)
+        self.identity: dict[str, Any] | None = None
+
+    def edit(self, block: bytes) -> bytes:
+        """The bytes for the client from one block of whole events (possibly none)."""
+        if self.include_usage and self.identity is None:
+            self.identity = _identity(block)
+        if block.startswith(DONE):
+            done = 0
+        else:
+            done = block.find(b"\n\n" + DONE)
+            done = done + 2 if done != -1 else -1
+        events = block if done == -1 else block[:done]
+        if b'"error"' in events:
+            return self._one_by_one(block)
+        edited = self._take_usage(events)
+        if edited is None:
+            return self._one_by_one(block)
+        events = edited
+        for old, new in self.renames:
+            events = events.replace(old, new)
+        if done != -1:
+            self.finished = True
+            return events + self._ending()
+        return events
+
+    def _take_usage(self, events: bytes) -> bytes | None:
+        """Meter the block's last usage and drop what the client did not ask for; None: not a layout the byte-level
+        passes recognise. The usage is kept as the engine's bytes and decoded once, when it is read (`usage`)."""
+        end = len(events)
+        while True:  # the last usage that is an object (trtllm-serve's completion chunks carry `"usage":null`)
+            at = events.rfind(b'"usage"', 0, end)
+            if at == -1:
+                if self._usage_raw is None:
+                    self._count_text(events)
+                return events
+            found = _USAGE_VALUE.match(events, at)
+            if found is not None:
+                break
+            end = at
+        if self.include_usage and self.identity is None:  # no identity on the first chunk: the usage chunk's
+            self.identity = _identity(events[events.rfind(b"\n", 0, at) + 1 :])
+        self._usage_raw, self._usage = found.group(1), None
+        while (empty := _EMPTY_CHOICES.search(events)) is not None:  # usage-only chunks: held back
+            start = events.rfind(b"\n\n", 0, empty.start())
+            start = 0 if start == -1 else start + 2
+            stop = events.find(b"\n\n", empty.end())
+            if stop == -1:
+                return None
+            events = events[:start] + events[stop + 2 :]
+        if not self.continuous:
+            events = _USAGE_TAIL.sub(b"", events)
+            if _USAGE_OBJECT.search(events) is not None:  # another spacing, or usage not last
+                events = _USAGE_FIELD.sub(b"", events)
+                if _USAGE_OBJECT.search(events) is not None:
+                    return None
+        return events
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The engine's last cumulative usage, as it sent it (None: none came, or it was not a JSON object)."""
+        if self._usage is None and self._usage_raw is not None:
+            try:
+                usage = json.loads(self._usage_raw)
+            except ValueError:
+                usage = None
+            self._usage = usage if isinstance(usage, dict) else None
+        return self._usage
+
+    def _count_text(self, events: bytes) -> None:
+        """One output token per chunk of generated text: the meter of an engine that sends no usage."""
+        for event in events.split(b"\n\n"):
+            if _GENERATED.search(event) is not None:
+                self.content_chunks += 1
+
+    def _ending(self) -> bytes:
+        """What closes the client's stream: the one usage chunk it asked for, then [DONE]."""
+        if not (self.include_usage and self.usage is not None):
+            return DONE + b"\n\n"
+        chunk = {**(self.identity or {}), "model": self.public_model, "choices": [], "usage": self.usage}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n" + DONE + b"\n\n"
+
+    def _one_by_one(self, block: bytes) -> bytes:
+        """The same edits, an event at a time, each decoded: for blocks the byte-level passes do not recognise."""
+        out: list[bytes] = []
+        for event in block.split(b"\n\n"):
+            if not event:
+                continue
+            if event.startswith(DONE):
+                self.finished = True
+                out.append(self._ending())
+                break
+            if b'"error"' in event[:32]:  # OpenAI's {"error": ...} or trtllm-serve's {"object": "error"}
+                self.failed = True
+                break
+            kept = self._event(event)
+            if kept is not None:
+                for old, new in self.renames:
+                    kept = kept.replace(old, new, 1)
+                out.append(kept + b"\n\n")
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> bytes | None:
+        """One event as the client gets it; None: held back (a usage-only chunk)."""
+        at = event.find(b"{")
+        chunk = None
+        if at != -1 and b'"usage"' in event:
+            try:
+                chunk = json.loads(event[at:])
+            except ValueError:
+                chunk = None
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if self._usage_raw is None and _GENERATED.search(event) is not None:
+            self.content_chunks += 1
+        if not isinstance(chunk, dict) or not isinstance(usage, dict):
+            return event
+        self._usage_raw, self._usage = b"", usage  # decoded already
+        if self.include_usage and self.identity is None:
+            self.identity = {"id": chunk.get("id"), "object": chunk.get("object"), "created": chunk.get("created")}
+        if not chunk.get("choices"):
+            return None
+        if self.continuous:
+            return event
+        chunk.pop("usage")
+        return b"data: " + json.dumps(chunk).encode()
+
+
+def _identity(block: bytes) -> dict[str, Any] | None:
+    """The first event's id, object and created, read without decoding it."""
+    first = block[: block.find(b"\n\n")]
+    found_id, found_object = _ID.search(first), _OBJECT_NAME.search(first)
+    if found_id is None or found_object is None:
+        return None
+    created = _CREATED.search(first)
+    return {
+        "id": found_id.group(1).decode(),
+        "object": found_object.group(1).decode(),
+        "created": int(created.group(1)) if created is not None else None,
+    }
+
+
+def answer_usage(raw: bytes) -> tuple[int, int]:
+    """(prompt, completion) tokens from a whole (non-streamed) answer's `usage`, without decoding the answer."""
+    at = raw.rfind(b'"usage"')
+    start = raw.find(b"{", at) if at != -1 else -1
+    if start == -1:
+        return 0, 0
+    try:
+        usage, _ = _DECODER.raw_decode(raw[start:].decode())
+    except ValueError:
+        return 0, 0
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def rename_model(raw: bytes, upstream: str, public: str) -> bytes:
+    """A whole answer names the upstream's model id (trtllm-serve: its model path); clients expect the id they sent."""
+    if upstream == public:
+        return raw
+    for sep in (b": ", b":"):
+        old = b'"model"' + sep + json.dumps(upstream).encode()
+        if old in raw:
+            return raw.replace(old, b'"model"' + sep + json.dumps(public).encode(), 1)
+    return raw
