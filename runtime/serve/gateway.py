@@ -299,18 +299,16 @@ class Gateway:
         ttft_ms = -1.0
         if outcome.code == "200":
             self.typical_duration += 0.1 * (ended - started - self.typical_duration)
-        if outcome.stream and not outcome.usage_seen:
-            # no usage from the engine (it ignores stream_options, or the stream ended before its usage chunk: a
-            # client that left, a replica that broke off): one token per chunk of generated text relayed, which is
-            # what trtllm-serve sends per iteration (a lower bound with speculative decoding); prompt tokens unknown
+        if outcome.stream and not outcome.usage_seen and outcome.first_token is not None:
+            # chunks came but no usage (an engine that ignores stream_options): one token per chunk of generated
+            # text relayed, which is what trtllm-serve sends per iteration (a lower bound with speculative
+            # decoding); prompt tokens unknown
             outcome.output_tokens = outcome.content_chunks
             outcome.usage_source = "counted"
         if outcome.code == "200" or outcome.first_token is not None:
             series.duration.observe(ended - started)
-            if outcome.prompt_tokens:
-                series.prompt_tokens.inc(outcome.prompt_tokens)
-            if outcome.output_tokens:
-                series.output_tokens.inc(outcome.output_tokens)
+            series.prompt_tokens += outcome.prompt_tokens
+            series.output_tokens += outcome.output_tokens
         # time to first token only where the gateway sees the first token: streamed answers (a non-streamed
         # answer's first token is inside the engine; trtllm_time_to_first_token_seconds has it)
         if outcome.first_token is not None:
@@ -641,10 +639,10 @@ class Gateway:
             broken = True  # the upstream broke off: handled below, as a stream that never finished
         finally:
             # metered however the stream ends: complete, cut, or cancelled because the client left
-            if editor.usage is not None:
+            counts = editor.counts()
+            if counts is not None:
                 outcome.usage_seen, outcome.usage_source = True, "engine"
-                outcome.prompt_tokens = int(editor.usage.get("prompt_tokens") or 0)
-                outcome.output_tokens = int(editor.usage.get("completion_tokens") or 0)
+                outcome.prompt_tokens, outcome.output_tokens = counts
             outcome.content_chunks = editor.content_chunks
         return await self._end_stream(out, outcome, upstream, editor.finished, editor.failed and not broken)
 

@@ -40,6 +40,8 @@ _EMPTY_CHOICES = re.compile(rb'"choices": ?\[\]')  # a usage-only chunk (held ba
 # A chunk that carries generated text: chat `content` (or `reasoning_content`), a tool call's `arguments`, or a
 # completion's `text`, not empty. Keys only: a quote inside a JSON string is escaped.
 _GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens": ?(\d{1,12})')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens": ?(\d{1,12})')
 _ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
 _OBJECT_NAME = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
 _CREATED = re.compile(rb'"created": ?(\d{1,20})')
@@ -128,12 +130,26 @@ class StreamEditor:
                     return None
         return events
 
+    def counts(self) -> tuple[int, int] | None:
+        """(prompt, completion) tokens of the engine's last usage, read without decoding it; None: no usage came."""
+        raw = self._usage_raw
+        if raw is None:
+            return None
+        if not raw:  # decoded already (an event edited one at a time)
+            usage = self._usage or {}
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        prompt, completion = _PROMPT_TOKENS.search(raw), _COMPLETION_TOKENS.search(raw)
+        return (
+            int(prompt.group(1)) if prompt is not None else 0,
+            int(completion.group(1)) if completion is not None else 0,
+        )
+
     @property
     def usage(self) -> dict[str, Any] | None:
         """The engine's last cumulative usage, as it sent it (None: none came, or it was not a JSON object)."""
         if self._usage is None and self._usage_raw is not None:
             try:
-                usage = json.loads(self._usage_raw)
+                usage = json.loads(self._usage_raw.decode())
             except ValueError:
                 usage = None
             self._usage = usage if isinstance(usage, dict) else None

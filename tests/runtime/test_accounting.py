@@ -372,8 +372,8 @@ def test_an_engine_with_usage_on_its_last_content_chunk_keeps_continuous_usage(r
 
 
 def test_a_cancelled_request_says_where_its_counts_come_from(engine: Server, runtime_dir: Path) -> None:
-    """A request the client cancels: the access line says where its counts come from (`usage=none`: a non-streamed
-    request cancelled before its answer, nothing known; `usage=engine`: a stream, metered by the engine's running
+    """A request the client cancels: the access line says where its counts come from (`usage=none`: a request
+    cancelled before the engine's first chunk, nothing known; `usage=engine`: a stream, metered by the engine's running
     usage up to its last chunk)."""
     standin = StandInEngine(delay=3)
     gateway = start_gateway(runtime_dir, [standin.url], "--model", ENGINE_MODEL)
@@ -381,9 +381,11 @@ def test_a_cancelled_request_says_where_its_counts_come_from(engine: Server, run
         impatient = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=0.5)
         with pytest.raises(openai.APITimeoutError):
             impatient.chat.completions.create(model=ENGINE_MODEL, messages=HELLO, max_tokens=5)
-        wait_for(lambda: len(_access(gateway)) == 1, timeout=10, what="the access line")
-        line = _access(gateway)[0]
-        assert "status=499 prompt_tokens=0 output_tokens=0 usage=none " in line, line
+        with pytest.raises(openai.APITimeoutError):  # a stream left during prefill: nothing came either
+            list(impatient.chat.completions.create(model=ENGINE_MODEL, messages=HELLO, max_tokens=5, stream=True))
+        wait_for(lambda: len(_access(gateway)) == 2, timeout=10, what="the access lines")
+        for line in _access(gateway):
+            assert "status=499 prompt_tokens=0 output_tokens=0 usage=none " in line, line
     finally:
         gateway.stop()
         standin.stop()

@@ -166,3 +166,11 @@ def test_comments_and_unusual_layouts_pass_through() -> None:
     events = [json.loads(e[6:]) for e in out.split(b"\n\n")[1:] if e and e != b"data: [DONE]"]
     assert all("usage" not in e for e in events)
     assert _content(events) == "".join(WORDS)
+
+
+def test_the_meter_reads_the_counts_the_engine_sent() -> None:
+    for blocks in ([b"".join(_engine_stream())], _engine_stream()):
+        editor = _editor(None)
+        _relay(editor, blocks)
+        assert editor.counts() == (PROMPT, len(WORDS))
+    assert _editor(None).counts() is None  # nothing came: the access line says so (usage=counted or none)
