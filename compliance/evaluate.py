@@ -161,6 +161,8 @@ def drift(declared: list[Finding], live: list[Finding]) -> list[Drift]:
         actual = [f for f in live if f.check.id == check_id]
         if actual and all(f.resource.name == NOT_READ for f in actual):
             continue  # not looked at (e.g. no cluster access): nothing to compare
+        if all(f.status == Status.NOT_ASSESSED for f in planned):
+            continue  # the plan cannot show it (a customer key, an account setting): nothing declared to compare
         want, have = _worst(planned), _worst(actual)
         if want != have:
             names = sorted({f.resource.name for f in actual if f.status.value == have}) or ["(no live resource)"]

@@ -501,22 +501,51 @@ def cloudtrail_cloudwatch_logging_enabled(resource: Resource, graph: Graph) -> V
     severity="medium",
     resource_types=[TRAIL],
     controls=AUDIT,
-    remediation="Add an advanced event selector for Data events on AWS::S3::Object under the artifact bucket.",
+    remediation="Add an advanced event selector for Data events on AWS::S3::Object under the artifact bucket "
+    "(reads and writes).",
     risk="Management events alone do not show who read or wrote model files.",
     cloud="aws",
 )
 def cloudtrail_s3_dataevents_enabled(resource: Resource, graph: Graph) -> Verdict:
-    selectors = as_list(resource.get("advancedEventSelectors"))
-    data = [
-        s.get("name")
-        for s in selectors
-        if any(
-            f.get("field") == "eventCategory" and "Data" in as_list(f.get("equals"))
-            for f in s.get("fieldSelectors", [])
-        )
-        and any("AWS::S3::Object" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
+    artifacts = [b for b in graph.by_type(BUCKET) if (b.get("tags") or {}).get("byoc:bucket") == "artifacts"]
+    # an object under the artifact bucket; without the bucket in the graph, any bucket's objects are accepted
+    where = f"arn:aws:s3:::{artifacts[0].get('bucket') or artifacts[0].name}/" if artifacts else None
+    events = [
+        {
+            "eventCategory": "Data",
+            "eventSource": "s3.amazonaws.com",
+            "resources.type": "AWS::S3::Object",
+            "readOnly": ro,
+        }
+        | ({"resources.ARN": f"{where}models/checkpoint.safetensors"} if where else {})
+        for ro in ("true", "false")
     ]
-    return verdict(bool(data), "advancedEventSelectors[eventCategory=Data, AWS::S3::Object]", data)
+    lenient = frozenset() if where else frozenset({"resources.ARN"})
+    advanced = as_list(resource.get("advancedEventSelectors"))
+    classic = as_list(resource.get("eventSelectors"))
+    if advanced:
+        recorded = [e for e in events if any(_advanced_records(s, e, lenient) for s in advanced)]
+    else:
+        recorded = [e for e in events if any(_classic_records_object(s, e) for s in classic)]
+    missing = [f"{'reads' if e['readOnly'] == 'true' else 'writes'}" for e in events if e not in recorded]
+    value = {"artifact_objects": f"{where}*" if where else "any bucket", "not_recorded": missing}
+    reason = f"object-level {' and '.join(missing)} are not recorded" if missing else ""
+    return verdict(not missing, "eventSelectors[Data, AWS::S3::Object]", value, reason)
+
+
+def _classic_records_object(selector: Mapping[str, Any], event: Mapping[str, str]) -> bool:
+    """A classic selector's DataResources of type AWS::S3::Object: a value is an ARN prefix (`arn:aws:s3` for all)."""
+    kind = selector.get("readWriteType") or "All"
+    if kind != "All" and (kind == "ReadOnly") != (event["readOnly"] == "true"):
+        return False
+    for data in as_list(selector.get("dataResources")):
+        if (data.get("type") or data.get("Type")) != "AWS::S3::Object":
+            continue
+        values = [str(v) for v in as_list(data.get("values") or data.get("Values"))]
+        arn = event.get("resources.ARN")
+        if any(arn is None or arn.startswith(v) for v in values):
+            return True
+    return False
 
 
 @check(
@@ -567,10 +596,15 @@ AUDITED_EVENTS = tuple(
 )
 
 
-def _advanced_records(selector: Mapping[str, Any], event: Mapping[str, str]) -> bool:
+def _advanced_records(
+    selector: Mapping[str, Any], event: Mapping[str, str], lenient: frozenset[str] = frozenset()
+) -> bool:
+    """Whether one advanced selector records `event`; fields in `lenient` are not judged (not known here)."""
     for field in as_list(selector.get("fieldSelectors")):
         name = field.get("field")
         operators = {k: [str(v) for v in as_list(field.get(k))] for k in SELECTOR_OPERATORS if field.get(k)}
+        if name in lenient:
+            continue
         if name not in event:
             if operators:
                 return False  # a field management events do not carry (or one byoc cannot judge): not counted

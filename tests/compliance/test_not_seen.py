@@ -163,6 +163,69 @@ def test_trail_selectors_in_both_forms(why: str, trail: Resource, expected: Stat
         assert "kms.amazonaws.com" in reason
 
 
+ARTIFACTS = Resource(
+    "aws:s3/bucket:Bucket",
+    "demo-artifacts",
+    "demo-artifacts-id",
+    {"bucket": "byoc-demo-artifacts", "tags": {"byoc:bucket": "artifacts"}},
+    "plan",
+)
+
+
+def data(*fields: dict[str, Any], form: str = "advanced") -> Resource:
+    if form == "classic":
+        return Resource(TRAIL, "t", "t", {"eventSelectors": list(fields)}, "plan")
+    objects = [
+        {"field": "eventCategory", "equals": ["Data"]},
+        {"field": "resources.type", "equals": ["AWS::S3::Object"]},
+    ]
+    selectors = [{"name": "d", "fieldSelectors": [*objects, *fields]}]
+    return Resource(TRAIL, "t", "t", {"advancedEventSelectors": selectors}, "plan")
+
+
+DATA_SELECTORS: list[tuple[str, Resource, Status]] = [
+    ("every object", data(), Status.PASS),
+    (
+        "the artifact bucket",
+        data({"field": "resources.ARN", "startsWiths": ["arn:aws:s3:::byoc-demo-artifacts/"]}),
+        Status.PASS,
+    ),
+    ("another bucket only", data({"field": "resources.ARN", "startsWiths": ["arn:aws:s3:::other/"]}), Status.FAIL),
+    (
+        "NotStartsWith the artifact bucket",
+        data({"field": "resources.ARN", "notStartsWiths": ["arn:aws:s3:::byoc-demo"]}),
+        Status.FAIL,
+    ),
+    ("writes only", data({"field": "readOnly", "equals": ["false"]}), Status.FAIL),
+    ("readOnly NotEndsWith e (no true, no false)", data({"field": "readOnly", "notEndsWiths": ["e"]}), Status.FAIL),
+    (
+        "classic, the artifact bucket",
+        data(
+            {
+                "readWriteType": "All",
+                "dataResources": [{"type": "AWS::S3::Object", "values": ["arn:aws:s3:::byoc-demo-artifacts/"]}],
+            },
+            form="classic",
+        ),
+        Status.PASS,
+    ),
+    (
+        "classic, read only",
+        data(
+            {"readWriteType": "ReadOnly", "dataResources": [{"Type": "AWS::S3::Object", "Values": ["arn:aws:s3"]}]},
+            form="classic",
+        ),
+        Status.FAIL,
+    ),
+]
+
+
+@pytest.mark.parametrize(("why", "trail", "expected"), DATA_SELECTORS, ids=[s[0] for s in DATA_SELECTORS])
+def test_object_level_selectors_in_both_forms(why: str, trail: Resource, expected: Status) -> None:
+    [(status, _)] = judge("cloudtrail_s3_dataevents_enabled", trail, ARTIFACTS)
+    assert status == expected, why
+
+
 # -- key kinds AWS cannot rotate ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "inputs",
