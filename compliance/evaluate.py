@@ -26,11 +26,11 @@ def allowed_regions(cloud: str, requested: str, region: str) -> tuple[str, ...]:
 
 def unseen_in_plan(plan: dict[str, Any]) -> dict[str, str]:
     """Resource types whose evidence a plan cannot hold, and why: their checks are NOT_ASSESSED, never PASS."""
-    if plan.get("cloud") == "aws":
-        from compliance.checks.aws import unseen_in_plan as aws_unseen
+    from compliance.checks import aws, gcp
 
-        return aws_unseen(plan)
-    return {}
+    readers = {"aws": aws.unseen_in_plan, "gcp": gcp.unseen_in_plan}
+    reader = readers.get(str(plan.get("cloud")))
+    return reader(plan) if reader else {}
 
 
 def graph_from_plan(plan: dict[str, Any]) -> Graph:

@@ -155,6 +155,8 @@ def _customer_keys(s: _Session, given: list[str]) -> None:
     for reference, users in sorted(references.items()):
         if reference in known or reference.split("key/")[-1] in known:
             continue
+        if reference.startswith("alias/aws/") or ":alias/aws/" in reference:
+            continue  # AWS-managed by name (alias/aws/s3): no rotation or policy of the customer's
         try:
             inputs = _key_inputs(kms, reference, {})
         except Exception as exc:
