@@ -182,10 +182,18 @@ class ControlSummary:
     errors: int
     not_assessed: int = 0
     exceptions: int = 0
+    unassessed_checks: tuple[str, ...] = ()  # the checks that make it NOT_ASSESSED
 
     @property
     def ref(self) -> str:
         return f"{self.framework}:{self.control}"
+
+    def checks_cell(self) -> str:
+        """The control's checks as a report lists them, naming those not assessed."""
+        listed = ", ".join(self.checks) or "-"
+        if self.unassessed_checks:
+            listed += f" (not assessed: {', '.join(self.unassessed_checks)})"
+        return listed
 
 
 def control_summaries(findings: list[Finding], selected: Iterable[str]) -> list[ControlSummary]:
@@ -221,6 +229,7 @@ def control_summaries(findings: list[Finding], selected: Iterable[str]) -> list[
                     count[Status.ERROR],
                     count[Status.NOT_ASSESSED],
                     count[Status.EXCEPTION],
+                    tuple(sorted({f.check.id for f in related if f.status == Status.NOT_ASSESSED})),
                 )
             )
     return summaries

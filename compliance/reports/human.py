@@ -91,7 +91,7 @@ def markdown(
     for s in sorted(
         summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework)
     ):
-        lines.append(f"| {s.framework}:{s.control} | {s.title} | {s.status} | {', '.join(s.checks) or '-'} |")
+        lines.append(f"| {s.framework}:{s.control} | {s.title} | {s.status} | {s.checks_cell()} |")
     lines += ["", "## Findings (failing first)", ""]
     for finding in _ordered(findings):
         if finding.status == Status.NOT_APPLICABLE:
@@ -162,7 +162,7 @@ def html_report(
     )
     controls = "".join(
         f"<tr><td>{_cell(s.framework)}:{_cell(s.control)}</td><td>{_cell(s.title)}</td>"
-        f"<td class='{s.status}'>{s.status}</td><td>{_cell(', '.join(s.checks) or '-')}</td></tr>"
+        f"<td class='{s.status}'>{s.status}</td><td>{_cell(s.checks_cell())}</td></tr>"
         for s in sorted(
             summaries,
             key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework),

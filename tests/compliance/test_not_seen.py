@@ -72,6 +72,8 @@ def test_a_customer_key_the_plan_does_not_hold_is_not_assessed_never_passed(cust
     markdown = (pack / "report.md").read_text()
     assert "| hipaa:164.312(a)(2)(iv) | Encryption and decryption | NOT_ASSESSED |" in markdown
     assert "## Not assessed" in markdown and CUSTOMER_KEY in markdown
+    rotation_row = next(line for line in markdown.splitlines() if line.startswith("| hipaa:164.312(a)(2)(iv) |"))
+    assert "(not assessed: ec2_ebs_default_encryption, kms_cmk_rotation_enabled)" in rotation_row
     html = (pack / "report.html").read_text()
     assert "<td>hipaa:164.312(a)(2)(iv)</td><td>Encryption and decryption</td><td class='NOT_ASSESSED'>" in html
     rows = [r for r in csv.DictReader((pack / "findings.csv").open()) if r["check_id"] == "kms_cmk_rotation_enabled"]
