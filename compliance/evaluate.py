@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from byoc.catalogs import MEGA_REGIONS, load_catalog
-from compliance.checks import all_checks
-from compliance.model import Check, Finding, Graph, Resource, Status, Verdict
+from compliance.checks import checks_for
+from compliance.model import Check, Finding, Graph, Resource, Status, Verdict, frameworks
 
 
 def allowed_regions(cloud: str, requested: str, region: str) -> tuple[str, ...]:
@@ -22,6 +22,15 @@ def allowed_regions(cloud: str, requested: str, region: str) -> tuple[str, ...]:
     if mega in MEGA_REGIONS:
         return catalog.mega_regions[cloud][mega]
     return (region,)
+
+
+def unseen_in_plan(plan: dict[str, Any]) -> dict[str, str]:
+    """Resource types whose evidence a plan cannot hold, and why: their checks are NOT_ASSESSED, never PASS."""
+    from compliance.checks import aws, gcp
+
+    readers = {"aws": aws.unseen_in_plan, "gcp": gcp.unseen_in_plan}
+    reader = readers.get(str(plan.get("cloud")))
+    return reader(plan) if reader else {}
 
 
 def graph_from_plan(plan: dict[str, Any]) -> Graph:
@@ -37,6 +46,7 @@ def graph_from_plan(plan: dict[str, Any]) -> Graph:
         requested_region=placement["requested_region"],
         allowed_regions=allowed_regions(plan["cloud"], placement["requested_region"], placement["region"]),
         source="plan",
+        unassessed=unseen_in_plan(plan),
         cloud=plan["cloud"],
     )
 
@@ -65,14 +75,18 @@ NOT_READ = "(not read)"
 
 
 def _silent(check: Check, graph: Graph) -> Finding:
-    """The NOT_ASSESSED finding of a check that applies to a live deployment but found nothing to judge."""
+    """The NOT_ASSESSED finding of a check that applies to the deployment but found nothing to judge."""
     for type_token in check.resource_types:
         if type_token in graph.unassessed:
             unread = Resource(type=type_token, name=NOT_READ, id="", inputs={}, source=graph.source)
             return Finding(check, Status.NOT_ASSESSED, unread, (), graph.unassessed[type_token])
     kinds = ", ".join(t.rsplit(":", 1)[-1] for t in check.resource_types)
     absent = Resource(type=check.resource_types[0], name="(none)", id="", inputs={}, source=graph.source)
-    if all(t.startswith("kubernetes:") for t in check.resource_types):
+    if graph.source == "plan":
+        reason = f"the plan of deployment {graph.deployment} declares no {kinds}"
+    elif graph.not_found:
+        reason = graph.not_found
+    elif all(t.startswith("kubernetes:") for t in check.resource_types):
         reason = f"the cluster has no {kinds} labelled app.kubernetes.io/managed-by=byoc"
     else:
         reason = f"the account has no {kinds} of deployment {graph.deployment} in {graph.region}"
@@ -82,15 +96,16 @@ def _silent(check: Check, graph: Graph) -> Finding:
 def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Finding]:
     """Every applicable check on every resource it applies to; a check that raises becomes an ERROR finding.
 
-    On a live graph no check of the graph's cloud (or Kubernetes) stays silent: one that found nothing to judge
-    yields a NOT_ASSESSED finding saying why (no cluster access, none of the resource type in the account).
+    No check of the graph's cloud (or Kubernetes) stays silent, in the plan or live: one that found nothing to
+    judge yields a NOT_ASSESSED finding saying why (a customer key the plan does not hold, an account setting byoc
+    does not manage, no cluster access, none of the resource type in the account).
 
     The findings come in one order: the checks' own, then per check its resources by type token, name and id.
     """
     graph = graph.in_order()  # a plan's or a collector's order means nothing; the reports must not depend on it
     wanted = set(frameworks) if frameworks is not None else None
     findings: list[Finding] = []
-    for check in all_checks():
+    for check in checks_for(graph.cloud):
         if wanted is not None and not any(c.split(":")[0] in wanted for c in check.controls):
             continue
         found: list[Finding] = []
@@ -106,7 +121,7 @@ def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Find
             if type_token in check.resource_types:
                 unreadable = Resource(type=type_token, name="(unreadable)", id="", inputs={}, source=graph.source)
                 found.append(Finding(check, Status.ERROR, unreadable, (), reason))
-        if not found and graph.source == "live" and check.cloud in (graph.cloud, "kubernetes"):
+        if not found and graph.cloud is not None:
             found.append(_silent(check, graph))
         findings += found
     return findings
@@ -146,8 +161,75 @@ def drift(declared: list[Finding], live: list[Finding]) -> list[Drift]:
         actual = [f for f in live if f.check.id == check_id]
         if actual and all(f.resource.name == NOT_READ for f in actual):
             continue  # not looked at (e.g. no cluster access): nothing to compare
+        if all(f.status == Status.NOT_ASSESSED for f in planned):
+            continue  # the plan cannot show it (a customer key, an account setting): nothing declared to compare
         want, have = _worst(planned), _worst(actual)
         if want != have:
             names = sorted({f.resource.name for f in actual if f.status.value == have}) or ["(no live resource)"]
             differences.append(Drift(check_id, want, have, names))
     return differences
+
+
+@dataclass(frozen=True)
+class ControlSummary:
+    framework: str
+    control: str
+    title: str
+    status: str  # PASS | FAIL | ERROR | NOT_ASSESSED | EXCEPTION
+    checks: list[str]
+    passed: int
+    failed: int
+    errors: int
+    not_assessed: int = 0
+    exceptions: int = 0
+    unassessed_checks: tuple[str, ...] = ()  # the checks that make it NOT_ASSESSED
+
+    @property
+    def ref(self) -> str:
+        return f"{self.framework}:{self.control}"
+
+    def checks_cell(self) -> str:
+        """The control's checks as a report lists them, naming those not assessed."""
+        listed = ", ".join(self.checks) or "-"
+        if self.unassessed_checks:
+            listed += f" (not assessed: {', '.join(self.unassessed_checks)})"
+        return listed
+
+
+def control_summaries(findings: list[Finding], selected: Iterable[str]) -> list[ControlSummary]:
+    """One row per control of the selected frameworks: the one place a control's status is decided, for every
+    output (report.md, report.html, summary.json, OSCAL).
+
+    Status: FAIL if any check failed, else ERROR if evidence could not be read, else NOT_ASSESSED if any of its
+    checks was not assessed (or it has no evidence at all), else PASS; EXCEPTION when the only evidence is a
+    documented exception (a property byoc declines by design). What was not seen is never a pass.
+    """
+    summaries = []
+    for framework_id in selected:
+        for control in frameworks()[framework_id].controls:
+            related = [f for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE]
+            count = {s: sum(f.status == s for f in related) for s in Status}
+            if count[Status.FAIL]:
+                status = "FAIL"
+            elif count[Status.ERROR]:
+                status = "ERROR"
+            elif count[Status.NOT_ASSESSED] or not (count[Status.PASS] or count[Status.EXCEPTION]):
+                status = "NOT_ASSESSED"
+            else:
+                status = "PASS" if count[Status.PASS] else "EXCEPTION"
+            summaries.append(
+                ControlSummary(
+                    framework_id,
+                    control.id,
+                    control.title,
+                    status,
+                    sorted({f.check.id for f in related}),
+                    count[Status.PASS],
+                    count[Status.FAIL],
+                    count[Status.ERROR],
+                    count[Status.NOT_ASSESSED],
+                    count[Status.EXCEPTION],
+                    tuple(sorted({f.check.id for f in related if f.status == Status.NOT_ASSESSED})),
+                )
+            )
+    return summaries

@@ -23,8 +23,9 @@ class Status(StrEnum):
 
     PASS and FAIL judge the resource; ERROR means the evidence could not be read (the API's error is the reason);
     NOT_ASSESSED means the check applies to the deployment but had nothing to judge, and the reason says why (no
-    cluster access, none of the resource type in the account); NOT_APPLICABLE means the check does not concern this
-    resource; EXCEPTION means byoc declines the property by design, for the reason given (not a silent gap).
+    cluster access, none of the resource type in the account, a customer key the plan does not hold, an account
+    setting byoc does not manage); NOT_APPLICABLE means the check does not concern this resource (a key kind AWS
+    cannot rotate); EXCEPTION means byoc declines the property by design, for the reason given (not a silent gap).
     """
 
     PASS = "PASS"
@@ -115,6 +116,8 @@ class Graph:
     # resource type -> why it was not looked at (live: e.g. Kubernetes objects without --kubeconfig)
     unassessed: dict[str, str] = field(default_factory=dict)
     cloud: str | None = None  # aws | gcp: the checks of this cloud (and Kubernetes) apply
+    # live: why the deployment was not found (no resource carries its tag): the report's headline says so
+    not_found: str | None = None
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
@@ -153,6 +156,11 @@ def verdict(ok: bool, path: str, value: Any, reason: str = "") -> Verdict:
 
 def not_applicable(reason: str) -> Verdict:
     return Verdict(Status.NOT_APPLICABLE, (), reason)
+
+
+def not_assessed(reason: str, path: str = "", value: Any = None) -> Verdict:
+    """The check concerns this resource but the evidence it needs is not there: never read as a pass."""
+    return Verdict(Status.NOT_ASSESSED, (Evidence(path, value),) if path else (), reason)
 
 
 def exception(reason: str, path: str = "", value: Any = None) -> Verdict:

@@ -47,10 +47,12 @@ def report(
 ) -> None:
     """Check the deployment against HIPAA, SOC 2 and ISO 27001 controls and write the evidence pack.
 
-    Exit 0 when no check fails, 1 when one fails (or could not be evaluated live), 2 for bad input. With --live and
+    Exit 0 when no check fails, 1 when one fails (or could not be evaluated live, or the live deployment was not
+    found), 2 for bad input. With --live and
     --plan together, differences between what the plan declares and what the account has are reported as drift.
-    Live, every check says something: PASS, FAIL, ERROR (with the API's error) or NOT_ASSESSED (with why); a
-    property byoc declines by design is an EXCEPTION with its reason.
+    Every check says something, in the plan and live: PASS, FAIL, ERROR (with the API's error) or NOT_ASSESSED
+    (with why); a property byoc declines by design is an EXCEPTION with its reason. A control with a NOT_ASSESSED
+    check is NOT_ASSESSED, never PASS.
     """
     from compliance.evaluate import drift, evaluate, graph_from_plan, load_plan
     from compliance.reports import write_pack
@@ -59,7 +61,8 @@ def report(
         selected = parse_frameworks(framework)
         if not live and plan is None:
             raise ByocError("--plan", "nothing to check", "pass --plan DIR/plan.json, or --live with --deployment")
-        declared = graph_from_plan(load_plan(plan)) if plan is not None else None
+        plan_document = load_plan(plan) if plan is not None else None
+        declared = graph_from_plan(plan_document) if plan_document is not None else None
         if live:
             if cloud != "aws":
                 raise ByocError("--cloud", f"live collection supports aws, not {cloud}", "use --cloud aws")
@@ -85,7 +88,10 @@ def report(
             # No credentials is one clear failure, not one ERROR per check and a drift line per control.
             live_cloud.account_identity(region, "--live")
 
-            graph = collect(deployment, region, declared.requested_region if declared else region, kubeconfig)
+            given = str((plan_document or {}).get("encryption", {}).get("kms_key") or "create")
+            customer_keys = [] if given == "create" else [given]
+            requested = declared.requested_region if declared else region
+            graph = collect(deployment, region, requested, kubeconfig, customer_keys)
         else:
             assert declared is not None
             graph = declared
@@ -95,12 +101,18 @@ def report(
             result = write_pack(graph, findings, selected, out, differences)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {out}: {exc.strerror}", "choose a writable folder") from None
-    failing = result["findings"]["FAIL"] + result["findings"]["ERROR"]
+    # a deployment that was not found is not a passing one
+    failing = result["findings"]["FAIL"] + result["findings"]["ERROR"] + bool(result["headline"])
     if output is Output.json:
         print_json({"out": str(out), **result})
     else:
+        if result["headline"]:
+            print(result["headline"])
         counts = ", ".join(f"{k} {v}" for k, v in result["findings"].items())
-        print(f"{result['checks_evaluated']} checks evaluated on {graph.source} resources: {counts}")
+        print(
+            f"{result['checks']} checks ({result['checks_evaluated']} with a PASS or FAIL) on {graph.source} "
+            f"resources: {counts}"
+        )
         for total in result["frameworks"]:
             print(
                 f"  {total['title']}: {total['passing']} controls passing, {total['failing']} failing, "
@@ -118,7 +130,7 @@ def checks(
     output: OutputOpt = Output.text,
 ) -> None:
     """List every check and every control with the checks that evidence it."""
-    from compliance.coverage import coverage_markdown, coverage_rows
+    from compliance.coverage import counts_line, coverage_markdown, coverage_rows
 
     if markdown:
         print(coverage_markdown(), end="")
@@ -127,6 +139,7 @@ def checks(
     if output is Output.json:
         print_json(rows)
         return
+    print(counts_line(rows["counts"]))
     for check in rows["checks"]:
         print(f"{check['id']:<58} {check['cloud']:<10} {' '.join(check['controls'])}")
 

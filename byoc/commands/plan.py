@@ -618,11 +618,13 @@ def plan(
     if compliance is not None:
         found = compliance["findings"]
         print(
-            f"compliance  {compliance['checks_evaluated']} checks evaluated, {sum(found.values())} findings: "
+            f"compliance  {compliance['checks']} checks ({compliance['checks_evaluated']} with a PASS or FAIL), "
+            f"{sum(found.values())} findings: "
             + ", ".join(
                 f"{count} {STATUS_WORDS.get(status, status.lower())}" for status, count in found.items() if count
             )
-            + f" ({', '.join(compliance['failing_controls']) or 'no failing control'})"
+            + f" ({', '.join(compliance['failing_controls']) or 'no failing control'}"
+            + (f"; not assessed: {', '.join(unseen)})" if (unseen := compliance.get("not_assessed_controls")) else ")")
         )
     print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 from compliance.checks import aws, gcp, kubernetes
 from compliance.model import REGISTRY, Check
 
-__all__ = ["all_checks", "aws", "gcp", "kubernetes"]
+__all__ = ["all_checks", "aws", "checks_for", "gcp", "kubernetes"]
 
 
 def all_checks() -> list[Check]:
     return list(REGISTRY)
+
+
+def checks_for(cloud: str | None) -> list[Check]:
+    """The checks that judge a deployment on `cloud`: its own and the Kubernetes ones (None: every check).
+
+    The one count of checks: a plan, a live report and `byoc compliance checks` all count these.
+    """
+    return [c for c in REGISTRY if cloud is None or c.cloud in (cloud, "kubernetes")]

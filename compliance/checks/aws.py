@@ -8,6 +8,7 @@ templates, Karpenter node classes, pod identity trust, the artifact bucket's put
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from compliance.checks.common import as_list, denies_insecure_transport, is_customer_key, statements
@@ -20,6 +21,7 @@ from compliance.model import (
     check,
     exception,
     not_applicable,
+    not_assessed,
     verdict,
 )
 
@@ -69,8 +71,35 @@ KMS_ROTATION_DEFAULT_DAYS = 365  # KMS EnableKeyRotation: RotationPeriodInDays d
 KMS_DELETION_DEFAULT_DAYS = 30  # KMS ScheduleKeyDeletion / CreateKey: PendingWindowInDays defaults to 30
 # Karpenter v1 EC2NodeClass defaults: metadataOptions httpTokens required, httpPutResponseHopLimit 1.
 KARPENTER_IMDS_DEFAULTS = {"httpTokens": "required", "httpPutResponseHopLimit": 1}
+# Automatic rotation exists only for symmetric keys whose material KMS generated in its own store (AWS KMS
+# Developer Guide, "Rotating AWS KMS keys": not for asymmetric, HMAC, imported-material or custom-key-store keys);
+# Prowler's kms_cmk_rotation_enabled skips the others too.
+ROTATABLE_SPEC = "SYMMETRIC_DEFAULT"
+ROTATABLE_ORIGIN = "AWS_KMS"
+# ScheduleKeyDeletion's PendingWindowInDays is 7 to 30: a key that is not pending deletion will wait at least 7 days.
+KMS_DELETION_MIN_DAYS = 7
 WILDCARD_ALLOWED = {"AllowRegionalReadActions", "AllowPricingReadActions", "AllowUnscopedInstanceProfileListAction"}
 ADMIN_POLICIES = {"AdministratorAccess", "PowerUserAccess", "IAMFullAccess", "AmazonS3FullAccess"}
+
+
+def unseen_in_plan(plan: Mapping[str, Any]) -> dict[str, str]:
+    """What an AWS plan cannot show, by resource type: those checks are NOT_ASSESSED with this reason, never PASS."""
+    encryption = plan.get("encryption") or {}
+    unseen = {}
+    key = encryption.get("kms_key")
+    if key and key != "create":
+        unseen[KEY] = (
+            f"the customer key {key} (encryption.kms_key) is not in the plan: byoc uses it but does not create it, "
+            "so its rotation, key policy and deletion window are not declared here; "
+            "`byoc compliance report --live` reads them from the account"
+        )
+    if not encryption.get("ebs_default"):
+        unseen[EBS_DEFAULT] = (
+            "encryption.ebs_default is off: the region's EBS encryption by default is an account setting byoc does "
+            "not manage, so the plan cannot show it; `byoc compliance report --live` reads it (or set "
+            "encryption.ebs_default: true)"
+        )
+    return unseen
 
 
 def _one(graph: Graph, type_token: str, bucket: Resource) -> Resource | None:
@@ -86,6 +115,15 @@ def _is_log_target(graph: Graph, bucket: Resource) -> bool:
 
 
 # -- KMS --------------------------------------------------------------------------------------------------------
+def _unread_policy(key: Resource) -> Verdict | None:
+    """A key policy that was not read is no evidence of a good one: ERROR with the API's answer, else NOT_ASSESSED."""
+    if key.get("policyError"):
+        return Verdict(Status.ERROR, (), key.get("policyError"))
+    if key.get("policy") is None:
+        return not_assessed("the key policy is not known (not declared, not read)", "policy", None)
+    return None
+
+
 @check(
     id="kms_cmk_rotation_enabled",
     title="Customer-managed keys rotate automatically, at least yearly",
@@ -97,6 +135,16 @@ def _is_log_target(graph: Graph, bucket: Resource) -> bool:
     cloud="aws",
 )
 def kms_cmk_rotation_enabled(resource: Resource, graph: Graph) -> Verdict:
+    spec = resource.get("keySpec") or resource.get("customerMasterKeySpec") or ROTATABLE_SPEC
+    origin = resource.get("origin") or ROTATABLE_ORIGIN
+    if spec != ROTATABLE_SPEC or origin != ROTATABLE_ORIGIN:
+        kind = f"a {spec} key" if spec != ROTATABLE_SPEC else f"a key of origin {origin}"
+        return not_applicable(
+            f"AWS KMS cannot rotate {kind} automatically (only symmetric keys with KMS-generated material): "
+            "rotate it by hand, with a new key and an alias switch"
+        )
+    if resource.get("rotationError"):
+        return Verdict(Status.ERROR, (), resource.get("rotationError"))
     enabled = resource.get("enableKeyRotation")
     period = resource.get("rotationPeriodInDays")
     days = KMS_ROTATION_DEFAULT_DAYS if period is None else period  # unset: AWS rotates yearly
@@ -116,8 +164,22 @@ def kms_cmk_rotation_enabled(resource: Resource, graph: Graph) -> Verdict:
 )
 def kms_key_deletion_window(resource: Resource, graph: Graph) -> Verdict:
     value = resource.get("deletionWindowInDays")
-    if value is None and resource.source == "live":
-        return not_applicable("the deletion window is not readable from a key that is not pending deletion")
+    if resource.source == "live":
+        state = resource.get("keyState")
+        if state == "PendingDeletion":
+            when = resource.get("deletionDate")
+            return verdict(
+                False,
+                "keyState/deletionDate",
+                {"state": state, "deletion_date": when},
+                f"the key is scheduled for deletion on {when}: data under it becomes unreadable then",
+            )
+        if state is None:
+            return not_assessed("the key's state could not be read", "keyState", state)
+        # the window is chosen when deletion is scheduled, and KMS allows no less than 7 days
+        return verdict(
+            True, "keyState", state, f"not pending deletion; KMS waits at least {KMS_DELETION_MIN_DAYS} days"
+        )
     days = KMS_DELETION_DEFAULT_DAYS if value is None else value  # unset: AWS waits 30 days
     return verdict(days >= 7, "deletionWindowInDays", days)
 
@@ -133,6 +195,8 @@ def kms_key_deletion_window(resource: Resource, graph: Graph) -> Verdict:
     cloud="aws",
 )
 def kms_key_policy_no_public_access(resource: Resource, graph: Graph) -> Verdict:
+    if unread := _unread_policy(resource):
+        return unread
     public = [
         s.get("Sid", "?")
         for s in statements(resource.get("policy"))
@@ -152,6 +216,8 @@ def kms_key_policy_no_public_access(resource: Resource, graph: Graph) -> Verdict
     cloud="aws",
 )
 def kms_key_policy_service_conditions(resource: Resource, graph: Graph) -> Verdict:
+    if unread := _unread_policy(resource):
+        return unread
     unconditioned = [
         s.get("Sid", "?")
         for s in statements(resource.get("policy"))
@@ -435,22 +501,51 @@ def cloudtrail_cloudwatch_logging_enabled(resource: Resource, graph: Graph) -> V
     severity="medium",
     resource_types=[TRAIL],
     controls=AUDIT,
-    remediation="Add an advanced event selector for Data events on AWS::S3::Object under the artifact bucket.",
+    remediation="Add an advanced event selector for Data events on AWS::S3::Object under the artifact bucket "
+    "(reads and writes).",
     risk="Management events alone do not show who read or wrote model files.",
     cloud="aws",
 )
 def cloudtrail_s3_dataevents_enabled(resource: Resource, graph: Graph) -> Verdict:
-    selectors = as_list(resource.get("advancedEventSelectors"))
-    data = [
-        s.get("name")
-        for s in selectors
-        if any(
-            f.get("field") == "eventCategory" and "Data" in as_list(f.get("equals"))
-            for f in s.get("fieldSelectors", [])
-        )
-        and any("AWS::S3::Object" in as_list(f.get("equals")) for f in s.get("fieldSelectors", []))
+    artifacts = [b for b in graph.by_type(BUCKET) if (b.get("tags") or {}).get("byoc:bucket") == "artifacts"]
+    # an object under the artifact bucket; without the bucket in the graph, any bucket's objects are accepted
+    where = f"arn:aws:s3:::{artifacts[0].get('bucket') or artifacts[0].name}/" if artifacts else None
+    events = [
+        {
+            "eventCategory": "Data",
+            "eventSource": "s3.amazonaws.com",
+            "resources.type": "AWS::S3::Object",
+            "readOnly": ro,
+        }
+        | ({"resources.ARN": f"{where}models/checkpoint.safetensors"} if where else {})
+        for ro in ("true", "false")
     ]
-    return verdict(bool(data), "advancedEventSelectors[eventCategory=Data, AWS::S3::Object]", data)
+    lenient = frozenset() if where else frozenset({"resources.ARN"})
+    advanced = as_list(resource.get("advancedEventSelectors"))
+    classic = as_list(resource.get("eventSelectors"))
+    if advanced:
+        recorded = [e for e in events if any(_advanced_records(s, e, lenient) for s in advanced)]
+    else:
+        recorded = [e for e in events if any(_classic_records_object(s, e) for s in classic)]
+    missing = [f"{'reads' if e['readOnly'] == 'true' else 'writes'}" for e in events if e not in recorded]
+    value = {"artifact_objects": f"{where}*" if where else "any bucket", "not_recorded": missing}
+    reason = f"object-level {' and '.join(missing)} are not recorded" if missing else ""
+    return verdict(not missing, "eventSelectors[Data, AWS::S3::Object]", value, reason)
+
+
+def _classic_records_object(selector: Mapping[str, Any], event: Mapping[str, str]) -> bool:
+    """A classic selector's DataResources of type AWS::S3::Object: a value is an ARN prefix (`arn:aws:s3` for all)."""
+    kind = selector.get("readWriteType") or "All"
+    if kind != "All" and (kind == "ReadOnly") != (event["readOnly"] == "true"):
+        return False
+    for data in as_list(selector.get("dataResources")):
+        if (data.get("type") or data.get("Type")) != "AWS::S3::Object":
+            continue
+        values = [str(v) for v in as_list(data.get("values") or data.get("Values"))]
+        arn = event.get("resources.ARN")
+        if any(arn is None or arn.startswith(v) for v in values):
+            return True
+    return False
 
 
 @check(
@@ -469,47 +564,110 @@ def cloudtrail_global_service_events_enabled(resource: Resource, graph: Graph) -
     return verdict(value is True, "includeGlobalServiceEvents", value)
 
 
-def _management_events(resource: Resource) -> tuple[bool, str]:
-    """Whether the trail records every management event (read and write), and in which form it says so.
+# Advanced event selector operators (CloudTrail AdvancedFieldSelector), by the camelCase names Pulumi and the
+# collector give them. Positive operators match when any value matches; negative ones when no value does; every
+# operator of a field, and every field of a selector, must hold; an event is recorded when any selector matches.
+SELECTOR_OPERATORS = {
+    "equals": lambda value, given: value in given,
+    "startsWiths": lambda value, given: any(value.startswith(g) for g in given),
+    "endsWiths": lambda value, given: any(value.endswith(g) for g in given),
+    "notEquals": lambda value, given: value not in given,
+    "notStartsWiths": lambda value, given: not any(value.startswith(g) for g in given),
+    "notEndsWiths": lambda value, given: not any(value.endswith(g) for g in given),
+}
+# The management events the audit controls rely on: every use of the keys (KMS Decrypt/GenerateDataKey are
+# read-only management events: who used the model key is the record HIPAA 164.312(b) asks for), and reads and
+# writes on every service byoc's stack runs on.
+AUDITED_SOURCES = (
+    "kms.amazonaws.com",
+    "iam.amazonaws.com",
+    "sts.amazonaws.com",
+    "s3.amazonaws.com",
+    "ec2.amazonaws.com",
+    "eks.amazonaws.com",
+    "cloudtrail.amazonaws.com",
+    "logs.amazonaws.com",
+    "sqs.amazonaws.com",
+)
+AUDITED_EVENTS = tuple(
+    {"eventCategory": "Management", "eventSource": source, "readOnly": read_only}
+    for source in AUDITED_SOURCES
+    for read_only in ("true", "false")
+)
 
-    Classic selectors: one with IncludeManagementEvents and ReadWriteType All. Advanced selectors: one selecting
-    eventCategory Management without a readOnly filter (Prowler looks for the name "Management events selector";
-    any name is accepted here). Neither: CloudTrail's default, which records all management events.
+
+def _advanced_records(
+    selector: Mapping[str, Any], event: Mapping[str, str], lenient: frozenset[str] = frozenset()
+) -> bool:
+    """Whether one advanced selector records `event`; fields in `lenient` are not judged (not known here)."""
+    for field in as_list(selector.get("fieldSelectors")):
+        name = field.get("field")
+        operators = {k: [str(v) for v in as_list(field.get(k))] for k in SELECTOR_OPERATORS if field.get(k)}
+        if name in lenient:
+            continue
+        if name not in event:
+            if operators:
+                return False  # a field management events do not carry (or one byoc cannot judge): not counted
+            continue
+        if not all(SELECTOR_OPERATORS[k](event[name], given) for k, given in operators.items()):
+            return False
+    return True
+
+
+def _classic_records(selector: Mapping[str, Any], event: Mapping[str, str]) -> bool:
+    if selector.get("includeManagementEvents") is False:
+        return False
+    kind = selector.get("readWriteType") or "All"  # unset: CloudTrail records reads and writes
+    if kind != "All" and (kind == "ReadOnly") != (event["readOnly"] == "true"):
+        return False
+    return event["eventSource"] not in as_list(selector.get("excludeManagementEventSources"))
+
+
+def _unrecorded_management_events(resource: Resource) -> tuple[list[str], str]:
+    """The audited management events (AUDITED_EVENTS) the trail's selectors leave out, and which form said so.
+
+    Advanced selectors (every operator on eventCategory, eventSource and readOnly) take precedence, as in CloudTrail;
+    else classic selectors (IncludeManagementEvents, ReadWriteType, ExcludeManagementEventSources); neither:
+    CloudTrail's default, which records every management event.
     """
-    classic = as_list(resource.get("eventSelectors"))
     advanced = as_list(resource.get("advancedEventSelectors"))
-    for selector in advanced:
-        fields = as_list(selector.get("fieldSelectors"))
-        management = any(f.get("field") == "eventCategory" and "Management" in as_list(f.get("equals")) for f in fields)
-        if management and not any(f.get("field") == "readOnly" for f in fields):
-            return True, f"advanced selector {selector.get('name')!r}"
-    for selector in classic:
-        include = selector.get("includeManagementEvents")
-        if (include is None or include is True) and selector.get("readWriteType", "All") == "All":
-            return True, "classic selector (ReadWriteType All)"
-    if not classic and not advanced:
-        return True, "no selectors: CloudTrail's default records all management events"
-    return False, "no selector records every management event"
+    classic = as_list(resource.get("eventSelectors"))
+    if advanced:
+        form = "advanced selectors"
+        recorded = [e for e in AUDITED_EVENTS if any(_advanced_records(s, e) for s in advanced)]
+    elif classic:
+        form = "classic selectors"
+        recorded = [e for e in AUDITED_EVENTS if any(_classic_records(s, e) for s in classic)]
+    else:
+        return [], "no selectors: CloudTrail's default records all management events"
+    missing = [
+        f"{e['eventSource']} {'read' if e['readOnly'] == 'true' else 'write'}"
+        for e in AUDITED_EVENTS
+        if e not in recorded
+    ]
+    return missing, form
 
 
 @check(
     id="cloudtrail_multi_region_enabled_logging_management_events",
-    title="A multi-region trail is logging every management event",
+    title="A multi-region trail is logging every management event (KMS use included)",
     severity="high",
     resource_types=[TRAIL],
     controls=AUDIT,
-    remediation="Keep the trail multi-region and logging, with a management-events selector (read and write).",
+    remediation="Keep the trail multi-region and logging, with a management-events selector (read and write) that "
+    "excludes no event source (kms.amazonaws.com least of all).",
     risk="Control-plane changes (keys, roles, buckets) could happen without a record.",
     cloud="aws",
 )
 def cloudtrail_multi_region_management_events(resource: Resource, graph: Graph) -> Verdict:
-    recorded, form = _management_events(resource)
+    missing, form = _unrecorded_management_events(resource)
     logging = resource.get("isLogging", resource.get("enableLogging"))
     logging = True if logging is None else logging  # unset: a new trail starts logging
     multi = resource.get("isMultiRegionTrail") is True
-    ok = recorded and multi and logging is True
-    value = {"multi_region": multi, "logging": logging, "management_events": form}
-    return verdict(ok, "isMultiRegionTrail/isLogging/eventSelectors", value)
+    ok = not missing and multi and logging is True
+    value = {"multi_region": multi, "logging": logging, "selectors": form, "not_recorded": missing}
+    reason = f"the {form} leave out management events: {', '.join(missing)}" if missing else ""
+    return verdict(ok, "isMultiRegionTrail/isLogging/eventSelectors", value, reason)
 
 
 # -- CloudWatch Logs --------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ of them evaluates on a `byoc plan --cloud gcp` graph.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from compliance.checks.common import as_list
 from compliance.model import Graph, Resource, Verdict, check, verdict
 
@@ -275,6 +278,19 @@ def gcp_flow_logs(resource: Resource, graph: Graph) -> Verdict:
 
 
 IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+
+
+def unseen_in_plan(plan: Mapping[str, Any]) -> dict[str, str]:
+    """What a GCP plan cannot show, by resource type: those checks are NOT_ASSESSED with this reason, never PASS."""
+    key = (plan.get("encryption") or {}).get("kms_key")
+    if key and key != "create":
+        return {
+            CRYPTO_KEY: f"the customer key {key} (encryption.kms_key) is not in the plan: byoc uses it but does not "
+            "create it, so its rotation is not declared here"
+        }
+    return {}
+
+
 IAM_BINDING = "gcp:projects/iAMBinding:IAMBinding"
 PROVIDER = "pulumi:providers:gcp"
 PRIMITIVE_ROLES = {"roles/owner", "roles/editor"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from compliance.checks.common import as_list, is_customer_key
-from compliance.model import Graph, Resource, Verdict, check, not_applicable, verdict
+from compliance.model import Graph, Resource, Verdict, check, exception, not_applicable, not_assessed, verdict
 
 NAMESPACE = "kubernetes:core/v1:Namespace"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -18,6 +18,7 @@ RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 WORKLOADS = (DEPLOYMENT, JOB)
+UNPUBLISHED_RUNTIME = "byoc-runtime"  # the default images.runtime until a release publishes it (byoc/catalogs)
 BOUNDARY = ("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.22")
 HARDENING = ("soc2:CC6.8", "iso27001:A.8.9")
 CONFIDENTIAL = ("soc2:C1.1", "iso27001:A.8.11", "iso27001:A.8.12")
@@ -56,9 +57,14 @@ def _byoc_namespace(graph: Graph, name: str) -> bool:
 )
 def namespace_restricted(resource: Resource, graph: Graph) -> Verdict:
     name = resource.get("metadata.name")
-    if not _byoc_namespace(graph, name):
-        return not_applicable(f"{name} holds a cluster add-on, at the Pod Security level it needs (docs/operations.md)")
     value = (resource.get("metadata.labels") or {}).get("pod-security.kubernetes.io/enforce")
+    if not _byoc_namespace(graph, name) and value != "restricted":
+        return exception(
+            f"byoc declines the restricted level by design for {name}: it holds a cluster add-on (GPU device plugin, "
+            "KEDA, monitoring, ...) that needs more, and gets the Pod Security level it needs (docs/operations.md)",
+            "metadata.labels[pod-security.kubernetes.io/enforce]",
+            value,
+        )
     return verdict(value == "restricted", "metadata.labels[pod-security.kubernetes.io/enforce]", value)
 
 
@@ -74,8 +80,6 @@ def namespace_restricted(resource: Resource, graph: Graph) -> Verdict:
 )
 def namespace_default_deny(resource: Resource, graph: Graph) -> Verdict:
     name = resource.get("metadata.name")
-    if not _byoc_namespace(graph, name):
-        return not_applicable(f"{name} is a cluster add-on's namespace")
     deny = [
         p.get("metadata.name")
         for p in graph.by_type(NETWORK_POLICY)
@@ -85,6 +89,13 @@ def namespace_default_deny(resource: Resource, graph: Graph) -> Verdict:
         and not p.get("spec.ingress")
         and not p.get("spec.egress")
     ]
+    if not _byoc_namespace(graph, name) and not deny:
+        return exception(
+            f"byoc declines a default-deny policy by design for {name}: it holds a cluster add-on that must reach "
+            "the API server, the nodes or the cloud's APIs; the deployment's own namespace denies all by default",
+            "NetworkPolicy[podSelector={}, deny all]",
+            deny,
+        )
     return verdict(bool(deny), "NetworkPolicy[podSelector={}, deny all]", deny)
 
 
@@ -263,7 +274,7 @@ def disruption_budgets(resource: Resource, graph: Graph) -> Verdict:
 
 @check(
     id="k8s_third_party_images_pinned",
-    title="Third-party images are pinned by digest",
+    title="Images are pinned by digest",
     severity="medium",
     resource_types=WORKLOADS,
     controls=("soc2:CC8.1", "iso27001:A.8.9"),
@@ -273,12 +284,19 @@ def disruption_budgets(resource: Resource, graph: Graph) -> Verdict:
 )
 def third_party_images_pinned(resource: Resource, graph: Graph) -> Verdict:
     images = [str(c.get("image")) for c in _containers(_pod(resource))]
-    # byoc's own runtime image is built into your registry from runtime/Dockerfile; the report lists it separately
-    third_party = [i for i in images if "byoc-runtime" not in i]
-    if not third_party:
-        return not_applicable("only byoc's own runtime image (see the report's image notice)")
-    unpinned = [i for i in third_party if "@sha256:" not in i]
-    return verdict(not unpinned, "containers[].image", third_party)
+    unpinned = [i for i in images if "@sha256:" not in i]
+    # byoc's default runtime image (no registry: never published) is built into your registry from
+    # runtime/Dockerfile; until it is, there is no digest to pin and nothing to judge (the report's image notice says
+    # what to do). The image in your registry by a tag is judged like any other.
+    runtime = [i for i in unpinned if i.split(":", 1)[0] == UNPUBLISHED_RUNTIME]
+    if unpinned and unpinned == runtime:
+        return not_assessed(
+            f"byoc's runtime image {', '.join(runtime)} is not published with a digest: its pinning cannot be "
+            "judged until you build runtime/Dockerfile into your registry and set images.runtime to its @sha256 digest",
+            "containers[].image",
+            images,
+        )
+    return verdict(not unpinned, "containers[].image", images)
 
 
 @check(

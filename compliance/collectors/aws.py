@@ -40,6 +40,9 @@ class _Session:
     def add(self, type_token: str, name: str, id_: str, inputs: dict[str, Any]) -> None:
         self.resources.append(Resource(type_token, name, id_, inputs, "live", self.region))
 
+    def by_type(self, type_token: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_token]
+
 
 def _tags(pairs: list[dict[str, str]] | None, key: str = "Key", value: str = "Value") -> dict[str, str]:
     return {p[key]: p[value] for p in pairs or []}
@@ -72,6 +75,37 @@ def _reason(exc: Exception) -> str:
 
 
 # -- one collector per service ----------------------------------------------------------------------------------
+def _key_inputs(kms: Any, key_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """A key as the checks read it: kind, state, rotation (where AWS can rotate it) and policy."""
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    inputs: dict[str, Any] = {
+        "keyId": meta["KeyId"],
+        "arn": meta["Arn"],
+        "description": meta.get("Description"),
+        "keyManager": meta.get("KeyManager"),
+        "keySpec": meta.get("KeySpec") or meta.get("CustomerMasterKeySpec"),
+        "keyUsage": meta.get("KeyUsage"),
+        "origin": meta.get("Origin"),
+        "keyState": meta.get("KeyState"),
+        "deletionDate": meta["DeletionDate"].isoformat() if meta.get("DeletionDate") else None,
+        "tags": tags,
+    }
+    # GetKeyRotationStatus answers UnsupportedOperationException for keys AWS cannot rotate: not asked of them
+    if inputs["keySpec"] in (None, t.ROTATABLE_SPEC) and inputs["origin"] in (None, t.ROTATABLE_ORIGIN):
+        try:
+            status = kms.get_key_rotation_status(KeyId=meta["KeyId"])
+        except Exception as exc:  # a key pending deletion, or a customer key this identity may not read
+            inputs["rotationError"] = f"could not read the key's rotation: {_reason(exc)}"
+        else:
+            inputs["enableKeyRotation"] = status.get("KeyRotationEnabled")
+            inputs["rotationPeriodInDays"] = status.get("RotationPeriodInDays")
+    try:
+        inputs["policy"] = _json(kms.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"])
+    except Exception as exc:
+        inputs["policyError"] = f"could not read the key policy: {_reason(exc)}"
+    return inputs
+
+
 def _kms(s: _Session) -> None:
     kms = s.client("kms")
     for page in kms.get_paginator("list_keys").paginate():
@@ -80,24 +114,58 @@ def _kms(s: _Session) -> None:
             tags = _tags(kms.list_resource_tags(KeyId=key_id).get("Tags"), "TagKey", "TagValue")
             if tags.get(TAG) != s.deployment:
                 continue
-            meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
-            status = kms.get_key_rotation_status(KeyId=key_id)
-            policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
-            s.add(
-                t.KEY,
-                tags.get("byoc:key", key_id),
-                key_id,
-                {
-                    "keyId": key_id,
-                    "arn": meta["Arn"],
-                    "description": meta.get("Description"),
-                    "keyManager": meta.get("KeyManager"),
-                    "enableKeyRotation": status.get("KeyRotationEnabled"),
-                    "rotationPeriodInDays": status.get("RotationPeriodInDays"),
-                    "policy": _json(policy),
-                    "tags": tags,
-                },
-            )
+            s.add(t.KEY, tags.get("byoc:key", key_id), key_id, _key_inputs(kms, key_id, tags))
+
+
+def _key_references(resources: list[Resource]) -> dict[str, list[str]]:
+    """The KMS keys the deployment's resources name (bucket, trail, log group, cluster, volume, queue): key -> users."""
+    found: dict[str, list[str]] = {}
+    for r in resources:
+        if r.type == t.ENCRYPTION:
+            keys = [
+                rule.get("applyServerSideEncryptionByDefault", {}).get("kmsMasterKeyId")
+                for rule in r.get("rules") or []
+            ]
+        elif r.type in (t.TRAIL, t.LOG_GROUP):
+            keys = [r.get("kmsKeyId")]
+        elif r.type == t.QUEUE:
+            keys = [r.get("kmsMasterKeyId")]
+        elif r.type == t.CLUSTER:
+            keys = [(c.get("provider") or {}).get("keyArn") for c in r.get("encryptionConfig") or []]
+        elif r.type == t.LAUNCH_TEMPLATE:
+            keys = [(m.get("ebs") or {}).get("kmsKeyId") for m in r.get("blockDeviceMappings") or []]
+        else:
+            continue
+        for key in keys:
+            if key:
+                found.setdefault(str(key), []).append(r.name)
+    return found
+
+
+def _customer_keys(s: _Session, given: list[str]) -> None:
+    """Keys the deployment uses but byoc did not create (encryption.kms_key: a customer key carries no byoc tag):
+    read like byoc's own, so that their rotation, policy and deletion state are judged, not assumed."""
+    if t.KEY in s.errors:
+        return
+    references = _key_references(s.resources)
+    for key in given:
+        references.setdefault(key, []).append("encryption.kms_key")
+    known = {str(h) for r in s.by_type(t.KEY) for h in (r.id, r.get("arn"))}
+    kms = s.client("kms")
+    for reference, users in sorted(references.items()):
+        if reference in known or reference.split("key/")[-1] in known:
+            continue
+        if reference.startswith("alias/aws/") or ":alias/aws/" in reference:
+            continue  # AWS-managed by name (alias/aws/s3): no rotation or policy of the customer's
+        try:
+            inputs = _key_inputs(kms, reference, {})
+        except Exception as exc:
+            s.errors[t.KEY] = f"could not read the customer key {reference} ({', '.join(users)} use it): {_reason(exc)}"
+            continue
+        known |= {inputs["keyId"], inputs["arn"]}
+        if inputs.get("keyManager") == "AWS":
+            continue  # AWS-managed: no rotation or policy of the customer's (the checks on its users fail)
+        s.add(t.KEY, f"customer key {inputs['keyId']}", inputs["keyId"], inputs | {"usedBy": sorted(users)})
 
 
 def _s3(s: _Session) -> None:
@@ -199,7 +267,14 @@ def _s3(s: _Session) -> None:
 
 
 def _selectors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    names = {"Equals": "equals", "StartsWith": "startsWiths", "EndsWith": "endsWiths", "NotEquals": "notEquals"}
+    names = {
+        "Equals": "equals",
+        "StartsWith": "startsWiths",
+        "EndsWith": "endsWiths",
+        "NotEquals": "notEquals",
+        "NotStartsWith": "notStartsWiths",
+        "NotEndsWith": "notEndsWiths",
+    }
     return [
         {
             "name": selector.get("Name"),
@@ -239,6 +314,7 @@ def _cloudtrail(s: _Session) -> None:
                     {
                         "readWriteType": e.get("ReadWriteType"),
                         "includeManagementEvents": e.get("IncludeManagementEvents"),
+                        "excludeManagementEventSources": e.get("ExcludeManagementEventSources", []),
                         "dataResources": e.get("DataResources", []),
                     }
                     for e in selectors.get("EventSelectors", [])
@@ -513,19 +589,46 @@ def _run(session: _Session) -> Iterator[tuple[str, str]]:
             yield service, _reason(exc)
 
 
-def collect(deployment: str, region: str, requested_region: str, kubeconfig: Path | None = None) -> Graph:
+# Settings of the account or region, read whatever the deployment: not evidence that the deployment exists.
+ACCOUNT_LEVEL = (t.EBS_DEFAULT, t.EBS_DEFAULT_KEY, t.PROVIDER)
+
+
+def collect(
+    deployment: str,
+    region: str,
+    requested_region: str,
+    kubeconfig: Path | None = None,
+    customer_keys: list[str] | None = None,
+) -> Graph:
     """Every byoc resource of the deployment in the region, in plan shape; unreadable services recorded.
 
     With a kubeconfig, the Kubernetes objects byoc declares (namespaces, NetworkPolicies, NodePools,
     EC2NodeClasses, workloads, ...) are read through the cluster's API too; without one they are recorded as not
     assessed ("no cluster access"), so their checks say so instead of staying silent.
+
+    Keys the deployment's resources use without byoc's tag (a customer key), and `customer_keys` (the plan's
+    encryption.kms_key), are read too. When no resource carries the deployment's tag, the graph says so
+    (`not_found`): the report's headline.
     """
     from compliance.collectors import kubernetes
 
     session = _Session(deployment, region)
+    failed = []
     for service, reason in _run(session):
+        failed.append(service)
         for type_token in COLLECTORS[service][1]:
             session.errors[type_token] = f"could not read {service}: {reason}"
+    try:
+        _customer_keys(session, customer_keys or [])
+    except Exception as exc:
+        session.errors.setdefault(t.KEY, f"could not read the deployment's customer keys: {_reason(exc)}")
+    not_found = None
+    if not [r for r in session.resources if r.type not in ACCOUNT_LEVEL]:
+        unread = f" ({', '.join(failed)} could not be read)" if failed else ""
+        not_found = (
+            f"no resource in {region} carries the tag {TAG}={deployment}{unread}: check --deployment, --region "
+            "and the account the credentials belong to"
+        )
     session.add(t.PROVIDER, "aws", "aws", {"region": region})
     cluster = kubernetes.read_cluster(kubeconfig, region) if kubeconfig else kubernetes.without_access()
     return Graph(
@@ -538,4 +641,5 @@ def collect(deployment: str, region: str, requested_region: str, kubeconfig: Pat
         errors={**session.errors, **cluster.errors},
         unassessed=cluster.unassessed,
         cloud="aws",
+        not_found=not_found,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from byoc import __version__
-from compliance.evaluate import Drift
+from compliance.evaluate import Drift, control_summaries
 from compliance.model import Finding, Graph, Status
 from compliance.reports import evidence, formats, human, oscal
 from compliance.reports.timestamps import pack_time
@@ -42,14 +42,23 @@ def notices(graph: Graph) -> list[str]:
     return found + evidence.notices(graph)
 
 
+def headline(graph: Graph) -> str | None:
+    """The one line a reviewer must read first, when there is one: a live deployment that was not found."""
+    if graph.not_found:
+        return f"Deployment {graph.deployment} was not found: {graph.not_found}."
+    return None
+
+
 def summary(findings: list[Finding], selected: list[str], drift: list[Drift]) -> dict[str, Any]:
-    controls = human.control_summaries(findings, selected)
+    controls = control_summaries(findings, selected)
     return {
         "checks": len({f.check.id for f in findings}),
         "checks_evaluated": len({f.check.id for f in findings if f.status in (Status.PASS, Status.FAIL)}),
         "findings": {s.value: sum(f.status == s for f in findings) for s in Status},
         "frameworks": human.framework_totals(controls, selected),
-        "failing_controls": sorted(f"{c.framework}:{c.control}" for c in controls if c.status == "FAIL"),
+        "controls": {c.ref: c.status for c in controls},
+        "failing_controls": sorted(c.ref for c in controls if c.status == "FAIL"),
+        "not_assessed_controls": sorted(c.ref for c in controls if c.status == "NOT_ASSESSED"),
         "drift": [d.as_dict() for d in drift],
     }
 
@@ -82,6 +91,7 @@ def write_pack(
     try:
         result = summary(findings, selected, drift)
         result |= {
+            "headline": headline(graph),
             "deployment": graph.deployment,
             "source": graph.source,
             "region": graph.region,
@@ -89,8 +99,9 @@ def write_pack(
             "byoc_version": __version__,
         }
         found = notices(graph)
-        (staging / "report.md").write_text(human.markdown(graph, findings, selected, drift, found))
-        (staging / "report.html").write_text(human.html_report(graph, findings, selected, drift, found))
+        first = result["headline"]
+        (staging / "report.md").write_text(human.markdown(graph, findings, selected, drift, found, first))
+        (staging / "report.html").write_text(human.html_report(graph, findings, selected, drift, found, first))
         formats.write_json(findings, selected, staging / "findings.json")
         formats.write_csv(findings, selected, staging / "findings.csv")
         formats.write_ocsf(findings, graph, selected, staging / "findings.ocsf.jsonl", now)

@@ -4,63 +4,10 @@ its evidence and remediation."""
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import Any
 
-from compliance.evaluate import Drift
+from compliance.evaluate import ControlSummary, Drift, control_summaries
 from compliance.model import Finding, Graph, Status, frameworks
-
-
-@dataclass(frozen=True)
-class ControlSummary:
-    framework: str
-    control: str
-    title: str
-    status: str  # PASS | FAIL | ERROR | NOT_ASSESSED | EXCEPTION
-    checks: list[str]
-    passed: int
-    failed: int
-    errors: int
-    not_assessed: int = 0
-    exceptions: int = 0
-
-
-def control_summaries(findings: list[Finding], selected: list[str]) -> list[ControlSummary]:
-    """One row per control of the selected frameworks.
-
-    Status: FAIL if any check failed, else ERROR if evidence could not be read, else NOT_ASSESSED if part of the
-    evidence was not looked at (or none exists), else PASS; EXCEPTION when the only evidence is a documented
-    exception (a property byoc declines by design).
-    """
-    summaries = []
-    for framework_id in selected:
-        for control in frameworks()[framework_id].controls:
-            related = [f for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE]
-            count = {s: sum(f.status == s for f in related) for s in Status}
-            if count[Status.FAIL]:
-                status = "FAIL"
-            elif count[Status.ERROR]:
-                status = "ERROR"
-            elif count[Status.NOT_ASSESSED] or not (count[Status.PASS] or count[Status.EXCEPTION]):
-                status = "NOT_ASSESSED"
-            else:
-                status = "PASS" if count[Status.PASS] else "EXCEPTION"
-            checks = sorted({f.check.id for f in related})
-            summaries.append(
-                ControlSummary(
-                    framework_id,
-                    control.id,
-                    control.title,
-                    status,
-                    checks,
-                    count[Status.PASS],
-                    count[Status.FAIL],
-                    count[Status.ERROR],
-                    count[Status.NOT_ASSESSED],
-                    count[Status.EXCEPTION],
-                )
-            )
-    return summaries
 
 
 def framework_totals(summaries: list[ControlSummary], selected: list[str]) -> list[dict[str, Any]]:
@@ -107,11 +54,13 @@ def markdown(
     selected: list[str],
     drift: list[Drift],
     notices: list[str],
+    headline: str | None = None,
 ) -> str:
     summaries = control_summaries(findings, selected)
     lines = [
         f"# Compliance report: byoc deployment `{graph.deployment}`",
         "",
+        *([f"**{headline}**", ""] if headline else []),
         f"Source: **{graph.source}** resources in {graph.region} (requested: {graph.requested_region}). "
         f"{len({f.check.id for f in findings})} checks, {len(findings)} findings.",
         "",
@@ -142,7 +91,7 @@ def markdown(
     for s in sorted(
         summaries, key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework)
     ):
-        lines.append(f"| {s.framework}:{s.control} | {s.title} | {s.status} | {', '.join(s.checks) or '-'} |")
+        lines.append(f"| {s.framework}:{s.control} | {s.title} | {s.status} | {s.checks_cell()} |")
     lines += ["", "## Findings (failing first)", ""]
     for finding in _ordered(findings):
         if finding.status == Status.NOT_APPLICABLE:
@@ -203,6 +152,7 @@ def html_report(
     selected: list[str],
     drift: list[Drift],
     notices: list[str],
+    headline: str | None = None,
 ) -> str:
     summaries = control_summaries(findings, selected)
     rows = "".join(
@@ -212,7 +162,7 @@ def html_report(
     )
     controls = "".join(
         f"<tr><td>{_cell(s.framework)}:{_cell(s.control)}</td><td>{_cell(s.title)}</td>"
-        f"<td class='{s.status}'>{s.status}</td><td>{_cell(', '.join(s.checks) or '-')}</td></tr>"
+        f"<td class='{s.status}'>{s.status}</td><td>{_cell(s.checks_cell())}</td></tr>"
         for s in sorted(
             summaries,
             key=lambda s: ({"FAIL": 0, "ERROR": 1, "NOT_ASSESSED": 2, "PASS": 3}.get(s.status, 4), s.framework),
@@ -241,6 +191,7 @@ def html_report(
 <html lang="en"><head><meta charset="utf-8"><title>byoc compliance: {_cell(graph.deployment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Compliance report: byoc deployment <code>{_cell(graph.deployment)}</code></h1>
+{f"<p id='headline'><strong>{_cell(headline)}</strong></p>" if headline else ""}
 <p>Source: <strong>{_cell(graph.source)}</strong> resources in {_cell(graph.region)}
 (requested: {_cell(graph.requested_region)}); {len({f.check.id for f in findings})} checks,
 {len(findings)} findings.</p>

@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from compliance.evaluate import control_summaries
 from compliance.model import Finding, Framework, Graph, Status, frameworks
 
 OSCAL_VERSION = "1.2.1"
@@ -158,31 +159,39 @@ def assessment_results(
         for ref in finding.controls(selected):
             by_control.setdefault(ref, []).append(observation_id)
     oscal_findings = []
-    for framework_id in selected:
-        for control in frameworks()[framework_id].controls:
-            related = by_control.get(control.ref)
-            if not related:
-                continue
-            token = control_token(framework_id, control.id)
-            statuses = {
-                f.status for f in findings if control.ref in f.check.controls and f.status != Status.NOT_APPLICABLE
-            }
-            # a documented exception neither satisfies nor breaks a control; missing evidence does not satisfy it
-            satisfied = Status.PASS in statuses and statuses <= {Status.PASS, Status.EXCEPTION}
-            oscal_findings.append(
-                OscalFinding(
-                    uuid=_uuid(graph.deployment, graph.source, "finding", control.ref),
-                    title=f"{control.ref} {control.title}",
-                    description=f"{len(related)} observations; "
-                    + ("all passed." if satisfied else "some failed, errored or were not assessed."),
-                    target=FindingTarget(
-                        type="objective-id",
-                        target_id=token,
-                        status=ObjectiveStatus(state="satisfied" if satisfied else "not-satisfied"),
+    for summary in control_summaries(findings, selected):
+        related = by_control.get(summary.ref)
+        if not related:
+            continue
+        token = control_token(summary.framework, summary.control)
+        # the control's status is decided once (compliance.evaluate.control_summaries): only PASS satisfies it; a
+        # documented exception neither satisfies nor breaks it, and what was not assessed does not satisfy it
+        satisfied = summary.status == "PASS"
+        explained = {
+            "PASS": "all passed.",
+            "FAIL": "some failed.",
+            "ERROR": "some could not be read (ERROR).",
+            "NOT_ASSESSED": "some were not assessed (NOT_ASSESSED): the evidence is incomplete.",
+            "EXCEPTION": "declined by design (EXCEPTION) only.",
+        }[summary.status]
+        oscal_findings.append(
+            OscalFinding(
+                uuid=_uuid(graph.deployment, graph.source, "finding", summary.ref),
+                title=f"{summary.ref} {summary.title}",
+                description=f"{len(related)} observations; control {summary.status}: {explained}",
+                target=FindingTarget(
+                    type="objective-id",
+                    target_id=token,
+                    status=ObjectiveStatus(
+                        state="satisfied" if satisfied else "not-satisfied",
+                        reason="pass" if satisfied else ("fail" if summary.status == "FAIL" else "other"),
+                        remarks=f"byoc control status: {summary.status}",
                     ),
-                    related_observations=[RelatedObservation(observation_uuid=o) for o in related],
-                )
+                ),
+                props=[Property(name="control-status", value=summary.status, ns=NAMESPACE)],
+                related_observations=[RelatedObservation(observation_uuid=o) for o in related],
             )
+        )
     result = Result(
         uuid=_uuid(graph.deployment, graph.source, "result"),
         title=f"byoc compliance checks ({graph.source})",

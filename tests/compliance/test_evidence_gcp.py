@@ -255,11 +255,21 @@ def test_report_notices_and_shared_responsibility_are_googles(document: dict[str
     assert "CloudTrail" not in shared and "Pod Identity" not in shared
 
 
+def test_a_key_given_in_the_spec_is_not_assessed_for_rotation_never_passed(tmp_path: Path) -> None:
+    document = plan_document(**GCP, encryption={"kms_key": BYO_KEY})
+    pack = pack_of(document, tmp_path / "compliance")
+    rotation = [f for f in read(pack, "findings.json") if f["check_id"] == "gcp_kms_key_rotation_enabled"]
+    assert [f["status"] for f in rotation] == ["NOT_ASSESSED"] and BYO_KEY in rotation[0]["reason"]
+    summary = read(pack, "summary.json")
+    assert all(summary["controls"][c] == "NOT_ASSESSED" for c in rotation[0]["controls"])
+
+
 def test_an_aws_pack_keeps_its_shape(tmp_path: Path) -> None:
     document = plan_document()  # the default spec: AWS
     pack = pack_of(document, tmp_path / "compliance")
     inventory = read(pack, "encryption-inventory.json")
     entry_keys = {"store", "resource", "type", "key", "customer_managed", "rotation", "key_resource", "note"}
+    entry_keys |= {"rotation_assessed", "rotation_note"}  # AWS: a key not in the graph is not assessed, not "off"
     assert all(set(e) <= entry_keys for e in inventory)
     assert {e["store"] for e in inventory} == {
         "S3 bucket",

@@ -20,6 +20,8 @@ SPEC: dict[str, Any] = {
     "model": "llama-3.1-8b-instruct",
     "shape": "h100x8-fp8",
     "autoscaling": {"min_replicas": 0, "max_replicas": 4},
+    # the runtime image as a user publishes it (the default is unpublished: its pinning would be NOT_ASSESSED)
+    "images": {"runtime": "europe-docker.pkg.dev/p/byoc/byoc-runtime@sha256:" + "a" * 64},
 }
 
 

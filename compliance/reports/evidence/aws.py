@@ -36,12 +36,21 @@ def keys(graph: Graph) -> KeyFacts:
         if not reference:
             return {"key": None, "customer_managed": False, "rotation": None}
         key = index.get(str(reference).split("key/")[-1])
-        return {
+        found = {
             "key": reference,
             "customer_managed": key is not None or ":key/" in str(reference),
             "rotation": None if key is None else bool(key.get("enableKeyRotation")),
+            "rotation_assessed": key is not None,
             "key_resource": None if key is None else key.name,
         }
+        if key is None:
+            # never read as "no rotation" or as a pass: the key is not in the graph (a customer key in a plan)
+            found["rotation_note"] = "NOT_ASSESSED: the key is not in the " + (
+                "plan (a customer key byoc uses but does not create); `byoc compliance report --live` reads it"
+                if graph.source == "plan"
+                else "account's readable keys"
+            )
+        return found
 
     return facts
 
