@@ -8,9 +8,9 @@ when full or after --queue-timeout), then the least busy ready replica. A reques
 (unreachable, 502/504) or that a busy engine turns away (429/503: vLLM and SGLang do when full; trtllm-serve queues)
 is tried on each other ready replica once; a stream cut mid-way ends with an error event. What the engine refuses
 as invalid (any other 4xx) is the client's mistake: relayed, never retried, never held against the replica.
-Streamed usage is asked of the engine explicitly and passed on only as the client asked (see `_take_usage`). A
-client that leaves cancels its request wherever it is (499): every slot it held is freed and the upstream connection
-closed, and the tokens it was sent are metered.
+Streamed usage is asked of the engine on every chunk and passed on only as the client asked (runtime/serve/relay.py).
+A client that leaves cancels its request wherever it is (499): every slot it held is freed and the upstream
+connection closed, and the stream is metered to its last chunk (the engine's running usage).
 
 Zero data retention: request and response bodies pass through memory only. Logs carry one access line per request
 (key name, model, status, token counts, latency); metrics carry model, addon and status; error bodies name the
