@@ -43,10 +43,10 @@ def pod_requests(pod: dict[str, Any]) -> tuple[int, float]:
         return cpu_m(asked["cpu"]), memory_mib(asked["memory"])
 
     containers = [requests(c) for c in pod["containers"]]
-    inits = [requests(c) for c in pod.get("initContainers", [])] or [(0, 0.0)]
+    inits = [requests(c) for c in pod.get("initContainers", [])]
     return (
-        max(sum(c[0] for c in containers), max(i[0] for i in inits)),
-        max(sum(c[1] for c in containers), max(i[1] for i in inits)),
+        max(sum(c[0] for c in containers), *(i[0] for i in inits)),
+        max(sum(c[1] for c in containers), *(i[1] for i in inits)),
     )
 
 
