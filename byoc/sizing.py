@@ -22,12 +22,18 @@ Kube-reserved, as each cloud computes it:
   up to a MiB (types.go `memory`): byoc starts from that figure, as the NodePool does.
 - Memory, GKE: 25% of the first 4 GiB, 20% of the next 4 GiB, 10% of the next 8 GiB, 6% of the next 112 GiB, 2% of
   anything above 128 GiB ("Plan GKE node sizes", as above).
+- Memory, GKE, before any of that: the kubelet's capacity is the machine's memory less what the COS kernel keeps;
+  the cluster autoscaler, which decides whether a pod fits a node pool at zero, estimates it as 1/64 of memory +
+  16 MiB + 64 MiB (above 3 GiB) + min(0.175%, 248 MiB) (kubernetes/autoscaler, cluster-autoscaler/cloudprovider/gce/
+  reserved.go, `CalculateKernelReserved`, COS).
 - Eviction threshold, both: memory.available 100 MiB (nodeadm's and GKE's kubelet default; Karpenter's
   `evictionThreshold`).
 
-Worked example, g2-standard-8 (8 vCPU, 32 GiB) on GKE: CPU reserved 60 + 10 + 10 + 4 x 2.5 = 90m, allocatable 7910m;
-memory reserved 1024 + 819.2 + 819.2 + 16 x 1024 x 6% = 3645.44 MiB, plus 100 MiB eviction: allocatable 29022 MiB
-(28.3 GiB). Less the GKE GPU node's DaemonSets (530m, 1376 MiB) one slot is 7380m / 27646 MiB.
+Worked example, g2-standard-8 (8 vCPU, 32 GiB = 32768 MiB) on GKE: CPU reserved 60 + 10 + 10 + 4 x 2.5 = 90m,
+allocatable 7910m. Memory: kernel 512 + 16 + 64 + 57.344 = 649.344 -> 650 MiB; kube-reserved 1024 + 819.2 + 819.2 +
+983.04 = 3645.44 -> 3646 MiB; eviction 100 MiB: allocatable 32768 - 650 - 3646 - 100 = 28372 MiB (27.7 GiB; GKE's
+formula alone on the nominal 32 GiB gives 29022 MiB, 28.3 GiB). Less the GKE GPU node's DaemonSets (530m, 1376 MiB)
+one slot is 7380m / 26996 MiB.
 
 What a pod needs at least (below which byoc refuses the shape on that machine) is byoc's own estimate; what it
 requests is its whole slot, so a replica never competes with another for host CPU or memory.
@@ -82,7 +88,7 @@ class Resources:
         return Resources(min(self.cpu_m, room.cpu_m), min(self.memory_mib, room.memory_mib))
 
     def quantities(self) -> dict[str, str]:
-        """Kubernetes quantities: {"cpu": "7380m", "memory": "27646Mi"}."""
+        """Kubernetes quantities: {"cpu": "7380m", "memory": "26996Mi"}."""
         return {"cpu": f"{self.cpu_m}m", "memory": f"{self.memory_mib}Mi"}
 
     def text(self) -> str:
@@ -97,7 +103,9 @@ class NodeAllocatable:
     """A machine type's allocatable, and the figures it comes from."""
 
     instance_type: str
-    capacity: Resources  # what the formula starts from (EKS: EC2's memory less Karpenter's VM overhead)
+    # what the kubelet reports, as the autoscalers estimate it before a node exists: EKS, EC2's memory less
+    # Karpenter's VM overhead; GKE, the machine's memory less the COS kernel's reservation
+    capacity: Resources
     kube_reserved: Resources
     eviction_memory_mib: int
     max_pods: int | None
@@ -155,12 +163,28 @@ def eks_allocatable(instance: InstanceType) -> NodeAllocatable:
     )
 
 
+def cos_kernel_reserved_mib(memory_mib: int) -> int:
+    """Memory the Linux kernel of a Container-Optimized OS node keeps, so the kubelet's capacity is less than the
+    machine's: the cluster autoscaler's estimate, with which it decides whether a pod fits a pool at zero
+    (kubernetes/autoscaler cluster-autoscaler/cloudprovider/gce/reserved.go, `CalculateKernelReserved`: 1/64 of
+    memory + 16 MiB, + 64 MiB software IO TLB above 3 GiB, + 8 MiB at 8 GiB or less, + COS correction
+    min(0.175% of memory, 248 MiB))."""
+    reserved = memory_mib / 64 + 16
+    if memory_mib > 3 * GIB_MIB:
+        reserved += 64
+    if memory_mib <= 8 * GIB_MIB:
+        reserved += 8
+    reserved += min(0.00175 * memory_mib, 248)
+    return math.ceil(reserved)
+
+
 def gke_allocatable(instance: InstanceType) -> NodeAllocatable:
-    """GKE Standard node reservations ("Plan GKE node sizes")."""
+    """GKE Standard node reservations ("Plan GKE node sizes", on the machine's memory) on the capacity a COS node's
+    kubelet reports (the machine's memory less the kernel's share, as the cluster autoscaler templates it)."""
     reserved_mib = math.ceil(gke_reserved_memory_mib(instance.memory_mib))
     return NodeAllocatable(
         instance_type=instance.name,
-        capacity=Resources(instance.vcpus * 1000, instance.memory_mib),
+        capacity=Resources(instance.vcpus * 1000, instance.memory_mib - cos_kernel_reserved_mib(instance.memory_mib)),
         kube_reserved=Resources(reserved_cpu_m(instance.vcpus), reserved_mib),
         eviction_memory_mib=EVICTION_HARD_MEMORY_MIB,
         max_pods=None,

@@ -38,13 +38,15 @@ def test_eks_allocatable_matches_karpenters_reference(instance_type: str, cpu_m:
 @pytest.mark.parametrize(
     ("machine_type", "cpu_m", "memory_mib"),
     [
-        # "Plan GKE node sizes": g2-standard-8, 8 vCPU / 32 GiB. CPU 60+10+10+4x2.5 = 90m -> 7910m. Memory
-        # 25% of 4096 + 20% of 4096 + 10% of 8192 + 6% of 16384 = 1024+819.2+819.2+983.04 = 3645.44 -> 3646 MiB,
-        # + 100 MiB eviction: 32768 - 3746 = 29022 MiB (28.3 GiB).
-        ("g2-standard-8", 7910, 29022),
-        # a2-ultragpu-1g, 12 vCPU / 170 GiB: CPU 80 + 8x2.5 = 100m. Memory 1024+819.2+819.2+6% of 114688 (6881.28)
-        # + 2% of 42 GiB (860.16) = 10403.84 -> 10404, + 100: 174080 - 10504 = 163576 MiB.
-        ("a2-ultragpu-1g", 11900, 163576),
+        # g2-standard-8, 8 vCPU / 32 GiB (32768 MiB). CPU ("Plan GKE node sizes"): 60+10+10+4x2.5 = 90m -> 7910m.
+        # Memory: the COS kernel keeps 32768/64 + 16 + 64 + 0.175% x 32768 (57.344) = 649.344 -> 650 MiB (cluster
+        # autoscaler gce/reserved.go); GKE reserves 25% of 4096 + 20% of 4096 + 10% of 8192 + 6% of 16384
+        # = 1024+819.2+819.2+983.04 = 3645.44 -> 3646 MiB; eviction 100 MiB: 32768 - 650 - 3646 - 100 = 28372 MiB.
+        ("g2-standard-8", 7910, 28372),
+        # a2-ultragpu-1g, 12 vCPU / 170 GiB (174080 MiB): CPU 80 + 8x2.5 = 100m. Kernel 2720 + 16 + 64 + 248 (the
+        # cap) = 3048 MiB; GKE 1024+819.2+819.2 + 6% of 114688 (6881.28) + 2% of 43008 (860.16) = 10403.84 -> 10404;
+        # 174080 - 3048 - 10404 - 100 = 160528 MiB.
+        ("a2-ultragpu-1g", 11900, 160528),
     ],
 )
 def test_gke_allocatable_follows_the_published_formula(machine_type: str, cpu_m: int, memory_mib: int) -> None:
