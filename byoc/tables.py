@@ -47,9 +47,7 @@ def estimate_row(
     # priced on the first machine whose node holds the shape's pods (byoc/sizing.py), as `byoc plan` places it
     needs = sizing.pod_needs(shape, model)
     candidates = cloud.instance_candidates(shape, needs)
-    if not candidates:
-        raise cloud.no_room_error(shape, needs, "try a shape with more GPUs (`byoc shapes --model ...`)")
-    instance = candidates[0]
+    instance = (candidates or cloud.gpu_types(shape))[0]
     row: dict[str, Any] = {
         "model": model.id,
         "shape": shape.name,
@@ -67,6 +65,8 @@ def estimate_row(
             "not_estimated": f"{model.id} does not fit {shape.name} at max_context {context}: a model that cannot "
             "load has no throughput or cost per token"
         }
+    if not candidates:
+        raise cloud.no_room_error(shape, needs, f"try another shape: `byoc shapes --model {model.id}`")
     throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
     if price_per_gpu_hour is None:
         source = f"{cloud.title} on-demand list price of {instance.name}"
