@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from byoc import __version__, planner, rules
+from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
@@ -54,6 +54,7 @@ class Deployment:
     throughput: planner.ThroughputEstimate
     cost: planner.CostEstimate
     autoscaling: ResolvedAutoscaling
+    pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
     node_image: str | None = None
     warnings: tuple[ByocWarning, ...] = ()
 
@@ -160,6 +161,7 @@ class Deployment:
                 "replicas_per_node": self.placement.replicas_per_node,
                 "reason": self.placement.reason,
             },
+            "pods": self.pods.as_dict(),
             "shape": {
                 "name": shape.name,
                 "gpu": shape.gpu.id,
@@ -295,8 +297,11 @@ def _smallest_fitting_shape(spec: Spec, model: ModelArch, max_context: int) -> s
         memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
         if not memory.fits:
             continue
+        candidates = cloud.instance_candidates(shape, sizing.pod_needs(shape, model))
+        if not candidates:
+            continue  # its pods fit none of its machines
         # a replica pays for its whole node when it runs alone (nodes are billed whole: byoc/planner.py)
-        price = cloud.instance_candidates(shape)[0].hourly_usd
+        price = candidates[0].hourly_usd
         if best is None or price < best[0]:
             best = (price, shape.name)
     return best[1] if best else None
@@ -337,6 +342,23 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     raise ByocError("shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU")
 
 
+def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: sizing.PodNeeds) -> Placement:
+    """The cloud's placement, among the machines whose nodes hold the shape's pods; when none does, the refusal
+    names the cheapest shape whose pods fit.
+
+    Raises:
+        ByocError: naming the region or the shape.
+    """
+    cloud = get_cloud(spec.cloud)
+    cloud.check_shape(shape)
+    if not cloud.instance_candidates(shape, needs):
+        context = min(spec.max_context or model.max_context, model.max_context)
+        other = _smallest_fitting_shape(spec, model, context)
+        hint = f"try {other}, the cheapest shape whose pods fit its machines" if other else "use a larger GPU"
+        raise cloud.no_room_error(shape, needs, hint)
+    return cloud.place(spec.region, shape, needs)
+
+
 BuildLocation = Literal["cluster", "local"]
 
 
@@ -356,15 +378,19 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         rules.check_sources_reachable_from_cluster(spec, cloud.object_store_scheme)
     shape = rules.parse_shape(spec.shape)
     rules.check_addons(spec, shape)
-    placement = cloud.place(spec.region, shape)
-    cloud.check_kms_key(spec.encryption.kms_key, placement.region)
-    node_image, warnings = cloud.node_image(spec.node_image)
+    cloud.check_shape(shape)
     model, source, revision = resolve_model(spec.model)
     max_context = spec.max_context or model.max_context
     rules.check_max_context(max_context, model.max_context, model.id)
-    rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
     memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
     check_fit(spec, model, shape, memory)
+    needs = sizing.pod_needs(shape, model)
+    placement = place(spec, shape, model, needs)
+    cloud.check_kms_key(spec.encryption.kms_key, placement.region)
+    node_image, warnings = cloud.node_image(spec.node_image)
+    rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
+    pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
+    pods = cloud.pod_sizing(shape, pool, needs)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
@@ -400,6 +426,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         throughput=throughput,
         cost=cost,
         autoscaling=autoscaling,
+        pods=pods,
         node_image=node_image,
         warnings=(
             *warnings,

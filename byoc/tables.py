@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from byoc import planner, rules
+from byoc import planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
 from byoc.errors import ByocError, ByocFailure
@@ -44,8 +44,10 @@ def estimate_row(
     context = max_context or model.max_context
     rules.check_max_context(context, model.max_context, model.id)
     memory = planner.plan_memory(model, shape, kv_cache_fraction, context)
-    candidates = cloud.instance_candidates(shape)
-    instance = candidates[0]
+    # priced on the first machine whose node holds the shape's pods (byoc/sizing.py), as `byoc plan` places it
+    needs = sizing.pod_needs(shape, model)
+    candidates = cloud.instance_candidates(shape, needs)
+    instance = (candidates or cloud.gpu_types(shape))[0]
     row: dict[str, Any] = {
         "model": model.id,
         "shape": shape.name,
@@ -63,6 +65,8 @@ def estimate_row(
             "not_estimated": f"{model.id} does not fit {shape.name} at max_context {context}: a model that cannot "
             "load has no throughput or cost per token"
         }
+    if not candidates:
+        raise cloud.no_room_error(shape, needs, f"try another shape: `byoc shapes --model {model.id}`")
     throughput = planner.estimate_throughput(model, shape, memory, input_tokens, output_tokens)
     if price_per_gpu_hour is None:
         source = f"{cloud.title} on-demand list price of {instance.name}"
@@ -99,7 +103,11 @@ def shape_rows(
     for cloud_name in clouds:
         cloud = get_cloud(cloud_name)
         for shape in catalog_shapes(cloud_name):
-            instance = cloud.instance_candidates(shape)[0]
+            # the first machine whose node holds the shape's pods (with a model: that model's pods)
+            candidates = cloud.instance_candidates(shape, sizing.pod_needs(shape, model))
+            if not candidates:
+                continue
+            instance = candidates[0]
             row: dict[str, Any] = {
                 "cloud": cloud_name,
                 "shape": shape.name,

@@ -51,6 +51,11 @@ class InstanceType:
     gpu: str
     gpus: int
     hourly_usd: float
+    vcpus: int
+    memory_mib: int
+    # AWS: the default network card's interfaces and IPv4 addresses per interface (they set the node's max pods)
+    enis: int | None = None
+    ipv4_per_eni: int | None = None
 
     @property
     def gpu_hourly_usd(self) -> float:

@@ -6,9 +6,11 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from byoc.catalogs import InstanceType
 from byoc.clouds.base import Cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
+from byoc.sizing import NodeAllocatable, eks_allocatable
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -33,6 +35,11 @@ class Aws(Cloud):
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
         return match["region"] if match else None
+
+    def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
+        # nodeadm's kubelet reservations on the memory Karpenter assumes for a type it has not seen yet: a pod that
+        # does not fit by Karpenter's reckoning gets no node of that type
+        return eks_allocatable(instance)
 
     # Karpenter's EC2NodeClass amiSelectorTerms alias: family@version, the version an amazon-eks-ami release tag
     # (vYYYYMMDD) for AL2023 or a Bottlerocket release (v1.x.y); Karpenter picks the NVIDIA variant for GPU

@@ -17,6 +17,7 @@ from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_cata
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
+from byoc.sizing import NodeAllocatable, PodNeeds, PodSizing, Resources, daemonset_requests, pod_needs, slot
 from byoc.spec import Spec
 
 
@@ -79,10 +80,65 @@ class Cloud(ABC):
     def max_gpus(self, gpu: str) -> int:
         return max((t.gpus for t in self.instance_types.values() if t.gpu == gpu), default=0)
 
-    def instance_candidates(self, shape: DeploymentShape) -> list[InstanceType]:
-        """Instance types that can hold one replica, best first: fewest GPUs that suffice, then cheapest."""
+    def gpu_types(self, shape: DeploymentShape) -> list[InstanceType]:
+        """Instance types with enough of the shape's GPUs, best first: fewest GPUs that suffice, then cheapest."""
         fitting = [t for t in self.instance_types.values() if t.gpu == shape.gpu.id and t.gpus >= shape.count]
         return sorted(fitting, key=lambda t: (t.gpus, t.hourly_usd, t.name))
+
+    def instance_candidates(self, shape: DeploymentShape, needs: PodNeeds | None = None) -> list[InstanceType]:
+        """Instance types that can hold one replica and the build Job, best first: enough GPUs, and a slot of the
+        node's allocatable (byoc/sizing.py) that holds what the serving pod and the build Job need. `needs`
+        defaults to what any model needs on the shape."""
+        needs = needs or pod_needs(shape)
+        return [t for t in self.gpu_types(shape) if self.fits(t, shape, needs)]
+
+    # -- node sizing (byoc/sizing.py) --------------------------------------------------------------------------
+    @abstractmethod
+    def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
+        """What the kubelet of a node of this type offers pods: the cloud's published reservation formula."""
+
+    @property
+    def gpu_daemonsets(self) -> Resources:
+        """The DaemonSets every GPU node runs (byoc/catalogs/kubernetes.yaml gpu_node_daemonsets)."""
+        return daemonset_requests(self.catalog.kubernetes["gpu_node_daemonsets"][self.name])
+
+    def slot(self, instance: InstanceType, shape: DeploymentShape) -> Resources:
+        """One replica's (or the build Job's) share of a node of this type."""
+        return slot(self.node_allocatable(instance), self.gpu_daemonsets, instance.gpus // shape.count)
+
+    def fits(self, instance: InstanceType, shape: DeploymentShape, needs: PodNeeds) -> bool:
+        room = self.slot(instance, shape)
+        return needs.serving.fits_in(room) and needs.build.fits_in(room)
+
+    def pod_sizing(self, shape: DeploymentShape, instance_types: tuple[str, ...], needs: PodNeeds) -> PodSizing:
+        """The requests of the GPU pods: the smallest slot of the pool's types, so that each type holds them."""
+        types = [self.instance_types[name] for name in instance_types]
+        slots = [self.slot(t, shape) for t in types]
+        smallest = Resources(min(s.cpu_m for s in slots), min(s.memory_mib for s in slots))
+        first = types[0]
+        return PodSizing(
+            instance_types=instance_types,
+            priced_on=first.name,
+            allocatable=self.node_allocatable(first),
+            daemonsets=self.gpu_daemonsets,
+            replicas_per_node=first.gpus // shape.count,
+            slot=smallest,
+            needs=needs,
+        )
+
+    def no_room_error(self, shape: DeploymentShape, needs: PodNeeds, hint: str) -> ByocError:
+        """A shape whose pods fit no type its pool may launch: what they need, and the most a type offers."""
+        types = self.gpu_types(shape)
+        best = max(types, key=lambda t: (self.slot(t, shape).memory_mib, self.slot(t, shape).cpu_m))
+        room = self.slot(best, shape)
+        return ByocError(
+            "shape",
+            f"{shape.name}'s pods fit no {self.title} machine its GPU pool may launch: a replica needs "
+            f"{needs.serving.text()} of host CPU and memory and the build Job {needs.build.text()}, and the "
+            f"roomiest, {best.name}, leaves {room.text()} per replica once the kubelet and the GPU node's "
+            "DaemonSets have theirs (byoc/sizing.py)",
+            hint,
+        )
 
     def check_shape(self, shape: DeploymentShape) -> None:
         most = self.max_gpus(shape.gpu.id)
@@ -103,8 +159,10 @@ class Cloud(ABC):
             )
 
     # -- regions -----------------------------------------------------------------------------------------------
-    def regions_offering(self, shape: DeploymentShape, regions: Iterable[str] | None = None) -> list[str]:
-        names = {t.name for t in self.instance_candidates(shape)}
+    def regions_offering(
+        self, shape: DeploymentShape, regions: Iterable[str] | None = None, needs: PodNeeds | None = None
+    ) -> list[str]:
+        names = {t.name for t in self.instance_candidates(shape, needs)}
         return [r for r in (regions or self.regions) if self.offerings(r) & names]
 
     def _unknown_region(self, region: str) -> ByocError:
@@ -119,16 +177,23 @@ class Cloud(ABC):
         hint = f"did you mean {close[0]}?" if close else f"use {', '.join(MEGA_REGIONS)} or a {self.name} region"
         return ByocError("region", f"unknown {self.name} region {region!r}", hint)
 
-    def place(self, requested: str, shape: DeploymentShape) -> Placement:
-        """Pick the concrete region and instance type for a shape; a mega-region takes its first region that can."""
+    def place(self, requested: str, shape: DeploymentShape, needs: PodNeeds | None = None) -> Placement:
+        """Pick the concrete region and instance type for a shape; a mega-region takes its first region that can.
+        Only types whose node holds the pods' `needs` count (byoc/sizing.py).
+
+        Raises:
+            ByocError: naming the region, or the shape when no type of its GPU holds its pods.
+        """
         self.check_shape(shape)
-        candidates = self.instance_candidates(shape)
+        candidates = self.instance_candidates(shape, needs)
+        if not candidates:
+            raise self.no_room_error(shape, needs or pod_needs(shape), "try a shape with more GPUs (`byoc shapes`)")
         mega = requested.upper() if requested.upper() in MEGA_REGIONS else None
         if mega:
             members = self.regions if mega == "GLOBAL" else self.catalog.mega_regions[self.name][mega]
-            offering = self.regions_offering(shape, members)
+            offering = self.regions_offering(shape, members, needs)
             if not offering:
-                elsewhere = self.regions_offering(shape)
+                elsewhere = self.regions_offering(shape, needs=needs)
                 hint = (
                     f"use region GLOBAL or one of {', '.join(elsewhere[:4])}"
                     if elsewhere
@@ -144,10 +209,12 @@ class Cloud(ABC):
             region = requested
             if region not in self.regions:
                 raise self._unknown_region(region)
-            if not self.regions_offering(shape, [region]):
+            if not self.regions_offering(shape, [region], needs):
                 mega_of = self.catalog.mega_region_of(self.name, region)
-                nearby = self.regions_offering(shape, self.catalog.mega_regions[self.name].get(mega_of or "", ()))
-                alternatives = nearby or self.regions_offering(shape)
+                nearby = self.regions_offering(
+                    shape, self.catalog.mega_regions[self.name].get(mega_of or "", ()), needs
+                )
+                alternatives = nearby or self.regions_offering(shape, needs=needs)
                 raise ByocError(
                     "region",
                     f"{region} does not offer {shape.gpu.name} instances ({self._names(candidates)})",

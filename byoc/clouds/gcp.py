@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
+from byoc.catalogs import InstanceType
 from byoc.clouds.base import Cloud
+from byoc.sizing import NodeAllocatable, gke_allocatable
 
 # What people write when they mean Google's default encryption at rest: no key of theirs at all.
 GOOGLE_MANAGED = frozenset(
@@ -42,6 +44,10 @@ class Gcp(Cloud):
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
         return match["region"] if match else None
+
+    def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
+        # GKE Standard's reservations ("Plan GKE node sizes"); the node pool has one machine type
+        return gke_allocatable(instance)
 
     def provider_managed_key(self, key: str) -> str | None:
         # Google-managed encryption keys are Google's: you cannot revoke them, rotate them on your schedule or see

@@ -89,6 +89,7 @@ def _summary_lines(deployment: Deployment) -> list[str]:
     from byoc.planner import fleet_text, floor_text
 
     p, m, t, c = deployment.placement, deployment.memory, deployment.throughput, deployment.cost
+    pods = deployment.pods
     gib = 1024**3
     node, floor, top = c.node, c.serving_floor, c.at_max_replicas
     share = f" (${c.replica_hourly_usd:.2f}/h each when full)" if node.replicas_per_node > 1 else ""
@@ -99,6 +100,8 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"({m.kv_capacity_tokens} tokens, {m.concurrent_sequences} sequences at {m.max_context})",
         f"throughput  ~{t.output_tokens_per_s:,.0f} output tokens/s per replica at {t.input_tokens}/"
         f"{t.output_tokens} tokens ({t.bound}-bound)",
+        f"pods        a replica and the build Job each request {pods.slot.text()} of a {pods.priced_on} node's "
+        f"{pods.allocatable.allocatable.text()} allocatable ({pods.daemonsets.text()} left to its DaemonSets)",
         f"cost        node {node.instance_type} ${node.hourly_usd:.2f}/h, billed whole, "
         f"{_replicas(node.replicas_per_node)} per node{share}",
         f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}",

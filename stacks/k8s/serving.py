@@ -18,6 +18,7 @@ import yaml
 
 from byoc.catalogs import load_catalog
 from byoc.resolve import Deployment
+from byoc.sizing import Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 
 MONITORING = Path(__file__).parent / "monitoring"
@@ -334,18 +335,15 @@ class ServingStack(pulumi.ComponentResource):
             "tolerations": [GPU_TOLERATION],
         }
 
-    def _gpu_resources(self, cpu_per_gpu: int, memory_gib: int) -> dict[str, Any]:
+    def _gpu_resources(self, amount: Resources) -> dict[str, Any]:
+        """A GPU container's requests and limits (equal: Guaranteed QoS), cut from its node's allocatable by
+        byoc/sizing.py (deployment.pods), so that the pod fits every machine its pool may launch."""
         gpus = str(self.deployment.shape.count)
-        amount = {"cpu": str(cpu_per_gpu * self.deployment.shape.count), "memory": f"{memory_gib}Gi"}
+        quantities = amount.quantities()
         return {
-            "requests": {**amount, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
-            "limits": {**amount, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
+            "requests": {**quantities, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
+            "limits": {**quantities, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
         }
-
-    def _host_memory_gib(self) -> int:
-        """Host memory a GPU pod needs to stage the BF16 checkpoint while loading or quantizing it."""
-        weights = self.deployment.memory.weight_bytes / 1024**3
-        return int(max(32, min(1024, weights * 1.5 + 16)))
 
     def _scratch_gib(self) -> int:
         return int(self.deployment.gpu_node_disk_gib * 0.7)
@@ -398,7 +396,7 @@ class ServingStack(pulumi.ComponentResource):
                                     *({"name": k, "value": v} for k, v in sorted(self.foundation.build_env.items())),
                                 ],
                                 "securityContext": container_security(),
-                                "resources": self._gpu_resources(8, self._host_memory_gib()),
+                                "resources": self._gpu_resources(deployment.pods.build),
                                 "volumeMounts": [
                                     {"name": "config", "mountPath": "/etc/byoc", "readOnly": True},
                                     {"name": "scratch", "mountPath": "/scratch"},
@@ -458,9 +456,11 @@ class ServingStack(pulumi.ComponentResource):
                                 "command": fetch,
                                 "env": [{"name": "HOME", "value": "/scratch/home"}],
                                 "securityContext": container_security(),
+                                # init containers run before the others: the pod's request is the larger of
+                                # this and the containers' sum, which byoc/sizing.py keeps within the slot
                                 "resources": {
-                                    "requests": {"cpu": "2", "memory": "4Gi"},
-                                    "limits": {"cpu": "4", "memory": "4Gi"},
+                                    "requests": deployment.pods.init.quantities(),
+                                    "limits": deployment.pods.init.quantities(),
                                 },
                                 "volumeMounts": [
                                     {"name": "models", "mountPath": "/models"},
@@ -482,7 +482,7 @@ class ServingStack(pulumi.ComponentResource):
                                     {"name": "XDG_CACHE_HOME", "value": "/scratch/cache"},
                                 ],
                                 "securityContext": container_security(),
-                                "resources": self._gpu_resources(8, self._host_memory_gib()),
+                                "resources": self._gpu_resources(deployment.pods.engine),
                                 # model load can take many minutes; liveness starts only after it
                                 "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
                                 "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
@@ -512,8 +512,8 @@ class ServingStack(pulumi.ComponentResource):
                                 "ports": [{"name": "stats", "containerPort": ENGINE_STATS_PORT, "protocol": "TCP"}],
                                 "securityContext": container_security(),
                                 "resources": {
-                                    "requests": {"cpu": "100m", "memory": "128Mi"},
-                                    "limits": {"cpu": "250m", "memory": "128Mi"},
+                                    "requests": deployment.pods.sidecar.quantities(),
+                                    "limits": deployment.pods.sidecar.quantities(),
                                 },
                                 "readinessProbe": {"httpGet": {"path": "/health", "port": "stats"}},
                                 "livenessProbe": {"httpGet": {"path": "/health", "port": "stats"}},

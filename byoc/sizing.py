@@ -1,0 +1,299 @@
+"""What a GPU pod may request on the machine its pool launches: node allocatable, the DaemonSets' share, and the
+serving pod's and build Job's requests, computed from the machine (byoc/catalogs/instances.yaml), not round numbers.
+
+A pod whose requests exceed what a node can allocate never schedules: the autoscaler never adds a node for it, and
+the deployment never serves. So every request byoc renders for a GPU node is cut from that node's allocatable:
+
+    allocatable = capacity - kube-reserved - eviction threshold           (per machine type and cloud, below)
+    free        = allocatable - the DaemonSets on every GPU node          (byoc/catalogs/kubernetes.yaml)
+    slot        = free / replicas per node                                (a replica, or the build Job, per slot)
+
+Kube-reserved, as each cloud computes it:
+
+- CPU, both clouds: 6% of the first core, 1% of the second, 0.5% of cores 3 and 4, 0.25% of every core above 4.
+  EKS: amazon-eks-ami nodeadm, `getCPUMillicoresToReserve` (nodeadm/internal/kubelet/config.go: ranges 0/1000/2000/
+  4000 millicores at 600/100/50/25 ten-thousandths, integer division); Karpenter 1.8 `kubeReservedResources`
+  (pkg/providers/instancetype/types.go), the same tiers. GKE: "Plan GKE node sizes", section "Memory and CPU
+  reservations" (cloud.google.com/kubernetes-engine/docs/concepts/plan-node-sizes).
+- Memory, EKS: 11 MiB x max pods + 255 MiB (nodeadm `getMemoryMebibytesToReserve`; Karpenter, the same), max pods
+  from the default network card's ENIs: ENIs x (IPv4 addresses per ENI - 1) + 2 (nodeadm `calculateStandardMaxPods`,
+  nodeadm/internal/kubelet/eni_max_pods.go). Karpenter decides whether a pod fits an instance type before it has
+  seen one, from EC2's memory less `vmMemoryOverheadPercent` (default 0.075, charts/karpenter/values.yaml), rounded
+  up to a MiB (types.go `memory`): byoc starts from that figure, as the NodePool does.
+- Memory, GKE: 25% of the first 4 GiB, 20% of the next 4 GiB, 10% of the next 8 GiB, 6% of the next 112 GiB, 2% of
+  anything above 128 GiB ("Plan GKE node sizes", as above).
+- Memory, GKE, before any of that: the kubelet's capacity is the machine's memory less what the COS kernel keeps;
+  the cluster autoscaler, which decides whether a pod fits a node pool at zero, estimates it as 1/64 of memory +
+  16 MiB + 64 MiB (above 3 GiB) + min(0.175%, 248 MiB) (kubernetes/autoscaler, cluster-autoscaler/cloudprovider/gce/
+  reserved.go, `CalculateKernelReserved`, COS).
+- Eviction threshold, both: memory.available 100 MiB (nodeadm's and GKE's kubelet default; Karpenter's
+  `evictionThreshold`).
+
+Worked example, g2-standard-8 (8 vCPU, 32 GiB = 32768 MiB) on GKE: CPU reserved 60 + 10 + 10 + 4 x 2.5 = 90m,
+allocatable 7910m. Memory: kernel 512 + 16 + 64 + 57.344 = 649.344 -> 650 MiB; kube-reserved 1024 + 819.2 + 819.2 +
+983.04 = 3645.44 -> 3646 MiB; eviction 100 MiB: allocatable 32768 - 650 - 3646 - 100 = 28372 MiB (27.7 GiB; GKE's
+formula alone on the nominal 32 GiB gives 29022 MiB, 28.3 GiB). Less the GKE GPU node's DaemonSets (530m, 1376 MiB)
+one slot is 7380m / 26996 MiB.
+
+What a pod needs at least (below which byoc refuses the shape on that machine) is byoc's own estimate; what it
+requests is its whole slot, so a replica never competes with another for host CPU or memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from byoc.catalogs import InstanceType, ModelArch
+from byoc.planner import weight_bytes
+from byoc.rules import DeploymentShape
+
+MIB = 1024**2
+GIB_MIB = 1024
+
+# CPU reservation tiers (start, end in millicores; ten-thousandths reserved): nodeadm, Karpenter and GKE alike.
+CPU_TIERS: tuple[tuple[int, int, int], ...] = ((0, 1000, 600), (1000, 2000, 100), (2000, 4000, 50), (4000, 1 << 40, 25))
+# GKE memory reservation tiers (start, end in GiB; fraction reserved), "Plan GKE node sizes".
+GKE_MEMORY_TIERS: tuple[tuple[int, int, float], ...] = (
+    (0, 4, 0.25),
+    (4, 8, 0.20),
+    (8, 16, 0.10),
+    (16, 128, 0.06),
+    (128, 1 << 30, 0.02),
+)
+EVICTION_HARD_MEMORY_MIB = 100  # memory.available<100Mi: the kubelet default on both clouds
+KARPENTER_VM_MEMORY_OVERHEAD = 0.075  # Karpenter 1.8 settings.vmMemoryOverheadPercent default
+KUBELET_DEFAULT_MAX_PODS = 110  # nodeadm's fallback where a type's ENI figures are unknown
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU in millicores and memory in MiB, as a pod requests them."""
+
+    cpu_m: int
+    memory_mib: int
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu_m + other.cpu_m, self.memory_mib + other.memory_mib)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpu_m - other.cpu_m, self.memory_mib - other.memory_mib)
+
+    def fits_in(self, room: Resources) -> bool:
+        return self.cpu_m <= room.cpu_m and self.memory_mib <= room.memory_mib
+
+    def at_most(self, room: Resources) -> Resources:
+        return Resources(min(self.cpu_m, room.cpu_m), min(self.memory_mib, room.memory_mib))
+
+    def quantities(self) -> dict[str, str]:
+        """Kubernetes quantities: {"cpu": "7380m", "memory": "26996Mi"}."""
+        return {"cpu": f"{self.cpu_m}m", "memory": f"{self.memory_mib}Mi"}
+
+    def text(self) -> str:
+        return f"{self.cpu_m / 1000:g} CPU / {self.memory_mib / GIB_MIB:.1f} GiB"
+
+    def as_dict(self) -> dict[str, int]:
+        return {"cpu_millicores": self.cpu_m, "memory_mib": self.memory_mib}
+
+
+@dataclass(frozen=True)
+class NodeAllocatable:
+    """A machine type's allocatable, and the figures it comes from."""
+
+    instance_type: str
+    # what the kubelet reports, as the autoscalers estimate it before a node exists: EKS, EC2's memory less
+    # Karpenter's VM overhead; GKE, the machine's memory less the COS kernel's reservation
+    capacity: Resources
+    kube_reserved: Resources
+    eviction_memory_mib: int
+    max_pods: int | None
+    formula: str
+
+    @property
+    def allocatable(self) -> Resources:
+        return self.capacity - self.kube_reserved - Resources(0, self.eviction_memory_mib)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance_type": self.instance_type,
+            "formula": self.formula,
+            "capacity": self.capacity.as_dict(),
+            "kube_reserved": self.kube_reserved.as_dict(),
+            "eviction_memory_mib": self.eviction_memory_mib,
+            "max_pods": self.max_pods,
+            "allocatable": self.allocatable.as_dict(),
+        }
+
+
+def reserved_cpu_m(vcpus: int) -> int:
+    """Kube-reserved CPU in millicores for a machine of `vcpus` (nodeadm's integer arithmetic)."""
+    total = vcpus * 1000
+    reserved = 0
+    for start, end, per_10000 in CPU_TIERS:
+        if total > start:
+            reserved += (min(total, end) - start) * per_10000 // 10000
+    return reserved
+
+
+def gke_reserved_memory_mib(memory_mib: int) -> float:
+    gib = memory_mib / GIB_MIB
+    return sum(max(0.0, min(gib, end) - start) * share for start, end, share in GKE_MEMORY_TIERS) * GIB_MIB
+
+
+def eks_max_pods(instance: InstanceType) -> int:
+    """ENIs x (IPv4 per ENI - 1) + 2, as nodeadm and Karpenter count pods; 110 where the type's figures are unknown."""
+    if instance.enis is None or instance.ipv4_per_eni is None:
+        return KUBELET_DEFAULT_MAX_PODS
+    return instance.enis * (instance.ipv4_per_eni - 1) + 2
+
+
+def eks_allocatable(instance: InstanceType) -> NodeAllocatable:
+    """EKS AL2023 (nodeadm) kubelet reservations on the memory Karpenter assumes before it has seen the type."""
+    memory = instance.memory_mib - math.ceil(instance.memory_mib * KARPENTER_VM_MEMORY_OVERHEAD)
+    pods = eks_max_pods(instance)
+    return NodeAllocatable(
+        instance_type=instance.name,
+        capacity=Resources(instance.vcpus * 1000, memory),
+        kube_reserved=Resources(reserved_cpu_m(instance.vcpus), 11 * pods + 255),
+        eviction_memory_mib=EVICTION_HARD_MEMORY_MIB,
+        max_pods=pods,
+        formula="eks",
+    )
+
+
+def cos_kernel_reserved_mib(memory_mib: int) -> int:
+    """Memory the Linux kernel of a Container-Optimized OS node keeps, so the kubelet's capacity is less than the
+    machine's: the cluster autoscaler's estimate, with which it decides whether a pod fits a pool at zero
+    (kubernetes/autoscaler cluster-autoscaler/cloudprovider/gce/reserved.go, `CalculateKernelReserved`: 1/64 of
+    memory + 16 MiB, + 64 MiB software IO TLB above 3 GiB, + 8 MiB at 8 GiB or less, + COS correction
+    min(0.175% of memory, 248 MiB))."""
+    reserved = memory_mib / 64 + 16
+    if memory_mib > 3 * GIB_MIB:
+        reserved += 64
+    if memory_mib <= 8 * GIB_MIB:
+        reserved += 8
+    reserved += min(0.00175 * memory_mib, 248)
+    return math.ceil(reserved)
+
+
+def gke_allocatable(instance: InstanceType) -> NodeAllocatable:
+    """GKE Standard node reservations ("Plan GKE node sizes", on the machine's memory) on the capacity a COS node's
+    kubelet reports (the machine's memory less the kernel's share, as the cluster autoscaler templates it)."""
+    reserved_mib = math.ceil(gke_reserved_memory_mib(instance.memory_mib))
+    return NodeAllocatable(
+        instance_type=instance.name,
+        capacity=Resources(instance.vcpus * 1000, instance.memory_mib - cos_kernel_reserved_mib(instance.memory_mib)),
+        kube_reserved=Resources(reserved_cpu_m(instance.vcpus), reserved_mib),
+        eviction_memory_mib=EVICTION_HARD_MEMORY_MIB,
+        max_pods=None,
+        formula="gke",
+    )
+
+
+def daemonset_requests(daemonsets: Sequence[Mapping[str, Any]]) -> Resources:
+    """The sum of the GPU node DaemonSets' allowances (byoc/catalogs/kubernetes.yaml gpu_node_daemonsets)."""
+    return Resources(sum(int(d["cpu_m"]) for d in daemonsets), sum(int(d["memory_mib"]) for d in daemonsets))
+
+
+def slot(node: NodeAllocatable, daemonsets: Resources, replicas_per_node: int) -> Resources:
+    """One pod's share of a node: what is left after the DaemonSets, split between the replicas it holds."""
+    free = node.allocatable - daemonsets
+    return Resources(max(0, free.cpu_m // replicas_per_node), max(0, free.memory_mib // replicas_per_node))
+
+
+# --- what a GPU pod needs at least (byoc's estimate) -----------------------------------------------------------
+# The process itself: Python, the CUDA context's host side, tokenizer, NCCL and pinned staging buffers.
+HOST_PROCESS_MIB = 4 * GIB_MIB
+# A checkpoint passes through host memory a shard at a time (Hugging Face's default max_shard_size is 5 GB).
+SHARD_MIB = 5 * 1000**3 // MIB
+# accelerate's device_map="auto" (runtime/model_build/checkpoint.py) fills GPUs up to about 90% before it offloads
+# the rest of the BF16 source to host memory.
+GPU_FILL = 0.9
+# A core per GPU rank, plus one for the server's HTTP, tokenizer and scheduler threads.
+CPU_PER_GPU_M = 1000
+CPU_BASE_M = 1000
+# The sidecar and init container of the serving pod (stacks/k8s/serving.py): fixed, small requests.
+ENGINE_STATS = Resources(100, 128)
+FETCH_ARTIFACTS = Resources(2000, 4 * GIB_MIB)
+
+
+@dataclass(frozen=True)
+class PodNeeds:
+    """The least a serving pod and the build Job can run with."""
+
+    serving: Resources
+    build: Resources
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serving": self.serving.as_dict(), "build": self.build.as_dict()}
+
+
+def pod_needs(shape: DeploymentShape, model: ModelArch | None = None) -> PodNeeds:
+    """Without a model: what any model needs (the process and one shard)."""
+    cpu = CPU_BASE_M + CPU_PER_GPU_M * shape.count
+    serving_mib = HOST_PROCESS_MIB + SHARD_MIB
+    build_mib = serving_mib
+    if model is not None:
+        served = weight_bytes(model, shape.precision) // MIB
+        serving_mib = HOST_PROCESS_MIB + min(served, SHARD_MIB)
+        source = weight_bytes(model, "bf16")
+        offloaded = max(0, source - int(shape.memory_bytes * GPU_FILL)) // MIB
+        build_mib = HOST_PROCESS_MIB + min(source // MIB, SHARD_MIB) + offloaded
+    return PodNeeds(serving=Resources(cpu, serving_mib) + ENGINE_STATS, build=Resources(cpu, build_mib))
+
+
+@dataclass(frozen=True)
+class PodSizing:
+    """The requests byoc renders for the GPU pods of a deployment (limits equal them: Guaranteed QoS)."""
+
+    instance_types: tuple[str, ...]  # the pool's types, every one of which holds these requests
+    priced_on: str  # the type the cost is worked out on (the first of instance_types)
+    allocatable: NodeAllocatable  # of priced_on
+    daemonsets: Resources
+    replicas_per_node: int
+    slot: Resources  # the smallest slot of the pool's types: what the serving pod and the build Job request
+    needs: PodNeeds
+
+    @property
+    def engine(self) -> Resources:
+        """trtllm-serve's container: the slot less the engine-stats sidecar."""
+        return self.slot - ENGINE_STATS
+
+    @property
+    def sidecar(self) -> Resources:
+        return ENGINE_STATS
+
+    @property
+    def init(self) -> Resources:
+        """The artifact fetch runs before the containers start: it may use up to the slot, never above it."""
+        return FETCH_ARTIFACTS.at_most(self.slot)
+
+    @property
+    def serving_pod(self) -> Resources:
+        """What the scheduler counts: the containers' sum or the largest init container, whichever is larger."""
+        containers = self.engine + self.sidecar
+        return Resources(max(containers.cpu_m, self.init.cpu_m), max(containers.memory_mib, self.init.memory_mib))
+
+    @property
+    def build(self) -> Resources:
+        return self.slot
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance_types": list(self.instance_types),
+            "priced_on": self.priced_on,
+            "node": self.allocatable.as_dict(),
+            "daemonsets": self.daemonsets.as_dict(),
+            "replicas_per_node": self.replicas_per_node,
+            "slot": self.slot.as_dict(),
+            "needs": self.needs.as_dict(),
+            "serving": {
+                "trtllm-serve": self.engine.as_dict(),
+                "engine-stats": self.sidecar.as_dict(),
+                "init fetch-artifacts": self.init.as_dict(),
+                "pod": self.serving_pod.as_dict(),
+            },
+            "build": self.build.as_dict(),
+        }
