@@ -30,8 +30,8 @@ MAINTENANCE_WINDOW = ("2026-01-03T01:00:00Z", "2026-01-03T05:00:00Z", "FREQ=WEEK
 # The date from which the minor version is held (a fixed time: a moving one would show a change on every preview).
 MINOR_VERSION_HELD_FROM = "2026-11-01T00:00:00Z"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"  # access is narrowed by IAM, not by scopes
-# Binary Authorization: GKE evaluates the project's one policy at admission (the only mode Pulumi can enable), and
-# an image no allowlist pattern matches is refused and logged (Binary Authorization docs, "Policy YAML reference").
+# Binary Authorization: GKE evaluates the project's one policy at admission, and an image no allowlist pattern
+# matches is refused and audit-logged (Binary Authorization docs, "Policy YAML reference").
 ADMISSION_EVALUATION = "PROJECT_SINGLETON_POLICY_ENFORCE"
 DEFAULT_ADMISSION = ("ALWAYS_DENY", "ENFORCED_BLOCK_AND_AUDIT_LOG")
 DOCKER_HUB = "docker.io"  # where Kubernetes pulls an image whose reference names no registry
