@@ -80,6 +80,7 @@ def test_lora_example_on_aws_reads_its_addon_from_its_own_bucket() -> None:
 
 
 def test_every_source_in_a_bucket_gets_its_own_read_on_aws() -> None:
+    """Model, addons and draft model: each s3:// one its own read; hf:// ones come through the bucket's mirror."""
     spec = lora(
         model={"id": "llama-3.1-8b-instruct", "source": "s3://acme-models/llama/8b/"},
         addons=[
@@ -87,6 +88,7 @@ def test_every_source_in_a_bucket_gets_its_own_read_on_aws() -> None:
             {"id": "legal", "source": "hf://acme/legal-lora", "rank": 16},  # through the bucket's mirror
             {"id": "whole", "source": "s3://whole-bucket", "rank": 16},
         ],
+        speculative={"draft_model": "s3://acme-models/draft/"},
     )
     reads = {s["Sid"]: s["Resource"] for s in builder_statements(spec) if s["Sid"].startswith("Read")}
     assert reads == {
@@ -94,6 +96,7 @@ def test_every_source_in_a_bucket_gets_its_own_read_on_aws() -> None:
         "ReadModelSource": "arn:aws:s3:::acme-models/llama/8b/*",
         "ReadAddon0Source": "arn:aws:s3:::my-adapters/support-tone/*",
         "ReadAddon2Source": "arn:aws:s3:::whole-bucket/*",
+        "ReadDraftModelSource": "arn:aws:s3:::acme-models/draft/*",
     }
 
 
@@ -119,12 +122,14 @@ def test_every_source_in_a_bucket_gets_its_own_read_on_gcp() -> None:
             {"id": "legal", "source": "hf://acme/legal-lora", "rank": 16},
             {"id": "whole", "source": "gs://whole-bucket", "rank": 16},
         ],
+        speculative={"draft_model": "gs://acme-models/draft/"},
     )
     grants = source_grants(spec)
     assert {name: g["bucket"] for name, g in grants.items()} == {
         "support-bot-builder-model-source": "acme-models",
         "support-bot-builder-addon-support-tone-source": "my-adapters",
         "support-bot-builder-addon-whole-source": "whole-bucket",
+        "support-bot-builder-draft-model-source": "acme-models",
     }
     assert "condition" not in grants["support-bot-builder-addon-whole-source"]  # the whole bucket is the source
     titles = [g["condition"]["title"] for g in grants.values() if "condition" in g]
