@@ -109,6 +109,19 @@ class Deployment:
         return chosen
 
     @property
+    def build_sources(self) -> list[tuple[str, str]]:
+        """Every source the build Job reads, as (spec field, URI): the model, each addon, the speculative draft
+        model (a catalog draft by its catalog source). The stacks grant the build identity read on each one that
+        lives in the cloud's object store, and on nothing else."""
+        sources = [("model.source", self.model_source)]
+        sources += [(f"addons[{i}].source", addon.source) for i, addon in enumerate(self.addons)]
+        if self.speculative is not None:
+            draft = self.speculative.draft_model
+            known = load_catalog().models.get(draft)
+            sources.append(("speculative.draft_model", known.source if known else draft))
+        return sources
+
+    @property
     def monitoring(self) -> Monitoring:
         return self.spec.monitoring
 

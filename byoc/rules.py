@@ -201,15 +201,19 @@ def check_speculative(spec: Spec, target_vocab: int, draft_vocab: int | None) ->
 
 
 LOCAL_SCHEME = "file://"
+# The clouds' object stores (byoc.clouds: Cloud.object_store_scheme).
+OBJECT_STORE_SCHEMES = ("s3://", "gs://")
 
 
 def check_sources_reachable_from_cluster(spec: Spec, object_store_scheme: str) -> None:
     """A cloud deployment's build Job runs in the cluster: it cannot read a path on the operator's machine.
 
-    Checks every source a cloud deployment reads (the model, each addon, the speculative draft model).
+    Checks every source a cloud deployment reads (the model, each addon, the speculative draft model): a file://
+    path, or another cloud's object store (s3:// on Google Cloud, gs:// on AWS), which no grant of the cluster's
+    identity reaches.
 
     Raises:
-        ByocError: naming the field that holds a file:// source, with the way out (upload, then s3/gs/hf).
+        ByocError: naming the field that holds such a source, with the way out (upload, then s3/gs/hf).
     """
     sources: list[tuple[str, str | None]] = []
     if not isinstance(spec.model, str):
@@ -219,6 +223,18 @@ def check_sources_reachable_from_cluster(spec: Spec, object_store_scheme: str) -
         sources.append(("speculative.draft_model", spec.speculative.draft_model))
     store = f"{object_store_scheme}BUCKET/models/"
     for field, source in sources:
+        other = next(
+            (s for s in OBJECT_STORE_SCHEMES if s != object_store_scheme and (source or "").startswith(s)), None
+        )
+        if source and other is not None:
+            # The build Job reads with the cluster's own cloud identity (an IAM role on EKS, a Google service
+            # account on GKE): it holds no credentials for the other cloud's store, so no grant could make it work.
+            raise ByocError(
+                field,
+                f"{source} is in another cloud's object store; the deployment's build Job reads its sources with "
+                f"the cluster's own identity, which can be granted read on {object_store_scheme} buckets only",
+                f"copy it to a {object_store_scheme} bucket (or publish it on hf://) and set {field} to that URI",
+            )
         if source and source.startswith(LOCAL_SCHEME):
             config = ""
             if field == "model.source":

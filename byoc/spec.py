@@ -290,6 +290,36 @@ class Encryption(_Strict):
     )
 
 
+# GKE's Google Groups for RBAC reads exactly one group per domain, named gke-security-groups (GKE docs, "Configure
+# Google Groups for RBAC"); the groups that RoleBindings name are its members.
+GKE_SECURITY_GROUP = re.compile(
+    r"^gke-security-groups@(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
+
+
+class Access(_Strict):
+    """How people reach the Kubernetes API besides the network path (network.endpoint)."""
+
+    security_group: str | None = Field(
+        default=None,
+        description="Google Cloud: turn on Google Groups for RBAC with this group, which must be "
+        "gke-security-groups@<your Workspace or Cloud Identity domain>; the groups nested in it can then be named "
+        "in RoleBindings and ClusterRoleBindings (docs/gcp-foundation.md, 'How people reach the cluster'). "
+        "Default: none (IAM roles on the project only). AWS: not used (EKS access entries).",
+        json_schema_extra={"pattern": GKE_SECURITY_GROUP.pattern},
+    )
+
+    @field_validator("security_group")
+    @classmethod
+    def _security_group(cls, value: str | None) -> str | None:
+        if value is not None and not GKE_SECURITY_GROUP.match(value):
+            raise ValueError(
+                f"{_show(value)} is not gke-security-groups@<your domain>: GKE reads only the group of that exact "
+                "name (lowercase), e.g. gke-security-groups@example.com"
+            )
+        return value
+
+
 Framework = Literal["hipaa", "soc2", "iso27001"]
 FRAMEWORKS: tuple[Framework, ...] = ("hipaa", "soc2", "iso27001")
 
@@ -418,6 +448,7 @@ class Spec(_Strict):
         "pinned in byoc/catalogs/kubernetes.yaml.",
     )
     network: Network = Field(default_factory=Network, description="Private network and API endpoint.")
+    access: Access = Field(default_factory=Access, description="Who reaches the Kubernetes API.")
     encryption: Encryption = Field(default_factory=Encryption, description="Customer-managed keys.")
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
     images: Images = Field(default_factory=Images, description="Container image overrides.")

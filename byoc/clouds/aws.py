@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from byoc.catalogs import InstanceType
 from byoc.clouds.base import Cloud
@@ -31,6 +31,11 @@ class Aws(Cloud):
     private_allowlist_reason = (
         "EKS refuses private ranges in publicAccessCidrs; private networks reach the private endpoint in the VPC"
     )
+
+    unsupported_fields: ClassVar[dict[str, str]] = {
+        "access.security_group": "it turns on GKE's Google Groups for RBAC; on EKS people reach the cluster through "
+        "access entries (docs/aws-foundation.md)",
+    }
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

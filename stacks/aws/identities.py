@@ -101,7 +101,11 @@ class Identities(pulumi.ComponentResource):
         name = ctx.name
         deployment = ctx.deployment
         objects = pulumi.Output.concat(bucket_arn, "/")
-        source_read = self._source_statements(deployment.model_source, ctx)
+        source_read = [
+            statement
+            for field, source in deployment.build_sources
+            for statement in self._source_statements(field, source, ctx)
+        ]
         documents: dict[str, pulumi.Output[str]] = {
             "builder": policy(
                 [
@@ -187,17 +191,21 @@ class Identities(pulumi.ComponentResource):
             )
 
     @staticmethod
-    def _source_statements(source: str, ctx: AwsContext) -> list[dict[str, Any]]:
-        """The builder may also read a model that lives in the customer's own bucket (model.source: s3://...)."""
+    def _source_statements(field: str, source: str, ctx: AwsContext) -> list[dict[str, Any]]:
+        """The builder may also read each source in the customer's own buckets (model.source, addons[i].source,
+        speculative.draft_model: s3://...): object reads under that prefix and listing of that prefix only."""
         if not source.startswith("s3://"):
             return []
         bucket, _, prefix = source.removeprefix("s3://").partition("/")
         arn = pulumi.Output.concat("arn:", ctx.partition, ":s3:::", bucket)
         prefix = prefix.rstrip("/")
         objects = pulumi.Output.concat(arn, "/", prefix, "/*") if prefix else pulumi.Output.concat(arn, "/*")
+        # Sids are alphanumeric: model.source -> ModelSource, addons[0].source -> Addon0Source
+        what = {"model.source": "ModelSource", "speculative.draft_model": "DraftModelSource"}.get(field)
+        what = what or "Addon" + "".join(c for c in field.removeprefix("addons") if c.isdigit()) + "Source"
         statements: list[dict[str, Any]] = [
-            {"Sid": "ReadModelSource", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": objects},
-            {"Sid": "ListModelSource", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": arn},
+            {"Sid": f"Read{what}", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": objects},
+            {"Sid": f"List{what}", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": arn},
         ]
         if prefix:
             statements[1]["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}

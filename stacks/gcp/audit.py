@@ -1,6 +1,6 @@
 """The audit trail: Data Access audit logs (ADMIN_READ, DATA_READ, DATA_WRITE) for the services that hold the
 deployment's data and keys, and a log sink exporting every Cloud Audit Log of the project to a CMEK bucket under a
-locked retention policy."""
+locked retention policy, whose own usage logs go to the access-log bucket."""
 
 from __future__ import annotations
 
@@ -20,7 +20,13 @@ class AuditTrail(pulumi.ComponentResource):
     bucket_name: pulumi.Output[str]
     sink_writer: pulumi.Output[str]
 
-    def __init__(self, ctx: GcpContext, key_id: pulumi.Input[str], key_grants: list[pulumi.Resource]) -> None:
+    def __init__(
+        self,
+        ctx: GcpContext,
+        key_id: pulumi.Input[str],
+        key_grants: list[pulumi.Resource],
+        log_bucket: gcp.storage.Bucket,
+    ) -> None:
         name = ctx.name
         super().__init__(
             "byoc:gcp:AuditTrail", f"{name}-audit-trail", None, pulumi.ResourceOptions(provider=ctx.provider)
@@ -40,6 +46,9 @@ class AuditTrail(pulumi.ComponentResource):
             "audit-logs",
             key_id,
             key_grants,
+            # its usage logs go to the access-log bucket, as the AWS trail bucket's access logs do (that bucket
+            # logs nowhere: a log bucket logging into itself would write a log of every log it writes)
+            log_bucket=log_bucket,
             noncurrent_days=None,
             retention_days=ctx.log_retention_days,
             retain_on_delete=True,

@@ -12,6 +12,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from byoc.catalogs import load_catalog
+from byoc.resolve import Deployment
 from stacks.gcp.context import GcpContext
 from stacks.gcp.identities import Identities
 from stacks.gcp.keys import Keys
@@ -28,6 +30,31 @@ MAINTENANCE_WINDOW = ("2026-01-03T01:00:00Z", "2026-01-03T05:00:00Z", "FREQ=WEEK
 # The date from which the minor version is held (a fixed time: a moving one would show a change on every preview).
 MINOR_VERSION_HELD_FROM = "2026-11-01T00:00:00Z"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"  # access is narrowed by IAM, not by scopes
+# Binary Authorization: GKE evaluates the project's one policy at admission, and an image no allowlist pattern
+# matches is refused and audit-logged (Binary Authorization docs, "Policy YAML reference").
+ADMISSION_EVALUATION = "PROJECT_SINGLETON_POLICY_ENFORCE"
+DEFAULT_ADMISSION = ("ALWAYS_DENY", "ENFORCED_BLOCK_AND_AUDIT_LOG")
+DOCKER_HUB = "docker.io"  # where Kubernetes pulls an image whose reference names no registry
+
+
+def image_pattern(reference: str) -> str:
+    """An image reference as Binary Authorization matches it: registry/path/to/image, the reference's own tag or
+    digest kept (an exact pattern); a reference without a registry host is Docker Hub's, as Kubernetes pulls it."""
+    first, _, rest = reference.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return reference
+    return f"{DOCKER_HUB}/{reference}" if rest else f"{DOCKER_HUB}/library/{reference}"
+
+
+def admitted_images(deployment: Deployment) -> list[str]:
+    """What the cluster may run besides GKE's own system images: byoc's pinned images exactly (by digest where
+    pinned) and the repositories of the charts it installs (byoc/catalogs/images.yaml `chart_images`)."""
+    charts = load_catalog().images["chart_images"]
+    # the charts the serving stack installs on GKE (stacks/k8s/serving.py): KEDA always, kube-prometheus-stack
+    # unless the spec names its own Prometheus, no GPU Operator (GKE runs the GPU stack); a test ties the two
+    installed = ["keda"] + (["kube_prometheus_stack"] if deployment.monitoring.prometheus_url is None else [])
+    own = [image_pattern(deployment.images[role]) for role in ("serving", "runtime")]
+    return sorted({*own, *(pattern for chart in installed for pattern in charts[chart])})
 
 
 def kubeconfig(cluster: gcp.container.Cluster) -> pulumi.Output[str]:
@@ -103,6 +130,8 @@ class Cluster(pulumi.ComponentResource):
             "public": ["0.0.0.0/0"],
         }[endpoint]
         start, end, recurrence = MAINTENANCE_WINDOW
+        admission = self._admission_policy(ctx)
+        security_group = deployment.spec.access.security_group
         cluster = gcp.container.Cluster(
             f"{name}-gke",
             name=deployment.cluster_name,
@@ -141,6 +170,14 @@ class Cluster(pulumi.ComponentResource):
             enable_shielded_nodes=True,
             enable_intranode_visibility=True,  # pod-to-pod traffic on one node reaches the flow logs too
             enable_legacy_abac=False,
+            # Google Groups for RBAC: RoleBindings may name the groups nested in gke-security-groups@<domain>
+            authenticator_groups_config=(
+                gcp.container.ClusterAuthenticatorGroupsConfigArgs(security_group=security_group)
+                if security_group
+                else None
+            ),
+            # only the images the project's policy admits run (byoc's own, its charts', GKE's system images)
+            binary_authorization=gcp.container.ClusterBinaryAuthorizationArgs(evaluation_mode=ADMISSION_EVALUATION),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(
                 workload_pool=pulumi.Output.concat(ctx.project, ".svc.id.goog")
             ),
@@ -184,7 +221,8 @@ class Cluster(pulumi.ComponentResource):
             # `destroy` must be able to delete it (Pulumi's own `protect` is the place for a guard, per stack)
             deletion_protection=False,
             resource_labels=ctx.labels(),
-            opts=ctx.opts(self, depends_on=[*keys.grants["secrets"], *keys.grants["disks"]]),
+            # the policy first: a cluster enforcing the project's default policy would admit anything meanwhile
+            opts=ctx.opts(self, depends_on=[*keys.grants["secrets"], *keys.grants["disks"], admission]),
         )
         system = platform["system_nodes"]
         system_pool = gcp.container.NodePool(
@@ -226,6 +264,26 @@ class Cluster(pulumi.ComponentResource):
         self.ready = [system_pool]
         self._default_storage_class(ctx, keys.key_ids["disks"])
         self.register_outputs({"name": cluster.name, "endpoint": cluster.endpoint})
+
+    def _admission_policy(self, ctx: GcpContext) -> gcp.binaryauthorization.Policy:
+        """The project's Binary Authorization policy: GKE's system images (Google's global policy), byoc's pinned
+        images and its charts' repositories are admitted; anything else is refused and audit-logged. A project has
+        one policy: this one replaces what the project had (docs/gcp-foundation.md)."""
+        evaluation, enforcement = DEFAULT_ADMISSION
+        return gcp.binaryauthorization.Policy(
+            f"{ctx.name}-admission",
+            project=ctx.project,
+            description=f"byoc {ctx.name}: only byoc's pinned images, its charts' images and GKE system images",
+            global_policy_evaluation_mode="ENABLE",
+            admission_whitelist_patterns=[
+                gcp.binaryauthorization.PolicyAdmissionWhitelistPatternArgs(name_pattern=pattern)
+                for pattern in admitted_images(ctx.deployment)
+            ],
+            default_admission_rule=gcp.binaryauthorization.PolicyDefaultAdmissionRuleArgs(
+                evaluation_mode=evaluation, enforcement_mode=enforcement
+            ),
+            opts=ctx.opts(self),
+        )
 
     @staticmethod
     def _default_pool_config(

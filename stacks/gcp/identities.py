@@ -81,6 +81,7 @@ class Identities(pulumi.ComponentResource):
 
     def grant_bucket_access(self, ctx: GcpContext, bucket: pulumi.Output[str]) -> None:
         """The builder reads sources/ and adapters/ and writes artifacts/; serving only reads artifacts/ and adapters/.
+        The builder also reads each gs:// source the spec names (model, addons, draft model) in its own bucket.
         Cloud Storage encrypts with its own service agent, so neither needs the artifact key."""
         name = ctx.name
         grants = {
@@ -101,19 +102,25 @@ class Identities(pulumi.ComponentResource):
                 ),
                 opts=ctx.opts(self),
             )
-        source = ctx.deployment.model_source
-        if source.startswith("gs://"):
-            # the model lives in the customer's own bucket (model.source: gs://bucket/prefix)
+        deployment = ctx.deployment
+        addon_ids = [addon.id for addon in deployment.addons]
+        for field, source in deployment.build_sources:
+            if not source.startswith("gs://"):
+                continue  # hf:// comes through the bucket's mirror; other schemes are refused at validate
+            # the source lives in the customer's own bucket (gs://bucket/prefix): object read on that prefix only
+            what = {"model.source": "model", "speculative.draft_model": "draft-model"}.get(field)
+            what = what or f"addon-{addon_ids[int(field.removeprefix('addons[').split(']')[0])]}"
             source_bucket, _, prefix = source.removeprefix("gs://").partition("/")
             prefix = prefix.strip("/")
             gcp.storage.BucketIAMMember(
-                f"{name}-builder-model-source",
+                f"{name}-builder-{what}-source",
                 bucket=source_bucket,
                 role="roles/storage.objectViewer",
                 member=self.accounts["builder"].member,
                 condition=gcp.storage.BucketIAMMemberConditionArgs(
-                    title="byoc-model-source",
-                    description=f"the model source {source}",
+                    # unique per binding: the provider tells same-role bindings of one member apart by the title
+                    title=f"byoc-{what}-source"[:100],
+                    description=f"{field}: {source}"[:256],
                     expression=objects_under(source_bucket, [prefix]),
                 )
                 if prefix

@@ -30,7 +30,7 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     keys = Keys(ctx)
     network = Network(ctx)
     store = ArtifactStore(ctx, keys.key_ids, keys.grants)
-    trail = AuditTrail(ctx, keys.key_ids["logs"], keys.grants["logs"])
+    trail = AuditTrail(ctx, keys.key_ids["logs"], keys.grants["logs"], store.log_bucket)
     cluster = Cluster(ctx, network, identities, keys)
     capacity = GpuCapacity(ctx, cluster, network, identities, keys)
     identities.bind_service_accounts(ctx, cluster.cluster)

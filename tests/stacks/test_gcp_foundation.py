@@ -21,6 +21,7 @@ import pulumi
 import pytest
 from pulumi.runtime import mocks
 
+from byoc.catalogs import load_catalog
 from byoc.engines import program_for
 from byoc.engines.offline import run_offline
 from byoc.plan import Plan, RecordedResource
@@ -29,7 +30,7 @@ from byoc.spec import load_spec
 from compliance.checks import all_checks
 from compliance.evaluate import evaluate, graph_from_plan
 from compliance.model import Status
-from tests.conftest import ROOT, deploy, refused
+from tests.conftest import ROOT, deploy, refused, run_byoc
 from tests.stacks.plans import graph, one
 
 GIVEN_KEY = "projects/acme-sec/locations/europe-west4/keyRings/platform/cryptoKeys/byoc"
@@ -423,6 +424,81 @@ def test_h200_in_apac_on_a3_ultra_with_hyperdisk() -> None:
     assert pool(plan)["autoscaling"]["totalMaxNodeCount"] == 2  # one replica per node, plus the build Job
 
 
+# -- admission and people's access ------------------------------------------------------------------------------
+POLICY = "gcp:binaryauthorization/policy:Policy"
+
+
+def _admitted(plan: Plan) -> list[str]:
+    return [p["namePattern"] for p in one(plan, POLICY).inputs["admissionWhitelistPatterns"]]
+
+
+def test_binary_authorization_admits_only_byocs_images_its_charts_and_gke_system_images(
+    registrations: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    plan = gke()
+    assert cluster(plan)["binaryAuthorization"] == {"evaluationMode": "PROJECT_SINGLETON_POLICY_ENFORCE"}
+    policy = one(plan, POLICY).inputs
+    assert policy["project"] == "example-project"
+    assert policy["globalPolicyEvaluationMode"] == "ENABLE"  # GKE's own system images
+    assert policy["defaultAdmissionRule"] == {
+        "evaluationMode": "ALWAYS_DENY",
+        "enforcementMode": "ENFORCED_BLOCK_AND_AUDIT_LOG",
+    }
+    assert "clusterAdmissionRules" not in policy
+    admitted = _admitted(plan)
+    catalog = load_catalog().images
+    trtllm = catalog["trtllm"]
+    # the serving image exactly as pinned, by digest: another push of the tag is not admitted
+    assert f"{trtllm['repository']}@{trtllm['digest']}" in admitted
+    assert not [p for p in admitted if p.startswith(trtllm["repository"]) and p.endswith("*")]
+    # every chart the plan installs has its images admitted, and nothing else is
+    releases = [r.inputs["name"].replace("-", "_") for r in _kubernetes(plan, "Release")]
+    charts = {p for chart in releases for p in catalog["chart_images"][chart]}
+    own = {p for p in admitted if not p.endswith("*")}
+    assert set(admitted) == charts | own and len(own) == 2
+    for pattern in admitted:
+        registry, _, path = pattern.partition("/")
+        assert "." in registry and path and "**" not in pattern, pattern  # registry/path, one segment at most
+    # the policy exists before the cluster enforces it
+    assert (POLICY, "order-admission") in registrations[(CLUSTER, "order-gke")]["dependencies"]
+
+
+def test_admission_follows_the_specs_images_and_its_own_prometheus() -> None:
+    runtime = "europe-docker.pkg.dev/acme/byoc/byoc-runtime@sha256:" + "a" * 64
+    plan = gke(images={"runtime": runtime}, monitoring={"prometheus_url": "http://prometheus-operated.monitoring:9090"})
+    admitted = _admitted(plan)
+    assert runtime in admitted
+    assert not [p for p in admitted if "byoc-runtime:" in p]  # the default it replaces is not admitted
+    assert not [p for p in admitted if p.startswith("quay.io/prometheus")]  # no kube-prometheus-stack installed
+    assert set(load_catalog().images["chart_images"]["keda"]) <= set(admitted)
+
+
+def test_google_groups_for_rbac_only_when_the_spec_names_the_group() -> None:
+    assert "authenticatorGroupsConfig" not in cluster(gke())
+    group = "gke-security-groups@example.com"
+    assert cluster(gke(access={"security_group": group}))["authenticatorGroupsConfig"] == {"securityGroup": group}
+
+
+@pytest.mark.parametrize(
+    "group", ["admins@example.com", "gke-security-groups", "GKE-Security-Groups@example.com", "gke-security-groups@x"]
+)
+def test_a_group_gke_cannot_read_exits_2_naming_the_field(tmp_path: Path, group: str) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        "name: t\ncloud: gcp\nregion: EUROPE\nmodel: llama-3.1-8b-instruct\nshape: h100x8-fp8\n"
+        f"access: {{security_group: '{group}'}}\n"
+    )
+    result = run_byoc("validate", "-f", str(spec), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "access.security_group" in result.stderr and "gke-security-groups@" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_google_groups_for_rbac_is_refused_on_aws() -> None:
+    error = refused(access={"security_group": "gke-security-groups@example.com"})
+    assert error.field == "access.security_group" and "access entries" in error.message
+
+
 # -- buckets and audit logs -------------------------------------------------------------------------------------
 def test_buckets_private_uniform_versioned_or_locked_and_logged() -> None:
     plan = gke()
@@ -440,6 +516,13 @@ def test_buckets_private_uniform_versioned_or_locked_and_logged() -> None:
     }
     noncurrent = [r for r in buckets["test-artifacts"]["lifecycleRules"] if r["action"]["type"] == "Delete"]
     assert noncurrent[0]["condition"]["daysSinceNoncurrentTime"] == 30
+    # the audit-log bucket's usage logs too (as the AWS trail bucket's access logs); the access-log bucket logs
+    # nowhere, as on AWS (into itself would log its own log writes)
+    assert buckets["test-audit-logs"]["logging"] == {
+        "logBucket": "byoc-test-access-logs-123456789012",
+        "logObjectPrefix": "audit-logs/",
+    }
+    assert "logging" not in buckets["test-access-logs"]
     writers = {m.name: m.inputs["member"] for m in plan.by_type(BUCKET_MEMBER)}
     assert writers["test-access-log-delivery"] == "group:cloud-storage-analytics@google.com"
 
