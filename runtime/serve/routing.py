@@ -11,8 +11,12 @@ Modes (`--routing`):
   folder), keys its 32-token blocks as the engine keys them (`EngineBlockPrefix`, the one place that calls
   runtime/serve/prefix_cache.py) and matches them against the blocks each replica reported in
   `POST /kv_cache_events` (trtllm-serve with `enable_block_reuse` and `event_buffer_max_size`; the CPU engine), polled
-  every `EVENTS_POLL_SECONDS`. Blocks routed but not reported yet count for `PENDING_SECONDS`, so a burst of one
-  tenant's requests does not scatter before the events arrive.
+  every `EVENTS_POLL_SECONDS`; and, as in approximate mode, the blocks this gateway routed there, until a `removed`
+  event it drains says they were evicted. The engine's events add what other gateways sent and what it evicted; the
+  gateway's own routing covers the events another gateway drained (see "Several gateway replicas") and the ones not
+  arrived yet, so a burst of one tenant's requests does not scatter before the events arrive. An eviction that
+  another gateway drained is not seen here: as in approximate mode, a request sent there on the old belief misses once
+  and stores its blocks again.
 
 Each cache-aware mode is a `RoutingProfile`, as llm-d's inference scheduler composes its plugins: filters drop
 replicas (`LoadBound`, `RecentLoadBound`), scorers give each remaining replica a cost, and the replica with the lowest
@@ -37,13 +41,17 @@ prefix's home without talking, by rendezvous hashing (highest random weight, Tha
 prompt has a home key, a stable hash of its first `HOME_BLOCKS` blocks; where this gateway knows no eligible replica
 that holds at least those leading blocks, the eligible replica with the highest hash of (home key, replica address)
 is taken to hold the prompt. Every gateway computes the same ranking, so the first request of a tenant goes to the
-same replica whichever gateway takes it, and what each gateway then learns (the prefixes it sent; in precise mode the
-events it drained) agrees. When the home is over a load bound, the next replica in the ranking is the home, again the
-same for every gateway. Why this and not the alternatives: a shared index needs a store on the request path (another
-issue's work, and a dependency for every request); the engines' events cannot be the shared truth because
-trtllm-serve's `POST /kv_cache_events` drains its queue (tensorrt_llm/serve/openai_server.py, 1.3.0rc19), so two
-gateways polling one engine each see part of the events. Rendezvous hashing needs nothing new, costs one 8-byte
+same replica whichever gateway takes it, and what each gateway then learns (the prefixes it sent; in precise mode
+those and the events it drained) agrees. When the home is over a load bound, the next replica in the ranking is the
+home, again the same for every gateway. Why this and not the alternatives: a shared index needs a store on the request
+path (another issue's work, and a dependency for every request); the engines' events cannot be the shared truth
+because trtllm-serve's `POST /kv_cache_events` drains its queue (tensorrt_llm/serve/openai_server.py, 1.3.0rc19), so
+two gateways polling one engine each see part of the events. Rendezvous hashing needs nothing new, costs one 8-byte
 blake2b per ready replica per request, and moves only the prefixes of a replica that leaves (no remapping of others).
+That drain is also why a precise gateway counts the prefixes it sent until a `removed` event it drains says otherwise,
+not only until their `stored` events arrive: another gateway may drain those. When it forgot them after 10 s, a gateway
+that had not drained a tenant's events took the tenant for a new one: the recent-load bound then moved it off the idle
+replica that held it (one gateway, knowing the holder, keeps it there), and two gateways scattered it over replicas.
 
 Routing state follows the replicas, in every mode: what the router knows of a replica is tied to the replica's
 incarnation (`Upstream.incarnation`, runtime/serve/upstreams.py), which changes when the replica leaves the ready set
@@ -88,7 +96,6 @@ TEXT_BLOCK_CHARS = 128  # about 32 tokens of English text: the engine's block, i
 MAX_TEXT_BLOCKS = 64  # prefixes are matched over the first 8,192 characters at most
 INDEX_BLOCKS_PER_REPLICA = 65536  # ~6 MiB per replica in the approximate index
 MAX_PROMPT_CHARS = 65536  # precise: only the start of a longer prompt is tokenized
-PENDING_SECONDS = 10.0
 ADDON_AFFINITY_SECONDS = 120.0
 EVENTS_POLL_SECONDS = 0.1
 EVENTS_TIMEOUT = aiohttp.ClientTimeout(total=2, connect=1)
@@ -299,7 +306,7 @@ class TextPrefix(PrefixMatch):
 
 class EngineBlockPrefix(PrefixMatch):
     """precise: the prompt's tokens keyed as the engine keys its KV blocks, matched against the blocks each replica
-    reported in its KV events (and, for `PENDING_SECONDS`, the blocks routed there but not reported yet)."""
+    reported in its KV events and the blocks this gateway routed there, less those its events reported evicted."""
 
     def __init__(self, tokenizer: PromptTokenizer) -> None:
         self.tokenizer = tokenizer
@@ -318,16 +325,11 @@ class EngineBlockPrefix(PrefixMatch):
         return RouteKey(blocks, addon, home, depth)
 
     def matched(self, state: ReplicaState, blocks: tuple[int, ...], now: float) -> int:
-        if not state.events_supported:  # no /kv_cache_events there: what was sent there, as in approximate
-            return sent_prefix(state, blocks)
+        # a replica without /kv_cache_events reports nothing: what was sent there, as in approximate
         matched = 0
         routed, reported = state.routed, state.reported
         for block in blocks:
-            if block in reported:
-                matched += 1
-                continue
-            when = routed.get(block)
-            if when is None or now - when > PENDING_SECONDS:
+            if block not in reported and block not in routed:
                 break
             matched += 1
         return matched
@@ -658,7 +660,7 @@ def apply_events(state: ReplicaState, events: Any) -> None:
         elif kind == "removed":
             for block_hash in data.get("block_hashes") or []:
                 reported.discard(block_hash)
-                state.routed.pop(block_hash, None)  # evicted: no longer "routed there, not reported yet"
+                state.routed.pop(block_hash, None)  # evicted: what this gateway sent there is gone too
         elif kind == "created":  # the engine (re)started: whatever was known of its cache is gone
             reported.clear()
             state.routed.clear()
