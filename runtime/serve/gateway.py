@@ -40,7 +40,7 @@ from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
-from runtime.serve.relay import DONE, StreamEditor, answer_usage, rename_model
+from runtime.serve.relay import EventBlocks, StreamEditor, answer_usage, rename_model
 from runtime.serve.routing import make_router
 from runtime.serve.sse import SseResponse
 from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
@@ -92,6 +92,7 @@ class Outcome:
     first_token: float | None = None
     last_token: float | None = None
     reason: str = ""
+    streamed: bool = False  # some of a streamed answer arrived from the engine
     usage_seen: bool = False  # the engine sent usage (cumulative: the last one counts, once)
     content_chunks: int = 0  # streamed chunks that carried generated text: the count when no usage came
     # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
@@ -299,13 +300,13 @@ class Gateway:
         ttft_ms = -1.0
         if outcome.code == "200":
             self.typical_duration += 0.1 * (ended - started - self.typical_duration)
-        if outcome.stream and not outcome.usage_seen and outcome.first_token is not None:
+        if outcome.stream and not outcome.usage_seen and outcome.streamed:
             # chunks came but no usage (an engine that ignores stream_options): one token per chunk of generated
             # text relayed, which is what trtllm-serve sends per iteration (a lower bound with speculative
             # decoding); prompt tokens unknown
             outcome.output_tokens = outcome.content_chunks
             outcome.usage_source = "counted"
-        if outcome.code == "200" or outcome.first_token is not None:
+        if outcome.code == "200" or outcome.streamed:
             series.duration.observe(ended - started)
             series.prompt_tokens += outcome.prompt_tokens
             series.output_tokens += outcome.output_tokens
@@ -612,28 +613,32 @@ class Gateway:
         await out.prepare(request)
         editor = StreamEditor(parsed, upstream_model)
         broken = False
-        pending = b""
+        blocks = EventBlocks()
+        final = b""
         try:
             # events that arrive together leave together: edited as one block, one write (one send) per read
             async for data in response.content.iter_any():
                 now = time.perf_counter()
-                if outcome.first_token is None:
-                    outcome.first_token = now
-                pending += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-                cut = pending.rfind(b"\n\n")
-                if cut == -1:
+                outcome.streamed = True
+                block = blocks.feed(data)
+                if not block:
                     continue
-                block, pending = pending[: cut + 2], pending[cut + 2 :]
-                if not block.startswith(DONE):
-                    outcome.last_token = now
                 edited = editor.edit(block)
+                if editor.generated:
+                    # the first and last chunk of generated text (a role chunk or a comment is not a token)
+                    if outcome.first_token is None:
+                        outcome.first_token = now
+                    outcome.last_token = now
+                if editor.finished:
+                    final = edited  # leaves with the end of the body, in one send
+                    break
                 if edited:
                     try:
                         await out.write(edited)
                     except ConnectionResetError:  # the client left: closing our side stops the engine too
                         outcome.code, outcome.reason = "499", "client_disconnected"
                         return out
-                if editor.finished or editor.failed:
+                if editor.failed:
                     break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
             broken = True  # the upstream broke off: handled below, as a stream that never finished
@@ -644,10 +649,16 @@ class Gateway:
                 outcome.usage_seen, outcome.usage_source = True, "engine"
                 outcome.prompt_tokens, outcome.output_tokens = counts
             outcome.content_chunks = editor.content_chunks
-        return await self._end_stream(out, outcome, upstream, editor.finished, editor.failed and not broken)
+        return await self._end_stream(out, outcome, upstream, editor.finished, editor.failed and not broken, final)
 
     async def _end_stream(
-        self, out: web.StreamResponse, outcome: Outcome, upstream: Upstream, finished: bool, failed_answer: bool
+        self,
+        out: web.StreamResponse,
+        outcome: Outcome,
+        upstream: Upstream,
+        finished: bool,
+        failed_answer: bool,
+        final: bytes = b"",
     ) -> web.StreamResponse:
         """Close the client's stream: complete, an answer the replica failed, a replica that broke off, or one the
         drain's deadline ended."""
@@ -683,7 +694,7 @@ class Gateway:
             return out
         outcome.code = "200"
         try:
-            await out.write_eof()
+            await out.write_eof(final)
         except ConnectionResetError:
             outcome.code, outcome.reason = "499", "client_disconnected"
         return out

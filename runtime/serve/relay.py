@@ -30,21 +30,42 @@ _DECODER = json.JSONDecoder()
 
 # A usage object as engines send it: flat, or with one level of details (`prompt_tokens_details`).
 _OBJECT = rb"\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}"
-_USAGE_VALUE = re.compile(rb'"usage": ?(' + _OBJECT + rb")")
+_USAGE_VALUE = re.compile(rb'"usage"\s*:\s*(' + _OBJECT + rb")")
 # the usage field of a content chunk with the comma before it (pydantic dumps it last): compact as trtllm-serve,
 # vLLM and SGLang write it (a literal prefix, which the regex engine finds at memchr speed), and any other spacing
 _USAGE_TAIL = re.compile(rb',"usage":' + _OBJECT)
-_USAGE_FIELD = re.compile(rb', ?"usage": ?' + _OBJECT + rb'|"usage": ?' + _OBJECT + rb", ?")
-_USAGE_OBJECT = re.compile(rb'"usage": ?\{')
-_EMPTY_CHOICES = re.compile(rb'"choices": ?\[\]')  # a usage-only chunk (held back; see StreamEditor._ending)
+_USAGE_FIELD = re.compile(rb',\s*"usage"\s*:\s*' + _OBJECT + rb'|"usage"\s*:\s*' + _OBJECT + rb"\s*,?\s*")
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')  # a usage-only chunk (held back; see StreamEditor._ending)
 # A chunk that carries generated text: chat `content` (or `reasoning_content`), a tool call's `arguments`, or a
 # completion's `text`, not empty. Keys only: a quote inside a JSON string is escaped.
 _GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens": ?(\d{1,12})')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens": ?(\d{1,12})')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,12})')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d{1,12})')
 _ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
 _OBJECT_NAME = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
 _CREATED = re.compile(rb'"created": ?(\d{1,20})')
+
+
+class EventBlocks:
+    """Whole SSE events out of the bytes as they arrive: each `feed` returns the events completed so far (a block
+    ending in a blank line, possibly empty); the rest waits for the next read. CRLF line ends (SSE allows them) become
+    LF over what is pending, so a CR at the end of one read and its LF at the start of the next still end one line.
+    Lone CR line ends, which SSE also allows and no engine sends, are not read."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        pending = self.pending + data if self.pending else data
+        if b"\r" in data or self.pending.endswith(b"\r"):
+            pending = pending.replace(b"\r\n", b"\n")
+        cut = pending.rfind(b"\n\n")
+        if cut == -1:
+            self.pending = pending
+            return b""
+        self.pending = pending[cut + 2 :]
+        return pending[: cut + 2]
 
 
 class StreamEditor:
@@ -70,21 +91,23 @@ class StreamEditor:
         self.content_chunks = 0
         self.finished = False
         self.failed = False
+        self.generated = False
+        self._seen_text = False
         # the stream's id, object and created, from its first chunk: the usage chunk a client asked for carries
         # them (some trtllm-serve versions build a completion stream's usage chunk as a chat chunk with an id of its
         # own: `completion_stream_post_processor`, fixed by TensorRT-LLM PRs #12758 and #14708)
         self.identity: dict[str, Any] | None = None
 
     def edit(self, block: bytes) -> bytes:
-        """The bytes for the client from one block of whole events (possibly none)."""
+        """The bytes for the client from one block of whole events (possibly none). After it: `finished`, `failed`,
+        and `generated` (the block carried generated text, or followed a block that did: the time of a token)."""
         if self.include_usage and self.identity is None:
             self.identity = _identity(block)
-        if block.startswith(DONE):
-            done = 0
-        else:
-            done = block.find(b"\n\n" + DONE)
-            done = done + 2 if done != -1 else -1
+        done = _done_at(block)
         events = block if done == -1 else block[:done]
+        if not self._seen_text:
+            self._seen_text = _GENERATED.search(events) is not None
+        self.generated = self._seen_text and bool(events)
         if b'"error"' in events:
             return self._one_by_one(block)
         edited = self._take_usage(events)
@@ -111,18 +134,33 @@ class StreamEditor:
             found = _USAGE_VALUE.match(events, at)
             if found is not None:
                 break
+            if not events[at + 7 : at + 32].lstrip(b" \t:").startswith(b"null"):
+                return None  # a usage object these passes do not read (nested deeper, odd spacing)
             end = at
+        start = events.rfind(b"\n\n", 0, at)
+        start = 0 if start == -1 else start + 2
+        if events.find(b'"choices"', start, events.find(b"\n\n", at)) == -1:
+            return None  # a usage chunk without `choices`: decoded, and held back
         if self.include_usage and self.identity is None:  # no identity on the first chunk: the usage chunk's
-            self.identity = _identity(events[events.rfind(b"\n", 0, at) + 1 :])
+            self.identity = _identity(events[start:])
         self._usage_raw, self._usage = found.group(1), None
-        while (empty := _EMPTY_CHOICES.search(events)) is not None:  # usage-only chunks: held back
+        # usage-only chunks (`choices: []` with usage) are held back; a `choices: []` chunk without usage (a
+        # content-filter note) is the client's
+        position = 0
+        while (empty := _EMPTY_CHOICES.search(events, position)) is not None:
             start = events.rfind(b"\n\n", 0, empty.start())
             start = 0 if start == -1 else start + 2
             stop = events.find(b"\n\n", empty.end())
             if stop == -1:
                 return None
+            if _USAGE_OBJECT.search(events, start, stop) is None:
+                position = stop
+                continue
             events = events[:start] + events[stop + 2 :]
+            position = start
         if not self.continuous:
+            if events.count(b"\ndata:") >= events.count(b"\n\n"):
+                return None  # an event of several lines (`data:` twice, or `event:` first): decoded instead
             events = _USAGE_TAIL.sub(b"", events)
             if _USAGE_OBJECT.search(events) is not None:  # another spacing, or usage not last
                 events = _USAGE_FIELD.sub(b"", events)
@@ -147,7 +185,7 @@ class StreamEditor:
     @property
     def usage(self) -> dict[str, Any] | None:
         """The engine's last cumulative usage, as it sent it (None: none came, or it was not a JSON object)."""
-        if self._usage is None and self._usage_raw is not None:
+        if self._usage is None and self._usage_raw:
             try:
                 usage = json.loads(self._usage_raw.decode())
             except ValueError:
@@ -174,11 +212,11 @@ class StreamEditor:
         for event in block.split(b"\n\n"):
             if not event:
                 continue
-            if event.startswith(DONE):
+            if _done_at(event + b"\n\n") != -1:
                 self.finished = True
                 out.append(self._ending())
                 break
-            if b'"error"' in event[:32]:  # OpenAI's {"error": ...} or trtllm-serve's {"object": "error"}
+            if b'"error"' in event and _is_error(event):  # OpenAI's {"error": ...}, trtllm-serve's {"object": "error"}
                 self.failed = True
                 break
             kept = self._event(event)
@@ -190,13 +228,7 @@ class StreamEditor:
 
     def _event(self, event: bytes) -> bytes | None:
         """One event as the client gets it; None: held back (a usage-only chunk)."""
-        at = event.find(b"{")
-        chunk = None
-        if at != -1 and b'"usage"' in event:
-            try:
-                chunk = json.loads(event[at:])
-            except ValueError:
-                chunk = None
+        chunk = _decode(event) if b'"usage"' in event else None
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if self._usage_raw is None and _GENERATED.search(event) is not None:
             self.content_chunks += 1
@@ -211,6 +243,41 @@ class StreamEditor:
             return event
         chunk.pop("usage")
         return b"data: " + json.dumps(chunk).encode()
+
+
+def _data(event: bytes) -> bytes:
+    """An event's data: its `data:` lines joined by newlines (SSE), without the field names."""
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+def _decode(event: bytes) -> Any:
+    try:
+        return json.loads(_data(event))
+    except ValueError:
+        return None
+
+
+def _is_error(event: bytes) -> bool:
+    """An error event: OpenAI's `{"error": ...}` or trtllm-serve's `{"object": "error", ...}`."""
+    chunk = _decode(event)
+    return isinstance(chunk, dict) and ("error" in chunk or chunk.get("object") == "error")
+
+
+_DONE_LINES = (b"\ndata: [DONE]", b"\ndata:[DONE]")
+
+
+def _done_at(block: bytes) -> int:
+    """Where the event that ends the stream (a `data: [DONE]` line, with or without the space, and with any
+    `event:` or `id:` lines before it) starts in a block of whole events; -1 when there is none."""
+    if block.startswith((b"data: [DONE]", b"data:[DONE]")):
+        return 0
+    found = [at for at in (block.find(line) for line in _DONE_LINES) if at != -1]
+    if not found:
+        return -1
+    line = min(found) + 1
+    start = block.rfind(b"\n\n", 0, line)
+    return 0 if start == -1 else start + 2
 
 
 def _identity(block: bytes) -> dict[str, Any] | None:

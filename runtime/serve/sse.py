@@ -8,7 +8,8 @@ streamed request. Here:
 - the headers leave with the first events when these are already here (the relay writes them before it yields to
   the event loop), else alone on the loop's next turn, as before: a client or load balancer still sees the 200
   at once while a long prompt is prefilled;
-- the last batch (the one that ends with `data: [DONE]`) leaves with the end of the body, in the same send.
+- the last batch (the one the relay knows ends the stream, `[DONE]` included) leaves with the end of the body, in
+  the same send: the relay passes it to `write_eof`.
 
 So a stream relayed in N reads costs N sends, N + 1 when its first events are not there yet at `prepare()`. What
 is sent, and when each event leaves, is otherwise unchanged.
@@ -22,8 +23,6 @@ import contextlib
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-LAST_EVENT = b"data: [DONE]\n\n"
-
 
 class SseResponse(web.StreamResponse):
     # aiohttp >= 3.11 buffers the headers and sends them with the first body bytes when this is False (web.Response
@@ -33,7 +32,6 @@ class SseResponse(web.StreamResponse):
     def __init__(self, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
         super().__init__(status=status, headers=headers)
         self._header_send: asyncio.Handle | None = None
-        self._last = b""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         writer = await super().prepare(request)
@@ -55,12 +53,8 @@ class SseResponse(web.StreamResponse):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self._cancel_header_send()
-        if bytes(data[-len(LAST_EVENT) :]) == LAST_EVENT:
-            self._last = bytes(data)  # the end of the stream follows at once: one send for both
-            return
         await super().write(data)
 
     async def write_eof(self, data: bytes = b"") -> None:
         self._cancel_header_send()
-        last, self._last = self._last, b""
-        await super().write_eof(last + data)
+        await super().write_eof(data)

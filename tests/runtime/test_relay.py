@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any
 
 import pytest
 
 from runtime.serve.openai_api import validate
-from runtime.serve.relay import StreamEditor
+from runtime.serve.relay import EventBlocks, StreamEditor
 
 MODEL = "tiny"
 ENGINE_MODEL = "/models/tiny"  # trtllm-serve names its model path
@@ -174,3 +175,93 @@ def test_the_meter_reads_the_counts_the_engine_sent() -> None:
         _relay(editor, blocks)
         assert editor.counts() == (PROMPT, len(WORDS))
     assert _editor(None).counts() is None  # nothing came: the access line says so (usage=counted or none)
+
+
+# -- what engines may legally send: SSE framing variants and usage layouts (each split every way) -----------------
+def _through(options: dict[str, bool] | None, reads: list[bytes]) -> tuple[StreamEditor, list[Any]]:
+    """As the gateway relays: bytes as read -> whole events (EventBlocks) -> the editor; the client's events,
+    parsed as an SSE client does (data lines joined)."""
+    editor, blocks, out = _editor(options), EventBlocks(), b""
+    for data in reads:
+        block = blocks.feed(data)
+        if block and not (editor.finished or editor.failed):
+            out += editor.edit(block)
+    events = []
+    for raw in out.split(b"\n\n"):
+        data = b"\n".join(line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            events.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return editor, events
+
+
+def _every_split(stream: bytes, step: int = 7) -> list[list[bytes]]:
+    return [[stream]] + [[stream[:at], stream[at:]] for at in range(1, len(stream), step)]
+
+
+def _variant(transform: Any) -> bytes:
+    return b"".join(transform(e) for e in _engine_stream())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["crlf", "no_space", "done_with_event_line", "space_before_colon", "usage_nested_twice", "multiline_data"],
+)
+@pytest.mark.parametrize("options", [None, {"include_usage": True}])
+def test_framing_and_usage_layouts_engines_may_send_reach_the_client_whole(
+    name: str, options: dict[str, bool] | None
+) -> None:
+    def transform(event: bytes) -> bytes:
+        if name == "crlf":
+            return event.replace(b"\n", b"\r\n")
+        if name == "no_space":
+            return re.sub(rb"(?m)^data: ", b"data:", event)  # line starts only: the text holds "data: [DONE]"
+        if name == "done_with_event_line":
+            return b"event: end\n" + event if event.startswith(b"data: [DONE]") else event
+        if name == "space_before_colon":
+            return event.replace(b'"usage":', b'"usage" :  ')
+        if name == "usage_nested_twice":
+            return event.replace(b'"cached_tokens":16}', b'"cached_tokens":16,"tiers":{"gpu":16}}')
+        return event.replace(b',"usage":', b',\ndata: "usage":')  # multiline_data
+
+    expected = _relay(_editor(options), [b"".join(_engine_stream())])
+    for reads in _every_split(_variant(transform)):
+        editor, events = _through(options, reads)
+        assert editor.finished and not editor.failed, reads
+        assert editor.counts() == (PROMPT, len(WORDS)), reads
+        if name != "usage_nested_twice":
+            assert events == expected, reads
+        else:  # the usage the client asked for is the engine's, details and all
+            assert _content(events[:-1]) == "".join(WORDS) and all("usage" not in e for e in events[:-2])
+
+
+def test_a_usage_chunk_without_choices_is_held_back_and_a_choices_note_without_usage_is_not() -> None:
+    stream = _engine_stream()
+    no_choices = stream[-2].replace(b'"choices":[],', b"")
+    note = b'data: {"id":"chatcmpl-7f3","object":"chat.completion.chunk","created":1,"model":"/models/tiny",'
+    note += b'"choices":[],"prompt_filter_results":[]}\n\n'
+    varied = b"".join([note, *stream[:-2], no_choices, stream[-1]])
+    for reads in _every_split(varied, step=11):
+        editor, events = _through(None, reads)
+        assert editor.counts() == (PROMPT, len(WORDS))
+        empty = [e for e in events if e != "[DONE]" and not e.get("choices")]
+        # the note only (under the model name the client sent), never a usage chunk the client did not ask for
+        assert empty == [{**json.loads(note[6:]), "model": MODEL}], reads
+
+
+def test_an_error_event_is_found_wherever_its_key_is() -> None:
+    late = b'data: {"id":"chatcmpl-7f3","object":"chat.completion.chunk","error":{"message":"boom"}}\n\n'
+    for reads in _every_split(b"".join([*_engine_stream()[:2], late, *_engine_stream()[2:]]), step=13):
+        editor, events = _through(None, reads)
+        assert editor.failed and not editor.finished
+        assert all("error" not in e for e in events)
+
+
+def test_the_time_of_a_token_is_when_text_arrives_not_a_role_chunk_or_a_comment() -> None:
+    editor, blocks = _editor(None), EventBlocks()
+    stream = _engine_stream()
+    editor.edit(blocks.feed(b": ping\n\n"))
+    assert not editor.generated
+    editor.edit(blocks.feed(stream[0]))  # the role chunk: no text yet
+    assert not editor.generated
+    editor.edit(blocks.feed(stream[1]))
+    assert editor.generated
