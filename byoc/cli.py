@@ -108,7 +108,9 @@ def main() -> None:
         code = 1
     except KeyboardInterrupt:
         code = interrupts.exit_code(signal.SIGINT)
-    signum = interrupts.received()
-    if signum is not None and code in (interrupts.exit_code(signal.SIGINT), interrupts.exit_code(signum)):
-        interrupts.finish(signum)
+    # Stopped by a signal (here, or after byoc.lifecycle let Pulumi stop): end without joining threads that may
+    # wait on something that will not come
+    stopped = {interrupts.exit_code(s): s for s in (signal.SIGINT, signal.SIGTERM)}
+    if code in stopped:
+        interrupts.finish(interrupts.received() or stopped[code])
     sys.exit(code if isinstance(code, int) else 0)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from byoc.clouds import get_cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
-from byoc.errors import ByocError, ByocFailure
+from byoc.errors import ByocError, ByocFailure, ByocInterrupted
 from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
 from byoc.resolve import Deployment, resolve
 from byoc.spec import Spec, build_spec
@@ -314,8 +314,8 @@ class Lifecycle:
                 reason = f"interrupted ({', '.join(guard.signals)})" if guard.interrupted else exc.message
                 self._fail(name, stack, reason, guard.interrupted)
                 if guard.interrupted:
-                    raise ByocFailure(
-                        operation, f"{name}: {reason}; Pulumi stopped", self._after_failure(name)
+                    raise ByocInterrupted(
+                        guard.signals[0], operation, f"{name}: {reason}; Pulumi stopped", self._after_failure(name)
                     ) from None
                 raise
             except BaseException as exc:
@@ -324,7 +324,7 @@ class Lifecycle:
         if guard.interrupted:
             reason = f"interrupted ({', '.join(guard.signals)}) while Pulumi ran {operation}"
             self._fail(name, stack, reason, True)
-            raise ByocFailure(operation, f"{name}: {reason}", self._after_failure(name))
+            raise ByocInterrupted(guard.signals[0], operation, f"{name}: {reason}", self._after_failure(name))
         return result
 
     def _after_failure(self, name: str) -> str:
