@@ -1,7 +1,8 @@
 """The `byoc` command line.
 
-Exit codes: 0 ok; 2 invalid input (one message naming the field and a fix, no traceback); 1 a failure while
-running. Every command that prints data takes `--output json`. Heavy modules (rich, cloud SDKs, Pulumi) are
+Exit codes: 0 ok; 2 invalid input (one message naming the field and a fix, no traceback; usage errors too, as one
+JSON error object under `--output json`); 1 a failure while running; 130 stopped by Ctrl+C (143: SIGTERM), see
+byoc/interrupts.py. Every command that prints data takes `--output json`. Heavy modules (rich, cloud SDKs, Pulumi) are
 imported inside the commands that use them, so `byoc --help` stays instant. The command groups live in
 byoc/commands/, one module each.
 """

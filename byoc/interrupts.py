@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
+from typing import NoReturn
 
 Cleanup = Callable[[], None]
 
@@ -83,7 +84,7 @@ def _say(text: str) -> None:
         os.write(2, text.encode())
 
 
-def stop_now(signum: int) -> None:
+def stop_now(signum: int) -> NoReturn:
     """Run the registered cleanups (newest first), say so on stderr and end the process: no unwinding."""
     while _cleanups:
         cleanup = _cleanups.pop()
@@ -95,7 +96,7 @@ def stop_now(signum: int) -> None:
     os._exit(exit_code(signum))
 
 
-def finish(signum: int) -> None:
+def finish(signum: int) -> NoReturn:
     """End the process after an unwound interrupt: flush what was printed, then exit without joining threads."""
     for stream in (sys.stdout, sys.stderr):
         with suppress(BaseException):
