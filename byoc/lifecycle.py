@@ -424,7 +424,7 @@ class Lifecycle:
         check_placement(record, deployment)
         backend = self._backend("preview", record, options)
         stack = self._stack(deployment, backend)
-        self._check_sdks(deployment.name, stack)
+        self._check_sdks(deployment.name, stack, options)
         self._view.step("pulumi preview")
         result = stack.preview(self._view.engine_event, diff=diff)
         if record is not None:

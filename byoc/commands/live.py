@@ -35,6 +35,14 @@ BackendOpt = Annotated[
         help="Pulumi state backend: file://PATH (default: under BYOC_HOME), s3://BUCKET[/PREFIX] or gs://BUCKET.",
     ),
 ]
+UpgradeProvidersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--upgrade-providers",
+        help="Run even though the stack was last deployed with other Pulumi SDK versions (`up` then records the "
+        "installed ones: every machine sharing the stack must install them).",
+    ),
+]
 SecretsOpt = Annotated[
     str | None,
     typer.Option(
@@ -171,14 +179,7 @@ def up(
     yes: YesOpt = False,
     backend: BackendOpt = None,
     secrets_provider: SecretsOpt = None,
-    upgrade_providers: Annotated[
-        bool,
-        typer.Option(
-            "--upgrade-providers",
-            help="Run even though the stack was last deployed with other Pulumi SDK versions, and record the "
-            "installed ones (every machine sharing the stack must then install them).",
-        ),
-    ] = False,
+    upgrade_providers: UpgradeProvidersOpt = False,
     output: OutputOpt = Output.text,
 ) -> None:
     """Create the deployment in your account, or re-run / resume it (needs the Pulumi CLI and credentials).
@@ -206,6 +207,7 @@ def preview(
     diff: Annotated[bool, typer.Option("--diff", help="Show each resource's property changes.")] = False,
     backend: BackendOpt = None,
     secrets_provider: SecretsOpt = None,
+    upgrade_providers: UpgradeProvidersOpt = False,
     output: OutputOpt = Output.text,
 ) -> None:
     """Show what `byoc up` would change in the account (a Pulumi preview; needs the Pulumi CLI and credentials)."""
@@ -213,7 +215,8 @@ def preview(
         spec = _spec_for(file, cloud, region, model, shape, name)
         _warn(spec)
         with _lifecycle(output) as lifecycle:
-            result = lifecycle.preview(spec, _options(backend, secrets_provider, True), diff=diff)
+            options = _options(backend, secrets_provider, True, upgrade_providers)
+            result = lifecycle.preview(spec, options, diff=diff)
             lines = [f"{result['name']}: " + (", ".join(f"{v} to {k}" for k, v in result["changes"].items()) or "-")]
             if diff:
                 lines += [

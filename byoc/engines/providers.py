@@ -10,7 +10,7 @@ differences show up as spurious updates or replacements. So:
   live in the state backend every machine reads;
 - every command that runs Pulumi on the stack reads them first and refuses (exit 2) when the installed SDKs differ,
   naming the `pip install` that matches the stack. `byoc up --upgrade-providers` moves a stack to the installed
-  versions on purpose.
+  versions on purpose (`byoc preview --upgrade-providers` shows what that would change).
 """
 
 from __future__ import annotations
@@ -75,5 +75,6 @@ def check_recorded(name: str, recorded: object, current: Mapping[str, str | None
         f"{name} was last deployed with {listed}; running Pulumi with other provider versions on its state can "
         "fail on a downgrade or replace resources",
         f"install the versions the stack was deployed with: {pip_install(wanted)}; or, to move {name} to the "
-        f"installed versions on purpose: byoc up --name {name} --upgrade-providers",
+        f"installed versions on purpose: byoc up --name {name} --upgrade-providers (`byoc preview "
+        "--upgrade-providers` shows what that changes first)",
     )

@@ -101,6 +101,8 @@ def test_a_stack_deployed_with_other_sdks_is_refused_before_pulumi_runs(
     assert not {"preview", "up", "destroy", "refresh"} & set(ran), ran
     assert json.loads(byoc("status", "demo", "--no-probe", "-o", "json", env=run_env).stdout)[0]["state"] == "DEPLOYED"
 
+    previewed = byoc("preview", "-f", example, "--upgrade-providers", env=run_env)  # what the move would change
+    assert previewed.returncode == 0, previewed.stderr
     upgraded = byoc("up", "--name", "demo", "--yes", "--upgrade-providers", env=run_env)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "up" in [c.split()[0] for c in standin.commands()]
