@@ -109,6 +109,7 @@ def main() -> None:
         code = 1
     except KeyboardInterrupt:
         code = interrupts.exit_code(signal.SIGINT)
+    interrupts.finishing()
     # Stopped by a signal (here, or after byoc.lifecycle let Pulumi stop): end without joining threads that may
     # wait on something that will not come
     stopped = {interrupts.exit_code(s): s for s in (signal.SIGINT, signal.SIGTERM)}

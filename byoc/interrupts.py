@@ -31,7 +31,7 @@ from typing import NoReturn
 
 Cleanup = Callable[[], None]
 
-_state: dict[str, int | None] = {"owner": None, "received": None, "deferred_signal": None}
+_state: dict[str, int | None] = {"owner": None, "received": None, "deferred_signal": None, "finishing": None}
 _abrupt = [0]
 _deferred = [0]
 _cleanups: list[Cleanup] = []
@@ -66,6 +66,8 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         os._exit(exit_code(signum))
     if _state["received"] is None:
         _state["received"] = signum
+    if _state["finishing"]:  # the command is done: nothing left to unwind, only output to flush
+        finish(signum)
     if _deferred[0]:
         _state["deferred_signal"] = signum
         return
@@ -103,6 +105,12 @@ def finish(signum: int) -> NoReturn:
             stream.flush()
     _say(f"\nbyoc: stopped ({signal.Signals(signum).name})\n")
     os._exit(exit_code(signum))
+
+
+def finishing() -> None:
+    """The command has returned: a signal from here on flushes and exits (no exception left to raise into the
+    interpreter's own shutdown)."""
+    _state["finishing"] = 1
 
 
 @contextmanager
