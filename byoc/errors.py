@@ -39,6 +39,17 @@ class ByocFailure(ByocError):
     exit_code = 1
 
 
+class ByocInterrupted(ByocFailure):
+    """A run stopped by a signal (Ctrl+C, a cancelled CI job) after it was handled: exit 128 + the signal's number,
+    as a shell reports a command a signal ended (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signal_name: str, field: str, message: str, hint: str = "") -> None:
+        import signal
+
+        super().__init__(field, message, hint)
+        self.exit_code = 128 + int(getattr(signal.Signals, signal_name, signal.SIGINT))
+
+
 class ByocWarning:
     """A deliberate or risky choice that still works: printed on stderr by validate/plan/up and listed in
     plan.json's `warnings`, never an exit code of its own."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from byoc.clouds import get_cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
-from byoc.errors import ByocError, ByocFailure
+from byoc.errors import ByocError, ByocFailure, ByocInterrupted
 from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
 from byoc.resolve import Deployment, resolve
 from byoc.spec import Spec, build_spec
@@ -191,6 +191,7 @@ class LiveOptions:
     backend: str | None = None
     secrets_provider: str | None = None
     yes: bool = False
+    upgrade_providers: bool = False  # `up` may move the stack to the installed Pulumi SDKs (byoc.engines.providers)
 
 
 Confirm = Callable[[str], bool]
@@ -212,6 +213,7 @@ class Waits:
     volumes_s: float = 300.0
     node_claims_s: float = 900.0
     poll_s: float = 10.0
+    orphans_s: float = 10.0  # `unlock`: how long an orphaned pulumi has to stop on SIGINT before SIGKILL
 
 
 @dataclass
@@ -276,6 +278,15 @@ class Lifecycle:
             f"run `byoc refresh {record.name}` first",
         )
 
+    def _check_sdks(self, name: str, stack: LiveStack, options: LiveOptions | None = None) -> None:
+        """Refuse (ByocError) to run Pulumi on a stack last deployed with other SDK versions than the installed ones
+        (read from the stack's outputs in its backend, which every machine sharing it reads)."""
+        from byoc.engines.providers import check_recorded
+
+        if options is not None and options.upgrade_providers:
+            return
+        check_recorded(name, stack.recorded_sdks(), stack.sdk_versions)
+
     def _require_preflight(self, deployment: Deployment) -> PreflightReport:
         self._view.step("preflight")
         report = preflight(deployment)
@@ -303,8 +314,8 @@ class Lifecycle:
                 reason = f"interrupted ({', '.join(guard.signals)})" if guard.interrupted else exc.message
                 self._fail(name, stack, reason, guard.interrupted)
                 if guard.interrupted:
-                    raise ByocFailure(
-                        operation, f"{name}: {reason}; Pulumi stopped", self._after_failure(name)
+                    raise ByocInterrupted(
+                        guard.signals[0], operation, f"{name}: {reason}; Pulumi stopped", self._after_failure(name)
                     ) from None
                 raise
             except BaseException as exc:
@@ -313,7 +324,7 @@ class Lifecycle:
         if guard.interrupted:
             reason = f"interrupted ({', '.join(guard.signals)}) while Pulumi ran {operation}"
             self._fail(name, stack, reason, True)
-            raise ByocFailure(operation, f"{name}: {reason}", self._after_failure(name))
+            raise ByocInterrupted(guard.signals[0], operation, f"{name}: {reason}", self._after_failure(name))
         return result
 
     def _after_failure(self, name: str) -> str:
@@ -368,6 +379,7 @@ class Lifecycle:
             self._refuse_pending(record)
             if record is not None and record.state is not State.DELETED:
                 check_transition(name, record.state, State.DEPLOYING)
+            self._check_sdks(name, stack, options)
             preflight = self._require_preflight(deployment)
             fresh = record is None or record.state is State.DELETED
             verb = "create" if fresh else "update"
@@ -412,6 +424,7 @@ class Lifecycle:
         check_placement(record, deployment)
         backend = self._backend("preview", record, options)
         stack = self._stack(deployment, backend)
+        self._check_sdks(deployment.name, stack, options)
         self._view.step("pulumi preview")
         result = stack.preview(self._view.engine_event, diff=diff)
         if record is not None:
@@ -482,6 +495,7 @@ class Lifecycle:
             record = self.registry.require(name)
             self._refuse_pending(record)
             check_transition(name, record.state, State.SCALING)
+            self._check_sdks(name, stack)
             self._require_preflight(deployment)
             self.registry.transition(name, State.SCALING, f"replicas {min_replicas}..{max_replicas}")
             self._view.step("pulumi up (scale)")
@@ -513,6 +527,7 @@ class Lifecycle:
             record = self.registry.require(name)
             self._refuse_pending(record)
             check_transition(name, record.state, State.UPDATING)
+            self._check_sdks(name, stack)
             self._view.step("pulumi preview")
             previewed = stack.preview(self._view.engine_event)
             replaced = [
@@ -566,6 +581,7 @@ class Lifecycle:
             stack_gone = record.state is State.DELETED
             if not stack_gone:
                 check_transition(name, record.state, State.DELETING)
+                self._check_sdks(name, stack)
                 self.registry.transition(name, State.DELETING)
                 self._view.step("controller resources")
                 controllers = self._predestroy(record)
@@ -676,6 +692,11 @@ class Lifecycle:
                 )
             self.registry.recover_stale(name)
             cleared.append(f"byoc lock of {held.describe()}")
+        orphans = self._orphans(name)
+        if orphans:
+            # before Pulumi's own lock: an orphaned pulumi holds it, and a live holder is never cleared
+            self._end_processes([o.pid for o in orphans])
+            cleared += [f"orphaned Pulumi process {o.pid} ({o.command[:80]})" for o in orphans]
         backend = Backend(record.backend, "passphrase")
         if backend.local_path is None:
             hint = f"byoc cannot read locks in {record.backend}"
@@ -700,8 +721,31 @@ class Lifecycle:
                 cleared.append(f"Pulumi lock of {who}")
             hint = ""
         for item in cleared:
-            self.registry.record_event(name, "unlock", f"cleared the {item} (process dead)")
+            done = "ended it: its byoc was gone" if item.startswith("orphaned") else "process dead"
+            self.registry.record_event(name, "unlock", f"cleared the {item} ({done})")
         return {"operation": "unlock", "name": name, "cleared": cleared, **({"note": hint} if hint else {})}
+
+    def _orphans(self, name: str) -> list[Any]:
+        """Processes byoc started for the stack (the `pulumi` CLI, its plugins) that still run while no byoc runs
+        for the deployment: their byoc was killed (SIGKILL skips every cleanup)."""
+        from byoc.engines.live import pulumi_processes
+
+        held = self.registry.lock_of(name)
+        if held is not None and held.alive:
+            return []  # a running byoc's own children
+        return pulumi_processes(self.registry.home / "work" / name)
+
+    def _end_processes(self, pids: list[int]) -> None:
+        """SIGINT (Pulumi cancels and saves what it did), SIGKILL after `waits.orphans_s`, until all are gone."""
+        for signum, limit in ((signal.SIGINT, self.waits.orphans_s), (signal.SIGKILL, 10.0)):
+            for pid in pids:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + limit
+            while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not any(_running(pid) for pid in pids):
+                return
 
     # -- status --------------------------------------------------------------------------------------------------
     def status(self, name: str | None = None, probe: bool = True) -> list[dict[str, Any]]:
@@ -714,11 +758,19 @@ class Lifecycle:
         for record in records:
             lock = self.registry.lock_of(record.name)
             observed = observe(record, lock, self.cluster_for, probe=probe)
+            orphans = self._orphans(record.name)
+            if orphans:
+                pids = ", ".join(str(o.pid) for o in orphans)
+                observed["health"] = (
+                    f"{observed['health']}; Pulumi still runs without its byoc (pid {pids}): it may still change "
+                    f"resources; `byoc unlock {record.name}` ends it"
+                )
             rows.append(
                 {
                     **record.as_dict(),
                     **observed,
                     "running": lock.describe() if lock else None,
+                    "orphaned_pulumi": [o.as_dict() for o in orphans],
                     "events": self.registry.events(record.name, last=5),
                 }
             )
@@ -774,6 +826,15 @@ def scale_violations(changed: dict[tuple[str, str], list[str]]) -> list[str]:
         if extra:
             refused.append(f"{type_token} {name} ({', '.join(extra[:3])})")
     return refused
+
+
+def _running(pid: int) -> bool:
+    """Whether the process still runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _resource_count(stack: LiveStack) -> int | None:

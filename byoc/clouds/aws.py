@@ -22,6 +22,7 @@ class Aws(Cloud):
     key_pattern = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+$")
     key_example = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     stack_program = "stacks.aws.program:program"
+    provider_sdk = "pulumi-aws"
     node_pool_fallbacks = True  # the NodePool allows every type of placement.instance_types
     object_store_scheme = "s3://"
     # EKS: publicAccessCidrs takes at most 40 blocks and refuses private (RFC 1918) ranges (EKS User Guide,

@@ -56,6 +56,9 @@ class Cloud(ABC):
     stack_program: ClassVar[str | None] = None
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
     stack_extra: ClassVar[str | None] = None
+    # The distribution of the program's provider SDK (its version is pinned in byoc.engines.providers.SDK_PINS and
+    # recorded in the stack at every `up`).
+    provider_sdk: ClassVar[str | None] = None
     # Whether the GPU node pool may launch any type of Placement.instance_types when the first has no capacity
     # (Karpenter's NodePool, stacks/aws/capacity.py) or only Placement.instance_type (a GKE node pool has one
     # machine type): the planner warns about the larger, dearer fallbacks.

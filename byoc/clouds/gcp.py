@@ -40,6 +40,7 @@ class Gcp(Cloud):
     }
     stack_program = "stacks.gcp.program:program"
     stack_extra = "gcp"  # pulumi_gcp comes with the gcp extra
+    provider_sdk = "pulumi-gcp"
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -35,6 +35,14 @@ BackendOpt = Annotated[
         help="Pulumi state backend: file://PATH (default: under BYOC_HOME), s3://BUCKET[/PREFIX] or gs://BUCKET.",
     ),
 ]
+UpgradeProvidersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--upgrade-providers",
+        help="Run even though the stack was last deployed with other Pulumi SDK versions (`up` then records the "
+        "installed ones: every machine sharing the stack must install them).",
+    ),
+]
 SecretsOpt = Annotated[
     str | None,
     typer.Option(
@@ -44,10 +52,12 @@ SecretsOpt = Annotated[
 ]
 
 
-def _options(backend: str | None, secrets_provider: str | None, yes: bool) -> LiveOptions:
+def _options(
+    backend: str | None, secrets_provider: str | None, yes: bool, upgrade_providers: bool = False
+) -> LiveOptions:
     from byoc.lifecycle import LiveOptions
 
-    return LiveOptions(backend=backend, secrets_provider=secrets_provider, yes=yes)
+    return LiveOptions(backend=backend, secrets_provider=secrets_provider, yes=yes, upgrade_providers=upgrade_providers)
 
 
 def _confirm(output: Output) -> Any:
@@ -169,17 +179,19 @@ def up(
     yes: YesOpt = False,
     backend: BackendOpt = None,
     secrets_provider: SecretsOpt = None,
+    upgrade_providers: UpgradeProvidersOpt = False,
     output: OutputOpt = Output.text,
 ) -> None:
     """Create the deployment in your account, or re-run / resume it (needs the Pulumi CLI and credentials).
 
     Preflight (credentials, the instance type's zones, the GPU quota) runs first: nothing is created when it fails.
+    A stack last deployed with other Pulumi SDK versions is refused (see --upgrade-providers).
     """
     with reporting(output):
         spec = _spec_for(file, cloud, region, model, shape, name)
         _warn(spec)
         with _lifecycle(output) as lifecycle:
-            result = lifecycle.up(spec, _options(backend, secrets_provider, yes))
+            result = lifecycle.up(spec, _options(backend, secrets_provider, yes, upgrade_providers))
             outputs = result["outputs"]
             lines = [f"{result['name']}: {result['state']}"] + [f"  {k}: {v}" for k, v in outputs.items()]
             _finish(lifecycle, output, result, lines)
@@ -195,6 +207,7 @@ def preview(
     diff: Annotated[bool, typer.Option("--diff", help="Show each resource's property changes.")] = False,
     backend: BackendOpt = None,
     secrets_provider: SecretsOpt = None,
+    upgrade_providers: UpgradeProvidersOpt = False,
     output: OutputOpt = Output.text,
 ) -> None:
     """Show what `byoc up` would change in the account (a Pulumi preview; needs the Pulumi CLI and credentials)."""
@@ -202,7 +215,8 @@ def preview(
         spec = _spec_for(file, cloud, region, model, shape, name)
         _warn(spec)
         with _lifecycle(output) as lifecycle:
-            result = lifecycle.preview(spec, _options(backend, secrets_provider, True), diff=diff)
+            options = _options(backend, secrets_provider, True, upgrade_providers)
+            result = lifecycle.preview(spec, options, diff=diff)
             lines = [f"{result['name']}: " + (", ".join(f"{v} to {k}" for k, v in result["changes"].items()) or "-")]
             if diff:
                 lines += [
@@ -363,6 +377,8 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
             print(f"  endpoint   {row['endpoint']}")
         if row.get("artifact"):
             print(f"  artifact   {row['artifact']}")
+        for orphan in row.get("orphaned_pulumi") or []:
+            print(f"  orphaned   pid {orphan['pid']}: {orphan['command']} (`byoc unlock {row['name']}` ends it)")
         for event in row["events"]:
             print(f"  {event['at']}  {event['message']}")
 

@@ -363,18 +363,6 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
     return lines
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 # Kubernetes keeps an object in etcd, whose default request limit is 1.5 MiB; a ConfigMap's data may hold 1 MiB
 # (kubernetes.io/docs/concepts/configuration/configmap). byoc's rendered objects must stay under the smaller.
 KUBERNETES_OBJECT_MAX_BYTES = 1 << 20
@@ -409,7 +397,7 @@ STATUS_WORDS = {
     "NOT_ASSESSED": "not assessed",
     "EXCEPTION": "excepted by design",
 }
-PLAN_OUTPUTS = ("plan.json", "manifests", "helm-releases.yaml", "compliance")
+PLAN_OUTPUTS = ("manifests", "helm-releases.yaml", "compliance", "plan.json")
 
 
 def _check_out_is_ours(out: Path) -> None:
@@ -438,27 +426,36 @@ def _check_out_is_ours(out: Path) -> None:
 
 
 def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: EvidenceWriter) -> dict[str, Any] | None:
-    """plan.json, manifests/, helm-releases.yaml and compliance/, each replaced whole: a failed plan keeps the
-    previous one. Returns the compliance summary."""
+    """plan.json, manifests/, helm-releases.yaml and compliance/, written whole into one staging folder inside OUT
+    and then moved into place together, with a signal held back for the moves: a failed or interrupted plan keeps
+    the previous one whole and leaves no staging folder (Ctrl+C removes it before byoc exits). Returns the
+    compliance summary."""
+    import functools
     import shutil
 
+    from byoc import interrupts
     from byoc.manifests import write_helm_releases, write_manifests
 
     out.mkdir(parents=True, exist_ok=True)
-    if graph is not None:
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".manifests-"))
-        try:
-            write_manifests(graph, staging)
-            write_helm_releases(graph, staging / "helm-releases.yaml")
-            os.replace(staging / "helm-releases.yaml", out / "helm-releases.yaml")
-            previous = out / "manifests"
-            if previous.exists():
-                shutil.rmtree(previous)
-            os.replace(staging, previous)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    compliance = evidence.write(document, out / "compliance") if graph is not None else None
-    _write_atomically(out / "plan.json", json.dumps(document, indent=2) + "\n")
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".byoc-plan-"))
+    remove = functools.partial(shutil.rmtree, staging, ignore_errors=True)
+    try:
+        with interrupts.on_stop(remove):
+            compliance = None
+            if graph is not None:
+                write_manifests(graph, staging / "manifests")
+                write_helm_releases(graph, staging / "helm-releases.yaml")
+                compliance = evidence.write(document, staging / "compliance")
+            (staging / "plan.json").write_text(json.dumps(document, indent=2) + "\n")
+            with interrupts.deferred():
+                for name in PLAN_OUTPUTS:  # plan.json last: a reader that finds it finds the rest of this plan
+                    if not (staging / name).exists():
+                        continue
+                    if (out / name).is_dir():
+                        os.replace(out / name, staging / f"previous-{name}")
+                    os.replace(staging / name, out / name)
+    finally:
+        remove()
     return compliance
 
 
@@ -485,6 +482,7 @@ def _evidence_worker(connection: Any, parent: int) -> None:
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (byoc.interrupts), forked with it
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the call above took effect
@@ -540,11 +538,14 @@ class EvidenceWriter:
     def write(self, document: dict[str, Any], folder: Path) -> dict[str, Any]:
         if self._process is None:
             return write_evidence_pack(document, folder)
+        from byoc import interrupts
         from byoc.errors import ByocFailure
 
         try:
-            self._connection.send((document, folder))
-            status, result = self._connection.recv()
+            # stopped meanwhile: the worker goes first, so that nothing writes into the staging folder being removed
+            with interrupts.on_stop(self._kill):
+                self._connection.send((document, folder))
+                status, result = self._connection.recv()
         except (EOFError, OSError):
             raise ByocFailure("compliance", "the evidence pack's worker died", "run byoc plan again") from None
         if status != "ok":
@@ -552,6 +553,10 @@ class EvidenceWriter:
             raise ByocFailure("compliance", f"writing the evidence pack failed: {last}", "report this as a bug")
         summary: dict[str, Any] = result
         return summary
+
+    def _kill(self) -> None:
+        self._process.kill()
+        self._process.join(timeout=5)
 
     def __exit__(self, *exc: object) -> None:
         if self._process is None:
@@ -581,11 +586,14 @@ def plan(
     Also writes OUT/manifests/, OUT/helm-releases.yaml and OUT/compliance/; each is replaced whole on every run
     (files you add inside them are not kept), and a folder byoc did not write is never replaced.
     """
+    from byoc import interrupts
     from byoc.engines import program_for
     from byoc.engines.offline import run_offline
     from byoc.resolve import resolve
 
-    with reporting(output), EvidenceWriter() as evidence:
+    # Ctrl+C anywhere in a plan stops it at once (byoc.interrupts): the staging folder and the evidence worker are
+    # cleaned up, OUT keeps the previous plan whole, and nothing is half-printed.
+    with interrupts.abrupt(), reporting(output), EvidenceWriter() as evidence:
         deployment = resolve(_spec(file, cloud, region, model, shape, name))
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
         if epoch is not None and not epoch.strip().isdigit():
@@ -604,23 +612,27 @@ def plan(
             compliance = _write_plan(out, document, graph, evidence)
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
-    print_warnings(deployment.warnings)
-    if output is Output.json:
-        print_json({"plan": str(target), **document})
-        return
-    for line in _summary_lines(deployment):
-        print(line)
+    with interrupts.deferred():
+        print_warnings(deployment.warnings)
+        if output is Output.json:
+            print_json({"plan": str(target), **document})
+        else:
+            print("\n".join(_plan_lines(deployment, graph, compliance, out)), flush=True)
+
+
+def _plan_lines(deployment: Deployment, graph: Any, compliance: dict[str, Any] | None, out: Path) -> list[str]:
+    lines = _summary_lines(deployment)
+    target = out / "plan.json"
     if graph is None:
-        print(f"resources   none yet: byoc has no {deployment.cloud} stack (placement and estimates only)")
-        print(f"wrote {target}")
-        return
+        lines.append(f"resources   none yet: byoc has no {deployment.cloud} stack (placement and estimates only)")
+        lines.append(f"wrote {target}")
+        return lines
     counts = graph.counts()
-    print(f"resources   {sum(counts.values())} ({len(counts)} types)")
-    for type_token, count in counts.items():
-        print(f"  {count:4d}  {type_token}")
+    lines.append(f"resources   {sum(counts.values())} ({len(counts)} types)")
+    lines += [f"  {count:4d}  {type_token}" for type_token, count in counts.items()]
     if compliance is not None:
         found = compliance["findings"]
-        print(
+        lines.append(
             f"compliance  {compliance['checks']} checks ({compliance['checks_evaluated']} with a PASS or FAIL), "
             f"{sum(found.values())} findings: "
             + ", ".join(
@@ -629,7 +641,8 @@ def plan(
             + f" ({', '.join(compliance['failing_controls']) or 'no failing control'}"
             + (f"; not assessed: {', '.join(unseen)})" if (unseen := compliance.get("not_assessed_controls")) else ")")
         )
-    print(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
+    lines.append(f"wrote {target}, {out / 'manifests'}/, {out / 'helm-releases.yaml'}, {out / 'compliance'}/")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from byoc.clouds import get_cloud
 from byoc.engines import Program
+from byoc.engines.providers import STACK_OUTPUT, installed, sdks_for
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import Deployment
 
@@ -31,6 +33,8 @@ EventSink = Callable[["EngineEvent"], None]
 BACKEND_SCHEMES = ("file://", "s3://", "gs://")
 SECRETS_SCHEMES = ("passphrase", "awskms://", "gcpkms://")
 PASSPHRASE_VARIABLES = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+# In the environment of every process the Automation API starts for a stack: the stack's work folder.
+RUN_MARKER = "BYOC_STACK_WORK_DIR"
 INSTALL_HINT = (
     "install the Pulumi CLI (curl -fsSL https://get.pulumi.com | sh, or see pulumi.com/docs/install) and put "
     "`pulumi` on PATH; `byoc plan` shows the same resources offline, with no CLI and no credentials"
@@ -112,6 +116,21 @@ class PreviewStep:
 REPLACING_OPS = frozenset({"replace", "create-replacement", "delete-replaced"})
 
 
+def stack_program(deployment: Deployment, program: Program, sdk_versions: dict[str, str | None]) -> Callable[[], None]:
+    """The inline program the Automation API runs: the cloud's program, its outputs exported, and the Pulumi SDK
+    versions it ran on as one more output (STACK_OUTPUT), which the next command on the stack compares with its
+    own (byoc.engines.providers)."""
+
+    def inline() -> None:
+        import pulumi
+
+        for name, value in program(deployment).items():
+            pulumi.export(name, value)
+        pulumi.export(STACK_OUTPUT, dict(sdk_versions))
+
+    return inline
+
+
 class LiveStack:
     """The deployment's stack in its backend. Every method raises ByocFailure (exit 1) when Pulumi fails."""
 
@@ -123,26 +142,26 @@ class LiveStack:
         self.project = f"byoc-{deployment.cloud}"
         self._stack: Stack | None = None
         self.secret_outputs: dict[str, Any] = {}  # the secret values of the last `up`'s outputs (the kubeconfig)
+        # the Pulumi SDKs the program runs on, as installed; `up` records them in the stack (byoc.engines.providers)
+        self.sdk_versions = installed(sdks_for(get_cloud(deployment.cloud).provider_sdk))
 
     # -- the stack ---------------------------------------------------------------------------------------------
     def stack(self) -> Stack:
         if self._stack is not None:
             return self._stack
-        import pulumi
         from pulumi import automation as auto
 
-        deployment, program = self.deployment, self.program
-
-        def inline() -> None:
-            for name, value in program(deployment).items():
-                pulumi.export(name, value)
-
+        deployment = self.deployment
+        inline = stack_program(deployment, self.program, self.sdk_versions)
         if self.backend.local_path is not None:
             self.backend.local_path.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         provider = self.backend.secrets_provider
         options = auto.LocalWorkspaceOptions(
             work_dir=str(self.work_dir),
+            # marks the `pulumi` CLI and the plugins it starts: a byoc killed with SIGKILL leaves them running, and
+            # `byoc status` / `byoc unlock` find them by this (pulumi_processes)
+            env_vars={RUN_MARKER: str(self.work_dir.resolve())},
             project_settings=auto.ProjectSettings(
                 name=self.project, runtime="python", backend=auto.ProjectBackend(url=self.backend.url)
             ),
@@ -199,6 +218,12 @@ class LiveStack:
         values = self._run("refresh", lambda s: s.outputs())
         return {k: ("[secret]" if v.secret else v.value) for k, v in values.items()}
 
+    def recorded_sdks(self) -> Any:
+        """The SDK versions the last `up` recorded in the stack's outputs (None: none recorded, a new stack)."""
+        values = self._run("refresh", lambda s: s.outputs())
+        recorded = values.get(STACK_OUTPUT)
+        return recorded.value if recorded is not None else None
+
     def export_state(self) -> dict[str, Any]:
         """What the stack's checkpoint (`pulumi stack export`) knows, without its secrets or inputs:
         {"version": 3, "deployment": {"resources": [{"urn", "type", "id"}], "pending_operations": [...]}}."""
@@ -240,6 +265,38 @@ class LiveStack:
             return []
         locks = root / ".pulumi" / "locks"
         return sorted(p for p in locks.glob(f"*/{self.project}/{self.deployment.name}/*.json"))
+
+
+@dataclass(frozen=True)
+class PulumiProcess:
+    """A process byoc started for a stack (the `pulumi` CLI, its plugins), found by its RUN_MARKER."""
+
+    pid: int
+    parent: int
+    command: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "parent": self.parent, "command": self.command}
+
+
+def pulumi_processes(work_dir: Path, proc: Path = Path("/proc")) -> list[PulumiProcess]:
+    """The live processes of this user that carry the stack's RUN_MARKER (Linux /proc; elsewhere none are found)."""
+    wanted = f"{RUN_MARKER}={work_dir.resolve()}".encode()
+    found = []
+    for entry in proc.glob("[0-9]*"):
+        try:
+            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if state == "Z":  # a zombie runs nothing
+            continue
+        command = " ".join(a.decode(errors="replace") for a in argv if a)[:200]
+        found.append(PulumiProcess(int(entry.name), int(parent), command))
+    return sorted(found, key=lambda p: p.pid)
 
 
 def pending_operations(state: dict[str, Any]) -> list[dict[str, str]]:

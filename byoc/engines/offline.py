@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from byoc import interrupts
 from byoc.engines import Program
 from byoc.errors import ByocFailure
 from byoc.plan import Plan, RecordedResource
@@ -238,7 +239,10 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
         monitor=RecordingMonitor(recording),
     )
     try:
-        pulumi.runtime.test(lambda: program(deployment))()  # type: ignore[no-untyped-call]
+        # A signal in here stops the process rather than raising into Pulumi's event loop and its threads, where a
+        # KeyboardInterrupt can be swallowed and leave the loop waiting forever (byoc.interrupts)
+        with interrupts.abrupt():
+            pulumi.runtime.test(lambda: program(deployment))()  # type: ignore[no-untyped-call]
     except TypeError:
         raise  # a wrong property name in a stack: a bug, shown with its traceback
     except Exception as exc:

@@ -86,10 +86,12 @@ def stack_command(args: list[str], command: list[str], stack: str) -> int:
         (HOME / "stacks").mkdir(exist_ok=True)
         save(args[args.index("init") + 1], {"version": 3, "deployment": {"resources": [], "pending_operations": []}})
     elif command == ["stack", "output"]:
-        if (HOME / "mode").exists() and (HOME / "mode").read_text().strip() == "garbage":
-            print("{this is not JSON")  # a CLI answer nobody expected
-            return 0
         outputs = load(stack).get("outputs", {})
+        if outputs and (HOME / "mode").exists() and (HOME / "mode").read_text().strip() == "garbage":
+            # a CLI answer nobody expected, once an `up` has made outputs (before it, byoc reads the SDK versions
+            # recorded in them: a new stack has none)
+            print("{this is not JSON")
+            return 0
         if "--show-secrets" not in args:
             outputs = {k: ("[secret]" if k == "kubeconfig" else v) for k, v in outputs.items()}
         print(json.dumps(outputs))

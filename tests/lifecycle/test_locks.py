@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,3 +134,53 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder(tmp_path: Path) -> None:
         f"byoc lock of `byoc scale` (pid {os.getpid()} on {socket.gethostname()}, since 2026-11-29T10:00:00Z)"
     ]
     assert Registry(tmp_path).lock_of("demo") is None
+
+
+HOLD_WITH_PULUMI = """
+import os, subprocess, sys, time
+from pathlib import Path
+from byoc.engines.live import RUN_MARKER
+from byoc.registry import Registry, State
+home = Path(sys.argv[1])
+registry = Registry(home)
+registry.acquire("demo", "up")
+registry.transition("demo", State.DEPLOYING)
+# a stand-in for the `pulumi` CLI the Automation API starts, with the marker byoc gives it
+child = subprocess.Popen(["sleep", "300"], env={**os.environ, RUN_MARKER: str((home / "work" / "demo").resolve())})
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_pulumi_left_running_by_a_killed_byoc_is_shown_by_status_and_ended_by_unlock(tmp_path: Path) -> None:
+    _deployed(tmp_path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WITH_PULUMI, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert holder.stdout is not None
+    orphan = int(holder.stdout.readline())
+    try:
+        holder.kill()  # SIGKILL: byoc runs no cleanup, its pulumi keeps running
+        holder.wait()
+        env = {**os.environ, "BYOC_HOME": str(tmp_path), "PATH": no_pulumi_path()}
+        status = byoc("status", "demo", "--no-probe", "--output", "json", env=env)
+        assert status.returncode == 0, status.stderr
+        row = json.loads(status.stdout)[0]
+        assert row["state"] == "FAILED" and row["running"] is None  # the run ended ...
+        assert [o["pid"] for o in row["orphaned_pulumi"]] == [orphan]  # ... but its pulumi did not
+        assert "sleep 300" in row["orphaned_pulumi"][0]["command"]
+        assert f"Pulumi still runs without its byoc (pid {orphan})" in row["health"]
+        assert "`byoc unlock demo` ends it" in row["health"]
+        text = byoc("status", "demo", "--no-probe", env=env)
+        assert f"orphaned   pid {orphan}: sleep 300" in text.stdout
+
+        unlocked = byoc("unlock", "demo", "--output", "json", env=env)
+        assert unlocked.returncode == 0, unlocked.stderr
+        assert any(c.startswith(f"orphaned Pulumi process {orphan}") for c in json.loads(unlocked.stdout)["cleared"])
+        stat = Path(f"/proc/{orphan}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        after = json.loads(byoc("status", "demo", "--no-probe", "--output", "json", env=env).stdout)[0]
+        assert after["orphaned_pulumi"] == [] and "Pulumi still runs" not in after["health"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)

@@ -111,7 +111,7 @@ def test_interrupted_up_is_recorded_pending_operations_block_until_refresh(
         time.sleep(0.1)
     running.send_signal(signal.SIGTERM)  # what a CI runner sends on cancel
     stdout, stderr = running.communicate(timeout=120)
-    assert running.returncode == 1, stderr
+    assert running.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports it
     assert "Pulumi finishes the operations in flight and stops" in stdout + stderr
     row = status(run_env)
     assert row["state"] == "FAILED" and row["interrupted"] is True
@@ -160,7 +160,7 @@ def test_a_second_signal_forces_the_stop_and_warns(run_env: dict[str, str], stan
         time.sleep(0.1)
     running.send_signal(signal.SIGINT)
     _, stderr = running.communicate(timeout=120)
-    assert running.returncode == 1
+    assert running.returncode == 130  # 128 + SIGINT
     assert "SIGINT: Pulumi finishes the operations in flight and stops" in stderr
     assert "warning: forcing Pulumi to stop: operations in flight will be left pending" in stderr
     assert "run `byoc refresh demo` before the next `byoc up`" in stderr
