@@ -183,14 +183,20 @@ class ControlSummary:
     not_assessed: int = 0
     exceptions: int = 0
     unassessed_checks: tuple[str, ...] = ()  # the checks that make it NOT_ASSESSED
+    failed_checks: tuple[str, ...] = ()  # the checks that make it FAIL
+    errored_checks: tuple[str, ...] = ()  # the checks whose evidence could not be read (ERROR)
 
     @property
     def ref(self) -> str:
         return f"{self.framework}:{self.control}"
 
     def checks_cell(self) -> str:
-        """The control's checks as a report lists them, naming those not assessed."""
+        """The control's checks as a report lists them, naming those that failed, errored or were not assessed."""
         listed = ", ".join(self.checks) or "-"
+        if self.failed_checks:
+            listed += f" (failing: {', '.join(self.failed_checks)})"
+        if self.errored_checks:
+            listed += f" (error: {', '.join(self.errored_checks)})"
         if self.unassessed_checks:
             listed += f" (not assessed: {', '.join(self.unassessed_checks)})"
         return listed
@@ -230,6 +236,8 @@ def control_summaries(findings: list[Finding], selected: Iterable[str]) -> list[
                     count[Status.NOT_ASSESSED],
                     count[Status.EXCEPTION],
                     tuple(sorted({f.check.id for f in related if f.status == Status.NOT_ASSESSED})),
+                    tuple(sorted({f.check.id for f in related if f.status == Status.FAIL})),
+                    tuple(sorted({f.check.id for f in related if f.status == Status.ERROR})),
                 )
             )
     return summaries

@@ -187,6 +187,30 @@ def html_report(
             f"<th>resources</th></tr>{drift_rows}</table>"
         )
     notice_html = "".join(f"<p><strong>Notice:</strong> {_cell(n)}</p>" for n in notices)
+    exceptions = [f for f in findings if f.status == Status.EXCEPTION]
+    exceptions_html = ""
+    if exceptions:
+        exception_rows = "".join(
+            f"<tr><td><code>{_cell(f.check.id)}</code></td><td><code>{_cell(f.resource.name)}</code></td>"
+            f"<td>{_cell(', '.join(f.controls(selected)))}</td><td>{_cell(f.reason)}</td></tr>"
+            for f in exceptions
+        )
+        exceptions_html = (
+            "<h2>Exceptions (declined by design)</h2><table id='exceptions'><tr><th>check</th><th>resource</th>"
+            f"<th>controls</th><th>why</th></tr>{exception_rows}</table>"
+        )
+    unassessed = [f for f in findings if f.status == Status.NOT_ASSESSED]
+    unassessed_html = ""
+    if unassessed:
+        unassessed_rows = "".join(
+            f"<tr><td><code>{_cell(f.check.id)}</code></td><td>{_cell(f.resource.type)}</td>"
+            f"<td>{_cell(f.reason)}</td></tr>"
+            for f in unassessed
+        )
+        unassessed_html = (
+            "<h2>Not assessed</h2><table id='not-assessed'><tr><th>check</th><th>resource type</th><th>why</th></tr>"
+            f"{unassessed_rows}</table>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>byoc compliance: {_cell(graph.deployment)}</title>
 <style>{STYLE}</style></head><body>
@@ -205,5 +229,7 @@ def html_report(
 <h2>Findings (failing first)</h2>
 <table id="findings"><tr><th>status</th><th>check</th><th>resource</th><th>controls</th><th>evidence</th>
 <th>remediation</th></tr>{finding_rows}</table>
+{exceptions_html}
+{unassessed_html}
 </body></html>
 """

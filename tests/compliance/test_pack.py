@@ -110,6 +110,43 @@ def test_a_weaker_spec_fails_exactly_the_controls_it_weakens(secure: Path, publi
     assert any("Kubernetes API endpoint" in m for m in flows["metadata_outside_byoc"])
 
 
+def test_both_reports_name_a_failing_controls_checks_and_list_exceptions_and_not_assessed(public: Path) -> None:
+    """report.md and report.html carry the same sections: a FAIL control's row names the check that failed, and the
+    exceptions (declined by design) and the checks not assessed each have their own table, with the reason."""
+    md = (public / "compliance" / "report.md").read_text()
+    page = (public / "compliance" / "report.html").read_text()
+    md_rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if " | FAIL | " in line}
+    assert sorted(md_rows) == ["hipaa:164.312(e)(1)", "iso27001:A.8.20", "iso27001:A.8.22", "soc2:CC6.6"]
+    for row in md_rows.values():
+        assert row.endswith("(failing: eks_cluster_not_publicly_accessible) |"), row
+    controls = page.split('<table id="controls">', 1)[1].split("</table>", 1)[0]
+    html_rows = [row for row in controls.split("<tr>") if "class='FAIL'" in row]
+    assert len(html_rows) == 4
+    for row in html_rows:
+        assert "(failing: eks_cluster_not_publicly_accessible)</td>" in row, row
+    # a passing control names no failing check
+    assert "(failing:" not in "".join(row for row in controls.split("<tr>") if "class='PASS'" in row)
+
+    found = findings(public)
+    excepted = {(f["check_id"], f["resource"]["name"]) for f in found if f["status"] == "EXCEPTION"}
+    unassessed = {f["check_id"] for f in found if f["status"] == "NOT_ASSESSED"}
+    assert ("s3_bucket_object_lock", "demo-artifacts") in excepted and unassessed
+    md_exceptions = md.split("## Exceptions (declined by design)", 1)[1].split("\n## ", 1)[0]
+    html_exceptions = page.split("<h2>Exceptions (declined by design)</h2><table id='exceptions'>", 1)[1]
+    html_exceptions = html_exceptions.split("</table>", 1)[0]
+    for check, resource in excepted:
+        assert f"| {check} | {resource} |" in md_exceptions
+        assert f"<tr><td><code>{check}</code></td><td><code>{resource}</code></td>" in html_exceptions
+    assert "data residency" in md_exceptions and "data residency" in html_exceptions
+    md_unassessed = md.split("## Not assessed", 1)[1].split("\n## ", 1)[0]
+    html_unassessed = page.split("<h2>Not assessed</h2><table id='not-assessed'>", 1)[1].split("</table>", 1)[0]
+    for check in unassessed:
+        assert f"| {check} |" in md_unassessed
+        assert f"<code>{check}</code>" in html_unassessed
+    assert "account setting byoc does not manage" in md_unassessed
+    assert "account setting byoc does not manage" in html_unassessed
+
+
 def test_oscal_documents_are_valid_for_trestle(secure: Path) -> None:
     from trestle.oscal.assessment_results import AssessmentResults
     from trestle.oscal.component import ComponentDefinition
