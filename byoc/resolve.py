@@ -259,7 +259,11 @@ def resolve_model(ref: str | ModelRef) -> tuple[ModelArch, str, str | None]:
     config = None if isinstance(ref, str) else ref.config
     if source and source.startswith("file://"):
         path = Path(urlparse(source).path)
-        return model_from_hf_config(model_id, source, path / "config.json"), source, revision
+        found = model_from_hf_config(model_id, source, path / "config.json")
+        claimed = catalog.models.get(model_id)
+        if claimed is not None:
+            rules.check_model_identity(claimed, found, source)
+        return found, source, revision
     known = catalog.models.get(model_id)
     if known is None and source and config:
         return model_from_hf_config(model_id, source, Path(urlparse(config).path), "model.config"), source, revision

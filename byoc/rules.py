@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from byoc.catalogs import PRECISIONS, Gpu, Precision, load_catalog
+from byoc.catalogs import PRECISIONS, Gpu, ModelArch, Precision, load_catalog
 from byoc.errors import ByocError, ByocWarning
 from byoc.spec import HPA_WINDOW_MAX, SCALE_TO_ZERO_MIN, SHAPE_PATTERN, Spec
 
@@ -186,6 +186,33 @@ def check_max_context(max_context: int, model_max: int, model_id: str) -> None:
             f"{max_context} is longer than {model_id}'s context window of {model_max}",
             f"use max_context <= {model_max}",
         )
+
+
+# What says which model a checkpoint is, as its config.json names it (the catalog's own names differ): a
+# checkpoint that claims a catalog id must match the catalog on each, or sizing, the cache key and the artifact's
+# name would all describe a model that is not there.
+MODEL_IDENTITY = (
+    ("architecture", "architectures"),
+    ("num_layers", "num_hidden_layers"),
+    ("hidden_size", "hidden_size"),
+    ("vocab_size", "vocab_size"),
+    ("num_heads", "num_attention_heads"),
+    ("num_kv_heads", "num_key_value_heads"),
+)
+
+
+def check_model_identity(catalog: ModelArch, found: ModelArch, source: str, field: str = "model.source") -> None:
+    """Refuse a checkpoint (read from its config.json) that is not the catalog model it is built or planned as."""
+    for name, key in MODEL_IDENTITY:
+        want, have = getattr(catalog, name), getattr(found, name)
+        if want != have:
+            raise ByocError(
+                field,
+                f"{source} is not {catalog.id}: its config.json has {key} {have}, the catalog's {catalog.id} has "
+                f"{want}",
+                f"point it at {catalog.id}'s own checkpoint ({catalog.source}), or give this checkpoint an id outside "
+                "the catalog (model.id / --model-id): byoc then reads its architecture from its config.json",
+            )
 
 
 def check_speculative(spec: Spec, target_vocab: int, draft_vocab: int | None) -> None:

@@ -35,6 +35,7 @@ from byoc import __version__
 from byoc.catalogs import load_catalog, model_from_hf_config
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import Deployment, resolve
+from byoc.rules import check_model_identity
 from byoc.spec import ModelRef, Spec
 from runtime.model_build import checkpoint
 from runtime.model_build.adapters import AdapterInfo, validate_adapter
@@ -51,7 +52,6 @@ DRAFT_SUBDIR = PurePosixPath(DRAFT_DIR).name
 OPTIONS_FILE = "options.yaml"
 PLAN_FILE = "build-plan.json"
 KMS_ENV = "BYOC_ARTIFACT_KMS_KEY"
-_CHECKED_ARCH_FIELDS = ("architecture", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -120,14 +120,7 @@ def resolve_for_build(spec: Spec, work: Path) -> Deployment:
 def _verify_source(deployment: Deployment, folder: Path, uri: str) -> None:
     """config.json present, architecture known and the one planned for, weights present."""
     found = model_from_hf_config(deployment.model.id, uri, folder / "config.json")
-    for name in _CHECKED_ARCH_FIELDS:
-        have, want = getattr(found, name), getattr(deployment.model, name)
-        if have != want:
-            raise ByocError(
-                "model.source",
-                f"{uri} is not {deployment.model.id}: its config.json has {name} {have}, the catalog says {want}",
-                "point model.source at this model's checkpoint, or give the model its own id",
-            )
+    check_model_identity(deployment.model, found, uri)
     if not checkpoint.has_weights(folder):
         raise ByocError("model.source", f"{uri} holds config.json but no weights (*.safetensors)", "copy the weights")
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,91 @@ def test_source_without_weights(tiny: Path, tmp_path: Path) -> None:
     shutil.copy(tiny / "config.json", empty / "config.json")
     message = refused(tmp_path / "out", "--source", f"file://{empty}", "--shape", "h100x1-bf16")
     assert "no weights" in message
+
+
+def test_a_checkpoint_claimed_as_a_catalog_model_it_is_not(tiny: Path, tmp_path: Path) -> None:
+    """The issue's case: a 2-layer checkpoint built as llama-3.3-70b-instruct is refused before anything is stored."""
+    message = refused(
+        tmp_path / "out", "--source", f"file://{tiny}", "--model-id", "llama-3.3-70b-instruct", "--shape", "h100x1-bf16"
+    )
+    assert message.startswith(f"--source: file://{tiny} is not llama-3.3-70b-instruct: ")
+    assert "its config.json has num_hidden_layers 2, the catalog's llama-3.3-70b-instruct has 80" in message
+    assert "--model-id" in message  # the way out: an id outside the catalog
+
+
+# llama-3.1-8b-instruct as its config.json on Hugging Face publishes it (byoc/catalogs/models.yaml holds the same)
+_LLAMA_8B: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "num_hidden_layers": 32,
+    "hidden_size": 4096,
+    "vocab_size": 128256,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("architectures", ["Qwen2ForCausalLM"], "Qwen2ForCausalLM"),
+        ("num_hidden_layers", 16, "16"),
+        ("hidden_size", 2048, "2048"),
+        ("vocab_size", 441, "441"),
+        ("num_attention_heads", 16, "16"),
+        ("num_key_value_heads", 4, "4"),
+    ],
+)
+def test_each_identity_field_is_checked_against_the_catalog(
+    tiny: Path, tmp_path: Path, key: str, value: object, shown: str
+) -> None:
+    """A checkpoint equal to the catalog entry but in one field is refused, naming that field and both values."""
+    near = tmp_path / "near-8b"
+    shutil.copytree(tiny, near)
+    config = json.loads((near / "config.json").read_text()) | _LLAMA_8B
+    config[key] = value
+    (near / "config.json").write_text(json.dumps(config))
+    dest = tmp_path / "out"
+    message = refused(
+        dest, "--source", f"file://{near}", "--model-id", "llama-3.1-8b-instruct", "--shape", "h100x1-bf16"
+    )
+    want = _LLAMA_8B[key][0] if key == "architectures" else _LLAMA_8B[key]
+    assert f"its config.json has {key} {shown}, the catalog's llama-3.1-8b-instruct has {want}" in message
+    # --plan-only reads the same rule (it resolves the same spec)
+    run = byoc(
+        "build",
+        "--source",
+        f"file://{near}",
+        "--model-id",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-bf16",
+        "--plan-only",
+        "--output",
+        "json",
+    )
+    assert run.exit_code == 2 and key in run.result["error"]["message"]
+
+
+def test_a_remote_checkpoint_claimed_as_a_catalog_model_is_refused_after_fetch(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf:// with a catalog id plans from the catalog (offline); the fetched config.json is checked before the build."""
+    mirror = tmp_path / "mirror"
+    shutil.copytree(tiny, mirror / "meta-llama" / "Llama-3.1-8B-Instruct" / "r1")
+    monkeypatch.setenv("BYOC_HF_MIRROR", str(mirror))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    message = refused(
+        tmp_path / "out",
+        "--source",
+        "hf://meta-llama/Llama-3.1-8B-Instruct",
+        "--revision",
+        "r1",
+        "--model-id",
+        "llama-3.1-8b-instruct",
+        "--shape",
+        "h100x1-bf16",
+    )
+    assert "its config.json has num_hidden_layers 2, the catalog's llama-3.1-8b-instruct has 32" in message
 
 
 def test_adapter_for_another_base(tiny: Path, foreign_lora: Path, tmp_path: Path) -> None:
