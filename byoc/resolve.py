@@ -407,6 +407,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     node_image, warnings = cloud.node_image(spec.node_image)
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
+    cloud.check_address_room(spec, shape, placement, pool)
     pods = cloud.pod_sizing(shape, pool, needs)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]

@@ -183,7 +183,14 @@ class Autoscaling(_Strict):
     min_replicas: Count = Field(
         default=0, ge=0, le=INT32_MAX, description="Fewest replicas; 0 lets the deployment scale to zero."
     )
-    max_replicas: Count = Field(default=1, ge=1, le=INT32_MAX, description="Most replicas.")
+    max_replicas: Count = Field(
+        default=1,
+        ge=1,
+        le=INT32_MAX,
+        description="Most replicas. Their GPU nodes, with the model build Job's and the system nodes, must fit "
+        "network.cidr: on AWS pods take VPC addresses (the VPC CNI), on Google Cloud each node a block of the pods "
+        "range, and a GKE cluster holds at most 15,000 nodes; validate refuses more and says how many fit.",
+    )
     scale_up_window: Seconds = Field(
         default=30,
         description="How long load must stay high before adding replicas (seconds, or 30s / 10m / 1h); at most 1h "
@@ -213,7 +220,11 @@ class Autoscaling(_Strict):
 class Network(_Strict):
     """The private network byoc creates."""
 
-    cidr: str = Field(default="10.42.0.0/16", description="VPC / VPC network CIDR (a /16 to /20 private range).")
+    cidr: str = Field(
+        default="10.42.0.0/16",
+        description="VPC / VPC network CIDR (a /16 to /20 private range); its size bounds autoscaling.max_replicas "
+        "(a /20 holds about 20 one-GPU replicas, a /16 several hundred).",
+    )
     endpoint: Literal["private", "allowlist", "public"] = Field(
         default="private",
         description="Kubernetes API endpoint: private (VPC only), allowlist (public, limited to allowed_cidrs), or "

@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from byoc.catalogs import InstanceType
-from byoc.clouds.base import Cloud
+from byoc.catalogs import InstanceType, load_catalog
+from byoc.clouds.base import AddressRoom, Cloud, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
-from byoc.sizing import NodeAllocatable, eks_allocatable
+from byoc.rules import DeploymentShape
+from byoc.sizing import KUBELET_DEFAULT_MAX_PODS, NodeAllocatable, eks_allocatable
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
+
+
+ZONES = 3  # the VPC spans three zones: a private and a public subnet in each (stacks/aws/network.py)
+# Interface endpoints keep these API calls inside the VPC: image pulls (ECR api + dkr), credentials (STS), keys
+# (KMS), logs (CloudWatch Logs) and the EC2 API (Karpenter, the VPC CNI). Each takes an address in every private
+# subnet.
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "sts", "kms", "logs", "ec2")
+# What each private subnet gives up before any node: AWS reserves the first four addresses and the last (VPC User
+# Guide, "Subnet CIDR blocks"); EKS needs at least six for the control plane's network interfaces (EKS User Guide,
+# "Subnet requirements for clusters"); one per interface endpoint; one for the gateway's internal load balancer.
+SUBNET_ADDRESSES_TAKEN = 5 + 6 + len(INTERFACE_ENDPOINTS) + 1
+
+
+def subnet_cidrs(cidr: str) -> tuple[list[str], list[str]]:
+    """Three large private subnets (a quarter of the range each) and three small public ones (for NAT and an
+    optional load balancer) carved from the last quarter."""
+    network = ipaddress.IPv4Network(cidr)
+    quarters = list(network.subnets(prefixlen_diff=2))
+    public = list(quarters[3].subnets(prefixlen_diff=2))
+    return [str(q) for q in quarters[:ZONES]], [str(p) for p in public[:ZONES]]
+
+
+def node_addresses(enis: int | None, ipv4_per_eni: int | None) -> int:
+    """Addresses a node can take from its subnet with the VPC CNI in its default mode (secondary IPs, no prefix
+    delegation): every IPv4 address of every interface it can attach, its own and its pods' (the CNI keeps a warm
+    interface's addresses allocated before pods use them). Unknown figures: the kubelet's 110 pods and the node."""
+    if enis is None or ipv4_per_eni is None:
+        return KUBELET_DEFAULT_MAX_PODS + 1
+    return enis * ipv4_per_eni
 
 
 class Aws(Cloud):
@@ -46,6 +77,34 @@ class Aws(Cloud):
         # nodeadm's kubelet reservations on the memory Karpenter assumes for a type it has not seen yet: a pod that
         # does not fit by Karpenter's reckoning gets no node of that type
         return eks_allocatable(instance)
+
+    def address_room(
+        self, cidr: str, shape: DeploymentShape, placement: Placement, pool: tuple[str, ...]
+    ) -> AddressRoom | None:
+        # Pods take VPC addresses (the VPC CNI), so nodes run out of subnet before they run out of anything else.
+        # Counted over the three private subnets together, for the pool's type that holds the fewest replicas.
+        private, _ = subnet_cidrs(cidr)
+        free = sum(ipaddress.IPv4Network(s).num_addresses - SUBNET_ADDRESSES_TAKEN for s in private)
+        system = load_catalog().kubernetes["eks"]["system_nodes"]
+        system_addresses = int(system["max"]) * node_addresses(system["enis"], system["ipv4_per_eni"])
+        worst: AddressRoom | None = None
+        for name in pool:
+            instance = self.instance_types[name]
+            per_node = node_addresses(instance.enis, instance.ipv4_per_eni)
+            per_node_replicas = max(1, instance.gpus // shape.count)  # as the NodePool's GPU limit counts them
+            nodes = max(0, free - system_addresses) // per_node
+            replicas = nodes * per_node_replicas - 1  # one GPU slot is the model build Job's
+            if worst is None or replicas < worst.replicas:
+                worst = AddressRoom(
+                    replicas,
+                    f"its three private subnets ({', '.join(private)}) have {free:,} addresses for nodes (AWS "
+                    f"reserves 5 a subnet; EKS, {len(INTERFACE_ENDPOINTS)} API endpoints and the gateway's load "
+                    f"balancer take {SUBNET_ADDRESSES_TAKEN - 5} more); the {system['max']} system nodes take up to "
+                    f"{system_addresses}, and each {name} node up to {per_node} (its pods get VPC addresses "
+                    f"from the VPC CNI: {instance.enis} interfaces x {instance.ipv4_per_eni}), so {nodes} GPU "
+                    f"node(s) of {per_node_replicas} replica(s) each, one slot kept for the model build Job",
+                )
+        return worst
 
     # Karpenter's EC2NodeClass amiSelectorTerms alias: family@version, the version an amazon-eks-ami release tag
     # (vYYYYMMDD) for AL2023 or a Bottlerocket release (v1.x.y); Karpenter picks the NVIDIA variant for GPU

@@ -7,6 +7,7 @@ state: they read the catalogs and answer.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,14 @@ class Placement:
     instance_gpus: int
     replicas_per_node: int
     reason: str
+
+
+@dataclass(frozen=True)
+class AddressRoom:
+    """How many replicas a network range leaves addresses for, and what limits it (a sentence for the error)."""
+
+    replicas: int
+    limit: str
 
 
 # The private address ranges of RFC 1918 (not Python's wider is_private, which also covers documentation ranges).
@@ -294,6 +303,50 @@ class Cloud(ABC):
                 node = getattr(node, name)
             if node is not None and leaf in node.model_fields_set:
                 raise ByocError(path, f"does not apply on {self.title}: {why}", f"remove {path} from the spec")
+
+    # -- addresses -------------------------------------------------------------------------------------------
+    # The range sizes network.cidr may take (byoc.spec.Network): the hint names the smallest one that fits.
+    NETWORK_PREFIXES = range(20, 15, -1)
+
+    def address_room(
+        self, cidr: str, shape: DeploymentShape, placement: Placement, pool: tuple[str, ...]
+    ) -> AddressRoom | None:
+        """The most replicas (plus the model build Job) the deployment's network range has addresses and node
+        limits for, on the GPU node types of `pool`; None where the cloud sets no such limit."""
+        return None
+
+    def check_address_room(
+        self, spec: Spec, shape: DeploymentShape, placement: Placement, pool: tuple[str, ...]
+    ) -> None:
+        """Refuse a max_replicas whose nodes the network range could never hold: the cluster would stop scaling
+        short of it, with pods pending and no error anyone sees before the load arrives.
+
+        Raises:
+            ByocError: on autoscaling.max_replicas, with the limit and a larger range or fewer replicas as the fix.
+        """
+        wanted = spec.autoscaling.max_replicas
+        room = self.address_room(spec.network.cidr, shape, placement, pool)
+        if room is None or wanted <= room.replicas:
+            return
+        address = ipaddress.IPv4Network(spec.network.cidr).network_address
+        larger = ""
+        for prefix in self.NETWORK_PREFIXES:
+            cidr = str(ipaddress.IPv4Network(f"{address}/{prefix}", strict=False))
+            bigger = self.address_room(cidr, shape, placement, pool)
+            if prefix < ipaddress.IPv4Network(spec.network.cidr).prefixlen and bigger and bigger.replicas >= wanted:
+                larger = f", or give network.cidr a larger range (a /{prefix} such as {cidr} holds {bigger.replicas})"
+                break
+        else:
+            larger = " (even a /16, the largest network.cidr, holds fewer)"
+        fewer = (
+            f"set autoscaling.max_replicas to {room.replicas} or fewer" if room.replicas >= 1 else "use a larger range"
+        )
+        raise ByocError(
+            "autoscaling.max_replicas",
+            f"{wanted} replicas do not fit {self.title}'s limits for network.cidr {spec.network.cidr}: {room.limit}; "
+            f"at most {room.replicas} replica(s) fit",
+            fewer + larger,
+        )
 
     # -- nodes -------------------------------------------------------------------------------------------------
     def node_image(self, requested: str | None) -> tuple[str | None, list[ByocWarning]]:

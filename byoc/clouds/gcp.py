@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
+from dataclasses import dataclass
 from typing import ClassVar
 
-from byoc.catalogs import InstanceType
-from byoc.clouds.base import Cloud
+from byoc.catalogs import InstanceType, load_catalog
+from byoc.clouds.base import AddressRoom, Cloud, Placement
+from byoc.rules import DeploymentShape
 from byoc.sizing import NodeAllocatable, gke_allocatable
 
 # What people write when they mean Google's default encryption at rest: no key of theirs at all.
 GOOGLE_MANAGED = frozenset(
     {"google", "google-managed", "google_managed", "gmek", "google-default-encryption", "google_default_encryption"}
 )
+
+
+# Pods per node sizes each node's slice of the pods range: GKE gives a node the smallest block with at least twice
+# as many addresses (GKE docs, "Configure maximum Pods per node": 17-32 pods a /26, 33-64 a /25, 65-110 a /24).
+# Changing either replaces the cluster or the pool.
+MAX_PODS_PER_NODE = 64  # the cluster's default, so the system pool's: a /25
+GPU_MAX_PODS_PER_NODE = 32  # a /26 of the pods range: a few serving replicas and the node's daemons
+# GKE Standard: at most 15,000 nodes per cluster (GKE docs, "Quotas and limits", limits per cluster; beyond 5,000
+# only once Google lifts a cluster size quota).
+GKE_MAX_NODES = 15_000
+# A regional cluster's node pools span three zones of the region unless told otherwise (GKE docs, "Regional
+# clusters"); the system pool's max_per_zone counts per zone.
+SYSTEM_POOL_ZONES = 3
+# Google Cloud reserves four addresses of a subnet's primary range (VPC docs, "Reserved IP addresses in IPv4
+# subnets"); the gateway's internal load balancer takes one more from it.
+NODE_RANGE_TAKEN = 4 + 1
+
+
+@dataclass(frozen=True)
+class AddressPlan:
+    """How the spec's CIDR is divided: nodes a quarter, pods half, services an eighth, and the control plane a /28
+    (a /16 gives /18 nodes, /17 pods, /19 services)."""
+
+    nodes: str
+    pods: str
+    services: str
+    control_plane: str
+
+
+def address_plan(cidr: str) -> AddressPlan:
+    network = ipaddress.IPv4Network(cidr)
+    first, second = network.subnets(prefixlen_diff=1)
+    nodes, rest = first.subnets(prefixlen_diff=1)
+    services, spare = rest.subnets(prefixlen_diff=1)
+    control_plane = list(spare.subnets(new_prefix=28))[-1]
+    return AddressPlan(str(nodes), str(second), str(services), str(control_plane))
+
+
+def pod_block(max_pods: int) -> int:
+    """Addresses of the pods range one node takes: a power of two at least twice its max pods."""
+    return 1 << math.ceil(math.log2(2 * max_pods))
 
 
 class Gcp(Cloud):
@@ -49,6 +94,44 @@ class Gcp(Cloud):
     def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
         # GKE Standard's reservations ("Plan GKE node sizes"); the node pool has one machine type
         return gke_allocatable(instance)
+
+    def address_room(
+        self, cidr: str, shape: DeploymentShape, placement: Placement, pool: tuple[str, ...]
+    ) -> AddressRoom | None:
+        # Nodes take addresses from the subnet's primary range, and each a block of the pods secondary range; the
+        # cluster has a node limit of its own. The GPU pool grows to every replica plus the model build Job.
+        plan = address_plan(cidr)
+        system = load_catalog().kubernetes["gke"]["system_nodes"]
+        system_nodes = int(system["max_per_zone"]) * SYSTEM_POOL_ZONES
+        pods_range = ipaddress.IPv4Network(plan.pods).num_addresses
+        nodes_range = ipaddress.IPv4Network(plan.nodes).num_addresses
+        gpu_block, system_block = pod_block(GPU_MAX_PODS_PER_NODE), pod_block(MAX_PODS_PER_NODE)
+        by_pods = (pods_range - system_nodes * system_block) // gpu_block
+        by_subnet = nodes_range - NODE_RANGE_TAKEN - system_nodes
+        limits = [
+            (
+                by_pods,
+                f"the pods range {plan.pods} ({pods_range:,} addresses) gives each of the {system_nodes} system nodes "
+                f"{system_block} and each GPU node {gpu_block} ({GPU_MAX_PODS_PER_NODE} pods a node, a block of twice "
+                "as many addresses)",
+            ),
+            (
+                by_subnet,
+                f"the node range {plan.nodes} has {nodes_range - NODE_RANGE_TAKEN:,} addresses for nodes (Google "
+                f"Cloud reserves 4, the gateway's load balancer takes 1), {system_nodes} of them system nodes",
+            ),
+            (
+                GKE_MAX_NODES - system_nodes,
+                f"a GKE Standard cluster holds at most {GKE_MAX_NODES:,} nodes, {system_nodes} of them system nodes",
+            ),
+        ]
+        nodes, limit = min(limits, key=lambda item: item[0])
+        per_node = placement.replicas_per_node
+        return AddressRoom(
+            max(0, nodes) * per_node - 1,  # one slot is the model build Job's
+            f"{limit}, so {max(0, nodes):,} {placement.instance_type} node(s) of {per_node} replica(s) each, one slot "
+            "kept for the model build Job",
+        )
 
     def provider_managed_key(self, key: str) -> str | None:
         # Google-managed encryption keys are Google's: you cannot revoke them, rotate them on your schedule or see

@@ -4,26 +4,12 @@ endpoints for the AWS APIs the cluster calls."""
 from __future__ import annotations
 
 import functools
-import ipaddress
 
 import pulumi
 import pulumi_aws as aws
 
+from byoc.clouds.aws import INTERFACE_ENDPOINTS, ZONES, subnet_cidrs
 from stacks.aws.context import AwsContext, policy, trust
-
-ZONES = 3
-# Interface endpoints keep these API calls inside the VPC: image pulls (ECR api + dkr), credentials (STS), keys
-# (KMS), logs (CloudWatch Logs) and the EC2 API (Karpenter, the VPC CNI).
-INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "sts", "kms", "logs", "ec2")
-
-
-def subnet_cidrs(cidr: str) -> tuple[list[str], list[str]]:
-    """Three large private subnets (a quarter of the range each) and three small public ones (for NAT and an
-    optional load balancer) carved from the last quarter."""
-    network = ipaddress.IPv4Network(cidr)
-    quarters = list(network.subnets(prefixlen_diff=2))
-    public = list(quarters[3].subnets(prefixlen_diff=2))
-    return [str(q) for q in quarters[:ZONES]], [str(p) for p in public[:ZONES]]
 
 
 def _nth(index: int, names: list[str]) -> str:

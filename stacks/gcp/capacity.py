@@ -16,6 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE
 from stacks.gcp.cluster import Cluster, hardened_node_config
 from stacks.gcp.context import GcpContext
 from stacks.gcp.identities import Identities
@@ -25,7 +26,6 @@ from stacks.gcp.network import Network
 NODE_POOL = "byoc-gpu"
 # GKE also taints GPU nodes with nvidia.com/gpu=present:NoSchedule; declaring it keeps the template complete.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
-GPU_MAX_PODS_PER_NODE = 32  # a /26 of the pods range: a few serving replicas and the node's daemons
 
 
 def machine_series(machine_type: str) -> str:

@@ -13,6 +13,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from byoc.catalogs import load_catalog
+from byoc.clouds.gcp import MAX_PODS_PER_NODE
 from byoc.resolve import Deployment
 from stacks.gcp.context import GcpContext
 from stacks.gcp.identities import Identities
@@ -23,8 +24,6 @@ LOGGED_COMPONENTS = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SC
 # DCGM: GKE's managed dcgm-exporter on GPU nodes (GPU utilisation and memory), which needs Managed Service for
 # Prometheus (GKE docs, "Collect and view DCGM metrics").
 MONITORED_COMPONENTS = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "DCGM"]
-# Pods per node sizes each node's slice of the pods range (64 -> a /25); changing it replaces the cluster.
-MAX_PODS_PER_NODE = 64
 # Maintenance on weekends, 4 hours from 01:00 UTC (RFC 5545 recurrence, as GKE takes it).
 MAINTENANCE_WINDOW = ("2026-01-03T01:00:00Z", "2026-01-03T05:00:00Z", "FREQ=WEEKLY;BYDAY=SA,SU")
 # The date from which the minor version is held (a fixed time: a moving one would show a change on every preview).

@@ -9,12 +9,10 @@ leave out (the add-ons' webhook ports) and a logged deny for everything else.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.clouds.gcp import AddressPlan, address_plan
 from stacks.gcp.context import GcpContext
 
 PODS_RANGE = "pods"
@@ -23,26 +21,6 @@ SERVICES_RANGE = "services"
 # (it opens 443 and 10250): KEDA's metrics API server (6443) and webhooks (9443), and 8443 (GKE docs, "Add
 # firewall rules for specific use cases" in "Creating a private cluster").
 WEBHOOK_PORTS = ["6443", "8443", "9443"]
-
-
-@dataclass(frozen=True)
-class AddressPlan:
-    """How the spec's CIDR is divided: nodes a quarter, pods half, services an eighth, and the control plane a /28
-    (a /16 gives /18 nodes, /17 pods, /19 services)."""
-
-    nodes: str
-    pods: str
-    services: str
-    control_plane: str
-
-
-def address_plan(cidr: str) -> AddressPlan:
-    network = ipaddress.IPv4Network(cidr)
-    first, second = network.subnets(prefixlen_diff=1)
-    nodes, rest = first.subnets(prefixlen_diff=1)
-    services, spare = rest.subnets(prefixlen_diff=1)
-    control_plane = list(spare.subnets(new_prefix=28))[-1]
-    return AddressPlan(str(nodes), str(second), str(services), str(control_plane))
 
 
 class Network(pulumi.ComponentResource):
