@@ -1,12 +1,14 @@
-"""Google Cloud: regions, machine types and Cloud KMS key ids (offerings from the offline table)."""
+"""Google Cloud: regions, machine types and Cloud KMS key ids (offerings from the offline table); the live preflight
+and the leftover sweep."""
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from byoc.catalogs import InstanceType
 from byoc.clouds.base import Cloud
+from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.sizing import NodeAllocatable, gke_allocatable
 
 # What people write when they mean Google's default encryption at rest: no key of theirs at all.
@@ -61,3 +63,16 @@ class Gcp(Cloud):
         if "/cryptoKeyVersions/" in key:
             return f"{key!r} is a key version: GKE, Compute Engine and Cloud Storage take the key, and rotate it"
         return None
+
+    def preflight(self, need: CapacityNeed) -> PreflightReport:
+        """Credentials, the GPU's zones in the region and the GPU quotas (byoc/clouds/gcp_preflight.py)."""
+        from byoc.clouds.gcp_preflight import preflight
+
+        return preflight(need)
+
+    def sweep(self, target: SweepTarget, delete: bool, **options: Any) -> SweepReport:
+        """What is left labelled byoc-deployment=<name> (or named after it) once the stack is destroyed
+        (byoc/clouds/gcp_sweep.py)."""
+        from byoc.clouds.gcp_sweep import sweep
+
+        return sweep(target, delete, **options)
