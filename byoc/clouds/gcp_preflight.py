@@ -223,7 +223,7 @@ def _offering_check(session: GcpSession, need: CapacityNeed, accelerator: str | 
 
 
 def _own_gpus(session: GcpSession, need: CapacityNeed, accelerator: str | None) -> int:
-    """GPUs of the deployment's own running VMs in the region (GKE gives node VMs the cluster's resource labels):
+    """GPUs of the deployment's own running VMs in the region (labelled through the node pool's resource_labels):
     they count in Compute's usage and again in what byoc needs. 0 where they cannot be listed."""
     if not need.deployment or accelerator is None:
         return 0

@@ -1,7 +1,8 @@
 """Google Cloud sweep after `byoc destroy`: what is left of a deployment once its stack is gone.
 
-Every GCP resource of stacks/gcp that takes labels carries byoc-deployment=<name> (stacks/gcp/context.py), and GKE
-copies the cluster's resource labels onto the VMs and boot disks it creates, so those are found by that label. The
+Every GCP resource of stacks/gcp that takes labels carries byoc-deployment=<name> (stacks/gcp/context.py): the node
+pools' VMs through node_config.resource_labels, the volumes the PD CSI driver creates through the StorageClass's
+`labels` parameter (stacks/gcp/cluster.py), so those are found by that label. The
 kinds that take no labels in their API are found by the names stacks/gcp gives them, and the report's `tag` says
 which way each was found:
 
