@@ -109,9 +109,9 @@ class Sweeper:
         clusters = s.call("GET", "container", f"/projects/{s.project}/locations/-/clusters").get("clusters", [])
         found = []
         for c in clusters:
-            if (c.get("resourceLabels") or {}).get(DEPLOYMENT_LABEL) != self.name:
-                continue
             location = str(c.get("location", ""))
+            if (c.get("resourceLabels") or {}).get(DEPLOYMENT_LABEL) != self.name or not self._in_region(location):
+                continue
             pools = ", ".join(str(p.get("name")) for p in c.get("nodePools", []))
             found.append(
                 Leftover(
@@ -272,22 +272,27 @@ class Sweeper:
             s.wait(operation, item.service, self.wait_s, sleep_s=self.first_delay_s, sleep=self.sleep)
         return "deleted"
 
-    def _remove_bucket(self, s: GcpSession, item: Leftover) -> SweepAction:
-        retention = item.detail.get("retentionPolicy") or {}
-        if retention.get("isLocked"):
+    def _retained(self, item: Leftover) -> bool:
+        """A bucket under a locked retention policy is kept (and so is the key it encrypts with)."""
+        if item.kind == "bucket" and (item.detail.get("retentionPolicy") or {}).get("isLocked"):
             key = (item.detail.get("encryption") or {}).get("defaultKmsKeyName")
             if key:
                 self.retained_keys.add(str(key))
-            return "retained"
+            return True
+        return item.kind == "kms-key" and item.id in self.retained_keys
+
+    def _remove_bucket(self, s: GcpSession, item: Leftover) -> SweepAction:
         for blob in s.pages("storage", f"{item.path}/o", "items", {"versions": "true"}):
             name = urllib.parse.quote(str(blob["name"]), safe="")
-            s.call("DELETE", "storage", f"{item.path}/o/{name}", {"generation": str(blob.get("generation", ""))})
+            try:
+                s.call("DELETE", "storage", f"{item.path}/o/{name}", {"generation": str(blob.get("generation", ""))})
+            except ApiError as exc:
+                if exc.status != 404:  # an object gone meanwhile is fine; the bucket's own 404 is not this one
+                    raise
         s.call("DELETE", "storage", item.path)
         return "deleted"
 
     def _remove_key(self, s: GcpSession, item: Leftover) -> SweepAction:
-        if item.id in self.retained_keys:
-            return "retained"
         versions = s.pages("cloudkms", f"{item.path}/cryptoKeyVersions", "cryptoKeyVersions")
         for version in versions:
             if version.get("state") not in KEY_VERSION_GONE:
@@ -302,23 +307,22 @@ class Sweeper:
     def _delete(self, s: GcpSession, item: Leftover) -> None:
         entry = SweptResource(kind=item.kind, id=item.id, tag=item.tag)
         self.report.resources.append(entry)
+        if self._retained(item):
+            entry.action = "retained"
+            entry.error = (
+                "locked retention policy: kept on purpose"
+                if item.kind == "bucket"
+                else "a retained bucket still encrypts with it: its versions are kept"
+            )
+            return
         if not self.delete:
             if item.kind == "kms-key":
                 entry.action = self._key_state(s, item)
-            elif item.kind == "bucket" and (item.detail.get("retentionPolicy") or {}).get("isLocked"):
-                entry.action = "retained"
-                entry.error = "locked retention policy: kept on purpose"
             return
         delay = self.first_delay_s
         for attempt in range(1, self.attempts + 1):
             try:
                 entry.action = self._remove(s, item)
-                if entry.action == "retained":
-                    entry.error = (
-                        "locked retention policy: kept on purpose"
-                        if item.kind == "bucket"
-                        else "a retained bucket still encrypts with it: its versions are kept"
-                    )
                 self.on_progress(f"{entry.action} {item.kind} {item.id}")
                 return
             except ApiError as exc:

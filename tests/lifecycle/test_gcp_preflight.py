@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import ROOT
-from tests.lifecycle.conftest import GCP_PROJECT, GcpApi, byoc, gcp_recorded
+from tests.lifecycle.conftest import GCP_PROJECT, GcpApi, StandIn, byoc, gcp_recorded
 
 EXAMPLE = str(ROOT / "examples" / "gcp-l4.yaml")
 REGION_PATH = f"/compute/v1/projects/{GCP_PROJECT}/regions/europe-west4"
@@ -146,3 +146,15 @@ def test_no_credentials(gcp_api: GcpApi, tmp_path: Path) -> None:
     assert "no Google Cloud credentials found" in checks["credentials"]["detail"]
     assert checks["offering"]["status"] == checks["gpu-quota"]["status"] == "unknown"
     assert gcp_api.calls == []
+
+
+def test_up_refuses_a_short_quota_before_creating_anything(gcp_api: GcpApi, standin: StandIn, tmp_path: Path) -> None:
+    """stand-in `pulumi` (argument and flow checks only): it must never be asked to run `up`."""
+    gcp_api.routes["GET", REGION_PATH] = (200, region_with(NVIDIA_L4_GPUS=(0, 0)))
+    env = standin.env(gcp_api.env()) | {"BYOC_HOME": str(tmp_path / "home"), "PULUMI_CONFIG_PASSPHRASE": "test"}
+    result = byoc("up", "-f", EXAMPLE, "--yes", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "preflight.gpu-quota:" in result.stderr and "NVIDIA_L4_GPUS" in result.stderr
+    assert not [c for c in standin.commands() if c.startswith("up")]
+    status = byoc("status", "--output", "json", env=env)
+    assert json.loads(status.stdout) == []

@@ -48,7 +48,7 @@ LEFTOVERS = [
     ("bucket", f"byoc-qwen-eu-audit-logs-{NUMBER}", "retained"),
     ("kms-key", f"{KEY_NAMES}/artifacts", "found"),
     ("kms-key", f"{KEY_NAMES}/disks", "found"),
-    ("kms-key", f"{KEY_NAMES}/logs", "found"),
+    ("kms-key", f"{KEY_NAMES}/logs", "retained"),  # the audit bucket, kept, encrypts with it
     ("kms-key", f"{KEY_NAMES}/secrets", "scheduled"),
     ("service-account", f"byoc-qwen-eu-gpu-nodes@{GCP_PROJECT}.iam.gserviceaccount.com", "found"),
     ("service-account", f"byoc-qwen-eu-nodes@{GCP_PROJECT}.iam.gserviceaccount.com", "found"),
@@ -76,8 +76,8 @@ def test_dry_run_lists_the_deployments_leftovers_and_deletes_nothing(api: GcpApi
     listed = {(m, p): q for m, p, q in api.calls}
     assert listed["GET", f"{COMPUTE}/aggregated/disks"] == {"filter": "labels.byoc-deployment = qwen-eu"}
     assert listed["GET", "/storage/v1/b"] == {"project": GCP_PROJECT, "prefix": "byoc-qwen-eu-"}
-    # what the destroy flow counts: a retained bucket and a scheduled key are as far as a sweep goes
-    assert len(report.remaining) == len(LEFTOVERS) - 2
+    # what the destroy flow counts: a retained bucket and key and a scheduled key are as far as a sweep goes
+    assert len(report.remaining) == len(LEFTOVERS) - 3
 
 
 def test_delete_in_dependency_order(api: GcpApi) -> None:
