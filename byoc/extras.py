@@ -5,7 +5,7 @@ The plain install (the distribution `byoc-inference`; "byoc" on PyPI is an unrel
 
 | extra | what needs it | modules it brings |
 | --- | --- | --- |
-| `gcp` | a plan or deployment with `--cloud gcp` | pulumi_gcp |
+| `gcp` | a plan or deployment with `--cloud gcp` | pulumi_gcp, google.auth (preflight and sweep) |
 | `runtime` | `byoc serve ...`, `byoc build`, `byoc artifacts ...` | aiohttp, prometheus_client, torch, ... |
 
 `require` checks with `importlib.util.find_spec` (nothing is imported), so a command fails before any work with

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 CheckStatus = Literal["ok", "fail", "unknown"]
+SweepAction = Literal["found", "deleted", "failed", "scheduled", "retained"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,15 @@ class SweepTarget:
 @dataclass
 class SweptResource:
     """One resource the sweep found: its kind (instance, launch-template, load-balancer, security-group,
-    network-interface, volume), id, the tag that ties it to the deployment, and what became of it."""
+    network-interface, volume; on GCP cluster, disk, bucket, kms-key, ...), id, the tag or label that ties it to
+    the deployment, and what became of it: `scheduled` (a Cloud KMS key, which cannot be deleted: its versions are
+    scheduled for destruction) and `retained` (kept on purpose, e.g. a bucket under a locked retention policy) are
+    as far as a sweep can go, and do not count as remaining."""
 
     kind: str
     id: str
     tag: str
-    action: Literal["found", "deleted", "failed"] = "found"
+    action: SweepAction = "found"
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,7 +98,7 @@ class SweepReport:
 
     @property
     def remaining(self) -> list[SweptResource]:
-        return [r for r in self.resources if r.action != "deleted"]
+        return [r for r in self.resources if r.action not in ("deleted", "scheduled", "retained")]
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Google Cloud: regions, machine types and Cloud KMS key ids (offerings from the offline table)."""
+"""Google Cloud: regions, machine types and Cloud KMS key ids (offerings from the offline table); the live preflight
+and the leftover sweep."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from byoc.catalogs import InstanceType, load_catalog
 from byoc.clouds.base import AddressRoom, Cloud, Placement
+from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.rules import DeploymentShape
 from byoc.sizing import NodeAllocatable, gke_allocatable
 
@@ -144,3 +146,16 @@ class Gcp(Cloud):
         if "/cryptoKeyVersions/" in key:
             return f"{key!r} is a key version: GKE, Compute Engine and Cloud Storage take the key, and rotate it"
         return None
+
+    def preflight(self, need: CapacityNeed) -> PreflightReport:
+        """Credentials, the GPU's zones in the region and the GPU quotas (byoc/clouds/gcp_preflight.py)."""
+        from byoc.clouds.gcp_preflight import preflight
+
+        return preflight(need)
+
+    def sweep(self, target: SweepTarget, delete: bool, **options: Any) -> SweepReport:
+        """What is left labelled byoc-deployment=<name> (or named after it) once the stack is destroyed
+        (byoc/clouds/gcp_sweep.py)."""
+        from byoc.clouds.gcp_sweep import sweep
+
+        return sweep(target, delete, **options)

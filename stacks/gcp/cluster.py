@@ -311,7 +311,13 @@ class Cluster(pulumi.ComponentResource):
                 labels={"app.kubernetes.io/managed-by": "byoc", "byoc.dev/deployment": ctx.name},
             ),
             provisioner="pd.csi.storage.gke.io",
-            parameters={"type": "pd-balanced", "disk-encryption-kms-key": key_id},
+            parameters={
+                "type": "pd-balanced",
+                "disk-encryption-kms-key": key_id,
+                # the PD CSI driver's `labels` parameter ("key1=value1,key2=value2") labels every disk it creates,
+                # so the leftover sweep finds volumes by the deployment's label (byoc/clouds/gcp_sweep.py)
+                "labels": ",".join(f"{k}={v}" for k, v in ctx.labels().items()),
+            },
             reclaim_policy="Delete",
             volume_binding_mode="WaitForFirstConsumer",
             allow_volume_expansion=True,

@@ -169,6 +169,8 @@ def test_every_data_store_is_encrypted_with_our_keys() -> None:
     storage = one(plan, "kubernetes:storage.k8s.io/v1:StorageClass").inputs
     assert storage["provisioner"] == "pd.csi.storage.gke.io"
     assert storage["parameters"]["disk-encryption-kms-key"] == key + "disks"
+    # the disks it provisions carry the deployment's label, which the leftover sweep looks for
+    assert storage["parameters"]["labels"] == "byoc-deployment=test,byoc-managed-by=byoc"
 
 
 def test_a_given_key_replaces_the_created_ones_and_is_granted_to_the_agents() -> None:
