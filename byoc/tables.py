@@ -15,6 +15,17 @@ def _model(model_id: str) -> ModelArch:
     return resolve_model(model_id)[0]
 
 
+def priced_instance(cloud: Any, shape: rules.DeploymentShape, candidates: list[Any], needs: Any) -> Any:
+    """The machine `estimate` and `shapes` price a shape on: the one `byoc plan` launches for it with region GLOBAL
+    (the first region offering a candidate, and the first candidate offered there), so all three name the same
+    type; the first candidate where no region offers one (the catalog's best guess)."""
+    try:
+        name = cloud.place("GLOBAL", shape, needs).instance_type
+    except ByocError:
+        return candidates[0]
+    return next((t for t in candidates if t.name == name), candidates[0])
+
+
 def estimate_row(
     cloud_name: str,
     model_id: str,
@@ -47,7 +58,7 @@ def estimate_row(
     # priced on the first machine whose node holds the shape's pods (byoc/sizing.py), as `byoc plan` places it
     needs = sizing.pod_needs(shape, model)
     candidates = cloud.instance_candidates(shape, needs)
-    instance = (candidates or cloud.gpu_types(shape))[0]
+    instance = priced_instance(cloud, shape, candidates, needs) if candidates else cloud.gpu_types(shape)[0]
     row: dict[str, Any] = {
         "model": model.id,
         "shape": shape.name,
@@ -100,14 +111,17 @@ def shape_rows(
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     model = _model(model_id) if model_id else None
+    if model is not None and max_context is not None:
+        rules.check_max_context(max_context, model.max_context, model.id)
     for cloud_name in clouds:
         cloud = get_cloud(cloud_name)
         for shape in catalog_shapes(cloud_name):
             # the first machine whose node holds the shape's pods (with a model: that model's pods)
-            candidates = cloud.instance_candidates(shape, sizing.pod_needs(shape, model))
+            needs = sizing.pod_needs(shape, model)
+            candidates = cloud.instance_candidates(shape, needs)
             if not candidates:
                 continue
-            instance = candidates[0]
+            instance = priced_instance(cloud, shape, candidates, needs)
             row: dict[str, Any] = {
                 "cloud": cloud_name,
                 "shape": shape.name,
@@ -123,7 +137,7 @@ def shape_rows(
                 "regions": len(cloud.regions_offering(shape)),
             }
             if model is not None:
-                context = min(max_context or model.max_context, model.max_context)
+                context = max_context or model.max_context
                 memory = planner.plan_memory(model, shape, 0.9, context)
                 if not memory.fits:
                     continue

@@ -81,28 +81,33 @@ class Aws(Cloud):
     def address_room(
         self, cidr: str, shape: DeploymentShape, placement: Placement, pool: tuple[str, ...]
     ) -> AddressRoom | None:
-        # Pods take VPC addresses (the VPC CNI), so nodes run out of subnet before they run out of anything else.
-        # Counted over the three private subnets together, for the pool's type that holds the fewest replicas.
+        # Pods take VPC addresses (the VPC CNI) from the subnet of their node's zone, so nodes run out of subnet
+        # before anything else, zone by zone: each private subnet is counted on its own, the system nodes spread
+        # over the zones as the managed node group spreads them, for the pool's type that holds the fewest replicas.
         private, _ = subnet_cidrs(cidr)
-        free = sum(ipaddress.IPv4Network(s).num_addresses - SUBNET_ADDRESSES_TAKEN for s in private)
+        free = [ipaddress.IPv4Network(s).num_addresses - SUBNET_ADDRESSES_TAKEN for s in private]
         system = load_catalog().kubernetes["eks"]["system_nodes"]
-        system_addresses = int(system["max"]) * node_addresses(system["enis"], system["ipv4_per_eni"])
+        system_node = node_addresses(system["enis"], system["ipv4_per_eni"])
+        count = int(system["max"])
+        system_per_subnet = [
+            count // len(private) + (1 if i < count % len(private) else 0) for i in range(len(private))
+        ]
         worst: AddressRoom | None = None
         for name in pool:
             instance = self.instance_types[name]
             per_node = node_addresses(instance.enis, instance.ipv4_per_eni)
             per_node_replicas = max(1, instance.gpus // shape.count)  # as the NodePool's GPU limit counts them
-            nodes = max(0, free - system_addresses) // per_node
+            per_zone = [max(0, f - n * system_node) // per_node for f, n in zip(free, system_per_subnet, strict=True)]
+            nodes = sum(per_zone)
             replicas = nodes * per_node_replicas - 1  # one GPU slot is the model build Job's
+            one_zone = min(per_zone) * per_node_replicas - 1
             if worst is None or replicas < worst.replicas:
                 worst = AddressRoom(
                     replicas,
-                    f"its three private subnets ({', '.join(private)}) have {free:,} addresses for nodes (AWS "
-                    f"reserves 5 a subnet; EKS, {len(INTERFACE_ENDPOINTS)} API endpoints and the gateway's load "
-                    f"balancer take {SUBNET_ADDRESSES_TAKEN - 5} more); the {system['max']} system nodes take up to "
-                    f"{system_addresses}, and each {name} node up to {per_node} (its pods get VPC addresses "
-                    f"from the VPC CNI: {instance.enis} interfaces x {instance.ipv4_per_eni}), so {nodes} GPU "
-                    f"node(s) of {per_node_replicas} replica(s) each, one slot kept for the model build Job",
+                    f"each private subnet ({', '.join(private)}) has {free[0]:,} addresses for nodes; the {count} "
+                    f"system nodes take {system_node} each and each {name} node {per_node} from its zone's subnet "
+                    f"(VPC CNI), so {' + '.join(map(str, per_zone))} GPU nodes over the three zones, one slot kept "
+                    f"for the build Job (GPUs in one zone only: {max(0, one_zone)} replicas)",
                 )
         return worst
 

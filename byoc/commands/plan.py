@@ -430,15 +430,23 @@ def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: Evide
     and then moved into place together, with a signal held back for the moves: a failed or interrupted plan keeps
     the previous one whole and leaves no staging folder (Ctrl+C removes it before byoc exits). Returns the
     compliance summary."""
-    import functools
     import shutil
 
     from byoc import interrupts
     from byoc.manifests import write_helm_releases, write_manifests
 
+    created = [p for p in (out, *out.parents) if not p.exists()]  # the folders this run makes (none published yet)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".byoc-plan-"))
-    remove = functools.partial(shutil.rmtree, staging, ignore_errors=True)
+    published = False
+
+    def remove() -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not published:  # an interrupted or failed first plan leaves no empty --out behind either
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+
     try:
         with interrupts.on_stop(remove):
             compliance = None
@@ -454,6 +462,7 @@ def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: Evide
                     if (out / name).is_dir():
                         os.replace(out / name, staging / f"previous-{name}")
                     os.replace(staging / name, out / name)
+                    published = True
     finally:
         remove()
     return compliance

@@ -49,6 +49,7 @@ def _assert_whole_or_absent(out: Path) -> None:
     entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert not [e for e in entries if e.startswith(".")], f"staging left behind in {out}: {entries}"
     if not entries:
+        assert not out.exists(), f"an empty {out} left behind: the run made it and published nothing"
         return
     assert entries == ["compliance", "helm-releases.yaml", "manifests", "plan.json"], entries
     plan = json.loads((out / "plan.json").read_text())

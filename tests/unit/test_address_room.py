@@ -16,18 +16,21 @@ from tests.conftest import deploy, refused, run_byoc
 SMALL = {"cidr": "10.42.0.0/20"}
 
 # AWS, 10.42.0.0/20: three private /22 subnets (1,024 addresses each), each giving up 5 (AWS) + 6 (EKS) + 6 (API
-# endpoints) + 1 (the gateway's load balancer); 4 system m7i.xlarge nodes x 4 interfaces x 15 addresses.
-AWS_FREE = 3 * (1024 - 18) - 4 * 4 * 15
+# endpoints) + 1 (the gateway's load balancer). A node's pods take addresses from its own zone's subnet, so each
+# subnet is counted alone: the 4 system m7i.xlarge nodes (4 interfaces x 15 addresses) spread 2 + 1 + 1 over the zones.
+AWS_FREE = 1024 - 18
+AWS_SYSTEM = 4 * 15
 # h100x1-fp8 may land on p5.4xlarge (4 interfaces x 30 addresses, 1 GPU) or p5.48xlarge (2 x 50, 8 GPUs): the
 # smaller node holds fewer replicas per address. One GPU slot is the model build Job's.
-AWS_H100X1 = AWS_FREE // (4 * 30) * 1 - 1
+AWS_H100X1 = sum((AWS_FREE - n * AWS_SYSTEM) // (4 * 30) for n in (2, 1, 1)) * 1 - 1
 # GCP, 10.42.0.0/20: the pods range is its second half, a /21 (2,048 addresses); 3 zones x 2 system nodes take a /25
 # (64 pods) each, and every GPU node a /26 (32 pods).
 GCP_H100X1 = (2048 - 6 * 128) // 64 - 1
 
 
 def test_the_counts_worked_by_hand() -> None:
-    assert (AWS_FREE, AWS_H100X1, GCP_H100X1) == (2778, 22, 19)
+    # 7 + 7 + 7 p5.4xlarge nodes (886 // 120, 946 // 120 twice), not 23 from the three subnets' sum
+    assert (AWS_FREE, AWS_H100X1, GCP_H100X1) == (1006, 20, 19)
 
 
 def test_aws_small_range_holds_up_to_its_limit_and_refuses_one_more() -> None:
@@ -36,7 +39,8 @@ def test_aws_small_range_holds_up_to_its_limit_and_refuses_one_more() -> None:
     assert error.field == "autoscaling.max_replicas"
     assert "network.cidr 10.42.0.0/20" in error.message
     assert "10.42.0.0/22, 10.42.4.0/22, 10.42.8.0/22" in error.message
-    assert "p5.4xlarge node up to 120" in error.message  # the VPC CNI: pods take VPC addresses
+    assert "p5.4xlarge node 120 from its zone's subnet" in error.message  # the VPC CNI: pods take VPC addresses
+    assert "7 + 7 + 7 GPU nodes" in error.message and "GPUs in one zone only: 6 replicas" in error.message
     assert f"at most {AWS_H100X1} replica(s) fit" in error.message
     assert error.hint.startswith(f"set autoscaling.max_replicas to {AWS_H100X1} or fewer")
     assert "a /19 such as 10.42.0.0/19" in error.hint  # the smallest larger range that fits
@@ -44,10 +48,10 @@ def test_aws_small_range_holds_up_to_its_limit_and_refuses_one_more() -> None:
 
 def test_aws_eight_gpu_nodes_count_their_own_interfaces() -> None:
     # h100x8 on p5.48xlarge: 2 interfaces x 50 addresses a node, one replica a node
-    fits = AWS_FREE // (2 * 50) - 1
-    assert deploy(shape="h100x8-fp8", network=SMALL, autoscaling={"max_replicas": fits}).autoscaling.max_replicas == 26
+    fits = sum((AWS_FREE - n * AWS_SYSTEM) // (2 * 50) for n in (2, 1, 1)) - 1  # 8 + 9 + 9 nodes
+    assert deploy(shape="h100x8-fp8", network=SMALL, autoscaling={"max_replicas": fits}).autoscaling.max_replicas == 25
     error = refused(shape="h100x8-fp8", network=SMALL, autoscaling={"max_replicas": fits + 1})
-    assert error.field == "autoscaling.max_replicas" and "p5.48xlarge node up to 100" in error.message
+    assert error.field == "autoscaling.max_replicas" and "p5.48xlarge node 100" in error.message
 
 
 def test_aws_default_range_holds_hundreds() -> None:

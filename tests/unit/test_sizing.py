@@ -98,3 +98,30 @@ def test_estimate_prices_the_node_the_pods_fit(tmp_path: Path) -> None:
         row = row[0] if isinstance(row, list) else row
         assert row["instance_type"] == machine
         assert row["cost"]["node"]["hourly_usd"] == cloud.instance_types[machine].hourly_usd
+
+
+def test_estimate_shapes_and_plan_name_the_same_machine_for_every_shape() -> None:
+    """What `estimate` and `shapes` quote is the machine `byoc plan` launches with region GLOBAL (an H200 shape was
+    quoted on p5e.48xlarge, sold mainly as Capacity Blocks, while the plan's NodePool held only p5en.48xlarge)."""
+    from byoc import sizing
+    from byoc.resolve import catalog_shapes, resolve_model
+    from byoc.tables import estimate_row, shape_rows
+
+    model = resolve_model("llama-3.1-8b-instruct")[0]
+    rows = shape_rows(["aws", "gcp"], model.id, None, 1000, 200)
+    assert len(rows) > 40
+    for row in rows:
+        cloud = get_cloud(row["cloud"])
+        shape = next(s for s in catalog_shapes(row["cloud"]) if s.name == row["shape"])
+        planned = cloud.place("GLOBAL", shape, sizing.pod_needs(shape, model)).instance_type
+        assert row["instance_type"] == planned, row
+        estimated = estimate_row(row["cloud"], model.id, row["shape"], 1000, 200, 0.9, None, None)
+        assert estimated["instance_type"] == planned, row
+    h200 = [r for r in rows if r["cloud"] == "aws" and r["shape"].startswith("h200")]
+    assert h200 and {r["instance_type"] for r in h200} == {"p5en.48xlarge"}
+
+
+def test_shapes_refuses_a_context_longer_than_the_models_like_estimate() -> None:
+    result = run_byoc("shapes", "--model", "llama-3.1-8b-instruct", "--max-context", "10000000", "-o", "json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "131072" in json.loads(result.stdout)["error"]["message"]
