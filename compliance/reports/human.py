@@ -146,6 +146,15 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
+def _findings_table(table_id: str, title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A titled HTML table of findings (cells already escaped); nothing when there are none."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h2>{title}</h2><table id='{table_id}'><tr>{head}</tr>{body}</table>"
+
+
 def html_report(
     graph: Graph,
     findings: list[Finding],
@@ -187,30 +196,31 @@ def html_report(
             f"<th>resources</th></tr>{drift_rows}</table>"
         )
     notice_html = "".join(f"<p><strong>Notice:</strong> {_cell(n)}</p>" for n in notices)
-    exceptions = [f for f in findings if f.status == Status.EXCEPTION]
-    exceptions_html = ""
-    if exceptions:
-        exception_rows = "".join(
-            f"<tr><td><code>{_cell(f.check.id)}</code></td><td><code>{_cell(f.resource.name)}</code></td>"
-            f"<td>{_cell(', '.join(f.controls(selected)))}</td><td>{_cell(f.reason)}</td></tr>"
-            for f in exceptions
-        )
-        exceptions_html = (
-            "<h2>Exceptions (declined by design)</h2><table id='exceptions'><tr><th>check</th><th>resource</th>"
-            f"<th>controls</th><th>why</th></tr>{exception_rows}</table>"
-        )
-    unassessed = [f for f in findings if f.status == Status.NOT_ASSESSED]
-    unassessed_html = ""
-    if unassessed:
-        unassessed_rows = "".join(
-            f"<tr><td><code>{_cell(f.check.id)}</code></td><td>{_cell(f.resource.type)}</td>"
-            f"<td>{_cell(f.reason)}</td></tr>"
-            for f in unassessed
-        )
-        unassessed_html = (
-            "<h2>Not assessed</h2><table id='not-assessed'><tr><th>check</th><th>resource type</th><th>why</th></tr>"
-            f"{unassessed_rows}</table>"
-        )
+    exceptions_html = _findings_table(
+        "exceptions",
+        "Exceptions (declined by design)",
+        ("check", "resource", "controls", "why"),
+        [
+            (
+                f"<code>{_cell(f.check.id)}</code>",
+                f"<code>{_cell(f.resource.name)}</code>",
+                _cell(", ".join(f.controls(selected))),
+                _cell(f.reason),
+            )
+            for f in findings
+            if f.status == Status.EXCEPTION
+        ],
+    )
+    unassessed_html = _findings_table(
+        "not-assessed",
+        "Not assessed",
+        ("check", "resource type", "why"),
+        [
+            (f"<code>{_cell(f.check.id)}</code>", _cell(f.resource.type), _cell(f.reason))
+            for f in findings
+            if f.status == Status.NOT_ASSESSED
+        ],
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>byoc compliance: {_cell(graph.deployment)}</title>
 <style>{STYLE}</style></head><body>
