@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from byoc.clouds import get_cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocInterrupted
+from byoc.names import resource_name
 from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
 from byoc.resolve import Deployment, resolve
 from byoc.spec import Spec, build_spec
@@ -557,7 +558,7 @@ class Lifecycle:
         With `yes`: gateway Service (its NLB) -> PVCs (their volumes) -> NodePools until zero NodeClaims -> the
         stack (refreshed first) -> the sweep of tagged leftovers; DELETED when nothing remains, else FAILED."""
         record = self.registry.require(name)
-        target = SweepTarget(deployment=name, cluster=f"byoc-{name}", region=record.region)
+        target = SweepTarget(deployment=name, cluster=resource_name(name), region=record.region)
         cloud = get_cloud(record.cloud)
         if not options.yes:
             cluster = self._cluster_objects(record)
@@ -615,7 +616,7 @@ class Lifecycle:
     def _cluster_objects(self, record: Record) -> dict[str, Any]:
         from byoc.cluster_api import ClusterUnreachable
 
-        namespace = f"byoc-{record.name}"
+        namespace = resource_name(record.name)
         try:
             cluster = self.cluster_for(record)
             return {
@@ -645,7 +646,7 @@ class Lifecycle:
         An unreachable cluster is reported, not fatal: the sweep after the stack finds what they left."""
         from byoc.cluster_api import ClusterUnreachable
 
-        namespace = f"byoc-{record.name}"
+        namespace = resource_name(record.name)
         done: dict[str, Any] = {}
         try:
             cluster = self.cluster_for(record)

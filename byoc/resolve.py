@@ -16,6 +16,7 @@ from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
+from byoc.names import resource_name
 from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Monitoring, Network, Spec, Speculative
 
 
@@ -72,12 +73,12 @@ class Deployment:
 
     @property
     def cluster_name(self) -> str:
-        return f"byoc-{self.name}"
+        return resource_name(self.name)
 
     @property
     def namespace(self) -> str:
         """The Kubernetes namespace of the serving workloads."""
-        return f"byoc-{self.name}"
+        return resource_name(self.name)
 
     @property
     def service_accounts(self) -> dict[str, str]:

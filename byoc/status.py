@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from byoc.names import resource_name
 from byoc.registry import RUNNING, Lock, Record, State
 
 if TYPE_CHECKING:
@@ -146,13 +147,13 @@ def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, prob
         return seen | {"health": f"failed: {record.reason}{pending}"}
     if record.state in RUNNING:
         return seen | {"health": f"unknown: {record.state.value} without a running byoc process"}
-    namespace = f"byoc-{record.name}"
+    namespace = resource_name(record.name)
     try:
         cluster = cluster_for(record)
         serving = [
             d
             for d in cluster.list("deployments.apps", namespace)
-            if d.get("metadata", {}).get("name") == f"byoc-{record.name}-serving"
+            if d.get("metadata", {}).get("name") == resource_name(record.name, "serving")
         ]
         if not serving:
             return seen | {"health": f"unknown: the serving Deployment is not in namespace {namespace}"}

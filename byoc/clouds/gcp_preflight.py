@@ -22,6 +22,7 @@ from typing import Any
 from byoc.catalogs import load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport
 from byoc.clouds.gcp_api import ApiError, GcpSession, GcpUnavailable
+from byoc.names import DEPLOYMENT_LABEL
 
 # Compute Engine quota metric per guest accelerator type (the `metric` of regions.get's quotas[]). Sources: the
 # Compute Engine API v1 reference, Quota.metric enum (client library references, e.g. "Quota.Types.Metric" in
@@ -39,7 +40,6 @@ GPU_QUOTA_METRICS: dict[str, str] = {
     "nvidia-b200": "NVIDIA_B200_GPUS",  # unconfirmed
 }
 ALL_REGIONS_METRIC = "GPUS_ALL_REGIONS"  # project-level, projects.get quotas[]
-DEPLOYMENT_LABEL = "byoc-deployment"  # stacks/gcp/context.py: every labelled resource, and the GKE nodes' VMs
 
 
 def accelerator_for(machine_type: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc.names import resource_name
 from compliance.checks.common import as_list, is_customer_key
 from compliance.model import Graph, Resource, Verdict, check, exception, not_applicable, not_assessed, verdict
 
@@ -42,7 +43,7 @@ def _gateway_command(resource: Resource) -> list[str] | None:
 
 
 def _byoc_namespace(graph: Graph, name: str) -> bool:
-    return name == f"byoc-{graph.deployment}"
+    return name == resource_name(graph.deployment)
 
 
 @check(

@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from byoc.catalogs import load_catalog
+from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.sizing import Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
@@ -238,7 +239,7 @@ class ServingStack(pulumi.ComponentResource):
         return pulumi.Output.concat(self.foundation.artifact_root, "/", self.plan.artifact_prefix)
 
     def _object_name(self, component: str) -> str:
-        return f"byoc-{self.deployment.name}-{component}"
+        return resource_name(self.deployment.name, component)
 
     # -- cluster add-ons (their own namespaces) ----------------------------------------------------------------
     def _cluster_addons(self) -> dict[str, pulumi.Resource]:
