@@ -535,7 +535,8 @@ def test_live_report_checks_its_input_before_the_account(tmp_path: Path, args: l
 
 
 def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path) -> None:
-    """Thousands of addons grow the engine ConfigMap past Kubernetes' 1 MiB: refused at plan, not at apply."""
+    """Thousands of addons grow the engine ConfigMap past Kubernetes' 1 MiB: refused by validate and at plan, not
+    at apply (the rule lives in byoc.manifests, not in the plan command)."""
     addons = "\n".join(f"  - {{id: a{i}, source: s3://bucket/adapters/{'x' * 200}{i}}}" for i in range(4000))
     spec = tmp_path / "byoc.yaml"
     spec.write_text(
@@ -545,6 +546,10 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: addons: the rendered ConfigMap byoc-many-engine is")
     assert not (tmp_path / "out" / "plan.json").exists()
+    checked = byoc("validate", "-f", str(spec), "-o", "json")
+    assert checked.returncode == 2, checked.stderr
+    assert json.loads(checked.stdout)["error"]["field"] == "addons"
+    assert "Kubernetes stores at most 1 MiB in one object (4,000 addons)" in checked.stderr
 
 
 def test_a_bad_source_date_epoch_is_input_error(tmp_path: Path) -> None:
