@@ -111,18 +111,6 @@ def plan_memory(model: ModelArch, shape: DeploymentShape, kv_cache_fraction: flo
     )
 
 
-# What a GPU node's root volume holds besides models: the OS, the kubelet, and the serving images (the TensorRT-LLM
-# release container is about 20 GiB compressed).
-NODE_DISK_BASE_GIB = 100
-
-
-def node_disk_gib(model: ModelArch, precision: str) -> int:
-    """Root volume for a GPU node: the BF16 source checkpoint and the built artifact side by side, plus images,
-    with a quarter spare, rounded up to 50 GiB."""
-    models = (weight_bytes(model, "bf16") + weight_bytes(model, precision)) / GIB
-    return int(math.ceil((models * 1.25 + NODE_DISK_BASE_GIB) / 50) * 50)
-
-
 def longest_context_that_fits(memory: MemoryPlan) -> int:
     """The largest max_context one sequence can have in this KV cache, rounded down to 1024 tokens."""
     return (memory.kv_capacity_tokens // 1024) * 1024

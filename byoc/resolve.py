@@ -56,6 +56,7 @@ class Deployment:
     cost: planner.CostEstimate
     autoscaling: ResolvedAutoscaling
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
+    disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
     node_image: str | None = None
     warnings: tuple[ByocWarning, ...] = ()
 
@@ -87,7 +88,8 @@ class Deployment:
 
     @property
     def gpu_node_disk_gib(self) -> int:
-        return planner.node_disk_gib(self.model, self.shape.precision)
+        """The GPU nodes' root disk: every pod slot of the pool's fullest node, sized by byoc/sizing.py."""
+        return self.disk.node_disk_gib
 
     @property
     def capacity(self) -> str:
@@ -176,6 +178,7 @@ class Deployment:
                 "reason": self.placement.reason,
             },
             "pods": self.pods.as_dict(),
+            "disk": self.disk.as_dict(),
             "shape": {
                 "name": shape.name,
                 "gpu": shape.gpu.id,
@@ -410,6 +413,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
     cloud.check_address_room(spec, shape, placement, pool)
     pods = cloud.pod_sizing(shape, pool, needs)
+    disk = cloud.disk_plan(shape, pool, model)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
@@ -446,6 +450,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         cost=cost,
         autoscaling=autoscaling,
         pods=pods,
+        disk=disk,
         node_image=node_image,
         warnings=(
             *warnings,

@@ -20,11 +20,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_catalog
+from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
-from byoc.sizing import NodeAllocatable, PodNeeds, PodSizing, Resources, daemonset_requests, pod_needs, slot
+from byoc.sizing import (
+    DiskPlan,
+    NodeAllocatable,
+    PodNeeds,
+    PodSizing,
+    Resources,
+    daemonset_requests,
+    disk_plan,
+    pod_needs,
+    slot,
+)
 from byoc.spec import Spec
 
 
@@ -259,6 +269,13 @@ class Cloud(ABC):
             slot=smallest,
             needs=needs,
         )
+
+    def disk_plan(self, shape: DeploymentShape, instance_types: tuple[str, ...], model: ModelArch) -> DiskPlan:
+        """The GPU pods' ephemeral storage and the root disk that holds them on the pool's fullest node (one disk
+        size for every type of the pool: Karpenter's EC2NodeClass and a GKE node pool each set one)."""
+        slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
+        formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
+        return disk_plan(model, shape.precision, slots, formula)
 
     def no_room_error(self, shape: DeploymentShape, needs: PodNeeds, hint: str) -> ByocError:
         """A shape whose pods fit no type its pool may launch: what they need, and the most a type offers."""

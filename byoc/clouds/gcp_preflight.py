@@ -29,8 +29,11 @@ from byoc.names import DEPLOYMENT_LABEL
 # Google.Cloud.Compute.V1), which lists NVIDIA_A100_80GB_GPUS, NVIDIA_H100_GPUS and NVIDIA_L4_GPUS and their
 # PREEMPTIBLE_ forms; "GPU quota" in "Allocation quotas" (cloud.google.com/compute/resource-usage#gpu_quota).
 # NOT confirmed in a Google reference read for this file: NVIDIA_H100_MEGA_GPUS, NVIDIA_H200_GPUS and
-# NVIDIA_B200_GPUS (the enum pages reached here predate them; the names are those public quota scripts read from
-# regions.get). If a project's answer has no such metric the check says so and is `unknown`, never `ok`.
+# NVIDIA_B200_GPUS (the enum pages reached here predate them). The names agree across independent public code that
+# reads regions.get: several quota-check scripts, a Go provisioner's accelerator -> quota metric map
+# (nvidia-h100-mega-80gb -> NVIDIA_H100_MEGA_GPUS), and a published audit listing NVIDIA_H200_GPUS and
+# NVIDIA_B200_GPUS with their PREEMPTIBLE_ forms as the missing metrics of a3-ultragpu-8g and a4-highgpu-8g.
+# If a project's answer has no such metric the check says so and is `unknown`, never `ok`.
 GPU_QUOTA_METRICS: dict[str, str] = {
     "nvidia-l4": "NVIDIA_L4_GPUS",
     "nvidia-a100-80gb": "NVIDIA_A100_80GB_GPUS",
