@@ -371,7 +371,7 @@ def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> 
                 f"the GPU node pool may also launch {larger} when {node.instance_type} "
                 f"({_dollars(node.hourly_usd)}) has no capacity: one replica alone on such a node costs up to "
                 f"{_dollars(dearest)}, {dearest / node.hourly_usd:.1f}x the price of {node.instance_type}",
-                "placement.instance_types in plan.json lists the types the node pool may launch",
+                "placement.node_pool_types in plan.json lists the types the node pool may launch",
             )
         )
     return warnings

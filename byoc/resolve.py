@@ -172,7 +172,10 @@ class Deployment:
                 "region": self.placement.region,
                 "mega_region": self.placement.mega_region,
                 "instance_type": self.placement.instance_type,
+                # every type of the region whose node holds a replica, best first (the candidates)
                 "instance_types": list(self.placement.instance_types),
+                # the types the GPU node pool may launch: all candidates on AWS (Karpenter), one on GKE
+                "node_pool_types": list(self.pods.instance_types),
                 "instance_gpus": self.placement.instance_gpus,
                 "replicas_per_node": self.placement.replicas_per_node,
                 "reason": self.placement.reason,

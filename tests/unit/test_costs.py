@@ -104,6 +104,9 @@ def test_a_gke_pool_has_one_machine_type_so_no_fallback() -> None:
     deployment = deploy(cloud="gcp", region="EUROPE", shape="l4x1-fp8")
     assert len(deployment.placement.instance_types) > 1  # the region offers larger L4 machines too...
     assert deployment.cost.fallback_nodes == ()  # ...but the node pool launches only g2-standard-8
+    placement = deployment.plan_document()["placement"]
+    assert placement["node_pool_types"] == ["g2-standard-8"]
+    assert placement["instance_types"][0] == "g2-standard-8" and len(placement["instance_types"]) > 1
     assert not _cost_warnings(deployment)
 
 
