@@ -92,6 +92,13 @@ def main() -> None:
     and a signal ends the command as byoc.interrupts describes (exit 130 on Ctrl+C, no traceback)."""
     from byoc import interrupts
 
+    if sys.stdout is None:  # started with file descriptor 1 closed (`byoc ... >&-`): nothing could be printed
+        if sys.stderr is not None:
+            print(
+                "error: stdout: closed; byoc prints its results there (redirect it to a file or /dev/null)",
+                file=sys.stderr,
+            )
+        sys.exit(2)
     interrupts.install()
     code: Any = 0
     try:

@@ -555,3 +555,20 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
 def test_a_bad_source_date_epoch_is_input_error(tmp_path: Path) -> None:
     result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(tmp_path), env={**os.environ, "SOURCE_DATE_EPOCH": "x"})
     assert result.returncode == 2 and result.stderr.startswith("error: SOURCE_DATE_EPOCH:")
+
+
+def test_a_closed_stdout_is_said_not_a_traceback() -> None:
+    """`byoc shapes >&-`: file descriptor 1 closed, so Python has no sys.stdout at all."""
+    result = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m byoc shapes >&-"],
+        check=False,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr == "error: stdout: closed; byoc prints its results there (redirect it to a file or /dev/null)\n"
+    )
