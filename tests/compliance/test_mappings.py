@@ -241,3 +241,56 @@ def test_a_mapping_file_named_yml_fails_rather_than_being_skipped(mappings: Path
     (mappings / "soc2_kubernetes.yaml").rename(mappings / "soc2_kubernetes.yml")
     with pytest.raises(MappingError, match=r"soc2_kubernetes.yml would not be read: name mapping files \*.yaml"):
         load_mappings(all_checks(), mappings)
+
+
+# -- scripts/map_check.py: converting a check is one command, one line per control -------------------------------
+def map_check(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "scripts" / "map_check.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args, "--folder", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def unmap(folder: Path, check_id: str) -> None:
+    for path in folder.glob("*.yaml"):
+        path.write_text(path.read_text().replace(f"      - {check_id}\n", ""))
+
+
+@pytest.mark.parametrize(
+    ("check_id", "provider", "citations"),
+    [
+        ("kms_cmk_rotation_enabled", "aws", ["hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24"]),
+        # the names of the tuples the check modules held before, as an unconverted check still cites them
+        ("cloudtrail_multi_region_enabled", "aws", ["AUDIT"]),
+        ("gcp_logging_sink_exports_audit_logs", "gcp", ["AUDIT", "soc2:CC7.1"]),
+        ("k8s_namespace_default_deny_network_policy", "kubernetes", ["BOUNDARY"]),
+    ],
+)
+def test_map_check_writes_the_lines_a_maintainer_would(
+    mappings: Path, check_id: str, provider: str, citations: list[str]
+) -> None:
+    unmap(mappings, check_id)
+    result = map_check(mappings, check_id, provider, *citations)
+    assert "mapped to no control" not in result.stderr and result.returncode == 0, result.stderr
+    for path in MAPPINGS.glob("*.yaml"):
+        assert (mappings / path.name).read_text() == path.read_text(), path.name
+    assert map_check(mappings, check_id, provider, *citations).returncode == 0  # a second run changes nothing
+    assert all((mappings / p.name).read_text() == p.read_text() for p in MAPPINGS.glob("*.yaml"))
+
+
+def test_map_check_fills_a_control_no_check_evidenced_yet(mappings: Path) -> None:
+    result = map_check(mappings, "k8s_disruption_budgets", "kubernetes", "hipaa:164.312(c)(1)")
+    assert result.returncode == 0, result.stderr
+    assert "      - k8s_disruption_budgets" in (mappings / "hipaa_kubernetes.yaml").read_text()
+    controls = load_mappings(all_checks(), mappings)["k8s_disruption_budgets"]
+    assert controls == ("hipaa:164.312(c)(1)", "soc2:A1.2")
+
+
+def test_map_check_reports_a_citation_the_catalog_does_not_hold(mappings: Path) -> None:
+    result = map_check(mappings, "kms_cmk_rotation_enabled", "aws", "soc2:CC6.9")
+    assert result.returncode == 1
+    assert "soc2_aws.yaml: control CC6.9 (listing kms_cmk_rotation_enabled) is not in" in result.stderr
