@@ -39,7 +39,7 @@ ITEM = re.compile(r"^      - (\S+)")
 
 
 def refs_of(citations: list[str]) -> list[str]:
-    """`hipaa:164.312(b)` refs, with former tuple names expanded; raises SystemExit(2) for anything else."""
+    """`hipaa:164.312(b)` refs, with former tuple names expanded; raises ValueError for anything else."""
     refs: list[str] = []
     for citation in citations:
         if citation in FORMER_GROUPS:
@@ -47,7 +47,7 @@ def refs_of(citations: list[str]) -> list[str]:
         elif re.fullmatch(r"[a-z0-9]+:\S+", citation):
             refs.append(citation)
         else:
-            raise SystemExit(
+            raise ValueError(
                 f"citation {citation!r}: write framework:control (soc2:CC6.1) or one of {', '.join(FORMER_GROUPS)}"
             )
     return list(dict.fromkeys(refs))
@@ -83,15 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("citations", nargs="+", help="framework:control refs, or former tuple names")
     parser.add_argument("--folder", type=Path, default=MAPPINGS, help="the mapping files (default: byoc's own)")
     args = parser.parse_args(argv)
-    for ref in refs_of(args.citations):
+    try:
+        refs = refs_of(args.citations)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for ref in refs:
         framework, _, control_id = ref.partition(":")
         path = args.folder / f"{framework}_{args.provider}.yaml"
         if not path.is_file():
             print(f"{ref}: no mapping file {path} (framework {framework!r}?)", file=sys.stderr)
             return 2
-        path.write_text(add_line(path.read_text(), control_id, args.check))
+        before = path.read_text()
+        after = add_line(before, control_id, args.check)
+        path.write_text(after)
         shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        print(f"{shown}: {control_id} <- {args.check}")
+        print(f"{shown}: {control_id} <- {args.check}" + (" (already there)" if after == before else ""))
     sys.path.insert(0, str(ROOT))
     try:
         from compliance.checks import all_checks
