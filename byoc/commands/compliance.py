@@ -136,7 +136,7 @@ def checks(
     output: OutputOpt = Output.text,
 ) -> None:
     """List every check and every control with the checks that evidence it."""
-    from compliance.coverage import counts_line, coverage_markdown, coverage_rows
+    from compliance.coverage import MAPPINGS_LINE, counts_line, coverage_markdown, coverage_rows
 
     if markdown:
         print(coverage_markdown(), end="")
@@ -146,6 +146,7 @@ def checks(
         print_json(rows)
         return
     print(counts_line(rows["counts"]))
+    print(MAPPINGS_LINE)
     for check in rows["checks"]:
         print(f"{check['id']:<58} {check['cloud']:<10} {' '.join(check['controls'])}")
 
