@@ -106,7 +106,7 @@ class Batch:
     """One write: its id (applied at most once) and its buckets by Redis key."""
 
     id: str
-    buckets: dict[str, Bucket]
+    buckets: dict[tuple[str, str, str, str], Bucket]
     records: int
 
 
@@ -133,7 +133,10 @@ class UsageLedger:
         self.max_pending_buckets = max_pending_buckets
         self.retention_seconds = retention_seconds
         self.clock = clock
-        self._open: dict[str, Bucket] = {}  # records since the last write was cut
+        # records since the last write was cut, by (hour, key, model, addon): the Redis key is made when written
+        self._open: dict[tuple[str, str, str, str], Bucket] = {}
+        self._hour = ""
+        self._hour_ends = 0.0  # the clock's time at which `_hour` is over
         # cut, not yet acknowledged: sent again, as it is, until it is (new records wait in `_open` meanwhile)
         self._unsent: Batch | None = None
         self._records_waiting = 0
@@ -158,8 +161,12 @@ class UsageLedger:
         gpu_seconds: float,
     ) -> None:
         """Add one finished request to its hour's bucket. No I/O; a few microseconds."""
-        hour = hour_of(self.clock())
-        name = bucket_key(hour, key, model, addon)
+        now = self.clock()
+        if now >= self._hour_ends or now < self._hour_ends - 3600:
+            self._hour = hour_of(now)
+            self._hour_ends = (now // 3600 + 1) * 3600
+        hour = self._hour
+        name = (hour, key, model, addon)
         bucket = self._open.get(name)
         if bucket is None:
             if self.pending_buckets >= self.max_pending_buckets:
@@ -242,7 +249,7 @@ class UsageLedger:
             batch = self._unsent
             rows = [[*bucket.names, *(str(count) for count in bucket.counts)] for bucket in batch.buckets.values()]
             await self._script(
-                keys=[BATCH_PREFIX + batch.id, *batch.buckets],
+                keys=[BATCH_PREFIX + batch.id, *(bucket_key(*name) for name in batch.buckets)],
                 args=[BATCH_ID_SECONDS, self.retention_seconds, json.dumps(rows)],
             )
             self._unsent = None
