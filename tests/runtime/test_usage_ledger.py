@@ -255,6 +255,15 @@ def test_a_gateway_whose_store_does_not_answer_exits_2_naming_store(runtime_dir:
     gateway = start_gateway(runtime_dir, [engine.url], "--store", "redis://:secret@127.0.0.1:6379", wait=False)
     assert gateway.process.wait(timeout=60) == 2
     assert "--store-password-file" in gateway.log.read_text() and "secret" not in gateway.log.read_text()
+    for flags, field in (
+        (["--store", "http://127.0.0.1:6379"], "--store"),
+        (["--store", "redis://127.0.0.1:6379", "--store-ca-file", str(runtime_dir)], "--store-ca-file"),
+        (["--store-password-file", str(runtime_dir)], "--store"),
+        (["--gpus-per-replica", "0"], "--gpus-per-replica"),
+    ):
+        gateway = start_gateway(runtime_dir, [engine.url], *flags, wait=False)
+        assert gateway.process.wait(timeout=60) == 2
+        assert f"error: {field}: " in gateway.log.read_text(), gateway.log.read_text()
 
 
 @pytest.mark.parametrize(
