@@ -166,6 +166,8 @@ class Gateway:
             await self._session.close()
         if self.ledger is not None:
             await self.ledger.close()  # the last usage written before the process exits
+            with contextlib.suppress(Exception):
+                await self.ledger.redis.aclose()
 
     @property
     def session(self) -> UpstreamClient:

@@ -115,7 +115,7 @@ class UsageLedger:
 
     `record` is synchronous and does no I/O (a dict update): call it where a request's usage is final. `start` runs the
     writer; `close` writes what is left (bounded by CLOSE_SECONDS). `redis` is any `redis.asyncio.Redis`: how it is
-    made (TLS, password) is the caller's business.
+    made (TLS, password) and closed is the caller's business (it may be shared with other users of the store).
     """
 
     def __init__(
@@ -214,8 +214,6 @@ class UsageLedger:
         if lost:
             self.dropped_records += lost
             log.error("usage ledger: %d usage records not written before exit (the store did not answer)", lost)
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
 
     async def _run(self) -> None:
         while True:

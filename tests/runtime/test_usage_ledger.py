@@ -294,6 +294,7 @@ def test_byoc_usage_reads_hours_from_since(store: RedisServer) -> None:
             ledger = UsageLedger(store_client(store.url), clock=lambda h=hours_ago: now - h * 3600)
             ledger.record(key, "m", "base", 10, 4, 2, 0.5)
             await ledger.close()
+            await ledger.redis.aclose()
 
     asyncio.run(write())
     assert set(ledger_by_key(store)) == {"alice"}  # 2h: bob's hour is a day before
@@ -319,6 +320,7 @@ def test_held_usage_is_bounded_and_what_is_dropped_is_counted(store: RedisServer
         store.resume()
         await ledger.flush()  # the same batch, sent again
         await ledger.close()
+        await ledger.redis.aclose()
         return ledger
 
     ledger = asyncio.run(run())
@@ -345,3 +347,67 @@ def test_busy_time_is_split_among_the_requests_in_flight() -> None:
     c = busy.begin("r1")
     now[0] = 10.0
     assert (charged_a, charged_b, busy.end("r1", c), busy.end("r2", other)) == (4.0, 3.0, 1.0, 8.0)
+
+
+class ReplyCutter:
+    """A TCP proxy to the store that, once armed, passes the next script call (EVALSHA) on to the store and then
+    cuts the connection before the store's reply comes back: the write is applied, and the gateway cannot know it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.cuts = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        cut = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                cutting = self.armed and b"EVALSHA" in data.upper()
+                if cutting:
+                    self.armed = False
+                    self.cuts += 1
+                    cut.set()  # the store's reply to this goes nowhere: the connection closes when it comes
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while (data := await up_reader.read(65536)) and not cut.is_set():
+                writer.write(data)
+                await writer.drain()
+
+        await asyncio.wait(
+            [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for side in (writer, up_writer):
+            side.close()
+
+
+def test_a_write_whose_reply_is_lost_is_not_counted_twice(store: RedisServer) -> None:
+    from runtime.serve.ledger import UsageLedger, store_client
+
+    async def run() -> int:
+        cutter = ReplyCutter(store.port)
+        port = await cutter.start()
+        ledger = UsageLedger(store_client(f"redis://127.0.0.1:{port}"))
+        ledger.record("warmup", "m", "base", 1, 0, 1, 0.1)  # the script is loaded on this first write
+        await ledger.flush()
+        cutter.armed = True
+        ledger.record("alice", "m", "base", 100, 40, 7, 1.0)
+        with contextlib.suppress(redis.RedisError):
+            await ledger.flush()  # the reply is lost: an error, or the client's own retry of the same write
+        await ledger.flush()  # whatever is still held is sent again, under the same write id
+        await ledger.close()
+        await ledger.redis.aclose()
+        cutter.server.close()
+        return cutter.cuts
+
+    assert asyncio.run(run()) == 1
+    alice = ledger_by_key(store)["alice"]
+    assert [alice[name] for name in COUNTED] == [1, 100, 40, 7]
