@@ -159,8 +159,10 @@ def usage(
     with reporting(Output.json if output is UsageOutput.json else Output.text):
         now = datetime.now(UTC)
         start = parse_since(since, now)
+        from byoc.extras import require
         from runtime.serve.ledger import check_store
 
+        require("store", "byoc usage")
         check_store(store, store_password_file, store_ca_file)
         import redis
 

@@ -155,8 +155,10 @@ class GatewayConfig:
         if not 1.0 <= self.routing_load_factor <= 10.0:
             raise ByocError("--routing-load-factor", "out of range", "from 1.0 to 10.0, e.g. 1.25")
         if self.store is not None:
+            from byoc.extras import require
             from runtime.serve.ledger import check_store
 
+            require("store", "--store")
             check_store(self.store, self.store_password_file, self.store_ca_file)
         elif self.store_password_file is not None or self.store_ca_file is not None:
             raise ByocError("--store", "a store file is given without --store", "pass --store redis://HOST:6379 too")
