@@ -326,7 +326,10 @@ class ReplicaBusyTime:
         """The request is over (answered, failed or cancelled): its share of the replica's busy time, in seconds."""
         state = self._advance(replica)
         state[0] = max(0.0, state[0] - 1)
-        return max(0.0, state[1] - mark)
+        charged = max(0.0, state[1] - mark)
+        if state[0] == 0:
+            del self._replicas[replica]  # idle: nothing to carry (replicas come and go with the autoscaler)
+        return charged
 
 
 # -- the store's client, until runtime/serve/store.py (shared with the rate limits) replaces it -----------------------
