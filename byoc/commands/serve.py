@@ -141,6 +141,23 @@ def gateway(
             "--routing-load-factor", help="A replica takes cached prefixes while under this x mean load [1.25]."
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="redis:// or rediss:// URL of the store the gateway replicas share: the usage ledger (byoc usage).",
+        ),
+    ] = None,
+    store_password_file: Annotated[
+        Path | None, typer.Option("--store-password-file", help="File holding the store's password (AUTH).")
+    ] = None,
+    store_ca_file: Annotated[
+        Path | None, typer.Option("--store-ca-file", help="PEM CA bundle that signed the store's TLS certificate.")
+    ] = None,
+    gpus_per_replica: Annotated[
+        int | None,
+        typer.Option("--gpus-per-replica", help="GPUs of one model replica: the ledger's GPU-seconds [1]."),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -174,6 +191,10 @@ def gateway(
         "routing": routing,
         "routing_tokenizer": routing_tokenizer,
         "routing_load_factor": routing_load_factor,
+        "store": store,
+        "store_password_file": store_password_file,
+        "store_ca_file": store_ca_file,
+        "gpus_per_replica": gpus_per_replica,
     }
     _run_gateway(config, flags, drain_seconds)
 

@@ -93,6 +93,11 @@ class GatewayConfig:
     routing: RoutingMode = "least_outstanding"
     routing_tokenizer: Path | None = None  # precise routing: the model's tokenizer folder (the engine's tokens)
     routing_load_factor: float = 1.25  # a replica takes a cached prefix while under this x the mean load
+    # the shared store (Redis or Valkey): the usage ledger (runtime/serve/ledger.py); None: no ledger
+    store: str | None = None
+    store_password_file: Path | None = None
+    store_ca_file: Path | None = None
+    gpus_per_replica: int = 1  # GPU-seconds = a request's share of its replica's busy time x this
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -149,6 +154,16 @@ class GatewayConfig:
             raise ByocError("--routing-tokenizer", f"{self.routing_tokenizer} is not a folder", "give the model folder")
         if not 1.0 <= self.routing_load_factor <= 10.0:
             raise ByocError("--routing-load-factor", "out of range", "from 1.0 to 10.0, e.g. 1.25")
+        if self.store is not None:
+            from byoc.extras import require
+            from runtime.serve.ledger import check_store
+
+            require("store", "--store")
+            check_store(self.store, self.store_password_file, self.store_ca_file)
+        elif self.store_password_file is not None or self.store_ca_file is not None:
+            raise ByocError("--store", "a store file is given without --store", "pass --store redis://HOST:6379 too")
+        if not 1 <= self.gpus_per_replica <= 64:
+            raise ByocError("--gpus-per-replica", "out of range", "the GPUs of one model replica, from 1 to 64")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
@@ -213,7 +228,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer"}:
+    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer", "store_password_file", "store_ca_file"}:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):
