@@ -349,12 +349,16 @@ def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> 
     pool that may launch a larger (dearer) instance type when the chosen one has no capacity."""
     warnings = []
     node = cost.node
-    if node.replicas_per_node > 1:
+    low, high = cost.at_min_replicas.replicas, cost.at_max_replicas.replicas
+    # replicas that always fill whole nodes (a fixed count, a multiple of the node's slots) cost their share exactly
+    fills_nodes = low == high and low % node.replicas_per_node == 0
+    if node.replicas_per_node > 1 and not fills_nodes:
+        article = "an" if node.instance_type[:1] in "aeio" else "a"
         warnings.append(
             ByocWarning(
                 "shape",
-                f"{shape.name} takes {shape.count} of the {node.gpus} GPUs of a {node.instance_type} node, which "
-                f"is billed whole at {_dollars(node.hourly_usd)}: the floor is {floor_text(cost)}, not the "
+                f"{shape.name} takes {shape.count} of the {node.gpus} GPUs of {article} {node.instance_type} node, "
+                f"which is billed whole at {_dollars(node.hourly_usd)}: the floor is {floor_text(cost)}, not the "
                 f"{_dollars(cost.replica_hourly_usd)} per replica that a full node works out to",
                 f"up to {node.replicas_per_node} replicas share one node at that price; `byoc shapes --model "
                 f"{model_id}` ranks shapes by the cost of one replica on whole nodes",

@@ -386,6 +386,22 @@ def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: siz
 BuildLocation = Literal["cluster", "local"]
 
 
+def _spot_warnings(spec: Spec, cloud_title: str) -> list[ByocWarning]:
+    """Spot capacity is billed at the Spot price, which moves by zone and hour and which byoc's catalog does not
+    hold: the costs shown are the on-demand list prices, the most Spot can cost (EC2 Spot and GCE Spot VMs are both
+    priced at or below on-demand)."""
+    if spec.capacity != "spot":
+        return []
+    return [
+        ByocWarning(
+            "capacity",
+            f"spot: the costs are {cloud_title}'s on-demand list prices, an upper bound; Spot nodes bill at the Spot "
+            "price of their zone and hour, below that, and may be reclaimed at any time",
+            "for Spot figures see the cloud's Spot pricing pages; cost.price_source in plan.json says the basis",
+        )
+    ]
+
+
 def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deployment:
     """Apply every rule to the spec and compute the Deployment, or raise the first ByocError.
 
@@ -425,7 +441,8 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         instance,
         min_replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
-        price_source=f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)",
+        price_source=f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)"
+        + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
     scaling = spec.autoscaling
@@ -460,5 +477,6 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
             *rules.deliberate_choices(spec),
             *image_warnings(spec),
             *planner.cost_warnings(shape, cost, model.id),
+            *_spot_warnings(spec, cloud.title),
         ),
     )

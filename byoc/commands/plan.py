@@ -381,28 +381,39 @@ PLAN_OUTPUTS = ("manifests", "helm-releases.yaml", "compliance", "plan.json")
 
 
 def _check_out_is_ours(out: Path) -> None:
-    """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository), refuse
-    rather than delete someone's manifests/ or compliance/.
+    """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository, `--out /`, a
+    wrong $OUT in CI), refuse rather than scatter files there or delete someone's manifests/ or compliance/. A
+    folder is byoc's when its plan.json is a plan byoc wrote (an object with byoc's version); a new folder, or one
+    holding only hidden entries (.gitkeep), is fine.
 
     Raises:
-        ByocError: naming --out and the first output path that exists without a byoc plan.json beside it.
+        ByocError: naming --out and what is in the way.
     """
     plan_file = out / "plan.json"
-    ours = False
     if plan_file.is_file():
         try:
-            ours = "byoc_version" in json.loads(plan_file.read_text())
+            document = json.loads(plan_file.read_text())
         except (OSError, ValueError):
-            ours = False
-    if ours:
-        return
+            document = None
+        if isinstance(document, dict) and isinstance(document.get("byoc_version"), str) and document["byoc_version"]:
+            return
+    hint = "choose an empty or new folder (the default is ./byoc-out), or move it away"
     for name in PLAN_OUTPUTS:
         if (out / name).exists():
             raise ByocError(
-                "--out",
-                f"{out / name} exists and {out} holds no plan written by byoc; plan would replace it",
-                "choose an empty or new folder (the default is ./byoc-out), or move it away",
+                "--out", f"{out / name} exists and {out} holds no plan written by byoc; plan would replace it", hint
             )
+    try:
+        others = sorted(e.name for e in out.iterdir() if not e.name.startswith(".")) if out.is_dir() else []
+    except OSError:
+        others = []  # an unreadable folder: writing into it says why
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ByocError(
+            "--out",
+            f"{out} already holds files byoc did not write ({listed}); plan writes only into its own folder",
+            hint,
+        )
 
 
 def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: EvidenceWriter) -> dict[str, Any] | None:

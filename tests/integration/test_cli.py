@@ -574,3 +574,30 @@ def test_a_closed_stdout_is_said_not_a_traceback() -> None:
     assert (
         result.stderr == "error: stdout: closed; byoc prints its results there (redirect it to a file or /dev/null)\n"
     )
+
+
+def test_plan_writes_only_into_its_own_folder(tmp_path: Path) -> None:
+    """A wrong --out (a repository root, `/`, a CI variable left empty) is refused, not filled with byoc's files;
+    a plan.json that merely mentions byoc_version does not make a folder byoc's (its manifests/ would be deleted)."""
+    crowded = tmp_path / "repo"
+    crowded.mkdir()
+    (crowded / "README.md").write_text("mine\n")
+    result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(crowded))
+    assert result.returncode == 2
+    assert f"error: --out: {crowded} already holds files byoc did not write (README.md)" in result.stderr
+    assert sorted(p.name for p in crowded.iterdir()) == ["README.md"]
+
+    decoy = tmp_path / "decoy"
+    (decoy / "manifests").mkdir(parents=True)
+    (decoy / "manifests" / "keep.yaml").write_text("mine\n")
+    for fake in ('["byoc_version"]', '{"byoc_version": null}', '"byoc_version"'):
+        (decoy / "plan.json").write_text(fake)
+        result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(decoy))
+        assert result.returncode == 2, fake
+        assert (decoy / "manifests" / "keep.yaml").read_text() == "mine\n"
+
+    hidden = tmp_path / "ci-out"
+    hidden.mkdir()
+    (hidden / ".gitkeep").write_text("")
+    assert byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(hidden)).returncode == 0
+    assert byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(hidden)).returncode == 0  # byoc's own plan: replaced
