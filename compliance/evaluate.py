@@ -48,7 +48,14 @@ def graph_from_plan(plan: dict[str, Any]) -> Graph:
         source="plan",
         unassessed=unseen_in_plan(plan),
         cloud=plan["cloud"],
+        customer_keys=customer_keys(plan),
     )
+
+
+def customer_keys(plan: dict[str, Any]) -> tuple[str, ...]:
+    """The key a plan names but does not create (encryption.kms_key), if any."""
+    given = str((plan.get("encryption") or {}).get("kms_key") or "create")
+    return () if given == "create" else (given,)
 
 
 def load_plan(path: Path) -> dict[str, Any]:

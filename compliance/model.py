@@ -117,6 +117,10 @@ class Graph:
     cloud: str | None = None  # aws | gcp: the checks of this cloud (and Kubernetes) apply
     # live: why the deployment was not found (no resource carries its tag): the report's headline says so
     not_found: str | None = None
+    # the keys the deployment uses that byoc does not create (encryption.kms_key): a plan holds only their ARN
+    customer_keys: tuple[str, ...] = ()
+    # live: the keys the deployment uses that the account says AWS manages (KeyManager AWS)
+    aws_managed_keys: tuple[str, ...] = ()
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]

@@ -13,7 +13,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from compliance.checks.common import as_list, denies_insecure_transport, is_customer_key, statements
+from compliance.checks.common import (
+    as_list,
+    customer_keys_verdict,
+    denies_insecure_transport,
+    statements,
+)
 from compliance.model import (
     Evidence,
     Graph,
@@ -83,7 +88,8 @@ def unseen_in_plan(plan: Mapping[str, Any]) -> dict[str, str]:
     if key and key != "create":
         unseen[KEY] = (
             f"the customer key {key} (encryption.kms_key) is not in the plan: byoc uses it but does not create it, "
-            "so its rotation, key policy and deletion window are not declared here; "
+            "so who manages it (the customer or AWS), its rotation, key policy and deletion window are not declared "
+            "here; "
             "`byoc compliance report --live` reads them from the account"
         )
     if not encryption.get("ebs_default"):
@@ -246,7 +252,7 @@ def s3_bucket_kms_encryption(resource: Resource, graph: Graph) -> Verdict:
     config = _one(graph, ENCRYPTION, resource)
     key = config.get("rules.0.applyServerSideEncryptionByDefault.kmsMasterKeyId") if config else None
     manager = config.get("rules.0.applyServerSideEncryptionByDefault.kmsKeyManager") if config else None
-    return verdict(is_customer_key(key, manager), "rules[0].kmsMasterKeyId", key)
+    return customer_keys_verdict(graph, [key], "rules[0].kmsMasterKeyId", key, manager=manager)
 
 
 @check(
@@ -408,8 +414,8 @@ def ec2_ebs_default_encryption(resource: Resource, graph: Graph) -> Verdict:
         return Verdict(Status.ERROR, (Evidence("ebsEncryptionByDefault", enabled),), resource.get("kmsKeyError"))
     keys = graph.by_type(EBS_DEFAULT_KEY)
     key = keys[0].get("keyArn") if keys else None
-    ok = enabled is True and is_customer_key(key)
-    return verdict(ok, "ebsEncryptionByDefault/defaultKmsKey", {"enabled": enabled, "kms_key": key})
+    value = {"enabled": enabled, "kms_key": key}
+    return customer_keys_verdict(graph, [key], "ebsEncryptionByDefault/defaultKmsKey", value, holds=enabled is True)
 
 
 # -- CloudTrail -------------------------------------------------------------------------------------------------
@@ -452,7 +458,7 @@ def cloudtrail_log_file_validation_enabled(resource: Resource, graph: Graph) -> 
 )
 def cloudtrail_kms_encryption_enabled(resource: Resource, graph: Graph) -> Verdict:
     key = resource.get("kmsKeyId")
-    return verdict(is_customer_key(key), "kmsKeyId", key)
+    return customer_keys_verdict(graph, [key], "kmsKeyId", key)
 
 
 @check(
@@ -653,7 +659,7 @@ def cloudtrail_multi_region_management_events(resource: Resource, graph: Graph) 
 )
 def cloudwatch_log_group_kms_encryption_enabled(resource: Resource, graph: Graph) -> Verdict:
     key = resource.get("kmsKeyId")
-    return verdict(is_customer_key(key), "kmsKeyId", key)
+    return customer_keys_verdict(graph, [key], "kmsKeyId", key)
 
 
 @check(
@@ -764,11 +770,8 @@ def vpc_endpoints_for_aws_apis(resource: Resource, graph: Graph) -> Verdict:
 def eks_cluster_secrets_encryption(resource: Resource, graph: Graph) -> Verdict:
     config = resource.get("encryptionConfig") or {}
     configs = as_list(config)
-    ok = any(
-        "secrets" in as_list(c.get("resources")) and is_customer_key((c.get("provider") or {}).get("keyArn"))
-        for c in configs
-    )
-    return verdict(ok, "encryptionConfig", configs)
+    keys = [(c.get("provider") or {}).get("keyArn") for c in configs if "secrets" in as_list(c.get("resources"))]
+    return customer_keys_verdict(graph, keys, "encryptionConfig", configs)
 
 
 @check(
@@ -898,10 +901,9 @@ def ec2_launch_template_imdsv2(resource: Resource, graph: Graph) -> Verdict:
 )
 def ec2_launch_template_ebs_encrypted(resource: Resource, graph: Graph) -> Verdict:
     volumes = [m.get("ebs", {}) for m in as_list(resource.get("blockDeviceMappings"))]
-    ok = bool(volumes) and all(
-        v.get("encrypted") in ("true", True) and is_customer_key(v.get("kmsKeyId")) for v in volumes
-    )
-    return verdict(ok, "blockDeviceMappings[].ebs", volumes)
+    encrypted = all(v.get("encrypted") in ("true", True) for v in volumes)
+    keys = [v.get("kmsKeyId") for v in volumes]
+    return customer_keys_verdict(graph, keys, "blockDeviceMappings[].ebs", volumes, holds=encrypted)
 
 
 @check(
@@ -933,8 +935,9 @@ def karpenter_nodeclass_imdsv2(resource: Resource, graph: Graph) -> Verdict:
 )
 def karpenter_nodeclass_ebs_encrypted(resource: Resource, graph: Graph) -> Verdict:
     volumes = [m.get("ebs", {}) for m in as_list(resource.get("spec.blockDeviceMappings"))]
-    ok = bool(volumes) and all(v.get("encrypted") is True and is_customer_key(v.get("kmsKeyID")) for v in volumes)
-    return verdict(ok, "spec.blockDeviceMappings[].ebs", volumes)
+    encrypted = all(v.get("encrypted") is True for v in volumes)
+    keys = [v.get("kmsKeyID") for v in volumes]
+    return customer_keys_verdict(graph, keys, "spec.blockDeviceMappings[].ebs", volumes, holds=encrypted)
 
 
 @check(
@@ -967,7 +970,7 @@ def karpenter_nodepool_bounded(resource: Resource, graph: Graph) -> Verdict:
 )
 def sqs_queue_encryption(resource: Resource, graph: Graph) -> Verdict:
     key = resource.get("kmsMasterKeyId")
-    return verdict(is_customer_key(key), "kmsMasterKeyId", key)
+    return customer_keys_verdict(graph, [key], "kmsMasterKeyId", key)
 
 
 @check(

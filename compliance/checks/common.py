@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from compliance.model import Evidence, Graph, Status, Verdict, not_assessed, verdict
+
+AWS_KMS_KEY = "aws:kms/key:Key"
+
 
 def policy_document(value: Any) -> dict[str, Any]:
     """A policy as a dict, whether it came as JSON text (Pulumi inputs, AWS APIs) or already parsed."""
@@ -46,3 +50,40 @@ def denies_insecure_transport(policy: Any) -> bool:
         ):
             return True
     return False
+
+
+def key_known(graph: Graph, key: Any) -> bool:
+    """Whether the graph holds the key (byoc's own, or a customer key read live) by its ARN or id."""
+    tail = str(key).rsplit("key/", 1)[-1]
+    return any(key in (r.id, r.get("arn")) or tail in (r.id, r.get("keyId")) for r in graph.by_type(AWS_KMS_KEY))
+
+
+def customer_keys_verdict(
+    graph: Graph, keys: list[Any], path: str, value: Any, holds: bool = True, manager: Any = None
+) -> Verdict:
+    """'Encrypted with customer-managed keys': FAIL when the encryption itself does not hold (`holds`) or a key is
+    missing or AWS's. A key ARN alone does not say who manages the key (an AWS-managed key has a key/<id> ARN too):
+    a key the graph holds (byoc's own, or a customer key read live) or whose manager is given passes; in a plan,
+    the key of encryption.kms_key, which byoc does not create, is NOT_ASSESSED (`--live` reads its KeyManager);
+    live, a key the account says AWS manages fails, an unreadable one is an ERROR, and one byoc did not read (a
+    reference from a Kubernetes object) is NOT_ASSESSED."""
+    if not holds or not keys or not all(is_customer_key(k, manager) for k in keys):
+        return verdict(False, path, value)
+    unknown = [k for k in keys if not key_known(graph, k)]
+    if manager is not None or not unknown:
+        return verdict(True, path, value)
+    if graph.source == "plan":
+        given = {g.rsplit("key/", 1)[-1] for g in graph.customer_keys} | set(graph.customer_keys)
+        if any(k in given or str(k).rsplit("key/", 1)[-1] in given for k in unknown):
+            reason = graph.unassessed.get(AWS_KMS_KEY) or "the key is not in the plan: who manages it is read live"
+            return not_assessed(reason, path, value)
+        return verdict(True, path, value)  # byoc's own keys, whose ARNs a plan holds as placeholders
+    managed = set(graph.aws_managed_keys)
+    aws_keys = [k for k in unknown if k in managed or str(k).rsplit("key/", 1)[-1] in managed]
+    if aws_keys:
+        return verdict(False, path, value, f"{aws_keys[0]} is an AWS-managed key (KeyManager AWS), not the customer's")
+    if AWS_KMS_KEY in graph.errors:
+        return Verdict(Status.ERROR, (Evidence(path, value),), graph.errors[AWS_KMS_KEY])
+    return not_assessed(
+        f"{unknown[0]} is not among the account's keys byoc read: who manages it is not known", path, value
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from byoc.names import resource_name
-from compliance.checks.common import as_list, is_customer_key
+from compliance.checks.common import as_list, customer_keys_verdict
 from compliance.model import Graph, Resource, Verdict, check, exception, not_applicable, not_assessed, verdict
 
 NAMESPACE = "kubernetes:core/v1:Namespace"
@@ -335,5 +335,6 @@ def monitoring_alerts_defined(resource: Resource, graph: Graph) -> Verdict:
 def storage_class_encrypted(resource: Resource, graph: Graph) -> Verdict:
     parameters = resource.get("parameters") or {}
     key = parameters.get("kmsKeyId") or parameters.get("disk-encryption-kms-key")
-    ok = (parameters.get("encrypted") == "true" and is_customer_key(key)) or str(key or "").startswith("projects/")
-    return verdict(ok, "parameters", parameters)
+    if str(key or "").startswith("projects/"):  # a Cloud KMS key (GKE's PD CSI): customer-managed by definition
+        return verdict(True, "parameters", parameters)
+    return customer_keys_verdict(graph, [key], "parameters", parameters, holds=parameters.get("encrypted") == "true")

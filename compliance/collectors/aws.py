@@ -32,6 +32,7 @@ class _Session:
         self.config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
         self.resources: list[Resource] = []
         self.errors: dict[str, str] = {}
+        self.aws_managed_keys: set[str] = set()  # keys the deployment uses whose KeyManager is AWS (ARN and id)
 
     def client(self, service: str) -> Any:
         return self.session.client(service, config=self.config)
@@ -163,7 +164,9 @@ def _customer_keys(s: _Session, given: list[str]) -> None:
             continue
         known |= {inputs["keyId"], inputs["arn"]}
         if inputs.get("keyManager") == "AWS":
-            continue  # AWS-managed: no rotation or policy of the customer's (the checks on its users fail)
+            # AWS-managed: no rotation or policy of the customer's; the checks on its users fail on it
+            s.aws_managed_keys |= {reference, inputs["keyId"], inputs["arn"]}
+            continue
         s.add(t.KEY, f"customer key {inputs['keyId']}", inputs["keyId"], inputs | {"usedBy": sorted(users)})
 
 
@@ -643,4 +646,6 @@ def collect(
         unassessed=cluster.unassessed,
         cloud="aws",
         not_found=not_found,
+        customer_keys=tuple(customer_keys or ()),
+        aws_managed_keys=tuple(sorted(session.aws_managed_keys)),
     )

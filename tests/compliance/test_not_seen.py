@@ -73,7 +73,7 @@ def test_a_customer_key_the_plan_does_not_hold_is_not_assessed_never_passed(cust
     assert "| hipaa:164.312(a)(2)(iv) | Encryption and decryption | NOT_ASSESSED |" in markdown
     assert "## Not assessed" in markdown and CUSTOMER_KEY in markdown
     rotation_row = next(line for line in markdown.splitlines() if line.startswith("| hipaa:164.312(a)(2)(iv) |"))
-    assert "(not assessed: ec2_ebs_default_encryption, kms_cmk_rotation_enabled)" in rotation_row
+    assert "kms_cmk_rotation_enabled" in rotation_row.split("(not assessed: ", 1)[1]
     html = (pack / "report.html").read_text()
     assert "<td>hipaa:164.312(a)(2)(iv)</td><td>Encryption and decryption</td><td class='NOT_ASSESSED'>" in html
     rows = [r for r in csv.DictReader((pack / "findings.csv").open()) if r["check_id"] == "kms_cmk_rotation_enabled"]
@@ -89,6 +89,34 @@ def test_a_customer_key_the_plan_does_not_hold_is_not_assessed_never_passed(cust
     inventory = json.loads((pack / "encryption-inventory.json").read_text())
     keyed = [e for e in inventory if e["key"] == CUSTOMER_KEY]
     assert keyed and all(e["rotation_assessed"] is False and "NOT_ASSESSED" in e["rotation_note"] for e in keyed)
+
+
+# The checks that a resource is encrypted "with a customer-managed key": a key ARN alone (an AWS-managed key has one
+# too, key/<uuid>) does not say who manages the key.
+CUSTOMER_MANAGED_CHECKS = {
+    "s3_bucket_kms_encryption",
+    "cloudtrail_kms_encryption_enabled",
+    "cloudwatch_log_group_kms_encryption_enabled",
+    "eks_cluster_kms_cmk_encryption_in_secrets_enabled",
+    "ec2_launch_template_ebs_encrypted",
+    "karpenter_nodeclass_ebs_encrypted",
+    "sqs_queues_server_side_encryption_enabled",
+    "k8s_storage_class_encrypted",
+}
+
+
+def test_customer_managed_is_not_assessed_on_a_key_arn_alone(customer_key_plan: Path, tmp_path: Path) -> None:
+    found = findings(customer_key_plan)
+    for check_id in CUSTOMER_MANAGED_CHECKS:
+        statuses = {f["status"] for f in found if f["check_id"] == check_id}
+        assert statuses <= {"NOT_ASSESSED", "NOT_APPLICABLE"} and "NOT_ASSESSED" in statuses, (check_id, statuses)
+    assessed = [f for f in found if f["check_id"] == "cloudtrail_kms_encryption_enabled"][0]
+    assert CUSTOMER_KEY in assessed["reason"] and "who manages it" in assessed["reason"]
+    # byoc's own keys are in the plan: the same checks pass
+    own = findings(plan(tmp_path))
+    for check_id in CUSTOMER_MANAGED_CHECKS:
+        statuses = {f["status"] for f in own if f["check_id"] == check_id}
+        assert "PASS" in statuses and statuses <= {"PASS", "NOT_APPLICABLE"}, (check_id, statuses)
 
 
 def test_ebs_default_off_in_a_plan_is_not_assessed(customer_key_plan: Path) -> None:
