@@ -172,7 +172,7 @@ class LiveOptions:
     backend: str | None = None
     secrets_provider: str | None = None
     yes: bool = False
-    upgrade_providers: bool = False  # `up` may move the stack to the installed Pulumi SDKs (byoc.engines.providers)
+    upgrade_providers: bool = False  # `up` may move the stack to the installed Pulumi SDKs (byoc.pulumi_sdks)
 
 
 Confirm = Callable[[str], bool]
@@ -262,7 +262,7 @@ class Lifecycle:
     def _check_sdks(self, name: str, stack: LiveStack, options: LiveOptions | None = None) -> None:
         """Refuse (ByocError) to run Pulumi on a stack last deployed with other SDK versions than the installed ones
         (read from the stack's outputs in its backend, which every machine sharing it reads)."""
-        from byoc.engines.providers import check_recorded
+        from byoc.pulumi_sdks import check_recorded
 
         if options is not None and options.upgrade_providers:
             return

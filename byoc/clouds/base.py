@@ -134,7 +134,7 @@ class Cloud(ABC):
     stack_program: ClassVar[str | None] = None
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
     stack_extra: ClassVar[str | None] = None
-    # The distribution of the program's provider SDK (its version is pinned in byoc.engines.providers.SDK_PINS and
+    # The distribution of the program's provider SDK (its version is pinned in byoc.pulumi_sdks.SDK_PINS and
     # recorded in the stack at every `up`).
     provider_sdk: ClassVar[str | None] = None
     # The features this cloud lacks, with the reason (said to the user when a command needs one).

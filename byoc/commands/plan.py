@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from enum import StrEnum
 from pathlib import Path
@@ -380,6 +381,31 @@ STATUS_WORDS = {
 PLAN_OUTPUTS = ("manifests", "helm-releases.yaml", "compliance", "plan.json")
 
 
+def _pulumi_sdks(deployment: Deployment) -> dict[str, Any]:
+    """The SDK versions the plan was recorded with, beside the ones byoc pins (byoc.pulumi_sdks): a plan made with
+    others says so, since `up` would refuse them."""
+    from byoc.clouds import get_cloud
+    from byoc.pulumi_sdks import SDK_PINS, installed, sdks_for
+
+    sdks = sdks_for(get_cloud(deployment.cloud).provider_sdk)
+    found = installed(sdks)
+    return {"installed": found, "pinned": {sdk: SDK_PINS[sdk] for sdk in sdks}}
+
+
+def _warn_unpinned(sdks: dict[str, Any]) -> None:
+    differ = [
+        f"{sdk} {version or 'not installed'} (byoc pins {sdks['pinned'][sdk]})"
+        for sdk, version in sdks["installed"].items()
+        if version != sdks["pinned"][sdk]
+    ]
+    if differ:
+        print(
+            f"warning: pulumi-sdks: this plan was recorded with {', '.join(differ)}; `byoc up` runs only on the "
+            "pinned versions",
+            file=sys.stderr,
+        )
+
+
 def _check_out_is_ours(out: Path) -> None:
     """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository, `--out /`, a
     wrong $OUT in CI), refuse rather than scatter files there or delete someone's manifests/ or compliance/. A
@@ -602,6 +628,7 @@ def plan(
         _check_out_is_ours(out)
         document = deployment.plan_document()
         graph = render(deployment)
+        document["pulumi_sdks"] = _pulumi_sdks(deployment)
         if graph is not None:
             document["resources"] = [r.as_dict() for r in graph.resources]
         target = out / "plan.json"
@@ -610,6 +637,7 @@ def plan(
         except OSError as exc:
             raise ByocError("--out", f"cannot write {target}: {exc.strerror}", "choose a writable folder") from None
     with interrupts.deferred():
+        _warn_unpinned(document["pulumi_sdks"])
         print_warnings(deployment.warnings)
         if output is Output.json:
             print_json({"plan": str(target), **document})

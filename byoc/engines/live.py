@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from byoc.clouds import get_cloud
 from byoc.engines import Program
-from byoc.engines.providers import STACK_OUTPUT, installed, sdks_for
 from byoc.errors import ByocError, ByocFailure
+from byoc.pulumi_sdks import STACK_OUTPUT, installed, sdks_for
 from byoc.resolve import Deployment
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ REPLACING_OPS = frozenset({"replace", "create-replacement", "delete-replaced"})
 def stack_program(deployment: Deployment, program: Program, sdk_versions: dict[str, str | None]) -> Callable[[], None]:
     """The inline program the Automation API runs: the cloud's program, its outputs exported, and the Pulumi SDK
     versions it ran on as one more output (STACK_OUTPUT), which the next command on the stack compares with its
-    own (byoc.engines.providers)."""
+    own (byoc.pulumi_sdks)."""
 
     def inline() -> None:
         import pulumi
@@ -142,7 +142,7 @@ class LiveStack:
         self.project = f"byoc-{deployment.cloud}"
         self._stack: Stack | None = None
         self.secret_outputs: dict[str, Any] = {}  # the secret values of the last `up`'s outputs (the kubeconfig)
-        # the Pulumi SDKs the program runs on, as installed; `up` records them in the stack (byoc.engines.providers)
+        # the Pulumi SDKs the program runs on, as installed; `up` records them in the stack (byoc.pulumi_sdks)
         self.sdk_versions = installed(sdks_for(get_cloud(deployment.cloud).provider_sdk))
 
     # -- the stack ---------------------------------------------------------------------------------------------

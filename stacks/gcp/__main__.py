@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from byoc.pulumi_sdks import STACK_OUTPUT, require_pinned  # noqa: E402
 from byoc.resolve import resolve  # noqa: E402
 from byoc.spec import load_spec  # noqa: E402
 from stacks.gcp.program import program  # noqa: E402
@@ -22,5 +23,7 @@ from stacks.gcp.program import program  # noqa: E402
 spec_path = Path(pulumi.Config("byoc").require("spec"))
 if not spec_path.is_absolute():
     spec_path = Path(__file__).parent / spec_path
+# the provider versions this program was written for, refused otherwise, and recorded as `byoc up` records them
+pulumi.export(STACK_OUTPUT, require_pinned("pulumi-gcp", "stacks/gcp"))
 for name, value in program(resolve(load_spec(spec_path, {"cloud": "gcp"}))).items():
     pulumi.export(name, value)

@@ -110,7 +110,7 @@ def test_customer_managed_is_not_assessed_on_a_key_arn_alone(customer_key_plan: 
     for check_id in CUSTOMER_MANAGED_CHECKS:
         statuses = {f["status"] for f in found if f["check_id"] == check_id}
         assert statuses <= {"NOT_ASSESSED", "NOT_APPLICABLE"} and "NOT_ASSESSED" in statuses, (check_id, statuses)
-    assessed = [f for f in found if f["check_id"] == "cloudtrail_kms_encryption_enabled"][0]
+    assessed = next(f for f in found if f["check_id"] == "cloudtrail_kms_encryption_enabled")
     assert CUSTOMER_KEY in assessed["reason"] and "who manages it" in assessed["reason"]
     # byoc's own keys are in the plan: the same checks pass
     own = findings(plan(tmp_path))

@@ -1,4 +1,4 @@
-"""One set of Pulumi SDK versions per stack: pinned in pyproject.toml as in byoc.engines.providers, recorded in the
+"""One set of Pulumi SDK versions per stack: pinned in pyproject.toml as in byoc.pulumi_sdks, recorded in the
 stack's outputs at `up`, and a stack last deployed with other versions refused before Pulumi runs on it.
 
 Tests marked "stand-in" put tests/lifecycle/standin_pulumi.py on PATH as `pulumi`; the recorded state is written
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from byoc.engines.providers import SDK_PINS, STACK_OUTPUT
+from byoc.pulumi_sdks import SDK_PINS, STACK_OUTPUT
 from tests.conftest import ROOT, deploy
 from tests.lifecycle.conftest import QuotaServer, StandIn, aws_env, byoc
 from tests.lifecycle.test_commands import deployed
@@ -119,3 +119,27 @@ def test_a_stack_deployed_with_the_same_sdks_runs(run_env: dict[str, str], stand
     state["outputs"].pop(STACK_OUTPUT)
     (standin.home / "stacks" / "demo.json").write_text(json.dumps(state))
     assert byoc("preview", "-f", example, env=run_env).returncode == 0
+
+
+def test_the_pulumi_cli_path_runs_only_on_the_pinned_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pulumi preview -C stacks/aws` runs byoc's program without byoc's checks: the program itself refuses SDKs
+    other than the pinned ones, naming them and the pip install that matches, and records the pinned set."""
+    from byoc import pulumi_sdks
+    from byoc.errors import ByocError
+
+    assert pulumi_sdks.require_pinned("pulumi-aws", "stacks/aws") == {
+        sdk: pulumi_sdks.SDK_PINS[sdk] for sdk in pulumi_sdks.sdks_for("pulumi-aws")
+    }
+    real = pulumi_sdks.installed
+
+    def older(distributions: tuple[str, ...]) -> dict[str, str | None]:
+        return {**real(distributions), "pulumi-aws": "7.0.0"}
+
+    monkeypatch.setattr(pulumi_sdks, "installed", older)
+    with pytest.raises(ByocError) as refused:
+        pulumi_sdks.require_pinned("pulumi-aws", "stacks/aws")
+    assert refused.value.field == "pulumi-sdks"
+    assert f"pulumi-aws 7.0.0 (byoc pins {pulumi_sdks.SDK_PINS['pulumi-aws']})" in refused.value.message
+    assert refused.value.hint == f"pip install 'pulumi-aws=={pulumi_sdks.SDK_PINS['pulumi-aws']}'"
+    main = (Path(__file__).parents[2] / "stacks" / "aws" / "__main__.py").read_text()
+    assert 'pulumi.export(STACK_OUTPUT, require_pinned("pulumi-aws", "stacks/aws"))' in main

@@ -78,3 +78,28 @@ def check_recorded(name: str, recorded: object, current: Mapping[str, str | None
         f"installed versions on purpose: byoc up --name {name} --upgrade-providers (`byoc preview "
         "--upgrade-providers` shows what that changes first)",
     )
+
+
+def unpinned(provider_sdk: str | None) -> dict[str, tuple[str, str | None]]:
+    """The SDKs of a cloud's program whose installed version is not the one byoc pins: {sdk: (pinned, installed)}."""
+    sdks = sdks_for(provider_sdk)
+    return {sdk: (SDK_PINS[sdk], version) for sdk, version in installed(sdks).items() if version != SDK_PINS[sdk]}
+
+
+def require_pinned(provider_sdk: str | None, where: str) -> dict[str, str]:
+    """For `pulumi preview/up -C stacks/<cloud>` (the Pulumi CLI running byoc's program itself, without byoc's
+    checks): the program runs only on the SDKs byoc pins, whose versions it then records in the stack
+    (STACK_OUTPUT), as `byoc up` does.
+
+    Raises:
+        ByocError: naming the SDKs that differ and the pip install that matches the pins.
+    """
+    differ = unpinned(provider_sdk)
+    if differ:
+        listed = ", ".join(f"{sdk} {now or 'not installed'} (byoc pins {pin})" for sdk, (pin, now) in differ.items())
+        raise ByocError(
+            "pulumi-sdks",
+            f"{where} was written for other Pulumi SDK versions: {listed}",
+            pip_install({sdk: pin for sdk, (pin, _) in differ.items()}),
+        )
+    return {sdk: SDK_PINS[sdk] for sdk in sdks_for(provider_sdk)}
