@@ -21,6 +21,7 @@ from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
+from stacks.k8s import budget as gpu_budget
 
 MONITORING = Path(__file__).parent / "monitoring"
 GATEWAY_PORT = 8080
@@ -581,7 +582,7 @@ class ServingStack(pulumi.ComponentResource):
         component = "gateway"
         upstream = f"dns+http://{self._object_name('serving')}.{self.namespace}.svc.cluster.local:{SERVE_PORT}"
         models = [deployment.model.id, *[f"{a.id}={a.source}" for a in deployment.addons]]
-        command = [
+        command: list[pulumi.Input[str]] = [
             "byoc",
             "serve",
             "gateway",
@@ -796,6 +797,34 @@ class ServingStack(pulumi.ComponentResource):
                     },
                 }
             )
+        budget = deployment.budget
+        if budget is not None and budget.cap_replicas is not None:
+            # Once the period's GPU-hours are spent, at most cap_replicas until it ends. KEDA then feeds the HPA one
+            # composite metric (the formula's value against target 1: the replicas wanted), so the formula repeats
+            # what the separate triggers asked for (keda.sh/docs/2.18/reference/scaledobject-spec, scalingModifiers).
+            spec["triggers"].append(
+                {
+                    "type": "prometheus",
+                    "name": "budget",
+                    "metadata": {
+                        "serverAddress": server,
+                        "query": gpu_budget.fraction_query(deployment.namespace),
+                        "threshold": "1",
+                        "activationThreshold": "0",
+                    },
+                }
+            )
+            spec["advanced"]["scalingModifiers"] = {
+                "formula": gpu_budget.capped_formula(
+                    deployment,
+                    f"{scaling.load_target.value:g}",
+                    [trigger["name"] for trigger in spec["triggers"]],
+                    budget.cap_replicas,
+                ),
+                "target": "1",
+                "activationTarget": "0",
+                "metricType": "AverageValue",
+            }
         self._custom(
             "keda.sh/v1alpha1",
             "ScaledObject",
@@ -837,6 +866,15 @@ class ServingStack(pulumi.ComponentResource):
             rules,
             depends_on=after,
         )
+        if deployment.budget is not None:
+            self._custom(
+                "monitoring.coreos.com/v1",
+                "PrometheusRule",
+                "budget-rules",
+                {"name": gpu_budget.budget_rules_name(deployment), "labels": labels(deployment, "monitoring")},
+                {"groups": gpu_budget.rule_groups(deployment.namespace, deployment.budget)},
+                depends_on=after,
+            )
         self._namespaced(
             k8s.core.v1.ConfigMap,
             "dashboard",
