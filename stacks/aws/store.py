@@ -17,7 +17,7 @@ Every property below is one a security reviewer (or Prowler) checks on `aws.elas
 - network: the private subnets only, and a security group that admits the store's port from the cluster's nodes
   only (the EKS cluster security group, which the system nodes that run the gateway carry); inside the cluster a
   NetworkPolicy lets only the gateway pods reach it (stacks/k8s/serving.py);
-- availability: a replica in another zone, Multi-AZ with automatic failover, daily snapshots kept 7 days, minor
+- availability: a replica in another zone, Multi-AZ with automatic failover, daily snapshots kept 14 days, minor
   engine upgrades applied in the maintenance window.
 """
 
@@ -40,7 +40,8 @@ AMAZON_ROOT_CAS = Path(__file__).with_name("amazon-root-cas.pem")
 # AUTH tokens: 16 to 128 printable characters; ElastiCache refuses @, ", / and spaces (ElastiCache docs,
 # "Authenticating with the Valkey and Redis OSS AUTH command"). Letters and digits only: nothing to escape anywhere.
 AUTH_TOKEN_LENGTH = 64
-SNAPSHOT_RETENTION_DAYS = 7
+# 14 days: Prowler's elasticache_redis_cluster_backup_enabled wants more than 7 (its default minimum)
+SNAPSHOT_RETENTION_DAYS = 14
 # UTC, outside European and American working hours; the maintenance window must not overlap the snapshot window.
 SNAPSHOT_WINDOW = "03:00-04:00"
 MAINTENANCE_WINDOW = "sun:04:30-sun:05:30"
