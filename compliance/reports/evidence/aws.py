@@ -160,6 +160,12 @@ EVIDENCE = CloudEvidence(
         aws.NODE_CLASS: _node_class,
         STORAGE_CLASS: storage_class,
         aws.QUEUE: lambda queue, graph: [Store("SQS queue", queue.get("kmsMasterKeyId"))],
+        aws.REPLICATION_GROUP: lambda group, graph: [
+            Store(
+                "ElastiCache (the gateway's shared limits, budgets and usage)",
+                group.get("kmsKeyId") if group.get("atRestEncryptionEnabled") is True else None,
+            )
+        ],
         aws.TRAIL: lambda trail, graph: [Store("CloudTrail log files", trail.get("kmsKeyId"))],
     },
     audit={

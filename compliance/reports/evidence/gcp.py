@@ -525,6 +525,12 @@ EVIDENCE = CloudEvidence(
         gcp.NODE_POOL: _node_pool,
         STORAGE_CLASS: storage_class,
         gcp.SUBNETWORK: _subnetwork,
+        gcp.REDIS: lambda instance, graph: [
+            Store(
+                "Memorystore for Redis (the gateway's shared limits, budgets and usage)",
+                instance.get("customerManagedKey"),
+            )
+        ],
     },
     audit={
         "audit_configs": (gcp.AUDIT_CONFIG, _audit_config),
