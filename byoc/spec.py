@@ -424,7 +424,7 @@ class Gateway(_Strict):
         "with the deployment's KMS key, TLS and an AUTH token; Google Cloud Memorystore for Redis with the "
         "deployment's Cloud KMS key, TLS and AUTH; about $0.05/h, see `byoc estimate`), or none (each replica "
         "enforces limits in its own memory, so a key's rpm multiplies with the replica count: for trials only). "
-        "docs/operations.md, \"The gateway's shared store\", says why not a store in the cluster.",
+        'docs/operations.md, "The gateway\'s shared store", says why not a store in the cluster.',
     )
 
 

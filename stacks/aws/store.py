@@ -31,6 +31,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from byoc.catalogs import load_catalog
+from byoc.names import bounded_name
 from stacks.aws.context import AwsContext
 from stacks.aws.network import Network
 
@@ -43,6 +44,8 @@ AUTH_TOKEN_LENGTH = 64
 # 14 days: Prowler's elasticache_redis_cluster_backup_enabled wants more than 7 (its default minimum)
 SNAPSHOT_RETENTION_DAYS = 14
 # UTC, outside European and American working hours; the maintenance window must not overlap the snapshot window.
+# CreateReplicationGroup: ReplicationGroupId has 1 to 40 characters, no trailing or double hyphen.
+REPLICATION_GROUP_ID_MAX = 40
 SNAPSHOT_WINDOW = "03:00-04:00"
 MAINTENANCE_WINDOW = "sun:04:30-sun:05:30"
 
@@ -100,7 +103,7 @@ class LimitsStore(pulumi.ComponentResource):
         self.password = pulumi.Output.secret(token.result)
         replication_group = aws.elasticache.ReplicationGroup(
             f"{name}-store",
-            replication_group_id=f"byoc-{name}-store"[:40],  # ElastiCache ids have at most 40 characters
+            replication_group_id=bounded_name(name, "store", REPLICATION_GROUP_ID_MAX),
             description=f"byoc {name}: the gateway replicas' shared limits, budgets and usage",
             engine=spec["engine"],
             engine_version=spec["engine_version"],

@@ -27,11 +27,14 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.catalogs import load_catalog
+from byoc.names import bounded_name
 from stacks.gcp.context import GcpContext
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
 
 PRIVATE_SERVICE_ACCESS = "servicenetworking.googleapis.com"
+# Memorystore for Redis instance ids: 1 to 40 characters, from a letter, ending with a letter or digit.
+INSTANCE_ID_MAX = 40
 
 
 def _ca_pem(certificates: list[dict[str, Any]] | None) -> str:
@@ -77,7 +80,7 @@ class LimitsStore(pulumi.ComponentResource):
         )
         instance = gcp.redis.Instance(
             f"{name}-store",
-            name=f"byoc-{name}-store",
+            name=bounded_name(name, "store", INSTANCE_ID_MAX),
             display_name=f"byoc {name}: the gateway replicas' shared limits, budgets and usage",
             region=ctx.region,
             tier=spec["tier"],
