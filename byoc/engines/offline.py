@@ -23,7 +23,7 @@ from byoc import interrupts
 from byoc.clouds import get_cloud
 from byoc.engines import Program
 from byoc.errors import ByocFailure
-from byoc.plan import PLACEHOLDER_SECRET, SECRET_SHOWN, Plan, RecordedResource
+from byoc.plan import SECRET_SHOWN, Plan, RecordedResource
 from byoc.resolve import Deployment
 
 

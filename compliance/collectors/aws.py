@@ -592,7 +592,7 @@ def _elasticache(s: _Session) -> None:
         for group in page.get("ReplicationGroups", []):
             arn = group.get("ARN")
             tags = _tags(elasticache.list_tags_for_resource(ResourceName=arn).get("TagList")) if arn else {}
-            if tags.get(TAG) != s.deployment:
+            if tags.get(DEPLOYMENT_TAG) != s.deployment:
                 continue
             # the subnet group and security groups are the member clusters' (DescribeCacheClusters)
             # (moto 5.2 creates no member clusters: both stay unknown there, and their checks say NOT_ASSESSED)

@@ -31,7 +31,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from byoc.catalogs import load_catalog
-from byoc.names import bounded_name
+from byoc.names import bounded_name, resource_name
 from stacks.aws.context import AwsContext
 from stacks.aws.network import Network
 
@@ -71,7 +71,7 @@ class LimitsStore(pulumi.ComponentResource):
         self.port = int(spec["port"])
         subnets = aws.elasticache.SubnetGroup(
             f"{name}-store",
-            name=f"byoc-{name}-store",
+            name=resource_name(name, "store"),
             description="byoc gateway store: the private subnets only",
             subnet_ids=network.private_subnet_ids,
             tags=ctx.tags(),
@@ -91,7 +91,7 @@ class LimitsStore(pulumi.ComponentResource):
                 )
             ],
             egress=[],  # the store only answers
-            tags=ctx.tags(Name=f"byoc-{name}-store"),
+            tags=ctx.tags(Name=resource_name(name, "store")),
             opts=ctx.opts(self),
         )
         token = random.RandomPassword(
@@ -123,7 +123,7 @@ class LimitsStore(pulumi.ComponentResource):
             snapshot_retention_limit=SNAPSHOT_RETENTION_DAYS,
             snapshot_window=SNAPSHOT_WINDOW,
             maintenance_window=MAINTENANCE_WINDOW,
-            final_snapshot_identifier=f"byoc-{name}-store-final",
+            final_snapshot_identifier=resource_name(name, "store", "final"),
             tags=ctx.tags(),
             opts=ctx.opts(self),
         )

@@ -27,7 +27,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.catalogs import load_catalog
-from byoc.names import bounded_name
+from byoc.names import bounded_name, resource_name
 from stacks.gcp.context import GcpContext
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
@@ -61,7 +61,7 @@ class LimitsStore(pulumi.ComponentResource):
         address, prefix = store_range.split("/")
         allocated = gcp.compute.GlobalAddress(
             f"{name}-store-range",
-            name=f"byoc-{name}-store",
+            name=resource_name(name, "store"),
             description="byoc gateway store: private services access range (Memorystore)",
             purpose="VPC_PEERING",
             address_type="INTERNAL",
