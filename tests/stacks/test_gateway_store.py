@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from byoc.clouds.gcp import address_plan
-from byoc.engines.offline import PLACEHOLDER_SECRET, SECRET_SHOWN
 from byoc.manifests import kubernetes_objects
-from byoc.plan import Plan, RecordedResource
+from byoc.plan import PLACEHOLDER_SECRET, SECRET_SHOWN, Plan, RecordedResource
 from byoc.spec import Budget
 from stacks.k8s import budget as gpu_budget
 from tests.conftest import refused, run_byoc
