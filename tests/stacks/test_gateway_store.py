@@ -394,3 +394,16 @@ def test_bad_budget_exits_2_with_the_field_and_no_traceback(tmp_path: Path) -> N
     result = run_byoc("validate", "-f", str(spec))
     assert result.returncode == 2, result.stderr
     assert "budget.cap_replicas" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("cloud", "service"), [("aws", "ElastiCache for Valkey"), ("gcp", "Memorystore for Redis")])
+def test_estimate_prices_the_store_with_its_source(cloud: str, service: str) -> None:
+    args = ("estimate", "--model", "llama-3.1-8b-instruct", "--shape", "l4x1-fp8", "--cloud", cloud)
+    result = run_byoc(*args, "--output", "json")
+    assert result.returncode == 0, result.stderr
+    store = json.loads(result.stdout)["store"]
+    assert store["service"] == service and store["nodes"] == 2
+    assert 0 < store["hourly_usd"] < 1 and store["monthly_usd"] == round(store["hourly_usd"] * 730, 2)
+    assert "pricing" in store["price_source"]
+    text = run_byoc(*args).stdout
+    assert f"shared store       {service}, 2 nodes, ${store['hourly_usd']:,.4f}/h" in text
