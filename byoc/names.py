@@ -45,3 +45,16 @@ def resource_name(deployment: str, *parts: str) -> str:
     one object in it (`resource_name(name, "serving")` is the serving Deployment, `"audit-logs"` the GCP audit
     bucket)."""
     return "-".join((NAME_PREFIX, deployment, *parts))
+
+
+def bounded_name(name: str, role: str, limit: int) -> str:
+    """byoc-<name>-<role>, shortened with a stable 4-hex digest of the name when longer than `limit` characters (an
+    ElastiCache replication group id or a Memorystore instance id takes 40); never ends with or doubles a hyphen."""
+    import hashlib
+
+    wanted = resource_name(name, role)
+    if len(wanted) <= limit:
+        return wanted
+    digest = hashlib.sha256(name.encode()).hexdigest()[:4]
+    keep = limit - len(f"byoc--{digest}-{role}")
+    return resource_name(name[:keep].rstrip("-"), digest, role)

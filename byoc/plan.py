@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# A secret the offline engine makes up (an AUTH token a live run generates) stands at PLACEHOLDER_SECRET, and every
+# secret input (that one, the kubeconfig) is recorded as SECRET_SHOWN: plan.json and the manifests never hold one.
+PLACEHOLDER_SECRET = "offline-placeholder"
+SECRET_SHOWN = "[secret]"
+
 
 @dataclass(frozen=True)
 class RecordedResource:

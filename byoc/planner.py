@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from byoc.catalogs import InstanceType, ModelArch
+from byoc.catalogs import InstanceType, ModelArch, load_catalog
 from byoc.errors import ByocWarning
 from byoc.rules import DeploymentShape
 
@@ -274,6 +274,39 @@ class CostEstimate:
             "cost_per_million_output_tokens_at_floor": round(self.cost_per_million_output_tokens_at_floor, 4),
             "fallback_nodes": [f.as_dict() for f in self.fallback_nodes],
         }
+
+
+@dataclass(frozen=True)
+class StoreEstimate:
+    """The gateway replicas' shared store (gateway.store: managed): one managed Redis-compatible service per
+    deployment, billed every hour whatever the replica count (zero included)."""
+
+    service: str
+    nodes: int
+    hourly_usd: float
+    price_source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "nodes": self.nodes,
+            "hourly_usd": round(self.hourly_usd, 4),
+            "monthly_usd": round(self.hourly_usd * HOURS_PER_MONTH, 2),
+            "price_source": self.price_source,
+        }
+
+
+# 730 hours: the month AWS and Google price monthly figures with (365 x 24 / 12).
+HOURS_PER_MONTH = 730
+
+
+def store_estimate(cloud: str) -> StoreEstimate:
+    """The shared store's list price (byoc/catalogs/kubernetes.yaml `shared_store`, sourced there)."""
+    entry = load_catalog().kubernetes["shared_store"][cloud]
+    hourly = float(entry.get("hourly_usd", 0.0)) or float(entry["hourly_usd_per_node"]) * int(entry["nodes"])
+    return StoreEstimate(
+        service=str(entry["service"]), nodes=int(entry["nodes"]), hourly_usd=hourly, price_source=entry["price_source"]
+    )
 
 
 def _node(instance: InstanceType, shape: DeploymentShape, price_per_gpu_hour: float | None) -> Node:

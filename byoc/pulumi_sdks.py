@@ -26,9 +26,10 @@ SDK_PINS: dict[str, str] = {
     "pulumi-aws": "7.51.1",
     "pulumi-kubernetes": "4.34.2",
     "pulumi-gcp": "10.2.0",
+    "pulumi-random": "4.21.4",
 }
 # Every program uses these; each cloud adds its own provider (byoc.clouds: `provider_sdk`).
-COMMON_SDKS = ("pulumi", "pulumi-kubernetes")
+COMMON_SDKS = ("pulumi", "pulumi-kubernetes", "pulumi-random")
 # The stack output that records the SDK versions of the last `up`: {"pulumi": "3.272.0", "pulumi-aws": ...}.
 STACK_OUTPUT = "byoc_pulumi_sdks"
 

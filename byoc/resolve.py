@@ -17,7 +17,19 @@ from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import resource_name
-from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Monitoring, Network, Spec, Speculative
+from byoc.spec import (
+    Addon,
+    Budget,
+    Compliance,
+    Encryption,
+    Gateway,
+    LoadTarget,
+    ModelRef,
+    Monitoring,
+    Network,
+    Spec,
+    Speculative,
+)
 
 
 @dataclass(frozen=True)
@@ -152,11 +164,26 @@ class Deployment:
     def compliance(self) -> Compliance:
         return self.spec.compliance
 
+    @property
+    def gateway(self) -> Gateway:
+        return self.spec.gateway
+
+    @property
+    def budget(self) -> Budget | None:
+        return self.spec.budget
+
+    @property
+    def store(self) -> planner.StoreEstimate | None:
+        """The shared store of the gateway replicas (gateway.store: managed), with its price; None without one."""
+        return planner.store_estimate(self.cloud) if self.gateway.store == "managed" else None
+
     def estimates(self) -> dict[str, Any]:
         return {
             "memory": self.memory.as_dict(),
             "throughput": self.throughput.as_dict(),
             "cost": self.cost.as_dict(),
+            # the gateway's shared store runs whatever the replica count, zero included
+            "store": self.store.as_dict() if self.store else None,
         }
 
     def plan_document(self) -> dict[str, Any]:
@@ -223,6 +250,8 @@ class Deployment:
             "network": self.network.model_dump(),
             "encryption": self.encryption.model_dump(),
             "compliance": self.compliance.model_dump(),
+            "gateway": self.gateway.model_dump(),
+            "budget": self.budget.model_dump() if self.budget else None,
             "estimates": self.estimates(),
             "warnings": [w.as_dict() for w in self.warnings],
         }
@@ -411,6 +440,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     rules.check_kv_cache_fraction(spec)
     rules.check_autoscaling(spec)
     rules.check_network(spec)
+    rules.check_budget(spec)
     cloud = get_cloud(spec.cloud)
     cloud.check_fields(spec)
     cloud.check_allowed_cidrs(spec.network.allowed_cidrs)

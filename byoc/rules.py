@@ -154,6 +154,33 @@ def check_autoscaling(spec: Spec) -> None:
             )
 
 
+def check_budget(spec: Spec) -> None:
+    """The GPU-hour budget's replica cap against the replica bounds the ScaledObject renders.
+
+    Raises:
+        ByocError: budget.cap_replicas above autoscaling.max_replicas (it would cap nothing) or below min_replicas
+            (the HPA never goes below its minimum, so the cap could not hold).
+    """
+    budget = spec.budget
+    if budget is None or budget.cap_replicas is None:
+        return
+    scaling = spec.autoscaling
+    if budget.cap_replicas > scaling.max_replicas:
+        raise ByocError(
+            "budget.cap_replicas",
+            f"cap_replicas {budget.cap_replicas} is above autoscaling.max_replicas {scaling.max_replicas}: it "
+            "would cap nothing",
+            f"use at most {scaling.max_replicas}, or remove cap_replicas to be alerted only",
+        )
+    if budget.cap_replicas < scaling.min_replicas:
+        raise ByocError(
+            "budget.cap_replicas",
+            f"cap_replicas {budget.cap_replicas} is below autoscaling.min_replicas {scaling.min_replicas}: the "
+            "autoscaler never goes below its minimum, so the cap could not hold",
+            f"use at least {scaling.min_replicas}, or lower autoscaling.min_replicas",
+        )
+
+
 def check_kv_cache_fraction(spec: Spec) -> None:
     if not 0 < spec.kv_cache_fraction < 1:
         raise ByocError(

@@ -411,6 +411,69 @@ class Monitoring(_Strict):
         return value
 
 
+StoreKind = Literal["managed", "none"]
+
+
+class Gateway(_Strict):
+    """The gateway replicas (2 to 6, scaled on CPU) and what they share."""
+
+    store: StoreKind = Field(
+        default="managed",
+        description="Where the gateway replicas keep per-key limits, budgets and usage so that they hold across "
+        "replicas: managed (a private, encrypted Redis-compatible service of the cloud: AWS ElastiCache for Valkey "
+        "with the deployment's KMS key, TLS and an AUTH token; Google Cloud Memorystore for Redis with the "
+        "deployment's Cloud KMS key, TLS and AUTH; about $0.05/h, see `byoc estimate`), or none (each replica "
+        "enforces limits in its own memory, so a key's rpm multiplies with the replica count: for trials only). "
+        'docs/operations.md, "The gateway\'s shared store", says why not a store in the cluster.',
+    )
+
+
+BudgetPeriod = Literal["day", "week", "month"]
+# Fractions of the budget an alert fires at (each fires once the period's GPU-hours pass it).
+BUDGET_ALERTS_MAX = 10
+
+
+class Budget(_Strict):
+    """A deployment-level GPU-hour budget: alerts as it is spent and, optionally, a cap on replicas once it is."""
+
+    gpu_hours: Number = Field(
+        gt=0,
+        le=1e7,
+        description="GPU-hours the serving replicas may use per period (a replica of an h100x8 shape uses 8 per "
+        "hour); counted by Prometheus from the serving pods' GPU requests (docs/operations.md, 'GPU-hour budget').",
+    )
+    period: BudgetPeriod = Field(
+        default="month",
+        description="The period the budget covers: day, week (from Monday) or month (calendar, UTC); the count "
+        "starts again at each period's start.",
+    )
+    alert_at: list[Number] = Field(
+        default_factory=lambda: [0.5, 0.8, 1.0],
+        min_length=1,
+        max_length=BUDGET_ALERTS_MAX,
+        description="Fractions of gpu_hours at which the ByocGpuBudgetSpent alert fires (each above 0, at most 1, "
+        "listed once).",
+    )
+    cap_replicas: Count | None = Field(
+        default=None,
+        ge=0,
+        le=INT32_MAX,
+        description="Once gpu_hours are spent, the most serving replicas until the period ends (0 stops serving; "
+        "the gateway then holds and times out requests); at most autoscaling.max_replicas. Default: none, alerts "
+        "only. Applied through KEDA's scalingModifiers on the ScaledObject.",
+    )
+
+    @field_validator("alert_at")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        for value in values:
+            if not 0 < value <= 1:
+                raise ValueError(f"{value:g} is not a fraction of the budget; write values above 0 and at most 1")
+        if len(set(values)) != len(values):
+            raise ValueError("a threshold is listed twice; list each once")
+        return sorted(values)
+
+
 class Speculative(_Strict):
     """Speculative decoding with a smaller draft model."""
 
@@ -464,6 +527,10 @@ class Spec(_Strict):
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
     images: Images = Field(default_factory=Images, description="Container image overrides.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring and alerting.")
+    gateway: Gateway = Field(default_factory=Gateway, description="The API gateway and its shared store.")
+    budget: Budget | None = Field(
+        default=None, description="GPU-hour budget of the deployment: alerts and an optional replica cap; or none."
+    )
 
     @field_validator("name")
     @classmethod

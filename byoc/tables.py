@@ -98,6 +98,8 @@ def estimate_row(
         "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
         "throughput": throughput.as_dict(),
         "cost": cost.as_dict(),
+        # gateway.store: managed (the default) adds the shared store, billed every hour, replicas or none
+        "store": planner.store_estimate(cloud.name).as_dict(),
     }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc.plan import PLACEHOLDER_SECRET
+
 PLACEHOLDER_ACCOUNT = "123456789012"
 
 
@@ -48,6 +50,13 @@ def resource_outputs(
         },
         "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 1},
         "aws:ec2/eip:Eip": {"allocationId": f"eipalloc-{logical_name}"},
+        "aws:elasticache/replicationGroup:ReplicationGroup": {
+            "primaryEndpointAddress": (
+                f"master.{inputs.get('replicationGroupId', name)}.abc123.{region}.cache.amazonaws.com"
+            ),
+        },
+        # the gateway store's AUTH token (random.RandomPassword), which a live run generates
+        "random:index/randomPassword:RandomPassword": {"result": PLACEHOLDER_SECRET},
     }
     outputs.update(computed.get(type_token, {}))
     return None, outputs

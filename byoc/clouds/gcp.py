@@ -41,12 +41,14 @@ NODE_RANGE_TAKEN = 4 + 1
 @dataclass(frozen=True)
 class AddressPlan:
     """How the spec's CIDR is divided: nodes a quarter, pods half, services an eighth, and the control plane a /28
-    (a /16 gives /18 nodes, /17 pods, /19 services)."""
+    (a /16 gives /18 nodes, /17 pods, /19 services); the gateway's shared store (Memorystore through private
+    services access) a /24 at the start of the last eighth, the control plane's /28 at its end."""
 
     nodes: str
     pods: str
     services: str
     control_plane: str
+    store: str = ""
 
 
 def address_plan(cidr: str) -> AddressPlan:
@@ -55,7 +57,10 @@ def address_plan(cidr: str) -> AddressPlan:
     nodes, rest = first.subnets(prefixlen_diff=1)
     services, spare = rest.subnets(prefixlen_diff=1)
     control_plane = list(spare.subnets(new_prefix=28))[-1]
-    return AddressPlan(str(nodes), str(second), str(services), str(control_plane))
+    # Private services access wants an allocated range of at least a /24 (Memorystore for Redis docs, "Private
+    # services access"); the spare eighth of a /20 (the smallest CIDR the spec takes) is a /23
+    store = next(spare.subnets(new_prefix=24))
+    return AddressPlan(str(nodes), str(second), str(services), str(control_plane), str(store))
 
 
 def pod_block(max_pods: int) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc.plan import PLACEHOLDER_SECRET
+
 PLACEHOLDER_PROJECT = "example-project"
 PLACEHOLDER_PROJECT_NUMBER = "123456789012"
 
@@ -57,6 +59,14 @@ def resource_outputs(
         return f"projects/{project}/locations/{inputs.get('location', region)}/clusters/{name}", {
             "endpoint": "10.42.96.2",
             "masterAuth": {**inputs.get("masterAuth", {}), "clusterCaCertificate": "cGxhY2Vob2xkZXI="},
+        }
+    if type_token == "gcp:redis/instance:Instance":
+        # the address private services access would give it, and a stand-in for the instance's own server CA
+        return f"projects/{project}/locations/{region}/instances/{name}", {
+            "host": "10.42.96.3",
+            "port": 6378,
+            "authString": PLACEHOLDER_SECRET,
+            "serverCaCerts": [{"cert": "-----BEGIN CERTIFICATE-----\nplaceholder\n-----END CERTIFICATE-----\n"}],
         }
     if type_token == "gcp:logging/projectSink:ProjectSink":
         writer = f"serviceAccount:service-{PLACEHOLDER_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com"

@@ -361,6 +361,13 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         "saturated)",
         f"  price              {cost['price_source']}",
     ]
+    store = row.get("store")
+    if store:
+        lines.append(
+            f"  shared store       {store['service']}, {store['nodes']} nodes, ${store['hourly_usd']:,.4f}/h "
+            f"(${store['monthly_usd']:,.2f}/month) at every replica count (gateway.store: managed; "
+            f"{store['price_source']})"
+        )
     for fallback in cost["fallback_nodes"]:
         lines.append(
             f"  fallback node      {fallback['instance_type']}, {fallback['gpus']} GPUs, "

@@ -23,13 +23,18 @@ from byoc import interrupts
 from byoc.clouds import get_cloud
 from byoc.engines import Program
 from byoc.errors import ByocFailure
-from byoc.plan import Plan, RecordedResource
+from byoc.plan import SECRET_SHOWN, Plan, RecordedResource
 from byoc.resolve import Deployment
 
 
 def _plain(value: Any) -> Any:
     """Inputs as JSON: containers kept (mappings sorted by key: their order in the protobuf map that carried them
-    changes from process to process), anything exotic (resource references, unknowns) as a string."""
+    changes from process to process), anything exotic (resource references, unknowns) as a string, and a Pulumi
+    secret (an AUTH token, the kubeconfig) as SECRET_SHOWN: plan.json and the manifests never hold one in clear."""
+    from pulumi.runtime import rpc
+
+    if isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+        return _redacted(value.get("value"))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if isinstance(value, (list, tuple)):
@@ -37,6 +42,15 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     return str(value)
+
+
+def _redacted(value: Any) -> Any:
+    """A secret's shape (a Secret's stringData keeps its keys, so the manifest stays valid) without its values."""
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return SECRET_SHOWN
 
 
 def _name_of(urn: str) -> str:

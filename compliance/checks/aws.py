@@ -62,6 +62,8 @@ NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 EBS_DEFAULT = "aws:ebs/encryptionByDefault:EncryptionByDefault"
 EBS_DEFAULT_KEY = "aws:ebs/defaultKmsKey:DefaultKmsKey"
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+CACHE_SUBNET_GROUP = "aws:elasticache/subnetGroup:SubnetGroup"
 
 # What AWS does when a field is left unset (the API reference of each service): reading "unset" as "off" or "bad"
 # where AWS reads it as a default would fail compliant resources.
@@ -78,6 +80,9 @@ ROTATABLE_ORIGIN = "AWS_KMS"
 KMS_DELETION_MIN_DAYS = 7
 WILDCARD_ALLOWED = {"AllowRegionalReadActions", "AllowPricingReadActions", "AllowUnscopedInstanceProfileListAction"}
 ADMIN_POLICIES = {"AdministratorAccess", "PowerUserAccess", "IAMFullAccess", "AmazonS3FullAccess"}
+# Prowler's elasticache_redis_cluster_backup_enabled passes a retention above its audit_config
+# minimum_snapshot_retention_period, 7 days by default (prowler/providers/aws/services/elasticache).
+SNAPSHOT_RETENTION_MIN_DAYS = 7
 
 
 def unseen_in_plan(plan: Mapping[str, Any]) -> dict[str, str]:
@@ -1089,6 +1094,185 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
         ):
             too_wide.append(label)
     return verdict(not too_wide, "Statement[Allow].Action/Resource", too_wide)
+
+
+# -- ElastiCache: the gateway's shared store (stacks/aws/store.py) ----------------------------------------------
+# The ids are Prowler's (prowler/providers/aws/services/elasticache/<id>); Prowler reads the same replication-group
+# fields from DescribeReplicationGroups.
+@check(
+    id="elasticache_redis_cluster_rest_encryption_enabled",
+    title="The gateway's store is encrypted at rest",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Create the replication group with at_rest_encryption_enabled (it cannot be turned on later).",
+    risk="Per-key limits, budgets and usage records would sit unencrypted on ElastiCache's disks and snapshots.",
+    cloud="aws",
+)
+def elasticache_rest_encryption(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("atRestEncryptionEnabled")  # unset: false (CreateReplicationGroup's default)
+    return verdict(value is True, "atRestEncryptionEnabled", value)
+
+
+@check(
+    id="elasticache_redis_cluster_cmk_encryption",
+    title="The gateway's store is encrypted with the deployment's customer-managed key",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Set kms_key_id to the deployment's KMS key (encryption.kms_key, or the platform key byoc creates).",
+    risk="With ElastiCache's own key, the customer cannot revoke or audit access to the data through their key.",
+    cloud="aws",
+)
+def elasticache_cmk_encryption(resource: Resource, graph: Graph) -> Verdict:
+    key = resource.get("kmsKeyId")
+    return verdict(resource.get("atRestEncryptionEnabled") is True and is_customer_key(key), "kmsKeyId", key)
+
+
+@check(
+    id="elasticache_redis_cluster_in_transit_encryption_enabled",
+    title="The gateway's store accepts TLS connections only",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Set transit_encryption_enabled and transit_encryption_mode required.",
+    risk="Keys' usage and the AUTH token would cross the network in clear.",
+    cloud="aws",
+)
+def elasticache_in_transit_encryption(resource: Resource, graph: Graph) -> Verdict:
+    enabled = resource.get("transitEncryptionEnabled")
+    # unset with TLS on: ElastiCache creates the group in `required` mode (CreateReplicationGroup,
+    # TransitEncryptionMode); `preferred` also takes plaintext connections, a migration state
+    mode = resource.get("transitEncryptionMode") or ("required" if enabled is True else None)
+    return verdict(enabled is True and mode == "required", "transitEncryptionEnabled/Mode", [enabled, mode])
+
+
+@check(
+    id="elasticache_redis_replication_group_auth_enabled",
+    title="The gateway's store requires authentication",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Set an AUTH token (auth_token) or RBAC user groups (user_group_ids).",
+    risk="Anything that reaches the port could read or reset every key's limits and usage.",
+    cloud="aws",
+)
+def elasticache_auth_enabled(resource: Resource, graph: Graph) -> Verdict:
+    # a plan records the token as [secret] (present); the account says AuthTokenEnabled
+    token = resource.get("authToken") or resource.get("authTokenEnabled")
+    groups = as_list(resource.get("userGroupIds"))
+    return verdict(bool(token) or bool(groups), "authToken/userGroupIds", {"auth": bool(token), "users": groups})
+
+
+@check(
+    id="elasticache_redis_cluster_automatic_failover_enabled",
+    title="The gateway's store fails over automatically",
+    severity="medium",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Run at least two nodes with automatic_failover_enabled.",
+    risk="A failed primary would leave every gateway replica on its per-replica fallback until someone acts.",
+    cloud="aws",
+)
+def elasticache_automatic_failover(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("automaticFailoverEnabled")
+    return verdict(value is True, "automaticFailoverEnabled", value)
+
+
+@check(
+    id="elasticache_redis_cluster_multi_az_enabled",
+    title="The gateway's store keeps a replica in another zone",
+    severity="medium",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Set multi_az_enabled with a replica (num_cache_clusters 2 or more).",
+    risk="A zone outage would take the store down with it.",
+    cloud="aws",
+)
+def elasticache_multi_az(resource: Resource, graph: Graph) -> Verdict:
+    value = resource.get("multiAzEnabled")
+    return verdict(value is True, "multiAzEnabled", value)
+
+
+@check(
+    id="elasticache_redis_cluster_backup_enabled",
+    title=f"The gateway's store keeps automatic snapshots for more than {SNAPSHOT_RETENTION_MIN_DAYS} days",
+    severity="medium",
+    resource_types=[REPLICATION_GROUP],
+    remediation=f"Set snapshot_retention_limit above {SNAPSHOT_RETENTION_MIN_DAYS} days.",
+    risk="The usage ledger and budgets could not be restored after a loss.",
+    cloud="aws",
+)
+def elasticache_backup(resource: Resource, graph: Graph) -> Verdict:
+    days = resource.get("snapshotRetentionLimit") or 0  # unset: 0, no automatic snapshots
+    return verdict(float(days) > SNAPSHOT_RETENTION_MIN_DAYS, "snapshotRetentionLimit", days)
+
+
+@check(
+    id="elasticache_redis_cluster_auto_minor_version_upgrades",
+    title="The gateway's store takes minor engine upgrades automatically",
+    severity="low",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Set auto_minor_version_upgrade.",
+    risk="Security fixes in minor engine versions would wait for someone to apply them.",
+    cloud="aws",
+)
+def elasticache_auto_minor_upgrades(resource: Resource, graph: Graph) -> Verdict:
+    # unset: on (ElastiCache opts Valkey 7.2+ and Redis OSS 6+ groups in; the Pulumi/Terraform default is true)
+    value = resource.get("autoMinorVersionUpgrade", True)
+    return verdict(value is True, "autoMinorVersionUpgrade", value)
+
+
+@check(
+    id="elasticache_cluster_uses_public_subnet",
+    title="The gateway's store sits in private subnets only",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Give the replication group a subnet group of the VPC's private subnets.",
+    risk="A node in a public subnet is one route away from the internet.",
+    cloud="aws",
+)
+def elasticache_private_subnets(resource: Resource, graph: Graph) -> Verdict:
+    name = resource.get("subnetGroupName")
+    if name is None:
+        return not_assessed("the replication group's subnet group is not known (its member clusters were not read)")
+    groups = [g for g in graph.by_type(CACHE_SUBNET_GROUP) if name in (g.get("name"), g.name, g.id)]
+    if not groups:
+        return not_assessed(f"the subnet group {name!r} was not found with the deployment", "subnetGroupName", name)
+    subnets = {s.id: s for s in graph.by_type(SUBNET)}
+    used = as_list(groups[0].get("subnetIds"))
+    unknown = [s for s in used if s not in subnets]
+    if unknown:
+        return not_assessed(f"subnets {unknown} are not among the deployment's", "subnetIds", used)
+    public = [
+        s
+        for s in used
+        if subnets[s].get("mapPublicIpOnLaunch") or "kubernetes.io/role/elb" in (subnets[s].get("tags") or {})
+    ]
+    return verdict(bool(used) and not public, "subnetGroup.subnetIds", {"subnets": used, "public": public})
+
+
+@check(
+    id="elasticache_store_open_to_the_cluster_only",
+    title="The gateway's store admits its port from the cluster's nodes only",
+    severity="high",
+    resource_types=[REPLICATION_GROUP],
+    remediation="Attach one security group whose only ingress is the store's port from the cluster security group.",
+    risk="Any workload in the VPC (or beyond) could reach the store and try the AUTH token.",
+    cloud="aws",
+)
+def elasticache_open_to_cluster_only(resource: Resource, graph: Graph) -> Verdict:
+    if resource.source == "live" and resource.get("securityGroupIds") is None:
+        return not_assessed("the replication group's security groups are not known (its member clusters were not read)")
+    attached = as_list(resource.get("securityGroupIds"))
+    groups = [g for g in graph.by_type(SECURITY_GROUP) if g.id in attached]
+    if not attached:
+        return verdict(False, "securityGroupIds", attached, "no security group: the VPC's default group applies")
+    if len(groups) < len(attached):
+        return not_assessed("an attached security group is not among the deployment's", "securityGroupIds", attached)
+    too_wide = [
+        rule
+        for group in groups
+        for rule in as_list(group.get("ingress"))
+        if as_list(rule.get("cidrBlocks"))
+        or as_list(rule.get("ipv6CidrBlocks"))
+        or not as_list(rule.get("securityGroups"))
+    ]
+    return verdict(not too_wide, "securityGroups.ingress", too_wide)
 
 
 # -- residency --------------------------------------------------------------------------------------------------

@@ -572,6 +572,73 @@ def _sqs(s: _Session) -> None:
         )
 
 
+def _member_cluster(elasticache: Any, members: list[str]) -> dict[str, Any]:
+    """The first member cluster of a replication group ({} when it has none or none can be found)."""
+    from botocore.exceptions import ClientError
+
+    if not members:
+        return {}
+    try:
+        clusters = elasticache.describe_cache_clusters(CacheClusterId=members[0]).get("CacheClusters", [])
+    except ClientError as exc:
+        if _missing(exc, "CacheClusterNotFound"):
+            return {}
+        raise
+    return dict(clusters[0]) if clusters else {}
+
+
+def _elasticache(s: _Session) -> None:
+    """The gateway's shared store (stacks/aws/store.py): replication groups tagged with the deployment, in the shape
+    the plan declares them (ReplicationGroup and its cache subnet group)."""
+    elasticache = s.client("elasticache")
+    for page in elasticache.get_paginator("describe_replication_groups").paginate():
+        for group in page.get("ReplicationGroups", []):
+            arn = group.get("ARN")
+            tags = _tags(elasticache.list_tags_for_resource(ResourceName=arn).get("TagList")) if arn else {}
+            if tags.get(DEPLOYMENT_TAG) != s.deployment:
+                continue
+            # the subnet group and security groups are the member clusters' (DescribeCacheClusters)
+            # (moto 5.2 creates no member clusters: both stay unknown there, and their checks say NOT_ASSESSED)
+            cluster = _member_cluster(elasticache, group.get("MemberClusters", []))
+            subnet_group = cluster.get("CacheSubnetGroupName")
+            security_groups = cluster.get("SecurityGroups")
+            s.add(
+                t.REPLICATION_GROUP,
+                group["ReplicationGroupId"],
+                group["ReplicationGroupId"],
+                {
+                    "engine": group.get("Engine"),
+                    "atRestEncryptionEnabled": group.get("AtRestEncryptionEnabled"),
+                    "kmsKeyId": group.get("KmsKeyId"),
+                    "transitEncryptionEnabled": group.get("TransitEncryptionEnabled"),
+                    "transitEncryptionMode": group.get("TransitEncryptionMode"),
+                    "authTokenEnabled": group.get("AuthTokenEnabled"),
+                    "userGroupIds": group.get("UserGroupIds", []),
+                    "automaticFailoverEnabled": group.get("AutomaticFailover") == "enabled",
+                    "multiAzEnabled": group.get("MultiAZ") == "enabled",
+                    "snapshotRetentionLimit": group.get("SnapshotRetentionLimit", 0),
+                    "autoMinorVersionUpgrade": group.get("AutoMinorVersionUpgrade"),
+                    "subnetGroupName": subnet_group,
+                    "securityGroupIds": (
+                        None if security_groups is None else [g.get("SecurityGroupId") for g in security_groups]
+                    ),
+                    "tags": tags,
+                },
+            )
+            if subnet_group:
+                described = elasticache.describe_cache_subnet_groups(CacheSubnetGroupName=subnet_group)
+                for found in described.get("CacheSubnetGroups", []):
+                    s.add(
+                        t.CACHE_SUBNET_GROUP,
+                        found["CacheSubnetGroupName"],
+                        found["CacheSubnetGroupName"],
+                        {
+                            "name": found["CacheSubnetGroupName"],
+                            "subnetIds": [n.get("SubnetIdentifier") for n in found.get("Subnets", [])],
+                        },
+                    )
+
+
 COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
     "kms": (_kms, (t.KEY,)),
     "s3": (_s3, (t.BUCKET, t.ENCRYPTION, t.VERSIONING, t.PUBLIC_ACCESS, t.OWNERSHIP, t.BUCKET_POLICY, t.LOGGING)),
@@ -582,6 +649,7 @@ COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
     "ebs": (_ebs, (t.EBS_DEFAULT, t.EBS_DEFAULT_KEY)),
     "iam": (_iam, (t.ROLE, t.ROLE_POLICY, t.ATTACHMENT)),
     "sqs": (_sqs, (t.QUEUE, t.QUEUE_POLICY)),
+    "elasticache": (_elasticache, (t.REPLICATION_GROUP, t.CACHE_SUBNET_GROUP)),
 }
 
 

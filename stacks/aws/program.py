@@ -13,8 +13,9 @@ from stacks.aws.context import make_context
 from stacks.aws.identities import Identities
 from stacks.aws.keys import Keys
 from stacks.aws.network import Network
+from stacks.aws.store import LimitsStore
 from stacks.k8s.gpu_operator import gpu_operator_values
-from stacks.k8s.serving import Foundation, ServingStack
+from stacks.k8s.serving import Foundation, ServingStack, SharedStore
 
 # The gateway's Service becomes an internal Network Load Balancer: reachable from the VPC only.
 INTERNAL_LOAD_BALANCER = {
@@ -33,6 +34,12 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     cluster = Cluster(ctx, network, identities, keys.platform_key_arn)
     capacity = GpuCapacity(ctx, cluster, identities, keys.platform_key_arn)
     identities.bind_service_accounts(ctx, cluster.name)
+    # the gateway runs on the cluster's nodes, which carry the cluster security group
+    limits = (
+        LimitsStore(ctx, network, keys.platform_key_arn, cluster.security_group_id)
+        if deployment.gateway.store == "managed"
+        else None
+    )
     identities.attach_policies(ctx, store.bucket_arn, keys.artifact_key_arn, capacity.queue_arn)
     serving = ServingStack(
         deployment,
@@ -50,10 +57,13 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
                 # hf:// sources come from this mirror in the bucket (sources/hf/<org>/<name>[/<revision>])
                 "BYOC_HF_MIRROR": pulumi.Output.concat("s3://", store.bucket_name, "/sources/hf"),
             },
+            store=SharedStore(limits.url, limits.password, limits.ca_pem, limits.port, limits.egress_cidrs)
+            if limits
+            else None,
             depends_on=[*cluster.ready, capacity],
         ),
     )
-    return {
+    outputs: dict[str, pulumi.Output[str] | str] = {
         "region": deployment.region,
         "cluster_name": cluster.name,
         "kubeconfig": cluster.kubeconfig,
@@ -68,3 +78,6 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
         "gateway_service": serving.gateway_service,
         "artifact": serving.artifact_uri,
     }
+    if limits:
+        outputs["gateway_store"] = limits.url
+    return outputs

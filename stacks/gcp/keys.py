@@ -29,6 +29,10 @@ USES: dict[str, tuple[str, str | None]] = {
     "artifacts": ("model checkpoints, built artifacts and LoRA adapters in Cloud Storage", None),
     "logs": ("the audit-log and access-log buckets", None),
 }
+# Only with gateway.store: managed (Memorystore for Redis encrypts through its own service agent).
+STORE_USE: dict[str, tuple[str, str | None]] = {
+    "store": ("the gateway's shared store (Memorystore for Redis)", "cloud-redis.iam.gserviceaccount.com"),
+}
 
 
 class Keys(pulumi.ComponentResource):
@@ -50,7 +54,8 @@ class Keys(pulumi.ComponentResource):
                 opts=ctx.opts(self),
             )
         granted: dict[str, gcp.kms.CryptoKeyIAMMember] = {}
-        for use, (_, agent_domain) in USES.items():
+        uses = {**USES, **(STORE_USE if ctx.deployment.gateway.store == "managed" else {})}
+        for use, (_, agent_domain) in uses.items():
             if self.created:
                 key = gcp.kms.CryptoKey(
                     f"{name}-{use}",

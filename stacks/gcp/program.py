@@ -15,7 +15,8 @@ from stacks.gcp.context import make_context
 from stacks.gcp.identities import Identities
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
-from stacks.k8s.serving import Foundation, ServingStack
+from stacks.gcp.store import LimitsStore
+from stacks.k8s.serving import Foundation, ServingStack, SharedStore
 
 # The gateway's Service becomes an internal passthrough Network Load Balancer: reachable from the VPC only
 # (GKE docs, "Create an internal load balancer").
@@ -35,6 +36,7 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     capacity = GpuCapacity(ctx, cluster, network, identities, keys)
     identities.bind_service_accounts(ctx, cluster.cluster)
     identities.grant_bucket_access(ctx, store.bucket_name)
+    limits = LimitsStore(ctx, network, keys) if deployment.gateway.store == "managed" else None
     serving = ServingStack(
         deployment,
         cluster.provider,
@@ -64,10 +66,13 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
                 dict[str, dict[str, str]],
                 {role: {WORKLOAD_IDENTITY_ANNOTATION: identities.email(role)} for role in deployment.service_accounts},
             ),
+            store=SharedStore(limits.url, limits.password, limits.ca_pem, limits.port, limits.egress_cidrs)
+            if limits
+            else None,
             depends_on=[*cluster.ready, capacity],
         ),
     )
-    return {
+    outputs: dict[str, pulumi.Output[str] | str] = {
         "region": deployment.region,
         "project": ctx.project,
         "cluster_name": cluster.name,
@@ -85,3 +90,7 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
         "gateway_service": serving.gateway_service,
         "artifact": serving.artifact_uri,
     }
+    if limits:
+        outputs["gateway_store"] = limits.url
+        outputs["store_key_id"] = keys.key_ids["store"]
+    return outputs

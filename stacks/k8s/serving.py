@@ -21,6 +21,7 @@ from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
+from stacks.k8s import budget as gpu_budget
 
 MONITORING = Path(__file__).parent / "monitoring"
 GATEWAY_PORT = 8080
@@ -30,6 +31,21 @@ RUN_AS = 10001  # a high UID no host account has
 # Long enough for in-flight streams to finish once a pod is told to stop (the gateway stops sending it new work).
 SERVING_GRACE_SECONDS = 300
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+# Where the gateway reads the shared store's AUTH password and CA (a Secret volume, never environment variables).
+STORE_SECRET_MOUNT = "/etc/byoc/store"
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """The gateway replicas' shared store as the cloud renders it (stacks/aws/store.py, stacks/gcp/store.py)."""
+
+    url: pulumi.Input[str]  # rediss://HOST:PORT
+    password: pulumi.Input[str]  # a Pulumi secret
+    ca_pem: pulumi.Input[str]  # the CA bundle the server's certificate chains to
+    port: int
+    egress_cidrs: list[str]  # where the store's addresses lie, for the gateway's egress NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,8 @@ class Foundation:
     # for the build Job: where model sources are mirrored, the key artifacts are written under
     build_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
+    # None: gateway.store none (each gateway replica keeps limits in its own memory)
+    store: SharedStore | None = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -564,7 +582,7 @@ class ServingStack(pulumi.ComponentResource):
         component = "gateway"
         upstream = f"dns+http://{self._object_name('serving')}.{self.namespace}.svc.cluster.local:{SERVE_PORT}"
         models = [deployment.model.id, *[f"{a.id}={a.source}" for a in deployment.addons]]
-        command = [
+        command: list[pulumi.Input[str]] = [
             "byoc",
             "serve",
             "gateway",
@@ -593,6 +611,41 @@ class ServingStack(pulumi.ComponentResource):
         ]
         for addon in models[1:]:
             command += ["--addon", addon]
+        mounts = [
+            # API keys as a file, never as environment variables
+            {"name": "api-keys", "mountPath": "/etc/byoc/keys", "readOnly": True},
+            {"name": "tls", "mountPath": "/etc/byoc/tls", "readOnly": True},
+        ]
+        volumes: list[dict[str, Any]] = [
+            # Created by the operator (hashed keys only); byoc never holds your API keys.
+            {"name": "api-keys", "secret": {"secretName": self._object_name("api-keys")}},
+            # a kubernetes.io/tls Secret from your PKI or cert-manager (tls.crt, tls.key)
+            {"name": "tls", "secret": {"secretName": self._object_name("gateway-tls")}},
+        ]
+        store = self.foundation.store
+        store_secret = None
+        if store is not None:
+            # per-key limits, budgets and usage shared by every replica, over TLS with the store's own CA
+            command += [
+                "--store",
+                store.url,
+                "--store-password-file",
+                f"{STORE_SECRET_MOUNT}/password",
+                "--store-ca-file",
+                f"{STORE_SECRET_MOUNT}/ca.crt",
+            ]
+            store_secret = self._namespaced(
+                k8s.core.v1.Secret,
+                "store-secret",
+                {"name": self._object_name("store"), "labels": labels(deployment, component)},
+                type="Opaque",
+                # the password is a Pulumi secret: encrypted in the stack's state, "[secret]" in an offline plan
+                string_data={"password": store.password, "ca.crt": store.ca_pem},
+            )
+            mounts.append({"name": "store", "mountPath": STORE_SECRET_MOUNT, "readOnly": True})
+            volumes.append(
+                {"name": "store", "secret": {"secretName": self._object_name("store"), "defaultMode": 0o440}}
+            )
         probe_port = {"port": "http", "scheme": "HTTPS"}
         gateway = self._namespaced(
             k8s.apps.v1.Deployment,
@@ -630,22 +683,14 @@ class ServingStack(pulumi.ComponentResource):
                                 },
                                 "readinessProbe": {"httpGet": {"path": "/ready", **probe_port}, "periodSeconds": 5},
                                 "livenessProbe": {"httpGet": {"path": "/health", **probe_port}, "periodSeconds": 10},
-                                "volumeMounts": [
-                                    # API keys as a file, never as environment variables
-                                    {"name": "api-keys", "mountPath": "/etc/byoc/keys", "readOnly": True},
-                                    {"name": "tls", "mountPath": "/etc/byoc/tls", "readOnly": True},
-                                ],
+                                "volumeMounts": mounts,
                             }
                         ],
-                        "volumes": [
-                            # Created by the operator (hashed keys only); byoc never holds your API keys.
-                            {"name": "api-keys", "secret": {"secretName": self._object_name("api-keys")}},
-                            # a kubernetes.io/tls Secret from your PKI or cert-manager (tls.crt, tls.key)
-                            {"name": "tls", "secret": {"secretName": self._object_name("gateway-tls")}},
-                        ],
+                        "volumes": volumes,
                     },
                 },
             },
+            depends_on=[store_secret] if store_secret is not None else [],
         )
         service = self._namespaced(
             k8s.core.v1.Service,
@@ -752,6 +797,34 @@ class ServingStack(pulumi.ComponentResource):
                     },
                 }
             )
+        budget = deployment.budget
+        if budget is not None and budget.cap_replicas is not None:
+            # Once the period's GPU-hours are spent, at most cap_replicas until it ends. KEDA then feeds the HPA one
+            # composite metric (the formula's value against target 1: the replicas wanted), so the formula repeats
+            # what the separate triggers asked for (keda.sh/docs/2.18/reference/scaledobject-spec, scalingModifiers).
+            spec["triggers"].append(
+                {
+                    "type": "prometheus",
+                    "name": "budget",
+                    "metadata": {
+                        "serverAddress": server,
+                        "query": gpu_budget.fraction_query(deployment.namespace),
+                        "threshold": "1",
+                        "activationThreshold": "0",
+                    },
+                }
+            )
+            spec["advanced"]["scalingModifiers"] = {
+                "formula": gpu_budget.capped_formula(
+                    deployment,
+                    f"{scaling.load_target.value:g}",
+                    [trigger["name"] for trigger in spec["triggers"]],
+                    budget.cap_replicas,
+                ),
+                "target": "1",
+                "activationTarget": "0",
+                "metricType": "AverageValue",
+            }
         self._custom(
             "keda.sh/v1alpha1",
             "ScaledObject",
@@ -793,6 +866,15 @@ class ServingStack(pulumi.ComponentResource):
             rules,
             depends_on=after,
         )
+        if deployment.budget is not None:
+            self._custom(
+                "monitoring.coreos.com/v1",
+                "PrometheusRule",
+                "budget-rules",
+                {"name": gpu_budget.budget_rules_name(deployment), "labels": labels(deployment, "monitoring")},
+                {"groups": gpu_budget.rule_groups(deployment.namespace, deployment.budget)},
+                depends_on=after,
+            )
         self._namespaced(
             k8s.core.v1.ConfigMap,
             "dashboard",
@@ -803,6 +885,19 @@ class ServingStack(pulumi.ComponentResource):
             },
             data={"byoc-serving.json": (MONITORING / "dashboard.json").read_text()},
         )
+
+    def _store_egress(self) -> list[dict[str, Any]]:
+        """The gateway (and only it: the namespace's default policy denies every other egress) reaches the shared
+        store's port at the store's addresses."""
+        store = self.foundation.store
+        if store is None:
+            return []
+        return [
+            {
+                "to": [{"ipBlock": {"cidr": cidr}} for cidr in store.egress_cidrs],
+                "ports": [{"protocol": "TCP", "port": store.port}],
+            }
+        ]
 
     # -- network policies --------------------------------------------------------------------------------------
     def _network_policies(self) -> None:
@@ -856,7 +951,8 @@ class ServingStack(pulumi.ComponentResource):
                     {"from": [from_prometheus], "ports": [{"protocol": "TCP", "port": GATEWAY_METRICS_PORT}]},
                 ],
                 "egress": [
-                    {"to": [{"podSelector": pods("serving")}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]}
+                    {"to": [{"podSelector": pods("serving")}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                    *self._store_egress(),
                 ],
             },
         )

@@ -49,6 +49,23 @@ def cluster(**inputs: Any) -> Resource:
     return r("aws:eks/cluster:Cluster", inputs)
 
 
+REDIS = "gcp:redis/instance:Instance"
+VPC_GCP = "gcp:compute/network:Network"
+SUBNET = "aws:ec2/subnet:Subnet"
+
+
+def store(**inputs: Any) -> Resource:
+    return r("aws:elasticache/replicationGroup:ReplicationGroup", inputs, "store")
+
+
+def cache_subnets(subnet: str) -> Resource:
+    return r("aws:elasticache/subnetGroup:SubnetGroup", {"name": "g", "subnetIds": [f"{subnet}-id"]}, "g")
+
+
+def store_group(rule: dict[str, Any]) -> Resource:
+    return r("aws:ec2/securityGroup:SecurityGroup", {"ingress": [{"fromPort": 6379, "toPort": 6379, **rule}]}, "sg")
+
+
 def pod(containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": "d", "namespace": "byoc-t"},
@@ -768,6 +785,62 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
             )
         ],
         [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"machineType": "a3-highgpu-8g"}})],
+    ),
+    # the gateway's shared store: ElastiCache (AWS) and Memorystore for Redis (GCP)
+    "elasticache_redis_cluster_rest_encryption_enabled": (
+        [store(atRestEncryptionEnabled=True)],
+        [store()],
+    ),
+    "elasticache_redis_cluster_cmk_encryption": (
+        [store(atRestEncryptionEnabled=True, kmsKeyId=KEY_ARN)],
+        [store(atRestEncryptionEnabled=True, kmsKeyId="alias/aws/elasticache")],
+    ),
+    "elasticache_redis_cluster_in_transit_encryption_enabled": (
+        [store(transitEncryptionEnabled=True, transitEncryptionMode="required")],
+        [store(transitEncryptionEnabled=True, transitEncryptionMode="preferred")],
+    ),
+    "elasticache_redis_replication_group_auth_enabled": (
+        [store(authToken="[secret]")],
+        [store()],
+    ),
+    "elasticache_redis_cluster_automatic_failover_enabled": (
+        [store(automaticFailoverEnabled=True)],
+        [store(automaticFailoverEnabled=False)],
+    ),
+    "elasticache_redis_cluster_multi_az_enabled": ([store(multiAzEnabled=True)], [store()]),
+    "elasticache_redis_cluster_backup_enabled": (
+        [store(snapshotRetentionLimit=14.0)],
+        [store(snapshotRetentionLimit=7.0)],
+    ),
+    "elasticache_redis_cluster_auto_minor_version_upgrades": (
+        [store(autoMinorVersionUpgrade=True)],
+        [store(autoMinorVersionUpgrade=False)],
+    ),
+    "elasticache_cluster_uses_public_subnet": (
+        [store(subnetGroupName="g"), cache_subnets("private"), r(SUBNET, {}, "private")],
+        [store(subnetGroupName="g"), cache_subnets("public"), r(SUBNET, {"mapPublicIpOnLaunch": True}, "public")],
+    ),
+    "elasticache_store_open_to_the_cluster_only": (
+        [store(securityGroupIds=["sg-id"]), store_group({"securityGroups": ["sg-cluster"]})],
+        [store(securityGroupIds=["sg-id"]), store_group({"cidrBlocks": ["10.42.0.0/16"]})],
+    ),
+    "gcp_memorystore_redis_cmek": (
+        [r(REDIS, {"customerManagedKey": GCP_KEY})],
+        [r(REDIS, {})],
+    ),
+    "gcp_memorystore_redis_in_transit_encryption": (
+        [r(REDIS, {"transitEncryptionMode": "SERVER_AUTHENTICATION"})],
+        [r(REDIS, {"transitEncryptionMode": "DISABLED"})],
+    ),
+    "gcp_memorystore_redis_auth_enabled": ([r(REDIS, {"authEnabled": True})], [r(REDIS, {})]),
+    "gcp_memorystore_redis_private_service_access": (
+        [r(REDIS, {"connectMode": "PRIVATE_SERVICE_ACCESS", "authorizedNetwork": "vpc-id"}), r(VPC_GCP, {}, "vpc")],
+        [r(REDIS, {"connectMode": "DIRECT_PEERING", "authorizedNetwork": "vpc-id"}), r(VPC_GCP, {}, "vpc")],
+    ),
+    "gcp_memorystore_redis_high_availability": ([r(REDIS, {"tier": "STANDARD_HA"})], [r(REDIS, {"tier": "BASIC"})]),
+    "gcp_memorystore_redis_backup_enabled": (
+        [r(REDIS, {"persistenceConfig": {"persistenceMode": "RDB"}})],
+        [r(REDIS, {"persistenceConfig": {"persistenceMode": "DISABLED"}})],
     ),
 }
 

@@ -65,6 +65,7 @@ def cmek_references(document: dict[str, Any]) -> set[tuple[str, str]]:
         "gcp:container/cluster:Cluster": ["databaseEncryption.keyName", "nodeConfig.bootDiskKmsKey"],
         "gcp:container/nodePool:NodePool": ["nodeConfig.bootDiskKmsKey"],
         "kubernetes:storage.k8s.io/v1:StorageClass": ["parameters.disk-encryption-kms-key"],
+        "gcp:redis/instance:Instance": ["customerManagedKey"],
     }
     found = set()
     for type_token, key_paths in paths.items():
@@ -121,7 +122,7 @@ def test_a_key_given_in_the_spec_encrypts_every_store_and_lists_its_grants(tmp_p
     keyed = [e for e in inventory if e["key"]]
     assert len(keyed) >= 8 and {e["key"] for e in keyed} == {BYO_KEY}
     agents = key_grants(document)[BYO_KEY]
-    assert len(agents) == 3  # GKE, Compute Engine and Cloud Storage service agents
+    assert len(agents) == 4  # GKE, Compute Engine, Cloud Storage and Memorystore service agents
     for entry in keyed:
         # a key byoc did not create: customer-managed, its rotation is not declared here
         assert entry["customer_managed"] is True and entry["rotation"] is None and entry["key_resource"] is None
@@ -284,6 +285,7 @@ def test_an_aws_pack_keeps_its_shape(tmp_path: Path) -> None:
         "EBS persistent volumes",
         "SQS queue",
         "CloudTrail log files",
+        "ElastiCache (the gateway's shared limits, budgets and usage)",
     }
     assert all(e["customer_managed"] and e["rotation"] for e in inventory if "note" not in e)
     assert list(read(pack, "audit-logging.json")) == [

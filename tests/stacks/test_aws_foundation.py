@@ -192,7 +192,7 @@ def test_interface_endpoints_private_and_https_from_the_vpc_only() -> None:
     for name, inputs in services.items():
         if name != "s3":
             assert inputs["privateDnsEnabled"] is True
-    group = one(plan, "aws:ec2/securityGroup:SecurityGroup").inputs
+    (group,) = [g.inputs for g in plan.by_type("aws:ec2/securityGroup:SecurityGroup") if g.name == "test-endpoints"]
     assert [(r["fromPort"], r["toPort"], r["cidrBlocks"]) for r in group["ingress"]] == [(443, 443, ["10.42.0.0/16"])]
 
 

@@ -40,6 +40,8 @@ AGENTS = {
     "disks": "serviceAccount:service-123456789012@compute-system.iam.gserviceaccount.com",
     "artifacts": "serviceAccount:service-123456789012@gs-project-accounts.iam.gserviceaccount.com",
     "logs": "serviceAccount:service-123456789012@gs-project-accounts.iam.gserviceaccount.com",
+    # gateway.store: managed (the default): Memorystore for Redis encrypts through its own agent
+    "store": "serviceAccount:service-123456789012@cloud-redis.iam.gserviceaccount.com",
 }
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -73,7 +75,7 @@ def test_components_and_counts() -> None:
     types = gke().counts()
     for component in ("Network", "Keys", "Cluster", "GpuCapacity", "ArtifactStore", "AuditTrail", "Identities"):
         assert types[f"byoc:gcp:{component}"] == 1
-    assert types[KEY] == 4
+    assert types[KEY] == 5  # secrets, disks, artifacts, logs, the gateway's store
     assert types[NODE_POOL] == 2
     assert types[BUCKET] == 3
     assert types["byoc:k8s:ServingStack"] == 1
@@ -128,7 +130,7 @@ def test_every_labelable_resource_carries_the_deployment_label() -> None:
             checked += 1
         if "nodeConfig" in resource.inputs:  # node VMs and disks
             assert resource.inputs["nodeConfig"]["resourceLabels"]["byoc-deployment"] == "test", resource.name
-    assert checked == 4 + 3 + 1  # keys, buckets, the cluster
+    assert checked == 5 + 3 + 1 + 2  # keys, buckets, the cluster, the store and its address range
     # provider inputs travel as JSON text
     assert json.loads(one(plan, "pulumi:providers:gcp").inputs["defaultLabels"]) == {"byoc-deployment": "test"}
 
@@ -136,7 +138,7 @@ def test_every_labelable_resource_carries_the_deployment_label() -> None:
 # -- keys -------------------------------------------------------------------------------------------------------
 def test_keys_rotate_every_90_days_and_wait_30_days_before_destruction() -> None:
     keys = {k.inputs["name"]: k.inputs for k in gke().by_type(KEY)}
-    assert set(keys) == {"secrets", "disks", "artifacts", "logs"}
+    assert set(keys) == {"secrets", "disks", "artifacts", "logs", "store"}
     for key in keys.values():
         assert key["keyRing"] == KEY_RING
         assert key["rotationPeriod"] == "7776000s"

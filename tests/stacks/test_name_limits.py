@@ -34,6 +34,10 @@ CLOUD_NAME_LIMITS: dict[tuple[str, str], int] = {
     ("aws:cloudtrail/trail:Trail", "name"): 128,  # CloudTrail CreateTrail Name
     ("aws:ec2/launchTemplate:LaunchTemplate", "name"): 128,  # EC2 CreateLaunchTemplate
     ("aws:ec2/securityGroup:SecurityGroup", "name"): 255,  # EC2 CreateSecurityGroup GroupName
+    ("aws:elasticache/replicationGroup:ReplicationGroup", "replicationGroupId"): 40,  # CreateReplicationGroup
+    ("aws:elasticache/subnetGroup:SubnetGroup", "name"): 255,  # CreateCacheSubnetGroup CacheSubnetGroupName
+    ("gcp:redis/instance:Instance", "name"): 40,  # Memorystore for Redis instance id
+    ("gcp:compute/globalAddress:GlobalAddress", "name"): 63,  # Compute Engine resource names (RFC 1035)
     ("gcp:serviceaccount/account:Account", "accountId"): 30,  # IAM service account ID: 6-30 characters
     ("gcp:storage/bucket:Bucket", "name"): 63,  # Cloud Storage bucket naming (without dots)
     ("gcp:container/cluster:Cluster", "name"): 40,  # GKE cluster name

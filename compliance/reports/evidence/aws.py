@@ -108,6 +108,15 @@ def iam_policies(graph: Graph) -> list[dict[str, Any]]:
 def data_flows(graph: Graph) -> dict[str, Any]:
     endpoints = sorted(str(e.get("serviceName", "")).split(".", 3)[-1] for e in graph.by_type(aws.ENDPOINT))
     public_api = any(c.get("vpcConfig.endpointPublicAccess") for c in graph.by_type(aws.CLUSTER))
+    store = [
+        {
+            "from": "gateway",
+            "to": f"ElastiCache {g.get('replicationGroupId') or g.name} (the gateway's shared store)",
+            "via": "private subnets, TLS, AUTH token",
+            "data": "per-key counters, budgets and usage (no prompt or completion)",
+        }
+        for g in graph.by_type(aws.REPLICATION_GROUP)
+    ]
     return {
         "leaves_the_account": [],
         "statement": (
@@ -122,6 +131,7 @@ def data_flows(graph: Graph) -> dict[str, Any]:
                 "data": "API requests",
             },
             {"from": "gateway", "to": "serving pods", "via": "cluster network (NetworkPolicy)", "data": "requests"},
+            *store,
             {
                 "from": "serving pods, build Job",
                 "to": "artifact bucket",
@@ -160,6 +170,12 @@ EVIDENCE = CloudEvidence(
         aws.NODE_CLASS: _node_class,
         STORAGE_CLASS: storage_class,
         aws.QUEUE: lambda queue, graph: [Store("SQS queue", queue.get("kmsMasterKeyId"))],
+        aws.REPLICATION_GROUP: lambda group, graph: [
+            Store(
+                "ElastiCache (the gateway's shared limits, budgets and usage)",
+                group.get("kmsKeyId") if group.get("atRestEncryptionEnabled") is True else None,
+            )
+        ],
         aws.TRAIL: lambda trail, graph: [Store("CloudTrail log files", trail.get("kmsKeyId"))],
     },
     audit={

@@ -381,6 +381,15 @@ def data_flows(graph: Graph) -> dict[str, Any]:
             "data": "requests",
         }
     )
+    for instance in graph.by_type(gcp.REDIS):
+        flows.append(
+            {
+                "from": "gateway",
+                "to": f"Memorystore for Redis {instance.get('name') or instance.name} (the gateway's shared store)",
+                "via": "private services access, TLS, AUTH",
+                "data": "per-key counters, budgets and usage (no prompt or completion)",
+            }
+        )
     if "artifacts" in names:
         artifact_key = buckets["artifacts"].get("encryption.defaultKmsKeyName") or "Google-managed keys"
         flows.append(
@@ -525,6 +534,12 @@ EVIDENCE = CloudEvidence(
         gcp.NODE_POOL: _node_pool,
         STORAGE_CLASS: storage_class,
         gcp.SUBNETWORK: _subnetwork,
+        gcp.REDIS: lambda instance, graph: [
+            Store(
+                "Memorystore for Redis (the gateway's shared limits, budgets and usage)",
+                instance.get("customerManagedKey"),
+            )
+        ],
     },
     audit={
         "audit_configs": (gcp.AUDIT_CONFIG, _audit_config),
