@@ -1124,7 +1124,7 @@ def elasticache_rest_encryption(resource: Resource, graph: Graph) -> Verdict:
 )
 def elasticache_cmk_encryption(resource: Resource, graph: Graph) -> Verdict:
     key = resource.get("kmsKeyId")
-    return verdict(resource.get("atRestEncryptionEnabled") is True and is_customer_key(key), "kmsKeyId", key)
+    return customer_keys_verdict(graph, [key], "kmsKeyId", key, holds=resource.get("atRestEncryptionEnabled") is True)
 
 
 @check(

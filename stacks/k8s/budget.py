@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.spec import Budget
 
@@ -109,4 +110,4 @@ def capped_formula(deployment: Deployment, load_threshold: str, triggers: list[s
 
 
 def budget_rules_name(deployment: Deployment) -> str:
-    return f"byoc-{deployment.name}-budget"
+    return resource_name(deployment.name, "budget")
