@@ -32,6 +32,11 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_secon
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
+        settings = config.store_settings()
+        if settings is not None:
+            from runtime.serve.store import connect
+
+            connect(settings).close()  # a store that does not answer now is an input error (exit 2 naming the flag)
         # named where the user set it: the flag, or the config file's setting (a default's port: the flag)
         defaults = GatewayConfig()
         named = {
@@ -141,6 +146,36 @@ def gateway(
             "--routing-load-factor", help="A replica takes cached prefixes while under this x mean load [1.25]."
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="redis://HOST:PORT or rediss:// (TLS): per-key limits, budgets and keys shared by every gateway "
+            "replica [none: in this process's memory].",
+        ),
+    ] = None,
+    store_password_file: Annotated[
+        Path | None, typer.Option("--store-password-file", help="File holding the store's AUTH token.")
+    ] = None,
+    store_ca_file: Annotated[
+        Path | None, typer.Option("--store-ca-file", help="PEM CA of the store's TLS certificate (Memorystore).")
+    ] = None,
+    store_prefix: Annotated[
+        str | None, typer.Option("--store-prefix", help="Prefix of every key written in the store [byoc:].")
+    ] = None,
+    store_lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--store-lease-seconds", help="Lease of a concurrency slot: a killed gateway's slots free after it [10]."
+        ),
+    ] = None,
+    replicas_hint: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas-hint",
+            help="Gateway replicas to divide limits by if the store is down before any heartbeat was seen [1].",
+        ),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -174,6 +209,12 @@ def gateway(
         "routing": routing,
         "routing_tokenizer": routing_tokenizer,
         "routing_load_factor": routing_load_factor,
+        "store": store,
+        "store_password_file": store_password_file,
+        "store_ca_file": store_ca_file,
+        "store_prefix": store_prefix,
+        "store_lease_seconds": store_lease_seconds,
+        "replicas_hint": replicas_hint,
     }
     _run_gateway(config, flags, drain_seconds)
 
@@ -285,6 +326,9 @@ def engine_stats(
 def hash_key(
     name: Annotated[str, typer.Option("--name", help="The key's name (it appears in the access log).")],
     rpm: Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute for this key.")] = None,
+    tpm: Annotated[
+        int | None, typer.Option("--tpm", min=0, help="Tokens (prompt + completion) per minute for this key.")
+    ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", min=0, help="Requests in progress at once for this key.")
     ] = None,
@@ -313,7 +357,7 @@ def hash_key(
                 "the key on stdin holds whitespace or a control character, and a key is one word",
                 "use a random key, e.g. `openssl rand -hex 24`",
             )
-        entry = hash_key_entry(name, key.strip(), rpm, max_concurrency)
+        entry = hash_key_entry(name, key.strip(), rpm, max_concurrency, tpm=tpm)
     print(entry, end="")
 
 

@@ -93,6 +93,21 @@ class GatewayConfig:
     routing: RoutingMode = "least_outstanding"
     routing_tokenizer: Path | None = None  # precise routing: the model's tokenizer folder (the engine's tokens)
     routing_load_factor: float = 1.25  # a replica takes a cached prefix while under this x the mean load
+    # the shared limits store (runtime/serve/store.py): None keeps every limit in this process's memory
+    store: str | None = None
+    store_password_file: Path | None = None
+    store_ca_file: Path | None = None
+    store_prefix: str = "byoc:"
+    store_lease_seconds: float = 10.0  # a concurrency slot's lease: how long a killed gateway's slots stay taken
+    replicas_hint: int = 1  # the divisor of each limit if the store is down before any heartbeat was seen
+
+    def store_settings(self) -> Any:
+        """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
+        if self.store is None:
+            return None
+        from runtime.serve.store import StoreSettings
+
+        return StoreSettings(self.store, self.store_password_file, self.store_ca_file, self.store_prefix)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -133,6 +148,8 @@ class GatewayConfig:
             ("--health-interval", self.health_interval > 0, "a positive number of seconds"),
             ("--upstream-timeout", self.upstream_timeout > 0, "a positive number of seconds"),
             ("--config: max_stop_sequences", 1 <= self.max_stop_sequences <= 1024, "from 1 to 1024, e.g. 16"),
+            ("--store-lease-seconds", 1.0 <= self.store_lease_seconds <= 3600, "from 1 to 3600 seconds, e.g. 10"),
+            ("--replicas-hint", 1 <= self.replicas_hint <= 1000, "the usual gateway replica count, 1 to 1000"),
         ]
         for flag, ok, hint in checks:
             if not ok:
@@ -154,6 +171,17 @@ class GatewayConfig:
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
             )
         self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
+        if self.store is None:
+            for flag, value in (
+                ("--store-password-file", self.store_password_file),
+                ("--store-ca-file", self.store_ca_file),
+            ):
+                if value is not None:
+                    raise ByocError(
+                        flag, "is for the store, and no --store is given", "pass --store redis[s]://HOST:PORT"
+                    )
+        else:
+            self.store_settings().check()
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")
@@ -213,7 +241,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer"}:
+    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer", "store_password_file", "store_ca_file"}:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):
