@@ -28,9 +28,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "gcp": ("pulumi_gcp",),
     "serve": ("aiohttp", "prometheus_client", "yaml"),
     "runtime": ("aiohttp", "prometheus_client", "torch", "transformers", "safetensors", "peft"),
+    "store": ("redis",),  # `byoc keys`, `byoc serve gateway --store`
 }
-# The pip extra each group above is installed by (serve's modules come with the runtime extra).
-PIP_EXTRA = {"gcp": "gcp", "serve": "runtime", "runtime": "runtime"}
+# The pip extra each group above is installed by (serve's and store's modules come with the runtime extra).
+PIP_EXTRA = {"gcp": "gcp", "serve": "runtime", "runtime": "runtime", "store": "runtime"}
 
 
 def missing_modules(group: str) -> list[str]:

@@ -44,6 +44,9 @@ BudgetPeriodOpt = Annotated[str | None, typer.Option("--budget-period", help="da
 
 
 def _connect(store: str, password_file: Path | None, ca_file: Path | None, prefix: str) -> tuple[Any, StoreSettings]:
+    from byoc.extras import require
+
+    require("store", "byoc keys")
     from runtime.serve.store import StoreSettings, connect
 
     settings = StoreSettings(store, password_file, ca_file, prefix).check()
@@ -127,12 +130,12 @@ def create(
     output: OutputOpt = Output.text,
 ) -> None:
     """Make a new API key, store its SHA-256 and limits, and print the key once."""
-    from runtime.serve.store import read_entries, read_file_key_names, write_entry
-
     with reporting(output):
         _check_name(name)
         limits, budget = _limits(rpm, tpm, max_concurrency, budget_tokens, budget_period)
         client, settings = _connect(store, store_password_file, store_ca_file, store_prefix)
+        from runtime.serve.store import read_entries, read_file_key_names, write_entry
+
         with client:
             found = read_entries(client, settings).get(name)
             if found is not None and not found.get("revoked"):
@@ -160,12 +163,12 @@ def rotate(
     output: OutputOpt = Output.text,
 ) -> None:
     """Give a stored key a new secret (the old one stops working within seconds); its limits stay unless given."""
-    from runtime.serve.store import read_entries, write_entry
-
     with reporting(output):
         _check_name(name)
         given, budget = _limits(rpm, tpm, max_concurrency, budget_tokens, budget_period)
         client, settings = _connect(store, store_password_file, store_ca_file, store_prefix)
+        from runtime.serve.store import read_entries, write_entry
+
         with client:
             found = read_entries(client, settings).get(name)
             if found is None or found.get("revoked"):
@@ -188,11 +191,11 @@ def revoke(
     output: OutputOpt = Output.text,
 ) -> None:
     """Revoke a key (from the store or the gateways' keys file): every replica answers it 401 within seconds."""
-    from runtime.serve.store import read_entries, read_file_key_names, write_entry
-
     with reporting(output):
         _check_name(name)
         client, settings = _connect(store, store_password_file, store_ca_file, store_prefix)
+        from runtime.serve.store import read_entries, read_file_key_names, write_entry
+
         with client:
             found = read_entries(client, settings).get(name)
             if found is None and name not in read_file_key_names(client, settings):
@@ -216,10 +219,10 @@ def list_keys(
     output: OutputOpt = Output.text,
 ) -> None:
     """The keys in the store and the names in the gateways' keys files, with their limits and budget use."""
-    from runtime.serve.store import budget_used, read_entries, read_file_key_names
-
     with reporting(output):
         client, settings = _connect(store, store_password_file, store_ca_file, store_prefix)
+        from runtime.serve.store import budget_used, read_entries, read_file_key_names
+
         with client:
             entries = read_entries(client, settings)
             rows: list[dict[str, Any]] = []

@@ -30,6 +30,10 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_secon
                 flags[name] = parse_address(str(flags[name]), flag)
         flags["upstreams"] = tuple(parse_upstream(u) for u in flags.pop("upstream") or [])  # type: ignore[attr-defined]
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
+        if flags.get("store"):
+            from byoc.extras import require
+
+            require("store", "--store")
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
         settings = config.store_settings()

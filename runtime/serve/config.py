@@ -105,7 +105,12 @@ class GatewayConfig:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
         if self.store is None:
             return None
-        from runtime.serve.store import StoreSettings
+        try:
+            from runtime.serve.store import StoreSettings
+        except ModuleNotFoundError as exc:
+            raise ByocError(
+                "--store", f"needs the {exc.name} package", "install byoc's runtime extra (it brings redis)"
+            ) from None
 
         return StoreSettings(self.store, self.store_password_file, self.store_ca_file, self.store_prefix)
 
