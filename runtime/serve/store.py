@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -104,7 +105,7 @@ if maxc > 0 then
 end
 if budget > 0 and cost > 0 then
   used = redis.call('INCRBY', KEYS[4], cost)
-  redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[8]) + 86400)
+  if used == cost then redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[8]) + 86400) end
 end
 return {'ok', 0, used}
 """
@@ -141,6 +142,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'), now}
 """
+
+
+SCRIPTS = {"admit": ADMIT, "settle": SETTLE, "heartbeat": HEARTBEAT}
 
 
 # -- settings --------------------------------------------------------------------------------------------------------
@@ -373,7 +377,7 @@ class Store:
         self.file_key_names = file_key_names or []
         self.slots: dict[str, str] = {}  # slot id -> its ZSET, renewed while the request runs
         self._task: asyncio.Task[None] | None = None
-        self._scripts: dict[str, Any] = {}
+        self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
         self.up_gauge = Gauge(
             "byoc_gateway_limits_store_up",
             "1 while the shared limits store answers; 0 while each replica enforces its share in memory.",
@@ -397,10 +401,6 @@ class Store:
         self.client = redis.asyncio.Redis.from_url(
             self.settings.url, retry=Retry(NoBackoff(), 0), **self.settings.options()
         )
-        self._scripts = {
-            name: self.client.register_script(text)
-            for name, text in (("admit", ADMIT), ("settle", SETTLE), ("heartbeat", HEARTBEAT))
-        }
         with contextlib.suppress(*STORE_ERRORS):
             if self.file_key_names:
                 await self.client.sadd(file_key_names(self.settings), *self.file_key_names)
@@ -443,9 +443,10 @@ class Store:
         """One heartbeat: counted as a replica, the replica count and the keys' version read, slots renewed."""
         assert self.client is not None
         try:
-            count, version, now_ms = await self._scripts["heartbeat"](
-                keys=[replicas_set(self.settings), keys_version(self.settings)],
-                args=[self.replica_id, HEARTBEAT_TTL_MS],
+            count, version, now_ms = await self.run(
+                "heartbeat",
+                [replicas_set(self.settings), keys_version(self.settings)],
+                [self.replica_id, HEARTBEAT_TTL_MS],
             )
             self.replicas = max(1, int(count))
             if self.slots:
@@ -473,8 +474,30 @@ class Store:
             await asyncio.sleep(interval)
             await self.beat()
 
-    def script(self, name: str) -> Any:
-        return self._scripts[name]
+    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One of the scripts, by its SHA-1 (EVALSHA: the script's text is sent only when the store does not have it
+        yet, after a restart or a failover)."""
+        assert self.client is not None
+        try:
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await self.client.script_load(SCRIPTS[name])
+            return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> None:
+        """The script once per call, all in one pipeline (one round trip)."""
+        assert self.client is not None
+        if len(calls) == 1:
+            await self.run(name, *calls[0])
+            return
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                return
+            await self.client.script_load(SCRIPTS[name])
 
 
 class SharedLimiter:
@@ -486,6 +509,7 @@ class SharedLimiter:
         self.budget_used: dict[str, int] = {}  # the last budget count the store gave per key (for the share)
         self._next = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self._settlements: list[tuple[list[str], list[Any]]] = []  # sent together at the end of the loop's turn
 
     def _key(self, name: str, what: str) -> str:
         return self.store.settings.key("{key:" + name + "}", what)
@@ -509,9 +533,10 @@ class SharedLimiter:
             self._next += 1
             slot = f"{self.store.replica_id}:{self._next}"
         budget_key = self._key(key, "budget:" + period.id) if period is not None else self._key(key, "budget")
-        decision, wait_ms, used = await self.store.script("admit")(
-            keys=[self._key(key, "rpm"), self._key(key, "tpm"), self._key(key, "slots"), budget_key],
-            args=[
+        decision, wait_ms, used = await self.store.run(
+            "admit",
+            [self._key(key, "rpm"), self._key(key, "tpm"), self._key(key, "slots"), budget_key],
+            [
                 limits.rpm,
                 limits.tpm,
                 estimate,
@@ -535,7 +560,8 @@ class SharedLimiter:
 
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request ended having used `tokens`: its slot back and the estimate corrected, in the background (the
-        answer is not held back for it; a store that has gone away lets the slot's lease run out)."""
+        answer is not held back for it): the settlements of one turn of the event loop leave together, in one
+        pipeline. A store that has gone away lets the slot's lease run out."""
         if ticket.local:
             self.local.settle(ticket, tokens)
             return
@@ -547,20 +573,12 @@ class SharedLimiter:
         delta = tokens - ticket.estimate
         if ticket.slot is None and (delta == 0 or not (ticket.limits.tpm or ticket.limits.budget_tokens)):
             return
-        task = asyncio.ensure_future(self._settle(ticket, delta))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _settle(self, ticket: Ticket, delta: int) -> None:
         period = ticket.period
-        try:
-            await self.store.script("settle")(
-                keys=[
-                    self._key(ticket.key, "tpm"),
-                    self._key(ticket.key, "slots"),
-                    self._key(ticket.key, "budget:" + period.id) if period else self._key(ticket.key, "budget"),
-                ],
-                args=[
+        budget_key = "budget:" + period.id if period is not None else "budget"
+        self._settlements.append(
+            (
+                [self._key(ticket.key, "tpm"), self._key(ticket.key, "slots"), self._key(ticket.key, budget_key)],
+                [
                     ticket.limits.tpm,
                     delta,
                     ticket.slot or "",
@@ -568,6 +586,20 @@ class SharedLimiter:
                     period.ends if period is not None else 0,
                 ],
             )
+        )
+        if len(self._settlements) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        calls, self._settlements = self._settlements, []
+        if calls:
+            task = asyncio.ensure_future(self._send(calls))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> None:
+        try:
+            await self.store.run_many("settle", calls)
         except STORE_ERRORS as exc:
             self.store.mark_down(exc)
 

@@ -232,8 +232,10 @@ def test_a_killed_gateways_slots_come_back_after_the_lease(
 ) -> None:
     doomed = _gateway(tmp_path, standin, store, keys_file)
     with ThreadPoolExecutor(1) as pool:
-        holder = pool.submit(ask, doomed, "killed", "hold:30")
-        wait_for(lambda: ask(gateways[0], "killed") == 429, what="the slot taken on the doomed gateway")
+        holder = pool.submit(ask, doomed, "killed", "hold:6")
+        # probing before the holder is in would take the key's one slot from it
+        wait_for(lambda: metric(doomed.metrics(), "byoc_gateway_in_flight_requests") == 1, what="the holder admitted")
+        assert ask(gateways[0], "killed") == 429  # its slot is taken, seen from another replica
         doomed.kill()  # -9: no chance to give its slot back
         killed_at = time.monotonic()
         wait_for(lambda: ask(gateways[1], "killed") == 200, timeout=LEASE + 5, what="the slot back after the lease")
