@@ -239,7 +239,9 @@ def test_a_killed_gateways_slots_come_back_after_the_lease(
         doomed.kill()  # -9: no chance to give its slot back
         killed_at = time.monotonic()
         wait_for(lambda: ask(gateways[1], "killed") == 200, timeout=LEASE + 5, what="the slot back after the lease")
-        assert time.monotonic() - killed_at <= LEASE + 2
+        freed = time.monotonic() - killed_at
+        print(f"a killed gateway's slot came back {freed:.2f} s after the kill (lease {LEASE} s)")
+        assert freed <= LEASE + 2
         assert holder.result(timeout=10) == 0  # its client saw the connection drop
 
 
@@ -275,6 +277,7 @@ def test_byoc_keys_create_and_revoke_reach_every_replica_within_seconds(
     for server in gateways:
         wait_for(lambda s=server: ask(s, key) == 200, timeout=5, what="the new key on every replica")
     picked_up = time.monotonic() - started
+    print(f"a created key served by all 3 replicas {picked_up:.2f} s after `byoc keys create` returned")
     assert picked_up < 3.0
 
     listed = json.loads(byoc("keys", "list", "--store", store.url, "-o", "json").stdout)
@@ -287,7 +290,9 @@ def test_byoc_keys_create_and_revoke_reach_every_replica_within_seconds(
     started = time.monotonic()
     for server in gateways:
         wait_for(lambda s=server: ask(s, key) == 401, timeout=5, what="the revoked key refused on every replica")
-    assert time.monotonic() - started < 3.0
+    refused = time.monotonic() - started
+    print(f"a revoked key refused by all 3 replicas {refused:.2f} s after `byoc keys revoke` returned")
+    assert refused < 3.0
 
     # a key of the keys file is revoked the same way, and rotate gives a stored key a new secret
     assert byoc("keys", "revoke", "share", "--store", store.url).returncode == 0
