@@ -378,6 +378,8 @@ class Store:
         self.slots: dict[str, str] = {}  # slot id -> its ZSET, renewed while the request runs
         self._task: asyncio.Task[None] | None = None
         self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+        self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []  # calls of this loop turn
+        self._sending: set[asyncio.Task[None]] = set()
         self.up_gauge = Gauge(
             "byoc_gateway_limits_store_up",
             "1 while the shared limits store answers; 0 while each replica enforces its share in memory.",
@@ -484,20 +486,50 @@ class Store:
             await self.client.script_load(SCRIPTS[name])
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
 
-    async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> None:
-        """The script once per call, all in one pipeline (one round trip)."""
+    def call(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """The script's answer, to come: every call made in one turn of the event loop leaves in one pipeline (one
+        write, one round trip), so under load admissions and settlements share round trips."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((name, keys, args, future))
+        if len(self._batch) == 1:
+            future.get_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
         assert self.client is not None
-        if len(calls) == 1:
-            await self.run(name, *calls[0])
-            return
-        for attempt in range(2):
+        try:
+            if len(batch) == 1:
+                name, keys, args, future = batch[0]
+                result = await self.run(name, keys, args)
+                if not future.done():
+                    future.set_result(result)
+                return
             async with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
+                for name, keys, args, _ in batch:
                     pipe.evalsha(self._sha[name], len(keys), *keys, *args)
                 results = await pipe.execute(raise_on_error=False)
-            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                return
-            await self.client.script_load(SCRIPTS[name])
+            for (name, keys, args, future), answer in zip(batch, results, strict=True):
+                # a restarted store has no scripts: run() loads it
+                result = (
+                    await self.run(name, keys, args) if isinstance(answer, redis.exceptions.NoScriptError) else answer
+                )
+                if future.done():
+                    continue  # its request was cancelled (the client left)
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        except STORE_ERRORS as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
 
 
 class SharedLimiter:
@@ -508,8 +540,6 @@ class SharedLimiter:
         self.local = LocalLimiter()
         self.budget_used: dict[str, int] = {}  # the last budget count the store gave per key (for the share)
         self._next = 0
-        self._pending: set[asyncio.Task[None]] = set()
-        self._settlements: list[tuple[list[str], list[Any]]] = []  # sent together at the end of the loop's turn
 
     def _key(self, name: str, what: str) -> str:
         return self.store.settings.key("{key:" + name + "}", what)
@@ -533,7 +563,7 @@ class SharedLimiter:
             self._next += 1
             slot = f"{self.store.replica_id}:{self._next}"
         budget_key = self._key(key, "budget:" + period.id) if period is not None else self._key(key, "budget")
-        decision, wait_ms, used = await self.store.run(
+        decision, wait_ms, used = await self.store.call(
             "admit",
             [self._key(key, "rpm"), self._key(key, "tpm"), self._key(key, "slots"), budget_key],
             [
@@ -560,8 +590,7 @@ class SharedLimiter:
 
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request ended having used `tokens`: its slot back and the estimate corrected, in the background (the
-        answer is not held back for it): the settlements of one turn of the event loop leave together, in one
-        pipeline. A store that has gone away lets the slot's lease run out."""
+        answer is not held back for it). A store that has gone away lets the slot's lease run out."""
         if ticket.local:
             self.local.settle(ticket, tokens)
             return
@@ -575,33 +604,22 @@ class SharedLimiter:
             return
         period = ticket.period
         budget_key = "budget:" + period.id if period is not None else "budget"
-        self._settlements.append(
-            (
-                [self._key(ticket.key, "tpm"), self._key(ticket.key, "slots"), self._key(ticket.key, budget_key)],
-                [
-                    ticket.limits.tpm,
-                    delta,
-                    ticket.slot or "",
-                    "1" if period is not None else "0",
-                    period.ends if period is not None else 0,
-                ],
-            )
+        future = self.store.call(
+            "settle",
+            [self._key(ticket.key, "tpm"), self._key(ticket.key, "slots"), self._key(ticket.key, budget_key)],
+            [
+                ticket.limits.tpm,
+                delta,
+                ticket.slot or "",
+                "1" if period is not None else "0",
+                period.ends if period is not None else 0,
+            ],
         )
-        if len(self._settlements) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        future.add_done_callback(self._settled)
 
-    def _flush(self) -> None:
-        calls, self._settlements = self._settlements, []
-        if calls:
-            task = asyncio.ensure_future(self._send(calls))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-
-    async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> None:
-        try:
-            await self.store.run_many("settle", calls)
-        except STORE_ERRORS as exc:
-            self.store.mark_down(exc)
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.store.mark_down(future.exception())  # type: ignore[arg-type]
 
 
 # -- `byoc keys`: the store's keys, written with the synchronous client ----------------------------------------------
