@@ -4,7 +4,8 @@ Starts Debian's `redis-server` on 127.0.0.1 (nothing written to disk), the fixed
 runtime/serve/bench.py, and gateways with one API key that has every per-key limit on (rpm, tpm, max_concurrency, a
 budget) set far above the load, then prints JSON:
 
-- `store_round_trip_us`: the admission script alone (`redis.asyncio`, one connection, loopback), p50 and p99;
+- `admission_us`: what the limits add inside the gateway, without HTTP: one admission (every limit on) through the
+  store and in memory, p50/p99 in microseconds, and the difference of the p50s;
 - `added`: one connection's p50/p99 latency through the gateway with `--store` minus through the same gateway with
   its limits in memory, measured back to back (wrk when on PATH, else bench.py's Python load); and each one's
   requests/s at 32 connections (`keyed_throughput`), with their ratio;
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.serve import loop
 from runtime.serve.bench import CHAT_BODY, KEY, MODEL, Load, _cpus, _free_port, _start_pinned, _wait
 
 TOKENS_PER_ANSWER = 13  # the fake upstream's usage: 9 prompt + 4 completion
@@ -93,25 +95,39 @@ class Processes:
                 self.running.remove(process)
 
 
-async def _round_trips(url: str, count: int) -> dict[str, float]:
-    """The admission script's own cost, as the gateway sends it (one key, every limit on)."""
-    import redis.asyncio
+async def _limiter_cost(url: str, count: int) -> dict[str, Any]:
+    """What the limits add to a request inside the gateway, without HTTP: the admission as the gateway awaits it
+    (p50/p99 microseconds), with every limit on, through the store (SharedLimiter: one script, one round trip) and in
+    memory (LocalLimiter), one request at a time; each is settled as the gateway does (the store's in the background,
+    done before the next request is admitted)."""
+    from prometheus_client import CollectorRegistry
 
-    from runtime.serve.store import ADMIT
+    from runtime.serve.limits import KeyLimits, LocalLimiter, Ticket
+    from runtime.serve.store import SharedLimiter, Store, StoreSettings
 
-    client = redis.asyncio.Redis.from_url(url)
-    script = client.register_script(ADMIT)
-    keys = ["bench:{key:rt}:rpm", "bench:{key:rt}:tpm", "bench:{key:rt}:slots", "bench:{key:rt}:budget"]
-    args: list[str | int] = [100_000_000, 100_000_000_000, 20, 0, "", 10_000, 10**15, int(time.time()) + 86400]
-    samples = []
+    limits = KeyLimits(100_000_000, 100_000_000_000, 100_000, 10**15, "month")
+    store = Store(StoreSettings(url, prefix="bench:"), 10.0, 1, CollectorRegistry())
+    await store.start()
+    shared, local = SharedLimiter(store), LocalLimiter()
+    samples: dict[str, list[float]] = {"store": [], "memory": []}
     for index in range(count):
-        started = time.perf_counter()
-        await script(keys=keys, args=args)
-        if index >= 200:  # warmed up (script loaded, connection made)
-            samples.append((time.perf_counter() - started) * 1e6)
-    await client.aclose()
-    samples.sort()
-    return {"p50": round(statistics.median(samples), 1), "p99": round(samples[int(len(samples) * 0.99)], 1)}
+        for name in ("store", "memory"):
+            started = time.perf_counter()
+            ticket = await shared.admit("bench", limits, 20) if name == "store" else local.admit("bench", limits, 20)
+            elapsed = (time.perf_counter() - started) * 1e6
+            assert isinstance(ticket, Ticket)
+            (shared if name == "store" else local).settle(ticket, 30)
+            while store._batch or store._sending:  # one request at a time: its settlement is done before the next
+                await asyncio.sleep(0)
+            if index >= 200:  # warmed up (scripts loaded, connection made)
+                samples[name].append(elapsed)
+    await store.stop()
+    result: dict[str, Any] = {}
+    for name, values in samples.items():
+        values.sort()
+        result[name] = {"p50": round(statistics.median(values), 1), "p99": round(values[int(len(values) * 0.99)], 1)}
+    result["added_p50"] = round(result["store"]["p50"] - result["memory"]["p50"], 1)
+    return result
 
 
 async def _hammer(urls: list[str], key: str, seconds: float, connections: int) -> dict[str, int]:
@@ -138,7 +154,7 @@ async def _hammer(urls: list[str], key: str, seconds: float, connections: int) -
     return counts
 
 
-def benchmark(seconds: float, repeat: int) -> dict[str, Any]:
+def benchmark(seconds: float, repeat: int, store_beside_gateway: bool = False) -> dict[str, Any]:
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         raise SystemExit("redis-server is not on PATH: apt-get install redis-server")
@@ -151,7 +167,7 @@ def benchmark(seconds: float, repeat: int) -> dict[str, Any]:
         redis_port, upstream_port = _free_port(), _free_port()
         processes.start(
             [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            side_cpu,
+            gateway_cpu if store_beside_gateway else side_cpu,
             "redis",
         )
         store = f"redis://127.0.0.1:{redis_port}"
@@ -163,7 +179,12 @@ def benchmark(seconds: float, repeat: int) -> dict[str, Any]:
         upstream = f"http://127.0.0.1:{upstream_port}"
         _wait(upstream + "/health")
         time.sleep(0.5)
-        round_trip = asyncio.run(_round_trips(store, 5000))
+        limiter_cost: dict[str, Any] = {}
+
+        async def cost() -> None:
+            limiter_cost.update(await _limiter_cost(store, 5000))
+
+        loop.run(cost())  # uvloop when present, as the gateway runs
 
         # -- added latency and keyed throughput: the same gateway, limits in memory and in the store ---------------
         load = Load(side_cpu, seconds, folder)
@@ -203,7 +224,8 @@ def benchmark(seconds: float, repeat: int) -> dict[str, Any]:
             "seconds": seconds,
             "repeat": repeat,
             "cores": len(cpus),
-            "store_round_trip_us": round_trip,
+            "store_core": "gateway's" if store_beside_gateway else "load's",
+            "admission_us": limiter_cost,
             "single_connection_ms": {t: {k: median(v) for k, v in per.items()} for t, per in single.items()},
             "added": added,
             "keyed_throughput": {
@@ -257,8 +279,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5.0, help="Length of each measured run.")
     parser.add_argument("--repeat", type=int, default=3, help="Latency/throughput rounds (medians reported).")
+    parser.add_argument(
+        "--store-beside-gateway",
+        action="store_true",
+        help="Pin redis-server to the gateways' core (it runs while the gateway waits for it) instead of the load's.",
+    )
     args = parser.parse_args()
-    print(json.dumps(benchmark(args.seconds, args.repeat), indent=2))
+    print(json.dumps(benchmark(args.seconds, args.repeat, args.store_beside_gateway), indent=2))
 
 
 if __name__ == "__main__":

@@ -115,20 +115,35 @@ class BudgetPeriod:
 
     id: str
     ends: int
+    starts: int = 0
 
     @classmethod
     def of(cls, period: str, now: float | None = None) -> BudgetPeriod:
         moment = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
         if period == "day":
             start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-            return cls(start.strftime("%Y-%m-%d"), int((start + dt.timedelta(days=1)).timestamp()))
+            return cls(
+                start.strftime("%Y-%m-%d"), int((start + dt.timedelta(days=1)).timestamp()), int(start.timestamp())
+            )
         start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         following = (start + dt.timedelta(days=32)).replace(day=1)
-        return cls(start.strftime("%Y-%m"), int(following.timestamp()))
+        return cls(start.strftime("%Y-%m"), int(following.timestamp()), int(start.timestamp()))
+
+    @classmethod
+    def current(cls, period: str) -> BudgetPeriod:
+        """The period now, computed once per period (a datetime per request would be a tenth of the limiter's cost)."""
+        now = time.time()
+        found = _CURRENT.get(period)
+        if found is None or not found.starts <= now < found.ends:
+            found = _CURRENT[period] = cls.of(period, now)
+        return found
 
     @property
     def reset_iso(self) -> str:
         return dt.datetime.fromtimestamp(self.ends, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_CURRENT: dict[str, BudgetPeriod] = {}
 
 
 @dataclass
@@ -187,7 +202,7 @@ class LocalLimiter:
     def admit(self, key: str, limits: KeyLimits, estimate: int) -> Ticket | Refusal:
         """Every limit is checked before any is charged: a refused request costs the key nothing."""
         now = time.monotonic()
-        period = BudgetPeriod.of(limits.budget_period) if limits.budget_tokens else None
+        period = BudgetPeriod.current(limits.budget_period) if limits.budget_tokens else None
         if period is not None and self._used.get((key, period.id), 0) >= limits.budget_tokens:
             return Refusal("budget", max(1.0, period.ends - time.time()), limits, period)
         rpm = tpm = None

@@ -380,6 +380,7 @@ class Store:
         self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
         self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []  # calls of this loop turn
         self._sending: set[asyncio.Task[None]] = set()
+        self._direct = 0  # admissions sent on their own, not yet answered
         self.up_gauge = Gauge(
             "byoc_gateway_limits_store_up",
             "1 while the shared limits store answers; 0 while each replica enforces its share in memory.",
@@ -486,6 +487,17 @@ class Store:
             await self.client.script_load(SCRIPTS[name])
             return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
 
+    async def admit(self, keys: list[str], args: list[Any]) -> Any:
+        """The admission script's answer: sent at once while nothing else is on its way to the store (one request
+        at a time: no batching delay), else with the calls of this turn of the event loop (under load)."""
+        if self._batch or self._sending or self._direct:
+            return await self.call("admit", keys, args)
+        self._direct += 1
+        try:
+            return await self.run("admit", keys, args)
+        finally:
+            self._direct -= 1
+
     def call(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """The script's answer, to come: every call made in one turn of the event loop leaves in one pipeline (one
         write, one round trip), so under load admissions and settlements share round trips."""
@@ -557,14 +569,13 @@ class SharedLimiter:
         return self.local.admit(key, limits.share(self.store.replicas, self.budget_used.get(key, 0)), estimate)
 
     async def _admit_shared(self, key: str, limits: KeyLimits, estimate: int) -> Ticket | Refusal:
-        period = BudgetPeriod.of(limits.budget_period) if limits.budget_tokens else None
+        period = BudgetPeriod.current(limits.budget_period) if limits.budget_tokens else None
         slot = ""
         if limits.max_concurrency:
             self._next += 1
             slot = f"{self.store.replica_id}:{self._next}"
         budget_key = self._key(key, "budget:" + period.id) if period is not None else self._key(key, "budget")
-        decision, wait_ms, used = await self.store.call(
-            "admit",
+        decision, wait_ms, used = await self.store.admit(
             [self._key(key, "rpm"), self._key(key, "tpm"), self._key(key, "slots"), budget_key],
             [
                 limits.rpm,
