@@ -404,9 +404,6 @@ class Store:
         self.client = redis.asyncio.Redis.from_url(
             self.settings.url, retry=Retry(NoBackoff(), 0), **self.settings.options()
         )
-        with contextlib.suppress(*STORE_ERRORS):
-            if self.file_key_names:
-                await self.client.sadd(file_key_names(self.settings), *self.file_key_names)
         await self.beat()
         self._task = asyncio.create_task(self._beating())
 
@@ -466,6 +463,9 @@ class Store:
                 if self.on_keys is not None:
                     self.on_keys({str(k): str(v) for k, v in entries.items()})  # str already (decode_responses)
                 self.keys_loaded = time.monotonic()
+            if not self.up and self.file_key_names:
+                # at start and after an outage (a store restarted empty): `byoc keys list|revoke` know these names
+                await self.client.sadd(file_key_names(self.settings), *self.file_key_names)
         except STORE_ERRORS as exc:
             self.mark_down(exc)
             return

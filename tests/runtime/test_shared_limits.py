@@ -384,3 +384,48 @@ def test_with_the_store_down_no_request_fails_and_each_replica_enforces_its_shar
         wait_for(lambda s=server: "reachable: limits hold" in s.log.read_text().split("unreachable")[-1], what="log")
     assert ask(gateways[2], "conc3") == 200
     assert http("GET", gateways[0].url + "/ready").status == 200
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"tpm": -5}, "tpm must be a whole number from 0"),
+        ({"tpm": 10**12}, "tpm must be a whole number from 0 to 100,000,000,000"),
+        ({"rpm": 10**9}, "rpm must be a whole number from 0 to 100,000,000"),
+        ({"budget": {"tokens": 100, "period": "week"}}, "budget.period 'week' is not a period"),
+        ({"budget": {"tokens": 0, "period": "day"}}, "budget.tokens must be a whole number from 1"),
+        ({"budget": 5000}, "budget must be {tokens: N, period: day|month}"),
+    ],
+)
+def test_the_keys_file_refuses_bad_limits_naming_the_entry(
+    tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
+    from byoc.errors import ByocError
+    from runtime.serve.keys import load_keys
+
+    path = tmp_path / "keys.yaml"
+    path.write_text(json.dumps([{"name": "ci", "sha256": "a" * 64, **entry}]))
+    with pytest.raises(ByocError) as caught:
+        load_keys(path)
+    assert caught.value.field == "--api-keys" and "key 1" in str(caught.value) and message in str(caught.value)
+
+
+def test_the_keys_file_takes_tpm_and_budgets(tmp_path: Path) -> None:
+    from runtime.serve.keys import Budget, load_keys
+
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "- {name: ci, sha256: " + "b" * 64 + ", rpm: 60, tpm: 1000, budget: {tokens: 500, period: month}}\n"
+    )
+    (key,) = load_keys(path)
+    assert (key.rpm, key.tpm, key.budget) == (60, 1000, Budget(500, "month"))
+    hashed = subprocess.run(
+        [sys.executable, "-m", "byoc", "serve", "hash-key", "--name", "ci", "--rpm", "60", "--tpm", "1000"],
+        input="sk-hash-me-0123456789abcdef\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert hashed.returncode == 0 and "rpm: 60" in hashed.stdout and "tpm: 1000" in hashed.stdout
+    assert "sk-hash-me" not in hashed.stdout
