@@ -26,8 +26,6 @@ from tests.conftest import ROOT
 from tests.runtime.conftest import MODEL, Server, free_port, http, metric, start_gateway, wait_for
 from tests.runtime.standin import PROMPT_TOKENS, StandInEngine
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
-
 TOKENS = PROMPT_TOKENS + 5  # what the stand-in's every answer uses
 LEASE = 2.0  # --store-lease-seconds: how long a killed gateway's slots stay taken
 KEYS = {
@@ -44,6 +42,8 @@ class RedisServer:
     """`redis-server` on 127.0.0.1 with nothing written to disk; stopped (or killed) and started on the same port."""
 
     def __init__(self, folder: Path) -> None:
+        # fails, never skips, without it (as the Prometheus tests do): scripts/test.sh installs it
+        assert shutil.which("redis-server"), "Debian's redis-server is not installed: run scripts/test.sh"
         self.port = free_port()
         self.folder = folder
         self.url = f"redis://127.0.0.1:{self.port}"
