@@ -405,6 +405,12 @@ class Store:
             self.settings.url, retry=Retry(NoBackoff(), 0), **self.settings.options()
         )
         await self.beat()
+        if not self.up:  # it answered the start-up check a moment ago, and not now: said once, as any outage
+            log.warning(
+                "limits store %s unreachable: each replica enforces 1/%d of every limit in memory",
+                self.settings.describe(),
+                self.replicas,
+            )
         self._task = asyncio.create_task(self._beating())
 
     async def stop(self) -> None:

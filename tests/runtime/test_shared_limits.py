@@ -205,8 +205,10 @@ def test_tokens_per_minute_hold_across_three_replicas(gateways: list[Server]) ->
 
 def test_concurrency_holds_across_three_replicas(gateways: list[Server]) -> None:
     with ThreadPoolExecutor(3) as pool:
-        holders = [pool.submit(ask, server, "conc3", "hold:3") for server in gateways]  # one slot on each replica
+        holders = [pool.submit(ask, server, "conc3", "hold:4") for server in gateways]  # one slot on each replica
         time.sleep(1.0)
+        assert [ask(server, "conc3") for server in gateways] == [429, 429, 429]
+        time.sleep(2.0)  # past the 2 s lease: the gateways renew the slots of requests still running
         assert [ask(server, "conc3") for server in gateways] == [429, 429, 429]
         assert [h.result() for h in holders] == [200, 200, 200]
     assert [ask(server, "conc3") for server in gateways] == [200, 200, 200]  # the slots came back
