@@ -353,7 +353,7 @@ def merge_keys(from_file: list[ApiKey], entries: dict[str, str]) -> list[ApiKey]
 class Store:
     """The gateway's connection to the store: `client` (a connected `redis.asyncio.Redis` with decode_responses,
     or None before `start()`), whether it answers (`up`), how many gateway replicas beat in it (`replicas`), and the
-    keys it holds (`on_keys` is called with the merged list whenever their version changes)."""
+    keys it holds (`on_keys` is called with its entries, name -> JSON, whenever their version changes)."""
 
     def __init__(
         self,
@@ -397,7 +397,6 @@ class Store:
             registry=registry,
         )
         self.replicas_gauge.set_function(lambda: self.replicas)
-        self.keys_loaded = 0.0  # monotonic time of the last keys reload (for tests and logs)
 
     async def start(self) -> None:
         # no retries inside the client: a store that does not answer costs one timeout, then memory decides
@@ -468,7 +467,6 @@ class Store:
                 self.keys_version = int(version)
                 if self.on_keys is not None:
                     self.on_keys({str(k): str(v) for k, v in entries.items()})  # str already (decode_responses)
-                self.keys_loaded = time.monotonic()
             if not self.up and self.file_key_names:
                 # at start and after an outage (a store restarted empty): `byoc keys list|revoke` know these names
                 await self.client.sadd(file_key_names(self.settings), *self.file_key_names)
@@ -557,6 +555,7 @@ class SharedLimiter:
         self.store = store
         self.local = LocalLimiter()
         self.budget_used: dict[str, int] = {}  # the last budget count the store gave per key (for the share)
+        self.outage = False  # the requests are decided in `local` since the store stopped answering
         self._next = 0
 
     def _key(self, name: str, what: str) -> str:
@@ -566,11 +565,14 @@ class SharedLimiter:
         if not (limits.rpm or limits.tpm or limits.max_concurrency or limits.budget_tokens):
             return Ticket(key, limits, estimate, local=True)  # nothing to count
         if self.store.up:
+            self.outage = False
             try:
                 return await self._admit_shared(key, limits, estimate)
             except STORE_ERRORS as exc:
                 self.store.mark_down(exc)
-                self.local = LocalLimiter()  # the share counts from the outage on
+        if not self.outage:
+            self.outage = True
+            self.local = LocalLimiter()  # each outage's shares count from its start
         self.store.fallbacks.inc()
         return self.local.admit(key, limits.share(self.store.replicas, self.budget_used.get(key, 0)), estimate)
 
