@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer on Click itself
     from click.exceptions import ClickException, UsageError  # type: ignore[assignment,unused-ignore]
 
 from byoc import __version__
-from byoc.commands import addons, build, compliance, keys, live, serve
+from byoc.commands import addons, build, compliance, keys, live, serve, usage
 from byoc.commands import plan as planning
 from byoc.errors import ByocError
 
@@ -54,7 +54,7 @@ def _root(
     """Private LLM inference in your own AWS or GCP account: plan, deploy, serve, and prove compliance."""
 
 
-for group in (planning, live, serve, keys, addons, build, compliance):
+for group in (planning, live, serve, keys, addons, build, compliance, usage):
     group.register(app)
 
 
@@ -92,6 +92,13 @@ def main() -> None:
     and a signal ends the command as byoc.interrupts describes (exit 130 on Ctrl+C, no traceback)."""
     from byoc import interrupts
 
+    if sys.stdout is None:  # started with file descriptor 1 closed (`byoc ... >&-`): nothing could be printed
+        if sys.stderr is not None:
+            print(
+                "error: stdout: closed; byoc prints its results there (redirect it to a file or /dev/null)",
+                file=sys.stderr,
+            )
+        sys.exit(2)
     interrupts.install()
     code: Any = 0
     try:

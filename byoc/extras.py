@@ -6,7 +6,7 @@ The plain install (the distribution `byoc-inference`; "byoc" on PyPI is an unrel
 | extra | what needs it | modules it brings |
 | --- | --- | --- |
 | `gcp` | a plan or deployment with `--cloud gcp` | pulumi_gcp, google.auth (preflight and sweep) |
-| `runtime` | `byoc serve ...`, `byoc build`, `byoc artifacts ...` | aiohttp, prometheus_client, torch, ... |
+| `runtime` | `byoc serve`, `byoc build`, `byoc artifacts`, `byoc usage` | aiohttp, prometheus_client, torch, redis |
 
 `require` checks with `importlib.util.find_spec` (nothing is imported), so a command fails before any work with
 exit 2 and the exact `pip install` to run, never a `ModuleNotFoundError` traceback.
@@ -28,7 +28,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "gcp": ("pulumi_gcp",),
     "serve": ("aiohttp", "prometheus_client", "yaml"),
     "runtime": ("aiohttp", "prometheus_client", "torch", "transformers", "safetensors", "peft"),
-    "store": ("redis",),  # `byoc keys`, `byoc serve gateway --store`
+    "store": ("redis",),  # the gateway's --store (shared limits, the usage ledger), `byoc keys`, `byoc usage`
 }
 # The pip extra each group above is installed by (serve's and store's modules come with the runtime extra).
 PIP_EXTRA = {"gcp": "gcp", "serve": "runtime", "runtime": "runtime", "store": "runtime"}

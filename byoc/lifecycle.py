@@ -18,16 +18,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from byoc.clouds import get_cloud
+from byoc.clouds import Feature, get_cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
+from byoc.engines.offline import check_renders
 from byoc.errors import ByocError, ByocFailure, ByocInterrupted
+from byoc.names import resource_name
 from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
 from byoc.resolve import Deployment, resolve
 from byoc.spec import Spec, build_spec
@@ -38,27 +40,6 @@ if TYPE_CHECKING:
     from byoc.progress import ProgressView
 
 PLACEMENT_MESSAGE = "placement cannot change after creation; destroy and recreate it, or use a new name"
-# What `byoc scale` may change (Pulumi type token -> the input paths that may differ; None: any): the KEDA bounds,
-# the NodePool's GPU limit, the serving Deployment's starting replica count (KEDA owns it from then on) and the spec
-# record in the engine ConfigMap (byoc.yaml, read by the build Job; no pod template hashes it, so nothing rolls).
-SCALE_CHANGES: dict[str, frozenset[str] | None] = {
-    "kubernetes:keda.sh/v1alpha1:ScaledObject": None,
-    "kubernetes:karpenter.sh/v1:NodePool": None,
-    "kubernetes:apps/v1:Deployment": frozenset({"spec.replicas"}),
-    "kubernetes:core/v1:ConfigMap": frozenset({"data.byoc.yaml"}),
-}
-# A replacement of one of these recreates the cluster or its GPU nodes: `byoc update` refuses it without
-# --allow-replace.
-REPLACE_GUARDED = frozenset(
-    {
-        "aws:eks/cluster:Cluster",
-        "aws:eks/nodeGroup:NodeGroup",
-        "gcp:container/cluster:Cluster",
-        "gcp:container/nodePool:NodePool",
-        "kubernetes:karpenter.sh/v1:NodePool",
-        "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
-    }
-)
 
 
 def capacity_need(deployment: Deployment) -> CapacityNeed:
@@ -241,9 +222,9 @@ class Lifecycle:
     def _program(self, deployment: Deployment) -> Any:
         from byoc.engines import program_for
 
+        get_cloud(deployment.cloud).check_features([Feature.STACK], "cloud")
         program = program_for(deployment)
-        if program is None:
-            raise ByocError("cloud", f"byoc has no {deployment.cloud} stack yet", "use --cloud aws")
+        assert program is not None, f"{deployment.cloud} declares a stack but names no program"
         return program
 
     def _stack(self, deployment: Deployment, backend: Backend) -> LiveStack:
@@ -368,6 +349,7 @@ class Lifecycle:
         ByocFailure (exit 1): preflight found a blocker, or Pulumi failed (the deployment is then FAILED).
         """
         deployment = resolve(spec)
+        check_renders(deployment)  # the rules on rendered objects, before anything runs
         name = deployment.name
         record = self.registry.get(name)
         check_placement(record, deployment)
@@ -420,6 +402,7 @@ class Lifecycle:
     def preview(self, spec: Spec, options: LiveOptions, diff: bool = False) -> dict[str, Any]:
         """What `up` would change (Pulumi preview); changes nothing and takes no lock."""
         deployment = resolve(spec)
+        check_renders(deployment)  # the rules on rendered objects, before anything runs
         record = self.registry.get(deployment.name)
         check_placement(record, deployment)
         backend = self._backend("preview", record, options)
@@ -482,7 +465,7 @@ class Lifecycle:
         deployment = resolve(spec)
         old = resolve(build_spec(record.spec))
         changed = offline_changes(old, deployment)
-        beyond = scale_violations(changed)
+        beyond = scale_violations(changed, get_cloud(deployment.cloud).scale_changes)
         if beyond:
             raise ByocError(
                 "--max",
@@ -520,6 +503,7 @@ class Lifecycle:
         record = self.registry.require(name)
         check_transition(name, record.state, State.UPDATING)
         deployment = resolve(spec)
+        check_renders(deployment)  # the rules on rendered objects, before anything runs
         check_placement(record, deployment)
         backend = self._backend("update", record, options)
         stack = self._stack(deployment, backend)
@@ -530,10 +514,9 @@ class Lifecycle:
             self._check_sdks(name, stack)
             self._view.step("pulumi preview")
             previewed = stack.preview(self._view.engine_event)
+            guarded = get_cloud(deployment.cloud).node_provisioner.replace_guarded
             replaced = [
-                s
-                for s in previewed["steps"]
-                if s["op"] in ("replace", "create-replacement") and s["type"] in REPLACE_GUARDED
+                s for s in previewed["steps"] if s["op"] in ("replace", "create-replacement") and s["type"] in guarded
             ]
             if replaced and not allow_replace:
                 listed = ", ".join(f"{s['type']} {s['name']}" for s in replaced)
@@ -557,7 +540,7 @@ class Lifecycle:
         With `yes`: gateway Service (its NLB) -> PVCs (their volumes) -> NodePools until zero NodeClaims -> the
         stack (refreshed first) -> the sweep of tagged leftovers; DELETED when nothing remains, else FAILED."""
         record = self.registry.require(name)
-        target = SweepTarget(deployment=name, cluster=f"byoc-{name}", region=record.region)
+        target = SweepTarget(deployment=name, cluster=resource_name(name), region=record.region)
         cloud = get_cloud(record.cloud)
         if not options.yes:
             cluster = self._cluster_objects(record)
@@ -615,17 +598,27 @@ class Lifecycle:
     def _cluster_objects(self, record: Record) -> dict[str, Any]:
         from byoc.cluster_api import ClusterUnreachable
 
-        namespace = f"byoc-{record.name}"
+        namespace = resource_name(record.name)
         try:
             cluster = self.cluster_for(record)
             return {
                 "services": [_name(s) for s in cluster.list("services", namespace) if _is_load_balancer(s)],
                 "persistentvolumeclaims": [_name(p) for p in cluster.list("persistentvolumeclaims", namespace)],
-                "nodepools": [_name(p) for p in cluster.list("nodepools.karpenter.sh")],
-                "nodeclaims": [_name(c) for c in cluster.list("nodeclaims.karpenter.sh")],
+                **self._provisioner_objects(record, cluster),
             }
         except ClusterUnreachable as exc:
             return {"unknown": str(exc)}
+
+    @staticmethod
+    def _provisioner_objects(record: Record, cluster: ClusterApi) -> dict[str, list[str]]:
+        """The node provisioner's pools and claims that `destroy` deletes first (none where the stack owns them)."""
+        provisioner = get_cloud(record.cloud).node_provisioner
+        if not (provisioner.pools and provisioner.claims):
+            return {}
+        return {
+            "nodepools": [_name(p) for p in cluster.list(provisioner.pools)],
+            "nodeclaims": [_name(c) for c in cluster.list(provisioner.claims)],
+        }
 
     def _wait_gone(
         self, cluster: ClusterApi, kind: str, namespace: str | None, names: set[str], limit_s: float
@@ -645,7 +638,7 @@ class Lifecycle:
         An unreachable cluster is reported, not fatal: the sweep after the stack finds what they left."""
         from byoc.cluster_api import ClusterUnreachable
 
-        namespace = f"byoc-{record.name}"
+        namespace = resource_name(record.name)
         done: dict[str, Any] = {}
         try:
             cluster = self.cluster_for(record)
@@ -661,13 +654,16 @@ class Lifecycle:
                 cluster.delete("persistentvolumeclaims", claim, namespace)
             gone = self._wait_gone(cluster, "persistentvolumeclaims", namespace, claims, self.waits.volumes_s)
             done["persistentvolumeclaims"] = {"deleted": sorted(claims), "gone": gone}
-            # 3. NodePools, then wait for Karpenter to terminate every NodeClaim (its instances) before it goes
-            pools = {_name(p) for p in cluster.list("nodepools.karpenter.sh")}
-            for pool in sorted(pools):
-                cluster.delete("nodepools.karpenter.sh", pool)
-            claims_before = {_name(c) for c in cluster.list("nodeclaims.karpenter.sh")}
-            gone = self._wait_gone(cluster, "nodeclaims.karpenter.sh", None, claims_before, self.waits.node_claims_s)
-            done["nodepools"] = {"deleted": sorted(pools), "nodeclaims": sorted(claims_before), "gone": gone}
+            # 3. a node provisioner outside the stack (Karpenter): its pools, then wait for it to terminate every
+            # claim (its instances) before it goes with the stack
+            provisioner = get_cloud(record.cloud).node_provisioner
+            if provisioner.pools and provisioner.claims:
+                pools = {_name(p) for p in cluster.list(provisioner.pools)}
+                for pool in sorted(pools):
+                    cluster.delete(provisioner.pools, pool)
+                claims_before = {_name(c) for c in cluster.list(provisioner.claims)}
+                gone = self._wait_gone(cluster, provisioner.claims, None, claims_before, self.waits.node_claims_s)
+                done["nodepools"] = {"deleted": sorted(pools), "nodeclaims": sorted(claims_before), "gone": gone}
         except ClusterUnreachable as exc:
             done["unknown"] = f"{exc}; the sweep after the stack looks for what controllers left"
             self._view.message(f"cluster: unknown: {done['unknown']}")
@@ -815,11 +811,14 @@ def _diff_paths(a: Any, b: Any, path: str) -> list[str]:
     return [path] if a != b else []
 
 
-def scale_violations(changed: dict[tuple[str, str], list[str]]) -> list[str]:
-    """The changes a scale may not make (see SCALE_CHANGES), as 'type name (paths)'."""
+def scale_violations(
+    changed: dict[tuple[str, str], list[str]], scale_changes: Mapping[str, frozenset[str] | None]
+) -> list[str]:
+    """The changes a scale may not make (`scale_changes`: the cloud's, `Cloud.scale_changes`), as 'type name
+    (paths)'."""
     refused = []
     for (type_token, name), paths in changed.items():
-        allowed = SCALE_CHANGES.get(type_token, frozenset())
+        allowed = scale_changes.get(type_token, frozenset())
         if allowed is None:
             continue
         extra = [p for p in paths if p not in allowed]

@@ -10,6 +10,7 @@ by key; Helm releases by namespace and name, each with its fields in one fixed o
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 from byoc.plan import Plan, RecordedResource
 
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+# Kubernetes keeps an object in etcd, whose default request limit is 1.5 MiB; a ConfigMap's data may hold 1 MiB
+# (kubernetes.io/docs/concepts/configuration/configmap). byoc's rendered objects must stay under the smaller.
+KUBERNETES_OBJECT_MAX_BYTES = 1 << 20
 
 
 def _integral(value: Any) -> Any:
@@ -100,3 +104,24 @@ def write_helm_releases(plan: Plan, path: Path) -> None:
         "# Helm releases byoc installs: Helm renders their objects at deploy time; their contents are upstream's.\n"
         + yaml.safe_dump_all(helm_releases(plan), sort_keys=False)
     )
+
+
+def check_object_sizes(plan: Plan, addons: int) -> None:
+    """Refuse a plan whose rendered Kubernetes objects Kubernetes would not store (each of `addons` LoRA addons
+    grows the gateway Deployment's arguments and the engine ConfigMap).
+
+    Raises:
+        ByocError: naming `addons` (or the spec) and the object that is too large.
+    """
+    from byoc.errors import ByocError
+
+    for obj in kubernetes_objects(plan):
+        size = len(json.dumps(obj))
+        if size > KUBERNETES_OBJECT_MAX_BYTES:
+            name = obj.get("metadata", {}).get("name", "?")
+            raise ByocError(
+                "addons" if addons else "spec",
+                f"the rendered {obj['kind']} {name} is {size:,} bytes; Kubernetes stores at most 1 MiB in one "
+                f"object ({addons:,} addons)",
+                "serve fewer addons per deployment, or split them across deployments",
+            )

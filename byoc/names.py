@@ -24,3 +24,24 @@ def addon_id_problem(value: str) -> str | None:
     if not DNS_LABEL.match(value):
         return f"{value!r} is not {ADDON_ID_RULE}"
     return None
+
+
+# -- the names byoc gives cloud and Kubernetes objects ------------------------------------------------------------
+# Written once here: the stacks set them, and the sweeps, preflights, live collectors, `status` and `destroy` find
+# what the stacks made by them. A change here is a change of every deployment's names (a replacement of each).
+NAME_PREFIX = "byoc"
+# The tag key every AWS resource of a deployment carries (stacks/aws/context.py), and Karpenter's nodes with it.
+DEPLOYMENT_TAG = "byoc:deployment"
+# The GCP label key (a label key takes only lowercase letters, digits, '_' and '-': no ':' as in the AWS tag).
+DEPLOYMENT_LABEL = "byoc-deployment"
+# The Kubernetes label byoc puts on its nodes (node pools, Karpenter's NodePool template).
+KUBERNETES_DEPLOYMENT_LABEL = "byoc.dev/deployment"
+
+
+def resource_name(deployment: str, *parts: str) -> str:
+    """byoc-<deployment>[-<part>...]: the cloud and Kubernetes name of one of a deployment's objects.
+
+    The deployment's own prefix is its cluster's name and its serving namespace (`resource_name(name)`); a part names
+    one object in it (`resource_name(name, "serving")` is the serving Deployment, `"audit-logs"` the GCP audit
+    bucket)."""
+    return "-".join((NAME_PREFIX, deployment, *parts))

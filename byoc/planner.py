@@ -111,18 +111,6 @@ def plan_memory(model: ModelArch, shape: DeploymentShape, kv_cache_fraction: flo
     )
 
 
-# What a GPU node's root volume holds besides models: the OS, the kubelet, and the serving images (the TensorRT-LLM
-# release container is about 20 GiB compressed).
-NODE_DISK_BASE_GIB = 100
-
-
-def node_disk_gib(model: ModelArch, precision: str) -> int:
-    """Root volume for a GPU node: the BF16 source checkpoint and the built artifact side by side, plus images,
-    with a quarter spare, rounded up to 50 GiB."""
-    models = (weight_bytes(model, "bf16") + weight_bytes(model, precision)) / GIB
-    return int(math.ceil((models * 1.25 + NODE_DISK_BASE_GIB) / 50) * 50)
-
-
 def longest_context_that_fits(memory: MemoryPlan) -> int:
     """The largest max_context one sequence can have in this KV cache, rounded down to 1024 tokens."""
     return (memory.kv_capacity_tokens // 1024) * 1024
@@ -361,12 +349,16 @@ def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> 
     pool that may launch a larger (dearer) instance type when the chosen one has no capacity."""
     warnings = []
     node = cost.node
-    if node.replicas_per_node > 1:
+    low, high = cost.at_min_replicas.replicas, cost.at_max_replicas.replicas
+    # replicas that always fill whole nodes (a fixed count, a multiple of the node's slots) cost their share exactly
+    fills_nodes = low == high and low % node.replicas_per_node == 0
+    if node.replicas_per_node > 1 and not fills_nodes:
+        article = "an" if node.instance_type[:1] in "aeio" else "a"
         warnings.append(
             ByocWarning(
                 "shape",
-                f"{shape.name} takes {shape.count} of the {node.gpus} GPUs of a {node.instance_type} node, which "
-                f"is billed whole at {_dollars(node.hourly_usd)}: the floor is {floor_text(cost)}, not the "
+                f"{shape.name} takes {shape.count} of the {node.gpus} GPUs of {article} {node.instance_type} node, "
+                f"which is billed whole at {_dollars(node.hourly_usd)}: the floor is {floor_text(cost)}, not the "
                 f"{_dollars(cost.replica_hourly_usd)} per replica that a full node works out to",
                 f"up to {node.replicas_per_node} replicas share one node at that price; `byoc shapes --model "
                 f"{model_id}` ranks shapes by the cost of one replica on whole nodes",
@@ -383,7 +375,7 @@ def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> 
                 f"the GPU node pool may also launch {larger} when {node.instance_type} "
                 f"({_dollars(node.hourly_usd)}) has no capacity: one replica alone on such a node costs up to "
                 f"{_dollars(dearest)}, {dearest / node.hourly_usd:.1f}x the price of {node.instance_type}",
-                "placement.instance_types in plan.json lists the types the node pool may launch",
+                "placement.node_pool_types in plan.json lists the types the node pool may launch",
             )
         )
     return warnings

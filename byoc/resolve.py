@@ -16,6 +16,7 @@ from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
+from byoc.names import resource_name
 from byoc.spec import Addon, Compliance, Encryption, LoadTarget, ModelRef, Monitoring, Network, Spec, Speculative
 
 
@@ -55,6 +56,7 @@ class Deployment:
     cost: planner.CostEstimate
     autoscaling: ResolvedAutoscaling
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
+    disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
     node_image: str | None = None
     warnings: tuple[ByocWarning, ...] = ()
 
@@ -72,12 +74,12 @@ class Deployment:
 
     @property
     def cluster_name(self) -> str:
-        return f"byoc-{self.name}"
+        return resource_name(self.name)
 
     @property
     def namespace(self) -> str:
         """The Kubernetes namespace of the serving workloads."""
-        return f"byoc-{self.name}"
+        return resource_name(self.name)
 
     @property
     def service_accounts(self) -> dict[str, str]:
@@ -86,7 +88,8 @@ class Deployment:
 
     @property
     def gpu_node_disk_gib(self) -> int:
-        return planner.node_disk_gib(self.model, self.shape.precision)
+        """The GPU nodes' root disk: every pod slot of the pool's fullest node, sized by byoc/sizing.py."""
+        return self.disk.node_disk_gib
 
     @property
     def capacity(self) -> str:
@@ -169,12 +172,16 @@ class Deployment:
                 "region": self.placement.region,
                 "mega_region": self.placement.mega_region,
                 "instance_type": self.placement.instance_type,
+                # every type of the region whose node holds a replica, best first (the candidates)
                 "instance_types": list(self.placement.instance_types),
+                # the types the GPU node pool may launch: all candidates on AWS (Karpenter), one on GKE
+                "node_pool_types": list(self.pods.instance_types),
                 "instance_gpus": self.placement.instance_gpus,
                 "replicas_per_node": self.placement.replicas_per_node,
                 "reason": self.placement.reason,
             },
             "pods": self.pods.as_dict(),
+            "disk": self.disk.as_dict(),
             "shape": {
                 "name": shape.name,
                 "gpu": shape.gpu.id,
@@ -379,6 +386,22 @@ def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: siz
 BuildLocation = Literal["cluster", "local"]
 
 
+def _spot_warnings(spec: Spec, cloud_title: str) -> list[ByocWarning]:
+    """Spot capacity is billed at the Spot price, which moves by zone and hour and which byoc's catalog does not
+    hold: the costs shown are the on-demand list prices, the most Spot can cost (EC2 Spot and GCE Spot VMs are both
+    priced at or below on-demand)."""
+    if spec.capacity != "spot":
+        return []
+    return [
+        ByocWarning(
+            "capacity",
+            f"spot: the costs are {cloud_title}'s on-demand list prices, an upper bound; Spot nodes bill at the Spot "
+            "price of their zone and hour, below that, and may be reclaimed at any time",
+            "for Spot figures see the cloud's Spot pricing pages; cost.price_source in plan.json says the basis",
+        )
+    ]
+
+
 def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deployment:
     """Apply every rule to the spec and compute the Deployment, or raise the first ByocError.
 
@@ -409,6 +432,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
     cloud.check_address_room(spec, shape, placement, pool)
     pods = cloud.pod_sizing(shape, pool, needs)
+    disk = cloud.disk_plan(shape, pool, model)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
@@ -417,7 +441,8 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         instance,
         min_replicas=spec.autoscaling.min_replicas,
         max_replicas=spec.autoscaling.max_replicas,
-        price_source=f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)",
+        price_source=f"{cloud.title} on-demand list price of {instance.name} (byoc/catalogs/instances.yaml)"
+        + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
     scaling = spec.autoscaling
@@ -445,11 +470,13 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         cost=cost,
         autoscaling=autoscaling,
         pods=pods,
+        disk=disk,
         node_image=node_image,
         warnings=(
             *warnings,
             *rules.deliberate_choices(spec),
             *image_warnings(spec),
             *planner.cost_warnings(shape, cost, model.id),
+            *_spot_warnings(spec, cloud.title),
         ),
     )

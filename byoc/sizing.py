@@ -297,3 +297,112 @@ class PodSizing:
             },
             "build": self.build.as_dict(),
         }
+
+
+# --- ephemeral storage: what the GPU pods write on the node's root filesystem -----------------------------------
+# Every byte a pod writes to its emptyDir volumes (the artifact it fetches into /models, the build Job's source and
+# output, caches under /scratch), its containers' writable layers and its logs counts against its ephemeral-storage
+# limit, and the kubelet evicts a pod whose total passes the sum of its containers' limits (Kubernetes, "Local
+# ephemeral storage"). So the request (= limit) is what the pod writes, from the model, not a round number; the
+# scheduler places pods by those requests against the node's ephemeral-storage allocatable; and the node's root
+# disk (the EC2NodeClass's volume, the GKE node pool's boot disk) is sized so that every slot of the pool's largest
+# node, plus what the node keeps outside any pod, fits it.
+EPHEMERAL_SPARE = 1.15  # engine files, tokenizer and config beside the weights, and filesystem overhead
+SERVING_SCRATCH_GIB = 10  # the serving pod's /scratch: HOME, Triton's and other JIT caches (stacks/k8s/serving.py)
+CONTAINER_FILES_GIB = 2  # the containers' writable layers and their logs
+# What a GPU node keeps on its root filesystem outside every pod's request: the OS (AL2023 about 4 GiB), the kubelet
+# and containerd state, and the images pulled (the TensorRT-LLM release container is about 20 GiB compressed, about
+# twice that unpacked, plus byoc's runtime image).
+NODE_FILES_GIB = 50
+DISK_STEP_GIB = 50  # root disks are sized in steps of 50 GiB
+# EKS (nodeadm and Karpenter alike): kube-reserved ephemeral-storage 1 GiB, eviction at nodefs.available 10%
+# (karpenter-provider-aws pkg/providers/instancetype/types.go, `kubeReservedResources` and `evictionThreshold`:
+# ceil(storage / 100 * 10)); the capacity Karpenter assumes is the root volume's size.
+EKS_EPHEMERAL_RESERVED_GIB = 1.0
+EVICTION_NODEFS_FRACTION = 0.10
+GIB = 1024**3
+
+
+def eks_ephemeral_allocatable_gib(disk_gib: int) -> float:
+    """A Karpenter-launched EKS node's ephemeral-storage allocatable on a root volume of `disk_gib`."""
+    return disk_gib - EKS_EPHEMERAL_RESERVED_GIB - math.ceil(disk_gib * GIB * EVICTION_NODEFS_FRACTION) / GIB
+
+
+def cos_os_reserved_gib(disk_gib: int) -> float:
+    """The boot disk a Container-Optimized OS node's OS partitions keep, as the cluster autoscaler estimates it
+    (kubernetes/autoscaler cluster-autoscaler/cloudprovider/gce/reserved.go, `CalculateOSReservedEphemeralStorage`:
+    1.5635% of the disk + 4.148 GiB, + min(100 MiB, 0.1%) over-provisioning buffer)."""
+    disk = disk_gib * GIB
+    reserved = math.ceil(0.015635 * disk) + math.ceil(4.148 * GIB) + min(100 * MIB, math.ceil(0.001 * disk))
+    return reserved / GIB
+
+
+def gke_ephemeral_allocatable_gib(disk_gib: int) -> float:
+    """A GKE Standard node's ephemeral-storage allocatable on a boot disk of `disk_gib`: the capacity the kubelet
+    reports (the disk less the COS partitions, `cos_os_reserved_gib`), less GKE's system reservation min(50%,
+    6 GiB + 35%, 100 GiB) of it and the eviction threshold, 10% of it ("Plan GKE node sizes", "Local ephemeral
+    storage reservation"; the autoscaler's eviction default, reserved.go `defaultKubeletEvictionHardEphemeral
+    StorageRatio`)."""
+    capacity = disk_gib - cos_os_reserved_gib(disk_gib)
+    system = min(0.5 * capacity, 6 + 0.35 * capacity, 100.0)
+    return capacity - system - EVICTION_NODEFS_FRACTION * capacity
+
+
+def serving_ephemeral_gib(model: ModelArch, precision: str) -> int:
+    """A serving pod's ephemeral-storage request and limit: the artifact in /models, /scratch and its containers."""
+    artifact = weight_bytes(model, precision) / GIB * EPHEMERAL_SPARE
+    return math.ceil(artifact) + SERVING_SCRATCH_GIB + CONTAINER_FILES_GIB
+
+
+def build_ephemeral_gib(model: ModelArch, precision: str) -> int:
+    """The build Job's: the BF16 source checkpoint and the built artifact side by side in /scratch."""
+    both = (weight_bytes(model, "bf16") + weight_bytes(model, precision)) / GIB * EPHEMERAL_SPARE
+    return math.ceil(both) + CONTAINER_FILES_GIB
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """The GPU pods' ephemeral storage and the root disk of the GPU nodes that holds them (GiB)."""
+
+    serving_gib: int  # a serving pod's ephemeral-storage request (= limit)
+    build_gib: int  # the build Job's
+    slots: int  # pods on the pool's fullest node (its GPUs / the shape's)
+    node_disk_gib: int  # the root disk every node of the pool gets
+    allocatable_gib: float  # ephemeral-storage allocatable of that disk, by the cloud's formula
+    formula: str
+
+    @property
+    def required_gib(self) -> int:
+        """What must fit the allocatable: the fullest node, with the build Job (one per deployment) in one slot and
+        replicas in the others, and the node's own files."""
+        return required_gib(self.serving_gib, self.build_gib, self.slots)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "serving_ephemeral_gib": self.serving_gib,
+            "build_ephemeral_gib": self.build_gib,
+            "pods_per_node": self.slots,
+            "node_files_gib": NODE_FILES_GIB,
+            "required_gib": self.required_gib,
+            "node_disk_gib": self.node_disk_gib,
+            "ephemeral_allocatable_gib": round(self.allocatable_gib, 2),
+            "formula": self.formula,
+        }
+
+
+def required_gib(serving_gib: int, build_gib: int, slots: int) -> int:
+    """Ephemeral storage the fullest node must allocate: one slot the larger of a replica and the build Job (a
+    deployment runs one build Job), the other slots replicas, and what the node keeps outside pods."""
+    return (slots - 1) * serving_gib + max(serving_gib, build_gib) + NODE_FILES_GIB
+
+
+def disk_plan(model: ModelArch, precision: str, slots: int, formula: str) -> DiskPlan:
+    """The smallest root disk (in DISK_STEP_GIB steps) whose ephemeral-storage allocatable, by `formula` ("eks" or
+    "gke"), holds the fullest node's pods (`required_gib`)."""
+    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula]
+    serving, build = serving_ephemeral_gib(model, precision), build_ephemeral_gib(model, precision)
+    required = required_gib(serving, build, slots)
+    disk = DISK_STEP_GIB
+    while allocatable(disk) < required:
+        disk += DISK_STEP_GIB
+    return DiskPlan(serving, build, slots, disk, allocatable(disk), formula)

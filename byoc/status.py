@@ -1,8 +1,9 @@
 """`byoc status`: the registry's record reconciled with what can be observed, and a health line beside the state.
 
 Sources: the stack outputs in the registry; the cluster (the serving Deployment's replicas, the gateway Service's
-load balancer, NodeClaims, nodes and events, through byoc.cluster_api); and a real completion through the endpoint
-where it is reachable (POST /v1/completions with one token, the key from BYOC_API_KEY, the CA from BYOC_CA_BUNDLE).
+load balancer, the node provisioner's objects, nodes and events, through byoc.cluster_api); and a real completion
+through the endpoint where it is reachable (POST /v1/completions with one token, the key from BYOC_API_KEY, the CA
+from BYOC_CA_BUNDLE).
 Where a source cannot be read the health says "unknown: <why>" instead of guessing.
 
 Health rules (`judge`):
@@ -10,9 +11,10 @@ Health rules (`judge`):
 - a completion succeeded while readiness lags: serving, with a warning;
 - a completion succeeded and every desired replica is ready: healthy;
 - no replica wanted (scaled to zero): scaled to zero;
-- replicas missing: why GPU replicas are not coming, from the controllers' own messages: no capacity in the zone
-  (a NodeClaim's Launched condition), the NodePool's GPU limit reached (Karpenter's scheduling event), or a node
-  whose GPUs never registered (allocatable nvidia.com/gpu 0);
+- replicas missing: why GPU replicas are not coming, in the words of the cloud's node provisioner
+  (`Cloud.gpu_blockers`: on AWS Karpenter's NodeClaim conditions and limit events, on GKE the cluster autoscaler's
+  FailedScaleUp and NotTriggerScaleUp events: no capacity, no quota, the pool's limit), or a node whose GPUs never
+  registered (allocatable nvidia.com/gpu 0);
 - otherwise, without a completion: unknown, with the reason no completion was sent.
 """
 
@@ -26,12 +28,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from byoc.clouds import get_cloud
+from byoc.names import resource_name
 from byoc.registry import RUNNING, Lock, Record, State
 
 if TYPE_CHECKING:
     from byoc.lifecycle import ClusterFactory
-
-GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclass(frozen=True)
@@ -75,38 +77,6 @@ def probe_endpoint(endpoint: str | None, model: str, timeout_s: float = 20.0) ->
         return Probe("failed", "the completion's answer is not JSON")
 
 
-def gpu_blockers(cluster: Any, node_pool: str) -> list[str]:
-    """Why GPU replicas are not coming, in the controllers' own words."""
-    reasons: list[str] = []
-    for claim in cluster.list("nodeclaims.karpenter.sh"):
-        for condition in claim.get("status", {}).get("conditions", []):
-            if condition.get("status") != "False":
-                continue
-            message = str(condition.get("message", ""))
-            name = claim.get("metadata", {}).get("name", "")
-            if condition.get("type") == "Launched":
-                if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
-                    reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
-                else:
-                    reasons.append(f"NodeClaim {name} not launched: {message}")
-    for event in cluster.list("events"):
-        message = str(event.get("message", ""))
-        if "exceed limits for nodepool" in message:
-            reasons.append(f"the NodePool's GPU limit is reached: {message}")
-            break
-    for node in cluster.list("nodes"):
-        labels = node.get("metadata", {}).get("labels", {})
-        if labels.get("karpenter.sh/nodepool") != node_pool:
-            continue
-        allocatable = str(node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
-        if allocatable in ("0", ""):
-            reasons.append(
-                f"node {node['metadata']['name']}'s GPUs never registered (allocatable {GPU_RESOURCE} {allocatable}): "
-                "check the GPU Operator's device plugin on it"
-            )
-    return list(dict.fromkeys(reasons))
-
-
 def judge(desired: int, ready: int, probe: Probe, blockers: list[str]) -> str:
     if probe.outcome == "failed":
         return f"unhealthy: Kubernetes reports {ready}/{desired} ready but a completion failed: {probe.detail}"
@@ -146,13 +116,13 @@ def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, prob
         return seen | {"health": f"failed: {record.reason}{pending}"}
     if record.state in RUNNING:
         return seen | {"health": f"unknown: {record.state.value} without a running byoc process"}
-    namespace = f"byoc-{record.name}"
+    namespace = resource_name(record.name)
     try:
         cluster = cluster_for(record)
         serving = [
             d
             for d in cluster.list("deployments.apps", namespace)
-            if d.get("metadata", {}).get("name") == f"byoc-{record.name}-serving"
+            if d.get("metadata", {}).get("name") == resource_name(record.name, "serving")
         ]
         if not serving:
             return seen | {"health": f"unknown: the serving Deployment is not in namespace {namespace}"}
@@ -164,7 +134,7 @@ def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, prob
             if service.get("spec", {}).get("type") == "LoadBalancer" and ingress:
                 host = ingress[0].get("hostname") or ingress[0].get("ip")
                 seen["endpoint"] = f"https://{host}"
-        blockers = gpu_blockers(cluster, str(record.outputs.get("gpu_node_pool", "byoc-gpu")))
+        blockers = get_cloud(record.cloud).gpu_blockers(cluster, str(record.outputs.get("gpu_node_pool", "")))
     except ClusterUnreachable as exc:
         return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
     endpoint = os.environ.get("BYOC_ENDPOINT") or seen["endpoint"]

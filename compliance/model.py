@@ -6,8 +6,9 @@ the inputs Pulumi sends, camelCase) or the live account (collectors translate AP
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +17,12 @@ from typing import Any
 import yaml
 
 CATALOGS = Path(__file__).parent / "catalogs"
+# Which checks evidence which control: one file per framework and provider (compliance/catalogs/mappings/*.yaml).
+MAPPINGS = CATALOGS / "mappings"
+PROVIDERS = ("aws", "gcp", "kubernetes")  # a check's `cloud`; Kubernetes checks judge deployments on either cloud
+# The order of a check's controls in findings and reports: the frameworks as `--framework` lists them by default
+# (byoc.spec.FRAMEWORKS; not imported, it would load pydantic), then each catalog's own order.
+FRAMEWORK_ORDER = ("hipaa", "soc2", "iso27001")
 
 
 class Status(StrEnum):
@@ -64,14 +71,6 @@ def frameworks() -> dict[str, Framework]:
         controls = tuple(Control(data["framework"], c["id"], c["title"], c["description"]) for c in data["controls"])
         found[data["framework"]] = Framework(data["framework"], data["title"], data["source"], controls)
     return found
-
-
-def control(ref: str) -> Control:
-    framework, _, control_id = ref.partition(":")
-    for candidate in frameworks()[framework].controls:
-        if candidate.id == control_id:
-            return candidate
-    raise KeyError(ref)
 
 
 @dataclass(frozen=True)
@@ -177,11 +176,12 @@ class Check:
     title: str
     severity: str  # critical | high | medium | low
     resource_types: tuple[str, ...]
-    controls: tuple[str, ...]
     remediation: str
     risk: str
     evaluate: Evaluate
-    cloud: str  # aws | gcp | kubernetes | any
+    cloud: str  # aws | gcp | kubernetes
+    # "framework:control id" refs, from compliance/catalogs/mappings/ (bind_controls), never written in code
+    controls: tuple[str, ...] = ()
 
     def applies_to(self, resource: Resource) -> bool:
         return resource.type in self.resource_types
@@ -196,21 +196,140 @@ def check(
     title: str,
     severity: str,
     resource_types: Iterable[str],
-    controls: Iterable[str],
     remediation: str,
     risk: str,
     cloud: str,
 ) -> Callable[[Evaluate], Evaluate]:
-    """Register a check: one small unit with its metadata and one evaluation per resource."""
+    """Register a check: one small unit with its metadata and one evaluation per resource.
+
+    Its controls are data: the mapping files list it under each control it evidences (`bind_controls`).
+    """
 
     def register(function: Evaluate) -> Evaluate:
-        declared = tuple(controls)
-        for ref in declared:
-            control(ref)  # a check may only cite controls the catalogs hold
-        REGISTRY.append(Check(id, title, severity, tuple(resource_types), declared, remediation, risk, function, cloud))
+        REGISTRY.append(Check(id, title, severity, tuple(resource_types), remediation, risk, function, cloud))
         return function
 
     return register
+
+
+class MappingError(ValueError):
+    """A mapping file that would drop or invent evidence; the message names the file, the control and the check."""
+
+
+def repo_path(path: Path) -> str:
+    """A mapping file as a maintainer finds it: compliance/catalogs/mappings/hipaa_aws.yaml (else its full path)."""
+    root = Path(__file__).parent.parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def mapping_files(folder: Path = MAPPINGS) -> list[str]:
+    """The mapping files, as a maintainer finds them (compliance/catalogs/mappings/hipaa_aws.yaml, ...)."""
+    return [repo_path(path) for path in sorted(folder.glob("*.yaml"))]
+
+
+def _requirements(path: Path) -> tuple[str, str, list[tuple[str, list[str]]]]:
+    """(framework, provider, [(control id, [check ids])]) of one mapping file, its shape checked."""
+    where = repo_path(path)
+    try:
+        # libyaml's safe loader where PyYAML has it: these files load on every report (pure Python: ~25 ms)
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("requirements"), list):
+        raise MappingError(f"{where}: needs `framework`, `provider` and a list `requirements: [{{id, checks}}]`")
+    framework, provider = str(data.get("framework")), str(data.get("provider"))
+    if path.name != f"{framework}_{provider}.yaml":
+        raise MappingError(
+            f"{where}: says framework {framework!r}, provider {provider!r}; "
+            f"name it {framework}_{provider}.yaml or fix those keys"
+        )
+    if framework not in frameworks():
+        raise MappingError(f"{where}: no catalog for framework {framework!r} (known: {', '.join(frameworks())})")
+    if provider not in PROVIDERS:
+        raise MappingError(f"{where}: unknown provider {provider!r} (use one of {', '.join(PROVIDERS)})")
+    found: list[tuple[str, list[str]]] = []
+    for entry in data["requirements"]:
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise MappingError(f"{where}: each requirement needs an `id` (a control of the catalog): {entry!r}")
+        control_id, checks = str(entry["id"]), entry.get("checks") or []
+        if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
+            raise MappingError(f"{where}: control {control_id}: `checks` must be a list of check ids")
+        found.append((control_id, checks))
+    return framework, provider, found
+
+
+def load_mappings(checks: Sequence[Check], folder: Path = MAPPINGS) -> dict[str, tuple[str, ...]]:
+    """Each check's controls, as refs (`{"kms_cmk_rotation_enabled": ("hipaa:164.312(a)(2)(iv)", ...)}`), read from
+    the files `<framework>_<provider>.yaml` in `folder`; each control lists the ids of the checks that evidence it.
+
+    A check's refs come in one order: FRAMEWORK_ORDER, then the catalog's order of controls.
+
+    Raises MappingError, naming the file, the control and the check, for: a check id that no check of that provider
+    has, a control id the framework's catalog does not hold, a control or check listed twice, a check that no file
+    maps to any control. A typo therefore fails at load and can never silently drop evidence.
+    """
+    by_id = {c.id: c for c in checks}
+    if len(by_id) != len(checks):
+        twice = sorted({c.id for c in checks if sum(other.id == c.id for other in checks) > 1})
+        raise MappingError(f"check id {', '.join(twice)} is registered twice: a mapping line could not tell them apart")
+    if stray := sorted(p.name for p in folder.glob("*.yml")):
+        raise MappingError(f"{repo_path(folder)}: {', '.join(stray)} would not be read: name mapping files *.yaml")
+    mapped: dict[str, set[str]] = {c.id: set() for c in checks}
+    seen_files: dict[str, list[str]] = {p: [] for p in PROVIDERS}
+    for path in sorted(folder.glob("*.yaml")):
+        framework, provider, requirements = _requirements(path)
+        where = repo_path(path)
+        seen_files[provider].append(where)
+        catalog = frameworks()[framework]
+        known = [c.id for c in catalog.controls]
+        listed: set[str] = set()
+        for control_id, check_ids in requirements:
+            if control_id not in known:
+                # every id, not a guess: citations differ by one letter or number (164.312(d) and (e)(1))
+                raise MappingError(
+                    f"{where}: control {control_id} (listing {', '.join(check_ids) or 'no check'}) is not in "
+                    f"compliance/catalogs/{framework}.yaml (its controls: {', '.join(known)})"
+                )
+            if control_id in listed:
+                raise MappingError(f"{where}: control {control_id} is listed twice: merge its checks into one")
+            listed.add(control_id)
+            for check_id in check_ids:
+                owner = by_id.get(check_id)
+                if owner is None:
+                    ours = [c.id for c in checks if c.cloud == provider]
+                    hint = difflib.get_close_matches(check_id, ours, n=1)
+                    raise MappingError(
+                        f"{where}: control {control_id} lists check {check_id}, which does not exist"
+                        + (f"; did you mean {hint[0]}?" if hint else f" (no {provider} check has that id)")
+                    )
+                if owner.cloud != provider:
+                    raise MappingError(
+                        f"{where}: control {control_id} lists check {check_id}, a {owner.cloud} check: "
+                        f"map it in {framework}_{owner.cloud}.yaml"
+                    )
+                ref = f"{framework}:{control_id}"
+                if ref in mapped[check_id]:
+                    raise MappingError(f"{where}: control {control_id} lists check {check_id} twice")
+                mapped[check_id].add(ref)
+    for check_id, refs in mapped.items():
+        if not refs:
+            cloud = by_id[check_id].cloud
+            raise MappingError(
+                f"check {check_id} ({cloud}) is mapped to no control: list it under each control it evidences in "
+                f"{', '.join(seen_files[cloud]) or repo_path(folder / f'<framework>_{cloud}.yaml')}"
+            )
+    order = {
+        control.ref: (FRAMEWORK_ORDER.index(f.id) if f.id in FRAMEWORK_ORDER else len(FRAMEWORK_ORDER), f.id, i)
+        for f in frameworks().values()
+        for i, control in enumerate(f.controls)
+    }
+    return {check_id: tuple(sorted(refs, key=order.__getitem__)) for check_id, refs in mapped.items()}
+
+
+def bind_controls(registry: list[Check], folder: Path = MAPPINGS) -> None:
+    """Give every registered check its controls from the mapping files (in place); raises MappingError."""
+    mapped = load_mappings(registry, folder)
+    registry[:] = [replace(c, controls=mapped[c.id]) for c in registry]
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
 # Debian packages: Prometheus (promtool and a real server for the metrics tests), Chromium (opens the HTML
-# compliance report headless), redis-server (the gateways' shared limits store in tests/runtime/test_shared_limits.py).
+# compliance report headless), redis-server (the store the gateway replicas share: the shared limits and usage
+# ledger tests).
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
-command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from byoc.clouds.aws import Aws
-from byoc.clouds.base import Cloud, Placement
+from byoc.clouds.base import Cloud, Feature, Placement
 from byoc.clouds.gcp import Gcp
 
 _CLOUDS: dict[str, Cloud] = {"aws": Aws(), "gcp": Gcp()}
@@ -13,4 +13,4 @@ def get_cloud(name: str) -> Cloud:
     return _CLOUDS[name]
 
 
-__all__ = ["Cloud", "Placement", "get_cloud"]
+__all__ = ["Cloud", "Feature", "Placement", "get_cloud"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, Placement
+from byoc.clouds.base import AddressRoom, Cloud, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
 from byoc.rules import DeploymentShape
@@ -54,7 +55,23 @@ class Aws(Cloud):
     key_example = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     stack_program = "stacks.aws.program:program"
     provider_sdk = "pulumi-aws"
-    node_pool_fallbacks = True  # the NodePool allows every type of placement.instance_types
+    # Karpenter launches the GPU nodes from a NodePool that allows every type of placement.instance_types
+    # (stacks/aws/capacity.py); its NodeClaims are the instances, which it terminates when the NodePool goes.
+    node_provisioner = NodeProvisioner(
+        name="Karpenter",
+        pool_label="karpenter.sh/nodepool",
+        scale_changes={"kubernetes:karpenter.sh/v1:NodePool": None},  # its GPU limit follows max_replicas
+        replace_guarded=frozenset(
+            {
+                "aws:eks/cluster:Cluster",
+                "aws:eks/nodeGroup:NodeGroup",
+                "kubernetes:karpenter.sh/v1:NodePool",
+                "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+            }
+        ),
+        pools="nodepools.karpenter.sh",
+        claims="nodeclaims.karpenter.sh",
+    )
     object_store_scheme = "s3://"
     # EKS: publicAccessCidrs takes at most 40 blocks and refuses private (RFC 1918) ranges (EKS User Guide,
     # "Cluster API server endpoint"; the API answers InvalidParameterException).
@@ -68,6 +85,40 @@ class Aws(Cloud):
         "access.security_group": "it turns on GKE's Google Groups for RBAC; on EKS people reach the cluster through "
         "access entries (docs/aws-foundation.md)",
     }
+
+    def capacity_blockers(self, cluster: Any) -> list[str]:
+        """Karpenter's words: a NodeClaim whose Launched condition is False (EC2's InsufficientInstanceCapacity, or
+        another launch error), and its scheduling event when the NodePool's limits would be exceeded
+        ("... exceed limits for nodepool", karpenter pkg/controllers/provisioning/scheduling)."""
+        reasons: list[str] = []
+        for claim in cluster.list(self.node_provisioner.claims):
+            for condition in claim.get("status", {}).get("conditions", []):
+                if condition.get("status") != "False" or condition.get("type") != "Launched":
+                    continue
+                message = str(condition.get("message", ""))
+                name = claim.get("metadata", {}).get("name", "")
+                if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
+                    reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
+                else:
+                    reasons.append(f"NodeClaim {name} not launched: {message}")
+        for event in cluster.list("events"):
+            message = str(event.get("message", ""))
+            if "exceed limits for nodepool" in message:
+                reasons.append(f"the NodePool's GPU limit is reached: {message}")
+                break
+        return reasons
+
+    def offline_outputs(
+        self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
+    ) -> tuple[str | None, dict[str, Any]]:
+        from byoc.clouds.aws_offline import resource_outputs
+
+        return resource_outputs(type_token, logical_name, name, inputs, region)
+
+    def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
+        from byoc.clouds.aws_offline import call_answer
+
+        return call_answer(token, args, region)
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
@@ -183,6 +234,13 @@ class Aws(Cloud):
             ) from None
         except BotoCoreError as exc:
             raise ByocFailure(field, f"AWS credentials could not be used: {exc}", "check the AWS profile") from None
+
+    def collect_evidence(
+        self, deployment: str, region: str, requested: str, kubeconfig: Path | None, customer_keys: list[str]
+    ) -> Any:
+        from compliance.collectors.aws import collect
+
+        return collect(deployment, region, requested, kubeconfig, customer_keys)
 
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
         """EC2 DescribeInstanceTypeOfferings per region (AWS_ENDPOINT_URL and the usual credential chain apply)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport
+from byoc.names import DEPLOYMENT_TAG
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -235,7 +236,7 @@ def _vcpus_in_use(ec2: Any, family: str, purchase_option: str, deployment: str) 
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):
                 tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
-                if deployment and tags.get("byoc:deployment") == deployment:
+                if deployment and tags.get(DEPLOYMENT_TAG) == deployment:
                     continue
                 kind = instance["InstanceType"]
                 spot = instance.get("InstanceLifecycle") == "spot"

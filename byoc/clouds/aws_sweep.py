@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from byoc.clouds.checks import SweepReport, SweepTarget, SweptResource
+from byoc.names import DEPLOYMENT_TAG
 
-DEPLOYMENT_TAG = "byoc:deployment"  # set by every resource of stacks/aws (stacks/aws/context.py) and Karpenter's nodes
 # Errors that mean "something still depends on it; try again shortly".
 RETRYABLE = frozenset(
     {"DependencyViolation", "ResourceInUse", "InvalidGroup.InUse", "InvalidNetworkInterface.InUse", "VolumeInUse"}

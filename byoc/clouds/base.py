@@ -2,6 +2,10 @@
 
 One subclass per cloud (aws.py, gcp.py); nothing outside this folder asks which cloud it is. Cloud objects hold no
 state: they read the catalogs and answer.
+
+What a cloud cannot do is declared, not discovered: each lists the `Feature`s it lacks with the reason, and a command
+asks for the features it needs (`Cloud.check_features`) before anything runs, as SkyPilot's clouds do
+(`CloudImplementationFeatures` and `check_features_are_supported`, sky/clouds/cloud.py) and dstack's backend features.
 """
 
 from __future__ import annotations
@@ -12,13 +16,25 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
-from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, load_catalog
+from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
-from byoc.sizing import NodeAllocatable, PodNeeds, PodSizing, Resources, daemonset_requests, pod_needs, slot
+from byoc.sizing import (
+    DiskPlan,
+    NodeAllocatable,
+    PodNeeds,
+    PodSizing,
+    Resources,
+    daemonset_requests,
+    disk_plan,
+    pod_needs,
+    slot,
+)
 from byoc.spec import Spec
 
 
@@ -45,6 +61,59 @@ class AddressRoom:
     limit: str
 
 
+class Feature(StrEnum):
+    """What byoc may ask of a cloud. A cloud lists the ones it lacks in `Cloud.unsupported_features`."""
+
+    STACK = "stack"  # a Pulumi program: plan's resources, preview, up, update, scale, destroy
+    PREFLIGHT = "preflight"  # capacity and quota checks before `up` (`byoc preflight`)
+    SWEEP = "sweep"  # finding (and deleting) what a destroyed stack left behind, by the deployment's tag or label
+    LIVE_EVIDENCE = "live-evidence"  # `byoc compliance report --live`: the account read through the cloud's APIs
+    LIVE_OFFERINGS = "live-offerings"  # `byoc regions --refresh`: GPU offerings read from the cloud's API
+    NODE_POOL_FALLBACKS = "node-pool-fallbacks"  # a GPU node pool that may launch other types when the first has none
+
+
+FEATURE_USE = {
+    Feature.STACK: "a Pulumi program (plan's resources, preview, up, update, scale, destroy)",
+    Feature.PREFLIGHT: "preflight (capacity and quotas before up)",
+    Feature.SWEEP: "the sweep of what a destroyed stack left",
+    Feature.LIVE_EVIDENCE: "live evidence (`byoc compliance report --live`)",
+    Feature.LIVE_OFFERINGS: "live offerings (`byoc regions --refresh`)",
+    Feature.NODE_POOL_FALLBACKS: "GPU node pools that fall back to other instance types",
+}
+
+
+@dataclass(frozen=True)
+class NodeProvisioner:
+    """Who launches the GPU nodes, and what of it byoc meets in the cluster (`status`, `destroy`).
+
+    `pools`/`claims`: the custom resources of a controller that launches nodes outside the stack (Karpenter's
+    NodePools and NodeClaims): `destroy` deletes the pools and waits for the claims to go before the stack, or the
+    controller's instances outlive it. None where the node pools are the stack's own resources (GKE), which Pulumi
+    deletes with their nodes.
+    `pool_label`: the node label naming the node's pool. `scale_changes`: what `byoc scale` may change in the
+    provisioner's resources (Pulumi type token -> input paths; None: any). `replace_guarded`: the type tokens whose
+    replacement recreates the cluster or its GPU nodes (`byoc update` refuses it without --allow-replace)."""
+
+    name: str
+    pool_label: str
+    scale_changes: Mapping[str, frozenset[str] | None]
+    replace_guarded: frozenset[str]
+    pools: str | None = None
+    claims: str | None = None
+
+
+# What `byoc scale` may change on every cloud (Pulumi type token -> the input paths that may differ; None: any): the
+# KEDA bounds, the serving Deployment's starting replica count (KEDA owns it from then on) and the spec record in the
+# engine ConfigMap (byoc.yaml, read by the build Job; no pod template hashes it, so nothing rolls).
+SCALE_CHANGES: Mapping[str, frozenset[str] | None] = {
+    "kubernetes:keda.sh/v1alpha1:ScaledObject": None,
+    "kubernetes:apps/v1:Deployment": frozenset({"spec.replicas"}),
+    "kubernetes:core/v1:ConfigMap": frozenset({"data.byoc.yaml"}),
+}
+
+
+GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource NVIDIA's device plugin registers
+
 # The private address ranges of RFC 1918 (not Python's wider is_private, which also covers documentation ranges).
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -68,10 +137,73 @@ class Cloud(ABC):
     # The distribution of the program's provider SDK (its version is pinned in byoc.engines.providers.SDK_PINS and
     # recorded in the stack at every `up`).
     provider_sdk: ClassVar[str | None] = None
-    # Whether the GPU node pool may launch any type of Placement.instance_types when the first has no capacity
-    # (Karpenter's NodePool, stacks/aws/capacity.py) or only Placement.instance_type (a GKE node pool has one
-    # machine type): the planner warns about the larger, dearer fallbacks.
-    node_pool_fallbacks: ClassVar[bool] = False
+    # The features this cloud lacks, with the reason (said to the user when a command needs one).
+    unsupported_features: ClassVar[Mapping[Feature, str]] = {}
+    # Who launches the GPU nodes (Karpenter on EKS, the cluster autoscaler on GKE).
+    node_provisioner: ClassVar[NodeProvisioner]
+
+    # -- features ----------------------------------------------------------------------------------------------
+    def supports(self, feature: Feature) -> bool:
+        return feature not in self.unsupported_features
+
+    def check_features(self, features: Iterable[Feature], field: str, hint: str = "") -> None:
+        """Refuse, before anything runs, a command that needs what this cloud lacks.
+
+        Raises:
+            ByocError: naming `field`, each missing feature and the cloud's reason.
+        """
+        missing = [f for f in features if not self.supports(f)]
+        if missing:
+            reasons = "; ".join(f"{FEATURE_USE[f]}: {self.unsupported_features[f]}" for f in missing)
+            raise ByocError(field, f"byoc on {self.title} has no {reasons}", hint or f"use --cloud {self._other()}")
+
+    def _other(self) -> str:
+        return next(c for c in CLOUDS if c != self.name)
+
+    @property
+    def node_pool_fallbacks(self) -> bool:
+        """Whether the GPU node pool may launch any type of Placement.instance_types when the first has no capacity
+        (Karpenter's NodePool, stacks/aws/capacity.py) or only Placement.instance_type (a GKE node pool has one
+        machine type): the planner warns about the larger, dearer fallbacks."""
+        return self.supports(Feature.NODE_POOL_FALLBACKS)
+
+    @property
+    def scale_changes(self) -> Mapping[str, frozenset[str] | None]:
+        """What `byoc scale` may change: the Kubernetes objects every cloud scales, and the GPU node pool's bound."""
+        return {**SCALE_CHANGES, **self.node_provisioner.scale_changes}
+
+    # -- offline plans (byoc/engines/offline.py) ---------------------------------------------------------------
+    @abstractmethod
+    def offline_outputs(
+        self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
+    ) -> tuple[str | None, dict[str, Any]]:
+        """What the cloud computes for a resource the program registers offline: its id (None: a placeholder id)
+        and outputs beyond the inputs (ARNs, endpoints, emails), in the cloud's formats."""
+
+    @abstractmethod
+    def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
+        """What the cloud's data source `token` answers offline (the account, zones, the project), or None."""
+
+    # -- status ------------------------------------------------------------------------------------------------
+    def gpu_blockers(self, cluster: Any, node_pool: str) -> list[str]:
+        """Why GPU replicas are not coming, in the node provisioner's own words (its objects' conditions and
+        events), then nodes of the pool whose GPUs never registered with the kubelet."""
+        reasons = self.capacity_blockers(cluster)
+        for node in cluster.list("nodes"):
+            labels = node.get("metadata", {}).get("labels", {})
+            if labels.get(self.node_provisioner.pool_label) != node_pool:
+                continue
+            allocatable = str(node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
+            if allocatable in ("0", ""):
+                reasons.append(
+                    f"node {node['metadata']['name']}'s GPUs never registered (allocatable {GPU_RESOURCE} "
+                    f"{allocatable}): check the GPU driver and device plugin on it"
+                )
+        return list(dict.fromkeys(reasons))
+
+    @abstractmethod
+    def capacity_blockers(self, cluster: Any) -> list[str]:
+        """Why the node provisioner launches no GPU node: no capacity, no quota, its limit reached."""
 
     @property
     def catalog(self) -> Catalog:
@@ -137,6 +269,13 @@ class Cloud(ABC):
             slot=smallest,
             needs=needs,
         )
+
+    def disk_plan(self, shape: DeploymentShape, instance_types: tuple[str, ...], model: ModelArch) -> DiskPlan:
+        """The GPU pods' ephemeral storage and the root disk that holds them on the pool's fullest node (one disk
+        size for every type of the pool: Karpenter's EC2NodeClass and a GKE node pool each set one)."""
+        slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
+        formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
+        return disk_plan(model, shape.precision, slots, formula)
 
     def no_room_error(self, shape: DeploymentShape, needs: PodNeeds, hint: str) -> ByocError:
         """A shape whose pods fit no type its pool may launch: what they need, and the most a type offers."""
@@ -385,12 +524,21 @@ class Cloud(ABC):
 
     def account_identity(self, region: str, field: str) -> str:
         """The account the credentials reach, checked before reading the live account (ByocFailure if none)."""
-        raise ByocError(field, f"live reading of {self.title} accounts is not supported yet", "use --cloud aws")
+        self.check_features([Feature.LIVE_EVIDENCE], field)
+        raise NotImplementedError(f"{self.title} declares live evidence but reads no account")
+
+    def collect_evidence(
+        self, deployment: str, region: str, requested: str, kubeconfig: Path | None, customer_keys: list[str]
+    ) -> Any:
+        """The deployment's resources read from the live account, as a compliance Graph (compliance/collectors)."""
+        self.check_features([Feature.LIVE_EVIDENCE], "--cloud")
+        raise NotImplementedError(f"{self.title} declares live evidence but has no collector")
 
     # -- live data ---------------------------------------------------------------------------------------------
     def live_offerings(self, regions: Iterable[str]) -> dict[str, frozenset[str] | str]:
         """Ask the cloud which of our instance types each region offers (an error string where it could not)."""
-        raise ByocError("--refresh", f"{self.title} offerings come from the offline table only", "drop --refresh")
+        self.check_features([Feature.LIVE_OFFERINGS], "--refresh", "drop --refresh, or add --cloud aws")
+        raise NotImplementedError(f"{self.title} declares live offerings but reads none")
 
     # -- lifecycle (byoc up / destroy) -------------------------------------------------------------------------
     def preflight(self, need: CapacityNeed) -> PreflightReport:

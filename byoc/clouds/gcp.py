@@ -6,11 +6,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, Placement
+from byoc.clouds.base import AddressRoom, Cloud, Feature, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.rules import DeploymentShape
 from byoc.sizing import NodeAllocatable, gke_allocatable
@@ -88,6 +89,53 @@ class Gcp(Cloud):
     stack_program = "stacks.gcp.program:program"
     stack_extra = "gcp"  # pulumi_gcp comes with the gcp extra
     provider_sdk = "pulumi-gcp"
+    unsupported_features: ClassVar[Mapping[Feature, str]] = {
+        Feature.LIVE_EVIDENCE: "no collector reads Google Cloud accounts yet; the evidence pack of the plan (`byoc "
+        "compliance report --plan byoc-out/plan.json`) holds every GCP check",
+        Feature.LIVE_OFFERINGS: "Google Cloud offerings come from the offline table (byoc/catalogs/instances.yaml); "
+        "`byoc preflight` asks Compute Engine for the zones of the deployment's machine type",
+        Feature.NODE_POOL_FALLBACKS: "a GKE node pool has one machine type",
+    }
+    # GKE's cluster autoscaler sizes the GPU node pool, a resource of the stack (stacks/gcp/capacity.py): Pulumi
+    # deletes it with its nodes, and `byoc scale` moves its bound.
+    node_provisioner = NodeProvisioner(
+        name="the GKE cluster autoscaler",
+        pool_label="cloud.google.com/gke-nodepool",
+        scale_changes={"gcp:container/nodePool:NodePool": frozenset({"autoscaling.totalMaxNodeCount"})},
+        replace_guarded=frozenset({"gcp:container/cluster:Cluster", "gcp:container/nodePool:NodePool"}),
+    )
+
+    def capacity_blockers(self, cluster: Any) -> list[str]:
+        """The cluster autoscaler's events on the pending pods: FailedScaleUp ("Node scale up in zones ...
+        associated with this pod failed: GCE quota exceeded | GCE out of resources | IP space exhausted ...",
+        GKE's cluster autoscaler, pkg/.../gke event messages) and NotTriggerScaleUp ("pod didn't trigger scale-up:
+        ... max node group size reached", kubernetes/autoscaler cluster-autoscaler/core/scaleup)."""
+        reasons: list[str] = []
+        for event in cluster.list("events"):
+            reason = str(event.get("reason", ""))
+            message = str(event.get("message", "")).strip()
+            if reason == "FailedScaleUp":
+                if "quota exceeded" in message:
+                    reasons.append(f"no GPU quota: {message} (ask for more: `byoc preflight` shows the quotas)")
+                elif "out of resources" in message:
+                    reasons.append(f"no capacity in the zone: {message}")
+                else:
+                    reasons.append(f"the node pool could not grow: {message}")
+            elif reason == "NotTriggerScaleUp" and "max node group size reached" in message:
+                reasons.append(f"the node pool's maximum is reached: {message}")
+        return reasons
+
+    def offline_outputs(
+        self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
+    ) -> tuple[str | None, dict[str, Any]]:
+        from byoc.clouds.gcp_offline import resource_outputs
+
+        return resource_outputs(type_token, logical_name, name, inputs, region)
+
+    def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
+        from byoc.clouds.gcp_offline import call_answer
+
+        return call_answer(token, args, region)
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -22,14 +22,18 @@ from typing import Any
 from byoc.catalogs import load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport
 from byoc.clouds.gcp_api import ApiError, GcpSession, GcpUnavailable
+from byoc.names import DEPLOYMENT_LABEL
 
 # Compute Engine quota metric per guest accelerator type (the `metric` of regions.get's quotas[]). Sources: the
 # Compute Engine API v1 reference, Quota.metric enum (client library references, e.g. "Quota.Types.Metric" in
 # Google.Cloud.Compute.V1), which lists NVIDIA_A100_80GB_GPUS, NVIDIA_H100_GPUS and NVIDIA_L4_GPUS and their
 # PREEMPTIBLE_ forms; "GPU quota" in "Allocation quotas" (cloud.google.com/compute/resource-usage#gpu_quota).
 # NOT confirmed in a Google reference read for this file: NVIDIA_H100_MEGA_GPUS, NVIDIA_H200_GPUS and
-# NVIDIA_B200_GPUS (the enum pages reached here predate them; the names are those public quota scripts read from
-# regions.get). If a project's answer has no such metric the check says so and is `unknown`, never `ok`.
+# NVIDIA_B200_GPUS (the enum pages reached here predate them). The names agree across independent public code that
+# reads regions.get: several quota-check scripts, a Go provisioner's accelerator -> quota metric map
+# (nvidia-h100-mega-80gb -> NVIDIA_H100_MEGA_GPUS), and a published audit listing NVIDIA_H200_GPUS and
+# NVIDIA_B200_GPUS with their PREEMPTIBLE_ forms as the missing metrics of a3-ultragpu-8g and a4-highgpu-8g.
+# If a project's answer has no such metric the check says so and is `unknown`, never `ok`.
 GPU_QUOTA_METRICS: dict[str, str] = {
     "nvidia-l4": "NVIDIA_L4_GPUS",
     "nvidia-a100-80gb": "NVIDIA_A100_80GB_GPUS",
@@ -39,7 +43,6 @@ GPU_QUOTA_METRICS: dict[str, str] = {
     "nvidia-b200": "NVIDIA_B200_GPUS",  # unconfirmed
 }
 ALL_REGIONS_METRIC = "GPUS_ALL_REGIONS"  # project-level, projects.get quotas[]
-DEPLOYMENT_LABEL = "byoc-deployment"  # stacks/gcp/context.py: every labelled resource, and the GKE nodes' VMs
 
 
 def accelerator_for(machine_type: str) -> str | None:

@@ -43,8 +43,8 @@ from typing import Any
 
 from byoc.clouds.checks import SweepAction, SweepReport, SweepTarget, SweptResource
 from byoc.clouds.gcp_api import ApiError, GcpSession, GcpUnavailable
+from byoc.names import DEPLOYMENT_LABEL, resource_name
 
-DEPLOYMENT_LABEL = "byoc-deployment"  # stacks/gcp/context.py DEPLOYMENT_LABEL
 # Key versions in these states are already as destroyed as Cloud KMS lets them be.
 KEY_VERSION_GONE = frozenset({"DESTROY_SCHEDULED", "DESTROYED"})
 RETRYABLE_REASONS = frozenset({"resourceInUseByAnotherResource", "resourceNotReady", "FAILED_PRECONDITION"})
@@ -147,7 +147,7 @@ class Sweeper:
         return self._zonal(s, "disk", "disks", lambda d: not d.get("users"))
 
     def find_log_sinks(self, s: GcpSession) -> list[Leftover]:
-        wanted = f"byoc-{self.name}-audit-logs"
+        wanted = resource_name(self.name, "audit-logs")
         sinks = s.pages("logging", f"/projects/{s.project}/sinks", "sinks")
         return [
             Leftover("log-sink", wanted, f"name {wanted}", f"/projects/{s.project}/sinks/{wanted}", "logging", x)
@@ -156,7 +156,7 @@ class Sweeper:
         ]
 
     def find_buckets(self, s: GcpSession) -> list[Leftover]:
-        buckets = s.pages("storage", "/b", "items", {"project": s.project, "prefix": f"byoc-{self.name}-"})
+        buckets = s.pages("storage", "/b", "items", {"project": s.project, "prefix": resource_name(self.name, "")})
         return [
             Leftover("bucket", b["name"], self.label, f"/b/{b['name']}", "storage", b)
             for b in buckets
@@ -195,7 +195,7 @@ class Sweeper:
 
     @property
     def network(self) -> str:
-        return f"byoc-{self.name}"  # stacks/gcp/network.py
+        return resource_name(self.name)  # stacks/gcp/network.py
 
     def find_firewalls(self, s: GcpSession) -> list[Leftover]:
         # every rule on byoc's own network: its own and any GKE left (gke-byoc-<name>-...); none elsewhere

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,39 @@ def parse_frameworks(value: str) -> list[str]:
             "--framework", f"unknown framework {', '.join(unknown) or '(none)'}", f"use {','.join(FRAMEWORKS)}"
         )
     return chosen
+
+
+def _live_graph(
+    cloud: str,
+    region: str | None,
+    deployment: str | None,
+    kubeconfig: Path | None,
+    plan_document: dict[str, Any] | None,
+    declared: Any,
+) -> Any:
+    """The deployment read from the live account (--live), after every flag is checked and the credentials reach
+    an account. Raises ByocError (exit 2) naming the flag; ByocFailure without credentials."""
+    from byoc.catalogs import CLOUDS
+    from byoc.clouds import Feature, get_cloud
+    from byoc.names import DNS_LABEL
+    from byoc.spec import NAME_MAX
+
+    if cloud not in CLOUDS:
+        raise ByocError("--cloud", f"unknown cloud {cloud!r}", f"one of {', '.join(CLOUDS)}")
+    live_cloud = get_cloud(cloud)
+    live_cloud.check_features([Feature.LIVE_EVIDENCE], "--cloud", "use --plan for the evidence of the plan")
+    if not region or not deployment:
+        raise ByocError("--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo")
+    if region not in live_cloud.regions:
+        raise ByocError("--region", f"{region!r} is not an {live_cloud.title} region", "e.g. --region eu-west-2")
+    if not DNS_LABEL.match(deployment) or len(deployment) > NAME_MAX:
+        raise ByocError("--deployment", f"{deployment!r} is not a byoc deployment name", "the spec's name, e.g. demo")
+    # No credentials is one clear failure, not one ERROR per check and a drift line per control.
+    live_cloud.account_identity(region, "--live")
+    given = str((plan_document or {}).get("encryption", {}).get("kms_key") or "create")
+    customer_keys = [] if given == "create" else [given]
+    requested = declared.requested_region if declared else region
+    return live_cloud.collect_evidence(deployment, region, requested, kubeconfig, customer_keys)
 
 
 def report(
@@ -64,34 +97,7 @@ def report(
         plan_document = load_plan(plan) if plan is not None else None
         declared = graph_from_plan(plan_document) if plan_document is not None else None
         if live:
-            if cloud != "aws":
-                raise ByocError("--cloud", f"live collection supports aws, not {cloud}", "use --cloud aws")
-            if not region or not deployment:
-                raise ByocError(
-                    "--live", "needs --region and --deployment", "e.g. --region eu-west-2 --deployment demo"
-                )
-            from byoc.clouds import get_cloud
-            from byoc.names import DNS_LABEL
-            from byoc.spec import NAME_MAX
-            from compliance.collectors.aws import collect
-
-            live_cloud = get_cloud(cloud)
-            if region not in live_cloud.regions:
-                raise ByocError(
-                    "--region", f"{region!r} is not an {live_cloud.title} region", "e.g. --region eu-west-2"
-                )
-            if not DNS_LABEL.match(deployment) or len(deployment) > NAME_MAX:
-                raise ByocError(
-                    "--deployment", f"{deployment!r} is not a byoc deployment name", "the spec's name, e.g. demo"
-                )
-
-            # No credentials is one clear failure, not one ERROR per check and a drift line per control.
-            live_cloud.account_identity(region, "--live")
-
-            given = str((plan_document or {}).get("encryption", {}).get("kms_key") or "create")
-            customer_keys = [] if given == "create" else [given]
-            requested = declared.requested_region if declared else region
-            graph = collect(deployment, region, requested, kubeconfig, customer_keys)
+            graph = _live_graph(cloud, region, deployment, kubeconfig, plan_document, declared)
         else:
             assert declared is not None
             graph = declared
@@ -130,7 +136,7 @@ def checks(
     output: OutputOpt = Output.text,
 ) -> None:
     """List every check and every control with the checks that evidence it."""
-    from compliance.coverage import counts_line, coverage_markdown, coverage_rows
+    from compliance.coverage import MAPPINGS_LINE, counts_line, coverage_markdown, coverage_rows
 
     if markdown:
         print(coverage_markdown(), end="")
@@ -140,6 +146,7 @@ def checks(
         print_json(rows)
         return
     print(counts_line(rows["counts"]))
+    print(MAPPINGS_LINE)
     for check in rows["checks"]:
         print(f"{check['id']:<58} {check['cloud']:<10} {' '.join(check['controls'])}")
 

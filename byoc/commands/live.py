@@ -242,7 +242,8 @@ def scale(
     max_replicas: Annotated[int, typer.Option("--max", min=1, help="Most replicas.")],
     output: OutputOpt = Output.text,
 ) -> None:
-    """Change the replica bounds: the KEDA ScaledObject and the NodePool's GPU limit, nothing else."""
+    """Change the replica bounds: the KEDA ScaledObject and the GPU node pool's bound (Karpenter's NodePool limit on
+    AWS, the GKE node pool's maximum), nothing else."""
     with reporting(output), _lifecycle(output) as lifecycle:
         result = lifecycle.scale(name, min_replicas, max_replicas, _options(None, None, True))
         _finish(lifecycle, output, result, [f"{name}: replicas {min_replicas}..{max_replicas}"])

@@ -122,10 +122,12 @@ def validate(
     output: OutputOpt = Output.text,
 ) -> None:
     """Check a spec against every rule, without creating anything."""
+    from byoc.engines.offline import check_renders
     from byoc.resolve import resolve
 
     with reporting(output):
         deployment = resolve(_spec(file, None, None, None, None, None))
+        check_renders(deployment)
     print_warnings(deployment.warnings)
     if output is Output.json:
         print_json({"valid": True, **deployment.plan_document()})
@@ -166,7 +168,7 @@ def shapes(
     from byoc.tables import RANKED_BY, shape_rows
 
     with reporting(output):
-        clouds = [cloud.value] if cloud else ["aws", "gcp"]
+        clouds = [cloud.value] if cloud else [c.value for c in CloudName]
         rows = shape_rows(clouds, model, max_context, input_tokens, output_tokens)
     if output is Output.json:
         print_json({"model": model, "ranked_by": RANKED_BY if model else None, "shapes": rows})
@@ -242,10 +244,13 @@ def regions(
     """List regions, their mega-region and the GPUs each offers."""
     from byoc.tables import region_rows
 
-    clouds = [cloud.value] if cloud else ["aws", "gcp"]
+    clouds = [cloud.value] if cloud else [c.value for c in CloudName]
     with reporting(output):
-        if refresh and clouds != ["aws"]:
-            raise ByocError("--refresh", "only AWS offerings can be refreshed live", "add --cloud aws")
+        if refresh:
+            from byoc.clouds import Feature, get_cloud
+
+            for name in clouds:
+                get_cloud(name).check_features([Feature.LIVE_OFFERINGS], "--refresh", "add --cloud aws")
         rows = region_rows(clouds, refresh)
     if output is Output.json:
         print_json({"regions": rows})
@@ -363,31 +368,6 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
     return lines
 
 
-# Kubernetes keeps an object in etcd, whose default request limit is 1.5 MiB; a ConfigMap's data may hold 1 MiB
-# (kubernetes.io/docs/concepts/configuration/configmap). byoc's rendered objects must stay under the smaller.
-KUBERNETES_OBJECT_MAX_BYTES = 1 << 20
-
-
-def _check_object_sizes(graph: Any, deployment: Deployment) -> None:
-    """Refuse a spec whose rendered Kubernetes objects Kubernetes would not store (many addons grow two of them).
-
-    Raises:
-        ByocError: naming addons (or the spec) and the object that is too large.
-    """
-    from byoc.manifests import kubernetes_objects
-
-    for obj in kubernetes_objects(graph):
-        size = len(json.dumps(obj))
-        if size > KUBERNETES_OBJECT_MAX_BYTES:
-            name = obj.get("metadata", {}).get("name", "?")
-            raise ByocError(
-                "addons" if deployment.addons else "spec",
-                f"the rendered {obj['kind']} {name} is {size:,} bytes; Kubernetes stores at most 1 MiB in one "
-                f"object ({len(deployment.addons):,} addons)",
-                "serve fewer addons per deployment, or split them across deployments",
-            )
-
-
 # Finding statuses as the plan's summary line says them.
 STATUS_WORDS = {
     "PASS": "pass",
@@ -401,28 +381,39 @@ PLAN_OUTPUTS = ("manifests", "helm-releases.yaml", "compliance", "plan.json")
 
 
 def _check_out_is_ours(out: Path) -> None:
-    """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository), refuse
-    rather than delete someone's manifests/ or compliance/.
+    """`plan` replaces its outputs whole; in a folder byoc did not write (`--out .` in a repository, `--out /`, a
+    wrong $OUT in CI), refuse rather than scatter files there or delete someone's manifests/ or compliance/. A
+    folder is byoc's when its plan.json is a plan byoc wrote (an object with byoc's version); a new folder, or one
+    holding only hidden entries (.gitkeep), is fine.
 
     Raises:
-        ByocError: naming --out and the first output path that exists without a byoc plan.json beside it.
+        ByocError: naming --out and what is in the way.
     """
     plan_file = out / "plan.json"
-    ours = False
     if plan_file.is_file():
         try:
-            ours = "byoc_version" in json.loads(plan_file.read_text())
+            document = json.loads(plan_file.read_text())
         except (OSError, ValueError):
-            ours = False
-    if ours:
-        return
+            document = None
+        if isinstance(document, dict) and isinstance(document.get("byoc_version"), str) and document["byoc_version"]:
+            return
+    hint = "choose an empty or new folder (the default is ./byoc-out), or move it away"
     for name in PLAN_OUTPUTS:
         if (out / name).exists():
             raise ByocError(
-                "--out",
-                f"{out / name} exists and {out} holds no plan written by byoc; plan would replace it",
-                "choose an empty or new folder (the default is ./byoc-out), or move it away",
+                "--out", f"{out / name} exists and {out} holds no plan written by byoc; plan would replace it", hint
             )
+    try:
+        others = sorted(e.name for e in out.iterdir() if not e.name.startswith(".")) if out.is_dir() else []
+    except OSError:
+        others = []  # an unreadable folder: writing into it says why
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ByocError(
+            "--out",
+            f"{out} already holds files byoc did not write ({listed}); plan writes only into its own folder",
+            hint,
+        )
 
 
 def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: EvidenceWriter) -> dict[str, Any] | None:
@@ -596,8 +587,7 @@ def plan(
     (files you add inside them are not kept), and a folder byoc did not write is never replaced.
     """
     from byoc import interrupts
-    from byoc.engines import program_for
-    from byoc.engines.offline import run_offline
+    from byoc.engines.offline import render
     from byoc.resolve import resolve
 
     # Ctrl+C anywhere in a plan stops it at once (byoc.interrupts): the staging folder and the evidence worker are
@@ -611,10 +601,8 @@ def plan(
             )
         _check_out_is_ours(out)
         document = deployment.plan_document()
-        program = program_for(deployment)
-        graph = run_offline(deployment, program) if program is not None else None
+        graph = render(deployment)
         if graph is not None:
-            _check_object_sizes(graph, deployment)
             document["resources"] = [r.as_dict() for r in graph.resources]
         target = out / "plan.json"
         try:

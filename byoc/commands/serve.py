@@ -154,8 +154,8 @@ def gateway(
         str | None,
         typer.Option(
             "--store",
-            help="redis://HOST:PORT or rediss:// (TLS): per-key limits, budgets and keys shared by every gateway "
-            "replica [none: in this process's memory].",
+            help="redis://HOST:PORT or rediss:// (TLS): the store the gateway replicas share: per-key limits, "
+            "budgets and keys, and the usage ledger (byoc usage) [none: limits in this process's memory].",
         ),
     ] = None,
     store_password_file: Annotated[
@@ -179,6 +179,10 @@ def gateway(
             "--replicas-hint",
             help="Gateway replicas to divide limits by if the store is down before any heartbeat was seen [1].",
         ),
+    ] = None,
+    gpus_per_replica: Annotated[
+        int | None,
+        typer.Option("--gpus-per-replica", help="GPUs of one model replica: the ledger's GPU-seconds [1]."),
     ] = None,
     drain_seconds: Annotated[
         float,
@@ -219,6 +223,7 @@ def gateway(
         "store_prefix": store_prefix,
         "store_lease_seconds": store_lease_seconds,
         "replicas_hint": replicas_hint,
+        "gpus_per_replica": gpus_per_replica,
     }
     _run_gateway(config, flags, drain_seconds)
 

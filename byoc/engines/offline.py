@@ -10,10 +10,8 @@ to run, and the protobuf maps the inputs arrive in iterate in a per-process orde
 reviews plans with `git diff`: the record is put in one order (the resource tree depth first, each parent before its
 children, siblings by type token then logical name) and every mapping in the inputs is sorted by key.
 
-Values only a live account knows are placeholders: the account id is 123456789012 (AWS's documentation account),
-availability zones are <region>a/b/c, and ARNs of resources that do not exist yet are made up from their names. On
-Google Cloud the project is `example-project` (number 123456789012), and ids, emails and service agents are made up
-in the formats Google documents for them.
+Values only a live account knows are what the cloud would answer, made up in its formats: each cloud says them
+(byoc/clouds/aws_offline.py, gcp_offline.py: the account, zones, ARNs, project, ids and service agents).
 """
 
 from __future__ import annotations
@@ -22,61 +20,11 @@ import threading
 from typing import Any
 
 from byoc import interrupts
+from byoc.clouds import get_cloud
 from byoc.engines import Program
 from byoc.errors import ByocFailure
 from byoc.plan import Plan, RecordedResource
 from byoc.resolve import Deployment
-
-PLACEHOLDER_ACCOUNT = "123456789012"
-PLACEHOLDER_PROJECT = "example-project"
-PLACEHOLDER_PROJECT_NUMBER = "123456789012"
-
-
-def _gcp_machine_type(name_filter: str) -> dict[str, Any]:
-    """A placeholder Compute Engine machine type named as the filter `name = "<type>"` asks."""
-    name = name_filter.split("=", 1)[-1].strip().strip('"')
-    return {
-        "name": name,
-        "accelerators": [],
-        "architecture": "X86_64",
-        "bundledLocalSsds": [],
-        "deprecateds": [],
-        "description": name,
-        "guestCpus": 0,
-        "isSharedCpus": False,
-        "maximumPersistentDisks": 0,
-        "maximumPersistentDisksSizeGb": 0,
-        "memoryMb": 0,
-        "selfLink": name,
-    }
-
-
-def _gcp_outputs(type_token: str, name: str, inputs: dict[str, Any], region: str) -> tuple[str | None, dict[str, Any]]:
-    """The id and computed outputs a Google Cloud resource would have (None: the default placeholder id)."""
-    project = PLACEHOLDER_PROJECT
-    if type_token == "gcp:kms/keyRing:KeyRing":
-        return f"projects/{project}/locations/{inputs.get('location', region)}/keyRings/{name}", {}
-    if type_token == "gcp:kms/cryptoKey:CryptoKey":
-        return f"{inputs.get('keyRing')}/cryptoKeys/{name}", {}
-    if type_token == "gcp:serviceaccount/account:Account":
-        email = f"{inputs.get('accountId')}@{project}.iam.gserviceaccount.com"
-        path = f"projects/{project}/serviceAccounts/{email}"
-        return path, {"email": email, "member": f"serviceAccount:{email}", "name": path}
-    if type_token == "gcp:storage/bucket:Bucket":
-        return name, {"url": f"gs://{name}", "selfLink": f"https://www.googleapis.com/storage/v1/b/{name}"}
-    if type_token == "gcp:compute/network:Network":
-        return f"projects/{project}/global/networks/{name}", {}
-    if type_token == "gcp:compute/subnetwork:Subnetwork":
-        return f"projects/{project}/regions/{region}/subnetworks/{name}", {}
-    if type_token == "gcp:container/cluster:Cluster":
-        return f"projects/{project}/locations/{inputs.get('location', region)}/clusters/{name}", {
-            "endpoint": "10.42.96.2",
-            "masterAuth": {**inputs.get("masterAuth", {}), "clusterCaCertificate": "cGxhY2Vob2xkZXI="},
-        }
-    if type_token == "gcp:logging/projectSink:ProjectSink":
-        writer = f"serviceAccount:service-{PLACEHOLDER_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com"
-        return None, {"writerIdentity": writer}
-    return None, {}
 
 
 def _plain(value: Any) -> Any:
@@ -120,87 +68,23 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
     from pulumi.runtime import mocks, rpc, settings
 
     region = deployment.region
-    zones = [f"{region}{suffix}" for suffix in "abc"]
+    cloud = get_cloud(deployment.cloud)
     plan = Plan()
     lock = threading.Lock()
     parents: dict[str, str] = {}  # URN -> parent URN, to put the record in tree order
 
     class RecordingMocks(pulumi.runtime.Mocks):
+        """Each resource's outputs are its inputs and what the cloud would compute (byoc/clouds/*_offline.py)."""
+
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
             outputs = dict(args.inputs)
             name = str(outputs.get("name") or args.name)
-            service = args.typ.split(":")[1].split("/")[0] if args.typ.startswith("aws:") else "resource"
-            outputs.setdefault("arn", f"arn:aws:{service}:{region}:{PLACEHOLDER_ACCOUNT}:{name}")
-            extra: dict[str, dict[str, Any]] = {
-                "aws:iam/role:Role": {
-                    "name": name,
-                    "arn": f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:role/{name}",
-                },
-                "aws:kms/key:Key": {
-                    "keyId": f"{args.name}-key-id",
-                    "arn": f"arn:aws:kms:{region}:{PLACEHOLDER_ACCOUNT}:key/{args.name}-key-id",
-                },
-                "aws:s3/bucket:Bucket": {
-                    "bucket": outputs.get("bucket") or args.name,
-                    "arn": f"arn:aws:s3:::{outputs.get('bucket') or args.name}",
-                },
-                "aws:eks/cluster:Cluster": {
-                    "endpoint": f"https://{name}.eks.{region}.example",
-                    "certificateAuthority": {"data": "cGxhY2Vob2xkZXI="},
-                    "vpcConfig": {**outputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{args.name}"},
-                    "arn": f"arn:aws:eks:{region}:{PLACEHOLDER_ACCOUNT}:cluster/{name}",
-                },
-                "aws:sqs/queue:Queue": {
-                    "url": f"https://sqs.{region}.amazonaws.com/{PLACEHOLDER_ACCOUNT}/{name}",
-                    "arn": f"arn:aws:sqs:{region}:{PLACEHOLDER_ACCOUNT}:{name}",
-                },
-                "aws:cloudwatch/logGroup:LogGroup": {
-                    "arn": f"arn:aws:logs:{region}:{PLACEHOLDER_ACCOUNT}:log-group:{name}",
-                },
-                "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 1},
-                "aws:ec2/eip:Eip": {"allocationId": f"eipalloc-{args.name}"},
-            }
-            outputs.update(extra.get(args.typ, {}))
-            resource_id, computed = _gcp_outputs(args.typ, name, outputs, region)
+            resource_id, computed = cloud.offline_outputs(args.typ, args.name, name, outputs, region)
             outputs.update(computed)
             return resource_id or f"{args.name}-id", outputs
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
-            arn = f"arn:aws:iam::{PLACEHOLDER_ACCOUNT}:role/byoc-deployer"
-            storage_agent = f"service-{PLACEHOLDER_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
-            answers: dict[str, dict[str, Any]] = {
-                "aws:index/getCallerIdentity:getCallerIdentity": {
-                    "accountId": PLACEHOLDER_ACCOUNT,
-                    "arn": f"arn:aws:sts::{PLACEHOLDER_ACCOUNT}:assumed-role/byoc-deployer/session",
-                    "userId": "AROAEXAMPLE:session",
-                    "id": PLACEHOLDER_ACCOUNT,
-                },
-                "aws:index/getPartition:getPartition": {
-                    "partition": "aws",
-                    "dnsSuffix": "amazonaws.com",
-                    "id": "aws",
-                },
-                "aws:iam/getSessionContext:getSessionContext": {"issuerArn": arn, "arn": args.args.get("arn")},
-                "aws:index/getAvailabilityZones:getAvailabilityZones": {"names": zones, "zoneIds": zones},
-                "gcp:organizations/getProject:getProject": {
-                    "projectId": PLACEHOLDER_PROJECT,
-                    "number": PLACEHOLDER_PROJECT_NUMBER,
-                    "name": PLACEHOLDER_PROJECT,
-                    "id": f"projects/{PLACEHOLDER_PROJECT}",
-                },
-                "gcp:compute/getZones:getZones": {"names": [f"{region}-{suffix}" for suffix in "abc"], "id": region},
-                # every zone offers every machine type asked for (a live plan asks Compute Engine)
-                "gcp:compute/getMachineTypes:getMachineTypes": {
-                    "machineTypes": [_gcp_machine_type(str(args.args.get("filter", "")))],
-                    "id": str(args.args.get("zone")),
-                },
-                "gcp:storage/getProjectServiceAccount:getProjectServiceAccount": {
-                    "emailAddress": storage_agent,
-                    "member": f"serviceAccount:{storage_agent}",
-                    "id": PLACEHOLDER_PROJECT,
-                },
-            }
-            return answers.get(args.token, {}), []
+            return cloud.offline_call(args.token, dict(args.args), region) or {}, []
 
     class RecordingMonitor(mocks.MockMonitor):
         def RegisterResource(self, request: Any) -> Any:
@@ -266,3 +150,32 @@ def _ensure_event_loop() -> None:
             asyncio.get_event_loop_policy().get_event_loop()
         except RuntimeError:
             asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def render(deployment: Deployment) -> Plan | None:
+    """The deployment's resource graph offline, with the rules that need the rendered objects applied (the
+    Kubernetes object size, byoc.manifests.check_object_sizes); None for a cloud without a stack.
+
+    Raises:
+        ByocError: a rendered object Kubernetes would not store (exit 2).
+        ByocFailure: the program failed offline.
+    """
+    from byoc.engines import program_for
+    from byoc.manifests import check_object_sizes
+
+    program = program_for(deployment)
+    if program is None:
+        return None
+    plan = run_offline(deployment, program)
+    check_object_sizes(plan, len(deployment.addons))
+    return plan
+
+
+def check_renders(deployment: Deployment) -> None:
+    """`validate` and the lifecycle, before anything runs: the rules on rendered objects (`render`), where they can
+    bite. Only a deployment with addons renders: each addon adds to the gateway Deployment's arguments and the
+    engine ConfigMap, so their number is what can grow an object past Kubernetes' 1 MiB from a spec file that is
+    itself at most 1 MiB (byoc.yamlio.MAX_FILE_BYTES); every other input appears once. (Rendering costs seconds,
+    which `validate` of a spec without addons does not pay.)"""
+    if deployment.addons:
+        render(deployment)

@@ -1,7 +1,8 @@
 """Google Cloud checks for the same controls (GKE, Cloud KMS, Cloud Storage, audit logs, VPC).
 
 They read the Pulumi gcp provider's type tokens and inputs as stacks/gcp registers them (camelCase), so every one
-of them evaluates on a `byoc plan --cloud gcp` graph.
+of them evaluates on a `byoc plan --cloud gcp` graph. The controls each evidences: compliance/catalogs/mappings/
+(`*_gcp.yaml`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ NODE_POOL = "gcp:container/nodePool:NodePool"
 AUDIT_CONFIG = "gcp:projects/iAMAuditConfig:IAMAuditConfig"
 SINK = "gcp:logging/projectSink:ProjectSink"
 SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
-ENCRYPT_AT_REST = ("hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24")
-AUDIT = ("hipaa:164.312(b)", "hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "iso27001:A.8.15")
-BOUNDARY = ("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.22")
 # Cloud KMS rotation periods are durations in seconds ("7776000s" = 90 days); a year at most.
 MAX_ROTATION_SECONDS = 365 * 86400
 
@@ -36,7 +34,6 @@ def _seconds(value: object) -> int | None:
     title="Cloud KMS keys rotate at least yearly",
     severity="high",
     resource_types=[CRYPTO_KEY],
-    controls=ENCRYPT_AT_REST,
     remediation="Set rotation_period to 7776000s (90 days) or at most 31536000s.",
     risk="A key that never rotates exposes more data if compromised.",
     cloud="gcp",
@@ -53,7 +50,6 @@ def gcp_kms_rotation(resource: Resource, graph: Graph) -> Verdict:
     title="Cloud Storage buckets use a customer-managed key",
     severity="high",
     resource_types=[BUCKET],
-    controls=ENCRYPT_AT_REST,
     remediation="Set encryption.default_kms_key_name to the deployment's Cloud KMS key.",
     risk="Google-managed keys cannot be revoked or audited by you.",
     cloud="gcp",
@@ -68,7 +64,6 @@ def gcp_bucket_cmek(resource: Resource, graph: Graph) -> Verdict:
     title="Buckets enforce public access prevention and uniform access",
     severity="critical",
     resource_types=[BUCKET],
-    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "soc2:CC6.6", "iso27001:A.5.15", "iso27001:A.8.12"),
     remediation="Set public_access_prevention 'enforced' and uniform_bucket_level_access true.",
     risk="An ACL or IAM grant could make objects public.",
     cloud="gcp",
@@ -88,7 +83,6 @@ def gcp_bucket_public_access(resource: Resource, graph: Graph) -> Verdict:
     title="Buckets keep object versions",
     severity="medium",
     resource_types=[BUCKET],
-    controls=("hipaa:164.312(c)(1)", "soc2:A1.2", "iso27001:A.8.13"),
     remediation="Enable versioning on the bucket, or lock a retention policy on it (audit-log buckets).",
     risk="An overwrite or delete could not be undone.",
     cloud="gcp",
@@ -113,7 +107,6 @@ def gcp_bucket_versioning(resource: Resource, graph: Graph) -> Verdict:
     title="GKE encrypts Kubernetes secrets with a customer key",
     severity="high",
     resource_types=[CLUSTER],
-    controls=ENCRYPT_AT_REST,
     remediation="Set database_encryption state ENCRYPTED with the deployment's key.",
     risk="Secrets in etcd would rely on Google-managed encryption only.",
     cloud="gcp",
@@ -129,7 +122,6 @@ def gcp_gke_database_encryption(resource: Resource, graph: Graph) -> Verdict:
     title="GKE nodes have no public addresses",
     severity="high",
     resource_types=[CLUSTER],
-    controls=BOUNDARY,
     remediation="Set private_cluster_config.enable_private_nodes true.",
     risk="Nodes with public addresses are reachable from the internet.",
     cloud="gcp",
@@ -144,7 +136,6 @@ def gcp_gke_private_nodes(resource: Resource, graph: Graph) -> Verdict:
     title="The GKE control plane is private or allow-listed",
     severity="critical",
     resource_types=[CLUSTER],
-    controls=BOUNDARY,
     remediation="Enable the private endpoint, or master authorized networks without 0.0.0.0/0.",
     risk="Anyone on the internet can reach the API server.",
     cloud="gcp",
@@ -161,7 +152,6 @@ def gcp_gke_control_plane(resource: Resource, graph: Graph) -> Verdict:
     title="GKE enforces network policies (Dataplane V2)",
     severity="medium",
     resource_types=[CLUSTER],
-    controls=BOUNDARY,
     remediation="Set datapath_provider ADVANCED_DATAPATH (or enable the network policy add-on).",
     risk="NetworkPolicies would not be enforced.",
     cloud="gcp",
@@ -177,7 +167,6 @@ def gcp_gke_network_policy(resource: Resource, graph: Graph) -> Verdict:
     title="GKE sends system and API server logs to Cloud Logging",
     severity="medium",
     resource_types=[CLUSTER],
-    controls=AUDIT,
     remediation="Enable logging_config components SYSTEM_COMPONENTS, APISERVER and WORKLOADS.",
     risk="Control-plane activity would leave no record.",
     cloud="gcp",
@@ -192,7 +181,6 @@ def gcp_gke_logging(resource: Resource, graph: Graph) -> Verdict:
     title="GKE node boot disks use a customer key",
     severity="high",
     resource_types=[NODE_POOL],
-    controls=ENCRYPT_AT_REST,
     remediation="Set node_config.boot_disk_kms_key.",
     risk="Model weights on node disks would not be under your key.",
     cloud="gcp",
@@ -207,7 +195,6 @@ def gcp_node_boot_disk_cmek(resource: Resource, graph: Graph) -> Verdict:
     title="GKE node pools hide node credentials from pods (GKE metadata server)",
     severity="high",
     resource_types=[NODE_POOL],
-    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "iso27001:A.8.9"),
     remediation="Set node_config.workload_metadata_config.mode GKE_METADATA (Workload Identity).",
     risk="Pods could read the node's service-account credentials.",
     cloud="gcp",
@@ -222,7 +209,6 @@ def gcp_gke_metadata_server(resource: Resource, graph: Graph) -> Verdict:
     title="Data Access audit logs are on for the services holding data",
     severity="high",
     resource_types=[AUDIT_CONFIG],
-    controls=AUDIT,
     remediation="Enable DATA_READ and DATA_WRITE audit log types (and ADMIN_READ).",
     risk="Reads and writes of model data would not be recorded.",
     cloud="gcp",
@@ -239,7 +225,6 @@ def gcp_audit_data_access(resource: Resource, graph: Graph) -> Verdict:
     resource_types=[SINK],
     # Admin Activity audit logs are the record of configuration changes; a locked bucket keeps them unaltered
     # (the role log-file validation plays for CloudTrail).
-    controls=(*AUDIT, "soc2:CC7.1"),
     remediation="Route cloudaudit.googleapis.com logs to a bucket with a locked retention policy (Bucket Lock).",
     risk="Cloud Logging's default retention may be shorter than the audit period, and unlocked logs can be altered.",
     cloud="gcp",
@@ -267,7 +252,6 @@ def gcp_logging_sink(resource: Resource, graph: Graph) -> Verdict:
     title="VPC flow logs are on for the subnetworks",
     severity="medium",
     resource_types=[SUBNETWORK],
-    controls=("hipaa:164.312(b)", "soc2:CC7.2", "iso27001:A.8.16", "iso27001:A.8.20"),
     remediation="Set log_config on the subnetwork.",
     risk="Network-level investigation would be impossible.",
     cloud="gcp",
@@ -301,7 +285,6 @@ PRIMITIVE_ROLES = {"roles/owner", "roles/editor"}
     title="No project grant of the primitive Owner or Editor roles",
     severity="critical",
     resource_types=[IAM_MEMBER, IAM_BINDING],
-    controls=("hipaa:164.308(a)(4)(ii)(B)", "hipaa:164.312(a)(1)", "soc2:CC6.3", "iso27001:A.5.15"),
     remediation="Grant predefined or custom roles that name what the identity needs.",
     risk="Owner and Editor reach every resource in the project.",
     cloud="gcp",
@@ -316,7 +299,6 @@ def gcp_iam_no_primitive_roles(resource: Resource, graph: Graph) -> Verdict:
     title="Every regional resource is in the chosen region",
     severity="high",
     resource_types=[PROVIDER, BUCKET, CLUSTER],
-    controls=("soc2:C1.1", "iso27001:A.5.34", "iso27001:A.8.12"),
     remediation="Keep the provider's region and every resource's location inside the spec's region or mega-region.",
     risk="Data stored outside the agreed jurisdiction breaks residency commitments.",
     cloud="gcp",
@@ -339,7 +321,6 @@ DEFAULT_NODE_ACCOUNTS = ("default", "-compute@developer.gserviceaccount.com")
     title="No firewall rule allows ingress from the internet",
     severity="high",
     resource_types=[FIREWALL],
-    controls=BOUNDARY,
     remediation="Allow ingress only from the VPC's ranges or named sources; deny the rest with a logged rule.",
     risk="Nodes would be reachable from anywhere on the allowed ports.",
     cloud="gcp",
@@ -358,7 +339,6 @@ def gcp_firewall_no_internet_ingress(resource: Resource, graph: Graph) -> Verdic
     title="GKE nodes run as a dedicated service account, not the Compute Engine default",
     severity="high",
     resource_types=[CLUSTER, NODE_POOL],
-    controls=("hipaa:164.312(a)(1)", "soc2:CC6.1", "soc2:CC6.3", "iso27001:A.5.15"),
     remediation="Set node_config.service_account to an account with roles/container.defaultNodeServiceAccount.",
     risk="The default Compute Engine account usually holds Editor: every pod escape would own the project.",
     cloud="gcp",
@@ -375,7 +355,6 @@ def gcp_node_service_account(resource: Resource, graph: Graph) -> Verdict:
     title="GKE nodes boot verified (Shielded VM secure boot and integrity monitoring)",
     severity="medium",
     resource_types=[NODE_POOL],
-    controls=("soc2:CC6.8", "iso27001:A.8.9"),
     remediation="Set node_config.shielded_instance_config enable_secure_boot and enable_integrity_monitoring.",
     risk="A tampered boot chain (rootkit) would go unnoticed on the nodes holding the model.",
     cloud="gcp",
@@ -391,7 +370,6 @@ def gcp_shielded_nodes(resource: Resource, graph: Graph) -> Verdict:
     title="Every GKE node pool has one machine type and an autoscaling maximum",
     severity="medium",
     resource_types=[NODE_POOL],
-    controls=("soc2:CC8.1", "soc2:CC7.1", "iso27001:A.8.9"),
     remediation="Set node_config.machine_type and autoscaling max_node_count (or total_max_node_count).",
     risk="An unbounded pool can grow GPU spend without limit.",
     cloud="gcp",

@@ -1,9 +1,13 @@
-"""Kubernetes checks over the objects byoc declares (the same on every cloud)."""
+"""Kubernetes checks over the objects byoc declares (the same on every cloud).
+
+The controls each evidences: compliance/catalogs/mappings/ (`*_kubernetes.yaml`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from byoc.names import resource_name
 from compliance.checks.common import as_list, is_customer_key
 from compliance.model import Graph, Resource, Verdict, check, exception, not_applicable, not_assessed, verdict
 
@@ -19,9 +23,6 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 WORKLOADS = (DEPLOYMENT, JOB)
 UNPUBLISHED_RUNTIME = "byoc-runtime"  # the default images.runtime until a release publishes it (byoc/catalogs)
-BOUNDARY = ("hipaa:164.312(e)(1)", "soc2:CC6.6", "iso27001:A.8.20", "iso27001:A.8.22")
-HARDENING = ("soc2:CC6.8", "iso27001:A.8.9")
-CONFIDENTIAL = ("soc2:C1.1", "iso27001:A.8.11", "iso27001:A.8.12")
 # Flags that would make the gateway or the engine write request or response content somewhere.
 CONTENT_LOGGING_FLAGS = ("--log-requests", "--log-bodies", "--log-prompts", "--debug-requests")
 
@@ -42,7 +43,7 @@ def _gateway_command(resource: Resource) -> list[str] | None:
 
 
 def _byoc_namespace(graph: Graph, name: str) -> bool:
-    return name == f"byoc-{graph.deployment}"
+    return name == resource_name(graph.deployment)
 
 
 @check(
@@ -50,7 +51,6 @@ def _byoc_namespace(graph: Graph, name: str) -> bool:
     title="The deployment's namespace enforces the restricted Pod Security Standard",
     severity="high",
     resource_types=[NAMESPACE],
-    controls=HARDENING,
     remediation="Label the namespace pod-security.kubernetes.io/enforce=restricted.",
     risk="Pods could run privileged, share host namespaces or escalate.",
     cloud="kubernetes",
@@ -73,7 +73,6 @@ def namespace_restricted(resource: Resource, graph: Graph) -> Verdict:
     title="The deployment's namespace denies all traffic by default",
     severity="high",
     resource_types=[NAMESPACE],
-    controls=BOUNDARY,
     remediation="Add a NetworkPolicy selecting every pod with Ingress and Egress types and no rules.",
     risk="Any pod in the cluster could reach the model servers, and they could reach anything.",
     cloud="kubernetes",
@@ -104,7 +103,6 @@ def namespace_default_deny(resource: Resource, graph: Graph) -> Verdict:
     title="Workloads run as non-root, read-only, without capabilities or privilege escalation",
     severity="high",
     resource_types=WORKLOADS,
-    controls=HARDENING,
     remediation="Set runAsNonRoot, seccomp RuntimeDefault, readOnlyRootFilesystem, drop ALL, no escalation.",
     risk="A compromised container could take over its node.",
     cloud="kubernetes",
@@ -136,7 +134,6 @@ def workload_security_context(resource: Resource, graph: Graph) -> Verdict:
     title="Workloads get no Kubernetes API token",
     severity="medium",
     resource_types=[*WORKLOADS, SERVICE_ACCOUNT],
-    controls=("soc2:CC6.1", "soc2:CC6.3", "iso27001:A.5.15"),
     remediation="Set automountServiceAccountToken: false (cloud identities come through their own tokens).",
     risk="A stolen token would let an attacker act against the Kubernetes API.",
     cloud="kubernetes",
@@ -155,7 +152,6 @@ def no_service_account_token(resource: Resource, graph: Graph) -> Verdict:
     title="Secrets reach containers as files, never environment variables",
     severity="medium",
     resource_types=WORKLOADS,
-    controls=CONFIDENTIAL,
     remediation="Mount the Secret as a volume instead of env valueFrom secretKeyRef.",
     risk="Environment variables leak into crash dumps, logs and child processes.",
     cloud="kubernetes",
@@ -175,7 +171,6 @@ def secrets_as_files(resource: Resource, graph: Graph) -> Verdict:
     title="The gateway and the engine log no prompt or completion",
     severity="high",
     resource_types=[DEPLOYMENT],
-    controls=CONFIDENTIAL,
     remediation="Remove request or body logging flags; byoc logs one metadata line per request.",
     risk="Prompts and completions in logs would hold confidential data outside the model's boundary.",
     cloud="kubernetes",
@@ -195,7 +190,6 @@ def gateway_zero_data_retention(resource: Resource, graph: Graph) -> Verdict:
     title="The gateway authenticates every request with an API key",
     severity="critical",
     resource_types=[DEPLOYMENT],
-    controls=("hipaa:164.312(d)", "soc2:CC6.1", "soc2:CC6.2", "iso27001:A.8.5"),
     remediation="Run the gateway with --api-keys and without --insecure-no-auth.",
     risk="Anyone who reaches the endpoint could use the model.",
     cloud="kubernetes",
@@ -213,7 +207,6 @@ def gateway_requires_api_keys(resource: Resource, graph: Graph) -> Verdict:
     title="The gateway serves its API over TLS",
     severity="high",
     resource_types=[DEPLOYMENT],
-    controls=("hipaa:164.312(e)(1)", "hipaa:164.312(e)(2)(ii)", "soc2:CC6.7", "iso27001:A.8.24"),
     remediation="Run the gateway with --tls-cert and --tls-key (a kubernetes.io/tls Secret from your PKI).",
     risk="Prompts, completions and API keys would cross the network in the clear.",
     cloud="kubernetes",
@@ -231,7 +224,6 @@ def gateway_tls_enabled(resource: Resource, graph: Graph) -> Verdict:
     title="Load balancers are internal to the network",
     severity="high",
     resource_types=[SERVICE],
-    controls=BOUNDARY,
     remediation="Annotate LoadBalancer Services as internal (or use ClusterIP and your own ingress).",
     risk="An internet-facing load balancer exposes the inference API.",
     cloud="kubernetes",
@@ -256,7 +248,6 @@ def services_internal(resource: Resource, graph: Graph) -> Verdict:
     title="Serving and gateway survive node drains (PodDisruptionBudgets)",
     severity="low",
     resource_types=[DEPLOYMENT],
-    controls=("soc2:A1.2",),
     remediation="Add a PodDisruptionBudget for the Deployment.",
     risk="Node maintenance could take every replica down at once.",
     cloud="kubernetes",
@@ -277,7 +268,6 @@ def disruption_budgets(resource: Resource, graph: Graph) -> Verdict:
     title="Images are pinned by digest",
     severity="medium",
     resource_types=WORKLOADS,
-    controls=("soc2:CC8.1", "iso27001:A.8.9"),
     remediation="Reference images as repository@sha256:<digest>.",
     risk="A tag can be moved to different software after review.",
     cloud="kubernetes",
@@ -304,7 +294,6 @@ def third_party_images_pinned(resource: Resource, graph: Graph) -> Verdict:
     title="Helm charts are installed at pinned versions",
     severity="medium",
     resource_types=[RELEASE],
-    controls=("soc2:CC8.1", "iso27001:A.8.9"),
     remediation="Set an exact chart version on every release.",
     risk="An unpinned chart changes what runs in the cluster without review.",
     cloud="kubernetes",
@@ -319,7 +308,6 @@ def helm_releases_pinned(resource: Resource, graph: Graph) -> Verdict:
     title="Alerts watch errors, availability and latency",
     severity="medium",
     resource_types=[RULE],
-    controls=("hipaa:164.308(a)(1)(ii)(D)", "soc2:CC7.2", "soc2:CC7.3", "iso27001:A.8.16"),
     remediation="Keep the byoc PrometheusRule (error ratio, replicas unavailable, TTFT) installed.",
     risk="Failures would go unnoticed until users report them.",
     cloud="kubernetes",
@@ -340,7 +328,6 @@ def monitoring_alerts_defined(resource: Resource, graph: Graph) -> Verdict:
     title="Persistent volumes are encrypted with a customer key",
     severity="high",
     resource_types=[STORAGE_CLASS],
-    controls=("hipaa:164.312(a)(2)(iv)", "soc2:CC6.1", "iso27001:A.8.24"),
     remediation="Set encrypted: 'true' and the key (kmsKeyId / disk-encryption-kms-key) on the StorageClass.",
     risk="Volumes created by workloads would not be under customer key control.",
     cloud="kubernetes",

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from byoc.names import DEPLOYMENT_TAG, resource_name
 from compliance.checks import aws as t
 from compliance.evaluate import allowed_regions
 from compliance.model import Graph, Resource
-
-TAG = "byoc:deployment"
 
 
 class _Session:
@@ -112,7 +111,7 @@ def _kms(s: _Session) -> None:
         for entry in page["Keys"]:
             key_id = entry["KeyId"]
             tags = _tags(kms.list_resource_tags(KeyId=key_id).get("Tags"), "TagKey", "TagValue")
-            if tags.get(TAG) != s.deployment:
+            if tags.get(DEPLOYMENT_TAG) != s.deployment:
                 continue
             s.add(t.KEY, tags.get("byoc:key", key_id), key_id, _key_inputs(kms, key_id, tags))
 
@@ -180,7 +179,7 @@ def _s3(s: _Session) -> None:
             if _missing(exc, "NoSuchTagSet", "NoSuchBucket"):
                 continue
             raise
-        if tags.get(TAG) != s.deployment:
+        if tags.get(DEPLOYMENT_TAG) != s.deployment:
             continue
         # ListBuckets spans every region: the bucket's own region is what residency is judged on
         location = s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
@@ -293,7 +292,7 @@ def _cloudtrail(s: _Session) -> None:
         arn = trail["TrailARN"]
         listed = trails.list_tags(ResourceIdList=[arn]).get("ResourceTagList", [])
         tags = _tags(listed[0].get("TagsList") if listed else [])
-        if tags.get(TAG) != s.deployment:
+        if tags.get(DEPLOYMENT_TAG) != s.deployment:
             continue
         selectors = trails.get_event_selectors(TrailName=arn)
         status = trails.get_trail_status(Name=arn)
@@ -346,7 +345,7 @@ def _eks(s: _Session) -> None:
     eks = s.client("eks")
     for name in eks.list_clusters().get("clusters", []):
         cluster = eks.describe_cluster(name=name)["cluster"]
-        if cluster.get("tags", {}).get(TAG) != s.deployment:
+        if cluster.get("tags", {}).get(DEPLOYMENT_TAG) != s.deployment:
             continue
         vpc = cluster.get("resourcesVpcConfig", {})
         enabled = [
@@ -435,7 +434,7 @@ def _ebs(s: _Session) -> None:
 
 def _ec2(s: _Session) -> None:
     ec2 = s.client("ec2")
-    tagged = [{"Name": f"tag:{TAG}", "Values": [s.deployment]}]
+    tagged = [{"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [s.deployment]}]
     for vpc in ec2.describe_vpcs(Filters=tagged).get("Vpcs", []):
         vpc_id = vpc["VpcId"]
         in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
@@ -516,14 +515,14 @@ def _ec2(s: _Session) -> None:
 
 def _iam(s: _Session) -> None:
     iam = s.client("iam")
-    prefix = f"byoc-{s.deployment}-"
+    prefix = resource_name(s.deployment, "")
     for page in iam.get_paginator("list_roles").paginate():
         for role in page.get("Roles", []):
             name = role["RoleName"]
             if not name.startswith(prefix):
                 continue
             tags = _tags(iam.list_role_tags(RoleName=name).get("Tags"))
-            if tags.get(TAG) != s.deployment:
+            if tags.get(DEPLOYMENT_TAG) != s.deployment:
                 continue
             s.add(
                 t.ROLE,
@@ -557,15 +556,17 @@ def _sqs(s: _Session) -> None:
 
     sqs = s.client("sqs")
     try:
-        url = sqs.get_queue_url(QueueName=f"byoc-{s.deployment}")["QueueUrl"]
+        url = sqs.get_queue_url(QueueName=resource_name(s.deployment))["QueueUrl"]
     except ClientError as exc:
         if _missing(exc, "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
             return
         raise
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
-    s.add(t.QUEUE, f"byoc-{s.deployment}", url, {"url": url, "kmsMasterKeyId": attributes.get("KmsMasterKeyId")})
+    s.add(t.QUEUE, resource_name(s.deployment), url, {"url": url, "kmsMasterKeyId": attributes.get("KmsMasterKeyId")})
     if attributes.get("Policy"):
-        s.add(t.QUEUE_POLICY, f"byoc-{s.deployment}", url, {"queueUrl": url, "policy": _json(attributes["Policy"])})
+        s.add(
+            t.QUEUE_POLICY, resource_name(s.deployment), url, {"queueUrl": url, "policy": _json(attributes["Policy"])}
+        )
 
 
 COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
@@ -626,8 +627,8 @@ def collect(
     if not [r for r in session.resources if r.type not in ACCOUNT_LEVEL]:
         unread = f" ({', '.join(failed)} could not be read)" if failed else ""
         not_found = (
-            f"no resource in {region} carries the tag {TAG}={deployment}{unread}: check --deployment, --region "
-            "and the account the credentials belong to"
+            f"no resource in {region} carries the tag {DEPLOYMENT_TAG}={deployment}{unread}: check --deployment, "
+            "--region and the account the credentials belong to"
         )
     session.add(t.PROVIDER, "aws", "aws", {"region": region})
     cluster = kubernetes.read_cluster(kubeconfig, region) if kubeconfig else kubernetes.without_access()

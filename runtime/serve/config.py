@@ -93,13 +93,16 @@ class GatewayConfig:
     routing: RoutingMode = "least_outstanding"
     routing_tokenizer: Path | None = None  # precise routing: the model's tokenizer folder (the engine's tokens)
     routing_load_factor: float = 1.25  # a replica takes a cached prefix while under this x the mean load
-    # the shared limits store (runtime/serve/store.py): None keeps every limit in this process's memory
+    # the store the gateway replicas share (Redis or Valkey): per-key limits, budgets and keys
+    # (runtime/serve/store.py) and the usage ledger (runtime/serve/ledger.py); None: limits in this process's memory,
+    # no ledger
     store: str | None = None
     store_password_file: Path | None = None
     store_ca_file: Path | None = None
     store_prefix: str = "byoc:"
     store_lease_seconds: float = 10.0  # a concurrency slot's lease: how long a killed gateway's slots stay taken
     replicas_hint: int = 1  # the divisor of each limit if the store is down before any heartbeat was seen
+    gpus_per_replica: int = 1  # GPU-seconds = a request's share of its replica's busy time x this
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
@@ -171,22 +174,23 @@ class GatewayConfig:
             raise ByocError("--routing-tokenizer", f"{self.routing_tokenizer} is not a folder", "give the model folder")
         if not 1.0 <= self.routing_load_factor <= 10.0:
             raise ByocError("--routing-load-factor", "out of range", "from 1.0 to 10.0, e.g. 1.25")
+        if self.store is not None:
+            from byoc.extras import require
+            from runtime.serve.ledger import check_store
+
+            require("store", "--store")
+            check_store(self.store, self.store_password_file, self.store_ca_file)
+        elif self.store_password_file is not None or self.store_ca_file is not None:
+            raise ByocError("--store", "a store file is given without --store", "pass --store redis://HOST:6379 too")
+        if not 1 <= self.gpus_per_replica <= 64:
+            raise ByocError("--gpus-per-replica", "out of range", "the GPUs of one model replica, from 1 to 64")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
             )
         self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
-        if self.store is None:
-            for flag, value in (
-                ("--store-password-file", self.store_password_file),
-                ("--store-ca-file", self.store_ca_file),
-            ):
-                if value is not None:
-                    raise ByocError(
-                        flag, "is for the store, and no --store is given", "pass --store redis[s]://HOST:PORT"
-                    )
-        else:
-            self.store_settings().check()
+        if self.store is not None:
+            self.store_settings().check()  # the limiter's own rules too: no password in the URL, the prefix
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")

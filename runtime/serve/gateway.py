@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
+from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
 from runtime.serve.limits import Admission, KeyLimits, LocalLimiter, Refusal, Ticket, prompt_estimate, retry_after
 from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
@@ -91,6 +92,8 @@ class Outcome:
     stream: bool = False
     prompt_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the engine's KV cache (its prompt_tokens_details)
+    replica_seconds: float = 0.0  # its share of the busy time of the replicas it was sent to (ReplicaBusyTime)
     first_token: float | None = None
     last_token: float | None = None
     reason: str = ""
@@ -123,6 +126,8 @@ class Gateway:
         self.answers: dict[UpstreamResponse, Outcome] = {}  # answers being relayed: the drain's deadline ends them
         self.typical_duration = 0.0  # seconds, a moving average of answered requests (Retry-After when busy)
         self.access_log = AccessLog()
+        self.busy = ReplicaBusyTime()
+        self.ledger: UsageLedger | None = None  # with --store: usage per key, model and addon in the shared store
         self.created = int(time.time())
         self._session: UpstreamClient | None = None
         # Gauges read at scrape time: no per-request cost.
@@ -150,6 +155,10 @@ class Gateway:
             )
             self.shared = SharedLimiter(self.store)
             await self.store.start()
+        if self.config.store is not None:
+            self.ledger = await _open_ledger(self.config)
+            self.ledger.register_metrics(self.metrics.registry)
+            self.ledger.start()
         await self.pool.start()
         await self.router.start()
 
@@ -186,6 +195,10 @@ class Gateway:
             await self.store.stop()
         if self._session is not None:
             await self._session.close()
+        if self.ledger is not None:
+            await self.ledger.close()  # the last usage written before the process exits
+            with contextlib.suppress(Exception):
+                await self.ledger.redis.aclose()
 
     @property
     def session(self) -> UpstreamClient:
@@ -343,6 +356,18 @@ class Gateway:
             series.duration.observe(ended - started)
             series.prompt_tokens += outcome.prompt_tokens
             series.output_tokens += outcome.output_tokens
+            series.cached_tokens += outcome.cached_tokens
+        if self.ledger is not None and outcome.replica_seconds > 0:
+            # every request a replica worked on, answered or not, with the usage the access line says
+            self.ledger.record(
+                outcome.key,
+                self.config.model,
+                outcome.addon,
+                outcome.prompt_tokens,
+                outcome.cached_tokens,
+                outcome.output_tokens,
+                outcome.replica_seconds * self.config.gpus_per_replica,
+            )
         # time to first token only where the gateway sees the first token: streamed answers (a non-streamed
         # answer's first token is inside the engine; trtllm_time_to_first_token_seconds has it)
         if outcome.first_token is not None:
@@ -354,7 +379,8 @@ class Gateway:
         self.access_log.write(
             f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
             f"status={outcome.code} prompt_tokens={outcome.prompt_tokens} output_tokens={outcome.output_tokens} "
-            f"usage={outcome.usage_source} ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
+            f"usage={outcome.usage_source} cached_tokens={outcome.cached_tokens} "
+            f"ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
         )
 
     def _resolve_model(self, name: str) -> Addon | Unresolved | None:
@@ -564,6 +590,7 @@ class Gateway:
                 body["model"] = upstream_model
                 payload = payloads[upstream_model] = json.dumps(body).encode()
             upstream.outstanding += 1
+            busy_mark = self.busy.begin(upstream.url)
             response: UpstreamResponse | None = None
             try:
                 try:
@@ -593,6 +620,7 @@ class Gateway:
                     else:
                         response.close()  # an unfinished answer: drop the connection, which stops the engine
                 upstream.outstanding -= 1
+                outcome.replica_seconds += self.busy.end(upstream.url, busy_mark)
                 self.router.release(route)
         raise self._no_replica_left(overloaded, outcome)
 
@@ -674,7 +702,7 @@ class Gateway:
             if outcome.reason == "drain_deadline":
                 raise self._draining(outcome) from None
             raise
-        outcome.prompt_tokens, outcome.output_tokens = answer_usage(raw)
+        outcome.prompt_tokens, outcome.output_tokens, outcome.cached_tokens = answer_usage(raw)
         if outcome.prompt_tokens or outcome.output_tokens:
             outcome.usage_source = "engine"
         body = rename_model(raw, upstream_model, parsed.model)
@@ -731,6 +759,7 @@ class Gateway:
             if counts is not None:
                 outcome.usage_seen, outcome.usage_source = True, "engine"
                 outcome.prompt_tokens, outcome.output_tokens = counts
+                outcome.cached_tokens = editor.cached_tokens()
             outcome.content_chunks = editor.content_chunks
         return await self._end_stream(out, outcome, upstream, editor.finished, editor.failed and not broken, final)
 
@@ -781,6 +810,26 @@ class Gateway:
         except ConnectionResetError:
             outcome.code, outcome.reason = "499", "client_disconnected"
         return out
+
+
+async def _open_ledger(config: GatewayConfig) -> UsageLedger:
+    """The usage ledger on the store of --store, which must answer now: a wrong URL, password or CA is an input
+    error at start-up (exit 2), not usage silently held in memory."""
+    from byoc.errors import ByocError
+
+    assert config.store is not None
+    client = store_client(config.store, config.store_password_file, config.store_ca_file)
+    try:
+        await asyncio.wait_for(client.ping(), 10)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        raise ByocError(
+            "--store",
+            f"the store at {config.store} did not answer PING ({type(exc).__name__})",
+            "check the URL, --store-password-file, --store-ca-file, and that the gateway can reach it",
+        ) from None
+    return UsageLedger(client)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

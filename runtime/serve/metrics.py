@@ -52,7 +52,9 @@ class ModelSeries:
     """What the gateway counts per (model, addon): plain numbers, read by `SeriesCollector` at scrape time
     (prometheus_client's labelled children take a lock per increment, a real share of a proxied request)."""
 
-    __slots__ = ("addon", "by_code", "duration", "itl", "model", "output_tokens", "prompt_tokens", "ttft")
+    __slots__ = (
+        "addon", "by_code", "cached_tokens", "duration", "itl", "model", "output_tokens", "prompt_tokens", "ttft"
+    )  # fmt: skip
 
     def __init__(self, model: str, addon: str) -> None:
         self.model, self.addon = model, addon
@@ -61,6 +63,7 @@ class ModelSeries:
         self.duration = LocalHistogram(DURATION_BUCKETS)
         self.prompt_tokens = 0
         self.output_tokens = 0
+        self.cached_tokens = 0
         self.by_code: dict[str, int] = {}
 
     def answered(self, code: str) -> None:
@@ -86,6 +89,7 @@ class SeriesCollector(Collector):
         ]
         prompt = CounterMetricFamily("byoc_gateway_prompt_tokens", PROMPT_HELP, labels=labels)
         output = CounterMetricFamily("byoc_gateway_output_tokens", OUTPUT_HELP, labels=labels)
+        cached = CounterMetricFamily("byoc_gateway_cached_tokens", CACHED_HELP, labels=labels)
         for one in list(self.series.values()):
             values = [one.model, one.addon]
             for code, count in sorted(one.by_code.items()):
@@ -95,11 +99,13 @@ class SeriesCollector(Collector):
                 family.add_metric(values, histogram.buckets(), histogram.total)
             prompt.add_metric(values, one.prompt_tokens)
             output.add_metric(values, one.output_tokens)
+            cached.add_metric(values, one.cached_tokens)
         yield requests
         for family, _ in histograms:
             yield family
         yield prompt
         yield output
+        yield cached
 
 
 REQUESTS_HELP = "Requests answered, by HTTP status."
@@ -111,6 +117,7 @@ ITL_HELP = "Mean time between output tokens of a streamed answer."
 DURATION_HELP = "From request arrival to the last byte sent."
 PROMPT_HELP = "Prompt tokens of answered requests."
 OUTPUT_HELP = "Generated tokens of answered requests."
+CACHED_HELP = "Prompt tokens of answered requests that the engine served from its KV cache (prompt_tokens_details)."
 
 
 class GatewayMetrics:

@@ -42,6 +42,7 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')  # a usage-only chunk (
 _GENERATED = re.compile(rb'"(?:content|reasoning_content|arguments|text)": ?"[^"]')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,12})')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d{1,12})')
+_CACHED_TOKENS = re.compile(rb'"cached_tokens"\s*:\s*(\d{1,12})')  # inside `prompt_tokens_details`
 _ID = re.compile(rb'"id": ?"([^"\\]{1,200})"')
 _OBJECT_NAME = re.compile(rb'"object": ?"([a-z_.]{1,64})"')
 _CREATED = re.compile(rb'"created": ?(\d{1,20})')
@@ -182,6 +183,17 @@ class StreamEditor:
             int(completion.group(1)) if completion is not None else 0,
         )
 
+    def cached_tokens(self) -> int:
+        """The prompt tokens the engine served from its KV cache, by its last usage (`prompt_tokens_details.
+        cached_tokens`, TensorRT-LLM's and OpenAI's field); 0 when it sent none."""
+        raw = self._usage_raw
+        if raw is None:
+            return 0
+        if not raw:
+            return _cached_of(self._usage or {})
+        found = _CACHED_TOKENS.search(raw)
+        return int(found.group(1)) if found is not None else 0
+
     @property
     def usage(self) -> dict[str, Any] | None:
         """The engine's last cumulative usage, as it sent it (None: none came, or it was not a JSON object)."""
@@ -294,19 +306,27 @@ def _identity(block: bytes) -> dict[str, Any] | None:
     }
 
 
-def answer_usage(raw: bytes) -> tuple[int, int]:
-    """(prompt, completion) tokens from a whole (non-streamed) answer's `usage`, without decoding the answer."""
+def _cached_of(usage: dict[str, Any]) -> int:
+    """`usage.prompt_tokens_details.cached_tokens`, 0 when absent (an engine that does not report it)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else 0
+
+
+def answer_usage(raw: bytes) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens from a whole (non-streamed) answer's `usage`, without decoding the
+    answer."""
     at = raw.rfind(b'"usage"')
     start = raw.find(b"{", at) if at != -1 else -1
     if start == -1:
-        return 0, 0
+        return 0, 0, 0
     try:
         usage, _ = _DECODER.raw_decode(raw[start:].decode())
     except ValueError:
-        return 0, 0
+        return 0, 0, 0
     if not isinstance(usage, dict):
-        return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return 0, 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), _cached_of(usage)
 
 
 def rename_model(raw: bytes, upstream: str, public: str) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy
 
 NONCURRENT_VERSION_DAYS = 30
@@ -39,7 +40,7 @@ def private_bucket(
     name = ctx.name
     bucket = aws.s3.Bucket(
         f"{name}-{role}",
-        bucket=pulumi.Output.concat(f"byoc-{name}-{role}-", ctx.account_id),
+        bucket=pulumi.Output.concat(resource_name(name, role, ""), ctx.account_id),
         force_destroy=False,
         tags=ctx.tags(**{"byoc:bucket": role}),
         opts=ctx.opts(component),

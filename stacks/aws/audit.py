@@ -6,6 +6,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from byoc.names import resource_name
 from stacks.aws.artifacts import private_bucket
 from stacks.aws.context import AwsContext, policy, trust
 from stacks.aws.keys import trail_arn
@@ -66,7 +67,7 @@ class AuditTrail(pulumi.ComponentResource):
         )
         role = aws.iam.Role(
             f"{name}-trail-to-logs",
-            name=f"byoc-{name}-trail-to-logs",
+            name=resource_name(name, "trail-to-logs"),
             description="CloudTrail delivery to its CloudWatch log group",
             assume_role_policy=trust("cloudtrail.amazonaws.com", StringEquals={"aws:SourceArn": arn}),
             tags=ctx.tags(),
@@ -89,7 +90,7 @@ class AuditTrail(pulumi.ComponentResource):
         )
         trail = aws.cloudtrail.Trail(
             f"{name}-trail",
-            name=f"byoc-{name}",
+            name=resource_name(name),
             s3_bucket_name=bucket.bucket,
             is_multi_region_trail=True,
             include_global_service_events=True,  # IAM and STS events are global

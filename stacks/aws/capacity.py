@@ -11,6 +11,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from byoc.catalogs import load_catalog
+from byoc.names import KUBERNETES_DEPLOYMENT_LABEL, resource_name
 from stacks.aws.cluster import IMDS_HOP_LIMIT, Cluster
 from stacks.aws.context import AwsContext, policy
 from stacks.aws.identities import Identities
@@ -90,7 +91,7 @@ class GpuCapacity(pulumi.ComponentResource):
         for event, pattern in INTERRUPTION_EVENTS.items():
             rule = aws.cloudwatch.EventRule(
                 f"{name}-{event}",
-                name=f"byoc-{name}-{event}",
+                name=resource_name(name, event),
                 description=f"Karpenter interruption handling: {pattern['detail-type'][0]}",
                 event_pattern=pulumi.Output.json_dumps(pattern),
                 tags=ctx.tags(),
@@ -131,7 +132,7 @@ class GpuCapacity(pulumi.ComponentResource):
             atomic=True,
             opts=pulumi.ResourceOptions.merge(on_k8s, pulumi.ResourceOptions(depends_on=[association, *cluster.ready])),
         )
-        labels = {"app.kubernetes.io/managed-by": "byoc", "byoc.dev/deployment": name}
+        labels = {"app.kubernetes.io/managed-by": "byoc", KUBERNETES_DEPLOYMENT_LABEL: name}
         node_class = k8s.apiextensions.CustomResource(
             f"{name}-gpu-node-class",
             api_version="karpenter.k8s.aws/v1",

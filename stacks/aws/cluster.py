@@ -13,6 +13,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from byoc.catalogs import load_catalog
+from byoc.names import KUBERNETES_DEPLOYMENT_LABEL, resource_name
 from stacks.aws.context import AwsContext
 from stacks.aws.identities import Identities
 from stacks.aws.network import Network
@@ -210,7 +211,7 @@ class Cluster(pulumi.ComponentResource):
         name = ctx.name
         template = aws.ec2.LaunchTemplate(
             f"{name}-system-nodes",
-            name=f"byoc-{name}-system-nodes",
+            name=resource_name(name, "system-nodes"),
             description="byoc system nodes: IMDSv2 only, encrypted root volume",
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
@@ -232,7 +233,7 @@ class Cluster(pulumi.ComponentResource):
             ],
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(
-                    resource_type=kind, tags=ctx.tags(Name=f"byoc-{name}-system")
+                    resource_type=kind, tags=ctx.tags(Name=resource_name(name, "system"))
                 )
                 for kind in ("instance", "volume")
             ],
@@ -243,7 +244,7 @@ class Cluster(pulumi.ComponentResource):
         return aws.eks.NodeGroup(
             f"{name}-system",
             cluster_name=cluster.name,
-            node_group_name=f"byoc-{name}-system",
+            node_group_name=resource_name(name, "system"),
             node_role_arn=identities.roles["nodes"].arn,
             subnet_ids=cluster.vpc_config.subnet_ids,
             ami_type="AL2023_x86_64_STANDARD",
@@ -267,7 +268,7 @@ class Cluster(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name="byoc-gp3-encrypted",
                 annotations={"storageclass.kubernetes.io/is-default-class": "true"},
-                labels={"app.kubernetes.io/managed-by": "byoc", "byoc.dev/deployment": ctx.name},
+                labels={"app.kubernetes.io/managed-by": "byoc", KUBERNETES_DEPLOYMENT_LABEL: ctx.name},
             ),
             provisioner="ebs.csi.aws.com",
             parameters={"type": "gp3", "encrypted": "true", "kmsKeyId": key_arn},

@@ -9,9 +9,8 @@ import pulumi
 import pulumi_aws as aws
 
 from byoc.catalogs import load_catalog
+from byoc.names import DEPLOYMENT_TAG
 from byoc.resolve import Deployment
-
-DEPLOYMENT_TAG = "byoc:deployment"
 
 
 @dataclass(frozen=True)

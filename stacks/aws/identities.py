@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy, trust
 from stacks.aws.karpenter_policy import NODE_MANAGED_POLICIES, controller_policy
 
@@ -47,7 +48,7 @@ class Identities(pulumi.ComponentResource):
         self.roles = {
             role: aws.iam.Role(
                 f"{name}-{role.replace('_', '-')}",
-                name=f"byoc-{name}-{role.replace('_', '-')}",
+                name=resource_name(name, role.replace("_", "-")),
                 description=f"byoc {name}: {purpose}",
                 assume_role_policy=document,
                 max_session_duration=3600,

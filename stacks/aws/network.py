@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from byoc.clouds.aws import INTERFACE_ENDPOINTS, ZONES, subnet_cidrs
+from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy, trust
 
 
@@ -34,12 +35,15 @@ class Network(pulumi.ComponentResource):
             cidr_block=cidr,
             enable_dns_hostnames=True,  # interface endpoints with private DNS need both
             enable_dns_support=True,
-            tags=ctx.tags(Name=f"byoc-{name}"),
+            tags=ctx.tags(Name=resource_name(name)),
             opts=ctx.opts(self),
         )
         # No rules at all: nothing may use the default security group by accident.
         aws.ec2.DefaultSecurityGroup(
-            f"{name}-default-sg", vpc_id=vpc.id, tags=ctx.tags(Name=f"byoc-{name}-default-unused"), opts=ctx.opts(self)
+            f"{name}-default-sg",
+            vpc_id=vpc.id,
+            tags=ctx.tags(Name=resource_name(name, "default-unused")),
+            opts=ctx.opts(self),
         )
 
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=ctx.tags(), opts=ctx.opts(self))
@@ -47,7 +51,7 @@ class Network(pulumi.ComponentResource):
             f"{name}-public-rt",
             vpc_id=vpc.id,
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
-            tags=ctx.tags(Name=f"byoc-{name}-public"),
+            tags=ctx.tags(Name=resource_name(name, "public")),
             opts=ctx.opts(self),
         )
 
@@ -62,7 +66,7 @@ class Network(pulumi.ComponentResource):
                 cidr_block=public_cidrs[index],
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
-                tags=ctx.tags(Name=f"byoc-{name}-public-{index}", **{"kubernetes.io/role/elb": "1"}),
+                tags=ctx.tags(Name=resource_name(name, "public", str(index)), **{"kubernetes.io/role/elb": "1"}),
                 opts=ctx.opts(self),
             )
             aws.ec2.RouteTableAssociation(
@@ -74,7 +78,7 @@ class Network(pulumi.ComponentResource):
                 cidr_block=private_cidrs[index],
                 availability_zone=zone,
                 tags=ctx.tags(
-                    Name=f"byoc-{name}-private-{index}",
+                    Name=resource_name(name, "private", str(index)),
                     **{
                         "kubernetes.io/role/internal-elb": "1",
                         "karpenter.sh/discovery": cluster,  # Karpenter launches GPU nodes here
@@ -89,7 +93,7 @@ class Network(pulumi.ComponentResource):
                         f"{name}-nat-{index}",
                         subnet_id=public.id,
                         allocation_id=eip.allocation_id,
-                        tags=ctx.tags(Name=f"byoc-{name}-nat-{index}"),
+                        tags=ctx.tags(Name=resource_name(name, "nat", str(index))),
                         opts=ctx.opts(self, depends_on=[igw]),
                     )
                 )
@@ -97,7 +101,7 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-rt-{index}",
                 vpc_id=vpc.id,
                 routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat_gateways[-1].id)],
-                tags=ctx.tags(Name=f"byoc-{name}-private-{index}"),
+                tags=ctx.tags(Name=resource_name(name, "private", str(index))),
                 opts=ctx.opts(self),
             )
             aws.ec2.RouteTableAssociation(
@@ -116,7 +120,7 @@ class Network(pulumi.ComponentResource):
             service_name=f"com.amazonaws.{ctx.region}.s3",
             vpc_endpoint_type="Gateway",
             route_table_ids=[rt.id for rt in private_route_tables],
-            tags=ctx.tags(Name=f"byoc-{name}-s3"),
+            tags=ctx.tags(Name=resource_name(name, "s3")),
             opts=ctx.opts(self),
         )
         endpoint_sg = aws.ec2.SecurityGroup(
@@ -129,7 +133,7 @@ class Network(pulumi.ComponentResource):
                 )
             ],
             egress=[],  # endpoints only answer
-            tags=ctx.tags(Name=f"byoc-{name}-endpoints"),
+            tags=ctx.tags(Name=resource_name(name, "endpoints")),
             opts=ctx.opts(self),
         )
         for service in INTERFACE_ENDPOINTS:
@@ -141,7 +145,7 @@ class Network(pulumi.ComponentResource):
                 private_dns_enabled=True,
                 subnet_ids=self.private_subnet_ids,
                 security_group_ids=[endpoint_sg.id],
-                tags=ctx.tags(Name=f"byoc-{name}-{service}"),
+                tags=ctx.tags(Name=resource_name(name, service)),
                 opts=ctx.opts(self),
             )
 
@@ -161,7 +165,7 @@ class Network(pulumi.ComponentResource):
         )
         role = aws.iam.Role(
             f"{name}-flow-logs",
-            name=f"byoc-{name}-flow-logs",
+            name=resource_name(name, "flow-logs"),
             description="VPC Flow Logs delivery to its CloudWatch log group",
             # Confused-deputy guard: only flow logs of this account may assume it.
             assume_role_policy=trust("vpc-flow-logs.amazonaws.com", StringEquals={"aws:SourceAccount": ctx.account_id}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.names import resource_name
 from stacks.gcp.artifacts import private_bucket
 from stacks.gcp.context import GcpContext
 
@@ -55,7 +56,7 @@ class AuditTrail(pulumi.ComponentResource):
         )
         sink = gcp.logging.ProjectSink(
             f"{name}-audit-logs",
-            name=f"byoc-{name}-audit-logs",
+            name=resource_name(name, "audit-logs"),
             description="Cloud Audit Logs of the project, kept under a locked retention policy",
             project=ctx.project,
             destination=pulumi.Output.concat("storage.googleapis.com/", bucket.name),

@@ -17,6 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE
+from byoc.names import KUBERNETES_DEPLOYMENT_LABEL
 from stacks.gcp.cluster import Cluster, hardened_node_config
 from stacks.gcp.context import GcpContext
 from stacks.gcp.identities import Identities
@@ -124,7 +125,7 @@ class GpuCapacity(pulumi.ComponentResource):
                     )
                 ],
                 spot=spot,
-                labels={"byoc.dev/pool": "gpu", "byoc.dev/deployment": name},
+                labels={"byoc.dev/pool": "gpu", KUBERNETES_DEPLOYMENT_LABEL: name},
                 taints=[gcp.container.NodePoolNodeConfigTaintArgs(**GPU_TAINT)],
             ),
             opts=ctx.opts(self, depends_on=keys.grants["disks"]),

@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 
 from byoc.catalogs import load_catalog
 from byoc.clouds.gcp import MAX_PODS_PER_NODE
+from byoc.names import KUBERNETES_DEPLOYMENT_LABEL
 from byoc.resolve import Deployment
 from stacks.gcp.context import GcpContext
 from stacks.gcp.identities import Identities
@@ -308,7 +309,7 @@ class Cluster(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name="byoc-pd-encrypted",
                 annotations={"storageclass.kubernetes.io/is-default-class": "true"},
-                labels={"app.kubernetes.io/managed-by": "byoc", "byoc.dev/deployment": ctx.name},
+                labels={"app.kubernetes.io/managed-by": "byoc", KUBERNETES_DEPLOYMENT_LABEL: ctx.name},
             ),
             provisioner="pd.csi.storage.gke.io",
             parameters={

@@ -10,9 +10,9 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.catalogs import load_catalog
+from byoc.names import DEPLOYMENT_LABEL, resource_name
 from byoc.resolve import Deployment
 
-DEPLOYMENT_LABEL = "byoc-deployment"
 # A service account id has 6 to 30 characters (IAM docs, "Create service accounts").
 ACCOUNT_ID_MAX = 30
 
@@ -55,7 +55,7 @@ class GcpContext:
 
     def account_id(self, role: str) -> str:
         """byoc-<name>-<role>, shortened with a stable hash when the name is too long for a service account id."""
-        wanted = f"byoc-{self.name}-{role}"
+        wanted = resource_name(self.name, role)
         if len(wanted) <= ACCOUNT_ID_MAX:
             return wanted
         digest = hashlib.sha256(self.name.encode()).hexdigest()[:4]
@@ -64,7 +64,7 @@ class GcpContext:
 
     def bucket_name(self, role: str) -> pulumi.Output[str]:
         """byoc-<name>-<role>-<project number>: globally unique, at most 63 characters (names are 32 at most)."""
-        return pulumi.Output.concat(f"byoc-{self.name}-{role}-", self.project_number)
+        return pulumi.Output.concat(resource_name(self.name, role, ""), self.project_number)
 
 
 def make_context(deployment: Deployment) -> GcpContext:

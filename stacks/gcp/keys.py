@@ -12,6 +12,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.names import resource_name
 from stacks.gcp.context import GcpContext
 
 # 90 days: the CIS Google Cloud Foundations Benchmark (1.10, "KMS encryption keys are rotated within 90 days").
@@ -44,7 +45,7 @@ class Keys(pulumi.ComponentResource):
         if self.created:
             ring = gcp.kms.KeyRing(
                 f"{name}-ring",
-                name=f"byoc-{name}",
+                name=resource_name(name),
                 location=ctx.region,  # keys are regional, as the cluster and the buckets that use them
                 opts=ctx.opts(self),
             )

@@ -13,6 +13,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.clouds.gcp import AddressPlan, address_plan
+from byoc.names import resource_name
 from stacks.gcp.context import GcpContext
 
 PODS_RANGE = "pods"
@@ -35,7 +36,7 @@ class Network(pulumi.ComponentResource):
 
         vpc = gcp.compute.Network(
             f"{name}-vpc",
-            name=f"byoc-{name}",
+            name=resource_name(name),
             description=f"byoc {name}: private network",
             auto_create_subnetworks=False,  # custom mode: no subnet in every region
             routing_mode="REGIONAL",
@@ -43,7 +44,7 @@ class Network(pulumi.ComponentResource):
         )
         subnet = gcp.compute.Subnetwork(
             f"{name}-nodes",
-            name=f"byoc-{name}-nodes",
+            name=resource_name(name, "nodes"),
             description="GKE nodes; secondary ranges for pods and services",
             region=ctx.region,
             network=vpc.id,
@@ -64,7 +65,7 @@ class Network(pulumi.ComponentResource):
         )
         router = gcp.compute.Router(
             f"{name}-router",
-            name=f"byoc-{name}",
+            name=resource_name(name),
             description="Cloud NAT for the private nodes",
             region=ctx.region,
             network=vpc.id,
@@ -73,7 +74,7 @@ class Network(pulumi.ComponentResource):
         ports = ctx.platform["nat_ports_per_vm"]
         gcp.compute.RouterNat(
             f"{name}-nat",
-            name=f"byoc-{name}",
+            name=resource_name(name),
             router=router.name,
             region=ctx.region,
             nat_ip_allocate_option="AUTO_ONLY",
@@ -93,7 +94,7 @@ class Network(pulumi.ComponentResource):
         network_tag = ctx.deployment.cluster_name
         gcp.compute.Firewall(
             f"{name}-deny-ingress",
-            name=f"byoc-{name}-deny-ingress",
+            name=resource_name(name, "deny-ingress"),
             description="Deny every other ingress, and log it (the implied deny rule logs nothing)",
             network=vpc.id,
             direction="INGRESS",
@@ -105,7 +106,7 @@ class Network(pulumi.ComponentResource):
         )
         gcp.compute.Firewall(
             f"{name}-control-plane-webhooks",
-            name=f"byoc-{name}-control-plane-webhooks",
+            name=resource_name(name, "control-plane-webhooks"),
             description="The GKE control plane calls add-on webhooks and aggregated APIs on the nodes",
             network=vpc.id,
             direction="INGRESS",

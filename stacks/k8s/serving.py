@@ -17,8 +17,9 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from byoc.catalogs import load_catalog
+from byoc.names import resource_name
 from byoc.resolve import Deployment
-from byoc.sizing import Resources
+from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 
 MONITORING = Path(__file__).parent / "monitoring"
@@ -238,7 +239,7 @@ class ServingStack(pulumi.ComponentResource):
         return pulumi.Output.concat(self.foundation.artifact_root, "/", self.plan.artifact_prefix)
 
     def _object_name(self, component: str) -> str:
-        return f"byoc-{self.deployment.name}-{component}"
+        return resource_name(self.deployment.name, component)
 
     # -- cluster add-ons (their own namespaces) ----------------------------------------------------------------
     def _cluster_addons(self) -> dict[str, pulumi.Resource]:
@@ -335,18 +336,18 @@ class ServingStack(pulumi.ComponentResource):
             "tolerations": [GPU_TOLERATION],
         }
 
-    def _gpu_resources(self, amount: Resources) -> dict[str, Any]:
+    def _gpu_resources(self, amount: Resources, ephemeral_gib: int) -> dict[str, Any]:
         """A GPU container's requests and limits (equal: Guaranteed QoS), cut from its node's allocatable by
-        byoc/sizing.py (deployment.pods), so that the pod fits every machine its pool may launch."""
+        byoc/sizing.py (deployment.pods), so that the pod fits every machine its pool may launch; its ephemeral
+        storage is what the pod writes (deployment.disk), which the kubelet holds it to."""
         gpus = str(self.deployment.shape.count)
-        quantities = amount.quantities()
-        return {
-            "requests": {**quantities, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
-            "limits": {**quantities, "nvidia.com/gpu": gpus, "ephemeral-storage": "20Gi"},
-        }
+        quantities = {**amount.quantities(), "nvidia.com/gpu": gpus, "ephemeral-storage": f"{ephemeral_gib}Gi"}
+        return {"requests": quantities, "limits": dict(quantities)}
 
-    def _scratch_gib(self) -> int:
-        return int(self.deployment.gpu_node_disk_gib * 0.7)
+    @property
+    def _artifact_gib(self) -> int:
+        """The serving pod's /models: the artifact it fetches (its ephemeral storage less /scratch and layers)."""
+        return self.deployment.disk.serving_gib - SERVING_SCRATCH_GIB - CONTAINER_FILES_GIB
 
     def _build_job(self, account: Any, config: Any) -> Any:
         deployment = self.deployment
@@ -396,7 +397,7 @@ class ServingStack(pulumi.ComponentResource):
                                     *({"name": k, "value": v} for k, v in sorted(self.foundation.build_env.items())),
                                 ],
                                 "securityContext": container_security(),
-                                "resources": self._gpu_resources(deployment.pods.build),
+                                "resources": self._gpu_resources(deployment.pods.build, deployment.disk.build_gib),
                                 "volumeMounts": [
                                     {"name": "config", "mountPath": "/etc/byoc", "readOnly": True},
                                     {"name": "scratch", "mountPath": "/scratch"},
@@ -405,7 +406,10 @@ class ServingStack(pulumi.ComponentResource):
                         ],
                         "volumes": [
                             {"name": "config", "configMap": {"name": config.metadata["name"]}},
-                            {"name": "scratch", "emptyDir": {"sizeLimit": f"{self._scratch_gib()}Gi"}},
+                            {
+                                "name": "scratch",
+                                "emptyDir": {"sizeLimit": f"{deployment.disk.build_gib - CONTAINER_FILES_GIB}Gi"},
+                            },
                         ],
                     },
                 },
@@ -421,6 +425,7 @@ class ServingStack(pulumi.ComponentResource):
             lambda uri: ["byoc", "artifacts", "fetch", "--from", uri, "--to", "/models", "--verify"]
         )
         component = "serving"
+        serving_storage = {"ephemeral-storage": f"{deployment.disk.serving_gib}Gi"}
         serving = self._namespaced(
             k8s.apps.v1.Deployment,
             "serving",
@@ -459,8 +464,9 @@ class ServingStack(pulumi.ComponentResource):
                                 # init containers run before the others: the pod's request is the larger of
                                 # this and the containers' sum, which byoc/sizing.py keeps within the slot
                                 "resources": {
-                                    "requests": deployment.pods.init.quantities(),
-                                    "limits": deployment.pods.init.quantities(),
+                                    # it writes the artifact into /models: the pod's ephemeral storage is its too
+                                    "requests": {**deployment.pods.init.quantities(), **serving_storage},
+                                    "limits": {**deployment.pods.init.quantities(), **serving_storage},
                                 },
                                 "volumeMounts": [
                                     {"name": "models", "mountPath": "/models"},
@@ -482,7 +488,7 @@ class ServingStack(pulumi.ComponentResource):
                                     {"name": "XDG_CACHE_HOME", "value": "/scratch/cache"},
                                 ],
                                 "securityContext": container_security(),
-                                "resources": self._gpu_resources(deployment.pods.engine),
+                                "resources": self._gpu_resources(deployment.pods.engine, deployment.disk.serving_gib),
                                 # model load can take many minutes; liveness starts only after it
                                 "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
                                 "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
@@ -520,9 +526,9 @@ class ServingStack(pulumi.ComponentResource):
                             },
                         ],
                         "volumes": [
-                            {"name": "models", "emptyDir": {"sizeLimit": f"{self._scratch_gib()}Gi"}},
+                            {"name": "models", "emptyDir": {"sizeLimit": f"{self._artifact_gib}Gi"}},
                             {"name": "config", "configMap": {"name": config.metadata["name"]}},
-                            {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}},
+                            {"name": "scratch", "emptyDir": {"sizeLimit": f"{SERVING_SCRATCH_GIB}Gi"}},
                             # NCCL and the runtime use shared memory between tensor-parallel ranks
                             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
                         ],

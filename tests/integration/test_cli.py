@@ -40,6 +40,7 @@ def test_help() -> None:
         "compliance",
         "up",
         "preview",
+        "usage",
     ):
         assert command in result.stdout
 
@@ -48,7 +49,8 @@ def test_help_does_not_import_heavy_modules() -> None:
     code = (
         "import sys; from typer.testing import CliRunner; from byoc.cli import app; "
         "CliRunner().invoke(app, ['--help']); "
-        "heavy = ('boto3', 'pulumi', 'torch', 'byoc.resolve', 'rich', 'pydantic', 'urllib.request', 'aiohttp'); "
+        "heavy = ('boto3', 'pulumi', 'torch', 'byoc.resolve', 'rich', 'pydantic', 'urllib.request', 'aiohttp', "
+        "'redis'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -535,7 +537,8 @@ def test_live_report_checks_its_input_before_the_account(tmp_path: Path, args: l
 
 
 def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path) -> None:
-    """Thousands of addons grow the engine ConfigMap past Kubernetes' 1 MiB: refused at plan, not at apply."""
+    """Thousands of addons grow the engine ConfigMap past Kubernetes' 1 MiB: refused by validate and at plan, not
+    at apply (the rule lives in byoc.manifests, not in the plan command)."""
     addons = "\n".join(f"  - {{id: a{i}, source: s3://bucket/adapters/{'x' * 200}{i}}}" for i in range(4000))
     spec = tmp_path / "byoc.yaml"
     spec.write_text(
@@ -545,8 +548,56 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: addons: the rendered ConfigMap byoc-many-engine is")
     assert not (tmp_path / "out" / "plan.json").exists()
+    checked = byoc("validate", "-f", str(spec), "-o", "json")
+    assert checked.returncode == 2, checked.stderr
+    assert json.loads(checked.stdout)["error"]["field"] == "addons"
+    assert "Kubernetes stores at most 1 MiB in one object (4,000 addons)" in checked.stderr
 
 
 def test_a_bad_source_date_epoch_is_input_error(tmp_path: Path) -> None:
     result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(tmp_path), env={**os.environ, "SOURCE_DATE_EPOCH": "x"})
     assert result.returncode == 2 and result.stderr.startswith("error: SOURCE_DATE_EPOCH:")
+
+
+def test_a_closed_stdout_is_said_not_a_traceback() -> None:
+    """`byoc shapes >&-`: file descriptor 1 closed, so Python has no sys.stdout at all."""
+    result = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m byoc shapes >&-"],
+        check=False,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr == "error: stdout: closed; byoc prints its results there (redirect it to a file or /dev/null)\n"
+    )
+
+
+def test_plan_writes_only_into_its_own_folder(tmp_path: Path) -> None:
+    """A wrong --out (a repository root, `/`, a CI variable left empty) is refused, not filled with byoc's files;
+    a plan.json that merely mentions byoc_version does not make a folder byoc's (its manifests/ would be deleted)."""
+    crowded = tmp_path / "repo"
+    crowded.mkdir()
+    (crowded / "README.md").write_text("mine\n")
+    result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(crowded))
+    assert result.returncode == 2
+    assert f"error: --out: {crowded} already holds files byoc did not write (README.md)" in result.stderr
+    assert sorted(p.name for p in crowded.iterdir()) == ["README.md"]
+
+    decoy = tmp_path / "decoy"
+    (decoy / "manifests").mkdir(parents=True)
+    (decoy / "manifests" / "keep.yaml").write_text("mine\n")
+    for fake in ('["byoc_version"]', '{"byoc_version": null}', '"byoc_version"'):
+        (decoy / "plan.json").write_text(fake)
+        result = byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(decoy))
+        assert result.returncode == 2, fake
+        assert (decoy / "manifests" / "keep.yaml").read_text() == "mine\n"
+
+    hidden = tmp_path / "ci-out"
+    hidden.mkdir()
+    (hidden / ".gitkeep").write_text("")
+    assert byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(hidden)).returncode == 0
+    assert byoc("plan", "-f", str(EXAMPLES[0]), "--out", str(hidden)).returncode == 0  # byoc's own plan: replaced

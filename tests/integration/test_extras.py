@@ -34,6 +34,12 @@ def byoc_without(hidden: list[str], *args: str) -> subprocess.CompletedProcess[s
         (["aiohttp"], ["serve", "gateway", "--insecure-no-auth"], "runtime"),
         (["prometheus_client"], ["serve", "engine-stats"], "runtime"),
         (["torch"], ["serve", "engine", "--model-dir", "/nonexistent"], "runtime"),
+        (["redis"], ["usage", "--store", "redis://127.0.0.1:1"], "runtime"),
+        (
+            ["redis"],
+            ["serve", "gateway", "--insecure-no-auth", "--upstream", "http://127.0.0.1:1", "--store", "redis://x:1"],
+            "runtime",
+        ),
         (["torch", "transformers"], ["build", "--source", "file:///nonexistent", "--shape", "h100x1-bf16"], "runtime"),
     ],
 )

@@ -149,6 +149,7 @@ def test_pending_operations_block_up_and_destroy_until_refresh(tmp_path: Path, s
 
 
 def test_scale_refuses_changes_beyond_the_bounds() -> None:
+    from byoc.clouds import get_cloud
     from byoc.lifecycle import scale_violations
 
     changed = {
@@ -156,7 +157,7 @@ def test_scale_refuses_changes_beyond_the_bounds() -> None:
         ("kubernetes:apps/v1:Deployment", "demo-serving"): ["spec.replicas", "spec.template.spec.containers"],
         ("aws:eks/cluster:Cluster", "demo-cluster"): ["version"],
     }
-    assert scale_violations(changed) == [
+    assert scale_violations(changed, get_cloud("aws").scale_changes) == [
         "kubernetes:apps/v1:Deployment demo-serving (spec.template.spec.containers)",
         "aws:eks/cluster:Cluster demo-cluster (version)",
     ]

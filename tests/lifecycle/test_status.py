@@ -80,17 +80,20 @@ class RecordedCluster:
         raise AssertionError("status never deletes")
 
 
-def health(tmp_path: Path, cluster: Any) -> dict[str, Any]:
+GCP_SPEC = {"name": "demo", "cloud": "gcp", "region": "EUROPE", "model": "llama-3.1-8b-instruct", "shape": "l4x1-bf16"}
+
+
+def health(tmp_path: Path, cluster: Any, cloud: str = "aws") -> dict[str, Any]:
     registry = Registry(tmp_path)
     if registry.get("demo") is None:
         registry.create(
             name="demo",
-            cloud="aws",
-            region="eu-west-2",
+            cloud=cloud,
+            region="eu-west-2" if cloud == "aws" else "europe-west4",
             requested_region="EUROPE",
-            shape="h100x1-fp8",
-            instance_type="p5.4xlarge",
-            spec=SPEC,
+            shape="h100x1-fp8" if cloud == "aws" else "l4x1-bf16",
+            instance_type="p5.4xlarge" if cloud == "aws" else "g2-standard-8",
+            spec=SPEC if cloud == "aws" else GCP_SPEC,
             backend="file:///x",
         )
         registry.transition("demo", State.DEPLOYING)
@@ -174,6 +177,70 @@ def test_why_gpu_replicas_are_not_coming(tmp_path: Path, monkeypatch: pytest.Mon
     assert "the NodePool's GPU limit is reached: Failed to schedule pod, all available instance types exceed" in text
     assert "node ip-10-42-1-7's GPUs never registered (allocatable nvidia.com/gpu 0)" in text
     assert "ip-10-42-1-9" not in text
+
+
+class GkeCluster(RecordedCluster):
+    """A GKE cluster: no Karpenter, whose custom resources do not exist there (kubectl would fail on them)."""
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        assert "karpenter" not in kind, f"status asked a GKE cluster for {kind}"
+        return super().list(kind, namespace)
+
+
+def test_why_gpu_replicas_are_not_coming_on_gke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GKE cluster autoscaler's own events on the pending pods, as it words them: FailedScaleUp (GKE's
+    zonalErrorMessageTemplate with "GCE quota exceeded" / "GCE out of resources") and NotTriggerScaleUp
+    (kubernetes/autoscaler: "pod didn't trigger scale-up: ... max node group size reached")."""
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = GkeCluster(desired=3, ready=0)
+    pod = {"kind": "Pod", "name": "byoc-demo-serving-abc"}
+    cluster.objects["events"] = [
+        {
+            "reason": "TriggeredScaleUp",
+            "involvedObject": pod,
+            "message": "pod triggered scale-up: [{https://www.googleapis.com/compute/v1/projects/p/zones/"
+            "europe-west4-a/instanceGroups/gke-byoc-demo-gpu-grp 0->1 (max: 3)}]",
+        },
+        {
+            "reason": "FailedScaleUp",
+            "involvedObject": pod,
+            "message": "Node scale up in zones europe-west4-a associated with this pod failed: GCE quota exceeded. "
+            "Pod is at risk of not being scheduled.",
+        },
+        {
+            "reason": "FailedScaleUp",
+            "involvedObject": pod,
+            "message": "Node scale up in zones europe-west4-b associated with this pod failed: GCE out of resources. "
+            "Pod is at risk of not being scheduled.",
+        },
+        {
+            "reason": "NotTriggerScaleUp",
+            "involvedObject": pod,
+            "message": "pod didn't trigger scale-up: 1 max node group size reached",
+        },
+    ]
+    cluster.objects["nodes"] = [
+        {
+            "metadata": {"name": "gke-byoc-demo-gpu-1", "labels": {"cloud.google.com/gke-nodepool": "byoc-demo-gpu"}},
+            "status": {"allocatable": {"cpu": "7910m", "nvidia.com/gpu": "0"}},
+        },
+        {
+            "metadata": {"name": "gke-byoc-demo-system-1", "labels": {"cloud.google.com/gke-nodepool": "system"}},
+            "status": {"allocatable": {}},
+        },
+    ]
+    registry = Registry(tmp_path)
+    health(tmp_path, cluster, cloud="gcp")  # registers the deployment
+    registry.update("demo", outputs={"gpu_node_pool": "byoc-demo-gpu"})
+    registry.close()
+    text = health(tmp_path, cluster, cloud="gcp")["health"]
+    assert text.startswith("waiting for GPUs (0/3 ready): ")
+    assert "no GPU quota: Node scale up in zones europe-west4-a associated with this pod failed: GCE quota" in text
+    assert "no capacity in the zone: Node scale up in zones europe-west4-b" in text
+    assert "the node pool's maximum is reached: pod didn't trigger scale-up: 1 max node group size reached" in text
+    assert "node gke-byoc-demo-gpu-1's GPUs never registered (allocatable nvidia.com/gpu 0)" in text
+    assert "gke-byoc-demo-system-1" not in text
+    assert "triggered" not in text  # a scale-up on its way is no blocker
 
 
 def test_unknown_rather_than_guessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -174,7 +174,9 @@ def test_the_meter_reads_the_counts_the_engine_sent() -> None:
         editor = _editor(None)
         _relay(editor, blocks)
         assert editor.counts() == (PROMPT, len(WORDS))
+        assert editor.cached_tokens() == 16  # usage.prompt_tokens_details, metered beside the counts
     assert _editor(None).counts() is None  # nothing came: the access line says so (usage=counted or none)
+    assert _editor(None).cached_tokens() == 0
 
 
 # -- what engines may legally send: SSE framing variants and usage layouts (each split every way) -----------------
@@ -228,6 +230,7 @@ def test_framing_and_usage_layouts_engines_may_send_reach_the_client_whole(
         editor, events = _through(options, reads)
         assert editor.finished and not editor.failed, reads
         assert editor.counts() == (PROMPT, len(WORDS)), reads
+        assert editor.cached_tokens() == 16, reads  # read from the bytes, or from the decoded event
         if name != "usage_nested_twice":
             assert events == expected, reads
         else:  # the usage the client asked for is the engine's, details and all

@@ -80,7 +80,62 @@ def room(cloud_name: str, instance_type: str, shape_gpus: int) -> tuple[int, int
     return free_cpu // per_node, free_memory // per_node
 
 
+def ephemeral_gib(pod: dict[str, Any]) -> float:
+    """The pod's ephemeral-storage request as the scheduler counts it, and its limit as the kubelet enforces it
+    (the containers' sum; equal here, Guaranteed): max(sum of containers, largest init container)."""
+
+    def asked(container: dict[str, Any]) -> float:
+        resources = container["resources"]
+        assert resources["requests"].get("ephemeral-storage") == resources["limits"].get("ephemeral-storage")
+        return memory_mib(resources["requests"].get("ephemeral-storage", "0Mi")) / 1024
+
+    inits = [asked(c) for c in pod.get("initContainers", [])]
+    return max([sum(asked(c) for c in pod["containers"]), *inits])
+
+
+def written_gib(pod: dict[str, Any]) -> float:
+    """What the pod writes to its node's disk at most: its emptyDir volumes on disk at their size limits (the
+    artifact in /models, /scratch), which must stay under its limit or the kubelet evicts it."""
+    volumes = [v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"]
+    return sum(memory_mib(v["sizeLimit"]) / 1024 for v in volumes)
+
+
+def node_disk_gib(plan: Plan, deployment: Deployment) -> int:
+    """The GPU nodes' root disk as the plan declares it (the EC2NodeClass's volume, the GKE node pool's disk); a
+    plan of the serving stack alone has neither, and the deployment's figure stands in."""
+    node_class = next((r for r in plan.resources if r.inputs.get("kind") == "EC2NodeClass"), None)
+    if node_class is not None:
+        return int(node_class.inputs["spec"]["blockDeviceMappings"][0]["ebs"]["volumeSize"].removesuffix("Gi"))
+    pools = [p for p in plan.by_type("gcp:container/nodePool:NodePool") if p.inputs["name"] == "byoc-gpu"]
+    return int(pools[0].inputs["nodeConfig"]["diskSizeGb"]) if pools else deployment.gpu_node_disk_gib
+
+
+def assert_disk_holds(deployment: Deployment, plan: Plan) -> None:
+    """No pod is evicted for writing what it must (the artifact, the checkpoint), and the fullest node of the pool
+    allocates ephemeral storage for its pods: one build Job and replicas in the other slots."""
+    from byoc.planner import weight_bytes
+    from byoc.sizing import NODE_FILES_GIB, eks_ephemeral_allocatable_gib, gke_ephemeral_allocatable_gib
+
+    pods = gpu_pods(plan)
+    serving, build = ephemeral_gib(pods["serving"]), ephemeral_gib(pods["build"])
+    where = f"{deployment.cloud} {deployment.shape.name}"
+    for role, pod in pods.items():
+        assert written_gib(pod) <= ephemeral_gib(pod), f"{where} {role}: its emptyDirs may pass its limit"
+    artifact = weight_bytes(deployment.model, deployment.shape.precision) / 1024**3
+    models = next(v["emptyDir"] for v in pods["serving"]["volumes"] if v["name"] == "models")
+    assert memory_mib(models["sizeLimit"]) / 1024 >= artifact, f"{where}: /models cannot hold the artifact"
+    source = weight_bytes(deployment.model, "bf16") / 1024**3
+    assert written_gib(pods["build"]) >= source + artifact, f"{where}: the build's scratch cannot hold its files"
+    disk = node_disk_gib(plan, deployment)
+    allocatable = (eks_ephemeral_allocatable_gib if deployment.cloud == "aws" else gke_ephemeral_allocatable_gib)(disk)
+    cloud = get_cloud(deployment.cloud)
+    fullest = max(cloud.instance_types[t].gpus // deployment.shape.count for t in deployment.pods.instance_types)
+    needed = (fullest - 1) * serving + max(serving, build) + NODE_FILES_GIB
+    assert needed <= allocatable, f"{where}: {needed} GiB of pods on a {disk} GiB disk allocating {allocatable:.1f}"
+
+
 def assert_fits(deployment: Deployment, plan: Plan) -> None:
+    assert_disk_holds(deployment, plan)
     pool = deployment.pods.instance_types
     priced = deployment.cost.node.instance_type
     assert priced in pool, f"{deployment.shape.name} is priced on {priced}, which its pool ({pool}) never launches"

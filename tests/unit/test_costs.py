@@ -63,6 +63,14 @@ def test_a_shape_that_fills_its_node_has_no_cost_warning() -> None:
     assert cost.cost_per_million_output_tokens_at_floor == pytest.approx(cost.cost_per_million_output_tokens)
 
 
+@pytest.mark.parametrize(("low", "high", "warned"), [(8, 8, False), (16, 16, False), (8, 9, True), (3, 3, True)])
+def test_replicas_that_always_fill_their_nodes_are_not_warned_about(low: int, high: int, warned: bool) -> None:
+    """Eight b200x1 replicas fill a p6-b200.48xlarge exactly: each costs its share, so no 'the floor is a whole
+    node' warning; a count that can leave GPUs idle keeps it."""
+    deployment = _b200(min_replicas=low, max_replicas=high)
+    assert bool([w for w in _cost_warnings(deployment) if "GPUs of a" in w.message]) is warned
+
+
 @pytest.mark.parametrize(("replicas", "nodes"), [(1, 1), (3, 1), (8, 1), (9, 2), (16, 2), (17, 3)])
 def test_replicas_fill_whole_nodes(replicas: int, nodes: int) -> None:
     cost = _b200(min_replicas=replicas, max_replicas=max(replicas, 9)).cost
@@ -104,6 +112,9 @@ def test_a_gke_pool_has_one_machine_type_so_no_fallback() -> None:
     deployment = deploy(cloud="gcp", region="EUROPE", shape="l4x1-fp8")
     assert len(deployment.placement.instance_types) > 1  # the region offers larger L4 machines too...
     assert deployment.cost.fallback_nodes == ()  # ...but the node pool launches only g2-standard-8
+    placement = deployment.plan_document()["placement"]
+    assert placement["node_pool_types"] == ["g2-standard-8"]
+    assert placement["instance_types"][0] == "g2-standard-8" and len(placement["instance_types"]) > 1
     assert not _cost_warnings(deployment)
 
 
@@ -121,3 +132,13 @@ def test_an_own_price_applies_per_gpu_to_the_whole_node() -> None:
     assert cost.cost_per_million_output_tokens_at_floor == pytest.approx(
         32.0 / (5 * throughput.output_tokens_per_s * 3600) * 1e6
     )
+
+
+def test_spot_capacity_says_its_costs_are_on_demand_upper_bounds() -> None:
+    spot = deploy(region="US", shape="h100x1-fp8", capacity="spot")
+    assert spot.cost.price_source.endswith(": an upper bound, capacity is spot")
+    warned = [w for w in spot.warnings if w.field == "capacity"]
+    assert len(warned) == 1 and "on-demand list prices, an upper bound" in warned[0].message
+    on_demand = deploy(region="US", shape="h100x1-fp8")
+    assert not [w for w in on_demand.warnings if w.field == "capacity"]
+    assert on_demand.cost.floor_hourly_usd == spot.cost.floor_hourly_usd

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from byoc.catalogs import load_catalog
 from byoc.clouds import get_cloud
 from byoc.resolve import resolve
 from byoc.spec import build_spec
@@ -125,3 +126,30 @@ def test_shapes_refuses_a_context_longer_than_the_models_like_estimate() -> None
     result = run_byoc("shapes", "--model", "llama-3.1-8b-instruct", "--max-context", "10000000", "-o", "json")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "131072" in json.loads(result.stdout)["error"]["message"]
+
+
+def test_ephemeral_storage_allocatable_by_hand() -> None:
+    """The root disk's ephemeral-storage allocatable, each cloud's formula worked by hand."""
+    from byoc.sizing import eks_ephemeral_allocatable_gib, gke_ephemeral_allocatable_gib
+
+    # EKS (Karpenter types.go): 300 GiB - kube-reserved 1 GiB - eviction ceil(10%) 30 GiB
+    assert eks_ephemeral_allocatable_gib(300) == 269.0
+    # GKE, 200 GiB boot disk on COS: OS partitions (autoscaler reserved.go) 1.5635% x 200 = 3.127 GiB + 4.148 GiB
+    # + min(100 MiB, 0.2 GiB) = 7.3727 GiB -> capacity 192.6273 GiB; system min(96.31, 6 + 67.42, 100) = 73.42 GiB;
+    # eviction 10% = 19.26 GiB -> 99.95 GiB
+    assert abs(gke_ephemeral_allocatable_gib(200) - 99.946) < 0.01
+    # above about 270 GiB the system reservation stops at 100 GiB
+    assert abs(gke_ephemeral_allocatable_gib(1000) - (1000 - 1000 * 0.015635 - 4.148 - 100 / 1024) * 0.9 + 100) < 0.01
+
+
+def test_a_replica_may_write_its_artifact_without_eviction() -> None:
+    """The 20 GiB every GPU pod asked before could not hold a 70B artifact: the kubelet evicts a pod whose emptyDirs
+    pass its limit. Now the request is what the pod writes, and the disk holds the fullest node's pods."""
+    from byoc.sizing import NODE_FILES_GIB, build_ephemeral_gib, disk_plan, serving_ephemeral_gib
+
+    model = load_catalog().models["llama-3.3-70b-instruct"]
+    assert serving_ephemeral_gib(model, "fp8") > 66  # about 66 GiB of FP8 weights, plus scratch
+    assert build_ephemeral_gib(model, "fp8") > 131 + 66  # the BF16 checkpoint and the FP8 artifact side by side
+    plan = disk_plan(model, "fp8", slots=8, formula="eks")
+    assert plan.allocatable_gib >= 7 * plan.serving_gib + plan.build_gib + NODE_FILES_GIB
+    assert plan.node_disk_gib % 50 == 0

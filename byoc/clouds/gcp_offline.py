@@ -1,0 +1,89 @@
+"""What Google Cloud would answer a byoc program run offline (`byoc plan`, under Pulumi's mocks): the ids and
+computed outputs of each resource and the answers of the data sources the program reads.
+
+Values only a live project knows are placeholders: the project is `example-project` (number 123456789012), zones
+are <region>-a/b/c, and ids, emails and service agents are made up in the formats Google documents for them (each
+API's resource name, "Service agents" for the agents' emails).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PLACEHOLDER_PROJECT = "example-project"
+PLACEHOLDER_PROJECT_NUMBER = "123456789012"
+
+
+def _machine_type(name_filter: str) -> dict[str, Any]:
+    """A placeholder Compute Engine machine type named as the filter `name = "<type>"` asks."""
+    name = name_filter.split("=", 1)[-1].strip().strip('"')
+    return {
+        "name": name,
+        "accelerators": [],
+        "architecture": "X86_64",
+        "bundledLocalSsds": [],
+        "deprecateds": [],
+        "description": name,
+        "guestCpus": 0,
+        "isSharedCpus": False,
+        "maximumPersistentDisks": 0,
+        "maximumPersistentDisksSizeGb": 0,
+        "memoryMb": 0,
+        "selfLink": name,
+    }
+
+
+def resource_outputs(
+    type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
+) -> tuple[str | None, dict[str, Any]]:
+    """The id (None: the engine's placeholder) and the outputs Google Cloud computes for a resource of
+    `type_token`; `name` is the physical name the program gave (or the logical name)."""
+    project = PLACEHOLDER_PROJECT
+    if type_token == "gcp:kms/keyRing:KeyRing":
+        return f"projects/{project}/locations/{inputs.get('location', region)}/keyRings/{name}", {}
+    if type_token == "gcp:kms/cryptoKey:CryptoKey":
+        return f"{inputs.get('keyRing')}/cryptoKeys/{name}", {}
+    if type_token == "gcp:serviceaccount/account:Account":
+        email = f"{inputs.get('accountId')}@{project}.iam.gserviceaccount.com"
+        path = f"projects/{project}/serviceAccounts/{email}"
+        return path, {"email": email, "member": f"serviceAccount:{email}", "name": path}
+    if type_token == "gcp:storage/bucket:Bucket":
+        return name, {"url": f"gs://{name}", "selfLink": f"https://www.googleapis.com/storage/v1/b/{name}"}
+    if type_token == "gcp:compute/network:Network":
+        return f"projects/{project}/global/networks/{name}", {}
+    if type_token == "gcp:compute/subnetwork:Subnetwork":
+        return f"projects/{project}/regions/{region}/subnetworks/{name}", {}
+    if type_token == "gcp:container/cluster:Cluster":
+        return f"projects/{project}/locations/{inputs.get('location', region)}/clusters/{name}", {
+            "endpoint": "10.42.96.2",
+            "masterAuth": {**inputs.get("masterAuth", {}), "clusterCaCertificate": "cGxhY2Vob2xkZXI="},
+        }
+    if type_token == "gcp:logging/projectSink:ProjectSink":
+        writer = f"serviceAccount:service-{PLACEHOLDER_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com"
+        return None, {"writerIdentity": writer}
+    return None, {}
+
+
+def call_answer(token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
+    """What the Google Cloud data source `token` answers (None: not one byoc reads)."""
+    storage_agent = f"service-{PLACEHOLDER_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
+    answers: dict[str, dict[str, Any]] = {
+        "gcp:organizations/getProject:getProject": {
+            "projectId": PLACEHOLDER_PROJECT,
+            "number": PLACEHOLDER_PROJECT_NUMBER,
+            "name": PLACEHOLDER_PROJECT,
+            "id": f"projects/{PLACEHOLDER_PROJECT}",
+        },
+        "gcp:compute/getZones:getZones": {"names": [f"{region}-{suffix}" for suffix in "abc"], "id": region},
+        # every zone offers every machine type asked for (a live plan asks Compute Engine)
+        "gcp:compute/getMachineTypes:getMachineTypes": {
+            "machineTypes": [_machine_type(str(args.get("filter", "")))],
+            "id": str(args.get("zone")),
+        },
+        "gcp:storage/getProjectServiceAccount:getProjectServiceAccount": {
+            "emailAddress": storage_agent,
+            "member": f"serviceAccount:{storage_agent}",
+            "id": PLACEHOLDER_PROJECT,
+        },
+    }
+    return answers.get(token)
