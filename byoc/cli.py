@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer on Click itself
     from click.exceptions import ClickException, UsageError  # type: ignore[assignment,unused-ignore]
 
 from byoc import __version__
-from byoc.commands import addons, build, compliance, live, serve, usage
+from byoc.commands import addons, build, compliance, keys, live, serve, usage
 from byoc.commands import plan as planning
 from byoc.errors import ByocError
 
@@ -54,7 +54,7 @@ def _root(
     """Private LLM inference in your own AWS or GCP account: plan, deploy, serve, and prove compliance."""
 
 
-for group in (planning, live, serve, addons, build, compliance, usage):
+for group in (planning, live, serve, keys, addons, build, compliance, usage):
     group.register(app)
 
 

@@ -28,9 +28,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "gcp": ("pulumi_gcp",),
     "serve": ("aiohttp", "prometheus_client", "yaml"),
     "runtime": ("aiohttp", "prometheus_client", "torch", "transformers", "safetensors", "peft"),
-    "store": ("redis",),  # the usage ledger: the gateway's --store, `byoc usage`
+    "store": ("redis",),  # the gateway's --store (shared limits, the usage ledger), `byoc keys`, `byoc usage`
 }
-# The pip extra each group above is installed by (serve's modules come with the runtime extra).
+# The pip extra each group above is installed by (serve's and store's modules come with the runtime extra).
 PIP_EXTRA = {"gcp": "gcp", "serve": "runtime", "runtime": "runtime", "store": "runtime"}
 
 

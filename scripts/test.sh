@@ -9,7 +9,8 @@ SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
 # Debian packages: Prometheus (promtool and a real server for the metrics tests), Chromium (opens the HTML
-# compliance report headless), redis-server (the store the gateway replicas share: the usage ledger tests).
+# compliance report headless), redis-server (the store the gateway replicas share: the shared limits and usage
+# ledger tests).
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"

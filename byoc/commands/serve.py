@@ -30,8 +30,17 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_secon
                 flags[name] = parse_address(str(flags[name]), flag)
         flags["upstreams"] = tuple(parse_upstream(u) for u in flags.pop("upstream") or [])  # type: ignore[attr-defined]
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
+        if flags.get("store"):
+            from byoc.extras import require
+
+            require("store", "--store")
         config = build_config(config_file, flags)
         keys = load_keys(config.api_keys) if config.api_keys is not None else None
+        settings = config.store_settings()
+        if settings is not None:
+            from runtime.serve.store import connect
+
+            connect(settings).close()  # a store that does not answer now is an input error (exit 2 naming the flag)
         # named where the user set it: the flag, or the config file's setting (a default's port: the flag)
         defaults = GatewayConfig()
         named = {
@@ -145,14 +154,31 @@ def gateway(
         str | None,
         typer.Option(
             "--store",
-            help="redis:// or rediss:// URL of the store the gateway replicas share: the usage ledger (byoc usage).",
+            help="redis://HOST:PORT or rediss:// (TLS): the store the gateway replicas share: per-key limits, "
+            "budgets and keys, and the usage ledger (byoc usage) [none: limits in this process's memory].",
         ),
     ] = None,
     store_password_file: Annotated[
-        Path | None, typer.Option("--store-password-file", help="File holding the store's password (AUTH).")
+        Path | None, typer.Option("--store-password-file", help="File holding the store's AUTH token.")
     ] = None,
     store_ca_file: Annotated[
-        Path | None, typer.Option("--store-ca-file", help="PEM CA bundle that signed the store's TLS certificate.")
+        Path | None, typer.Option("--store-ca-file", help="PEM CA of the store's TLS certificate (Memorystore).")
+    ] = None,
+    store_prefix: Annotated[
+        str | None, typer.Option("--store-prefix", help="Prefix of every key written in the store [byoc:].")
+    ] = None,
+    store_lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--store-lease-seconds", help="Lease of a concurrency slot: a killed gateway's slots free after it [10]."
+        ),
+    ] = None,
+    replicas_hint: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas-hint",
+            help="Gateway replicas to divide limits by if the store is down before any heartbeat was seen [1].",
+        ),
     ] = None,
     gpus_per_replica: Annotated[
         int | None,
@@ -194,6 +220,9 @@ def gateway(
         "store": store,
         "store_password_file": store_password_file,
         "store_ca_file": store_ca_file,
+        "store_prefix": store_prefix,
+        "store_lease_seconds": store_lease_seconds,
+        "replicas_hint": replicas_hint,
         "gpus_per_replica": gpus_per_replica,
     }
     _run_gateway(config, flags, drain_seconds)
@@ -306,6 +335,9 @@ def engine_stats(
 def hash_key(
     name: Annotated[str, typer.Option("--name", help="The key's name (it appears in the access log).")],
     rpm: Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute for this key.")] = None,
+    tpm: Annotated[
+        int | None, typer.Option("--tpm", min=0, help="Tokens (prompt + completion) per minute for this key.")
+    ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", min=0, help="Requests in progress at once for this key.")
     ] = None,
@@ -334,7 +366,7 @@ def hash_key(
                 "the key on stdin holds whitespace or a control character, and a key is one word",
                 "use a random key, e.g. `openssl rand -hex 24`",
             )
-        entry = hash_key_entry(name, key.strip(), rpm, max_concurrency)
+        entry = hash_key_entry(name, key.strip(), rpm, max_concurrency, tpm=tpm)
     print(entry, end="")
 
 

@@ -93,11 +93,29 @@ class GatewayConfig:
     routing: RoutingMode = "least_outstanding"
     routing_tokenizer: Path | None = None  # precise routing: the model's tokenizer folder (the engine's tokens)
     routing_load_factor: float = 1.25  # a replica takes a cached prefix while under this x the mean load
-    # the shared store (Redis or Valkey): the usage ledger (runtime/serve/ledger.py); None: no ledger
+    # the store the gateway replicas share (Redis or Valkey): per-key limits, budgets and keys
+    # (runtime/serve/store.py) and the usage ledger (runtime/serve/ledger.py); None: limits in this process's memory,
+    # no ledger
     store: str | None = None
     store_password_file: Path | None = None
     store_ca_file: Path | None = None
+    store_prefix: str = "byoc:"
+    store_lease_seconds: float = 10.0  # a concurrency slot's lease: how long a killed gateway's slots stay taken
+    replicas_hint: int = 1  # the divisor of each limit if the store is down before any heartbeat was seen
     gpus_per_replica: int = 1  # GPU-seconds = a request's share of its replica's busy time x this
+
+    def store_settings(self) -> Any:
+        """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
+        if self.store is None:
+            return None
+        try:
+            from runtime.serve.store import StoreSettings
+        except ModuleNotFoundError as exc:
+            raise ByocError(
+                "--store", f"needs the {exc.name} package", "install byoc's runtime extra (it brings redis)"
+            ) from None
+
+        return StoreSettings(self.store, self.store_password_file, self.store_ca_file, self.store_prefix)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -138,6 +156,8 @@ class GatewayConfig:
             ("--health-interval", self.health_interval > 0, "a positive number of seconds"),
             ("--upstream-timeout", self.upstream_timeout > 0, "a positive number of seconds"),
             ("--config: max_stop_sequences", 1 <= self.max_stop_sequences <= 1024, "from 1 to 1024, e.g. 16"),
+            ("--store-lease-seconds", 1.0 <= self.store_lease_seconds <= 3600, "from 1 to 3600 seconds, e.g. 10"),
+            ("--replicas-hint", 1 <= self.replicas_hint <= 1000, "the usual gateway replica count, 1 to 1000"),
         ]
         for flag, ok, hint in checks:
             if not ok:
@@ -169,6 +189,8 @@ class GatewayConfig:
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
             )
         self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
+        if self.store is not None:
+            self.store_settings().check()  # the limiter's own rules too: no password in the URL, the prefix
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")

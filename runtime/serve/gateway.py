@@ -1,8 +1,10 @@
 """The OpenAI-compatible gateway in front of trtllm-serve replicas.
 
-One asyncio process. Per request, in this order: API key (401), the key's requests per minute (429), the body
-(413 over 8 MiB, 400), the model or addon (404; held like the rest while no replica has listed its addons yet), the
-key's concurrent requests (429), a held wait while no replica is ready (scale from zero:
+One asyncio process. Per request, in this order: API key (401), the body (413 over 8 MiB, 400), the model or addon
+(404; held like the rest while no replica has listed its addons yet), the key's limits in one decision (its token
+budget: 429 `insufficient_quota`; its requests and tokens per minute and concurrent requests: 429
+`rate_limit_exceeded`; in this process's memory, or across every gateway replica with --store: runtime/serve/store.py),
+a held wait while no replica is ready (scale from zero:
 `byoc_gateway_pending_requests`, 503 after --wake-timeout), an admission slot or a place in the bounded queue (429
 when full or after --queue-timeout), then the least busy ready replica. A request that fails before its first byte
 (unreachable, 502/504) or that a busy engine turns away (429/503: vLLM and SGLang do when full; trtllm-serve queues)
@@ -36,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
-from runtime.serve.limits import Admission, KeyConcurrency, RequestsPerMinute, retry_after
+from runtime.serve.limits import Admission, KeyLimits, LocalLimiter, Refusal, Ticket, prompt_estimate, retry_after
 from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
@@ -110,8 +112,11 @@ class Gateway:
         self.metrics = GatewayMetrics(config.ttft_slo)
         self.pool = UpstreamPool(config.upstreams, config.health_interval, self.metrics)
         self.router = make_router(config, self.pool)  # --routing: least_outstanding, approximate, precise
-        self.rpm = RequestsPerMinute()
-        self.key_concurrency = KeyConcurrency()
+        self.file_keys = keys or []
+        self.limiter = LocalLimiter()
+        self.store: Any = None  # runtime/serve/store.py Store with --store: `store.client` is its redis.asyncio.Redis
+        self.shared: Any = None  # runtime/serve/store.py SharedLimiter with --store
+        self._limits: dict[ApiKey, KeyLimits] = {}
         self.admission = Admission(config.max_concurrency, config.max_queue)
         self.declared = {a.name: a for a in config.addons}
         self.pending = 0
@@ -136,12 +141,36 @@ class Gateway:
         self._session = UpstreamClient(
             UPSTREAM_CONNECT_SECONDS, self.config.upstream_timeout, keepalive_seconds=UPSTREAM_KEEPALIVE_SECONDS
         )
+        settings = self.config.store_settings()
+        if settings is not None:
+            from runtime.serve.store import SharedLimiter, Store
+
+            self.store = Store(
+                settings,
+                self.config.store_lease_seconds,
+                self.config.replicas_hint,
+                self.metrics.registry,
+                on_keys=self._store_keys,
+                file_key_names=[k.name for k in self.file_keys],
+            )
+            self.shared = SharedLimiter(self.store)
+            await self.store.start()
         if self.config.store is not None:
             self.ledger = await _open_ledger(self.config)
             self.ledger.register_metrics(self.metrics.registry)
             self.ledger.start()
         await self.pool.start()
         await self.router.start()
+
+    def _store_keys(self, entries: dict[str, str]) -> None:
+        """The keys in the store changed (`byoc keys`): serve the keys file's merged with them, from now on."""
+        if not self.keys.enabled:
+            return
+        from runtime.serve.store import merge_keys
+
+        self.keys.replace(merge_keys(self.file_keys, entries))
+        self._limits.clear()
+        log.info("API keys reloaded from the store: %s", self.keys.describe())
 
     def drain(self) -> None:
         """SIGTERM: no new request, and none left waiting (held for a replica, or queued for a slot): each is
@@ -162,6 +191,8 @@ class Gateway:
     async def stop(self) -> None:
         await self.router.stop()
         await self.pool.stop()
+        if self.store is not None:
+            await self.store.stop()
         if self._session is not None:
             await self._session.close()
         if self.ledger is not None:
@@ -281,6 +312,8 @@ class Gateway:
         headers = dict(JSON_HEADERS)
         if error.retry_after is not None:
             headers["Retry-After"] = error.retry_after
+        if error.headers:
+            headers.update(error.headers)
         return web.Response(status=error.status, body=error.body(), headers=headers)
 
     async def _serve(self, request: web.Request, kind: Kind, path: str) -> web.StreamResponse:
@@ -373,6 +406,64 @@ class Gateway:
         outcome.reason = reason
         return ApiError(429, message, kind="requests", code="rate_limit_exceeded", retry_after=retry_after(wait))
 
+    def _key_limits(self, key: ApiKey) -> KeyLimits:
+        limits = self._limits.get(key)
+        if limits is None:
+            budget = key.budget
+            limits = self._limits[key] = KeyLimits(
+                key.rpm if key.rpm is not None else self.config.rate_limit_rpm,
+                key.tpm or 0,
+                key.max_concurrency or 0,
+                budget.tokens if budget is not None else 0,
+                budget.period if budget is not None else "month",
+            )
+        return limits
+
+    async def _admit(self, key: ApiKey, estimate: int) -> Ticket | Refusal:
+        limits = self._key_limits(key)
+        if self.shared is not None:
+            decision: Ticket | Refusal = await self.shared.admit(key.name, limits, estimate)
+            return decision
+        return self.limiter.admit(key.name, limits, estimate)
+
+    def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Charge what the request used (prompt + completion): the engine's usage; without it, the prompt estimate
+        and one token per chunk of generated text; nothing for a request that reached no engine."""
+        if outcome.usage_source == "engine":
+            used = outcome.prompt_tokens + outcome.output_tokens
+        elif outcome.code == "200" or outcome.streamed:
+            used = ticket.estimate + outcome.content_chunks
+        else:
+            used = 0
+        if self.shared is not None:
+            self.shared.settle(ticket, used)
+        else:
+            self.limiter.settle(ticket, used)
+
+    def _refused(self, refusal: Refusal, key: ApiKey, outcome: Outcome) -> ApiError:
+        limits = self._key_limits(key)
+        if refusal.reason == "budget":
+            assert refusal.period is not None
+            self.metrics.rate_limited.labels(reason="budget").inc()
+            outcome.reason = "budget"
+            period = "day" if limits.budget_period == "day" else "month"
+            # OpenAI's own quota error: 429, type and code `insufficient_quota` (openai-python raises RateLimitError)
+            return ApiError(
+                429,
+                f"budget: this key has used its {limits.budget_tokens} tokens for this {period} (UTC); "
+                f"it resets at {refusal.period.reset_iso}",
+                kind="insufficient_quota",
+                code="insufficient_quota",
+                retry_after=retry_after(refusal.wait),
+                headers={"X-Budget-Reset": refusal.period.reset_iso},
+            )
+        messages = {
+            "key_rpm": f"rate limit: this key may send {limits.rpm} requests per minute",
+            "key_tpm": f"rate limit: this key may use {limits.tpm} tokens (prompt + completion) per minute",
+            "key_concurrency": f"rate limit: this key may have {limits.max_concurrency} requests in progress at once",
+        }
+        return self._limited(refusal.reason, messages.get(refusal.reason, "rate limit"), refusal.wait, outcome)
+
     async def _handle(
         self, request: web.Request, kind: Kind, path: str, outcome: Outcome, started: float
     ) -> web.StreamResponse:
@@ -384,10 +475,6 @@ class Gateway:
         if key is None:
             raise _unauthorized()
         outcome.key = key.name
-        rpm = key.rpm if key.rpm is not None else self.config.rate_limit_rpm
-        wait = self.rpm.take(key.name, rpm)
-        if wait:
-            raise self._limited("key_rpm", f"rate limit: this key may send {rpm} requests per minute", wait, outcome)
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -402,13 +489,9 @@ class Gateway:
         addon = self._resolve_model(parsed.model)
         if not isinstance(addon, Unresolved):
             outcome.addon = addon.name if addon is not None else BASE
-        if not self.key_concurrency.try_enter(key.name, key.max_concurrency):
-            raise self._limited(
-                "key_concurrency",
-                f"rate limit: this key may have {key.max_concurrency} requests in progress at once",
-                1,
-                outcome,
-            )
+        ticket = await self._admit(key, prompt_estimate(parsed.body))
+        if isinstance(ticket, Refusal):
+            raise self._refused(ticket, key, outcome)
         try:
             await self._hold_until_ready(outcome)
             if isinstance(addon, Unresolved):
@@ -428,7 +511,7 @@ class Gateway:
                 self.in_flight -= 1
                 self.admission.release()
         finally:
-            self.key_concurrency.leave(key.name)
+            self._settle(ticket, outcome)
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""

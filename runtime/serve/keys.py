@@ -5,7 +5,8 @@ The keys file is one of two formats that cannot be mistaken for each other:
 - YAML of hashed keys, as `byoc serve hash-key` prints them: a list of entries, so that `hash-key >> keys.yaml`
   adds one (a top-level `keys:` holding the same list is read too):
 
-      - {name: ci, sha256: 9f86d0...0f00a08, rpm: 600, max_concurrency: 8}
+      - {name: ci, sha256: 9f86d0...0f00a08, rpm: 600, tpm: 200000, max_concurrency: 8,
+         budget: {tokens: 50000000, period: month}}
 
 - plain keys, one per line (development only): the gateway hashes each line at load and keeps only the digest.
   A line must look like a key: one word of at least 16 characters, not 64 hex digits (that is a digest). A file
@@ -47,13 +48,45 @@ def key_name_problem(name: str) -> str | None:
     return None
 
 
+# The highest value each per-key limit takes: above these a limit is a typo, not a limit (a key allowed a billion
+# requests a minute has none). Shared by the keys file, the store's entries and `byoc keys`.
+LIMIT_MAX = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_concurrency": 1_000_000}
+BUDGET_MAX = 10**15  # tokens in one period
+BUDGET_PERIODS = ("day", "month")  # UTC calendar periods
+LIMIT_FIELDS = ("rpm", "max_concurrency", "tpm")
+ENTRY_FIELDS = ("name", "sha256", *LIMIT_FIELDS, "budget")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Tokens (prompt + completion) a key may use in one UTC calendar period (`day` or `month`)."""
+
+    tokens: int
+    period: str  # "day" or "month"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"tokens": self.tokens, "period": self.period}
+
+
 @dataclass(frozen=True)
 class ApiKey:
     name: str
     digest: bytes
     rpm: int | None = None  # None: the gateway's --rate-limit-rpm
     max_concurrency: int | None = None  # None: no per-key limit
-    kind: str = "sha256"  # "sha256" (a hashed entry) or "plaintext" (a line hashed at load)
+    kind: str = "sha256"  # "sha256" (a hashed entry), "plaintext" (a line hashed at load) or "store" (byoc keys)
+    tpm: int | None = None  # prompt + completion tokens per minute; None: no per-key limit
+    budget: Budget | None = None  # None: no budget
+
+    def entry(self) -> dict[str, object]:
+        """The hashed entry, as the keys file and the store hold it (never the key)."""
+        entry: dict[str, object] = {"name": self.name, "sha256": self.digest.hex()}
+        for name in LIMIT_FIELDS:
+            if getattr(self, name) is not None:
+                entry[name] = getattr(self, name)
+        if self.budget is not None:
+            entry["budget"] = self.budget.as_dict()
+        return entry
 
 
 ANONYMOUS = ApiKey("anonymous", b"")
@@ -70,26 +103,62 @@ def check_key_name(name: str) -> None:
         raise ByocError("--name", problem, "e.g. --name ci-pipeline: the access log writes key=NAME")
 
 
-def hash_key_entry(name: str, key: str, rpm: int | None = None, max_concurrency: int | None = None) -> str:
+def hash_key_entry(
+    name: str,
+    key: str,
+    rpm: int | None = None,
+    max_concurrency: int | None = None,
+    *,
+    tpm: int | None = None,
+    budget: Budget | None = None,
+) -> str:
     """The YAML list entry for one key, as `byoc serve hash-key` prints it (the key itself never appears).
 
     Raises ByocError (`--name`) for a name the gateway would refuse to load."""
     check_key_name(name)
-    entry: dict[str, object] = {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest()}
-    if rpm is not None:
-        entry["rpm"] = rpm
-    if max_concurrency is not None:
-        entry["max_concurrency"] = max_concurrency
+    entry = ApiKey(name, digest(key), rpm, max_concurrency, tpm=tpm, budget=budget).entry()
     return yaml.safe_dump([entry], sort_keys=False, default_flow_style=None, width=1000)
+
+
+def limit_problem(field: str, value: object) -> str | None:
+    """Why `value` cannot be the per-key limit `field` (rpm, tpm, max_concurrency), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LIMIT_MAX[field]:
+        return f"{field} must be a whole number from 0 to {LIMIT_MAX[field]:,} (0: no limit)"
+    return None
+
+
+def budget_problem(value: object) -> str | None:
+    """Why `value` cannot be a key's `budget` ({tokens: N, period: day|month}), or None."""
+    if not isinstance(value, dict) or set(value) != {"tokens", "period"}:
+        return "budget must be {tokens: N, period: day|month}"
+    tokens, period = value["tokens"], value["period"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= BUDGET_MAX:
+        return f"budget.tokens must be a whole number from 1 to {BUDGET_MAX:,}"
+    if period not in BUDGET_PERIODS:
+        return f"budget.period {period!r} is not a period: day or month (UTC calendar)"
+    return None
 
 
 def _limit(entry: dict[str, object], field: str, where: str) -> int | None:
     value = entry.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ByocError("--api-keys", f"{where}: {field} must be a whole number >= 0", f"e.g. {field}: 60")
+    problem = limit_problem(field, value)
+    if problem:
+        raise ByocError("--api-keys", f"{where}: {problem}", f"e.g. {field}: 60")
+    assert isinstance(value, int)
     return value
+
+
+def _budget(entry: dict[str, object], where: str) -> Budget | None:
+    value = entry.get("budget")
+    if value is None:
+        return None
+    problem = budget_problem(value)
+    if problem:
+        raise ByocError("--api-keys", f"{where}: {problem}", "e.g. budget: {tokens: 1000000, period: month}")
+    assert isinstance(value, dict)
+    return Budget(int(value["tokens"]), str(value["period"]))
 
 
 def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
@@ -100,12 +169,12 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
         where = f"{path}: key {index}"
         if not isinstance(entry, dict):
             raise ByocError("--api-keys", f"{where} is not a mapping", "use {name: ..., sha256: ...}")
-        unknown = set(entry) - {"name", "sha256", "rpm", "max_concurrency"}
+        unknown = set(entry) - set(ENTRY_FIELDS)
         if unknown:
             raise ByocError(
                 "--api-keys",
                 f"{where} has unknown field {sorted(unknown)[0]!r}",
-                "fields: name, sha256, rpm, max_concurrency",
+                "fields: " + ", ".join(ENTRY_FIELDS),
             )
         name, hexdigest = entry.get("name"), str(entry.get("sha256", "")).lower()
         if name is None or (isinstance(name, str) and not name.strip()):
@@ -126,7 +195,16 @@ def _from_yaml(entries: object, path: Path) -> list[ApiKey]:
                 "the hex SHA-256 of the key: `byoc serve hash-key --name NAME < key.txt`",
             )
         rpm = _limit(entry, "rpm", where)
-        keys.append(ApiKey(name, bytes.fromhex(hexdigest), rpm, _limit(entry, "max_concurrency", where)))
+        keys.append(
+            ApiKey(
+                name,
+                bytes.fromhex(hexdigest),
+                rpm,
+                _limit(entry, "max_concurrency", where),
+                tpm=_limit(entry, "tpm", where),
+                budget=_budget(entry, where),
+            )
+        )
     return keys
 
 
@@ -200,13 +278,21 @@ class KeyRing:
         self.enabled = keys is not None
         self._by_digest = {k.digest: k for k in keys or []}
 
+    def replace(self, keys: list[ApiKey]) -> None:
+        """Serve `keys` from now on (the keys file's merged with the store's): one assignment, so a request never
+        sees half a change."""
+        self._by_digest = {k.digest: k for k in keys}
+
     def __len__(self) -> int:
         return len(self._by_digest)
 
     def describe(self) -> str:
         """`3 API keys (2 sha256, 1 plaintext)`: for the start-up log line."""
         kinds = [k.kind for k in self._by_digest.values()]
-        return f"{len(kinds)} API keys ({kinds.count('sha256')} sha256, {kinds.count('plaintext')} plaintext)"
+        counts = f"{kinds.count('sha256')} sha256, {kinds.count('plaintext')} plaintext"
+        if kinds.count("store"):
+            counts += f", {kinds.count('store')} from the store"
+        return f"{len(kinds)} API keys ({counts})"
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         if not self.enabled:

@@ -35,6 +35,7 @@ class ApiError(Exception):
         kind: str = "invalid_request_error",
         code: str | None = None,
         retry_after: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -43,6 +44,7 @@ class ApiError(Exception):
         self.kind = kind
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers  # more response headers (a budget's reset time)
 
     def body(self) -> bytes:
         return error_body(self.message, self.kind, self.param, self.code)

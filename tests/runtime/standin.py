@@ -2,7 +2,8 @@
 answer them (vLLM and SGLang refuse with 429/503 when full; older TensorRT-LLM sends usage on every chunk), for the
 gateway tests that the CPU engine, which follows TensorRT-LLM 1.3.0rc19, cannot show.
 
-Chunks are written as pydantic dumps them in trtllm-serve (compact JSON), with the words ANSWER in order.
+Chunks are written as pydantic dumps them in trtllm-serve (compact JSON), with the words ANSWER in order. A request
+whose `user` is `hold:SECONDS` is answered that much later (a request that holds a slot, for the limits tests).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class StandInEngine:
             return self._refusal()
         if self.delay:
             await asyncio.sleep(self.delay)
+        user = body.get("user")
+        if isinstance(user, str) and user.startswith("hold:"):
+            await asyncio.sleep(float(user.removeprefix("hold:")))
         total = len(ANSWER)
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": total, "total_tokens": PROMPT_TOKENS + total}
         meta = {"id": "chatcmpl-standin" if chat else "cmpl-standin", "created": int(time.time()), "model": self.model}

@@ -171,6 +171,19 @@ def _every_kind_of_request(first: Server, second: Server, prompt: str) -> int:
     return warm.prompt_tokens_details.cached_tokens
 
 
+def _stored_values(db: Any, name: str) -> list[tuple[Any, Any]]:
+    """Everything one key of the store holds, as (field, value) pairs: hashes and strings (usage, limits), a set and
+    sorted sets (the shared limiter's key names, gateway replicas and concurrency slots: runtime/serve/store.py)."""
+    kind = db.type(name)
+    assert kind in ("hash", "string", "set", "zset"), (name, kind)
+    if kind == "hash":
+        return list(db.hgetall(name).items())
+    if kind == "string":
+        return [(db.get(name), "")]
+    members = db.smembers(name) if kind == "set" else db.zrange(name, 0, -1)
+    return [(member, "") for member in members]
+
+
 def test_usage_sums_across_gateways_restarts_and_a_store_outage(
     engine: Server, runtime_dir: Path, ledger_keys: Path, store: RedisServer
 ) -> None:
@@ -236,9 +249,7 @@ def test_usage_sums_across_gateways_restarts_and_a_store_outage(
         db = store.client()
         for name in db.scan_iter("*"):
             assert marker not in name and "word1" not in name
-            kind = db.type(name)
-            values = list(db.hgetall(name).items()) if kind == "hash" else [(db.get(name), "")]
-            assert kind in ("hash", "string"), (name, kind)
+            values = _stored_values(db, name)
             for field, value in values:
                 assert marker not in f"{field}{value}" and "word" not in f"{field}{value}", (name, field, value)
     finally:

@@ -38,6 +38,7 @@ RAW_METRICS = frozenset(
         "byoc_gateway_pending_requests",
         "byoc_gateway_rate_limited_total",
         "byoc_gateway_upstream_errors_total",
+        "byoc_gateway_limits_store_up",
         "byoc_slo_ttft_p95_seconds",
         "byoc_engine_kv_cache_utilization",
         "DCGM_FI_DEV_GPU_UTIL",
@@ -184,6 +185,7 @@ def test_alerts_are_routed_and_documented() -> None:
         "ByocGPUsIdle",
         "ByocKVCacheNearFull",
         "ByocRequestsWaitingAtZero",
+        "ByocLimitsStoreDown",
     }
     for rule in alerts:
         assert rule["for"], rule["alert"]
