@@ -35,6 +35,8 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 
 # Where the gateway reads the shared store's AUTH password and CA (a Secret volume, never environment variables).
 STORE_SECRET_MOUNT = "/etc/byoc/store"
+# The gateway runs at least this many replicas (its Deployment and HPA minimum), behind one Service.
+GATEWAY_MIN_REPLICAS = 2
 
 
 @dataclass(frozen=True)
@@ -633,6 +635,13 @@ class ServingStack(pulumi.ComponentResource):
                 f"{STORE_SECRET_MOUNT}/password",
                 "--store-ca-file",
                 f"{STORE_SECRET_MOUNT}/ca.crt",
+                # with the store away each replica enforces limit / replicas: until it has seen the others'
+                # heartbeats, it counts the HPA's minimum
+                "--replicas-hint",
+                str(GATEWAY_MIN_REPLICAS),
+                # the ledger's GPU-seconds: a replica's busy time times its GPUs
+                "--gpus-per-replica",
+                str(deployment.shape.count),
             ]
             store_secret = self._namespaced(
                 k8s.core.v1.Secret,
@@ -656,7 +665,7 @@ class ServingStack(pulumi.ComponentResource):
                 "annotations": image_annotations(deployment),
             },
             spec={
-                "replicas": 2,
+                "replicas": GATEWAY_MIN_REPLICAS,
                 "selector": {"matchLabels": selector(deployment, component)},
                 "template": {
                     "metadata": {"labels": labels(deployment, component)},
@@ -719,7 +728,7 @@ class ServingStack(pulumi.ComponentResource):
             {"name": self._object_name("gateway"), "labels": labels(deployment, component)},
             spec={
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self._object_name("gateway")},
-                "minReplicas": 2,
+                "minReplicas": GATEWAY_MIN_REPLICAS,
                 "maxReplicas": 6,
                 "metrics": [
                     {

@@ -407,3 +407,12 @@ def test_estimate_prices_the_store_with_its_source(cloud: str, service: str) -> 
     assert "pricing" in store["price_source"]
     text = run_byoc(*args).stdout
     assert f"shared store       {service}, 2 nodes, ${store['hourly_usd']:,.4f}/h" in text
+
+
+def test_gateway_divides_limits_by_its_replicas_and_meters_the_shapes_gpus() -> None:
+    """With the store away each gateway enforces limit / replicas (the HPA's minimum until it has seen the
+    others); the ledger's GPU-seconds count the shape's GPUs per model replica."""
+    command = containers(gateway(graph(shape="h100x2-fp8")))["gateway"]["command"]
+    after = {command[i]: command[i + 1] for i in range(len(command) - 1) if command[i].startswith("--")}
+    assert after["--replicas-hint"] == "2"
+    assert after["--gpus-per-replica"] == "2"
