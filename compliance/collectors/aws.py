@@ -118,7 +118,8 @@ def _kms(s: _Session) -> None:
 
 
 def _key_references(resources: list[Resource]) -> dict[str, list[str]]:
-    """The KMS keys the deployment's resources name (bucket, trail, log group, cluster, volume, queue): key -> users."""
+    """The KMS keys the deployment's resources name (bucket, trail, log group, cluster, volume, queue, the gateway's
+    store): key -> users."""
     found: dict[str, list[str]] = {}
     for r in resources:
         if r.type == t.ENCRYPTION:
@@ -132,6 +133,8 @@ def _key_references(resources: list[Resource]) -> dict[str, list[str]]:
             keys = [r.get("kmsMasterKeyId")]
         elif r.type == t.CLUSTER:
             keys = [(c.get("provider") or {}).get("keyArn") for c in r.get("encryptionConfig") or []]
+        elif r.type == t.REPLICATION_GROUP:
+            keys = [r.get("kmsKeyId")]
         elif r.type == t.LAUNCH_TEMPLATE:
             keys = [(m.get("ebs") or {}).get("kmsKeyId") for m in r.get("blockDeviceMappings") or []]
         else:

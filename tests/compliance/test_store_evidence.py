@@ -184,6 +184,10 @@ def _seed(endpoint: str, name: str, **changes: Any) -> None:
             {"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "UserIdGroupPairs": [{"GroupId": nodes}]}
         ],
     )
+    # the deployment's key, as the stack makes it (the collector reads every key the store names)
+    key = session.client("kms", endpoint_url=endpoint).create_key(
+        Description="byoc platform key", Tags=[{"TagKey": "byoc:deployment", "TagValue": name}]
+    )["KeyMetadata"]["Arn"]
     elasticache = session.client("elasticache", endpoint_url=endpoint)
     elasticache.create_cache_subnet_group(
         CacheSubnetGroupName=f"byoc-{name}-store", CacheSubnetGroupDescription="store", SubnetIds=[subnet["SubnetId"]]
@@ -197,7 +201,7 @@ def _seed(endpoint: str, name: str, **changes: Any) -> None:
         "CacheSubnetGroupName": f"byoc-{name}-store",
         "SecurityGroupIds": [group],
         "AtRestEncryptionEnabled": True,
-        "KmsKeyId": f"arn:aws:kms:{REGION}:123456789012:key/11111111-2222-3333-4444-555555555555",
+        "KmsKeyId": key,
         "TransitEncryptionEnabled": True,
         "TransitEncryptionMode": "required",
         "AuthToken": "a" * 64,
