@@ -54,6 +54,7 @@ class Aws(Cloud):
     key_pattern = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+$")
     key_example = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     stack_program = "stacks.aws.program:program"
+    offline_answers = "byoc.clouds.aws_offline"
     provider_sdk = "pulumi-aws"
     # Karpenter launches the GPU nodes from a NodePool that allows every type of placement.instance_types
     # (stacks/aws/capacity.py); its NodeClaims are the instances, which it terminates when the NodePool goes.
@@ -107,18 +108,6 @@ class Aws(Cloud):
                 reasons.append(f"the NodePool's GPU limit is reached: {message}")
                 break
         return reasons
-
-    def offline_outputs(
-        self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
-    ) -> tuple[str | None, dict[str, Any]]:
-        from byoc.clouds.aws_offline import resource_outputs
-
-        return resource_outputs(type_token, logical_name, name, inputs, region)
-
-    def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
-        from byoc.clouds.aws_offline import call_answer
-
-        return call_answer(token, args, region)
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)

@@ -132,6 +132,8 @@ class Cloud(ABC):
     private_allowlist_reason: ClassVar[str] = ""
     # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
     stack_program: ClassVar[str | None] = None
+    # The module that answers for the cloud under Pulumi's mocks (`resource_outputs`, `call_answer`): byoc plan.
+    offline_answers: ClassVar[str]
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
     stack_extra: ClassVar[str | None] = None
     # The distribution of the program's provider SDK (its version is pinned in byoc.pulumi_sdks.SDK_PINS and
@@ -173,16 +175,25 @@ class Cloud(ABC):
         return {**SCALE_CHANGES, **self.node_provisioner.scale_changes}
 
     # -- offline plans (byoc/engines/offline.py) ---------------------------------------------------------------
-    @abstractmethod
     def offline_outputs(
         self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
     ) -> tuple[str | None, dict[str, Any]]:
         """What the cloud computes for a resource the program registers offline: its id (None: a placeholder id)
-        and outputs beyond the inputs (ARNs, endpoints, emails), in the cloud's formats."""
+        and outputs beyond the inputs (ARNs, endpoints, emails), in the cloud's formats (`offline_answers`)."""
+        outputs: tuple[str | None, dict[str, Any]] = self._offline().resource_outputs(
+            type_token, logical_name, name, inputs, region
+        )
+        return outputs
 
-    @abstractmethod
     def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
         """What the cloud's data source `token` answers offline (the account, zones, the project), or None."""
+        answer: dict[str, Any] | None = self._offline().call_answer(token, args, region)
+        return answer
+
+    def _offline(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.offline_answers)
 
     # -- status ------------------------------------------------------------------------------------------------
     def gpu_blockers(self, cluster: Any, node_pool: str) -> list[str]:

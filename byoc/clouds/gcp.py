@@ -92,6 +92,7 @@ class Gcp(Cloud):
         "network.nat_gateways": "Cloud NAT is regional: one NAT serves every zone",
     }
     stack_program = "stacks.gcp.program:program"
+    offline_answers = "byoc.clouds.gcp_offline"
     stack_extra = "gcp"  # pulumi_gcp comes with the gcp extra
     provider_sdk = "pulumi-gcp"
     unsupported_features: ClassVar[Mapping[Feature, str]] = {
@@ -129,18 +130,6 @@ class Gcp(Cloud):
             elif reason == "NotTriggerScaleUp" and "max node group size reached" in message:
                 reasons.append(f"the node pool's maximum is reached: {message}")
         return reasons
-
-    def offline_outputs(
-        self, type_token: str, logical_name: str, name: str, inputs: dict[str, Any], region: str
-    ) -> tuple[str | None, dict[str, Any]]:
-        from byoc.clouds.gcp_offline import resource_outputs
-
-        return resource_outputs(type_token, logical_name, name, inputs, region)
-
-    def offline_call(self, token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
-        from byoc.clouds.gcp_offline import call_answer
-
-        return call_answer(token, args, region)
 
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
