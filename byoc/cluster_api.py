@@ -1,4 +1,5 @@
-"""The deployment's Kubernetes cluster, as byoc's lifecycle needs it: list and delete objects.
+"""The deployment's Kubernetes cluster, as byoc's lifecycle needs it: list and delete objects, and run a command in
+a pod's container (`byoc keys|usage -f` reach the private store through a gateway pod).
 
 `ClusterApi` is the interface; `Kubectl` implements it with the `kubectl` CLI and the kubeconfig `byoc up` saved
 (which authenticates with `aws eks get-token`, so the caller's cloud credentials apply). Kinds are kubectl's
@@ -9,10 +10,16 @@ nodeclaims.karpenter.sh, scaledobjects.keda.sh.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+# kubectl's own report of a command that ran in the container and exited non-zero: kubectl then exits with the
+# command's status (k8s.io/kubectl/pkg/cmd/util/helpers.go, CheckErr on a utilexec.ExitError, kubectl v1.30).
+_REMOTE_EXIT = re.compile(r"command terminated with exit code (\d+)")
 
 
 class ClusterUnreachable(Exception):
@@ -70,3 +77,23 @@ class Kubectl:
     def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
         where = ["--namespace", namespace] if namespace else []
         self._run("delete", kind, name, *where, "--ignore-not-found", "--wait=false")
+
+    def exec(
+        self, namespace: str, pod: str, container: str, args: Sequence[str], timeout_s: float = 120.0
+    ) -> tuple[int, str]:
+        """`kubectl exec --namespace NS POD --container C -- ARGS`: the command's exit status and stdout (its stderr
+        is dropped: stdout is the data). Raises ClusterUnreachable with kubectl's message when the command could not
+        run (pod gone, exec forbidden, no such program). No --request-timeout: it would cut the stream itself."""
+        command = [self.kubectl, "--kubeconfig", str(self.kubeconfig), "exec", "--namespace", namespace, pod]
+        command += ["--container", container, "--", *args]
+        try:
+            done = subprocess.run(
+                command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterUnreachable(f"kubectl exec: {exc}") from None
+        if done.returncode != 0 and not _REMOTE_EXIT.search(done.stderr):
+            # stderr only: stdout may hold what the command printed (a key), never to be repeated in a message
+            message = done.stderr.strip().splitlines()
+            raise ClusterUnreachable(f"kubectl exec {pod}: {message[-1] if message else done.returncode}")
+        return done.returncode, done.stdout

@@ -4,6 +4,9 @@ The gateways write one hash per hour, key, model and addon (runtime/serve/ledger
 the one that holds `--since` to now and prints one row per key, model or addon: requests, prompt tokens, cached prompt
 tokens, completion tokens and GPU-seconds. It reads names and counts only: the ledger holds no prompt or answer text.
 
+`-f byoc.yaml` instead of `--store` reads a deployment's private store through one of its running gateway pods
+(`kubectl exec`, as `byoc keys -f` does: byoc/commands/keys.py) and prints the same rows here.
+
 redis is imported inside the command, so `byoc --help` stays instant.
 """
 
@@ -21,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from byoc.commands.common import Output, reporting
+from byoc.commands.keys import FileOpt, run_in_gateway, which_store
 from byoc.errors import ByocError
 
 _RELATIVE = re.compile(r"(\d{1,6})([mhd])")
@@ -138,8 +142,10 @@ def _csv(rows: list[dict[str, Any]], by: Grouping) -> str:
 
 def usage(
     store: Annotated[
-        str, typer.Option("--store", help="redis:// or rediss:// URL of the store the gateways write the ledger to.")
-    ],
+        str | None,
+        typer.Option("--store", help="redis:// or rediss:// URL of the store the gateways write the ledger to; or -f."),
+    ] = None,
+    file: FileOpt = None,
     store_password_file: Annotated[
         Path | None, typer.Option("--store-password-file", help="File holding the store's password.")
     ] = None,
@@ -157,42 +163,60 @@ def usage(
     """Usage per API key, model or addon from the gateways' ledger: requests, prompt, cached and completion tokens,
     GPU-seconds."""
     with reporting(Output.json if output is UsageOutput.json else Output.text):
+        which_store(store, file, {"--store-password-file": store_password_file, "--store-ca-file": store_ca_file})
         now = datetime.now(UTC)
         start = parse_since(since, now)
-        from byoc.extras import require
-        from runtime.serve.ledger import check_store
+        if file is not None:
+            flags = ("--store", "--store-password-file", "--store-ca-file")
+            body = run_in_gateway(file, ["usage", "--since", since, "--by", by.value], flags)
+        else:
+            rows = _read_store(str(store), store_password_file, store_ca_file, start, by)
+            body = {"since": start.isoformat(), "until": now.isoformat(), "by": by.value, "usage": rows}
+    _show(body, by, output)
 
-        require("store", "byoc usage")
-        check_store(store, store_password_file, store_ca_file)
-        import redis
 
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_timeout": STORE_TIMEOUT_SECONDS,
-            "socket_connect_timeout": STORE_TIMEOUT_SECONDS,
-        }
-        if store_password_file is not None:
-            options["password"] = store_password_file.read_text().strip()
-        if store_ca_file is not None:
-            options["ssl_ca_certs"] = str(store_ca_file)
-        client = redis.Redis.from_url(store, **options)
-        try:
-            rows = read_usage(client, start, by)
-        except redis.RedisError as exc:
-            raise ByocError(
-                "--store",
-                f"could not read the ledger at {store}: {type(exc).__name__}: {str(exc)[:200]}",
-                "check the URL, --store-password-file, --store-ca-file, and that this machine can reach the store",
-            ) from None
-        finally:
-            client.close()
+def _read_store(
+    store: str, store_password_file: Path | None, store_ca_file: Path | None, start: datetime, by: Grouping
+) -> list[dict[str, Any]]:
+    """The usage rows from the store at `store`; ByocError naming --store when it cannot be read."""
+    from byoc.extras import require
+    from runtime.serve.ledger import check_store
+
+    require("store", "byoc usage")
+    check_store(store, store_password_file, store_ca_file)
+    import redis
+
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": STORE_TIMEOUT_SECONDS,
+        "socket_connect_timeout": STORE_TIMEOUT_SECONDS,
+    }
+    if store_password_file is not None:
+        options["password"] = store_password_file.read_text().strip()
+    if store_ca_file is not None:
+        options["ssl_ca_certs"] = str(store_ca_file)
+    client = redis.Redis.from_url(store, **options)
+    try:
+        return read_usage(client, start, by)
+    except redis.RedisError as exc:
+        raise ByocError(
+            "--store",
+            f"could not read the ledger at {store}: {type(exc).__name__}: {str(exc)[:200]}",
+            "check the URL, --store-password-file, --store-ca-file, and that this machine can reach the store",
+        ) from None
+    finally:
+        client.close()
+
+
+def _show(body: dict[str, Any], by: Grouping, output: UsageOutput) -> None:
+    """`body`: since and until (ISO times), by, and the usage rows."""
+    rows = body["usage"]
     if output is UsageOutput.json:
-        body = {"since": start.isoformat(), "until": now.isoformat(), "by": by.value, "usage": rows}
         print(json.dumps(body, indent=2))
     elif output is UsageOutput.csv:
         print(_csv(rows, by))
     else:
-        print(_table(rows, by) if rows else f"no usage recorded since {start.isoformat()}")
+        print(_table(rows, by) if rows else f"no usage recorded since {body['since']}")
 
 
 def register(app: typer.Typer) -> None:
