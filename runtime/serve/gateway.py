@@ -38,7 +38,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
-from runtime.serve.limits import Admission, KeyLimits, LocalLimiter, Refusal, Ticket, prompt_estimate, retry_after
+from runtime.serve.limits import (
+    Admission,
+    KeyLimits,
+    LocalLimiter,
+    Refusal,
+    Ticket,
+    completion_bound,
+    prompt_estimate,
+    retry_after,
+)
 from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
@@ -404,7 +413,9 @@ class Gateway:
     def _limited(self, reason: str, message: str, wait: float, outcome: Outcome) -> ApiError:
         self.metrics.rate_limited.labels(reason=reason).inc()
         outcome.reason = reason
-        return ApiError(429, message, kind="requests", code="rate_limit_exceeded", retry_after=retry_after(wait))
+        # OpenAI's type says which limit: `tokens` for tokens per minute, `requests` for the others
+        kind = "tokens" if reason == "key_tpm" else "requests"
+        return ApiError(429, message, kind=kind, code="rate_limit_exceeded", retry_after=retry_after(wait))
 
     def _key_limits(self, key: ApiKey) -> KeyLimits:
         limits = self._limits.get(key)
@@ -419,12 +430,14 @@ class Gateway:
             )
         return limits
 
-    async def _admit(self, key: ApiKey, estimate: int) -> Ticket | Refusal:
+    async def _admit(self, key: ApiKey, body: dict[str, Any]) -> Ticket | Refusal:
         limits = self._key_limits(key)
+        estimate = prompt_estimate(body)
+        reserve = estimate + completion_bound(body, self.config.max_context, estimate)
         if self.shared is not None:
-            decision: Ticket | Refusal = await self.shared.admit(key.name, limits, estimate)
+            decision: Ticket | Refusal = await self.shared.admit(key.name, limits, estimate, reserve)
             return decision
-        return self.limiter.admit(key.name, limits, estimate)
+        return self.limiter.admit(key.name, limits, estimate, reserve)
 
     def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
         """Charge what the request used (prompt + completion): the engine's usage; without it, the prompt estimate
@@ -447,11 +460,13 @@ class Gateway:
             self.metrics.rate_limited.labels(reason="budget").inc()
             outcome.reason = "budget"
             period = "day" if limits.budget_period == "day" else "month"
-            # OpenAI's own quota error: 429, type and code `insufficient_quota` (openai-python raises RateLimitError)
+            # OpenAI's own quota error: 429, type and code `insufficient_quota` (openai-python raises RateLimitError).
+            # Requests in flight hold their most (prompt and max_tokens) until they end: set max_tokens to spend a
+            # budget to its last tokens
             return ApiError(
                 429,
-                f"budget: this key has used its {limits.budget_tokens} tokens for this {period} (UTC); "
-                f"it resets at {refusal.period.reset_iso}",
+                f"budget: this key has used or holds for requests in progress its {limits.budget_tokens} tokens for "
+                f"this {period} (UTC); it resets at {refusal.period.reset_iso}",
                 kind="insufficient_quota",
                 code="insufficient_quota",
                 retry_after=retry_after(refusal.wait),
@@ -489,7 +504,7 @@ class Gateway:
         addon = self._resolve_model(parsed.model)
         if not isinstance(addon, Unresolved):
             outcome.addon = addon.name if addon is not None else BASE
-        ticket = await self._admit(key, prompt_estimate(parsed.body))
+        ticket = await self._admit(key, parsed.body)
         if isinstance(ticket, Refusal):
             raise self._refused(ticket, key, outcome)
         try:

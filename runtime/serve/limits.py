@@ -155,6 +155,9 @@ class Ticket:
     limits: KeyLimits
     estimate: int
     slot: str | None = None  # the concurrency slot's id, when the key has a concurrency limit
+    # what the key's budget holds for the request while it runs: its prompt estimate and the most it may generate
+    # (max_tokens, else the rest of the context), settled to the real usage at the end (0: the estimate)
+    reserved: int = 0
     local: bool = True
     period: BudgetPeriod | None = None
     settled: bool = False
@@ -199,8 +202,11 @@ class LocalLimiter:
         self._active: dict[str, int] = {}
         self._used: dict[tuple[str, str], int] = {}  # (key, budget period id) -> tokens
 
-    def admit(self, key: str, limits: KeyLimits, estimate: int) -> Ticket | Refusal:
-        """Every limit is checked before any is charged: a refused request costs the key nothing."""
+    def admit(self, key: str, limits: KeyLimits, estimate: int, reserve: int = 0) -> Ticket | Refusal:
+        """Every limit is checked before any is charged: a refused request costs the key nothing. The budget holds
+        `reserve` tokens (at least the estimate) while the request runs, so that concurrent requests cannot spend it
+        many times over: a budget is passed by at most the last request admitted."""
+        reserve = max(reserve, estimate)
         now = time.monotonic()
         period = BudgetPeriod.current(limits.budget_period) if limits.budget_tokens else None
         if period is not None and self._used.get((key, period.id), 0) >= limits.budget_tokens:
@@ -224,8 +230,8 @@ class LocalLimiter:
             tpm.level -= estimate
         self._active[key] = self._active.get(key, 0) + 1
         if period is not None:
-            self._used[(key, period.id)] = self._used.get((key, period.id), 0) + estimate
-        return Ticket(key, limits, estimate, local=True, period=period)
+            self._used[(key, period.id)] = self._used.get((key, period.id), 0) + reserve
+        return Ticket(key, limits, estimate, local=True, period=period, reserved=reserve)
 
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request ended having used `tokens` (prompt + completion): its slot back, the estimate corrected."""
@@ -243,7 +249,7 @@ class LocalLimiter:
             bucket.level -= delta
         if ticket.period is not None:
             slot = (ticket.key, ticket.period.id)
-            self._used[slot] = max(0, self._used.get(slot, 0) + delta)
+            self._used[slot] = max(0, self._used.get(slot, 0) + tokens - (ticket.reserved or ticket.estimate))
 
     def used(self, key: str, period: str) -> int:
         return self._used.get((key, BudgetPeriod.of(period).id), 0)
@@ -254,6 +260,17 @@ class LocalLimiter:
 # prime the reply (the OpenAI cookbook's num_tokens_from_messages). Settled with the engine's real count afterwards.
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 3
+
+
+def completion_bound(body: dict[str, Any], max_context: int, estimate: int) -> int:
+    """The most tokens a request may generate: its max_tokens (or chat's max_completion_tokens), else what the
+    context leaves after the prompt (an engine generates up to it: trtllm-serve's default when max_tokens is
+    unset). What a budget holds for the request while it runs."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return max(1, max_context - estimate)
 
 
 def prompt_estimate(body: dict[str, Any]) -> int:

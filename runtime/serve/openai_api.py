@@ -342,8 +342,10 @@ def _check_value(kind: Kind, name: str, body: dict[str, Any], max_context: int, 
 
 
 # OpenAI's `include_usage`, and vLLM's `continuous_usage_stats` (also TensorRT-LLM's): usage on every chunk,
-# cumulative, which vLLM and trtllm-serve apply only together with include_usage.
-STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
+# cumulative, which vLLM and trtllm-serve apply only together with include_usage. OpenAI's `include_obfuscation`
+# (openai-python's ChatCompletionStreamOptionsParam: random padding on streamed deltas against side channels) may be
+# turned off, which is what byoc's streams are; asked on, it is refused, since no `obfuscation` field will come.
+STREAM_OPTIONS = ("include_usage", "continuous_usage_stats", "include_obfuscation")
 
 
 def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
@@ -358,6 +360,8 @@ def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
             raise bad(f"stream_options.{str(name)[:64]}", "unrecognized stream option")
         if value is not None and not isinstance(value, bool):
             raise bad(f"stream_options.{name}", "must be true or false")
+    if options.get("include_obfuscation"):
+        raise bad("stream_options.include_obfuscation", "byoc does not pad streams; send false or leave it out")
     if not stream:
         raise bad("stream_options", "only allowed with stream: true")
     include = bool(options.get("include_usage"))

@@ -67,7 +67,8 @@ STORE_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
 # -- scripts ---------------------------------------------------------------------------------------------------------
 # KEYS: rpm TAT, tpm TAT, concurrency slots (ZSET), budget counter.
-# ARGV: rpm, tpm, prompt estimate, max_concurrency, slot id, lease ms, budget tokens, budget period end (epoch s).
+# ARGV: rpm, tpm, prompt estimate, max_concurrency, slot id, lease ms, budget tokens, budget period end (epoch s),
+# the tokens the budget holds for the request while it runs (its estimate and the most it may generate).
 # Returns {decision, wait ms, budget used}: decision `ok` or the refusing limit (nothing charged then).
 ADMIT = """
 local t = redis.call('TIME')
@@ -103,15 +104,16 @@ if maxc > 0 then
   redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
   redis.call('PEXPIRE', KEYS[3], lease + 1000)
 end
-if budget > 0 and cost > 0 then
-  used = redis.call('INCRBY', KEYS[4], cost)
-  if used == cost then redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[8]) + 86400) end
+local reserve = math.max(tonumber(ARGV[9]), cost)
+if budget > 0 and reserve > 0 then
+  used = redis.call('INCRBY', KEYS[4], reserve)
+  if used == reserve then redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[8]) + 86400) end
 end
 return {'ok', 0, used}
 """
 
 # KEYS: tpm TAT, concurrency slots, budget counter. ARGV: tpm, tokens used - estimate, slot id ('' for none),
-# '1' when the key has a budget, budget period end (epoch s).
+# '1' when the key has a budget, budget period end (epoch s), tokens used - what the budget held.
 SETTLE = """
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 local delta, tpm = tonumber(ARGV[2]), tonumber(ARGV[1])
@@ -125,8 +127,9 @@ if delta ~= 0 and tpm > 0 then
     redis.call('DEL', KEYS[1])
   end
 end
-if delta ~= 0 and ARGV[4] == '1' then
-  if redis.call('INCRBY', KEYS[3], delta) < 0 then redis.call('SET', KEYS[3], 0) end
+local held = tonumber(ARGV[6])
+if held ~= 0 and ARGV[4] == '1' then
+  if redis.call('INCRBY', KEYS[3], held) < 0 then redis.call('SET', KEYS[3], 0) end
   redis.call('EXPIREAT', KEYS[3], tonumber(ARGV[5]) + 86400)
 end
 return 1
@@ -350,6 +353,13 @@ def merge_keys(from_file: list[ApiKey], entries: dict[str, str]) -> list[ApiKey]
 
 
 # -- the gateway's side ----------------------------------------------------------------------------------------------
+def _revoked(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        entry = json.loads(text)
+        return isinstance(entry, dict) and bool(entry.get("revoked"))
+    return False
+
+
 class Store:
     """The gateway's connection to the store: `client` (a connected `redis.asyncio.Redis` with decode_responses,
     or None before `start()`), whether it answers (`up`), how many gateway replicas beat in it (`replicas`), and the
@@ -373,6 +383,7 @@ class Store:
         self.client: redis.asyncio.Redis | None = None
         self.up = False
         self.keys_version: int | None = None
+        self.entries: dict[str, str] = {}  # the store's key entries as last read (name -> JSON), revocations included
         self.on_keys = on_keys
         self.file_key_names = file_key_names or []
         self.slots: dict[str, str] = {}  # slot id -> its ZSET, renewed while the request runs
@@ -397,6 +408,12 @@ class Store:
             registry=registry,
         )
         self.replicas_gauge.set_function(lambda: self.replicas)
+        self.keys_restored = Counter(
+            "byoc_gateway_keys_restored",
+            "Times this replica found the store's keys older than the ones it held (a store restarted empty or "
+            "restored from a snapshot) and wrote its own back: revocations and byoc keys entries are not lost.",
+            registry=registry,
+        )
 
     async def start(self) -> None:
         # no retries inside the client: a store that does not answer costs one timeout, then memory decides
@@ -462,11 +479,14 @@ class Store:
                         pipe.zadd(zset, {slot: int(now_ms) + self.lease_ms}, xx=True)
                         pipe.pexpire(zset, self.lease_ms + 1000)
                     await pipe.execute()
+            if self.keys_version is not None and self.entries and int(version) < self.keys_version:
+                version = await self._restore_keys(int(version))
             if int(version) != self.keys_version:
                 entries = await self.client.hgetall(keys_hash(self.settings))
                 self.keys_version = int(version)
+                self.entries = {str(k): str(v) for k, v in entries.items()}  # str already (decode_responses)
                 if self.on_keys is not None:
-                    self.on_keys({str(k): str(v) for k, v in entries.items()})  # str already (decode_responses)
+                    self.on_keys(dict(self.entries))
             if not self.up and self.file_key_names:
                 # at start and after an outage (a store restarted empty): `byoc keys list|revoke` know these names
                 await self.client.sadd(file_key_names(self.settings), *self.file_key_names)
@@ -474,6 +494,30 @@ class Store:
             self.mark_down(exc)
             return
         self._mark_up()
+
+    async def _restore_keys(self, found: int) -> int:
+        """The store's keys went back in time (their version is below the one this replica read: the store restarted
+        empty, or was restored from an older snapshot). Revoked keys would come back and keys made since would
+        vanish, so this replica writes back what it held: every revocation, and every entry the store lacks (an
+        entry written since the loss stays). Said at ERROR; the version moves past both, so every replica reloads.
+        Returns the new version."""
+        assert self.client is not None
+        log.error(
+            "API keys: the store's keys are older than this replica's (version %d, held %d: the store lost data); "
+            "writing back %d entries, revocations included",
+            found,
+            self.keys_version,
+            len(self.entries),
+        )
+        self.keys_restored.inc()
+        present = await self.client.hgetall(keys_hash(self.settings))
+        restore = [(name, text) for name, text in self.entries.items() if name not in present or _revoked(text)]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for name, text in restore:
+                pipe.hset(keys_hash(self.settings), name, text)
+            pipe.set(keys_version(self.settings), max(found, self.keys_version or 0) + 1)
+            await pipe.execute()
+        return max(found, self.keys_version or 0) + 1
 
     async def _beating(self) -> None:
         interval = min(HEARTBEAT_SECONDS, self.lease_ms / 3000)
@@ -561,22 +605,24 @@ class SharedLimiter:
     def _key(self, name: str, what: str) -> str:
         return self.store.settings.key("{key:" + name + "}", what)
 
-    async def admit(self, key: str, limits: KeyLimits, estimate: int) -> Ticket | Refusal:
+    async def admit(self, key: str, limits: KeyLimits, estimate: int, reserve: int = 0) -> Ticket | Refusal:
         if not (limits.rpm or limits.tpm or limits.max_concurrency or limits.budget_tokens):
             return Ticket(key, limits, estimate, local=True)  # nothing to count
+        reserve = max(reserve, estimate)
         if self.store.up:
             self.outage = False
             try:
-                return await self._admit_shared(key, limits, estimate)
+                return await self._admit_shared(key, limits, estimate, reserve)
             except STORE_ERRORS as exc:
                 self.store.mark_down(exc)
         if not self.outage:
             self.outage = True
             self.local = LocalLimiter()  # each outage's shares count from its start
         self.store.fallbacks.inc()
-        return self.local.admit(key, limits.share(self.store.replicas, self.budget_used.get(key, 0)), estimate)
+        share = limits.share(self.store.replicas, self.budget_used.get(key, 0))
+        return self.local.admit(key, share, estimate, reserve)
 
-    async def _admit_shared(self, key: str, limits: KeyLimits, estimate: int) -> Ticket | Refusal:
+    async def _admit_shared(self, key: str, limits: KeyLimits, estimate: int, reserve: int) -> Ticket | Refusal:
         period = BudgetPeriod.current(limits.budget_period) if limits.budget_tokens else None
         slot = ""
         if limits.max_concurrency:
@@ -594,6 +640,7 @@ class SharedLimiter:
                 self.store.lease_ms,
                 limits.budget_tokens,
                 period.ends if period is not None else 0,
+                reserve,
             ],
         )
         if limits.budget_tokens:
@@ -605,7 +652,7 @@ class SharedLimiter:
             return Refusal(str(decision), int(wait_ms) / 1000, limits)
         if slot:
             self.store.slots[slot] = self._key(key, "slots")
-        return Ticket(key, limits, estimate, slot=slot or None, local=False, period=period)
+        return Ticket(key, limits, estimate, slot=slot or None, local=False, period=period, reserved=reserve)
 
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request ended having used `tokens`: its slot back and the estimate corrected, in the background (the
@@ -619,7 +666,8 @@ class SharedLimiter:
         if ticket.slot is not None:
             self.store.slots.pop(ticket.slot, None)
         delta = tokens - ticket.estimate
-        if ticket.slot is None and (delta == 0 or not (ticket.limits.tpm or ticket.limits.budget_tokens)):
+        held = tokens - (ticket.reserved or ticket.estimate)
+        if ticket.slot is None and not (delta and ticket.limits.tpm) and not (held and ticket.period is not None):
             return
         period = ticket.period
         budget_key = "budget:" + period.id if period is not None else "budget"
@@ -632,6 +680,7 @@ class SharedLimiter:
                 ticket.slot or "",
                 "1" if period is not None else "0",
                 period.ends if period is not None else 0,
+                held,
             ],
         )
         future.add_done_callback(self._settled)

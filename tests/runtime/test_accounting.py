@@ -293,7 +293,7 @@ def test_a_stream_the_client_cancels_is_metered(engine: Server, runtime_dir: Pat
     [
         ({"include_usage": "yes"}, "stream_options.include_usage"),
         ({"include_usage": True, "continuous_usage_stats": 1}, "stream_options.continuous_usage_stats"),
-        ({"include_obfuscation": False}, "stream_options.include_obfuscation"),  # OpenAI's, not an engine's
+        ({"include_obfuscation": True}, "stream_options.include_obfuscation"),  # no padding will come
         (["include_usage"], "stream_options"),
     ],
 )
@@ -305,6 +305,19 @@ def test_stream_options_the_gateway_cannot_honour_are_refused(
             model=MODEL, messages=HELLO, max_tokens=2, stream=True, extra_body={"stream_options": options}
         )
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == param
+
+
+def test_the_official_clients_obfuscation_off_is_accepted(gateway: GatewayUnderTest) -> None:
+    """openai-python sends stream_options.include_obfuscation: false to turn padding off: nothing to refuse."""
+    stream = gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=2,
+        stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},  # type: ignore[typeddict-unknown-key]
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def _sse(gateway: Server, kind: str, options: dict[str, bool] | None) -> list[dict[str, Any] | str]:

@@ -35,7 +35,10 @@ KEYS = {
     "budget": ("sk-budget-6d9b2e5a8c1f4d7a0e3b", {"budget": {"tokens": 50 * TOKENS, "period": "day"}}),
     "share": ("sk-share-3c6f9a2d5b8e1c4f7a0d", {"rpm": 30, "max_concurrency": 3}),
     "killed": ("sk-killed-9a2d5c8f1b4e7a0d3c6f", {"max_concurrency": 1}),
+    "burst": ("sk-burst-5e8b1d4a7c0f3e6b9d2a", {"budget": {"tokens": 10 * TOKENS, "period": "month"}}),
 }
+# 44 characters: the gateway's estimate (4 characters a token) is the stand-in's PROMPT_TOKENS, 11
+ELEVEN_TOKENS = "one two three four five six seven eight nine"
 
 
 class RedisServer:
@@ -229,6 +232,27 @@ def test_budget_holds_across_three_replicas_and_says_when_it_resets(gateways: li
     assert ask(gateways[0], "rpm60") in (200, 429)  # another key is not affected by this one's budget
 
 
+def test_concurrent_requests_cannot_spend_a_budget_many_times_over(gateways: list[Server]) -> None:
+    """30 requests at once over three replicas against a budget of ten answers: each holds its prompt and max_tokens
+    while it runs, so ten are admitted (charged only their prompt estimates at admission, fifteen were, and with
+    longer answers the budget ended many times over spent)."""
+
+    def held(server: Server) -> int:
+        try:
+            client(server, "burst").completions.create(model=MODEL, prompt=ELEVEN_TOKENS, max_tokens=5, user="hold:2")
+        except openai.APIStatusError as error:
+            return error.status_code
+        return 200
+
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(held, itertools.islice(itertools.cycle(gateways), 30)))
+    assert set(statuses) <= {200, 429}
+    assert 10 <= statuses.count(200) <= 11, statuses.count(200)  # at most the last one admitted past it
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(gateways[0], "burst").completions.create(model=MODEL, prompt="One", max_tokens=5)
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "insufficient_quota"
+
+
 def test_a_killed_gateways_slots_come_back_after_the_lease(
     gateways: list[Server], store: RedisServer, standin: StandInEngine, keys_file: Path, tmp_path: Path
 ) -> None:
@@ -307,6 +331,33 @@ def test_byoc_keys_create_and_revoke_reach_every_replica_within_seconds(
     for server in gateways:
         text = server.log.read_text()
         assert key not in text and first not in text and rotated not in text
+
+
+def test_a_store_that_loses_its_data_gets_the_keys_back_revocations_included(
+    gateways: list[Server], store: RedisServer
+) -> None:
+    """The store restarted empty (an ElastiCache failover without a replica, a snapshot restore): a revoked key must
+    not come back to life and a key `byoc keys` made must not vanish; the replicas write back what they held."""
+    kept = byoc("keys", "create", "tenant-kept", "--store", store.url).stdout.strip()
+    gone = byoc("keys", "create", "tenant-gone", "--store", store.url).stdout.strip()
+    assert byoc("keys", "revoke", "tenant-gone", "--store", store.url).returncode == 0
+    wait_for(lambda: all(ask(s, kept) == 200 and ask(s, gone) == 401 for s in gateways), timeout=5, what="keys")
+
+    store.kill()
+    store.start()  # empty: nothing saved
+    # whichever replica beats first writes them back; the others then read them as a newer version
+    wait_for(
+        lambda: (
+            sum(metric(s.metrics(), "byoc_gateway_keys_restored_total") or 0 for s in gateways) >= 1
+            and all(metric(s.metrics(), "byoc_gateway_limits_store_up") == 1 for s in gateways)
+        ),
+        timeout=15,
+        what="the keys written back",
+    )
+    wait_for(lambda: all(ask(s, kept) == 200 and ask(s, gone) == 401 for s in gateways), timeout=10, what="same keys")
+    listed = {row["name"]: row for row in json.loads(byoc("keys", "list", "--store", store.url, "-o", "json").stdout)}
+    assert "tenant-kept" in listed
+    assert any("the store lost data" in s.log.read_text() for s in gateways)
 
 
 @pytest.mark.parametrize(

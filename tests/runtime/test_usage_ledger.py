@@ -132,7 +132,9 @@ def _every_kind_of_request(first: Server, second: Server, prompt: str) -> int:
     ]
     cold, warm = (a.usage for a in answers)
     assert cold is not None and warm is not None and warm.prompt_tokens_details is not None
-    assert cold.prompt_tokens_details is not None and cold.prompt_tokens_details.cached_tokens == 0
+    # the first time, at most the chat template's opening tokens another test's prompt left in the engine's cache
+    # (the engine is shared by the session): the prompt itself is new
+    assert cold.prompt_tokens_details is not None and cold.prompt_tokens_details.cached_tokens < 8
     # all of the prompt but its last token: the blocks the first stored, the last one partly reused
     assert warm.prompt_tokens_details.cached_tokens == warm.prompt_tokens - 1 > 32
 
