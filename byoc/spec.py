@@ -613,7 +613,8 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
         hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(choices)}"
         return ByocError(field, f"unknown field {unknown!r}", hint)
     if kind == "missing":
-        return ByocError(field, "is required", f"add `{loc[-1]}:` to the spec or pass --{loc[-1]}")
+        flag = f" or pass --{loc[0]}" if len(loc) == 1 and loc[0] in FIELDS_WITH_FLAGS else ""
+        return ByocError(field, "is required", f"add `{loc[-1]}:` to the spec{flag}")
     if kind == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
         return ByocError(field, f"{first['input']!r} is not allowed", f"use one of {expected}")
@@ -640,6 +641,10 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ByocError("-f", f"{path} must hold a mapping of spec keys", "see examples/byoc.yaml")
     return data
+
+
+# The spec fields `plan`, `validate` and the lifecycle commands also take as flags (--name, --cloud, ...).
+FIELDS_WITH_FLAGS = frozenset({"name", "cloud", "region", "model", "shape"})
 
 
 def build_spec(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Spec:

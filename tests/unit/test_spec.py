@@ -261,3 +261,19 @@ def test_ttft_objective_floor_is_the_histograms_first_bucket() -> None:
     from runtime.serve.metrics import TTFT_BUCKETS
 
     assert min(TTFT_BUCKETS) == TTFT_SLO_MIN_S
+
+
+def test_a_missing_nested_field_names_no_flag_that_does_not_exist() -> None:
+    """`budget: {period: day}` lacks gpu_hours: the hint says to add it, not to pass a --gpu_hours nobody has."""
+    from byoc.errors import ByocError
+    from byoc.spec import build_spec
+
+    data = spec_data(budget={"period": "day"})
+    with pytest.raises(ByocError) as caught:
+        build_spec(data)
+    assert caught.value.field == "budget.gpu_hours" and caught.value.hint == "add `gpu_hours:` to the spec"
+    data = spec_data()
+    data.pop("shape")
+    with pytest.raises(ByocError) as caught:
+        build_spec(data)
+    assert caught.value.hint == "add `shape:` to the spec or pass --shape"
