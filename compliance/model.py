@@ -67,7 +67,7 @@ class Framework:
 def frameworks() -> dict[str, Framework]:
     found = {}
     for path in sorted(CATALOGS.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         controls = tuple(Control(data["framework"], c["id"], c["title"], c["description"]) for c in data["controls"])
         found[data["framework"]] = Framework(data["framework"], data["title"], data["source"], controls)
     return found

@@ -138,9 +138,14 @@ class Catalog:
         return None
 
 
+# libyaml's safe loader where PyYAML was built with it (the wheels are): the catalogs are read on every command,
+# and the pure-Python loader spends a tenth of a second on them.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read(name: str) -> Any:
     with (_HERE / name).open() as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=_LOADER)
 
 
 @functools.cache
