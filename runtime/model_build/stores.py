@@ -47,6 +47,7 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path, progress: Progress | None = None) -> None: ...
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
     def check_writable(self) -> None: ...
 
@@ -114,6 +115,22 @@ class FileStore:
         except OSError as exc:
             raise ByocFailure(self.field, f"cannot write {target}: {exc.strerror or exc}", "check the path") from None
         (progress or _noop)(path.stat().st_size)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Writes `data` at `key` whole or not at all (a temporary file renamed over the target)."""
+        target = self.path / key
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(data)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise ByocFailure(self.field, f"cannot write {target}: {exc.strerror or exc}", "check the path") from None
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -255,6 +272,16 @@ class S3Store:
             ),
         )
 
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """One PutObject (atomic: readers see the old object or the new one), SSE-KMS with the store's key."""
+        extra: dict[str, str] = {}
+        if self.kms_key:
+            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key}
+        self._call(
+            f"writing {self.uri(key)}",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra),
+        )
+
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
@@ -329,6 +356,11 @@ class GcsStore:
         blob = self.bucket.blob(self._key(key), chunk_size=MULTIPART_CHUNK, kms_key_name=self.kms_key)
         self._call(f"uploading {self.uri(key)}", lambda: blob.upload_from_filename(str(path)))
         (progress or _noop)(path.stat().st_size)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """One upload (atomic per object in GCS), CMEK with the store's key."""
+        blob = self.bucket.blob(self._key(key), kms_key_name=self.kms_key)
+        self._call(f"writing {self.uri(key)}", lambda: blob.upload_from_string(data))
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:

@@ -1,0 +1,81 @@
+"""Where batch files and batches live under the batch root, and the names the gateway and the worker share.
+
+The batch root is a prefix of the deployment's artifact bucket (`s3://<bucket>/batch/` on AWS, `gs://<bucket>/batch/`
+on GCP, encrypted with the deployment's customer-managed key; a `file://` directory in tests), opened with
+runtime/model_build/stores.py's `open_store`. Under it:
+
+    files/{file_id}/object.json       the OpenAI FileObject plus `owner` and `expires_at` (whoever creates the file)
+    files/{file_id}/content           the file's bytes
+    batches/{batch_id}/batch.json     the batch as created (gateway, once): owner, input_file_id, endpoint,
+                                      completion_window, metadata, created_at, expires_at
+    batches/{batch_id}/cancel         the gateway's cancel request (`{"cancelling_at": <unix s>}`)
+    batches/{batch_id}/state.json     status, request_counts, the *_at times, output_file_id, error_file_id, errors
+                                      (the worker, and only the worker, writes it)
+    batches/{batch_id}/parts/{seq:08d}.jsonl   result lines the worker has committed, in OpenAI's output-line shape
+
+One writer per object: the gateway writes batch.json and cancel, the worker writes state.json, the parts and the
+output and error files, so no read-modify-write races between them.
+
+Limits and shapes are OpenAI's (https://platform.openai.com/docs/api-reference/batch, /files; FACTS.md): an input
+file of at most 200 MB and 50,000 requests, `completion_window` "24h", endpoints /v1/chat/completions and
+/v1/completions here (the gateway serves no embeddings).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+MAX_REQUESTS_PER_BATCH = 50_000
+COMPLETION_WINDOWS = ("24h",)
+COMPLETION_WINDOW_SECONDS = {"24h": 24 * 3600}
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+
+# OpenAI's batch statuses (openai-python src/openai/types/batch.py)
+VALIDATING = "validating"
+FAILED = "failed"
+IN_PROGRESS = "in_progress"
+FINALIZING = "finalizing"
+COMPLETED = "completed"
+EXPIRED = "expired"
+CANCELLING = "cancelling"
+CANCELLED = "cancelled"
+TERMINAL = frozenset({FAILED, COMPLETED, EXPIRED, CANCELLED})
+
+# How the worker's requests reach the gateway: authenticated with the worker's own token (a Kubernetes Secret both
+# mount), on behalf of the key that created the batch (its name in OWNER_HEADER: limits and metering are that key's),
+# and admitted only into capacity online traffic leaves idle.
+OWNER_HEADER = "X-Byoc-Batch-Owner"
+BATCH_ID_HEADER = "X-Byoc-Batch-Id"
+
+
+def new_file_id() -> str:
+    return f"file-{secrets.token_hex(12)}"
+
+
+def new_batch_id() -> str:
+    return f"batch_{secrets.token_hex(12)}"
+
+
+def file_object(file_id: str) -> str:
+    return f"files/{file_id}/object.json"
+
+
+def file_content(file_id: str) -> str:
+    return f"files/{file_id}/content"
+
+
+def batch_record(batch_id: str) -> str:
+    return f"batches/{batch_id}/batch.json"
+
+
+def batch_cancel(batch_id: str) -> str:
+    return f"batches/{batch_id}/cancel"
+
+
+def batch_state(batch_id: str) -> str:
+    return f"batches/{batch_id}/state.json"
+
+
+def batch_part(batch_id: str, seq: int) -> str:
+    return f"batches/{batch_id}/parts/{seq:08d}.jsonl"
