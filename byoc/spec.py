@@ -428,6 +428,50 @@ class Gateway(_Strict):
     )
 
 
+class Batch(_Strict):
+    """OpenAI's Files and Batches API on the gateway, run by a worker that fills only capacity online traffic leaves."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve /v1/files and /v1/batches and run the batch worker. Files live under batch/ in the "
+        "deployment's artifact bucket, encrypted with its customer-managed key.",
+    )
+    retention_hours: Count = Field(
+        default=24,
+        ge=1,
+        le=720,
+        description="Hours after creation at which batch input, output and error files are deleted (a client may "
+        "ask for less with expires_after, never more); the bucket's lifecycle rule on batch/ deletes anything "
+        "left a day later.",
+    )
+
+
+WeightsCache = Literal["local_ssd", "none"]
+
+
+class ColdStart(_Strict):
+    """What shortens a wake from zero: caches on the GPU node and an optional warm pool (docs/operations.md)."""
+
+    image_cache: bool = Field(
+        default=True,
+        description="Start GPU nodes with the serving image already on them (GKE: a secondary boot disk; AWS: a "
+        "data volume from a snapshot with the image pulled) instead of pulling it on every new node.",
+    )
+    weights_cache: WeightsCache = Field(
+        default="local_ssd",
+        description="Where a node keeps the model's weights for its replicas: local_ssd (the instance's local NVMe: "
+        "Karpenter's instance-store RAID0, GKE local SSD; fetched once per node with parallel ranged reads) or none "
+        "(each replica fetches into its own volume).",
+    )
+    warm_pool: Count = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="GPU nodes kept running with image and weights cached and no replica, so a wake skips the node "
+        "launch; each costs its instance's hourly price (see `byoc estimate`).",
+    )
+
+
 BudgetPeriod = Literal["day", "week", "month"]
 # Fractions of the budget an alert fires at (each fires once the period's GPU-hours pass it).
 BUDGET_ALERTS_MAX = 10
@@ -528,6 +572,8 @@ class Spec(_Strict):
     images: Images = Field(default_factory=Images, description="Container image overrides.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring and alerting.")
     gateway: Gateway = Field(default_factory=Gateway, description="The API gateway and its shared store.")
+    batch: Batch = Field(default_factory=Batch, description="Batch inference (OpenAI's Files and Batches API).")
+    cold_start: ColdStart = Field(default_factory=ColdStart, description="Caches and warm pool for wakes from zero.")
     budget: Budget | None = Field(
         default=None, description="GPU-hour budget of the deployment: alerts and an optional replica cap; or none."
     )
