@@ -240,13 +240,20 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Option("--from", help="Artifact URI (<store>/artifacts/<model>/<key>).")],
         to: Annotated[Path, typer.Option("--to", help="Folder to fill: model/, adapters/, draft/, manifest.json.")],
         verify: Annotated[bool, typer.Option("--verify", help="Check every file's sha256 before placing.")] = False,
+        concurrency: Annotated[
+            int, typer.Option("--concurrency", min=1, max=256, help="Ranged reads in flight at once.")
+        ] = 16,
+        part_mib: Annotated[
+            int, typer.Option("--part-mib", min=1, max=5120, help="Size of each ranged read, in MiB.")
+        ] = 16,
         output: OutputOpt = Output.text,
     ) -> None:
-        """Download an artifact (and with --verify check it against its manifest) into a folder."""
+        """Download an artifact with parallel ranged reads (and with --verify check it against its manifest) into a
+        folder; a fetch cut short resumes from the files it already has."""
         with reporting(output):
             from runtime.model_build.artifacts import fetch_artifact
 
-            result = fetch_artifact(source, to, verify, _events(output))
+            result = fetch_artifact(source, to, verify, _events(output), concurrency, part_mib * 1024 * 1024)
         if output is Output.json:
             _last_line(result)
         else:

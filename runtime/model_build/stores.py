@@ -195,6 +195,14 @@ class S3Store:
     def uri(self, key: str = "") -> str:
         return f"s3://{join(self.bucket, self.prefix, key)}"
 
+    def key(self, key: str) -> str:
+        """The full object name of `key` under the store's root (for runtime/model_build/fetch.py)."""
+        return self._key(key)
+
+    def call(self, what: str, function: Callable[[], Any]) -> Any:
+        """`function()`, its SDK errors turned into byoc's (for runtime/model_build/fetch.py)."""
+        return self._call(what, function)
+
     def _call(self, what: str, function: Callable[[], Any]) -> Any:
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
@@ -321,6 +329,14 @@ class GcsStore:
 
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
+
+    def key(self, key: str) -> str:
+        """The full object name of `key` under the store's root (for runtime/model_build/fetch.py)."""
+        return self._key(key)
+
+    def call(self, what: str, function: Callable[[], Any]) -> Any:
+        """`function()`, its SDK errors turned into byoc's (for runtime/model_build/fetch.py)."""
+        return self._call(what, function)
 
     def _call(self, what: str, function: Callable[[], Any]) -> Any:
         try:
