@@ -417,3 +417,10 @@ def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> 
 def default_concurrency_target(throughput: ThroughputEstimate) -> int:
     """Concurrent requests per replica to scale on: half the saturation batch keeps latency near its floor."""
     return max(1, min(256, math.floor(throughput.batch_size / 2)))
+
+
+# --- warm pool (cold_start.warm_pool; issue 24) -------------------------------------------------------------------
+def warm_pool_hourly_usd(instance: InstanceType, nodes: int) -> float:
+    """What `nodes` idle GPU nodes of `instance` cost per hour (USD, the catalog's on-demand list price, billed whole
+    whether a replica runs on them or not): the price of skipping the node launch on a wake (byoc/caches.py)."""
+    return round(instance.hourly_usd * nodes, 2)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from byoc import __version__, planner, rules, sizing
+from byoc.caches import NodeCaches
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
@@ -70,6 +71,7 @@ class Deployment:
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
     disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
     node_image: str | None = None
+    caches: NodeCaches | None = None  # cold_start: image, weights and warm pool (byoc/caches.py)
     warnings: tuple[ByocWarning, ...] = ()
 
     @property
@@ -110,18 +112,7 @@ class Deployment:
     @property
     def images(self) -> dict[str, str]:
         """Image references for the cluster: the spec's, else the pinned catalog defaults (by digest when known)."""
-        catalog = load_catalog().images
-        chosen = {}
-        for role, key in (("serving", "trtllm"), ("runtime", "runtime")):
-            given = getattr(self.spec.images, role)
-            entry = catalog[key]
-            default = (
-                f"{entry['repository']}@{entry['digest']}"
-                if entry.get("digest")
-                else f"{entry['repository']}:{entry['tag']}"
-            )
-            chosen[role] = given or default
-        return chosen
+        return chosen_images(self.spec)
 
     @property
     def build_sources(self) -> list[tuple[str, str]]:
@@ -246,6 +237,7 @@ class Deployment:
                 "speculative": self.speculative.model_dump() if self.speculative else None,
             },
             "node_image": self.node_image,
+            "cold_start_caches": self.caches.as_dict() if self.caches else None,
             "autoscaling": self.autoscaling.as_dict(),
             "network": self.network.model_dump(),
             "encryption": self.encryption.model_dump(),
@@ -255,6 +247,19 @@ class Deployment:
             "estimates": self.estimates(),
             "warnings": [w.as_dict() for w in self.warnings],
         }
+
+
+def chosen_images(spec: Spec) -> dict[str, str]:
+    """{"serving": ..., "runtime": ...}: the spec's images, else the pinned catalog defaults (by digest when known)."""
+    catalog = load_catalog().images
+    chosen = {}
+    for role, key in (("serving", "trtllm"), ("runtime", "runtime")):
+        given = getattr(spec.images, role)
+        entry = catalog[key]
+        pinned = f"@{entry['digest']}" if entry.get("digest") else f":{entry['tag']}"
+        default = f"{entry['repository']}{pinned}"
+        chosen[role] = given or default
+    return chosen
 
 
 def image_warnings(spec: Spec) -> list[ByocWarning]:
@@ -462,7 +467,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
     cloud.check_address_room(spec, shape, placement, pool)
     pods = cloud.pod_sizing(shape, pool, needs)
-    disk = cloud.disk_plan(shape, pool, model)
+    disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
@@ -502,6 +507,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         pods=pods,
         disk=disk,
         node_image=node_image,
+        caches=cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], pods.replicas_per_node),
         warnings=(
             *warnings,
             *rules.deliberate_choices(spec),

@@ -323,12 +323,12 @@ EVICTION_NODEFS_FRACTION = 0.10
 GIB = 1024**3
 
 
-def eks_ephemeral_allocatable_gib(disk_gib: int) -> float:
+def eks_ephemeral_allocatable_gib(disk_gib: float) -> float:
     """A Karpenter-launched EKS node's ephemeral-storage allocatable on a root volume of `disk_gib`."""
     return disk_gib - EKS_EPHEMERAL_RESERVED_GIB - math.ceil(disk_gib * GIB * EVICTION_NODEFS_FRACTION) / GIB
 
 
-def cos_os_reserved_gib(disk_gib: int) -> float:
+def cos_os_reserved_gib(disk_gib: float) -> float:
     """The boot disk a Container-Optimized OS node's OS partitions keep, as the cluster autoscaler estimates it
     (kubernetes/autoscaler cluster-autoscaler/cloudprovider/gce/reserved.go, `CalculateOSReservedEphemeralStorage`:
     1.5635% of the disk + 4.148 GiB, + min(100 MiB, 0.1%) over-provisioning buffer)."""
@@ -337,7 +337,7 @@ def cos_os_reserved_gib(disk_gib: int) -> float:
     return reserved / GIB
 
 
-def gke_ephemeral_allocatable_gib(disk_gib: int) -> float:
+def gke_ephemeral_allocatable_gib(disk_gib: float) -> float:
     """A GKE Standard node's ephemeral-storage allocatable on a boot disk of `disk_gib`: the capacity the kubelet
     reports (the disk less the COS partitions, `cos_os_reserved_gib`), less GKE's system reservation min(50%,
     6 GiB + 35%, 100 GiB) of it and the eviction threshold, 10% of it ("Plan GKE node sizes", "Local ephemeral
@@ -370,6 +370,10 @@ class DiskPlan:
     node_disk_gib: int  # the root disk every node of the pool gets
     allocatable_gib: float  # ephemeral-storage allocatable of that disk, by the cloud's formula
     formula: str
+    # "root_disk", or "local_nvme": the node's ephemeral storage (pods' emptyDirs, images, logs) is its local NVMe
+    # (local_nvme_plan), and the root disk holds only the OS
+    ephemeral_on: str = "root_disk"
+    local_nvme_gib: float | None = None  # the NVMe's size, when ephemeral_on is local_nvme
 
     @property
     def required_gib(self) -> int:
@@ -387,6 +391,8 @@ class DiskPlan:
             "node_disk_gib": self.node_disk_gib,
             "ephemeral_allocatable_gib": round(self.allocatable_gib, 2),
             "formula": self.formula,
+            "ephemeral_on": self.ephemeral_on,
+            "local_nvme_gib": None if self.local_nvme_gib is None else round(self.local_nvme_gib, 1),
         }
 
 
@@ -406,3 +412,26 @@ def disk_plan(model: ModelArch, precision: str, slots: int, formula: str) -> Dis
     while allocatable(disk) < required:
         disk += DISK_STEP_GIB
     return DiskPlan(serving, build, slots, disk, allocatable(disk), formula)
+
+
+# --- ephemeral storage on the node's local NVMe (cold_start.weights_cache: local_ssd) ---------------------------
+# Karpenter's `instanceStorePolicy: RAID0` stripes the instance store and makes it the node's ephemeral storage: the
+# kubelet's and containerd's directories and the pod logs move onto it, and Karpenter counts its whole size as the
+# node's ephemeral-storage capacity (karpenter.sh/docs/concepts/nodeclasses, "spec.instanceStorePolicy";
+# karpenter-provider-aws pkg/providers/instancetype/types.go, `ephemeralStorage`: TotalSizeInGB, decimal G). GKE's
+# `ephemeralStorageLocalSsdConfig` does the same with Local SSD (GKE docs, "Provision and use Local SSD-backed
+# ephemeral storage"). The root disk then holds only the OS, its logs and the kubelet's own files.
+OS_ONLY_ROOT_DISK_GIB = 100
+LOCAL_SSD_GIB = 375  # one GCP Local SSD disk (Compute Engine "About Local SSD disks")
+
+
+def local_nvme_plan(model: ModelArch, precision: str, slots: int, formula: str, nvme_gib: float) -> DiskPlan | None:
+    """The pods' ephemeral storage on `nvme_gib` of local NVMe (allocatable by the same cloud formula as a root disk
+    of that size: on GKE an estimate, GKE's Local SSD reservation is not published per disk count), with the root
+    disk cut to the OS's; None when the fullest node's pods do not fit it (the root disk plan applies then)."""
+    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](nvme_gib)
+    serving, build = serving_ephemeral_gib(model, precision), build_ephemeral_gib(model, precision)
+    # images live on the NVMe too, so NODE_FILES_GIB (in required_gib) still counts against it
+    if allocatable < required_gib(serving, build, slots):
+        return None
+    return DiskPlan(serving, build, slots, OS_ONLY_ROOT_DISK_GIB, allocatable, formula, "local_nvme", nvme_gib)

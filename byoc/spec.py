@@ -454,14 +454,23 @@ class ColdStart(_Strict):
 
     image_cache: bool = Field(
         default=True,
-        description="Start GPU nodes with the serving image already on them (GKE: a secondary boot disk; AWS: a "
-        "data volume from a snapshot with the image pulled) instead of pulling it on every new node.",
+        description="Shorten the serving image's pull on a new GPU node: GKE, a secondary boot disk that holds the "
+        "image (cold_start.image_disk) and image streaming (images in Artifact Registry); AWS, SOCI parallel pull "
+        "and unpack (nodeadm's FastImagePull on AL2023). false: a plain pull on every new node.",
     )
     weights_cache: WeightsCache = Field(
         default="local_ssd",
         description="Where a node keeps the model's weights for its replicas: local_ssd (the instance's local NVMe: "
         "Karpenter's instance-store RAID0, GKE local SSD; fetched once per node with parallel ranged reads) or none "
         "(each replica fetches into its own volume).",
+    )
+    image_disk: str | None = Field(
+        default=None,
+        pattern=r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?global/images/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="GKE only: the disk image holding the serving image, made with GKE's gke-disk-image-builder "
+        "(docs/operations.md, 'Cold start'), attached to every GPU node as a secondary boot disk that containerd "
+        "reads the image from; `projects/PROJECT/global/images/NAME`. Unset: the image is streamed (Artifact "
+        "Registry) or pulled.",
     )
     warm_pool: Count = Field(
         default=0,

@@ -56,6 +56,9 @@ class InstanceType:
     # AWS: the default network card's interfaces and IPv4 addresses per interface (they set the node's max pods)
     enis: int | None = None
     ipv4_per_eni: int | None = None
+    # the machine's local NVMe: AWS instance store in GB, GCP Local SSD disks of 375 GiB (instances.yaml)
+    local_nvme_gb: int | None = None
+    local_ssds: int | None = None
 
     @property
     def gpu_hourly_usd(self) -> float:

@@ -8,12 +8,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from byoc.caches import ImageCache
 from byoc.catalogs import InstanceType, load_catalog
 from byoc.clouds.base import AddressRoom, Cloud, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
 from byoc.rules import DeploymentShape
-from byoc.sizing import KUBELET_DEFAULT_MAX_PODS, NodeAllocatable, eks_allocatable
+from byoc.sizing import GIB, KUBELET_DEFAULT_MAX_PODS, DiskPlan, NodeAllocatable, eks_allocatable
+from byoc.spec import Spec
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -85,6 +87,8 @@ class Aws(Cloud):
     unsupported_fields: ClassVar[dict[str, str]] = {
         "access.security_group": "it turns on GKE's Google Groups for RBAC; on EKS people reach the cluster through "
         "access entries (docs/aws-foundation.md)",
+        "cold_start.image_disk": "it is a GKE secondary boot disk image; EKS GPU nodes pull with SOCI parallel pull "
+        "(nodeadm's FastImagePull) onto the instance store instead (docs/operations.md, 'Cold start')",
     }
 
     def capacity_blockers(self, cluster: Any) -> list[str]:
@@ -112,6 +116,34 @@ class Aws(Cloud):
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
         return match["region"] if match else None
+
+    def local_nvme_gib(self, instance: InstanceType) -> float | None:
+        # the instance store, in decimal GB as EC2 and Karpenter count it (byoc/catalogs/instances.yaml)
+        return None if instance.local_nvme_gb is None else instance.local_nvme_gb * 1e9 / GIB
+
+    def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:
+        """SOCI parallel pull and unpack (nodeadm's `FastImagePull` feature gate, AL2023, experimental: layers
+        download and unpack concurrently instead of one stream at a time; no SOCI index or image rebuild needed),
+        only where containerd's store is the instance store: AWS reports pulls slower with it below 600 MiB/s of
+        volume throughput, and the gp3 root volume runs at 500 (stacks/aws/capacity.py). byoc does not use an EBS
+        snapshot with the image pre-pulled: that is Bottlerocket's data volume (AWS Containers blog, "Reduce
+        container startup time on Amazon EKS with Bottlerocket data volume"), while these nodes run AL2023, whose
+        containerd moves onto the instance-store RAID0 where a snapshot volume could not be its store."""
+        if not spec.cold_start.image_cache:
+            return ImageCache("pulled", "cold_start.image_cache is false: each new GPU node pulls the serving image")
+        if disk.ephemeral_on != "local_nvme":
+            return ImageCache(
+                "pulled",
+                "each new GPU node pulls the serving image onto its gp3 root volume (500 MiB/s): FastImagePull is "
+                "slower than a plain pull below 600 MiB/s, so it stays off",
+                how="cold_start.weights_cache: local_ssd on instance types with instance store puts containerd on "
+                "the NVMe RAID0, where byoc turns FastImagePull on",
+            )
+        return ImageCache(
+            "fast_image_pull",
+            "each new GPU node pulls the serving image with SOCI parallel pull and unpack (nodeadm FastImagePull) "
+            "onto the instance-store RAID0",
+        )
 
     def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
         # nodeadm's kubelet reservations on the memory Karpenter assumes for a type it has not seen yet: a pod that

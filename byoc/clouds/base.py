@@ -20,9 +20,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from byoc.caches import ImageCache, NodeCaches, WarmPool, weights_cache
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
+from byoc.planner import warm_pool_hourly_usd
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
 from byoc.sizing import (
     DiskPlan,
@@ -32,6 +34,7 @@ from byoc.sizing import (
     Resources,
     daemonset_requests,
     disk_plan,
+    local_nvme_plan,
     pod_needs,
     slot,
 )
@@ -281,12 +284,55 @@ class Cloud(ABC):
             needs=needs,
         )
 
-    def disk_plan(self, shape: DeploymentShape, instance_types: tuple[str, ...], model: ModelArch) -> DiskPlan:
+    def disk_plan(
+        self, shape: DeploymentShape, instance_types: tuple[str, ...], model: ModelArch, weights_cache: str = "none"
+    ) -> DiskPlan:
         """The GPU pods' ephemeral storage and the root disk that holds them on the pool's fullest node (one disk
-        size for every type of the pool: Karpenter's EC2NodeClass and a GKE node pool each set one)."""
+        size for every type of the pool: Karpenter's EC2NodeClass and a GKE node pool each set one). With
+        `weights_cache` local_ssd and local NVMe on every type of the pool that holds the fullest node's pods, the
+        ephemeral storage is that NVMe (byoc/sizing.py local_nvme_plan) and the root disk holds only the OS."""
         slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
         formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
+        nvme = self.pool_local_nvme_gib(instance_types)
+        if weights_cache == "local_ssd" and nvme is not None:
+            on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme)
+            if on_nvme is not None:
+                return on_nvme
         return disk_plan(model, shape.precision, slots, formula)
+
+    # -- cold start caches (byoc/caches.py; spec cold_start) ---------------------------------------------------
+    def local_nvme_gib(self, instance: InstanceType) -> float | None:
+        """The local NVMe a node of this type can use as ephemeral storage, GiB; None: it has none."""
+        return None
+
+    def pool_local_nvme_gib(self, instance_types: tuple[str, ...]) -> float | None:
+        """The least local NVMe of the pool's types (a pool renders one setting for all), None if one has none."""
+        sizes = [self.local_nvme_gib(self.instance_types[name]) for name in instance_types]
+        return None if any(size is None for size in sizes) else min(s for s in sizes if s is not None)
+
+    def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:
+        """How a new GPU node of this cloud gets the serving image, given the spec's cold_start and where the node's
+        ephemeral storage (and containerd's store) lies."""
+        return ImageCache("pulled", "each new GPU node pulls the serving image")
+
+    def node_caches(
+        self, spec: Spec, pool: tuple[str, ...], disk: DiskPlan, serving_image: str, replicas_per_node: int
+    ) -> NodeCaches:
+        """The cold-start caches of a deployment: image, weights and warm pool (plan.json `cold_start_caches`)."""
+        nvme = self.pool_local_nvme_gib(pool)
+        why_not = (
+            f"{', '.join(pool)} has no local NVMe"
+            if nvme is None
+            else f"the fullest node's pods need {disk.required_gib} GiB of ephemeral storage, more than the "
+            f"{nvme:.0f} GiB of local NVMe offers"
+        )
+        instance = self.instance_types[pool[0]]
+        nodes = spec.cold_start.warm_pool
+        return NodeCaches(
+            image=self.image_cache(spec, serving_image, disk),
+            weights=weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, why_not),
+            warm_pool=WarmPool(nodes, nodes * replicas_per_node, instance.name, warm_pool_hourly_usd(instance, nodes)),
+        )
 
     def no_room_error(self, shape: DeploymentShape, needs: PodNeeds, hint: str) -> ByocError:
         """A shape whose pods fit no type its pool may launch: what they need, and the most a type offers."""

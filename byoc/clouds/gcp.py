@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from byoc.caches import ImageCache
 from byoc.catalogs import InstanceType, load_catalog
 from byoc.clouds.base import AddressRoom, Cloud, Feature, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.rules import DeploymentShape
-from byoc.sizing import NodeAllocatable, gke_allocatable
+from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, gke_allocatable
+from byoc.spec import Spec
 
 # What people write when they mean Google's default encryption at rest: no key of theirs at all.
 GOOGLE_MANAGED = frozenset(
@@ -66,6 +68,16 @@ def address_plan(cidr: str) -> AddressPlan:
 def pod_block(max_pods: int) -> int:
     """Addresses of the pods range one node takes: a power of two at least twice its max pods."""
     return 1 << math.ceil(math.log2(2 * max_pods))
+
+
+# GKE's tool for a disk image with container images pre-pulled, run from GoogleCloudPlatform/ai-on-gke
+# tools/gke-disk-image-builder (GKE docs, "Use secondary boot disks to preload data or container images", "Prepare
+# the secondary boot disk image"): it starts a VM, pulls the image into a disk and makes a disk image of it.
+GKE_DISK_IMAGE_BUILDER = (
+    "build a disk image with the serving image pulled (GoogleCloudPlatform/ai-on-gke, tools/gke-disk-image-builder: "
+    "go run ./cli --project-name=PROJECT --image-name=byoc-serving-cache --zone=ZONE --gcs-path=gs://LOG_BUCKET "
+    "--disk-size-gb=100 --container-image={image})"
+)
 
 
 class Gcp(Cloud):
@@ -134,6 +146,39 @@ class Gcp(Cloud):
     def key_region(self, key: str) -> str | None:
         match = self.key_pattern.match(key)
         return match["region"] if match else None
+
+    def local_nvme_gib(self, instance: InstanceType) -> float | None:
+        return None if not instance.local_ssds else float(instance.local_ssds * LOCAL_SSD_GIB)
+
+    def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:
+        """A secondary boot disk that holds the image (GKE >= 1.28.3-gke.1067000; it needs image streaming on),
+        else image streaming alone, which only images in Artifact Registry get (GKE docs, "Use secondary boot disks
+        to preload data or container images" and "Use Image streaming to pull container images")."""
+        if not spec.cold_start.image_cache:
+            return ImageCache("pulled", "cold_start.image_cache is false: each new GPU node pulls the serving image")
+        disk_image = spec.cold_start.image_disk
+        if disk_image:
+            return ImageCache(
+                "secondary_boot_disk",
+                "each new GPU node attaches the disk image as a secondary boot disk (CONTAINER_IMAGE_CACHE): "
+                "containerd finds the serving image's layers on it and pulls nothing",
+                disk_image=disk_image,
+            )
+        builder = GKE_DISK_IMAGE_BUILDER.format(image=serving_image)
+        if serving_image.split("/", 1)[0].endswith("-docker.pkg.dev"):
+            return ImageCache(
+                "image_streaming",
+                "each new GPU node streams the serving image from Artifact Registry (image streaming): the "
+                "container starts before the whole image is there, the rest is read as it is used",
+                how=f"for no pull at all: {builder}, then set cold_start.image_disk",
+            )
+        return ImageCache(
+            "pulled",
+            f"each new GPU node pulls the serving image: it is not in Artifact Registry ({serving_image}), so "
+            "image streaming does not apply, and cold_start.image_disk is not set",
+            how=f"mirror the image into Artifact Registry (images.serving) for image streaming, or {builder} and "
+            "set cold_start.image_disk",
+        )
 
     def node_allocatable(self, instance: InstanceType) -> NodeAllocatable:
         # GKE Standard's reservations ("Plan GKE node sizes"); the node pool has one machine type

@@ -1,0 +1,88 @@
+"""What the GPU nodes keep so that a wake from zero is shorter (spec `cold_start`, issue 24): the serving image
+already on the node or pulled faster, the weights on the node's local NVMe, and an optional warm pool.
+
+Each cloud decides what it can offer (byoc/clouds/aws.py, gcp.py: `image_cache`, `local_nvme_gib`); this module
+holds the plan's shape, which plan.json carries as `cold_start_caches`, and which the stacks render (EC2NodeClass,
+GKE node pool, the warm-pool placeholders in stacks/k8s/warm_pool.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ImageMode = Literal["secondary_boot_disk", "image_streaming", "fast_image_pull", "pulled"]
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """How a new GPU node gets the serving image."""
+
+    mode: ImageMode
+    detail: str  # what happens on a new node, in words
+    disk_image: str | None = None  # GKE: the secondary boot disk's image
+    how: str | None = None  # what would make it faster: the command that builds the cache, or the change to make
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "pulled": self.mode != "secondary_boot_disk", "disk_image": self.disk_image,
+                "detail": self.detail, "how": self.how}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WeightsCache:
+    """Where a replica's fetch puts the weights."""
+
+    on: Literal["local_nvme", "root_disk"]
+    local_nvme_gib: float | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        nvme = None if self.local_nvme_gib is None else round(self.local_nvme_gib, 1)
+        return {"on": self.on, "local_nvme_gib": nvme, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class WarmPool:
+    """Idle GPU nodes held by low-priority placeholder pods that any serving replica preempts."""
+
+    nodes: int
+    placeholders: int  # pods, one per replica slot of each warm node
+    instance_type: str
+    hourly_usd: float  # byoc/planner.py warm_pool_hourly_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "placeholder_pods": self.placeholders,
+            "instance_type": self.instance_type,
+            "hourly_usd": self.hourly_usd,
+            "monthly_usd": round(self.hourly_usd * 730, 2),  # 730 h: a month as cloud price pages count it
+            "saves": "the node launch of a wake (estimates.cold_start, node launch phase) for up to "
+            f"{self.placeholders} replicas at once"
+            if self.nodes
+            else None,
+        }
+
+
+@dataclass(frozen=True)
+class NodeCaches:
+    image: ImageCache
+    weights: WeightsCache
+    warm_pool: WarmPool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image": self.image.as_dict(), "weights": self.weights.as_dict(), "warm_pool": self.warm_pool.as_dict()}
+
+
+def weights_cache(asked: str, ephemeral_on: str, local_nvme_gib: float | None, why_not: str) -> WeightsCache:
+    """The weights' place as the disk plan settled it (byoc/sizing.py local_nvme_plan)."""
+    if ephemeral_on == "local_nvme":
+        return WeightsCache(
+            "local_nvme",
+            local_nvme_gib,
+            "each replica fetches the artifact with parallel ranged reads into its emptyDir on the node's local "
+            "NVMe (the node's ephemeral storage); the root disk holds only the OS",
+        )
+    if asked == "none":
+        return WeightsCache("root_disk", None, "cold_start.weights_cache is none: the weights go to the root disk")
+    return WeightsCache("root_disk", local_nvme_gib, f"the weights go to the root disk: {why_not}")
