@@ -254,6 +254,9 @@ def services_internal(resource: Resource, graph: Graph) -> Verdict:
 )
 def disruption_budgets(resource: Resource, graph: Graph) -> Verdict:
     labels = resource.get("spec.selector.matchLabels") or {}
+    if labels.get("app.kubernetes.io/name") == "warm-pool":
+        # placeholders that hold idle GPU nodes (stacks/k8s/warm_pool.py): losing them all at once costs no request
+        return not_applicable("the warm pool's placeholder pods serve nothing; any serving replica preempts them")
     budgets = [
         b.get("metadata.name")
         for b in graph.by_type(PDB)

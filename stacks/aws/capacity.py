@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 
 from byoc.catalogs import load_catalog
 from byoc.names import KUBERNETES_DEPLOYMENT_LABEL, resource_name
+from byoc.resolve import Deployment
 from stacks.aws.cluster import IMDS_HOP_LIMIT, Cluster
 from stacks.aws.context import AwsContext, policy
 from stacks.aws.identities import Identities
@@ -25,6 +26,42 @@ INTERRUPTION_EVENTS = {
     "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
     "state-change": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
 }
+
+
+# Cold start (spec cold_start, byoc/caches.py). The instance store as the node's ephemeral storage: Karpenter
+# stripes its NVMe disks into one RAID0 array and nodeadm puts the kubelet's, containerd's and the pod logs'
+# directories on it (karpenter.sh/docs/concepts/nodeclasses, "spec.instanceStorePolicy"; amazon-eks-ami nodeadm,
+# NodeConfig `instance.localStorage.strategy: RAID0`). The image pull: nodeadm's FastImagePull feature gate swaps the
+# snapshotter for SOCI in parallel pull and unpack mode (amazon-eks-ami nodeadm API reference, `featureGates`;
+# experimental), given as a NodeConfig part of the EC2NodeClass's MIME user data, which Karpenter merges with the
+# NodeConfig it writes itself (karpenter.sh/docs/concepts/nodeclasses, "spec.userData", AL2023).
+FAST_IMAGE_PULL_USER_DATA = """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="//"
+
+--//
+Content-Type: application/node.eks.aws
+
+apiVersion: node.eks.aws/v1alpha1
+kind: NodeConfig
+spec:
+  featureGates:
+    FastImagePull: true
+--//--
+"""
+
+
+def cold_start_node_class(deployment: Deployment) -> dict[str, Any]:
+    """The EC2NodeClass fields that shorten a cold start: instance store as ephemeral storage, FastImagePull."""
+    fields: dict[str, Any] = {}
+    if deployment.disk.ephemeral_on == "local_nvme":
+        fields["instanceStorePolicy"] = "RAID0"
+    if deployment.caches is not None and deployment.caches.image.mode == "fast_image_pull":
+        fields["userData"] = FAST_IMAGE_PULL_USER_DATA
+    return fields
+
+
+def warm_placeholders(deployment: Deployment) -> int:
+    return deployment.caches.warm_pool.placeholders if deployment.caches is not None else 0
 
 
 def gpu_limit(instance_gpus: list[int], shape_gpus: int, max_replicas: int) -> int:
@@ -166,6 +203,7 @@ class GpuCapacity(pulumi.ComponentResource):
                     }
                 ],
                 "tags": ctx.tags(),
+                **cold_start_node_class(deployment),
             },
             opts=pulumi.ResourceOptions.merge(on_k8s, pulumi.ResourceOptions(depends_on=[release])),
         )
@@ -174,7 +212,8 @@ class GpuCapacity(pulumi.ComponentResource):
         limit = gpu_limit(
             [instance_types[t].gpus for t in placement.instance_types],
             deployment.shape.count,
-            deployment.autoscaling.max_replicas,
+            # the warm pool's placeholders hold nodes of their own (stacks/k8s/warm_pool.py)
+            deployment.autoscaling.max_replicas + warm_placeholders(deployment),
         )
         requirements: list[dict[str, Any]] = [
             {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(placement.instance_types)},

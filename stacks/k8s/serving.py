@@ -22,6 +22,7 @@ from byoc.resolve import Deployment
 from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 from stacks.k8s import budget as gpu_budget
+from stacks.k8s.warm_pool import warm_pool
 
 MONITORING = Path(__file__).parent / "monitoring"
 GATEWAY_PORT = 8080
@@ -219,6 +220,7 @@ class ServingStack(pulumi.ComponentResource):
         serving = self._serving(accounts["serving"], config, build)
         gateway_service = self._gateway(accounts["gateway"])
         self._autoscaling(serving, addons)
+        warm_pool(self)  # cold_start.warm_pool (stacks/k8s/warm_pool.py)
         self._monitoring(addons)
         self._network_policies()
         self.gateway_service = gateway_service.metadata.apply(lambda m: f"{m['name']}.{m['namespace']}")

@@ -1,0 +1,108 @@
+"""The warm pool (spec cold_start.warm_pool): GPU nodes kept up with the images pulled and no replica, so that a
+wake from zero skips the node launch.
+
+Neither Karpenter's NodePool nor GKE's cluster autoscaler keeps an idle node for a workload that does not exist yet,
+so the pool is held the way both projects document for headroom: placeholder pods with the serving pod's requests
+and a PriorityClass below every other pod's. The scheduler preempts a placeholder the moment a serving replica needs
+its place (the replica starts on a node that is already up, its images on it); the evicted placeholder goes pending
+and the autoscaler launches a node for it, so the pool refills behind the wake ("How can I configure overprovisioning
+with Cluster Autoscaler?", kubernetes/autoscaler cluster-autoscaler/FAQ.md; GKE docs, "Provision extra compute
+capacity for rapid Pod scaling"; Karpenter runs the same pattern, its scheduler counting pending pods alike).
+
+Each placeholder's init container runs the runtime image and its container sleeps in the serving image, so both
+images are on the warm node before any replica needs them. The weights are not: a replica fetches them into its own
+emptyDir (a node-wide cache would need a hostPath, which the namespace's restricted Pod Security level forbids).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pulumi_kubernetes as k8s
+
+from byoc.names import resource_name
+
+if TYPE_CHECKING:
+    from stacks.k8s.serving import ServingStack
+
+# Below the default priority (0) of the serving pods, and never preempting anything itself.
+PLACEHOLDER_PRIORITY = -10
+
+
+def warm_pool(stack: ServingStack) -> Any | None:
+    """The PriorityClass and the placeholder Deployment of the warm pool; None when cold_start.warm_pool is 0."""
+    from stacks.k8s.serving import GPU_TOLERATION, container_security, image_annotations, labels, pod_security
+
+    deployment = stack.deployment
+    caches = deployment.caches
+    if caches is None or caches.warm_pool.nodes == 0:
+        return None
+    component = "warm-pool"
+    priority = stack._resource(
+        k8s.scheduling.v1.PriorityClass,
+        "warm-pool-priority",
+        metadata={"name": resource_name(deployment.name, "warm-pool"), "labels": labels(deployment, component)},
+        value=PLACEHOLDER_PRIORITY,
+        preemption_policy="Never",
+        global_default=False,
+        description="byoc warm pool placeholders: preempted by any serving replica",
+    )
+    # the serving pod's requests (its whole slot and its GPUs), so that one placeholder holds one replica's place
+    quantities = {
+        **deployment.pods.serving_pod.quantities(),
+        "nvidia.com/gpu": str(deployment.shape.count),
+        "ephemeral-storage": "1Gi",
+    }
+    resources = {"requests": quantities, "limits": dict(quantities)}
+    small = {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "100Mi"}
+    match = {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
+    probe = {"exec": {"command": ["true"]}, "periodSeconds": 60}
+    return stack._namespaced(
+        k8s.apps.v1.Deployment,
+        "warm-pool",
+        {
+            "name": stack._object_name("warm-pool"),
+            "labels": labels(deployment, component),
+            "annotations": image_annotations(deployment),
+        },
+        depends_on=[priority],
+        spec={
+            "replicas": caches.warm_pool.placeholders,
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": labels(deployment, component)},
+                "spec": {
+                    "priorityClassName": priority.metadata.apply(lambda m: m["name"]),
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(),
+                    "terminationGracePeriodSeconds": 0,  # nothing to drain: a replica is waiting for the place
+                    "nodeSelector": stack.foundation.gpu_node_selector,
+                    "tolerations": [GPU_TOLERATION],
+                    "initContainers": [
+                        {
+                            # pulls the runtime image (the serving pod's fetch step) onto the node
+                            "name": "pull-runtime",
+                            "image": deployment.images["runtime"],
+                            "imagePullPolicy": "Always",
+                            "command": ["byoc", "--version"],
+                            "securityContext": container_security(),
+                            "resources": {"requests": small, "limits": small},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            # holds the GPUs and the slot in the serving image, which is pulled onto the node
+                            "name": "placeholder",
+                            "image": deployment.images["serving"],
+                            "imagePullPolicy": "Always",
+                            "command": ["sleep", "infinity"],
+                            "securityContext": container_security(),
+                            "resources": resources,
+                            "readinessProbe": probe,
+                            "livenessProbe": probe,
+                        }
+                    ],
+                },
+            },
+        },
+    )
