@@ -100,14 +100,24 @@ def written_gib(pod: dict[str, Any]) -> float:
     return sum(memory_mib(v["sizeLimit"]) / 1024 for v in volumes)
 
 
-def node_disk_gib(plan: Plan, deployment: Deployment) -> int:
-    """The GPU nodes' root disk as the plan declares it (the EC2NodeClass's volume, the GKE node pool's disk); a
-    plan of the serving stack alone has neither, and the deployment's figure stands in."""
+def node_disk_gib(plan: Plan, deployment: Deployment) -> float:
+    """The disk the GPU pods' ephemeral storage lives on, as the plan declares it: the root disk (the EC2NodeClass's
+    volume, the GKE node pool's disk), or the local NVMe the node class makes ephemeral storage (Karpenter's
+    instance-store RAID0: the smallest instance store of the pool; GKE Local SSD: its disks of 375 GiB). A plan of
+    the serving stack alone has neither, and the deployment's figure stands in."""
+    catalog = get_cloud(deployment.cloud).instance_types
     node_class = next((r for r in plan.resources if r.inputs.get("kind") == "EC2NodeClass"), None)
     if node_class is not None:
+        if node_class.inputs["spec"].get("instanceStorePolicy") == "RAID0":
+            return min(catalog[t].local_nvme_gb or 0 for t in deployment.pods.instance_types) * 1e9 / 1024**3
         return int(node_class.inputs["spec"]["blockDeviceMappings"][0]["ebs"]["volumeSize"].removesuffix("Gi"))
     pools = [p for p in plan.by_type("gcp:container/nodePool:NodePool") if p.inputs["name"] == "byoc-gpu"]
-    return int(pools[0].inputs["nodeConfig"]["diskSizeGb"]) if pools else deployment.gpu_node_disk_gib
+    if pools:
+        local_ssd = pools[0].inputs["nodeConfig"].get("ephemeralStorageLocalSsdConfig")
+        if local_ssd:
+            return int(local_ssd["localSsdCount"]) * 375
+        return int(pools[0].inputs["nodeConfig"]["diskSizeGb"])
+    return deployment.disk.local_nvme_gib or deployment.gpu_node_disk_gib
 
 
 def assert_disk_holds(deployment: Deployment, plan: Plan) -> None:
