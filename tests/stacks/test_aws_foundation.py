@@ -286,8 +286,14 @@ def test_b200_fp4_in_the_us_on_p6() -> None:
     spec = _node_pool(plan)
     assert _requirement(spec, "node.kubernetes.io/instance-type") == ["p6-b200.48xlarge"]
     assert one(plan, "pulumi:providers:aws").inputs["region"] == "us-east-1"
-    disk = one(plan, "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass").inputs["spec"]["blockDeviceMappings"][0]
-    assert int(disk["ebs"]["volumeSize"].removesuffix("Gi")) >= 250  # 70B in BF16 (131 GiB) plus its FP4 build
+    node_class = one(plan, "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass").inputs["spec"]
+    # 70B in BF16 (131 GiB) plus its FP4 build: on the instance store (8 x 3.8 TB) by default, else on the root disk
+    assert node_class["instanceStorePolicy"] == "RAID0"
+    on_root = graph(
+        region="US", shape="b200x8-fp4", model="llama-3.3-70b-instruct", cold_start={"weights_cache": "none"}
+    )
+    disk = one(on_root, "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass").inputs["spec"]["blockDeviceMappings"][0]
+    assert int(disk["ebs"]["volumeSize"].removesuffix("Gi")) >= 250
 
 
 def test_spot_capacity() -> None:
