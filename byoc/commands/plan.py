@@ -108,7 +108,30 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}",
         f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
+        *_cache_lines(deployment),
     ]
+
+
+def _cache_lines(deployment: Deployment) -> list[str]:
+    """cold_start's caches and warm pool, as plan.json `cold_start_caches` has them (byoc/caches.py)."""
+    caches = deployment.caches
+    if caches is None:
+        return []
+    image = {
+        "secondary_boot_disk": f"on a secondary boot disk ({caches.image.disk_image})",
+        "image_streaming": "streamed from Artifact Registry",
+        "fast_image_pull": "pulled with SOCI parallel pull (FastImagePull)",
+        "pulled": "pulled on every new node",
+    }[caches.image.mode]
+    weights = caches.weights
+    where = f"local NVMe ({weights.local_nvme_gib:,.0f} GiB)" if weights.on == "local_nvme" else "the root disk"
+    warm = caches.warm_pool
+    pool = (
+        f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"
+        if warm.nodes
+        else "no warm pool (cold_start.warm_pool)"
+    )
+    return [f"caches      image {image}; weights on {where}; {pool}"]
 
 
 def _replicas(count: int) -> str:

@@ -208,3 +208,14 @@ def test_node_class_with_caches_on_and_off_matches_the_karpenter_schema(warm_pla
     assert len(classes) == 4
     assert [r["result"] for r in validate(classes)] == ["ok"] * 4
     assert sum("instanceStorePolicy" in c["spec"] for c in classes) == 1
+
+
+def test_plan_says_what_the_caches_do(tmp_path: Path) -> None:
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(yaml.safe_dump(spec_data(**GCP, cold_start={"image_disk": DISK_IMAGE, "warm_pool": 1})))
+    result = run_byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"caches      image on a secondary boot disk ({DISK_IMAGE}); weights on local NVMe (375 GiB); "
+        "1 x g2-standard-8 kept warm, $0.85/h"
+    ) in result.stdout
