@@ -47,15 +47,18 @@ def capacity_need(deployment: Deployment) -> CapacityNeed:
     the same shape), `replicas_per_node` to an instance; the same count stacks/aws/capacity.gpu_limit sizes the
     NodePool for."""
     placement = deployment.placement
-    pods = deployment.autoscaling.max_replicas + 1
+    # the warm pool's placeholders hold nodes of their own (cold_start.warm_pool, stacks/k8s/warm_pool.py)
+    warm = deployment.caches.warm_pool.placeholders if deployment.caches is not None else 0
+    pods = deployment.autoscaling.max_replicas + 1 + warm
     instances = math.ceil(pods / placement.replicas_per_node)
     return CapacityNeed(
         region=placement.region,
         instance_type=placement.instance_type,
         instances=instances,
         purchase_option="spot" if deployment.capacity == "spot" else "on-demand",
-        why=f"max_replicas {deployment.autoscaling.max_replicas} + the model build Job, "
-        f"{placement.replicas_per_node} replica(s) per instance",
+        why=f"max_replicas {deployment.autoscaling.max_replicas} + the model build Job"
+        + (f" + {warm} warm-pool placeholder(s)" if warm else "")
+        + f", {placement.replicas_per_node} replica(s) per instance",
         deployment=deployment.name,
     )
 

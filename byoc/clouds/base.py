@@ -520,7 +520,9 @@ class Cloud(ABC):
         Raises:
             ByocError: on autoscaling.max_replicas, with the limit and a larger range or fewer replicas as the fix.
         """
-        wanted = spec.autoscaling.max_replicas
+        # the warm pool's placeholders take a replica's place each, on nodes of their own (cold_start.warm_pool)
+        warm = spec.cold_start.warm_pool * (self.instance_types[placement.instance_type].gpus // shape.count)
+        wanted = spec.autoscaling.max_replicas + warm
         room = self.address_room(spec.network.cidr, shape, placement, pool)
         if room is None or wanted <= room.replicas:
             return
@@ -535,12 +537,15 @@ class Cloud(ABC):
         else:
             larger = " (even a /16, the largest network.cidr, holds fewer)"
         fewer = (
-            f"set autoscaling.max_replicas to {room.replicas} or fewer" if room.replicas >= 1 else "use a larger range"
+            f"set autoscaling.max_replicas to {room.replicas - warm} or fewer"
+            if room.replicas - warm >= 1
+            else "use a larger range"
         )
+        counted = f" (max_replicas + {warm} warm-pool placeholders)" if warm else ""
         raise ByocError(
             "autoscaling.max_replicas",
-            f"{wanted} replicas do not fit {self.title}'s limits for network.cidr {spec.network.cidr}: {room.limit}; "
-            f"at most {room.replicas} replica(s) fit",
+            f"{wanted} replicas{counted} do not fit {self.title}'s limits for network.cidr {spec.network.cidr}: "
+            f"{room.limit}; at most {room.replicas} replica(s) fit",
             fewer + larger,
         )
 

@@ -219,3 +219,19 @@ def test_plan_says_what_the_caches_do(tmp_path: Path) -> None:
         f"caches      image on a secondary boot disk ({DISK_IMAGE}); weights on local NVMe (375 GiB); "
         "1 x g2-standard-8 kept warm, $0.85/h"
     ) in result.stdout
+
+
+def test_the_warm_pool_counts_against_the_network_range_and_the_preflight_quota() -> None:
+    from byoc.lifecycle import capacity_need
+    from tests.conftest import refused
+    from tests.unit.test_address_room import GCP_H100X1, SMALL
+
+    # the small range holds GCP_H100X1 replicas: with two placeholders, two fewer replicas fit
+    scaling = {"max_replicas": GCP_H100X1 - 1}
+    error = refused(cloud="gcp", network=SMALL, autoscaling=scaling, cold_start={"warm_pool": 2})
+    assert error.field == "autoscaling.max_replicas"
+    assert f"{GCP_H100X1 + 1} replicas (max_replicas + 2 warm-pool placeholders) do not fit" in error.message
+    assert f"set autoscaling.max_replicas to {GCP_H100X1 - 2} or fewer" in error.hint
+    need = capacity_need(deploy(cold_start={"warm_pool": 2}, autoscaling={"min_replicas": 0, "max_replicas": 4}))
+    assert need.instances == 4 + 1 + 2  # p5.4xlarge: one replica an instance
+    assert "2 warm-pool placeholder(s)" in need.why
