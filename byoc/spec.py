@@ -460,9 +460,10 @@ class ColdStart(_Strict):
     )
     weights_cache: WeightsCache = Field(
         default="local_ssd",
-        description="Where a node keeps the model's weights for its replicas: local_ssd (the instance's local NVMe: "
-        "Karpenter's instance-store RAID0, GKE local SSD; fetched once per node with parallel ranged reads) or none "
-        "(each replica fetches into its own volume).",
+        description="Where the GPU nodes keep the model's weights: local_ssd (the instance's local NVMe as the "
+        "node's ephemeral storage: Karpenter's instance-store RAID0, GKE Local SSD; each replica fetches into it with "
+        "parallel ranged reads, and the root disk holds only the OS) or none (the root disk, sized for the weights). "
+        "Where the pool's NVMe cannot hold them, the root disk is used and plan.json says why.",
     )
     image_disk: str | None = Field(
         default=None,
@@ -476,8 +477,9 @@ class ColdStart(_Strict):
         default=0,
         ge=0,
         le=64,
-        description="GPU nodes kept running with image and weights cached and no replica, so a wake skips the node "
-        "launch; each costs its instance's hourly price (see `byoc estimate`).",
+        description="GPU nodes kept running with the images pulled and no replica (held by low-priority "
+        "placeholder pods that a replica preempts), so a wake skips the node launch; each costs its instance's "
+        "hourly price, always (plan.json cold_start_caches.warm_pool).",
     )
 
 
