@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +54,9 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.gets.append((path, ranged))
             if self.server.deny and path.endswith(self.server.deny):
+                # late, as a network that fails mid-fetch: the other files have arrived by then (a transfer that
+                # fails cancels the ones still running, and what a cut-short fetch keeps would depend on timing)
+                time.sleep(2)
                 self._reply(403, {}, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
                 return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
