@@ -184,6 +184,27 @@ def gateway(
         int | None,
         typer.Option("--gpus-per-replica", help="GPUs of one model replica: the ledger's GPU-seconds [1]."),
     ] = None,
+    # -- batch admission (issue 22) --
+    batch_worker_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--batch-worker-token-file",
+            help="File holding the batch worker's token: its requests are served as the batch's owner key, only "
+            "into capacity online traffic leaves idle [no batch worker].",
+        ),
+    ] = None,
+    batch_headroom: Annotated[
+        int | None,
+        typer.Option("--batch-headroom", help="Request slots batch work leaves free for online arrivals [2]."),
+    ] = None,
+    batch_slots_per_replica: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-slots-per-replica",
+            help="The engine's max_batch_size: batch work fills at most this x ready replicas, less the headroom "
+            "[0: --max-concurrency only].",
+        ),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -224,6 +245,9 @@ def gateway(
         "store_lease_seconds": store_lease_seconds,
         "replicas_hint": replicas_hint,
         "gpus_per_replica": gpus_per_replica,
+        "batch_worker_token_file": batch_worker_token_file,
+        "batch_headroom": batch_headroom,
+        "batch_slots_per_replica": batch_slots_per_replica,
     }
     _run_gateway(config, flags, drain_seconds)
 

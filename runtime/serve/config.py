@@ -103,6 +103,14 @@ class GatewayConfig:
     store_lease_seconds: float = 10.0  # a concurrency slot's lease: how long a killed gateway's slots stay taken
     replicas_hint: int = 1  # the divisor of each limit if the store is down before any heartbeat was seen
     gpus_per_replica: int = 1  # GPU-seconds = a request's share of its replica's busy time x this
+    # -- batch admission (issue 22: runtime/serve/batch/worker.py sends each batch line through the gateway) --
+    # the batch worker's token (a Kubernetes Secret the gateway and the worker mount): a request bearing it and
+    # layout.OWNER_HEADER is served as that key, in the batch admission class (Gateway._batch_admit)
+    batch_worker_token_file: Path | None = None
+    # request slots batch work leaves free for online arrivals, below the capacity (docs/performance.md measures it)
+    batch_headroom: int = 2
+    # the engine's max_batch_size: batch capacity = min(--max-concurrency, this x ready replicas); 0: the first only
+    batch_slots_per_replica: int = 0
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
@@ -116,6 +124,29 @@ class GatewayConfig:
             ) from None
 
         return StoreSettings(self.store, self.store_password_file, self.store_ca_file, self.store_prefix)
+
+    def batch_worker_digest(self) -> bytes | None:
+        """The SHA-256 of the batch worker's token (--batch-worker-token-file), or None without the flag.
+
+        Raises ByocError when the file cannot be read or holds less than a 16-character token."""
+        path = self.batch_worker_token_file
+        if path is None:
+            return None
+        import hashlib
+
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ByocError(
+                "--batch-worker-token-file", f"cannot read {path}: {type(exc).__name__}", "mount the worker's Secret"
+            ) from None
+        if len(token) < 16 or any(c.isspace() for c in token):
+            raise ByocError(
+                "--batch-worker-token-file",
+                f"{path} does not hold one token of at least 16 characters",
+                "write a random token, e.g. `openssl rand -hex 32 > token`",
+            )
+        return hashlib.sha256(token.encode()).digest()
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -158,6 +189,13 @@ class GatewayConfig:
             ("--config: max_stop_sequences", 1 <= self.max_stop_sequences <= 1024, "from 1 to 1024, e.g. 16"),
             ("--store-lease-seconds", 1.0 <= self.store_lease_seconds <= 3600, "from 1 to 3600 seconds, e.g. 10"),
             ("--replicas-hint", 1 <= self.replicas_hint <= 1000, "the usual gateway replica count, 1 to 1000"),
+            (
+                "--batch-headroom",
+                self.batch_headroom >= 0
+                and (self.batch_worker_token_file is None or self.batch_headroom < self.max_concurrency),
+                "from 0 to --max-concurrency - 1",
+            ),
+            ("--batch-slots-per-replica", 0 <= self.batch_slots_per_replica <= 4096, "the engine's max_batch_size"),
         ]
         for flag, ok, hint in checks:
             if not ok:
@@ -191,6 +229,8 @@ class GatewayConfig:
         self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
         if self.store is not None:
             self.store_settings().check()  # the limiter's own rules too: no password in the URL, the prefix
+        if self.batch_worker_token_file is not None:
+            self.batch_worker_digest()  # an unreadable or short token is an input error now
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")
@@ -250,7 +290,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer", "store_password_file", "store_ca_file"}:
+    if name in {
+        "api_keys",
+        "tls_cert",
+        "tls_key",
+        "routing_tokenizer",
+        "store_password_file",
+        "store_ca_file",
+        "batch_worker_token_file",
+    }:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hashlib
+import hmac
 import json
 import logging
 import signal
@@ -33,8 +35,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from runtime.serve.batch.layout import OWNER_HEADER
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
@@ -112,6 +115,7 @@ class Outcome:
     # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
     # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
     usage_source: str = "none"
+    batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
 
 
 class Gateway:
@@ -143,6 +147,14 @@ class Gateway:
         self.metrics.pending.set_function(lambda: self.pending)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.queue_depth.set_function(lambda: self.admission.queued)
+        # -- batch admission class (issue 22) --
+        self.batch_digest = config.batch_worker_digest()
+        self.batch_decisions = Counter(
+            "byoc_gateway_batch_requests",
+            "Batch lines from the batch worker, by decision: admitted, or yielded (429 batch_yield) to online traffic.",
+            ["decision"],
+            registry=self.metrics.registry,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -385,6 +397,8 @@ class Gateway:
             if outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
         reason = f" reason={outcome.reason}" if outcome.reason else ""
+        if outcome.batch:
+            reason += " class=batch"
         self.access_log.write(
             f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
             f"status={outcome.code} prompt_tokens={outcome.prompt_tokens} output_tokens={outcome.output_tokens} "
@@ -486,7 +500,9 @@ class Gateway:
             # SIGTERM: the load balancer takes this gateway out of rotation (/ready says 503) but may still send a
             # few; they go to another gateway replica, not into a process about to exit
             raise self._draining(outcome)
-        key = self.keys.authenticate(request.headers.get("Authorization"))
+        key = self._batch_owner(request, outcome)
+        if key is None:
+            key = self.keys.authenticate(request.headers.get("Authorization"))
         if key is None:
             raise _unauthorized()
         outcome.key = key.name
@@ -504,6 +520,8 @@ class Gateway:
         addon = self._resolve_model(parsed.model)
         if not isinstance(addon, Unresolved):
             outcome.addon = addon.name if addon is not None else BASE
+        if outcome.batch and self.pool.ready:
+            self._batch_admit(outcome, count=False)  # a line that would yield costs its owner no rate-limit unit
         ticket = await self._admit(key, parsed.body)
         if isinstance(ticket, Refusal):
             raise self._refused(ticket, key, outcome)
@@ -514,6 +532,8 @@ class Gateway:
                 if isinstance(addon, Unresolved):
                     raise _unknown_model()
                 outcome.addon = addon.name if addon is not None else BASE
+            if outcome.batch:
+                self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason == "closed":
                 raise self._draining(outcome)
@@ -527,6 +547,62 @@ class Gateway:
                 self.admission.release()
         finally:
             self._settle(ticket, outcome)
+
+    # -- batch admission class (issue 22) ---------------------------------------------------------------------
+    def _batch_owner(self, request: web.Request, outcome: Outcome) -> ApiKey | None:
+        """The key a batch line is served as: the batch's owner, when the request bears the worker's token
+        (--batch-worker-token-file); None for any other request. Raises 403 for an owner this gateway does not know
+        (a key deleted since the batch was created) and 400 for a worker request without the owner header."""
+        if self.batch_digest is None:
+            return None
+        authorization = request.headers.get("Authorization")
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        if not hmac.compare_digest(hashlib.sha256(authorization[7:].strip().encode()).digest(), self.batch_digest):
+            return None
+        outcome.batch = True
+        owner = request.headers.get(OWNER_HEADER, "").strip()
+        if not owner:
+            raise ApiError(400, f"{OWNER_HEADER}: the batch worker must name the batch's owner", param=OWNER_HEADER)
+        if not self.keys.enabled:
+            return ApiKey(owner, b"")  # --insecure-no-auth: no key has limits to apply
+        key = self.keys.by_name(owner)
+        if key is None:
+            raise ApiError(
+                403,
+                f"{OWNER_HEADER}: the batch's owner is not a key of this gateway (deleted after the batch was made?)",
+                kind="permission_error",
+                param=OWNER_HEADER,
+                code="batch_owner_unknown",
+            )
+        return key
+
+    def batch_capacity(self) -> int:
+        """Requests that may be in flight before batch work stops being admitted: the gateway's --max-concurrency, or
+        --batch-slots-per-replica x the ready replicas if lower, less --batch-headroom slots kept for online
+        arrivals."""
+        capacity = self.config.max_concurrency
+        if self.config.batch_slots_per_replica:
+            capacity = min(capacity, self.config.batch_slots_per_replica * len(self.pool.ready))
+        return capacity - self.config.batch_headroom
+
+    def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
+        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, and
+        fewer in flight than `batch_capacity()`. Otherwise 429 `batch_yield` at once (never queued: a queued batch
+        line would hold a place an online request could take); the worker backs off and sends it again later."""
+        if self.admission.queued == 0 and self.admission.active < self.batch_capacity():
+            if count:
+                self.batch_decisions.labels(decision="admitted").inc()
+            return
+        self.batch_decisions.labels(decision="yielded").inc()
+        outcome.reason = "batch_yield"
+        raise ApiError(
+            429,
+            "batch work yields to online traffic: retry after the time in Retry-After",
+            kind="requests",
+            code="batch_yield",
+            retry_after=retry_after(min(self._busy_estimate(), 5.0)),
+        )
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""

@@ -79,3 +79,21 @@ def batch_state(batch_id: str) -> str:
 
 def batch_part(batch_id: str, seq: int) -> str:
     return f"batches/{batch_id}/parts/{seq:08d}.jsonl"
+
+
+# -- added by the batch worker (runtime/serve/batch/worker.py) --------------------------------------------------------
+# batches/{batch_id}/lease.json: which worker runs the batch, and until when (`{"holder", "expires_at"}`), written
+# with conditional writes (runtime/serve/batch/conditional.py) so that two workers never run one batch at once.
+
+
+def batch_lease(batch_id: str) -> str:
+    return f"batches/{batch_id}/lease.json"
+
+
+def batch_parts(batch_id: str) -> str:
+    """The folder of a batch's parts (a prefix for `Store.list_objects`)."""
+    return f"batches/{batch_id}/parts"
+
+
+def batch_folder(batch_id: str) -> str:
+    return f"batches/{batch_id}"
