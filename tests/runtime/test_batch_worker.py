@@ -309,6 +309,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
             worker.kill()
         if state_of(store, batch_id).get("status") in layout.TERMINAL:
             break
+    print("kills", kills)
     assert kills["sending"] >= 1 and kills["committing"] >= 1, kills
     worker = Worker(runtime_dir, gateway.url, root, token_file, *kms)
     try:

@@ -393,6 +393,8 @@ class BatchRun:
         self.lines: list[InputLine] = []
         self.progress = Progress()
         self.stop_sending = asyncio.Event()
+        self.sending_done = asyncio.Event()
+        self.committing = asyncio.Lock()  # one commit at a time, never cut off half-way by a cancellation
         self.in_flight = 0
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
@@ -425,12 +427,18 @@ class BatchRun:
             self.state["request_counts"] = self._counts()
             await self._io(self._write_state)
             log.info("batch %s: in_progress, %d requests", self.batch_id, len(self.lines))
-        if self.state["status"] == layout.IN_PROGRESS:
+        running = self.state["status"] in (layout.IN_PROGRESS, layout.FINALIZING)
+        if running and self.state.get("ending") in (None, layout.COMPLETED) and self._missing():
+            if self.state["status"] != layout.IN_PROGRESS:  # cannot happen; if it does, results come first
+                self.state.update(status=layout.IN_PROGRESS, ending=None)
+                await self._io(self._write_state)
             await self._send_all()
             if self.worker.stopping.is_set():
-                await self._commit(force=True)
                 return
         await self._finalize()
+
+    def _missing(self) -> bool:
+        return any(line.custom_id not in self.progress.results for line in self.lines)
 
     def _input(self) -> bytes | None:
         try:
@@ -485,24 +493,25 @@ class BatchRun:
                 self._result(line, None, {"code": line.problem[0], "message": line.problem[1]})
             else:
                 todo.put_nowait(line)
-        if await self._io(self.store.exists, layout.batch_cancel(self.batch_id)):
-            self.stop_sending.set()  # cancelled before a line was sent: none is
+        if time.time() >= self._deadline() or await self._io(self.store.exists, layout.batch_cancel(self.batch_id)):
+            self.stop_sending.set()  # cancelled, or out of time, before a line was sent: none is
         watcher = asyncio.ensure_future(self._watch())
         senders = [asyncio.ensure_future(self._sender(todo)) for _ in range(self.settings.concurrency)]
         try:
             await asyncio.gather(*senders)
         finally:
-            watcher.cancel()
             for task in senders:
                 task.cancel()
+            self.sending_done.set()  # the watcher ends after its commit in progress, if any: never cut off
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await self._commit(force=True)
 
     async def _watch(self) -> None:
         """Commits on time, and stops the sending on a cancel, the window's end, the worker's stop or a lost lease."""
-        while True:
-            await asyncio.sleep(min(0.5, self.settings.commit_seconds))
+        while not self.sending_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sending_done.wait(), min(0.5, self.settings.commit_seconds))
             await self._commit()
             if self.renewing.done() or self.worker.stopping.is_set():
                 self.stop_sending.set()
@@ -589,6 +598,10 @@ class BatchRun:
 
     async def _commit(self, force: bool = False) -> None:
         """Writes the buffered results as the next part when --commit-lines are waiting or --commit-seconds passed."""
+        async with self.committing:
+            await self._commit_now(force)
+
+    async def _commit_now(self, force: bool) -> None:
         progress = self.progress
         if not progress.buffer:
             progress.last_commit = time.monotonic()
@@ -626,8 +639,10 @@ class BatchRun:
             cancelled = await self._io(self.store.exists, layout.batch_cancel(self.batch_id))
             if cancelled:
                 ending = layout.CANCELLED
-            elif time.time() >= self._deadline() and len(self.progress.results) < len(self.lines):
+            elif self._missing() and time.time() >= self._deadline():
                 ending = layout.EXPIRED
+            elif self._missing():
+                return  # sending stopped early (the lease lost, a commit failed): the next poll takes it up again
             else:
                 ending = layout.COMPLETED
             status = layout.CANCELLING if ending == layout.CANCELLED else layout.FINALIZING
