@@ -153,46 +153,60 @@ def benchmark(
         _wait(gateway + "/ready", processes[-1])
         url = gateway + "/v1/chat/completions"
         asyncio.run(_closed_loop(url, 2, 2.0, tokens))  # warm-up
-        served = asyncio.run(_closed_loop(url, batch_size, seconds, tokens))
-        capacity = served / seconds
+        capacity = asyncio.run(_closed_loop(url, batch_size, seconds, tokens)) / seconds
         out["capacity_requests_per_s"] = round(capacity, 2)
         out["online_alone"] = _online(url, online_rate, seconds, tokens, 0)
 
-        root = folder / "batch-online"
-        batch_id = _write_batch(root, _batch_lines(50_000 if lines > 50_000 else 5_000, MODEL, tokens))
-        worker = _worker(gateway, root, token, log, 2 * batch_size)
-        processes.append(worker)
+        idle, batch_rate = _with_batch(out, gateway, folder, token, log, batch_size, online_rate, seconds, tokens)
+        _targets(out, idle, batch_rate)
+        _stop(processes)
+        processes.clear()
+        if lines:
+            out["end_to_end"] = _end_to_end(folder, token, lines, log)
+    finally:
+        _stop(processes)
+    return out
+
+
+def _with_batch(
+    out: dict[str, Any],
+    gateway: str,
+    folder: Path,
+    token: Path,
+    log: Path,
+    batch_size: int,
+    online_rate: float,
+    seconds: float,
+    tokens: int,
+) -> tuple[float, float]:
+    """The online arrivals again while the worker runs a batch; (idle capacity, batch lines admitted) per second."""
+    url = gateway + "/v1/chat/completions"
+    root = folder / "batch-online"
+    batch_id = _write_batch(root, _batch_lines(5_000, MODEL, tokens))
+    worker = _worker(gateway, root, token, log, 2 * batch_size)
+    try:
         deadline = time.monotonic() + 60
         while _state(root, batch_id).get("status") != "in_progress" and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(3.0)  # the worker fills the idle capacity first
-        metrics = _get(gateway + "/metrics")
-        admitted0 = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}')
+        admitted0 = _sample(_get(gateway + "/metrics"), 'byoc_gateway_batch_requests_total{decision="admitted"}')
         started = time.perf_counter()
         out["online_with_batch"] = _online(url, online_rate, seconds, tokens, 100_000)
         window = time.perf_counter() - started
         metrics = _get(gateway + "/metrics")
-        admitted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}') - admitted0
-        yielded = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="yielded"}')
-        _stop([worker])
-        processes.remove(worker)
-        online_share = out["online_with_batch"]["answered"] / window
-        idle = max(0.0, capacity - online_share)
-        batch_rate = admitted / window
-        out["batch_during_online"] = {
-            "window_s": round(window, 2),
-            "lines_admitted_per_s": round(batch_rate, 2),
-            "idle_capacity_per_s": round(idle, 2),
-            "share_of_idle": round(batch_rate / idle, 3) if idle else None,
-            "yielded_total": yielded,
-        }
-        _targets(out, idle, batch_rate)
-        _stop(processes)
-        processes.clear()
-        out["end_to_end"] = _end_to_end(folder, token, lines, log)
     finally:
-        _stop(processes)
-    return out
+        _stop([worker])
+    admitted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}') - admitted0
+    idle = max(0.0, out["capacity_requests_per_s"] - out["online_with_batch"]["answered"] / window)
+    batch_rate = admitted / window
+    out["batch_during_online"] = {
+        "window_s": round(window, 2),
+        "lines_admitted_per_s": round(batch_rate, 2),
+        "idle_capacity_per_s": round(idle, 2),
+        "share_of_idle": round(batch_rate / idle, 3) if idle else None,
+        "yielded_total": _sample(metrics, 'byoc_gateway_batch_requests_total{decision="yielded"}'),
+    }
+    return idle, batch_rate
 
 
 def _targets(out: dict[str, Any], idle: float, batch_rate: float) -> None:

@@ -459,3 +459,29 @@ def test_bad_flags_exit_2_with_one_message(tmp_path: Path, keys_file: Path, engi
     )  # fmt: skip
     assert gateway.returncode == 2 and "--batch-worker-token-file" in gateway.stderr
     assert "Traceback" not in gateway.stderr
+
+
+def test_a_batch_line_with_no_replica_ready_is_held_and_counted_for_the_autoscaler(
+    keys_file: Path, token_file: Path, runtime_dir: Path
+) -> None:
+    """Scaled to zero: a batch line waits like an online request and shows in byoc_gateway_pending_requests (what the
+    KEDA ScaledObject wakes the deployment on), instead of being told to yield."""
+    import threading
+
+    nowhere = f"http://127.0.0.1:{free_port()}"  # no engine there yet: the deployment at zero replicas
+    server = start_gateway(
+        runtime_dir, [nowhere], "--batch-worker-token-file", str(token_file), "--wake-timeout", "60",
+        "--health-interval", "0.5", keys=keys_file,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {WORKER_TOKEN}", layout.OWNER_HEADER: "ci", "Content-Type": "application/json"}
+    answers: list[int] = []
+    body = json.dumps(chat_line("held", "hello")["body"]).encode()
+    sender = threading.Thread(target=lambda: answers.append(http("POST", server.url + ENDPOINT, body, headers).status))
+    try:
+        sender.start()
+        wait_for(lambda: metric(server.metrics(), "byoc_gateway_pending_requests") == 1, 20, "the line held")
+        assert metric(server.metrics(), "byoc_gateway_batch_requests_total", decision="yielded") in (None, 0.0)
+    finally:
+        server.stop()  # the drain answers the held line 503 at once; the worker would send it again
+        sender.join(timeout=30)
+    assert answers == [503]
