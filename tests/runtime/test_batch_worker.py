@@ -85,7 +85,9 @@ def gateway(engine: Server, keys_file: Path, token_file: Path, runtime_dir: Path
 class Worker:
     """`python -m runtime.serve.batch.worker` with its output in a file (kept for the retention check)."""
 
-    def __init__(self, folder: Path, gateway: str, root: str, token_file: Path, *extra: str) -> None:
+    def __init__(
+        self, folder: Path, gateway: str, root: str, token_file: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log = folder / f"worker-{time.monotonic_ns()}.log"
         LOG_FILES.append(self.log)
         args = [
@@ -113,7 +115,7 @@ class Worker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
 
     def kill(self) -> None:
@@ -279,14 +281,16 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     """Over S3 with SSE-KMS: the worker killed during sending, right after a commit, and while finalizing, then
     restarted, again and again; at the end each custom_id has exactly one result and none is missing."""
     root, store = s3_root
-    lines = [chat_line(f"line-{i:03d}", f"say {i}", max_tokens=3) for i in range(60)]
+    lines = [chat_line(f"line-{i:03d}", f"say {i}", max_tokens=3) for i in range(150)]
     batch_id = write_batch(store, lines)
     rng = random.Random(22)
     kms = ["--batch-kms-key", os.environ["BYOC_TEST_KMS_KEY"]]
     kills = {"sending": 0, "committing": 0, "finalizing": 0}
-    plan = ["sending", "committing", "sending", "finalizing", "committing", "finalizing", "sending"]
+    plan = ["sending", "committing", "sending", "committing", "sending", "finalizing", "finalizing"]
     for moment in plan:
-        worker = Worker(runtime_dir, gateway.url, root, token_file, *kms)
+        # finalizing: held after the output file is written and before state.json says completed, killed there
+        pause = {"BYOC_BATCH_WORKER_PAUSE": "finalize_files_written:30"} if moment == "finalizing" else {}
+        worker = Worker(runtime_dir, gateway.url, root, token_file, *kms, env=pause)
         parts = len(store.list_objects(layout.batch_parts(batch_id)))
         deadline = time.monotonic() + 60
         try:
@@ -301,7 +305,9 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
                     time.sleep(rng.uniform(0.0, 0.05))
                     break
                 if moment == "finalizing" and status == "finalizing":
-                    break
+                    output = _output_file_id(store, batch_id)
+                    if output and store.exists(layout.file_object(output)):
+                        break
                 time.sleep(0.01)
         finally:
             if worker.process.poll() is None and state_of(store, batch_id).get("status") not in layout.TERMINAL:
@@ -310,7 +316,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         if state_of(store, batch_id).get("status") in layout.TERMINAL:
             break
     print("kills", kills)
-    assert kills["sending"] >= 1 and kills["committing"] >= 1, kills
+    assert kills["sending"] >= 1 and kills["committing"] >= 1 and kills["finalizing"] >= 1, kills
     worker = Worker(runtime_dir, gateway.url, root, token_file, *kms)
     try:
         state = wait_status(store, batch_id, layout.TERMINAL)
@@ -318,7 +324,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         worker.stop()
     assert state["status"] == "completed"
     assert_exactly_one_result_each(store, state, [line["custom_id"] for line in lines])
-    assert state["request_counts"]["completed"] == 60
+    assert state["request_counts"]["completed"] == 150
     import boto3
 
     head = boto3.client("s3").head_object(
@@ -326,6 +332,13 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     )
     assert head["ServerSideEncryption"] == "aws:kms"
     assert store.list_objects(layout.batch_parts(batch_id)) == []
+
+
+def _output_file_id(store: Store, batch_id: str) -> str:
+    """The id the worker gives a batch's output file (derived from the batch id, so a second finalize reuses it)."""
+    from runtime.serve.batch.worker import _derived_id
+
+    return _derived_id("file-", batch_id, "output")
 
 
 def test_cancel_stops_new_lines_and_reports_the_rest(

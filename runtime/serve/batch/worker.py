@@ -101,6 +101,14 @@ def _derived_id(prefix: str, *parts: str) -> str:
     return prefix + hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
 
 
+def _pause(point: str) -> None:
+    """`BYOC_BATCH_WORKER_PAUSE=point:seconds` holds the worker at `point` so that the crash test can kill it exactly
+    there (a window of a few milliseconds otherwise); unset in any deployment."""
+    wanted, _, seconds = os.environ.get("BYOC_BATCH_WORKER_PAUSE", "").partition(":")
+    if wanted == point:
+        time.sleep(float(seconds or 0))
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -677,6 +685,7 @@ class BatchRun:
         stamp = int(self.state.get("finalizing_at") or self.state.get("cancelling_at") or _now())
         output_id = self._write_file("output", output, stamp)
         error_id = self._write_file("error", errors, stamp)
+        _pause("finalize_files_written")
         counts = {"total": len(self.lines), "completed": len(output), "failed": len(errors)}
         self.state.update(status=ending, request_counts=counts, output_file_id=output_id, error_file_id=error_id)
         self.state[f"{ending}_at"] = _now()
