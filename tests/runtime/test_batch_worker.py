@@ -498,3 +498,29 @@ def test_a_batch_line_with_no_replica_ready_is_held_and_counted_for_the_autoscal
         server.stop()  # the drain answers the held line 503 at once; the worker would send it again
         sender.join(timeout=30)
     assert answers == [503]
+
+
+def test_two_workers_never_run_one_batch_at_once(
+    gateway: Server, file_root: tuple[str, Store], token_file: Path, runtime_dir: Path
+) -> None:
+    """Two worker replicas over one batch root: the lease gives each batch to one of them; two batches, each run by
+    exactly one worker, each with exactly one result per custom_id."""
+    root, store = file_root
+    batches = {
+        write_batch(store, [chat_line(f"{b}-{i:02d}", f"say {i}", max_tokens=3) for i in range(30)]): b
+        for b in ("first", "second")
+    }
+    before = metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0
+    workers = [Worker(runtime_dir, gateway.url, root, token_file, "--lease-seconds", "5") for _ in range(2)]
+    try:
+        states = {batch_id: wait_status(store, batch_id, layout.TERMINAL) for batch_id in batches}
+    finally:
+        for worker in workers:
+            worker.stop()
+    admitted = (metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0) - before
+    assert admitted == 60, "no line was sent twice: no batch ran in two workers at once"
+    for batch_id, prefix in batches.items():
+        assert states[batch_id]["status"] == "completed"
+        assert_exactly_one_result_each(store, states[batch_id], [f"{prefix}-{i:02d}" for i in range(30)])
+        runners = [w for w in workers if f"batch {batch_id}: in_progress" in w.log.read_text()]
+        assert len(runners) == 1, "one worker ran the batch"

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from byoc.errors import ByocError, ByocFailure
 from runtime.model_build.stores import ObjectMissing, Store, open_store
 from runtime.serve.batch import conditional, layout
+from runtime.serve.logs import exception_summary
 
 log = logging.getLogger("byoc.batch")
 T = TypeVar("T")
@@ -291,6 +292,8 @@ class BatchWorker:
                     await self.poll_once()
                 except ByocError as exc:  # the store unreachable or refusing: said once a poll, tried again
                     log.warning("batch root: %s", exc)
+                except Exception as exc:  # a bug: where, never the message (it may quote a line); tried again
+                    log.error("batch worker: %s", exception_summary(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.settings.poll_seconds)
         log.info("batch worker stopped")
@@ -301,13 +304,18 @@ class BatchWorker:
             await self._io(self.sweep)
             self._last_sweep = time.monotonic()
         objects = await self._io(self.store.list_objects, "batches")
-        ids = sorted({o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")})
+        ids = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")}
+        waiting: list[tuple[float, str]] = []
         for batch_id in ids:
-            if self.stopping.is_set():
-                return
             state = await self._io(self._read_json, layout.batch_state(batch_id))
             if state is not None and state.get("status") in layout.TERMINAL:
                 continue
+            record = await self._io(self._read_json, layout.batch_record(batch_id)) or {}
+            created = record.get("created_at")
+            waiting.append((float(created) if isinstance(created, int | float) else 0.0, batch_id))
+        for _, batch_id in sorted(waiting):  # first created, first run: one batch at a time, its lines in parallel
+            if self.stopping.is_set():
+                return
             await self.run_batch(batch_id)
 
     def _read_json(self, key: str) -> dict[str, Any] | None:
