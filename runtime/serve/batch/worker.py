@@ -362,26 +362,17 @@ class BatchWorker:
         ago, and the parts and lease a crash left behind a batch that ended. The bucket's lifecycle rule is only a
         backstop for this."""
         now = time.time()
-        files = self.store.list_objects("files")
-        deleted = 0
-        for item in files:
-            if not item.key.endswith("/object.json"):
-                continue
-            file_id = item.key.split("/")[1]
-            record = self._read_json(item.key)
-            expires = record.get("expires_at") if record else None
-            if isinstance(expires, int | float) and expires <= now:
-                self.store.delete([layout.file_content(file_id), layout.file_object(file_id)])
-                deleted += 1
         retention = self.settings.retention_hours * 3600
-        batches = self.store.list_objects("batches")
         by_batch: dict[str, list[str]] = {}
-        for item in batches:
+        for item in self.store.list_objects("batches"):
             by_batch.setdefault(item.key.split("/")[1], []).append(item.key)
         ended = 0
+        in_use: set[str] = set()  # the input files of batches still running: kept whatever their expiry says
         for batch_id, keys in by_batch.items():
             state = self._read_json(layout.batch_state(batch_id)) if layout.batch_state(batch_id) in keys else None
             if state is None or state.get("status") not in layout.TERMINAL:
+                record = self._read_json(layout.batch_record(batch_id)) or {}
+                in_use.add(str(record.get("input_file_id")))
                 continue
             at = state.get(f"{state['status']}_at") or 0
             if now >= float(at) + retention:
@@ -391,6 +382,16 @@ class BatchWorker:
                 leftovers = [k for k in keys if "/parts/" in k or k == layout.batch_lease(batch_id)]
                 if leftovers:
                     self.store.delete(leftovers)
+        deleted = 0
+        for item in self.store.list_objects("files"):
+            file_id = item.key.split("/")[1]
+            if not item.key.endswith("/object.json") or file_id in in_use:
+                continue
+            found = self._read_json(item.key)
+            expires = found.get("expires_at") if found else None
+            if isinstance(expires, int | float) and expires <= now:
+                self.store.delete([layout.file_content(file_id), layout.file_object(file_id)])
+                deleted += 1
         if deleted or ended:
             log.info("sweep: deleted %d expired files and the data of %d ended batches", deleted, ended)
 
@@ -528,14 +529,19 @@ class BatchRun:
         while not self.sending_done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.sending_done.wait(), min(0.5, self.settings.commit_seconds))
-            await self._commit()
-            if self.renewing.done() or self.worker.stopping.is_set():
-                self.stop_sending.set()
+            if self.renewing.done() or self.worker.stopping.is_set() or time.time() >= self._deadline():
+                self.stop_sending.set()  # a lost lease, the worker's stop, the window's end: no new line
                 return
-            if time.time() >= self._deadline():
+            try:
+                await self._commit()
+                cancelled = await self._io(self.store.exists, layout.batch_cancel(self.batch_id))
+            except LeaseLost:
                 self.stop_sending.set()
-                return
-            if await self._io(self.store.exists, layout.batch_cancel(self.batch_id)):
+                raise
+            except ByocError as exc:  # the store hiccuped: the results stay buffered, tried at the next tick
+                log.warning("batch %s: %s", self.batch_id, exc)
+                continue
+            if cancelled:
                 self.stop_sending.set()
                 return
 
@@ -644,7 +650,10 @@ class BatchRun:
             progress.add_committed(result)
         progress.last_commit = time.monotonic()
         self.state["request_counts"] = self._counts()
-        await self._io(self._write_state)
+        try:
+            await self._io(self._write_state)
+        except ByocError as exc:  # the part is safe; the counts are written again at the next commit
+            log.warning("batch %s: state not written, will retry: %s", self.batch_id, exc)
 
     # -- the end ---------------------------------------------------------------------------------------------
     async def _finalize(self) -> None:
