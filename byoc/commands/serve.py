@@ -205,6 +205,14 @@ def gateway(
             "[0: --max-concurrency only].",
         ),
     ] = None,
+    batch_preempt: Annotated[
+        bool,
+        typer.Option(
+            "--batch-preempt",
+            help="An online request ends the batch lines in flight (sent again later), and batch lines run only "
+            "while no online request does: for compute-bound engines.",
+        ),
+    ] = False,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -248,6 +256,7 @@ def gateway(
         "batch_worker_token_file": batch_worker_token_file,
         "batch_headroom": batch_headroom,
         "batch_slots_per_replica": batch_slots_per_replica,
+        "batch_preempt": batch_preempt or None,
     }
     _run_gateway(config, flags, drain_seconds)
 

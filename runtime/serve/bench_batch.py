@@ -129,7 +129,14 @@ async def _closed_loop(url: str, connections: int, seconds: float, tokens: int) 
 
 
 def benchmark(
-    seconds: float, online_rate: float, tokens: int, headroom: int, batch_size: int, lines: int, folder: Path
+    seconds: float,
+    online_rate: float,
+    tokens: int,
+    headroom: int,
+    batch_size: int,
+    lines: int,
+    folder: Path,
+    preempt: bool = False,
 ) -> dict[str, Any]:
     token = folder / "token"
     token.write_text(TOKEN)
@@ -147,7 +154,7 @@ def benchmark(
         command = ["gateway", "--listen", f"127.0.0.1:{gateway_port}", "--upstream", f"http://127.0.0.1:{engine_port}",
                    "--model", MODEL, "--insecure-no-auth", "--max-concurrency", slots, "--batch-slots-per-replica",
                    slots, "--batch-headroom", str(headroom), "--batch-worker-token-file", str(token),
-                   "--health-interval", "0.5"]  # fmt: skip
+                   "--health-interval", "0.5", *(["--batch-preempt"] if preempt else [])]  # fmt: skip
         processes.append(_byoc(command, log))
         gateway = f"http://127.0.0.1:{gateway_port}"
         _wait(gateway + "/ready", processes[-1])
@@ -189,22 +196,27 @@ def _with_batch(
         while _state(root, batch_id).get("status") != "in_progress" and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(3.0)  # the worker fills the idle capacity first
-        admitted0 = _sample(_get(gateway + "/metrics"), 'byoc_gateway_batch_requests_total{decision="admitted"}')
+        before = _get(gateway + "/metrics")
+        admitted0 = _sample(before, 'byoc_gateway_batch_requests_total{decision="admitted"}')
+        preempted0 = _sample(before, 'byoc_gateway_batch_requests_total{decision="preempted"}')
         started = time.perf_counter()
         out["online_with_batch"] = _online(url, online_rate, seconds, tokens, 100_000)
         window = time.perf_counter() - started
         metrics = _get(gateway + "/metrics")
     finally:
         _stop([worker])
-    admitted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}') - admitted0
+    # lines answered in the window: admitted, less those an online arrival pre-empted (sent again later)
+    preempted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="preempted"}') - preempted0
+    admitted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}') - admitted0 - preempted
     idle = max(0.0, out["capacity_requests_per_s"] - out["online_with_batch"]["answered"] / window)
     batch_rate = admitted / window
     out["batch_during_online"] = {
         "window_s": round(window, 2),
-        "lines_admitted_per_s": round(batch_rate, 2),
+        "lines_answered_per_s": round(batch_rate, 2),
         "idle_capacity_per_s": round(idle, 2),
         "share_of_idle": round(batch_rate / idle, 3) if idle else None,
         "yielded_total": _sample(metrics, 'byoc_gateway_batch_requests_total{decision="yielded"}'),
+        "preempted_in_window": preempted,
     }
     return idle, batch_rate
 
@@ -264,10 +276,18 @@ def main() -> None:
     parser.add_argument("--headroom", type=int, default=2, help="The gateway's --batch-headroom [2].")
     parser.add_argument("--max-batch-size", type=int, default=8, help="The engine's --max-batch-size [8].")
     parser.add_argument("--lines", type=int, default=10_000, help="Lines of the end-to-end batch [10000].")
+    parser.add_argument("--preempt", action="store_true", help="The gateway's --batch-preempt.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="byoc-bench-batch-") as folder:
         result = benchmark(
-            args.seconds, args.online_rate, args.tokens, args.headroom, args.max_batch_size, args.lines, Path(folder)
+            args.seconds,
+            args.online_rate,
+            args.tokens,
+            args.headroom,
+            args.max_batch_size,
+            args.lines,
+            Path(folder),
+            args.preempt,
         )
     result["command"] = "python -m runtime.serve.bench_batch " + " ".join(sys.argv[1:])
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()}

@@ -111,6 +111,9 @@ class GatewayConfig:
     batch_headroom: int = 2
     # the engine's max_batch_size: batch capacity = min(--max-concurrency, this x ready replicas); 0: the first only
     batch_slots_per_replica: int = 0
+    # an online request that starts ends every batch line in flight (429 batch_yield; the worker sends it again), and
+    # batch lines are admitted only while no online request is in flight: for compute-bound engines (the CPU engine)
+    batch_preempt: bool = False
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""

@@ -149,6 +149,9 @@ class Gateway:
         self.metrics.queue_depth.set_function(lambda: self.admission.queued)
         # -- batch admission class (issue 22) --
         self.batch_digest = config.batch_worker_digest()
+        self.online_in_flight = 0
+        self.batch_lines: set[asyncio.Task[web.StreamResponse]] = set()  # batch lines being forwarded
+        self.preempted: set[asyncio.Task[web.StreamResponse]] = set()
         self.batch_decisions = Counter(
             "byoc_gateway_batch_requests",
             "Batch lines from the batch worker, by decision: admitted, or yielded (429 batch_yield) to online traffic.",
@@ -541,7 +544,8 @@ class Gateway:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
             self.in_flight += 1
             try:
-                return await self._forward(request, path, parsed, addon, outcome, raw)
+                forward = self._forward_batch if outcome.batch else self._forward_online
+                return await forward(request, path, parsed, addon, outcome, raw)
             finally:
                 self.in_flight -= 1
                 self.admission.release()
@@ -590,19 +594,73 @@ class Gateway:
         """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, and
         fewer in flight than `batch_capacity()`. Otherwise 429 `batch_yield` at once (never queued: a queued batch
         line would hold a place an online request could take); the worker backs off and sends it again later."""
-        if self.admission.queued == 0 and self.admission.active < self.batch_capacity():
+        online_idle = not self.config.batch_preempt or self.online_in_flight == 0
+        if online_idle and self.admission.queued == 0 and self.admission.active < self.batch_capacity():
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
             return
+        raise self._batch_yield(outcome)
+
+    def _batch_yield(self, outcome: Outcome) -> ApiError:
         self.batch_decisions.labels(decision="yielded").inc()
         outcome.reason = "batch_yield"
-        raise ApiError(
+        return ApiError(
             429,
             "batch work yields to online traffic: retry after the time in Retry-After",
             kind="requests",
             code="batch_yield",
             retry_after=retry_after(min(self._busy_estimate(), 5.0)),
         )
+
+    async def _forward_batch(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | None,
+        outcome: Outcome,
+        raw: bytes,
+    ) -> web.StreamResponse:
+        """A batch line, forwarded in a task of its own so that an online arrival can pre-empt it
+        (--batch-preempt): its upstream connection is closed, which stops the engine's work on it, and the worker
+        is answered 429 `batch_yield` and sends the line again later."""
+        task = asyncio.ensure_future(self._forward(request, path, parsed, addon, outcome, raw))
+        self.batch_lines.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task in self.preempted and _current_not_cancelled():
+                outcome.code = "429"
+                raise self._batch_yield(outcome) from None
+            raise
+        finally:
+            self.batch_lines.discard(task)
+            self.preempted.discard(task)
+
+    async def _forward_online(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | None,
+        outcome: Outcome,
+        raw: bytes,
+    ) -> web.StreamResponse:
+        self.online_in_flight += 1
+        if self.config.batch_preempt and self.batch_lines:
+            self._preempt_batch()
+        try:
+            return await self._forward(request, path, parsed, addon, outcome, raw)
+        finally:
+            self.online_in_flight -= 1
+
+    def _preempt_batch(self) -> None:
+        """An online request starts: every batch line in flight is ended now (--batch-preempt)."""
+        for task in list(self.batch_lines):
+            if not task.done():
+                self.preempted.add(task)
+                task.cancel()
+                self.batch_decisions.labels(decision="preempted").inc()
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""
@@ -921,6 +979,12 @@ async def _open_ledger(config: GatewayConfig) -> UsageLedger:
             "check the URL, --store-password-file, --store-ca-file, and that the gateway can reach it",
         ) from None
     return UsageLedger(client)
+
+
+def _current_not_cancelled() -> bool:
+    """The handler itself is not being cancelled (its client did not leave): only the task it awaited was."""
+    current = asyncio.current_task()
+    return current is None or current.cancelling() == 0
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

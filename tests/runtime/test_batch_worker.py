@@ -524,3 +524,38 @@ def test_two_workers_never_run_one_batch_at_once(
         assert_exactly_one_result_each(store, states[batch_id], [f"{prefix}-{i:02d}" for i in range(30)])
         runners = [w for w in workers if f"batch {batch_id}: in_progress" in w.log.read_text()]
         assert len(runners) == 1, "one worker ran the batch"
+
+
+def test_with_batch_preempt_an_online_request_ends_the_batch_lines_in_flight(
+    engine: Server, keys_file: Path, token_file: Path, runtime_dir: Path
+) -> None:
+    """--batch-preempt (compute-bound engines): a batch line running when an online request starts is answered 429
+    batch_yield at once (the worker sends it again later), and no batch line is admitted while online work runs."""
+    import threading
+
+    import openai
+
+    server = batch_gateway(runtime_dir, engine, keys_file, token_file, "--batch-preempt")
+    headers = {"Authorization": f"Bearer {WORKER_TOKEN}", layout.OWNER_HEADER: "ci", "Content-Type": "application/json"}
+    long_line = chat_line("long", "count", max_tokens=1500)["body"]
+    long_line["ignore_eos"] = True
+    answers: list[Any] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(http("POST", server.url + ENDPOINT, json.dumps(long_line).encode(), headers))
+    )
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS["ci"], max_retries=0, timeout=60)
+    try:
+        sender.start()
+        wait_for(lambda: metric(server.metrics(), "byoc_gateway_in_flight_requests") == 1, 20, "the batch line runs")
+        online = long_stream(client, tokens=200)
+        next(iter(online))
+        sender.join(timeout=20)
+        assert answers and answers[0].status == 429 and answers[0].json()["error"]["code"] == "batch_yield"
+        short = json.dumps(chat_line("x", "hello")["body"]).encode()
+        assert http("POST", server.url + ENDPOINT, short, headers).status == 429  # online work runs: batch waits
+        online.close()
+        wait_for(lambda: metric(server.metrics(), "byoc_gateway_in_flight_requests") == 0, 20, "the online end")
+        assert http("POST", server.url + ENDPOINT, short, headers).status == 200
+        assert metric(server.metrics(), "byoc_gateway_batch_requests_total", decision="preempted") == 1
+    finally:
+        server.stop()
