@@ -207,7 +207,9 @@ def _with_batch(
         _stop([worker])
     # lines answered in the window: admitted, less those an online arrival pre-empted (sent again later)
     preempted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="preempted"}') - preempted0
-    admitted = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}') - admitted0 - preempted
+    # (a line admitted before the window and pre-empted in it counts against it: at most 0, not below)
+    admitted_total = _sample(metrics, 'byoc_gateway_batch_requests_total{decision="admitted"}')
+    admitted = max(0.0, admitted_total - admitted0 - preempted)
     idle = max(0.0, out["capacity_requests_per_s"] - out["online_with_batch"]["answered"] / window)
     batch_rate = admitted / window
     out["batch_during_online"] = {
