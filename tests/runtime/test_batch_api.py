@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from tests.model_build.test_s3_store import DenyingProxy
 from tests.runtime.conftest import KEYS, MODEL, Server, free_port, http, start_gateway
 from tests.runtime.standin import StandInEngine
 from tests.runtime.test_cli import byoc
@@ -405,6 +407,32 @@ def test_a_bucket_that_is_gone_answers_clearly_and_chat_goes_on(
         assert answer.choices[0].message.content
     finally:
         server.stop()
+
+
+def test_access_denied_answers_500_and_leaves_nothing_half_written(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
+) -> None:
+    # S3 takes the content, then refuses the object.json that would list it (an IAM policy without that prefix)
+    proxy = DenyingProxy(moto, deny="/object.json")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    server = batch_gateway(
+        runtime_dir, standin, keys_file, endpoint, f"s3://{BUCKET}/denied/", "--batch-kms-key", kms_key
+    )
+    try:
+        api = client(server)
+        with pytest.raises(openai.InternalServerError) as caught:
+            upload(api, [request_line("a")])
+        assert caught.value.status_code == 500
+        assert "access denied" in caught.value.body["message"]  # type: ignore[index]
+        assert proxy.denied  # the refusal came from the store
+        assert keys_under(s3, "denied/") == []  # the content written before the refusal is deleted again
+        answer = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.choices[0].message.content
+    finally:
+        server.stop()
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def test_an_unreachable_store_answers_503_and_chat_goes_on(

@@ -27,11 +27,13 @@ gateway (access denied, KMS) or whose bucket is gone answers 500; both say so, a
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +56,7 @@ FILES_LIST_DEFAULT = 10_000  # file_list_params.py: limit 1..10,000, default 10,
 BATCHES_LIST_DEFAULT = 20  # batch_list_params.py: limit 1..100, default 20
 BATCHES_LIST_MAX = 100
 STORE_RETRY_AFTER = "5"
+STORE_THREADS = 8  # store calls at once (a list reads its objects in parallel); more wait their turn
 # ids as layout.new_file_id / new_batch_id make them: anything else is no object's (and no path under the root)
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
 BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
@@ -105,7 +108,7 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise _bad(name, f"must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -127,6 +130,9 @@ class BatchApi:
         self.access_log = access_log
         self.serves = serves
         self.retention_seconds = retention_hours * 3600
+        # threads of their own: a store that hangs holds these, never the event loop's default executor (which
+        # resolves the upstreams' DNS names for online traffic)
+        self.threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="batch-store")
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -175,10 +181,13 @@ class BatchApi:
 
         return serve
 
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(function, *args))
+
     async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """One blocking store call, in a thread; its failures as the client's answer."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await self._in_thread(function, *args)
         except ObjectMissing:
             raise
         except ByocError as exc:  # ByocFailure too: every store error is one
@@ -248,7 +257,7 @@ class BatchApi:
             elif part.name:
                 value = await part.read(decode=True)
                 if len(value) > 1024:
-                    raise _bad(str(part.name)[:64], "too long")
+                    raise _bad("form", "a form field other than `file` is longer than 1 KiB")
                 fields[part.name] = value.decode("utf-8", errors="replace")
         if content is None:
             raise _bad("file", "missing: send the file in the multipart field `file`")
@@ -292,7 +301,7 @@ class BatchApi:
             return self.retention_seconds
         if anchor != "created_at":
             raise _bad(f"{param}.anchor", 'must be "created_at"')
-        if isinstance(seconds, str) and seconds.isdigit():
+        if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
             seconds = int(seconds)
         if not isinstance(seconds, int) or isinstance(seconds, bool):
             raise _bad(f"{param}.seconds", "must be a whole number of seconds")
@@ -347,7 +356,7 @@ class BatchApi:
 
     async def _delete_quietly(self, keys: list[str]) -> None:
         try:
-            await asyncio.to_thread(self.store.delete, keys)
+            await self._in_thread(self.store.delete, keys)
         except ByocError as exc:
             log.error("batch store: could not delete an unfinished upload: %s", exc.message)
 
@@ -380,7 +389,7 @@ class BatchApi:
         except ObjectMissing:
             raise _not_found("file", "input_file_id") from None
         # a 200 MB file takes seconds to parse: in a thread, so that online requests keep flowing
-        summary = await asyncio.to_thread(check_input_file, data, str(endpoint), self.serves)
+        summary = await self._in_thread(check_input_file, data, str(endpoint), self.serves)
         del data
         created_ns = time.time_ns()
         now = created_ns // 1_000_000_000
