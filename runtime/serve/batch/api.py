@@ -154,6 +154,14 @@ class BatchApi:
             key = self.keys.authenticate(request.headers.get("Authorization"))
             name = key.name if key is not None else "-"
             request_bytes = request.content_length or 0
+
+            def access(status: int, sent: int) -> None:
+                self.access_log.write(
+                    f"key={name} route={route.replace(' ', ':')} status={status} "
+                    f"request_bytes={request_bytes} response_bytes={sent} "
+                    f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
+                )
+
             try:
                 if key is None:
                     raise ApiError(
@@ -162,6 +170,9 @@ class BatchApi:
                         code="invalid_api_key",
                     )
                 response = await handler(request, key)
+            except asyncio.CancelledError:  # the client left: a store call under way finishes in its thread
+                access(499, 0)
+                raise
             except ApiError as error:
                 headers = dict(JSON_HEADERS)
                 if error.retry_after is not None:
@@ -171,12 +182,7 @@ class BatchApi:
                 log.error("batch request failed: %s", exception_summary(exc))
                 body = error_body("internal error in the gateway", "server_error")
                 response = web.Response(status=500, body=body, headers=JSON_HEADERS)
-            sent = response.content_length or 0
-            self.access_log.write(
-                f"key={name} route={route.replace(' ', ':')} status={response.status} "
-                f"request_bytes={request_bytes} response_bytes={sent} "
-                f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
-            )
+            access(response.status, response.content_length or 0)
             return response
 
         return serve
