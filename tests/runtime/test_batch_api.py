@@ -371,6 +371,15 @@ def test_nothing_of_a_batch_reaches_the_gateway_log(gateway: Server) -> None:
     assert CANARY not in gateway.metrics()
 
 
+def test_a_wrong_method_is_405_naming_the_methods_a_path_takes(gateway: Server) -> None:
+    answer = http("PUT", gateway.url + "/v1/files", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
+    assert answer.status == 405
+    assert answer.headers["allow"] == "POST, GET"
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+    answer = http("PATCH", gateway.url + "/v1/files/file-abc", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
+    assert (answer.status, answer.headers["allow"]) == (405, "GET, DELETE")
+
+
 def test_without_batch_store_the_routes_are_unknown(runtime_dir: Path, standin: StandInEngine, keys_file: Path) -> None:
     server = start_gateway(runtime_dir, [standin.url], keys=keys_file)
     try:

@@ -490,6 +490,7 @@ def _batch_view(record: dict[str, Any], state: dict[str, Any] | None, cancel: di
     if not isinstance(counts, dict):
         counts = {"total": int(record.get("request_total") or 0), "completed": 0, "failed": 0}
     errors = state.get("errors")
+    usage = state.get("usage")  # BatchUsage (openai-python types/batch_usage.py), if the worker counted it
     return {
         "id": record["id"],
         "object": "batch",
@@ -510,6 +511,7 @@ def _batch_view(record: dict[str, Any], state: dict[str, Any] | None, cancel: di
             "failed": int(counts.get("failed") or 0),
         },
         "metadata": record.get("metadata"),
+        "usage": usage if isinstance(usage, dict) else None,
     }
 
 

@@ -91,8 +91,8 @@ OUTPUT_PURPOSE = "batch_output"
 # the gateway at create) `model` (OpenAI: one model per input file), `request_total` (lines in the input file) and
 # `output_expires_seconds` (the output and error files' expires_at = their created_at + this, never above retention).
 # state.json (the worker): {status, request_counts: {total, completed, failed}, in_progress_at, finalizing_at,
-# completed_at, failed_at, expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors}; any field
-# may be absent, absent times read as null.
+# completed_at, failed_at, expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, usage}
+# (`errors` as batch.py's Errors, `usage` as batch_usage.py's BatchUsage); any field may be absent, and reads as null.
 STATE_TIMES = (
     "in_progress_at",
     "finalizing_at",
