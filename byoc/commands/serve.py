@@ -184,6 +184,22 @@ def gateway(
         int | None,
         typer.Option("--gpus-per-replica", help="GPUs of one model replica: the ledger's GPU-seconds [1]."),
     ] = None,
+    batch_store: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-store",
+            help="s3://BUCKET/batch/ or gs://BUCKET/batch/: serve /v1/files and /v1/batches, files kept there "
+            "[none: no Batch API].",
+        ),
+    ] = None,
+    batch_kms_key: Annotated[
+        str | None,
+        typer.Option("--batch-kms-key", help="KMS key ARN (S3, SSE-KMS) or Cloud KMS key name (GCS) for batch files."),
+    ] = None,
+    batch_retention_hours: Annotated[
+        int | None,
+        typer.Option("--batch-retention-hours", help="Longest a batch file is kept, hours after its creation [24]."),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -224,6 +240,9 @@ def gateway(
         "store_lease_seconds": store_lease_seconds,
         "replicas_hint": replicas_hint,
         "gpus_per_replica": gpus_per_replica,
+        "batch_store": batch_store,
+        "batch_kms_key": batch_kms_key,
+        "batch_retention_hours": batch_retention_hours,
     }
     _run_gateway(config, flags, drain_seconds)
 

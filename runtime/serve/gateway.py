@@ -228,9 +228,29 @@ class Gateway:
                 ("GET", "/health", self.health),
                 ("GET", "/ready", self.ready),
                 ("GET", "/metrics", self.prometheus),
+                *self._batch_routes(),
             ],
         )
         return app
+
+    # -- batch API (--batch-store): runtime/serve/batch/api.py -------------------------------------------------------
+    def _batch_routes(self) -> list[tuple[str, str, Any]]:
+        """/v1/files and /v1/batches with --batch-store; none without (they answer 404 as unknown routes do)."""
+        if self.config.batch_store is None:
+            return []
+        from runtime.serve.batch.api import BatchApi, open_batch_store
+
+        store = open_batch_store(self.config.batch_store, self.config.batch_kms_key)
+        api = BatchApi(store, self.keys, self.access_log, self._serves_model, self.config.batch_retention_hours)
+        return api.routes()
+
+    def _serves_model(self, name: str) -> bool:
+        """A batch's model: one this gateway serves, or one it cannot rule out yet (no replica has listed addons)."""
+        try:
+            self._resolve_model(name)
+        except ApiError:
+            return False
+        return True
 
     def metrics_app(self) -> web.Application:
         app = web.Application()
@@ -876,10 +896,14 @@ UNRESOLVED = Unresolved()
 
 
 def _routes(app: web.Application, routes: list[tuple[str, str, Any]]) -> None:
-    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404)."""
+    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404). A path
+    may take several methods (GET and POST /v1/files): its 405 lists them all."""
+    methods: dict[str, list[str]] = {}
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
-        allowed = "GET, HEAD" if method == "GET" else method
+        methods.setdefault(path, []).append(method)
+    for path, names in methods.items():
+        allowed = ", ".join(f"{m}, HEAD" if m == "GET" else m for m in names)
 
         async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
             error = ApiError(405, f"{request.path} accepts {allowed} only", code="method_not_allowed")
