@@ -311,19 +311,26 @@ def estimate(
     ] = 0,
     max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="Most replicas.")] = 1,
     image_cache: Annotated[
-        bool, typer.Option("--image-cache/--no-image-cache", help="Serving image already on new nodes.")
-    ] = True,
+        bool | None,
+        typer.Option("--image-cache/--no-image-cache", help="Serving image already on new nodes [on; or the spec's]."),
+    ] = None,
     weights_cache: Annotated[
-        WeightsCacheName, typer.Option("--weights-cache", help="Where a node keeps the weights.")
-    ] = WeightsCacheName.local_ssd,
-    warm_pool: Annotated[int, typer.Option("--warm-pool", min=0, help="GPU nodes kept warm, no replica.")] = 0,
+        WeightsCacheName | None,
+        typer.Option("--weights-cache", help="Where a node keeps the weights [local_ssd; or the spec's]."),
+    ] = None,
+    warm_pool: Annotated[
+        int | None, typer.Option("--warm-pool", min=0, help="GPU nodes kept warm, no replica [0; or the spec's].")
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
-    from a spec (-f: the flags other than --model, --shape, --cloud and the token counts are the spec's then)."""
+    from a spec (-f: its context, replicas and KV cache share are used; --model, --shape, --cloud and the cold-start
+    flags override it)."""
+    from byoc.spec import ColdStart
     from byoc.tables import estimate_row
 
-    cold_start = {"image_cache": image_cache, "weights_cache": weights_cache.value, "warm_pool": warm_pool}
+    given = {"image_cache": image_cache, "weights_cache": weights_cache, "warm_pool": warm_pool}
+    cold_start = ColdStart().model_dump()
     model_ref: Any = model
     with reporting(output):
         if file is not None:
@@ -338,6 +345,7 @@ def estimate(
                 "byoc estimate needs a model and a shape",
                 "pass --model and --shape (`byoc shapes --model ID` lists them), or a spec with -f byoc.yaml",
             )
+        cold_start |= {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
         row = estimate_row(
             (cloud or CloudName.aws).value,
             model_ref,

@@ -109,6 +109,9 @@ def test_estimate_from_each_example_spec_uses_its_cold_start_options(tmp_path: P
     path.write_text(yaml.safe_dump(spec))
     options = estimate_json("-f", str(path))["cold_start"]["options"]
     assert options == {"image_cache": True, "weights_cache": "none", "warm_pool": 1}
+    # a flag given beside the spec wins over it
+    options = estimate_json("-f", str(path), "--no-image-cache", "--warm-pool", "0")["cold_start"]["options"]
+    assert options == {"image_cache": False, "weights_cache": "none", "warm_pool": 0}
 
 
 def test_estimate_without_a_model_or_a_spec_is_refused() -> None:
