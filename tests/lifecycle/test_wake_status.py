@@ -151,3 +151,11 @@ def test_without_an_estimate_status_still_says_the_phase(tmp_path: Path, monkeyp
     row = health(tmp_path, ReplayedCluster(load("gcp-autoscaler-wake.json"), 245, gke=True), cloud="gcp")
     assert re.match(r"waking \(0/1 ready\): weights fetching, \d+ s \(wake 4 min \d+ s\): waiting for", row["health"])
     assert row["wake"]["phase_estimate_seconds"] is None
+
+
+def test_status_watch_keeps_following_a_wake() -> None:
+    """`byoc status --watch` follows until the deployment settles: a wake has not."""
+    from byoc.commands.live import _settled
+
+    assert not _settled([{"health": "waking (0/1 ready): engine loading, 5 s (wake 4 min 2 s): waiting for x"}])
+    assert _settled([{"health": "healthy: a completion succeeded"}])
