@@ -121,7 +121,13 @@ def _node_launch(cloud: str, warm: bool) -> Phase:
     entry = cold_start_catalog()["node_launch"][cloud]
     if warm:
         return Phase("node_launch", 0.0, "skipped: a warm-pool node is already running", entry["source"])
-    return Phase("node_launch", float(entry["seconds"]), "fixed", entry["source"], entry.get("judgement"))
+    return Phase(
+        "node_launch",
+        float(entry["seconds"]),
+        "from the pending pod to a new GPU node with its GPUs advertised",
+        entry["source"],
+        entry.get("judgement"),
+    )
 
 
 def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
