@@ -294,22 +294,27 @@ def regions(
 def estimate(
     file: Annotated[
         Path | None,
-        typer.Option("--file", "-f", help="Spec file: its model, shape, cloud, context, replicas and cold_start."),
+        typer.Option("--file", "-f", help="Spec file: model, shape, cloud, context, KV share, replicas, cold_start."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Catalog model id (overrides the spec's).")] = None,
     shape: Annotated[str | None, typer.Option("--shape", help="Shape, e.g. h100x1-fp8 (overrides the spec's).")] = None,
     input_tokens: InputTokensOpt = 1000,
     output_tokens: OutputTokensOpt = 1000,
     cloud: Annotated[CloudName | None, typer.Option("--cloud", help="Cloud whose prices to use [aws].")] = None,
-    kv_cache_fraction: Annotated[float, typer.Option("--kv-cache-fraction", help="KV cache share.")] = 0.9,
+    kv_cache_fraction: Annotated[
+        float | None, typer.Option("--kv-cache-fraction", help="KV cache share [0.9; or the spec's].")
+    ] = None,
     max_context: Annotated[int | None, typer.Option("--max-context", min=1, help="Context to fit.")] = None,
     price_per_gpu_hour: Annotated[
         float | None, typer.Option("--price-per-gpu-hour", min=0.0, help="Your own $/GPU-hour.")
     ] = None,
     min_replicas: Annotated[
-        int, typer.Option("--min-replicas", min=0, help="Fewest replicas (the floor is costed in whole nodes).")
-    ] = 0,
-    max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="Most replicas.")] = 1,
+        int | None,
+        typer.Option("--min-replicas", min=0, help="Fewest replicas, costed in whole nodes [0; or the spec's]."),
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option("--max-replicas", min=1, help="Most replicas [1; or the spec's].")
+    ] = None,
     image_cache: Annotated[
         bool | None,
         typer.Option("--image-cache/--no-image-cache", help="Serving image already on new nodes [on; or the spec's]."),
@@ -324,8 +329,7 @@ def estimate(
     output: OutputOpt = Output.text,
 ) -> None:
     """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
-    from a spec (-f: its context, replicas and KV cache share are used; --model, --shape, --cloud and the cold-start
-    flags override it)."""
+    from a spec (-f; a flag given beside it overrides the spec's value)."""
     from byoc.spec import ColdStart
     from byoc.tables import estimate_row
 
@@ -336,8 +340,10 @@ def estimate(
         if file is not None:
             spec = _spec(file, cloud, None, model, shape, None)
             model_ref, shape, cloud = spec.model, spec.shape, CloudName(spec.cloud)
-            kv_cache_fraction, max_context = spec.kv_cache_fraction, spec.max_context
-            min_replicas, max_replicas = spec.autoscaling.min_replicas, spec.autoscaling.max_replicas
+            kv_cache_fraction = spec.kv_cache_fraction if kv_cache_fraction is None else kv_cache_fraction
+            max_context = spec.max_context if max_context is None else max_context
+            min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
+            max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
             cold_start = spec.cold_start.model_dump()
         elif model is None or shape is None:
             raise ByocError(
@@ -352,11 +358,11 @@ def estimate(
             shape,
             input_tokens,
             output_tokens,
-            kv_cache_fraction,
+            0.9 if kv_cache_fraction is None else kv_cache_fraction,
             max_context,
             price_per_gpu_hour,
-            min_replicas,
-            max_replicas,
+            0 if min_replicas is None else min_replicas,
+            1 if max_replicas is None else max_replicas,
             cold_start,
         )
     model, cloud = row["model"], cloud or CloudName.aws

@@ -109,7 +109,10 @@ def test_estimate_from_each_example_spec_uses_its_cold_start_options(tmp_path: P
     path.write_text(yaml.safe_dump(spec))
     options = estimate_json("-f", str(path))["cold_start"]["options"]
     assert options == {"image_cache": True, "weights_cache": "none", "warm_pool": 1}
-    # a flag given beside the spec wins over it
+    # a flag given beside the spec wins over it; what is not given is the spec's
+    data = estimate_json("-f", str(EXAMPLES[0]), "--max-replicas", "5")
+    assert data["cost"]["at_max_replicas"]["replicas"] == 5
+    assert data["cost"]["at_min_replicas"]["replicas"] == spec["autoscaling"]["min_replicas"]
     options = estimate_json("-f", str(path), "--no-image-cache", "--warm-pool", "0")["cold_start"]["options"]
     assert options == {"image_cache": False, "weights_cache": "none", "warm_pool": 0}
 
