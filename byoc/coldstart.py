@@ -3,13 +3,14 @@
 Each phase is a size over a rate, or a fixed time, read from byoc/catalogs/coldstart.yaml, where every figure names
 its source and says where it is byoc's judgement. The spec's `cold_start` options change the phases:
 
-- `image_cache: true`: the serving image is on the new node's disk (GKE secondary boot disk; AWS data volume from a
-  snapshot), so the pull costs the catalog's `image_pull.cached` seconds instead of size / pull rate;
-- `weights_cache: local_ssd`: the artifact is fetched into the node's local NVMe (written at NVMe speed); `none`:
-  into the pod's volume on the root disk (written at the root disk's throughput);
-- `warm_pool: N`: N nodes already run with the image and the artifact on them, so the first wake skips the node
-  launch and the pull, and reads the artifact from the local NVMe (`weights_cache: local_ssd`) or fetches it again
-  (`none`: each replica keeps its own copy, gone with the pod).
+- `image_cache: true`: on GKE the serving image is on the new node's disk (a secondary boot disk), so the pull costs
+  the catalog's `image_pull.cached.gcp` seconds; on EKS it is pulled in parallel (nodeadm's FastImagePull, SOCI), at
+  the catalog's faster rate;
+- `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
+  NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
+  throughput);
+- `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
+  first wake skips the node launch and the pull; the replica still fetches the artifact.
 
 Estimates are for the first replica of a deployment at zero. A replica on a node that already serves one (a node
 with several slots) skips the node launch and the pull too; `byoc status` shows what a wake is waiting for.
@@ -134,13 +135,22 @@ def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
     entry = cold_start_catalog()["image_pull"]
     if warm:
         return Phase("image_pull", 0.0, "skipped: the warm-pool node has the image", entry["image_source"])
+    size = float(entry["image_gib"]) * GIB
     if image_cache:
         cached = entry["cached"][cloud]
+        if "seconds" in cached:  # the image is on the node's disk before the pod lands
+            return Phase(
+                "image_pull", float(cached["seconds"]), "image_cache: the image is on the node", cached["source"],
+                cached.get("judgement"),
+            )  # fmt: skip
+        rate = float(cached["rate_mib_s"])  # pulled faster (AWS: SOCI parallel pull), still pulled
         return Phase(
-            "image_pull", float(cached["seconds"]), "image_cache: the image is on the node", cached["source"],
-            cached.get("judgement"),
-        )  # fmt: skip
-    size = float(entry["image_gib"]) * GIB
+            "image_pull",
+            size / (rate * MIB),
+            f"image_cache: {_gib(size)} image pulled in parallel at {rate:,.0f} MiB/s",
+            cached["source"],
+            f"image size: {entry['image_source']}; rate: {cached.get('judgement')}",
+        )
     rate = float(entry["rate_mib_s"])
     return Phase(
         "image_pull",
@@ -151,15 +161,10 @@ def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
     )
 
 
-def _weights_fetch(cloud: str, size: int, weights_cache: str, warm: bool) -> Phase:
+def _weights_fetch(cloud: str, size: int, weights_cache: str) -> Phase:
+    # every replica fetches into its own volume, on a warm-pool node too: a node-wide copy would need a hostPath,
+    # which the namespace's restricted Pod Security level forbids (stacks/k8s/warm_pool.py)
     entry = cold_start_catalog()["weights_fetch"]
-    if warm and weights_cache == "local_ssd":
-        local = entry["from_local_ssd"]
-        rate = float(local["rate_mib_s"])
-        return Phase(
-            "weights_fetch", size / (rate * MIB), f"{_gib(size)} read from the node's local SSD at {rate:,.0f} MiB/s",
-            local["source"], local.get("judgement"),
-        )  # fmt: skip
     bucket = entry["bucket"][cloud]
     write = entry["write"]["local_ssd"] if weights_cache == "local_ssd" else entry["write"]["root_disk"][cloud]
     where = "the node's local SSD" if weights_cache == "local_ssd" else "the pod's volume on the root disk"
@@ -225,7 +230,7 @@ def estimate_cold_start(
         return (
             _node_launch(cloud, on_warm_node),
             _image_pull(cloud, image_cache, on_warm_node),
-            _weights_fetch(cloud, size, weights_cache, on_warm_node),
+            _weights_fetch(cloud, size, weights_cache),
             _engine_load(model, shape),
         )
 

@@ -125,9 +125,9 @@ def test_status_names_the_phase_beside_the_estimate(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("BYOC_API_KEY", raising=False)
     row = health(tmp_path, ReplayedCluster(load("aws-karpenter-wake.json"), 480))
     text = row["health"]
-    # "waking (0/1 ready): engine loading, 1 min 7 s of ~1 min 6 s estimated (wake 8 min of ~4 min 6 s): ..."
+    # "waking (0/1 ready): engine loading, 1 min 7 s of ~1 min 6 s estimated (wake 8 min of ~6 min 23 s): ..."
     assert text.startswith("waking (0/1 ready): engine loading, 1 min ")
-    assert " estimated (wake 8 min" in text and " of ~4 min " in text  # the recorded wake, the estimate
+    assert " estimated (wake 8 min" in text and " of ~6 min " in text  # the recorded wake, the estimate
     assert text.endswith("waiting for trtllm-serve to load the weights and answer /health")
     wake = row["wake"]
     assert wake["phase"] == "engine_load"
