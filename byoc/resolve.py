@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from byoc import __version__, coldstart, planner, rules, sizing
+from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
+from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.clouds import Placement, get_cloud
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import resource_name
@@ -69,7 +70,7 @@ class Deployment:
     autoscaling: ResolvedAutoscaling
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
     disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
-    cold_start: coldstart.ColdStartEstimate  # a wake from zero, phase by phase, with the spec's cold_start options
+    cold_start: ColdStartEstimate  # a wake from zero, phase by phase, with the spec's cold_start options
     node_image: str | None = None
     warnings: tuple[ByocWarning, ...] = ()
 
@@ -478,7 +479,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
-    cold_start = coldstart.estimate_cold_start(
+    cold_start = estimate_cold_start(
         spec.cloud,
         model,
         shape,
