@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 
 from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
-from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.clouds import Placement, get_cloud
+from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import resource_name
 from byoc.spec import (
