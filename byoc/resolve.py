@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from byoc import __version__, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
+from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import resource_name
 from byoc.spec import (
@@ -69,6 +70,7 @@ class Deployment:
     autoscaling: ResolvedAutoscaling
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
     disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
+    cold_start: ColdStartEstimate  # a wake from zero, phase by phase, with the spec's cold_start options
     node_image: str | None = None
     warnings: tuple[ByocWarning, ...] = ()
 
@@ -184,6 +186,8 @@ class Deployment:
             "cost": self.cost.as_dict(),
             # the gateway's shared store runs whatever the replica count, zero included
             "store": self.store.as_dict() if self.store else None,
+            # a wake from zero of the first replica, phase by phase (byoc/coldstart.py)
+            "cold_start": self.cold_start.as_dict(),
         }
 
     def plan_document(self) -> dict[str, Any]:
@@ -475,6 +479,15 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
+    cold_start = estimate_cold_start(
+        spec.cloud,
+        model,
+        shape,
+        image_cache=spec.cold_start.image_cache,
+        weights_cache=spec.cold_start.weights_cache,
+        warm_pool=spec.cold_start.warm_pool,
+        node_hourly_usd=cost.node.hourly_usd,
+    )
     scaling = spec.autoscaling
     target = scaling.load_target or LoadTarget(
         type="concurrent_requests", value=planner.default_concurrency_target(throughput)
@@ -501,6 +514,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         autoscaling=autoscaling,
         pods=pods,
         disk=disk,
+        cold_start=cold_start,
         node_image=node_image,
         warnings=(
             *warnings,

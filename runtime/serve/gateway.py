@@ -112,6 +112,7 @@ class Outcome:
     # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
     # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
     usage_source: str = "none"
+    waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
 
 
 class Gateway:
@@ -404,6 +405,10 @@ class Gateway:
             ttft_ms = (outcome.first_token - started) * 1000
             if outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
+        if outcome.waited_for_wake and (outcome.first_token is not None or outcome.code == "200"):
+            # a streamed answer's first token (the client may leave after it), or a non-streamed answer whole (its
+            # first token is inside it)
+            self.metrics.wake_ttft.observe((outcome.first_token or ended) - started)
         reason = f" reason={outcome.reason}" if outcome.reason else ""
         self.access_log.write(
             f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
@@ -558,6 +563,7 @@ class Gateway:
         if self.draining:
             raise self._draining(outcome)
         self.pending += 1
+        held_since = time.perf_counter()
         waiting = asyncio.ensure_future(self.pool.wait_ready(self.config.wake_timeout))
         drain = asyncio.ensure_future(self.drain_started.wait())
         try:
@@ -579,6 +585,8 @@ class Gateway:
                 code="no_replica_ready",
                 retry_after=NO_REPLICA_RETRY_AFTER,
             )
+        self.metrics.wake.observe(time.perf_counter() - held_since)
+        outcome.waited_for_wake = True
 
     @staticmethod
     def _draining(outcome: Outcome) -> ApiError:

@@ -607,9 +607,10 @@ class ServingStack(pulumi.ComponentResource):
             str(deployment.max_context),
             "--ttft-slo",
             str(deployment.monitoring.ttft_p95_slo_seconds),
-            # hold requests while the serving deployment wakes from zero (a GPU node and a model load)
+            # hold requests while the serving deployment wakes from zero: the cold-start estimate x a margin
+            # (byoc/coldstart.py wake_timeout; plan.json estimates.cold_start.wake_timeout_basis says why)
             "--wake-timeout",
-            "900",
+            str(deployment.cold_start.wake_timeout_s),
         ]
         for addon in models[1:]:
             command += ["--addon", addon]
