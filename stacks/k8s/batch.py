@@ -266,4 +266,12 @@ def render(stack: ServingStack, accounts: dict[str, Any], token: Any, gateway: A
     if not stack.deployment.batch.enabled:
         return
     worker(stack, accounts[WORKER_ROLE], token, gateway)
+    # A drain may take the worker (it resumes from its committed parts); the budget says so explicitly, as every
+    # Deployment of the namespace has one (compliance k8s_disruption_budgets).
+    stack._namespaced(
+        k8s.policy.v1.PodDisruptionBudget,
+        "batch-worker-pdb",
+        {"name": stack._object_name(WORKER_COMPONENT), "labels": _labels(stack, WORKER_COMPONENT)},
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": _selector(stack, WORKER_COMPONENT)}},
+    )
     network_policies(stack)
