@@ -13,6 +13,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from byoc import __version__, planner, rules, sizing
+from byoc.batch import GATEWAY_ROLE, GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE, WORKER_SERVICE_ACCOUNT, BatchPlan
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.coldstart import ColdStartEstimate, estimate_cold_start
@@ -97,8 +98,17 @@ class Deployment:
 
     @property
     def service_accounts(self) -> dict[str, str]:
-        """Kubernetes service accounts that get cloud identities: role -> service account name."""
-        return {"builder": "byoc-builder", "serving": "byoc-serving"}
+        """Kubernetes service accounts that get cloud identities: role -> service account name. With batch on, the
+        gateway (the Files API's objects) and the batch worker get their own, which reach only batch/."""
+        accounts = {"builder": "byoc-builder", "serving": "byoc-serving"}
+        if self.batch.enabled:
+            accounts |= {GATEWAY_ROLE: GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE: WORKER_SERVICE_ACCOUNT}
+        return accounts
+
+    @property
+    def batch(self) -> BatchPlan:
+        """Batch inference (spec `batch`): on or off, the retention, and what the stacks render for it."""
+        return BatchPlan(enabled=self.spec.batch.enabled, retention_hours=self.spec.batch.retention_hours)
 
     @property
     def gpu_node_disk_gib(self) -> int:
@@ -256,6 +266,7 @@ class Deployment:
             "compliance": self.compliance.model_dump(),
             "gateway": self.gateway.model_dump(),
             "budget": self.budget.model_dump() if self.budget else None,
+            "batch": self.batch.as_dict(),
             "estimates": self.estimates(),
             "warnings": [w.as_dict() for w in self.warnings],
         }

@@ -21,6 +21,7 @@ from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
+from stacks.k8s import batch as stack_batch
 from stacks.k8s import budget as gpu_budget
 
 MONITORING = Path(__file__).parent / "monitoring"
@@ -65,6 +66,10 @@ class Foundation:
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     # None: gateway.store none (each gateway replica keeps limits in its own memory)
     store: SharedStore | None = None
+    # the deployment's artifact key (AWS KMS key ARN, Cloud KMS key id): batch files are written with it
+    artifact_key: pulumi.Input[str] | None = None
+    # NetworkPolicy egress rules to the endpoint pods get their cloud credentials from (stacks/k8s/batch.py)
+    identity_egress: list[dict[str, Any]] = field(default_factory=list)
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -217,7 +222,9 @@ class ServingStack(pulumi.ComponentResource):
         config = self._engine_config()
         build = self._build_job(accounts["builder"], config)
         serving = self._serving(accounts["serving"], config, build)
-        gateway_service = self._gateway(accounts["gateway"])
+        batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
+        gateway_service = self._gateway(accounts["gateway"], batch_token)
+        stack_batch.render(self, accounts, batch_token, gateway_service)
         self._autoscaling(serving, addons)
         self._monitoring(addons)
         self._network_policies()
@@ -579,7 +586,7 @@ class ServingStack(pulumi.ComponentResource):
         return serving
 
     # -- gateway -----------------------------------------------------------------------------------------------
-    def _gateway(self, account: Any) -> Any:
+    def _gateway(self, account: Any, batch_token: Any = None) -> Any:
         deployment = self.deployment
         component = "gateway"
         upstream = f"dns+http://{self._object_name('serving')}.{self.namespace}.svc.cluster.local:{SERVE_PORT}"
@@ -656,6 +663,11 @@ class ServingStack(pulumi.ComponentResource):
             volumes.append(
                 {"name": "store", "secret": {"secretName": self._object_name("store"), "defaultMode": 0o440}}
             )
+        if batch_token is not None:
+            # OpenAI's Files and Batches API over the batch root, and the worker's token (stacks/k8s/batch.py)
+            command += stack_batch.gateway_args(self)
+            mounts.append(stack_batch.TOKEN_MOUNT)
+            volumes.append(stack_batch.token_volume(self))
         probe_port = {"port": "http", "scheme": "HTTPS"}
         gateway = self._namespaced(
             k8s.apps.v1.Deployment,
@@ -700,7 +712,7 @@ class ServingStack(pulumi.ComponentResource):
                     },
                 },
             },
-            depends_on=[store_secret] if store_secret is not None else [],
+            depends_on=[s for s in (store_secret, batch_token) if s is not None],
         )
         service = self._namespaced(
             k8s.core.v1.Service,
