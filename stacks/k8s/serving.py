@@ -940,6 +940,7 @@ class ServingStack(pulumi.ComponentResource):
 
         from_prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring_ns}}}
         https_out = {"ports": [{"protocol": "TCP", "port": 443}]}
+        identity_out = list(self.foundation.identity_egress)
         policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
         policy(
             "allow-dns",
@@ -993,11 +994,13 @@ class ServingStack(pulumi.ComponentResource):
                         ],
                     },
                 ],
-                # the artifact store over HTTPS (object stores have no fixed addresses to narrow this to)
-                "egress": [https_out],
+                # the artifact store over HTTPS (object stores have no fixed addresses to narrow this to), and the
+                # node-local endpoint the pod's cloud credentials come from (EKS Pod Identity agent, GKE metadata
+                # server): a policy with any egress rule blocks it too, and the weights fetch then has no credentials
+                "egress": [https_out, *identity_out],
             },
         )
         policy(
             "builder",
-            {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out]},
+            {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out, *identity_out]},
         )
