@@ -213,6 +213,22 @@ def gateway(
             "while no online request does: for compute-bound engines.",
         ),
     ] = False,
+    batch_store: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-store",
+            help="s3://BUCKET/batch/ or gs://BUCKET/batch/: serve /v1/files and /v1/batches, files kept there "
+            "[none: no Batch API].",
+        ),
+    ] = None,
+    batch_kms_key: Annotated[
+        str | None,
+        typer.Option("--batch-kms-key", help="KMS key ARN (S3, SSE-KMS) or Cloud KMS key name (GCS) for batch files."),
+    ] = None,
+    batch_retention_hours: Annotated[
+        int | None,
+        typer.Option("--batch-retention-hours", help="Longest a batch file is kept, hours after its creation [24]."),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -257,6 +273,9 @@ def gateway(
         "batch_headroom": batch_headroom,
         "batch_slots_per_replica": batch_slots_per_replica,
         "batch_preempt": batch_preempt or None,
+        "batch_store": batch_store,
+        "batch_kms_key": batch_kms_key,
+        "batch_retention_hours": batch_retention_hours,
     }
     _run_gateway(config, flags, drain_seconds)
 

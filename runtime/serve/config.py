@@ -114,6 +114,11 @@ class GatewayConfig:
     # an online request that starts ends every batch line in flight (429 batch_yield; the worker sends it again), and
     # batch lines are admitted only while no online request is in flight: for compute-bound engines (the CPU engine)
     batch_preempt: bool = False
+    # the Batch API (runtime/serve/batch/): its root in the deployment's bucket (None: no /v1/files, /v1/batches), the
+    # key its objects are encrypted with (SSE-KMS on S3, CMEK on GCS), and the longest a batch file is kept
+    batch_store: str | None = None
+    batch_kms_key: str | None = None
+    batch_retention_hours: int = 24
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
@@ -225,6 +230,7 @@ class GatewayConfig:
             raise ByocError("--store", "a store file is given without --store", "pass --store redis://HOST:6379 too")
         if not 1 <= self.gpus_per_replica <= 64:
             raise ByocError("--gpus-per-replica", "out of range", "the GPUs of one model replica, from 1 to 64")
+        self._check_batch()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
@@ -240,6 +246,28 @@ class GatewayConfig:
         if len(set(names)) != len(names):
             raise ByocError("--addon", "the same addon name is given twice", "give each addon once")
         return self
+
+    def _check_batch(self) -> None:
+        """--batch-store's URI, and the flags that need it (the store itself is reached per request: a bucket that
+        is down must not stop the gateway serving online traffic)."""
+        if self.batch_store is None:
+            if self.batch_kms_key is not None:
+                raise ByocError(
+                    "--batch-kms-key", "given without --batch-store", "pass --batch-store s3://BUCKET/batch/"
+                )
+            return
+        scheme = urlsplit(self.batch_store).scheme
+        if scheme not in ("s3", "gs", "file") and not self.batch_store.startswith("/"):
+            raise ByocError(
+                "--batch-store",
+                "not a store URI",
+                "use s3://BUCKET/batch/ (AWS), gs://BUCKET/batch/ (GCP) or file:///path for a local test",
+            )
+        if scheme in ("s3", "gs") and not urlsplit(self.batch_store).netloc:
+            raise ByocError("--batch-store", "names no bucket", f"write {scheme}://BUCKET/batch/")
+        # the spec's batch.retention_hours bounds (byoc/spec.py); OpenAI keeps batch files 30 days at most
+        if not 1 <= self.batch_retention_hours <= 720:
+            raise ByocError("--batch-retention-hours", "out of range", "from 1 to 720 hours, e.g. 24")
 
 
 def parse_address(value: str, flag: str) -> Address:

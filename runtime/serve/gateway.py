@@ -116,6 +116,7 @@ class Outcome:
     # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
     usage_source: str = "none"
     batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
+    waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
 
 
 class Gateway:
@@ -243,9 +244,29 @@ class Gateway:
                 ("GET", "/health", self.health),
                 ("GET", "/ready", self.ready),
                 ("GET", "/metrics", self.prometheus),
+                *self._batch_routes(),
             ],
         )
         return app
+
+    # -- batch API (--batch-store): runtime/serve/batch/api.py -------------------------------------------------------
+    def _batch_routes(self) -> list[tuple[str, str, Any]]:
+        """/v1/files and /v1/batches with --batch-store; none without (they answer 404 as unknown routes do)."""
+        if self.config.batch_store is None:
+            return []
+        from runtime.serve.batch.api import BatchApi, open_batch_store
+
+        store = open_batch_store(self.config.batch_store, self.config.batch_kms_key)
+        api = BatchApi(store, self.keys, self.access_log, self._serves_model, self.config.batch_retention_hours)
+        return api.routes()
+
+    def _serves_model(self, name: str) -> bool:
+        """A batch's model: one this gateway serves, or one it cannot rule out yet (no replica has listed addons)."""
+        try:
+            self._resolve_model(name)
+        except ApiError:
+            return False
+        return True
 
     def metrics_app(self) -> web.Application:
         app = web.Application()
@@ -399,6 +420,10 @@ class Gateway:
             ttft_ms = (outcome.first_token - started) * 1000
             if outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
+        if outcome.waited_for_wake and (outcome.first_token is not None or outcome.code == "200"):
+            # a streamed answer's first token (the client may leave after it), or a non-streamed answer whole (its
+            # first token is inside it)
+            self.metrics.wake_ttft.observe((outcome.first_token or ended) - started)
         reason = f" reason={outcome.reason}" if outcome.reason else ""
         if outcome.batch:
             reason += " class=batch"
@@ -672,6 +697,7 @@ class Gateway:
         if self.draining:
             raise self._draining(outcome)
         self.pending += 1
+        held_since = time.perf_counter()
         waiting = asyncio.ensure_future(self.pool.wait_ready(self.config.wake_timeout))
         drain = asyncio.ensure_future(self.drain_started.wait())
         try:
@@ -693,6 +719,8 @@ class Gateway:
                 code="no_replica_ready",
                 retry_after=NO_REPLICA_RETRY_AFTER,
             )
+        self.metrics.wake.observe(time.perf_counter() - held_since)
+        outcome.waited_for_wake = True
 
     @staticmethod
     def _draining(outcome: Outcome) -> ApiError:
@@ -1016,10 +1044,14 @@ UNRESOLVED = Unresolved()
 
 
 def _routes(app: web.Application, routes: list[tuple[str, str, Any]]) -> None:
-    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404)."""
+    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404). A path
+    may take several methods (GET and POST /v1/files): its 405 lists them all."""
+    methods: dict[str, list[str]] = {}
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
-        allowed = "GET, HEAD" if method == "GET" else method
+        methods.setdefault(path, []).append(method)
+    for path, names in methods.items():
+        allowed = ", ".join(f"{m}, HEAD" if m == "GET" else m for m in names)
 
         async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
             error = ApiError(405, f"{request.path} accepts {allowed} only", code="method_not_allowed")

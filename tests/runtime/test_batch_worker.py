@@ -241,6 +241,7 @@ def test_a_batch_completes_with_openai_shaped_output_and_per_line_errors(
         worker.stop()
     assert state["status"] == "completed"
     assert state["request_counts"] == {"total": 10, "completed": 6, "failed": 4}
+    assert state["usage"]["output_tokens"] >= 6 and state["usage"]["total_tokens"] > state["usage"]["output_tokens"]
     assert {"in_progress_at", "finalizing_at", "completed_at"} <= set(state)
     assert_exactly_one_result_each(store, state, [line["custom_id"] for line in lines])
 
@@ -558,4 +559,40 @@ def test_with_batch_preempt_an_online_request_ends_the_batch_lines_in_flight(
         assert http("POST", server.url + ENDPOINT, short, headers).status == 200
         assert metric(server.metrics(), "byoc_gateway_batch_requests_total", decision="preempted") == 1
     finally:
+        server.stop()
+
+
+def test_the_official_client_runs_a_batch_end_to_end(
+    engine: Server, keys_file: Path, token_file: Path, runtime_dir: Path, tmp_path: Path
+) -> None:
+    """openai-python's files.create, batches.create/retrieve and files.content against the gateway's Batch API
+    (--batch-store) with this worker behind it: OpenAI-shaped results, the owner's key alone sees them."""
+    import io
+
+    import openai
+
+    root = f"file://{tmp_path / 'batch'}"
+    server = batch_gateway(runtime_dir, engine, keys_file, token_file, "--batch-store", root)
+    worker = Worker(runtime_dir, server.url, root, token_file)
+    api = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS["ci"], max_retries=0, timeout=60)
+    lines = [chat_line(f"client-{i}", f"say {i}") for i in range(5)]
+    try:
+        source = api.files.create(
+            file=("requests.jsonl", io.BytesIO(b"".join(json.dumps(x).encode() + b"\n" for x in lines))),
+            purpose="batch",
+        )
+        batch = api.batches.create(input_file_id=source.id, endpoint=ENDPOINT, completion_window="24h")
+        done = wait_for(
+            lambda: (b := api.batches.retrieve(batch.id)).status in layout.TERMINAL and b, 120, "the batch to end"
+        )
+        assert done.status == "completed" and done.output_file_id
+        assert done.request_counts is not None and done.request_counts.completed == 5
+        results = [json.loads(x) for x in api.files.content(done.output_file_id).text.splitlines()]
+        assert sorted(r["custom_id"] for r in results) == [f"client-{i}" for i in range(5)]
+        assert all(r["response"]["status_code"] == 200 and r["error"] is None for r in results)
+        other = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS["slow"], max_retries=0, timeout=60)
+        with pytest.raises(openai.NotFoundError):
+            other.files.content(done.output_file_id)
+    finally:
+        worker.stop()
         server.stop()

@@ -210,6 +210,29 @@ def _succeeded(result: dict[str, Any]) -> bool:
     return result.get("error") is None and isinstance(response, dict) and 200 <= response.get("status_code", 0) < 300
 
 
+def batch_usage(results: Any) -> dict[str, Any]:
+    """OpenAI's BatchUsage (openai-python src/openai/types/batch_usage.py) summed over the answers' `usage`: what the
+    gateway metered for the lines' results (a line sent twice after a crash was metered twice; counted once here)."""
+    prompt = completion = cached = 0
+    for result in results:
+        response = result.get("response")
+        body = response.get("body") if isinstance(response, dict) else None
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            continue
+        prompt += int(usage.get("prompt_tokens") or 0)
+        completion += int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached += int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
 class LeaseLost(Exception):
     """Another worker holds the batch now (ours expired, or was taken): stop without writing its state."""
 
@@ -705,6 +728,7 @@ class BatchRun:
         _pause("finalize_files_written")
         counts = {"total": len(self.lines), "completed": len(output), "failed": len(errors)}
         self.state.update(status=ending, request_counts=counts, output_file_id=output_id, error_file_id=error_id)
+        self.state["usage"] = batch_usage(self.progress.results.values())
         self.state[f"{ending}_at"] = _now()
         self._write_state()  # after the files: a batch that says completed has its files
         parts = self.store.list_objects(layout.batch_parts(self.batch_id))
@@ -717,9 +741,14 @@ class BatchRun:
             return None
         file_id = _derived_id("file-", self.batch_id, kind)
         content = b"".join(lines)
-        expires_after = self.record.get("output_expires_after")
+        # the gateway stores the batch's output_expires_after as `output_expires_seconds` (layout.py), never above
+        # the retention; OpenAI's own shape is read too
         seconds = self.settings.retention_hours * 3600
-        if isinstance(expires_after, dict) and isinstance(expires_after.get("seconds"), int):
+        given = self.record.get("output_expires_seconds")
+        expires_after = self.record.get("output_expires_after")
+        if isinstance(given, int) and not isinstance(given, bool):
+            seconds = given
+        elif isinstance(expires_after, dict) and isinstance(expires_after.get("seconds"), int):
             seconds = expires_after["seconds"]
         record = {
             "id": file_id,
