@@ -596,3 +596,33 @@ def test_the_official_client_runs_a_batch_end_to_end(
     finally:
         worker.stop()
         server.stop()
+
+
+def test_the_worker_reaches_a_tls_gateway_with_its_ca(
+    engine: Server, keys_file: Path, token_file: Path, runtime_dir: Path, file_root: tuple[str, Store], tmp_path: Path
+) -> None:
+    """As the stacks render it: https:// to the gateway's Service, the certificate checked against --gateway-ca-file."""
+    from tests.runtime.test_tls import wait_https
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days",
+         "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    root, store = file_root
+    server = start_gateway(
+        runtime_dir, [engine.url], "--tls-cert", str(cert), "--tls-key", str(key), "--batch-worker-token-file",
+        str(token_file), keys=keys_file, wait=False,
+    )  # fmt: skip
+    batch_id = write_batch(store, [chat_line(f"tls-{i}", "hi") for i in range(3)])
+    try:
+        url = wait_https(server, cert)
+        worker = Worker(runtime_dir, url, root, token_file, "--gateway-ca-file", str(cert))
+        try:
+            state = wait_status(store, batch_id, layout.TERMINAL, 60)
+        finally:
+            worker.stop()
+    finally:
+        server.stop()
+    assert state["status"] == "completed" and state["request_counts"]["completed"] == 3

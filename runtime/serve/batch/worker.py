@@ -91,6 +91,7 @@ class WorkerSettings:
     commit_seconds: float = 2.0
     sweep_seconds: float = 300.0
     request_timeout: float = 600.0
+    gateway_ca_file: Path | None = None  # the CA of the gateway's TLS certificate (https://); None: the system's
 
 
 def _now() -> int:
@@ -301,7 +302,12 @@ class BatchWorker:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.settings.request_timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = None
+        if self.settings.gateway_ca_file is not None:
+            import ssl
+
+            connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(self.settings.gateway_ca_file)))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             log.info(
                 "batch worker %s: gateway %s, batch root %s, concurrency %d",
@@ -776,6 +782,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-store", required=True, help="The batch root: s3://..., gs://... or file:///...")
     parser.add_argument("--batch-kms-key", help="KMS key (ARN) or Cloud KMS key for what the worker writes.")
     parser.add_argument("--worker-token-file", required=True, type=Path, help="File holding the worker's token.")
+    parser.add_argument(
+        "--gateway-ca-file", type=Path, help="PEM CA of the gateway's TLS certificate (https://) [the system's]."
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="Lines in flight at most [16].")
     parser.add_argument("--retention-hours", type=float, default=24.0, help="Output files and ended batches [24].")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="Between looks at the batch root [2].")
@@ -802,6 +811,15 @@ def settings_from_args(argv: list[str]) -> WorkerSettings:
     for flag, ok, hint in checks:
         if not ok:
             raise ByocError(flag, "out of range", hint)
+    if args.gateway_ca_file is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=str(args.gateway_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ByocError(
+                "--gateway-ca-file", f"cannot load {args.gateway_ca_file}: {type(exc).__name__}", "give a PEM CA file"
+            ) from None
     try:
         token = args.worker_token_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -826,6 +844,7 @@ def settings_from_args(argv: list[str]) -> WorkerSettings:
         commit_lines=args.commit_lines,
         commit_seconds=args.commit_seconds,
         sweep_seconds=args.sweep_seconds,
+        gateway_ca_file=args.gateway_ca_file,
     )
 
 
