@@ -3,7 +3,7 @@ a pod's container (`byoc keys|usage -f` reach the private store through a gatewa
 
 `ClusterApi` is the interface; `Kubectl` implements it with the `kubectl` CLI and the kubeconfig `byoc up` saved
 (which authenticates with `aws eks get-token`, so the caller's cloud credentials apply). Kinds are kubectl's
-resource names: services, persistentvolumeclaims, nodes, events, deployments.apps, nodepools.karpenter.sh,
+resource names: services, persistentvolumeclaims, nodes, pods, events, deployments.apps, nodepools.karpenter.sh,
 nodeclaims.karpenter.sh, scaledobjects.keda.sh.
 """
 

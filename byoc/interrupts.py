@@ -14,8 +14,8 @@ Two ways to stop, chosen by where the signal lands:
   first) and ends the process at once.
 
 `deferred()` holds a signal back while a few renames publish finished outputs (all or none of them move), and
-acts on it when they are done. Lifecycle commands replace the handler while Pulumi runs (byoc.lifecycle's
-InterruptGuard lets Pulumi stop gracefully) and put this one back afterwards.
+acts on it when they are done. Lifecycle commands replace the handler while Pulumi runs (`InterruptGuard`, below,
+lets Pulumi stop gracefully) and put this one back afterwards.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 Cleanup = Callable[[], None]
 
@@ -157,3 +158,71 @@ def deferred() -> Iterator[None]:
         if not _deferred[0] and pending is not None:
             _state["deferred_signal"] = None
             _act(pending)
+
+
+# -- while Pulumi runs (byoc.lifecycle) ---------------------------------------------------------------------
+def _children() -> list[int]:
+    """This process's direct children (the `pulumi` CLI the Automation API started), from /proc."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me:
+            found.append(int(entry.parent.name))
+    return found
+
+
+def _terminal_sent_it() -> bool:
+    """A Ctrl+C at a terminal reaches the whole foreground process group, the pulumi CLI included."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
+class InterruptGuard:
+    """First SIGINT/SIGTERM: let Pulumi stop gracefully (it gets one SIGINT) and remember the run as interrupted.
+    Second: warn that operations may be left pending and pass it on (Pulumi then stops at once). Third: raise."""
+
+    def __init__(self, say: Callable[[str], None], name: str) -> None:
+        self.say = say
+        self.name = name
+        self.signals: list[str] = []
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.signals)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signal.Signals(signum).name)
+        count = len(self.signals)
+        if count >= 3:
+            raise KeyboardInterrupt
+        if count == 1:
+            self.say(
+                f"{self.signals[0]}: Pulumi finishes the operations in flight and stops; press Ctrl+C again to force "
+                "it (operations in flight are then left pending)"
+            )
+        else:
+            self.say(
+                f"warning: forcing Pulumi to stop: operations in flight will be left pending; run "
+                f"`byoc refresh {self.name}` before the next `byoc up`"
+            )
+        if signum == signal.SIGTERM or not _terminal_sent_it():
+            for child in _children():
+                with suppress(OSError):
+                    os.kill(child, signal.SIGINT)
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

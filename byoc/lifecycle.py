@@ -16,23 +16,23 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from byoc.clouds import Feature, get_cloud
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepTarget
 from byoc.engines.offline import check_renders
 from byoc.errors import ByocError, ByocFailure, ByocInterrupted
+from byoc.interrupts import InterruptGuard
 from byoc.names import resource_name
 from byoc.registry import RUNNING, Record, Registry, State, check_transition, process_alive
 from byoc.resolve import Deployment, resolve
 from byoc.spec import Spec, build_spec
+from byoc.teardown import ClusterFactory, Teardown, Waits, state_resources
 
 if TYPE_CHECKING:
     from byoc.cluster_api import ClusterApi
@@ -99,76 +99,6 @@ def check_placement(record: Record | None, deployment: Deployment) -> None:
         )
 
 
-# -- interrupts --------------------------------------------------------------------------------------------------
-def _children() -> list[int]:
-    """This process's direct children (the `pulumi` CLI the Automation API started), from /proc."""
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == me:
-            found.append(int(entry.parent.name))
-    return found
-
-
-def _terminal_sent_it() -> bool:
-    """A Ctrl+C at a terminal reaches the whole foreground process group, the pulumi CLI included."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:
-        return False
-
-
-class InterruptGuard:
-    """First SIGINT/SIGTERM: let Pulumi stop gracefully (it gets one SIGINT) and remember the run as interrupted.
-    Second: warn that operations may be left pending and pass it on (Pulumi then stops at once). Third: raise."""
-
-    def __init__(self, say: Callable[[str], None], name: str) -> None:
-        self.say = say
-        self.name = name
-        self.signals: list[str] = []
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.signals)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signals.append(signal.Signals(signum).name)
-        count = len(self.signals)
-        if count >= 3:
-            raise KeyboardInterrupt
-        if count == 1:
-            self.say(
-                f"{self.signals[0]}: Pulumi finishes the operations in flight and stops; press Ctrl+C again to force "
-                "it (operations in flight are then left pending)"
-            )
-        else:
-            self.say(
-                f"warning: forcing Pulumi to stop: operations in flight will be left pending; run "
-                f"`byoc refresh {self.name}` before the next `byoc up`"
-            )
-        if signum == signal.SIGTERM or not _terminal_sent_it():
-            for child in _children():
-                with suppress(OSError):
-                    os.kill(child, signal.SIGINT)
-
-    def __enter__(self) -> InterruptGuard:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-
 # -- options -----------------------------------------------------------------------------------------------------
 @dataclass
 class LiveOptions:
@@ -179,7 +109,6 @@ class LiveOptions:
 
 
 Confirm = Callable[[str], bool]
-ClusterFactory = Callable[[Record], "ClusterApi"]
 
 
 def kubectl_cluster(record: Record) -> ClusterApi:
@@ -187,17 +116,6 @@ def kubectl_cluster(record: Record) -> ClusterApi:
     from byoc.cluster_api import Kubectl
 
     return Kubectl.for_kubeconfig(record.outputs.get("kubeconfig"))
-
-
-@dataclass
-class Waits:
-    """How long the pre-destroy waits for each controller (seconds) and how often it looks."""
-
-    gateway_s: float = 600.0
-    volumes_s: float = 300.0
-    node_claims_s: float = 900.0
-    poll_s: float = 10.0
-    orphans_s: float = 10.0  # `unlock`: how long an orphaned pulumi has to stop on SIGINT before SIGKILL
 
 
 @dataclass
@@ -220,6 +138,9 @@ class Lifecycle:
     def _view(self) -> ProgressView:
         assert self.view is not None
         return self.view
+
+    def _teardown(self) -> Teardown:
+        return Teardown(self.cluster_for, self._view.message, self.waits, self.sleep)
 
     # -- shared steps --------------------------------------------------------------------------------------------
     def _program(self, deployment: Deployment) -> Any:
@@ -344,6 +265,43 @@ class Lifecycle:
         self.registry.update(name, outputs=outputs)
         return outputs
 
+    # -- the operation skeleton: every stack-changing operation opens and ends the same way ------------------------
+    @contextmanager
+    def _operation(
+        self, name: str, operation: str, state: State, stack: LiveStack, options: LiveOptions | None = None
+    ) -> Iterator[Record | None]:
+        """Under the deployment's lock: no operations Pulumi left pending, a move to `state` the registry allows,
+        the stack's SDK versions the installed ones. Yields the record as it is under the lock; only `up` may find
+        none (a new name) or a DELETED one (the name used again); the others raise ByocError for either."""
+        creates = state is State.DEPLOYING
+        with self.registry.locked(name, operation):
+            record = self.registry.get(name) if creates else self.registry.require(name)
+            self._refuse_pending(record)
+            if record is not None and not (creates and record.state is State.DELETED):
+                check_transition(name, record.state, state)
+            self._check_sdks(name, stack, options)
+            yield record
+
+    def _apply(
+        self,
+        name: str,
+        spec: Spec,
+        stack: LiveStack,
+        operation: str,
+        state: State,
+        reason: str = "",
+        total: int | None = None,
+    ) -> dict[str, Any]:
+        """`state` (DEPLOYING, SCALING, UPDATING) with `reason`, Pulumi's up under the interrupt guard (FAILED with
+        the exported state on any failure), the outputs and the spec saved, DEPLOYED. Returns the outputs."""
+        self.registry.transition(name, state, reason)
+        self._view.step("pulumi up" if operation == "up" else f"pulumi up ({operation})", total=total)
+        outputs = self._engine(name, stack, operation, stack.up)
+        outputs = self._save_outputs(name, stack, outputs)
+        self.registry.update(name, spec=stored_spec(spec), pending_operations=[], stack_state=None, interrupted=False)
+        self.registry.transition(name, State.DEPLOYED)
+        return outputs
+
     # -- up ------------------------------------------------------------------------------------------------------
     def up(self, spec: Spec, options: LiveOptions) -> dict[str, Any]:
         """Create the deployment, or re-run / resume it (idempotent): preflight, then `pulumi up`.
@@ -358,13 +316,8 @@ class Lifecycle:
         check_placement(record, deployment)
         backend = self._backend("up", record, options)
         stack = self._stack(deployment, backend)
-        with self.registry.locked(name, "up"):
-            record = self.registry.get(name)
+        with self._operation(name, "up", State.DEPLOYING, stack, options) as record:
             check_placement(record, deployment)
-            self._refuse_pending(record)
-            if record is not None and record.state is not State.DELETED:
-                check_transition(name, record.state, State.DEPLOYING)
-            self._check_sdks(name, stack, options)
             preflight = self._require_preflight(deployment)
             fresh = record is None or record.state is State.DELETED
             verb = "create" if fresh else "update"
@@ -393,12 +346,7 @@ class Lifecycle:
                 + "; ".join(c.detail for c in preflight.checks if c.status == "unknown")
             )
             self.registry.record_event(name, "preflight", summary, report=preflight.as_dict())
-            self.registry.transition(name, State.DEPLOYING)
-            self._view.step("pulumi up", total=planned_resources(deployment))
-            outputs = self._engine(name, stack, "up", stack.up)
-            outputs = self._save_outputs(name, stack, outputs)
-            self.registry.update(name, pending_operations=[], stack_state=None, interrupted=False)
-            self.registry.transition(name, State.DEPLOYED)
+            outputs = self._apply(name, spec, stack, "up", State.DEPLOYING, total=planned_resources(deployment))
         return {"operation": "up", "name": name, "state": State.DEPLOYED.value, "outputs": outputs}
 
     # -- preview -------------------------------------------------------------------------------------------------
@@ -477,18 +425,9 @@ class Lifecycle:
             )
         backend = self._backend("scale", record, options)
         stack = self._stack(deployment, backend)
-        with self.registry.locked(name, "scale"):
-            record = self.registry.require(name)
-            self._refuse_pending(record)
-            check_transition(name, record.state, State.SCALING)
-            self._check_sdks(name, stack)
+        with self._operation(name, "scale", State.SCALING, stack):
             self._require_preflight(deployment)
-            self.registry.transition(name, State.SCALING, f"replicas {min_replicas}..{max_replicas}")
-            self._view.step("pulumi up (scale)")
-            outputs = self._engine(name, stack, "scale", stack.up)
-            self._save_outputs(name, stack, outputs)
-            self.registry.update(name, spec=stored_spec(spec))
-            self.registry.transition(name, State.DEPLOYED)
+            self._apply(name, spec, stack, "scale", State.SCALING, f"replicas {min_replicas}..{max_replicas}")
         return {
             "operation": "scale",
             "name": name,
@@ -510,11 +449,7 @@ class Lifecycle:
         check_placement(record, deployment)
         backend = self._backend("update", record, options)
         stack = self._stack(deployment, backend)
-        with self.registry.locked(name, "update"):
-            record = self.registry.require(name)
-            self._refuse_pending(record)
-            check_transition(name, record.state, State.UPDATING)
-            self._check_sdks(name, stack)
+        with self._operation(name, "update", State.UPDATING, stack):
             self._view.step("pulumi preview")
             previewed = stack.preview(self._view.engine_event)
             guarded = get_cloud(deployment.cloud).node_provisioner.replace_guarded
@@ -529,12 +464,7 @@ class Lifecycle:
                     "pass --allow-replace to accept it, or keep the fields that force it",
                 )
             self._require_preflight(deployment)
-            self.registry.transition(name, State.UPDATING)
-            self._view.step("pulumi up (update)")
-            outputs = self._engine(name, stack, "update", stack.up)
-            self._save_outputs(name, stack, outputs)
-            self.registry.update(name, spec=stored_spec(spec))
-            self.registry.transition(name, State.DEPLOYED)
+            self._apply(name, spec, stack, "update", State.UPDATING)
         return {"operation": "update", "name": name, "changes": previewed["changes"], "replaced": replaced}
 
     # -- destroy -------------------------------------------------------------------------------------------------
@@ -546,7 +476,7 @@ class Lifecycle:
         target = SweepTarget(deployment=name, cluster=resource_name(name), region=record.region)
         cloud = get_cloud(record.cloud)
         if not options.yes:
-            cluster = self._cluster_objects(record)
+            cluster = self._teardown().cluster_objects(record)
             report = cloud.sweep(target, delete=False, **self.sweep_options)
             return {
                 "operation": "destroy",
@@ -554,7 +484,7 @@ class Lifecycle:
                 "dry_run": True,
                 "state": record.state.value,
                 "cluster": cluster,
-                "stack": {"backend": record.backend, "resources": len(_state_resources(record))},
+                "stack": {"backend": record.backend, "resources": len(state_resources(record))},
                 "leftovers": report.as_dict(),
                 "hint": f"nothing was deleted; `byoc destroy {name} --yes` deletes all of it",
             }
@@ -570,7 +500,7 @@ class Lifecycle:
                 self._check_sdks(name, stack)
                 self.registry.transition(name, State.DELETING)
                 self._view.step("controller resources")
-                controllers = self._predestroy(record)
+                controllers = self._teardown().predestroy(record)
                 self.registry.record_event(name, "pre-destroy", "controller resources", **controllers)
                 self._view.step("pulumi refresh")
                 self._engine(name, stack, "destroy", stack.refresh)
@@ -597,80 +527,6 @@ class Lifecycle:
             "cluster": controllers,
             "leftovers": report.as_dict(),
         }
-
-    def _cluster_objects(self, record: Record) -> dict[str, Any]:
-        from byoc.cluster_api import ClusterUnreachable
-
-        namespace = resource_name(record.name)
-        try:
-            cluster = self.cluster_for(record)
-            return {
-                "services": [_name(s) for s in cluster.list("services", namespace) if _is_load_balancer(s)],
-                "persistentvolumeclaims": [_name(p) for p in cluster.list("persistentvolumeclaims", namespace)],
-                **self._provisioner_objects(record, cluster),
-            }
-        except ClusterUnreachable as exc:
-            return {"unknown": str(exc)}
-
-    @staticmethod
-    def _provisioner_objects(record: Record, cluster: ClusterApi) -> dict[str, list[str]]:
-        """The node provisioner's pools and claims that `destroy` deletes first (none where the stack owns them)."""
-        provisioner = get_cloud(record.cloud).node_provisioner
-        if not (provisioner.pools and provisioner.claims):
-            return {}
-        return {
-            "nodepools": [_name(p) for p in cluster.list(provisioner.pools)],
-            "nodeclaims": [_name(c) for c in cluster.list(provisioner.claims)],
-        }
-
-    def _wait_gone(
-        self, cluster: ClusterApi, kind: str, namespace: str | None, names: set[str], limit_s: float
-    ) -> bool:
-        deadline = time.monotonic() + limit_s
-        while True:
-            left = {_name(o) for o in cluster.list(kind, namespace)} & names
-            if not left:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            self.sleep(self.waits.poll_s)
-
-    def _predestroy(self, record: Record) -> dict[str, Any]:
-        """Delete what controllers made while the controllers still run (through the cluster's API).
-
-        An unreachable cluster is reported, not fatal: the sweep after the stack finds what they left."""
-        from byoc.cluster_api import ClusterUnreachable
-
-        namespace = resource_name(record.name)
-        done: dict[str, Any] = {}
-        try:
-            cluster = self.cluster_for(record)
-            # 1. the gateway's LoadBalancer Service: the load-balancer controller deletes the NLB, then the finalizer
-            services = {_name(s) for s in cluster.list("services", namespace) if _is_load_balancer(s)}
-            for service in sorted(services):
-                cluster.delete("services", service, namespace)
-            gone = self._wait_gone(cluster, "services", namespace, services, self.waits.gateway_s)
-            done["services"] = {"deleted": sorted(services), "gone": gone}
-            # 2. PVCs while the CSI driver runs (it deletes their volumes)
-            claims = {_name(p) for p in cluster.list("persistentvolumeclaims", namespace)}
-            for claim in sorted(claims):
-                cluster.delete("persistentvolumeclaims", claim, namespace)
-            gone = self._wait_gone(cluster, "persistentvolumeclaims", namespace, claims, self.waits.volumes_s)
-            done["persistentvolumeclaims"] = {"deleted": sorted(claims), "gone": gone}
-            # 3. a node provisioner outside the stack (Karpenter): its pools, then wait for it to terminate every
-            # claim (its instances) before it goes with the stack
-            provisioner = get_cloud(record.cloud).node_provisioner
-            if provisioner.pools and provisioner.claims:
-                pools = {_name(p) for p in cluster.list(provisioner.pools)}
-                for pool in sorted(pools):
-                    cluster.delete(provisioner.pools, pool)
-                claims_before = {_name(c) for c in cluster.list(provisioner.claims)}
-                gone = self._wait_gone(cluster, provisioner.claims, None, claims_before, self.waits.node_claims_s)
-                done["nodepools"] = {"deleted": sorted(pools), "nodeclaims": sorted(claims_before), "gone": gone}
-        except ClusterUnreachable as exc:
-            done["unknown"] = f"{exc}; the sweep after the stack looks for what controllers left"
-            self._view.message(f"cluster: unknown: {done['unknown']}")
-        return done
 
     # -- unlock --------------------------------------------------------------------------------------------------
     def unlock(self, name: str) -> dict[str, Any]:
@@ -847,23 +703,12 @@ def _resource_count(stack: LiveStack) -> int | None:
         return None
 
 
-def _name(obj: dict[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("name", ""))
-
-
-def _is_load_balancer(service: dict[str, Any]) -> bool:
-    return bool(service.get("spec", {}).get("type") == "LoadBalancer")
-
-
-def _state_resources(record: Record) -> list[Any]:
-    state = record.stack_state or {}
-    return list((state.get("deployment") or {}).get("resources") or [])
-
-
 __all__ = [
     "RUNNING",
+    "ClusterFactory",
     "Lifecycle",
     "LiveOptions",
+    "Waits",
     "capacity_need",
     "check_placement",
     "offline_changes",

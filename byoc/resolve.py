@@ -13,9 +13,11 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from byoc import __version__, planner, rules, sizing
+from byoc.batch import GATEWAY_ROLE, GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE, WORKER_SERVICE_ACCOUNT, BatchPlan
 from byoc.caches import NodeCaches
 from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
+from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import resource_name
 from byoc.spec import (
@@ -70,6 +72,7 @@ class Deployment:
     autoscaling: ResolvedAutoscaling
     pods: sizing.PodSizing  # the GPU pods' requests, cut from the allocatable of the pool's machines
     disk: sizing.DiskPlan  # the GPU pods' ephemeral storage and the nodes' root disk that holds it
+    cold_start: ColdStartEstimate  # a wake from zero, phase by phase, with the spec's cold_start options
     node_image: str | None = None
     caches: NodeCaches | None = None  # cold_start: image, weights and warm pool (byoc/caches.py)
     warnings: tuple[ByocWarning, ...] = ()
@@ -97,8 +100,17 @@ class Deployment:
 
     @property
     def service_accounts(self) -> dict[str, str]:
-        """Kubernetes service accounts that get cloud identities: role -> service account name."""
-        return {"builder": "byoc-builder", "serving": "byoc-serving"}
+        """Kubernetes service accounts that get cloud identities: role -> service account name. With batch on, the
+        gateway (the Files API's objects) and the batch worker get their own, which reach only batch/."""
+        accounts = {"builder": "byoc-builder", "serving": "byoc-serving"}
+        if self.batch.enabled:
+            accounts |= {GATEWAY_ROLE: GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE: WORKER_SERVICE_ACCOUNT}
+        return accounts
+
+    @property
+    def batch(self) -> BatchPlan:
+        """Batch inference (spec `batch`): on or off, the retention, and what the stacks render for it."""
+        return BatchPlan(enabled=self.spec.batch.enabled, retention_hours=self.spec.batch.retention_hours)
 
     @property
     def gpu_node_disk_gib(self) -> int:
@@ -175,6 +187,8 @@ class Deployment:
             "cost": self.cost.as_dict(),
             # the gateway's shared store runs whatever the replica count, zero included
             "store": self.store.as_dict() if self.store else None,
+            # a wake from zero of the first replica, phase by phase (byoc/coldstart.py)
+            "cold_start": self.cold_start.as_dict(),
         }
 
     def plan_document(self) -> dict[str, Any]:
@@ -244,6 +258,7 @@ class Deployment:
             "compliance": self.compliance.model_dump(),
             "gateway": self.gateway.model_dump(),
             "budget": self.budget.model_dump() if self.budget else None,
+            "batch": self.batch.as_dict(),
             "estimates": self.estimates(),
             "warnings": [w.as_dict() for w in self.warnings],
         }
@@ -480,6 +495,18 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
+    caches = cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], pods.replicas_per_node)
+    cold_start = estimate_cold_start(
+        spec.cloud,
+        model,
+        shape,
+        # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS
+        # pulls with SOCI only onto the instance store, and weights too large for the NVMe stay on the root disk
+        image_cache=caches.image.mode in ("secondary_boot_disk", "fast_image_pull"),
+        weights_cache="local_ssd" if caches.weights.on == "local_nvme" else "none",
+        warm_pool=spec.cold_start.warm_pool,
+        node_hourly_usd=cost.node.hourly_usd,
+    )
     scaling = spec.autoscaling
     target = scaling.load_target or LoadTarget(
         type="concurrent_requests", value=planner.default_concurrency_target(throughput)
@@ -506,8 +533,9 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         autoscaling=autoscaling,
         pods=pods,
         disk=disk,
+        cold_start=cold_start,
         node_image=node_image,
-        caches=cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], pods.replicas_per_node),
+        caches=caches,
         warnings=(
             *warnings,
             *rules.deliberate_choices(spec),

@@ -11,6 +11,9 @@ Health rules (`judge`):
 - a completion succeeded while readiness lags: serving, with a warning;
 - a completion succeeded and every desired replica is ready: healthy;
 - no replica wanted (scaled to zero): scaled to zero;
+- replicas missing and the newest serving pod waking: the phase of its wake (node launching, image pulling,
+  weights fetching, engine loading; byoc/wake.py), how long it has taken beside the cold-start estimate, and what
+  it waits for;
 - replicas missing: why GPU replicas are not coming, in the words of the cloud's node provisioner
   (`Cloud.gpu_blockers`: on AWS Karpenter's NodeClaim conditions and limit events, on GKE the cluster autoscaler's
   FailedScaleUp and NotTriggerScaleUp events: no capacity, no quota, the pool's limit), or a node whose GPUs never
@@ -26,6 +29,7 @@ import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from byoc.clouds import get_cloud
@@ -33,6 +37,7 @@ from byoc.names import resource_name
 from byoc.registry import RUNNING, Lock, Record, State
 
 if TYPE_CHECKING:
+    from byoc.coldstart import ColdStartEstimate
     from byoc.lifecycle import ClusterFactory
 
 
@@ -77,7 +82,7 @@ def probe_endpoint(endpoint: str | None, model: str, timeout_s: float = 20.0) ->
         return Probe("failed", "the completion's answer is not JSON")
 
 
-def judge(desired: int, ready: int, probe: Probe, blockers: list[str]) -> str:
+def judge(desired: int, ready: int, probe: Probe, blockers: list[str], wake: str | None = None) -> str:
     if probe.outcome == "failed":
         return f"unhealthy: Kubernetes reports {ready}/{desired} ready but a completion failed: {probe.detail}"
     if probe.outcome == "ok":
@@ -89,6 +94,8 @@ def judge(desired: int, ready: int, probe: Probe, blockers: list[str]) -> str:
     if ready < desired:
         if blockers:
             return f"waiting for GPUs ({ready}/{desired} ready): " + "; ".join(blockers)
+        if wake:
+            return f"waking ({ready}/{desired} ready): {wake}"
         return f"starting: {ready}/{desired} ready"
     return f"unknown: {ready}/{desired} ready per Kubernetes, but no completion was sent: {probe.detail}"
 
@@ -98,8 +105,42 @@ def _model_id(record: Record) -> str:
     return str(model.get("id") if isinstance(model, dict) else model)
 
 
-def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, probe: bool = True) -> dict[str, Any]:
-    """{"health", "replicas", "endpoint", "artifact"} for one deployment."""
+def cold_start_estimate(record: Record) -> ColdStartEstimate | None:
+    """The deployment's cold-start estimate, from its recorded spec; None when the spec no longer resolves (a
+    catalog changed since): status then shows elapsed times alone."""
+    from byoc.errors import ByocError
+    from byoc.resolve import resolve
+    from byoc.spec import build_spec
+
+    try:
+        return resolve(build_spec(record.spec)).cold_start
+    except (ByocError, ValueError):
+        return None
+
+
+def wake_of(record: Record, cluster: Any, now: datetime | None = None) -> tuple[str, dict[str, Any]] | None:
+    """Where the newest waking serving pod is (byoc/wake.py), as a sentence with the estimate beside the elapsed
+    time, and as data for --output json; None when no serving pod is waking."""
+    from byoc.wake import wake_progress
+
+    selector = {"app.kubernetes.io/name": "serving", "app.kubernetes.io/instance": record.name}
+    pods = [
+        p
+        for p in cluster.list("pods", resource_name(record.name))
+        if selector.items() <= p.get("metadata", {}).get("labels", {}).items()
+    ]
+    progress = wake_progress(pods, cluster.list("events"), get_cloud(record.cloud).node_provisioner, now)
+    if progress is None:
+        return None
+    estimate = cold_start_estimate(record)
+    return progress.sentence(estimate), progress.as_dict(estimate)
+
+
+def observe(
+    record: Record, lock: Lock | None, cluster_for: ClusterFactory, probe: bool = True, now: datetime | None = None
+) -> dict[str, Any]:
+    """{"health", "replicas", "endpoint", "artifact"} for one deployment, and "wake" while a replica wakes.
+    `now` is the time elapsed durations are counted to (the clock's when None)."""
     from byoc.cluster_api import ClusterUnreachable
 
     seen: dict[str, Any] = {
@@ -135,8 +176,12 @@ def observe(record: Record, lock: Lock | None, cluster_for: ClusterFactory, prob
                 host = ingress[0].get("hostname") or ingress[0].get("ip")
                 seen["endpoint"] = f"https://{host}"
         blockers = get_cloud(record.cloud).gpu_blockers(cluster, str(record.outputs.get("gpu_node_pool", "")))
+        wake = wake_of(record, cluster, now) if desired > 0 and ready < desired else None
     except ClusterUnreachable as exc:
         return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
     endpoint = os.environ.get("BYOC_ENDPOINT") or seen["endpoint"]
     result = probe_endpoint(endpoint, _model_id(record)) if probe else Probe("skipped", "the completion check was off")
-    return seen | {"health": judge(desired, ready, result, blockers), "probe": result.outcome}
+    if wake is not None:
+        seen["wake"] = wake[1]
+    health = judge(desired, ready, result, blockers, wake[0] if wake else None)
+    return seen | {"health": health, "probe": result.outcome}

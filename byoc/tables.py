@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from byoc import planner, rules, sizing
+from byoc import coldstart, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import catalog_shapes, resolve_model
+from byoc.spec import ModelRef
 
 
-def _model(model_id: str) -> ModelArch:
-    return resolve_model(model_id)[0]
+def _model(model: str | ModelRef) -> ModelArch:
+    return resolve_model(model)[0]
 
 
 def priced_instance(cloud: Any, shape: rules.DeploymentShape, candidates: list[Any], needs: Any) -> Any:
@@ -28,7 +29,7 @@ def priced_instance(cloud: Any, shape: rules.DeploymentShape, candidates: list[A
 
 def estimate_row(
     cloud_name: str,
-    model_id: str,
+    model_id: str | ModelRef,
     shape_text: str,
     input_tokens: int,
     output_tokens: int,
@@ -37,9 +38,11 @@ def estimate_row(
     price_per_gpu_hour: float | None,
     min_replicas: int = 0,
     max_replicas: int = 1,
+    cold_start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The estimate of one shape. A model that does not fit gets its memory lines only: throughput and cost are
-    None, with the reason in `not_estimated` (a model that cannot load serves nothing)."""
+    """The estimate of one shape. A model that does not fit gets its memory lines only: throughput, cost and cold
+    start are None, with the reason in `not_estimated` (a model that cannot load serves nothing). `cold_start` holds
+    the spec's cold_start options (image_cache, weights_cache, warm_pool; the spec's defaults when None)."""
     if not 0 < kv_cache_fraction < 1:
         raise ByocError("--kv-cache-fraction", f"{kv_cache_fraction} is not strictly between 0 and 1", "use 0.9")
     if min_replicas > max_replicas:
@@ -70,6 +73,7 @@ def estimate_row(
         "memory": memory.as_dict(),
         "throughput": None,
         "cost": None,
+        "cold_start": None,
     }
     if not memory.fits:
         return row | {
@@ -100,6 +104,9 @@ def estimate_row(
         "cost": cost.as_dict(),
         # gateway.store: managed (the default) adds the shared store, billed every hour, replicas or none
         "store": planner.store_estimate(cloud.name).as_dict(),
+        "cold_start": coldstart.estimate_cold_start(
+            cloud.name, model, shape, **(cold_start or {}), node_hourly_usd=cost.node.hourly_usd
+        ).as_dict(),
     }
 
 
@@ -154,6 +161,10 @@ def shape_rows(
                     RANKED_BY: round(cost.cost_per_million_output_tokens_at_floor, 4),
                     "kv_capacity_tokens": memory.kv_capacity_tokens,
                     "max_context": context,
+                    # a wake from zero with the spec's cold_start defaults (byoc/coldstart.py)
+                    "cold_start_seconds": round(
+                        coldstart.estimate_cold_start(cloud_name, model, shape).total_seconds, 1
+                    ),
                 }
             rows.append(row)
     if model is not None:

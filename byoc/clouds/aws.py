@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from byoc.caches import ImageCache
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, NodeProvisioner, Placement
+from byoc.clouds.base import AddressRoom, Cloud, LaunchStep, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
 from byoc.rules import DeploymentShape
@@ -74,6 +74,19 @@ class Aws(Cloud):
         ),
         pools="nodepools.karpenter.sh",
         claims="nodeclaims.karpenter.sh",
+        # Karpenter's events (karpenter.sh/docs/concepts/nodeclaims, "NodeClaim example"): Nominated on the pod
+        # ("Pod should schedule on: nodeclaim/NAME"), then on the NodeClaim each status condition's transition
+        # ("Status condition transitioned, Type: Launched, Status: Unknown -> True, Reason: Launched").
+        launch_steps=(
+            LaunchStep("Nominated", "Pod", "Karpenter's NodeClaim to launch an EC2 instance"),
+            LaunchStep("Launched", "NodeClaim", "the instance to boot and register with the cluster (Registered)"),
+            LaunchStep(
+                "Registered",
+                "NodeClaim",
+                "the node to be ready with its GPUs advertised by the device plugin (Initialized)",
+            ),
+            LaunchStep("Initialized", "NodeClaim", "the scheduler to bind the pod to the new node"),
+        ),
     )
     object_store_scheme = "s3://"
     # EKS: publicAccessCidrs takes at most 40 blocks and refuses private (RFC 1918) ranges (EKS User Guide,

@@ -55,7 +55,8 @@ def resource_outputs(
                 f"master.{inputs.get('replicationGroupId', name)}.abc123.{region}.cache.amazonaws.com"
             ),
         },
-        # the gateway store's AUTH token (random.RandomPassword), which a live run generates
+        # the gateway store's AUTH token and the batch worker token (random.RandomPassword), which a live run
+        # generates
         "random:index/randomPassword:RandomPassword": {"result": PLACEHOLDER_SECRET},
     }
     outputs.update(computed.get(type_token, {}))

@@ -86,6 +86,16 @@ FEATURE_USE = {
 
 
 @dataclass(frozen=True)
+class LaunchStep:
+    """An event the node provisioner records while it brings a node up for a pending pod (`reason` on an object
+    of `kind`), and what the wake waits for once it has happened (`byoc status`, byoc/wake.py)."""
+
+    reason: str
+    kind: str
+    waits_for: str
+
+
+@dataclass(frozen=True)
 class NodeProvisioner:
     """Who launches the GPU nodes, and what of it byoc meets in the cluster (`status`, `destroy`).
 
@@ -95,7 +105,8 @@ class NodeProvisioner:
     deletes with their nodes.
     `pool_label`: the node label naming the node's pool. `scale_changes`: what `byoc scale` may change in the
     provisioner's resources (Pulumi type token -> input paths; None: any). `replace_guarded`: the type tokens whose
-    replacement recreates the cluster or its GPU nodes (`byoc update` refuses it without --allow-replace)."""
+    replacement recreates the cluster or its GPU nodes (`byoc update` refuses it without --allow-replace).
+    `launch_steps`: the events by which `byoc status` tells how far a node launch for a waking pod has got."""
 
     name: str
     pool_label: str
@@ -103,6 +114,7 @@ class NodeProvisioner:
     replace_guarded: frozenset[str]
     pools: str | None = None
     claims: str | None = None
+    launch_steps: tuple[LaunchStep, ...] = ()
 
 
 # What `byoc scale` may change on every cloud (Pulumi type token -> the input paths that may differ; None: any): the

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from byoc.caches import ImageCache
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, Feature, NodeProvisioner, Placement
+from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.rules import DeploymentShape
 from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, gke_allocatable
@@ -121,6 +121,11 @@ class Gcp(Cloud):
         pool_label="cloud.google.com/gke-nodepool",
         scale_changes={"gcp:container/nodePool:NodePool": frozenset({"autoscaling.totalMaxNodeCount"})},
         replace_guarded=frozenset({"gcp:container/cluster:Cluster", "gcp:container/nodePool:NodePool"}),
+        # the cluster autoscaler's event on the pod ("pod triggered scale-up: [{GROUP 0->1 (max: N)}]",
+        # kubernetes/autoscaler cluster-autoscaler/processors/status/eventing_scale_up_processor.go)
+        launch_steps=(
+            LaunchStep("TriggeredScaleUp", "Pod", "the new VM to boot, install its GPU driver and join the node pool"),
+        ),
     )
 
     def capacity_blockers(self, cluster: Any) -> list[str]:

@@ -68,6 +68,9 @@ def resource_outputs(
             "authString": PLACEHOLDER_SECRET,
             "serverCaCerts": [{"cert": "-----BEGIN CERTIFICATE-----\nplaceholder\n-----END CERTIFICATE-----\n"}],
         }
+    if type_token == "random:index/randomPassword:RandomPassword":
+        # the batch worker token (stacks/k8s/batch.py), which a live run generates
+        return None, {"result": PLACEHOLDER_SECRET}
     if type_token == "gcp:logging/projectSink:ProjectSink":
         writer = f"serviceAccount:service-{PLACEHOLDER_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com"
         return None, {"writerIdentity": writer}

@@ -359,7 +359,7 @@ def status(
 
 
 def _settled(rows: list[dict[str, Any]]) -> bool:
-    moving = ("in progress", "starting", "waiting for GPUs")
+    moving = ("in progress", "starting", "waking", "waiting for GPUs")
     return all(not str(r["health"]).startswith(moving) for r in rows)
 
 

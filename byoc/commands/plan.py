@@ -30,6 +30,13 @@ class CloudName(StrEnum):
     gcp = "gcp"
 
 
+class WeightsCacheName(StrEnum):
+    """The spec's cold_start.weights_cache (byoc/spec.py WeightsCache)."""
+
+    local_ssd = "local_ssd"
+    none = "none"
+
+
 SpecFileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (byoc.yaml).")]
 CloudOpt = Annotated[CloudName | None, typer.Option("--cloud", help="aws or gcp (overrides the spec).")]
 # For the commands that read no spec: the cloud to list.
@@ -108,8 +115,20 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}",
         f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
+        _cold_start_summary(deployment),
         *_cache_lines(deployment),
     ]
+
+
+def _cold_start_summary(deployment: Deployment) -> str:
+    from byoc.coldstart import PHASE_WORDS, duration_words
+
+    estimate = deployment.cold_start
+    phases = ", ".join(f"{PHASE_WORDS[p.name]} {duration_words(p.seconds)}" for p in estimate.phases)
+    return (
+        f"cold start  ~{duration_words(estimate.total_seconds)} from zero ({phases}); the gateway holds requests "
+        f"{estimate.wake_timeout_s} s (`byoc estimate -f` for the sources)"
+    )
 
 
 def _cache_lines(deployment: Deployment) -> list[str]:
@@ -211,6 +230,7 @@ def shapes(
                 "$/1M out 1 replica (whole node)",
                 "$/1M out full nodes",
                 "KV tokens",
+                "cold start s",
             ],
             [
                 [
@@ -223,6 +243,7 @@ def shapes(
                     f"{r[RANKED_BY]:.3f}",
                     f"{r['cost_per_million_output_tokens']:.3f}",
                     f"{r['kv_capacity_tokens']:,}",
+                    f"{r['cold_start_seconds']:,.0f}",
                 ]
                 for r in rows
             ],
@@ -294,38 +315,82 @@ def regions(
 
 
 def estimate(
-    model: Annotated[str, typer.Option("--model", help="Catalog model id.")],
-    shape: Annotated[str, typer.Option("--shape", help="Shape such as h100x1-fp8.")],
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Spec file: model, shape, cloud, context, KV share, replicas, cold_start."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Catalog model id (overrides the spec's).")] = None,
+    shape: Annotated[str | None, typer.Option("--shape", help="Shape, e.g. h100x1-fp8 (overrides the spec's).")] = None,
     input_tokens: InputTokensOpt = 1000,
     output_tokens: OutputTokensOpt = 1000,
-    cloud: Annotated[CloudName, typer.Option("--cloud", help="Cloud whose prices to use.")] = CloudName.aws,
-    kv_cache_fraction: Annotated[float, typer.Option("--kv-cache-fraction", help="KV cache share.")] = 0.9,
+    cloud: Annotated[CloudName | None, typer.Option("--cloud", help="Cloud whose prices to use [aws].")] = None,
+    kv_cache_fraction: Annotated[
+        float | None, typer.Option("--kv-cache-fraction", help="KV cache share [0.9; or the spec's].")
+    ] = None,
     max_context: Annotated[int | None, typer.Option("--max-context", min=1, help="Context to fit.")] = None,
     price_per_gpu_hour: Annotated[
         float | None, typer.Option("--price-per-gpu-hour", min=0.0, help="Your own $/GPU-hour.")
     ] = None,
     min_replicas: Annotated[
-        int, typer.Option("--min-replicas", min=0, help="Fewest replicas (the floor is costed in whole nodes).")
-    ] = 0,
-    max_replicas: Annotated[int, typer.Option("--max-replicas", min=1, help="Most replicas.")] = 1,
+        int | None,
+        typer.Option("--min-replicas", min=0, help="Fewest replicas, costed in whole nodes [0; or the spec's]."),
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option("--max-replicas", min=1, help="Most replicas [1; or the spec's].")
+    ] = None,
+    image_cache: Annotated[
+        bool | None,
+        typer.Option("--image-cache/--no-image-cache", help="Serving image already on new nodes [on; or the spec's]."),
+    ] = None,
+    weights_cache: Annotated[
+        WeightsCacheName | None,
+        typer.Option("--weights-cache", help="Where a node keeps the weights [local_ssd; or the spec's]."),
+    ] = None,
+    warm_pool: Annotated[
+        int | None, typer.Option("--warm-pool", min=0, help="GPU nodes kept warm, no replica [0; or the spec's].")
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Memory fit, max throughput and cost of a model on a shape (nodes billed whole)."""
+    """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
+    from a spec (-f; a flag given beside it overrides the spec's value)."""
+    from byoc.spec import ColdStart
     from byoc.tables import estimate_row
 
+    given = {"image_cache": image_cache, "weights_cache": weights_cache, "warm_pool": warm_pool}
+    # the options the estimate takes (cold_start.image_disk is the plan's: byoc/caches.py)
+    options = {"image_cache", "weights_cache", "warm_pool"}
+    cold_start = ColdStart().model_dump(include=options)
+    model_ref: Any = model
     with reporting(output):
+        if file is not None:
+            spec = _spec(file, cloud, None, model, shape, None)
+            model_ref, shape, cloud = spec.model, spec.shape, CloudName(spec.cloud)
+            kv_cache_fraction = spec.kv_cache_fraction if kv_cache_fraction is None else kv_cache_fraction
+            max_context = spec.max_context if max_context is None else max_context
+            min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
+            max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
+            cold_start = spec.cold_start.model_dump(include=options)
+        elif model is None or shape is None:
+            raise ByocError(
+                "--model" if model is None else "--shape",
+                "byoc estimate needs a model and a shape",
+                "pass --model and --shape (`byoc shapes --model ID` lists them), or a spec with -f byoc.yaml",
+            )
+        cold_start |= {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
         row = estimate_row(
-            cloud.value,
-            model,
+            (cloud or CloudName.aws).value,
+            model_ref,
             shape,
             input_tokens,
             output_tokens,
-            kv_cache_fraction,
+            0.9 if kv_cache_fraction is None else kv_cache_fraction,
             max_context,
             price_per_gpu_hour,
-            min_replicas,
-            max_replicas,
+            0 if min_replicas is None else min_replicas,
+            1 if max_replicas is None else max_replicas,
+            cold_start,
         )
+    model, cloud = row["model"], cloud or CloudName.aws
     misfit = None
     if not row["fits"]:
         # As validate does: a model that does not fit is invalid input (exit 2), the memory lines still shown.
@@ -351,10 +416,37 @@ def estimate(
         lines += ["  throughput         n/a (does not fit)", "  cost               n/a (does not fit)"]
     else:
         lines += _estimate_cost_lines(row, input_tokens, output_tokens)
+        lines += cold_start_lines(row["cold_start"])
     print("\n".join(lines))
     if misfit:
         with reporting(output):
             raise misfit
+
+
+def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
+    """A wake from zero, phase by phase, as `byoc estimate` and `byoc plan` print it (plan.json
+    estimates.cold_start holds the same figures with their sources)."""
+    from byoc.coldstart import PHASE_WORDS, duration_words
+
+    options = estimate["options"]
+    said = (
+        f"image_cache {'on' if options['image_cache'] else 'off'}, weights_cache {options['weights_cache']}, "
+        f"warm_pool {options['warm_pool']}"
+    )
+    lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} from zero ({said})"]
+    for phase in estimate["phases"]:
+        lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
+    if options["warm_pool"]:
+        lines.append(
+            f"    warm pool        {options['warm_pool']} node(s) at ${estimate['warm_pool_hourly_usd']:,.2f}/h save "
+            f"{duration_words(estimate['new_node_seconds'] - estimate['total_seconds'])} of a "
+            f"{duration_words(estimate['new_node_seconds'])} wake on a new node"
+        )
+    lines.append(
+        f"    wake timeout     {estimate['wake_timeout_seconds']} s at the gateway (the estimate x margin; sources: "
+        f"{estimate['catalog']})"
+    )
+    return lines
 
 
 def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: int) -> list[str]:

@@ -184,6 +184,51 @@ def gateway(
         int | None,
         typer.Option("--gpus-per-replica", help="GPUs of one model replica: the ledger's GPU-seconds [1]."),
     ] = None,
+    # -- batch admission (issue 22) --
+    batch_worker_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--batch-worker-token-file",
+            help="File holding the batch worker's token: its requests are served as the batch's owner key, only "
+            "into capacity online traffic leaves idle [no batch worker].",
+        ),
+    ] = None,
+    batch_headroom: Annotated[
+        int | None,
+        typer.Option("--batch-headroom", help="Request slots batch work leaves free for online arrivals [2]."),
+    ] = None,
+    batch_slots_per_replica: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-slots-per-replica",
+            help="The engine's max_batch_size: batch work fills at most this x ready replicas, less the headroom "
+            "[0: --max-concurrency only].",
+        ),
+    ] = None,
+    batch_preempt: Annotated[
+        bool,
+        typer.Option(
+            "--batch-preempt",
+            help="An online request ends the batch lines in flight (sent again later), and batch lines run only "
+            "while no online request does: for compute-bound engines.",
+        ),
+    ] = False,
+    batch_store: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-store",
+            help="s3://BUCKET/batch/ or gs://BUCKET/batch/: serve /v1/files and /v1/batches, files kept there "
+            "[none: no Batch API].",
+        ),
+    ] = None,
+    batch_kms_key: Annotated[
+        str | None,
+        typer.Option("--batch-kms-key", help="KMS key ARN (S3, SSE-KMS) or Cloud KMS key name (GCS) for batch files."),
+    ] = None,
+    batch_retention_hours: Annotated[
+        int | None,
+        typer.Option("--batch-retention-hours", help="Longest a batch file is kept, hours after its creation [24]."),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -224,6 +269,13 @@ def gateway(
         "store_lease_seconds": store_lease_seconds,
         "replicas_hint": replicas_hint,
         "gpus_per_replica": gpus_per_replica,
+        "batch_worker_token_file": batch_worker_token_file,
+        "batch_headroom": batch_headroom,
+        "batch_slots_per_replica": batch_slots_per_replica,
+        "batch_preempt": batch_preempt or None,
+        "batch_store": batch_store,
+        "batch_kms_key": batch_kms_key,
+        "batch_retention_hours": batch_retention_hours,
     }
     _run_gateway(config, flags, drain_seconds)
 

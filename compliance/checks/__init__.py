@@ -5,12 +5,12 @@ there that does not exist, or a check no file maps, raises compliance.model.Mapp
 
 from __future__ import annotations
 
-from compliance.checks import aws, gcp, kubernetes
+from compliance.checks import aws, batch, gcp, kubernetes
 from compliance.model import REGISTRY, Check, bind_controls
 
 bind_controls(REGISTRY)
 
-__all__ = ["all_checks", "aws", "checks_for", "gcp", "kubernetes"]
+__all__ = ["all_checks", "aws", "batch", "checks_for", "gcp", "kubernetes"]
 
 
 def all_checks() -> list[Check]:

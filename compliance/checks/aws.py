@@ -1069,13 +1069,14 @@ def iam_role_trust_conditions(resource: Resource, graph: Graph) -> Verdict:
     title="Workload roles reach only their own S3 prefixes",
     severity="high",
     resource_types=[ROLE_POLICY],
-    remediation="Limit s3 actions to the bucket's sources/, adapters/ and artifacts/ prefixes.",
+    remediation="Limit s3 actions to the bucket's sources/, adapters/, artifacts/ and batch/ prefixes.",
     risk="A serving pod able to write, or to read outside its prefix, widens any compromise.",
     cloud="aws",
 )
 def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
     name = str(resource.get("name", ""))
-    if name not in ("byoc-builder", "byoc-serving"):
+    # (the gateway's and the batch worker's with batch.enabled: their batch/ scope is s3_batch_storage_access_scoped's)
+    if name not in ("byoc-builder", "byoc-serving", "byoc-gateway", "byoc-batch-worker"):
         return not_applicable("not a workload role policy")
     too_wide = []
     for s in statements(resource.get("policy")):
@@ -1087,7 +1088,7 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
             continue
         if any(str(a).lower().startswith("s3:") for a in as_list(s.get("Action"))) and any(
             str(r).endswith("/*")
-            and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/"))
+            and not any(p in str(r) for p in ("/sources/", "/adapters/", "/artifacts/", "/batch/"))
             # the builder's reads of the spec's own s3:// sources (stacks/aws/identities.py: model, addons, draft)
             and not re.fullmatch(r"Read(ModelSource|DraftModelSource|Addon[0-9]+Source)", str(s.get("Sid", "")))
             for r in as_list(s.get("Resource"))

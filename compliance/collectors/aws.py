@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from byoc.names import DEPLOYMENT_TAG, resource_name
 from compliance.checks import aws as t
+from compliance.checks.batch import AWS_LIFECYCLE as LIFECYCLE
 from compliance.evaluate import allowed_regions
 from compliance.model import Graph, Resource
 
@@ -269,6 +270,27 @@ def _s3(s: _Session) -> None:
                     "targetPrefix": enabled.get("TargetPrefix"),
                 },
             )
+        lifecycle = read(s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration")
+        if lifecycle:
+            # the batch expiry check reads these (compliance/checks/batch.py), in the plan's camelCase shape
+            s.add(LIFECYCLE, name, name, {"bucket": name, "rules": [_lifecycle_rule(r) for r in lifecycle["Rules"]]})
+
+
+def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A GetBucketLifecycleConfiguration rule as Pulumi's BucketLifecycleConfiguration input names it."""
+    expiration = rule.get("Expiration") or {}
+    noncurrent = rule.get("NoncurrentVersionExpiration") or {}
+    flt = rule.get("Filter") or {}
+    prefix = flt.get("Prefix", (flt.get("And") or {}).get("Prefix", rule.get("Prefix", "")))
+    return {
+        "id": rule.get("ID"),
+        "status": rule.get("Status"),
+        "filter": {"prefix": prefix},
+        "expiration": {"days": expiration["Days"]} if "Days" in expiration else None,
+        "noncurrentVersionExpiration": (
+            {"noncurrentDays": noncurrent["NoncurrentDays"]} if "NoncurrentDays" in noncurrent else None
+        ),
+    }
 
 
 def _selectors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -644,7 +666,10 @@ def _elasticache(s: _Session) -> None:
 
 COLLECTORS: dict[str, tuple[Callable[[_Session], None], tuple[str, ...]]] = {
     "kms": (_kms, (t.KEY,)),
-    "s3": (_s3, (t.BUCKET, t.ENCRYPTION, t.VERSIONING, t.PUBLIC_ACCESS, t.OWNERSHIP, t.BUCKET_POLICY, t.LOGGING)),
+    "s3": (
+        _s3,
+        (t.BUCKET, t.ENCRYPTION, t.VERSIONING, t.PUBLIC_ACCESS, t.OWNERSHIP, t.BUCKET_POLICY, t.LOGGING, LIFECYCLE),
+    ),
     "cloudtrail": (_cloudtrail, (t.TRAIL,)),
     "logs": (_logs, (t.LOG_GROUP,)),
     "eks": (_eks, (t.CLUSTER, t.NODE_GROUP, t.ADDON)),

@@ -103,6 +103,22 @@ class GatewayConfig:
     store_lease_seconds: float = 10.0  # a concurrency slot's lease: how long a killed gateway's slots stay taken
     replicas_hint: int = 1  # the divisor of each limit if the store is down before any heartbeat was seen
     gpus_per_replica: int = 1  # GPU-seconds = a request's share of its replica's busy time x this
+    # -- batch admission (issue 22: runtime/serve/batch/worker.py sends each batch line through the gateway) --
+    # the batch worker's token (a Kubernetes Secret the gateway and the worker mount): a request bearing it and
+    # layout.OWNER_HEADER is served as that key, in the batch admission class (Gateway._batch_admit)
+    batch_worker_token_file: Path | None = None
+    # request slots batch work leaves free for online arrivals, below the capacity (docs/performance.md measures it)
+    batch_headroom: int = 2
+    # the engine's max_batch_size: batch capacity = min(--max-concurrency, this x ready replicas); 0: the first only
+    batch_slots_per_replica: int = 0
+    # an online request that starts ends every batch line in flight (429 batch_yield; the worker sends it again), and
+    # batch lines are admitted only while no online request is in flight: for compute-bound engines (the CPU engine)
+    batch_preempt: bool = False
+    # the Batch API (runtime/serve/batch/): its root in the deployment's bucket (None: no /v1/files, /v1/batches), the
+    # key its objects are encrypted with (SSE-KMS on S3, CMEK on GCS), and the longest a batch file is kept
+    batch_store: str | None = None
+    batch_kms_key: str | None = None
+    batch_retention_hours: int = 24
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
@@ -116,6 +132,29 @@ class GatewayConfig:
             ) from None
 
         return StoreSettings(self.store, self.store_password_file, self.store_ca_file, self.store_prefix)
+
+    def batch_worker_digest(self) -> bytes | None:
+        """The SHA-256 of the batch worker's token (--batch-worker-token-file), or None without the flag.
+
+        Raises ByocError when the file cannot be read or holds less than a 16-character token."""
+        path = self.batch_worker_token_file
+        if path is None:
+            return None
+        import hashlib
+
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ByocError(
+                "--batch-worker-token-file", f"cannot read {path}: {type(exc).__name__}", "mount the worker's Secret"
+            ) from None
+        if len(token) < 16 or any(c.isspace() for c in token):
+            raise ByocError(
+                "--batch-worker-token-file",
+                f"{path} does not hold one token of at least 16 characters",
+                "write a random token, e.g. `openssl rand -hex 32 > token`",
+            )
+        return hashlib.sha256(token.encode()).digest()
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The API listener's TLS (TLS 1.2 or newer), or None for plain HTTP."""
@@ -158,6 +197,13 @@ class GatewayConfig:
             ("--config: max_stop_sequences", 1 <= self.max_stop_sequences <= 1024, "from 1 to 1024, e.g. 16"),
             ("--store-lease-seconds", 1.0 <= self.store_lease_seconds <= 3600, "from 1 to 3600 seconds, e.g. 10"),
             ("--replicas-hint", 1 <= self.replicas_hint <= 1000, "the usual gateway replica count, 1 to 1000"),
+            (
+                "--batch-headroom",
+                self.batch_headroom >= 0
+                and (self.batch_worker_token_file is None or self.batch_headroom < self.max_concurrency),
+                "from 0 to --max-concurrency - 1",
+            ),
+            ("--batch-slots-per-replica", 0 <= self.batch_slots_per_replica <= 4096, "the engine's max_batch_size"),
         ]
         for flag, ok, hint in checks:
             if not ok:
@@ -184,6 +230,7 @@ class GatewayConfig:
             raise ByocError("--store", "a store file is given without --store", "pass --store redis://HOST:6379 too")
         if not 1 <= self.gpus_per_replica <= 64:
             raise ByocError("--gpus-per-replica", "out of range", "the GPUs of one model replica, from 1 to 64")
+        self._check_batch()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
@@ -191,12 +238,36 @@ class GatewayConfig:
         self.ssl_context()  # a bad certificate is an input error now, not a crash at the first connection
         if self.store is not None:
             self.store_settings().check()  # the limiter's own rules too: no password in the URL, the prefix
+        if self.batch_worker_token_file is not None:
+            self.batch_worker_digest()  # an unreadable or short token is an input error now
         names = [a.name for a in self.addons]
         if self.model in names:
             raise ByocError("--addon", f"addon {self.model!r} has the base model's name", "rename the addon")
         if len(set(names)) != len(names):
             raise ByocError("--addon", "the same addon name is given twice", "give each addon once")
         return self
+
+    def _check_batch(self) -> None:
+        """--batch-store's URI, and the flags that need it (the store itself is reached per request: a bucket that
+        is down must not stop the gateway serving online traffic)."""
+        if self.batch_store is None:
+            if self.batch_kms_key is not None:
+                raise ByocError(
+                    "--batch-kms-key", "given without --batch-store", "pass --batch-store s3://BUCKET/batch/"
+                )
+            return
+        scheme = urlsplit(self.batch_store).scheme
+        if scheme not in ("s3", "gs", "file") and not self.batch_store.startswith("/"):
+            raise ByocError(
+                "--batch-store",
+                "not a store URI",
+                "use s3://BUCKET/batch/ (AWS), gs://BUCKET/batch/ (GCP) or file:///path for a local test",
+            )
+        if scheme in ("s3", "gs") and not urlsplit(self.batch_store).netloc:
+            raise ByocError("--batch-store", "names no bucket", f"write {scheme}://BUCKET/batch/")
+        # the spec's batch.retention_hours bounds (byoc/spec.py); OpenAI keeps batch files 30 days at most
+        if not 1 <= self.batch_retention_hours <= 720:
+            raise ByocError("--batch-retention-hours", "out of range", "from 1 to 720 hours, e.g. 24")
 
 
 def parse_address(value: str, flag: str) -> Address:
@@ -250,7 +321,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
-    if name in {"api_keys", "tls_cert", "tls_key", "routing_tokenizer", "store_password_file", "store_ca_file"}:
+    if name in {
+        "api_keys",
+        "tls_cert",
+        "tls_key",
+        "routing_tokenizer",
+        "store_password_file",
+        "store_ca_file",
+        "batch_worker_token_file",
+    }:
         return Path(str(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):

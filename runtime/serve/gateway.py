@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hashlib
+import hmac
 import json
 import logging
 import signal
@@ -33,8 +35,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from runtime.serve.batch.layout import OWNER_HEADER
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
@@ -112,6 +115,8 @@ class Outcome:
     # where the access line's counts come from: `engine` (its usage), `counted` (one output token per chunk of
     # generated text, prompt unknown: lower bounds), `none` (nothing known: both 0, lower bounds if the engine worked)
     usage_source: str = "none"
+    batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
+    waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
 
 
 class Gateway:
@@ -143,6 +148,17 @@ class Gateway:
         self.metrics.pending.set_function(lambda: self.pending)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.queue_depth.set_function(lambda: self.admission.queued)
+        # -- batch admission class (issue 22) --
+        self.batch_digest = config.batch_worker_digest()
+        self.online_in_flight = 0
+        self.batch_lines: set[asyncio.Task[web.StreamResponse]] = set()  # batch lines being forwarded
+        self.preempted: set[asyncio.Task[web.StreamResponse]] = set()
+        self.batch_decisions = Counter(
+            "byoc_gateway_batch_requests",
+            "Batch lines from the batch worker, by decision: admitted, or yielded (429 batch_yield) to online traffic.",
+            ["decision"],
+            registry=self.metrics.registry,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -228,9 +244,29 @@ class Gateway:
                 ("GET", "/health", self.health),
                 ("GET", "/ready", self.ready),
                 ("GET", "/metrics", self.prometheus),
+                *self._batch_routes(),
             ],
         )
         return app
+
+    # -- batch API (--batch-store): runtime/serve/batch/api.py -------------------------------------------------------
+    def _batch_routes(self) -> list[tuple[str, str, Any]]:
+        """/v1/files and /v1/batches with --batch-store; none without (they answer 404 as unknown routes do)."""
+        if self.config.batch_store is None:
+            return []
+        from runtime.serve.batch.api import BatchApi, open_batch_store
+
+        store = open_batch_store(self.config.batch_store, self.config.batch_kms_key)
+        api = BatchApi(store, self.keys, self.access_log, self._serves_model, self.config.batch_retention_hours)
+        return api.routes()
+
+    def _serves_model(self, name: str) -> bool:
+        """A batch's model: one this gateway serves, or one it cannot rule out yet (no replica has listed addons)."""
+        try:
+            self._resolve_model(name)
+        except ApiError:
+            return False
+        return True
 
     def metrics_app(self) -> web.Application:
         app = web.Application()
@@ -384,7 +420,13 @@ class Gateway:
             ttft_ms = (outcome.first_token - started) * 1000
             if outcome.output_tokens > 1 and outcome.last_token is not None:
                 series.itl.observe((outcome.last_token - outcome.first_token) / (outcome.output_tokens - 1))
+        if outcome.waited_for_wake and (outcome.first_token is not None or outcome.code == "200"):
+            # a streamed answer's first token (the client may leave after it), or a non-streamed answer whole (its
+            # first token is inside it)
+            self.metrics.wake_ttft.observe((outcome.first_token or ended) - started)
         reason = f" reason={outcome.reason}" if outcome.reason else ""
+        if outcome.batch:
+            reason += " class=batch"
         self.access_log.write(
             f"key={outcome.key} model={self.config.model} addon={outcome.addon} stream={outcome.stream:d} "
             f"status={outcome.code} prompt_tokens={outcome.prompt_tokens} output_tokens={outcome.output_tokens} "
@@ -486,7 +528,9 @@ class Gateway:
             # SIGTERM: the load balancer takes this gateway out of rotation (/ready says 503) but may still send a
             # few; they go to another gateway replica, not into a process about to exit
             raise self._draining(outcome)
-        key = self.keys.authenticate(request.headers.get("Authorization"))
+        key = self._batch_owner(request, outcome)
+        if key is None:
+            key = self.keys.authenticate(request.headers.get("Authorization"))
         if key is None:
             raise _unauthorized()
         outcome.key = key.name
@@ -504,6 +548,8 @@ class Gateway:
         addon = self._resolve_model(parsed.model)
         if not isinstance(addon, Unresolved):
             outcome.addon = addon.name if addon is not None else BASE
+        if outcome.batch and self.pool.ready:
+            self._batch_admit(outcome, count=False)  # a line that would yield costs its owner no rate-limit unit
         ticket = await self._admit(key, parsed.body)
         if isinstance(ticket, Refusal):
             raise self._refused(ticket, key, outcome)
@@ -514,6 +560,8 @@ class Gateway:
                 if isinstance(addon, Unresolved):
                     raise _unknown_model()
                 outcome.addon = addon.name if addon is not None else BASE
+            if outcome.batch:
+                self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason == "closed":
                 raise self._draining(outcome)
@@ -521,12 +569,123 @@ class Gateway:
                 raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
             self.in_flight += 1
             try:
-                return await self._forward(request, path, parsed, addon, outcome, raw)
+                forward = self._forward_batch if outcome.batch else self._forward_online
+                return await forward(request, path, parsed, addon, outcome, raw)
             finally:
                 self.in_flight -= 1
                 self.admission.release()
         finally:
             self._settle(ticket, outcome)
+
+    # -- batch admission class (issue 22) ---------------------------------------------------------------------
+    def _batch_owner(self, request: web.Request, outcome: Outcome) -> ApiKey | None:
+        """The key a batch line is served as: the batch's owner, when the request bears the worker's token
+        (--batch-worker-token-file); None for any other request. Raises 403 for an owner this gateway does not know
+        (a key deleted since the batch was created) and 400 for a worker request without the owner header."""
+        if self.batch_digest is None:
+            return None
+        authorization = request.headers.get("Authorization")
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        if not hmac.compare_digest(hashlib.sha256(authorization[7:].strip().encode()).digest(), self.batch_digest):
+            return None
+        outcome.batch = True
+        owner = request.headers.get(OWNER_HEADER, "").strip()
+        if not owner:
+            raise ApiError(400, f"{OWNER_HEADER}: the batch worker must name the batch's owner", param=OWNER_HEADER)
+        if not self.keys.enabled:
+            return ApiKey(owner, b"")  # --insecure-no-auth: no key has limits to apply
+        key = self.keys.by_name(owner)
+        if key is None:
+            raise ApiError(
+                403,
+                f"{OWNER_HEADER}: the batch's owner is not a key of this gateway (deleted after the batch was made?)",
+                kind="permission_error",
+                param=OWNER_HEADER,
+                code="batch_owner_unknown",
+            )
+        return key
+
+    def batch_capacity(self) -> int:
+        """Requests that may be in flight before batch work stops being admitted: the gateway's --max-concurrency, or
+        --batch-slots-per-replica x the ready replicas if lower, less --batch-headroom slots kept for online
+        arrivals."""
+        capacity = self.config.max_concurrency
+        if self.config.batch_slots_per_replica:
+            capacity = min(capacity, self.config.batch_slots_per_replica * len(self.pool.ready))
+        return capacity - self.config.batch_headroom
+
+    def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
+        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, and
+        fewer in flight than `batch_capacity()`. Otherwise 429 `batch_yield` at once (never queued: a queued batch
+        line would hold a place an online request could take); the worker backs off and sends it again later."""
+        online_idle = not self.config.batch_preempt or self.online_in_flight == 0
+        if online_idle and self.admission.queued == 0 and self.admission.active < self.batch_capacity():
+            if count:
+                self.batch_decisions.labels(decision="admitted").inc()
+            return
+        raise self._batch_yield(outcome)
+
+    def _batch_yield(self, outcome: Outcome) -> ApiError:
+        self.batch_decisions.labels(decision="yielded").inc()
+        outcome.reason = "batch_yield"
+        return ApiError(
+            429,
+            "batch work yields to online traffic: retry after the time in Retry-After",
+            kind="requests",
+            code="batch_yield",
+            retry_after=retry_after(min(self._busy_estimate(), 5.0)),
+        )
+
+    async def _forward_batch(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | None,
+        outcome: Outcome,
+        raw: bytes,
+    ) -> web.StreamResponse:
+        """A batch line, forwarded in a task of its own so that an online arrival can pre-empt it
+        (--batch-preempt): its upstream connection is closed, which stops the engine's work on it, and the worker
+        is answered 429 `batch_yield` and sends the line again later."""
+        task = asyncio.ensure_future(self._forward(request, path, parsed, addon, outcome, raw))
+        self.batch_lines.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task in self.preempted and _current_not_cancelled():
+                outcome.code = "429"
+                raise self._batch_yield(outcome) from None
+            raise
+        finally:
+            self.batch_lines.discard(task)
+            self.preempted.discard(task)
+
+    async def _forward_online(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | None,
+        outcome: Outcome,
+        raw: bytes,
+    ) -> web.StreamResponse:
+        self.online_in_flight += 1
+        if self.config.batch_preempt and self.batch_lines:
+            self._preempt_batch()
+        try:
+            return await self._forward(request, path, parsed, addon, outcome, raw)
+        finally:
+            self.online_in_flight -= 1
+
+    def _preempt_batch(self) -> None:
+        """An online request starts: every batch line in flight is ended now (--batch-preempt)."""
+        for task in list(self.batch_lines):
+            if not task.done():
+                self.preempted.add(task)
+                task.cancel()
+                self.batch_decisions.labels(decision="preempted").inc()
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""
@@ -538,6 +697,7 @@ class Gateway:
         if self.draining:
             raise self._draining(outcome)
         self.pending += 1
+        held_since = time.perf_counter()
         waiting = asyncio.ensure_future(self.pool.wait_ready(self.config.wake_timeout))
         drain = asyncio.ensure_future(self.drain_started.wait())
         try:
@@ -559,6 +719,8 @@ class Gateway:
                 code="no_replica_ready",
                 retry_after=NO_REPLICA_RETRY_AFTER,
             )
+        self.metrics.wake.observe(time.perf_counter() - held_since)
+        outcome.waited_for_wake = True
 
     @staticmethod
     def _draining(outcome: Outcome) -> ApiError:
@@ -847,6 +1009,12 @@ async def _open_ledger(config: GatewayConfig) -> UsageLedger:
     return UsageLedger(client)
 
 
+def _current_not_cancelled() -> bool:
+    """The handler itself is not being cancelled (its client did not leave): only the task it awaited was."""
+    current = asyncio.current_task()
+    return current is None or current.cancelling() == 0
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     """An engine's Retry-After (RFC 9110: seconds, or an HTTP date) in seconds; None without a usable one."""
     if not value:
@@ -876,10 +1044,14 @@ UNRESOLVED = Unresolved()
 
 
 def _routes(app: web.Application, routes: list[tuple[str, str, Any]]) -> None:
-    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404)."""
+    """The routes, and answers in OpenAI's error shape for a wrong method (405) or an unknown path (404). A path
+    may take several methods (GET and POST /v1/files): its 405 lists them all."""
+    methods: dict[str, list[str]] = {}
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
-        allowed = "GET, HEAD" if method == "GET" else method
+        methods.setdefault(path, []).append(method)
+    for path, names in methods.items():
+        allowed = ", ".join(f"{m}, HEAD" if m == "GET" else m for m in names)
 
         async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
             error = ApiError(405, f"{request.path} accepts {allowed} only", code="method_not_allowed")

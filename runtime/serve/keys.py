@@ -286,6 +286,13 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_digest)
 
+    def by_name(self, name: str) -> ApiKey | None:
+        """The key named `name` (the owner of a batch, runtime/serve/batch/), or None."""
+        for key in self._by_digest.values():
+            if key.name == name:
+                return key
+        return None
+
     def describe(self) -> str:
         """`3 API keys (2 sha256, 1 plaintext)`: for the start-up log line."""
         kinds = [k.kind for k in self._by_digest.values()]

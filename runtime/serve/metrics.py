@@ -8,7 +8,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -17,6 +17,9 @@ from prometheus_client.utils import floatToGoString
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+# A wake from zero takes seconds (a warm node) to many minutes (a new GPU node, an image pull, a large model):
+# byoc/catalogs/coldstart.yaml; the gateway holds a request up to --wake-timeout (derived from that estimate).
+WAKE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0)
 
 BASE = "base"  # the addon label of requests for the base model (as in rules_test.yaml)
 UNKNOWN = "unknown"  # the addon label before a request's model is known (401, 429, bad JSON, unknown model)
@@ -144,6 +147,21 @@ class GatewayMetrics:
         )
         self.upstreams_ready = Gauge(
             "byoc_gateway_upstreams_ready", "Upstream replicas passing health checks.", registry=r
+        )
+        # -- wakes from zero (issue 24): requests that arrived while no replica was ready --------------------
+        self.wake = Histogram(
+            "byoc_gateway_wake_seconds",
+            "How long a request was held while no replica was ready, until one was (requests that waited for a "
+            "wake from zero and got a replica).",
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
+        self.wake_ttft = Histogram(
+            "byoc_gateway_wake_time_to_first_token_seconds",
+            "From arrival to the first token of a request that waited for a wake: the first streamed token, or "
+            "the whole answer of a non-streamed request answered 200.",
+            buckets=WAKE_BUCKETS,
+            registry=r,
         )
         self.slo = Gauge("byoc_slo_ttft_p95_seconds", "The deployment's time-to-first-token p95 objective.", registry=r)
         self.slo.set(ttft_slo)

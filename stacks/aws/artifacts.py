@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from byoc.batch import ABORT_MULTIPART_DAYS, BATCH_PREFIX, NONCURRENT_DAYS
 from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy
 
@@ -33,10 +34,12 @@ def private_bucket(
     log_bucket: aws.s3.Bucket | None,
     extra_statements: list[dict[str, Any]] | None = None,
     noncurrent_days: int = NONCURRENT_VERSION_DAYS,
+    lifecycle_rules: list[aws.s3.BucketLifecycleConfigurationRuleArgs] | None = None,
 ) -> tuple[aws.s3.Bucket, list[pulumi.Resource]]:
     """A bucket with every guard on: SSE-KMS with a bucket key (SSE-S3 where AWS allows nothing else), versioning,
     all four Block Public Access settings, BucketOwnerEnforced, TLS-only, optional access logging. Returns the bucket
-    and its guard resources (for whoever must wait until the bucket is locked down)."""
+    and its guard resources (for whoever must wait until the bucket is locked down). `lifecycle_rules` join the
+    bucket's own rule in its one lifecycle configuration (S3 keeps one per bucket: a second would replace it)."""
     name = ctx.name
     bucket = aws.s3.Bucket(
         f"{name}-{role}",
@@ -106,7 +109,8 @@ def private_bucket(
                 abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
                     days_after_initiation=7
                 ),
-            )
+            ),
+            *(lifecycle_rules or []),
         ],
         opts=child,
     )
@@ -119,6 +123,31 @@ def private_bucket(
             opts=child,
         )
     return bucket, [encryption, public_access, bucket_policy]
+
+
+def batch_lifecycle_rules(ctx: AwsContext) -> list[aws.s3.BucketLifecycleConfigurationRuleArgs]:
+    """batch.enabled: the backstop under batch/ (byoc/batch.py): objects expire `expiry_days` after creation (the
+    gateway and the worker delete each at its retention; this catches what they leave), and since the bucket is
+    versioned, what a delete or an expiry leaves as a noncurrent version goes a day later, not after the bucket's
+    30 days (S3 honours the shorter of two overlapping expirations: S3 docs, "How Amazon S3 handles conflicts in
+    lifecycle configurations"); incomplete multipart uploads are aborted after a day."""
+    batch = ctx.deployment.batch
+    if not batch.enabled:
+        return []
+    return [
+        aws.s3.BucketLifecycleConfigurationRuleArgs(
+            id="expire-batch-files",
+            status="Enabled",
+            filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=BATCH_PREFIX),
+            expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=batch.expiry_days),
+            noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                noncurrent_days=NONCURRENT_DAYS
+            ),
+            abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                days_after_initiation=ABORT_MULTIPART_DAYS
+            ),
+        )
+    ]
 
 
 class ArtifactStore(pulumi.ComponentResource):
@@ -189,6 +218,7 @@ class ArtifactStore(pulumi.ComponentResource):
                     },
                 },
             ],
+            lifecycle_rules=batch_lifecycle_rules(ctx),
         )
         self.bucket_name = bucket.bucket
         self.bucket_arn = bucket.arn

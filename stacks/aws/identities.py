@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from byoc.batch import BATCH_PREFIX, GATEWAY_ROLE, WORKER_ROLE
 from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy, trust
 from stacks.aws.karpenter_policy import NODE_MANAGED_POLICIES, controller_policy
@@ -45,6 +46,8 @@ class Identities(pulumi.ComponentResource):
             "builder": ("model builder Job", trust(POD_IDENTITY, POD_IDENTITY_ACTIONS, **pods)),
             "serving": ("serving pods", trust(POD_IDENTITY, POD_IDENTITY_ACTIONS, **pods)),
         }
+        for role, purpose in batch_roles(ctx).items():
+            trusts[role] = (purpose, trust(POD_IDENTITY, POD_IDENTITY_ACTIONS, **pods))
         self.roles = {
             role: aws.iam.Role(
                 f"{name}-{role.replace('_', '-')}",
@@ -182,6 +185,8 @@ class Identities(pulumi.ComponentResource):
                 )
             ),
         }
+        for role in batch_roles(ctx):
+            documents[role] = policy(batch_statements(bucket_arn, artifact_key_arn, ctx.region))
         for role, document in documents.items():
             aws.iam.RolePolicy(
                 f"{name}-{role}",
@@ -211,6 +216,46 @@ class Identities(pulumi.ComponentResource):
         if prefix:
             statements[1]["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}
         return statements
+
+
+def batch_roles(ctx: AwsContext) -> dict[str, str]:
+    """The roles batch adds (batch.enabled): role -> purpose. Nothing without batch."""
+    if not ctx.deployment.batch.enabled:
+        return {}
+    return {GATEWAY_ROLE: "gateway pods (batch files under batch/)", WORKER_ROLE: "batch worker (batch/ only)"}
+
+
+def batch_statements(bucket_arn: pulumi.Output[str], key_arn: pulumi.Output[str], region: str) -> list[dict[str, Any]]:
+    """The gateway's and the batch worker's permissions: objects under batch/ of the artifact bucket (read, write,
+    delete: files are deleted at DELETE /v1/files and at expiry), listing of that prefix only, and the artifact key
+    for S3's SSE-KMS on them only through S3 in this region (kms:ViaService). Nothing else of the bucket: the model
+    artifacts stay read-only to the serving pods and out of these roles' reach."""
+    prefix = BATCH_PREFIX  # "batch/"
+    return [
+        {
+            "Sid": "BatchObjects",
+            "Effect": "Allow",
+            # PutObject covers multipart uploads; DeleteObject is what DeleteObjects checks per key
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": pulumi.Output.concat(bucket_arn, "/", prefix, "*"),
+        },
+        {
+            "Sid": "ListBatchPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        },
+        {
+            # SSE-KMS: S3 asks KMS for a data key on PutObject and to decrypt it on GetObject, as the caller
+            # (S3 docs, "Using server-side encryption with AWS KMS keys": permissions)
+            "Sid": "ArtifactKeyThroughS3",
+            "Effect": "Allow",
+            "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+            "Resource": key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+        },
+    ]
 
 
 def _json(document: dict[str, Any]) -> str:

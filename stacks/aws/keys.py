@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from byoc.batch import GATEWAY_ROLE, WORKER_ROLE
 from stacks.aws.context import AwsContext, policy
 
 # KMS waits this long before deleting a key (7 to 30 days): the longest, so a mistaken destroy can be undone.
@@ -68,6 +69,7 @@ class Keys(pulumi.ComponentResource):
             [
                 self._allow("BuilderWritesThroughS3", [roles["builder"]], ENCRYPT_DECRYPT, via_s3),
                 self._allow("ServingReadsThroughS3", [roles["serving"]], ["kms:Decrypt", "kms:DescribeKey"], via_s3),
+                *self._batch_statements(roles, via_s3),
             ],
         )
         self.platform_key_arn = platform.arn
@@ -132,6 +134,15 @@ class Keys(pulumi.ComponentResource):
         if condition:
             statement["Condition"] = condition
         return statement
+
+    @classmethod
+    def _batch_statements(cls, roles: dict[str, pulumi.Input[str]], via_s3: dict[str, Any]) -> list[dict[str, Any]]:
+        """batch.enabled: the gateway and the batch worker write and read batch/ objects with the artifact key,
+        through S3 only (their IAM policies say the same: stacks/aws/identities.py batch_statements)."""
+        batch = [roles[role] for role in (GATEWAY_ROLE, WORKER_ROLE) if role in roles]
+        if not batch:
+            return []
+        return [cls._allow("BatchFilesThroughS3", batch, ["kms:GenerateDataKey", "kms:Decrypt"], via_s3)]
 
     @staticmethod
     def _service_statements(ctx: AwsContext) -> list[dict[str, Any]]:

@@ -23,6 +23,10 @@ INTERNAL_LOAD_BALANCER = {
     "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
 }
 
+# Pods with an EKS Pod Identity get credentials from the node's Pod Identity agent at 169.254.170.23:80 (EKS docs,
+# "Set up the Amazon EKS Pod Identity Agent"); a pod under an egress NetworkPolicy must be let through to it.
+POD_IDENTITY_EGRESS = [{"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}]
+
 
 def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     ctx = make_context(deployment)
@@ -61,6 +65,8 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             if limits
             else None,
             depends_on=[*cluster.ready, capacity],
+            artifact_key=keys.artifact_key_arn,
+            identity_egress=POD_IDENTITY_EGRESS,
         ),
     )
     outputs: dict[str, pulumi.Output[str] | str] = {

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.batch import ABORT_MULTIPART_DAYS, BATCH_PREFIX, NONCURRENT_DAYS
 from stacks.gcp.context import GcpContext
 
 NONCURRENT_VERSION_DAYS = 30
@@ -27,6 +28,7 @@ def private_bucket(
     noncurrent_days: int | None = NONCURRENT_VERSION_DAYS,
     retention_days: int | None = None,
     retain_on_delete: bool = False,
+    lifecycle_rules: Sequence[gcp.storage.BucketLifecycleRuleArgs] = (),
 ) -> gcp.storage.Bucket:
     """A bucket with every guard on: CMEK default key with Google-managed and customer-supplied keys refused for
     new objects, uniform bucket-level access (no ACLs), public access prevention enforced, soft delete, and either
@@ -48,6 +50,7 @@ def private_bucket(
                 ),
             )
         )
+    lifecycle += lifecycle_rules
     retention = (
         gcp.storage.BucketRetentionPolicyArgs(retention_period=str(retention_days * 86400), is_locked=True)
         if retention_days is not None
@@ -92,6 +95,38 @@ def private_bucket(
     )
 
 
+def batch_lifecycle_rules(ctx: GcpContext) -> list[gcp.storage.BucketLifecycleRuleArgs]:
+    """batch.enabled: the backstop under batch/ (byoc/batch.py): live objects are deleted `expiry_days` after
+    creation (the gateway and the worker delete each at its retention; this catches what they leave), and since
+    the bucket is versioned, what a delete or that expiry leaves as a noncurrent version goes a day later, not after
+    the bucket's 30 days (Cloud Storage deletes an object as soon as any Delete rule's conditions hold: "Object
+    Lifecycle Management"). Rules under a prefix use `matches_prefix`."""
+    batch = ctx.deployment.batch
+    if not batch.enabled:
+        return []
+    delete = gcp.storage.BucketLifecycleRuleActionArgs(type="Delete")
+    return [
+        gcp.storage.BucketLifecycleRuleArgs(
+            action=delete,
+            condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                age=batch.expiry_days, matches_prefixes=[BATCH_PREFIX], with_state="LIVE"
+            ),
+        ),
+        gcp.storage.BucketLifecycleRuleArgs(
+            action=delete,
+            condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                days_since_noncurrent_time=NONCURRENT_DAYS, matches_prefixes=[BATCH_PREFIX], with_state="ARCHIVED"
+            ),
+        ),
+        gcp.storage.BucketLifecycleRuleArgs(
+            action=gcp.storage.BucketLifecycleRuleActionArgs(type="AbortIncompleteMultipartUpload"),
+            condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                age=ABORT_MULTIPART_DAYS, matches_prefixes=[BATCH_PREFIX]
+            ),
+        ),
+    ]
+
+
 class ArtifactStore(pulumi.ComponentResource):
     bucket_name: pulumi.Output[str]
     log_bucket: gcp.storage.Bucket
@@ -111,6 +146,14 @@ class ArtifactStore(pulumi.ComponentResource):
             member=USAGE_LOG_WRITER,
             opts=ctx.opts(self),
         )
-        bucket = private_bucket(self, ctx, "artifacts", keys["artifacts"], grants["artifacts"], self.log_bucket)
+        bucket = private_bucket(
+            self,
+            ctx,
+            "artifacts",
+            keys["artifacts"],
+            grants["artifacts"],
+            self.log_bucket,
+            lifecycle_rules=batch_lifecycle_rules(ctx),
+        )
         self.bucket_name = bucket.name
         self.register_outputs({"bucket": bucket.name, "log_bucket": self.log_bucket.name})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
+from byoc.batch import BATCH_PREFIX, GATEWAY_ROLE, WORKER_ROLE
 from stacks.gcp.context import GcpContext
 
 # GKE docs, "Harden your cluster's security": node service accounts get the predefined minimal role (logs,
@@ -48,7 +49,7 @@ class Identities(pulumi.ComponentResource):
                 description=f"byoc {name}: {purpose}",
                 opts=ctx.opts(self),
             )
-            for role, purpose in PURPOSES.items()
+            for role, purpose in {**PURPOSES, **batch_purposes(ctx)}.items()
         }
         for role in ("nodes", "gpu-nodes"):
             for granted in NODE_ROLES:
@@ -102,6 +103,7 @@ class Identities(pulumi.ComponentResource):
                 ),
                 opts=ctx.opts(self),
             )
+        self._grant_batch_access(ctx, bucket)
         deployment = ctx.deployment
         addon_ids = [addon.id for addon in deployment.addons]
         for field, source in deployment.build_sources:
@@ -127,3 +129,53 @@ class Identities(pulumi.ComponentResource):
                 else None,
                 opts=ctx.opts(self),
             )
+
+    def _grant_batch_access(self, ctx: GcpContext, bucket: pulumi.Output[str]) -> None:
+        """batch.enabled: the gateway and the batch worker create, read and delete objects under batch/ and list
+        that prefix, nothing else of the bucket. roles/storage.objectUser is the narrowest predefined role with
+        storage.objects.create/get/list/delete (objectCreator cannot delete, objectAdmin adds IAM on objects)."""
+        for role in batch_purposes(ctx):
+            gcp.storage.BucketIAMMember(
+                f"{ctx.name}-{role}-batch",
+                bucket=bucket,
+                role=BATCH_OBJECT_ROLE,
+                member=self.accounts[role].member,
+                condition=gcp.storage.BucketIAMMemberConditionArgs(
+                    title=f"byoc-{role}-batch",
+                    description=f"only {BATCH_PREFIX}",
+                    expression=batch_objects_condition(bucket),
+                ),
+                opts=ctx.opts(self),
+            )
+
+
+# roles/storage.objectUser: storage.objects.{create,delete,get,list,restore,update}, multipart uploads, managed
+# folders; no bucket or IAM permissions (IAM docs, "Cloud Storage roles").
+BATCH_OBJECT_ROLE = "roles/storage.objectUser"
+
+
+def batch_purposes(ctx: GcpContext) -> dict[str, str]:
+    """The Google service accounts batch adds (batch.enabled): role -> purpose. Nothing without batch."""
+    if not ctx.deployment.batch.enabled:
+        return {}
+    return {
+        GATEWAY_ROLE: "gateway pods, batch files (Workload Identity)",
+        WORKER_ROLE: "batch worker (Workload Identity)",
+    }
+
+
+def batch_objects_condition(bucket: pulumi.Input[str]) -> pulumi.Output[str]:
+    """A CEL condition: objects under batch/, and object listings whose prefix lies under batch/.
+
+    An object request's resource is the object (projects/_/buckets/B/objects/NAME: IAM docs, "Resource attributes
+    for Cloud Storage"); a list request's resource is the bucket, so the listing is granted on the request's prefix
+    attribute `storage.googleapis.com/objectListPrefix` instead (IAM docs, "API attributes"), never bucket-wide.
+    """
+    path = pulumi.Output.concat("projects/_/buckets/", bucket, "/objects/", BATCH_PREFIX)
+    return pulumi.Output.concat(
+        'resource.name.startsWith("',
+        path,
+        '") || api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("',
+        BATCH_PREFIX,
+        '")',
+    )

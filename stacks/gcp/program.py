@@ -24,6 +24,13 @@ INTERNAL_LOAD_BALANCER = {"networking.gke.io/load-balancer-type": "Internal"}
 # Workload Identity: the Kubernetes service account acts as this Google service account.
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 
+# Workload Identity: pods get tokens from the GKE metadata server, at 169.254.169.254:80 on Dataplane V2 clusters
+# (stacks/gcp/cluster.py); a pod under an egress NetworkPolicy must be let through to it (GKE docs, "Use Workload
+# Identity Federation for GKE": network policy).
+METADATA_SERVER_EGRESS = [
+    {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}
+]
+
 
 def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     ctx = make_context(deployment)
@@ -70,6 +77,8 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             if limits
             else None,
             depends_on=[*cluster.ready, capacity],
+            artifact_key=keys.key_ids["artifacts"],
+            identity_egress=METADATA_SERVER_EGRESS,
         ),
     )
     outputs: dict[str, pulumi.Output[str] | str] = {

@@ -21,6 +21,7 @@ from byoc.names import resource_name
 from byoc.resolve import Deployment
 from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
+from stacks.k8s import batch as stack_batch
 from stacks.k8s import budget as gpu_budget
 from stacks.k8s.warm_pool import warm_pool
 
@@ -66,6 +67,10 @@ class Foundation:
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     # None: gateway.store none (each gateway replica keeps limits in its own memory)
     store: SharedStore | None = None
+    # the deployment's artifact key (AWS KMS key ARN, Cloud KMS key id): batch files are written with it
+    artifact_key: pulumi.Input[str] | None = None
+    # NetworkPolicy egress rules to the endpoint pods get their cloud credentials from (stacks/k8s/batch.py)
+    identity_egress: list[dict[str, Any]] = field(default_factory=list)
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -218,7 +223,9 @@ class ServingStack(pulumi.ComponentResource):
         config = self._engine_config()
         build = self._build_job(accounts["builder"], config)
         serving = self._serving(accounts["serving"], config, build)
-        gateway_service = self._gateway(accounts["gateway"])
+        batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
+        gateway_service = self._gateway(accounts["gateway"], batch_token)
+        stack_batch.render(self, accounts, batch_token, gateway_service)
         self._autoscaling(serving, addons)
         warm_pool(self)  # cold_start.warm_pool (stacks/k8s/warm_pool.py)
         self._monitoring(addons)
@@ -581,7 +588,7 @@ class ServingStack(pulumi.ComponentResource):
         return serving
 
     # -- gateway -----------------------------------------------------------------------------------------------
-    def _gateway(self, account: Any) -> Any:
+    def _gateway(self, account: Any, batch_token: Any = None) -> Any:
         deployment = self.deployment
         component = "gateway"
         upstream = f"dns+http://{self._object_name('serving')}.{self.namespace}.svc.cluster.local:{SERVE_PORT}"
@@ -609,9 +616,10 @@ class ServingStack(pulumi.ComponentResource):
             str(deployment.max_context),
             "--ttft-slo",
             str(deployment.monitoring.ttft_p95_slo_seconds),
-            # hold requests while the serving deployment wakes from zero (a GPU node and a model load)
+            # hold requests while the serving deployment wakes from zero: the cold-start estimate x a margin
+            # (byoc/coldstart.py wake_timeout; plan.json estimates.cold_start.wake_timeout_basis says why)
             "--wake-timeout",
-            "900",
+            str(deployment.cold_start.wake_timeout_s),
         ]
         for addon in models[1:]:
             command += ["--addon", addon]
@@ -657,6 +665,11 @@ class ServingStack(pulumi.ComponentResource):
             volumes.append(
                 {"name": "store", "secret": {"secretName": self._object_name("store"), "defaultMode": 0o440}}
             )
+        if batch_token is not None:
+            # OpenAI's Files and Batches API over the batch root, and the worker's token (stacks/k8s/batch.py)
+            command += stack_batch.gateway_args(self)
+            mounts.append(stack_batch.TOKEN_MOUNT)
+            volumes.append(stack_batch.token_volume(self))
         probe_port = {"port": "http", "scheme": "HTTPS"}
         gateway = self._namespaced(
             k8s.apps.v1.Deployment,
@@ -701,7 +714,7 @@ class ServingStack(pulumi.ComponentResource):
                     },
                 },
             },
-            depends_on=[store_secret] if store_secret is not None else [],
+            depends_on=[s for s in (store_secret, batch_token) if s is not None],
         )
         service = self._namespaced(
             k8s.core.v1.Service,
@@ -929,6 +942,7 @@ class ServingStack(pulumi.ComponentResource):
 
         from_prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring_ns}}}
         https_out = {"ports": [{"protocol": "TCP", "port": 443}]}
+        identity_out = list(self.foundation.identity_egress)
         policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
         policy(
             "allow-dns",
@@ -982,11 +996,13 @@ class ServingStack(pulumi.ComponentResource):
                         ],
                     },
                 ],
-                # the artifact store over HTTPS (object stores have no fixed addresses to narrow this to)
-                "egress": [https_out],
+                # the artifact store over HTTPS (object stores have no fixed addresses to narrow this to), and the
+                # node-local endpoint the pod's cloud credentials come from (EKS Pod Identity agent, GKE metadata
+                # server): a policy with any egress rule blocks it too, and the weights fetch then has no credentials
+                "egress": [https_out, *identity_out],
             },
         )
         policy(
             "builder",
-            {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out]},
+            {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out, *identity_out]},
         )

@@ -169,6 +169,8 @@ PLANTED: list[Planted] = [
         "byoc-gpu-legacy", "karpenter_nodeclass_imdsv2_required", None, "EC2NodeClass with IMDSv1 (httpTokens optional)"
     ),
     Planted("byoc-gpu-legacy", "karpenter_nodeclass_ebs_encrypted", None, "EC2NodeClass volume without a customer key"),
+    # the builder's planted `*` on `*` and the ops role's AdministratorAccess reach batch/ too
+    Planted("byoc-live-artifacts", "s3_batch_storage_access_scoped", None, "roles other than batch's reach batch/"),
 ]
 
 
@@ -279,6 +281,28 @@ def _seed_s3(client: Callable[[str], Any], platform: dict[str, Any]) -> None:
             }
         ],
     )
+    # byoc's lifecycle: noncurrent versions after 30 days, and batch/ (batch.enabled, 24 h) after 2 days
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=f"byoc-{NAME}-artifacts",
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-noncurrent-versions",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+                },
+                {
+                    "ID": "expire-batch-files",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": "batch/"},
+                    "Expiration": {"Days": 2},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                },
+            ]
+        },
+    )
     trail_arn = f"arn:aws:cloudtrail:{REGION}:{ACCOUNT}:trail/byoc-{NAME}"
     trail_bucket = f"arn:aws:s3:::byoc-{NAME}-audit-trail"
     bucket(
@@ -346,6 +370,33 @@ def _seed_iam(client: Callable[[str], Any]) -> tuple[str, str]:
             )
         },
     )
+    for batch_role in ("gateway", "batch-worker"):  # batch.enabled: each reaches only batch/
+        role(
+            f"byoc-{NAME}-{batch_role}",
+            {
+                "Effect": "Allow",
+                "Principal": pods,
+                "Action": ["sts:AssumeRole", "sts:TagSession"],
+                "Condition": from_account,
+            },
+            {
+                f"byoc-{batch_role}": _document(
+                    {
+                        "Sid": "BatchObjects",
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                        "Resource": f"{ARTIFACTS_ARN}/batch/*",
+                    },
+                    {
+                        "Sid": "ListBatchPrefix",
+                        "Effect": "Allow",
+                        "Action": ["s3:ListBucket"],
+                        "Resource": ARTIFACTS_ARN,
+                        "Condition": {"StringLike": {"s3:prefix": ["batch/*"]}},
+                    },
+                )
+            },
+        )
     role(
         f"byoc-{NAME}-builder",
         {
@@ -602,12 +653,22 @@ def declared_objects() -> dict[str, list[dict[str, Any]]]:
     return objects
 
 
-def cluster_objects() -> dict[str, list[dict[str, Any]]]:
+def cluster_objects(batch_key: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """What the stand-in cluster serves: byoc's declared objects plus planted failures, by list path.
 
-    The PrometheusRule API is left out, as on a cluster where prometheus-operator is not installed (yet).
+    The PrometheusRule API is left out, as on a cluster where prometheus-operator is not installed (yet). The
+    gateway's and the worker's batch flags name the seeded bucket (the plan's name carries the account id, the seeded
+    one does not) and `batch_key`, the key the seeded bucket is encrypted with.
     """
     objects = declared_objects()
+    for workload in objects["/apis/apps/v1/deployments"]:
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            command = container.get("command") or []
+            for at, flag in enumerate(command[:-1]):
+                if flag == "--batch-store":
+                    command[at + 1] = f"s3://byoc-{NAME}-artifacts/batch/"
+                elif flag == "--batch-kms-key" and batch_key:
+                    command[at + 1] = batch_key
     del objects["/apis/monitoring.coreos.com/v1/prometheusrules"]
     requirements = [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["p5.48xlarge"]}]
     objects["/apis/karpenter.sh/v1/nodepools"].append(

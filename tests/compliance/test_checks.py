@@ -58,6 +58,61 @@ def store(**inputs: Any) -> Resource:
     return r("aws:elasticache/replicationGroup:ReplicationGroup", inputs, "store")
 
 
+def batch_gateway(store: str, key: str | None, retention: int = 24) -> Resource:
+    """The gateway's Deployment serving batch from `store` (stacks/k8s/batch.py renders these flags)."""
+    command = ["byoc", "serve", "gateway", "--batch-store", store, "--batch-retention-hours", str(retention)]
+    command += ["--batch-kms-key", key] if key else []
+    return r("kubernetes:apps/v1:Deployment", {"spec": {"template": {"spec": {"containers": [{"command": command}]}}}})
+
+
+BATCH_S3 = [r("aws:s3/bucket:Bucket", {"bucket": "data"}, "b"), batch_gateway("s3://data/batch/", KEY_ARN)]
+BATCH_GCS_BUCKET = {
+    "name": "data",
+    "encryption": {
+        "defaultKmsKeyName": GCP_KEY,
+        "googleManagedEncryptionEnforcementConfig": {"restrictionMode": "FullyRestricted"},
+    },
+}
+BATCH_GCS = [r("gcp:storage/bucket:Bucket", BATCH_GCS_BUCKET, "b"), batch_gateway("gs://data/batch/", GCP_KEY)]
+BATCH_ONLY = (
+    'resource.name.startsWith("projects/_/buckets/data/objects/batch/") || '
+    'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("batch/")'
+)
+
+
+def s3_lifecycle(days: int, noncurrent: int = 1, prefix: str = "batch/") -> Resource:
+    rule = {
+        "id": "r",
+        "status": "Enabled",
+        "filter": {"prefix": prefix},
+        "expiration": {"days": days},
+        "noncurrentVersionExpiration": {"noncurrentDays": noncurrent},
+    }
+    return on_bucket("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", {"rules": [rule]})
+
+
+def role_policy(name: str, resource: str) -> Resource:
+    statement = {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": resource}
+    return r("aws:iam/rolePolicy:RolePolicy", {"name": name, "policy": policy(statement)}, name)
+
+
+def gcs_grant(member: str, expression: str | None, role: str = "roles/storage.objectUser") -> Resource:
+    inputs: dict[str, Any] = {"bucket": "data", "role": role, "member": member}
+    if expression is not None:
+        inputs["condition"] = {"title": "t", "expression": expression}
+    return r("gcp:storage/bucketIAMMember:BucketIAMMember", inputs, "grant")
+
+
+def gcs_rules(age: int, noncurrent: int = 1) -> dict[str, Any]:
+    delete = {"type": "Delete"}
+    return {
+        "lifecycleRules": [
+            {"action": delete, "condition": {"age": age, "matchesPrefixes": ["batch/"], "withState": "LIVE"}},
+            {"action": delete, "condition": {"daysSinceNoncurrentTime": noncurrent, "matchesPrefixes": ["batch/"]}},
+        ]
+    }
+
+
 def cache_subnets(subnet: str) -> Resource:
     return r("aws:elasticache/subnetGroup:SubnetGroup", {"name": "g", "subnetIds": [f"{subnet}-id"]}, "g")
 
@@ -838,6 +893,28 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
         [r(REDIS, {"connectMode": "DIRECT_PEERING", "authorizedNetwork": "vpc-id"}), r(VPC_GCP, {}, "vpc")],
     ),
     "gcp_memorystore_redis_high_availability": ([r(REDIS, {"tier": "STANDARD_HA"})], [r(REDIS, {"tier": "BASIC"})]),
+    # batch storage (compliance/checks/batch.py): the bucket the gateway's --batch-store names
+    "s3_batch_storage_cmk_encryption": (
+        [*BATCH_S3, sse("aws:kms", KEY_ARN)],
+        [*BATCH_S3, sse("AES256")],
+    ),
+    "s3_batch_storage_expiry": ([*BATCH_S3, s3_lifecycle(2)], [*BATCH_S3, s3_lifecycle(30, noncurrent=30)]),
+    "s3_batch_storage_access_scoped": (
+        [*BATCH_S3, role_policy("byoc-batch-worker", "arn:aws:s3:::data/batch/*")],
+        [*BATCH_S3, role_policy("byoc-serving", "arn:aws:s3:::data/*")],
+    ),
+    "gcp_batch_storage_cmek": (
+        BATCH_GCS,
+        [r("gcp:storage/bucket:Bucket", {"name": "data"}, "b"), batch_gateway("gs://data/batch/", GCP_KEY)],
+    ),
+    "gcp_batch_storage_expiry": (
+        [r("gcp:storage/bucket:Bucket", {**BATCH_GCS_BUCKET, **gcs_rules(2)}, "b"), BATCH_GCS[1]],
+        [r("gcp:storage/bucket:Bucket", {**BATCH_GCS_BUCKET, **gcs_rules(7, noncurrent=30)}, "b"), BATCH_GCS[1]],
+    ),
+    "gcp_batch_storage_access_scoped": (
+        [*BATCH_GCS, gcs_grant("serviceAccount:byoc-t-batch-worker@p.iam.gserviceaccount.com", BATCH_ONLY)],
+        [*BATCH_GCS, gcs_grant("allUsers", None, "roles/storage.objectViewer")],
+    ),
     "gcp_memorystore_redis_backup_enabled": (
         [r(REDIS, {"persistenceConfig": {"persistenceMode": "RDB"}})],
         [r(REDIS, {"persistenceConfig": {"persistenceMode": "DISABLED"}})],

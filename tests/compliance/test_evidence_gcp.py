@@ -186,7 +186,7 @@ def test_every_identity_lists_its_exact_roles_and_bindings(document: dict[str, A
         assert listed == expected, member
 
     accounts = resources(document, "gcp:serviceaccount/account:Account")
-    assert len(accounts) == 4
+    assert len(accounts) == 6  # nodes, gpu-nodes, builder, serving; with batch on, gateway and batch-worker
     ours = [i for i in identities.values() if i["kind"] == "service account (byoc)"]
     assert {i["resource"] for i in ours} == {a["name"] for a in accounts}
     for identity in ours:
@@ -199,7 +199,7 @@ def test_every_identity_lists_its_exact_roles_and_bindings(document: dict[str, A
         for sa in resources(document, "kubernetes:core/v1:ServiceAccount")
         if sa["inputs"]["metadata"].get("annotations")
     }
-    assert len(annotated) == 2
+    assert len(annotated) == 4  # builder, serving, and batch's gateway and batch-worker
     for email, kubernetes_account in annotated.items():
         bound = identities[email]
         assert bound["workload_identity"] is True

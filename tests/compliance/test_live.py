@@ -45,10 +45,10 @@ def moto() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[KubernetesStandIn]:
+def cluster(moto: tuple[str, dict[str, str]]) -> Iterator[KubernetesStandIn]:
     """A stand-in for the cluster's API server (not Kubernetes: an HTTP server answering the list calls) serving
     the objects byoc's plan declares for the deployment, plus planted failures."""
-    standin = KubernetesStandIn(cluster_objects()).start()
+    standin = KubernetesStandIn(cluster_objects(batch_key=moto[1]["platform_key_arn"])).start()
     yield standin
     standin.stop()
 
@@ -133,6 +133,8 @@ def test_live_findings_follow_what_exists(moto: tuple[str, dict[str, str]], tmp_
     assert by(found, "iam_workload_roles_scoped_to_prefixes") == {
         f"byoc-{NAME}-serving/byoc-serving": "PASS",
         f"byoc-{NAME}-builder/byoc-builder": "FAIL",
+        f"byoc-{NAME}-gateway/byoc-gateway": "PASS",
+        f"byoc-{NAME}-batch-worker/byoc-batch-worker": "PASS",
     }
     assert by(found, "ec2_ebs_default_encryption") == {"ebs-encryption-by-default": "FAIL"}
     assert set(by(found, "s3_bucket_object_lock").values()) == {"EXCEPTION"}
@@ -163,6 +165,9 @@ def test_every_check_says_something_and_only_planted_failures_fail(
     assert "team-sandbox" not in namespaces  # not labelled as byoc's: never listed
     assert set(by(found, "k8s_workload_security_context_restricted").values()) == {"PASS"}
     assert by(found, "karpenter_nodepool_bounded") == {"byoc-gpu": "PASS", "byoc-gpu-burst": "FAIL"}
+    # batch storage, read live: the gateway's flags from the cluster, the bucket's lifecycle and key from S3
+    assert by(found, "s3_batch_storage_expiry")[f"byoc-{NAME}-artifacts"] == "PASS"
+    assert by(found, "s3_batch_storage_cmk_encryption")[f"byoc-{NAME}-artifacts"] == "PASS"
     assert by(found, "karpenter_nodeclass_imdsv2_required") == {"byoc-gpu": "PASS", "byoc-gpu-legacy": "FAIL"}
     # an API the account's endpoint does not serve is an ERROR with the API's answer, not silence
     addons = next(f for f in found if f["check_id"] == "eks_network_policy_enforced")

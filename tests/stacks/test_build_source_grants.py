@@ -76,7 +76,13 @@ def test_lora_example_on_aws_reads_its_addon_from_its_own_bucket() -> None:
     document["resources"] = [r.as_dict() for r in graph(**spec).resources]
     scoped = [f for f in evaluate(graph_from_plan(document)) if f.check.id == "iam_workload_roles_scoped_to_prefixes"]
     statuses = {f.resource.name: f.status for f in scoped if f.status != Status.NOT_APPLICABLE}
-    assert statuses == {"support-bot-builder": Status.PASS, "support-bot-serving": Status.PASS}
+    assert statuses == {
+        "support-bot-builder": Status.PASS,
+        "support-bot-serving": Status.PASS,
+        # batch.enabled (the default): the gateway's and the batch worker's, scoped to batch/
+        "support-bot-gateway": Status.PASS,
+        "support-bot-batch-worker": Status.PASS,
+    }
 
 
 def test_every_source_in_a_bucket_gets_its_own_read_on_aws() -> None:

@@ -65,7 +65,7 @@ def test_aws_store_is_valkey_encrypted_with_the_platform_key_tls_only_and_authen
     assert store["kmsKeyId"] == PLATFORM_KEY  # the key byoc made (stacks/aws/keys.py), not an AWS-managed one
     assert store["transitEncryptionEnabled"] is True and store["transitEncryptionMode"] == "required"
     assert store["authToken"] == SECRET_SHOWN  # there, but never in clear in the plan
-    token = one(plan, "random:index/randomPassword:RandomPassword").inputs
+    token = named(plan, "random:index/randomPassword:RandomPassword", "test-store-auth").inputs
     assert token["length"] >= 32 and token["special"] is False
 
 
@@ -211,7 +211,7 @@ def test_store_none_renders_no_store_and_no_flags(cloud: str) -> None:
     assert plan.by_type(REPLICATION_GROUP) == [] and plan.by_type(REDIS) == []
     assert flags(gateway(plan)) == {}
     assert "store" not in {v["name"] for v in gateway(plan)["volumes"]}
-    assert all(r["name"] != "test-store-secret" for r in plan.by_type("kubernetes:core/v1:Secret"))
+    assert all(r.name != "test-store-secret" for r in plan.by_type("kubernetes:core/v1:Secret"))
     assert {k.inputs.get("name") for k in plan.by_type("gcp:kms/cryptoKey:CryptoKey")} <= {
         "secrets",
         "disks",

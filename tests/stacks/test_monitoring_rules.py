@@ -39,6 +39,9 @@ RAW_METRICS = frozenset(
         "byoc_gateway_rate_limited_total",
         "byoc_gateway_upstream_errors_total",
         "byoc_gateway_limits_store_up",
+        "byoc_gateway_wake_seconds_bucket",
+        "byoc_gateway_wake_seconds_count",
+        "byoc_gateway_wake_time_to_first_token_seconds_bucket",
         "byoc_slo_ttft_p95_seconds",
         "byoc_engine_kv_cache_utilization",
         "DCGM_FI_DEV_GPU_UTIL",
@@ -259,3 +262,11 @@ def test_dashboard_covers_the_serving_signals() -> None:
         "byoc_gateway_queue_depth",
         "byoc_gateway_pending_requests",
     }
+
+
+def test_the_dashboard_shows_wakes_from_zero() -> None:
+    """Issue 24: the time to first token of requests that waited for a wake has its own panel."""
+    (panel,) = [p for p in load_dashboard()["panels"] if p["title"] == "Wakes from zero"]
+    used = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
+    assert {"byoc_gateway_wake_seconds_bucket", "byoc_gateway_wake_time_to_first_token_seconds_bucket"} <= used
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"

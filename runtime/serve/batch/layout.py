@@ -79,3 +79,52 @@ def batch_state(batch_id: str) -> str:
 
 def batch_part(batch_id: str, seq: int) -> str:
     return f"batches/{batch_id}/parts/{seq:08d}.jsonl"
+
+
+# -- what the objects hold (fields the gateway and the worker both read) ----------------------------------------------
+# object.json: OpenAI's FileObject (openai-python src/openai/types/file_object.py: id, object "file", bytes,
+# created_at, expires_at, filename, purpose, status) plus `owner`, the API key's name. The worker writes its output and
+# error files the same way, with purpose "batch_output" and the batch's owner, so that key alone sees them.
+FILE_PURPOSE = "batch"
+OUTPUT_PURPOSE = "batch_output"
+# batch.json: id, owner, input_file_id, endpoint, completion_window, metadata, created_at, expires_at, and (added by
+# the gateway at create) `model` (OpenAI: one model per input file), `request_total` (lines in the input file) and
+# `output_expires_seconds` (the output and error files' expires_at = their created_at + this, never above retention).
+# state.json (the worker): {status, request_counts: {total, completed, failed}, in_progress_at, finalizing_at,
+# completed_at, failed_at, expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, usage}
+# (`errors` as batch.py's Errors, `usage` as batch_usage.py's BatchUsage); any field may be absent, and reads as null.
+STATE_TIMES = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+# OpenAI's metadata limits (openai-python src/openai/types/batch_create_params.py, `metadata`): 16 pairs, keys of at
+# most 64 characters, values of at most 512
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+# OpenAI's `expires_after.seconds` floor (file_create_params.py, batch_create_params.py: 3600 to 2592000); the ceiling
+# here is the deployment's retention (--batch-retention-hours, spec batch.retention_hours 1..720)
+EXPIRES_MIN_SECONDS = 3600
+
+
+# -- added by the batch worker (runtime/serve/batch/worker.py) --------------------------------------------------------
+# batches/{batch_id}/lease.json: which worker runs the batch, and until when (`{"holder", "expires_at"}`), written
+# with conditional writes (runtime/serve/batch/conditional.py) so that two workers never run one batch at once.
+
+
+def batch_lease(batch_id: str) -> str:
+    return f"batches/{batch_id}/lease.json"
+
+
+def batch_parts(batch_id: str) -> str:
+    """The folder of a batch's parts (a prefix for `Store.list_objects`)."""
+    return f"batches/{batch_id}/parts"
+
+
+def batch_folder(batch_id: str) -> str:
+    return f"batches/{batch_id}"

@@ -1,0 +1,260 @@
+"""How long a wake from zero takes, phase by phase: node launch, image pull, weights fetch, engine load.
+
+Each phase is a size over a rate, or a fixed time, read from byoc/catalogs/coldstart.yaml, where every figure names
+its source and says where it is byoc's judgement. The spec's `cold_start` options change the phases:
+
+- `image_cache: true`: on GKE the serving image is on the new node's disk (a secondary boot disk), so the pull costs
+  the catalog's `image_pull.cached.gcp` seconds; on EKS it is pulled in parallel (nodeadm's FastImagePull, SOCI), at
+  the catalog's faster rate;
+- `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
+  NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
+  throughput);
+- `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
+  first wake skips the node launch and the pull; the replica still fetches the artifact.
+
+Estimates are for the first replica of a deployment at zero. A replica on a node that already serves one (a node
+with several slots) skips the node launch and the pull too; `byoc status` shows what a wake is waiting for.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from byoc.catalogs import ModelArch
+from byoc.planner import weight_bytes
+from byoc.rules import DeploymentShape
+from byoc.sizing import EPHEMERAL_SPARE
+
+MIB = 1024**2
+GIB = 1024**3
+CATALOG = "byoc/catalogs/coldstart.yaml"
+PHASES = ("node_launch", "image_pull", "weights_fetch", "engine_load")
+# Phase names as `byoc estimate`, `byoc status` and the docs say them.
+PHASE_WORDS = {
+    "node_launch": "node launch",
+    "image_pull": "image pull",
+    "weights_fetch": "weights fetch",
+    "engine_load": "engine load",
+}
+
+
+@functools.cache
+def cold_start_catalog() -> dict[str, Any]:
+    """byoc/catalogs/coldstart.yaml, read once."""
+    with (Path(__file__).parent / "catalogs" / "coldstart.yaml").open() as handle:
+        data: dict[str, Any] = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return data
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a wake: its seconds, how they were computed (`basis`), the figure's source and, where the
+    figure is byoc's choice rather than a published value, the judgement behind it."""
+
+    name: str  # one of PHASES
+    seconds: float
+    basis: str
+    source: str
+    judgement: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.name,
+            "seconds": round(self.seconds, 1),
+            "basis": self.basis,
+            "source": self.source,
+            "judgement": self.judgement,
+        }
+
+
+@dataclass(frozen=True)
+class ColdStartEstimate:
+    """A wake from zero on one cloud: the phases of the first replica, their total, and the options that produced
+    them. `new_node_seconds` is a wake that must launch a node (equal to `total_seconds` without a warm pool); the
+    gateway's wake timeout is derived from it, since a warm node may be gone (reclaimed, drained) when the wake
+    comes."""
+
+    cloud: str
+    phases: tuple[Phase, ...]
+    new_node_seconds: float
+    options: dict[str, Any]
+    warm_pool_hourly_usd: float | None
+    wake_timeout_s: int
+    wake_timeout_basis: str
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(p.seconds for p in self.phases)
+
+    def phase(self, name: str) -> Phase:
+        return next(p for p in self.phases if p.name == name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phases": [p.as_dict() for p in self.phases],
+            "total_seconds": round(self.total_seconds, 1),
+            "new_node_seconds": round(self.new_node_seconds, 1),
+            "options": self.options,
+            "warm_pool_hourly_usd": None if self.warm_pool_hourly_usd is None else round(self.warm_pool_hourly_usd, 4),
+            "wake_timeout_seconds": self.wake_timeout_s,
+            "wake_timeout_basis": self.wake_timeout_basis,
+            "catalog": CATALOG,
+        }
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def artifact_bytes(model: ModelArch, shape: DeploymentShape) -> int:
+    """What the node fetches: the weights at the shape's precision and the engine files beside them (the same
+    figure the pods' volumes are sized with, byoc/sizing.py)."""
+    return int(weight_bytes(model, shape.precision) * EPHEMERAL_SPARE)
+
+
+def _node_launch(cloud: str, warm: bool) -> Phase:
+    entry = cold_start_catalog()["node_launch"][cloud]
+    if warm:
+        return Phase("node_launch", 0.0, "skipped: a warm-pool node is already running", entry["source"])
+    return Phase(
+        "node_launch",
+        float(entry["seconds"]),
+        "from the pending pod to a new GPU node with its GPUs advertised",
+        entry["source"],
+        entry.get("judgement"),
+    )
+
+
+def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
+    entry = cold_start_catalog()["image_pull"]
+    if warm:
+        return Phase("image_pull", 0.0, "skipped: the warm-pool node has the image", entry["image_source"])
+    size = float(entry["image_gib"]) * GIB
+    if image_cache:
+        cached = entry["cached"][cloud]
+        if "seconds" in cached:  # the image is on the node's disk before the pod lands
+            return Phase(
+                "image_pull", float(cached["seconds"]), "image_cache: the image is on the node", cached["source"],
+                cached.get("judgement"),
+            )  # fmt: skip
+        rate = float(cached["rate_mib_s"])  # pulled faster (AWS: SOCI parallel pull), still pulled
+        return Phase(
+            "image_pull",
+            size / (rate * MIB),
+            f"image_cache: {_gib(size)} image pulled in parallel at {rate:,.0f} MiB/s",
+            cached["source"],
+            f"image size: {entry['image_source']}; rate: {cached.get('judgement')}",
+        )
+    rate = float(entry["rate_mib_s"])
+    return Phase(
+        "image_pull",
+        size / (rate * MIB),
+        f"{_gib(size)} image at {rate:,.0f} MiB/s (pull and extract)",
+        entry["rate_source"],
+        f"image size: {entry['image_source']}; rate: {entry['rate_judgement']}",
+    )
+
+
+def _weights_fetch(cloud: str, size: int, weights_cache: str) -> Phase:
+    # every replica fetches into its own volume, on a warm-pool node too: a node-wide copy would need a hostPath,
+    # which the namespace's restricted Pod Security level forbids (stacks/k8s/warm_pool.py)
+    entry = cold_start_catalog()["weights_fetch"]
+    bucket = entry["bucket"][cloud]
+    write = entry["write"]["local_ssd"] if weights_cache == "local_ssd" else entry["write"]["root_disk"][cloud]
+    where = "the node's local SSD" if weights_cache == "local_ssd" else "the pod's volume on the root disk"
+    rate = min(float(bucket["rate_mib_s"]), float(write["rate_mib_s"]))
+    limit = "bucket" if float(bucket["rate_mib_s"]) <= float(write["rate_mib_s"]) else "disk"
+    chosen = bucket if limit == "bucket" else write
+    return Phase(
+        "weights_fetch",
+        size / (rate * MIB),
+        f"{_gib(size)} from the bucket into {where} at {rate:,.0f} MiB/s (the {limit}'s rate)",
+        chosen["source"],
+        chosen.get("judgement"),
+    )
+
+
+def _engine_load(model: ModelArch, shape: DeploymentShape) -> Phase:
+    entry = cold_start_catalog()["engine_load"]
+    shard = weight_bytes(model, shape.precision) / shape.count
+    rate = float(entry["load_rate_mib_s_per_gpu"])
+    fixed = float(entry["fixed_seconds"])
+    gpus = f"each of {shape.count} GPUs" if shape.count > 1 else "the GPU"
+    return Phase(
+        "engine_load",
+        shard / (rate * MIB) + fixed,
+        f"{_gib(shard)} into {gpus} at {rate:,.0f} MiB/s, plus {fixed:.0f} s of start-up (CUDA, KV cache, graphs)",
+        entry["load_source"],
+        f"{entry['load_judgement']} Start-up: {entry['fixed_judgement']}",
+    )
+
+
+def wake_timeout(new_node_seconds: float) -> tuple[int, str]:
+    """The gateway's --wake-timeout (seconds) for a wake estimated at `new_node_seconds`: x the catalog's margin,
+    rounded up to the minute, at least its floor; and the sentence that says so."""
+    entry = cold_start_catalog()["wake_timeout"]
+    margin, floor = float(entry["margin"]), int(entry["floor_seconds"])
+    seconds = max(floor, math.ceil(new_node_seconds * margin / 60) * 60)
+    return seconds, (
+        f"{new_node_seconds:.0f} s (a wake that launches a node) x {margin:g}, rounded up to the minute, at least "
+        f"{floor} s: {entry['judgement']}"
+    )
+
+
+def estimate_cold_start(
+    cloud: str,
+    model: ModelArch,
+    shape: DeploymentShape,
+    *,
+    image_cache: bool = True,
+    weights_cache: str = "local_ssd",
+    warm_pool: int = 0,
+    node_hourly_usd: float | None = None,
+) -> ColdStartEstimate:
+    """The cold start of the first replica of `model` on `shape` on `cloud` ("aws" | "gcp"), with the spec's
+    `cold_start` options (byoc/spec.py ColdStart). `node_hourly_usd` prices the warm pool (None: not priced).
+
+    Raises:
+        KeyError: a cloud the catalog has no figures for.
+    """
+    size = artifact_bytes(model, shape)
+    warm = warm_pool > 0
+
+    def phases(on_warm_node: bool) -> tuple[Phase, ...]:
+        return (
+            _node_launch(cloud, on_warm_node),
+            _image_pull(cloud, image_cache, on_warm_node),
+            _weights_fetch(cloud, size, weights_cache),
+            _engine_load(model, shape),
+        )
+
+    first = phases(warm)
+    new_node = sum(p.seconds for p in phases(False))
+    timeout, basis = wake_timeout(new_node)
+    return ColdStartEstimate(
+        cloud=cloud,
+        phases=first,
+        new_node_seconds=new_node,
+        options={"image_cache": image_cache, "weights_cache": weights_cache, "warm_pool": warm_pool},
+        warm_pool_hourly_usd=None if node_hourly_usd is None else warm_pool * node_hourly_usd,
+        wake_timeout_s=timeout,
+        wake_timeout_basis=basis,
+    )
+
+
+def duration_words(seconds: float) -> str:
+    """`4 min 10 s`, `45 s`, `1 h 2 min`: how status and estimate say a duration."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

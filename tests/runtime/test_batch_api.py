@@ -1,0 +1,477 @@
+"""OpenAI's Files and Batches API on the real gateway, files in S3 with SSE-KMS (a moto server on 127.0.0.1), driven
+by the official `openai` client: create, retrieve, list, content, delete, cancel; ownership between keys; each
+refusal of an input file at create; a bucket that is gone; nothing of a request in the gateway's log."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+import openai
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+from tests.model_build.test_s3_store import DenyingProxy
+from tests.runtime.conftest import KEYS, MODEL, Server, free_port, http, start_gateway
+from tests.runtime.standin import StandInEngine
+from tests.runtime.test_cli import byoc
+
+BUCKET = "byoc-artifacts"
+ROOT = "batch/"
+CANARY = "zdr-batch-canary-4b7e1d9a"
+AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-2",
+    "AWS_REGION": "eu-west-2",
+}
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # moto keeps its state per process, not per server
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(moto: str) -> Any:
+    with mock.patch.dict(os.environ, AWS):
+        client = boto3.client("s3", endpoint_url=moto)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    return client
+
+
+@pytest.fixture(scope="module")
+def kms_key(moto: str) -> str:
+    with mock.patch.dict(os.environ, AWS):
+        kms = boto3.client("kms", endpoint_url=moto)
+    return str(kms.create_key(Description="byoc batch")["KeyMetadata"]["Arn"])
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandInEngine]:
+    engine = StandInEngine()
+    yield engine
+    engine.stop()
+
+
+def batch_gateway(folder: Path, engine: StandInEngine, keys: Path, moto: str, store: str, *extra: str) -> Server:
+    # the gateway reaches S3 as a pod does: credentials and the endpoint in its environment
+    with mock.patch.dict(os.environ, {**AWS, "AWS_ENDPOINT_URL": moto}):
+        return start_gateway(
+            folder,
+            [engine.url],
+            "--addon",
+            "sql=hf://byoc-examples/sql-lora",
+            "--health-interval",
+            "0.5",
+            "--batch-store",
+            store,
+            *extra,
+            keys=keys,
+        )
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
+) -> Iterator[Server]:
+    server = batch_gateway(runtime_dir, standin, keys_file, moto, f"s3://{BUCKET}/{ROOT}", "--batch-kms-key", kms_key)
+    yield server
+    server.stop()
+
+
+def client(server: Server, key: str = "ci") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS[key], max_retries=0, timeout=60)
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+def request_line(custom_id: str, model: str = MODEL, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": f"{CANARY} say hello"}]
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": messages, "max_tokens": 8, **body},
+    }
+
+
+def upload(api: openai.OpenAI, lines: list[Any], name: str = "requests.jsonl") -> Any:
+    return api.files.create(file=(name, io.BytesIO(jsonl(lines))), purpose="batch")
+
+
+def keys_under(s3: Any, prefix: str) -> list[str]:
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return sorted(str(o["Key"]) for o in listing)
+
+
+def put_json(s3: Any, key: str, value: dict[str, Any], kms_key: str) -> None:
+    """Writes an object as the gateway and the worker do: one PUT, SSE-KMS with the deployment's key."""
+    body = json.dumps(value).encode()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key)
+
+
+def test_files_round_trip_encrypted_with_the_key_and_deleted_from_the_bucket(
+    gateway: Server, s3: Any, kms_key: str
+) -> None:
+    api = client(gateway)
+    lines = [request_line("a"), request_line("b")]
+    created = upload(api, lines, name=f"{CANARY}.jsonl")
+    assert created.object == "file" and created.purpose == "batch" and created.status == "processed"
+    assert created.id.startswith("file-") and created.bytes == len(jsonl(lines))
+    assert created.filename == f"{CANARY}.jsonl"
+    assert created.expires_at == created.created_at + 24 * 3600  # --batch-retention-hours' default
+    assert api.files.retrieve(created.id) == created
+    assert created.id in [f.id for f in api.files.list(purpose="batch")]
+    assert api.files.content(created.id).content == jsonl(lines)
+
+    stored = keys_under(s3, f"{ROOT}files/{created.id}/")
+    assert stored == [f"{ROOT}files/{created.id}/content", f"{ROOT}files/{created.id}/object.json"]
+    for key in keys_under(s3, ROOT):  # every object the gateway wrote: SSE-KMS with the deployment's key
+        head = s3.head_object(Bucket=BUCKET, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms", key
+        assert kms_key.endswith(head["SSEKMSKeyId"].split("/")[-1]), key
+
+    deleted = api.files.delete(created.id)
+    assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
+    assert keys_under(s3, f"{ROOT}files/{created.id}/") == []  # gone from the bucket at once
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        api.files.content(created.id)
+
+
+def test_purpose_expiry_and_size_are_checked(gateway: Server, s3: Any, kms_key: str) -> None:
+    api = client(gateway)
+    body = jsonl([request_line("a")])
+    before = keys_under(s3, ROOT)
+    with pytest.raises(openai.BadRequestError) as caught:
+        api.files.create(file=("x.jsonl", io.BytesIO(body)), purpose="fine-tune")
+    assert caught.value.body["param"] == "purpose"  # type: ignore[index]
+    for seconds in (60, 24 * 3600 + 1):  # below OpenAI's floor; above this deployment's retention
+        with pytest.raises(openai.BadRequestError) as caught:
+            api.files.create(
+                file=("x.jsonl", io.BytesIO(body)),
+                purpose="batch",
+                expires_after={"anchor": "created_at", "seconds": seconds},
+            )
+        assert caught.value.body["param"] == "expires_after.seconds"  # type: ignore[index]
+    assert keys_under(s3, ROOT) == before  # nothing written for a refused upload
+
+    short = api.files.create(
+        file=("x.jsonl", io.BytesIO(body)), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    assert short.expires_at == short.created_at + 3600
+    # expired (its time passed, no sweep has run yet): 404 everywhere, as an unknown id
+    key = f"{ROOT}files/{short.id}/object.json"
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    put_json(s3, key, {**record, "expires_at": int(time.time()) - 1}, kms_key)
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(short.id)
+    with pytest.raises(openai.NotFoundError):
+        api.files.content(short.id)
+    assert short.id not in [f.id for f in api.files.list()]
+
+    # one byte over OpenAI's 200 MB: refused while it streams in, nothing written
+    big = io.BytesIO(b"x" * (200 * 1024 * 1024 + 1))
+    with pytest.raises(openai.APIStatusError) as over:
+        api.files.create(file=("big.jsonl", big), purpose="batch")
+    assert over.value.status_code == 413
+    assert over.value.body["param"] == "file"  # type: ignore[index]
+    del big
+    assert not [k for k in keys_under(s3, ROOT) if k not in before and short.id not in k]
+
+
+def test_files_list_pages_and_orders(gateway: Server) -> None:
+    api = client(gateway, "single")
+    ids = [upload(api, [request_line(str(n))]).id for n in range(3)]
+    newest = api.files.list(limit=2)
+    assert [f.id for f in newest.data] == ids[:0:-1] and newest.has_more
+    assert [f.id for f in api.files.list(limit=2)] == ids[::-1]  # the client follows `after` to the end
+    assert [f.id for f in api.files.list(order="asc")] == ids
+    for file_id in ids:
+        api.files.delete(file_id)
+
+
+def test_batches_create_retrieve_list_and_cancel(gateway: Server, s3: Any, kms_key: str) -> None:
+    api = client(gateway)
+    source = upload(api, [request_line("a"), request_line("b"), request_line("c", max_tokens=4)])
+    batch = api.batches.create(
+        input_file_id=source.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": "search", "run": "nightly"},
+    )
+    assert batch.object == "batch" and batch.id.startswith("batch_")
+    assert batch.status == "validating"  # until the worker writes its state
+    assert batch.input_file_id == source.id and batch.endpoint == "/v1/chat/completions"
+    assert batch.completion_window == "24h" and batch.expires_at == batch.created_at + 24 * 3600
+    assert batch.metadata == {"team": "search", "run": "nightly"}
+    assert batch.model == MODEL
+    assert batch.request_counts is not None and batch.request_counts.total == 3
+    assert api.batches.retrieve(batch.id) == batch
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{ROOT}batches/{batch.id}/batch.json")["Body"].read())
+    assert record["owner"] == "ci" and record["request_total"] == 3
+
+    # the worker's state, written as layout.py says it does
+    started = int(time.time())
+    state = {"status": "in_progress", "in_progress_at": started, "request_counts": {"total": 3, "completed": 1}}
+    put_json(s3, f"{ROOT}batches/{batch.id}/state.json", state, kms_key)
+    running = api.batches.retrieve(batch.id)
+    assert running.status == "in_progress" and running.in_progress_at == started
+    assert running.request_counts is not None
+    assert (running.request_counts.total, running.request_counts.completed, running.request_counts.failed) == (3, 1, 0)
+
+    cancelling = api.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
+    marker = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{ROOT}batches/{batch.id}/cancel")["Body"].read())
+    assert marker == {"cancelling_at": cancelling.cancelling_at}
+    assert api.batches.retrieve(batch.id).status == "cancelling"
+    done = {**state, "status": "cancelled", "cancelling_at": cancelling.cancelling_at, "cancelled_at": started + 1}
+    put_json(s3, f"{ROOT}batches/{batch.id}/state.json", done, kms_key)
+    cancelled = api.batches.retrieve(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at == started + 1
+    with pytest.raises(openai.BadRequestError) as caught:  # a terminal batch, as OpenAI answers
+        api.batches.cancel(batch.id)
+    assert caught.value.body["param"] == "batch_id"  # type: ignore[index]
+
+    # list: newest first, in pages the client follows
+    more = [
+        api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(3)
+    ]
+    page = api.batches.list(limit=2)
+    assert [b.id for b in page.data] == more[:0:-1] and page.has_more
+    listed = [b.id for b in api.batches.list(limit=2)]
+    assert listed[:4] == [*more[::-1], batch.id]
+    for key in keys_under(s3, f"{ROOT}batches/"):
+        assert s3.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "aws:kms", key
+
+
+def test_a_key_sees_only_its_own_files_and_batches(gateway: Server) -> None:
+    mine, theirs = client(gateway, "ci"), client(gateway, "single")
+    source = upload(mine, [request_line("a")])
+    batch = mine.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    for call in (
+        lambda: theirs.files.retrieve(source.id),
+        lambda: theirs.files.content(source.id),
+        lambda: theirs.files.delete(source.id),
+        lambda: theirs.batches.retrieve(batch.id),
+        lambda: theirs.batches.cancel(batch.id),
+        lambda: theirs.batches.create(
+            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert source.id not in [f.id for f in theirs.files.list()]
+    assert batch.id not in [b.id for b in theirs.batches.list()]
+    assert mine.files.retrieve(source.id).id == source.id  # untouched by the other key's attempts
+    assert mine.batches.retrieve(batch.id).status == "validating"
+
+
+REFUSALS = {
+    "not JSON": ([request_line("a"), b"{" + CANARY.encode()], 2, "line"),
+    "not an object": ([request_line("a"), [CANARY]], 2, "line"),
+    "no custom_id": ([{**request_line("a"), "custom_id": None}], 1, "custom_id"),
+    "duplicate custom_id": ([request_line(CANARY), request_line("b"), request_line(CANARY)], 3, "custom_id"),
+    "method": ([request_line("a"), {**request_line("b"), "method": "GET"}], 2, "method"),
+    "another endpoint": ([request_line("a"), {**request_line("b"), "url": "/v1/completions"}], 2, "url"),
+    "body not an object": ([{**request_line("a"), "body": CANARY}], 1, "body"),
+    "no model": ([{**request_line("a"), "body": {"messages": []}}], 1, "body.model"),
+    "unknown model": ([request_line("a", model=CANARY)], 1, "body.model"),
+    "two models": ([request_line("a"), request_line("b", model="sql")], 2, "body.model"),
+    "stream": ([request_line("a"), request_line("b", stream=True)], 2, "body.stream"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_each_bad_input_file_is_refused_at_create_naming_line_and_field(gateway: Server, s3: Any, case: str) -> None:
+    api = client(gateway)
+    lines, line, field = REFUSALS[case]
+    source = upload(api, lines)
+    before = keys_under(s3, f"{ROOT}batches/")
+    with pytest.raises(openai.BadRequestError) as caught:
+        api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == field and error["type"] == "invalid_request_error"
+    assert f"line {line}: {field}:" in error["message"]
+    assert CANARY not in caught.value.response.text  # never the value (zero data retention)
+    assert keys_under(s3, f"{ROOT}batches/") == before  # no batch.json for a refused batch
+
+
+def test_whole_file_limits_and_batch_fields_are_refused(gateway: Server) -> None:
+    api = client(gateway)
+    empty = api.files.create(file=("empty.jsonl", io.BytesIO(b"\n")), purpose="batch")
+    too_many = api.files.create(
+        file=("many.jsonl", io.BytesIO(jsonl([request_line(str(n)) for n in range(50_001)]))), purpose="batch"
+    )
+    good = upload(api, [request_line("a"), request_line("b", model=MODEL)])
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input_file_id": empty.id}, "input_file_id"),
+        ({"input_file_id": too_many.id}, "input_file_id"),
+        ({"input_file_id": "file-doesnotexist"}, "input_file_id"),
+        ({"input_file_id": good.id, "endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"input_file_id": good.id, "completion_window": "48h"}, "completion_window"),
+        ({"input_file_id": good.id, "metadata": {f"k{n}": "v" for n in range(17)}}, "metadata"),
+        ({"input_file_id": good.id, "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"input_file_id": good.id, "metadata": {"k": "v" * 513}}, "metadata"),
+        (
+            {"input_file_id": good.id, "output_expires_after": {"anchor": "created_at", "seconds": 10}},
+            "output_expires_after.seconds",
+        ),
+    ]
+    for fields, param in cases:
+        arguments = {"endpoint": "/v1/chat/completions", "completion_window": "24h", **fields}
+        with pytest.raises(openai.APIStatusError) as caught:
+            api.batches.create(**arguments)
+        assert caught.value.status_code in (400, 404), (param, caught.value.response.text)
+        assert caught.value.body["param"] == param, caught.value.response.text  # type: ignore[index]
+    # the largest metadata OpenAI takes is taken
+    full = {f"{n:02d}" + "k" * 62: "v" * 512 for n in range(16)}
+    batch = api.batches.create(
+        input_file_id=good.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=full
+    )
+    assert batch.metadata == full
+
+
+def test_nothing_of_a_batch_reaches_the_gateway_log(gateway: Server) -> None:
+    api = client(gateway)
+    source = upload(api, [request_line(CANARY)], name=f"{CANARY}.jsonl")
+    api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    api.files.content(source.id)
+    with pytest.raises(openai.BadRequestError):
+        bad = upload(api, [request_line(CANARY), request_line(CANARY)], name=f"{CANARY}.jsonl")
+        api.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+    time.sleep(0.2)  # the access log is written in batches every 50 ms
+    text = gateway.log.read_text()
+    assert "key=ci route=POST:/v1/files status=200" in text
+    assert "key=ci route=POST:/v1/batches status=400" in text
+    assert CANARY not in text
+    assert CANARY not in gateway.metrics()
+
+
+def test_a_wrong_method_is_405_naming_the_methods_a_path_takes(gateway: Server) -> None:
+    answer = http("PUT", gateway.url + "/v1/files", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
+    assert answer.status == 405
+    assert answer.headers["allow"] == "POST, GET"
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+    answer = http("PATCH", gateway.url + "/v1/files/file-abc", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
+    assert (answer.status, answer.headers["allow"]) == (405, "GET, DELETE")
+
+
+def test_without_batch_store_the_routes_are_unknown(runtime_dir: Path, standin: StandInEngine, keys_file: Path) -> None:
+    server = start_gateway(runtime_dir, [standin.url], keys=keys_file)
+    try:
+        for method, path in (("GET", "/v1/files"), ("POST", "/v1/batches"), ("GET", "/v1/batches/batch_x")):
+            answer = http(method, server.url + path, b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
+            assert answer.status == 404, (path, answer.body)
+            assert answer.json()["error"]["message"].startswith("no such route")
+    finally:
+        server.stop()
+
+
+def test_a_bucket_that_is_gone_answers_clearly_and_chat_goes_on(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
+) -> None:
+    bucket = "byoc-gone"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    server = batch_gateway(runtime_dir, standin, keys_file, moto, f"s3://{bucket}/batch/", "--batch-kms-key", kms_key)
+    try:
+        api = client(server)
+        source = upload(api, [request_line("a")])
+        for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=bucket)
+        for call in (
+            lambda: upload(api, [request_line("a")]),
+            lambda: api.files.retrieve(source.id),
+            api.batches.list,
+        ):
+            with pytest.raises(openai.InternalServerError) as caught:
+                call()
+            assert caught.value.status_code == 500
+            assert "bucket does not exist" in caught.value.body["message"]  # type: ignore[index]
+        answer = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.choices[0].message.content
+    finally:
+        server.stop()
+
+
+def test_access_denied_answers_500_and_leaves_nothing_half_written(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
+) -> None:
+    # S3 takes the content, then refuses the object.json that would list it (an IAM policy without that prefix)
+    proxy = DenyingProxy(moto, deny="/object.json")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    server = batch_gateway(
+        runtime_dir, standin, keys_file, endpoint, f"s3://{BUCKET}/denied/", "--batch-kms-key", kms_key
+    )
+    try:
+        api = client(server)
+        with pytest.raises(openai.InternalServerError) as caught:
+            upload(api, [request_line("a")])
+        assert caught.value.status_code == 500
+        assert "access denied" in caught.value.body["message"]  # type: ignore[index]
+        assert proxy.denied  # the refusal came from the store
+        assert keys_under(s3, "denied/") == []  # the content written before the refusal is deleted again
+        answer = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.choices[0].message.content
+    finally:
+        server.stop()
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_an_unreachable_store_answers_503_and_chat_goes_on(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, kms_key: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    server = batch_gateway(runtime_dir, standin, keys_file, dead, f"s3://{BUCKET}/batch/", "--batch-kms-key", kms_key)
+    try:
+        api = client(server)
+        with pytest.raises(openai.InternalServerError) as caught:
+            upload(api, [request_line("a")])
+        assert caught.value.status_code == 503
+        assert caught.value.response.headers.get("retry-after")
+        answer = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert answer.choices[0].message.content
+    finally:
+        server.stop()
+
+
+def test_batch_flags_name_the_flag(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-local-0123456789abcdef\n")
+    base = ["serve", "gateway", "--upstream", "http://127.0.0.1:9", "--api-keys", str(keys)]
+    cases = {
+        "--batch-kms-key": ["--batch-kms-key", "arn:aws:kms:eu-west-2:1:key/x"],
+        "--batch-store": ["--batch-store", "ftp://bucket/batch/"],
+        "--batch-retention-hours": ["--batch-store", "s3://bucket/batch/", "--batch-retention-hours", "0"],
+    }
+    for flag, args in cases.items():
+        result = byoc(*base, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: {flag}"), result.stderr
+        assert "Traceback" not in result.stderr
