@@ -369,7 +369,7 @@ def estimate(
             max_context = spec.max_context if max_context is None else max_context
             min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
-            cold_start = spec.cold_start.model_dump(include=options)
+            cold_start = _rendered_cold_start(spec) or spec.cold_start.model_dump(include=options)
         elif model is None or shape is None:
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -421,6 +421,19 @@ def estimate(
     if misfit:
         with reporting(output):
             raise misfit
+
+
+def _rendered_cold_start(spec: Any) -> dict[str, Any] | None:
+    """The cold_start options as `byoc plan` renders them for this spec (GKE caches the image only with a disk image,
+    EKS pulls with SOCI only onto the instance store, weights too large for the NVMe stay on the root disk: the
+    Deployment's estimate), so that `estimate -f` and plan.json agree; None when the spec does not resolve (a model
+    that does not fit: the estimate then shows why)."""
+    from byoc.resolve import resolve
+
+    try:
+        return dict(resolve(spec).cold_start.options)
+    except ByocError:
+        return None
 
 
 def cold_start_lines(estimate: dict[str, Any]) -> list[str]:

@@ -108,13 +108,30 @@ def test_estimate_from_each_example_spec_uses_its_cold_start_options(tmp_path: P
     path = tmp_path / "byoc.yaml"
     path.write_text(yaml.safe_dump(spec))
     options = estimate_json("-f", str(path))["cold_start"]["options"]
-    assert options == {"image_cache": True, "weights_cache": "none", "warm_pool": 1}
+    # as the plan renders it: on EKS the SOCI pull needs containerd on the instance store, which weights_cache none
+    # leaves on the root disk, so the image is pulled the plain way
+    assert options == {"image_cache": False, "weights_cache": "none", "warm_pool": 1}
     # a flag given beside the spec wins over it; what is not given is the spec's
     data = estimate_json("-f", str(EXAMPLES[0]), "--max-replicas", "5")
     assert data["cost"]["at_max_replicas"]["replicas"] == 5
     assert data["cost"]["at_min_replicas"]["replicas"] == spec["autoscaling"]["min_replicas"]
     options = estimate_json("-f", str(path), "--no-image-cache", "--warm-pool", "0")["cold_start"]["options"]
     assert options == {"image_cache": False, "weights_cache": "none", "warm_pool": 0}
+
+
+def test_estimate_from_a_spec_and_the_plan_give_one_figure() -> None:
+    """`byoc estimate -f` takes the caches the plan renders, as plan.json does: gcp-l4 sets no GKE disk image, so
+    its image is pulled in both (the spec's image_cache: true alone would have said ~10 s)."""
+    from byoc.resolve import resolve
+    from byoc.spec import build_spec
+
+    for example in EXAMPLES:
+        data = estimate_json("-f", str(example))["cold_start"]
+        planned = resolve(build_spec(yaml.safe_load(example.read_text()))).cold_start.as_dict()
+        assert data["total_seconds"] == planned["total_seconds"], example.name
+        assert data["options"] == planned["options"], example.name
+    gcp = estimate_json("-f", str(next(e for e in EXAMPLES if e.name == "gcp-l4.yaml")))["cold_start"]
+    assert seconds(gcp)["image_pull"] > 60
 
 
 def test_estimate_without_a_model_or_a_spec_is_refused() -> None:
