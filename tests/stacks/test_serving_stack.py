@@ -259,7 +259,7 @@ def test_network_policies_default_deny_then_allow_what_is_needed() -> None:
     gateway_out = policies["gateway"]["egress"][0]
     assert gateway_out["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "serving"
     assert policies["gateway"]["ingress"][0]["from"][0]["ipBlock"]["cidr"] == "10.42.0.0/16"
-    # HTTPS to the stores, and the EKS Pod Identity agent its credentials come from (tests/stacks/test_identity_egress.py)
+    # HTTPS to the stores, and the EKS Pod Identity agent that gives their credentials (test_identity_egress.py)
     pod_identity = {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}
     assert policies["builder"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}]}, pod_identity]
     assert policies["serving"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 443}]}, pod_identity]
