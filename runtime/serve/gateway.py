@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from runtime.serve.batch.layout import OWNER_HEADER
+from runtime.serve.batch.limit import BatchLimit, BatchLimitSettings
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
@@ -117,6 +119,7 @@ class Outcome:
     usage_source: str = "none"
     batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
     waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
+    online_token: tuple[float, int, bool] | None = None  # an online request's entry in the batch limit (BatchLimit)
 
 
 class Gateway:
@@ -159,6 +162,28 @@ class Gateway:
             ["decision"],
             registry=self.metrics.registry,
         )
+        self.batch_in_flight = 0  # batch lines being forwarded
+        self.batch_limit: BatchLimit | None = None
+        if self.batch_digest is not None and config.batch_ttft_ratio:
+            settings = BatchLimitSettings(
+                ratio=config.batch_ttft_ratio,
+                window=config.batch_ttft_window,
+                baseline_seconds=config.batch_baseline_seconds,
+                idle_seconds=config.batch_idle_seconds,
+            )
+            self.batch_limit = BatchLimit(settings, clock=time.perf_counter)
+            Gauge(
+                "byoc_gateway_batch_limit",
+                "Batch lines that may be in flight now: the TTFT-guarded AIMD limit (the capacity less "
+                "--batch-headroom with no online traffic, 0 while the online TTFT baseline is re-measured).",
+                registry=self.metrics.registry,
+            ).set_function(self._batch_allowed)
+            Gauge(
+                "byoc_gateway_batch_ttft_baseline_seconds",
+                "Online TTFT p90 with no batch line in flight, that the batch limit keeps online TTFT near "
+                "(NaN: not measured yet).",
+                registry=self.metrics.registry,
+            ).set_function(self._batch_baseline)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -562,6 +587,10 @@ class Gateway:
                 outcome.addon = addon.name if addon is not None else BASE
             if outcome.batch:
                 self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
+            elif self.batch_limit is not None and (
+                self.admission.queued or self.admission.active >= self.admission.max_concurrency
+            ):
+                self.batch_limit.online_queued(time.perf_counter())  # an online request waits: batch halves now
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason == "closed":
                 raise self._draining(outcome)
@@ -615,14 +644,32 @@ class Gateway:
             capacity = min(capacity, self.config.batch_slots_per_replica * len(self.pool.ready))
         return capacity - self.config.batch_headroom
 
+    def _batch_allowed(self) -> int:
+        """Batch lines that may be in flight now: `batch_capacity()`, or the TTFT-guarded limit below it
+        (--batch-ttft-ratio; runtime/serve/batch/limit.py)."""
+        ceiling = self.batch_capacity()
+        return ceiling if self.batch_limit is None else self.batch_limit.allowed(ceiling)
+
+    def _batch_baseline(self) -> float:
+        baseline = None if self.batch_limit is None else self.batch_limit.baseline()
+        return math.nan if baseline is None else baseline
+
     def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
-        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, and
-        fewer in flight than `batch_capacity()`. Otherwise 429 `batch_yield` at once (never queued: a queued batch
-        line would hold a place an online request could take); the worker backs off and sends it again later."""
+        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, fewer
+        requests in flight than `batch_capacity()`, and fewer batch lines in flight than the TTFT-guarded limit.
+        Otherwise 429 `batch_yield` at once (never queued: a queued batch line would hold a place an online request
+        could take); the worker backs off and sends it again later."""
         online_idle = not self.config.batch_preempt or self.online_in_flight == 0
-        if online_idle and self.admission.queued == 0 and self.admission.active < self.batch_capacity():
+        if (
+            online_idle
+            and self.admission.queued == 0
+            and self.admission.active < self.batch_capacity()
+            and self.batch_in_flight < self._batch_allowed()
+        ):
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
+                if self.batch_limit is not None:
+                    self.batch_limit.batch_admitted()
             return
         raise self._batch_yield(outcome)
 
@@ -651,6 +698,7 @@ class Gateway:
         is answered 429 `batch_yield` and sends the line again later."""
         task = asyncio.ensure_future(self._forward(request, path, parsed, addon, outcome, raw))
         self.batch_lines.add(task)
+        self.batch_in_flight += 1
         try:
             return await task
         except asyncio.CancelledError:
@@ -659,6 +707,7 @@ class Gateway:
                 raise self._batch_yield(outcome) from None
             raise
         finally:
+            self.batch_in_flight -= 1
             self.batch_lines.discard(task)
             self.preempted.discard(task)
 
@@ -674,10 +723,14 @@ class Gateway:
         self.online_in_flight += 1
         if self.config.batch_preempt and self.batch_lines:
             self._preempt_batch()
+        if self.batch_limit is not None:
+            outcome.online_token = self.batch_limit.online_started(self.batch_in_flight)
         try:
             return await self._forward(request, path, parsed, addon, outcome, raw)
         finally:
             self.online_in_flight -= 1
+            if self.batch_limit is not None:
+                self.batch_limit.online_ended()
 
     def _preempt_batch(self) -> None:
         """An online request starts: every batch line in flight is ended now (--batch-preempt)."""
@@ -916,6 +969,9 @@ class Gateway:
                     # the first and last chunk of generated text (a role chunk or a comment is not a token)
                     if outcome.first_token is None:
                         outcome.first_token = now
+                        if outcome.online_token is not None and self.batch_limit is not None:
+                            ttft = now - outcome.online_token[0]
+                            self.batch_limit.online_sample(outcome.online_token, ttft, self.batch_in_flight)
                     outcome.last_token = now
                 if editor.finished:
                     final = edited  # leaves with the end of the body, in one send

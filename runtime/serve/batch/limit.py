@@ -1,0 +1,170 @@
+"""The TTFT-guarded limit on batch lines in flight (issue 22): `BatchLimit`, kept by the gateway.
+
+Batch work shares the engines with online traffic, and what online users notice is time to first token. So the
+number of batch lines the gateway lets into the engines at once is an AIMD limit driven by online TTFT, between 0 and
+a ceiling (the capacity less --batch-headroom, which stays a fixed floor of free slots):
+
+- **Signal**: the TTFT of each streamed online request, as the gateway measures it (the first content chunk relayed).
+  A sample *overlaps* batch work if a batch line was in flight when the request started or was admitted before its
+  first token; a *clean* sample is one that did not.
+- **Baseline**: the p90 of the last `window` clean samples no older than `baseline_seconds`, i.e. online TTFT while no
+  batch line was in flight. It needs `min_samples` of them. When online traffic flows and the baseline has gone stale
+  (batch lines have been in flight for every online request for `baseline_seconds`), the limit is pinned to 0 until
+  `min_samples` fresh clean samples have come: a probe, as Envoy's adaptive concurrency filter pins its limit to
+  `min_concurrency` to re-measure minRTT (envoyproxy.io docs, http_filters/adaptive_concurrency_filter, "Calculating
+  the minRTT", v1.26+). With no baseline at all (the gateway just started) the limit starts at 0 and the first online
+  requests give it one.
+- **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when an online
+  sample that overlapped batch work is over `ratio` x baseline, and at once when an online request has to queue for an
+  admission slot. At most once per "round trip": only a sample whose request started after the last decrease can
+  decrease again, so one burst of slow samples, all caused by the same batch lines, halves the limit once.
+- **Increase** (additive): one slot when the p90 of the last `window` online samples is under `ratio` x baseline and at
+  least `min_samples` online samples have come since the last change, all under it.
+- **Light online traffic**: a few samples a minute still drive it (decreases need one sample; increases need
+  `min_samples`, so the limit grows slowly, which is the safe side). p90 over a short window is nearly its maximum.
+- **No online traffic** (none in flight, none started for `idle_seconds`): batch may use every slot up to the
+  ceiling. The learned limit is kept and is in force again at the next online arrival (lines admitted above it run to
+  their end: nothing is pre-empted; the first online request after an idle spell shares the engines with them).
+- **Online traffic that never streams**: no TTFT is seen, so there is nothing to guard on; the limit is the ceiling
+  (the fixed --batch-headroom, as before), still halved when an online request queues.
+
+What others do: vLLM's and SGLang's `--scheduling-policy priority` order work inside the engine (trtllm-serve has no
+priority); llm-d's batch gateway sends batch requests at a lower priority band, shed first when the pool saturates
+(docs/FACTS.md). This limit is the gateway-side equivalent for an engine without priorities: it sheds batch work
+(429 `batch_yield`) before online latency moves, not only when the pool is full.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchLimitSettings:
+    ratio: float = 1.2  # online TTFT p90 may be this x the baseline (issue 22's target is 1.25: a margin below it)
+    window: int = 20  # online TTFT samples in the p90 that decides an increase
+    min_samples: int = 5  # samples needed for a baseline, and between two increases
+    baseline_seconds: float = 60.0  # the oldest clean sample the baseline may use; older: probe
+    idle_seconds: float = 10.0  # no online request for this long: batch may use every slot up to the ceiling
+
+
+def p90(values: list[float]) -> float:
+    """The nearest-rank 90th percentile (the smallest value at least 90% of `values` are at or under)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+class BatchLimit:
+    """An AIMD limit on batch lines in flight, guarded by online TTFT (see the module's docstring).
+
+    The gateway calls `online_started()` when an online request is admitted, `online_sample(token, ttft_seconds)`
+    with its TTFT, `online_queued()` when one waits for a slot, `batch_admitted()` for each batch line let in, and
+    reads `allowed(ceiling, batch_in_flight)` (batch lines that may be in flight now)."""
+
+    def __init__(self, settings: BatchLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.limit = 0  # the learned limit (with online traffic); the ceiling bounds it when read
+        self.ceiling = 0  # the last ceiling seen: the limit never grows past it
+        self.samples: deque[float] = deque(maxlen=settings.window)  # online TTFTs, seconds
+        self.clean: deque[tuple[float, float]] = deque(maxlen=settings.window)  # (when, TTFT) with no batch work
+        self.since_change = 0  # online samples under the target since the last change of the limit
+        self.changed_at = -math.inf  # when the limit last changed
+        self.decreased_at = -math.inf
+        self.last_online = -math.inf  # when an online request last started or answered
+        self.online_now = 0  # online requests admitted and not yet answered (their first token or end)
+        self.admitted_seq = 0  # batch lines admitted so far (a sample overlaps if this moved during it)
+        # when an online TTFT was last seen (or online traffic began): none for baseline_seconds while online
+        # requests come means they do not stream, and there is no TTFT to guard on
+        self.streamed_seen = clock()
+        self.mode = "learned"  # learned | idle | probe | unmeasured: why the limit in force is what it is
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+    def online_started(self, batch_in_flight: int) -> tuple[float, int, bool]:
+        """An online request is admitted: a token for `online_sample` / `online_ended`."""
+        now = self.clock()
+        if self.online_now == 0 and now - self.last_online >= self.settings.idle_seconds:
+            self.streamed_seen = now  # online traffic resumes: its first TTFTs are yet to come
+        self.last_online = now
+        self.online_now += 1
+        return (now, self.admitted_seq, batch_in_flight > 0)
+
+    def online_ended(self) -> None:
+        self.online_now = max(0, self.online_now - 1)
+        self.last_online = self.clock()
+
+    def online_queued(self, started: float) -> None:
+        """An online request waits for an admission slot: halve at once."""
+        if started > self.decreased_at:
+            self._decrease()
+
+    def batch_admitted(self) -> None:
+        self.admitted_seq += 1
+
+    def online_sample(self, token: tuple[float, int, bool], ttft: float, batch_in_flight: int) -> None:
+        """An online request's time to first token, seconds, and the batch lines in flight then."""
+        started, seq, busy_at_start = token
+        now = self.clock()
+        self.streamed_seen = now
+        overlapped = busy_at_start or self.admitted_seq != seq
+        if not overlapped:
+            self.clean.append((now, ttft))
+        self.samples.append(ttft)
+        baseline = self.baseline()
+        if baseline is None:
+            return
+        target = self.settings.ratio * baseline
+        if ttft > target:
+            self.since_change = 0
+            if overlapped and started > self.decreased_at:
+                self._decrease()
+            return
+        if started > self.changed_at:
+            self.since_change += 1
+        # grow only a limit the batch uses (Netflix AIMDLimit grows only when in flight >= limit / 2): a limit grown
+        # while no batch ran has been proven by nothing
+        used = batch_in_flight >= self.limit
+        if (
+            used
+            and self.since_change >= self.settings.min_samples
+            and p90(list(self.samples)) <= target
+            and self.limit < self.ceiling
+        ):
+            self.limit += 1
+            self.changed_at, self.since_change = now, 0
+
+    def _decrease(self) -> None:
+        now = self.clock()
+        self.limit //= 2
+        self.changed_at = self.decreased_at = now
+        self.since_change = 0
+
+    # -- output ----------------------------------------------------------------------------------------------
+    def baseline(self) -> float | None:
+        """Online TTFT p90 with no batch work in flight, seconds (None: too few fresh clean samples)."""
+        fresh = [ttft for when, ttft in self.clean if self.clock() - when <= self.settings.baseline_seconds]
+        if len(fresh) < self.settings.min_samples:
+            return None
+        return p90(fresh)
+
+    def allowed(self, ceiling: int) -> int:
+        """Batch lines that may be in flight now, given the ceiling (capacity less --batch-headroom)."""
+        self.ceiling = max(0, ceiling)
+        self.limit = min(self.limit, self.ceiling)
+        now = self.clock()
+        if self.online_now == 0 and now - self.last_online >= self.settings.idle_seconds:
+            self.mode = "idle"
+            return self.ceiling
+        if now - self.streamed_seen > self.settings.baseline_seconds:
+            # online traffic, but none streamed lately: no TTFT to guard on, the fixed headroom only
+            self.mode = "unmeasured"
+            return self.ceiling
+        if self.baseline() is None:
+            self.mode = "probe"  # re-measure online TTFT with no batch line in flight
+            return 0
+        self.mode = "learned"
+        return self.limit
