@@ -154,8 +154,10 @@ class Gateway:
         # -- batch admission class (issue 22) --
         self.batch_digest = config.batch_worker_digest()
         self.online_in_flight = 0
-        self.batch_lines: set[asyncio.Task[web.StreamResponse]] = set()  # batch lines being forwarded
+        # batch lines being forwarded, oldest first (a dict keeps their order: the newest are reclaimed first)
+        self.batch_lines: dict[asyncio.Task[web.StreamResponse], None] = {}
         self.preempted: set[asyncio.Task[web.StreamResponse]] = set()
+        self.borrowed: dict[asyncio.Task[web.StreamResponse], None] = {}  # lines above the batch limit (idle spells)
         self.batch_decisions = Counter(
             "byoc_gateway_batch_requests",
             "Batch lines from the batch worker, by decision: admitted, or yielded (429 batch_yield) to online traffic.",
@@ -697,7 +699,9 @@ class Gateway:
         (--batch-preempt): its upstream connection is closed, which stops the engine's work on it, and the worker
         is answered 429 `batch_yield` and sends the line again later."""
         task = asyncio.ensure_future(self._forward(request, path, parsed, addon, outcome, raw))
-        self.batch_lines.add(task)
+        self.batch_lines[task] = None
+        if self.batch_limit is not None and self.batch_in_flight >= self.batch_limit.limit:
+            self.borrowed[task] = None  # above the learned limit: let in while online traffic is away
         self.batch_in_flight += 1
         try:
             return await task
@@ -708,7 +712,8 @@ class Gateway:
             raise
         finally:
             self.batch_in_flight -= 1
-            self.batch_lines.discard(task)
+            self.batch_lines.pop(task, None)
+            self.borrowed.pop(task, None)
             self.preempted.discard(task)
 
     async def _forward_online(
@@ -725,6 +730,12 @@ class Gateway:
             self._preempt_batch()
         if self.batch_limit is not None:
             outcome.online_token = self.batch_limit.online_started(self.batch_in_flight)
+            excess = min(len(self.borrowed), self.batch_in_flight - self._batch_allowed())
+            if excess > 0 and self.batch_limit.mode in ("learned", "probe") and not self.config.batch_preempt:
+                # slots lent to batch work while online traffic was away are taken back when it returns: the newest
+                # borrowed lines end (429 batch_yield, sent again later). Lines above a limit just halved run to
+                # their end: ending them would end every line longer than the gap between online requests
+                self._preempt_batch(excess, among=self.borrowed)
         try:
             return await self._forward(request, path, parsed, addon, outcome, raw)
         finally:
@@ -732,13 +743,17 @@ class Gateway:
             if self.batch_limit is not None:
                 self.batch_limit.online_ended()
 
-    def _preempt_batch(self) -> None:
-        """An online request starts: every batch line in flight is ended now (--batch-preempt)."""
-        for task in list(self.batch_lines):
-            if not task.done():
-                self.preempted.add(task)
-                task.cancel()
-                self.batch_decisions.labels(decision="preempted").inc()
+    def _preempt_batch(
+        self, count: int | None = None, among: dict[asyncio.Task[web.StreamResponse], None] | None = None
+    ) -> None:
+        """An online request starts: every batch line in flight is ended now (--batch-preempt), or the newest
+        `count` of `among` (the batch limit's reclaim of borrowed slots)."""
+        lines = self.batch_lines if among is None else among
+        running = [task for task in lines if not task.done() and task not in self.preempted]
+        for task in running[::-1][:count]:
+            self.preempted.add(task)
+            task.cancel()
+            self.batch_decisions.labels(decision="preempted").inc()
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""

@@ -14,17 +14,26 @@ a ceiling (the capacity less --batch-headroom, which stays a fixed floor of free
   `min_concurrency` to re-measure minRTT (envoyproxy.io docs, http_filters/adaptive_concurrency_filter, "Calculating
   the minRTT", v1.26+). With no baseline at all (the gateway just started) the limit starts at 0 and the first online
   requests give it one.
-- **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when an online
-  sample that overlapped batch work is over `ratio` x baseline, and at once when an online request has to queue for an
-  admission slot. At most once per "round trip": only a sample whose request started after the last decrease can
-  decrease again, so one burst of slow samples, all caused by the same batch lines, halves the limit once.
-- **Increase** (additive): one slot when the p90 of the last `window` online samples is under `ratio` x baseline and at
-  least `min_samples` online samples have come since the last change, all under it.
-- **Light online traffic**: a few samples a minute still drive it (decreases need one sample; increases need
-  `min_samples`, so the limit grows slowly, which is the safe side). p90 over a short window is nearly its maximum.
+- **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when the p90 of
+  the online samples since the last change (the last `window` of them) is over `ratio` x baseline and batch work
+  overlapped one of them, and at once when an online request has to queue for an admission slot. Only samples of
+  requests that started after the last change count, so one burst of slow samples, all caused by the same batch
+  lines, halves the limit once. Of fewer than 10 samples the p90 is their maximum: the first slow sample after a
+  change is enough.
+- **Increase** (additive): one slot when that p90 is under `ratio` x baseline, at least `min_samples` samples have
+  come since the last change, and the batch uses the limit. An increase that is undone before it held for
+  `min_samples` samples doubles the samples the next one waits for (up to 16x; reset when one holds): on
+  an engine where any batch line slows online requests (a compute-bound CPU engine), each probe costs one slow online
+  request, and the probes grow rare.
+- **Reclaim**: when an online request starts and batch lines let in above the learned limit while online traffic was
+  away are still in flight, the newest of them are ended (429 `batch_yield`, the worker sends them again). Lines above
+  a limit just halved run to their end: ending them would end every line longer than the gap between two online
+  requests, and the batch would not progress (docs/performance.md: `--batch-preempt`).
+- **Light online traffic**: a few samples a minute still drive it (a decrease needs one slow sample; an increase
+  `min_samples` good ones, so the limit grows slowly, which is the safe side).
 - **No online traffic** (none in flight, none started for `idle_seconds`): batch may use every slot up to the
-  ceiling. The learned limit is kept and is in force again at the next online arrival (lines admitted above it run to
-  their end: nothing is pre-empted; the first online request after an idle spell shares the engines with them).
+  ceiling. The learned limit is kept and is in force again at the next online arrival, which reclaims the slots above
+  it.
 - **Online traffic that never streams**: no TTFT is seen, so there is nothing to guard on; the limit is the ceiling
   (the fixed --batch-headroom, as before), still halved when an online request queues.
 
@@ -36,11 +45,14 @@ priority); llm-d's batch gateway sends batch requests at a lower priority band, 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger("byoc.gateway.batch_limit")
 
 
 @dataclass(frozen=True)
@@ -70,9 +82,14 @@ class BatchLimit:
         self.clock = clock
         self.limit = 0  # the learned limit (with online traffic); the ceiling bounds it when read
         self.ceiling = 0  # the last ceiling seen: the limit never grows past it
-        self.samples: deque[float] = deque(maxlen=settings.window)  # online TTFTs, seconds
+        # online TTFTs (seconds) of requests begun since the last change of the limit, and whether batch work overlapped
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=settings.window)
+        self.since_change = 0  # samples since the last change (all of them, not only the window's)
         self.clean: deque[tuple[float, float]] = deque(maxlen=settings.window)  # (when, TTFT) with no batch work
-        self.since_change = 0  # online samples under the target since the last change of the limit
+        # increases that a decrease undid before they had held for `min_samples`: each doubles the good samples the
+        # next increase waits for (at most 16x), so a limit that cannot grow probes ever less often
+        self.failed_increases = 0
+        self.increased_at = -math.inf
         self.changed_at = -math.inf  # when the limit last changed
         self.decreased_at = -math.inf
         self.last_online = -math.inf  # when an online request last started or answered
@@ -100,7 +117,7 @@ class BatchLimit:
     def online_queued(self, started: float) -> None:
         """An online request waits for an admission slot: halve at once."""
         if started > self.decreased_at:
-            self._decrease()
+            self._decrease("an online request waits for a slot")
 
     def batch_admitted(self) -> None:
         self.admitted_seq += 1
@@ -113,34 +130,43 @@ class BatchLimit:
         overlapped = busy_at_start or self.admitted_seq != seq
         if not overlapped:
             self.clean.append((now, ttft))
-        self.samples.append(ttft)
+        if started <= self.changed_at:
+            return  # it began under the limit before the last change: it says nothing about this one
+        self.recent.append((ttft, overlapped))
+        self.since_change += 1
         baseline = self.baseline()
         if baseline is None:
             return
         target = self.settings.ratio * baseline
-        if ttft > target:
-            self.since_change = 0
-            if overlapped and started > self.decreased_at:
-                self._decrease()
+        # p90 of the samples since the last change: of fewer than 10 it is their maximum, so the first slow sample
+        # after a change is enough to halve (the safe side); of more, one in ten may be slow
+        over = p90([t for t, _ in self.recent]) > target
+        if over:
+            if any(o for _, o in self.recent):
+                self._decrease(f"online TTFT p90 {p90([t for t, _ in self.recent]) * 1000:.1f} ms over "
+                               f"{self.settings.ratio} x baseline {baseline * 1000:.1f} ms")  # fmt: skip
             return
-        if started > self.changed_at:
-            self.since_change += 1
+        if self.increased_at == self.changed_at and self.since_change >= self.settings.min_samples:
+            self.failed_increases = 0  # the last increase held
         # grow only a limit the batch uses (Netflix AIMDLimit grows only when in flight >= limit / 2): a limit grown
         # while no batch ran has been proven by nothing
         used = batch_in_flight >= self.limit
-        if (
-            used
-            and self.since_change >= self.settings.min_samples
-            and p90(list(self.samples)) <= target
-            and self.limit < self.ceiling
-        ):
+        wait = self.settings.min_samples << self.failed_increases
+        if used and self.since_change >= wait and self.limit < self.ceiling:
             self.limit += 1
-            self.changed_at, self.since_change = now, 0
+            log.info("batch limit %d -> %d: online TTFT holds", self.limit - 1, self.limit)
+            self.changed_at = self.increased_at = now
+            self.recent.clear()
+            self.since_change = 0
 
-    def _decrease(self) -> None:
+    def _decrease(self, why: str) -> None:
         now = self.clock()
+        log.info("batch limit %d -> %d: %s", self.limit, self.limit // 2, why)
+        if self.increased_at == self.changed_at:  # the last change was an increase, and it did not hold
+            self.failed_increases = min(self.failed_increases + 1, 4)
         self.limit //= 2
         self.changed_at = self.decreased_at = now
+        self.recent.clear()
         self.since_change = 0
 
     # -- output ----------------------------------------------------------------------------------------------
