@@ -115,9 +115,10 @@ def _selector(stack: ServingStack, component: str) -> dict[str, str]:
 
 def worker(stack: ServingStack, account: Any, token: Any, gateway: Any) -> Any:
     """The batch worker: one replica (it leases each batch, runtime/serve/batch/conditional.py, so a second pod
-    would wait for the lease rather than send lines twice; one is enough, the engines set the pace, and Recreate stops
-    the old pod before the new one starts, which then waits out the old pod's lease), CPU only, non-root, read-only root filesystem, no privilege escalation,
-    every capability dropped, seccomp RuntimeDefault (the namespace enforces Pod Security `restricted`)."""
+    would wait for the lease rather than send lines twice; one is enough, the engines set the pace, and Recreate
+    stops the old pod before the new one starts, which then waits out the old pod's lease), CPU only, non-root,
+    read-only root filesystem, no privilege escalation, every capability dropped, seccomp RuntimeDefault (the
+    namespace enforces Pod Security `restricted`)."""
     from stacks.k8s.serving import container_security, image_annotations, pod_security
 
     deployment = stack.deployment

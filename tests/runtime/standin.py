@@ -104,6 +104,17 @@ class StandInEngine:
         body = {"error": {"message": "the engine is full", "type": kind, "param": None, "code": self.status}}
         return web.json_response(self.refusal or body, status=self.status, headers=headers)
 
+    async def _share(self, batch: bool, stream: bool) -> None:
+        """A batch line's time, or an online first token's wait for the batch lines in flight."""
+        if batch:
+            self.batch_in_flight += 1
+            try:
+                await asyncio.sleep(self.batch_seconds)
+            finally:
+                self.batch_in_flight -= 1
+        elif stream and self.contention:
+            await asyncio.sleep(self.contention * self.batch_in_flight)
+
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
@@ -114,14 +125,7 @@ class StandInEngine:
         user = body.get("user")
         if isinstance(user, str) and user.startswith("hold:"):
             await asyncio.sleep(float(user.removeprefix("hold:")))
-        if user == "batch":
-            self.batch_in_flight += 1
-            try:
-                await asyncio.sleep(self.batch_seconds)
-            finally:
-                self.batch_in_flight -= 1
-        elif body.get("stream") and self.contention:
-            await asyncio.sleep(self.contention * self.batch_in_flight)
+        await self._share(user == "batch", bool(body.get("stream")))
         total = len(ANSWER)
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": total, "total_tokens": PROMPT_TOKENS + total}
         meta = {"id": "chatcmpl-standin" if chat else "cmpl-standin", "created": int(time.time()), "model": self.model}
