@@ -64,6 +64,8 @@ from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway")
+# Retry-After of a batch line refused while the batch limit is 0 (runtime/serve/batch/limit.py)
+BATCH_PAUSED_RETRY_SECONDS = 5.0
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -654,7 +656,7 @@ class Gateway:
 
     def _batch_baseline(self) -> float:
         baseline = None if self.batch_limit is None else self.batch_limit.baseline()
-        return math.nan if baseline is None else baseline
+        return math.nan if baseline is None else baseline[1]
 
     def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
         """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, fewer
@@ -662,28 +664,33 @@ class Gateway:
         Otherwise 429 `batch_yield` at once (never queued: a queued batch line would hold a place an online request
         could take); the worker backs off and sends it again later."""
         online_idle = not self.config.batch_preempt or self.online_in_flight == 0
+        allowed = self._batch_allowed()
         if (
             online_idle
             and self.admission.queued == 0
             and self.admission.active < self.batch_capacity()
-            and self.batch_in_flight < self._batch_allowed()
+            and self.batch_in_flight < allowed
         ):
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
                 if self.batch_limit is not None:
                     self.batch_limit.batch_admitted()
             return
-        raise self._batch_yield(outcome)
+        # the limit at 0: no line is let in before several online requests have answered; a worker told to come
+        # back in a second would send its refused lines a dozen times a second, CPU the engines' host shares
+        raise self._batch_yield(outcome, BATCH_PAUSED_RETRY_SECONDS if allowed == 0 else None)
 
-    def _batch_yield(self, outcome: Outcome) -> ApiError:
+    def _batch_yield(self, outcome: Outcome, wait: float | None = None) -> ApiError:
         self.batch_decisions.labels(decision="yielded").inc()
+        if self.batch_limit is not None:
+            self.batch_limit.batch_refused()
         outcome.reason = "batch_yield"
         return ApiError(
             429,
             "batch work yields to online traffic: retry after the time in Retry-After",
             kind="requests",
             code="batch_yield",
-            retry_after=retry_after(min(self._busy_estimate(), 5.0)),
+            retry_after=retry_after(wait if wait is not None else min(self._busy_estimate(), 5.0)),
         )
 
     async def _forward_batch(

@@ -7,35 +7,34 @@ a ceiling (the capacity less --batch-headroom, which stays a fixed floor of free
 - **Signal**: the TTFT of each streamed online request, as the gateway measures it (the first content chunk relayed).
   A sample *overlaps* batch work if a batch line was in flight when the request started or was admitted before its
   first token; a *clean* sample is one that did not.
-- **Baseline**: the p90 of the last `window` clean samples no older than `baseline_seconds`, i.e. online TTFT while no
-  batch line was in flight. It needs `min_samples` of them. When online traffic flows and the baseline has gone stale
-  (batch lines have been in flight for every online request for `baseline_seconds`), the limit is pinned to 0 until
-  `min_samples` fresh clean samples have come: a probe, as Envoy's adaptive concurrency filter pins its limit to
-  `min_concurrency` to re-measure minRTT (envoyproxy.io docs, http_filters/adaptive_concurrency_filter, "Calculating
-  the minRTT", v1.26+). With no baseline at all (the gateway just started) the limit starts at 0 and the first online
-  requests give it one.
-- **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when the p90 of
-  the online samples since the last change (the last `window` of them) is over `ratio` x baseline and batch work
-  overlapped one of them, and at once when an online request has to queue for an admission slot. Only samples of
-  requests that started after the last change count, so one burst of slow samples, all caused by the same batch
-  lines, halves the limit once. Of fewer than 10 samples the p90 is their maximum: the first slow sample after a
-  change is enough.
-- **Increase** (additive): one slot when that p90 is under `ratio` x baseline, at least `min_samples` samples have
-  come since the last change, and the batch uses the limit. An increase that is undone before it held for
-  `min_samples` samples doubles the samples the next one waits for (up to 16x; reset when one holds): on
-  an engine where any batch line slows online requests (a compute-bound CPU engine), each probe costs one slow online
-  request, and the probes grow rare.
-- **Reclaim**: when an online request starts and batch lines let in above the learned limit while online traffic was
-  away are still in flight, the newest of them are ended (429 `batch_yield`, the worker sends them again). Lines above
-  a limit just halved run to their end: ending them would end every line longer than the gap between two online
-  requests, and the batch would not progress (docs/performance.md: `--batch-preempt`).
+- **Baseline**: the median and p90 of the last `window` clean samples no older than `baseline_seconds`, i.e. online
+  TTFT while no batch line was in flight. It needs `min_samples` of them. When online traffic flows and the baseline
+  has gone stale (batch lines have been in flight for every online request for `baseline_seconds`), the limit is
+  pinned to 0 until `min_samples` fresh clean samples have come: a probe, as Envoy's adaptive concurrency filter pins
+  its limit to `min_concurrency` to re-measure minRTT (envoyproxy.io docs, http_filters/adaptive_concurrency_filter,
+  "Calculating the minRTT", v1.26+). With no baseline at all (the gateway just started) the limit starts at 0 and
+  the first online requests give it one.
+- **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when the p90
+  of the online samples since the last change (the last `window` of them) is over `ratio` x the baseline's p90, or
+  their median (from 3 samples) is over `ratio` x the baseline's median, and batch work overlapped one of them; and
+  at once when an online request has to queue for an admission slot. Only samples of requests that started after the
+  last change count, so one burst of slow samples, all caused by the same batch lines, halves the limit once. Of
+  fewer than 10 samples the p90 is their maximum: the first slow sample after a change is enough.
+- **Increase** (additive): one slot when both are under, at least `min_samples` samples have come since the last
+  change, and the batch uses the limit. An increase that is undone before it held for `min_samples` samples doubles
+  the samples the next one waits for (up to 16x; reset when one holds): on an engine where any batch line slows
+  online requests (a compute-bound CPU engine), each probe costs a slow online request or two, and probes grow rare.
+- **Reclaim**: when an online request starts and batch lines let in above the learned limit while online traffic
+  was away are still in flight, the newest of them are ended (429 `batch_yield`, the worker sends them again). Lines
+  above a limit just halved run to their end: ending them would end every line longer than the gap between two
+  online requests, and the batch would not progress (docs/performance.md: `--batch-preempt`).
 - **Light online traffic**: a few samples a minute still drive it (a decrease needs one slow sample; an increase
   `min_samples` good ones, so the limit grows slowly, which is the safe side).
 - **No online traffic** (none in flight, none started for `idle_seconds`): batch may use every slot up to the
-  ceiling. The learned limit is kept and is in force again at the next online arrival, which reclaims the slots above
-  it.
+  ceiling. The learned limit is kept and is in force again at the next online arrival, which reclaims the slots
+  above it.
 - **Online traffic that never streams**: no TTFT is seen, so there is nothing to guard on; the limit is the ceiling
-  (the fixed --batch-headroom, as before), still halved when an online request queues.
+  (the fixed --batch-headroom, as before), and an online request waiting for a slot still stops batch admission.
 
 What others do: vLLM's and SGLang's `--scheduling-policy priority` order work inside the engine (trtllm-serve has no
 priority); llm-d's batch gateway sends batch requests at a lower priority band, shed first when the pool saturates
@@ -47,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -95,6 +95,7 @@ class BatchLimit:
         self.last_online = -math.inf  # when an online request last started or answered
         self.online_now = 0  # online requests admitted and not yet answered (their first token or end)
         self.admitted_seq = 0  # batch lines admitted so far (a sample overlaps if this moved during it)
+        self.demand = False  # a batch line was refused since the last change
         # when an online TTFT was last seen (or online traffic began): none for baseline_seconds while online
         # requests come means they do not stream, and there is no TTFT to guard on
         self.streamed_seen = clock()
@@ -122,6 +123,10 @@ class BatchLimit:
     def batch_admitted(self) -> None:
         self.admitted_seq += 1
 
+    def batch_refused(self) -> None:
+        """A batch line was told to yield: the batch wants more than it has (the limit may grow)."""
+        self.demand = True
+
     def online_sample(self, token: tuple[float, int, bool], ttft: float, batch_in_flight: int) -> None:
         """An online request's time to first token, seconds, and the batch lines in flight then."""
         started, seq, busy_at_start = token
@@ -137,20 +142,27 @@ class BatchLimit:
         baseline = self.baseline()
         if baseline is None:
             return
-        target = self.settings.ratio * baseline
+        ratio = self.settings.ratio
+        ttfts = [t for t, _ in self.recent]
         # p90 of the samples since the last change: of fewer than 10 it is their maximum, so the first slow sample
-        # after a change is enough to halve (the safe side); of more, one in ten may be slow
-        over = p90([t for t, _ in self.recent]) > target
+        # after a change is enough to halve (the safe side); of more, one in ten may be slow. And their median, from
+        # 3 samples: on a busy host the p90 of a few samples is mostly noise (the baseline's too), while a batch line
+        # that slows every online request moves the median, which noise spikes barely touch
+        over = p90(ttfts) > ratio * baseline[1]
+        if len(ttfts) >= 3:
+            over = over or statistics.median(ttfts) > ratio * baseline[0]
         if over:
             if any(o for _, o in self.recent):
-                self._decrease(f"online TTFT p90 {p90([t for t, _ in self.recent]) * 1000:.1f} ms over "
-                               f"{self.settings.ratio} x baseline {baseline * 1000:.1f} ms")  # fmt: skip
+                self._decrease(
+                    f"online TTFT p50/p90 {statistics.median(ttfts) * 1000:.1f}/{p90(ttfts) * 1000:.1f} ms over "
+                    f"{ratio} x baseline {baseline[0] * 1000:.1f}/{baseline[1] * 1000:.1f} ms"
+                )
             return
         if self.increased_at == self.changed_at and self.since_change >= self.settings.min_samples:
             self.failed_increases = 0  # the last increase held
-        # grow only a limit the batch uses (Netflix AIMDLimit grows only when in flight >= limit / 2): a limit grown
-        # while no batch ran has been proven by nothing
-        used = batch_in_flight >= self.limit
+        # grow only a limit the batch uses and wants more than (Netflix AIMDLimit grows only when in flight >=
+        # limit / 2): a limit grown while no batch ran has been proven by nothing
+        used = self.demand and batch_in_flight >= self.limit
         wait = self.settings.min_samples << self.failed_increases
         if used and self.since_change >= wait and self.limit < self.ceiling:
             self.limit += 1
@@ -158,6 +170,7 @@ class BatchLimit:
             self.changed_at = self.increased_at = now
             self.recent.clear()
             self.since_change = 0
+            self.demand = False
 
     def _decrease(self, why: str) -> None:
         now = self.clock()
@@ -168,14 +181,15 @@ class BatchLimit:
         self.changed_at = self.decreased_at = now
         self.recent.clear()
         self.since_change = 0
+        self.demand = False
 
     # -- output ----------------------------------------------------------------------------------------------
-    def baseline(self) -> float | None:
-        """Online TTFT p90 with no batch work in flight, seconds (None: too few fresh clean samples)."""
+    def baseline(self) -> tuple[float, float] | None:
+        """Online TTFT (median, p90) with no batch work in flight, seconds (None: too few fresh clean samples)."""
         fresh = [ttft for when, ttft in self.clean if self.clock() - when <= self.settings.baseline_seconds]
         if len(fresh) < self.settings.min_samples:
             return None
-        return p90(fresh)
+        return statistics.median(fresh), p90(fresh)
 
     def allowed(self, ceiling: int) -> int:
         """Batch lines that may be in flight now, given the ceiling (capacity less --batch-headroom)."""
