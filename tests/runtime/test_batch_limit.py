@@ -117,6 +117,9 @@ def test_the_batch_limit_shrinks_when_online_ttft_rises_and_grows_back_when_it_f
         wait_for(lambda: engine.batch_in_flight >= 5, 30, "batch lines fill the idle slots")
         assert _limit(gateway) == 6
         with OnlineTraffic(gateway.url) as online:
+            # online traffic is back: the slots lent to batch while it was away are taken back at once
+            wait_for(lambda: len(online.samples) >= 10, 30, "online requests answered")
+            assert _limit(gateway) < 6
             # the engine shares well (online TTFT does not move with batch lines): the limit is learned upwards
             wait_for(lambda: _limit(gateway) >= 3, 40, "the limit grows while online TTFT holds")
             fast_since = time.perf_counter()

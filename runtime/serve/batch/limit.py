@@ -16,10 +16,11 @@ a ceiling (the capacity less --batch-headroom, which stays a fixed floor of free
   the first online requests give it one.
 - **Decrease** (multiplicative, as Netflix concurrency-limits' `AIMDLimit` and TCP): the limit halves when the p90
   of the online samples since the last change (the last `window` of them) is over `ratio` x the baseline's p90, or
-  their median (from 3 samples) is over `ratio` x the baseline's median, and batch work overlapped one of them; and
-  at once when an online request has to queue for an admission slot. Only samples of requests that started after the
-  last change count, so one burst of slow samples, all caused by the same batch lines, halves the limit once. Of
-  fewer than 10 samples the p90 is their maximum: the first slow sample after a change is enough.
+  their median (from 3 samples) is over `ratio` x the baseline's median (each plus `slack`, 5 ms of jitter), and
+  batch work overlapped one of them; and at once when an online request has to queue for an admission slot. Only
+  samples of requests that started after the last change count, so one burst of slow samples, all caused by the same
+  batch lines, halves the limit once. Of fewer than 10 samples the p90 is their maximum: the first slow sample after
+  a change is enough.
 - **Increase** (additive): one slot when both are under, at least `min_samples` samples have come since the last
   change, and the batch uses the limit. An increase that is undone before it held for `min_samples` samples doubles
   the samples the next one waits for (up to 16x; reset when one holds): on an engine where any batch line slows
@@ -62,6 +63,10 @@ class BatchLimitSettings:
     min_samples: int = 5  # samples needed for a baseline, and between two increases
     baseline_seconds: float = 60.0  # the oldest clean sample the baseline may use; older: probe
     idle_seconds: float = 10.0  # no online request for this long: batch may use every slot up to the ceiling
+    # added to ratio x baseline: a few milliseconds of scheduling jitter that no user notices, and that would
+    # otherwise read as "1.5x" against a baseline of a few milliseconds (Envoy's gradient controller adds a
+    # `min_rtt_buffer` to its measured minRTT for the same reason)
+    slack: float = 0.005
 
 
 def p90(values: list[float]) -> float:
@@ -148,14 +153,15 @@ class BatchLimit:
         # after a change is enough to halve (the safe side); of more, one in ten may be slow. And their median, from
         # 3 samples: on a busy host the p90 of a few samples is mostly noise (the baseline's too), while a batch line
         # that slows every online request moves the median, which noise spikes barely touch
-        over = p90(ttfts) > ratio * baseline[1]
+        slack = self.settings.slack
+        over = p90(ttfts) > ratio * baseline[1] + slack
         if len(ttfts) >= 3:
-            over = over or statistics.median(ttfts) > ratio * baseline[0]
+            over = over or statistics.median(ttfts) > ratio * baseline[0] + slack
         if over:
             if any(o for _, o in self.recent):
                 self._decrease(
                     f"online TTFT p50/p90 {statistics.median(ttfts) * 1000:.1f}/{p90(ttfts) * 1000:.1f} ms over "
-                    f"{ratio} x baseline {baseline[0] * 1000:.1f}/{baseline[1] * 1000:.1f} ms"
+                    f"{ratio} x baseline {baseline[0] * 1000:.1f}/{baseline[1] * 1000:.1f} ms + {slack * 1000:.0f} ms"
                 )
             return
         if self.increased_at == self.changed_at and self.since_change >= self.settings.min_samples:
@@ -173,6 +179,8 @@ class BatchLimit:
             self.demand = False
 
     def _decrease(self, why: str) -> None:
+        if self.limit == 0:
+            return
         now = self.clock()
         log.info("batch limit %d -> %d: %s", self.limit, self.limit // 2, why)
         if self.increased_at == self.changed_at:  # the last change was an increase, and it did not hold
