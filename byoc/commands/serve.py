@@ -213,6 +213,33 @@ def gateway(
             "while no online request does: for compute-bound engines.",
         ),
     ] = False,
+    batch_ttft_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--batch-ttft-ratio",
+            help="Batch lines in flight follow an AIMD limit that keeps online TTFT p90 within this x its value with "
+            "no batch work [1.2; 0: off, the fixed --batch-headroom only].",
+        ),
+    ] = None,
+    batch_ttft_window: Annotated[
+        int | None,
+        typer.Option("--batch-ttft-window", help="Online TTFT samples the batch limit's p90 is taken over [20]."),
+    ] = None,
+    batch_baseline_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--batch-baseline-seconds",
+            help="Oldest online TTFT sample with no batch work the baseline may use; older: batch pauses to "
+            "re-measure it [60].",
+        ),
+    ] = None,
+    batch_idle_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--batch-idle-seconds",
+            help="With no online request for this long, batch may use every slot less --batch-headroom [10].",
+        ),
+    ] = None,
     batch_store: Annotated[
         str | None,
         typer.Option(
@@ -273,6 +300,10 @@ def gateway(
         "batch_headroom": batch_headroom,
         "batch_slots_per_replica": batch_slots_per_replica,
         "batch_preempt": batch_preempt or None,
+        "batch_ttft_ratio": batch_ttft_ratio,
+        "batch_ttft_window": batch_ttft_window,
+        "batch_baseline_seconds": batch_baseline_seconds,
+        "batch_idle_seconds": batch_idle_seconds,
         "batch_store": batch_store,
         "batch_kms_key": batch_kms_key,
         "batch_retention_hours": batch_retention_hours,

@@ -114,6 +114,13 @@ class GatewayConfig:
     # an online request that starts ends every batch line in flight (429 batch_yield; the worker sends it again), and
     # batch lines are admitted only while no online request is in flight: for compute-bound engines (the CPU engine)
     batch_preempt: bool = False
+    # the TTFT-guarded limit on batch lines in flight (runtime/serve/batch/limit.py): online TTFT p90 may be this x its
+    # baseline with no batch work (0: off, the fixed headroom only), over this many online samples; the baseline's
+    # oldest sample; and how long without online requests before batch may use every slot up to the headroom
+    batch_ttft_ratio: float = 1.2
+    batch_ttft_window: int = 20
+    batch_baseline_seconds: float = 60.0
+    batch_idle_seconds: float = 10.0
     # the Batch API (runtime/serve/batch/): its root in the deployment's bucket (None: no /v1/files, /v1/batches), the
     # key its objects are encrypted with (SSE-KMS on S3, CMEK on GCS), and the longest a batch file is kept
     batch_store: str | None = None
@@ -204,6 +211,14 @@ class GatewayConfig:
                 "from 0 to --max-concurrency - 1",
             ),
             ("--batch-slots-per-replica", 0 <= self.batch_slots_per_replica <= 4096, "the engine's max_batch_size"),
+            (
+                "--batch-ttft-ratio",
+                self.batch_ttft_ratio == 0 or 1.0 < self.batch_ttft_ratio <= 10.0,
+                "0 (off: the fixed headroom only) or above 1 up to 10, e.g. 1.2",
+            ),
+            ("--batch-ttft-window", 5 <= self.batch_ttft_window <= 10_000, "from 5 to 10000 online samples, e.g. 20"),
+            ("--batch-baseline-seconds", 1.0 <= self.batch_baseline_seconds <= 86_400, "from 1 to 86400, e.g. 60"),
+            ("--batch-idle-seconds", 0.1 <= self.batch_idle_seconds <= 86_400, "from 0.1 to 86400, e.g. 10"),
         ]
         for flag, ok, hint in checks:
             if not ok:

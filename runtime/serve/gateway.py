@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from runtime.serve.batch.layout import OWNER_HEADER
+from runtime.serve.batch.limit import BatchLimit, BatchLimitSettings
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.ledger import ReplicaBusyTime, UsageLedger, store_client
@@ -62,6 +64,8 @@ from runtime.serve.upstream_http import UpstreamClient, UpstreamResponse
 from runtime.serve.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger("byoc.gateway")
+# Retry-After of a batch line refused while the batch limit is 0 (runtime/serve/batch/limit.py)
+BATCH_PAUSED_RETRY_SECONDS = 5.0
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -117,6 +121,7 @@ class Outcome:
     usage_source: str = "none"
     batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
     waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
+    online_token: tuple[float, int, bool] | None = None  # an online request's entry in the batch limit (BatchLimit)
 
 
 class Gateway:
@@ -151,14 +156,38 @@ class Gateway:
         # -- batch admission class (issue 22) --
         self.batch_digest = config.batch_worker_digest()
         self.online_in_flight = 0
-        self.batch_lines: set[asyncio.Task[web.StreamResponse]] = set()  # batch lines being forwarded
+        # batch lines being forwarded, oldest first (a dict keeps their order: the newest are reclaimed first)
+        self.batch_lines: dict[asyncio.Task[web.StreamResponse], None] = {}
         self.preempted: set[asyncio.Task[web.StreamResponse]] = set()
+        self.borrowed: dict[asyncio.Task[web.StreamResponse], None] = {}  # lines above the batch limit (idle spells)
         self.batch_decisions = Counter(
             "byoc_gateway_batch_requests",
             "Batch lines from the batch worker, by decision: admitted, or yielded (429 batch_yield) to online traffic.",
             ["decision"],
             registry=self.metrics.registry,
         )
+        self.batch_in_flight = 0  # batch lines being forwarded
+        self.batch_limit: BatchLimit | None = None
+        if self.batch_digest is not None and config.batch_ttft_ratio:
+            settings = BatchLimitSettings(
+                ratio=config.batch_ttft_ratio,
+                window=config.batch_ttft_window,
+                baseline_seconds=config.batch_baseline_seconds,
+                idle_seconds=config.batch_idle_seconds,
+            )
+            self.batch_limit = BatchLimit(settings, clock=time.perf_counter)
+            Gauge(
+                "byoc_gateway_batch_limit",
+                "Batch lines that may be in flight now: the TTFT-guarded AIMD limit (the capacity less "
+                "--batch-headroom with no online traffic, 0 while the online TTFT baseline is re-measured).",
+                registry=self.metrics.registry,
+            ).set_function(self._batch_allowed)
+            Gauge(
+                "byoc_gateway_batch_ttft_baseline_seconds",
+                "Online TTFT p90 with no batch line in flight, that the batch limit keeps online TTFT near "
+                "(NaN: not measured yet).",
+                registry=self.metrics.registry,
+            ).set_function(self._batch_baseline)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -562,6 +591,10 @@ class Gateway:
                 outcome.addon = addon.name if addon is not None else BASE
             if outcome.batch:
                 self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
+            elif self.batch_limit is not None and (
+                self.admission.queued or self.admission.active >= self.admission.max_concurrency
+            ):
+                self.batch_limit.online_queued(time.perf_counter())  # an online request waits: batch halves now
             reason = await self.admission.acquire(self.config.queue_timeout)
             if reason == "closed":
                 raise self._draining(outcome)
@@ -615,26 +648,49 @@ class Gateway:
             capacity = min(capacity, self.config.batch_slots_per_replica * len(self.pool.ready))
         return capacity - self.config.batch_headroom
 
+    def _batch_allowed(self) -> int:
+        """Batch lines that may be in flight now: `batch_capacity()`, or the TTFT-guarded limit below it
+        (--batch-ttft-ratio; runtime/serve/batch/limit.py)."""
+        ceiling = self.batch_capacity()
+        return ceiling if self.batch_limit is None else self.batch_limit.allowed(ceiling)
+
+    def _batch_baseline(self) -> float:
+        baseline = None if self.batch_limit is None else self.batch_limit.baseline()
+        return math.nan if baseline is None else baseline[1]
+
     def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
-        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, and
-        fewer in flight than `batch_capacity()`. Otherwise 429 `batch_yield` at once (never queued: a queued batch
-        line would hold a place an online request could take); the worker backs off and sends it again later."""
+        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, fewer
+        requests in flight than `batch_capacity()`, and fewer batch lines in flight than the TTFT-guarded limit.
+        Otherwise 429 `batch_yield` at once (never queued: a queued batch line would hold a place an online request
+        could take); the worker backs off and sends it again later."""
         online_idle = not self.config.batch_preempt or self.online_in_flight == 0
-        if online_idle and self.admission.queued == 0 and self.admission.active < self.batch_capacity():
+        allowed = self._batch_allowed()
+        if (
+            online_idle
+            and self.admission.queued == 0
+            and self.admission.active < self.batch_capacity()
+            and self.batch_in_flight < allowed
+        ):
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
+                if self.batch_limit is not None:
+                    self.batch_limit.batch_admitted()
             return
-        raise self._batch_yield(outcome)
+        # the limit at 0: no line is let in before several online requests have answered; a worker told to come
+        # back in a second would send its refused lines a dozen times a second, CPU the engines' host shares
+        raise self._batch_yield(outcome, BATCH_PAUSED_RETRY_SECONDS if allowed == 0 else None)
 
-    def _batch_yield(self, outcome: Outcome) -> ApiError:
+    def _batch_yield(self, outcome: Outcome, wait: float | None = None) -> ApiError:
         self.batch_decisions.labels(decision="yielded").inc()
+        if self.batch_limit is not None:
+            self.batch_limit.batch_refused()
         outcome.reason = "batch_yield"
         return ApiError(
             429,
             "batch work yields to online traffic: retry after the time in Retry-After",
             kind="requests",
             code="batch_yield",
-            retry_after=retry_after(min(self._busy_estimate(), 5.0)),
+            retry_after=retry_after(wait if wait is not None else min(self._busy_estimate(), 5.0)),
         )
 
     async def _forward_batch(
@@ -650,7 +706,10 @@ class Gateway:
         (--batch-preempt): its upstream connection is closed, which stops the engine's work on it, and the worker
         is answered 429 `batch_yield` and sends the line again later."""
         task = asyncio.ensure_future(self._forward(request, path, parsed, addon, outcome, raw))
-        self.batch_lines.add(task)
+        self.batch_lines[task] = None
+        if self.batch_limit is not None and self.batch_in_flight >= self.batch_limit.limit:
+            self.borrowed[task] = None  # above the learned limit: let in while online traffic is away
+        self.batch_in_flight += 1
         try:
             return await task
         except asyncio.CancelledError:
@@ -659,7 +718,9 @@ class Gateway:
                 raise self._batch_yield(outcome) from None
             raise
         finally:
-            self.batch_lines.discard(task)
+            self.batch_in_flight -= 1
+            self.batch_lines.pop(task, None)
+            self.borrowed.pop(task, None)
             self.preempted.discard(task)
 
     async def _forward_online(
@@ -674,18 +735,32 @@ class Gateway:
         self.online_in_flight += 1
         if self.config.batch_preempt and self.batch_lines:
             self._preempt_batch()
+        if self.batch_limit is not None:
+            outcome.online_token = self.batch_limit.online_started(self.batch_in_flight)
+            excess = min(len(self.borrowed), self.batch_in_flight - self._batch_allowed())
+            if excess > 0 and self.batch_limit.mode in ("learned", "probe") and not self.config.batch_preempt:
+                # slots lent to batch work while online traffic was away are taken back when it returns: the newest
+                # borrowed lines end (429 batch_yield, sent again later). Lines above a limit just halved run to
+                # their end: ending them would end every line longer than the gap between online requests
+                self._preempt_batch(excess, among=self.borrowed)
         try:
             return await self._forward(request, path, parsed, addon, outcome, raw)
         finally:
             self.online_in_flight -= 1
+            if self.batch_limit is not None:
+                self.batch_limit.online_ended()
 
-    def _preempt_batch(self) -> None:
-        """An online request starts: every batch line in flight is ended now (--batch-preempt)."""
-        for task in list(self.batch_lines):
-            if not task.done():
-                self.preempted.add(task)
-                task.cancel()
-                self.batch_decisions.labels(decision="preempted").inc()
+    def _preempt_batch(
+        self, count: int | None = None, among: dict[asyncio.Task[web.StreamResponse], None] | None = None
+    ) -> None:
+        """An online request starts: every batch line in flight is ended now (--batch-preempt), or the newest
+        `count` of `among` (the batch limit's reclaim of borrowed slots)."""
+        lines = self.batch_lines if among is None else among
+        running = [task for task in lines if not task.done() and task not in self.preempted]
+        for task in running[::-1][:count]:
+            self.preempted.add(task)
+            task.cancel()
+            self.batch_decisions.labels(decision="preempted").inc()
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
         """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""
@@ -916,6 +991,9 @@ class Gateway:
                     # the first and last chunk of generated text (a role chunk or a comment is not a token)
                     if outcome.first_token is None:
                         outcome.first_token = now
+                        if outcome.online_token is not None and self.batch_limit is not None:
+                            ttft = now - outcome.online_token[0]
+                            self.batch_limit.online_sample(outcome.online_token, ttft, self.batch_in_flight)
                     outcome.last_token = now
                 if editor.finished:
                     final = edited  # leaves with the end of the body, in one send

@@ -47,10 +47,16 @@ def batch_root(stack: ServingStack) -> pulumi.Output[str]:
 
 def gateway_args(stack: ServingStack) -> list[pulumi.Input[str]]:
     """The gateway's batch flags (runtime/serve/config.py): the batch root, the key every batch object is written
-    with, the retention, and the worker token it accepts. Empty without batch."""
+    with, the retention, the worker token it accepts, and --batch-slots-per-replica: the engines' `max_batch_size`
+    (the trtllm-serve option the build plan renders into options.yaml, runtime/model_build/plan.py serve_options), so
+    batch lines in flight never exceed what the ready engines take at once, less --batch-headroom. Empty without
+    batch."""
     deployment = stack.deployment
     if not deployment.batch.enabled:
         return []
+    # trtllm-serve queues what is beyond max_batch_size (docs/FACTS.md): a batch line past it would wait in the
+    # engine, ahead of online requests that arrive after it
+    slots = int(stack.plan.options["max_batch_size"])
     args: list[pulumi.Input[str]] = ["--batch-store", batch_root(stack)]
     if stack.foundation.artifact_key is not None:
         args += ["--batch-kms-key", stack.foundation.artifact_key]
@@ -60,6 +66,8 @@ def gateway_args(stack: ServingStack) -> list[pulumi.Input[str]]:
         str(deployment.batch.retention_hours),
         "--batch-worker-token-file",
         WORKER_TOKEN_FILE,
+        "--batch-slots-per-replica",
+        str(slots),
     ]
 
 
@@ -106,9 +114,11 @@ def _selector(stack: ServingStack, component: str) -> dict[str, str]:
 
 
 def worker(stack: ServingStack, account: Any, token: Any, gateway: Any) -> Any:
-    """The batch worker: one replica (it takes no lease on a batch, so two would send lines twice; Recreate stops
-    the old pod before the new one starts), CPU only, non-root, read-only root filesystem, no privilege escalation,
-    every capability dropped, seccomp RuntimeDefault (the namespace enforces Pod Security `restricted`)."""
+    """The batch worker: one replica (it leases each batch, runtime/serve/batch/conditional.py, so a second pod
+    would wait for the lease rather than send lines twice; one is enough, the engines set the pace, and Recreate
+    stops the old pod before the new one starts, which then waits out the old pod's lease), CPU only, non-root,
+    read-only root filesystem, no privilege escalation, every capability dropped, seccomp RuntimeDefault (the
+    namespace enforces Pod Security `restricted`)."""
     from stacks.k8s.serving import container_security, image_annotations, pod_security
 
     deployment = stack.deployment

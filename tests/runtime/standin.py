@@ -4,6 +4,11 @@ gateway tests that the CPU engine, which follows TensorRT-LLM 1.3.0rc19, cannot 
 
 Chunks are written as pydantic dumps them in trtllm-serve (compact JSON), with the words ANSWER in order. A request
 whose `user` is `hold:SECONDS` is answered that much later (a request that holds a slot, for the limits tests).
+
+Sharing, for the batch limit's tests: a request whose `user` is `batch` (a batch line) takes `batch_seconds`, and
+every other streamed request's first chunk waits `contention` seconds for each batch line in flight, as a
+compute-bound engine's first token waits for decode steps shared with batch sequences. Both may be changed while it
+runs (the engine gets slower or faster under a test).
 """
 
 from __future__ import annotations
@@ -45,7 +50,11 @@ class StandInEngine:
         delay: float = 0.0,
         refusal: dict[str, Any] | None = None,
         usage_chunk: UsageChunk = "stream",
+        batch_seconds: float = 0.0,
+        contention: float = 0.0,
     ) -> None:
+        self.batch_seconds, self.contention = batch_seconds, contention
+        self.batch_in_flight = 0
         self.model, self.status, self.retry_after, self.usage, self.delay = model, status, retry_after, usage, delay
         self.refusal = refusal  # the body of a refusal (status other than 200), instead of vLLM's
         self.usage_chunk = usage_chunk
@@ -95,6 +104,17 @@ class StandInEngine:
         body = {"error": {"message": "the engine is full", "type": kind, "param": None, "code": self.status}}
         return web.json_response(self.refusal or body, status=self.status, headers=headers)
 
+    async def _share(self, batch: bool, stream: bool) -> None:
+        """A batch line's time, or an online first token's wait for the batch lines in flight."""
+        if batch:
+            self.batch_in_flight += 1
+            try:
+                await asyncio.sleep(self.batch_seconds)
+            finally:
+                self.batch_in_flight -= 1
+        elif stream and self.contention:
+            await asyncio.sleep(self.contention * self.batch_in_flight)
+
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
@@ -105,6 +125,7 @@ class StandInEngine:
         user = body.get("user")
         if isinstance(user, str) and user.startswith("hold:"):
             await asyncio.sleep(float(user.removeprefix("hold:")))
+        await self._share(user == "batch", bool(body.get("stream")))
         total = len(ANSWER)
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": total, "total_tokens": PROMPT_TOKENS + total}
         meta = {"id": "chatcmpl-standin" if chat else "cmpl-standin", "created": int(time.time()), "model": self.model}

@@ -371,7 +371,16 @@ def test_the_gateway_yields_batch_work_to_online_traffic_and_admits_it_after(
     import openai
 
     server = batch_gateway(
-        runtime_dir, engine, keys_file, token_file, "--max-concurrency", "1", "--batch-headroom", "0"
+        runtime_dir,
+        engine,
+        keys_file,
+        token_file,
+        "--max-concurrency",
+        "1",
+        "--batch-headroom",
+        "0",
+        "--batch-ttft-ratio",
+        "0",  # the fixed admission class alone (tests/runtime/test_batch_limit.py: the limit)
     )
     headers = {"Authorization": f"Bearer {WORKER_TOKEN}", layout.OWNER_HEADER: "ci", "Content-Type": "application/json"}
     body = json.dumps(chat_line("x", "hello")["body"]).encode()
@@ -536,7 +545,7 @@ def test_with_batch_preempt_an_online_request_ends_the_batch_lines_in_flight(
 
     import openai
 
-    server = batch_gateway(runtime_dir, engine, keys_file, token_file, "--batch-preempt")
+    server = batch_gateway(runtime_dir, engine, keys_file, token_file, "--batch-preempt", "--batch-ttft-ratio", "0")
     headers = {"Authorization": f"Bearer {WORKER_TOKEN}", layout.OWNER_HEADER: "ci", "Content-Type": "application/json"}
     long_line = chat_line("long", "count", max_tokens=1500)["body"]
     long_line["ignore_eos"] = True

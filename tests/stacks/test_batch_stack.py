@@ -440,3 +440,17 @@ def test_every_example_still_plans(tmp_path: Path) -> None:
         assert result.returncode == 0, (example.name, result.stderr[-2000:])
         document = json.loads((tmp_path / example.stem / "plan.json").read_text())
         assert document["batch"]["enabled"] is True
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_the_gateway_lets_batch_fill_no_more_than_the_engines_max_batch_size(cloud: str) -> None:
+    """--batch-slots-per-replica is the max_batch_size trtllm-serve runs with (the engine ConfigMap's options.yaml):
+    batch lines beyond it would wait inside the engine, ahead of online requests that arrive after them."""
+    import yaml
+
+    plan = graph(cloud=cloud)
+    config = named(plan, "kubernetes:core/v1:ConfigMap", "test-engine-config").inputs["data"]
+    max_batch_size = yaml.safe_load(config["options.yaml"])["max_batch_size"]
+    gateway = command(plan, "gateway")
+    assert int(flag(gateway, "--batch-slots-per-replica")) == max_batch_size >= 8
+    assert "--batch-slots-per-replica" not in command(graph(cloud=cloud, **OFF), "gateway")
