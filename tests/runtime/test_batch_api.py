@@ -355,6 +355,54 @@ def test_whole_file_limits_and_batch_fields_are_refused(gateway: Server) -> None
     assert batch.metadata == full
 
 
+def test_large_uploads_at_once_are_turned_away_not_held_in_memory(gateway: Server) -> None:
+    """Whole files in memory are bounded (api.FILE_BYTES_IN_MEMORY, under the gateway pod's 512 Mi): while a 150 MB
+    upload streams in, a second one of that size gets 429 files_busy with Retry-After at once; a small file still
+    goes through; once the first upload ends, a large one is taken again. (The field report: four parallel 195 MB
+    uploads took the gateway from 85 MB to 828 MB of RSS.)"""
+    import socket
+
+    size = 150 * 1024 * 1024
+    boundary = "byoc-test-boundary"
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEYS['ci']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {size}\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+    ).encode()
+    first = socket.create_connection(("127.0.0.1", gateway.port))
+    try:
+        first.sendall(head + b"x" * 1024 * 1024)  # the upload has begun and holds its share of the budget
+        time.sleep(0.5)
+        second = requests.post(
+            gateway.url + "/v1/files",
+            headers={
+                "Authorization": f"Bearer {KEYS['ci']}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+            data=iter([head[head.index(b"--") :], b"x" * 1024]),  # a streamed body: its length is not sent
+            timeout=30,
+        )
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == "files_busy"
+        assert int(second.headers["Retry-After"]) > 0
+        small = upload(client(gateway), [request_line("small-1")])
+        assert small.bytes > 0
+    finally:
+        first.close()
+    deadline = time.monotonic() + 10
+    while True:  # the gateway sees the first client leave and frees its share
+        again = requests.post(
+            gateway.url + "/v1/files",
+            headers={"Authorization": f"Bearer {KEYS['ci']}"},
+            files={"file": ("again.jsonl", jsonl([request_line("again-1")])), "purpose": (None, "batch")},
+            timeout=30,
+        )
+        if again.status_code != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert again.status_code == 200, again.text
+
+
 def test_nothing_of_a_batch_reaches_the_gateway_log(gateway: Server) -> None:
     api = client(gateway)
     source = upload(api, [request_line(CANARY)], name=f"{CANARY}.jsonl")

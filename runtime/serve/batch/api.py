@@ -27,12 +27,13 @@ gateway (access denied, KMS) or whose bucket is gone answers 500; both say so, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,13 @@ BATCHES_LIST_DEFAULT = 20  # batch_list_params.py: limit 1..100, default 20
 BATCHES_LIST_MAX = 100
 STORE_RETRY_AFTER = "5"
 STORE_THREADS = 8  # store calls at once (a list reads its objects in parallel); more wait their turn
+# Bytes of whole files (uploads, batch creates reading their input, content downloads) this gateway holds in memory at
+# once. The gateway pod's limit is 512 Mi (stacks/k8s/serving.py) and it serves online traffic too: a 195 MB upload
+# peaked at 268 MB of RSS (the buffer grows by doubling) over an 85 MB process, so 256 MiB of files (one 200 MB file,
+# or several small ones) stays under the limit; what does not fit is refused at once with 429 and Retry-After, never
+# queued, and the client retries (the official client does on 429).
+FILE_BYTES_IN_MEMORY = 256 * 1024 * 1024
+FILE_BUSY_RETRY_AFTER = "10"
 # ids as layout.new_file_id / new_batch_id make them: anything else is no object's (and no path under the root)
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
 BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
@@ -133,6 +141,27 @@ class BatchApi:
         # threads of their own: a store that hangs holds these, never the event loop's default executor (which
         # resolves the upstreams' DNS names for online traffic)
         self.threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="batch-store")
+        self.file_bytes = FILE_BYTES_IN_MEMORY  # what whole-file operations may still take (FILE_BYTES_IN_MEMORY)
+
+    @contextlib.contextmanager
+    def _file_memory(self, size: int) -> Iterator[None]:
+        """Hold `size` bytes of the gateway's file budget while a whole file is in memory; 429 `files_busy` at once
+        when the budget cannot take it (other uploads or downloads in flight)."""
+        size = min(max(size, 0), FILE_BYTES_IN_MEMORY)
+        if size > self.file_bytes:
+            raise ApiError(
+                429,
+                "file operations: this gateway is holding as many file bytes as it may; retry after the time in "
+                "Retry-After",
+                kind="requests",
+                code="files_busy",
+                retry_after=FILE_BUSY_RETRY_AFTER,
+            )
+        self.file_bytes -= size
+        try:
+            yield
+        finally:
+            self.file_bytes += size
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -234,6 +263,11 @@ class BatchApi:
     async def create_file(self, request: web.Request, key: ApiKey) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             raise _bad("file", "send the file as multipart/form-data (fields `file` and `purpose`)")
+        # the body's length when the client sends one (the official client does), else the most a file may be
+        with self._file_memory(request.content_length or layout.MAX_FILE_BYTES):
+            return await self._create_file(request, key)
+
+    async def _create_file(self, request: web.Request, key: ApiKey) -> web.Response:
         reader = await request.multipart()
         content: bytearray | None = None
         filename = "upload.jsonl"
@@ -347,12 +381,13 @@ class BatchApi:
 
     async def file_content(self, request: web.Request, key: ApiKey) -> web.Response:
         file_id = request.match_info["file_id"]
-        await self._own_file(file_id, key)
-        try:
-            data = await self._call(self.store.read_bytes, layout.file_content(file_id))
-        except ObjectMissing:
-            raise _not_found("file", "file_id") from None
-        return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
+        record = await self._own_file(file_id, key)
+        with self._file_memory(int(record.get("bytes") or 0)):
+            try:
+                data = await self._call(self.store.read_bytes, layout.file_content(file_id))
+            except ObjectMissing:
+                raise _not_found("file", "file_id") from None
+            return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
 
     async def delete_file(self, request: web.Request, key: ApiKey) -> web.Response:
         file_id = request.match_info["file_id"]
@@ -390,13 +425,14 @@ class BatchApi:
         source = await self._own_file(input_file_id, key, param="input_file_id")
         if source.get("purpose") != layout.FILE_PURPOSE:
             raise _bad("input_file_id", 'the file was not uploaded with purpose "batch"')
-        try:
-            data = await self._call(self.store.read_bytes, layout.file_content(input_file_id))
-        except ObjectMissing:
-            raise _not_found("file", "input_file_id") from None
-        # a 200 MB file takes seconds to parse: in a thread, so that online requests keep flowing
-        summary = await self._in_thread(check_input_file, data, str(endpoint), self.serves)
-        del data
+        with self._file_memory(int(source.get("bytes") or 0)):
+            try:
+                data = await self._call(self.store.read_bytes, layout.file_content(input_file_id))
+            except ObjectMissing:
+                raise _not_found("file", "input_file_id") from None
+            # a 200 MB file takes seconds to parse: in a thread, so that online requests keep flowing
+            summary = await self._in_thread(check_input_file, data, str(endpoint), self.serves)
+            del data
         created_ns = time.time_ns()
         now = created_ns // 1_000_000_000
         batch_id = layout.new_batch_id()
