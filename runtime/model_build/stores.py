@@ -171,9 +171,13 @@ def _s3_error(exc: Exception, field: str, what: str) -> ByocError:
 class S3Store:
     """An S3 prefix through boto3. Honours AWS_ENDPOINT_URL(_S3); writes with SSE-KMS when given a key."""
 
-    def __init__(self, root: str, field: str, kms_key: str | None = None) -> None:
+    def __init__(self, root: str, field: str, kms_key: str | None = None, timeout_s: float | None = None) -> None:
+        """`timeout_s`: the most one call may wait on a connect or a read (botocore's default is 60 s each, with up
+        to 5 attempts: minutes on a store that hangs); None keeps botocore's defaults (the builder's long transfers).
+        """
         import boto3
         from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
 
         parsed = urlparse(root)
         if not parsed.netloc:
@@ -184,7 +188,12 @@ class S3Store:
         self.field = field
         self.kms_key = kms_key
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-        self.client: Any = boto3.client("s3", endpoint_url=endpoint)
+        config = None
+        if timeout_s is not None:
+            config = Config(
+                connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 2, "mode": "standard"}
+            )
+        self.client: Any = boto3.client("s3", endpoint_url=endpoint, config=config)
         self.transfer: Any = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
         )
@@ -388,15 +397,16 @@ class GcsStore:
         self._call(f"bucket {self.bucket_name}", self.bucket.reload)
 
 
-def open_store(uri: str, field: str, kms_key: str | None = None) -> Store:
-    """The store for a file://, s3:// or gs:// URI (a bare absolute path counts as file://)."""
+def open_store(uri: str, field: str, kms_key: str | None = None, timeout_s: float | None = None) -> Store:
+    """The store for a file://, s3:// or gs:// URI (a bare absolute path counts as file://). `timeout_s` bounds each
+    S3 call's connect and read waits (a serving path that must answer while the store hangs); None: the SDK's."""
     if uri.startswith("/"):
         return FileStore(f"file://{uri}", field)
     scheme = urlparse(uri).scheme
     if scheme == "file":
         return FileStore(uri, field)
     if scheme == "s3":
-        return S3Store(uri, field, kms_key)
+        return S3Store(uri, field, kms_key, timeout_s)
     if scheme == "gs":
         return GcsStore(uri, field, kms_key)
     raise ByocError(

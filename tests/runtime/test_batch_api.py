@@ -509,6 +509,34 @@ def test_an_unreachable_store_answers_503_and_chat_goes_on(
         server.stop()
 
 
+def test_a_store_that_hangs_answers_503_within_seconds(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, kms_key: str
+) -> None:
+    """A store that takes the connection and never answers (the field report: a frozen endpoint held a list for
+    90 s and the client gave up, 499): each S3 call waits at most layout.STORE_TIMEOUT_S per attempt, then 503."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepts (the kernel does) and never reads or answers
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        server = batch_gateway(
+            runtime_dir, standin, keys_file, url, f"s3://{BUCKET}/batch/", "--batch-kms-key", kms_key
+        )
+        try:
+            started = time.monotonic()
+            answer = http("GET", server.url + "/v1/batches", headers={"Authorization": f"Bearer {KEYS['ci']}"})
+            waited = time.monotonic() - started
+            assert answer.status == 503, answer.body
+            assert waited < 28.0, waited  # two attempts of STORE_TIMEOUT_S (10 s), and some slack on a busy machine
+            assert answer.headers.get("retry-after")
+        finally:
+            server.stop()
+    finally:
+        silent.close()
+
+
 def test_batch_flags_name_the_flag(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-local-0123456789abcdef\n")

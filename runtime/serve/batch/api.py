@@ -606,4 +606,4 @@ def open_batch_store(uri: str, kms_key: str | None) -> Store:
     """The batch root (--batch-store) opened with its key (--batch-kms-key). Raises ByocError naming the flag."""
     from runtime.model_build.stores import open_store
 
-    return open_store(uri, FIELD, kms_key)
+    return open_store(uri, FIELD, kms_key, timeout_s=layout.STORE_TIMEOUT_S)

@@ -30,6 +30,9 @@ MAX_REQUESTS_PER_BATCH = 50_000
 COMPLETION_WINDOWS = ("24h",)
 COMPLETION_WINDOW_SECONDS = {"24h": 24 * 3600}
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+# Seconds an S3 connect or read may wait in the gateway and the worker: a store that hangs (no answer, no refusal)
+# costs a call at most about twice this (two attempts), then the gateway answers 503 and frees the store thread.
+STORE_TIMEOUT_S = 10.0
 
 # OpenAI's batch statuses (openai-python src/openai/types/batch.py)
 VALIDATING = "validating"

@@ -287,7 +287,9 @@ class Lease:
 class BatchWorker:
     def __init__(self, settings: WorkerSettings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.batch_store, "--batch-store", settings.batch_kms_key)
+        self.store = store or open_store(
+            settings.batch_store, "--batch-store", settings.batch_kms_key, timeout_s=layout.STORE_TIMEOUT_S
+        )
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.stopping = asyncio.Event()
         self._session: Any = None
