@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from byoc.catalogs import InstanceType, ModelArch, load_catalog
-from byoc.errors import ByocWarning
+from byoc.errors import ByocError, ByocWarning
 from byoc.rules import DeploymentShape
 
 GIB = 1024**3
@@ -424,3 +424,21 @@ def warm_pool_hourly_usd(instance: InstanceType, nodes: int) -> float:
     """What `nodes` idle GPU nodes of `instance` cost per hour (USD, the catalog's on-demand list price, billed whole
     whether a replica runs on them or not): the price of skipping the node launch on a wake (byoc/caches.py)."""
     return round(instance.hourly_usd * nodes, 2)
+
+
+def check_warm_pool(
+    nodes: int, max_replicas: int, replicas_per_node: int, field: str, replicas_field: str = "autoscaling.max_replicas"
+) -> None:
+    """A warm pool larger than the nodes max_replicas can fill keeps GPU nodes no replica can ever take: refused.
+
+    Raises:
+        ByocError: `field` names the spec field or the flag; the fix says the most that can be used.
+    """
+    most = math.ceil(max_replicas / max(replicas_per_node, 1))
+    if nodes > most:
+        raise ByocError(
+            field,
+            f"{nodes} warm node(s), but max_replicas {max_replicas} fills at most {most} node(s) "
+            f"({replicas_per_node} replica(s) per node): the others would be billed and never used",
+            f"set {field} to at most {most}, or raise {replicas_field}",
+        )

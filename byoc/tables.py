@@ -39,6 +39,7 @@ def estimate_row(
     min_replicas: int = 0,
     max_replicas: int = 1,
     cold_start: dict[str, Any] | None = None,
+    warm_pool_field: str = "--warm-pool",
 ) -> dict[str, Any]:
     """The estimate of one shape. A model that does not fit gets its memory lines only: throughput, cost and cold
     start are None, with the reason in `not_estimated` (a model that cannot load serves nothing). `cold_start` holds
@@ -97,6 +98,8 @@ def estimate_row(
         price_per_gpu_hour=price_per_gpu_hour,
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
+    warm = int((cold_start or {}).get("warm_pool", 0))
+    planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
     return row | {
         "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
         "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),

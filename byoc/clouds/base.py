@@ -24,7 +24,7 @@ from byoc.caches import ImageCache, NodeCaches, WarmPool, weights_cache
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
-from byoc.planner import warm_pool_hourly_usd
+from byoc.planner import check_warm_pool, warm_pool_hourly_usd
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
 from byoc.sizing import (
     DiskPlan,
@@ -340,6 +340,7 @@ class Cloud(ABC):
         )
         instance = self.instance_types[pool[0]]
         nodes = spec.cold_start.warm_pool
+        check_warm_pool(nodes, spec.autoscaling.max_replicas, replicas_per_node, "cold_start.warm_pool")
         return NodeCaches(
             image=self.image_cache(spec, serving_image, disk),
             weights=weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, why_not),

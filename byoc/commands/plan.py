@@ -112,7 +112,12 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"{pods.allocatable.allocatable.text()} allocatable ({pods.daemonsets.text()} left to its DaemonSets)",
         f"cost        node {node.instance_type} ${node.hourly_usd:.2f}/h, billed whole, "
         f"{_replicas(node.replicas_per_node)} per node{share}",
-        f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}",
+        f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}"
+        + (
+            f"; plus the warm pool, ${deployment.caches.warm_pool.hourly_usd:,.2f}/h every hour"
+            if deployment.caches is not None and deployment.caches.warm_pool.nodes
+            else ""
+        ),
         f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
         _cold_start_summary(deployment),
@@ -347,7 +352,8 @@ def estimate(
         typer.Option("--weights-cache", help="Where a node keeps the weights [local_ssd; or the spec's]."),
     ] = None,
     warm_pool: Annotated[
-        int | None, typer.Option("--warm-pool", min=0, help="GPU nodes kept warm, no replica [0; or the spec's].")
+        int | None,
+        typer.Option("--warm-pool", min=0, max=64, help="GPU nodes kept warm, no replica [0; or the spec's]."),
     ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
@@ -389,6 +395,7 @@ def estimate(
             0 if min_replicas is None else min_replicas,
             1 if max_replicas is None else max_replicas,
             cold_start,
+            "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
         )
     model, cloud = row["model"], cloud or CloudName.aws
     misfit = None
@@ -489,6 +496,13 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         "saturated)",
         f"  price              {cost['price_source']}",
     ]
+    warm = (row.get("cold_start") or {}).get("options", {}).get("warm_pool", 0)
+    if warm:
+        pool_usd = row["cold_start"]["warm_pool_hourly_usd"]
+        lines.append(
+            f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
+            "cold_start.warm_pool), every hour, on top of the costs above"
+        )
     store = row.get("store")
     if store:
         lines.append(

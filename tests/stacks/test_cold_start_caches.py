@@ -100,7 +100,9 @@ def test_aws_warm_pool_holds_nodes_with_low_priority_placeholders() -> None:
     # the pool's largest type (p5.48xlarge, 8 GPUs) holds on two nodes, not one
     without = node_pool(graph(autoscaling={"min_replicas": 0, "max_replicas": 6}))["limits"]["nvidia.com/gpu"]
     assert (int(without), int(node_pool(plan)["limits"]["nvidia.com/gpu"])) == (8, 16)
-    warm = deploy(cold_start={"warm_pool": 2}).plan_document()["cold_start_caches"]["warm_pool"]
+    warm = deploy(cold_start={"warm_pool": 2}, autoscaling={"max_replicas": 2}).plan_document()["cold_start_caches"][
+        "warm_pool"
+    ]
     assert warm["nodes"] == 2 and warm["hourly_usd"] == pytest.approx(2 * 6.88)  # p5.4xlarge list price
     assert warm["monthly_usd"] == pytest.approx(2 * 6.88 * 730)
 
@@ -150,9 +152,9 @@ def test_gcp_warm_pool_raises_the_pool_maximum() -> None:
     base = gpu_pool(graph(**GCP, autoscaling=scaling))["autoscaling"]["totalMaxNodeCount"]
     warm = gpu_pool(graph(**GCP, autoscaling=scaling, cold_start={"warm_pool": 2}))["autoscaling"]
     assert warm["totalMaxNodeCount"] == base + 2 and warm["totalMinNodeCount"] == 0
-    assert deploy(**GCP, cold_start={"warm_pool": 2}).plan_document()["cold_start_caches"]["warm_pool"][
-        "hourly_usd"
-    ] == pytest.approx(1.70)  # 2 x g2-standard-8
+    assert deploy(**GCP, autoscaling={"max_replicas": 2}, cold_start={"warm_pool": 2}).plan_document()[
+        "cold_start_caches"
+    ]["warm_pool"]["hourly_usd"] == pytest.approx(1.70)  # 2 x g2-standard-8
 
 
 def test_a_disk_image_that_is_not_one_is_refused_with_exit_2(tmp_path: Path) -> None:

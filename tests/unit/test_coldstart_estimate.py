@@ -79,7 +79,7 @@ def test_weights_on_the_root_disk_are_slower_than_on_local_ssd() -> None:
 def test_a_warm_pool_skips_the_node_launch_and_the_pull_and_says_what_it_costs() -> None:
     args = ["--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8"]
     cold = estimate_json(*args)
-    warm = estimate_json(*args, "--warm-pool", "2")
+    warm = estimate_json(*args, "--warm-pool", "2", "--max-replicas", "2")
     cold_s, warm_s = seconds(cold["cold_start"]), seconds(warm["cold_start"])
     assert warm_s["node_launch"] == 0 and warm_s["image_pull"] == 0
     assert cold_s["node_launch"] == cold_start_catalog()["node_launch"]["aws"]["seconds"]
@@ -165,3 +165,29 @@ def test_plan_json_holds_the_estimate_and_the_gateway_waits_for_it() -> None:
     default = containers(workload(graph(), "gateway")["template"]["spec"])["gateway"]
     default_args = default["args"] if "args" in default else default["command"]
     assert int(default_args[default_args.index("--wake-timeout") + 1]) < expected
+
+
+def test_a_warm_pool_no_replica_can_use_is_refused_and_its_cost_is_shown(tmp_path: Path) -> None:
+    """The field report: warm_pool 64 with max_replicas 4 planned without a word ($412/h of nodes no replica can
+    take), `--warm-pool 100000` printed $688,000/h, and the cost line said $0/h at min_replicas 0 beside a warm pool."""
+    spec = yaml.safe_load(EXAMPLES[0].read_text())
+    spec["cold_start"] = {"warm_pool": spec["autoscaling"]["max_replicas"] + 1}
+    path = tmp_path / "byoc.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for args in (["validate", "-f", str(path)], ["estimate", "-f", str(path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "cold_start.warm_pool" in result.output and "at most" in result.output
+        assert "Traceback" not in result.output
+    flags = ["estimate", "--model", "llama-3.1-8b-instruct", "--shape", "h100x1-fp8", "--max-replicas", "2"]
+    for extra in (["--warm-pool", "3"], ["--warm-pool", "100000"]):
+        result = runner.invoke(app, [*flags, *extra])
+        assert result.exit_code == 2, result.output
+        assert "--warm-pool" in result.output
+    byoc_yaml = next(e for e in EXAMPLES if e.name == "byoc.yaml")  # p5.4xlarge, one replica each, max_replicas 4
+    shown = runner.invoke(app, ["estimate", "-f", str(byoc_yaml), "--warm-pool", "2"])
+    assert shown.exit_code == 0, shown.output
+    warm_line = next(
+        line for line in shown.output.splitlines() if line.strip().startswith("warm pool") and "/h" in line
+    )
+    assert "$13.76/h" in warm_line  # two p5.4xlarge at the catalog's $6.88/h
