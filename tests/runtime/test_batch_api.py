@@ -551,3 +551,42 @@ def test_batch_flags_name_the_flag(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith(f"error: {flag}"), result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_an_input_file_is_not_deleted_under_a_running_batch(gateway: Server, s3: Any, kms_key: str) -> None:
+    api = client(gateway)
+    source = upload(api, [request_line("a"), request_line("b")])
+    batch = api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.BadRequestError) as caught:
+        api.files.delete(source.id)
+    body: Any = caught.value.body
+    assert body["param"] == "file_id" and body["code"] == "file_in_use"
+    assert batch.id in body["message"] and "cancel the batch first" in body["message"]
+    assert api.files.retrieve(source.id).id == source.id  # still there, content too
+    assert api.files.content(source.id).content == jsonl([request_line("a"), request_line("b")])
+    api.batches.cancel(batch.id)
+    with pytest.raises(openai.BadRequestError):  # cancelling is not ended yet: the worker may still read it
+        api.files.delete(source.id)
+    state = {"status": "cancelled", "cancelled_at": int(time.time()), "request_counts": {"total": 2}}
+    put_json(s3, f"{ROOT}batches/{batch.id}/state.json", state, kms_key)
+    assert api.files.delete(source.id).deleted
+
+
+def test_a_batch_past_its_window_with_no_worker_reads_expired(gateway: Server, s3: Any, kms_key: str) -> None:
+    api = client(gateway)
+    source = upload(api, [request_line("a")])
+    batch = api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    key = f"{ROOT}batches/{batch.id}/batch.json"
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    past = int(time.time()) - 5
+    put_json(s3, key, {**record, "expires_at": past}, kms_key)  # the 24 h gone by, no worker having run it
+    seen = api.batches.retrieve(batch.id)
+    assert (seen.status, seen.expired_at, seen.expires_at) == ("expired", past, past)
+    assert next(b for b in api.batches.list() if b.id == batch.id).status == "expired"
+    with pytest.raises(openai.BadRequestError):  # ended: nothing to cancel
+        api.batches.cancel(batch.id)
+    # a worker that ran it to the end late writes the real end state, which shows
+    done = {"status": "completed", "completed_at": past + 1, "request_counts": {"total": 1, "completed": 1}}
+    put_json(s3, f"{ROOT}batches/{batch.id}/state.json", done, kms_key)
+    assert api.batches.retrieve(batch.id).status == "completed"
+    api.files.delete(source.id)  # allowed: the batch has ended

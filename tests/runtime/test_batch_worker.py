@@ -635,3 +635,71 @@ def test_the_worker_reaches_a_tls_gateway_with_its_ca(
     finally:
         server.stop()
     assert state["status"] == "completed" and state["request_counts"]["completed"] == 3
+
+
+def test_a_small_batch_of_another_key_completes_while_a_big_one_runs(
+    gateway: Server, file_root: tuple[str, Store], token_file: Path, runtime_dir: Path
+) -> None:
+    """Batches run several at once, fairly across owners: key `ci`'s long batch does not hold key `single`'s
+    2-line batch back; the lines of both share the worker's --concurrency."""
+    root, store = file_root
+    big = write_batch(store, [chat_line(f"big-{i:03d}", f"count {i}", max_tokens=40) for i in range(80)], owner="ci")
+    worker = Worker(runtime_dir, gateway.url, root, token_file, "--max-batches", "2")
+    try:
+        wait_for(lambda: state_of(store, big).get("request_counts", {}).get("completed", 0) >= 2, 60, "big running")
+        small = write_batch(store, [chat_line("s-1", "hi"), chat_line("s-2", "hello")], owner="single")
+        state = wait_status(store, small, layout.TERMINAL, 60)
+        big_state = state_of(store, big)
+        store.write_bytes(layout.batch_cancel(big), json.dumps({"cancelling_at": int(time.time())}).encode())
+        wait_status(store, big, layout.TERMINAL, 60)
+    finally:
+        worker.stop()
+    assert state["status"] == "completed" and state["request_counts"]["completed"] == 2
+    assert big_state["status"] == "in_progress", "the small batch ended while the big one was still running"
+    assert big_state["request_counts"]["completed"] < 80
+
+
+def test_fair_order_takes_turns_between_owners_oldest_first() -> None:
+    from runtime.serve.batch.worker import fair_order
+
+    waiting = [(1.0, "a1", "A"), (2.0, "a2", "A"), (3.0, "a3", "A"), (4.0, "b1", "B"), (5.0, "b2", "B")]
+    assert [b for b, _ in fair_order(waiting, [])] == ["a1", "b1", "a2", "b2", "a3"]
+    # A already runs two: B's batches come first
+    assert [b for b, _ in fair_order(waiting, ["A", "A"])] == ["b1", "b2", "a1", "a2", "a3"]
+
+
+def test_an_input_file_deleted_under_a_batch_fails_it_and_delivers_the_lines_done(
+    gateway: Server, file_root: tuple[str, Store], token_file: Path, runtime_dir: Path
+) -> None:
+    """The worker stopped mid-batch, the input file deleted (by hand, or a sweep), the worker restarted: the batch is
+    `failed` naming the cause, and the results committed (and metered) before are in its output and error files."""
+    root, store = file_root
+    lines = [chat_line(f"d-{i:03d}", f"count {i}", max_tokens=40) for i in range(80)]
+    batch_id = write_batch(store, lines)
+    worker = Worker(runtime_dir, gateway.url, root, token_file, "--concurrency", "2")
+    try:
+        wait_for(lambda: len(store.list_objects(layout.batch_parts(batch_id))) >= 1, 60, "a part committed")
+    finally:
+        worker.kill()
+    committed = {
+        json.loads(raw)["custom_id"]
+        for part in store.list_objects(layout.batch_parts(batch_id))
+        for raw in store.read_bytes(part.key).splitlines()
+    }
+    input_file = json.loads(store.read_bytes(layout.batch_record(batch_id)))["input_file_id"]
+    store.delete([layout.file_content(input_file), layout.file_object(input_file)])
+    worker = Worker(runtime_dir, gateway.url, root, token_file)
+    try:
+        state = wait_status(store, batch_id, layout.TERMINAL, 60)
+    finally:
+        worker.stop()
+    assert state["status"] == "failed"
+    error = state["errors"]["data"][0]
+    assert error["code"] == "input_file_deleted" and error["param"] == "input_file_id"
+    assert input_file in error["message"]
+    delivered = file_lines(store, state.get("output_file_id")) + file_lines(store, state.get("error_file_id"))
+    assert committed and {r["custom_id"] for r in delivered} == committed
+    assert len(delivered) == len(committed), "one result per custom_id"
+    counts = state["request_counts"]
+    assert counts["total"] == 80 and counts["completed"] + counts["failed"] == len(committed)
+    assert store.list_objects(layout.batch_parts(batch_id)) == []

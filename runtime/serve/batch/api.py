@@ -7,7 +7,8 @@ batch_request_counts.py, batch_error.py, batch_create_params.py, file_create_par
     GET    /v1/files                  ?purpose&limit(1..10000, 10000)&after&order(asc|desc, desc)
     GET    /v1/files/{file_id}
     GET    /v1/files/{file_id}/content
-    DELETE /v1/files/{file_id}        object.json and content, in one DeleteObjects call
+    DELETE /v1/files/{file_id}        object.json and content, in one DeleteObjects call; refused (400) while a
+                                      batch of the key that has not ended reads it as its input
     POST   /v1/batches                {input_file_id, endpoint, completion_window, metadata, output_expires_after}
     GET    /v1/batches                ?limit(1..100, 20)&after, newest first
     GET    /v1/batches/{batch_id}
@@ -392,6 +393,23 @@ class BatchApi:
     async def delete_file(self, request: web.Request, key: ApiKey) -> web.Response:
         file_id = request.match_info["file_id"]
         await self._own_file(file_id, key)
+        # the worker reads the input file again whenever it takes a batch up (a restart, a lost lease): deleting it
+        # under a batch that has not ended would cost the rest of that batch. OpenAI's API reference documents no
+        # such case (openai-python 3.63 src/openai/resources/files.py `delete`: "Delete a file"); refusing is ours.
+        records = [
+            r
+            for r in await self._records("batches", "batch.json")
+            if r.get("owner") == key.name and r.get("input_file_id") == file_id
+        ]
+        for view in await asyncio.gather(*(self._batch_view_of(r) for r in records)):
+            if view["status"] not in layout.TERMINAL:
+                raise ApiError(
+                    400,
+                    f"file_id: the input file of batch {view['id']}, which is {view['status']}; cancel the batch "
+                    "first (POST /v1/batches/{batch_id}/cancel) and delete the file once it is cancelled",
+                    param="file_id",
+                    code="file_in_use",
+                )
         await self._call(self.store.delete, [layout.file_object(file_id), layout.file_content(file_id)])
         return web.json_response({"id": file_id, "object": "file", "deleted": True})
 
@@ -514,10 +532,16 @@ def _file_view(record: dict[str, Any]) -> dict[str, Any]:
 def _batch_view(record: dict[str, Any], state: dict[str, Any] | None, cancel: dict[str, Any] | None) -> dict[str, Any]:
     """OpenAI's Batch (openai-python src/openai/types/batch.py) from batch.json, the worker's state.json and the
     cancel marker: `validating` until the worker writes a state; `cancelling` while a cancel waits on a batch that
-    has not ended."""
+    has not ended; `expired` (expired_at = expires_at) once the completion window has passed on a batch the worker
+    has not ended (none runs, or it has not looked yet: when it does, it writes the real end state, which then
+    shows)."""
     state = state or {}
     status = str(state.get("status") or layout.VALIDATING)
     times = {name: state.get(name) for name in layout.STATE_TIMES}
+    expires_at = record.get("expires_at")
+    if status not in layout.TERMINAL and isinstance(expires_at, int) and expires_at < time.time():
+        status = layout.EXPIRED
+        times["expired_at"] = expires_at
     if cancel is not None and status not in layout.TERMINAL:
         if status != layout.CANCELLING:
             status = layout.CANCELLING

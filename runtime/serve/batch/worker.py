@@ -2,7 +2,12 @@
 capacity online traffic leaves idle, and commits exactly one result per `custom_id` whatever kills it.
 
     python -m runtime.serve.batch.worker --gateway URL --batch-store URI [--batch-kms-key K]
-        --worker-token-file PATH [--concurrency N] [--retention-hours 24]
+        --worker-token-file PATH [--concurrency N] [--max-batches 4] [--retention-hours 24]
+
+Up to `--max-batches` batches run at once, chosen fairly across owners (the owner with the fewest batches running
+first, each owner's oldest batch first), so that one key's 50,000-line batch does not hold another key's 2-line batch
+in `validating` for hours; they share the worker's `--concurrency` lines in flight (one semaphore, first come first
+served), each under its own lease.
 
 A batch (runtime/serve/batch/layout.py) goes validating -> in_progress -> finalizing -> completed; or failed (an input
 file that cannot run: no `custom_id`, a duplicate one, not JSON, over OpenAI's limits), expired (the 24 h window
@@ -84,6 +89,7 @@ class WorkerSettings:
     worker_token: str
     batch_kms_key: str | None = None
     concurrency: int = 16
+    max_batches: int = 4
     retention_hours: float = 24.0
     poll_seconds: float = 2.0
     lease_seconds: float = 30.0
@@ -295,6 +301,9 @@ class BatchWorker:
         self._session: Any = None
         self._last_sweep = 0.0
         self._warned_token = False
+        self._running: dict[str, asyncio.Future[None]] = {}  # batch id -> its run, at most --max-batches
+        self._owners: dict[str, str] = {}  # batch id -> owner, for the batches running
+        self.line_slots: asyncio.Semaphore | None = None  # --concurrency, shared by the batches running
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
         """A store call (blocking boto3 / file I/O) off the event loop."""
@@ -309,14 +318,16 @@ class BatchWorker:
             import ssl
 
             connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(self.settings.gateway_ca_file)))
+        self.line_slots = asyncio.Semaphore(self.settings.concurrency)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             log.info(
-                "batch worker %s: gateway %s, batch root %s, concurrency %d",
+                "batch worker %s: gateway %s, batch root %s, concurrency %d, batches at once %d",
                 self.holder,
                 self.settings.gateway,
                 self.store.uri(),
                 self.settings.concurrency,
+                self.settings.max_batches,
             )
             while not self.stopping.is_set():
                 try:
@@ -327,27 +338,47 @@ class BatchWorker:
                     log.error("batch worker: %s", exception_summary(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.settings.poll_seconds)
+            # the batches running stop sending at the stop and commit what they have
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
         log.info("batch worker stopped")
 
     async def poll_once(self) -> None:
-        """One round: the sweep when due, then every batch not in a terminal state, one after the other."""
+        """One round: the sweep when due, then batches not in a terminal state started, while fewer than
+        --max-batches run, in `fair_order`; returns without waiting for them."""
         if time.monotonic() - self._last_sweep >= self.settings.sweep_seconds:
             await self._io(self.sweep)
             self._last_sweep = time.monotonic()
+        for batch_id in [b for b, run in self._running.items() if run.done()]:
+            del self._running[batch_id]
+            self._owners.pop(batch_id, None)
+        if len(self._running) >= self.settings.max_batches:
+            return
         objects = await self._io(self.store.list_objects, "batches")
-        ids = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")}
-        waiting: list[tuple[float, str]] = []
+        ids = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")} - set(self._running)
+        waiting: list[tuple[float, str, str]] = []
         for batch_id in ids:
             state = await self._io(self._read_json, layout.batch_state(batch_id))
             if state is not None and state.get("status") in layout.TERMINAL:
                 continue
             record = await self._io(self._read_json, layout.batch_record(batch_id)) or {}
             created = record.get("created_at")
-            waiting.append((float(created) if isinstance(created, int | float) else 0.0, batch_id))
-        for _, batch_id in sorted(waiting):  # first created, first run: one batch at a time, its lines in parallel
+            created_at = float(created) if isinstance(created, int | float) else 0.0
+            waiting.append((created_at, batch_id, str(record.get("owner", ""))))
+        chosen = fair_order(waiting, list(self._owners.values()))
+        for batch_id, owner in chosen[: self.settings.max_batches - len(self._running)]:
             if self.stopping.is_set():
                 return
+            self._owners[batch_id] = owner
+            self._running[batch_id] = asyncio.ensure_future(self._run_guarded(batch_id))
+
+    async def _run_guarded(self, batch_id: str) -> None:
+        """One batch's run; a failure is logged (and the batch taken up again at a later poll), never raised."""
+        try:
             await self.run_batch(batch_id)
+        except ByocError as exc:  # the store unreachable or refusing
+            log.warning("batch %s: %s", batch_id, exc)
+        except Exception as exc:  # a bug: where, never the message (it may quote a line)
+            log.error("batch %s: %s", batch_id, exception_summary(exc))
 
     def _read_json(self, key: str) -> dict[str, Any] | None:
         try:
@@ -427,6 +458,27 @@ class BatchWorker:
             log.info("sweep: deleted %d expired files and the data of %d ended batches", deleted, ended)
 
 
+def fair_order(waiting: list[tuple[float, str, str]], running_owners: list[str]) -> list[tuple[str, str]]:
+    """The order in which to start the `waiting` batches (`(created_at, batch_id, owner)`), as `(batch_id, owner)`:
+    round-robin by owner, the owner with the fewest batches running (`running_owners`, one entry per batch) first
+    (ties: the owner whose oldest waiting batch is oldest), each owner's batches oldest first."""
+    queues: dict[str, list[tuple[float, str]]] = {}
+    for created_at, batch_id, owner in sorted(waiting):
+        queues.setdefault(owner, []).append((created_at, batch_id))
+    running: dict[str, int] = {}
+    for owner in running_owners:
+        running[owner] = running.get(owner, 0) + 1
+    order: list[tuple[str, str]] = []
+    while queues:
+        owner = min(queues, key=lambda o: (running.get(o, 0), queues[o][0]))
+        _, batch_id = queues[owner].pop(0)
+        if not queues[owner]:
+            del queues[owner]
+        order.append((batch_id, owner))
+        running[owner] = running.get(owner, 0) + 1
+    return order
+
+
 class BatchRun:
     """One batch, from where its state.json says it is to a terminal state (or to the worker's stop)."""
 
@@ -462,7 +514,8 @@ class BatchRun:
             return
         content = await self._io(self._input)
         if content is None:
-            await self._fail({"code": "invalid_file", "message": "the input file no longer exists", "line": None})
+            await self._io(self._load_parts)
+            await self._io(self._end_without_input)
             return
         try:
             self.lines = parse_input(content, str(self.record.get("endpoint")))
@@ -524,6 +577,40 @@ class BatchRun:
         await self._io(self._write_state)
         log.info("batch %s: failed validation (%s)", self.batch_id, error.get("code"))
 
+    def _end_without_input(self) -> None:
+        """The input file is gone (deleted by hand or by a sweep) before the batch ended: `failed`, naming the cause,
+        with the results already committed (and metered) delivered in its output and error files rather than
+        dropped; the lines never run have no result (their custom_ids are in the lost file)."""
+        done = list(self.progress.results.values())
+        output = [_dumps(r) + b"\n" for r in done if _succeeded(r)]
+        errors = [_dumps(r) + b"\n" for r in done if not _succeeded(r)]
+        stamp = int(self.state.get("failed_at") or _now())
+        total = self.record.get("request_total")
+        if not isinstance(total, int) or isinstance(total, bool):
+            counts = self.state.get("request_counts")
+            total = int(counts.get("total") or 0) if isinstance(counts, dict) else 0
+        error = {
+            "code": "input_file_deleted",
+            "message": f"the input file {self.record.get('input_file_id')} was deleted before the batch ended: "
+            f"{len(done)} of {max(total, len(done))} requests had run, their results are in the output and error "
+            "files; upload the file again and create a new batch for the rest",
+            "line": None,
+            "param": "input_file_id",
+        }
+        self.state.update(
+            status=layout.FAILED,
+            failed_at=stamp,
+            errors={"object": "list", "data": [error]},
+            request_counts={"total": max(total, len(done)), "completed": len(output), "failed": len(errors)},
+            output_file_id=self._write_file("output", output, stamp),
+            error_file_id=self._write_file("error", errors, stamp),
+            usage=batch_usage(done),
+        )
+        self._write_state()  # after the files, as _assemble does
+        parts = self.store.list_objects(layout.batch_parts(self.batch_id))
+        self.store.delete([p.key for p in parts])
+        log.info("batch %s: failed, input file gone (%d results delivered)", self.batch_id, len(done))
+
     # -- sending ---------------------------------------------------------------------------------------------
     def _deadline(self) -> float:
         expires = self.record.get("expires_at")
@@ -582,11 +669,13 @@ class BatchRun:
                 line = todo.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            self.in_flight += 1
-            try:
-                await self._send(line)
-            finally:
-                self.in_flight -= 1
+            slots = self.worker.line_slots
+            async with slots if slots is not None else contextlib.nullcontext():
+                self.in_flight += 1
+                try:
+                    await self._send(line)
+                finally:
+                    self.in_flight -= 1
 
     async def _send(self, line: InputLine) -> None:
         """Sends one line until it has a result, or until sending stops (then it stays to be sent)."""
@@ -787,7 +876,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gateway-ca-file", type=Path, help="PEM CA of the gateway's TLS certificate (https://) [the system's]."
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="Lines in flight at most [16].")
+    parser.add_argument("--concurrency", type=int, default=16, help="Lines in flight at most, all batches [16].")
+    parser.add_argument("--max-batches", type=int, default=4, help="Batches run at once, fairly across owners [4].")
     parser.add_argument("--retention-hours", type=float, default=24.0, help="Output files and ended batches [24].")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="Between looks at the batch root [2].")
     parser.add_argument("--lease-seconds", type=float, default=30.0, help="A batch's lease [30].")
@@ -803,6 +893,7 @@ def settings_from_args(argv: list[str]) -> WorkerSettings:
     checks = [
         ("--gateway", args.gateway.startswith(("http://", "https://")), "http://HOST:PORT or https://..."),
         ("--concurrency", 1 <= args.concurrency <= 4096, "from 1 to 4096"),
+        ("--max-batches", 1 <= args.max_batches <= 256, "from 1 to 256"),
         ("--retention-hours", 1 <= args.retention_hours <= 720, "from 1 to 720 (OpenAI's 1 h to 30 days)"),
         ("--poll-seconds", 0.05 <= args.poll_seconds <= 300, "from 0.05 to 300"),
         ("--lease-seconds", 1 <= args.lease_seconds <= 3600, "from 1 to 3600"),
@@ -840,6 +931,7 @@ def settings_from_args(argv: list[str]) -> WorkerSettings:
         worker_token=token,
         batch_kms_key=args.batch_kms_key,
         concurrency=args.concurrency,
+        max_batches=args.max_batches,
         retention_hours=args.retention_hours,
         poll_seconds=args.poll_seconds,
         lease_seconds=args.lease_seconds,
