@@ -43,7 +43,15 @@ BATCH_ACCOUNT_SUFFIXES = ("-gateway@", "-batch-worker@")
 AWS_WIDE_POLICIES = ("AdministratorAccess", "PowerUserAccess", "AmazonS3FullAccess", "AmazonS3ReadOnlyAccess")
 GCP_WIDE_ROLES = ("roles/owner", "roles/editor", "roles/viewer")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
-S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+# The versioned bucket keeps earlier versions: reading or deleting one by VersionId reaches batch data too.
+S3_OBJECT_ACTIONS = (
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+)
+S3_LIST_ACTIONS = ("s3:ListBucket", "s3:ListBucketVersions")
 
 
 @dataclass(frozen=True)
@@ -229,10 +237,11 @@ def s3_batch_storage_access(resource: Resource, graph: Graph) -> Verdict:
         name = str(policy.get("name", ""))
         batch_role = name in BATCH_ROLE_POLICIES
         for s in statements(policy.get("policy")):
-            if batch_role and s.get("Effect") == "Allow" and "s3:ListBucket" in as_list(s.get("Action")):
+            listing = [a for a in as_list(s.get("Action")) if a in S3_LIST_ACTIONS]
+            if batch_role and s.get("Effect") == "Allow" and listing:
                 listed = as_list((s.get("Condition") or {}).get("StringLike", {}).get("s3:prefix"))
                 if not listed or not all(str(p).startswith(store.prefix) for p in listed):
-                    wrong.append(f"{name}: {s.get('Sid') or 's3:ListBucket'} lists beyond {store.prefix}")
+                    wrong.append(f"{name}: {s.get('Sid') or listing[0]} lists beyond {store.prefix}")
             if s.get("Effect") != "Allow" or not _object_actions(s):
                 continue
             targets = [str(r) for r in as_list(s.get("Resource"))] or ["NotResource"]

@@ -49,6 +49,7 @@ class Store(Protocol):
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
+    def purge(self, keys: list[str]) -> None: ...
     def check_writable(self) -> None: ...
 
 
@@ -142,6 +143,10 @@ class FileStore:
                 parent.rmdir()
             except OSError:
                 continue
+
+    def purge(self, keys: list[str]) -> None:
+        """As `delete`: a directory keeps no earlier versions."""
+        self.delete(keys)
 
     def check_writable(self) -> None:
         existing = next((p for p in [self.path, *self.path.parents] if p.exists()), None)
@@ -307,6 +312,43 @@ class S3Store:
             )
             self._call(f"deleting under {self.uri()}", delete)
 
+    def purge(self, keys: list[str]) -> None:
+        """Deletes every version of each key, delete markers included, so nothing of it stays readable by
+        VersionId in a versioned bucket (`delete` leaves the data as a noncurrent version until the lifecycle rule
+        expires it). Versions are listed once per folder (ListObjectVersions, Prefix=the folder) and matched by the
+        exact key, so `a/content` never takes `a/content2`; DeleteObjects then takes up to 1,000 (Key, VersionId)
+        pairs a call. Needs s3:ListBucketVersions and s3:DeleteObjectVersion. Raises ByocFailure naming the first
+        version S3 refused to delete."""
+        wanted = {self._key(k) for k in keys}
+        folders = sorted({key.rsplit("/", 1)[0] + "/" if "/" in key else key for key in wanted})
+        versions: list[dict[str, str]] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for folder in folders:
+
+            def listing(folder: str = folder) -> list[dict[str, str]]:
+                found = []
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
+                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                        if item["Key"] in wanted:
+                            found.append({"Key": str(item["Key"]), "VersionId": str(item["VersionId"])})
+                return found
+
+            versions += self._call(f"listing versions under {self.uri()}", listing)
+        for start in range(0, len(versions), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = versions[start : start + 1000]
+            delete = functools.partial(
+                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+            response = self._call(f"deleting versions under {self.uri()}", delete)
+            errors = (response.get("Errors") or []) if isinstance(response, dict) else []
+            if errors:  # Quiet mode answers only the failures; one left behind is still readable
+                first = errors[0]
+                raise ByocFailure(
+                    self.field,
+                    f"deleting {self.uri()}: S3 kept a version ({first.get('Code')}: {first.get('Message')})",
+                    "check that the role may s3:DeleteObjectVersion under this prefix",
+                )
+
     def check_writable(self) -> None:
         self._call(f"bucket {self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket))
 
@@ -392,6 +434,27 @@ class GcsStore:
             blob = self.bucket.blob(self._key(key))
             with contextlib.suppress(ObjectMissing):  # never written (the upload that failed)
                 self._call(f"deleting {self.uri(key)}", blob.delete)
+
+    def purge(self, keys: list[str]) -> None:
+        """Deletes every generation of each key (live and noncurrent: list_blobs(versions=True), exact name
+        match), so none stays readable by generation in a versioned bucket. A bucket with soft delete keeps what
+        is deleted restorable for its retention (stacks/gcp/artifacts.py SOFT_DELETE_SECONDS)."""
+        wanted = {self._key(k) for k in keys}
+        folders = sorted({key.rsplit("/", 1)[0] + "/" if "/" in key else key for key in wanted})
+        for folder in folders:
+
+            def listing(folder: str = folder) -> list[Any]:
+                return list(self.bucket.list_blobs(prefix=folder, versions=True))
+
+            blobs: list[Any] = self._call(f"listing versions under {self.uri()}", listing)
+            for blob in blobs:
+                if str(blob.name) not in wanted:
+                    continue
+                with contextlib.suppress(ObjectMissing):  # deleted meanwhile (by the sweep, or a second DELETE)
+                    self._call(
+                        f"deleting {self.uri()}",
+                        functools.partial(self.bucket.delete_blob, blob.name, generation=blob.generation),
+                    )
 
     def check_writable(self) -> None:
         self._call(f"bucket {self.bucket_name}", self.bucket.reload)

@@ -227,7 +227,8 @@ def batch_roles(ctx: AwsContext) -> dict[str, str]:
 
 def batch_statements(bucket_arn: pulumi.Output[str], key_arn: pulumi.Output[str], region: str) -> list[dict[str, Any]]:
     """The gateway's and the batch worker's permissions: objects under batch/ of the artifact bucket (read, write,
-    delete: files are deleted at DELETE /v1/files and at expiry), listing of that prefix only, and the artifact key
+    delete every version: files are deleted at DELETE /v1/files and at expiry), listing of that prefix (and its
+    versions) only, and the artifact key
     for S3's SSE-KMS on them only through S3 in this region (kms:ViaService). Nothing else of the bucket: the model
     artifacts stay read-only to the serving pods and out of these roles' reach."""
     prefix = BATCH_PREFIX  # "batch/"
@@ -235,14 +236,18 @@ def batch_statements(bucket_arn: pulumi.Output[str], key_arn: pulumi.Output[str]
         {
             "Sid": "BatchObjects",
             "Effect": "Allow",
-            # PutObject covers multipart uploads; DeleteObject is what DeleteObjects checks per key
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            # PutObject covers multipart uploads; DeleteObject is what DeleteObjects checks per key, and
+            # DeleteObjectVersion per (key, VersionId): the bucket is versioned, and a DELETE or an expiry removes
+            # every version of a batch object (runtime/model_build/stores.py S3Store.purge). No GetObjectVersion:
+            # nothing here reads an earlier version.
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
             "Resource": pulumi.Output.concat(bucket_arn, "/", prefix, "*"),
         },
         {
             "Sid": "ListBatchPrefix",
             "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
+            # ListBucketVersions (ListObjectVersions) finds the versions to purge; same s3:prefix condition
+            "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
             "Resource": bucket_arn,
             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
         },

@@ -13,6 +13,9 @@ from stacks.gcp.context import GcpContext
 
 NONCURRENT_VERSION_DAYS = 30
 # Deleted objects stay restorable this long (Cloud Storage "Soft delete"; 7 days is its default, set explicitly).
+# Kept for batch/ too: the policy is bucket-wide, and it guards the model sources and artifacts against a delete of
+# every version; a purged batch file is unreadable at once, restorable only with storage.objects.restore
+# (docs/gcp-foundation.md, "Batch").
 SOFT_DELETE_SECONDS = 7 * 86400
 # Cloud Storage usage logs are written by this Google group ("Usage logs & storage logs", set up log delivery).
 USAGE_LOG_WRITER = "group:cloud-storage-analytics@google.com"

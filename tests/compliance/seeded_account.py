@@ -384,13 +384,13 @@ def _seed_iam(client: Callable[[str], Any]) -> tuple[str, str]:
                     {
                         "Sid": "BatchObjects",
                         "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
                         "Resource": f"{ARTIFACTS_ARN}/batch/*",
                     },
                     {
                         "Sid": "ListBatchPrefix",
                         "Effect": "Allow",
-                        "Action": ["s3:ListBucket"],
+                        "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
                         "Resource": ARTIFACTS_ARN,
                         "Condition": {"StringLike": {"s3:prefix": ["batch/*"]}},
                     },

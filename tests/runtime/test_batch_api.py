@@ -54,6 +54,8 @@ def s3(moto: str) -> Any:
     with mock.patch.dict(os.environ, AWS):
         client = boto3.client("s3", endpoint_url=moto)
     client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    # versioned, as stacks/aws/artifacts.py makes the artifact bucket: a delete must not leave earlier versions
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     return client
 
 
@@ -154,6 +156,9 @@ def test_files_round_trip_encrypted_with_the_key_and_deleted_from_the_bucket(
     deleted = api.files.delete(created.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
     assert keys_under(s3, f"{ROOT}files/{created.id}/") == []  # gone from the bucket at once
+    # every version too: no GetObject with a VersionId reads the prompt back, and no delete marker is left
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix=f"{ROOT}files/{created.id}/")
+    assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
     with pytest.raises(openai.NotFoundError):
         api.files.retrieve(created.id)
     with pytest.raises(openai.NotFoundError):

@@ -466,6 +466,38 @@ def test_expiry_validation_and_the_sweep(
     assert not store.exists(layout.file_content(old_file))
 
 
+def test_the_sweep_leaves_no_version_of_what_it_deletes_in_a_versioned_bucket(
+    gateway: Server, s3_root: tuple[str, Store], token_file: Path, runtime_dir: Path
+) -> None:
+    """The artifact bucket is versioned (stacks/aws/artifacts.py): an expired file and an ended batch are gone
+    with every version, not left readable by VersionId until the lifecycle rule's day has passed."""
+    import boto3
+
+    root, store = s3_root
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket="byoc-artifacts", VersioningConfiguration={"Status": "Enabled"})
+    now = int(time.time())
+    old_file = layout.new_file_id()
+    for body in (b"first\n", b"second\n"):  # two versions of the content
+        store.write_bytes(layout.file_content(old_file), body)
+    store.write_bytes(layout.file_object(old_file), json.dumps({"id": old_file, "expires_at": now - 5}).encode())
+    old_batch = write_batch(store, [chat_line("o", "hi")])
+    for status in ("in_progress", "completed"):  # state.json rewritten, as a run does
+        state = {"status": status, f"{status}_at": now - 2 * 3600}
+        store.write_bytes(layout.batch_state(old_batch), json.dumps(state).encode())
+    store.write_bytes(layout.batch_part(old_batch, 0), b"{}\n")
+    flags = ["--batch-kms-key", os.environ["BYOC_TEST_KMS_KEY"], "--retention-hours", "1", "--sweep-seconds", "0.2"]
+    worker = Worker(runtime_dir, gateway.url, root, token_file, *flags)
+    try:
+        wait_for(lambda: not store.exists(layout.file_object(old_file)), 20, "the expired file swept")
+        wait_for(lambda: not store.list_objects(layout.batch_folder(old_batch)), 20, "the old batch swept")
+    finally:
+        worker.stop()
+    for prefix in (f"batch/{layout.file_content(old_file)}", f"batch/{layout.batch_folder(old_batch)}"):
+        listing = s3.list_object_versions(Bucket="byoc-artifacts", Prefix=prefix)
+        assert listing.get("Versions", []) == [] and listing.get("DeleteMarkers", []) == [], prefix
+
+
 def test_bad_flags_exit_2_with_one_message(tmp_path: Path, keys_file: Path, engine: Server) -> None:
     worker = subprocess.run(
         [sys.executable, "-m", "runtime.serve.batch.worker", "--gateway", "http://127.0.0.1:1",

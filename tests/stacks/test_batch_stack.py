@@ -82,13 +82,13 @@ def test_aws_gateway_and_worker_roles_reach_only_batch_objects_with_the_artifact
         {
             "Sid": "BatchObjects",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
             "Resource": f"arn:aws:s3:::{AWS_BUCKET}/batch/*",
         },
         {
             "Sid": "ListBatchPrefix",
             "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
+            "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
             "Resource": f"arn:aws:s3:::{AWS_BUCKET}",
             "Condition": {"StringLike": {"s3:prefix": ["batch/*"]}},
         },
@@ -377,6 +377,32 @@ def test_aws_checks_fail_without_the_cmk_without_expiry_and_with_a_wide_grant() 
         altered(plan, "aws:iam/rolePolicy:RolePolicy", "test-batch-worker", bucket_wide),
         "s3_batch_storage_access_scoped",
     )
+
+    # the serving role reading earlier versions under batch/ (a deleted prompt's noncurrent version)
+    def reads_versions(inputs: dict[str, Any]) -> None:
+        document = json.loads(inputs["policy"])
+        document["Statement"].append(
+            {"Effect": "Allow", "Action": "s3:GetObjectVersion", "Resource": f"arn:aws:s3:::{AWS_BUCKET}/batch/*"}
+        )
+        inputs["policy"] = json.dumps(document)
+
+    failed = _aws_failure(
+        altered(plan, "aws:iam/rolePolicy:RolePolicy", "test-serving", reads_versions), "s3_batch_storage_access_scoped"
+    )
+    assert any("s3:GetObjectVersion" in w for w in failed.evidence[0].value)
+
+    # the gateway listing versions bucket-wide
+    def lists_versions(inputs: dict[str, Any]) -> None:
+        document = json.loads(inputs["policy"])
+        document["Statement"].append(
+            {"Effect": "Allow", "Action": "s3:ListBucketVersions", "Resource": f"arn:aws:s3:::{AWS_BUCKET}"}
+        )
+        inputs["policy"] = json.dumps(document)
+
+    failed = _aws_failure(
+        altered(plan, "aws:iam/rolePolicy:RolePolicy", "test-gateway", lists_versions), "s3_batch_storage_access_scoped"
+    )
+    assert any("s3:ListBucketVersions lists beyond" in w for w in failed.evidence[0].value)
 
     # a bucket policy letting anyone read
     def public(inputs: dict[str, Any]) -> None:

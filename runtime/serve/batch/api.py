@@ -7,8 +7,8 @@ batch_request_counts.py, batch_error.py, batch_create_params.py, file_create_par
     GET    /v1/files                  ?purpose&limit(1..10000, 10000)&after&order(asc|desc, desc)
     GET    /v1/files/{file_id}
     GET    /v1/files/{file_id}/content
-    DELETE /v1/files/{file_id}        object.json and content, in one DeleteObjects call; refused (400) while a
-                                      batch of the key that has not ended reads it as its input
+    DELETE /v1/files/{file_id}        object.json and content, every version of each (Store.purge); refused (400)
+                                      while a batch of the key that has not ended reads it as its input
     POST   /v1/batches                {input_file_id, endpoint, completion_window, metadata, output_expires_after}
     GET    /v1/batches                ?limit(1..100, 20)&after, newest first
     GET    /v1/batches/{batch_id}
@@ -410,12 +410,14 @@ class BatchApi:
                     param="file_id",
                     code="file_in_use",
                 )
-        await self._call(self.store.delete, [layout.file_object(file_id), layout.file_content(file_id)])
+        # purge, not delete: the bucket is versioned, and a noncurrent version of the content would stay readable
+        # (GetObject with its VersionId) until the lifecycle rule's day had passed
+        await self._call(self.store.purge, [layout.file_object(file_id), layout.file_content(file_id)])
         return web.json_response({"id": file_id, "object": "file", "deleted": True})
 
     async def _delete_quietly(self, keys: list[str]) -> None:
         try:
-            await self._in_thread(self.store.delete, keys)
+            await self._in_thread(self.store.purge, keys)
         except ByocError as exc:
             log.error("batch store: could not delete an unfinished upload: %s", exc.message)
 

@@ -287,7 +287,7 @@ class Lease:
 
     def release(self) -> None:
         with contextlib.suppress(Exception):
-            self.store.delete([self.key])
+            self.store.purge([self.key])
 
 
 class BatchWorker:
@@ -421,7 +421,8 @@ class BatchWorker:
     # -- the sweep ---------------------------------------------------------------------------------------------
     def sweep(self) -> None:
         """Deletes expired files (content and object.json), the data of batches ended more than --retention-hours
-        ago, and the parts and lease a crash left behind a batch that ended. The bucket's lifecycle rule is only a
+        ago, and the parts and lease a crash left behind a batch that ended: every version of each (Store.purge), so
+        nothing of it stays readable by version id in the versioned bucket. The bucket's lifecycle rule is only a
         backstop for this."""
         now = time.time()
         retention = self.settings.retention_hours * 3600
@@ -438,12 +439,12 @@ class BatchWorker:
                 continue
             at = state.get(f"{state['status']}_at") or 0
             if now >= float(at) + retention:
-                self.store.delete(keys)
+                self.store.purge(keys)
                 ended += 1
             else:
                 leftovers = [k for k in keys if "/parts/" in k or k == layout.batch_lease(batch_id)]
                 if leftovers:
-                    self.store.delete(leftovers)
+                    self.store.purge(leftovers)
         deleted = 0
         for item in self.store.list_objects("files"):
             file_id = item.key.split("/")[1]
@@ -452,7 +453,7 @@ class BatchWorker:
             found = self._read_json(item.key)
             expires = found.get("expires_at") if found else None
             if isinstance(expires, int | float) and expires <= now:
-                self.store.delete([layout.file_content(file_id), layout.file_object(file_id)])
+                self.store.purge([layout.file_content(file_id), layout.file_object(file_id)])
                 deleted += 1
         if deleted or ended:
             log.info("sweep: deleted %d expired files and the data of %d ended batches", deleted, ended)
@@ -608,7 +609,7 @@ class BatchRun:
         )
         self._write_state()  # after the files, as _assemble does
         parts = self.store.list_objects(layout.batch_parts(self.batch_id))
-        self.store.delete([p.key for p in parts])
+        self.store.purge([p.key for p in parts])
         log.info("batch %s: failed, input file gone (%d results delivered)", self.batch_id, len(done))
 
     # -- sending ---------------------------------------------------------------------------------------------
@@ -829,7 +830,7 @@ class BatchRun:
         self.state[f"{ending}_at"] = _now()
         self._write_state()  # after the files: a batch that says completed has its files
         parts = self.store.list_objects(layout.batch_parts(self.batch_id))
-        self.store.delete([p.key for p in parts])
+        self.store.purge([p.key for p in parts])
 
     def _write_file(self, kind: str, lines: list[bytes], created_at: int) -> str | None:
         """An output or error file (purpose `batch_output`, the batch owner's, expiring per the batch's
