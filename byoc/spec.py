@@ -446,6 +446,7 @@ class Batch(_Strict):
     )
 
 
+DISK_IMAGE = re.compile(r"(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?global/images/[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 WeightsCache = Literal["local_ssd", "none"]
 
 
@@ -467,7 +468,6 @@ class ColdStart(_Strict):
     )
     image_disk: str | None = Field(
         default=None,
-        pattern=r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?global/images/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
         description="GKE only: the disk image holding the serving image, made with GKE's gke-disk-image-builder "
         "(docs/operations.md, 'Cold start'), attached to every GPU node as a secondary boot disk that containerd "
         "reads the image from; `projects/PROJECT/global/images/NAME`. Unset: the image is streamed (Artifact "
@@ -481,6 +481,18 @@ class ColdStart(_Strict):
         "placeholder pods that a replica preempts), so a wake skips the node launch; each costs its instance's "
         "hourly price, always (plan.json cold_start_caches.warm_pool).",
     )
+
+    @field_validator("image_disk")
+    @classmethod
+    def _disk_image(cls, value: str | None) -> str | None:
+        # Compute Engine names: a lowercase letter, then up to 62 of lowercase letters, digits and hyphens, not
+        # ending in a hyphen (https://cloud.google.com/compute/docs/naming-resources); project ids 6 to 30 of those
+        if value is not None and not DISK_IMAGE.fullmatch(value):
+            raise ValueError(
+                f"{_show(value)} is not a Compute Engine image; write projects/PROJECT/global/images/NAME (or "
+                "global/images/NAME in the deployment's project), e.g. projects/my-project/global/images/serving-cache"
+            )
+        return value
 
 
 BudgetPeriod = Literal["day", "week", "month"]

@@ -237,3 +237,13 @@ def test_the_warm_pool_counts_against_the_network_range_and_the_preflight_quota(
     need = capacity_need(deploy(cold_start={"warm_pool": 2}, autoscaling={"min_replicas": 0, "max_replicas": 4}))
     assert need.instances == 4 + 1 + 2  # p5.4xlarge: one replica an instance
     assert "2 warm-pool placeholder(s)" in need.why
+
+
+def test_a_disk_image_that_is_not_one_names_the_field_and_the_form() -> None:
+    """The field report: `image_disk: my-disk` was answered with the raw regular expression."""
+    from byoc.errors import ByocError
+
+    with pytest.raises(ByocError) as caught:
+        deploy(**GCP, cold_start={"image_disk": "my-disk"})
+    assert caught.value.field == "cold_start.image_disk"
+    assert "projects/PROJECT/global/images/NAME" in caught.value.message and "^(" not in caught.value.message
