@@ -140,6 +140,9 @@ def worker(stack: ServingStack, account: Any, token: Any, gateway: Any) -> Any:
         WORKER_TOKEN_FILE,
         "--retention-hours",
         str(deployment.batch.retention_hours),
+        # the gateway's certificate, for this client only (the object store clients keep their own CA bundles)
+        "--gateway-ca-file",
+        f"{GATEWAY_CA_MOUNT}/tls.crt",
     ]
     # Ready (and alive) while the gateway accepts connections: the worker has no port of its own, and with the
     # gateway away it only waits (it resumes where it stopped), so a restart after minutes of that costs nothing.
@@ -180,12 +183,7 @@ def worker(stack: ServingStack, account: Any, token: Any, gateway: Any) -> Any:
                             "image": deployment.images["runtime"],
                             "imagePullPolicy": "Always",
                             "command": command,
-                            "env": [
-                                {"name": "HOME", "value": "/tmp"},
-                                # Python's default TLS context (the worker's client to the gateway) trusts the
-                                # gateway's certificate; the object store clients keep their own CA bundles
-                                {"name": "SSL_CERT_FILE", "value": f"{GATEWAY_CA_MOUNT}/tls.crt"},
-                            ],
+                            "env": [{"name": "HOME", "value": "/tmp"}],
                             "securityContext": container_security(),
                             "resources": {
                                 "requests": WORKER_REQUESTS.quantities(),

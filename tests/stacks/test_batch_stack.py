@@ -194,6 +194,9 @@ def test_the_worker_runs_once_without_privilege_on_cpu() -> None:
     # the gateway's certificate, never its key
     ca = next(v for v in pod["volumes"] if v["name"] == "gateway-ca")
     assert ca["secret"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "gateway-ca")["mountPath"]
+    assert flag(container["command"], "--gateway-ca-file") == f"{mount}/tls.crt"
+    assert "SSL_CERT_FILE" not in json.dumps(container)  # trusted by the worker's client only, not process-wide
 
 
 def test_the_worker_reaches_only_the_gateway_dns_credentials_and_https_outside_the_vpc() -> None:
