@@ -289,27 +289,14 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     kills = {"sending": 0, "committing": 0, "finalizing": 0}
     plan = ["sending", "committing", "sending", "committing", "sending", "finalizing", "finalizing"]
     for moment in plan:
-        # finalizing: held after the output file is written and before state.json says completed, killed there
-        pause = {"BYOC_BATCH_WORKER_PAUSE": "finalize_files_written:30"} if moment == "finalizing" else {}
+        # every run is held after the output file is written and before state.json says completed (killed there at a
+        # finalizing moment): no run of the plan can end the batch on its own, however fast the lines go (CI saw the
+        # batch complete during the last sending moment, before any finalizing kill)
+        pause = {"BYOC_BATCH_WORKER_PAUSE": "finalize_files_written:30"}
         worker = Worker(runtime_dir, gateway.url, root, token_file, *kms, env=pause)
         parts = len(store.list_objects(layout.batch_parts(batch_id)))
-        deadline = time.monotonic() + 60
         try:
-            while time.monotonic() < deadline and worker.process.poll() is None:
-                status = state_of(store, batch_id).get("status")
-                if status in layout.TERMINAL:
-                    break
-                if moment == "sending" and status == "in_progress":
-                    time.sleep(rng.uniform(0.05, 0.6))
-                    break
-                if moment == "committing" and len(store.list_objects(layout.batch_parts(batch_id))) > parts:
-                    time.sleep(rng.uniform(0.0, 0.05))
-                    break
-                if moment == "finalizing" and status == "finalizing":
-                    output = _output_file_id(store, batch_id)
-                    if output and store.exists(layout.file_object(output)):
-                        break
-                time.sleep(0.01)
+            _wait_for_moment(store, batch_id, moment, parts, worker, rng)
         finally:
             if worker.process.poll() is None and state_of(store, batch_id).get("status") not in layout.TERMINAL:
                 kills[moment] += 1
@@ -333,6 +320,28 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     )
     assert head["ServerSideEncryption"] == "aws:kms"
     assert store.list_objects(layout.batch_parts(batch_id)) == []
+
+
+def _wait_for_moment(store: Store, batch_id: str, moment: str, parts: int, worker: Worker, rng: random.Random) -> None:
+    """Returns when the running worker is at `moment` (sending, committing, finalizing) or can get no further."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and worker.process.poll() is None:
+        status = state_of(store, batch_id).get("status")
+        if status in layout.TERMINAL:
+            return
+        if moment != "finalizing" and status == "finalizing":
+            return  # every line is done: this run is held in finalize; killed there, counted as planned
+        if moment == "sending" and status == "in_progress":
+            time.sleep(rng.uniform(0.05, 0.6))
+            return
+        if moment == "committing" and len(store.list_objects(layout.batch_parts(batch_id))) > parts:
+            time.sleep(rng.uniform(0.0, 0.05))
+            return
+        if moment == "finalizing" and status == "finalizing":
+            output = _output_file_id(store, batch_id)
+            if output and store.exists(layout.file_object(output)):
+                return
+        time.sleep(0.01)
 
 
 def _output_file_id(store: Store, batch_id: str) -> str:
