@@ -58,3 +58,35 @@ def bounded_name(name: str, role: str, limit: int) -> str:
     digest = hashlib.sha256(name.encode()).hexdigest()[:4]
     keep = limit - len(f"byoc--{digest}-{role}")
     return resource_name(name[:keep].rstrip("-"), digest, role)
+
+
+# The direction words of AWS and Google Cloud region ids, as the short codes AWS itself uses in its Availability
+# Zone ids and endpoint names (euw2, use1, apse2): one or two letters.
+_DIRECTIONS = {
+    "north": "n",
+    "south": "s",
+    "east": "e",
+    "west": "w",
+    "central": "c",
+    "northeast": "ne",
+    "northwest": "nw",
+    "southeast": "se",
+    "southwest": "sw",
+}
+# Google Cloud's region prefixes, to two letters (europe-west4 -> euw4, asia-northeast1 -> asne1); AWS's are two.
+_AREAS = {"europe": "eu", "asia": "as", "australia": "au", "northamerica": "na", "southamerica": "sa", "africa": "af"}
+
+
+def region_code(region: str) -> str:
+    """A region id as a short code for the names of a multi-region deployment's regional resources (at most 5
+    characters): eu-west-2 -> euw2, us-east-1 -> use1, ap-southeast-2 -> apse2, europe-west4 -> euw4,
+    asia-northeast1 -> asne1, me-central-1 -> mec1. Distinct regions of one cloud get distinct codes.
+
+    Raises:
+        ValueError: `region` is not <area>-<direction>[-]<number>.
+    """
+    match = re.fullmatch(r"([a-z]+)-([a-z]+?)-?(\d+)", region)
+    if not match or match.group(2) not in _DIRECTIONS:
+        raise ValueError(f"{region!r} is not a region id of the form <area>-<direction>-<n> or <area>-<direction><n>")
+    area, direction, number = match.groups()
+    return f"{_AREAS.get(area, area[:2])}{_DIRECTIONS[direction]}{number}"

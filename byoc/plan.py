@@ -26,6 +26,7 @@ class RecordedResource:
     provider: str | None
     custom: bool
     urn: str
+    stack: str = ""  # the Pulumi stack that declares it: one per region of a multi-region deployment, plus global
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class RecordedResource:
             "inputs": self.inputs,
             "parent": self.parent,
             "provider": self.provider,
+            "stack": self.stack,
         }
 
 
@@ -44,6 +46,14 @@ class Plan:
 
     def by_type(self, type_token: str) -> list[RecordedResource]:
         return [r for r in self.resources if r.type == type_token]
+
+    def stacks(self) -> list[str]:
+        """The stacks in the plan, in the order they were recorded (the regions, then the global layer)."""
+        return list(dict.fromkeys(r.stack for r in self.resources))
+
+    def of_stack(self, stack: str) -> Plan:
+        """The part of the plan one stack declares (one region's foundation, or the global layer)."""
+        return Plan([r for r in self.resources if r.stack == stack])
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -7,7 +7,7 @@ placement or shape rules.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -15,11 +15,11 @@ from urllib.parse import urlparse
 from byoc import __version__, planner, rules, sizing
 from byoc.batch import GATEWAY_ROLE, GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE, WORKER_SERVICE_ACCOUNT, BatchPlan
 from byoc.caches import NodeCaches
-from byoc.catalogs import ModelArch, load_catalog, model_from_hf_config
+from byoc.catalogs import MEGA_REGIONS, ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Placement, get_cloud
 from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.errors import ByocError, ByocWarning
-from byoc.names import resource_name
+from byoc.names import region_code, resource_name
 from byoc.spec import (
     Addon,
     Budget,
@@ -76,6 +76,16 @@ class Deployment:
     node_image: str | None = None
     caches: NodeCaches | None = None  # cold_start: image, weights and warm pool (byoc/caches.py)
     warnings: tuple[ByocWarning, ...] = ()
+    # Every region of the deployment, the primary (`placement`, where the model is built) first: one for a region
+    # id, placement.min_regions for a mega-region. `per_region` is the deployment as each region's stack sees it
+    # (its own placement, instance types, pod sizing, costs, network range and resource names), same order; empty
+    # for a one-region deployment, whose one stack is the deployment itself.
+    regions: tuple[Placement, ...] = ()
+    per_region: tuple[Deployment, ...] = ()
+    # the network range of each region, in `regions`' order (peered for spill-over, so none overlaps another)
+    region_cidrs: tuple[str, ...] = ()
+    # a regional deployment's multi-region deployment (its name); None for the deployment itself
+    parent: str | None = None
 
     @property
     def name(self) -> str:
@@ -88,6 +98,59 @@ class Deployment:
     @property
     def region(self) -> str:
         return self.placement.region
+
+    @property
+    def multi_region(self) -> bool:
+        """Placed in more than one region: one Pulumi stack per region plus the global layer (one private name)."""
+        return len(self.regions) > 1
+
+    @property
+    def residency(self) -> str | None:
+        """The residency set a mega-region deployment never leaves (US, EUROPE, APAC; GLOBAL: the whole cloud), or
+        None for a region id."""
+        requested = self.placement.requested_region.upper()
+        return requested if requested in MEGA_REGIONS else None
+
+    @property
+    def region_names(self) -> list[str]:
+        return [p.region for p in self.regions] or [self.region]
+
+    @property
+    def deployment_name(self) -> str:
+        """The name the user gave: the multi-region deployment's for one of its regional deployments."""
+        return self.parent or self.name
+
+    def peers(self) -> list[tuple[str, str, str]]:
+        """The other regions of a multi-region deployment, as (region, regional name, network range): where this
+        region's gateway spills over to, inside the residency set. Empty for a one-region deployment."""
+        return [
+            (p.region, f"{self.deployment_name}-{region_code(p.region)}", cidr)
+            for p, cidr in zip(self.regions, self.region_cidrs, strict=True)
+            if p.region != self.region
+        ]
+
+    def in_region(self, region: str) -> Deployment:
+        """The deployment as `region`'s stack sees it (the deployment itself when it has one region).
+
+        Raises:
+            KeyError: `region` is not one of the deployment's regions.
+        """
+        if not self.per_region:
+            if region != self.region:
+                raise KeyError(region)
+            return self
+        for regional in self.per_region:
+            if regional.region == region:
+                return regional
+        raise KeyError(region)
+
+    def stack_name(self, region: str | None = None) -> str:
+        """The Pulumi stack of one region (`region`: the regional deployment's name, <name>-<region code>), or of the
+        global layer (None: <name>-global) of a multi-region deployment. A one-region deployment has one stack,
+        named as the deployment."""
+        if not self.multi_region:
+            return self.name
+        return self.in_region(region).name if region else f"{self.name}-global"
 
     @property
     def cluster_name(self) -> str:
@@ -181,6 +244,30 @@ class Deployment:
         return planner.store_estimate(self.cloud) if self.gateway.store == "managed" else None
 
     def estimates(self) -> dict[str, Any]:
+        if self.per_region:
+            return self._estimates() | {"regions": self.region_estimates()}
+        return self._estimates()
+
+    def region_estimates(self) -> dict[str, Any]:
+        """Cost per region and in total for a multi-region deployment: every region runs its own replicas
+        (autoscaling's bounds hold per region, so each can carry the load alone when another fails), its own
+        nodes at its own instance type, and its own shared store."""
+        per: dict[str, Any] = {}
+        totals = {"floor_hourly_usd": 0.0, "at_min_replicas_hourly_usd": 0.0, "at_max_replicas_hourly_usd": 0.0}
+        for regional in self.per_region or (self,):
+            store = regional.store.hourly_usd if regional.store else 0.0
+            figures = {
+                "instance_type": regional.placement.instance_type,
+                "floor_hourly_usd": round(regional.cost.floor_hourly_usd + store, 4),
+                "at_min_replicas_hourly_usd": round(regional.cost.at_min_replicas.hourly_usd + store, 4),
+                "at_max_replicas_hourly_usd": round(regional.cost.at_max_replicas.hourly_usd + store, 4),
+            }
+            per[regional.region] = figures
+            for key in totals:
+                totals[key] += figures[key]  # type: ignore[operator]
+        return {"per_region": per, "total": {k: round(v, 4) for k, v in totals.items()}}
+
+    def _estimates(self) -> dict[str, Any]:
         return {
             "memory": self.memory.as_dict(),
             "throughput": self.throughput.as_dict(),
@@ -211,6 +298,24 @@ class Deployment:
                 "instance_gpus": self.placement.instance_gpus,
                 "replicas_per_node": self.placement.replicas_per_node,
                 "reason": self.placement.reason,
+                # the residency set a mega-region deployment never leaves, and every region it runs in (its own
+                # foundation and Pulumi stack each; the primary, where the model is built, first)
+                "residency": self.residency,
+                "regions": [
+                    {
+                        "region": regional.region,
+                        "stack": self.stack_name(regional.region),
+                        "name": regional.name,
+                        "network_cidr": regional.network.cidr,
+                        "instance_type": regional.placement.instance_type,
+                        "instance_types": list(regional.placement.instance_types),
+                        "instance_gpus": regional.placement.instance_gpus,
+                        "replicas_per_node": regional.placement.replicas_per_node,
+                        "reason": regional.placement.reason,
+                    }
+                    for regional in (self.per_region or (self,))
+                ],
+                "global_stack": self.stack_name() if self.multi_region else None,
             },
             "pods": self.pods.as_dict(),
             "disk": self.disk.as_dict(),
@@ -415,9 +520,9 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     raise ByocError("shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU")
 
 
-def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: sizing.PodNeeds) -> Placement:
-    """The cloud's placement, among the machines whose nodes hold the shape's pods; when none does, the refusal
-    names the cheapest shape whose pods fit.
+def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: sizing.PodNeeds) -> tuple[Placement, ...]:
+    """The cloud's placement in every region of the deployment (the primary first), among the machines whose nodes
+    hold the shape's pods; when none does, the refusal names the cheapest shape whose pods fit.
 
     Raises:
         ByocError: naming the region or the shape.
@@ -429,7 +534,70 @@ def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: siz
         other = _smallest_fitting_shape(spec, model, context)
         hint = f"try {other}, the cheapest shape whose pods fit its machines" if other else "use a larger GPU"
         raise cloud.no_room_error(shape, needs, hint)
-    return cloud.place(spec.region, shape, needs)
+    return cloud.place_regions(spec.region, shape, needs, spec.placement.regions, spec.placement.min_regions)
+
+
+def _check_multi_region(spec: Spec, placements: tuple[Placement, ...]) -> None:
+    """What a deployment in several regions needs of the spec: room in its name for the region code, a range per
+    region (they are peered, so they must not overlap), and keys byoc can create in each region.
+
+    Raises:
+        ByocError: naming `name`, `network.cidr` or `encryption.kms_key` (exit 2).
+    """
+    from byoc.spec import NAME_MAX, REGION_SUFFIX_MAX
+
+    if len(spec.name) > NAME_MAX - REGION_SUFFIX_MAX:
+        raise ByocError(
+            "name",
+            f"{spec.name!r} has {len(spec.name)} characters; a deployment in {len(placements)} regions names each "
+            f"region's resources <name>-<region code> and so takes at most {NAME_MAX - REGION_SUFFIX_MAX}",
+            "shorten the name",
+        )
+    for index, placement in enumerate(placements):
+        _regional_cidr(spec.network.cidr, index, placement.region)
+    if spec.encryption.kms_key != "create":
+        raise ByocError(
+            "encryption.kms_key",
+            f"a key lives in one region, and this deployment runs in {len(placements)} "
+            f"({', '.join(p.region for p in placements)})",
+            "leave kms_key at create (byoc creates customer-managed keys in each region), or use a region id",
+        )
+
+
+def _regional_cidr(cidr: str, index: int, region: str) -> str:
+    """The network range of a deployment's `index`-th region: network.cidr for the primary, then the next blocks of
+    the same size (10.42.0.0/16, 10.43.0.0/16, ...). Regions are peered for spill-over, so their ranges must not
+    overlap, and each must stay inside the private range network.cidr is in.
+
+    Raises:
+        ByocError: naming `network.cidr` when a block would leave the private range (exit 2).
+    """
+    import ipaddress
+
+    base = ipaddress.ip_network(cidr)
+    try:
+        block = ipaddress.ip_network(f"{base.network_address + index * base.num_addresses}/{base.prefixlen}")
+    except ValueError:
+        block = None
+    private = next(
+        (p for p in map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")) if base.subnet_of(p)),
+        None,
+    )
+    if block is None or private is None or not block.subnet_of(private):  # type: ignore[arg-type]
+        raise ByocError(
+            "network.cidr",
+            f"{cidr} leaves no room for {region}'s range (region {index + 1} takes the {index + 1}th block of its "
+            "size after it, to be peered without overlap)",
+            "use a range lower in its private block, e.g. 10.42.0.0/16",
+        )
+    return str(block)
+
+
+def _regional_spec(spec: Spec, index: int, region: str) -> Spec:
+    """The spec one region's stack runs: the deployment's name with the region's code (regional resources of one
+    account or project never share a name) and the region's own network range."""
+    network = spec.network.model_copy(update={"cidr": _regional_cidr(spec.network.cidr, index, region)})
+    return spec.model_copy(update={"name": f"{spec.name}-{region_code(region)}", "network": network})
 
 
 BuildLocation = Literal["cluster", "local"]
@@ -475,7 +643,48 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     memory = planner.plan_memory(model, shape, spec.kv_cache_fraction, max_context)
     check_fit(spec, model, shape, memory)
     needs = sizing.pod_needs(shape, model)
-    placement = place(spec, shape, model, needs)
+    placements = place(spec, shape, model, needs)
+    if len(placements) == 1:
+        return _resolve_in(spec, placements[0], shape, model, source, revision, max_context, memory, needs)
+    _check_multi_region(spec, placements)
+    cidrs = tuple(_regional_cidr(spec.network.cidr, i, p.region) for i, p in enumerate(placements))
+    per_region = tuple(
+        replace(
+            _resolve_in(
+                _regional_spec(spec, index, placement.region),
+                placement,
+                shape,
+                model,
+                source,
+                revision,
+                max_context,
+                memory,
+                needs,
+            ),
+            regions=placements,
+            region_cidrs=cidrs,
+            parent=spec.name,
+        )
+        for index, placement in enumerate(placements)
+    )
+    primary = _resolve_in(spec, placements[0], shape, model, source, revision, max_context, memory, needs)
+    return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs)
+
+
+def _resolve_in(
+    spec: Spec,
+    placement: Placement,
+    shape: rules.DeploymentShape,
+    model: ModelArch,
+    source: str,
+    revision: str | None,
+    max_context: int,
+    memory: planner.MemoryPlan,
+    needs: sizing.PodNeeds,
+) -> Deployment:
+    """Everything that depends on the region: the key's region, node image, address room, pod sizing, disk, costs,
+    caches and cold start."""
+    cloud = get_cloud(spec.cloud)
     cloud.check_kms_key(spec.encryption.kms_key, placement.region)
     node_image, warnings = cloud.node_image(spec.node_image)
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
@@ -522,6 +731,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     return Deployment(
         spec=spec,
         placement=placement,
+        regions=(placement,),
         shape=shape,
         model=model,
         model_source=source,

@@ -541,6 +541,44 @@ class Budget(_Strict):
         return sorted(values)
 
 
+# A multi-region deployment names each region's resources <name>-<region code> (byoc.names.region_code: at most 5
+# characters and a dash), so its name leaves that room under NAME_MAX.
+REGION_SUFFIX_MAX = 6
+MAX_REGIONS = 8  # the most regions one deployment places in: each is a whole foundation (network, keys, cluster)
+
+
+class Placement(_Strict):
+    """Where a mega-region or GLOBAL deployment runs. A region id pins the deployment to that one region."""
+
+    regions: list[str] | None = Field(
+        default=None,
+        description="The regions of the mega-region to place in, the first the primary (where the model is built). "
+        "Default: byoc picks min_regions of the set that offer the shape, cheapest node first, then the catalog's "
+        "order. Every region must belong to the mega-region (GLOBAL: any region of the cloud).",
+    )
+    min_regions: Count | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REGIONS,
+        description=f"How many regions a mega-region or GLOBAL deployment places in (1 to {MAX_REGIONS}); "
+        "default 2, for failover. 1 places in one region of the set, as a region id does.",
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError("is empty; list regions of the mega-region, or leave it out")
+        if len(values) > MAX_REGIONS:
+            raise ValueError(f"lists {len(values)} regions; at most {MAX_REGIONS}")
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"{', '.join(duplicates)} listed twice; list each region once")
+        return values
+
+
 class Speculative(_Strict):
     """Speculative decoding with a smaller draft model."""
 
@@ -558,8 +596,9 @@ class Spec(_Strict):
     )
     cloud: Literal["aws", "gcp"] = Field(description="Cloud to deploy into.")
     region: str = Field(
-        description="A mega-region (GLOBAL, US, EUROPE, APAC: byoc picks the first region in it that offers the "
-        "shape) or a concrete region id of the cloud (eu-west-2, europe-west4)."
+        description="A mega-region (GLOBAL, US, EUROPE, APAC: byoc places the deployment in placement.min_regions "
+        "regions of it that offer the shape, 2 by default, behind one private name; it never serves or stores "
+        "outside the set) or a concrete region id of the cloud (eu-west-2, europe-west4), which pins it there."
     )
     model: str | ModelRef = Field(description="Catalog model id, or {id, source, revision}.")
     shape: str = Field(
@@ -594,6 +633,9 @@ class Spec(_Strict):
     compliance: Compliance = Field(default_factory=Compliance, description="Compliance frameworks.")
     images: Images = Field(default_factory=Images, description="Container image overrides.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring and alerting.")
+    placement: Placement = Field(
+        default_factory=Placement, description="Multi-region placement of a mega-region or GLOBAL deployment."
+    )
     gateway: Gateway = Field(default_factory=Gateway, description="The API gateway and its shared store.")
     batch: Batch = Field(default_factory=Batch, description="Batch inference (OpenAI's Files and Batches API).")
     cold_start: ColdStart = Field(default_factory=ColdStart, description="Caches and warm pool for wakes from zero.")

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -147,6 +147,9 @@ class Cloud(ABC):
     private_allowlist_reason: ClassVar[str] = ""
     # "module:function" of the cloud's Pulumi program (a function of a Deployment), or None while there is none.
     stack_program: ClassVar[str | None] = None
+    # "module:function" of the global layer of a multi-region deployment (one private name, health checks, the
+    # peering between the regions' networks), run as its own stack after the regional ones
+    global_stack_program: ClassVar[str | None] = None
     # The module that answers for the cloud under Pulumi's mocks (`resource_outputs`, `call_answer`): byoc plan.
     offline_answers: ClassVar[str]
     # The pip extra (byoc.extras) the program's provider SDK comes in, or None when the plain install has it.
@@ -455,6 +458,111 @@ class Cloud(ABC):
             replicas_per_node=chosen.gpus // shape.count,
             reason=reason,
         )
+
+    def place_regions(
+        self,
+        requested: str,
+        shape: DeploymentShape,
+        needs: PodNeeds | None = None,
+        regions: list[str] | None = None,
+        min_regions: int | None = None,
+    ) -> tuple[Placement, ...]:
+        """Every region a deployment runs in, the primary first. A region id pins it to that one region; a
+        mega-region (or GLOBAL) places it in `min_regions` regions of the set (default 2) that offer the shape: the
+        ones given in `regions`, in their order, or those whose cheapest node that holds a replica costs least, then
+        in the catalog's order of preference. A mega-region never places outside its set.
+
+        Raises:
+            ByocError: naming `placement.regions`, `placement.min_regions` or the region (exit 2).
+        """
+        mega = requested.upper() if requested.upper() in MEGA_REGIONS else None
+        if not mega:
+            if regions is not None and regions != [requested]:
+                raise ByocError(
+                    "placement.regions",
+                    f"region {requested} pins the deployment to {requested}; it cannot also place in "
+                    f"{', '.join(r for r in regions if r != requested)}",
+                    "use a mega-region (US, EUROPE, APAC, GLOBAL) as region to place in several regions",
+                )
+            if (min_regions or 1) > 1:
+                raise ByocError(
+                    "placement.min_regions",
+                    f"region {requested} pins the deployment to one region, not {min_regions}",
+                    "use a mega-region (US, EUROPE, APAC, GLOBAL) as region, or leave min_regions out",
+                )
+            return (self.place(requested, shape, needs),)
+        members = self.regions if mega == "GLOBAL" else self.catalog.mega_regions[self.name][mega]
+        wanted = min_regions if min_regions is not None else (len(regions) if regions else 2)
+        candidates = self.instance_candidates(shape, needs)
+        offering = self.regions_offering(shape, members, needs) if candidates else []
+        if regions is not None:
+            for region in regions:
+                if region not in self.regions:
+                    raise ByocError("placement.regions", self._unknown_region(region).message, f"use {mega} regions")
+                if region not in members:
+                    raise ByocError(
+                        "placement.regions",
+                        f"{region} is not in {mega}: a {mega} deployment serves and stores only in "
+                        f"{', '.join(members)}",
+                        f"list {mega} regions only, or use region GLOBAL",
+                    )
+                if region not in offering:
+                    raise ByocError(
+                        "placement.regions",
+                        f"{region} does not offer {shape.gpu.name} instances for {shape.name}",
+                        f"{mega} regions that do: {', '.join(offering)}" if offering else "try another shape",
+                    )
+            if len(regions) < wanted:
+                raise ByocError(
+                    "placement.regions",
+                    f"lists {len(regions)} region(s), fewer than placement.min_regions {wanted}",
+                    f"add regions of {', '.join(r for r in offering if r not in regions) or mega}",
+                )
+            chosen = list(regions)
+            why = "listed in placement.regions"
+        else:
+            if len(offering) < wanted:
+                elsewhere = [r for r in self.regions_offering(shape, needs=needs) if r not in members]
+                raise ByocError(
+                    "region",
+                    f"{shape.name} needs {wanted} {mega} regions of {self.name} that offer {shape.gpu.name} "
+                    f"instances; "
+                    + (
+                        f"only {', '.join(offering)} does"
+                        if len(offering) == 1
+                        else "none does"
+                        if not offering
+                        else f"only {', '.join(offering)} do"
+                    ),
+                    (f"set placement.min_regions: {len(offering)}, or " if offering else "")
+                    + (
+                        "use region GLOBAL (also " + ", ".join(elsewhere[:4]) + ")"
+                        if elsewhere
+                        else "try another shape (`byoc shapes`)"
+                    ),
+                )
+            prices = {r: self._cheapest_in(r, candidates) for r in offering}
+            chosen = sorted(offering, key=lambda r: (prices[r], offering.index(r)))[:wanted]
+            why = f"cheapest {wanted} of the {len(offering)} {mega} regions offering {shape.gpu.name}"
+        placements = []
+        for index, region in enumerate(chosen):
+            one = self.place(region, shape, needs)
+            role = "primary" if index == 0 else f"region {index + 1}"
+            placements.append(
+                replace(
+                    one,
+                    requested_region=requested,
+                    reason=f"{mega} {role} of {len(chosen)} ({why}): {one.instance_type} "
+                    f"${self.instance_types[one.instance_type].hourly_usd:.2f}/h list price",
+                )
+            )
+        return tuple(placements)
+
+    def _cheapest_in(self, region: str, candidates: list[InstanceType]) -> float:
+        """The hourly list price of the cheapest type offered in `region` that holds a replica (what one node
+        costs there; the catalog's prices are the reference region's, byoc/catalogs/instances.yaml)."""
+        offered = self.offerings(region)
+        return min(t.hourly_usd for t in candidates if t.name in offered)
 
     @staticmethod
     def _names(types: list[InstanceType]) -> str:

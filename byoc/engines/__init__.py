@@ -29,3 +29,14 @@ def program_for(deployment: Deployment) -> Program | None:
     module, _, function = target.partition(":")
     program: Program = getattr(importlib.import_module(module), function)
     return program
+
+
+def global_program_for(deployment: Deployment) -> Program | None:
+    """The cloud's global-layer program of a multi-region deployment (one private name over the regions' gateways,
+    health checks, failover, the peering between regions), imported only now; None where the cloud has none."""
+    target = get_cloud(deployment.cloud).global_stack_program
+    if target is None:
+        return None
+    module, _, function = target.partition(":")
+    program: Program = getattr(importlib.import_module(module), function)
+    return program

@@ -76,12 +76,14 @@ def _in_tree_order(resources: list[RecordedResource], parents: dict[str, str]) -
     return sorted(resources, key=lambda r: (path(r.urn), r.urn))
 
 
-def run_offline(deployment: Deployment, program: Program) -> Plan:
-    """Run the program under Pulumi's mocks and return every resource it registered."""
+def run_offline(deployment: Deployment, program: Program, stack: str | None = None) -> Plan:
+    """Run the program under Pulumi's mocks and return every resource it registered, each marked with `stack`
+    (default: the deployment's name, which is its stack's)."""
     import pulumi
     from pulumi.runtime import mocks, rpc, settings
 
     region = deployment.region
+    stack_name = stack or deployment.name
     cloud = get_cloud(deployment.cloud)
     plan = Plan()
     lock = threading.Lock()
@@ -122,6 +124,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
                             provider=provider,
                             custom=bool(request.custom),
                             urn=response.urn,
+                            stack=stack_name,
                         )
                     )
             return response
@@ -132,7 +135,7 @@ def run_offline(deployment: Deployment, program: Program) -> Plan:
     pulumi.runtime.set_mocks(
         recording,
         project=f"byoc-{deployment.cloud}",
-        stack=deployment.name,
+        stack=stack_name,
         preview=False,
         monitor=RecordingMonitor(recording),
     )
@@ -174,13 +177,22 @@ def render(deployment: Deployment) -> Plan | None:
         ByocError: a rendered object Kubernetes would not store (exit 2).
         ByocFailure: the program failed offline.
     """
-    from byoc.engines import program_for
+    from byoc.engines import global_program_for, program_for
     from byoc.manifests import check_object_sizes
 
     program = program_for(deployment)
     if program is None:
         return None
-    plan = run_offline(deployment, program)
+    if not deployment.multi_region:
+        plan = run_offline(deployment, program)
+    else:
+        # one stack per region, then the global layer (one private name, failover) over their outputs
+        plan = Plan()
+        for regional in deployment.per_region:
+            plan.resources += run_offline(regional, program, deployment.stack_name(regional.region)).resources
+        global_program = global_program_for(deployment)
+        if global_program is not None:
+            plan.resources += run_offline(deployment, global_program, deployment.stack_name()).resources
     check_object_sizes(plan, len(deployment.addons))
     return plan
 
