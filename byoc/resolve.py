@@ -574,16 +574,16 @@ def _regional_cidr(cidr: str, index: int, region: str) -> str:
     """
     import ipaddress
 
-    base = ipaddress.ip_network(cidr)
+    base = ipaddress.IPv4Network(cidr)  # the spec holds only private IPv4 ranges (spec.Network)
     try:
-        block = ipaddress.ip_network(f"{base.network_address + index * base.num_addresses}/{base.prefixlen}")
+        block: ipaddress.IPv4Network | None = ipaddress.IPv4Network(
+            f"{base.network_address + index * base.num_addresses}/{base.prefixlen}"
+        )
     except ValueError:
         block = None
-    private = next(
-        (p for p in map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")) if base.subnet_of(p)),
-        None,
-    )
-    if block is None or private is None or not block.subnet_of(private):  # type: ignore[arg-type]
+    ranges = map(ipaddress.IPv4Network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+    private = next((p for p in ranges if base.subnet_of(p)), None)
+    if block is None or private is None or not block.subnet_of(private):
         raise ByocError(
             "network.cidr",
             f"{cidr} leaves no room for {region}'s range (region {index + 1} takes the {index + 1}th block of its "
