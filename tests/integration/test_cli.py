@@ -549,7 +549,8 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
     addons = "\n".join(f"  - {{id: a{i}, source: s3://bucket/adapters/{'x' * 200}{i}}}" for i in range(4000))
     spec = tmp_path / "byoc.yaml"
     spec.write_text(
-        f"name: many\ncloud: aws\nregion: us-east-1\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\naddons:\n{addons}\n"
+        "name: many\ncloud: aws\nregion: us-east-1\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\n"
+        f"addons:\n{addons}\n"
     )
     result = byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
