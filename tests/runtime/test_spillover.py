@@ -171,6 +171,21 @@ def regions(
                 server.stop()
 
 
+def start_refused(flags: list[str]) -> subprocess.CompletedProcess[str]:
+    """`byoc serve gateway` with these flags, expected to refuse to start."""
+    command = [
+        sys.executable,
+        "-m",
+        "byoc",
+        "serve",
+        "gateway",
+        "--insecure-no-auth",
+        "--upstream",
+        "http://127.0.0.1:1",
+    ]
+    return subprocess.run([*command, *flags], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
 def ask(region: Region) -> str:
     answer = region.client().completions.create(model=MODEL, prompt="One two three", max_tokens=4)
     assert answer.model == MODEL and answer.usage is not None and answer.usage.completion_tokens >= 1
@@ -189,24 +204,7 @@ def ask(region: Region) -> str:
     ],
 )
 def test_a_peer_outside_the_residency_set_or_unencrypted_refuses_to_start(flags: list[str], named: str) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "byoc",
-            "serve",
-            "gateway",
-            "--insecure-no-auth",
-            "--upstream",
-            "http://127.0.0.1:9",
-            *flags,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    done = start_refused(flags)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --") and named in lines[0], done.stderr
@@ -384,3 +382,13 @@ def _post_b(b: Region, headers: dict[str, str]) -> Any:
             return Http(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         return Http(error.code, dict(error.headers), error.read())
+
+
+def test_the_config_file_takes_the_same_region_settings_and_refusals(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"region: {REGION_A}\nresidency: EUROPE\npeer_regions: ['{REGION_B}=https://10.1.0.5', 'us-east-1=https://10.1.0.6']\n"
+    )
+    done = start_refused(["--config", str(config)])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --peer-region us-east-1: us-east-1 is outside the residency set EUROPE")
