@@ -894,7 +894,10 @@ class Gateway:
         if outcome.spilled_from is not None:
             timeout = 0.0  # the region that spilled it tries its next peer, or serves it itself: no wait here
         elif outcome.spillable:
-            if not self.region_down and self.config.spill_hold > 0:
+            # replicas known but none ready have failed their checks or a request (an outage: spill at once); none
+            # known is a scale from zero (a starting pod is not in the headless Service's DNS before it is ready):
+            # one may be up within --spill-hold
+            if not (self.region_down or self.pool.upstreams) and self.config.spill_hold > 0:
                 first = min(self.config.spill_hold, timeout)
                 ready = await self._wait_ready(first)
                 timeout -= first
