@@ -269,6 +269,36 @@ def test_a_saturated_or_overloaded_region_spills_and_a_peer_of_another_region_is
         standin.stop()
 
 
+def test_a_region_scaled_to_zero_holds_briefly_then_spills_and_still_signals_the_wake(
+    regions: tuple[Region, Region], runtime_dir: Path, keys_file: Path, certificate: tuple[Path, Path]
+) -> None:
+    """No replica known (a headless Service with no ready pod resolves to nothing): the first request waits
+    --spill-hold for a wake here, then B answers it; the next ones go to B at once."""
+    _, b = regions
+    port, metrics_port = free_port(HOST_A), free_port(HOST_A)
+    args = gateway_args(HOST_A, port, metrics_port, "dns+http://byoc-scaled-to-zero.invalid:8000", keys_file)
+    args += ["--region", "eu-west-3", "--peer-region", f"{REGION_B}={b.url}", "--peer-ca-file", str(certificate[0])]
+    args += ["--spill-hold", "1", "--wake-timeout", "60"]
+    zero = Region("eu-west-3", Server("gateway-zero", args, runtime_dir, port), "", "")
+    zero.url, zero.metrics_url = f"http://{HOST_A}:{port}", f"http://{HOST_A}:{metrics_port}/metrics"
+    try:
+        wait_for(lambda: _answers_ready(zero) and zero.ready()["ready"], timeout=STARTUP_SECONDS, what="holding")
+        wait_for(lambda: metric(zero.metrics(), "byoc_gateway_peers_healthy") == 1, what="B healthy for it")
+        began = time.monotonic()
+        assert ask(zero)
+        first = time.monotonic() - began
+        began = time.monotonic()
+        assert ask(zero)
+        second = time.monotonic() - began
+        assert first >= 1.0 and second < 1.0, (first, second)
+        text = zero.metrics()
+        labels = {"from": "eu-west-3", "to": REGION_B, "reason": "no_replica"}
+        assert metric(text, "byoc_gateway_spillover_total", **labels) == 2
+        assert metric(text, "byoc_gateway_pending_requests") == 0  # raised only while a spilled request runs
+    finally:
+        zero.gateway.stop()
+
+
 def _answers_ready(region: Region) -> bool:
     """/ready answered at all (this gateway has no replica, so 503 with the holding state)."""
     assert region.gateway.process.poll() is None, region.gateway.log.read_text()
