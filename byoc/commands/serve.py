@@ -288,7 +288,8 @@ def gateway(
     spill_hold: Annotated[
         float | None,
         typer.Option(
-            "--spill-hold", help="With no replica ready, seconds to wait for one here before spilling to a peer [2]."
+            "--spill-hold",
+            help="With no replica known (scale from zero), seconds to wait here before spilling to a peer [2].",
         ),
     ] = None,
     drain_seconds: Annotated[
