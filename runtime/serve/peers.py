@@ -2,9 +2,9 @@
 health, and the forwarding of a request this region cannot serve now.
 
 A request spills (reason in `byoc_gateway_spillover_total`):
-- `no_replica`: no replica is ready here: every one failed (spilled at once), or none is up (scale from zero: the
-  request waits `--spill-hold` seconds for one first; once a request has spilled, the next spill at once until a
-  replica is ready again);
+- `no_replica`: no replica is ready here: the known ones are failing (an outage: spilled at once), or none is known
+  (scale from zero: the request waits `--spill-hold` seconds for one first); once a request has spilled, the next
+  spill at once until a replica is ready again;
 - `saturated`: every admission slot (`--max-concurrency`) is taken, so the request would queue, and a peer that is
   not saturated itself is healthy; or the queue is full or its wait ran out;
 - `overloaded`: every replica answered 429 or 503 (an engine that refuses work when full).
