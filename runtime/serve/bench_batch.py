@@ -14,6 +14,10 @@ random weights, nothing downloaded), the real gateway in front of it with the ba
 4. 10,000 lines end to end: a batch of `--lines` lines through the worker and the gateway to the fixed fake upstream
    of runtime/serve/bench.py (no model: what the batch machinery itself sustains): wall time from the batch's
    creation to `completed`, and lines per second.
+5. with `--peer`, after 3: the reference with no admission control, the same online arrivals while the worker sends
+   its lines straight to the engine; TTFT p50/p90, and the lines it completed per second.
+
+The online phases' prompts are numbers no other phase uses, of one length, so that 2 and 3 prefill alike.
 """
 
 from __future__ import annotations
