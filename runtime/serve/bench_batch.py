@@ -167,6 +167,7 @@ def benchmark(
     preempt: bool = False,
     pin: bool = False,
     peer: bool = False,
+    ttft_ratio: float | None = None,
 ) -> dict[str, Any]:
     token = folder / "token"
     token.write_text(TOKEN)
@@ -186,7 +187,8 @@ def benchmark(
         command = ["gateway", "--listen", f"127.0.0.1:{gateway_port}", "--upstream", f"http://127.0.0.1:{engine_port}",
                    "--model", MODEL, "--insecure-no-auth", "--max-concurrency", slots, "--batch-slots-per-replica",
                    slots, "--batch-headroom", str(headroom), "--batch-worker-token-file", str(token),
-                   "--health-interval", "0.5", *(["--batch-preempt"] if preempt else [])]  # fmt: skip
+                   "--health-interval", "0.5", *(["--batch-preempt"] if preempt else []),
+                   *(["--batch-ttft-ratio", str(ttft_ratio)] if ttft_ratio is not None else [])]  # fmt: skip
         processes.append(_byoc(command, log))
         gateway = f"http://127.0.0.1:{gateway_port}"
         _wait(gateway + "/ready", processes[-1])
@@ -360,6 +362,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=10_000, help="Lines of the end-to-end batch [10000].")
     parser.add_argument("--preempt", action="store_true", help="The gateway's --batch-preempt.")
     parser.add_argument(
+        "--ttft-ratio", type=float, default=None, help="The gateway's --batch-ttft-ratio (0: the fixed headroom only)."
+    )
+    parser.add_argument(
         "--peer",
         action="store_true",
         help="Then the reference with no admission control: the worker sends straight to the engine.",
@@ -382,6 +387,7 @@ def main() -> None:
             args.preempt,
             args.pin,
             args.peer,
+            args.ttft_ratio,
         )
     result["command"] = "python -m runtime.serve.bench_batch " + " ".join(sys.argv[1:])
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()}
