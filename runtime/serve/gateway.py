@@ -128,6 +128,7 @@ class Outcome:
     spilled_from: str | None = None  # the region that spilled it here (its X-Byoc-Spilled-From header)
     region: str = ""  # the peer region that served it ("": this one)
     spill_reason: str = ""  # why it went to a peer: no_replica, saturated, overloaded
+    awaiting_first: bool = False  # a streamed online request whose first token has not come: batch lines wait
 
 
 class Gateway:
@@ -167,6 +168,8 @@ class Gateway:
         # -- batch admission class (issue 22) --
         self.batch_digest = config.batch_worker_digest()
         self.online_in_flight = 0
+        # streamed online requests admitted whose first token has not come yet: no batch line is let in meanwhile
+        self.online_awaiting_first = 0
         # batch lines being forwarded, oldest first (a dict keeps their order: the newest are reclaimed first)
         self.batch_lines: dict[asyncio.Task[web.StreamResponse], None] = {}
         self.preempted: set[asyncio.Task[web.StreamResponse]] = set()
@@ -774,14 +777,22 @@ class Gateway:
         return math.nan if baseline is None else baseline[1]
 
     def _batch_admit(self, outcome: Outcome, count: bool = True) -> None:
-        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, fewer
-        requests in flight than `batch_capacity()`, and fewer batch lines in flight than the TTFT-guarded limit.
-        Otherwise 429 `batch_yield` at once (never queued: a queued batch line would hold a place an online request
-        could take); the worker backs off and sends it again later."""
+        """Admit a batch line only into capacity online traffic leaves idle: no request waiting for a slot, no
+        streamed online request waiting for its first token, fewer requests in flight than `batch_capacity()`, and
+        fewer batch lines in flight than the TTFT-guarded limit. Otherwise 429 `batch_yield` at once (never queued: a
+        queued batch line would hold a place an online request could take); the worker backs off and sends it again.
+
+        Why an online request's wait for its first token holds batch lines: trtllm-serve has no per-request priority
+        (1.3.0rc19; docs/performance.md, "What the engine offers"), and its scheduler puts every new request's prompt
+        into the next iterations beside the ones already there, FCFS up to max_num_tokens. A batch line let in now
+        would have its prompt computed in the iteration the online first token waits for: prefill is compute-bound,
+        on a GPU too, so it lengthens that iteration by about its prompt's share. Once the first token is out, the
+        online request only decodes, which a memory-bound GPU shares almost for free."""
         online_idle = not self.config.batch_preempt or self.online_in_flight == 0
         allowed = self._batch_allowed()
         if (
             online_idle
+            and self.online_awaiting_first == 0
             and self.admission.queued == 0
             and self.admission.active < self.batch_capacity()
             and self.batch_in_flight < allowed
@@ -848,6 +859,9 @@ class Gateway:
         raw: bytes,
     ) -> web.StreamResponse:
         self.online_in_flight += 1
+        if parsed.stream and self.batch_digest is not None:
+            outcome.awaiting_first = True
+            self.online_awaiting_first += 1
         if self.config.batch_preempt and self.batch_lines:
             self._preempt_batch()
         if self.batch_limit is not None:
@@ -862,8 +876,14 @@ class Gateway:
             return await self._forward(request, path, parsed, addon, outcome, raw)
         finally:
             self.online_in_flight -= 1
+            self._first_token_seen(outcome)  # an answer with no token (an error, a client gone) holds nothing either
             if self.batch_limit is not None:
                 self.batch_limit.online_ended()
+
+    def _first_token_seen(self, outcome: Outcome) -> None:
+        if outcome.awaiting_first:
+            outcome.awaiting_first = False
+            self.online_awaiting_first -= 1
 
     def _preempt_batch(
         self, count: int | None = None, among: dict[asyncio.Task[web.StreamResponse], None] | None = None
@@ -1142,6 +1162,7 @@ class Gateway:
                     # the first and last chunk of generated text (a role chunk or a comment is not a token)
                     if outcome.first_token is None:
                         outcome.first_token = now
+                        self._first_token_seen(outcome)
                         if outcome.online_token is not None and self.batch_limit is not None:
                             ttft = now - outcome.online_token[0]
                             self.batch_limit.online_sample(outcome.online_token, ttft, self.batch_in_flight)
