@@ -239,10 +239,12 @@ def test_a_saturated_or_overloaded_region_spills_and_a_peer_of_another_region_is
         # saturated: the one admission slot is held by a slow answer; the next request would queue, B has room
         client = a.client()
         slow = threading.Thread(
-            target=lambda: client.completions.create(model=MODEL, prompt="x", max_tokens=2, user="hold:3")
+            target=lambda: client.completions.create(model=MODEL, prompt="x", max_tokens=2, user="hold:8")
         )
         slow.start()
         wait_for(lambda: metric(a.metrics(), "byoc_gateway_in_flight_requests") == 1, what="the slot held")
+        # on a loaded machine a probe of B may have timed out meanwhile: spill needs B healthy at that moment
+        wait_for(lambda: metric(a.metrics(), "byoc_gateway_peers_healthy") == 1, what="B healthy for A2")
         assert ask(a)
         slow.join(timeout=30)
         text = a.metrics()
