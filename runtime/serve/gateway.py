@@ -1345,6 +1345,35 @@ async def serve(config: GatewayConfig, keys: list[ApiKey] | None, drain_seconds:
         gateway.access_log.flush()  # the last batch of access lines: an audit line is never lost on shutdown
 
 
+# A request held through a wake from zero sends nothing for minutes (the wake timeout is twice the cold start, at least
+# 300 s), longer than the load balancers in front of the gateway keep an idle flow: an AWS Network Load Balancer's TCP
+# listener drops it after 350 s by default ("Connection idle timeout", Elastic Load Balancing, Network Load
+# Balancers: "clients or targets can use TCP keepalive packets to reset the idle timeout"), and a GCP internal
+# passthrough load balancer's connection tracking forgets an idle TCP connection after 600 s ("Connection tracking",
+# Cloud Load Balancing docs). TCP keepalive probes from the gateway (the target) every KEEPALIVE_IDLE_S keep the flow
+# open without a byte of the HTTP answer; Linux's default would send the first probe after 2 hours.
+KEEPALIVE_IDLE_S = 60  # the first probe after 60 s of silence, well under the 350 s of the strictest load balancer
+KEEPALIVE_INTERVAL_S = 30
+KEEPALIVE_PROBES = 4  # a client gone for good is noticed after 60 + 4 x 30 s
+
+
+def keep_flows_alive(site: web.TCPSite) -> None:
+    """Set the TCP keepalive timers on the site's listening sockets; on Linux each accepted connection inherits them
+    (aiohttp turns SO_KEEPALIVE on per connection, with the kernel's timers)."""
+    import socket
+
+    server = getattr(site, "_server", None)  # aiohttp keeps the asyncio Server it listens with here
+    for sock in getattr(server, "sockets", None) or ():
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+            ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ):
+            if hasattr(socket, option):  # Linux (and macOS from Python 3.10 for the first two)
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_seconds: float) -> None:
     await gateway.start()
     # handler_cancellation: a client that leaves cancels its request at once (499), streamed or not
@@ -1370,7 +1399,10 @@ async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_se
     for index, (runner, address) in enumerate(sites):
         # TLS on the API listener; the metrics listener carries no request data and stays plain for Prometheus
         context = tls if index == 0 else None
-        await web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=context).start()
+        site = web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=context)
+        await site.start()
+        if index == 0:
+            keep_flows_alive(site)
     auth = gateway.keys.describe() if gateway.keys.enabled else "NO AUTHENTICATION (--insecure-no-auth)"
     log.info(
         "gateway listening on %s://%s (metrics %s), model %s, %d declared addons, upstreams %s, %s, %s loop",
