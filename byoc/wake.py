@@ -3,7 +3,11 @@
 Read from what Kubernetes already records, through byoc.cluster_api (kubectl's JSON):
 - node launching: the pod is not scheduled yet. What the node provisioner last said about it comes from its own
   events (`NodeProvisioner.launch_steps`: Karpenter's NodeClaim events Launched, Registered, Initialized and its
-  Nominated event on the pod; the GKE cluster autoscaler's TriggeredScaleUp on the pod);
+  Nominated event on the pod; the GKE cluster autoscaler's TriggeredScaleUp on the pod); once the new node has
+  joined, the scheduler's own FailedScheduling says what it still lacks ("0/4 nodes are available: 1 node(s) had
+  untolerated taint(s)": not done starting; "4 Insufficient nvidia.com/gpu": the GPU driver and device plugin have
+  not advertised the GPUs yet), which is all a reader of `kubectl describe pod` sees where the provisioner's own
+  objects are not listed (recorded wakes: tests/lifecycle/data/wake/recorded/);
 - image pulling: the kubelet's Pulling event for an image of the pod with no Pulled after it
   (k8s.io/kubernetes pkg/kubelet/images/image_manager.go: "Pulling image %q", "Successfully pulled image %q in %v
   (%v including waiting). Image size: %v bytes.");
@@ -16,6 +20,7 @@ moment KEDA scaled the Deployment up and its ReplicaSet made the pod).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,10 +83,17 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def event_time(event: dict[str, Any]) -> datetime | None:
-    """When an event last happened: lastTimestamp (core/v1 events), else eventTime (events.k8s.io), else its
-    creation."""
+    """When an event last happened, read as kubectl reads it (k8s.io/kubectl pkg/cmd/events `eventTime`): an
+    events.k8s.io series' `series.lastObservedTime` (the scheduler's repeated FailedScheduling: `eventTime` is its
+    first occurrence, and `firstTimestamp`/`lastTimestamp` are null), else `lastTimestamp` (core/v1 events of the
+    kubelet, Karpenter and the cluster autoscaler; `count` > 1 keeps the first time in `firstTimestamp`), else
+    `eventTime`, else the event object's creation."""
+    series = event.get("series") or {}
     return parse_time(
-        event.get("lastTimestamp") or event.get("eventTime") or event.get("metadata", {}).get("creationTimestamp")
+        series.get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("metadata", {}).get("creationTimestamp")
     )
 
 
@@ -123,6 +135,31 @@ def _pulling(pod_events: list[dict[str, Any]]) -> tuple[str, datetime] | None:
     return image, since
 
 
+# The scheduler's verdict on a pending pod (k8s.io/kubernetes pkg/scheduler: "0/%v nodes are available: %v").
+_NODES_AVAILABLE = re.compile(r"0/(\d+) nodes are available: (.*)", re.DOTALL)
+
+
+def _new_node_lacks(pod_events: list[dict[str, Any]]) -> tuple[datetime, str] | None:
+    """What the new node still lacks, by the scheduler's latest FailedScheduling on the pod once it counts more nodes
+    than it did when the pod was made (the provisioner's node has joined): a startup taint, or the GPUs."""
+    verdicts = [
+        (when, found)
+        for e in pod_events
+        if e.get("reason") == "FailedScheduling"
+        and (when := event_time(e)) is not None
+        and (found := _NODES_AVAILABLE.search(str(e.get("message", "")))) is not None
+    ]
+    if len(verdicts) < 2 or int(verdicts[-1][1].group(1)) <= int(verdicts[0][1].group(1)):
+        return None
+    when, latest = verdicts[-1]
+    lacking = latest.group(2)
+    if "Insufficient nvidia.com/gpu" in lacking:
+        return when, "the new node's GPU driver and device plugin to advertise nvidia.com/gpu"
+    if "taint" in lacking:
+        return when, "the new node to finish starting (the scheduler still sees a startup taint on it)"
+    return when, "the scheduler to place the pod on the new node"
+
+
 def _node_launch(
     pod: str, created: datetime, events: list[dict[str, Any]], provisioner: NodeProvisioner
 ) -> tuple[datetime, str]:
@@ -151,6 +188,9 @@ def _node_launch(
                 continue
             if latest is None or when >= latest[0]:
                 latest = (when, step.waits_for)
+    lacks = _new_node_lacks(_pod_events(events, pod, created))
+    if lacks is not None and (latest is None or lacks[0] >= latest[0]):
+        latest = lacks
     if latest is None:
         return created, f"{provisioner.name} to launch a GPU node for the pending pod"
     return created, latest[1]
@@ -192,11 +232,23 @@ def wake_progress(
     if running is not None:
         since = parse_time(running.get("startedAt")) or created
         return progress("engine_load", since, f"{ENGINE_CONTAINER} to load the weights and answer /health")
+    init_running = next(
+        (
+            c["name"]
+            for c in pod.get("status", {}).get("initContainerStatuses", [])
+            if c.get("state", {}).get("running")
+        ),
+        None,
+    )
     waiting = engine.get("state", {}).get("waiting") or fetch.get("state", {}).get("waiting") or {}
     scheduled = next(
         (e for e in reversed(mine) if e.get("reason") in ("Scheduled", "Pulled", "Created", "Started")), None
     )
     since = (event_time(scheduled) if scheduled else None) or created
+    if init_running is not None:
+        # another init container than the artifact fetch (a wait for a dependency, a volume's permissions): the
+        # engine cannot start before it ends
+        return progress("starting", since, f"the init container {init_running} to finish")
     reason = waiting.get("reason") or "the kubelet"
     message = f": {waiting['message']}" if waiting.get("message") else ""
     return progress("starting", since, f"the containers to start ({reason}{message})")
