@@ -92,6 +92,28 @@ def test_a_recorded_karpenter_wake_with_the_image_cached_never_pulls() -> None:
     assert loading is not None and (loading.phase, round(loading.phase_seconds)) == ("engine_load", 20)
 
 
+# EKS Auto Mode (gnosia93/training-on-eks): its Karpenter records as eks-auto-mode/compute, and kubectl lists the
+# scheduler's events first, out of time order; the exited container is restarted (BackOff).
+AUTOMODE_MOMENTS = [
+    (30, "node_launch", 30, "Karpenter's NodeClaim to launch an EC2 instance"),  # Nominated by eks-auto-mode/compute
+    (49, "starting", 2, "the containers to start (ContainerCreating)"),  # Scheduled 4m25s ago, listed before Nominated
+    (80, "image_pull", 28, "the kubelet to pull nvidia/cuda:13.0.2-runtime-ubuntu22.04"),
+    (110, "image_pull", 58, "the kubelet to pull nvidia/cuda:13.0.2-runtime-ubuntu22.04"),  # "in 58.965s"
+    (115, "engine_load", 4, "trtllm-serve to load the weights"),
+    (130, "starting", 8, "the containers to start (CrashLoopBackOff: Back-off restarting failed container"),
+]
+
+
+@pytest.mark.parametrize(("seconds", "phase", "in_phase", "waiting_for"), AUTOMODE_MOMENTS)
+def test_a_recorded_eks_auto_mode_wake(seconds: int, phase: str, in_phase: int, waiting_for: str) -> None:
+    recording = load("aws-automode-gpu-pod.txt")
+    assert [line.split()[1] for line in recording.paste[3:6]] == ["FailedScheduling", "Scheduled", "Nominated"]
+    progress = progress_at(recording, seconds)
+    assert progress is not None
+    assert (progress.phase, round(progress.phase_seconds), round(progress.wake_seconds)) == (phase, in_phase, seconds)
+    assert waiting_for in progress.waiting_for
+
+
 # GKE + cluster autoscaler + KEDA from zero (vfarcic/devopstoolkit-live): absolute timestamps, to the second.
 KEDA_MOMENTS = [
     (1, "node_launch", "the GKE cluster autoscaler to launch a GPU node"),  # before TriggeredScaleUp (+2 s)

@@ -17,7 +17,8 @@ tests/lifecycle/data/wake/README.md; in short:
 - an event seen N times over a span is shown, at a moment inside the span, as its first occurrence only;
 - the pod: made at its `SuccessfulCreate` (or, without one, its first event); bound to the node its `Scheduled`
   event names; each container running from its `Started` event; an init container done at the next kubelet event
-  for another container; ready `ready_after_s` after it was made when the source says so (never otherwise);
+  for another container; waiting in CrashLoopBackOff from a BackOff event about it; ready `ready_after_s` after it
+  was made when the source says so (never otherwise);
 - the recorded serving container (`engine`) is named `trtllm-serve`, the name byoc/wake.py reads, in the pod
   status (the events keep the recorded name).
 """
@@ -211,9 +212,14 @@ class Recording:
             status["initContainerStatuses"] = init_statuses
         ready_after = self.header.get("ready_after_s")
         ready = ready_after is not None and now >= self.created + timedelta(seconds=float(ready_after))
-        if engine in started:
+        backoff = next((e for e in seen if e.reason == "BackOff" and engine in e.message), None)
+        if backoff is not None and engine in started and backoff.first >= started[engine]:
+            # the kubelet restarts the exited container after a back-off (CrashLoopBackOff in the status)
             status["phase"] = "Running"
-            engine_state: dict[str, Any] = {"running": {"startedAt": stamp(started[engine])}}
+            engine_state: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff", "message": backoff.message}}
+        elif engine in started:
+            status["phase"] = "Running"
+            engine_state = {"running": {"startedAt": stamp(started[engine])}}
         else:
             engine_state = {"waiting": {"reason": "ContainerCreating" if inits_done else "PodInitializing"}}
         status["containerStatuses"] = [{"name": ENGINE_CONTAINER, "state": engine_state, "ready": ready}]
