@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import pulumi
 
@@ -17,10 +17,15 @@ from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
 from stacks.gcp.store import LimitsStore
 from stacks.k8s.serving import Foundation, ServingStack, SharedStore
+from stacks.multi_region import CIDR_OUTPUT, LB_ADDRESS_OUTPUT, REGION_OUTPUT
 
 # The gateway's Service becomes an internal passthrough Network Load Balancer: reachable from the VPC only
 # (GKE docs, "Create an internal load balancer").
 INTERNAL_LOAD_BALANCER = {"networking.gke.io/load-balancer-type": "Internal"}
+# A multi-region deployment's gateways are reached from the other regions (the peers' spill-over, clients near
+# another region): an internal load balancer answers clients of its own region only unless global access is on
+# (GKE docs, "LoadBalancer Service parameters": networking.gke.io/internal-load-balancer-allow-global-access).
+GLOBAL_ACCESS = {"networking.gke.io/internal-load-balancer-allow-global-access": "true"}
 # Workload Identity: the Kubernetes service account acts as this Google service account.
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 
@@ -32,7 +37,7 @@ METADATA_SERVER_EGRESS = [
 ]
 
 
-def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
+def program(deployment: Deployment) -> dict[str, Any]:
     ctx = make_context(deployment)
     identities = Identities(ctx)
     keys = Keys(ctx)
@@ -61,7 +66,7 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             # the GPU stack with the NVIDIA GPU Operator"). GPU metrics come from GKE's managed DCGM exporter.
             gpu_operator_values=None,
             vpc_cidr=deployment.network.cidr,
-            load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            load_balancer_annotations=INTERNAL_LOAD_BALANCER | (GLOBAL_ACCESS if deployment.multi_region else {}),
             build_env={
                 # the builder names the artifact key on every object it writes (the bucket refuses other keys)
                 "BYOC_ARTIFACT_KMS_KEY": keys.key_ids["artifacts"],
@@ -81,8 +86,8 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             identity_egress=METADATA_SERVER_EGRESS,
         ),
     )
-    outputs: dict[str, pulumi.Output[str] | str] = {
-        "region": deployment.region,
+    outputs: dict[str, Any] = {
+        REGION_OUTPUT: deployment.region,
         "project": ctx.project,
         "cluster_name": cluster.name,
         "kubeconfig": cluster.kubeconfig,
@@ -102,4 +107,13 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     if limits:
         outputs["gateway_store"] = limits.url
         outputs["store_key_id"] = keys.key_ids["store"]
+    if deployment.multi_region:
+        # what the global layer reads of this region (stacks/gcp/global_layer.py): the network to peer and to make
+        # the private zone visible to, and the gateway's internal load balancer (its forwarding rule's address,
+        # which the zone's health-checked records name)
+        outputs |= {
+            CIDR_OUTPUT: deployment.network.cidr,
+            "network_self_link": network.self_link,
+            LB_ADDRESS_OUTPUT: serving.gateway_lb_address,
+        }
     return outputs
