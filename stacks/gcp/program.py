@@ -15,6 +15,7 @@ from stacks.gcp.context import make_context
 from stacks.gcp.identities import Identities
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
+from stacks.gcp.replication import ArtifactReplication, replicates
 from stacks.gcp.store import LimitsStore
 from stacks.k8s.serving import Foundation, ServingStack, SharedStore
 from stacks.multi_region import CIDR_OUTPUT, LB_ADDRESS_OUTPUT, REGION_OUTPUT
@@ -49,6 +50,9 @@ def program(deployment: Deployment) -> dict[str, Any]:
     identities.bind_service_accounts(ctx, cluster.cluster)
     identities.grant_bucket_access(ctx, store.bucket_name)
     limits = LimitsStore(ctx, network, keys) if deployment.gateway.store == "managed" else None
+    # a multi-region deployment's primary copies the model it builds to the other regions' buckets: replication is
+    # in place before the build Job writes (cross-bucket replication copies only what is written after)
+    replication = ArtifactReplication(ctx, store.bucket_name).jobs if replicates(deployment) else []
     serving = ServingStack(
         deployment,
         cluster.provider,
@@ -81,7 +85,7 @@ def program(deployment: Deployment) -> dict[str, Any]:
             store=SharedStore(limits.url, limits.password, limits.ca_pem, limits.port, limits.egress_cidrs)
             if limits
             else None,
-            depends_on=[*cluster.ready, capacity],
+            depends_on=[*cluster.ready, capacity, *replication],
             artifact_key=keys.key_ids["artifacts"],
             identity_egress=METADATA_SERVER_EGRESS,
         ),
