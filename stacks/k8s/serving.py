@@ -941,7 +941,8 @@ class ServingStack(pulumi.ComponentResource):
         balancer, from their own network ranges, to the gateway port only (a load balancer that keeps the client's
         address, as GKE's passthrough one does, shows the peer's range here; one that goes through a NodePort shows
         a node of this VPC)."""
-        peers = self.deployment.peers()
+        # (Deployment.peers() of a one-region deployment has nothing to pair its regions with)
+        peers = self.deployment.peers() if self.deployment.multi_region else []
         if not peers:
             return []
         return [
@@ -953,7 +954,8 @@ class ServingStack(pulumi.ComponentResource):
 
     def _peer_egress(self) -> list[dict[str, Any]]:
         """...and this gateway reaches the peers' load balancers (addresses in their ranges) on the Service port."""
-        peers = self.deployment.peers()
+        # (Deployment.peers() of a one-region deployment has nothing to pair its regions with)
+        peers = self.deployment.peers() if self.deployment.multi_region else []
         if not peers:
             return []
         return [
