@@ -71,6 +71,13 @@ def program(deployment: Deployment) -> dict[str, Any]:
             gpu_operator_values=None,
             vpc_cidr=deployment.network.cidr,
             load_balancer_annotations=INTERNAL_LOAD_BALANCER | (GLOBAL_ACCESS if deployment.multi_region else {}),
+            # A multi-region deployment's private entry name fails over on the health Cloud DNS reads of the load
+            # balancer's backends (stacks/gcp/global_layer.py). With Local, a node is a healthy backend only while it
+            # runs a ready gateway pod (its health check node port answers for the pods on that node); with Cluster
+            # every node answers healthy whatever the gateway's state (GKE docs, "LoadBalancer Service concepts":
+            # externalTrafficPolicy and health checks). GKE subsetting (stacks/gcp/cluster.py) keeps only those nodes
+            # in the load balancer's backends, so Cloud DNS's share of healthy backends is the gateway's.
+            external_traffic_policy="Local" if deployment.multi_region else None,
             build_env={
                 # the builder names the artifact key on every object it writes (the bucket refuses other keys)
                 "BYOC_ARTIFACT_KMS_KEY": keys.key_ids["artifacts"],

@@ -66,6 +66,8 @@ class Foundation:
     gpu_operator_values: dict[str, Any] | None
     vpc_cidr: str
     load_balancer_annotations: dict[str, str] = field(default_factory=dict)
+    # the gateway Service's externalTrafficPolicy (None: Kubernetes' default, Cluster)
+    external_traffic_policy: str | None = None
     # for the build Job: where model sources are mirrored, the key artifacts are written under
     build_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -742,6 +744,11 @@ class ServingStack(pulumi.ComponentResource):
                 "type": "LoadBalancer",
                 "selector": selector(deployment, component),
                 "ports": [{"name": "https", "port": GATEWAY_SERVICE_PORT, "targetPort": "http"}],
+                **(
+                    {"externalTrafficPolicy": self.foundation.external_traffic_policy}
+                    if self.foundation.external_traffic_policy
+                    else {}
+                ),
             },
         )
         self._namespaced(

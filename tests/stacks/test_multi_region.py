@@ -272,3 +272,22 @@ def test_a_one_region_deployment_has_no_global_layer_and_no_spill_over() -> None
     assert "--peer-region" not in command and "--region" not in command
     assert not plan.by_type("aws:s3/bucketReplicationConfig:BucketReplicationConfig")
     assert len([r for r in plan.by_type("kubernetes:batch/v1:Job") if r.name.endswith("-build")]) == 1
+
+
+def test_gateway_load_balancers_answer_peers_and_report_the_gateways_health(case: tuple[Deployment, Plan]) -> None:
+    """AWS: an internal NLB (reached over the peering as any VPC address is). GCP: an internal load balancer with
+    global access (peers and clients of other regions), externalTrafficPolicy Local and GKE subsetting, so its
+    backends are the nodes of ready gateway pods: the health Cloud DNS's entry name fails over on."""
+    deployment, plan = case
+    for region in deployment.region_names:
+        stack = plan.of_stack(deployment.stack_name(region))
+        (service,) = [r for r in stack.by_type("kubernetes:core/v1:Service") if r.name.endswith("-gateway-service")]
+        annotations = service.inputs["metadata"]["annotations"]
+        if deployment.cloud == "aws":
+            assert annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
+        else:
+            assert annotations["networking.gke.io/load-balancer-type"] == "Internal"
+            assert annotations["networking.gke.io/internal-load-balancer-allow-global-access"] == "true"
+            assert service.inputs["spec"]["externalTrafficPolicy"] == "Local"
+            (cluster,) = stack.by_type("gcp:container/cluster:Cluster")
+            assert cluster.inputs["enableL4IlbSubsetting"] is True
