@@ -28,6 +28,15 @@ INTERNAL_LOAD_BALANCER = {
     "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
 }
 
+# A multi-region deployment fails its entry name over on the NLB's HealthyHostCount (stacks/aws/global_layer.py):
+# the NLB probes each node's NodePort every 10 s and counts a node out after 2 failures, about 20 s after its last
+# gateway pod stops (the in-tree AWS cloud provider's Service annotations; NLB target groups take 5-300 s and 2-10).
+FAST_TARGET_HEALTH = {
+    "service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval": "10",
+    "service.beta.kubernetes.io/aws-load-balancer-healthcheck-unhealthy-threshold": "2",
+    "service.beta.kubernetes.io/aws-load-balancer-healthcheck-healthy-threshold": "2",
+}
+
 # Pods with an EKS Pod Identity get credentials from the node's Pod Identity agent at 169.254.170.23:80 (EKS docs,
 # "Set up the Amazon EKS Pod Identity Agent"); a pod under an egress NetworkPolicy must be let through to it.
 POD_IDENTITY_EGRESS = [{"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}]
@@ -66,7 +75,7 @@ def program(deployment: Deployment) -> dict[str, Any]:
             # EKS's AL2023 NVIDIA AMI carries the driver and the container toolkit
             gpu_operator_values=gpu_operator_values("node-image"),
             vpc_cidr=deployment.network.cidr,
-            load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            load_balancer_annotations=INTERNAL_LOAD_BALANCER | (FAST_TARGET_HEALTH if deployment.multi_region else {}),
             build_env={
                 # the builder encrypts every artifact object with the artifact key (the bucket refuses others)
                 "BYOC_ARTIFACT_KMS_KEY": keys.artifact_key_arn,

@@ -5,6 +5,7 @@ model built once and replicated, and no region outside the residency set anywher
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
@@ -14,7 +15,7 @@ from byoc.catalogs import load_catalog
 from byoc.plan import Plan, RecordedResource
 from byoc.resolve import Deployment
 from stacks.multi_region import entry_name, private_zone, regional_host
-from tests.conftest import deploy
+from tests.conftest import ROOT, deploy, run_byoc
 from tests.stacks.plans import rendered
 
 CASES = [(cloud, region) for cloud in ("aws", "gcp") for region in ("EUROPE", "US", "GLOBAL")]
@@ -291,3 +292,22 @@ def test_gateway_load_balancers_answer_peers_and_report_the_gateways_health(case
             assert service.inputs["spec"]["externalTrafficPolicy"] == "Local"
             (cluster,) = stack.by_type("gcp:container/cluster:Cluster")
             assert cluster.inputs["enableL4IlbSubsetting"] is True
+
+
+def test_docs_resource_counts_per_stack() -> None:
+    """docs/multi-region.md's Numbers table is what `byoc plan` of examples/byoc.yaml records, per stack."""
+    row = re.compile(
+        r"^\| `byoc plan -f examples/byoc.yaml(?P<flags>[^`]*)` "
+        r"\| (?P<primary>\d+) \| (?P<second>\d+) \| (?P<layer>\d+) \|$",
+        re.MULTILINE,
+    )
+    rows = list(row.finditer((ROOT / "docs" / "multi-region.md").read_text()))
+    assert len(rows) == 2, "the Numbers table of docs/multi-region.md was not found"
+    for found in rows:
+        result = run_byoc("plan", "-f", "examples/byoc.yaml", *found["flags"].split(), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        stacks = [r["stack"] for r in plan["placement"]["regions"]] + [plan["placement"]["global_stack"]]
+        counted = [sum(r["stack"] == stack for r in plan["resources"]) for stack in stacks]
+        written = [int(found[key]) for key in ("primary", "second", "layer")]
+        assert counted == written, f"docs/multi-region.md row {found['flags'] or '(aws)'}: write {counted}"
