@@ -137,12 +137,22 @@ class PrivateEntry(pulumi.ComponentResource):
             f"{name}-zone",
             name=private_zone(name),
             comment=f"byoc {name}: the private entry name and each region's gateway",
-            # a private hosted zone: associated with every regional VPC, answered only inside them (and inside the
-            # VPCs you associate it with: docs/multi-region.md)
-            vpcs=[aws.route53.ZoneVpcArgs(vpc_id=r.vpc_id, vpc_region=r.region) for r in regions],
+            # a private hosted zone is created with one VPC; the others are associations of their own, and the zone's
+            # own list is left alone after creation, so a VPC you associate with it (docs/multi-region.md) is not
+            # removed by the next `up` (pulumi-aws docs, route53.ZoneAssociation)
+            vpcs=[aws.route53.ZoneVpcArgs(vpc_id=primary.vpc_id, vpc_region=primary.region)],
             tags=tags(deployment),
-            opts=primary.opts(self),
+            opts=primary.opts(self, ignore_changes=["vpcs"]),
         )
+        for region in regions:
+            if region is not primary:
+                aws.route53.ZoneAssociation(
+                    f"{name}-{region.code}-zone",
+                    zone_id=zone.zone_id,
+                    vpc_id=region.vpc_id,
+                    vpc_region=region.region,
+                    opts=primary.opts(self),
+                )
         for region in regions:
             alarm = aws.cloudwatch.MetricAlarm(
                 f"{name}-{region.code}-gateway-healthy",

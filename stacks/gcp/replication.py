@@ -20,6 +20,7 @@ import pulumi_gcp as gcp
 from byoc.names import resource_name
 from byoc.resolve import Deployment
 from stacks.gcp.context import GcpContext
+from stacks.gcp.identities import objects_under
 from stacks.multi_region import is_primary
 
 # Only the built model is copied: batch files and the source mirror stay in the region that wrote them.
@@ -52,17 +53,28 @@ class ArtifactReplication(pulumi.ComponentResource):
         )
         member = pulumi.Output.concat("serviceAccount:", agent.email)
         grants: list[pulumi.Resource] = [
+            # Google's documented grant for a replication job's source (a legacy role takes no IAM condition): it
+            # lists objects and adds the bucket's Pub/Sub notification; it reads no object
             gcp.storage.BucketIAMMember(
-                f"{name}-replication-{grant}",
+                f"{name}-replication-source-owner",
                 bucket=bucket_name,
-                role=role,
+                role="roles/storage.legacyBucketOwner",
                 member=member,
                 opts=ctx.opts(self),
-            )
-            for grant, role in (
-                ("source-owner", "roles/storage.legacyBucketOwner"),
-                ("source-read", "roles/storage.objectViewer"),
-            )
+            ),
+            # reads of artifacts/ only: batch files (prompts and completions) in the same bucket stay out of reach
+            gcp.storage.BucketIAMMember(
+                f"{name}-replication-source-read",
+                bucket=bucket_name,
+                role="roles/storage.objectViewer",
+                member=member,
+                condition=gcp.storage.BucketIAMMemberConditionArgs(
+                    title="byoc-replication-read",
+                    description=f"only {REPLICATED_PREFIX}",
+                    expression=objects_under(bucket_name, [REPLICATED_PREFIX.rstrip("/")]),
+                ),
+                opts=ctx.opts(self),
+            ),
         ]
         grants += [
             gcp.projects.IAMMember(
