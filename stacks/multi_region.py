@@ -10,10 +10,12 @@ entry name (docs/multi-region.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pulumi
 
+from byoc.errors import ByocError
 from byoc.resolve import Deployment
 
 ZONE_SUFFIX = "byoc.internal"
@@ -82,3 +84,33 @@ def region_outputs(deployment: Deployment, region: str) -> pulumi.StackReference
 def output(reference: pulumi.StackReference, key: str) -> pulumi.Output[Any]:
     """One output of a region's stack (fails the global layer's run, naming the output, if the region lacks it)."""
     return reference.require_output(key)
+
+
+def stack_program(
+    deployment: Deployment, stack: str, regional: Callable[[Deployment], dict[str, Any]], layer: str
+) -> Callable[[], dict[str, Any]]:
+    """What `pulumi up -C stacks/<cloud>` runs on the stack `stack` (stacks/<cloud>/__main__.py): a multi-region
+    deployment has one stack per region, named <name>-<region code>, and its global layer, <name>-global (`layer`:
+    "module:function" of the cloud's global program); a one-region deployment runs on a stack of any name.
+
+    Raises:
+        ByocError: naming the stacks of a multi-region deployment when `stack` is none of them (exit 2).
+    """
+    if not deployment.multi_region:
+        return lambda: regional(deployment)
+    if stack == deployment.stack_name():
+        import importlib
+
+        module, _, function = layer.partition(":")
+        global_program: Callable[[Deployment], dict[str, Any]] = getattr(importlib.import_module(module), function)
+        return lambda: global_program(deployment)
+    for region in deployment.region_names:
+        if stack == deployment.stack_name(region):
+            return lambda: regional(deployment.in_region(region))
+    stacks = [deployment.stack_name(region) for region in deployment.region_names] + [deployment.stack_name()]
+    raise ByocError(
+        "stack",
+        f"{deployment.name} runs in {len(deployment.region_names)} regions, one Pulumi stack each, and a global "
+        f"layer; {stack!r} is none of them",
+        f"select one of {', '.join(stacks)} (pulumi stack select), the regions before the global layer",
+    )

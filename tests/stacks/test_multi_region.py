@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -328,3 +329,38 @@ def test_every_regional_stack_passes_every_check(case: tuple[Deployment, Plan]) 
         findings = evaluate(graph_from_plan(document))
         failed = [(f.check.id, f.resource.name) for f in findings if f.status in (Status.FAIL, Status.ERROR)]
         assert failed == [], regional.region
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_pulumi_project_runs_each_regional_stack_and_the_global_layer_by_name(cloud: str, tmp_path: Path) -> None:
+    """`pulumi up -C stacks/<cloud>` on a stack named as byoc names it runs what `byoc plan` records for that stack;
+    a stack of another name is refused, naming the stacks."""
+    import runpy
+
+    import pulumi
+
+    from byoc.engines.offline import render, run_offline
+    from byoc.errors import ByocError
+    from byoc.resolve import resolve
+    from byoc.spec import load_spec
+    from stacks.aws.program import program as aws_program
+    from stacks.multi_region import stack_program
+
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text((ROOT / "examples" / "byoc.yaml").read_text())
+    deployment = resolve(load_spec(spec, {"cloud": cloud}))
+    plan = render(deployment)
+    assert plan is not None
+
+    def via_main(_: Any) -> dict[str, Any]:
+        pulumi.runtime.set_config("byoc:spec", str(spec))
+        runpy.run_path(str(ROOT / "stacks" / cloud / "__main__.py"), run_name="__main__")
+        return {}
+
+    secondary = deployment.per_region[1]
+    for seen_as, stack in ((secondary, secondary.name), (deployment, deployment.stack_name())):
+        from_main = run_offline(seen_as, via_main, stack)
+        # __main__ also exports the provider versions it checked (no resource)
+        assert from_main.counts() == plan.of_stack(stack).counts(), stack
+    with pytest.raises(ByocError, match="demo-global"):
+        stack_program(deployment, "demo", aws_program, "stacks.aws.global_layer:program")
