@@ -44,7 +44,11 @@ FOUNDATION = {
 @pytest.fixture(scope="module", params=CASES, ids=IDS)
 def case(request: pytest.FixtureRequest) -> tuple[Deployment, Plan]:
     cloud, region = request.param
-    return deploy(cloud=cloud, region=region), rendered(cloud=cloud, region=region)
+    placement = {"min_regions": 2}
+    return (
+        deploy(cloud=cloud, region=region, placement=placement),
+        rendered(cloud=cloud, region=region, placement=placement),
+    )
 
 
 def residency_set(deployment: Deployment) -> set[str]:
