@@ -230,8 +230,8 @@ class ServingStack(pulumi.ComponentResource):
         self._in_namespace = pulumi.ResourceOptions(depends_on=[namespace])
         accounts = self._service_accounts()
         config = self._engine_config()
-        # The model is built once, in the primary region; the other regions' buckets receive the artifact by
-        # replication (the global layer, stacks/<cloud>/global_layer.py), so their serving pods wait for it instead
+        # The model is built once, in the primary region; the other regions' buckets receive the artifact by the
+        # primary's replication (stacks/<cloud>/replication.py), so their serving pods wait for it instead
         build = self._build_job(accounts["builder"], config) if is_primary(deployment) else None
         serving = self._serving(accounts["serving"], config, build)
         batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
@@ -943,31 +943,30 @@ class ServingStack(pulumi.ComponentResource):
             }
         ]
 
+    def _peer_cidrs(self) -> list[str]:
+        """The network ranges of a multi-region deployment's other regions (none for a one-region deployment)."""
+        return [cidr for _region, _name, cidr in self.deployment.peers()] if self.deployment.multi_region else []
+
     def _peer_ingress(self) -> list[dict[str, Any]]:
         """A multi-region deployment: the peer regions' gateways spill over to this one through its internal load
         balancer, from their own network ranges, to the gateway port only (a load balancer that keeps the client's
         address, as GKE's passthrough one does, shows the peer's range here; one that goes through a NodePort shows
         a node of this VPC)."""
-        # (Deployment.peers() of a one-region deployment has nothing to pair its regions with)
-        peers = self.deployment.peers() if self.deployment.multi_region else []
-        if not peers:
+        cidrs = self._peer_cidrs()
+        if not cidrs:
             return []
         return [
-            {
-                "from": [{"ipBlock": {"cidr": cidr}} for _region, _name, cidr in peers],
-                "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}],
-            }
+            {"from": [{"ipBlock": {"cidr": c}} for c in cidrs], "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]}
         ]
 
     def _peer_egress(self) -> list[dict[str, Any]]:
         """...and this gateway reaches the peers' load balancers (addresses in their ranges) on the Service port."""
-        # (Deployment.peers() of a one-region deployment has nothing to pair its regions with)
-        peers = self.deployment.peers() if self.deployment.multi_region else []
-        if not peers:
+        cidrs = self._peer_cidrs()
+        if not cidrs:
             return []
         return [
             {
-                "to": [{"ipBlock": {"cidr": cidr}} for _region, _name, cidr in peers],
+                "to": [{"ipBlock": {"cidr": c}} for c in cidrs],
                 "ports": [{"protocol": "TCP", "port": GATEWAY_SERVICE_PORT}],
             }
         ]
