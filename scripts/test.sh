@@ -10,11 +10,12 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 
 # Debian packages: Prometheus (promtool and a real server for the metrics tests), Chromium (opens the HTML
 # compliance report headless), redis-server (the store the gateway replicas share: the shared limits and usage
-# ledger tests).
+# ledger tests), iproute2 (`ss`: the kernel's view of the gateway's TCP keepalive timers).
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v ss >/dev/null 2>&1 || missing="$missing iproute2"
 if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null

@@ -14,6 +14,10 @@ random weights, nothing downloaded), the real gateway in front of it with the ba
 4. 10,000 lines end to end: a batch of `--lines` lines through the worker and the gateway to the fixed fake upstream
    of runtime/serve/bench.py (no model: what the batch machinery itself sustains): wall time from the batch's
    creation to `completed`, and lines per second.
+5. with `--peer`, after 3: the reference with no admission control, the same online arrivals while the worker sends
+   its lines straight to the engine; TTFT p50/p90, and the lines it completed per second.
+
+The online phases' prompts are numbers no other phase uses, of one length, so that 2 and 3 prefill alike.
 """
 
 from __future__ import annotations
@@ -63,6 +67,13 @@ def _pinned(process: subprocess.Popen[bytes], cpu: int | None) -> subprocess.Pop
     if cpu is not None:
         os.sched_setaffinity(process.pid, {cpu})
     return process
+
+
+# The online phases' prompts: numbers no other phase uses (the capacity loop and the batch lines count from 0), all of
+# the same number of digits, so both phases' prompts have the same length and the same cached prefix in the engine.
+# (Before 2026-12-07 "alone" reused the capacity loop's prompts, 1 token left to prefill of 23, while "with batch" had
+# 12 of 28: that difference alone made "with batch" TTFT 1.4-1.6x, which was read as the batch's cost.)
+ALONE_OFFSET, WITH_BATCH_OFFSET, PEER_OFFSET = 200_000, 300_000, 400_000
 
 
 def _prompt(i: int) -> list[dict[str, str]]:
@@ -155,6 +166,8 @@ def benchmark(
     folder: Path,
     preempt: bool = False,
     pin: bool = False,
+    peer: bool = False,
+    ttft_ratio: float | None = None,
 ) -> dict[str, Any]:
     token = folder / "token"
     token.write_text(TOKEN)
@@ -174,7 +187,8 @@ def benchmark(
         command = ["gateway", "--listen", f"127.0.0.1:{gateway_port}", "--upstream", f"http://127.0.0.1:{engine_port}",
                    "--model", MODEL, "--insecure-no-auth", "--max-concurrency", slots, "--batch-slots-per-replica",
                    slots, "--batch-headroom", str(headroom), "--batch-worker-token-file", str(token),
-                   "--health-interval", "0.5", *(["--batch-preempt"] if preempt else [])]  # fmt: skip
+                   "--health-interval", "0.5", *(["--batch-preempt"] if preempt else []),
+                   *(["--batch-ttft-ratio", str(ttft_ratio)] if ttft_ratio is not None else [])]  # fmt: skip
         processes.append(_byoc(command, log))
         gateway = f"http://127.0.0.1:{gateway_port}"
         _wait(gateway + "/ready", processes[-1])
@@ -182,10 +196,14 @@ def benchmark(
         asyncio.run(_closed_loop(url, 2, 2.0, tokens))  # warm-up
         capacity = asyncio.run(_closed_loop(url, batch_size, seconds, tokens)) / seconds
         out["capacity_requests_per_s"] = round(capacity, 2)
-        out["online_alone"] = _online(url, online_rate, seconds, tokens, 0)
+        out["online_alone"] = _online(url, online_rate, seconds, tokens, ALONE_OFFSET)
 
         idle, batch_rate = _with_batch(out, gateway, folder, token, log, batch_size, online_rate, seconds, tokens)
         _targets(out, idle, batch_rate)
+        if peer:
+            engine_url = f"http://127.0.0.1:{engine_port}"
+            out["peer_no_admission_control"] = _peer(engine_url, url, folder, token, log, batch_size, online_rate,
+                                                     seconds, tokens, out)  # fmt: skip
         _stop(processes)
         processes.clear()
         if lines:
@@ -220,7 +238,7 @@ def _with_batch(
         admitted0 = _sample(before, 'byoc_gateway_batch_requests_total{decision="admitted"}')
         preempted0 = _sample(before, 'byoc_gateway_batch_requests_total{decision="preempted"}')
         started = time.perf_counter()
-        out["online_with_batch"] = _online(url, online_rate, seconds, tokens, 100_000)
+        out["online_with_batch"] = _online(url, online_rate, seconds, tokens, WITH_BATCH_OFFSET)
         window = time.perf_counter() - started
         metrics = _get(gateway + "/metrics")
     finally:
@@ -241,6 +259,50 @@ def _with_batch(
         "preempted_in_window": preempted,
     }
     return idle, batch_rate
+
+
+def _completed(root: Path, batch_id: str) -> int:
+    counts = _state(root, batch_id).get("request_counts") or {}
+    return int(counts.get("completed", 0))
+
+
+def _peer(
+    engine: str,
+    url: str,
+    folder: Path,
+    token: Path,
+    log: Path,
+    batch_size: int,
+    online_rate: float,
+    seconds: float,
+    tokens: int,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """The reference with no admission control at all: the worker sends its lines straight to the engine (as a batch
+    job pointed at the model server would), the online arrivals still come through the gateway. Batch lines per second
+    are the lines the worker committed as completed in the window (its state is written every second)."""
+    root = folder / "batch-peer"
+    batch_id = _write_batch(root, _batch_lines(5_000, MODEL, tokens))
+    worker = _worker(engine, root, token, log, 2 * batch_size)
+    try:
+        deadline = time.monotonic() + 60
+        while _state(root, batch_id).get("status") != "in_progress" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)
+        done0, started = _completed(root, batch_id), time.perf_counter()
+        online = _online(url, online_rate, seconds, tokens, PEER_OFFSET)
+        window, done = time.perf_counter() - started, _completed(root, batch_id)
+    finally:
+        _stop([worker])
+    idle = max(0.0, out["capacity_requests_per_s"] - online["answered"] / window)
+    rate = (done - done0) / window
+    alone = out["online_alone"]["ttft_p90_ms"]
+    return {
+        "online_with_batch": online,
+        "ttft_p90_ratio": round(online["ttft_p90_ms"] / alone, 3) if alone and online["ttft_p90_ms"] else None,
+        "lines_completed_per_s": round(rate, 2),
+        "share_of_idle": round(rate / idle, 3) if idle else None,
+    }
 
 
 def _targets(out: dict[str, Any], idle: float, batch_rate: float) -> None:
@@ -300,6 +362,14 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=10_000, help="Lines of the end-to-end batch [10000].")
     parser.add_argument("--preempt", action="store_true", help="The gateway's --batch-preempt.")
     parser.add_argument(
+        "--ttft-ratio", type=float, default=None, help="The gateway's --batch-ttft-ratio (0: the fixed headroom only)."
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="Then the reference with no admission control: the worker sends straight to the engine.",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="The engine on a CPU of its own, the gateway, the worker and the client on the others (as on a cluster).",
@@ -316,6 +386,8 @@ def main() -> None:
             Path(folder),
             args.preempt,
             args.pin,
+            args.peer,
+            args.ttft_ratio,
         )
     result["command"] = "python -m runtime.serve.bench_batch " + " ".join(sys.argv[1:])
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()}

@@ -289,6 +289,10 @@ CHAT_ONLY = frozenset(
 COMPLETIONS_ONLY = frozenset({"prompt", "echo", "suffix", "best_of", "response_format"})
 # trtllm-serve's own request fields that the gateway sends (openai_protocol.py: `lora_request`), engine-side only.
 ENGINE_ONLY = frozenset({"lora_request"})
+NO_PRIORITY = (
+    "not accepted: the engine (trtllm-serve 1.3.0rc19) takes no per-request priority; the gateway already serves "
+    "online requests before batch work (the Batch API, POST /v1/batches, is the low-priority class)"
+)
 
 
 NUMBERS: dict[str, tuple[float, float]] = {
@@ -383,6 +387,10 @@ def check_request(
         if name not in allowed and name not in DROPPED:
             if name == "lora_request":
                 raise bad(name, "not accepted here: select an addon with `model` (GET /v1/models lists them)")
+            if name == "priority" and not engine:
+                # vLLM's and SGLang's field; trtllm-serve 1.3.0rc19 refuses it (its request models forbid extra
+                # fields; PR #15329 added one after that release, ordering only the engine's waiting queue)
+                raise bad(name, NO_PRIORITY)
             raise bad(str(name)[:64], "unrecognized request argument")
         _check_value(kind, name, body, max_context, max_stop)
     model = body.get("model")

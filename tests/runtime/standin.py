@@ -8,7 +8,8 @@ whose `user` is `hold:SECONDS` is answered that much later (a request that holds
 Sharing, for the batch limit's tests: a request whose `user` is `batch` (a batch line) takes `batch_seconds`, and
 every other streamed request's first chunk waits `contention` seconds for each batch line in flight, as a
 compute-bound engine's first token waits for decode steps shared with batch sequences. Both may be changed while it
-runs (the engine gets slower or faster under a test).
+runs (the engine gets slower or faster under a test). `chunk_gap`: seconds between the chunks of a streamed answer
+after its first one (an answer that keeps decoding after its first token).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class StandInEngine:
         usage_chunk: UsageChunk = "stream",
         batch_seconds: float = 0.0,
         contention: float = 0.0,
+        chunk_gap: float = 0.0,
     ) -> None:
-        self.batch_seconds, self.contention = batch_seconds, contention
+        self.batch_seconds, self.contention, self.chunk_gap = batch_seconds, contention, chunk_gap
         self.batch_in_flight = 0
         self.model, self.status, self.retry_after, self.usage, self.delay = model, status, retry_after, usage, delay
         self.refusal = refusal  # the body of a refusal (status other than 200), instead of vLLM's
@@ -158,6 +160,8 @@ class StandInEngine:
         if chat:
             await response.write(chunk({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}, 0))
         for i, word in enumerate(ANSWER, 1):
+            if i > 1 and self.chunk_gap:
+                await asyncio.sleep(self.chunk_gap)
             reason = "length" if i == total else None
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
             await response.write(chunk({**choice, "finish_reason": reason}, i))

@@ -5,6 +5,7 @@ and online requests stay fast while the batch still progresses."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -17,8 +18,8 @@ import pytest
 
 from runtime.model_build.stores import open_store
 from tests.conftest import ROOT
-from tests.runtime.conftest import MODEL, Server, free_port, metric, start_gateway, wait_for
-from tests.runtime.standin import StandInEngine
+from tests.runtime.conftest import MODEL, Server, free_port, http, metric, start_gateway, wait_for
+from tests.runtime.standin import ANSWER, StandInEngine
 from tests.runtime.test_batch_worker import WORKER_TOKEN, Worker, chat_line, state_of, write_batch
 
 CONTENTION = 0.08  # seconds an online first token waits per batch line in flight, while the engine is "slow"
@@ -159,3 +160,74 @@ def test_bad_batch_limit_flags_exit_2_with_one_message(tmp_path: Path, token: Pa
             check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2 and flag in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_batch_line_enters_while_an_online_request_waits_for_its_first_token(tmp_path: Path, token: Path) -> None:
+    """trtllm-serve has no per-request priority (1.3.0rc19), so the gateway keeps batch prompts out of the engine
+    iterations an online first token waits for: a batch line sent then is told to yield (429 batch_yield, with
+    Retry-After); once the online request has its first token, batch lines are let in while it still streams."""
+    import openai
+
+    from runtime.serve.batch import layout
+
+    engine = StandInEngine(model=MODEL, chunk_gap=0.4)  # after its first token an answer streams for 1.6 s
+    gateway = start_gateway(
+        tmp_path, [engine.url], "--batch-worker-token-file", str(token), "--max-concurrency", "8",
+        "--batch-slots-per-replica", "8", "--batch-headroom", "2", "--batch-ttft-ratio", "0",
+        "--health-interval", "0.5",
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {WORKER_TOKEN}", layout.OWNER_HEADER: "ci", "Content-Type": "application/json"}
+    line = json.dumps(chat_line("b", "hi")["body"]).encode()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    first_token, words = threading.Event(), []
+
+    def online() -> None:
+        # held 1.5 s in the engine before its first token, as a long prompt's prefill would be
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True, user="hold:1.5"
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                words.append(chunk.choices[0].delta.content)
+                first_token.set()
+
+    user = threading.Thread(target=online)
+    try:
+        assert http("POST", gateway.url + "/v1/chat/completions", line, headers).status == 200
+        user.start()
+        wait_for(lambda: metric(gateway.metrics(), "byoc_gateway_in_flight_requests") == 1, 10, "the online request")
+        refused = http("POST", gateway.url + "/v1/chat/completions", line, headers)
+        assert not first_token.is_set(), "the batch line was sent while the online request waited for its first token"
+        assert refused.status == 429 and json.loads(refused.body)["error"]["code"] == "batch_yield"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert first_token.wait(10)
+        admitted = http("POST", gateway.url + "/v1/chat/completions", line, headers)
+        assert admitted.status == 200, "after the online first token, batch lines are let in again"
+        assert len(words) < 5, "the online answer was still streaming when the batch line was let in"
+        user.join(timeout=20)
+        assert "".join(words) == "".join(ANSWER), "the online answer came whole"
+    finally:
+        gateway.stop()
+        engine.stop()
+
+
+def test_a_request_asking_for_a_priority_is_refused_naming_the_field(tmp_path: Path, token: Path) -> None:
+    """vLLM's and SGLang's `priority` field: trtllm-serve 1.3.0rc19 refuses it (400, extra fields forbidden), so the
+    gateway refuses it itself with a message that says what to do instead; nothing reaches the engine."""
+    import openai
+
+    engine = StandInEngine(model=MODEL)
+    gateway = start_gateway(tmp_path, [engine.url], "--batch-worker-token-file", str(token))
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    try:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={"priority": 0}
+            )
+        error = refused.value.body
+        assert isinstance(error, dict) and error.get("param") == "priority"
+        assert "trtllm-serve" in str(error.get("message")) and "/v1/batches" in str(error.get("message"))
+        assert engine.requests == []
+    finally:
+        gateway.stop()
+        engine.stop()

@@ -132,6 +132,19 @@ def test_a_body_the_request_models_refuse_is_trtllm_serves_400_and_the_clients_o
         standin.stop()
 
 
+def test_the_cpu_engine_refuses_a_priority_as_trtllm_serve_1_3_0rc19_does(engine: Server) -> None:
+    """trtllm-serve 1.3.0rc19's request models have no `priority` and forbid extra fields (tensorrt_llm/serve/
+    openai_protocol.py; PR #15329 added the field after that release): 400 extra_forbidden on both endpoints. The CPU
+    engine follows the pin and invents no priority order (docs/performance.md, "What the engine offers")."""
+    chat = {"model": ENGINE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "priority": 1.0}
+    completion = {"model": ENGINE_MODEL, "prompt": "hi", "max_tokens": 2, "priority": 0.0}
+    for path, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        answer = http("POST", engine.url + path, json.dumps(body).encode())
+        assert answer.status == 400, path
+        said = answer.json()["error"]
+        assert "'type': 'extra_forbidden'" in said and "'loc': ('body', 'priority')" in said
+
+
 def test_a_completion_streams_usage_chunk_reaches_the_client_as_openai_shapes_it(runtime_dir: Path) -> None:
     # TensorRT-LLM before PRs #12758 and #14708 built a completion stream's usage chunk as a chat chunk with an id
     # of its own; the client gets the stream's id and `text_completion`, as OpenAI sends it

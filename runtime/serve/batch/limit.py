@@ -37,10 +37,18 @@ a ceiling (the capacity less --batch-headroom, which stays a fixed floor of free
 - **Online traffic that never streams**: no TTFT is seen, so there is nothing to guard on; the limit is the ceiling
   (the fixed --batch-headroom, as before), and an online request waiting for a slot still stops batch admission.
 
-What others do: vLLM's and SGLang's `--scheduling-policy priority` order work inside the engine (trtllm-serve has no
-priority); llm-d's batch gateway sends batch requests at a lower priority band, shed first when the pool saturates
+What others do: vLLM (`priority`, `--scheduling-policy priority`) and SGLang (`--enable-priority-scheduling`) order
+their waiting queue by priority and, when KV cache runs out, pre-empt the lowest-priority running request; neither
+pre-empts to save an online request's TTFT from compute shared with running sequences. trtllm-serve 1.3.0rc19 (the
+pinned engine) takes no priority over HTTP: its request models forbid extra fields, so `priority` is a 400; the LLM
+API's `priority` (TensorRT-LLM PR #12362) orders only the PyTorch executor's waiting queue
+(`PriorityWaitingQueue`, tensorrt_llm/_torch/pyexecutor/scheduler/waiting_queue.py, with
+`scheduler_config.waiting_queue_policy: priority`), and PR #15329, which exposes it in trtllm-serve, came after that
+release. A waiting-queue order does nothing below max_batch_size, where the batch class keeps the engine (nothing
+waits there). llm-d's batch gateway sends batch requests at a lower priority band, shed first when the pool saturates
 (docs/FACTS.md). This limit is the gateway-side equivalent for an engine without priorities: it sheds batch work
-(429 `batch_yield`) before online latency moves, not only when the pool is full.
+(429 `batch_yield`) before online latency moves, not only when the pool is full; and the gateway lets no batch line in
+while a streamed online request waits for its first token (gateway.py `_batch_admit`).
 """
 
 from __future__ import annotations
