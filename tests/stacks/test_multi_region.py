@@ -368,3 +368,41 @@ def test_pulumi_project_runs_each_regional_stack_and_the_global_layer_by_name(cl
         assert from_main.counts() == plan.of_stack(stack).counts(), stack
     with pytest.raises(ByocError, match="demo-global"):
         stack_program(deployment, "demo", aws_program, "stacks.aws.global_layer:program")
+
+
+@pytest.fixture(scope="module")
+def peer_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA certificate, standing in for the gateway TLS Secret's ca.crt."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("peer-ca")
+    cert, key = folder / "ca.crt", folder / "ca.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)),
+            *("-days", "1", "-subj", "/CN=byoc test CA"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert
+
+
+def test_the_gateway_accepts_the_rendered_spill_over_flags(case: tuple[Deployment, Plan], peer_ca: Path) -> None:
+    """The flags each region's gateway is started with pass the gateway's own residency rules (runtime/serve:
+    peers known, of this cloud, inside the set, not itself, each once, the CA readable)."""
+    from runtime.serve.config import GatewayConfig, parse_peer_region
+
+    deployment, plan = case
+    for region in deployment.region_names:
+        command = gateway_command(plan.of_stack(deployment.stack_name(region)))
+        config = GatewayConfig(
+            region=flag_values(command, "--region")[0],
+            residency=flag_values(command, "--residency")[0],
+            peer_regions=tuple(parse_peer_region(p) for p in flag_values(command, "--peer-region")),
+            peer_ca_file=peer_ca,
+        )
+        allowed = config.residency_regions()
+        assert {peer.region for peer in config.peer_regions} <= allowed
+        assert region not in allowed
