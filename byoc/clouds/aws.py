@@ -56,6 +56,7 @@ class Aws(Cloud):
     key_pattern = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]+$")
     key_example = "arn:aws:kms:eu-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     stack_program = "stacks.aws.program:program"
+    global_stack_program = "stacks.aws.global_layer:program"
     offline_answers = "byoc.clouds.aws_offline"
     provider_sdk = "pulumi-aws"
     # Karpenter launches the GPU nodes from a NodePool that allows every type of placement.instance_types

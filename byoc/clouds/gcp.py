@@ -104,6 +104,7 @@ class Gcp(Cloud):
         "network.nat_gateways": "Cloud NAT is regional: one NAT serves every zone",
     }
     stack_program = "stacks.gcp.program:program"
+    global_stack_program = "stacks.gcp.global_layer:program"
     offline_answers = "byoc.clouds.gcp_offline"
     stack_extra = "gcp"  # pulumi_gcp comes with the gcp extra
     provider_sdk = "pulumi-gcp"

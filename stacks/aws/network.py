@@ -22,6 +22,8 @@ class Network(pulumi.ComponentResource):
     private_subnet_ids: list[pulumi.Output[str]]
     public_subnet_ids: list[pulumi.Output[str]]
     endpoint_security_group_id: pulumi.Output[str]
+    # one per zone: the global layer of a multi-region deployment adds the routes to the peer regions' ranges
+    private_route_table_ids: list[pulumi.Output[str]]
 
     def __init__(self, ctx: AwsContext, flow_log_key_arn: pulumi.Input[str]) -> None:
         name = ctx.name
@@ -150,6 +152,7 @@ class Network(pulumi.ComponentResource):
             )
 
         self.vpc_id = vpc.id
+        self.private_route_table_ids = [rt.id for rt in private_route_tables]
         self.endpoint_security_group_id = endpoint_sg.id
         self.register_outputs({"vpc_id": vpc.id, "private_subnet_ids": self.private_subnet_ids})
 

@@ -10,6 +10,7 @@ import pulumi_gcp as gcp
 from byoc.names import resource_name
 from stacks.gcp.artifacts import private_bucket
 from stacks.gcp.context import GcpContext
+from stacks.multi_region import is_primary
 
 # Admin Activity logs are always on; Data Access logs are off by default except for BigQuery ("Cloud Audit Logs").
 AUDITED_SERVICES = ("storage.googleapis.com", "cloudkms.googleapis.com", "container.googleapis.com")
@@ -32,7 +33,10 @@ class AuditTrail(pulumi.ComponentResource):
         super().__init__(
             "byoc:gcp:AuditTrail", f"{name}-audit-trail", None, pulumi.ResourceOptions(provider=ctx.provider)
         )
-        for service in AUDITED_SERVICES:
+        # The project's audit config is one per project: of a multi-region deployment (its regions share the
+        # project), the primary region's stack holds it, so another region's destroy cannot turn it off.
+        audited = AUDITED_SERVICES if is_primary(ctx.deployment) else ()
+        for service in audited:
             # Authoritative for the service: it replaces the project's audit config for it (docs/gcp-foundation.md).
             gcp.projects.IAMAuditConfig(
                 f"{name}-audit-{service.split('.')[0]}",

@@ -169,6 +169,12 @@ class Cluster(pulumi.ComponentResource):
             datapath_provider="ADVANCED_DATAPATH",  # Dataplane V2: NetworkPolicy enforced by eBPF
             enable_shielded_nodes=True,
             enable_intranode_visibility=True,  # pod-to-pod traffic on one node reaches the flow logs too
+            # a multi-region deployment: the gateway's internal load balancer has GCE_VM_IP NEG backends of only the
+            # nodes that run a gateway pod (externalTrafficPolicy Local), whose health Cloud DNS's health-checked
+            # entry name reads: it counts an internal passthrough load balancer healthy while at least 20% of its
+            # backends are (Cloud DNS docs, "DNS routing policies and health checks"), a share all the cluster's
+            # nodes as backends would dilute
+            enable_l4_ilb_subsetting=True if ctx.deployment.multi_region else None,
             enable_legacy_abac=False,
             # Google Groups for RBAC: RoleBindings may name the groups nested in gke-security-groups@<domain>
             authenticator_groups_config=(

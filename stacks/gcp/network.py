@@ -26,6 +26,7 @@ WEBHOOK_PORTS = ["6443", "8443", "9443"]
 
 class Network(pulumi.ComponentResource):
     network_id: pulumi.Output[str]
+    self_link: pulumi.Output[str]
     subnet_id: pulumi.Output[str]
     addresses: AddressPlan
 
@@ -119,5 +120,6 @@ class Network(pulumi.ComponentResource):
         )
         self.network_tag = network_tag
         self.network_id = vpc.id
+        self.self_link = vpc.self_link
         self.subnet_id = subnet.id
         self.register_outputs({"network_id": vpc.id, "subnet_id": subnet.id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import pulumi
 
@@ -15,12 +15,18 @@ from stacks.gcp.context import make_context
 from stacks.gcp.identities import Identities
 from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
+from stacks.gcp.replication import ArtifactReplication, replicates
 from stacks.gcp.store import LimitsStore
 from stacks.k8s.serving import Foundation, ServingStack, SharedStore
+from stacks.multi_region import CIDR_OUTPUT, LB_ADDRESS_OUTPUT, REGION_OUTPUT
 
 # The gateway's Service becomes an internal passthrough Network Load Balancer: reachable from the VPC only
 # (GKE docs, "Create an internal load balancer").
 INTERNAL_LOAD_BALANCER = {"networking.gke.io/load-balancer-type": "Internal"}
+# A multi-region deployment's gateways are reached from the other regions (the peers' spill-over, clients near
+# another region): an internal load balancer answers clients of its own region only unless global access is on
+# (GKE docs, "LoadBalancer Service parameters": networking.gke.io/internal-load-balancer-allow-global-access).
+GLOBAL_ACCESS = {"networking.gke.io/internal-load-balancer-allow-global-access": "true"}
 # Workload Identity: the Kubernetes service account acts as this Google service account.
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 
@@ -32,7 +38,7 @@ METADATA_SERVER_EGRESS = [
 ]
 
 
-def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
+def program(deployment: Deployment) -> dict[str, Any]:
     ctx = make_context(deployment)
     identities = Identities(ctx)
     keys = Keys(ctx)
@@ -44,6 +50,9 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     identities.bind_service_accounts(ctx, cluster.cluster)
     identities.grant_bucket_access(ctx, store.bucket_name)
     limits = LimitsStore(ctx, network, keys) if deployment.gateway.store == "managed" else None
+    # a multi-region deployment's primary copies the model it builds to the other regions' buckets: replication is
+    # in place before the build Job writes (cross-bucket replication copies only what is written after)
+    replication = ArtifactReplication(ctx, store.bucket_name).jobs if replicates(deployment) else []
     serving = ServingStack(
         deployment,
         cluster.provider,
@@ -61,7 +70,14 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             # the GPU stack with the NVIDIA GPU Operator"). GPU metrics come from GKE's managed DCGM exporter.
             gpu_operator_values=None,
             vpc_cidr=deployment.network.cidr,
-            load_balancer_annotations=INTERNAL_LOAD_BALANCER,
+            load_balancer_annotations=INTERNAL_LOAD_BALANCER | (GLOBAL_ACCESS if deployment.multi_region else {}),
+            # A multi-region deployment's private entry name fails over on the health Cloud DNS reads of the load
+            # balancer's backends (stacks/gcp/global_layer.py). With Local, a node is a healthy backend only while it
+            # runs a ready gateway pod (its health check node port answers for the pods on that node); with Cluster
+            # every node answers healthy whatever the gateway's state (GKE docs, "LoadBalancer Service concepts":
+            # externalTrafficPolicy and health checks). GKE subsetting (stacks/gcp/cluster.py) keeps only those nodes
+            # in the load balancer's backends, so Cloud DNS's share of healthy backends is the gateway's.
+            external_traffic_policy="Local" if deployment.multi_region else None,
             build_env={
                 # the builder names the artifact key on every object it writes (the bucket refuses other keys)
                 "BYOC_ARTIFACT_KMS_KEY": keys.key_ids["artifacts"],
@@ -76,13 +92,13 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
             store=SharedStore(limits.url, limits.password, limits.ca_pem, limits.port, limits.egress_cidrs)
             if limits
             else None,
-            depends_on=[*cluster.ready, capacity],
+            depends_on=[*cluster.ready, capacity, *replication],
             artifact_key=keys.key_ids["artifacts"],
             identity_egress=METADATA_SERVER_EGRESS,
         ),
     )
-    outputs: dict[str, pulumi.Output[str] | str] = {
-        "region": deployment.region,
+    outputs: dict[str, Any] = {
+        REGION_OUTPUT: deployment.region,
         "project": ctx.project,
         "cluster_name": cluster.name,
         "kubeconfig": cluster.kubeconfig,
@@ -102,4 +118,13 @@ def program(deployment: Deployment) -> dict[str, pulumi.Output[str] | str]:
     if limits:
         outputs["gateway_store"] = limits.url
         outputs["store_key_id"] = keys.key_ids["store"]
+    if deployment.multi_region:
+        # what the global layer reads of this region (stacks/gcp/global_layer.py): the network to peer and to make
+        # the private zone visible to, and the gateway's internal load balancer (its forwarding rule's address,
+        # which the zone's health-checked records name)
+        outputs |= {
+            CIDR_OUTPUT: deployment.network.cidr,
+            "network_self_link": network.self_link,
+            LB_ADDRESS_OUTPUT: serving.gateway_lb_address,
+        }
     return outputs

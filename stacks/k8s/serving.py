@@ -24,6 +24,7 @@ from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 from stacks.k8s import batch as stack_batch
 from stacks.k8s import budget as gpu_budget
 from stacks.k8s.warm_pool import warm_pool
+from stacks.multi_region import GATEWAY_SERVICE_PORT, gateway_region_args, is_primary
 
 MONITORING = Path(__file__).parent / "monitoring"
 GATEWAY_PORT = 8080
@@ -35,6 +36,9 @@ SERVING_GRACE_SECONDS = 300
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
+# The gateway's TLS Secret (kubernetes.io/tls from your PKI or cert-manager) carries ca.crt too: the CA the peer
+# regions' gateway certificates chain to, which this gateway verifies when it spills over to them.
+GATEWAY_TLS_MOUNT = "/etc/byoc/tls"
 # Where the gateway reads the shared store's AUTH password and CA (a Secret volume, never environment variables).
 STORE_SECRET_MOUNT = "/etc/byoc/store"
 # The gateway runs at least this many replicas (its Deployment and HPA minimum), behind one Service.
@@ -62,6 +66,8 @@ class Foundation:
     gpu_operator_values: dict[str, Any] | None
     vpc_cidr: str
     load_balancer_annotations: dict[str, str] = field(default_factory=dict)
+    # the gateway Service's externalTrafficPolicy (None: Kubernetes' default, Cluster)
+    external_traffic_policy: str | None = None
     # for the build Job: where model sources are mirrored, the key artifacts are written under
     build_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     service_account_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -185,6 +191,9 @@ def prometheus_url(deployment: Deployment) -> str:
 
 class ServingStack(pulumi.ComponentResource):
     gateway_service: pulumi.Output[str]
+    # the gateway's internal load balancer as its Service status reports it (AWS: the NLB's DNS name; GCP: the
+    # forwarding rule's IP address); "" until the cloud has made it
+    gateway_lb_address: pulumi.Output[str]
 
     def __init__(
         self,
@@ -221,7 +230,9 @@ class ServingStack(pulumi.ComponentResource):
         self._in_namespace = pulumi.ResourceOptions(depends_on=[namespace])
         accounts = self._service_accounts()
         config = self._engine_config()
-        build = self._build_job(accounts["builder"], config)
+        # The model is built once, in the primary region; the other regions' buckets receive the artifact by the
+        # primary's replication (stacks/<cloud>/replication.py), so their serving pods wait for it instead
+        build = self._build_job(accounts["builder"], config) if is_primary(deployment) else None
         serving = self._serving(accounts["serving"], config, build)
         batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
         gateway_service = self._gateway(accounts["gateway"], batch_token)
@@ -231,6 +242,7 @@ class ServingStack(pulumi.ComponentResource):
         self._monitoring(addons)
         self._network_policies()
         self.gateway_service = gateway_service.metadata.apply(lambda m: f"{m['name']}.{m['namespace']}")
+        self.gateway_lb_address = gateway_service.status.apply(_load_balancer_address)
         self.register_outputs({"namespace": self.namespace, "artifact": self.artifact_uri})
 
     # -- helpers ---------------------------------------------------------------------------------------------
@@ -463,7 +475,7 @@ class ServingStack(pulumi.ComponentResource):
                 "labels": labels(deployment, component),
                 "annotations": image_annotations(deployment),
             },
-            depends_on=[build],
+            depends_on=[build] if build is not None else [],
             spec={
                 # KEDA owns the replica count from here on; this is only where it starts
                 "replicas": deployment.autoscaling.min_replicas,
@@ -607,9 +619,9 @@ class ServingStack(pulumi.ComponentResource):
             "/etc/byoc/keys/keys.yaml",
             # the API is TLS-only, also inside the VPC: clients verify the deployment's certificate
             "--tls-cert",
-            "/etc/byoc/tls/tls.crt",
+            f"{GATEWAY_TLS_MOUNT}/tls.crt",
             "--tls-key",
-            "/etc/byoc/tls/tls.key",
+            f"{GATEWAY_TLS_MOUNT}/tls.key",
             "--model",
             deployment.model.id,
             "--max-context",
@@ -620,18 +632,21 @@ class ServingStack(pulumi.ComponentResource):
             # (byoc/coldstart.py wake_timeout; plan.json estimates.cold_start.wake_timeout_basis says why)
             "--wake-timeout",
             str(deployment.cold_start.wake_timeout_s),
+            # a multi-region deployment: spill over to the peer regions' gateways, inside the residency set only
+            *gateway_region_args(deployment, f"{GATEWAY_TLS_MOUNT}/ca.crt"),
         ]
         for addon in models[1:]:
             command += ["--addon", addon]
         mounts = [
             # API keys as a file, never as environment variables
             {"name": "api-keys", "mountPath": "/etc/byoc/keys", "readOnly": True},
-            {"name": "tls", "mountPath": "/etc/byoc/tls", "readOnly": True},
+            {"name": "tls", "mountPath": GATEWAY_TLS_MOUNT, "readOnly": True},
         ]
         volumes: list[dict[str, Any]] = [
             # Created by the operator (hashed keys only); byoc never holds your API keys.
             {"name": "api-keys", "secret": {"secretName": self._object_name("api-keys")}},
             # a kubernetes.io/tls Secret from your PKI or cert-manager (tls.crt, tls.key)
+            # (ca.crt too, which cert-manager writes: a multi-region gateway verifies its peers with it)
             {"name": "tls", "secret": {"secretName": self._object_name("gateway-tls")}},
         ]
         store = self.foundation.store
@@ -728,7 +743,12 @@ class ServingStack(pulumi.ComponentResource):
                 # an internal load balancer: reachable from the VPC, never from the internet
                 "type": "LoadBalancer",
                 "selector": selector(deployment, component),
-                "ports": [{"name": "https", "port": 443, "targetPort": "http"}],
+                "ports": [{"name": "https", "port": GATEWAY_SERVICE_PORT, "targetPort": "http"}],
+                **(
+                    {"externalTrafficPolicy": self.foundation.external_traffic_policy}
+                    if self.foundation.external_traffic_policy
+                    else {}
+                ),
             },
         )
         self._namespaced(
@@ -923,6 +943,34 @@ class ServingStack(pulumi.ComponentResource):
             }
         ]
 
+    def _peer_cidrs(self) -> list[str]:
+        """The network ranges of a multi-region deployment's other regions (none for a one-region deployment)."""
+        return [cidr for _region, _name, cidr in self.deployment.peers()] if self.deployment.multi_region else []
+
+    def _peer_ingress(self) -> list[dict[str, Any]]:
+        """A multi-region deployment: the peer regions' gateways spill over to this one through its internal load
+        balancer, from their own network ranges, to the gateway port only (a load balancer that keeps the client's
+        address, as GKE's passthrough one does, shows the peer's range here; one that goes through a NodePort shows
+        a node of this VPC)."""
+        cidrs = self._peer_cidrs()
+        if not cidrs:
+            return []
+        return [
+            {"from": [{"ipBlock": {"cidr": c}} for c in cidrs], "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]}
+        ]
+
+    def _peer_egress(self) -> list[dict[str, Any]]:
+        """...and this gateway reaches the peers' load balancers (addresses in their ranges) on the Service port."""
+        cidrs = self._peer_cidrs()
+        if not cidrs:
+            return []
+        return [
+            {
+                "to": [{"ipBlock": {"cidr": c}} for c in cidrs],
+                "ports": [{"protocol": "TCP", "port": GATEWAY_SERVICE_PORT}],
+            }
+        ]
+
     # -- network policies --------------------------------------------------------------------------------------
     def _network_policies(self) -> None:
         deployment = self.deployment
@@ -974,10 +1022,12 @@ class ServingStack(pulumi.ComponentResource):
                         "ports": [{"protocol": "TCP", "port": GATEWAY_PORT}],
                     },
                     {"from": [from_prometheus], "ports": [{"protocol": "TCP", "port": GATEWAY_METRICS_PORT}]},
+                    *self._peer_ingress(),
                 ],
                 "egress": [
                     {"to": [{"podSelector": pods("serving")}], "ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
                     *self._store_egress(),
+                    *self._peer_egress(),
                 ],
             },
         )
@@ -1006,3 +1056,12 @@ class ServingStack(pulumi.ComponentResource):
             "builder",
             {"podSelector": pods("builder"), "policyTypes": ["Egress"], "egress": [https_out, *identity_out]},
         )
+
+
+def _load_balancer_address(status: Any) -> str:
+    """The first ingress point of a LoadBalancer Service's status (a hostname on AWS, an IP on GCP), or "" while
+    there is none (a preview, an offline plan)."""
+    ingress = getattr(getattr(status, "load_balancer", None), "ingress", None) or []
+    if not ingress:
+        return ""
+    return str(getattr(ingress[0], "hostname", None) or getattr(ingress[0], "ip", None) or "")

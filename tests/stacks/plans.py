@@ -28,3 +28,18 @@ def one(plan: Plan, type_token: str) -> RecordedResource:
     found = plan.by_type(type_token)
     assert len(found) == 1, f"{len(found)} x {type_token}"
     return found[0]
+
+
+@functools.cache
+def _rendered(overrides: str) -> Plan:
+    from byoc.engines.offline import render
+
+    plan = render(deploy(**json.loads(overrides)))
+    assert plan is not None
+    return plan
+
+
+def rendered(**overrides: Any) -> Plan:
+    """The whole plan `byoc plan` records: for a multi-region deployment every regional stack and the global layer
+    (each resource's `stack` says which), cached per spec (a two-region plan takes several seconds)."""
+    return _rendered(json.dumps(overrides, sort_keys=True))

@@ -465,7 +465,8 @@ def test_a_wrong_property_name_fails_the_plan() -> None:
 def test_pulumi_project_runs_the_same_program(tmp_path: Path) -> None:
     """What `pulumi preview -C stacks/aws` runs: __main__.py reads the spec from the stack config."""
     spec = tmp_path / "byoc.yaml"
-    spec.write_text((ROOT / "examples" / "byoc.yaml").read_text())
+    # one region, whose stack may have any name (a multi-region one's stacks: tests/stacks/test_multi_region.py)
+    spec.write_text((ROOT / "examples" / "byoc.yaml").read_text() + "placement: {min_regions: 1}\n")
     deployment = deploy(name="demo")
 
     def via_main(_: Any) -> dict[str, Any]:
