@@ -123,6 +123,8 @@ class Deployment:
     def peers(self) -> list[tuple[str, str, str]]:
         """The other regions of a multi-region deployment, as (region, regional name, network range): where this
         region's gateway spills over to, inside the residency set. Empty for a one-region deployment."""
+        if not self.multi_region:
+            return []
         return [
             (p.region, f"{self.deployment_name}-{region_code(p.region)}", cidr)
             for p, cidr in zip(self.regions, self.region_cidrs, strict=True)

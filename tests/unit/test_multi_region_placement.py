@@ -169,3 +169,7 @@ def test_duplicate_regions_are_refused_at_load(tmp_path: Path) -> None:
     )
     result = run_byoc("validate", "-f", str(spec))
     assert result.returncode == 2 and "placement.regions" in result.stderr and "twice" in result.stderr
+
+
+def test_a_one_region_deployment_has_no_peers() -> None:
+    assert deploy(region="eu-west-2").peers() == [] and deploy().peers() == []
