@@ -310,24 +310,27 @@ def preflight(
 ) -> None:
     """Check the account before anything is created: credentials, the instance type's zones, the GPU quota.
     Exit 1 when a check fails; a check that cannot be read says so and does not fail."""
-    from byoc.lifecycle import capacity_need
-    from byoc.lifecycle import preflight as run_preflight
+    from byoc.lifecycle import capacity_need, preflights
     from byoc.resolve import resolve
 
     with reporting(output):
         deployment = resolve(_spec_for(file, cloud, region, model, shape, name))
-        need = capacity_need(deployment)
-        report = run_preflight(deployment)
-    document = {"name": deployment.name, "need": need.__dict__, **report.as_dict()}
+        reports = [(capacity_need(where), report) for where, report in preflights(deployment)]
+    # one report per region (each region must hold the whole peak on its own); the primary's also at the top
+    regions = [{"region": need.region, "need": need.__dict__, **report.as_dict()} for need, report in reports]
+    document = {"name": deployment.name, **regions[0], "regions": regions}
     if output is Output.json:
         print_json(document)
     else:
-        print(f"{deployment.name}: {need.instances} x {need.instance_type} ({need.purchase_option}) in {need.region}")
-        for check in report.checks:
-            print(f"  {check.status:>7}  {check.name}: {check.detail}")
-            if check.hint and check.status != "ok":
-                print(f"           fix: {check.hint}")
-    if not report.ok:
+        for need, report in reports:
+            print(
+                f"{deployment.name}: {need.instances} x {need.instance_type} ({need.purchase_option}) in {need.region}"
+            )
+            for check in report.checks:
+                print(f"  {check.status:>7}  {check.name}: {check.detail}")
+                if check.hint and check.status != "ok":
+                    print(f"           fix: {check.hint}")
+    if not all(report.ok for _, report in reports):
         raise typer.Exit(1)
 
 

@@ -311,3 +311,24 @@ def test_a_registry_of_an_older_byoc_gains_its_stacks(tmp_path: Path) -> None:
     registry.close()
     Registry(home).close()  # opening it again changes nothing
     assert len(Registry(home).stacks("old")) == 1
+
+
+def test_preflight_reports_each_region(env: dict[str, str], tmp_path: Path) -> None:
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    result = byoc("preflight", "-f", str(spec_file), "--output", "json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert [r["region"] for r in document["regions"]] == [PRIMARY, SECOND]
+    # each region holds the whole peak alone (max_replicas 2 + the build Job): 3 x p5.4xlarge in eu-west-2, one
+    # p5.48xlarge (8 GPUs: 8 replicas a node) in eu-north-1, which offers no p5.4xlarge
+    assert [(r["need"]["instance_type"], r["need"]["instances"]) for r in document["regions"]] == [
+        ("p5.4xlarge", 3),
+        ("p5.48xlarge", 1),
+    ]
+    for report in document["regions"]:
+        assert report["need"]["region"] == report["region"]
+        assert [c["check"] for c in report["checks"]] == ["credentials", "offering", "gpu-quota"] and report["ok"]
+    text = byoc("preflight", "-f", str(spec_file), env=env)
+    headers = [line for line in text.stdout.splitlines() if line.startswith("demo: ")]
+    assert [h.rsplit(" in ", 1)[1] for h in headers] == [PRIMARY, SECOND]
