@@ -124,11 +124,6 @@ def check_placement(record: Record | None, deployment: Deployment) -> None:
         raise ByocError(
             "cloud", f"{record.name} runs on {record.cloud}, not {deployment.cloud}: {PLACEMENT_MESSAGE}", ""
         )
-    was = _residency(record.requested_region)
-    if was != deployment.residency:
-        before = f"residency {was}" if was else f"region {record.region} alone"
-        after = f"residency {deployment.residency}" if deployment.residency else f"region {deployment.region} alone"
-        raise ByocError("region", f"{record.name} was placed with {before}, not {after}: {PLACEMENT_MESSAGE}", "")
     regions = deployment.region_names
     if record.regions != regions:
         field_name = "placement.regions" if deployment.spec.placement.regions is not None else "region"
@@ -141,6 +136,12 @@ def check_placement(record: Record | None, deployment: Deployment) -> None:
             if deployment.residency
             else "",
         )
+    was = _residency(record.requested_region)
+    if was != deployment.residency:
+        # the same regions, another promise: where failover and spill-over may go (a residency set) is placement too
+        before = f"residency {was}" if was else f"region {record.region} alone"
+        after = f"residency {deployment.residency}" if deployment.residency else f"region {deployment.region} alone"
+        raise ByocError("region", f"{record.name} was placed with {before}, not {after}: {PLACEMENT_MESSAGE}", "")
 
 
 def _residency(requested_region: str) -> str | None:
@@ -433,6 +434,7 @@ class Lifecycle:
         An interrupt or a crash stops at once. Returns the deployment's outputs: the primary region's, and the
         global layer's under "global"."""
         self.registry.transition(name, state, reason)
+        self.registry.plan_stacks(name, [(run.region, run.name) for run in runs])  # a record without rows gains them
         multi = len(runs) > 1
         outputs: dict[str, dict[str, Any]] = {}
         failed: list[tuple[StackRun, ByocError]] = []

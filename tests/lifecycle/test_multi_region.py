@@ -252,8 +252,12 @@ def test_update_that_changes_placement_is_refused_with_nothing_changed(
     lifecycle.up(build_spec(SPEC), LiveOptions(yes=True))
     calls, events = len(standin.calls()), len(lifecycle.registry.events("demo"))
     for change, field, words in (
-        ({"region": PRIMARY}, "region", "residency EUROPE, not region eu-west-2 alone"),
-        ({"region": "GLOBAL"}, "region", "residency EUROPE, not residency GLOBAL"),
+        ({"region": PRIMARY}, "region", "demo runs in eu-west-2, eu-north-1, not eu-west-2"),
+        (
+            {"region": "GLOBAL", "placement": {"regions": [PRIMARY, SECOND]}},
+            "region",
+            "demo was placed with residency EUROPE, not residency GLOBAL",
+        ),
         ({"placement": {"regions": [SECOND, PRIMARY]}}, "placement.regions", "not eu-north-1, eu-west-2"),
         ({"placement": {"min_regions": 1}}, "region", "runs in eu-west-2, eu-north-1, not eu-west-2"),
     ):
