@@ -403,7 +403,7 @@ class Registry:
         spec: dict[str, Any] | None = None,
     ) -> None:
         """Move one stack to `state` (with the error that stopped it, or ""), and set its outputs and deployed spec
-        where given; an event names the stack."""
+        where given; an event names the stack (for a deployment of several)."""
         columns = ["state = ?", "reason = ?", "updated_at = ?"]
         values: list[Any] = [state.value, reason, now()]
         if outputs is not None:
@@ -417,7 +417,8 @@ class Registry:
             if row is None:
                 raise ValueError(f"{name} has no stack {stack}")
             db.execute(f"UPDATE stacks SET {', '.join(columns)} WHERE name = ? AND stack = ?", (*values, name, stack))
-            if row["state"] != state.value:
+            count = db.execute("SELECT COUNT(*) FROM stacks WHERE name = ?", (name,)).fetchone()[0]
+            if row["state"] != state.value and count > 1:  # one stack: the deployment's own events say it all
                 message = f"{row['region']} ({stack}): {row['state']} -> {state.value}" + (
                     f": {reason}" if reason else ""
                 )
