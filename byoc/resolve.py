@@ -646,6 +646,8 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     placements = place(spec, shape, model, needs)
     if len(placements) == 1:
         return _resolve_in(spec, placements[0], shape, model, source, revision, max_context, memory, needs)
+    # a key byoc cannot use at all is named as such before the multi-region rule on keys
+    cloud.check_kms_key(spec.encryption.kms_key, placements[0].region)
     _check_multi_region(spec, placements)
     cidrs = tuple(_regional_cidr(spec.network.cidr, i, p.region) for i, p in enumerate(placements))
     per_region = tuple(

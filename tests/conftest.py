@@ -24,6 +24,9 @@ def spec_data(**overrides: Any) -> dict[str, Any]:
         "region": "EUROPE",
         "model": "llama-3.1-8b-instruct",
         "shape": "h100x1-fp8",
+        # one region of the mega-region, as every test of a one-region capability wants; the multi-region tests
+        # (tests/unit/test_multi_region_placement.py, tests/stacks/test_multi_region.py) pass their own placement
+        "placement": {"min_regions": 1},
     }
     data.update(overrides)
     return data

@@ -543,7 +543,11 @@ class Cloud(ABC):
                 )
             prices = {r: self._cheapest_in(r, candidates) for r in offering}
             chosen = sorted(offering, key=lambda r: (prices[r], offering.index(r)))[:wanted]
-            why = f"cheapest {wanted} of the {len(offering)} {mega} regions offering {shape.gpu.name}"
+            lacking = [r for r in members if r not in offering]
+            why = (
+                f"cheapest {wanted} of the {len(offering)} {mega} regions offering {shape.gpu.name}: "
+                f"{', '.join(offering)}" + (f"; {', '.join(lacking)} do not" if lacking else "")
+            )
         placements = []
         for index, region in enumerate(chosen):
             one = self.place(region, shape, needs)

@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_seconds: float = 30.0) -> None:
     from byoc.commands.common import Output, reporting
     from runtime.serve import logs, loop
-    from runtime.serve.config import GatewayConfig, build_config, parse_addon, parse_address, parse_upstream
+    from runtime.serve.config import (
+        GatewayConfig,
+        build_config,
+        parse_addon,
+        parse_address,
+        parse_peer_region,
+        parse_upstream,
+    )
     from runtime.serve.gateway import serve
     from runtime.serve.keys import load_keys
     from runtime.serve.listen import check_listen
@@ -30,6 +37,7 @@ def _run_gateway(config_file: Path | None, flags: dict[str, object], drain_secon
                 flags[name] = parse_address(str(flags[name]), flag)
         flags["upstreams"] = tuple(parse_upstream(u) for u in flags.pop("upstream") or [])  # type: ignore[attr-defined]
         flags["addons"] = tuple(parse_addon(a) for a in flags.pop("addon") or [])  # type: ignore[attr-defined]
+        flags["peer_regions"] = tuple(parse_peer_region(p) for p in flags.pop("peer_region") or [])  # type: ignore[attr-defined]
         if flags.get("store"):
             from byoc.extras import require
 
@@ -256,6 +264,34 @@ def gateway(
         int | None,
         typer.Option("--batch-retention-hours", help="Longest a batch file is kept, hours after its creation [24]."),
     ] = None,
+    # -- regions and spill-over (issue 23) --
+    region: Annotated[
+        str | None, typer.Option("--region", help="The region this gateway serves in (e.g. eu-west-2).")
+    ] = None,
+    residency: Annotated[
+        str | None,
+        typer.Option(
+            "--residency", help="The residency set (GLOBAL, US, EUROPE, APAC): requests never spill outside it."
+        ),
+    ] = None,
+    peer_region: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer-region",
+            help="REGION=https://HOST:PORT of another region's gateway (repeatable): takes requests this region "
+            "cannot serve now.",
+        ),
+    ] = None,
+    peer_ca_file: Annotated[
+        Path | None, typer.Option("--peer-ca-file", help="PEM CA of the peer gateways' certificates [system CAs].")
+    ] = None,
+    spill_hold: Annotated[
+        float | None,
+        typer.Option(
+            "--spill-hold",
+            help="With no replica known (scale from zero), seconds to wait here before spilling to a peer [2].",
+        ),
+    ] = None,
     drain_seconds: Annotated[
         float,
         typer.Option(
@@ -307,6 +343,11 @@ def gateway(
         "batch_store": batch_store,
         "batch_kms_key": batch_kms_key,
         "batch_retention_hours": batch_retention_hours,
+        "region": region,
+        "residency": residency,
+        "peer_region": peer_region,
+        "peer_ca_file": peer_ca_file,
+        "spill_hold": spill_hold,
     }
     _run_gateway(config, flags, drain_seconds)
 

@@ -62,6 +62,18 @@ class Addon:
         return {"lora_name": self.name, "lora_int_id": self.lora_int_id, "lora_path": self.lora_path}
 
 
+@dataclass(frozen=True)
+class PeerRegion:
+    """`--peer-region REGION=URL`: the gateway of another region of the same deployment, that takes this region's
+    requests when it has no ready replica or is saturated (runtime/serve/peers.py)."""
+
+    region: str
+    url: str  # scheme://host:port, no trailing slash
+
+    def __str__(self) -> str:
+        return f"{self.region}={self.url}"
+
+
 def lora_int_id(name: str) -> int:
     """Stable across gateway replicas and restarts (trtllm caches adapters by this id), whatever the flag order."""
     return zlib.crc32(name.encode()) % 1_000_000 + 1
@@ -126,6 +138,14 @@ class GatewayConfig:
     batch_store: str | None = None
     batch_kms_key: str | None = None
     batch_retention_hours: int = 24
+    # -- regions and spill-over (issue 23: runtime/serve/peers.py) --
+    region: str | None = None  # the region this gateway serves in (a region id of byoc/catalogs/regions.yaml)
+    residency: str | None = None  # the residency set: GLOBAL, US, EUROPE or APAC; peers must all belong to it
+    peer_regions: tuple[PeerRegion, ...] = ()  # the gateways of the deployment's other regions
+    peer_ca_file: Path | None = None  # PEM CA that signed the peers' certificates (None: the system's CAs)
+    # with no replica ready, how long a request waits for one here before it spills to a peer (a wake from zero takes
+    # minutes: docs/estimates.md); once one request has spilled, the next spill at once until a replica is ready
+    spill_hold: float = 2.0
 
     def store_settings(self) -> Any:
         """The store's settings (runtime/serve/store.py StoreSettings), or None without --store."""
@@ -246,6 +266,7 @@ class GatewayConfig:
         if not 1 <= self.gpus_per_replica <= 64:
             raise ByocError("--gpus-per-replica", "out of range", "the GPUs of one model replica, from 1 to 64")
         self._check_batch()
+        self.residency_regions()  # --region, --residency, --peer-region and --peer-ca-file, checked together
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ByocError(
                 "--tls-cert", "--tls-cert and --tls-key go together", "give both, or neither for plain HTTP"
@@ -261,6 +282,101 @@ class GatewayConfig:
         if len(set(names)) != len(names):
             raise ByocError("--addon", "the same addon name is given twice", "give each addon once")
         return self
+
+    def residency_regions(self) -> frozenset[str]:
+        """The regions requests may spill to: the residency set's members (byoc/catalogs/regions.yaml), less this
+        gateway's own region; empty without --residency.
+
+        Raises ByocError (exit 2) naming the flag for a peer outside the residency set, an unknown region or set,
+        a peer of another cloud, the gateway's own region as a peer, a region or URL given twice, peers without
+        --region or --residency, an unreadable --peer-ca-file or one given without peers."""
+        if not 0 <= self.spill_hold <= 600:
+            raise ByocError("--spill-hold", "out of range", "from 0 (spill at once) to 600 seconds, e.g. 2")
+        if self.peer_ca_file is not None and not self.peer_regions:
+            raise ByocError("--peer-ca-file", "given without --peer-region", "pass --peer-region REGION=https://...")
+        if self.peer_regions and self.region is None:
+            raise ByocError(
+                "--region",
+                "spill-over to --peer-region needs the region this gateway serves in",
+                "pass --region REGION, e.g. --region eu-west-2",
+            )
+        if self.peer_regions and self.residency is None:
+            raise ByocError(
+                "--residency",
+                "spill-over to --peer-region needs the residency set the peers must belong to",
+                "pass --residency EUROPE (or US, APAC, GLOBAL: the deployment's region setting)",
+            )
+        if self.residency is None and self.region is None:
+            return frozenset()
+        from byoc.catalogs import MEGA_REGIONS, load_catalog
+
+        catalog = load_catalog()
+        cloud_of = {region: cloud for cloud in catalog.mega_regions for region in catalog.regions(cloud)}
+        if self.region is not None and self.region not in cloud_of:
+            raise ByocError("--region", f"{self.region!r} is not a region byoc knows", "`byoc regions` lists them")
+        if self.residency is None:
+            return frozenset()
+        if self.residency not in MEGA_REGIONS:
+            raise ByocError(
+                "--residency", f"{self.residency!r} is not a residency set", f"one of {', '.join(MEGA_REGIONS)}"
+            )
+        cloud = cloud_of.get(self.region or "")
+        members = {
+            region
+            for each in catalog.mega_regions
+            if cloud is None or each == cloud
+            for region in (
+                catalog.regions(each) if self.residency == "GLOBAL" else catalog.mega_regions[each][self.residency]
+            )
+        }
+        if self.region is not None and self.region not in members:
+            raise ByocError(
+                "--region",
+                f"{self.region} is outside the residency set {self.residency}",
+                f"serve in one of {', '.join(sorted(members))}",
+            )
+        seen_regions: set[str] = set()
+        seen_urls: set[str] = set()
+        for peer in self.peer_regions:
+            where = f"--peer-region {peer.region}"
+            if peer.region not in cloud_of:
+                raise ByocError(where, f"{peer.region!r} is not a region byoc knows", "`byoc regions` lists them")
+            if cloud is not None and cloud_of[peer.region] != cloud:
+                raise ByocError(
+                    where,
+                    f"{peer.region} is a {cloud_of[peer.region]} region; {self.region} is {cloud}",
+                    "give the peers of this deployment's cloud",
+                )
+            if peer.region not in members:
+                raise ByocError(
+                    where,
+                    f"{peer.region} is outside the residency set {self.residency}: requests would leave it",
+                    f"remove it; peers must be among {', '.join(sorted(members - {self.region or ''}))}",
+                )
+            if peer.region == self.region:
+                raise ByocError(where, "is this gateway's own region (--region)", "give the other regions only")
+            if peer.region in seen_regions or peer.url in seen_urls:
+                raise ByocError(where, "a region or URL is given twice", "give each peer region once")
+            seen_regions.add(peer.region)
+            seen_urls.add(peer.url)
+        self.peer_ssl_context()
+        return frozenset(members - {self.region or ""})
+
+    def peer_ssl_context(self) -> ssl.SSLContext:
+        """TLS to the peers' gateways (TLS 1.2 or newer), verifying their certificates against --peer-ca-file or,
+        without it, the system's CAs. Raises ByocError for a CA file that cannot be read."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.peer_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.peer_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ByocError(
+                    "--peer-ca-file",
+                    f"cannot load {self.peer_ca_file}: {type(exc).__name__}",
+                    "give the PEM CA certificate that signed the peer gateways' certificates",
+                ) from None
+        return context
 
     def _check_batch(self) -> None:
         """--batch-store's URI, and the flags that need it (the store itself is reached per request: a bucket that
@@ -307,6 +423,42 @@ def parse_upstream(value: str) -> UpstreamSpec:
     return UpstreamSpec(parts.scheme, parts.hostname, port)
 
 
+# Test peers only: plain HTTP never leaves the machine (127.0.0.0/8 is loopback, RFC 1122 3.2.1.3).
+_LOOPBACK_NAMES = ("localhost", "::1")
+
+
+def parse_peer_region(value: str) -> PeerRegion:
+    """`REGION=https://HOST[:PORT]`: a peer region's gateway. https:// in production; http:// only to a loopback
+    address (tests on one machine): a request spilled to a peer carries the client's prompt and API key."""
+    region, sep, url = value.partition("=")
+    region, url = region.strip(), url.strip()
+    example = "e.g. --peer-region eu-north-1=https://byoc-NAME.eu-north-1.internal:443"
+    if not sep or not region or not url:
+        raise ByocError("--peer-region", f"{value!r} is not REGION=URL", example)
+    parts = urlsplit(url)
+    where = f"--peer-region {region}"
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ByocError(where, f"{url!r} is not a gateway URL", f"give scheme://HOST[:PORT] only, {example}")
+    if parts.username or parts.password:
+        raise ByocError(
+            where, "the URL carries credentials", "the client's API key is forwarded; remove user:password@"
+        )
+    host = parts.hostname
+    if parts.scheme == "http" and not (host in _LOOPBACK_NAMES or host.startswith("127.")):
+        raise ByocError(
+            where,
+            f"plain http:// to {host} would carry prompts and API keys unencrypted between regions",
+            "use https:// (the peer gateway's --tls-cert; trust its CA with --peer-ca-file); http:// is for "
+            "127.0.0.x test peers only",
+        )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ByocError(where, f"{url!r} has a bad port", example) from None
+    netloc = f"[{host}]" if ":" in host else host
+    return PeerRegion(region, f"{parts.scheme}://{netloc}:{port}")
+
+
 def _addon_name(name: str, flag: str, example: str) -> str:
     """An addon name as clients will send it as `model` and the engine will find its folder (byoc/names.py)."""
     from byoc.names import addon_id_problem
@@ -336,6 +488,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "addons":
         items = value if isinstance(value, list) else [value]
         return tuple(parse_addon(str(v)) for v in items)
+    if name == "peer_regions":
+        items = value if isinstance(value, list) else [value]
+        return tuple(parse_peer_region(str(v)) for v in items)
     if name in {
         "api_keys",
         "tls_cert",
@@ -344,6 +499,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         "store_password_file",
         "store_ca_file",
         "batch_worker_token_file",
+        "peer_ca_file",
     }:
         return Path(str(value))
     if isinstance(default, bool):
@@ -380,6 +536,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
             name = "upstreams"
         if name == "addon":
             name = "addons"
+        if name == "peer_region":
+            name = "peer_regions"
         if name not in defaults:
             known = ", ".join(sorted(defaults))
             raise ByocError("--config", f"unknown setting {key!r}", f"known settings: {known}")

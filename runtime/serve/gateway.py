@@ -57,6 +57,7 @@ from runtime.serve.logs import AccessLog, exception_summary
 from runtime.serve.loop import loop_name
 from runtime.serve.metrics import BASE, UNKNOWN, GatewayMetrics
 from runtime.serve.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_json, upstream_error, validate
+from runtime.serve.peers import Peer, PeerAnswer, PeerPool, SpillOver
 from runtime.serve.relay import EventBlocks, StreamEditor, answer_usage, rename_model
 from runtime.serve.routing import make_router
 from runtime.serve.sse import SseResponse
@@ -122,6 +123,11 @@ class Outcome:
     batch: bool = False  # a batch line sent by the batch worker on behalf of `key` (the batch admission class)
     waited_for_wake: bool = False  # held while no replica was ready, until one was (byoc_gateway_wake_* metrics)
     online_token: tuple[float, int, bool] | None = None  # an online request's entry in the batch limit (BatchLimit)
+    # -- regions (runtime/serve/peers.py) --
+    spillable: bool = False  # may go to a peer region: peers exist, not a batch line, not spilled here already
+    spilled_from: str | None = None  # the region that spilled it here (its X-Byoc-Spilled-From header)
+    region: str = ""  # the peer region that served it ("": this one)
+    spill_reason: str = ""  # why it went to a peer: no_replica, saturated, overloaded
 
 
 class Gateway:
@@ -146,6 +152,11 @@ class Gateway:
         self.typical_duration = 0.0  # seconds, a moving average of answered requests (Retry-After when busy)
         self.access_log = AccessLog()
         self.busy = ReplicaBusyTime()
+        # the peer regions' gateways (--peer-region), only those inside the residency set (--residency)
+        self.peers = PeerPool(config, config.residency_regions(), self.metrics.registry)
+        self.region_down = False  # a request spilled for want of a replica: the next spill at once, until one is ready
+        self.spilling = 0  # requests being answered by a peer region
+        self.peer_answers: dict[aiohttp.ClientResponse, Outcome] = {}  # their answers (the drain's deadline ends them)
         self.ledger: UsageLedger | None = None  # with --store: usage per key, model and addon in the shared store
         self.created = int(time.time())
         self._session: UpstreamClient | None = None
@@ -215,6 +226,7 @@ class Gateway:
             self.ledger.start()
         await self.pool.start()
         await self.router.start()
+        await self.peers.start()
 
     def _store_keys(self, entries: dict[str, str]) -> None:
         """The keys in the store changed (`byoc keys`): serve the keys file's merged with them, from now on."""
@@ -240,9 +252,14 @@ class Gateway:
         for response, outcome in answers:
             outcome.reason = "drain_deadline"
             response.close()
-        return len(answers)
+        spilled = list(self.peer_answers.items())
+        for peer_response, outcome in spilled:
+            outcome.reason = "drain_deadline"
+            peer_response.close()
+        return len(answers) + len(spilled)
 
     async def stop(self) -> None:
+        await self.peers.stop()
         await self.router.stop()
         await self.pool.stop()
         if self.store is not None:
@@ -313,7 +330,15 @@ class Gateway:
         that should wake the deployment would never arrive.
         """
         ready = len(self.pool.ready)
-        body = {"upstreams_ready": ready, "upstreams_known": len(self.pool.upstreams), "draining": self.draining}
+        body: dict[str, Any] = {
+            "upstreams_ready": ready,
+            "upstreams_known": len(self.pool.upstreams),
+            "draining": self.draining,
+            # what peer regions' gateways read before they spill a request here (runtime/serve/peers.py)
+            "saturated": self.admission.active >= self.admission.max_concurrency or self.admission.queued > 0,
+        }
+        if self.config.region is not None:
+            body["region"] = self.config.region
         if self.draining or not self.pool.discovered.is_set():
             return web.json_response({**body, "ready": False}, status=503)
         if ready == 0 and self.config.wake_timeout <= 0:
@@ -453,7 +478,8 @@ class Gateway:
             # a streamed answer's first token (the client may leave after it), or a non-streamed answer whole (its
             # first token is inside it)
             self.metrics.wake_ttft.observe((outcome.first_token or ended) - started)
-        reason = f" reason={outcome.reason}" if outcome.reason else ""
+        reason = self._region_fields(outcome)
+        reason += f" reason={outcome.reason}" if outcome.reason else ""
         if outcome.batch:
             reason += " class=batch"
         self.access_log.write(
@@ -462,6 +488,18 @@ class Gateway:
             f"usage={outcome.usage_source} cached_tokens={outcome.cached_tokens} "
             f"ttft_ms={ttft_ms:.1f} latency_ms={(ended - started) * 1000:.1f}{reason}"
         )
+
+    def _region_fields(self, outcome: Outcome) -> str:
+        """The access line's region fields: the region that served the request (with --region, or when a peer
+        did), why it spilled there, and the region that spilled it here."""
+        fields = ""
+        if outcome.region:
+            fields = f" region={outcome.region} spill={outcome.spill_reason}"
+        elif self.config.region is not None:
+            fields = f" region={self.config.region}"
+        if outcome.spilled_from is not None:
+            fields += f" spilled_from={outcome.spilled_from}"
+        return fields
 
     def _resolve_model(self, name: str) -> Addon | Unresolved | None:
         """The addon a model name selects (None: the base model).
@@ -515,6 +553,8 @@ class Gateway:
         and one token per chunk of generated text; nothing for a request that reached no engine."""
         if outcome.usage_source == "engine":
             used = outcome.prompt_tokens + outcome.output_tokens
+        elif outcome.usage_source == "peer":
+            used = 0  # a peer region served it and charged the key there: counted once, where served
         elif outcome.code == "200" or outcome.streamed:
             used = ticket.estimate + outcome.content_chunks
         else:
@@ -582,33 +622,108 @@ class Gateway:
         ticket = await self._admit(key, parsed.body)
         if isinstance(ticket, Refusal):
             raise self._refused(ticket, key, outcome)
+        outcome.spilled_from = self.peers.spilled_from(request)
+        outcome.spillable = self.peers.enabled and not outcome.batch and outcome.spilled_from is None
         try:
-            await self._hold_until_ready(outcome)
-            if isinstance(addon, Unresolved):
-                addon = self._resolve_model(parsed.model)  # a replica is ready now: it has told us its addons
-                if isinstance(addon, Unresolved):
-                    raise _unknown_model()
-                outcome.addon = addon.name if addon is not None else BASE
-            if outcome.batch:
-                self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
-            elif self.batch_limit is not None and (
-                self.admission.queued or self.admission.active >= self.admission.max_concurrency
-            ):
-                self.batch_limit.online_queued(time.perf_counter())  # an online request waits: batch halves now
-            reason = await self.admission.acquire(self.config.queue_timeout)
-            if reason == "closed":
-                raise self._draining(outcome)
-            if reason is not None:
-                raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
-            self.in_flight += 1
             try:
-                forward = self._forward_batch if outcome.batch else self._forward_online
-                return await forward(request, path, parsed, addon, outcome, raw)
-            finally:
-                self.in_flight -= 1
-                self.admission.release()
+                return await self._serve_here(request, path, parsed, addon, outcome, raw)
+            except SpillOver as spill:
+                return await self._spill(request, path, parsed, addon, outcome, raw, spill)
         finally:
             self._settle(ticket, outcome)
+
+    async def _serve_here(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | Unresolved | None,
+        outcome: Outcome,
+        raw: bytes,
+    ) -> web.StreamResponse:
+        """The request served by this region's replicas: held while none is ready, an admission slot, a replica.
+        Raises SpillOver where a peer region should take it instead (runtime/serve/peers.py)."""
+        await self._hold_until_ready(outcome)
+        if isinstance(addon, Unresolved):
+            addon = self._resolve_model(parsed.model)  # a replica is ready now: it has told us its addons
+            if isinstance(addon, Unresolved):
+                raise _unknown_model()
+            outcome.addon = addon.name if addon is not None else BASE
+        saturated = self.admission.queued > 0 or self.admission.active >= self.admission.max_concurrency
+        if saturated and outcome.spillable and self.peers.pick(unsaturated=True) is not None:
+            raise SpillOver("saturated")  # it would queue here while a peer region has a free slot
+        if outcome.batch:
+            self._batch_admit(outcome)  # never queued: admitted into idle capacity now, or told to yield
+        elif self.batch_limit is not None and saturated:
+            self.batch_limit.online_queued(time.perf_counter())  # an online request waits: batch halves now
+        reason = await self.admission.acquire(self.config.queue_timeout)
+        if reason == "closed":
+            raise self._draining(outcome)
+        if reason is not None:
+            refused = reason
+            if outcome.spillable and self.peers.pick() is not None:
+                raise SpillOver(
+                    "saturated", lambda: self._limited(refused, "the gateway is at capacity: retry shortly", 1, outcome)
+                )
+            raise self._limited(reason, "the gateway is at capacity: retry shortly", 1, outcome)
+        self.in_flight += 1
+        try:
+            forward = self._forward_batch if outcome.batch else self._forward_online
+            return await forward(request, path, parsed, addon, outcome, raw)
+        finally:
+            self.in_flight -= 1
+            self.admission.release()
+
+    async def _spill(
+        self,
+        request: web.Request,
+        path: str,
+        parsed: ParsedRequest,
+        addon: Addon | Unresolved | None,
+        outcome: Outcome,
+        raw: bytes,
+        spill: SpillOver,
+    ) -> web.StreamResponse:
+        """A request this region cannot serve now, sent to a peer region as the client sent it (runtime/serve/peers.py).
+        If no peer takes it: the answer this region would have given (`spill.fallback`), or served here after all,
+        held or queued as without peers."""
+        tried: list[Peer] = []
+        wake = spill.reason == "no_replica"
+        self.spilling += 1
+        if wake:
+            self.pending += 1  # still demand for this region's replicas: the autoscaler's wake-up signal stays up
+        try:
+            while (peer := self.peers.pick(exclude=tried)) is not None:
+                tried.append(peer)
+                peer.outstanding += 1
+                response: aiohttp.ClientResponse | None = None
+                answer = PeerAnswer(region=peer.region)
+                try:
+                    response = await self.peers.send(peer, path, raw, request.headers.get("Authorization"))
+                    if response is None:
+                        continue  # declined or unreachable before its first byte: the next peer
+                    self.peer_answers[response] = outcome
+                    outcome.region, outcome.spill_reason, outcome.usage_source = peer.region, spill.reason, "peer"
+                    self.peers.spilled.labels(self.config.region or "", peer.region, spill.reason).inc()
+                    return await self.peers.relay(request, response, answer)
+                finally:
+                    peer.outstanding -= 1
+                    if response is not None:
+                        outcome.code = answer.code
+                        outcome.reason = answer.reason or outcome.reason
+                        self.peer_answers.pop(response, None)
+                        if answer.code == "200":
+                            response.release()
+                        else:
+                            response.close()  # an unfinished answer: drop the connection, which stops the work
+        finally:
+            self.spilling -= 1
+            if wake:
+                self.pending -= 1
+        outcome.spillable = False  # no peer took it: this region's own answer
+        if spill.fallback is not None:
+            raise spill.fallback()
+        return await self._serve_here(request, path, parsed, addon, outcome, raw)
 
     # -- batch admission class (issue 22) ---------------------------------------------------------------------
     def _batch_owner(self, request: web.Request, outcome: Outcome) -> ApiKey | None:
@@ -763,39 +878,65 @@ class Gateway:
             self.batch_decisions.labels(decision="preempted").inc()
 
     async def _hold_until_ready(self, outcome: Outcome) -> None:
-        """Scale from zero: with no replica ready, wait for one (bounded in time and in number)."""
+        """Scale from zero: with no replica ready, wait for one (bounded in time and in number). With peer regions,
+        wait --spill-hold at most, then raise SpillOver (a request spilled here is not held at all)."""
         if self.pool.ready:
+            self.region_down = False
             return
         held = self.pending + self.admission.active + self.admission.queued
         if held >= self.config.max_concurrency + self.config.max_queue:
             raise self._limited("queue_full", "the gateway is at capacity: retry shortly", 1, outcome)
         if self.draining:
             raise self._draining(outcome)
-        self.pending += 1
         held_since = time.perf_counter()
-        waiting = asyncio.ensure_future(self.pool.wait_ready(self.config.wake_timeout))
-        drain = asyncio.ensure_future(self.drain_started.wait())
-        try:
-            # held until a replica is ready, the wake timeout, or the drain (which answers at once)
-            await asyncio.wait((waiting, drain), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.pending -= 1
-            waiting.cancel()
-            drain.cancel()
-        if not waiting.done() or waiting.cancelled():
+        timeout = self.config.wake_timeout
+        ready: bool | None = False
+        if outcome.spilled_from is not None:
+            timeout = 0.0  # the region that spilled it tries its next peer, or serves it itself: no wait here
+        elif outcome.spillable:
+            # replicas known but none ready have failed their checks or a request (an outage: spill at once); none
+            # known is a scale from zero (a starting pod is not in the headless Service's DNS before it is ready):
+            # one may be up within --spill-hold
+            if not (self.region_down or self.pool.upstreams) and self.config.spill_hold > 0:
+                first = min(self.config.spill_hold, timeout)
+                ready = await self._wait_ready(first)
+                timeout -= first
+            if ready is False and self.peers.pick() is not None:
+                self.region_down = True
+                raise SpillOver("no_replica")
+        if ready is False:
+            ready = await self._wait_ready(timeout)
+        if ready is None:
             raise self._draining(outcome)
-        if not waiting.result():
+        if not ready:
             self.metrics.upstream_errors.labels(reason="no_upstream").inc()
             outcome.reason = "no_upstream"
+            where = " here or in a peer region" if self.peers.enabled and outcome.spilled_from is None else ""
             raise ApiError(
                 503,
-                "no model replica is ready (the deployment may be scaling up from zero): retry shortly",
+                f"no model replica is ready{where} (the deployment may be scaling up from zero): retry shortly",
                 kind="server_error",
                 code="no_replica_ready",
                 retry_after=NO_REPLICA_RETRY_AFTER,
             )
         self.metrics.wake.observe(time.perf_counter() - held_since)
         outcome.waited_for_wake = True
+
+    async def _wait_ready(self, timeout: float) -> bool | None:
+        """Held (`byoc_gateway_pending_requests`) until a replica is ready (True), `timeout` seconds (False) or the
+        drain (None, which answers at once)."""
+        self.pending += 1
+        waiting = asyncio.ensure_future(self.pool.wait_ready(timeout))
+        drain = asyncio.ensure_future(self.drain_started.wait())
+        try:
+            await asyncio.wait((waiting, drain), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending -= 1
+            waiting.cancel()
+            drain.cancel()
+        if not waiting.done() or waiting.cancelled():
+            return None
+        return bool(waiting.result())
 
     @staticmethod
     def _draining(outcome: Outcome) -> ApiError:
@@ -874,7 +1015,15 @@ class Gateway:
                 upstream.outstanding -= 1
                 outcome.replica_seconds += self.busy.end(upstream.url, busy_mark)
                 self.router.release(route)
-        raise self._no_replica_left(overloaded, outcome)
+        raise self._none_took_it(overloaded, outcome)
+
+    def _none_took_it(self, overloaded: Overloaded | None, outcome: Outcome) -> Exception:
+        """Every replica tried was busy (429/503) or failing, before the first byte: a peer region may take the
+        request (SpillOver), else the client's answer."""
+        if outcome.spillable and self.peers.pick() is not None:
+            reason = "overloaded" if overloaded is not None else "no_replica"
+            return SpillOver(reason, lambda: self._no_replica_left(overloaded, outcome))
+        return self._no_replica_left(overloaded, outcome)
 
     def _no_replica_left(self, overloaded: Overloaded | None, outcome: Outcome) -> ApiError:
         """Every replica tried: busy (their 429 or 503, never the client's fault) or unreachable (502)."""
@@ -897,6 +1046,8 @@ class Gateway:
         upstream = self.router.pick(route, exclude=tried)
         if upstream is not None or busy or self.pool.ready:
             return upstream
+        if tried:
+            self.region_down = True  # every replica it was sent to failed: with peers, spill at once
         # the replicas tried have all failed and left the rotation: hold as at zero replicas, then try whichever is
         # ready (one that passed a health check again may be tried again)
         await self._hold_until_ready(outcome)
@@ -1225,12 +1376,14 @@ async def _serve_until_stopped(gateway: Gateway, config: GatewayConfig, drain_se
     # the whole drain within drain_seconds (Kubernetes' grace period is set above it): the answers still running
     # end CLOSE_SECONDS early, so that the listeners close in time too
     deadline = time.monotonic() + max(0.0, drain_seconds - CLOSE_SECONDS)
-    while (gateway.admission.active or gateway.pending or gateway.admission.queued) and time.monotonic() < deadline:
+    while (
+        gateway.admission.active or gateway.pending or gateway.admission.queued or gateway.spilling
+    ) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    if gateway.admission.active:
+    if gateway.admission.active or gateway.spilling:
         log.warning("drain deadline (%.0f s): ending %d answers still running", drain_seconds, gateway.end_answers())
         ended = time.monotonic() + CLOSE_SECONDS / 2
-        while gateway.admission.active and time.monotonic() < ended:
+        while (gateway.admission.active or gateway.spilling) and time.monotonic() < ended:
             await asyncio.sleep(0.05)
     for runner in reversed(runners):
         await runner.cleanup()

@@ -103,6 +103,9 @@ class UpstreamPool:
         if upstream.ready:
             log.warning("upstream %s failed a request: out of rotation until it passes a health check", upstream.url)
             upstream.ready = False
+        if upstream in self.ready:
+            # also when a health check under way has just marked it down and not yet refreshed the ready set: a
+            # request must not find the replica it failed on still listed as ready
             self._refresh()
         self._wake.set()
 

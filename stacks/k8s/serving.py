@@ -227,7 +227,7 @@ class ServingStack(pulumi.ComponentResource):
         gateway_service = self._gateway(accounts["gateway"], batch_token)
         stack_batch.render(self, accounts, batch_token, gateway_service)
         self._autoscaling(serving, addons)
-        warm_pool(self)  # cold_start.warm_pool (stacks/k8s/warm_pool.py)
+        warm_pool(self, addons)  # cold_start.warm_pool (stacks/k8s/warm_pool.py)
         self._monitoring(addons)
         self._network_policies()
         self.gateway_service = gateway_service.metadata.apply(lambda m: f"{m['name']}.{m['namespace']}")

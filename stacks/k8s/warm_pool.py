@@ -9,6 +9,12 @@ and the autoscaler launches a node for it, so the pool refills behind the wake (
 with Cluster Autoscaler?", kubernetes/autoscaler cluster-autoscaler/FAQ.md; GKE docs, "Provision extra compute
 capacity for rapid Pod scaling"; Karpenter runs the same pattern, its scheduler counting pending pods alike).
 
+The placeholders hold GPUs, so the GPU-hour budget counts them (stacks/k8s/budget.py counts every running pod's GPU
+requests) and, when the budget caps replicas (budget.cap_replicas), a spent budget stops the pool too: a KEDA
+ScaledObject keeps the placeholders at the pool's size while the period's budget is unspent and at zero once it is
+spent, until the period ends (warm nodes are pure cost once serving is capped; Karpenter and the cluster autoscaler
+then remove the empty nodes).
+
 Each placeholder's init container runs the runtime image and its container sleeps in the serving image, so both
 images are on the warm node before any replica needs them. The weights are not: a replica fetches them into its own
 emptyDir (a node-wide cache would need a hostPath, which the namespace's restricted Pod Security level forbids).
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pulumi_kubernetes as k8s
 
 from byoc.names import resource_name
+from stacks.k8s import budget as gpu_budget
 
 if TYPE_CHECKING:
     from stacks.k8s.serving import ServingStack
@@ -29,9 +36,23 @@ if TYPE_CHECKING:
 PLACEHOLDER_PRIORITY = -10
 
 
-def warm_pool(stack: ServingStack) -> Any | None:
-    """The PriorityClass and the placeholder Deployment of the warm pool; None when cold_start.warm_pool is 0."""
-    from stacks.k8s.serving import GPU_TOLERATION, container_security, image_annotations, labels, pod_security
+def budget_query(namespace: str, placeholders: int) -> str:
+    """PromQL: the placeholders wanted, `placeholders` while the period's GPU-hour budget is unspent (or not counted
+    yet: no series), 0 once it is spent."""
+    return f"{placeholders} * ({gpu_budget.fraction_query(namespace)} < bool 1) or vector({placeholders})"
+
+
+def warm_pool(stack: ServingStack, addons: dict[str, Any] | None = None) -> Any | None:
+    """The PriorityClass and the placeholder Deployment of the warm pool, and with a budget that caps replicas its
+    ScaledObject that empties the pool once the budget is spent; None when cold_start.warm_pool is 0."""
+    from stacks.k8s.serving import (
+        GPU_TOLERATION,
+        container_security,
+        image_annotations,
+        labels,
+        pod_security,
+        prometheus_url,
+    )
 
     deployment = stack.deployment
     caches = deployment.caches
@@ -57,7 +78,7 @@ def warm_pool(stack: ServingStack) -> Any | None:
     small = {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "100Mi"}
     match = {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
     probe = {"exec": {"command": ["true"]}, "periodSeconds": 60}
-    return stack._namespaced(
+    pool = stack._namespaced(
         k8s.apps.v1.Deployment,
         "warm-pool",
         {
@@ -106,3 +127,34 @@ def warm_pool(stack: ServingStack) -> Any | None:
             },
         },
     )
+    budget = deployment.budget
+    if budget is not None and budget.cap_replicas is not None:
+        placeholders = caches.warm_pool.placeholders
+        stack._custom(
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            "warm-pool-scaler",
+            {"name": stack._object_name("warm-pool"), "labels": labels(deployment, component)},
+            {
+                "scaleTargetRef": {"name": stack._object_name("warm-pool")},
+                "minReplicaCount": 0,
+                "maxReplicaCount": placeholders,
+                "pollingInterval": 60,  # the budget rules evaluate once a minute (stacks/k8s/budget.py)
+                "triggers": [
+                    {
+                        # AverageValue against 1: the HPA asks for the query's value in placeholders; at 0 KEDA
+                        # deactivates the target to minReplicaCount 0 (keda.sh/docs/2.18 ScaledObject spec)
+                        "type": "prometheus",
+                        "name": "budget",
+                        "metadata": {
+                            "serverAddress": prometheus_url(deployment),
+                            "query": budget_query(deployment.namespace, placeholders),
+                            "threshold": "1",
+                            "activationThreshold": "0",
+                        },
+                    }
+                ],
+            },
+            depends_on=[pool, *([addons["keda"]] if addons and "keda" in addons else [])],
+        )
+    return pool

@@ -89,11 +89,18 @@ def test_plan_places_in_an_eu_region_that_offers_p5(tmp_path: Path) -> None:
     assert plan["estimates"]["memory"]["fits"] is True
     resources = plan["resources"]
     assert len(resources) > 100
-    assert set(resources[0]) == {"type", "name", "id", "inputs", "parent", "provider"}
-    cluster = next(r for r in resources if r["type"] == "aws:eks/cluster:Cluster")
-    assert cluster["inputs"]["vpcConfig"]["endpointPublicAccess"] is False
-    provider = next(r for r in resources if r["type"] == "pulumi:providers:aws")
-    assert provider["inputs"]["region"] == placement["region"]
+    assert set(resources[0]) == {"type", "name", "id", "inputs", "parent", "provider", "stack"}
+    # EUROPE: two EU regions, each its own stack with its own private cluster and its own regional provider
+    regions = placement["regions"]
+    assert len(regions) == 2 and regions[0]["region"] == placement["region"]
+    for region in regions:
+        assert region["region"] in catalog.mega_regions["aws"]["EUROPE"]
+        assert region["instance_type"] in catalog.offerings["aws"][region["region"]]
+        ours = [r for r in resources if r["stack"] == region["stack"]]
+        (cluster,) = [r for r in ours if r["type"] == "aws:eks/cluster:Cluster"]
+        assert cluster["inputs"]["vpcConfig"]["endpointPublicAccess"] is False
+        providers = [r for r in ours if r["type"] == "pulumi:providers:aws"]
+        assert providers and {p["inputs"]["region"] for p in providers} == {region["region"]}
 
 
 def test_plan_b200_fp4_in_the_us(tmp_path: Path) -> None:
@@ -542,7 +549,8 @@ def test_a_spec_whose_objects_kubernetes_cannot_store_is_refused(tmp_path: Path)
     addons = "\n".join(f"  - {{id: a{i}, source: s3://bucket/adapters/{'x' * 200}{i}}}" for i in range(4000))
     spec = tmp_path / "byoc.yaml"
     spec.write_text(
-        f"name: many\ncloud: aws\nregion: US\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\naddons:\n{addons}\n"
+        "name: many\ncloud: aws\nregion: us-east-1\nmodel: llama-3.1-8b-instruct\nshape: h100x1-bf16\n"
+        f"addons:\n{addons}\n"
     )
     result = byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
     assert result.returncode == 2

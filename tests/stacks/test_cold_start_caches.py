@@ -247,3 +247,67 @@ def test_a_disk_image_that_is_not_one_names_the_field_and_the_form() -> None:
         deploy(**GCP, cold_start={"image_disk": "my-disk"})
     assert caught.value.field == "cold_start.image_disk"
     assert "projects/PROJECT/global/images/NAME" in caught.value.message and "^(" not in caught.value.message
+
+
+BUDGET = {"gpu_hours": 100, "period": "week", "cap_replicas": 0}
+
+
+def test_a_spent_budget_stops_the_warm_pool(tmp_path: Path) -> None:
+    """The placeholders hold GPUs: once the GPU-hour budget that caps replicas is spent, KEDA scales them to zero.
+    The scaler's query is evaluated by the real promtool: the pool's size while unspent (or not yet counted), 0 once
+    spent."""
+    import shutil
+    import subprocess
+
+    from stacks.k8s.warm_pool import budget_query
+
+    scaling = {"min_replicas": 0, "max_replicas": 4}
+    plan = graph(cold_start={"warm_pool": 2}, budget=BUDGET, autoscaling=scaling)
+    (scaler,) = [
+        r for r in plan.by_type("kubernetes:keda.sh/v1alpha1:ScaledObject") if r.name.endswith("warm-pool-scaler")
+    ]
+    spec = scaler.inputs["spec"]
+    (placeholders,) = named(plan, "kubernetes:apps/v1:Deployment", "-warm-pool")
+    assert spec["scaleTargetRef"]["name"] == placeholders.inputs["metadata"]["name"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 2)
+    (trigger,) = spec["triggers"]
+    namespace = deploy().namespace
+    assert trigger["metadata"]["query"] == budget_query(namespace, 2)
+    # no budget cap, no scaler: an alert-only budget never stops the pool
+    alerts_only = graph(cold_start={"warm_pool": 2}, budget={"gpu_hours": 100, "period": "week"}, autoscaling=scaling)
+    assert not [r for r in alerts_only.by_type("kubernetes:keda.sh/v1alpha1:ScaledObject") if "warm" in r.name]
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed: run scripts/test.sh"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "warm", "rules": [{"record": "warm_wanted", "expr": budget_query(namespace, 2)}]}]}
+        )
+    )
+    fraction = "byoc:budget_gpu_hours:fraction"
+    cases = {"0.5": 2, "0.99": 2, "1": 0, "1.7": 0}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [{"series": f'{fraction}{{namespace="{namespace}"}}', "values": f"{value}x5"}],
+            "promql_expr_test": [
+                {"expr": "warm_wanted", "eval_time": "2m", "exp_samples": [{"labels": "warm_wanted", "value": wanted}]}
+            ],
+        }
+        for value, wanted in cases.items()
+    ]
+    # before the budget rules have counted anything: the whole pool
+    tests.append(
+        {
+            "interval": "1m",
+            "input_series": [{"series": 'up{job="x"}', "values": "1x5"}],
+            "promql_expr_test": [
+                {"expr": "warm_wanted", "eval_time": "2m", "exp_samples": [{"labels": "warm_wanted", "value": 2}]}
+            ],
+        }
+    )
+    unit = tmp_path / "test.yaml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

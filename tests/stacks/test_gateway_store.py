@@ -152,8 +152,11 @@ def test_the_plan_and_manifests_never_hold_the_auth_token(tmp_path: Path) -> Non
     for path in written:
         assert PLACEHOLDER_SECRET not in path.read_text(errors="replace"), path
     document = json.loads((tmp_path / "out" / "plan.json").read_text())
-    (store,) = [r for r in document["resources"] if r["type"] == REPLICATION_GROUP]
-    assert store["inputs"]["authToken"] == SECRET_SHOWN
+    # EUROPE places in two regions: each has its own store, neither token is written
+    stores = [r for r in document["resources"] if r["type"] == REPLICATION_GROUP]
+    assert len(stores) == len(document["placement"]["regions"]) == 2
+    for store in stores:
+        assert store["inputs"]["authToken"] == SECRET_SHOWN
     assert document["estimates"]["store"]["hourly_usd"] > 0
 
 
