@@ -22,7 +22,7 @@ STACKS = {"eu-west-2": "test-euw2", "eu-north-1": "test-eun1"}
 
 @pytest.fixture(scope="module")
 def plan() -> dict[str, Any]:
-    deployment = deploy(region="EUROPE")
+    deployment = deploy(region="EUROPE", placement={"min_regions": 2})
     assert deployment.region_names == REGIONS
     graph = render(deployment)
     assert graph is not None
