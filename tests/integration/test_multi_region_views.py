@@ -89,3 +89,25 @@ def test_estimate_shows_every_region_and_the_total() -> None:
         line = next(line for line in lines if line.split()[:1] == [region])
         assert "at max_replicas" in line
     assert any(line.split()[:1] == ["total"] for line in lines)
+
+
+def test_the_evidence_pack_reports_per_region(planned: tuple[Path, str]) -> None:
+    out, _ = planned
+    summary = json.loads((out / "compliance" / "summary.json").read_text())
+    per_region = summary["regions"]
+    assert [r for r in per_region if r != "global"] == REGIONS
+    for region, stack in zip(REGIONS, STACKS, strict=True):
+        assert per_region[region]["stack"] == stack
+        assert per_region[region]["findings"]["PASS"] > 50 and "FAIL" not in per_region[region]["findings"]
+    report = (out / "compliance" / "report.md").read_text()
+    assert "resources in eu-west-2, eu-north-1 (requested: EUROPE)" in report
+    assert "## Regions (eu-west-2, eu-north-1; residency EUROPE)" in report
+    rows = [
+        line for line in report.splitlines() if line.startswith(("| eu-west-2 | demo-euw2", "| eu-north-1 | demo-eun1"))
+    ]
+    assert len(rows) == 2
+    assert "- region: eu-north-1 (stack `demo-eun1`)" in report
+    findings = json.loads((out / "compliance" / "findings.json").read_text())
+    assert {(f["stack"], f["region"]) for f in findings if f.get("stack") in STACKS} == set(
+        zip(STACKS, REGIONS, strict=True)
+    )
