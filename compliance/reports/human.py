@@ -45,7 +45,7 @@ def region_lines(graph: Graph, findings: list[Finding]) -> list[str]:
     lines = [
         f"## Regions ({', '.join(graph.regions)}; residency {graph.requested_region})",
         "",
-        "| region | stack | " + " | ".join(s.value for s in Status) + " |",
+        "| region | stack | " + " | ".join(s.value.lower().replace("_", " ") for s in Status) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in Status) + " |",
     ]
     for region, stack in stacks:
