@@ -179,8 +179,10 @@ def observe_regions(
         if read
         else None
     )
+    # the global layer's one private name (stacks/<cloud>/global_layer.py exports it as entry_name)
     layer = record.outputs.get("global")
-    endpoint = (layer or {}).get("endpoint") if isinstance(layer, dict) else None
+    entry = layer.get("entry_name") if isinstance(layer, dict) else None
+    endpoint = f"https://{entry}" if isinstance(entry, str) and entry else None
     worst = min(per_region, key=lambda r: _weight(str(r["health"])))
     if lock is not None or record.state is not State.DEPLOYED:
         health = observe(record, lock, cluster_for, probe=False, now=now)["health"]

@@ -10,4 +10,4 @@ from byoc.resolve import Deployment
 
 
 def program(deployment: Deployment) -> dict[str, Any]:
-    return {"endpoint": f"https://{deployment.name}.byoc.internal", "regions": deployment.region_names}
+    return {"entry_name": f"{deployment.name}.byoc.internal", "regions": deployment.region_names}

@@ -165,6 +165,8 @@ def up(events: EventLog, stack: str, mode: str) -> int:
         "kubeconfig": "apiVersion: v1\nkind: Config\n",
         "gpu_node_pool": "byoc-gpu",
         "artifact": "s3://bucket/artifacts/x",
+        # what a global layer exports (stacks/aws/global_layer.py): the one private name
+        **({"entry_name": f"{stack.removesuffix('-global')}.byoc.internal"} if stack.endswith("-global") else {}),
     }
     save(stack, state)
     return 0

@@ -201,6 +201,7 @@ def test_status_shows_every_region_and_the_totals(life: tuple[Lifecycle, Steps],
     assert row["replicas"] == {"desired": 3, "ready": 2, "regions": 2}  # the sum of the regions
     assert row["health"].startswith("starting: 1/2 ready (in eu-north-1)")  # the worst region leads
     assert row["global"]["stack"] == "demo-global" and row["global"]["state"] == "DEPLOYED"
+    assert row["endpoint"] == "https://demo.byoc.internal"  # the global layer's one private name
     # the CLI shows the same: a line per region and the total
     shown = byoc("status", "demo", "--no-probe", env=env)
     assert shown.returncode == 0, shown.stderr
