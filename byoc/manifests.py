@@ -4,8 +4,10 @@ Only objects byoc itself declares: not the contents of the upstream Helm charts 
 listed in `manifests/helm-releases.yaml` with their pinned versions and values instead).
 
 The files are reproducible (CI reviews them with `git diff`): one file per object, named by namespace, kind and
-name; in each object `apiVersion`, `kind` and `metadata` first, then the other fields, and every mapping below them
-by key; Helm releases by namespace and name, each with its fields in one fixed order.
+name (a multi-region plan: under a folder per Pulumi stack first, `manifests/<stack>/<namespace>/...`, as each
+region's cluster gets its own objects, cluster-scoped ones like the GPU NodePool included, under the same names);
+in each object `apiVersion`, `kind` and `metadata` first, then the other fields, and every mapping below them by
+key; Helm releases by namespace and name (and stack first, with several), each with its fields in one fixed order.
 """
 
 from __future__ import annotations
@@ -69,16 +71,27 @@ def _as_object(resource: RecordedResource) -> dict[str, Any]:
 
 
 def helm_releases(plan: Plan) -> list[dict[str, Any]]:
-    """The Helm releases by namespace and name, their fields in a fixed order, their values sorted by key."""
+    """The Helm releases by namespace and name, their fields in a fixed order, their values sorted by key; in a
+    plan of several stacks each says its stack first (every region's cluster installs its own), by stack."""
+    stacks = plan.stacks()
+    several = len(stacks) > 1
     releases = [
-        {
+        ({"stack": release.stack} if several else {})
+        | {
             key: _by_key(_integral(release.inputs.get(key)))
             for key in ("name", "namespace", "chart", "version", "repositoryOpts", "values")
             if release.inputs.get(key) is not None
         }
         for release in plan.by_type(HELM_RELEASE)
     ]
-    return sorted(releases, key=lambda r: (str(r.get("namespace", "")), str(r.get("name", ""))))
+    return sorted(
+        releases,
+        key=lambda r: (
+            stacks.index(r["stack"]) if several else 0,
+            str(r.get("namespace", "")),
+            str(r.get("name", "")),
+        ),
+    )
 
 
 def _file_name(document: dict[str, Any]) -> str:
@@ -89,7 +102,16 @@ def _file_name(document: dict[str, Any]) -> str:
 
 
 def write_manifests(plan: Plan, folder: Path) -> list[Path]:
-    """One YAML file per object under folder/<namespace, or cluster for cluster-scoped objects>/."""
+    """One YAML file per object under folder/<namespace, or cluster for cluster-scoped objects>/; for a plan of
+    several stacks, under folder/<stack>/<namespace or cluster>/ (each region's cluster holds objects of the same
+    names: the GPU NodePool, the add-ons' namespaces)."""
+    stacks = plan.stacks()
+    if len(stacks) > 1:
+        return [path for stack in stacks for path in _write_objects(plan.of_stack(stack), folder / stack)]
+    return _write_objects(plan, folder)
+
+
+def _write_objects(plan: Plan, folder: Path) -> list[Path]:
     written = []
     for document in kubernetes_objects(plan):
         path = folder / _file_name(document)

@@ -5,6 +5,11 @@ One SQLite file, `$BYOC_HOME/registry.db` (`~/.byoc` by default), shared by ever
 - `deployments`: name, cloud, placement, shape, the spec as given, state and its reason, timestamps, the stack's
   outputs, the stack state exported after a failure and the operations Pulumi left pending.
 - `events`: an append-only log per deployment (state changes, refused commands, recovered locks, engine summaries).
+- `stacks`: one row per Pulumi stack of the deployment (schema version 2): each region's stack and, for a
+  multi-region deployment, the global layer (`region` "global"): its state (StackState), last error, outputs and
+  the spec it last deployed, so a partial failure shows per region and `up`/`destroy` resume where they stopped.
+  A registry written by an older byoc gains the table on first open, with one row per existing deployment (its one
+  stack, named as the deployment).
 - `locks`: at most one running command per deployment, with the process id, host and process start time of its
   holder, so a lock left by a killed process is recognised (dead pid, or a pid reused by another process) and
   recovered; a lock held by a live process, or by another host, never is.
@@ -53,6 +58,21 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
     State.DELETING: frozenset({State.DELETED, State.FAILED}),
     State.DELETED: frozenset({State.CREATING}),
 }
+
+
+class StackState(StrEnum):
+    """One stack's state inside a deployment (the deployment's own state machine is `State`; this one only says
+    how far each region's stack got, so a run can resume)."""
+
+    PENDING = "PENDING"  # recorded, never deployed
+    DEPLOYING = "DEPLOYING"
+    DEPLOYED = "DEPLOYED"
+    FAILED = "FAILED"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+GLOBAL_REGION = "global"  # the `region` of a multi-region deployment's global layer stack
 
 # States in which a command is running: if its lock's process is gone, the run ended without saying so.
 RUNNING = frozenset({State.CREATING, State.DEPLOYING, State.SCALING, State.UPDATING, State.DELETING})
@@ -114,13 +134,25 @@ class Record:
     pending_operations: list[dict[str, Any]] = field(default_factory=list)
     stack_state: dict[str, Any] | None = None
     interrupted: bool = False
+    stacks: list[StackRecord] = field(default_factory=list)  # the deployment's stacks, in its order
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region the deployment is placed in, the primary first (its one region for a registry row written
+        before stacks were recorded)."""
+        return [s.region for s in self.stacks if s.region != GLOBAL_REGION] or [self.region]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "state": self.state.value,
             "reason": self.reason,
-            "placement": {"cloud": self.cloud, "region": self.region, "requested_region": self.requested_region},
+            "placement": {
+                "cloud": self.cloud,
+                "region": self.region,
+                "requested_region": self.requested_region,
+                "regions": self.regions,
+            },
             "shape": self.shape,
             "instance_type": self.instance_type,
             "backend": self.backend,
@@ -129,6 +161,32 @@ class Record:
             "interrupted": self.interrupted,
             "outputs": self.outputs,
             "pending_operations": self.pending_operations,
+            "stacks": [s.as_dict() for s in self.stacks],
+        }
+
+
+@dataclass
+class StackRecord:
+    """One Pulumi stack of a deployment: a region's (or the global layer's, region "global")."""
+
+    name: str  # the deployment's
+    region: str
+    stack: str
+    position: int  # the deployment's order: the primary region 0, the global layer last
+    state: StackState
+    reason: str
+    outputs: dict[str, Any]
+    spec: dict[str, Any] | None  # the spec this stack last deployed (None: never)
+    updated_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "stack": self.stack,
+            "state": self.state.value,
+            "reason": self.reason,
+            "outputs": self.outputs,
+            "updated_at": self.updated_at,
         }
 
 
@@ -183,6 +241,18 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_by_name ON events (name, id);
+CREATE TABLE IF NOT EXISTS stacks (
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    outputs TEXT NOT NULL DEFAULT '{}',
+    spec TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, stack)
+);
 CREATE TABLE IF NOT EXISTS locks (
     name TEXT PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -192,6 +262,19 @@ CREATE TABLE IF NOT EXISTS locks (
     acquired_at TEXT NOT NULL
 );
 """
+
+
+SCHEMA_VERSION = 2
+# what a deployment's state says of its one stack, for the rows the migration to version 2 writes
+_STACK_STATE_OF = {
+    State.DEPLOYED: StackState.DEPLOYED,
+    State.FAILED: StackState.FAILED,
+    State.DELETED: StackState.DELETED,
+    State.SCALING: StackState.DEPLOYED,
+    State.UPDATING: StackState.DEPLOYED,
+    State.DEPLOYING: StackState.FAILED,
+    State.DELETING: StackState.FAILED,
+}
 
 
 class Registry:
@@ -211,6 +294,7 @@ class Registry:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:  # a corrupt or foreign file, or one this user cannot open
             raise ByocFailure(
                 "BYOC_HOME",
@@ -221,6 +305,32 @@ class Registry:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a registry an older byoc wrote to SCHEMA_VERSION (SQLite's user_version): version 1 had no
+        `stacks`; each of its deployments had one stack, named as the deployment, in its one region."""
+        with self._write() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version >= SCHEMA_VERSION:
+                return
+            if version < 2:
+                for row in db.execute("SELECT * FROM deployments").fetchall():
+                    state = _STACK_STATE_OF.get(State(row["state"]), StackState.PENDING)
+                    db.execute(
+                        "INSERT OR IGNORE INTO stacks (name, region, stack, position, state, reason, outputs, spec, "
+                        "updated_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                        (
+                            row["name"],
+                            row["region"],
+                            row["name"],
+                            state.value,
+                            row["reason"] if state is StackState.FAILED else "",
+                            row["outputs"],
+                            row["spec"] if state is StackState.DEPLOYED else None,
+                            row["updated_at"],
+                        ),
+                    )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -236,7 +346,7 @@ class Registry:
     # -- deployments -------------------------------------------------------------------------------------------
     def get(self, name: str) -> Record | None:
         row = self._db.execute("SELECT * FROM deployments WHERE name = ?", (name,)).fetchone()
-        return _record(row) if row else None
+        return _record(row, self.stacks(name)) if row else None
 
     def require(self, name: str) -> Record:
         record = self.get(name)
@@ -247,7 +357,72 @@ class Registry:
         return record
 
     def deployments(self) -> list[Record]:
-        return [_record(row) for row in self._db.execute("SELECT * FROM deployments ORDER BY name")]
+        rows = self._db.execute("SELECT * FROM deployments ORDER BY name").fetchall()
+        return [_record(row, self.stacks(row["name"])) for row in rows]
+
+    # -- stacks ------------------------------------------------------------------------------------------------
+    def stacks(self, name: str) -> list[StackRecord]:
+        """The deployment's stacks, in its order (regions from the primary, then the global layer)."""
+        rows = self._db.execute("SELECT * FROM stacks WHERE name = ? ORDER BY position, stack", (name,)).fetchall()
+        return [_stack(row) for row in rows]
+
+    def plan_stacks(self, name: str, stacks: list[tuple[str, str]]) -> None:
+        """Record the deployment's stacks as (region, stack name), in its order: a stack not yet known starts
+        PENDING; a known one keeps its state; one no longer listed is dropped (a DELETED name used again)."""
+        stamp = now()
+        with self._write() as db:
+            known = {r["stack"] for r in db.execute("SELECT stack FROM stacks WHERE name = ?", (name,))}
+            wanted = {stack for _, stack in stacks}
+            for stale in known - wanted:
+                db.execute("DELETE FROM stacks WHERE name = ? AND stack = ?", (name, stale))
+            for position, (region, stack) in enumerate(stacks):
+                db.execute(
+                    "INSERT INTO stacks (name, region, stack, position, state, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name, stack) DO UPDATE SET position = excluded.position, state = CASE state WHEN ? "
+                    "THEN ? ELSE state END",
+                    (
+                        name,
+                        region,
+                        stack,
+                        position,
+                        StackState.PENDING.value,
+                        stamp,
+                        StackState.DELETED.value,
+                        StackState.PENDING.value,
+                    ),
+                )
+
+    def set_stack(
+        self,
+        name: str,
+        stack: str,
+        state: StackState,
+        reason: str = "",
+        *,
+        outputs: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        """Move one stack to `state` (with the error that stopped it, or ""), and set its outputs and deployed spec
+        where given; an event names the stack (for a deployment of several)."""
+        columns = ["state = ?", "reason = ?", "updated_at = ?"]
+        values: list[Any] = [state.value, reason, now()]
+        if outputs is not None:
+            columns.append("outputs = ?")
+            values.append(json.dumps(outputs))
+        if spec is not None:
+            columns.append("spec = ?")
+            values.append(json.dumps(spec))
+        with self._write() as db:
+            row = db.execute("SELECT region, state FROM stacks WHERE name = ? AND stack = ?", (name, stack)).fetchone()
+            if row is None:
+                raise ValueError(f"{name} has no stack {stack}")
+            db.execute(f"UPDATE stacks SET {', '.join(columns)} WHERE name = ? AND stack = ?", (*values, name, stack))
+            count = db.execute("SELECT COUNT(*) FROM stacks WHERE name = ?", (name,)).fetchone()[0]
+            if row["state"] != state.value and count > 1:  # one stack: the deployment's own events say it all
+                message = f"{row['region']} ({stack}): {row['state']} -> {state.value}" + (
+                    f": {reason}" if reason else ""
+                )
+                _event(db, name, "stack", None, message, {"region": row["region"], "stack": stack})
 
     def create(
         self,
@@ -442,7 +617,21 @@ def _recover(db: sqlite3.Connection, held: Lock) -> None:
         _event(db, held.name, "state", State.FAILED, f"{row['state']} -> FAILED: {reason}")
 
 
-def _record(row: sqlite3.Row) -> Record:
+def _stack(row: sqlite3.Row) -> StackRecord:
+    return StackRecord(
+        name=row["name"],
+        region=row["region"],
+        stack=row["stack"],
+        position=row["position"],
+        state=StackState(row["state"]),
+        reason=row["reason"],
+        outputs=json.loads(row["outputs"]),
+        spec=json.loads(row["spec"]) if row["spec"] else None,
+        updated_at=row["updated_at"],
+    )
+
+
+def _record(row: sqlite3.Row, stacks: list[StackRecord] | None = None) -> Record:
     return Record(
         name=row["name"],
         cloud=row["cloud"],
@@ -460,6 +649,7 @@ def _record(row: sqlite3.Row) -> Record:
         pending_operations=json.loads(row["pending_operations"]),
         stack_state=json.loads(row["stack_state"]) if row["stack_state"] else None,
         interrupted=bool(row["interrupted"]),
+        stacks=stacks or [],
     )
 
 

@@ -136,6 +136,70 @@ def wake_of(record: Record, cluster: Any, now: datetime | None = None) -> tuple[
     return progress.sentence(estimate), progress.as_dict(estimate)
 
 
+# the order in which a region's health weighs on the deployment's: the first that any region shows leads (a region
+# still moving before one that cannot be judged, so `status --watch` waits for it)
+_WORST_FIRST = (
+    "unhealthy",
+    "failed",
+    "in progress",
+    "waiting for GPUs",
+    "waking",
+    "starting",
+    "unknown",
+    "serving, with a warning",
+    "scaled to zero",
+    "healthy",
+    "deleted",
+)
+
+
+def _weight(health: str) -> int:
+    return next((i for i, word in enumerate(_WORST_FIRST) if health.startswith(word)), 0)
+
+
+def observe_regions(
+    record: Record,
+    regions: list[Record],
+    lock: Lock | None,
+    cluster_for: ClusterFactory,
+    probe: bool = True,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """`observe` for each region of a multi-region deployment (`regions`: the record as each region's stack sees
+    it, byoc.lifecycle), and the totals: replicas summed over the regions that could be read, the endpoint (the
+    global layer's private name where it has one, else the primary region's), and a health that leads with the
+    worst region's (so `--watch` waits while any region still moves) and names every region."""
+    per_region = []
+    for where in regions:
+        seen = observe(where, lock, cluster_for, probe=probe, now=now)
+        per_region.append({"region": where.region, "stack": where.name, "state": where.state.value, **seen})
+    read = [r["replicas"] for r in per_region if r.get("replicas")]
+    replicas = (
+        {"desired": sum(r["desired"] for r in read), "ready": sum(r["ready"] for r in read), "regions": len(read)}
+        if read
+        else None
+    )
+    # the global layer's one private name (stacks/<cloud>/global_layer.py exports it as entry_name)
+    layer = record.outputs.get("global")
+    entry = layer.get("entry_name") if isinstance(layer, dict) else None
+    endpoint = f"https://{entry}" if isinstance(entry, str) and entry else None
+    worst = min(per_region, key=lambda r: _weight(str(r["health"])))
+    if lock is not None or record.state is not State.DEPLOYED:
+        health = observe(record, lock, cluster_for, probe=False, now=now)["health"]
+    elif all(str(r["health"]).split(":")[0] == str(worst["health"]).split(":")[0] for r in per_region):
+        health = f"{str(worst['health']).split(':')[0]} in every region ({', '.join(r['region'] for r in per_region)})"
+    else:
+        others = "; ".join(f"{r['region']}: {r['health']}" for r in per_region if r is not worst)
+        health = f"{worst['health']} (in {worst['region']}); {others}"
+    return {
+        "replicas": replicas,
+        "endpoint": endpoint or per_region[0].get("endpoint"),
+        "artifact": record.outputs.get("artifact"),
+        "health": health,
+        "regions": per_region,
+    }
+
+
 def observe(
     record: Record, lock: Lock | None, cluster_for: ClusterFactory, probe: bool = True, now: datetime | None = None
 ) -> dict[str, Any]:

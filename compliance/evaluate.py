@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,21 @@ def unseen_in_plan(plan: dict[str, Any]) -> dict[str, str]:
 
 
 def graph_from_plan(plan: dict[str, Any]) -> Graph:
+    """The plan's resources as a Graph; each resource carries its stack, and its region where the stack is a
+    region's (plan.json placement.regions[].stack); the global layer's carry no region."""
     placement = plan["placement"]
+    placed = [p for p in placement.get("regions") or [] if isinstance(p, dict)]
+    region_of = {str(p.get("stack")): str(p.get("region")) for p in placed}
     resources = [
-        Resource(type=r["type"], name=r["name"], id=r.get("id", r["name"]), inputs=r.get("inputs", {}), source="plan")
+        Resource(
+            type=r["type"],
+            name=r["name"],
+            id=r.get("id", r["name"]),
+            inputs=r.get("inputs", {}),
+            source="plan",
+            region=region_of.get(str(r.get("stack"))) if len(placed) > 1 else None,
+            stack=(r.get("stack") or None) if len(placed) > 1 else None,
+        )
         for r in plan.get("resources", [])
     ]
     return Graph(
@@ -49,6 +61,8 @@ def graph_from_plan(plan: dict[str, Any]) -> Graph:
         unassessed=unseen_in_plan(plan),
         cloud=plan["cloud"],
         customer_keys=customer_keys(plan),
+        regions=tuple(str(p.get("region")) for p in placed),
+        global_stack=placement.get("global_stack"),
     )
 
 
@@ -85,12 +99,23 @@ def _silent(check: Check, graph: Graph) -> Finding:
     """The NOT_ASSESSED finding of a check that applies to the deployment but found nothing to judge."""
     for type_token in check.resource_types:
         if type_token in graph.unassessed:
-            unread = Resource(type=type_token, name=NOT_READ, id="", inputs={}, source=graph.source)
+            unread = Resource(
+                type=type_token,
+                name=NOT_READ,
+                id="",
+                inputs={},
+                source=graph.source,
+                region=graph.region if graph.stack else None,
+                stack=graph.stack,
+            )
             return Finding(check, Status.NOT_ASSESSED, unread, (), graph.unassessed[type_token])
     kinds = ", ".join(t.rsplit(":", 1)[-1] for t in check.resource_types)
     absent = Resource(type=check.resource_types[0], name="(none)", id="", inputs={}, source=graph.source)
+    absent = replace(absent, region=graph.region if graph.stack else None, stack=graph.stack)
     if graph.source == "plan":
-        reason = f"the plan of deployment {graph.deployment} declares no {kinds}"
+        reason = f"the plan of deployment {graph.deployment} declares no {kinds}" + (
+            f" in {graph.region} (stack {graph.stack})" if graph.stack else ""
+        )
     elif graph.not_found:
         reason = graph.not_found
     elif all(t.startswith("kubernetes:") for t in check.resource_types):
@@ -112,26 +137,50 @@ def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Find
     graph = graph.in_order()  # a plan's or a collector's order means nothing; the reports must not depend on it
     wanted = set(frameworks) if frameworks is not None else None
     findings: list[Finding] = []
+    scopes = _scopes(graph)
     for check in checks_for(graph.cloud):
         if wanted is not None and not any(c.split(":")[0] in wanted for c in check.controls):
             continue
-        found: list[Finding] = []
-        for resource in graph.resources:
-            if not check.applies_to(resource):
-                continue
-            try:
-                result = check.evaluate(resource, graph)
-            except Exception as exc:  # a malformed resource must not stop the report
-                result = Verdict(Status.ERROR, (), f"{type(exc).__name__}: {exc}")
-            found.append(Finding(check, result.status, resource, result.evidence, result.reason))
-        for type_token, reason in graph.errors.items():
-            if type_token in check.resource_types:
-                unreadable = Resource(type=type_token, name="(unreadable)", id="", inputs={}, source=graph.source)
-                found.append(Finding(check, Status.ERROR, unreadable, (), reason))
-        if not found and graph.cloud is not None:
-            found.append(_silent(check, graph))
-        findings += found
+        for scope, judged, speaks in scopes:
+            found: list[Finding] = []
+            for resource in judged:
+                if not check.applies_to(resource):
+                    continue
+                try:
+                    result = check.evaluate(resource, scope)
+                except Exception as exc:  # a malformed resource must not stop the report
+                    result = Verdict(Status.ERROR, (), f"{type(exc).__name__}: {exc}")
+                found.append(Finding(check, result.status, resource, result.evidence, result.reason))
+            for type_token, reason in scope.errors.items():
+                if type_token in check.resource_types:
+                    unreadable = Resource(type=type_token, name="(unreadable)", id="", inputs={}, source=graph.source)
+                    found.append(Finding(check, Status.ERROR, unreadable, (), reason))
+            if not found and graph.cloud is not None and speaks:
+                found.append(_silent(check, scope))
+            findings += found
     return findings
+
+
+def _scopes(graph: Graph) -> list[tuple[Graph, list[Resource], bool]]:
+    """Where each check runs: (the graph it reads, the resources it judges, whether it says so when it finds none).
+
+    A graph of one stack is one scope. A multi-region plan is judged region by region: each region's stack reads
+    only its own resources, so a check that expects one trail, one key or one artifact bucket per deployment holds
+    in every region and never pairs one region's trail with another's bucket, and a check that finds nothing in a
+    region says so for that region. The global layer's resources (one private name over every region) read the
+    whole graph, and the global layer adds no NOT_ASSESSED finding for what it does not declare."""
+    stacks = list(dict.fromkeys(r.stack for r in graph.resources if r.stack))
+    if len(stacks) <= 1:
+        return [(graph, graph.resources, True)]
+    scopes = []
+    for stack in stacks:
+        mine = [r for r in graph.resources if r.stack == stack]
+        if stack == graph.global_stack:
+            scopes.append((graph, mine, False))
+            continue
+        region = next((r.region for r in mine if r.region), graph.region)
+        scopes.append((replace(graph, resources=mine, region=region, stack=stack), mine, True))
+    return scopes
 
 
 @dataclass(frozen=True)

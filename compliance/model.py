@@ -81,6 +81,8 @@ class Resource:
     inputs: Mapping[str, Any]
     source: str  # "plan" or "live"
     region: str | None = None
+    # the Pulumi stack that declares it (a plan: one per region of a multi-region deployment, plus the global layer)
+    stack: str | None = None
 
     def get(self, path: str, default: Any = None) -> Any:
         """A value by dotted path (`vpcConfig.endpointPublicAccess`); lists by index (`rules.0.x`)."""
@@ -121,6 +123,13 @@ class Graph:
     customer_keys: tuple[str, ...] = ()
     # live: the keys the deployment uses that the account says AWS manages (KeyManager AWS)
     aws_managed_keys: tuple[str, ...] = ()
+    # a plan: every region the deployment is placed in (the primary first); each must lie in allowed_regions and
+    # every regional resource in one of them. Empty: the deployment's one region, `region`.
+    regions: tuple[str, ...] = ()
+    # a plan of several stacks: the global layer's stack (its resources span every region), and the stack this
+    # graph is the part of (compliance.evaluate judges each region's stack on its own resources)
+    global_stack: str | None = None
+    stack: str | None = None
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources if r.type in types]
@@ -356,6 +365,7 @@ class Finding:
             "severity": self.check.severity,
             "resource": self.resource.ref,
             "region": self.resource.region,
+            **({"stack": self.resource.stack} if self.resource.stack else {}),
             "controls": self.controls(selected),
             "evidence": [e.as_dict() for e in self.evidence],
             "reason": self.reason,

@@ -274,9 +274,13 @@ def destroy(name: NameArg, yes: YesOpt = False, output: OutputOpt = Output.text)
     """
     with reporting(output), _lifecycle(output, live=yes) as lifecycle:
         result = lifecycle.destroy(name, _options(None, None, yes))
-        leftovers = result["leftovers"]["resources"]
         lines = [f"{name}: {'would delete (dry run)' if result.get('dry_run') else result['state']}"]
-        lines += [f"  {r['action']:>7} {r['kind']} {r['id']} ({r['tag']}) {r['error']}".rstrip() for r in leftovers]
+        regions = result.get("regions") or []
+        for region in regions if len(regions) > 1 else [result]:
+            if len(regions) > 1:
+                lines.append(f"  region {region['region']} ({region['stack']})")
+            leftovers = (region.get("leftovers") or {}).get("resources") or []
+            lines += [f"  {r['action']:>7} {r['kind']} {r['id']} ({r['tag']}) {r['error']}".rstrip() for r in leftovers]
         if result.get("hint"):
             lines.append(result["hint"])
         if output is Output.json and not yes:
@@ -306,24 +310,27 @@ def preflight(
 ) -> None:
     """Check the account before anything is created: credentials, the instance type's zones, the GPU quota.
     Exit 1 when a check fails; a check that cannot be read says so and does not fail."""
-    from byoc.lifecycle import capacity_need
-    from byoc.lifecycle import preflight as run_preflight
+    from byoc.lifecycle import capacity_need, preflights
     from byoc.resolve import resolve
 
     with reporting(output):
         deployment = resolve(_spec_for(file, cloud, region, model, shape, name))
-        need = capacity_need(deployment)
-        report = run_preflight(deployment)
-    document = {"name": deployment.name, "need": need.__dict__, **report.as_dict()}
+        reports = [(capacity_need(where), report) for where, report in preflights(deployment)]
+    # one report per region (each region must hold the whole peak on its own); the primary's also at the top
+    regions = [{"region": need.region, "need": need.__dict__, **report.as_dict()} for need, report in reports]
+    document = {"name": deployment.name, **regions[0], "regions": regions}
     if output is Output.json:
         print_json(document)
     else:
-        print(f"{deployment.name}: {need.instances} x {need.instance_type} ({need.purchase_option}) in {need.region}")
-        for check in report.checks:
-            print(f"  {check.status:>7}  {check.name}: {check.detail}")
-            if check.hint and check.status != "ok":
-                print(f"           fix: {check.hint}")
-    if not report.ok:
+        for need, report in reports:
+            print(
+                f"{deployment.name}: {need.instances} x {need.instance_type} ({need.purchase_option}) in {need.region}"
+            )
+            for check in report.checks:
+                print(f"  {check.status:>7}  {check.name}: {check.detail}")
+                if check.hint and check.status != "ok":
+                    print(f"           fix: {check.hint}")
+    if not all(report.ok for _, report in reports):
         raise typer.Exit(1)
 
 
@@ -372,8 +379,24 @@ def _print_status(rows: list[dict[str, Any]]) -> None:
         replicas = row.get("replicas")
         print(f"{row['name']}  {row['state']}  {row['health']}")
         print(f"  placement  {placement['cloud']} {placement['region']} ({row['instance_type']}), shape {row['shape']}")
+        regions = row.get("regions") or []
+        if len(regions) > 1:
+            for region in regions:
+                seen = region.get("replicas")
+                ready = f"{seen['ready']}/{seen['desired']} ready" if seen else "replicas unknown"
+                print(f"  region     {region['region']} ({region['stack']})  {region['state']}  {ready}")
+                print(f"             {region['health']}")
+                if region.get("endpoint"):
+                    print(f"             endpoint {region['endpoint']}")
+            layer = row.get("global")
+            if layer:
+                print(
+                    f"  global     {layer['stack']}  {layer['state']}"
+                    + (f": {layer['reason']}" if layer["reason"] else "")
+                )
         if replicas:
-            print(f"  replicas   {replicas['ready']}/{replicas['desired']} ready")
+            total = f" in {replicas['regions']} regions" if len(regions) > 1 else ""
+            print(f"  replicas   {replicas['ready']}/{replicas['desired']} ready{total}")
         if row.get("endpoint"):
             print(f"  endpoint   {row['endpoint']}")
         if row.get("artifact"):

@@ -122,7 +122,37 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
         _cold_start_summary(deployment),
         *_cache_lines(deployment),
+        *_region_lines(deployment),
     ]
+
+
+def _region_lines(deployment: Deployment) -> list[str]:
+    """A multi-region deployment's regions, one line each (placement, network, stack and costs; the figures above
+    are the primary's), and the total of all of them, as plan.json's estimates.regions holds them."""
+    if not deployment.multi_region:
+        return []
+    costs = deployment.region_estimates()
+    where = f"residency {deployment.residency}: serves and stores only there" if deployment.residency else ""
+    layer = f"; global layer: stack {deployment.stack_name()}"
+    lines = [f"regions     {len(deployment.regions)} ({where}{layer})"]
+    width = max(len(r.region) for r in deployment.regions)
+    for index, regional in enumerate(deployment.per_region):
+        figures = costs["per_region"][regional.region]
+        role = "primary, " if index == 0 else ""
+        lines.append(
+            f"  {regional.region:<{width}}  {role}{regional.placement.instance_type} "
+            f"${regional.cost.node.hourly_usd:.2f}/h, network {regional.network.cidr}, stack "
+            f"{deployment.stack_name(regional.region)}: {_cost_words(figures)}"
+        )
+    lines.append(f"  {'total':<{width}}  {_cost_words(costs['total'])} (every region at once)")
+    return lines
+
+
+def _cost_words(figures: dict[str, Any]) -> str:
+    return (
+        f"${figures['at_min_replicas_hourly_usd']:,.2f}/h at min_replicas, ${figures['floor_hourly_usd']:,.2f}/h "
+        f"while serving, ${figures['at_max_replicas_hourly_usd']:,.2f}/h at max_replicas"
+    )
 
 
 def _cold_start_summary(deployment: Deployment) -> str:
@@ -367,6 +397,7 @@ def estimate(
     options = {"image_cache", "weights_cache", "warm_pool"}
     cold_start = ColdStart().model_dump(include=options)
     model_ref: Any = model
+    regions: dict[str, Any] | None = None
     with reporting(output):
         if file is not None:
             spec = _spec(file, cloud, None, model, shape, None)
@@ -376,6 +407,7 @@ def estimate(
             min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
             cold_start = _rendered_cold_start(spec) or spec.cold_start.model_dump(include=options)
+            regions = _region_costs(spec, min_replicas, max_replicas)
         elif model is None or shape is None:
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -397,6 +429,8 @@ def estimate(
             cold_start,
             "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
         )
+    if regions is not None and row["fits"]:
+        row["regions"] = regions
     model, cloud = row["model"], cloud or CloudName.aws
     misfit = None
     if not row["fits"]:
@@ -423,6 +457,12 @@ def estimate(
         lines += ["  throughput         n/a (does not fit)", "  cost               n/a (does not fit)"]
     else:
         lines += _estimate_cost_lines(row, input_tokens, output_tokens)
+        if row.get("regions"):
+            per_region = row["regions"]["per_region"]
+            width = max(len(r) for r in per_region)
+            lines.append(f"  regions            {len(per_region)}, each with its own replicas and nodes:")
+            lines += [f"    {r:<{width}}  {_cost_words(f)} ({f['instance_type']})" for r, f in per_region.items()]
+            lines.append(f"    {'total':<{width}}  {_cost_words(row['regions']['total'])}")
         lines += cold_start_lines(row["cold_start"])
     print("\n".join(lines))
     if misfit:
@@ -441,6 +481,24 @@ def _rendered_cold_start(spec: Any) -> dict[str, Any] | None:
         return dict(resolve(spec).cold_start.options)
     except ByocError:
         return None
+
+
+def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None) -> dict[str, Any] | None:
+    """A multi-region spec's cost per region and in total (plan.json's estimates.regions), with the replica bounds
+    the estimate uses; None for one region, or a spec that does not resolve (the estimate then shows why)."""
+    from byoc.resolve import resolve
+    from byoc.spec import build_spec
+
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    scaling = dict(data.get("autoscaling") or {})
+    scaling |= {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas)) if v is not None}
+    if scaling.get("min_replicas"):
+        scaling.pop("scale_to_zero_window", None)
+    try:
+        deployment = resolve(build_spec(data | {"autoscaling": scaling}))
+    except (ByocError, ValueError):
+        return None
+    return deployment.region_estimates() if deployment.multi_region else None
 
 
 def cold_start_lines(estimate: dict[str, Any]) -> list[str]:

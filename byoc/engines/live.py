@@ -132,10 +132,20 @@ def stack_program(deployment: Deployment, program: Program, sdk_versions: dict[s
 
 
 class LiveStack:
-    """The deployment's stack in its backend. Every method raises ByocFailure (exit 1) when Pulumi fails."""
+    """One stack of a deployment in its backend: the deployment's own (one region), one region's, or a multi-region
+    deployment's global layer (`stack_name`, default the deployment's name). Every method raises ByocFailure
+    (exit 1) when Pulumi fails."""
 
-    def __init__(self, deployment: Deployment, program: Program, backend: Backend, work_dir: Path) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        program: Program,
+        backend: Backend,
+        work_dir: Path,
+        stack_name: str | None = None,
+    ) -> None:
         self.deployment = deployment
+        self.name = stack_name or deployment.name
         self.program = program
         self.backend = backend
         self.work_dir = work_dir
@@ -169,14 +179,14 @@ class LiveStack:
         )
         try:
             self._stack = auto.create_or_select_stack(
-                stack_name=deployment.name, project_name=self.project, program=inline, opts=options
+                stack_name=self.name, project_name=self.project, program=inline, opts=options
             )
         except FileNotFoundError:
             require_cli("up")
             raise
         except auto.errors.CommandError as exc:
             raise ByocFailure(
-                "--backend", f"pulumi could not open stack {deployment.name} in {self.backend.url}: {_short(exc)}", ""
+                "--backend", f"pulumi could not open stack {self.name} in {self.backend.url}: {_short(exc)}", ""
             ) from None
         return self._stack
 
@@ -251,8 +261,9 @@ class LiveStack:
         except auto.errors.ConcurrentUpdateError as exc:
             raise ByocFailure(
                 operation,
-                f"the stack {self.deployment.name} is locked by another Pulumi run: {_short(exc)}",
-                f"wait for that run; if its process was killed on this machine, `byoc unlock {self.deployment.name}`",
+                f"the stack {self.name} is locked by another Pulumi run: {_short(exc)}",
+                "wait for that run; if its process was killed on this machine, "
+                f"`byoc unlock {self.deployment.deployment_name}`",
             ) from None
         except auto.errors.CommandError as exc:
             raise ByocFailure(operation, f"pulumi {operation} failed: {_short(exc)}", "see the events above") from None
@@ -264,7 +275,7 @@ class LiveStack:
         if root is None:
             return []
         locks = root / ".pulumi" / "locks"
-        return sorted(p for p in locks.glob(f"*/{self.project}/{self.deployment.name}/*.json"))
+        return sorted(p for p in locks.glob(f"*/{self.project}/{self.name}/*.json"))
 
 
 @dataclass(frozen=True)

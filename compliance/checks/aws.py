@@ -17,6 +17,7 @@ from compliance.checks.common import (
     as_list,
     customer_keys_verdict,
     denies_insecure_transport,
+    residency_verdict,
     statements,
 )
 from compliance.model import (
@@ -1279,7 +1280,7 @@ def elasticache_open_to_cluster_only(resource: Resource, graph: Graph) -> Verdic
 # -- residency --------------------------------------------------------------------------------------------------
 @check(
     id="data_residency_region",
-    title="Every regional resource is in the chosen region",
+    title="Every regional resource is in one of the deployment's regions, each inside the residency set",
     severity="high",
     resource_types=[PROVIDER, BUCKET, KEY, CLUSTER, TRAIL, LOG_GROUP, QUEUE, VPC],
     remediation="Keep region on the provider and on every resource inside the spec's region or mega-region.",
@@ -1296,4 +1297,4 @@ def data_residency_region(resource: Resource, graph: Graph) -> Verdict:
             (Evidence("region", region),),
             f"no regional resource of deployment {graph.deployment} was found in {region}: nothing holds data there",
         )
-    return verdict(region in graph.allowed_regions, "region", {"region": region, "allowed": graph.requested_region})
+    return residency_verdict(graph, region, resource.type == PROVIDER, "region")

@@ -87,3 +87,23 @@ def customer_keys_verdict(
     return not_assessed(
         f"{unknown[0]} is not among the account's keys byoc read: who manages it is not known", path, value
     )
+
+
+def residency_verdict(graph: Graph, region: str, placement: bool, path: str) -> Verdict:
+    """Residency of one regional resource: its region is inside the residency set (the spec's region, or every
+    region of its mega-region) and, in a plan, one of the regions the deployment is placed in. A provider (one per
+    stack) also stands for the placement: every region of the plan must lie inside the residency set."""
+    placed = graph.regions or (graph.region,)
+    outside = [r for r in placed if r not in graph.allowed_regions] if placement else []
+    held = region in graph.allowed_regions and (not graph.regions or region in graph.regions) and not outside
+    value: dict[str, Any] = {"region": region, "allowed": graph.requested_region}
+    if graph.regions:
+        value["deployment_regions"] = list(graph.regions)
+    reason = ""
+    if outside:
+        reason = f"the plan places the deployment in {', '.join(outside)}, outside {graph.requested_region}"
+    elif region not in graph.allowed_regions:
+        reason = f"{region} is outside {graph.requested_region}"
+    elif not held:
+        reason = f"{region} is not one of the deployment's regions ({', '.join(graph.regions)})"
+    return verdict(held, path, value, reason)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from compliance.checks.common import as_list
+from compliance.checks.common import as_list, residency_verdict
 from compliance.model import Graph, Resource, Verdict, check, verdict
 
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
@@ -298,7 +298,7 @@ def gcp_iam_no_primitive_roles(resource: Resource, graph: Graph) -> Verdict:
 
 @check(
     id="gcp_data_residency_region",
-    title="Every regional resource is in the chosen region",
+    title="Every regional resource is in one of the deployment's regions, each inside the residency set",
     severity="high",
     resource_types=[PROVIDER, BUCKET, CLUSTER],
     remediation="Keep the provider's region and every resource's location inside the spec's region or mega-region.",
@@ -307,9 +307,7 @@ def gcp_iam_no_primitive_roles(resource: Resource, graph: Graph) -> Verdict:
 )
 def gcp_data_residency_region(resource: Resource, graph: Graph) -> Verdict:
     location = str(resource.get("region") or resource.get("location") or graph.region).lower()
-    return verdict(
-        location in graph.allowed_regions, "region/location", {"location": location, "allowed": graph.requested_region}
-    )
+    return residency_verdict(graph, location, resource.type == PROVIDER, "region/location")
 
 
 FIREWALL = "gcp:compute/firewall:Firewall"

@@ -95,6 +95,8 @@ def write_pack(
             "deployment": graph.deployment,
             "source": graph.source,
             "region": graph.region,
+            # a multi-region plan: each region's stack is judged on its own resources; its findings by status
+            **({"regions": _per_region(findings, graph.regions)} if len(graph.regions) > 1 else {}),
             "generated_at": now.isoformat(),
             "byoc_version": __version__,
         }
@@ -120,3 +122,14 @@ def write_pack(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _per_region(findings: list[Finding], order: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """{region (or "global"): {"stack", "findings": {status: count}}}, the deployment's regions in `order`, then
+    the global layer."""
+    regions: dict[str, dict[str, Any]] = {r: {"stack": None, "findings": {}} for r in order}
+    for finding in findings:
+        where = regions.setdefault(finding.resource.region or "global", {"stack": None, "findings": {}})
+        where["stack"] = where["stack"] or finding.resource.stack
+        where["findings"][finding.status.value] = where["findings"].get(finding.status.value, 0) + 1
+    return regions

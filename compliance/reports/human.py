@@ -28,6 +28,34 @@ def framework_totals(summaries: list[ControlSummary], selected: list[str]) -> li
     return totals
 
 
+def _where(graph: Graph) -> str:
+    return ", ".join(graph.regions) if len(graph.regions) > 1 else graph.region
+
+
+def region_lines(graph: Graph, findings: list[Finding]) -> list[str]:
+    """A multi-region plan's findings per region (each region's stack is judged on its own resources): a table of
+    the statuses per region and stack; nothing for one region."""
+    if len(graph.regions) < 2:
+        return []
+    order = {region: index for index, region in enumerate(graph.regions)}
+    stacks = sorted(
+        dict.fromkeys((f.resource.region or "global", f.resource.stack or "") for f in findings),
+        key=lambda where: order.get(where[0], len(order)),
+    )
+    lines = [
+        f"## Regions ({', '.join(graph.regions)}; residency {graph.requested_region})",
+        "",
+        "| region | stack | " + " | ".join(s.value.lower().replace("_", " ") for s in Status) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in Status) + " |",
+    ]
+    for region, stack in stacks:
+        mine = [f for f in findings if (f.resource.region or "global", f.resource.stack or "") == (region, stack)]
+        lines.append(
+            f"| {region} | {stack} | " + " | ".join(str(sum(f.status == s for f in mine)) for s in Status) + " |"
+        )
+    return [*lines, ""]
+
+
 def _ordered(findings: list[Finding]) -> list[Finding]:
     rank = {
         Status.FAIL: 0,
@@ -61,7 +89,7 @@ def markdown(
         f"# Compliance report: byoc deployment `{graph.deployment}`",
         "",
         *([f"**{headline}**", ""] if headline else []),
-        f"Source: **{graph.source}** resources in {graph.region} (requested: {graph.requested_region}). "
+        f"Source: **{graph.source}** resources in {_where(graph)} (requested: {graph.requested_region}). "
         f"{len({f.check.id for f in findings})} checks, {len(findings)} findings.",
         "",
         "## Summary",
@@ -76,6 +104,7 @@ def markdown(
         )
     statuses = {s: sum(f.status == s for f in findings) for s in Status}
     lines += ["", "Findings: " + ", ".join(f"{s.value} {n}" for s, n in statuses.items()), ""]
+    lines += region_lines(graph, findings)
     for notice in notices:
         lines.append(f"> **Notice:** {notice}")
     if drift:
@@ -102,6 +131,11 @@ def markdown(
             f"{finding.check.title} ({finding.check.severity}; {', '.join(finding.controls(selected))})",
             "",
             f"- resource: `{finding.resource.type}` `{finding.resource.name}`",
+            *(
+                [f"- region: {finding.resource.region or 'global'} (stack `{finding.resource.stack}`)"]
+                if finding.resource.stack
+                else []
+            ),
             f"- evidence: {_evidence(finding) or '-'}",
             f"- remediation: {finding.check.remediation}",
             "",

@@ -4,7 +4,9 @@ produces, and nothing else. It creates no resources and runs no program (no Pulu
 Every call is appended to $STANDIN_DIR/calls.jsonl (argv, cwd, whether a passphrase was in the environment). The
 state of each stack lives in $STANDIN_DIR/stacks/<name>.json in the shape of `pulumi stack export`. Behaviour of
 `up` comes from $STANDIN_DIR/mode: "ok" (three resources created), "fail" (a resource fails), or "hang" (one
-resource starts, then waits for SIGINT as the real CLI does and stops with that create left pending).
+resource starts, then waits for SIGINT as the real CLI does and stops with that create left pending); the stacks
+listed in $STANDIN_DIR/fail_stacks (one a line) fail their `up` and `destroy` whatever the mode (one region of a
+multi-region deployment failing).
 Engine events are written to --event-log in the JSON-lines shape the real CLI writes (sdk/go/common/apitype).
 """
 
@@ -135,6 +137,11 @@ def hang(events: EventLog, stack: str, state: dict) -> int:
     return 255
 
 
+def failing(stack: str) -> bool:
+    listed = HOME / "fail_stacks"
+    return listed.exists() and stack in listed.read_text().split()
+
+
 def up(events: EventLog, stack: str, mode: str) -> int:
     events.write(preludeEvent={"config": {}})
     state = load(stack)
@@ -142,7 +149,7 @@ def up(events: EventLog, stack: str, mode: str) -> int:
         return hang(events, stack, state)
     for type_, name in RESOURCES:
         events.resource("resourcePreEvent", "create", stack, type_, name)
-        if mode == "fail" and type_ == "aws:eks/cluster:Cluster":
+        if (mode == "fail" or failing(stack)) and type_ == "aws:eks/cluster:Cluster":
             urn = URN.format(stack=stack, type=type_, name=name.format(stack=stack))
             meta = {"op": "create", "urn": urn, "type": type_, "provider": ""}
             events.write(resOpFailedEvent={"metadata": meta, "status": 1, "steps": 1})
@@ -158,6 +165,8 @@ def up(events: EventLog, stack: str, mode: str) -> int:
         "kubeconfig": "apiVersion: v1\nkind: Config\n",
         "gpu_node_pool": "byoc-gpu",
         "artifact": "s3://bucket/artifacts/x",
+        # what a global layer exports (stacks/aws/global_layer.py): the one private name
+        **({"entry_name": f"{stack.removesuffix('-global')}.byoc.internal"} if stack.endswith("-global") else {}),
     }
     save(stack, state)
     return 0
@@ -167,6 +176,9 @@ def other(args: list[str], events: EventLog, command: str, stack: str, mode: str
     """refresh, destroy, preview (mode "replace": the preview replaces the EKS cluster)."""
     state = load(stack)
     op = {"refresh": "refresh", "destroy": "delete", "preview": "update"}[command]
+    if command == "destroy" and failing(stack):
+        print("error: deleting EKS Cluster: ResourceInUseException", file=sys.stderr)
+        return 255
     for type_, name in RESOURCES:
         this = "replace" if command == "preview" and mode == "replace" and type_.startswith("aws:eks") else op
         events.resource("resourcePreEvent", this, stack, type_, name)

@@ -15,8 +15,8 @@ from byoc.registry import Registry, State
 from tests.conftest import EXAMPLES, ROOT
 from tests.lifecycle.conftest import StandIn, byoc, no_pulumi_path
 
-EXAMPLE = str(ROOT / "examples" / "byoc.yaml")
-SPEC = {"name": "demo", "cloud": "aws", "region": "EUROPE", "model": "llama-3.1-8b-instruct", "shape": "h100x1-fp8"}
+EXAMPLE = str(ROOT / "tests" / "lifecycle" / "data" / "byoc-one-region.yaml")  # one stack
+SPEC = {"name": "demo", "cloud": "aws", "region": "eu-west-2", "model": "llama-3.1-8b-instruct", "shape": "h100x1-fp8"}
 assert EXAMPLES
 
 
@@ -31,7 +31,7 @@ def deployed(home: Path, pending: list[dict[str, str]] | None = None, state: Sta
         name="demo",
         cloud="aws",
         region="eu-west-2",
-        requested_region="EUROPE",
+        requested_region="eu-west-2",
         shape="h100x1-fp8",
         instance_type="p5.4xlarge",
         spec=SPEC,

@@ -15,7 +15,9 @@ import yaml
 from tests.conftest import ROOT
 from tests.lifecycle.conftest import QuotaServer, StandIn, aws_env, byoc
 
-EXAMPLE = str(ROOT / "examples" / "byoc.yaml")  # llama 8B on h100x1-fp8 in EUROPE -> p5.4xlarge in eu-west-2
+# llama 8B on h100x1-fp8 in eu-west-2 -> p5.4xlarge (one region: each region of a multi-region deployment gets its
+# own report, tests/lifecycle/test_multi_region.py)
+EXAMPLE = str(ROOT / "tests" / "lifecycle" / "data" / "byoc-one-region.yaml")
 P_ON_DEMAND = "L-417A185B"
 NEEDED = 80  # 5 x p5.4xlarge (max_replicas 4 + the build Job) x 16 vCPUs
 

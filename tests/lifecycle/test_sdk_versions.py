@@ -82,7 +82,7 @@ def test_a_stack_deployed_with_other_sdks_is_refused_before_pulumi_runs(
     """stand-in: the laptop deployed with pulumi-aws 7.40.0; this machine has the pinned 7.51.1."""
     deployed(Path(run_env["BYOC_HOME"])).close()
     _record(standin, {**{n: SDK_PINS[n] for n in AWS_SDKS}, "pulumi-aws": "7.40.0"})
-    example = str(ROOT / "examples" / "byoc.yaml")
+    example = str(ROOT / "tests" / "lifecycle" / "data" / "byoc-one-region.yaml")  # one stack
     for args in (
         ["preview", "-f", example],
         ["up", "--name", "demo", "--yes"],
@@ -112,7 +112,7 @@ def test_a_stack_deployed_with_the_same_sdks_runs(run_env: dict[str, str], stand
     """stand-in: the recorded versions are the installed ones; a stack with no record (made before byoc recorded
     them, or by hand) is not refused either."""
     deployed(Path(run_env["BYOC_HOME"])).close()
-    example = str(ROOT / "examples" / "byoc.yaml")
+    example = str(ROOT / "tests" / "lifecycle" / "data" / "byoc-one-region.yaml")  # one stack
     _record(standin, {n: SDK_PINS[n] for n in AWS_SDKS})
     assert byoc("preview", "-f", example, env=run_env).returncode == 0
     state = json.loads((standin.home / "stacks" / "demo.json").read_text())

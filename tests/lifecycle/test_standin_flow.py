@@ -23,7 +23,7 @@ from byoc.registry import Registry, State
 from tests.conftest import ROOT
 from tests.lifecycle.conftest import QuotaServer, StandIn, aws_env, byoc
 
-EXAMPLE = str(ROOT / "examples" / "byoc.yaml")
+EXAMPLE = str(ROOT / "tests" / "lifecycle" / "data" / "byoc-one-region.yaml")  # one stack
 
 
 @pytest.fixture
