@@ -91,6 +91,15 @@ def regional(deployment: Deployment) -> list[Deployment]:
     return list(deployment.per_region) or [deployment]
 
 
+def up_order(runs: list[StackRun]) -> list[StackRun]:
+    """The order `up`, `scale` and `update` run a deployment's stacks in: the regions other than the primary, then
+    the primary, then the global layer. The primary replicates the model into the other regions' artifact buckets,
+    and S3 replication and Storage Transfer refuse a destination bucket that does not exist yet
+    (docs/multi-region.md); the global layer reads every region's outputs."""
+    regions = [run for run in runs if not run.is_global]
+    return [*regions[1:], *regions[:1], *(run for run in runs if run.is_global)]
+
+
 def preflights(deployment: Deployment) -> list[tuple[Deployment, PreflightReport]]:
     """The cloud's preflight in every region of the deployment, each for that region's peak capacity (every region
     scales to max_replicas on its own when the others are gone): `byoc preflight`, and the first step of `up`."""
@@ -236,8 +245,9 @@ class Lifecycle:
         return program
 
     def _stacks(self, deployment: Deployment, backend: Backend) -> list[StackRun]:
-        """Every stack of the deployment in the order `up` runs them: each region's, then the global layer (where
-        the cloud has a program for it). Each stack has its own work folder, home/work/<stack name>."""
+        """Every stack of the deployment: each region's (the primary first, as the registry lists them), then the
+        global layer (where the cloud has a program for it). `_apply` runs them in `up_order`. Each stack has its
+        own work folder, home/work/<stack name>."""
         from byoc.engines import global_program_for
         from byoc.engines.live import LiveStack
 
@@ -438,7 +448,7 @@ class Lifecycle:
         multi = len(runs) > 1
         outputs: dict[str, dict[str, Any]] = {}
         failed: list[tuple[StackRun, ByocError]] = []
-        for run in runs:
+        for run in up_order(runs):
             if run.is_global and failed:
                 self._view.message(f"{run.where()}: not run: it points at every region, and a region failed")
                 break

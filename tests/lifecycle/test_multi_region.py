@@ -163,10 +163,11 @@ def test_region_two_fails_the_deployment_names_it_region_one_stays_and_up_resume
         "demo-eun1": (SECOND, "FAILED"),
         "demo-global": ("global", "PENDING"),  # it points at every region: not run while one failed
     }
-    assert pulumi_ran(standin, "up") == ["demo-euw2", "demo-eun1"]
+    # the other regions before the primary, which replicates the model into their buckets (they must exist first)
+    assert pulumi_ran(standin, "up") == ["demo-eun1", "demo-euw2"]
     assert [s for s in steps.steps if s.startswith("pulumi up")] == [
-        f"pulumi up region {PRIMARY} (demo-euw2)",
         f"pulumi up region {SECOND} (demo-eun1)",
+        f"pulumi up region {PRIMARY} (demo-euw2)",
     ]
 
     # the same spec again: region 1 is skipped (said so), region 2 and the global layer run
