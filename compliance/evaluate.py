@@ -10,6 +10,7 @@ from typing import Any
 
 from byoc.catalogs import MEGA_REGIONS, load_catalog
 from compliance.checks import checks_for
+from compliance.checks import gcp as gcp_checks
 from compliance.model import Check, Finding, Graph, Resource, Status, Verdict, frameworks
 
 
@@ -155,10 +156,24 @@ def evaluate(graph: Graph, frameworks: Iterable[str] | None = None) -> list[Find
                 if type_token in check.resource_types:
                     unreadable = Resource(type=type_token, name="(unreadable)", id="", inputs={}, source=graph.source)
                     found.append(Finding(check, Status.ERROR, unreadable, (), reason))
-            if not found and graph.cloud is not None and speaks:
+            if not found and graph.cloud is not None and speaks and not _declared_once_elsewhere(check, graph):
                 found.append(_silent(check, scope))
             findings += found
     return findings
+
+
+# Objects a cloud account or project holds once, whatever the region: a multi-region plan declares them in one
+# stack (the primary's), and the other regions' stacks lack them by design, not by omission. A GCP project has one
+# Data Access audit configuration per service (Cloud Audit Logs, "Configure Data Access audit logs": IAM policy
+# auditConfigs), so a second region's stack creating it would fight the first over it.
+PROJECT_WIDE_TYPES = frozenset({gcp_checks.AUDIT_CONFIG})
+
+
+def _declared_once_elsewhere(check: Check, graph: Graph) -> bool:
+    """A check of project-wide objects only, one of which another stack of the plan declares: judged there, and no
+    region is NOT_ASSESSED for not declaring the project's one again."""
+    types = set(check.resource_types)
+    return bool(types) and types <= PROJECT_WIDE_TYPES and any(r.type in types for r in graph.resources)
 
 
 def _scopes(graph: Graph) -> list[tuple[Graph, list[Resource], bool]]:

@@ -51,7 +51,8 @@ def judge(check_id: str, *resources: Resource) -> list[tuple[Status, str]]:
 # -- a customer key in the plan -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def customer_key_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return plan(tmp_path_factory.mktemp("cmk"), encryption={"kms_key": CUSTOMER_KEY})
+    # a customer key lives in one region: the deployment is pinned to it
+    return plan(tmp_path_factory.mktemp("cmk"), region=REGION, encryption={"kms_key": CUSTOMER_KEY})
 
 
 def test_a_customer_key_the_plan_does_not_hold_is_not_assessed_never_passed(customer_key_plan: Path) -> None:
