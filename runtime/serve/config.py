@@ -308,6 +308,12 @@ class GatewayConfig:
             )
         if self.residency is None and self.region is None:
             return frozenset()
+        if self.residency is not None and self.region is None:
+            raise ByocError(
+                "--residency",
+                "given without --region: a residency set bounds the region this gateway serves in and its peers",
+                "pass --region REGION as well, e.g. --region eu-west-2",
+            )
         from byoc.catalogs import MEGA_REGIONS, load_catalog
 
         catalog = load_catalog()
@@ -427,12 +433,25 @@ def parse_upstream(value: str) -> UpstreamSpec:
 _LOOPBACK_NAMES = ("localhost", "::1")
 
 
+def _loopback(host: str) -> bool:
+    """A loopback address (127.0.0.0/8, ::1) or a loopback name: the only peers plain http:// may reach. A DNS name
+    that merely starts with "127." (127.evil.example) is not one."""
+    import ipaddress
+
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_peer_region(value: str) -> PeerRegion:
     """`REGION=https://HOST[:PORT]`: a peer region's gateway. https:// in production; http:// only to a loopback
     address (tests on one machine): a request spilled to a peer carries the client's prompt and API key."""
     region, sep, url = value.partition("=")
     region, url = region.strip(), url.strip()
-    example = "e.g. --peer-region eu-north-1=https://byoc-NAME.eu-north-1.internal:443"
+    example = "e.g. --peer-region eu-north-1=https://eu-north-1.NAME.byoc.internal:443"
     if not sep or not region or not url:
         raise ByocError("--peer-region", f"{value!r} is not REGION=URL", example)
     parts = urlsplit(url)
@@ -444,7 +463,7 @@ def parse_peer_region(value: str) -> PeerRegion:
             where, "the URL carries credentials", "the client's API key is forwarded; remove user:password@"
         )
     host = parts.hostname
-    if parts.scheme == "http" and not (host in _LOOPBACK_NAMES or host.startswith("127.")):
+    if parts.scheme == "http" and not _loopback(host):
         raise ByocError(
             where,
             f"plain http:// to {host} would carry prompts and API keys unencrypted between regions",

@@ -82,6 +82,7 @@ class Peer:
     healthy: bool = False
     saturated: bool = False  # its own admission slots are all taken (its /ready says so)
     outstanding: int = 0  # requests this gateway has spilled to it, not finished
+    problem: str = ""  # why its last probe did not find it usable (logged once per new problem)
 
     @property
     def region(self) -> str:
@@ -222,16 +223,24 @@ class PeerPool:
     async def _probe(self, peer: Peer) -> None:
         assert self._session is not None
         healthy, saturated = False, False
+        problem = ""
         try:
-            async with self._session.get(peer.spec.url + "/ready", timeout=PROBE_TIMEOUT) as response:
+            async with self._session.get(
+                peer.spec.url + "/ready", timeout=PROBE_TIMEOUT, allow_redirects=False
+            ) as response:
                 body: Any = await response.json(content_type=None) if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                if response.status != 200:
+                    problem = f"/ready answered {response.status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             body = None
+            # a certificate the CA does not sign, a refused connection, a name that does not resolve: said once
+            problem = f"{type(exc).__name__}: {exc}"[:300]
         if isinstance(body, dict):
             region = body.get("region")
-            if region is not None and region != peer.region:
-                # a URL that reaches another region's gateway: it may be outside the residency set
-                log.warning("peer %s answers as region %r: never used", peer.spec, region)
+            if region != peer.region:
+                # a URL that reaches another region's gateway (it may be outside the residency set), or a gateway
+                # that names no region (a one-region deployment's): never trusted to be the region configured
+                problem = f"it answers as region {region!r}, not {peer.region!r}: never used"
             else:
                 ready = body.get("upstreams_ready")
                 healthy = (
@@ -240,7 +249,9 @@ class PeerPool:
                 saturated = body.get("saturated") is True
         if healthy != peer.healthy:
             log.info("peer region %s is %s", peer.region, "healthy" if healthy else "not healthy")
-        peer.healthy, peer.saturated = healthy, saturated
+        if problem and problem != peer.problem:
+            log.warning("peer %s: %s", peer.spec, problem)  # once per new problem, not on every probe
+        peer.healthy, peer.saturated, peer.problem = healthy, saturated, problem
 
     # -- forwarding --------------------------------------------------------------------------------------------
     async def send(self, peer: Peer, path: str, raw: bytes, authorization: str | None) -> aiohttp.ClientResponse | None:
@@ -253,12 +264,16 @@ class PeerPool:
             headers["Authorization"] = authorization
         timeout = aiohttp.ClientTimeout(total=None, connect=PEER_CONNECT_SECONDS, sock_read=self.read_timeout)
         try:
-            response = await self._session.post(peer.spec.url + path, data=raw, headers=headers, timeout=timeout)
+            # never follow a redirect: it would carry the prompt to a host neither the https rule nor the residency
+            # check has seen; a 3xx is the peer declining the request
+            response = await self._session.post(
+                peer.spec.url + path, data=raw, headers=headers, timeout=timeout, allow_redirects=False
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.errors.labels(peer.region, "timeout" if isinstance(exc, TimeoutError) else "connect").inc()
             self.failed(peer)
             return None
-        if response.status in PEER_DECLINED:
+        if response.status in PEER_DECLINED or 300 <= response.status < 400:
             self.errors.labels(peer.region, f"status_{response.status}").inc()
             if response.status in (401, 403):
                 log.warning(

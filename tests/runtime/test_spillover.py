@@ -201,6 +201,12 @@ def ask(region: Region) -> str:
         (["--region", REGION_A, "--peer-region", f"{REGION_B}=https://10.1.0.5"], "--residency"),
         (["--residency", "EUROPE", "--peer-region", f"{REGION_B}=https://10.1.0.5"], "--region"),
         (["--region", REGION_A, "--residency", "EUROPE", "--peer-region", "europe-west4=https://10.1.0.5"], "gcp"),
+        # a DNS name that starts with "127." is not a loopback address: no plain http to it
+        (
+            ["--region", REGION_A, "--residency", "EUROPE", "--peer-region", f"{REGION_B}=http://127.evil.example"],
+            "http://",
+        ),
+        (["--residency", "EUROPE"], "--region"),  # a residency set bounds a region: not given alone
     ],
 )
 def test_a_peer_outside_the_residency_set_or_unencrypted_refuses_to_start(flags: list[str], named: str) -> None:
@@ -264,7 +270,7 @@ def test_a_saturated_or_overloaded_region_spills_and_a_peer_of_another_region_is
             wrong.client().completions.create(model=MODEL, prompt="x", max_tokens=2)
         assert caught.value.status_code == 503
         assert (metric(b.metrics(), "byoc_gateway_spilled_in_total", **{"from": "unknown"}) or 0) == received
-        assert "answers as region 'eu-north-1': never used" in wrong.gateway.log.read_text()
+        assert "answers as region 'eu-north-1', not 'eu-central-1': never used" in wrong.gateway.log.read_text()
     finally:
         a.gateway.stop()
         wrong.gateway.stop()
@@ -424,3 +430,82 @@ def test_the_config_file_takes_the_same_region_settings_and_refusals(tmp_path: P
     done = start_refused(["--config", str(config)])
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: --peer-region us-east-1: us-east-1 is outside the residency set EUROPE")
+
+
+class FakePeer:
+    """A plain HTTP server on 127.0.0.x that answers /ready as `ready` says and a POST as `post` says, counting the
+    POSTs that reach it (a prompt delivered)."""
+
+    def __init__(self, host: str, ready: dict[str, Any], post: tuple[int, dict[str, str]] = (200, {})) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts = 0
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = json.dumps(ready).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                peer.posts += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, headers = post
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_peer_that_names_no_region_or_redirects_never_gets_a_prompt(runtime_dir: Path, keys_file: Path) -> None:
+    """A gateway of a one-region deployment names no region in /ready: it is never taken for the peer configured
+    (a wrong DNS record must not carry prompts out). A peer that answers a spilled request with a redirect is
+    declined: the redirect is never followed to a host neither the https rule nor the residency check has seen."""
+    ready = {"ready": True, "upstreams_ready": 1, "draining": False}
+    nameless = FakePeer("127.0.0.3", ready)
+    target = FakePeer("127.0.0.4", ready)  # where the redirect points
+    redirecting = FakePeer(
+        "127.0.0.5", {**ready, "region": REGION_B}, (307, {"Location": target.url + "/v1/completions"})
+    )
+    gateways = []
+    try:
+        for name, peer in (("nameless", nameless), ("redirecting", redirecting)):
+            port, metrics_port = free_port(HOST_A), free_port(HOST_A)
+            args = gateway_args(
+                HOST_A, port, metrics_port, f"http://{HOST_A}:{free_port(HOST_A)}", keys_file, "--region", REGION_A
+            )
+            args += ["--peer-region", f"{REGION_B}={peer.url}", "--wake-timeout", "2", "--spill-hold", "0"]
+            region = Region(REGION_A, Server(f"gateway-{name}", args, runtime_dir, port), "", "")
+            region.url, region.metrics_url = f"http://{HOST_A}:{port}", f"http://{HOST_A}:{metrics_port}/metrics"
+            gateways.append(region)
+            wait_for(lambda region=region: _answers_ready(region), what=f"the gateway with the {name} peer up")
+            time.sleep(1.5)  # several probes of the peer
+            with pytest.raises(openai.APIStatusError) as caught:
+                region.client().completions.create(model=MODEL, prompt="SECRET", max_tokens=2)
+            assert caught.value.status_code == 503
+        assert nameless.posts == 0  # never trusted as eu-north-1
+        assert "answers as region None" in gateways[0].gateway.log.read_text()
+        assert target.posts == 0  # the redirect was not followed
+        assert redirecting.posts >= 1  # it was asked (spilled to), and declined by its redirect
+    finally:
+        for region in gateways:
+            region.gateway.stop()
+        for peer in (nameless, target, redirecting):
+            peer.stop()
