@@ -485,7 +485,11 @@ class Lifecycle:
             raise ByocFailure(
                 "region",
                 f"{name} is FAILED: {reason}",
-                (f"{', '.join(deployed)} keep what they reached; " if deployed else "")
+                (
+                    f"{', '.join(deployed)} {'keeps what it' if len(deployed) == 1 else 'keep what they'} reached; "
+                    if deployed
+                    else ""
+                )
                 + f"`byoc up --name {name}` resumes (it re-runs what did not finish), or `byoc destroy {name}`",
             )
         record = self.registry.require(name)

@@ -588,8 +588,8 @@ def _regional_cidr(cidr: str, index: int, region: str) -> str:
     if block is None or private is None or not block.subnet_of(private):
         raise ByocError(
             "network.cidr",
-            f"{cidr} leaves no room for {region}'s range (region {index + 1} takes the {index + 1}th block of its "
-            "size after it, to be peered without overlap)",
+            f"{cidr} leaves no room for {region}'s range (region {index + 1} takes block {index + 1} of its size "
+            f"after it, counting {cidr} as block 0, to be peered without overlap)",
             "use a range lower in its private block, e.g. 10.42.0.0/16",
         )
     return str(block)
@@ -648,8 +648,10 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     placements = place(spec, shape, model, needs)
     if len(placements) == 1:
         return _resolve_in(spec, placements[0], shape, model, source, revision, max_context, memory, needs)
-    # a key byoc cannot use at all is named as such before the multi-region rule on keys
-    cloud.check_kms_key(spec.encryption.kms_key, placements[0].region)
+    # a key byoc cannot use at all (a provider-managed one) is named as such; any other key meets the multi-region
+    # rule on keys first, not a region check whose fix ("a key in <region>") would only lead to that rule
+    if cloud.provider_managed_key(spec.encryption.kms_key):
+        cloud.check_kms_key(spec.encryption.kms_key, placements[0].region)
     _check_multi_region(spec, placements)
     cidrs = tuple(_regional_cidr(spec.network.cidr, i, p.region) for i, p in enumerate(placements))
     per_region = tuple(
@@ -672,7 +674,16 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         for index, placement in enumerate(placements)
     )
     primary = _resolve_in(spec, placements[0], shape, model, source, revision, max_context, memory, needs)
-    return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs)
+    # each region's own warnings too (another region's machine may cost a whole 8-GPU node), each said once, and
+    # named by its region where the primary does not share it
+    said = {(w.field, w.message) for w in primary.warnings}
+    warnings = list(primary.warnings)
+    for regional in per_region[1:]:
+        for warning in regional.warnings:
+            if (warning.field, warning.message) not in said:
+                said.add((warning.field, warning.message))
+                warnings.append(ByocWarning(warning.field, f"{regional.region}: {warning.message}", warning.hint))
+    return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs, warnings=tuple(warnings))
 
 
 def _resolve_in(

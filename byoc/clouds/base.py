@@ -394,8 +394,8 @@ class Cloud(ABC):
             if other != self.name and region in load_catalog().offerings[other]:
                 return ByocError(
                     "region",
-                    f"{region} is a {other} region, not a {self.name} one",
-                    f"use --cloud {other}, or a {self.name} region such as {self.regions[0]}",
+                    f"{region} is a {other} region, not {_a(self.name)} one",
+                    f"use --cloud {other}, or {_a(self.name)} region such as {self.regions[0]}",
                 )
         close = difflib.get_close_matches(region, list(self.regions) + list(MEGA_REGIONS), n=1)
         hint = f"did you mean {close[0]}?" if close else f"use {', '.join(MEGA_REGIONS)} or a {self.name} region"
@@ -428,7 +428,7 @@ class Cloud(ABC):
             skipped = members[: members.index(region)]
             reason = f"first {mega} region offering {shape.gpu.name} ({self._names(candidates)})"
             if skipped:
-                reason += f"; {', '.join(skipped)} do not"
+                reason += f"; {_do_not(skipped)}"
         else:
             region = requested
             if region not in self.regions:
@@ -492,7 +492,7 @@ class Cloud(ABC):
                 )
             return (self.place(requested, shape, needs),)
         members = self.regions if mega == "GLOBAL" else self.catalog.mega_regions[self.name][mega]
-        wanted = min_regions if min_regions is not None else (len(regions) if regions else 2)
+        wanted = min_regions if min_regions is not None else 2
         candidates = self.instance_candidates(shape, needs)
         offering = self.regions_offering(shape, members, needs) if candidates else []
         if regions is not None:
@@ -513,10 +513,13 @@ class Cloud(ABC):
                         f"{mega} regions that do: {', '.join(offering)}" if offering else "try another shape",
                     )
             if len(regions) < wanted:
+                more = [r for r in offering if r not in regions]
                 raise ByocError(
                     "placement.regions",
-                    f"lists {len(regions)} region(s), fewer than placement.min_regions {wanted}",
-                    f"add regions of {', '.join(r for r in offering if r not in regions) or mega}",
+                    f"lists {_count(len(regions), 'region')}, fewer than placement.min_regions {wanted}"
+                    + (" (its default)" if min_regions is None else ""),
+                    (f"add one of {', '.join(more)}" if more else f"no other {mega} region offers {shape.gpu.name}")
+                    + ", or set placement.min_regions: 1 to run in one region",
                 )
             chosen = list(regions)
             why = "listed in placement.regions"
@@ -525,8 +528,8 @@ class Cloud(ABC):
                 elsewhere = [r for r in self.regions_offering(shape, needs=needs) if r not in members]
                 raise ByocError(
                     "region",
-                    f"{shape.name} needs {wanted} {mega} regions of {self.name} that offer {shape.gpu.name} "
-                    f"instances; "
+                    f"{shape.name} needs {_count(wanted, mega + ' region')} of {self.name} that offer "
+                    f"{shape.gpu.name} instances; "
                     + (
                         f"only {', '.join(offering)} does"
                         if len(offering) == 1
@@ -546,7 +549,7 @@ class Cloud(ABC):
             lacking = [r for r in members if r not in offering]
             why = (
                 f"cheapest {wanted} of the {len(offering)} {mega} regions offering {shape.gpu.name}: "
-                f"{', '.join(offering)}" + (f"; {', '.join(lacking)} do not" if lacking else "")
+                f"{', '.join(offering)}" + (f"; {_do_not(lacking)}" if lacking else "")
             )
         placements = []
         for index, region in enumerate(chosen):
@@ -741,3 +744,16 @@ class Cloud(ABC):
         """After the stack is destroyed: what controllers left behind, tagged with the deployment or its cluster
         (found, and with `delete` removed). A cloud without a sweep reports that it could not look."""
         return SweepReport(target.region, skipped=f"byoc has no leftover sweep for {self.title} yet")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _do_not(regions: Iterable[str]) -> str:
+    regions = list(regions)
+    return f"{', '.join(regions)} {'does' if len(regions) == 1 else 'do'} not"
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

@@ -155,7 +155,7 @@ def test_region_two_fails_the_deployment_names_it_region_one_stays_and_up_resume
     assert failed.value.field == "region"
     assert f"region {SECOND} (demo-eun1)" in failed.value.message
     assert "AccessDeniedException" in failed.value.message
-    assert f"{PRIMARY} keep what they reached" in failed.value.hint
+    assert f"{PRIMARY} keeps what it reached" in failed.value.hint
     record = lifecycle.registry.require("demo")
     assert record.state is State.FAILED and f"region {SECOND}" in record.reason and PRIMARY not in record.reason
     assert stacks(lifecycle.registry) == {

@@ -173,3 +173,29 @@ def test_duplicate_regions_are_refused_at_load(tmp_path: Path) -> None:
 
 def test_a_one_region_deployment_has_no_peers() -> None:
     assert deploy(region="eu-west-2").peers() == [] and deploy().peers() == []
+
+
+def test_one_listed_region_meets_the_default_of_two() -> None:
+    error = refused(region="EUROPE", placement={"regions": ["eu-north-1"]})
+    assert error.field == "placement.regions" and "(its default)" in error.message
+    assert "add one of eu-west-2" in error.hint and "min_regions: 1" in error.hint
+    assert deploy(region="EUROPE", placement={"regions": ["eu-north-1"], "min_regions": 1}).region_names == [
+        "eu-north-1"
+    ]
+
+
+def test_a_key_of_a_region_of_the_set_is_refused_once_for_what_matters() -> None:
+    """Not "use a key in <region>" first and then "one key cannot serve two regions": the second is the reason."""
+    key = "arn:aws:kms:eu-north-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    error = refused(region="EUROPE", encryption={"kms_key": key}, **MULTI)
+    assert error.field == "encryption.kms_key" and "a key lives in one region" in error.message
+
+
+def test_every_regions_warnings_are_said() -> None:
+    # eu-north-1 offers H100 only as the 8-GPU p5.48xlarge: one replica there pays a whole node
+    deployment = deploy(region="EUROPE", **MULTI)
+    assert any(
+        w.message.startswith("eu-north-1: h100x1-fp8 takes 1 of the 8 GPUs of a p5.48xlarge")
+        for w in deployment.warnings
+    )
+    assert len({w.message for w in deployment.warnings}) == len(deployment.warnings)
