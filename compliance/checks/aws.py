@@ -35,6 +35,7 @@ from compliance.model import (
 
 KEY = "aws:kms/key:Key"
 BUCKET = "aws:s3/bucket:Bucket"
+REPLICATION_CONFIG = "aws:s3/bucketReplicationConfig:BucketReplicationConfig"
 ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 PUBLIC_ACCESS = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
@@ -395,10 +396,40 @@ def s3_bucket_object_lock(resource: Resource, graph: Graph) -> Verdict:
     cloud="aws",
 )
 def s3_bucket_cross_region_replication(resource: Resource, graph: Graph) -> Verdict:
+    names = {resource.get("bucket"), resource.id, resource.name} - {None, ""}
+    configs = [c for c in graph.by_type(REPLICATION_CONFIG) if c.get("bucket") in names]
+    if configs:
+        # a multi-region deployment's primary copies the model into the other regions' buckets (docs/multi-region.md):
+        # each destination is judged by where its replica key lives, which must be a region of the deployment
+        rules = [rule for config in configs for rule in (config.get("rules") or [])]
+        targets = [
+            ((rule.get("destination") or {}).get("encryptionConfiguration") or {}).get("replicaKmsKeyId") or ""
+            for rule in rules
+        ]
+        regions = [arn.split(":")[3] if arn.count(":") >= 5 else "" for arn in targets]
+        allowed = set(graph.regions or (graph.region,))
+        inside = bool(regions) and all(region in allowed for region in regions)
+        return Verdict(
+            Status.PASS if inside else Status.FAIL,
+            (
+                Evidence(
+                    "replicationConfiguration/rules",
+                    [{"id": r.get("id"), "to": t} for r, t in zip(rules, targets, strict=True)],
+                ),
+            ),
+            "replicates to "
+            + ", ".join(region or "an unknown region" for region in regions)
+            + (
+                ", regions of the deployment (inside its residency set)"
+                if inside
+                else f": outside the deployment's regions {', '.join(sorted(allowed))}"
+            ),
+        )
     rules = resource.get("replicationRules")
     return exception(
         "byoc declines cross-region replication by design (data residency): a deployment's model data, adapters "
-        "and logs stay in the region the spec chose (data_residency_region); versioning gives recovery in-region",
+        "and logs stay in the region(s) the spec chose (data_residency_region; a multi-region deployment copies "
+        "only the built model, from its primary, into its other regions); versioning gives recovery in-region",
         "replicationRules",
         rules,
     )

@@ -43,6 +43,8 @@ def write_csv(findings: list[Finding], selected: list[str], path: Path) -> None:
                 "severity",
                 "resource_type",
                 "resource",
+                "region",
+                "stack",
                 "controls",
                 "evidence",
                 "reason",
@@ -57,6 +59,8 @@ def write_csv(findings: list[Finding], selected: list[str], path: Path) -> None:
                     f.check.severity,
                     f.resource.type,
                     f.resource.name,
+                    f.resource.region or "",
+                    f.resource.stack or "",
                     " ".join(f.controls(selected)),
                     json.dumps([e.as_dict() for e in f.evidence]),
                     f.reason,
@@ -115,7 +119,8 @@ def ocsf(finding: Finding, graph: Graph, selected: list[str], now_ms: int) -> di
         "unmapped": {"evidence": [e.as_dict() for e in finding.evidence]},
     }
     if cloud:
-        record["cloud"] = {"provider": PROVIDERS[cloud], "region": graph.region}
+        # the region of the finding's own resource (a multi-region plan's second region is not the primary's)
+        record["cloud"] = {"provider": PROVIDERS[cloud], "region": finding.resource.region or graph.region}
     return record
 
 

@@ -98,3 +98,22 @@ def test_a_one_region_plan_is_judged_as_before(plan: dict[str, Any]) -> None:
     findings = judged(one)
     assert [f for f in findings if f.status is Status.FAIL] == []
     assert {f.resource.stack for f in findings} == {None} and "stack" not in findings[0].as_dict()
+
+
+def test_the_model_replication_is_evidenced_and_judged_by_its_destination(plan: dict[str, Any]) -> None:
+    """The primary copies the model into the other region's bucket: the evidence pack says so (not "declined by
+    design"), and a copy whose replica key lies outside the deployment's regions fails."""
+    replication = [f for f in judged(plan) if f.check.id == "s3_bucket_cross_region_replication"]
+    primary = [f for f in replication if f.resource.name == "test-euw2-artifacts"]
+    assert [f.status for f in primary] == [Status.PASS] and "replicates to eu-north-1" in primary[0].reason
+    assert {f.status for f in replication if f not in primary} == {Status.EXCEPTION}  # logs and trails stay put
+    moved = copy.deepcopy(plan)
+    for resource in moved["resources"]:
+        if resource["type"] == "aws:s3/bucketReplicationConfig:BucketReplicationConfig":
+            for rule in resource["inputs"]["rules"]:
+                key = rule["destination"]["encryptionConfiguration"]
+                key["replicaKmsKeyId"] = key["replicaKmsKeyId"].replace(":eu-north-1:", ":us-east-1:")
+    failed = [
+        f for f in judged(moved) if f.check.id == "s3_bucket_cross_region_replication" and f.status is Status.FAIL
+    ]
+    assert [f.resource.name for f in failed] == ["test-euw2-artifacts"] and "us-east-1" in failed[0].reason

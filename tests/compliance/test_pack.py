@@ -179,6 +179,11 @@ def test_ocsf_csv_and_supporting_files(secure: Path) -> None:
     assert record["compliance"]["status"] in ("Pass", "Fail", "Error", "Not applicable")
     rows = list(csv.DictReader((pack / "findings.csv").open()))
     assert len(rows) == len(lines) and rows[0]["check_id"]
+    # a SIEM filtering on the region sees each region's findings under that region (the example runs in two)
+    records = [record for record in map(json.loads, lines) if "cloud" in record]
+    assert records and all(r["cloud"]["region"] == r["resources"][0]["region"] for r in records)
+    assert {r["cloud"]["region"] for r in records} == {"eu-west-2", "eu-north-1"}
+    assert {row["region"] for row in rows} >= {"eu-west-2", "eu-north-1"} and all("stack" in row for row in rows)
     inventory = json.loads((pack / "encryption-inventory.json").read_text())
     stores = {entry["store"] for entry in inventory}
     assert {"S3 bucket", "CloudWatch log group", "EKS secrets (etcd)", "EBS root volume (GPU nodes)"} <= stores
