@@ -116,6 +116,17 @@ def _gateway_pod(file: Path) -> tuple[Any, str, str, list[str]]:
             f"no deployment named {name} in the registry ({registry.home})",
             f"`byoc up -f {file}` deploys it and `byoc status` lists the deployments; or give --store URL",
         )
+    if len(record.regions) > 1:
+        # Every region has its own store, and a spilled request carries the client's key to the peer region, so a
+        # key must be the same in every region: `-f` would reach one region's gateway only (and `keys create` makes
+        # its random key inside that pod). Refused rather than half done.
+        raise ByocError(
+            "-f",
+            f"deployment {name} runs in {len(record.regions)} regions ({', '.join(record.regions)}), each with its "
+            "own store; -f reaches one region's gateway, and a key must be the same in every region",
+            "keep the keys in the keys file, created as the same Secret in every region's namespace (docs/"
+            "multi-region.md, 'API keys and usage'), or run the command with --store URL against each region's store",
+        )
     kubeconfig = record.outputs.get("kubeconfig")
     if not kubeconfig or not Path(str(kubeconfig)).is_file():
         raise ByocError(

@@ -343,3 +343,22 @@ def test_the_real_kubectl_exec_without_a_cluster_is_unreachable(tmp_path: Path) 
     kubeconfig.write_text(KUBECONFIG.replace("{port}", str(port)))
     with pytest.raises(ClusterUnreachable, match=rf"kubectl exec {GATEWAY_POD}: .*127.0.0.1:{port}.*refused"):
         Kubectl(kubeconfig, str(shutil.which("kubectl"))).exec(NAMESPACE, GATEWAY_POD, "gateway", ["byoc", "--help"])
+
+
+def test_a_multi_region_deployment_is_refused_not_half_done(cluster: Cluster, home: Path) -> None:
+    """Each region has its own store and the keys must be the same in every region: `-f`, which reaches one
+    region's gateway, refuses rather than create, rotate, revoke or read in one region only."""
+    registry = Registry(home)
+    try:
+        registry.plan_stacks(
+            "demo", [("eu-west-2", "demo-euw2"), ("eu-north-1", "demo-eun1"), ("global", "demo-global")]
+        )
+    finally:
+        registry.close()
+    for args in (["keys", "create", "team-a"], ["keys", "list"], ["usage"]):
+        answer = byoc(*args, "-f", str(cluster.spec))
+        assert answer.returncode == 2, answer.stderr
+        lines = answer.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: -f: deployment demo runs in 2 regions"), lines
+        assert "--store URL" in lines[0] and "Traceback" not in answer.stderr
+    assert cluster.execs() == []
