@@ -280,6 +280,33 @@ class Deployment:
             "cold_start": self.cold_start.as_dict(),
         }
 
+    def _regions_document(self) -> list[dict[str, Any]]:
+        """Every region of the deployment, the primary first, as plan.json lists them: the same list in the
+        deployment's plan and in each regional stack's (a region's evidence judges its replication against all)."""
+        placements: tuple[Placement, ...]
+        names: tuple[str, ...]
+        cidrs: tuple[str, ...]
+        if not self.multi_region:
+            placements, names, cidrs = (self.placement,), (self.name,), (self.network.cidr,)
+        else:
+            placements = self.regions
+            names = tuple(f"{self.deployment_name}-{region_code(p.region)}" for p in placements)
+            cidrs = self.region_cidrs
+        return [
+            {
+                "region": placement.region,
+                "stack": name,
+                "name": name,
+                "network_cidr": cidr,
+                "instance_type": placement.instance_type,
+                "instance_types": list(placement.instance_types),
+                "instance_gpus": placement.instance_gpus,
+                "replicas_per_node": placement.replicas_per_node,
+                "reason": placement.reason,
+            }
+            for placement, name, cidr in zip(placements, names, cidrs, strict=True)
+        ]
+
     def plan_document(self) -> dict[str, Any]:
         """The plan.json contract (resources are added by the engine that runs the stacks)."""
         shape = self.shape
@@ -303,21 +330,8 @@ class Deployment:
                 # the residency set a mega-region deployment never leaves, and every region it runs in (its own
                 # foundation and Pulumi stack each; the primary, where the model is built, first)
                 "residency": self.residency,
-                "regions": [
-                    {
-                        "region": regional.region,
-                        "stack": self.stack_name(regional.region),
-                        "name": regional.name,
-                        "network_cidr": regional.network.cidr,
-                        "instance_type": regional.placement.instance_type,
-                        "instance_types": list(regional.placement.instance_types),
-                        "instance_gpus": regional.placement.instance_gpus,
-                        "replicas_per_node": regional.placement.replicas_per_node,
-                        "reason": regional.placement.reason,
-                    }
-                    for regional in (self.per_region or (self,))
-                ],
-                "global_stack": self.stack_name() if self.multi_region else None,
+                "regions": self._regions_document(),
+                "global_stack": f"{self.deployment_name}-global" if self.multi_region else None,
             },
             "pods": self.pods.as_dict(),
             "disk": self.disk.as_dict(),

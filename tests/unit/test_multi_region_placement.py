@@ -199,3 +199,13 @@ def test_every_regions_warnings_are_said() -> None:
         for w in deployment.warnings
     )
     assert len({w.message for w in deployment.warnings}) == len(deployment.warnings)
+
+
+def test_each_regional_stack_sees_every_region_of_the_deployment() -> None:
+    """A region's own plan (what its evidence is judged on) lists every region, as the deployment's does: the
+    primary's model replication to the second region is inside the deployment, not outside its one region."""
+    deployment = deploy(region="EUROPE", **MULTI)
+    whole = deployment.plan_document()["placement"]
+    for regional in deployment.per_region:
+        seen = regional.plan_document()["placement"]
+        assert seen["regions"] == whole["regions"] and seen["global_stack"] == whole["global_stack"] == "test-global"
