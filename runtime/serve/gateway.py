@@ -181,6 +181,14 @@ class Gateway:
             registry=self.metrics.registry,
         )
         self.batch_in_flight = 0  # batch lines being forwarded
+        if self.batch_digest is not None:
+            Gauge(
+                "byoc_gateway_batch_capacity",
+                "Requests this gateway may have in flight before batch lines stop being admitted: its share of the "
+                "ready engines' slots less --batch-headroom (divided among the gateway replicas), or "
+                "--max-concurrency less the headroom if lower.",
+                registry=self.metrics.registry,
+            ).set_function(self.batch_capacity)
         self.batch_limit: BatchLimit | None = None
         if self.batch_digest is not None and config.batch_ttft_ratio:
             settings = BatchLimitSettings(
@@ -758,13 +766,20 @@ class Gateway:
         return key
 
     def batch_capacity(self) -> int:
-        """Requests that may be in flight before batch work stops being admitted: the gateway's --max-concurrency, or
-        --batch-slots-per-replica x the ready replicas if lower, less --batch-headroom slots kept for online
-        arrivals."""
-        capacity = self.config.max_concurrency
+        """Requests this gateway may have in flight before batch work stops being admitted: its --max-concurrency
+        less --batch-headroom, or, if lower, this gateway's share of the engines' slots: --batch-slots-per-replica x
+        the ready replicas, less --batch-headroom, divided by the gateway replicas counted in the limits store's
+        heartbeats (runtime/serve/store.py; 1 without --store). Every gateway replica admits batch lines on its own,
+        so without the division N gateways would let N times the engines' slots of batch work in, and the engines
+        would queue online requests behind it (trtllm-serve queues what is beyond max_batch_size). A share rounds
+        down, but never to 0 while the engines have a slot to give: batch work must not stall for good because the
+        gateways outnumber the slots."""
+        capacity = self.config.max_concurrency - self.config.batch_headroom
         if self.config.batch_slots_per_replica:
-            capacity = min(capacity, self.config.batch_slots_per_replica * len(self.pool.ready))
-        return capacity - self.config.batch_headroom
+            engines = self.config.batch_slots_per_replica * len(self.pool.ready) - self.config.batch_headroom
+            gateways = self.store.replicas if self.store is not None else 1
+            capacity = min(capacity, max(engines // gateways, 1) if engines > 0 else engines)
+        return capacity
 
     def _batch_allowed(self) -> int:
         """Batch lines that may be in flight now: `batch_capacity()`, or the TTFT-guarded limit below it

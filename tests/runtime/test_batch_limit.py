@@ -231,3 +231,48 @@ def test_a_request_asking_for_a_priority_is_refused_naming_the_field(tmp_path: P
     finally:
         gateway.stop()
         engine.stop()
+
+
+def test_gateway_replicas_share_the_engines_slots_for_batch_not_each_take_them_all(
+    tmp_path: Path, token: Path, engine: StandInEngine
+) -> None:
+    """Two gateway replicas (one limits store: they count each other by heartbeat) in front of one engine of 8
+    slots, headroom 2, and a batch worker sending through each: batch lines in the engine stay within the 6 slots
+    the headroom leaves, 3 a gateway, where each gateway on its own would let 6 in (12 in all, 4 past what the
+    engine runs at once: online requests would queue behind them). When one gateway goes, the other takes its
+    share once its heartbeat lapses."""
+    from tests.runtime.test_shared_limits import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis")
+    flags = ("--batch-worker-token-file", str(token), "--max-concurrency", "8", "--batch-slots-per-replica", "8",
+             "--batch-headroom", "2", "--batch-ttft-ratio", "0", "--health-interval", "0.5",
+             "--store", redis.url)  # fmt: skip
+    gateways = [start_gateway(tmp_path, [engine.url], *flags) for _ in range(2)]
+    workers: list[Worker] = []
+    seen: list[int] = []
+    try:
+        wait_for(
+            lambda: all(metric(g.metrics(), "byoc_gateway_limits_store_replicas") == 2 for g in gateways),
+            what="two gateway replicas counted",
+        )
+        assert [metric(g.metrics(), "byoc_gateway_batch_capacity") for g in gateways] == [3, 3]
+        for n, gateway in enumerate(gateways):
+            root = f"file://{tmp_path / f'batch-{n}'}"
+            lines = [{**chat_line(f"g{n}-{i:04d}", "x"), "body": {**chat_line("", "x")["body"], "user": "batch"}}
+                     for i in range(400)]  # fmt: skip
+            write_batch(open_store(root, "--batch-store"), lines)
+            workers.append(Worker(tmp_path, gateway.url, root, token, "--concurrency", "8"))
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            seen.append(engine.batch_in_flight)
+            time.sleep(0.02)
+        assert max(seen) == 6, f"batch lines in the engine at once: {sorted(set(seen))}"
+        gateways.pop().stop()
+        wait_for(lambda: metric(gateways[0].metrics(), "byoc_gateway_batch_capacity") == 6, 20, "the share back")
+    finally:
+        for worker in workers:
+            worker.stop()
+        for gateway in gateways:
+            gateway.stop()
+        redis.stop()

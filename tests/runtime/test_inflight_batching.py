@@ -1,0 +1,94 @@
+"""The CPU engine steps every request past its prompt in one forward pass per iteration, as TensorRT-LLM's in-flight
+batching does, and a request's answer does not depend on what else is in the batch.
+
+The Generator is driven directly (no HTTP): the tiny Llama and two LoRA adapters from tests/tiny_model.py, greedy
+sampling, so that an answer is a fixed function of its prompt and adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.serve.generation import BASE_ADAPTER, Failed, Finished, Generator, Sampling, Sequence
+
+PROMPTS = [  # different lengths: the batch's cache is left-padded to the longest
+    "The quick brown fox",
+    "Customer managed keys encrypt every store at rest. A private endpoint keeps",
+    "Hello",
+    "One two three four five six seven eight nine ten. Scale to zero when idle, and",
+]
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generator]:
+    from tests.tiny_model import make_lora_adapter, make_tiny_llama
+
+    folder = tmp_path_factory.mktemp("inflight")
+    base = make_tiny_llama(folder / "base")
+    addons = {"sql": make_lora_adapter(base, folder / "sql", seed=1)}
+    engine = Generator(
+        base, addons, "tiny", max_batch_size=8, kv_cache_tokens=4096, threads=1, enable_block_reuse=False
+    )
+    yield engine
+    engine.stop()
+
+
+async def _answer(engine: Generator, prompt: str, adapter: str = BASE_ADAPTER, tokens: int = 24) -> list[int]:
+    ids = engine.tokenizer(prompt)["input_ids"]
+    sequence = Sequence(
+        ids,
+        Sampling(max_tokens=tokens, temperature=0.0, ignore_eos=True),
+        adapter,
+        asyncio.get_running_loop(),
+        asyncio.Queue(),
+    )
+    engine.submit(sequence)
+    while True:
+        event = await sequence.events.get()
+        if isinstance(event, Finished):
+            return sequence.generated
+        assert not isinstance(event, Failed), event.message
+
+
+def _together(engine: Generator, requests: list[tuple[str, str]]) -> list[list[int]]:
+    async def run() -> list[list[int]]:
+        return list(await asyncio.gather(*(_answer(engine, p, a) for p, a in requests)))
+
+    return asyncio.run(run())
+
+
+def test_a_batched_answer_is_the_answer_the_request_gets_alone(generator: Generator) -> None:
+    alone = [_together(generator, [(p, BASE_ADAPTER)])[0] for p in PROMPTS]
+    batched = _together(generator, [(p, BASE_ADAPTER) for p in PROMPTS])
+    assert batched == alone
+    assert all(len(a) == 24 for a in alone)
+
+
+def test_sequences_with_different_adapters_share_one_pass_and_keep_their_own_answers(generator: Generator) -> None:
+    requests = [(p, "sql" if i % 2 else BASE_ADAPTER) for i, p in enumerate(PROMPTS)]
+    alone = [_together(generator, [r])[0] for r in requests]
+    assert alone[1] != _together(generator, [(PROMPTS[1], BASE_ADAPTER)])[0]  # the adapter changes the answer
+    assert _together(generator, requests) == alone
+
+
+def test_running_requests_take_one_forward_pass_per_token_between_them(generator: Generator) -> None:
+    """8 requests of 24 tokens: 8 prompt passes, then 23 passes of 8 rows, not 8 x 23 passes of one.
+
+    Counted on the model's own embedding layer (each forward pass embeds its input ids once).
+    """
+    shapes: list[tuple[int, ...]] = []
+    hook = generator.model.get_input_embeddings().register_forward_hook(
+        lambda _module, args, _out: shapes.append(tuple(args[0].shape))
+    )
+    try:
+        answers = _together(generator, [(PROMPTS[i % len(PROMPTS)], BASE_ADAPTER) for i in range(8)])
+    finally:
+        hook.remove()
+    assert all(len(a) == 24 for a in answers)
+    assert sum(rows for rows, _ in shapes) == 8 + 8 * 23  # each prompt once, then each later token once
+    # the batch moves together: 8 prompt passes, 23 passes of 8 rows, a few more while prompts arrive
+    assert len(shapes) <= 8 + 23 + 8, shapes
+    assert max(rows for rows, _ in shapes) == 8
