@@ -92,3 +92,43 @@ def test_running_requests_take_one_forward_pass_per_token_between_them(generator
     # the batch moves together: 8 prompt passes, 23 passes of 8 rows, a few more while prompts arrive
     assert len(shapes) <= 8 + 23 + 8, shapes
     assert max(rows for rows, _ in shapes) == 8
+
+
+def test_requests_that_keep_arriving_do_not_starve_the_ones_already_generating(generator: Generator) -> None:
+    """A new request arrives during every forward pass (a stream of short requests faster than the engine computes
+    prompts): each gets its prompt computed in the next iteration, but the decode pass is put off at most once in a
+    row, so a long answer already generating gets a token at least every second iteration (trtllm-serve's: every
+    iteration, its prompts and decodes share one pass), not none until the stream stops."""
+    stream: list[Sequence] = []
+    passes: list[tuple[int, int]] = []  # (the long request's tokens so far, the engine's iteration) at each pass
+
+    async def run() -> list[int]:
+        loop = asyncio.get_running_loop()
+        ids = generator.tokenizer(PROMPTS[1])["input_ids"]
+        long = Sequence(ids, Sampling(max_tokens=40, temperature=0.0, ignore_eos=True), BASE_ADAPTER, loop,
+                        asyncio.Queue())  # fmt: skip
+
+        def arrive(_module: object, _args: object, _out: object) -> None:
+            passes.append((len(long.generated), generator._iteration))
+            if len(passes) <= 60:  # one short request per pass, while the long one generates
+                short = Sequence(generator.tokenizer(PROMPTS[0])["input_ids"], Sampling(max_tokens=1), BASE_ADAPTER,
+                                 loop, asyncio.Queue())  # fmt: skip
+                stream.append(short)
+                generator.submit(short)
+
+        generator.submit(long)
+        hook = generator.model.get_input_embeddings().register_forward_hook(arrive)
+        try:
+            while True:
+                if isinstance(await long.events.get(), Finished):
+                    return long.generated
+        finally:
+            hook.remove()
+
+    answer = asyncio.run(run())
+    assert len(answer) == 40
+    assert len(stream) == 60
+    # during the stream the long answer kept coming: a token at least every second iteration
+    (tokens_at_start, first), (tokens_at_end, last) = passes[0], passes[60]
+    assert last - first >= 10, passes  # the stream lasted many iterations
+    assert tokens_at_end - tokens_at_start >= (last - first) // 2, passes[:61]
