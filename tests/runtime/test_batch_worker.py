@@ -744,3 +744,46 @@ def test_an_input_file_deleted_under_a_batch_fails_it_and_delivers_the_lines_don
     counts = state["request_counts"]
     assert counts["total"] == 80 and counts["completed"] + counts["failed"] == len(committed)
     assert store.list_objects(layout.batch_parts(batch_id)) == []
+
+
+def test_a_poll_reads_the_state_of_batches_that_may_run_not_of_every_ended_one(tmp_path: Path) -> None:
+    """The worker polls every --poll-seconds; the retention keeps ended batches for a day. Their state cannot change
+    (only the sweep deletes them), so after the first poll it reads none of them again: on S3 or Cloud Storage every
+    read is a billed GET, and 1,000 ended batches polled every 2 s would be 500 GETs a second for nothing."""
+    import asyncio
+
+    from runtime.serve.batch.worker import BatchWorker, WorkerSettings
+
+    class Counted:
+        """The real file:// store, with the state reads counted."""
+
+        def __init__(self, store: Store) -> None:
+            self.store, self.state_reads = store, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def read_bytes(self, key: str) -> bytes:
+            self.state_reads += key.endswith("/state.json")
+            return self.store.read_bytes(key)
+
+    root = f"file://{tmp_path / 'batch'}"
+    store = Counted(open_store(root, "--batch-store"))
+    for _ in range(20):
+        ended = write_batch(store.store, [chat_line("a", "x")])
+        state = {"status": "completed", "completed_at": int(time.time())}  # within the retention: kept
+        store.store.write_bytes(layout.batch_state(ended), json.dumps(state).encode())
+    settings = WorkerSettings(gateway="http://127.0.0.1:9", batch_store=root, worker_token="t")
+    worker = BatchWorker(settings, store=store)  # type: ignore[arg-type]
+    worker._last_sweep = time.monotonic()  # the sweep (every 300 s) reads every state by design: not this poll
+    asyncio.run(worker.poll_once())
+    assert store.state_reads == 20
+    asyncio.run(worker.poll_once())
+    assert store.state_reads == 20, "the ended batches' states were read again"
+    # a batch created later is still seen (and one swept away is forgotten)
+    fresh = write_batch(store.store, [chat_line("b", "x")])
+    state = {"status": "cancelled", "cancelled_at": int(time.time())}
+    store.store.write_bytes(layout.batch_state(fresh), json.dumps(state).encode())
+    asyncio.run(worker.poll_once())
+    assert store.state_reads == 21
+    assert fresh in worker._ended

@@ -303,6 +303,9 @@ class BatchWorker:
         self._warned_token = False
         self._running: dict[str, asyncio.Future[None]] = {}  # batch id -> its run, at most --max-batches
         self._owners: dict[str, str] = {}  # batch id -> owner, for the batches running
+        # batches seen in a terminal state: a terminal state never changes (only the sweep deletes the batch), so
+        # each poll reads the state of the batches that may still run, not of every batch the retention keeps
+        self._ended: set[str] = set()
         self.line_slots: asyncio.Semaphore | None = None  # --concurrency, shared by the batches running
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
@@ -354,11 +357,14 @@ class BatchWorker:
         if len(self._running) >= self.settings.max_batches:
             return
         objects = await self._io(self.store.list_objects, "batches")
-        ids = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")} - set(self._running)
+        listed = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")}
+        self._ended &= listed  # swept batches are gone from the listing: forget them
+        ids = listed - set(self._running) - self._ended
         waiting: list[tuple[float, str, str]] = []
         for batch_id in ids:
             state = await self._io(self._read_json, layout.batch_state(batch_id))
             if state is not None and state.get("status") in layout.TERMINAL:
+                self._ended.add(batch_id)
                 continue
             record = await self._io(self._read_json, layout.batch_record(batch_id)) or {}
             created = record.get("created_at")
