@@ -423,7 +423,9 @@ def test_a_gateway_killed_mid_batch_is_waited_for_and_the_batch_resumes(
     root, store = file_root
     port = free_port()
     server = batch_gateway(runtime_dir, engine, keys_file, token_file, port=port)
-    lines = [chat_line(f"g-{i:03d}", f"say {i}", max_tokens=8) for i in range(40)]
+    # enough lines that the batch is still running when the gateway goes (the engine batches its decode steps: 40
+    # lines took under a second)
+    lines = [chat_line(f"g-{i:03d}", f"say {i}", max_tokens=8) for i in range(400)]
     batch_id = write_batch(store, lines)
     worker = Worker(runtime_dir, server.url, root, token_file)
     try:
@@ -436,7 +438,7 @@ def test_a_gateway_killed_mid_batch_is_waited_for_and_the_batch_resumes(
     finally:
         worker.stop()
         server.stop()
-    assert state["status"] == "completed" and state["request_counts"]["completed"] == 40
+    assert state["status"] == "completed" and state["request_counts"]["completed"] == 400
     assert_exactly_one_result_each(store, state, [line["custom_id"] for line in lines])
 
 
