@@ -1,16 +1,20 @@
 """The Batch API and the batch worker over a Cloud Storage root (gs://), against gcp-storage-emulator on 127.0.0.1:
 the official `openai` client's files/batches calls on the real gateway, the worker (a subprocess) running the batch
-to completed, kill -9 mid-batch and a restart leaving exactly one result per custom_id, and DELETE /v1/files/{id}
-taking the objects out of the bucket (listed with google-cloud-storage itself).
+to completed, kill -9 mid-batch and a restart leaving exactly one result per custom_id, two workers never running one
+batch at once, a lost conditional write being a Conflict, and DELETE /v1/files/{id} taking the objects out of the
+bucket (listed with google-cloud-storage itself).
 
 google-cloud-storage reaches the emulator through STORAGE_EMULATOR_HOST with anonymous credentials
 (google/cloud/storage/client.py: `_get_storage_emulator_override`), in this process, the gateway and the worker.
 
-What the emulator (gcp-storage-emulator 2026.7) cannot check, read in its handlers/objects.py: it ignores
-`ifGenerationMatch` (a second create with `ifGenerationMatch=0` and a replace with a stale generation both succeed,
-where Cloud Storage answers 412 Precondition Failed, json_api/v1/objects/insert), so the lease's and the parts'
-lost races are exercised by the S3 tests (moto honours S3's conditional writes), not here; it keeps one generation
-per name (`versions=True` lists the live objects only) and ignores `kmsKeyName`, so CMEK is not checked either.
+What the emulator (gcp-storage-emulator 2026.7) departs from, read in its handlers/objects.py: it ignores
+`ifGenerationMatch`, where Cloud Storage answers 412 Precondition Failed when the object's live generation is not the
+one named, 0 meaning "no live object" (JSON API objects.insert, "ifGenerationMatch"; error reason `conditionNotMet`).
+byoc's lease and result parts rest on that precondition (runtime/serve/batch/conditional.py), so the fixture wraps
+the emulator's one-request upload (what google-cloud-storage sends for these small objects) with that published rule,
+in the emulator's own single-threaded request loop, where the check and the write cannot interleave. It also ignores
+`kmsKeyName` (no CMEK: not checked here), keeps one generation per name (`versions=True` lists the live objects only:
+the purge of noncurrent generations is not exercised) and sends no `x-goog-generation` header on a download.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -29,8 +35,8 @@ import openai
 import pytest
 
 from runtime.model_build.stores import Store, open_store
-from runtime.serve.batch import layout
-from tests.runtime.conftest import KEYS, MODEL, Server, free_port, start_gateway, wait_for
+from runtime.serve.batch import conditional, layout
+from tests.runtime.conftest import KEYS, MODEL, Server, free_port, metric, start_gateway, wait_for
 from tests.runtime.standin import StandInEngine
 from tests.runtime.test_batch_worker import (
     WORKER_TOKEN,
@@ -50,19 +56,42 @@ KMS_KEY = "projects/byoc-test/locations/europe-west4/keyRings/byoc/cryptoKeys/ba
 def emulator() -> Iterator[str]:
     """gcp-storage-emulator in this process (its own thread), in memory; STORAGE_EMULATOR_HOST points every client
     at it, the gateway's and the worker's too (they inherit this environment)."""
+    from gcp_storage_emulator.handlers import objects
     from gcp_storage_emulator.server import create_server
 
     # it logs each 404 at ERROR, and a 404 is the ordinary answer for an object not written yet
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+    upload = objects._multipart_upload
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
-    server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "byoc-test"}):
-            yield endpoint
-    finally:
-        server.stop()
+    with mock.patch.object(objects, "_multipart_upload", partial(_upload_if_generation_matches, upload)):
+        server.start()
+        try:
+            with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "byoc-test"}):
+                yield endpoint
+        finally:
+            server.stop()
+
+
+def _upload_if_generation_matches(upload: Any, request: Any, response: Any, storage: Any) -> None:
+    """Cloud Storage's `ifGenerationMatch` on objects.insert: 412 `conditionNotMet` unless the live generation is the
+    one named (0: no live object), then the emulator's own upload."""
+    from gcp_storage_emulator.exceptions import NotFound
+
+    wanted = request.query.get("ifGenerationMatch")
+    if wanted:
+        name = request.query["name"][0] if "name" in request.query else request.data["meta"].get("name")
+        try:
+            live = str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+        except NotFound:
+            live = "0"
+        if live != wanted[0]:
+            message = "At least one of the pre-conditions you specified did not hold."
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet"}]}})
+            return
+    upload(request, response, storage)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +234,53 @@ def test_kill_9_mid_batch_and_a_restart_leave_exactly_one_result_per_custom_id(
     assert all(r["response"]["status_code"] == 200 for r in results) and len(results) == len(lines)
     assert names_under(bucket, f"batch/batches/{batch.id}/parts/") == []
     assert names_under(bucket, f"batch/batches/{batch.id}/lease") == []
+
+
+def test_a_lost_create_or_replace_race_is_a_conflict(store: Store) -> None:
+    """The 412 of a precondition that did not hold is byoc's Conflict (the lease and the parts rest on it)."""
+    key = "batches/race/lease.json"
+    first = conditional.create(store, key, b"first")
+    with pytest.raises(conditional.Conflict):
+        conditional.create(store, key, b"second")  # ifGenerationMatch=0 on a live object
+    assert conditional.read_versioned(store, key) == (b"first", first)
+    second = conditional.replace(store, key, b"second", first)
+    with pytest.raises(conditional.Conflict):
+        conditional.replace(store, key, b"third", first)  # the generation moved on
+    assert conditional.read_versioned(store, key) == (b"second", second)
+    store.purge([key])
+
+
+def test_two_workers_over_gs_never_run_one_batch_at_once(
+    gateway: Server, store: Store, token_file: Path, runtime_dir: Path
+) -> None:
+    """Two workers over one gs:// root and two batches: the lease gives each batch to one worker, no line is sent
+    twice, each custom_id has exactly one result."""
+    api = api_for(gateway)
+    batches = {}
+    for prefix in ("first", "second"):
+        lines = [chat_line(f"{prefix}-{i:02d}", f"say {i}", max_tokens=3) for i in range(20)]
+        created = api.batches.create(
+            input_file_id=upload(api, lines).id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batches[created.id] = prefix
+    before = metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0
+    workers = [Worker(runtime_dir, gateway.url, ROOT, token_file, "--lease-seconds", "5") for _ in range(2)]
+    try:
+        ended = {
+            batch_id: wait_for(
+                lambda batch_id=batch_id: (b := api.batches.retrieve(batch_id)).status in layout.TERMINAL and b,
+                60,
+                "the batch to end",
+            )
+            for batch_id in batches
+        }
+    finally:
+        for worker in workers:
+            worker.stop()
+    admitted = (metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0) - before
+    assert admitted == 40, "no line was sent twice: no batch ran in two workers at once"
+    for batch_id, prefix in batches.items():
+        assert ended[batch_id].status == "completed"
+        assert_exactly_one_result_each(store, state_of(store, batch_id), [f"{prefix}-{i:02d}" for i in range(20)])
+        runners = [w for w in workers if f"batch {batch_id}: in_progress" in w.log.read_text()]
+        assert len(runners) == 1, "one worker ran the batch"

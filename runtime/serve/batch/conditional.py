@@ -5,8 +5,8 @@ version read. The batch worker's lease and its result parts rest on them (runtim
   a lost race answers 412 PreconditionFailed, or 409 ConditionalRequestConflict while another such write is in
   flight). moto 5.2 honours both headers (moto/s3/responses.py `_key_response_put`).
 - Cloud Storage: `ifGenerationMatch=0` (create only) and `ifGenerationMatch=<generation>` (412 when it moved on).
-  Run against gcp-storage-emulator (tests/runtime/test_batch_gcs.py), which ignores `ifGenerationMatch`: the lost
-  race (412) is written to Cloud Storage's JSON API contract and google-cloud-storage's keywords, not tested.
+  Tested against gcp-storage-emulator (tests/runtime/test_batch_gcs.py), which ignores `ifGenerationMatch`: the
+  test wraps its upload with the JSON API's published rule (objects.insert), so the 412 there is the contract's.
 - file://: `os.link` of a written temporary file (fails when the name exists) for a create, and `fcntl.flock` on the
   object itself, re-checked against the path's inode after locking, for a replace.
 """
