@@ -5,7 +5,8 @@ version read. The batch worker's lease and its result parts rest on them (runtim
   a lost race answers 412 PreconditionFailed, or 409 ConditionalRequestConflict while another such write is in
   flight). moto 5.2 honours both headers (moto/s3/responses.py `_key_response_put`).
 - Cloud Storage: `ifGenerationMatch=0` (create only) and `ifGenerationMatch=<generation>` (412 when it moved on).
-  Not exercised here (no GCS emulator runs on these machines); written to google-cloud-storage's documented keywords.
+  Tested against gcp-storage-emulator (tests/runtime/test_batch_gcs.py), which ignores `ifGenerationMatch`: the
+  test wraps its upload with the JSON API's published rule (objects.insert), so the 412 there is the contract's.
 - file://: `os.link` of a written temporary file (fails when the name exists) for a create, and `fcntl.flock` on the
   object itself, re-checked against the path's inode after locking, for a replace.
 """
@@ -45,10 +46,12 @@ def read_versioned(store: Store, key: str) -> tuple[bytes, str] | None:
         blob = store._call(f"reading {store.uri(key)}", lambda: store.bucket.get_blob(store._key(key)))
         if blob is None:
             return None
-        data = store._call(
-            f"reading {store.uri(key)}", lambda: blob.download_as_bytes(if_generation_match=blob.generation)
-        )
-        return bytes(data), str(blob.generation)
+        # the generation from the metadata read, not blob.generation after the download: google-cloud-storage resets
+        # that from the download's x-goog-generation header (blob.py `_extract_headers_from_download`), which
+        # gcp-storage-emulator does not send; the precondition makes the bytes exactly this generation's either way
+        generation = int(blob.generation)
+        data = store._call(f"reading {store.uri(key)}", lambda: blob.download_as_bytes(if_generation_match=generation))
+        return bytes(data), str(generation)
     try:
         data = store.read_bytes(key)
     except ObjectMissing:
