@@ -43,20 +43,42 @@ def read_versioned(store: Store, key: str) -> tuple[bytes, str] | None:
         except BotoCoreError as exc:
             raise _s3_error(exc, store.field, f"reading {store.uri(key)}") from None
     if isinstance(store, GcsStore):
-        blob = store._call(f"reading {store.uri(key)}", lambda: store.bucket.get_blob(store._key(key)))
-        if blob is None:
-            return None
-        # the generation from the metadata read, not blob.generation after the download: google-cloud-storage resets
-        # that from the download's x-goog-generation header (blob.py `_extract_headers_from_download`), which
-        # gcp-storage-emulator does not send; the precondition makes the bytes exactly this generation's either way
-        generation = int(blob.generation)
-        data = store._call(f"reading {store.uri(key)}", lambda: blob.download_as_bytes(if_generation_match=generation))
-        return bytes(data), str(generation)
+        return _gcs_read(store, key)
     try:
         data = store.read_bytes(key)
     except ObjectMissing:
         return None
     return data, hashlib.sha256(data).hexdigest()
+
+
+def _gcs_read(store: GcsStore, key: str, attempts: int = 3) -> tuple[bytes, str] | None:
+    """The object's bytes and generation: its metadata, then its bytes pinned to that generation
+    (ifGenerationMatch). The generation comes from the metadata read, not blob.generation after the download:
+    google-cloud-storage resets that from the download's x-goog-generation header (blob.py
+    `_extract_headers_from_download`), which gcp-storage-emulator does not send; the precondition makes the bytes
+    exactly this generation's either way. An object replaced between the two reads answers 412 (Cloud Storage JSON
+    API, preconditions): read again, the next generation; after `attempts` such races, Conflict."""
+    for _ in range(attempts):
+        blob = store._call(f"reading {store.uri(key)}", lambda: store.bucket.get_blob(store._key(key)))
+        if blob is None:
+            return None
+        generation = int(blob.generation)
+        try:
+            data = blob.download_as_bytes(if_generation_match=generation)
+        except Exception as exc:  # google.api_core raises many types; 412 is the race, the rest as the store says
+            if getattr(exc, "code", None) == 412:
+                continue
+            store._call(f"reading {store.uri(key)}", _raising(exc))  # said as every store error is
+            raise
+        return bytes(data), str(generation)
+    raise Conflict(f"{store.uri(key)} kept changing while it was read")
+
+
+def _raising(exc: Exception) -> Any:
+    def again() -> None:
+        raise exc
+
+    return again
 
 
 def create(store: Store, key: str, data: bytes) -> str:

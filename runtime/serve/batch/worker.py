@@ -257,8 +257,9 @@ class Lease:
         return _dumps({"holder": self.holder, "expires_at": self.expires})
 
     def acquire(self) -> bool:
-        found = conditional.read_versioned(self.store, self.key)
         try:
+            # a lease that keeps changing while it is read (gs://: conditional.py `_gcs_read`) is someone else's
+            found = conditional.read_versioned(self.store, self.key)
             if found is None:
                 self.version = conditional.create(self.store, self.key, self._body())
                 return True
