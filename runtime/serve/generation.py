@@ -335,7 +335,7 @@ class Generator:
                 if prompts and not self._decode_put_off:
                     self._decode_put_off = True
                     completed += self._retire_cancelled()
-                    self._record(started, context, context_tokens, completed)
+                    self._record(started, context, context_tokens, completed, len(prompts), 0)
                     continue
                 self._decode_put_off = False
                 decoding = [s for s in self._active if not s.cancelled]
@@ -347,7 +347,9 @@ class Generator:
                     for sequence in decoding:
                         completed += self._guarded(sequence, lambda s=sequence: self._step(s))
                 completed += self._retire_cancelled()
-                self._record(started, context, context_tokens, completed)
+                # a prompt computed in this iteration may be decoded in it too: scheduled once, generation as well
+                scheduled = len({id(s) for s in prompts} | {id(s) for s in decoding})
+                self._record(started, context, context_tokens, completed, scheduled, len(decoding))
 
     def _retire_cancelled(self) -> int:
         return sum(self._retire(s) for s in [s for s in self._active if s.cancelled])
@@ -575,7 +577,11 @@ class Generator:
             probs = torch.softmax(scores[0], dim=-1)
         return int(torch.multinomial(probs, 1, generator=s.generator))
 
-    def _record(self, started: float, context: int, context_tokens: int, completed: int) -> None:
+    def _record(
+        self, started: float, context: int, context_tokens: int, completed: int, scheduled: int, generation: int
+    ) -> None:
+        """One iteration's stats. `scheduled`: requests this iteration computed a token for; `generation`: those the
+        decode pass stepped (0 when it was put off: the requests already generating were not scheduled)."""
         self._iteration += 1
         used = sum(self._blocks(s.length) for s in self._active)
         waiting = len(self._waiting)
@@ -609,9 +615,9 @@ class Generator:
                     "cacheHitRate": reuse.hit_rate,
                 },
                 "inflightBatchingStats": {
-                    "numScheduledRequests": len(self._active) + completed,
+                    "numScheduledRequests": scheduled,
                     "numContextRequests": context,
-                    "numGenRequests": len(self._active) + completed - context,
+                    "numGenRequests": generation,
                     "numPausedRequests": 0,
                     "numCtxTokens": context_tokens,
                     "microBatchId": 0,
