@@ -156,3 +156,25 @@ def test_iteration_stats_count_the_requests_each_pass_computed(generator: Genera
         assert max(b["numContextRequests"], b["numGenRequests"]) <= b["numScheduledRequests"] <= 8, b
     prompts_only = [b for b in batching if b["numContextRequests"] and not b["numGenRequests"]]
     assert prompts_only and all(b["numScheduledRequests"] == b["numContextRequests"] for b in prompts_only)
+
+
+def test_a_long_sequence_does_not_make_short_ones_beside_it_pay_for_its_length(generator: Generator) -> None:
+    """A batch's cache is left-padded to its longest sequence, so one sequence of ~1,900 tokens in the pass of seven
+    short ones made each of the eight cost 1,900 tokens of attention and copying (3.4x slower than the long one and
+    the seven computed apart, on this model). The short ones now share a pass and the long one takes its own; every
+    answer is still the one it gets alone."""
+    long_prompt = generator.tokenizer("word " * 1000)["input_ids"][:1900]
+    requests = [generator.tokenizer.decode(long_prompt)] + [PROMPTS[1 + 2 * (i % 2)] for i in range(7)]
+    alone = [_together(generator, [(p, BASE_ADAPTER)])[0] for p in requests]
+    shapes: list[tuple[int, ...]] = []
+    hook = generator.model.get_input_embeddings().register_forward_hook(
+        lambda _module, args, _out: shapes.append(tuple(args[0].shape))
+    )
+    try:
+        batched = _together(generator, [(p, BASE_ADAPTER) for p in requests])
+    finally:
+        hook.remove()
+    assert batched == alone
+    decode_rows = [rows for rows, width in shapes if width == 1]
+    assert 7 in decode_rows, decode_rows  # the short ones still decode together
+    assert 8 not in decode_rows, decode_rows  # never padded to the long one
