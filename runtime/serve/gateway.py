@@ -773,13 +773,14 @@ class Gateway:
         so without the division N gateways would let N times the engines' slots of batch work in, and the engines
         would queue online requests behind it (trtllm-serve queues what is beyond max_batch_size). A share rounds
         down, but never to 0 while the engines have a slot to give: batch work must not stall for good because the
-        gateways outnumber the slots."""
+        gateways outnumber the slots; 0 when no engine is ready."""
         capacity = self.config.max_concurrency - self.config.batch_headroom
         if self.config.batch_slots_per_replica:
             engines = self.config.batch_slots_per_replica * len(self.pool.ready) - self.config.batch_headroom
             gateways = self.store.replicas if self.store is not None else 1
-            capacity = min(capacity, max(engines // gateways, 1) if engines > 0 else engines)
-        return capacity
+            capacity = min(capacity, max(engines // gateways, 1) if engines > 0 else 0)
+        # no engine ready (0 slots less the headroom): none to give, not fewer than none
+        return max(capacity, 0)
 
     def _batch_allowed(self) -> int:
         """Batch lines that may be in flight now: `batch_capacity()`, or the TTFT-guarded limit below it

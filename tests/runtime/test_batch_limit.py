@@ -276,3 +276,20 @@ def test_gateway_replicas_share_the_engines_slots_for_batch_not_each_take_them_a
         for gateway in gateways:
             gateway.stop()
         redis.stop()
+
+
+def test_with_no_engine_ready_the_gateways_batch_capacity_is_0_not_less(tmp_path: Path, token: Path) -> None:
+    """Engines not ready yet (scaled to zero, or starting): the gateway's share of their slots is 0, and its
+    byoc_gateway_batch_capacity gauge (requests it may have in flight before batch lines stop being admitted) says 0,
+    not 0 slots less --batch-headroom (-2): a dashboard or alert on it must not read a negative count of requests."""
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: the replica never turns ready
+    gateway = start_gateway(
+        tmp_path, [nobody], "--batch-worker-token-file", str(token), "--max-concurrency", "8",
+        "--batch-slots-per-replica", "8", "--batch-headroom", "2", "--health-interval", "0.5", wait=False,
+    )  # fmt: skip
+    try:
+        gateway.wait("/health")
+        assert metric(gateway.metrics(), "byoc_gateway_upstreams_ready") == 0
+        assert metric(gateway.metrics(), "byoc_gateway_batch_capacity") == 0
+    finally:
+        gateway.stop()

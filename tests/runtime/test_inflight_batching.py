@@ -8,6 +8,7 @@ sampling, so that an answer is a fixed function of its prompt and adapter.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +133,48 @@ def test_requests_that_keep_arriving_do_not_starve_the_ones_already_generating(g
     (tokens_at_start, first), (tokens_at_end, last) = passes[0], passes[60]
     assert last - first >= 10, passes  # the stream lasted many iterations
     assert tokens_at_end - tokens_at_start >= (last - first) // 2, passes[:61]
+
+
+def test_iteration_stats_count_the_requests_each_pass_computed(generator: Generator) -> None:
+    """trtllm-serve's /metrics iteration stats: numContextRequests are the prompts an iteration computed and
+    numGenRequests the requests it decoded a token for, so over a run they add up to one context request per request
+    and one generation request per token after the first; an iteration that computes prompts only (the decode pass
+    put off for the arrivals) scheduled no generation request, though others are generating."""
+    generator.drain_stats()
+    answers = _together(generator, [(PROMPTS[i % len(PROMPTS)], BASE_ADAPTER) for i in range(8)])
+    assert all(len(a) == 24 for a in answers)
+    # the last iteration's stats are recorded just after its answers went out
+    stats: list[dict[str, object]] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sum(s["numCompletedRequests"] for s in stats) < 8:  # type: ignore[misc]
+        stats += generator.drain_stats()
+        time.sleep(0.01)
+    batching: list[dict[str, int]] = [s["inflightBatchingStats"] for s in stats]  # type: ignore[misc]
+    assert sum(b["numContextRequests"] for b in batching) == 8
+    assert sum(b["numGenRequests"] for b in batching) == 8 * 23
+    for b in batching:
+        assert max(b["numContextRequests"], b["numGenRequests"]) <= b["numScheduledRequests"] <= 8, b
+    prompts_only = [b for b in batching if b["numContextRequests"] and not b["numGenRequests"]]
+    assert prompts_only and all(b["numScheduledRequests"] == b["numContextRequests"] for b in prompts_only)
+
+
+def test_a_long_sequence_does_not_make_short_ones_beside_it_pay_for_its_length(generator: Generator) -> None:
+    """A batch's cache is left-padded to its longest sequence, so one sequence of ~1,900 tokens in the pass of seven
+    short ones made each of the eight cost 1,900 tokens of attention and copying (3.4x slower than the long one and
+    the seven computed apart, on this model). The short ones now share a pass and the long one takes its own; every
+    answer is still the one it gets alone."""
+    long_prompt = generator.tokenizer("word " * 1000)["input_ids"][:1900]
+    requests = [generator.tokenizer.decode(long_prompt)] + [PROMPTS[1 + 2 * (i % 2)] for i in range(7)]
+    alone = [_together(generator, [(p, BASE_ADAPTER)])[0] for p in requests]
+    shapes: list[tuple[int, ...]] = []
+    hook = generator.model.get_input_embeddings().register_forward_hook(
+        lambda _module, args, _out: shapes.append(tuple(args[0].shape))
+    )
+    try:
+        batched = _together(generator, [(p, BASE_ADAPTER) for p in requests])
+    finally:
+        hook.remove()
+    assert batched == alone
+    decode_rows = [rows for rows, width in shapes if width == 1]
+    assert 7 in decode_rows, decode_rows  # the short ones still decode together
+    assert 8 not in decode_rows, decode_rows  # never padded to the long one
