@@ -281,9 +281,20 @@ class Generator:
     def _blocks(self, tokens: int) -> int:
         return math.ceil(tokens / TOKENS_PER_BLOCK)
 
+    def _to_completion(self, s: Sequence) -> int:
+        """KV blocks `s` holds once it has generated all it may: its prompt and max_tokens, within the context."""
+        return self._blocks(min(len(s.prompt) + s.sampling.max_tokens, self.max_context))
+
     def _admit(self) -> int:
-        """Move waiting requests into the batch while there is room in it and in the KV budget."""
+        """Move waiting requests into the batch, in arrival order, while there is room in it and the KV budget holds
+        every running request to its completion, as trtllm-serve's default capacity scheduler does
+        (GUARANTEED_NO_EVICT: a request is scheduled only if the blocks it needs to its last token are free beside
+        what the running ones will still need; cpp/tensorrt_llm/batch_manager/capacityScheduler.cpp,
+        `getRemainingBlocksToCompletion`). So no running sequence ever outgrows the budget, and a request without
+        max_tokens (which then means the rest of the context) holds room for all of it. One request is let in
+        even if it alone exceeds the budget, so that it is answered rather than queued forever."""
         used = sum(self._blocks(s.length + 1) for s in self._active)
+        reserved = sum(self._to_completion(s) for s in self._active)
         admitted = 0
         with self._wake:
             while self._waiting and len(self._active) < self.max_batch_size:
@@ -291,13 +302,14 @@ class Generator:
                 if head.cancelled:
                     self._waiting.popleft()
                     continue
-                need = self._blocks(len(head.prompt) + 1)
-                if used + need > self.max_blocks and self._active:
+                need = self._to_completion(head)
+                if reserved + need > self.max_blocks and self._active:
                     break
                 self._waiting.popleft()
                 head.scheduled = time.perf_counter()
                 self._active.append(head)
-                used += need
+                reserved += need
+                used += self._blocks(len(head.prompt) + 1)
                 admitted += 1
         if self.prefix_cache is not None:
             # as in trtllm, a running sequence's full prompt blocks are the cached blocks (counted once); the rest of

@@ -71,12 +71,6 @@ def gateway_args(stack: ServingStack) -> list[pulumi.Input[str]]:
     ]
 
 
-def worker_concurrency(stack: ServingStack) -> int:
-    """The worker's --concurrency: the engines' max_batch_size x autoscaling.max_replicas, at most 4096 (the bound
-    runtime/serve/batch/worker.py accepts)."""
-    return min(4096, int(stack.plan.options["max_batch_size"]) * stack.deployment.autoscaling.max_replicas)
-
-
 def token_volume(stack: ServingStack) -> dict[str, Any]:
     return {
         "name": "batch-worker-token",
@@ -146,11 +140,6 @@ def worker(stack: ServingStack, account: Any, token: Any, gateway: Any) -> Any:
         WORKER_TOKEN_FILE,
         "--retention-hours",
         str(deployment.batch.retention_hours),
-        # lines in flight: as many as every engine can run at once at max_replicas (the gateways admit what the
-        # ready ones leave idle and tell the rest to come back; the worker's own default, 16, would cap a batch far
-        # below what a scaled-out deployment leaves idle), within the worker's bound of 4096
-        "--concurrency",
-        str(worker_concurrency(stack)),
         # the gateway's certificate, for this client only (the object store clients keep their own CA bundles)
         "--gateway-ca-file",
         f"{GATEWAY_CA_MOUNT}/tls.crt",

@@ -178,3 +178,28 @@ def test_a_long_sequence_does_not_make_short_ones_beside_it_pay_for_its_length(g
     decode_rows = [rows for rows, width in shapes if width == 1]
     assert 7 in decode_rows, decode_rows  # the short ones still decode together
     assert 8 not in decode_rows, decode_rows  # never padded to the long one
+
+
+def test_running_requests_never_outgrow_the_kv_budget(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """8 blocks of KV (256 tokens) and 8 requests that each grow to ~110 tokens (4 blocks): as trtllm-serve's
+    GUARANTEED_NO_EVICT scheduler does, a request is let in only when the budget holds it and the running ones to
+    their last token, so two run at once and the rest wait in the queue; the blocks in use never exceed the budget
+    (they reached 32 of 8 when only the prompt was counted at admission)."""
+    from tests.tiny_model import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path_factory.mktemp("kv") / "base")
+    engine = Generator(base, {}, "tiny", max_batch_size=8, kv_cache_tokens=256, threads=1, enable_block_reuse=False)
+    try:
+
+        async def run() -> list[list[int]]:
+            return list(await asyncio.gather(*(_answer(engine, p, tokens=100) for p in PROMPTS * 2)))
+
+        answers = asyncio.run(run())
+        stats = engine.drain_stats()
+    finally:
+        engine.stop()
+    assert all(len(a) == 100 for a in answers)
+    kv = [s["kvCacheStats"] for s in stats]
+    assert max(k["usedNumBlocks"] for k in kv) <= 8 and min(k["freeNumBlocks"] for k in kv) >= 0
+    assert max(s["numActiveRequests"] for s in stats) == 2
+    assert max(s["numQueuedRequests"] for s in stats) >= 5

@@ -483,15 +483,3 @@ def test_the_gateway_lets_batch_fill_no_more_than_the_engines_max_batch_size(clo
     gateway = command(plan, "gateway")
     assert int(flag(gateway, "--batch-slots-per-replica")) == max_batch_size >= 8
     assert "--batch-slots-per-replica" not in command(graph(cloud=cloud, **OFF), "gateway")
-
-
-@pytest.mark.parametrize("max_replicas", [1, 4])
-def test_the_worker_sends_as_many_lines_as_every_engine_runs_at_max_replicas(max_replicas: int) -> None:
-    """The worker's --concurrency is what the engines run at once when autoscaling is at max_replicas: a worker held
-    to its default of 16 would leave a scaled-out deployment's idle slots empty (the gateways yield what is over)."""
-    import yaml
-
-    plan = graph(autoscaling={"min_replicas": 0, "max_replicas": max_replicas})
-    config = named(plan, "kubernetes:core/v1:ConfigMap", "test-engine-config").inputs["data"]
-    max_batch_size = yaml.safe_load(config["options.yaml"])["max_batch_size"]
-    assert int(flag(command(plan, "batch-worker"), "--concurrency")) == min(4096, max_batch_size * max_replicas) > 16

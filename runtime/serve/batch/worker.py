@@ -6,8 +6,9 @@ capacity online traffic leaves idle, and commits exactly one result per `custom_
 
 Up to `--max-batches` batches run at once, chosen fairly across owners (the owner with the fewest batches running
 first, each owner's oldest batch first), so that one key's 50,000-line batch does not hold another key's 2-line batch
-in `validating` for hours; they share the worker's `--concurrency` lines in flight (one semaphore, first come first
-served), each under its own lease.
+in `validating` for hours; they share the worker's lines in flight (one window, first come first served: it grows
+while the gateways admit lines and halves when they tell lines to yield, up to `--concurrency`; window.py), each
+under its own lease.
 
 A batch (runtime/serve/batch/layout.py) goes validating -> in_progress -> finalizing -> completed; or failed (an input
 file that cannot run: no `custom_id`, a duplicate one, not JSON, over OpenAI's limits), expired (the 24 h window
@@ -59,6 +60,7 @@ from typing import Any, TypeVar
 from byoc.errors import ByocError, ByocFailure
 from runtime.model_build.stores import ObjectMissing, Store, open_store
 from runtime.serve.batch import conditional, layout
+from runtime.serve.batch.window import SendWindow
 from runtime.serve.logs import exception_summary
 
 log = logging.getLogger("byoc.batch")
@@ -72,6 +74,8 @@ BATCH_CANCELLED = ("batch_cancelled", "This request was not executed: the batch 
 # unreachable or failing (502, 504); a gateway's own 500 is retried a few times, then is the line's result
 NOT_NOW_CODES = ("batch_yield", "rate_limit_exceeded", "gateway_draining", "no_replica_ready", "upstream_unavailable")
 RETRIED_500 = 3
+# the "not now" answers that say the gateways have no room for more batch lines: the send window halves on them
+YIELD_CODES = ("batch_yield", "rate_limit_exceeded")
 
 
 def _not_now(status: int, code: str | None) -> bool:
@@ -88,7 +92,7 @@ class WorkerSettings:
     batch_store: str
     worker_token: str
     batch_kms_key: str | None = None
-    concurrency: int = 16
+    concurrency: int = 4096  # the send window's ceiling (runtime/serve/batch/window.py)
     max_batches: int = 4
     retention_hours: float = 24.0
     poll_seconds: float = 2.0
@@ -307,7 +311,9 @@ class BatchWorker:
         # batches seen in a terminal state: a terminal state never changes (only the sweep deletes the batch), so
         # each poll reads the state of the batches that may still run, not of every batch the retention keeps
         self._ended: set[str] = set()
-        self.line_slots: asyncio.Semaphore | None = None  # --concurrency, shared by the batches running
+        # lines at the gateways at once, shared by the batches running: adapted to what the gateways admit, at most
+        # --concurrency (runtime/serve/batch/window.py)
+        self.window: SendWindow | None = None
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
         """A store call (blocking boto3 / file I/O) off the event loop."""
@@ -322,7 +328,7 @@ class BatchWorker:
             import ssl
 
             connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(self.settings.gateway_ca_file)))
-        self.line_slots = asyncio.Semaphore(self.settings.concurrency)
+        self.window = SendWindow(self.settings.concurrency)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             log.info(
@@ -677,17 +683,14 @@ class BatchRun:
                 line = todo.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            slots = self.worker.line_slots
-            async with slots if slots is not None else contextlib.nullcontext():
-                self.in_flight += 1
-                try:
-                    await self._send(line)
-                finally:
-                    self.in_flight -= 1
+            self.in_flight += 1
+            try:
+                await self._send(line)
+            finally:
+                self.in_flight -= 1
 
     async def _send(self, line: InputLine) -> None:
         """Sends one line until it has a result, or until sending stops (then it stays to be sent)."""
-        import aiohttp
 
         headers = {
             "Authorization": f"Bearer {self.settings.worker_token}",
@@ -702,21 +705,14 @@ class BatchRun:
         while not self.stop_sending.is_set():
             attempt += 1
             wait: float
-            try:
-                async with self.worker._session.post(url, data=payload, headers=headers) as response:
-                    raw = await response.read()
-                    status = response.status
-                    request_id = response.headers.get("x-request-id") or f"req_{secrets.token_hex(12)}"
-                    retry_header = response.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError, OSError):
+            answer = await self._attempt(url, payload, headers)
+            if answer is None:
+                if self.stop_sending.is_set():  # stopped while waiting for room: the line stays to be sent
+                    return
                 # the gateway is down or restarting: wait for it, with a growing, jittered back-off
                 await self._backoff(min(BACKOFF_MAX_SECONDS, 0.5 * 2 ** min(attempt, 5)))
                 continue
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                body = raw.decode("utf-8", "replace")
-            code = body.get("error", {}).get("code") if isinstance(body, dict) and body.get("error") else None
+            status, body, code, request_id, retry_header = answer
             if status == 401:
                 if not self.worker._warned_token:
                     log.error("the gateway refused the worker's token (401): check --worker-token-file")
@@ -730,6 +726,41 @@ class BatchRun:
                 continue
             self._result(line, {"status_code": status, "request_id": request_id, "body": body}, None)
             return
+
+    async def _attempt(
+        self, url: str, payload: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, str | None, str, str | None] | None:
+        """One POST of a line, inside the worker's send window: (status, body, error code, request id,
+        Retry-After), or None when sending stopped while it waited for room or the gateway could not be reached.
+        What the gateway answered tells the window whether it had room (runtime/serve/batch/window.py)."""
+        import aiohttp
+
+        window = self.worker.window
+        ticket = await window.acquire() if window is not None else 0
+        admitted: bool | None = None
+        try:
+            if self.stop_sending.is_set():
+                return None
+            async with self.worker._session.post(url, data=payload, headers=headers) as response:
+                raw = await response.read()
+                status = response.status
+                request_id = response.headers.get("x-request-id") or f"req_{secrets.token_hex(12)}"
+                retry_header = response.headers.get("Retry-After")
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+            code = body.get("error", {}).get("code") if isinstance(body, dict) and body.get("error") else None
+            if status == 429 and code in YIELD_CODES:
+                admitted = False
+            elif not (status == 401 or _not_now(status, code) or status in (500, 502)):
+                admitted = True
+            return status, body, code, request_id, retry_header
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+        finally:
+            if window is not None:
+                window.release(ticket, admitted)
 
     async def _backoff(self, seconds: float) -> None:
         """Sleeps about `seconds` (x 0.5 to 1.5: the worker's senders spread out rather than return at once), or
@@ -884,7 +915,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gateway-ca-file", type=Path, help="PEM CA of the gateway's TLS certificate (https://) [the system's]."
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="Lines in flight at most, all batches [16].")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4096,
+        help="Lines in flight at most, all batches: the ceiling of a window following what the gateways admit [4096].",
+    )
     parser.add_argument("--max-batches", type=int, default=4, help="Batches run at once, fairly across owners [4].")
     parser.add_argument("--retention-hours", type=float, default=24.0, help="Output files and ended batches [24].")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="Between looks at the batch root [2].")

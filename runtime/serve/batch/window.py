@@ -1,0 +1,79 @@
+"""How many batch lines the worker has at the gateways at once: a window that grows while lines are admitted and
+halves when the gateways tell lines to yield, as TCP's congestion window does (RFC 5681: slow start, then
+congestion avoidance; one multiplicative decrease per window of lines: refusals of lines sent before the last cut
+were answers to the old window, not the new one).
+
+The gateways admit batch lines only into the slots online traffic leaves idle (runtime/serve/gateway.py
+`_batch_admit`), and answer the rest at once with 429 `batch_yield` and a Retry-After. A worker holding a fixed number
+of lines in flight would either leave a scaled-out deployment's idle slots empty (too few) or keep the gateways busy
+refusing the surplus every second (too many: a 4,096-line worker in front of one 8-slot engine sent ~4,000 refused
+requests a second). With the window the worker finds what the gateways admit and follows it as replicas come and go,
+and `--concurrency` is only the ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+INITIAL = 4  # lines in flight before anything is known (RFC 5681's initial window is 2-4 segments)
+
+
+class SendWindow:
+    """`acquire` before sending a line, `release` with what the gateway answered (synchronous: it may run in a
+    `finally` of a cancelled task).
+
+    `limit`: lines that may be in flight now (1..ceiling). Admitted lines grow it, by one each while under the
+    threshold (slow start: doubling per round trip), then by 1/limit each (one per round trip); a refusal of a line
+    sent after the last cut sets the threshold and the limit to half of it. Answers that are neither (a gateway
+    down, a 5xx, a cancelled send) leave it as it is: they say nothing about the slots. Waiters get room in arrival
+    order. `acquire` returns the line's ticket (its place in sending order), which `release` takes back.
+    """
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = float(min(INITIAL, ceiling))
+        self.threshold = float(ceiling)
+        self.in_use = 0
+        self._sent = 0  # tickets given
+        self._cut_at = 0  # tickets given at the last cut: refusals of these answer the window before it
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> int:
+        if not self._waiters and self.in_use < int(self.limit):
+            self.in_use += 1
+            self._sent += 1
+            return self._sent
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # given room just as it was cancelled: pass it on
+                self.in_use -= 1
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            self._wake()
+            raise
+        self._sent += 1
+        return self._sent
+
+    def release(self, ticket: int, admitted: bool | None) -> None:
+        """`admitted`: True when the line got its result, False when it was told to yield (429 batch_yield or the
+        owner's rate limit), None otherwise."""
+        self.in_use -= 1
+        if admitted is True:
+            grow = 1.0 if self.limit < self.threshold else 1.0 / self.limit
+            self.limit = min(float(self.ceiling), self.limit + grow)
+        elif admitted is False and ticket > self._cut_at:
+            self.threshold = max(1.0, self.limit / 2)
+            self.limit = self.threshold
+            self._cut_at = self._sent
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.in_use += 1
