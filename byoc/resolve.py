@@ -741,7 +741,11 @@ def _resolve_in(
         # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS
         # pulls with SOCI only onto the instance store, and weights too large for the NVMe stay on the root disk
         image_cache=caches.image.mode in ("secondary_boot_disk", "fast_image_pull"),
-        weights_cache="local_ssd" if caches.weights.on == "local_nvme" else "none",
+        weights_cache="node_cache"
+        if caches.weights.shared_by_node
+        else "local_ssd"
+        if caches.weights.on == "local_nvme"
+        else "none",
         warm_pool=spec.cold_start.warm_pool,
         node_hourly_usd=cost.node.hourly_usd,
     )

@@ -73,6 +73,7 @@ class Feature(StrEnum):
     LIVE_EVIDENCE = "live-evidence"  # `byoc compliance report --live`: the account read through the cloud's APIs
     LIVE_OFFERINGS = "live-offerings"  # `byoc regions --refresh`: GPU offerings read from the cloud's API
     NODE_POOL_FALLBACKS = "node-pool-fallbacks"  # a GPU node pool that may launch other types when the first has none
+    NODE_WEIGHTS_CACHE = "node-weights-cache"  # cold_start.weights_cache node_cache: one copy per node, shared
 
 
 FEATURE_USE = {
@@ -82,6 +83,7 @@ FEATURE_USE = {
     Feature.LIVE_EVIDENCE: "live evidence (`byoc compliance report --live`)",
     Feature.LIVE_OFFERINGS: "live offerings (`byoc regions --refresh`)",
     Feature.NODE_POOL_FALLBACKS: "GPU node pools that fall back to other instance types",
+    Feature.NODE_WEIGHTS_CACHE: "weights cache shared by the replicas of a node (cold_start.weights_cache node_cache)",
 }
 
 
@@ -309,7 +311,8 @@ class Cloud(ABC):
         slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
         formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
         nvme = self.pool_local_nvme_gib(instance_types)
-        if weights_cache == "local_ssd" and nvme is not None:
+        # node_cache keeps the node's one copy in the Mountpoint Pod's emptyDir: on the NVMe too when it is there
+        if weights_cache in ("local_ssd", "node_cache") and nvme is not None:
             on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme)
             if on_nvme is not None:
                 return on_nvme
@@ -342,6 +345,8 @@ class Cloud(ABC):
             f"{nvme:.0f} GiB of local NVMe offers"
         )
         instance = self.instance_types[pool[0]]
+        if spec.cold_start.weights_cache == "node_cache":
+            self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd on gcp")
         nodes = spec.cold_start.warm_pool
         check_warm_pool(nodes, spec.autoscaling.max_replicas, replicas_per_node, "cold_start.warm_pool")
         return NodeCaches(

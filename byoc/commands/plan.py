@@ -34,6 +34,7 @@ class WeightsCacheName(StrEnum):
     """The spec's cold_start.weights_cache (byoc/spec.py WeightsCache)."""
 
     local_ssd = "local_ssd"
+    node_cache = "node_cache"
     none = "none"
 
 
@@ -379,7 +380,9 @@ def estimate(
     ] = None,
     weights_cache: Annotated[
         WeightsCacheName | None,
-        typer.Option("--weights-cache", help="Where a node keeps the weights [local_ssd; or the spec's]."),
+        typer.Option(
+            "--weights-cache", help="Where a node keeps the weights [local_ssd, node_cache, none; or the spec's]."
+        ),
     ] = None,
     warm_pool: Annotated[
         int | None,
