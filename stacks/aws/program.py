@@ -8,12 +8,12 @@ import pulumi
 import pulumi_aws as aws
 
 from byoc.resolve import Deployment
+from stacks.aws import weights
 from stacks.aws.artifacts import ArtifactStore
 from stacks.aws.audit import AuditTrail
 from stacks.aws.capacity import GpuCapacity
 from stacks.aws.cluster import Cluster
 from stacks.aws.context import AwsContext, make_context
-from stacks.aws import weights
 from stacks.aws.identities import Identities
 from stacks.aws.keys import Keys
 from stacks.aws.network import Network
