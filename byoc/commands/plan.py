@@ -180,6 +180,8 @@ def _cache_lines(deployment: Deployment) -> list[str]:
     }[caches.image.mode]
     weights = caches.weights
     where = f"local NVMe ({weights.local_nvme_gib:,.0f} GiB)" if weights.on == "local_nvme" else "the root disk"
+    if weights.shared_by_node:
+        where += ", one copy per node shared by its replicas (Mountpoint for Amazon S3)"
     warm = caches.warm_pool
     pool = (
         f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"

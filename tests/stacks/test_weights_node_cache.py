@@ -156,7 +156,7 @@ def shared_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_shared_weights_manifests_are_valid_kubernetes(shared_plan: Path) -> None:
     kinds = set()
-    for path, document in documents(shared_plan / "manifests"):
+    for _, document in documents(shared_plan / "manifests"):
         # (the CRD objects beside them are test_crd_schemas.py's)
         if document["kind"] in ("PersistentVolume", "PersistentVolumeClaim", "Deployment"):
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
