@@ -719,7 +719,7 @@ def _resolve_in(
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
     cloud.check_address_room(spec, shape, placement, pool)
-    pods = cloud.pod_sizing(shape, pool, needs)
+    pods = cloud.pod_sizing(shape, pool, needs, spec.cold_start.weights_cache)
     disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]

@@ -134,6 +134,19 @@ def test_plan_json_says_what_happens_and_the_estimate_has_the_cached_read() -> N
     assert fetch == cached and "Mountpoint cache" in cached["basis"] and cached["source"].startswith("https://")
 
 
+def test_every_gpu_node_keeps_room_for_the_driver_and_its_mountpoint() -> None:
+    from byoc.catalogs import load_catalog
+
+    extra = load_catalog().kubernetes["gpu_node_daemonsets_node_cache"]["aws"]
+    cpu, memory = sum(d["cpu_m"] for d in extra), sum(d["memory_mib"] for d in extra)
+    plain, shared = deploy().pods, deploy(**SHARED).pods
+    assert shared.daemonsets.cpu_m - plain.daemonsets.cpu_m == cpu
+    assert shared.daemonsets.memory_mib - plain.daemonsets.memory_mib == memory
+    # p5.4xlarge holds one replica: its slot gives up exactly that room
+    assert plain.replicas_per_node == 1
+    assert (plain.slot.cpu_m - shared.slot.cpu_m, plain.slot.memory_mib - shared.slot.memory_mib) == (cpu, memory)
+
+
 def test_gcp_refuses_node_cache_with_the_field_and_a_fix(tmp_path: Path) -> None:
     spec = tmp_path / "byoc.yaml"
     gcp = {"cloud": "gcp", "region": "europe-west4", "model": "llama-3.1-8b-instruct", "shape": "l4x1-fp8"}
