@@ -82,7 +82,7 @@ NODE_CACHE_DETAIL = (
     "replicas of a node share one Mountpoint (Mountpoint Pod sharing), whose cache lies on {where}: the first replica "
     "on a node reads the artifact from S3 (its verify step reads every file through the mount, with Mountpoint's "
     "parallel ranged GETs) and so fills the node's cache; later replicas, and warm-pool nodes (their placeholders "
-    "read it once), read it from that cache"
+    "read it once), read it from that cache, which a DaemonSet holding the mount keeps for the node's life"
 )
 
 

@@ -19,9 +19,8 @@ Each placeholder's init container runs the runtime image and its container sleep
 images are on the warm node before any replica needs them. The weights too with cold_start.weights_cache
 node_cache: the placeholder mounts the serving pods' claim (stacks/k8s/weights.py) and its init container reads and
 checks the whole artifact through it once, which leaves it in the node's Mountpoint cache, shared by every pod of the
-node that mounts the claim. The cache lives as long as some pod of the node mounts the claim: a placeholder that a
-replica preempts hands it over only when another pod of the node still holds it (Mountpoint Pod sharing ends a
-Mountpoint with its last workload, awslabs/mountpoint-s3-csi-driver v2.7.0 docs/MOUNTPOINT_POD_SHARING.md). Without
+node that mounts the claim; the weights-holder DaemonSet keeps that Mountpoint when the replica preempts the
+placeholder (stacks/k8s/weights.py render_holder). Without
 node_cache a replica fetches the weights into its own emptyDir (a node-wide cache of the pod's own would need a
 hostPath, which the namespace's restricted Pod Security level forbids).
 """

@@ -93,7 +93,64 @@ def render(stack: ServingStack) -> dict[str, Any] | None:
             "volumeName": name,
         },
     )
-    return {"name": "models", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}
+    shared = {"name": "models", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}
+    render_holder(stack, shared)
+    return shared
+
+
+# The holder's requests (byoc/catalogs/kubernetes.yaml gpu_node_daemonsets_node_cache counts them on every GPU node).
+HOLDER = {"cpu": "10m", "memory": "16Mi", "ephemeral-storage": "10Mi"}
+
+
+def render_holder(stack: ServingStack, volume: dict[str, Any]) -> Any:
+    """A DaemonSet on the GPU nodes that mounts the claim and does nothing else: it keeps each node's Mountpoint,
+    and so its cache, for as long as the node lives. Mountpoint Pod sharing ends a Mountpoint with its last workload
+    (docs/MOUNTPOINT_POD_SHARING.md); without a holder, the replica that preempts a warm node's only placeholder, or
+    the next replica on a node whose replicas all went, would start an empty cache and read from S3 again. A
+    DaemonSet's pods never keep Karpenter or the cluster autoscaler from removing an otherwise empty node."""
+    from stacks.k8s.serving import GPU_TOLERATION, container_security, image_annotations, labels, pod_security
+
+    deployment = stack.deployment
+    component = "weights-holder"
+    match = {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
+    probe = {"exec": {"command": ["true"]}, "periodSeconds": 60}
+    return stack._namespaced(
+        k8s.apps.v1.DaemonSet,
+        "weights-holder",
+        {
+            "name": resource_name(deployment.name, component),
+            "labels": labels(deployment, component),
+            "annotations": image_annotations(deployment),
+        },
+        spec={
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": labels(deployment, component)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    # the same fsGroup as the serving pods: a condition of sharing their Mountpoint
+                    "securityContext": pod_security(),
+                    "terminationGracePeriodSeconds": 0,
+                    "nodeSelector": stack.foundation.gpu_node_selector,
+                    "tolerations": [GPU_TOLERATION],
+                    "containers": [
+                        {
+                            "name": "hold",
+                            "image": deployment.images["runtime"],
+                            "imagePullPolicy": "Always",
+                            "command": ["sleep", "infinity"],
+                            "securityContext": container_security(),
+                            "resources": {"requests": dict(HOLDER), "limits": dict(HOLDER)},
+                            "readinessProbe": probe,
+                            "livenessProbe": probe,
+                            "volumeMounts": [{"name": "models", "mountPath": MOUNT, "readOnly": True}],
+                        }
+                    ],
+                    "volumes": [volume],
+                },
+            },
+        },
+    )
 
 
 def verify_command() -> list[str]:

@@ -65,6 +65,12 @@ def test_serving_pods_and_placeholders_mount_one_read_only_claim_and_verify_thro
         assert {"name": "models", "mountPath": "/models", "readOnly": True} in init["volumeMounts"]
         # the pods keep the namespace's restricted Pod Security level
         assert {key for v in pod["volumes"] for key in v if key != "name"} <= RESTRICTED_VOLUMES
+    # every GPU node holds the claim while it lives, so its Mountpoint (and cache) outlasts any replica
+    [holder] = kind(plan, "DaemonSet")
+    pod = holder.inputs["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}]
+    assert pod["securityContext"]["fsGroup"] == pod_of(plan, "-serving")["securityContext"]["fsGroup"]
+    assert pod["nodeSelector"] == pod_of(plan, "-serving")["nodeSelector"]
     serve = pod_of(plan, "-serving")["containers"][0]
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in serve["volumeMounts"]
 
@@ -115,6 +121,7 @@ def test_the_evidence_passes_the_plan_and_fails_a_wide_grant() -> None:
 def test_without_node_cache_nothing_of_it_is_rendered() -> None:
     plan = graph()
     assert kind(plan, "PersistentVolume") == [] and kind(plan, "PersistentVolumeClaim") == []
+    assert kind(plan, "DaemonSet") == []
     assert all(a.inputs["addonName"] != "aws-mountpoint-s3-csi-driver" for a in plan.by_type("aws:eks/addon:Addon"))
     assert all("mountpoint" not in r.name for r in plan.by_type("aws:iam/role:Role"))
     [init] = pod_of(plan, "-serving")["initContainers"]
@@ -171,10 +178,10 @@ def test_shared_weights_manifests_are_valid_kubernetes(shared_plan: Path) -> Non
     kinds = set()
     for _, document in documents(shared_plan / "manifests"):
         # (the CRD objects beside them are test_crd_schemas.py's)
-        if document["kind"] in ("PersistentVolume", "PersistentVolumeClaim", "Deployment"):
+        if document["kind"] in ("PersistentVolume", "PersistentVolumeClaim", "Deployment", "DaemonSet"):
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
             kinds.add(document["kind"])
-    assert {"PersistentVolume", "PersistentVolumeClaim", "Deployment"} <= kinds
+    assert {"PersistentVolume", "PersistentVolumeClaim", "Deployment", "DaemonSet"} <= kinds
 
 
 def test_shared_weights_manifests_pass_checkov(shared_plan: Path) -> None:
