@@ -187,3 +187,16 @@ def test_shared_weights_manifests_are_valid_kubernetes(shared_plan: Path) -> Non
 def test_shared_weights_manifests_pass_checkov(shared_plan: Path) -> None:
     failed = checkov(shared_plan / "manifests")["results"]["failed_checks"]
     assert failed == [], [(f["check_id"], f["resource"]) for f in failed]
+
+
+def test_status_names_the_weights_phase_while_the_pod_reads_through_the_node_cache() -> None:
+    """The recorded Karpenter wake (tests/lifecycle/data/wake), its init container as node_cache names it."""
+    from byoc.clouds import get_cloud
+    from byoc.wake import wake_progress
+    from tests.lifecycle.test_wake_status import at, load
+
+    wake = json.loads(json.dumps(load("aws-karpenter-wake.json")).replace('"fetch-artifacts"', '"verify-artifacts"'))
+    now, pods, events = at(wake, 160)
+    progress = wake_progress(pods, events, get_cloud("aws").node_provisioner, now)
+    assert progress is not None and progress.phase == "weights_fetch"
+    assert "verify-artifacts to read the artifact through the node's cache" in progress.waiting_for
