@@ -519,6 +519,10 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
     lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} from zero ({said})"]
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
+    cached = estimate.get("weights_fetch_cached")
+    if cached is not None and not options["warm_pool"]:
+        # node_cache: the weights phase of a replica on a node whose cache has them
+        lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
         lines.append(
             f"    warm pool        {options['warm_pool']} node(s) at ${estimate['warm_pool_hourly_usd']:,.2f}/h save "
