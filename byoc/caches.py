@@ -35,10 +35,12 @@ class WeightsCache:
     on: Literal["local_nvme", "root_disk"]
     local_nvme_gib: float | None
     detail: str
+    # weights_cache node_cache: one copy per node, in the node's Mountpoint cache, shared by its replicas
+    shared_by_node: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         nvme = None if self.local_nvme_gib is None else round(self.local_nvme_gib, 1)
-        return {"on": self.on, "local_nvme_gib": nvme, "detail": self.detail}
+        return {"on": self.on, "local_nvme_gib": nvme, "shared_by_node": self.shared_by_node, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,27 @@ class NodeCaches:
         return {"image": self.image.as_dict(), "weights": self.weights.as_dict(), "warm_pool": self.warm_pool.as_dict()}
 
 
+# What weights_cache node_cache renders (stacks/k8s/weights.py), in the words plan.json says it.
+NODE_CACHE_DETAIL = (
+    "the artifact's S3 prefix is mounted read-only at /models through the Mountpoint for Amazon S3 CSI driver; the "
+    "replicas of a node share one Mountpoint (Mountpoint Pod sharing), whose cache lies on {where}: the first replica "
+    "on a node reads the artifact from S3 (its verify step reads every file through the mount, with Mountpoint's "
+    "parallel ranged GETs) and so fills the node's cache; later replicas, and warm-pool nodes (their placeholders "
+    "read it once), read it from that cache, which a DaemonSet holding the mount keeps for the node's life"
+)
+
+
 def weights_cache(asked: str, ephemeral_on: str, local_nvme_gib: float | None, why_not: str) -> WeightsCache:
     """The weights' place as the disk plan settled it (byoc/sizing.py local_nvme_plan)."""
+    if asked == "node_cache":
+        on_nvme = ephemeral_on == "local_nvme"
+        where = "the node's local NVMe" if on_nvme else f"the root disk ({why_not})"
+        return WeightsCache(
+            "local_nvme" if on_nvme else "root_disk",
+            local_nvme_gib,
+            NODE_CACHE_DETAIL.format(where=where),
+            shared_by_node=True,
+        )
     if ephemeral_on == "local_nvme":
         return WeightsCache(
             "local_nvme",

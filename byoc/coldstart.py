@@ -8,9 +8,12 @@ its source and says where it is byoc's judgement. The spec's `cold_start` option
   the catalog's faster rate;
 - `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
   NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
-  throughput);
+  throughput); `node_cache` (AWS): the first replica on a node reads the artifact from the bucket through the
+  node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe, and a replica on a node that
+  has it reads it from that cache (`weights_fetch_cached`);
 - `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
-  first wake skips the node launch and the pull; the replica still fetches the artifact.
+  first wake skips the node launch and the pull; the replica still fetches the artifact, except with `node_cache`,
+  where the warm node's placeholders have read it into the node's cache.
 
 Estimates are for the first replica of a deployment at zero. A replica on a node that already serves one (a node
 with several slots) skips the node launch and the pull too; `byoc status` shows what a wake is waiting for.
@@ -87,6 +90,8 @@ class ColdStartEstimate:
     warm_pool_hourly_usd: float | None
     wake_timeout_s: int
     wake_timeout_basis: str
+    # weights_cache node_cache: the weights phase on a node whose cache holds the artifact; None otherwise
+    weights_fetch_cached: Phase | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -104,6 +109,7 @@ class ColdStartEstimate:
             "warm_pool_hourly_usd": None if self.warm_pool_hourly_usd is None else round(self.warm_pool_hourly_usd, 4),
             "wake_timeout_seconds": self.wake_timeout_s,
             "wake_timeout_basis": self.wake_timeout_basis,
+            "weights_fetch_cached": None if self.weights_fetch_cached is None else self.weights_fetch_cached.as_dict(),
             "catalog": CATALOG,
         }
 
@@ -161,13 +167,28 @@ def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
     )
 
 
-def _weights_fetch(cloud: str, size: int, weights_cache: str) -> Phase:
-    # every replica fetches into its own volume, on a warm-pool node too: a node-wide copy would need a hostPath,
-    # which the namespace's restricted Pod Security level forbids (stacks/k8s/warm_pool.py)
+def _weights_fetch(cloud: str, size: int, weights_cache: str, cached: bool = False) -> Phase:
+    # local_ssd and none: every replica fetches into its own volume, on a warm-pool node too (a node-wide copy in
+    # the pod's namespace would need a hostPath, which its restricted Pod Security level forbids). node_cache: the
+    # node's Mountpoint keeps one copy for every replica on the node (stacks/k8s/weights.py), so a node that has
+    # it (`cached`: a warm-pool node, whose placeholders read it) serves it from its local NVMe
     entry = cold_start_catalog()["weights_fetch"]
+    if cached:
+        read = entry["read"]["node_cache"]
+        rate = float(read["rate_mib_s"])
+        return Phase(
+            "weights_fetch",
+            size / (rate * MIB),
+            f"{_gib(size)} read and checked from the node's Mountpoint cache on its local NVMe at {rate:,.0f} MiB/s",
+            read["source"],
+            read.get("judgement"),
+        )
     bucket = entry["bucket"][cloud]
-    write = entry["write"]["local_ssd"] if weights_cache == "local_ssd" else entry["write"]["root_disk"][cloud]
-    where = "the node's local SSD" if weights_cache == "local_ssd" else "the pod's volume on the root disk"
+    on_nvme = weights_cache in ("local_ssd", "node_cache")
+    write = entry["write"]["local_ssd"] if on_nvme else entry["write"]["root_disk"][cloud]
+    where = "the node's local SSD" if on_nvme else "the pod's volume on the root disk"
+    if weights_cache == "node_cache":
+        where = "the node's Mountpoint cache on its local SSD (the first replica on the node)"
     rate = min(float(bucket["rate_mib_s"]), float(write["rate_mib_s"]))
     limit = "bucket" if float(bucket["rate_mib_s"]) <= float(write["rate_mib_s"]) else "disk"
     chosen = bucket if limit == "bucket" else write
@@ -230,7 +251,7 @@ def estimate_cold_start(
         return (
             _node_launch(cloud, on_warm_node),
             _image_pull(cloud, image_cache, on_warm_node),
-            _weights_fetch(cloud, size, weights_cache),
+            _weights_fetch(cloud, size, weights_cache, cached=on_warm_node and weights_cache == "node_cache"),
             _engine_load(model, shape),
         )
 
@@ -245,6 +266,9 @@ def estimate_cold_start(
         warm_pool_hourly_usd=None if node_hourly_usd is None else warm_pool * node_hourly_usd,
         wake_timeout_s=timeout,
         wake_timeout_basis=basis,
+        weights_fetch_cached=_weights_fetch(cloud, size, weights_cache, cached=True)
+        if weights_cache == "node_cache"
+        else None,
     )
 
 

@@ -719,7 +719,7 @@ def _resolve_in(
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
     pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
     cloud.check_address_room(spec, shape, placement, pool)
-    pods = cloud.pod_sizing(shape, pool, needs)
+    pods = cloud.pod_sizing(shape, pool, needs, spec.cold_start.weights_cache)
     disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
@@ -741,7 +741,11 @@ def _resolve_in(
         # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS
         # pulls with SOCI only onto the instance store, and weights too large for the NVMe stay on the root disk
         image_cache=caches.image.mode in ("secondary_boot_disk", "fast_image_pull"),
-        weights_cache="local_ssd" if caches.weights.on == "local_nvme" else "none",
+        weights_cache="node_cache"
+        if caches.weights.shared_by_node
+        else "local_ssd"
+        if caches.weights.on == "local_nvme"
+        else "none",
         warm_pool=spec.cold_start.warm_pool,
         node_hourly_usd=cost.node.hourly_usd,
     )

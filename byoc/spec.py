@@ -447,7 +447,7 @@ class Batch(_Strict):
 
 
 DISK_IMAGE = re.compile(r"(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?global/images/[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-WeightsCache = Literal["local_ssd", "none"]
+WeightsCache = Literal["local_ssd", "node_cache", "none"]
 
 
 class ColdStart(_Strict):
@@ -463,8 +463,11 @@ class ColdStart(_Strict):
         default="local_ssd",
         description="Where the GPU nodes keep the model's weights: local_ssd (the instance's local NVMe as the "
         "node's ephemeral storage: Karpenter's instance-store RAID0, GKE Local SSD; each replica fetches into it with "
-        "parallel ranged reads, and the root disk holds only the OS) or none (the root disk, sized for the weights). "
-        "Where the pool's NVMe cannot hold them, the root disk is used and plan.json says why.",
+        "parallel ranged reads, and the root disk holds only the OS), node_cache (AWS: one copy per node, shared by "
+        "the replicas on it: the artifact's S3 prefix mounted read-only through the Mountpoint for Amazon S3 CSI "
+        "driver, whose cache lies on the same local NVMe; the first replica on a node reads from S3, later ones and "
+        "warm-pool nodes from the node's cache) or none (the root disk, sized for the weights). Where the pool's "
+        "NVMe cannot hold them, the root disk is used and plan.json says why.",
     )
     image_disk: str | None = Field(
         default=None,

@@ -7,6 +7,7 @@ from typing import Any
 from byoc import coldstart, planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
+from byoc.clouds.base import Feature
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import catalog_shapes, resolve_model
 from byoc.spec import ModelRef
@@ -98,6 +99,8 @@ def estimate_row(
         price_per_gpu_hour=price_per_gpu_hour,
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
+    if (cold_start or {}).get("weights_cache") == "node_cache":
+        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd on gcp")
     warm = int((cold_start or {}).get("warm_pool", 0))
     planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
     return row | {

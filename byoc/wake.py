@@ -11,7 +11,8 @@ Read from what Kubernetes already records, through byoc.cluster_api (kubectl's J
 - image pulling: the kubelet's Pulling event for an image of the pod with no Pulled after it
   (k8s.io/kubernetes pkg/kubelet/images/image_manager.go: "Pulling image %q", "Successfully pulled image %q in %v
   (%v including waiting). Image size: %v bytes.");
-- weights fetching: the init container `fetch-artifacts` running (stacks/k8s/serving.py);
+- weights fetching: the init container `fetch-artifacts` running (stacks/k8s/serving.py), or `verify-artifacts` with
+  cold_start.weights_cache node_cache (stacks/k8s/weights.py);
 - engine loading: `trtllm-serve` running and not ready (its startup probe waits for /health).
 
 The phase's start is the event's time or the container's startedAt; the wake's start is the pod's creation (the
@@ -29,6 +30,9 @@ from byoc.clouds.base import NodeProvisioner
 from byoc.coldstart import ColdStartEstimate, duration_words
 
 FETCH_CONTAINER = "fetch-artifacts"
+# cold_start.weights_cache node_cache: the init container reads the artifact through the node's shared mount
+# (stacks/k8s/weights.py), from S3 on the node's first replica, from the node's cache after it
+VERIFY_CONTAINER = "verify-artifacts"
 ENGINE_CONTAINER = "trtllm-serve"
 # How status says each phase while it runs.
 PHASE_RUNNING = {
@@ -227,6 +231,13 @@ def wake_progress(
     if running is not None:
         since = parse_time(running.get("startedAt")) or created
         return progress("weights_fetch", since, f"{FETCH_CONTAINER} to copy the artifact from the bucket and verify it")
+    verify = _container(pod, "initContainerStatuses", VERIFY_CONTAINER)
+    running = verify.get("state", {}).get("running")
+    if running is not None:
+        since = parse_time(running.get("startedAt")) or created
+        return progress(
+            "weights_fetch", since, f"{VERIFY_CONTAINER} to read the artifact through the node's cache and verify it"
+        )
     engine = _container(pod, "containerStatuses", ENGINE_CONTAINER)
     running = engine.get("state", {}).get("running")
     if running is not None:

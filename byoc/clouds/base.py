@@ -73,6 +73,7 @@ class Feature(StrEnum):
     LIVE_EVIDENCE = "live-evidence"  # `byoc compliance report --live`: the account read through the cloud's APIs
     LIVE_OFFERINGS = "live-offerings"  # `byoc regions --refresh`: GPU offerings read from the cloud's API
     NODE_POOL_FALLBACKS = "node-pool-fallbacks"  # a GPU node pool that may launch other types when the first has none
+    NODE_WEIGHTS_CACHE = "node-weights-cache"  # cold_start.weights_cache node_cache: one copy per node, shared
 
 
 FEATURE_USE = {
@@ -82,6 +83,7 @@ FEATURE_USE = {
     Feature.LIVE_EVIDENCE: "live evidence (`byoc compliance report --live`)",
     Feature.LIVE_OFFERINGS: "live offerings (`byoc regions --refresh`)",
     Feature.NODE_POOL_FALLBACKS: "GPU node pools that fall back to other instance types",
+    Feature.NODE_WEIGHTS_CACHE: "weights cache shared by the replicas of a node (cold_start.weights_cache node_cache)",
 }
 
 
@@ -275,25 +277,37 @@ class Cloud(ABC):
         """The DaemonSets every GPU node runs (byoc/catalogs/kubernetes.yaml gpu_node_daemonsets)."""
         return daemonset_requests(self.catalog.kubernetes["gpu_node_daemonsets"][self.name])
 
-    def slot(self, instance: InstanceType, shape: DeploymentShape) -> Resources:
+    def gpu_node_pods(self, weights_cache: str = "none") -> Resources:
+        """What runs on every GPU node besides byoc's GPU pods: the DaemonSets, and with weights_cache node_cache
+        the driver that shares the weights and its Mountpoint Pod (gpu_node_daemonsets_node_cache)."""
+        pods = self.gpu_daemonsets
+        if weights_cache == "node_cache":
+            extra = self.catalog.kubernetes.get("gpu_node_daemonsets_node_cache", {}).get(self.name, [])
+            pods = pods + daemonset_requests(extra)
+        return pods
+
+    def slot(self, instance: InstanceType, shape: DeploymentShape, weights_cache: str = "none") -> Resources:
         """One replica's (or the build Job's) share of a node of this type."""
-        return slot(self.node_allocatable(instance), self.gpu_daemonsets, instance.gpus // shape.count)
+        return slot(self.node_allocatable(instance), self.gpu_node_pods(weights_cache), instance.gpus // shape.count)
 
     def fits(self, instance: InstanceType, shape: DeploymentShape, needs: PodNeeds) -> bool:
         room = self.slot(instance, shape)
         return needs.serving.fits_in(room) and needs.build.fits_in(room)
 
-    def pod_sizing(self, shape: DeploymentShape, instance_types: tuple[str, ...], needs: PodNeeds) -> PodSizing:
-        """The requests of the GPU pods: the smallest slot of the pool's types, so that each type holds them."""
+    def pod_sizing(
+        self, shape: DeploymentShape, instance_types: tuple[str, ...], needs: PodNeeds, weights_cache: str = "none"
+    ) -> PodSizing:
+        """The requests of the GPU pods: the smallest slot of the pool's types, so that each type holds them (with
+        room left for what `weights_cache` node_cache adds to every node)."""
         types = [self.instance_types[name] for name in instance_types]
-        slots = [self.slot(t, shape) for t in types]
+        slots = [self.slot(t, shape, weights_cache) for t in types]
         smallest = Resources(min(s.cpu_m for s in slots), min(s.memory_mib for s in slots))
         first = types[0]
         return PodSizing(
             instance_types=instance_types,
             priced_on=first.name,
             allocatable=self.node_allocatable(first),
-            daemonsets=self.gpu_daemonsets,
+            daemonsets=self.gpu_node_pods(weights_cache),
             replicas_per_node=first.gpus // shape.count,
             slot=smallest,
             needs=needs,
@@ -309,7 +323,8 @@ class Cloud(ABC):
         slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
         formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
         nvme = self.pool_local_nvme_gib(instance_types)
-        if weights_cache == "local_ssd" and nvme is not None:
+        # node_cache keeps the node's one copy in the Mountpoint Pod's emptyDir: on the NVMe too when it is there
+        if weights_cache in ("local_ssd", "node_cache") and nvme is not None:
             on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme)
             if on_nvme is not None:
                 return on_nvme
@@ -342,6 +357,8 @@ class Cloud(ABC):
             f"{nvme:.0f} GiB of local NVMe offers"
         )
         instance = self.instance_types[pool[0]]
+        if spec.cold_start.weights_cache == "node_cache":
+            self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd on gcp")
         nodes = spec.cold_start.warm_pool
         check_warm_pool(nodes, spec.autoscaling.max_replicas, replicas_per_node, "cold_start.warm_pool")
         return NodeCaches(

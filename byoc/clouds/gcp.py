@@ -114,6 +114,9 @@ class Gcp(Cloud):
         Feature.LIVE_OFFERINGS: "Google Cloud offerings come from the offline table (byoc/catalogs/instances.yaml); "
         "`byoc preflight` asks Compute Engine for the zones of the deployment's machine type",
         Feature.NODE_POOL_FALLBACKS: "a GKE node pool has one machine type",
+        # GKE's counterparts (Cloud Storage FUSE CSI with its file cache on Local SSD, or a Hyperdisk ML volume
+        # populated from the bucket) are not rendered yet (docs/operations.md, "Weights on the NVMe")
+        Feature.NODE_WEIGHTS_CACHE: "it is built on AWS only (the Mountpoint for Amazon S3 CSI driver)",
     }
     # GKE's cluster autoscaler sizes the GPU node pool, a resource of the stack (stacks/gcp/capacity.py): Pulumi
     # deletes it with its nodes, and `byoc scale` moves its bound.

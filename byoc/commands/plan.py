@@ -34,6 +34,7 @@ class WeightsCacheName(StrEnum):
     """The spec's cold_start.weights_cache (byoc/spec.py WeightsCache)."""
 
     local_ssd = "local_ssd"
+    node_cache = "node_cache"
     none = "none"
 
 
@@ -179,6 +180,8 @@ def _cache_lines(deployment: Deployment) -> list[str]:
     }[caches.image.mode]
     weights = caches.weights
     where = f"local NVMe ({weights.local_nvme_gib:,.0f} GiB)" if weights.on == "local_nvme" else "the root disk"
+    if weights.shared_by_node:
+        where += ", one copy per node shared by its replicas (Mountpoint for Amazon S3)"
     warm = caches.warm_pool
     pool = (
         f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"
@@ -379,7 +382,9 @@ def estimate(
     ] = None,
     weights_cache: Annotated[
         WeightsCacheName | None,
-        typer.Option("--weights-cache", help="Where a node keeps the weights [local_ssd; or the spec's]."),
+        typer.Option(
+            "--weights-cache", help="Where a node keeps the weights [local_ssd, node_cache, none; or the spec's]."
+        ),
     ] = None,
     warm_pool: Annotated[
         int | None,
@@ -514,6 +519,10 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
     lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} from zero ({said})"]
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
+    cached = estimate.get("weights_fetch_cached")
+    if cached is not None and not options["warm_pool"]:
+        # node_cache: the weights phase of a replica on a node whose cache has them
+        lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
         lines.append(
             f"    warm pool        {options['warm_pool']} node(s) at ${estimate['warm_pool_hourly_usd']:,.2f}/h save "

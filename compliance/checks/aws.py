@@ -1129,6 +1129,56 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
     return verdict(not too_wide, "Statement[Allow].Action/Resource", too_wide)
 
 
+# Mountpoint for Amazon S3 CSI driver (cold_start.weights_cache node_cache, stacks/aws/weights.py): its role reads
+# one built artifact's prefix (artifacts/<model>/<cache key>/) and decrypts with one key, through S3 only.
+MOUNTPOINT_POLICY = "byoc-mountpoint_s3"
+MOUNTPOINT_ACTIONS = {"s3:listbucket", "s3:getobject", "kms:decrypt"}
+ARTIFACT_OBJECTS = re.compile(r"arn:aws[-a-z]*:s3:::[^/*]+/artifacts/[^/*]+/[^/*]+/\*")
+ARTIFACT_LISTING = re.compile(r"artifacts/[^/*]+/[^/*]+/\*")
+KMS_KEY_ARN = re.compile(r"arn:aws[-a-z]*:kms:[-a-z0-9]+:[0-9]{12}:key/[^*]+")
+
+
+def _mountpoint_statement_too_wide(statement: dict[str, Any]) -> bool:
+    actions = {str(a).lower() for a in as_list(statement.get("Action"))}
+    resources = [str(r) for r in as_list(statement.get("Resource"))]
+    if "NotAction" in statement or "NotResource" in statement or not actions <= MOUNTPOINT_ACTIONS or not resources:
+        return True
+    condition = statement.get("Condition") or {}
+    if "s3:getobject" in actions and not all(ARTIFACT_OBJECTS.fullmatch(r) for r in resources):
+        return True
+    if "s3:listbucket" in actions:
+        prefixes = as_list((condition.get("StringLike") or {}).get("s3:prefix"))
+        if not prefixes or not all(ARTIFACT_LISTING.fullmatch(str(p)) for p in prefixes):
+            return True
+    if "kms:decrypt" in actions:
+        via = (condition.get("StringEquals") or {}).get("kms:ViaService")
+        if len(resources) != 1 or not KMS_KEY_ARN.fullmatch(resources[0]) or not str(via or "").startswith("s3."):
+            return True
+    return False
+
+
+@check(
+    id="iam_mountpoint_driver_reads_artifact_prefix_only",
+    title="The Mountpoint for Amazon S3 CSI driver's role reads only the model artifact's prefix with its key",
+    severity="high",
+    resource_types=[ROLE_POLICY],
+    remediation="Grant s3:ListBucket (s3:prefix artifacts/<model>/<key>/*), s3:GetObject on that prefix and "
+    "kms:Decrypt on the artifact key with kms:ViaService s3.<region>.amazonaws.com, nothing else.",
+    risk="The driver serves every GPU node; a wider grant lets any pod that mounts a volume of the driver read "
+    "or change other objects of the account.",
+    cloud="aws",
+)
+def iam_mountpoint_driver_scoped(resource: Resource, graph: Graph) -> Verdict:
+    if str(resource.get("name", "")) != MOUNTPOINT_POLICY:
+        return not_applicable("not the Mountpoint CSI driver's role policy")
+    too_wide = [
+        s.get("Sid") or str(s.get("Action", s.get("NotAction")))
+        for s in statements(resource.get("policy"))
+        if s.get("Effect") == "Allow" and _mountpoint_statement_too_wide(s)
+    ]
+    return verdict(not too_wide, "Statement[Allow].Action/Resource/Condition", too_wide)
+
+
 # -- ElastiCache: the gateway's shared store (stacks/aws/store.py) ----------------------------------------------
 # The ids are Prowler's (prowler/providers/aws/services/elasticache/<id>); Prowler reads the same replication-group
 # fields from DescribeReplicationGroups.

@@ -17,6 +17,9 @@ from byoc.names import KUBERNETES_DEPLOYMENT_LABEL, resource_name
 from stacks.aws.context import AwsContext
 from stacks.aws.identities import Identities
 from stacks.aws.network import Network
+from stacks.aws.weights import ADDON as MOUNTPOINT_ADDON
+from stacks.aws.weights import ROLE as MOUNTPOINT_ROLE
+from stacks.aws.weights import SERVICE_ACCOUNT as MOUNTPOINT_SA
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
@@ -162,6 +165,21 @@ class Cluster(pulumi.ComponentResource):
                 ],
             ),
         ]
+        if MOUNTPOINT_ROLE in identities.roles:
+            # cold_start.weights_cache node_cache: the weights shared by each GPU node (stacks/aws/weights.py)
+            after_nodes.append(
+                self._addon(
+                    ctx,
+                    cluster,
+                    MOUNTPOINT_ADDON,
+                    depends_on=[nodes],
+                    pod_identity=[
+                        aws.eks.AddonPodIdentityAssociationArgs(
+                            role_arn=identities.roles[MOUNTPOINT_ROLE].arn, service_account=MOUNTPOINT_SA
+                        )
+                    ],
+                )
+            )
 
         self.name = cluster.name
         self.arn = cluster.arn
@@ -174,7 +192,7 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[admin_policy, nodes]),
         )
         self.ready = [nodes, *after_nodes]
-        self._default_storage_class(ctx, key_arn, after_nodes[-1])
+        self._default_storage_class(ctx, key_arn, after_nodes[1])  # after the EBS CSI driver
         self.register_outputs({"name": cluster.name, "endpoint": cluster.endpoint})
 
     def _addon(

@@ -16,6 +16,8 @@ from byoc.batch import BATCH_PREFIX, GATEWAY_ROLE, WORKER_ROLE
 from byoc.names import resource_name
 from stacks.aws.context import AwsContext, policy, trust
 from stacks.aws.karpenter_policy import NODE_MANAGED_POLICIES, controller_policy
+from stacks.aws.weights import ROLE as MOUNTPOINT_ROLE
+from stacks.aws.weights import artifact_prefix, driver_statements, shares_weights
 
 POD_IDENTITY = "pods.eks.amazonaws.com"
 # Pod Identity needs TagSession to pass the pod's session tags (EKS docs, "EKS Pod Identity role trust").
@@ -48,6 +50,11 @@ class Identities(pulumi.ComponentResource):
         }
         for role, purpose in batch_roles(ctx).items():
             trusts[role] = (purpose, trust(POD_IDENTITY, POD_IDENTITY_ACTIONS, **pods))
+        if shares_weights(ctx.deployment):
+            trusts[MOUNTPOINT_ROLE] = (
+                "Mountpoint for Amazon S3 CSI driver (the model artifact, read-only)",
+                trust(POD_IDENTITY, POD_IDENTITY_ACTIONS, **pods),
+            )
         self.roles = {
             role: aws.iam.Role(
                 f"{name}-{role.replace('_', '-')}",
@@ -187,6 +194,9 @@ class Identities(pulumi.ComponentResource):
         }
         for role in batch_roles(ctx):
             documents[role] = policy(batch_statements(bucket_arn, artifact_key_arn, ctx.region))
+        if MOUNTPOINT_ROLE in self.roles:
+            prefix = artifact_prefix(deployment)
+            documents[MOUNTPOINT_ROLE] = policy(driver_statements(bucket_arn, artifact_key_arn, prefix, ctx.region))
         for role, document in documents.items():
             aws.iam.RolePolicy(
                 f"{name}-{role}",

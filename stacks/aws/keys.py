@@ -70,6 +70,12 @@ class Keys(pulumi.ComponentResource):
                 self._allow("BuilderWritesThroughS3", [roles["builder"]], ENCRYPT_DECRYPT, via_s3),
                 self._allow("ServingReadsThroughS3", [roles["serving"]], ["kms:Decrypt", "kms:DescribeKey"], via_s3),
                 *self._batch_statements(roles, via_s3),
+                # cold_start.weights_cache node_cache: the Mountpoint CSI driver reads the artifact
+                *(
+                    [self._allow("MountpointReadsThroughS3", [roles["mountpoint_s3"]], ["kms:Decrypt"], via_s3)]
+                    if "mountpoint_s3" in roles
+                    else []
+                ),
             ],
         )
         self.platform_key_arn = platform.arn

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_aws as aws
 
 from byoc.resolve import Deployment
+from stacks.aws import weights
 from stacks.aws.artifacts import ArtifactStore
 from stacks.aws.audit import AuditTrail
 from stacks.aws.capacity import GpuCapacity
@@ -88,6 +89,10 @@ def program(deployment: Deployment) -> dict[str, Any]:
             depends_on=[*cluster.ready, capacity, *replication],
             artifact_key=keys.artifact_key_arn,
             identity_egress=POD_IDENTITY_EGRESS,
+            # cold_start.weights_cache node_cache: the artifact prefix through Mountpoint (stacks/aws/weights.py)
+            node_weights=weights.volume(store.bucket_name, deployment.region, [*cluster.ready])
+            if weights.shares_weights(deployment)
+            else None,
         ),
     )
     outputs: dict[str, Any] = {

@@ -23,6 +23,7 @@ from byoc.sizing import CONTAINER_FILES_GIB, SERVING_SCRATCH_GIB, Resources
 from runtime.model_build.plan import SERVE_PORT, BuildPlan, build_plan
 from stacks.k8s import batch as stack_batch
 from stacks.k8s import budget as gpu_budget
+from stacks.k8s import weights as node_weights
 from stacks.k8s.warm_pool import warm_pool
 from stacks.multi_region import GATEWAY_SERVICE_PORT, gateway_region_args, is_primary
 
@@ -77,6 +78,8 @@ class Foundation:
     artifact_key: pulumi.Input[str] | None = None
     # NetworkPolicy egress rules to the endpoint pods get their cloud credentials from (stacks/k8s/batch.py)
     identity_egress: list[dict[str, Any]] = field(default_factory=list)
+    # cold_start.weights_cache node_cache: the artifact prefix as a volume cached once per node (None: not offered)
+    node_weights: node_weights.NodeWeightsVolume | None = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -233,6 +236,8 @@ class ServingStack(pulumi.ComponentResource):
         # The model is built once, in the primary region; the other regions' buckets receive the artifact by the
         # primary's replication (stacks/<cloud>/replication.py), so their serving pods wait for it instead
         build = self._build_job(accounts["builder"], config) if is_primary(deployment) else None
+        # node_cache: the claim every serving pod and warm-pool placeholder mounts at /models (stacks/k8s/weights.py)
+        self.weights_volume = node_weights.render(self)
         serving = self._serving(accounts["serving"], config, build)
         batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
         gateway_service = self._gateway(accounts["gateway"], batch_token)
@@ -467,6 +472,24 @@ class ServingStack(pulumi.ComponentResource):
         )
         component = "serving"
         serving_storage = {"ephemeral-storage": f"{deployment.disk.serving_gib}Gi"}
+        shared = self.weights_volume
+        fetch_step: dict[str, Any] = {
+            # fetch the built artifact and check every file against its manifest's sha256
+            "name": "fetch-artifacts",
+            "command": fetch,
+            "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "scratch", "mountPath": "/scratch"}],
+        }
+        if shared is not None:
+            fetch_step = {
+                # read every file through the node's shared mount and check its sha256 against the manifest: the
+                # first pod on a node fills the node's cache with this read (stacks/k8s/weights.py)
+                "name": "verify-artifacts",
+                "command": node_weights.verify_command(),
+                "volumeMounts": [
+                    {"name": "models", "mountPath": node_weights.MOUNT, "readOnly": True},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                ],
+            }
         serving = self._namespaced(
             k8s.apps.v1.Deployment,
             "serving",
@@ -495,11 +518,10 @@ class ServingStack(pulumi.ComponentResource):
                         "topologySpreadConstraints": zone_spread(deployment, component),
                         "initContainers": [
                             {
-                                # fetch the built artifact and check every file against its manifest's sha256
-                                "name": "fetch-artifacts",
+                                "name": fetch_step["name"],
                                 "image": deployment.images["runtime"],
                                 "imagePullPolicy": "Always",
-                                "command": fetch,
+                                "command": fetch_step["command"],
                                 "env": [{"name": "HOME", "value": "/scratch/home"}],
                                 "securityContext": container_security(),
                                 # init containers run before the others: the pod's request is the larger of
@@ -509,10 +531,7 @@ class ServingStack(pulumi.ComponentResource):
                                     "requests": {**deployment.pods.init.quantities(), **serving_storage},
                                     "limits": {**deployment.pods.init.quantities(), **serving_storage},
                                 },
-                                "volumeMounts": [
-                                    {"name": "models", "mountPath": "/models"},
-                                    {"name": "scratch", "mountPath": "/scratch"},
-                                ],
+                                "volumeMounts": fetch_step["volumeMounts"],
                             }
                         ],
                         "containers": [
@@ -567,7 +586,7 @@ class ServingStack(pulumi.ComponentResource):
                             },
                         ],
                         "volumes": [
-                            {"name": "models", "emptyDir": {"sizeLimit": f"{self._artifact_gib}Gi"}},
+                            shared or {"name": "models", "emptyDir": {"sizeLimit": f"{self._artifact_gib}Gi"}},
                             {"name": "config", "configMap": {"name": config.metadata["name"]}},
                             {"name": "scratch", "emptyDir": {"sizeLimit": f"{SERVING_SCRATCH_GIB}Gi"}},
                             # NCCL and the runtime use shared memory between tensor-parallel ranks

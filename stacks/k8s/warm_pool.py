@@ -16,8 +16,13 @@ spent, until the period ends (warm nodes are pure cost once serving is capped; K
 then remove the empty nodes).
 
 Each placeholder's init container runs the runtime image and its container sleeps in the serving image, so both
-images are on the warm node before any replica needs them. The weights are not: a replica fetches them into its own
-emptyDir (a node-wide cache would need a hostPath, which the namespace's restricted Pod Security level forbids).
+images are on the warm node before any replica needs them. The weights too with cold_start.weights_cache
+node_cache: the placeholder mounts the serving pods' claim (stacks/k8s/weights.py) and its init container reads and
+checks the whole artifact through it once, which leaves it in the node's Mountpoint cache, shared by every pod of the
+node that mounts the claim; the weights-holder DaemonSet keeps that Mountpoint when the replica preempts the
+placeholder (stacks/k8s/weights.py render_holder). Without
+node_cache a replica fetches the weights into its own emptyDir (a node-wide cache of the pod's own would need a
+hostPath, which the namespace's restricted Pod Security level forbids).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import pulumi_kubernetes as k8s
 
 from byoc.names import resource_name
 from stacks.k8s import budget as gpu_budget
+from stacks.k8s.weights import MOUNT, verify_command
 
 if TYPE_CHECKING:
     from stacks.k8s.serving import ServingStack
@@ -78,6 +84,16 @@ def warm_pool(stack: ServingStack, addons: dict[str, Any] | None = None) -> Any 
     small = {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "100Mi"}
     match = {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": deployment.name}
     probe = {"exec": {"command": ["true"]}, "periodSeconds": 60}
+    shared = stack.weights_volume  # node_cache: read the weights into the node's cache as well
+    pull: dict[str, Any] = {"command": ["byoc", "--version"], "resources": {"requests": small, "limits": small}}
+    if shared is not None:
+        # hashing the whole artifact wants the serving pod's init share, not a token one (byoc/sizing.py)
+        reader = {**deployment.pods.init.quantities(), "ephemeral-storage": small["ephemeral-storage"]}
+        pull = {
+            "command": verify_command(),
+            "volumeMounts": [{"name": "models", "mountPath": MOUNT, "readOnly": True}],
+            "resources": {"requests": reader, "limits": dict(reader)},
+        }
     pool = stack._namespaced(
         k8s.apps.v1.Deployment,
         "warm-pool",
@@ -105,11 +121,11 @@ def warm_pool(stack: ServingStack, addons: dict[str, Any] | None = None) -> Any 
                             "name": "pull-runtime",
                             "image": deployment.images["runtime"],
                             "imagePullPolicy": "Always",
-                            "command": ["byoc", "--version"],
+                            **pull,
                             "securityContext": container_security(),
-                            "resources": {"requests": small, "limits": small},
                         }
                     ],
+                    **({"volumes": [shared]} if shared is not None else {}),
                     "containers": [
                         {
                             # holds the GPUs and the slot in the serving image, which is pulled onto the node

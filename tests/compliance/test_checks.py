@@ -589,6 +589,49 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
             )
         ],
     ),
+    "iam_mountpoint_driver_reads_artifact_prefix_only": (
+        [
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {
+                    "name": "byoc-mountpoint_s3",
+                    "policy": policy(
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:ListBucket"],
+                            "Resource": "arn:aws:s3:::b",
+                            "Condition": {"StringLike": {"s3:prefix": ["artifacts/llama/0123abcd/*"]}},
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:GetObject"],
+                            "Resource": "arn:aws:s3:::b/artifacts/llama/0123abcd/*",
+                        },
+                        {
+                            "Effect": "Allow",
+                            "Action": ["kms:Decrypt"],
+                            "Resource": "arn:aws:kms:eu-west-2:123456789012:key/artifacts",
+                            "Condition": {"StringEquals": {"kms:ViaService": "s3.eu-west-2.amazonaws.com"}},
+                        },
+                    ),
+                },
+            )
+        ],
+        [
+            # the whole artifacts/ prefix (every model's) and any key: the grants AWS's own example gives
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {
+                    "name": "byoc-mountpoint_s3",
+                    "policy": policy(
+                        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::b"},
+                        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/artifacts/*"},
+                        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": "*"},
+                    ),
+                },
+            )
+        ],
+    ),
     "data_residency_region": (
         [r("pulumi:providers:aws", {"region": "eu-west-2"}), r("aws:s3/bucket:Bucket", {"region": "eu-west-2"})],
         [r("pulumi:providers:aws", {"region": "us-east-1"})],

@@ -57,7 +57,13 @@ DNS_LABEL_KINDS = {"Service", "Namespace", "Job"}
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 SPECS = {
-    "aws": {"name": LONGEST, "shape": "h100x1-bf16", "addons": [{"id": "a" * 63, "source": "s3://b/a"}]},
+    "aws": {
+        "name": LONGEST,
+        "shape": "h100x1-bf16",
+        "addons": [{"id": "a" * 63, "source": "s3://b/a"}],
+        # node_cache renders the most: the Mountpoint role, the weights PV, PVC and holder DaemonSet
+        "cold_start": {"weights_cache": "node_cache"},
+    },
     "gcp": {"name": LONGEST, "cloud": "gcp", "region": "EUROPE", "shape": "h100x8-fp8"},
 }
 
