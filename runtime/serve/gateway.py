@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from runtime.serve.batch.layout import OWNER_HEADER
+from runtime.serve.batch.layout import OWNER_HEADER, YIELD_HEADER
 from runtime.serve.batch.limit import BatchLimit, BatchLimitSettings
 from runtime.serve.config import ADAPTER_ROOT, Addon, GatewayConfig, lora_int_id
 from runtime.serve.keys import ApiKey, KeyRing
@@ -806,13 +806,8 @@ class Gateway:
         online request only decodes, which a memory-bound GPU shares almost for free."""
         online_idle = not self.config.batch_preempt or self.online_in_flight == 0
         allowed = self._batch_allowed()
-        if (
-            online_idle
-            and self.online_awaiting_first == 0
-            and self.admission.queued == 0
-            and self.admission.active < self.batch_capacity()
-            and self.batch_in_flight < allowed
-        ):
+        room = self.admission.active < self.batch_capacity() and self.batch_in_flight < allowed
+        if online_idle and self.online_awaiting_first == 0 and self.admission.queued == 0 and room:
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
                 if self.batch_limit is not None:
@@ -820,9 +815,11 @@ class Gateway:
             return
         # the limit at 0: no line is let in before several online requests have answered; a worker told to come
         # back in a second would send its refused lines a dozen times a second, CPU the engines' host shares
-        raise self._batch_yield(outcome, BATCH_PAUSED_RETRY_SECONDS if allowed == 0 else None)
+        raise self._batch_yield(outcome, BATCH_PAUSED_RETRY_SECONDS if allowed == 0 else None, full=not room)
 
-    def _batch_yield(self, outcome: Outcome, wait: float | None = None) -> ApiError:
+    def _batch_yield(self, outcome: Outcome, wait: float | None = None, full: bool = True) -> ApiError:
+        """429 batch_yield; `full`: no room for more batch lines (else a moment's hold for an online request), said
+        in the YIELD_HEADER so that the worker's send window shrinks only on the first."""
         self.batch_decisions.labels(decision="yielded").inc()
         if self.batch_limit is not None:
             self.batch_limit.batch_refused()
@@ -833,6 +830,7 @@ class Gateway:
             kind="requests",
             code="batch_yield",
             retry_after=retry_after(wait if wait is not None else min(self._busy_estimate(), 5.0)),
+            headers={YIELD_HEADER: "full" if full else "hold"},
         )
 
     async def _forward_batch(

@@ -200,6 +200,8 @@ def test_no_batch_line_enters_while_an_online_request_waits_for_its_first_token(
         assert not first_token.is_set(), "the batch line was sent while the online request waited for its first token"
         assert refused.status == 429 and json.loads(refused.body)["error"]["code"] == "batch_yield"
         assert int(refused.headers["retry-after"]) >= 1
+        # a hold, not a lack of room: the worker waits without shrinking its send window
+        assert refused.headers[layout.YIELD_HEADER.lower()] == "hold"
         assert first_token.wait(10)
         admitted = http("POST", gateway.url + "/v1/chat/completions", line, headers)
         assert admitted.status == 200, "after the online first token, batch lines are let in again"

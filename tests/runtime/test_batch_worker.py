@@ -403,6 +403,7 @@ def test_the_gateway_yields_batch_work_to_online_traffic_and_admits_it_after(
         refused = http("POST", server.url + ENDPOINT, body, headers)
         assert refused.status == 429 and refused.json()["error"]["code"] == "batch_yield"
         assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers[layout.YIELD_HEADER.lower()] == "full"  # no room: the worker's window shrinks
         online.close()
         wait_for(lambda: metric(server.metrics(), "byoc_gateway_in_flight_requests") == 0, 20, "the slot freed")
         assert http("POST", server.url + ENDPOINT, body, headers).status == 200  # idle again: admitted again

@@ -50,6 +50,9 @@ TERMINAL = frozenset({FAILED, COMPLETED, EXPIRED, CANCELLED})
 # and admitted only into capacity online traffic leaves idle.
 OWNER_HEADER = "X-Byoc-Batch-Owner"
 BATCH_ID_HEADER = "X-Byoc-Batch-Id"
+# on a 429 batch_yield, why (gateway -> worker): `full` (no room for more batch lines: the worker's send window
+# halves) or `hold` (an online request is waiting for a slot or its first token: a moment's wait, not a smaller window)
+YIELD_HEADER = "X-Byoc-Batch-Yield"
 
 
 def new_file_id() -> str:

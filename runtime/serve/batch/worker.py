@@ -746,13 +746,15 @@ class BatchRun:
                 status = response.status
                 request_id = response.headers.get("x-request-id") or f"req_{secrets.token_hex(12)}"
                 retry_header = response.headers.get("Retry-After")
+                why = response.headers.get(layout.YIELD_HEADER)
             try:
                 body: Any = json.loads(raw)
             except ValueError:
                 body = raw.decode("utf-8", "replace")
             code = body.get("error", {}).get("code") if isinstance(body, dict) and body.get("error") else None
             if status == 429 and code in YIELD_CODES:
-                admitted = False
+                # a hold for an online request's first token says nothing about room: no smaller window for it
+                admitted = None if why == "hold" else False
             elif not (status == 401 or _not_now(status, code) or status in (500, 502)):
                 admitted = True
             return status, body, code, request_id, retry_header
