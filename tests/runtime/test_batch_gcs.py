@@ -156,6 +156,19 @@ def upload(api: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
     return api.files.create(file=("requests.jsonl", io.BytesIO(body)), purpose="batch")
 
 
+def _run_to_end(api: Any, batch_id: str, gateway: Any, token_file: Path, runtime_dir: Path) -> Any:
+    """A worker over the gs:// root until the batch ends; the batch, which must have completed."""
+    worker = Worker(runtime_dir, gateway.url, ROOT, token_file, "--batch-kms-key", KMS_KEY)
+    try:
+        done = wait_for(
+            lambda: (b := api.batches.retrieve(batch_id)).status in layout.TERMINAL and b, 60, "the batch to end"
+        )
+    finally:
+        worker.stop()
+    assert done.status == "completed", worker.log.read_text()
+    return done
+
+
 def test_the_official_client_runs_a_batch_over_gs_and_delete_empties_the_bucket(
     gateway: Server, bucket: Any, token_file: Path, runtime_dir: Path
 ) -> None:
@@ -169,14 +182,7 @@ def test_the_official_client_runs_a_batch_over_gs_and_delete_empties_the_bucket(
     ]
     batch = api.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert batch.status == "validating" and batch.input_file_id == source.id
-    worker = Worker(runtime_dir, gateway.url, ROOT, token_file, "--batch-kms-key", KMS_KEY)
-    try:
-        done = wait_for(
-            lambda: (b := api.batches.retrieve(batch.id)).status in layout.TERMINAL and b, 60, "the batch to end"
-        )
-    finally:
-        worker.stop()
-    assert done.status == "completed", worker.log.read_text()
+    done = _run_to_end(api, batch.id, gateway, token_file, runtime_dir)
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (6, 6, 0)
     assert done.output_file_id and done.error_file_id is None
@@ -221,14 +227,7 @@ def test_kill_9_mid_batch_and_a_restart_leave_exactly_one_result_per_custom_id(
     assert 0 < committed < len(lines)  # killed with some results committed and some lines still to send
 
     time.sleep(2.5)  # the dead worker's lease (--lease-seconds 2) runs out: the next worker takes the batch over
-    worker = Worker(runtime_dir, gateway.url, ROOT, token_file, "--batch-kms-key", KMS_KEY)
-    try:
-        done = wait_for(
-            lambda: (b := api.batches.retrieve(batch.id)).status in layout.TERMINAL and b, 60, "the batch to end"
-        )
-    finally:
-        worker.stop()
-    assert done.status == "completed", worker.log.read_text()
+    done = _run_to_end(api, batch.id, gateway, token_file, runtime_dir)
     assert_exactly_one_result_each(store, state_of(store, batch.id), [line["custom_id"] for line in lines])
     results = [json.loads(line) for line in api.files.content(done.output_file_id or "").text.splitlines()]
     assert all(r["response"]["status_code"] == 200 for r in results) and len(results) == len(lines)
