@@ -811,7 +811,7 @@ class Gateway:
             if count:
                 self.batch_decisions.labels(decision="admitted").inc()
                 if self.batch_limit is not None:
-                    self.batch_limit.batch_admitted()
+                    self.batch_limit.batch_admitted(self.batch_in_flight + 1)
             return
         # the limit at 0: no line is let in before several online requests have answered; a worker told to come
         # back in a second would send its refused lines a dozen times a second, CPU the engines' host shares

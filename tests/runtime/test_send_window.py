@@ -20,7 +20,7 @@ from tests.runtime.test_batch_worker import (
 )
 
 
-def test_the_window_doubles_per_round_then_grows_by_one_and_halves_once_per_window_of_refusals() -> None:
+def test_the_window_doubles_per_round_then_falls_to_what_the_gateways_held_once_per_window_of_refusals() -> None:
     async def run() -> None:
         window = SendWindow(64)
         assert window.limit == INITIAL
@@ -28,22 +28,32 @@ def test_the_window_doubles_per_round_then_grows_by_one_and_halves_once_per_wind
         for ticket in tickets:
             window.release(ticket, True)
         assert window.limit == 2 * INITIAL  # slow start: doubled
-        # every line of a window refused: it halves once, not once per refusal
+        # a burst of 8 lines, the gateways have room for 3: the 4th and every later one is refused at once while
+        # the first 3 run. The window falls to the 3 held, once for the whole burst, not once per refusal
         tickets = [await window.acquire() for _ in range(2 * INITIAL)]
-        for ticket in tickets:
+        for ticket in tickets[3:]:
             window.release(ticket, False)
-        assert window.limit == INITIAL and window.threshold == INITIAL
-        # past the threshold: about one more per round trip
-        for _ in range(INITIAL):
-            window.release(await window.acquire(), True)
-        assert INITIAL + 0.9 < window.limit < INITIAL + 1.1
-        # a line sent after the cut and refused: the next window's answer, so it halves again
+        assert window.limit == 3 and window.threshold == 3
+        for ticket in tickets[:3]:
+            window.release(ticket, True)
+        # past the threshold: about one more per round trip (3 + 1/3 + 1/3.3 + 1/3.6, then + 1/3.9)
+        assert 3.9 < window.limit < 4
+        window.release(await window.acquire(), True)
+        assert 4 < window.limit < 4.2
+        # a probe: 3 lines run, the 4th sent after the cut is refused: the next window's answer, back to the 3 held
+        running = [await window.acquire() for _ in range(3)]
         window.release(await window.acquire(), False)
-        assert window.limit < INITIAL
+        assert window.limit == 3
         # answers that say nothing about room (a gateway down, a 5xx) leave it
-        before = window.limit
-        window.release(await window.acquire(), None)
-        assert window.limit == before and window.in_use == 0
+        window.release(running.pop(), None)
+        assert window.limit == 3 and window.in_use == 2
+        # nothing held when refused: one line at a time, never none
+        for ticket in running:
+            window.release(ticket, True)
+        for _ in range(4):
+            window.release(await window.acquire(), True)  # grows past the threshold...
+        window.release(await window.acquire(), False)  # ...then a refusal with nothing else in flight
+        assert window.limit == 1 and window.in_use == 0
 
     asyncio.run(run())
 

@@ -87,7 +87,7 @@ class BatchLimit:
     """An AIMD limit on batch lines in flight, guarded by online TTFT (see the module's docstring).
 
     The gateway calls `online_started()` when an online request is admitted, `online_sample(token, ttft_seconds)`
-    with its TTFT, `online_queued()` when one waits for a slot, `batch_admitted()` for each batch line let in, and
+    with its TTFT, `online_queued()` when one waits for a slot, `batch_admitted(in_flight)` for each batch line let in, and
     reads `allowed(ceiling, batch_in_flight)` (batch lines that may be in flight now)."""
 
     def __init__(self, settings: BatchLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -109,6 +109,7 @@ class BatchLimit:
         self.online_now = 0  # online requests admitted and not yet answered (their first token or end)
         self.admitted_seq = 0  # batch lines admitted so far (a sample overlaps if this moved during it)
         self.demand = False  # a batch line was refused since the last change
+        self.peak = 0  # the most batch lines in flight since the last change
         # when an online TTFT was last seen (or online traffic began): none for baseline_seconds while online
         # requests come means they do not stream, and there is no TTFT to guard on
         self.streamed_seen = clock()
@@ -133,8 +134,10 @@ class BatchLimit:
         if started > self.decreased_at:
             self._decrease("an online request waits for a slot")
 
-    def batch_admitted(self) -> None:
+    def batch_admitted(self, in_flight: int) -> None:
+        """A batch line was let in; `in_flight`: batch lines in flight with it."""
         self.admitted_seq += 1
+        self.peak = max(self.peak, in_flight)
 
     def batch_refused(self) -> None:
         """A batch line was told to yield: the batch wants more than it has (the limit may grow)."""
@@ -174,9 +177,10 @@ class BatchLimit:
             return
         if self.increased_at == self.changed_at and self.since_change >= self.settings.min_samples:
             self.failed_increases = 0  # the last increase held
-        # grow only a limit the batch uses and wants more than (Netflix AIMDLimit grows only when in flight >=
-        # limit / 2): a limit grown while no batch ran has been proven by nothing
-        used = self.demand and batch_in_flight >= self.limit
+        # grow only a limit the batch used and wants more than (Netflix AIMDLimit grows only when in flight >=
+        # limit / 2): a limit grown while no batch ran has been proven by nothing. Used since the last change, not
+        # at this sample's answer: a worker that keeps the limit full refills a finished line's slot a moment later
+        used = self.demand and max(self.peak, batch_in_flight) >= self.limit
         wait = self.settings.min_samples << self.failed_increases
         if used and self.since_change >= wait and self.limit < self.ceiling:
             self.limit += 1
@@ -185,6 +189,7 @@ class BatchLimit:
             self.recent.clear()
             self.since_change = 0
             self.demand = False
+            self.peak = 0
 
     def _decrease(self, why: str) -> None:
         if self.limit == 0:
@@ -198,6 +203,7 @@ class BatchLimit:
         self.recent.clear()
         self.since_change = 0
         self.demand = False
+        self.peak = 0
 
     # -- output ----------------------------------------------------------------------------------------------
     def baseline(self) -> tuple[float, float] | None:
