@@ -100,7 +100,8 @@ def estimate_row(
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
     if (cold_start or {}).get("weights_cache") == "node_cache":
-        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd on gcp")
+        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd")
+        cloud.check_node_weights((instance.name,), "--weights-cache")
     warm = int((cold_start or {}).get("warm_pool", 0))
     planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
     return row | {

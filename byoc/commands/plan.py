@@ -180,8 +180,13 @@ def _cache_lines(deployment: Deployment) -> list[str]:
     }[caches.image.mode]
     weights = caches.weights
     where = f"local NVMe ({weights.local_nvme_gib:,.0f} GiB)" if weights.on == "local_nvme" else "the root disk"
-    if weights.shared_by_node:
-        where += ", one copy per node shared by its replicas (Mountpoint for Amazon S3)"
+    if weights.disk is not None:  # GKE's node_cache: one read-only volume per zone, every GPU node attaches it
+        where = (
+            f"{weights.disk.size_gib} GiB read-only {weights.disk.disk_type} per zone ({weights.shared_through}), "
+            f"${weights.disk.monthly_usd_per_zone:,.2f}/month per zone"
+        )
+    elif weights.shared_by_node:
+        where += f", one copy per node shared by its replicas ({weights.shared_through})"
     warm = caches.warm_pool
     pool = (
         f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"

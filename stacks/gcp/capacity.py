@@ -17,7 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.catalogs import load_catalog
-from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE
+from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE, machine_series
 from byoc.names import KUBERNETES_DEPLOYMENT_LABEL
 from byoc.resolve import Deployment
 from stacks.gcp.cluster import Cluster, hardened_node_config
@@ -29,11 +29,6 @@ from stacks.gcp.network import Network
 NODE_POOL = "byoc-gpu"
 # GKE also taints GPU nodes with nvidia.com/gpu=present:NoSchedule; declaring it keeps the template complete.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
-
-
-def machine_series(machine_type: str) -> str:
-    """a3-highgpu-8g -> a3-highgpu; g2-standard-24 -> g2-standard."""
-    return machine_type.rsplit("-", 1)[0]
 
 
 def offering_zones(ctx: GcpContext, machine_type: str) -> pulumi.Output[list[str]]:
