@@ -95,6 +95,7 @@ def max_nodes(replicas_per_node: int, max_replicas: int) -> int:
 class GpuCapacity(pulumi.ComponentResource):
     node_pool: pulumi.Output[str]
     accelerator: str
+    zones: pulumi.Output[list[str]]  # the pool's node locations (node_cache puts a weights volume in each)
 
     def __init__(self, ctx: GcpContext, cluster: Cluster, network: Network, identities: Identities, keys: Keys) -> None:
         name = ctx.name
@@ -108,12 +109,14 @@ class GpuCapacity(pulumi.ComponentResource):
         series = machine_series(machine_type)
         self.accelerator = platform["accelerators"][series]
         spot = deployment.capacity == "spot"
+        zones = offering_zones(ctx, machine_type)
+        self.zones = zones
         pool = gcp.container.NodePool(
             f"{name}-gpu",
             name=NODE_POOL,
             cluster=cluster.id,
             location=ctx.region,
-            node_locations=offering_zones(ctx, machine_type),
+            node_locations=zones,
             initial_node_count=0,
             max_pods_per_node=GPU_MAX_PODS_PER_NODE,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(
