@@ -374,7 +374,9 @@ class Cloud(ABC):
     node_weights_multi_region: ClassVar[str | None] = None
 
     def check_node_weights(self, pool: tuple[str, ...], field: str) -> None:
-        """Raises ByocError naming `field` where a machine type of the pool cannot share the weights."""
+        """Raises ByocError naming `field` where a machine type of the pool cannot share the weights; every type
+        can, unless the cloud says otherwise."""
+        return None
 
     def node_weights_cache(
         self, pool: tuple[str, ...], disk: DiskPlan, weights: WeightsCache, field: str
