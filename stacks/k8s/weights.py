@@ -66,7 +66,7 @@ class PopulatedWeightsVolume:
     zone_label: str  # the topology key allowedTopologies names, e.g. topology.gke.io/zone
     zones: pulumi.Input[list[str]]  # the GPU node pool's zones: one volume in each
     bucket_root: pulumi.Input[str]  # gs://<bucket>; the data source copies <root>/<artifact prefix>/
-    # the data source's custom resource (apiVersion, kind) and the field names of its spec
+    # the data source's custom resource: (apiVersion, kind); its spec is GKE's `cloudStorage` (uri, serviceAccountName)
     data_source: tuple[str, str]
     service_account: str  # the Kubernetes service account the copy runs as (its bucket grant is the cloud's)
     # the transfer Job's nodes: a cluster-scoped ComputeClass of this name (cloud.google.com/v1), whose node pool
