@@ -525,7 +525,8 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
     cached = estimate.get("weights_fetch_cached")
-    if cached is not None and not options["warm_pool"]:
+    fetched = next((p for p in estimate["phases"] if p["phase"] == "weights_fetch"), None)
+    if cached is not None and not options["warm_pool"] and cached != fetched:
         # node_cache: the weights phase of a replica on a node whose cache has them
         lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
@@ -574,6 +575,13 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         lines.append(
             f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
             "cold_start.warm_pool), every hour, on top of the costs above"
+        )
+    disk = row.get("weights_disk")
+    if disk:  # weights_cache node_cache on GKE: the shared Hyperdisk ML volume, billed while it exists
+        lines.append(
+            f"  weights disk       {disk['size_gib']} GiB {disk['disk_type']}, "
+            f"{disk['provisioned_throughput_mib_s']:,} MiB/s, ${disk['monthly_usd_per_zone']:,.2f}/month per zone of "
+            f"the GPU pool (weights_cache: node_cache; {disk['price_source']})"
         )
     store = row.get("store")
     if store:

@@ -81,6 +81,15 @@ def test_gke_node_cache_reads_every_wake_from_hyperdisk_ml_at_the_published_rate
     assert shared["weights_fetch_cached"] == fetch  # no node has to hold it first
 
 
+def test_the_estimate_prices_gkes_shared_weights_disk_and_not_awss() -> None:
+    args = ["--model", "llama-3.3-70b-instruct", "--shape", "h100x4-fp8", "--weights-cache", "node_cache"]
+    disk = estimate_json(*args, "--cloud", "gcp")["weights_disk"]
+    assert disk["disk_type"] == "hyperdisk-ml" and disk["monthly_usd_per_zone"] > 0 and disk["size_gib"] > 70
+    assert "weights_disk" not in estimate_json(*args, "--cloud", "aws")
+    text = runner.invoke(app, ["estimate", *args, "--cloud", "gcp"]).stdout
+    assert f"${disk['monthly_usd_per_zone']:,.2f}/month per zone" in text and "weights cached" not in text
+
+
 def test_weights_on_the_root_disk_are_slower_than_on_local_ssd() -> None:
     args = ["--model", "llama-3.3-70b-instruct", "--shape", "h100x4-fp8"]
     local = estimate_json(*args)["cold_start"]
