@@ -29,18 +29,46 @@ class ImageCache:
 
 
 @dataclass(frozen=True)
+class SharedWeightsDisk:
+    """weights_cache node_cache on GKE: the Hyperdisk ML volume (one per zone of the GPU pool) that holds the
+    artifact, its size and provisioned throughput, and what it costs a month per zone (byoc/catalogs/kubernetes.yaml
+    gke.hyperdisk_ml: list prices with their source)."""
+
+    disk_type: str  # the Compute Engine disk type, hyperdisk-ml
+    size_gib: int
+    throughput_mib_s: int  # provisioned, shared by the nodes that read at once
+    monthly_usd_per_zone: float  # capacity and provisioned throughput, billed while the volume exists
+    price_source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "disk_type": self.disk_type,
+            "size_gib": self.size_gib,
+            "provisioned_throughput_mib_s": self.throughput_mib_s,
+            "monthly_usd_per_zone": round(self.monthly_usd_per_zone, 2),
+            "zones": "each zone of the GPU node pool (the region's zones that offer the machine type, read at deploy)",
+            "price_source": self.price_source,
+        }
+
+
+@dataclass(frozen=True)
 class WeightsCache:
     """Where a replica's fetch puts the weights."""
 
-    on: Literal["local_nvme", "root_disk"]
+    on: Literal["local_nvme", "root_disk", "hyperdisk_ml"]
     local_nvme_gib: float | None
     detail: str
-    # weights_cache node_cache: one copy per node, in the node's Mountpoint cache, shared by its replicas
+    # weights_cache node_cache: one copy shared by the replicas of a node (AWS: in the node's Mountpoint cache; GKE:
+    # a Hyperdisk ML volume per zone that every GPU node of the zone attaches read-only)
     shared_by_node: bool = False
+    # what serves the shared copy, in the words `byoc plan` prints (node_cache only)
+    shared_through: str | None = None
+    disk: SharedWeightsDisk | None = None  # GKE's node_cache: the volume, and its monthly cost
 
     def as_dict(self) -> dict[str, Any]:
         nvme = None if self.local_nvme_gib is None else round(self.local_nvme_gib, 1)
-        return {"on": self.on, "local_nvme_gib": nvme, "shared_by_node": self.shared_by_node, "detail": self.detail}
+        shown = {"on": self.on, "local_nvme_gib": nvme, "shared_by_node": self.shared_by_node, "detail": self.detail}
+        return shown | ({"disk": self.disk.as_dict()} if self.disk is not None else {})
 
 
 @dataclass(frozen=True)
@@ -86,6 +114,17 @@ NODE_CACHE_DETAIL = (
 )
 
 
+# What weights_cache node_cache renders on GKE (stacks/gcp/weights.py, stacks/k8s/weights.py).
+POPULATED_DISK_DETAIL = (
+    "once the model build has written the artifact, the GKE Volume Populator copies its Cloud Storage prefix onto a "
+    "Hyperdisk ML volume in each zone of the GPU node pool ({size} GiB, {throughput:,} MiB/s provisioned, encrypted "
+    "with the deployment's disk key); every GPU node of a zone attaches that volume read-only and its replicas and "
+    "warm-pool placeholders mount it at /models, so no replica fetches from the bucket: each reads and checks the "
+    "artifact from the volume at the VM's Hyperdisk ML read rate. The copy is made once per build, at deploy, "
+    "before the first replica starts; a new build is a new volume"
+)
+
+
 def weights_cache(asked: str, ephemeral_on: str, local_nvme_gib: float | None, why_not: str) -> WeightsCache:
     """The weights' place as the disk plan settled it (byoc/sizing.py local_nvme_plan)."""
     if asked == "node_cache":
@@ -96,6 +135,7 @@ def weights_cache(asked: str, ephemeral_on: str, local_nvme_gib: float | None, w
             local_nvme_gib,
             NODE_CACHE_DETAIL.format(where=where),
             shared_by_node=True,
+            shared_through="Mountpoint for Amazon S3",
         )
     if ephemeral_on == "local_nvme":
         return WeightsCache(

@@ -8,9 +8,10 @@ its source and says where it is byoc's judgement. The spec's `cold_start` option
   the catalog's faster rate;
 - `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
   NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
-  throughput); `node_cache` (AWS): the first replica on a node reads the artifact from the bucket through the
+  throughput); `node_cache`: on AWS the first replica on a node reads the artifact from the bucket through the
   node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe, and a replica on a node that
-  has it reads it from that cache (`weights_fetch_cached`);
+  has it reads it from that cache (`weights_fetch_cached`); on GKE every replica reads it from the deployment's
+  Hyperdisk ML volume, which the GKE Volume Populator filled from the bucket at deploy (catalog `every_wake`);
 - `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
   first wake skips the node launch and the pull; the replica still fetches the artifact, except with `node_cache`,
   where the warm node's placeholders have read it into the node's cache.
@@ -171,17 +172,23 @@ def _weights_fetch(cloud: str, size: int, weights_cache: str, cached: bool = Fal
     # local_ssd and none: every replica fetches into its own volume, on a warm-pool node too (a node-wide copy in
     # the pod's namespace would need a hostPath, which its restricted Pod Security level forbids). node_cache: the
     # node's Mountpoint keeps one copy for every replica on the node (stacks/k8s/weights.py), so a node that has
-    # it (`cached`: a warm-pool node, whose placeholders read it) serves it from its local NVMe
+    # it (`cached`: a warm-pool node, whose placeholders read it) serves it from its local NVMe; on GKE the copy is
+    # a Hyperdisk ML volume filled before any replica starts, so every wake reads it (`every_wake`)
     entry = cold_start_catalog()["weights_fetch"]
-    if cached:
-        read = entry["read"]["node_cache"]
-        rate = float(read["rate_mib_s"])
+    shared = entry["read"]["node_cache"].get(cloud) if weights_cache == "node_cache" else None
+    if shared is not None and (cached or shared.get("every_wake")):
+        rate = float(shared["rate_mib_s"])
+        where = (
+            "the deployment's Hyperdisk ML volume, attached read-only to the node,"
+            if shared.get("every_wake")
+            else "the node's Mountpoint cache on its local NVMe"
+        )
         return Phase(
             "weights_fetch",
             size / (rate * MIB),
-            f"{_gib(size)} read and checked from the node's Mountpoint cache on its local NVMe at {rate:,.0f} MiB/s",
-            read["source"],
-            read.get("judgement"),
+            f"{_gib(size)} read and checked from {where} at {rate:,.0f} MiB/s",
+            shared["source"],
+            shared.get("judgement"),
         )
     bucket = entry["bucket"][cloud]
     on_nvme = weights_cache in ("local_ssd", "node_cache")

@@ -667,6 +667,12 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     if cloud.provider_managed_key(spec.encryption.kms_key):
         cloud.check_kms_key(spec.encryption.kms_key, placements[0].region)
     _check_multi_region(spec, placements)
+    if spec.cold_start.weights_cache == "node_cache" and cloud.node_weights_multi_region:
+        raise ByocError(
+            "cold_start.weights_cache",
+            f"node_cache cannot serve a deployment in {len(placements)} regions: {cloud.node_weights_multi_region}",
+            "use weights_cache: local_ssd, or placement.min_regions: 1",
+        )
     cidrs = tuple(_regional_cidr(spec.network.cidr, i, p.region) for i, p in enumerate(placements))
     per_region = tuple(
         replace(

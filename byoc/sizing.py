@@ -376,6 +376,12 @@ class DiskPlan:
     local_nvme_gib: float | None = None  # the NVMe's size, when ephemeral_on is local_nvme
 
     @property
+    def artifact_gib(self) -> int:
+        """The built artifact as a serving pod's /models holds it: its ephemeral storage less /scratch and the
+        containers' files (stacks/k8s/serving.py sizes the emptyDir, and node_cache its shared copy, with it)."""
+        return self.serving_gib - SERVING_SCRATCH_GIB - CONTAINER_FILES_GIB
+
+    @property
     def required_gib(self) -> int:
         """What must fit the allocatable: the fullest node, with the build Job (one per deployment) in one slot and
         replicas in the others, and the node's own files."""

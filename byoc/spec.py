@@ -463,11 +463,14 @@ class ColdStart(_Strict):
         default="local_ssd",
         description="Where the GPU nodes keep the model's weights: local_ssd (the instance's local NVMe as the "
         "node's ephemeral storage: Karpenter's instance-store RAID0, GKE Local SSD; each replica fetches into it with "
-        "parallel ranged reads, and the root disk holds only the OS), node_cache (AWS: one copy per node, shared by "
-        "the replicas on it: the artifact's S3 prefix mounted read-only through the Mountpoint for Amazon S3 CSI "
-        "driver, whose cache lies on the same local NVMe; the first replica on a node reads from S3, later ones and "
-        "warm-pool nodes from the node's cache) or none (the root disk, sized for the weights). Where the pool's "
-        "NVMe cannot hold them, the root disk is used and plan.json says why.",
+        "parallel ranged reads, and the root disk holds only the OS), node_cache (one copy shared by the replicas, "
+        "read-only; AWS: per node, the artifact's S3 prefix mounted through the Mountpoint for Amazon S3 CSI "
+        "driver, whose cache lies on the same local NVMe, the first replica on a node reads from S3, later ones and "
+        "warm-pool nodes from the node's cache; GKE: per zone, a Hyperdisk ML volume the GKE Volume Populator fills "
+        "from the bucket at deploy, which every GPU node attaches, so every replica reads it from the volume, at a "
+        "monthly cost per zone that plan.json shows; one region only, on machine types that attach Hyperdisk ML) or "
+        "none (the root disk, sized for the weights). Where the pool's NVMe cannot hold them, the root disk is used "
+        "and plan.json says why.",
     )
     image_disk: str | None = Field(
         default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from byoc import coldstart, planner, rules, sizing
+from byoc.caches import weights_cache
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
 from byoc.clouds.base import Feature
@@ -99,8 +100,16 @@ def estimate_row(
         price_per_gpu_hour=price_per_gpu_hour,
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
+    shared: dict[str, Any] = {}
     if (cold_start or {}).get("weights_cache") == "node_cache":
-        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd on gcp")
+        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd")
+        cloud.check_node_weights((instance.name,), "--weights-cache")
+        # what the cloud keeps the shared copy on, and what that costs (GKE: a Hyperdisk ML volume per zone)
+        disk = cloud.disk_plan(shape, (instance.name,), model, "node_cache")
+        node_local = weights_cache("node_cache", disk.ephemeral_on, disk.local_nvme_gib, "")
+        weights = cloud.node_weights_cache((instance.name,), disk, node_local, "--weights-cache")
+        if weights.disk is not None:
+            shared = {"weights_disk": weights.disk.as_dict()}
     warm = int((cold_start or {}).get("warm_pool", 0))
     planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
     return row | {
@@ -113,6 +122,7 @@ def estimate_row(
         "cold_start": coldstart.estimate_cold_start(
             cloud.name, model, shape, **(cold_start or {}), node_hourly_usd=cost.node.hourly_usd
         ).as_dict(),
+        **shared,
     }
 
 

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from byoc.caches import ImageCache, NodeCaches, WarmPool, weights_cache
+from byoc.caches import ImageCache, NodeCaches, WarmPool, WeightsCache, weights_cache
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocWarning
@@ -357,15 +357,33 @@ class Cloud(ABC):
             f"{nvme:.0f} GiB of local NVMe offers"
         )
         instance = self.instance_types[pool[0]]
+        weights = weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, why_not)
         if spec.cold_start.weights_cache == "node_cache":
-            self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd on gcp")
+            self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd")
+            self.check_node_weights(pool, "cold_start.weights_cache")
+            weights = self.node_weights_cache(pool, disk, weights, "cold_start.weights_cache")
         nodes = spec.cold_start.warm_pool
         check_warm_pool(nodes, spec.autoscaling.max_replicas, replicas_per_node, "cold_start.warm_pool")
         return NodeCaches(
             image=self.image_cache(spec, serving_image, disk),
-            weights=weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, why_not),
+            weights=weights,
             warm_pool=WarmPool(nodes, nodes * replicas_per_node, instance.name, warm_pool_hourly_usd(instance, nodes)),
         )
+
+    # Why weights_cache node_cache cannot serve a deployment in several regions (None: it can).
+    node_weights_multi_region: ClassVar[str | None] = None
+
+    def check_node_weights(self, pool: tuple[str, ...], field: str) -> None:
+        """Raises ByocError naming `field` where a machine type of the pool cannot share the weights; every type
+        can, unless the cloud says otherwise."""
+        return None
+
+    def node_weights_cache(
+        self, pool: tuple[str, ...], disk: DiskPlan, weights: WeightsCache, field: str
+    ) -> WeightsCache:
+        """weights_cache node_cache on this cloud, given the pool's machine types and the disk plan; `weights` is the
+        node-local cache (byoc/caches.py weights_cache), which this cloud keeps (check_node_weights has passed)."""
+        return weights
 
     def no_room_error(self, shape: DeploymentShape, needs: PodNeeds, hint: str) -> ByocError:
         """A shape whose pods fit no type its pool may launch: what they need, and the most a type offers."""

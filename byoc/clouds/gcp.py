@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from byoc.caches import ImageCache
+from byoc.caches import POPULATED_DISK_DETAIL, ImageCache, SharedWeightsDisk, WeightsCache
 from byoc.catalogs import InstanceType, load_catalog
 from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
+from byoc.errors import ByocError
 from byoc.rules import DeploymentShape
 from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, gke_allocatable
 from byoc.spec import Spec
@@ -65,6 +66,17 @@ def address_plan(cidr: str) -> AddressPlan:
     return AddressPlan(str(nodes), str(second), str(services), str(control_plane), str(store))
 
 
+def machine_series(machine_type: str) -> str:
+    """a3-highgpu-8g -> a3-highgpu; g2-standard-24 -> g2-standard."""
+    return machine_type.rsplit("-", 1)[0]
+
+
+def _minor(version: str) -> tuple[int, int]:
+    """GKE's "1.33.2-gke.4780000" or "1.34" -> (1, 33) or (1, 34)."""
+    major, minor = version.split("-", 1)[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def pod_block(max_pods: int) -> int:
     """Addresses of the pods range one node takes: a power of two at least twice its max pods."""
     return 1 << math.ceil(math.log2(2 * max_pods))
@@ -114,10 +126,15 @@ class Gcp(Cloud):
         Feature.LIVE_OFFERINGS: "Google Cloud offerings come from the offline table (byoc/catalogs/instances.yaml); "
         "`byoc preflight` asks Compute Engine for the zones of the deployment's machine type",
         Feature.NODE_POOL_FALLBACKS: "a GKE node pool has one machine type",
-        # GKE's counterparts (Cloud Storage FUSE CSI with its file cache on Local SSD, or a Hyperdisk ML volume
-        # populated from the bucket) are not rendered yet (docs/operations.md, "Weights on the NVMe")
-        Feature.NODE_WEIGHTS_CACHE: "it is built on AWS only (the Mountpoint for Amazon S3 CSI driver)",
     }
+    # weights_cache node_cache: a Hyperdisk ML volume filled by the GKE Volume Populator (stacks/gcp/weights.py).
+    # Cloud Storage FUSE's file cache would be per pod, not per node. The populator copies the prefix once, when the
+    # claim is created; a secondary region's bucket receives the artifact later, by replication, and its claim would
+    # be filled before it arrives.
+    node_weights_multi_region = (
+        "on GKE the shared weights are a Hyperdisk ML volume that the GKE Volume Populator fills once, when the "
+        "claim is created, and the other regions receive the artifact later, by replication"
+    )
     # GKE's cluster autoscaler sizes the GPU node pool, a resource of the stack (stacks/gcp/capacity.py): Pulumi
     # deletes it with its nodes, and `byoc scale` moves its bound.
     node_provisioner = NodeProvisioner(
@@ -158,6 +175,47 @@ class Gcp(Cloud):
 
     def local_nvme_gib(self, instance: InstanceType) -> float | None:
         return None if not instance.local_ssds else float(instance.local_ssds * LOCAL_SSD_GIB)
+
+    def check_node_weights(self, pool: tuple[str, ...], field: str) -> None:
+        """Every machine type of the pool must attach Hyperdisk ML (Compute Engine "Accelerator-optimized machine
+        family", supported disk types: byoc/catalogs/kubernetes.yaml gke.hyperdisk_ml), and the cluster's GKE
+        version must have the GKE Volume Populator for it."""
+        hdml = load_catalog().kubernetes["gke"]["hyperdisk_ml"]
+        series = hdml["machine_series"]
+        cannot = [name for name in pool if machine_series(name) not in series]
+        if cannot:
+            raise ByocError(
+                field,
+                f"node_cache on GKE is a Hyperdisk ML volume attached read-only to every GPU node, and "
+                f"{', '.join(cannot)} cannot attach Hyperdisk ML (the machine series that can: {', '.join(series)})",
+                "use weights_cache: local_ssd, or a shape whose machine type is of one of those series",
+            )
+        version = load_catalog().kubernetes["gke"]["version"]
+        if _minor(version) < _minor(hdml["min_gke_version"]):
+            raise ByocError(
+                field,
+                f"the GKE Volume Populator fills Hyperdisk ML volumes from GKE {hdml['min_gke_version']}; the "
+                f"cluster runs {version}",
+                "use weights_cache: local_ssd",
+            )
+
+    def node_weights_cache(
+        self, pool: tuple[str, ...], disk: DiskPlan, weights: WeightsCache, field: str
+    ) -> WeightsCache:
+        """A Hyperdisk ML volume per zone of the pool, the size of the artifact, filled once per build by the GKE
+        Volume Populator; priced per zone from the catalog's list prices."""
+        hdml = load_catalog().kubernetes["gke"]["hyperdisk_ml"]
+        size = max(disk.artifact_gib, int(hdml["min_size_gib"]))
+        throughput = int(hdml["provisioned_throughput_mib_s"])
+        monthly = size * float(hdml["usd_per_gib_month"]) + throughput * float(hdml["usd_per_mib_s_month"])
+        return WeightsCache(
+            "hyperdisk_ml",
+            None,
+            POPULATED_DISK_DETAIL.format(size=size, throughput=throughput),
+            shared_by_node=True,
+            shared_through="a Hyperdisk ML volume per zone, filled by the GKE Volume Populator",
+            disk=SharedWeightsDisk("hyperdisk-ml", size, throughput, monthly, str(hdml["price_source"])),
+        )
 
     def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:
         """A secondary boot disk that holds the image (GKE >= 1.28.3-gke.1067000; it needs image streaming on),

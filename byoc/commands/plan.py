@@ -180,8 +180,13 @@ def _cache_lines(deployment: Deployment) -> list[str]:
     }[caches.image.mode]
     weights = caches.weights
     where = f"local NVMe ({weights.local_nvme_gib:,.0f} GiB)" if weights.on == "local_nvme" else "the root disk"
-    if weights.shared_by_node:
-        where += ", one copy per node shared by its replicas (Mountpoint for Amazon S3)"
+    if weights.disk is not None:  # GKE's node_cache: one read-only volume per zone, every GPU node attaches it
+        where = (
+            f"{weights.disk.size_gib} GiB read-only {weights.disk.disk_type} per zone ({weights.shared_through}), "
+            f"${weights.disk.monthly_usd_per_zone:,.2f}/month per zone"
+        )
+    elif weights.shared_by_node:
+        where += f", one copy per node shared by its replicas ({weights.shared_through})"
     warm = caches.warm_pool
     pool = (
         f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"
@@ -520,7 +525,8 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
     cached = estimate.get("weights_fetch_cached")
-    if cached is not None and not options["warm_pool"]:
+    fetched = next((p for p in estimate["phases"] if p["phase"] == "weights_fetch"), None)
+    if cached is not None and not options["warm_pool"] and cached != fetched:
         # node_cache: the weights phase of a replica on a node whose cache has them
         lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
@@ -569,6 +575,13 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         lines.append(
             f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
             "cold_start.warm_pool), every hour, on top of the costs above"
+        )
+    disk = row.get("weights_disk")
+    if disk:  # weights_cache node_cache on GKE: the shared Hyperdisk ML volume, billed while it exists
+        lines.append(
+            f"  weights disk       {disk['size_gib']} GiB {disk['disk_type']}, "
+            f"{disk['provisioned_throughput_mib_s']:,} MiB/s, ${disk['monthly_usd_per_zone']:,.2f}/month per zone of "
+            f"the GPU pool (weights_cache: node_cache; {disk['price_source']})"
         )
     store = row.get("store")
     if store:

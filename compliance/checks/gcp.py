@@ -7,11 +7,12 @@ of them evaluates on a `byoc plan --cloud gcp` graph. The controls each evidence
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from compliance.checks.common import as_list, residency_verdict
-from compliance.model import Graph, Resource, Verdict, check, verdict
+from compliance.model import Graph, Resource, Verdict, check, not_applicable, verdict
 
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
 BUCKET = "gcp:storage/bucket:Bucket"
@@ -472,3 +473,57 @@ def gcp_memorystore_ha(resource: Resource, graph: Graph) -> Verdict:
 def gcp_memorystore_backup(resource: Resource, graph: Graph) -> Verdict:
     mode = resource.get("persistenceConfig.persistenceMode")  # unset: DISABLED
     return verdict(mode == "RDB", "persistenceConfig.persistenceMode", mode)
+
+
+# -- cold_start.weights_cache node_cache on GKE (stacks/gcp/weights.py) ----------------------------------------
+# The GKE Volume Populator copies the built artifact onto Hyperdisk ML volumes as the Kubernetes service account its
+# GCPDataSource names: that principal reads one artifact's prefix (artifacts/<model>/<cache key>/), objects and
+# listings, nothing else of the bucket; the volumes are created under the deployment's key.
+BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+POPULATOR_SUBJECT = re.compile(r"principal://iam\.googleapis\.com/projects/[^/]+/locations/global/workloadIdentityPools/"
+                               r"[^/]+\.svc\.id\.goog/subject/ns/[^/]+/sa/[^/]+-weights-populator")  # fmt: skip
+ARTIFACT_PREFIX_ONLY = re.compile(
+    r'resource\.name\.startsWith\("projects/_/buckets/[^/"]+/objects/(?P<prefix>artifacts/[^/*"]+/[^/*"]+/)"\) \|\| '
+    r'api\.getAttribute\("storage\.googleapis\.com/objectListPrefix", ""\)\.startsWith\("(?P=prefix)"\)'
+)
+POPULATOR_ROLE = "roles/storage.objectViewer"  # the GKE Volume Populator guide's role: objects get and list
+
+
+@check(
+    id="gcp_weights_populator_reads_artifact_prefix_only",
+    title="The GKE Volume Populator's identity reads only the model artifact's prefix",
+    severity="high",
+    resource_types=[BUCKET_MEMBER],
+    remediation="Grant roles/storage.objectViewer to the populator's Workload Identity principal under an IAM "
+    "condition on objects under artifacts/<model>/<key>/ and listings whose objectListPrefix lies under it, "
+    "nothing else.",
+    risk="The transfer Job runs in the serving namespace; a wider grant lets whatever runs as its service account "
+    "read the model sources, other builds and batch files of the bucket.",
+    cloud="gcp",
+)
+def gcp_weights_populator_scoped(resource: Resource, graph: Graph) -> Verdict:
+    member = str(resource.get("member") or "")
+    if not POPULATOR_SUBJECT.fullmatch(member):
+        return not_applicable("not the weights populator's grant")
+    role = resource.get("role")
+    expression = str(resource.get("condition.expression") or "")
+    scoped = role == POPULATOR_ROLE and ARTIFACT_PREFIX_ONLY.fullmatch(expression) is not None
+    return verdict(scoped, "role/condition.expression", {"role": role, "condition": expression or None})
+
+
+@check(
+    id="gcp_gke_storage_class_cmek",
+    title="GKE StorageClasses create their disks under a customer key",
+    severity="high",
+    resource_types=[STORAGE_CLASS],
+    remediation="Set the StorageClass parameter disk-encryption-kms-key to the deployment's disk key.",
+    risk="Volumes the PD CSI driver creates (the shared Hyperdisk ML weights among them) would hold the model under "
+    "Google-managed keys only.",
+    cloud="gcp",
+)
+def gcp_gke_storage_class_cmek(resource: Resource, graph: Graph) -> Verdict:
+    if resource.get("provisioner") != "pd.csi.storage.gke.io":
+        return not_applicable("not a Compute Engine persistent disk StorageClass")
+    key = resource.get("parameters.disk-encryption-kms-key")
+    return verdict(str(key or "").startswith("projects/"), "parameters.disk-encryption-kms-key", key)

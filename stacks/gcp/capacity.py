@@ -17,7 +17,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from byoc.catalogs import load_catalog
-from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE
+from byoc.clouds.gcp import GPU_MAX_PODS_PER_NODE, machine_series
 from byoc.names import KUBERNETES_DEPLOYMENT_LABEL
 from byoc.resolve import Deployment
 from stacks.gcp.cluster import Cluster, hardened_node_config
@@ -29,11 +29,6 @@ from stacks.gcp.network import Network
 NODE_POOL = "byoc-gpu"
 # GKE also taints GPU nodes with nvidia.com/gpu=present:NoSchedule; declaring it keeps the template complete.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
-
-
-def machine_series(machine_type: str) -> str:
-    """a3-highgpu-8g -> a3-highgpu; g2-standard-24 -> g2-standard."""
-    return machine_type.rsplit("-", 1)[0]
 
 
 def offering_zones(ctx: GcpContext, machine_type: str) -> pulumi.Output[list[str]]:
@@ -100,6 +95,7 @@ def max_nodes(replicas_per_node: int, max_replicas: int) -> int:
 class GpuCapacity(pulumi.ComponentResource):
     node_pool: pulumi.Output[str]
     accelerator: str
+    zones: pulumi.Output[list[str]]  # the pool's node locations (node_cache puts a weights volume in each)
 
     def __init__(self, ctx: GcpContext, cluster: Cluster, network: Network, identities: Identities, keys: Keys) -> None:
         name = ctx.name
@@ -113,12 +109,14 @@ class GpuCapacity(pulumi.ComponentResource):
         series = machine_series(machine_type)
         self.accelerator = platform["accelerators"][series]
         spot = deployment.capacity == "spot"
+        zones = offering_zones(ctx, machine_type)
+        self.zones = zones
         pool = gcp.container.NodePool(
             f"{name}-gpu",
             name=NODE_POOL,
             cluster=cluster.id,
             location=ctx.region,
-            node_locations=offering_zones(ctx, machine_type),
+            node_locations=zones,
             initial_node_count=0,
             max_pods_per_node=GPU_MAX_PODS_PER_NODE,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(

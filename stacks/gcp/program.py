@@ -17,6 +17,7 @@ from stacks.gcp.keys import Keys
 from stacks.gcp.network import Network
 from stacks.gcp.replication import ArtifactReplication, replicates
 from stacks.gcp.store import LimitsStore
+from stacks.gcp.weights import GkeWeights, shares_weights
 from stacks.k8s.serving import Foundation, ServingStack, SharedStore
 from stacks.multi_region import CIDR_OUTPUT, LB_ADDRESS_OUTPUT, REGION_OUTPUT
 
@@ -50,6 +51,12 @@ def program(deployment: Deployment) -> dict[str, Any]:
     identities.bind_service_accounts(ctx, cluster.cluster)
     identities.grant_bucket_access(ctx, store.bucket_name)
     limits = LimitsStore(ctx, network, keys) if deployment.gateway.store == "managed" else None
+    # cold_start.weights_cache node_cache: a Hyperdisk ML volume per zone of the pool (stacks/gcp/weights.py)
+    shared_weights = (
+        GkeWeights(ctx, cluster, network, identities, keys, store.bucket_name, capacity.zones)
+        if shares_weights(deployment)
+        else None
+    )
     # a multi-region deployment's primary copies the model it builds to the other regions' buckets: replication is
     # in place before the build Job writes (cross-bucket replication copies only what is written after)
     replication = ArtifactReplication(ctx, store.bucket_name).jobs if replicates(deployment) else []
@@ -95,6 +102,7 @@ def program(deployment: Deployment) -> dict[str, Any]:
             depends_on=[*cluster.ready, capacity, *replication],
             artifact_key=keys.key_ids["artifacts"],
             identity_egress=METADATA_SERVER_EGRESS,
+            node_weights=shared_weights.volume if shared_weights is not None else None,
         ),
     )
     outputs: dict[str, Any] = {

@@ -79,7 +79,7 @@ class Foundation:
     # NetworkPolicy egress rules to the endpoint pods get their cloud credentials from (stacks/k8s/batch.py)
     identity_egress: list[dict[str, Any]] = field(default_factory=list)
     # cold_start.weights_cache node_cache: the artifact prefix as a volume cached once per node (None: not offered)
-    node_weights: node_weights.NodeWeightsVolume | None = None
+    node_weights: node_weights.NodeWeightsVolume | node_weights.PopulatedWeightsVolume | None = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -237,7 +237,7 @@ class ServingStack(pulumi.ComponentResource):
         # primary's replication (stacks/<cloud>/replication.py), so their serving pods wait for it instead
         build = self._build_job(accounts["builder"], config) if is_primary(deployment) else None
         # node_cache: the claim every serving pod and warm-pool placeholder mounts at /models (stacks/k8s/weights.py)
-        self.weights_volume = node_weights.render(self)
+        self.weights_volume = node_weights.render(self, build)
         serving = self._serving(accounts["serving"], config, build)
         batch_token = stack_batch.worker_token(self) if deployment.batch.enabled else None
         gateway_service = self._gateway(accounts["gateway"], batch_token)

@@ -11,6 +11,14 @@ every later one reads it from the node's NVMe: one copy per node, without a host
 `restricted` Pod Security level forbids; `persistentVolumeClaim` volumes are allowed at every level, Kubernetes docs
 "Pod Security Standards", Restricted, "Volume Types").
 
+On GKE (stacks/gcp/weights.py) the claim is dynamically provisioned instead: a Hyperdisk ML StorageClass (the Compute
+Engine PD CSI driver, the deployment's disk key, one zonal volume in each zone of the GPU pool) and a claim whose
+`dataSourceRef` names a `GCPDataSource` (datalayer.gke.io/v1) pointing at the artifact's prefix, which the GKE Volume
+Populator copies onto the volumes before the claim binds (GKE docs, "Automate data transfer from Cloud Storage to a
+Hyperdisk ML volume using GKE Volume Populator"; "GCPDataSource" CRD reference: spec.cloudStorage.uri and
+.serviceAccountName). Every GPU node of a zone attaches its zone's volume read-only: one copy per zone, already whole
+before the first replica starts, so GKE needs no holder.
+
 Each pod's init container reads every file through the mount and checks its sha256 against manifest.json (`byoc
 artifacts verify /models`): the check that `byoc artifacts fetch --verify` makes, and the read that fills the node's
 cache. The PV and its claim are named after the artifact's cache key: a PV's source is immutable, and a new build
@@ -47,17 +55,41 @@ class NodeWeightsVolume:
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PopulatedWeightsVolume:
+    """How the cloud serves the artifact prefix as a disk filled from the bucket before any pod reads it, attached
+    read-only to every GPU node (GKE: Hyperdisk ML and the GKE Volume Populator, stacks/gcp/weights.py)."""
+
+    provisioner: str  # the StorageClass's CSI provisioner, e.g. pd.csi.storage.gke.io
+    # the StorageClass's parameters: disk type, provisioned throughput, the customer key, zones, labels
+    parameters: dict[str, pulumi.Input[str]]
+    zone_label: str  # the topology key allowedTopologies names, e.g. topology.gke.io/zone
+    zones: pulumi.Input[list[str]]  # the GPU node pool's zones: one volume in each
+    bucket_root: pulumi.Input[str]  # gs://<bucket>; the data source copies <root>/<artifact prefix>/
+    # the data source's custom resource: (apiVersion, kind); its spec is GKE's `cloudStorage` (uri, serviceAccountName)
+    data_source: tuple[str, str]
+    service_account: str  # the Kubernetes service account the copy runs as (its bucket grant is the cloud's)
+    # the transfer Job's nodes: a cluster-scoped ComputeClass of this name (cloud.google.com/v1), whose node pool
+    # the cloud creates (stacks/gcp/weights.py)
+    transfer_compute_class: str
+    transfer_machine_family: str
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
 def claim_name(stack: ServingStack) -> str:
     return resource_name(stack.deployment.name, f"weights-{stack.plan.cache_key[:10]}")
 
 
-def render(stack: ServingStack) -> dict[str, Any] | None:
-    """The PV and PVC of the shared weights, and the pod volume `models` that reads the claim; None when the
-    deployment does not share the weights by node (each replica then fetches into its own emptyDir)."""
+def render(stack: ServingStack, build: pulumi.Resource | None = None) -> dict[str, Any] | None:
+    """The claim of the shared weights (with its PV on AWS, its StorageClass and data source on GKE), and the pod
+    volume `models` that reads it; None when the deployment does not share the weights by node (each replica then
+    fetches into its own emptyDir). `build`: the model build Job, which a populated disk waits for."""
     caches = stack.deployment.caches
     source = stack.foundation.node_weights
     if caches is None or not caches.weights.shared_by_node or source is None:
         return None
+    if isinstance(source, PopulatedWeightsVolume):
+        return render_populated(stack, source, build)
     name = claim_name(stack)
     size = f"{stack._artifact_gib}Gi"
     volume = stack._resource(
@@ -96,6 +128,81 @@ def render(stack: ServingStack) -> dict[str, Any] | None:
     shared = {"name": "models", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}
     render_holder(stack, shared)
     return shared
+
+
+def render_populated(
+    stack: ServingStack, source: PopulatedWeightsVolume, build: pulumi.Resource | None
+) -> dict[str, Any]:
+    """GKE: the Hyperdisk ML StorageClass, the transfer Job's ComputeClass, the copy's service account, the
+    GCPDataSource and the claim that names it (GKE Volume Populator guide, "Create a Hyperdisk ML volume with
+    preloaded data"). The claim waits for the build Job: the populator copies what the prefix holds when the claim is
+    created, once."""
+    deployment = stack.deployment
+    caches = deployment.caches
+    assert caches is not None and caches.weights.disk is not None
+    disk = caches.weights.disk
+    name = claim_name(stack)
+    short = stack.plan.cache_key[:10]
+    compute_class = stack._resource(
+        k8s.apiextensions.CustomResource,
+        "weights-transfer-class",
+        depends_on=source.depends_on,
+        api_version="cloud.google.com/v1",
+        kind="ComputeClass",
+        # the name GKE's transfer Job selects; the node pool carrying its label and taint is the cloud's
+        metadata={"name": source.transfer_compute_class, "labels": _labels(stack)},
+        spec={"priorities": [{"machineFamily": source.transfer_machine_family}], "whenUnsatisfiable": "DoNotScaleUp"},
+    )
+    storage_class = stack._resource(
+        k8s.storage.v1.StorageClass,
+        f"weights-class-{short}",
+        depends_on=source.depends_on,
+        metadata={"name": name, "labels": _labels(stack)},
+        provisioner=source.provisioner,
+        parameters=source.parameters,
+        # the artifact never changes under its prefix: the volume is never grown, and it goes with its claim
+        allow_volume_expansion=False,
+        reclaim_policy="Delete",
+        # Immediate: the copy starts when the claim is created (after the build), not when a replica first needs it
+        volume_binding_mode="Immediate",
+        allowed_topologies=[{"matchLabelExpressions": [{"key": source.zone_label, "values": source.zones}]}],
+    )
+    account = stack._namespaced(
+        k8s.core.v1.ServiceAccount,
+        "weights-populator-sa",
+        {"name": source.service_account, "labels": _labels(stack)},
+        # the transfer Job's identity for Workload Identity Federation: nothing else runs as it
+        automount_service_account_token=False,
+    )
+    api_version, kind = source.data_source
+    group = api_version.split("/", 1)[0]
+    data_source = stack._custom(
+        api_version,
+        kind,
+        f"weights-source-{short}",
+        {"name": name, "labels": _labels(stack)},
+        {
+            "cloudStorage": {
+                "serviceAccountName": source.service_account,
+                # a folder: the trailing slash copies what lies under the prefix
+                "uri": pulumi.Output.concat(source.bucket_root, "/", stack.plan.artifact_prefix, "/"),
+            }
+        },
+        depends_on=[account, *([build] if build is not None else [])],
+    )
+    stack._namespaced(
+        k8s.core.v1.PersistentVolumeClaim,
+        f"weights-pvc-{short}",
+        {"name": name, "labels": _labels(stack)},
+        depends_on=[data_source, storage_class, compute_class],
+        spec={
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": name,
+            "resources": {"requests": {"storage": f"{disk.size_gib}Gi"}},
+            "dataSourceRef": {"apiGroup": group, "kind": kind, "name": name},
+        },
+    )
+    return {"name": "models", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}
 
 
 # The holder's requests (byoc/catalogs/kubernetes.yaml gpu_node_daemonsets_node_cache counts them on every GPU node).

@@ -21,6 +21,26 @@ def r(type_token: str, inputs: dict[str, Any], name: str = "x", id_: str | None 
     return Resource(type_token, name, id_ or f"{name}-id", inputs, "plan")
 
 
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+HDML = {"type": "hyperdisk-ml", "provisioned-throughput-on-create": "2400Mi"}
+KMS_PARAMETER = "disk-encryption-kms-key"
+# stacks/gcp/weights.py: objects under one artifact's prefix, and listings under it
+PREFIX_ONLY = (
+    'resource.name.startsWith("projects/_/buckets/data/objects/artifacts/m/k/") || '
+    'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("artifacts/m/k/")'
+)
+
+
+def populator_grant(role: str, expression: str) -> Resource:
+    member = (
+        "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p.svc.id.goog/subject/"
+        "ns/byoc-t/sa/byoc-t-weights-populator"
+    )
+    condition = {"title": "byoc-weights-populator", "expression": expression}
+    inputs = {"bucket": "data", "role": role, "member": member, "condition": condition}
+    return r("gcp:storage/bucketIAMMember:BucketIAMMember", inputs)
+
+
 def policy(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
@@ -805,6 +825,14 @@ CASES: dict[str, tuple[list[Resource], list[Resource]]] = {
     "gcp_gke_node_boot_disk_cmek": (
         [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"bootDiskKmsKey": GCP_KEY}})],
         [r("gcp:container/nodePool:NodePool", {"nodeConfig": {}})],
+    ),
+    "gcp_gke_storage_class_cmek": (
+        [r(STORAGE_CLASS, {"provisioner": "pd.csi.storage.gke.io", "parameters": {**HDML, KMS_PARAMETER: GCP_KEY}})],
+        [r(STORAGE_CLASS, {"provisioner": "pd.csi.storage.gke.io", "parameters": HDML})],
+    ),
+    "gcp_weights_populator_reads_artifact_prefix_only": (
+        [populator_grant("roles/storage.objectViewer", PREFIX_ONLY)],
+        [populator_grant("roles/storage.objectViewer", PREFIX_ONLY.replace("artifacts/m/k/", "artifacts/"))],
     ),
     "gcp_gke_metadata_server": (
         [r("gcp:container/nodePool:NodePool", {"nodeConfig": {"workloadMetadataConfig": {"mode": "GKE_METADATA"}}})],

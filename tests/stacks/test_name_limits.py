@@ -64,7 +64,14 @@ SPECS = {
         # node_cache renders the most: the Mountpoint role, the weights PV, PVC and holder DaemonSet
         "cold_start": {"weights_cache": "node_cache"},
     },
-    "gcp": {"name": LONGEST, "cloud": "gcp", "region": "EUROPE", "shape": "h100x8-fp8"},
+    "gcp": {
+        "name": LONGEST,
+        "cloud": "gcp",
+        "region": "EUROPE",
+        "shape": "h100x8-fp8",
+        # node_cache: the weights StorageClass, data source, claim, populator account and transfer pool
+        "cold_start": {"weights_cache": "node_cache"},
+    },
 }
 
 

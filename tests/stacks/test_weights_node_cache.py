@@ -1,7 +1,7 @@
 """cold_start.weights_cache node_cache (issue 24): the weights shared by the replicas of a GPU node on AWS, through
 the Mountpoint for Amazon S3 CSI driver (stacks/aws/weights.py, stacks/k8s/weights.py); the serving pods and the
 warm-pool placeholders mount one read-only claim, the driver's role reads the artifact's prefix only, and the
-manifests pass kubernetes-validate and checkov."""
+manifests pass kubernetes-validate and checkov. GKE's Hyperdisk ML counterpart: test_weights_node_cache_gcp.py."""
 
 from __future__ import annotations
 
@@ -152,16 +152,6 @@ def test_every_gpu_node_keeps_room_for_the_driver_and_its_mountpoint() -> None:
     # p5.4xlarge holds one replica: its slot gives up exactly that room
     assert plain.replicas_per_node == 1
     assert (plain.slot.cpu_m - shared.slot.cpu_m, plain.slot.memory_mib - shared.slot.memory_mib) == (cpu, memory)
-
-
-def test_gcp_refuses_node_cache_with_the_field_and_a_fix(tmp_path: Path) -> None:
-    spec = tmp_path / "byoc.yaml"
-    gcp = {"cloud": "gcp", "region": "europe-west4", "model": "llama-3.1-8b-instruct", "shape": "l4x1-fp8"}
-    spec.write_text(yaml.safe_dump(spec_data(**gcp, cold_start={"weights_cache": "node_cache"})))
-    result = run_byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert "cold_start.weights_cache" in result.stderr and "local_ssd" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,30 @@ def test_the_image_cache_takes_the_pull_from_minutes_to_seconds() -> None:
     assert cached == image["cached"]["gcp"]["seconds"]
 
 
+def test_gke_node_cache_reads_every_wake_from_hyperdisk_ml_at_the_published_rate() -> None:
+    """GKE's node_cache: the GKE Volume Populator fills the Hyperdisk ML volume at deploy, so every wake reads it
+    from the volume at one VM's Hyperdisk ML read rate (coldstart.yaml weights_fetch.read.node_cache.gcp)."""
+    args = ["--model", "llama-3.3-70b-instruct", "--shape", "h100x4-fp8", "--cloud", "gcp"]
+    shared = estimate_json(*args, "--weights-cache", "node_cache")["cold_start"]
+    local = estimate_json(*args)["cold_start"]
+    read = cold_start_catalog()["weights_fetch"]["read"]["node_cache"]["gcp"]
+    fetch = shared["phases"][2]
+    gib = float(fetch["basis"].split(" GiB")[0])
+    assert math.isclose(fetch["seconds"], gib * GIB / (read["rate_mib_s"] * MIB), abs_tol=0.1)
+    assert "Hyperdisk ML volume" in fetch["basis"] and fetch["source"] == read["source"]
+    assert seconds(shared)["weights_fetch"] < seconds(local)["weights_fetch"]  # the bucket's rate is slower
+    assert shared["weights_fetch_cached"] == fetch  # no node has to hold it first
+
+
+def test_the_estimate_prices_gkes_shared_weights_disk_and_not_awss() -> None:
+    args = ["--model", "llama-3.3-70b-instruct", "--shape", "h100x4-fp8", "--weights-cache", "node_cache"]
+    disk = estimate_json(*args, "--cloud", "gcp")["weights_disk"]
+    assert disk["disk_type"] == "hyperdisk-ml" and disk["monthly_usd_per_zone"] > 0 and disk["size_gib"] > 70
+    assert "weights_disk" not in estimate_json(*args, "--cloud", "aws")
+    text = runner.invoke(app, ["estimate", *args, "--cloud", "gcp"]).stdout
+    assert f"${disk['monthly_usd_per_zone']:,.2f}/month per zone" in text and "weights cached" not in text
+
+
 def test_weights_on_the_root_disk_are_slower_than_on_local_ssd() -> None:
     args = ["--model", "llama-3.3-70b-instruct", "--shape", "h100x4-fp8"]
     local = estimate_json(*args)["cold_start"]
