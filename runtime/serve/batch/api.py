@@ -30,6 +30,7 @@ gateway (access denied, KMS) or whose bucket is gone answers 500; both say so, a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -466,9 +467,9 @@ class BatchApi:
                 return listed
 
         else:
-            everything = list(reversed(await self._call(owner_index.list_all, self.store, folder)))
-            if start is not None:
-                everything = everything[everything.index(start) + 1 :] if start in everything else []
+            listed: list[str] = await self._call(owner_index.list_all, self.store, folder)
+            # oldest first, from the cursor's place (its entry's name, whether or not the entry is still there)
+            everything = listed[: bisect.bisect_left(listed, start) if start is not None else len(listed)][::-1]
 
             async def entries(start_after: str | None, count: int) -> list[str]:
                 offset = everything.index(start_after) + 1 if start_after is not None else 0
