@@ -397,9 +397,13 @@ class BatchApi:
         after = start_after
         pending: list[str] = []  # ids listed and kept, not yet read
         exhausted = False
+        listed_once = False
         while True:
             while len(pending) < limit - len(records) + 1 and not exhausted:
-                want = limit - len(records) + 1 - len(pending)
+                # what the page still needs, and one more (has_more); once entries were skipped, whole chunks: the
+                # same one request each, and fewer of them when many are skipped
+                want = limit - len(records) + 1 - len(pending) if not listed_once else owner_index.LIST_CHUNK
+                listed_once = True
                 keys = await entries(after, want)
                 exhausted = len(keys) < min(want, owner_index.LIST_CHUNK)
                 if keys:
