@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import unquote
 
 import boto3
 import openai
@@ -20,7 +21,9 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from tests.model_build.test_s3_store import DenyingProxy
+from runtime.serve.batch.api import open_batch_store
+from runtime.serve.batch.worker import BatchWorker, WorkerSettings
+from tests.model_build.test_s3_store import DenyingProxy, _ProxyHandler
 from tests.runtime.conftest import KEYS, MODEL, Server, free_port, http, start_gateway
 from tests.runtime.standin import StandInEngine
 from tests.runtime.test_cli import byoc
@@ -90,10 +93,20 @@ def batch_gateway(folder: Path, engine: StandInEngine, keys: Path, moto: str, st
         )
 
 
+def sweep(endpoint: str, root: str, kms_key: str) -> None:
+    """One sweep of the batch worker over s3://BUCKET/root, as the worker runs it (first thing at its start, then
+    every --sweep-seconds): it deletes what expired and keeps the owner index whole (owner_index.py)."""
+    with mock.patch.dict(os.environ, {**AWS, "AWS_ENDPOINT_URL": endpoint}):
+        store = open_batch_store(f"s3://{BUCKET}/{root}", kms_key)
+    settings = WorkerSettings(gateway="http://127.0.0.1:9", batch_store=store.uri(), worker_token="-")
+    BatchWorker(settings, store).sweep()
+
+
 @pytest.fixture(scope="module")
 def gateway(
     runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
 ) -> Iterator[Server]:
+    sweep(moto, ROOT, kms_key)  # a new deployment's worker: its first sweep finds an empty root, the index complete
     server = batch_gateway(runtime_dir, standin, keys_file, moto, f"s3://{BUCKET}/{ROOT}", "--batch-kms-key", kms_key)
     yield server
     server.stop()
@@ -215,6 +228,164 @@ def test_files_list_pages_and_orders(gateway: Server) -> None:
     assert [f.id for f in api.files.list(order="asc")] == ids
     for file_id in ids:
         api.files.delete(file_id)
+
+
+class CountingProxy(DenyingProxy):
+    """Forwards every request to moto, as DenyingProxy does (denying none), and records each one: `METHOD /path?query`,
+    the S3 requests the gateway makes."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, deny="\x00")  # no key ends with NUL: nothing denied
+        self.RequestHandlerClass = _CountingHandler
+        self.seen: list[str] = []
+
+
+class _CountingHandler(_ProxyHandler):
+    server: CountingProxy
+
+    def _count(self) -> None:
+        self.server.seen.append(f"{self.command} {unquote(self.path)}")
+        self._forward()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _count
+
+
+@pytest.fixture()
+def counted(moto: str) -> Iterator[tuple[str, CountingProxy]]:
+    proxy = CountingProxy(moto)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_list_reads_one_page_of_the_callers_index_however_many_files_others_keep(
+    runtime_dir: Path,
+    standin: StandInEngine,
+    keys_file: Path,
+    moto: str,
+    s3: Any,
+    kms_key: str,
+    counted: tuple[str, CountingProxy],
+) -> None:
+    """The S3 requests of one key's list (the official client auto-paging, 2 a page) are the same with 2 and with 12
+    files of another key in the bucket, and none of them names another key's object; the list is exactly the key's
+    own files, newest first; a deleted or expired file leaves it, and the sweep deletes the expired one's entry."""
+    endpoint, proxy = counted
+    root = "crowd/"
+    sweep(moto, root, kms_key)
+    server = batch_gateway(
+        runtime_dir, standin, keys_file, endpoint, f"s3://{BUCKET}/{root}", "--batch-kms-key", kms_key
+    )
+    try:
+        mine, crowd = client(server, "single"), client(server, "ci")
+        ids = [upload(mine, [request_line(f"mine-{n}")]).id for n in range(3)]
+        source = upload(mine, [request_line("b")])
+        ids.append(source.id)
+        batches = [
+            mine.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h").id
+            for _ in range(2)
+        ]
+        mine.files.list()  # the gateway's first list reads index/_complete (a HEAD), then knows the index is whole
+        theirs: list[str] = []
+        theirs_batches: list[str] = []
+        files_cost, batches_cost = [], []
+        for total in (2, 12):
+            theirs += [upload(crowd, [request_line(f"theirs-{n}")]).id for n in range(total - len(theirs))]
+            theirs_batches += [
+                crowd.batches.create(
+                    input_file_id=theirs[0], endpoint="/v1/chat/completions", completion_window="24h"
+                ).id
+                for _ in range(total // 2 - len(theirs_batches))
+            ]
+            proxy.seen.clear()
+            assert [f.id for f in mine.files.list(limit=2)] == ids[::-1]  # the client follows `after`: 2 pages
+            files_cost.append(list(proxy.seen))
+            proxy.seen.clear()
+            assert [b.id for b in mine.batches.list(limit=1)] == batches[::-1]
+            batches_cost.append(list(proxy.seen))
+        # page 1: one ListObjectsV2 of the key's index, a GET per file; page 2: the `after` file's record (its
+        # place in the index), one ListObjectsV2, a GET per file
+        assert len(files_cost[0]) == len(files_cost[1]) == 7, files_cost
+        assert len([r for r in files_cost[1] if "list-type=2" in r]) == 2
+        # a batch: batch.json, state.json and cancel (its status); page 2 adds the `after` batch's record
+        assert len(batches_cost[0]) == len(batches_cost[1]) == 9, batches_cost
+        for request in files_cost[1] + batches_cost[1]:
+            assert not [other for other in theirs + theirs_batches if other in request], request
+            assert "/index/ci/" not in request, request
+
+        assert [f.id for f in mine.files.list(order="asc")] == ids
+        assert [f.id for f in mine.files.list(order="asc", limit=3)] == ids  # `asc` pages too
+        assert [f.id for f in mine.files.list(purpose="batch")] == ids[::-1]
+        assert list(mine.files.list(purpose="batch_output")) == []
+        assert sorted(f.id for f in crowd.files.list()) == sorted(theirs)
+
+        mine.files.delete(ids[1])
+        assert [f.id for f in mine.files.list(limit=1)] == [ids[3], ids[2], ids[0]]
+        expired = f"{root}files/{ids[0]}/object.json"
+        record = json.loads(s3.get_object(Bucket=BUCKET, Key=expired)["Body"].read())
+        put_json(s3, expired, {**record, "expires_at": int(time.time()) - 1}, kms_key)  # no sweep has run yet
+        assert [f.id for f in mine.files.list(limit=1)] == [ids[3], ids[2]]
+        sweep(moto, root, kms_key)
+        entries = keys_under(s3, f"{root}index/single/files/")
+        assert [e.split("/")[-2].split(".")[1] for e in entries] == [ids[3], ids[2]]  # newest first
+        assert keys_under(s3, f"{root}files/{ids[0]}/") == keys_under(s3, f"{root}files/{ids[1]}/") == []
+        versions = s3.list_object_versions(Bucket=BUCKET, Prefix=f"{root}index/single/files/")
+        assert len(versions.get("Versions", [])) == 2 and versions.get("DeleteMarkers", []) == []
+    finally:
+        server.stop()
+
+
+def test_records_from_before_the_index_are_listed_until_the_sweep_has_indexed_them(
+    runtime_dir: Path, standin: StandInEngine, keys_file: Path, moto: str, s3: Any, kms_key: str
+) -> None:
+    """A bucket written by a gateway before the owner index: its files and batches are listed (every record read,
+    as before) until the worker's sweep has written their entries and index/_complete; then the index is what a
+    list reads, and a record without its entry (a gateway that died between the two writes) is retrievable, not
+    listed, until the next sweep gives it its entry."""
+    root = "legacy/"
+    now = int(time.time())
+
+    def legacy_file(owner: str, created_at: int) -> str:
+        file_id = f"file-legacy{created_at}{owner}"
+        s3.put_object(Bucket=BUCKET, Key=f"{root}files/{file_id}/content", Body=jsonl([request_line("a")]))
+        record = {"id": file_id, "object": "file", "bytes": 1, "created_at": created_at, "expires_at": now + 3600,
+                  "filename": "in.jsonl", "purpose": "batch", "status": "processed", "owner": owner}  # fmt: skip
+        put_json(s3, f"{root}files/{file_id}/object.json", record, kms_key)
+        return file_id
+
+    older, newer, other = legacy_file("single", now - 20), legacy_file("single", now - 10), legacy_file("ci", now - 5)
+    batch_id = f"batch_legacy{now}"
+    batch = {"id": batch_id, "owner": "single", "input_file_id": older, "endpoint": "/v1/chat/completions",
+             "completion_window": "24h", "created_at": now - 1, "expires_at": now + 3600}  # fmt: skip
+    put_json(s3, f"{root}batches/{batch_id}/batch.json", batch, kms_key)
+    server = batch_gateway(runtime_dir, standin, keys_file, moto, f"s3://{BUCKET}/{root}", "--batch-kms-key", kms_key)
+    try:
+        mine = client(server, "single")
+        assert [f.id for f in mine.files.list(limit=1)] == [newer, older]
+        assert [b.id for b in mine.batches.list()] == [batch_id]
+        assert keys_under(s3, f"{root}index/") == []
+
+        sweep(moto, root, kms_key)
+        assert f"{root}index/_complete" in keys_under(s3, f"{root}index/")
+        assert len(keys_under(s3, f"{root}index/single/files/")) == 2
+        assert len(keys_under(s3, f"{root}index/ci/files/")) == 1
+        assert len(keys_under(s3, f"{root}index/single/batches/")) == 1
+        assert [f.id for f in mine.files.list(limit=1)] == [newer, older]
+        assert [b.id for b in mine.batches.list()] == [batch_id]
+        assert [f.id for f in client(server, "ci").files.list()] == [other]
+
+        late = legacy_file("single", now)  # the record written, its entry not: the gateway died in between
+        assert mine.files.retrieve(late).id == late
+        assert [f.id for f in mine.files.list()] == [newer, older]
+        sweep(moto, root, kms_key)
+        assert [f.id for f in mine.files.list()] == [late, newer, older]
+        with pytest.raises(openai.BadRequestError):  # the input of a batch that has not ended
+            mine.files.delete(older)
+    finally:
+        server.stop()
 
 
 def test_batches_create_retrieve_list_and_cancel(gateway: Server, s3: Any, kms_key: str) -> None:

@@ -12,7 +12,13 @@ What the emulator (gcp-storage-emulator 2026.7) departs from, read in its handle
 one named, 0 meaning "no live object" (JSON API objects.insert, "ifGenerationMatch"; error reason `conditionNotMet`).
 byoc's lease and result parts rest on that precondition (runtime/serve/batch/conditional.py), so the fixture wraps
 the emulator's one-request upload (what google-cloud-storage sends for these small objects) with that published rule,
-in the emulator's own single-threaded request loop, where the check and the write cannot interleave. It also ignores
+in the emulator's own single-threaded request loop, where the check and the write cannot interleave. It wraps the
+download (objects.get, `alt=media`) the same way: `ifGenerationMatch` answers 412 unless the live generation is the
+one named, and a `generation` that is not the live one is 404, as for a generation a bucket does not keep (JSON API
+objects.get: `generation` selects a revision, `ifGenerationMatch` conditions the read on the current generation).
+A test may have the wrapper write a new generation just before a download (`REPLACE_BEFORE_DOWNLOAD`): the replace
+another writer lands between a reader's metadata read and its download, which the emulator gives no other way to
+time. It also ignores
 `kmsKeyName` (no CMEK: not checked here), keeps one generation per name (`versions=True` lists the live objects only:
 the purge of noncurrent generations is not exercised) and sends no `x-goog-generation` header on a download.
 """
@@ -52,20 +58,37 @@ ROOT = f"gs://{BUCKET}/batch/"
 KMS_KEY = "projects/byoc-test/locations/europe-west4/keyRings/byoc/cryptoKeys/batch"
 
 
+# object name -> what the download wrapper writes as the object's next generation just before that object's next
+# download, once (None: deletes it instead); and the names of the downloads it answered 412
+REPLACE_BEFORE_DOWNLOAD: dict[str, bytes | None] = {}
+DOWNLOADS_REFUSED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
     """gcp-storage-emulator in this process (its own thread), in memory; STORAGE_EMULATOR_HOST points every client
     at it, the gateway's and the worker's too (they inherit this environment)."""
+    from gcp_storage_emulator import server as emulator_server
     from gcp_storage_emulator.handlers import objects
     from gcp_storage_emulator.server import create_server
 
     # it logs each 404 at ERROR, and a 404 is the ordinary answer for an object not written yet
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
-    upload = objects._multipart_upload
+    upload, download = objects._multipart_upload, objects.download
+    checked = partial(_download_if_generation_matches, download)
+    # the route table holds the download handler itself (the /download/storage/v1 route); objects.get calls it by name
+    routes = tuple(
+        (pattern, {method: checked if handler is download else handler for method, handler in table.items()})
+        for pattern, table in emulator_server.HANDLERS
+    )
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     endpoint = f"http://127.0.0.1:{port}"
-    with mock.patch.object(objects, "_multipart_upload", partial(_upload_if_generation_matches, upload)):
+    with (
+        mock.patch.object(objects, "_multipart_upload", partial(_upload_if_generation_matches, upload)),
+        mock.patch.object(objects, "download", checked),
+        mock.patch.object(emulator_server, "HANDLERS", routes),
+    ):
         server.start()
         try:
             with mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "byoc-test"}):
@@ -92,6 +115,41 @@ def _upload_if_generation_matches(upload: Any, request: Any, response: Any, stor
             response.json({"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet"}]}})
             return
     upload(request, response, storage)
+
+
+def _download_if_generation_matches(download: Any, request: Any, response: Any, storage: Any) -> None:
+    """Cloud Storage's objects.get with `alt=media`: `ifGenerationMatch` is 412 `conditionNotMet` unless the live
+    generation is the one named (0: no live object); a `generation` other than the live one is 404 (the emulator
+    keeps no other); then the emulator's own download. A replacement queued in REPLACE_BEFORE_DOWNLOAD lands first."""
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    if name in REPLACE_BEFORE_DOWNLOAD:
+        replacement = REPLACE_BEFORE_DOWNLOAD.pop(name)
+        if replacement is None:
+            storage.delete_file(bucket, name)
+        else:
+            resource = objects._make_object_resource(
+                request.base_url, bucket, name, "application/octet-stream", str(len(replacement))
+            )
+            storage.create_file(bucket, name, replacement, objects._checksums(replacement, resource))
+    try:
+        live = str(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        live = "0"
+    wanted, pinned = request.query.get("ifGenerationMatch"), request.query.get("generation")
+    if wanted and live != wanted[0]:
+        DOWNLOADS_REFUSED.append(name)
+        message = "At least one of the pre-conditions you specified did not hold."
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        response.json({"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet"}]}})
+        return
+    if pinned and live != pinned[0]:
+        response.status = HTTPStatus.NOT_FOUND
+        response.json({"error": {"code": 404, "message": "No such object.", "errors": [{"reason": "notFound"}]}})
+        return
+    download(request, response, storage)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +255,13 @@ def test_the_official_client_runs_a_batch_over_gs_and_delete_empties_the_bucket(
     assert names_under(bucket, f"batch/batches/{batch.id}/parts/") == []  # merged into the output, then removed
     with pytest.raises(openai.NotFoundError):  # another key sees nothing of it
         api_for(gateway, "slow").files.content(done.output_file_id)
+    # the worker's first sweep completed the owner index; lists read it (objects.list from startOffset), and the
+    # worker indexed its output file with the batch's owner
+    assert names_under(bucket, "batch/index/_complete") == ["batch/index/_complete"]
+    assert sorted(f.id for f in api.files.list(limit=1)) == sorted([source.id, done.output_file_id])
+    assert [f.id for f in api.files.list(purpose="batch_output")] == [done.output_file_id]
+    assert [b.id for b in api.batches.list(limit=1)] == [batch.id]
+    assert list(api_for(gateway, "slow").files.list()) == []
 
     for file_id in (source.id, done.output_file_id):
         deleted = api.files.delete(file_id)
@@ -204,6 +269,8 @@ def test_the_official_client_runs_a_batch_over_gs_and_delete_empties_the_bucket(
         assert names_under(bucket, f"batch/files/{file_id}/") == []  # gone from the bucket at once
         with pytest.raises(openai.NotFoundError):
             api.files.content(file_id)
+    assert names_under(bucket, "batch/index/ci/files/") == []  # and from the index
+    assert list(api.files.list()) == []
 
 
 def test_kill_9_mid_batch_and_a_restart_leave_exactly_one_result_per_custom_id(
@@ -247,6 +314,62 @@ def test_a_lost_create_or_replace_race_is_a_conflict(store: Store) -> None:
         conditional.replace(store, key, b"third", first)  # the generation moved on
     assert conditional.read_versioned(store, key) == (b"second", second)
     store.purge([key])
+
+
+def test_an_object_replaced_between_its_metadata_read_and_its_download_is_read_again(store: Store) -> None:
+    """conditional.read_versioned on gs:// reads the metadata, then the bytes pinned to that generation: a new
+    generation landing in between makes the download 412, and the object is read again, so the bytes and the
+    version it answers are the new generation's (a replace conditioned on that version succeeds); an object deleted
+    in between reads as absent."""
+    key = "batches/reread/lease.json"
+    name = f"batch/{key}"
+    conditional.create(store, key, b"first")
+    refused = len(DOWNLOADS_REFUSED)
+    REPLACE_BEFORE_DOWNLOAD[name] = b"second"
+    found = conditional.read_versioned(store, key)
+    assert name not in REPLACE_BEFORE_DOWNLOAD, "the replace landed between the two reads"
+    assert DOWNLOADS_REFUSED[refused:] == [name], "the download pinned to the first generation was refused"
+    assert found is not None and found[0] == b"second"
+    third = conditional.replace(store, key, b"third", found[1])  # the version read is the live generation
+    assert conditional.read_versioned(store, key) == (b"third", third)
+
+    REPLACE_BEFORE_DOWNLOAD[name] = None  # deleted between the two reads
+    assert conditional.read_versioned(store, key) is None
+    assert name not in REPLACE_BEFORE_DOWNLOAD
+
+
+def test_a_lease_taken_between_the_metadata_read_and_the_download_is_left_to_its_holder(
+    gateway: Server, store: Store, token_file: Path, runtime_dir: Path
+) -> None:
+    """A batch whose lease had run out (its worker crashed): the worker reads the lease's metadata (free), another
+    worker takes the lease before the download (a new generation), the pinned download is 412, the worker reads the
+    lease again and counts it as the other's: it starts the batch only once that lease has run out, and the batch
+    ends with one result per custom_id, every line sent once."""
+    api = api_for(gateway)
+    lines = [chat_line(f"race-{i:02d}", f"say {i}", max_tokens=3) for i in range(8)]
+    batch = api.batches.create(
+        input_file_id=upload(api, lines).id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    lease = layout.batch_lease(batch.id)
+    store.write_bytes(lease, json.dumps({"holder": "crashed-worker", "expires_at": time.time() - 60}).encode())
+    other_until = time.time() + 4
+    taken = {"holder": "other-worker", "expires_at": other_until}
+    REPLACE_BEFORE_DOWNLOAD[f"batch/{lease}"] = json.dumps(taken).encode()
+    refused = len(DOWNLOADS_REFUSED)
+    before = metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0
+    worker = Worker(runtime_dir, gateway.url, ROOT, token_file, "--batch-kms-key", KMS_KEY)
+    try:
+        done = wait_for(
+            lambda: (b := api.batches.retrieve(batch.id)).status in layout.TERMINAL and b, 60, "the batch to end"
+        )
+    finally:
+        worker.stop()
+    assert f"batch/{lease}" not in REPLACE_BEFORE_DOWNLOAD and f"batch/{lease}" in DOWNLOADS_REFUSED[refused:]
+    assert done.status == "completed", worker.log.read_text()
+    assert done.in_progress_at is not None and done.in_progress_at >= int(other_until)  # not before the other's ran out
+    admitted = (metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") or 0.0) - before
+    assert admitted == len(lines), "every line sent once"
+    assert_exactly_one_result_each(store, state_of(store, batch.id), [line["custom_id"] for line in lines])
 
 
 def test_two_workers_over_gs_never_run_one_batch_at_once(

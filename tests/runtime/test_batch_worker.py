@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from runtime.model_build.stores import ObjectMissing, Store, open_store
-from runtime.serve.batch import layout
+from runtime.serve.batch import layout, owner_index
 from tests.conftest import ROOT
 from tests.runtime.conftest import (
     KEYS,
@@ -137,7 +137,8 @@ def chat_line(custom_id: str, content: str, max_tokens: int = 4, model: str = MO
 
 
 def write_batch(store: Store, lines: list[dict[str, Any]] | bytes, owner: str = "ci", **record: Any) -> str:
-    """An input file and a batch record, as the gateway's Files/Batches API writes them (layout.py)."""
+    """An input file and a batch record, as the gateway's Files/Batches API writes them (layout.py), less their
+    owner-index entries (runtime/serve/batch/owner_index.py), which the worker's sweep writes."""
     file_id, batch_id = layout.new_file_id(), layout.new_batch_id()
     content = lines if isinstance(lines, bytes) else b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     now = int(time.time())
@@ -476,6 +477,17 @@ def test_expiry_validation_and_the_sweep(
     assert failed["errors"]["data"][0]["code"] == "duplicate_custom_id" and failed["errors"]["data"][0]["line"] == 2
     assert broken["status"] == "failed" and broken["errors"]["data"][0]["line"] == 1
     assert not store.exists(layout.file_content(old_file))
+    # the owner index: complete, nothing left of what the sweep deleted, the ended batches and the worker's error
+    # file listed for their owner
+    index = [o.key for o in store.list_objects(layout.INDEX)]
+    assert layout.INDEX_COMPLETE in index
+    assert not [k for k in index if old_batch in k or old_file in k]
+    batches = {e.batch_id for e in map(owner_index.parse_batch_entry, index) if e is not None}
+    assert {expired, duplicate, not_json} <= batches
+    files = {e.file_id: e.purpose for e in map(owner_index.parse_file_entry, index) if e is not None}
+    assert files.get(state["error_file_id"]) == "batch_output"
+    assert all(k.startswith(layout.owner_files_index("ci")) or k.startswith(layout.owner_batches_index("ci"))
+               for k in index if k != layout.INDEX_COMPLETE)  # fmt: skip
 
 
 def test_the_sweep_leaves_no_version_of_what_it_deletes_in_a_versioned_bucket(

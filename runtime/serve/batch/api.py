@@ -4,21 +4,23 @@ Routes (shapes as openai-python 3.63 types them: src/openai/types/file_object.py
 batch_request_counts.py, batch_error.py, batch_create_params.py, file_create_params.py, pagination.py CursorPage):
 
     POST   /v1/files                  multipart `file`, `purpose` ("batch"), `expires_after[anchor|seconds]`
-    GET    /v1/files                  ?purpose&limit(1..10000, 10000)&after&order(asc|desc, desc)
+    GET    /v1/files                  ?purpose&limit(1..10000, 10000)&after&order(asc|desc, desc)  (owner index)
     GET    /v1/files/{file_id}
     GET    /v1/files/{file_id}/content
     DELETE /v1/files/{file_id}        object.json and content, every version of each (Store.purge); refused (400)
                                       while a batch of the key that has not ended reads it as its input
     POST   /v1/batches                {input_file_id, endpoint, completion_window, metadata, output_expires_after}
-    GET    /v1/batches                ?limit(1..100, 20)&after, newest first
+    GET    /v1/batches                ?limit(1..100, 20)&after, newest first  (owner index)
     GET    /v1/batches/{batch_id}
     POST   /v1/batches/{batch_id}/cancel
 
 Every object records its owner, the API key's name; a key sees only its own (another key's id is 404, as an unknown
 one). A file past its `expires_at` is 404 before any sweep deletes it. Objects are laid out as
 runtime/serve/batch/layout.py says, written whole (one PUT each: SSE-KMS with --batch-kms-key on S3, CMEK on GCS),
-content before object.json, so no object.json names content that is not there. Store calls are blocking (boto3,
-google-cloud-storage): they run in threads, the event loop keeps serving online traffic.
+content before object.json, so no object.json names content that is not there, and object.json and batch.json
+before their entry in the owner index (runtime/serve/batch/owner_index.py), which the lists read: a list costs one
+page of the caller's index and a GET per object it returns, whatever other keys keep in the bucket. Store calls are
+blocking (boto3, google-cloud-storage): they run in threads, the event loop keeps serving online traffic.
 
 Zero data retention: no line, body, filename or custom_id reaches a log line, a metric or an error message; the
 access line says route, key, status and bytes. A store that cannot be reached answers 503, one that refuses the
@@ -28,6 +30,7 @@ gateway (access denied, KMS) or whose bucket is gone answers 500; both say so, a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
@@ -42,7 +45,7 @@ from aiohttp import web
 
 from byoc.errors import ByocError
 from runtime.model_build.stores import ObjectMissing, Store
-from runtime.serve.batch import layout
+from runtime.serve.batch import layout, owner_index
 from runtime.serve.batch.input_file import check_input_file
 from runtime.serve.keys import ApiKey, KeyRing
 from runtime.serve.logs import AccessLog, exception_summary
@@ -143,6 +146,8 @@ class BatchApi:
         # resolves the upstreams' DNS names for online traffic)
         self.threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="batch-store")
         self.file_bytes = FILE_BYTES_IN_MEMORY  # what whole-file operations may still take (FILE_BYTES_IN_MEMORY)
+        # whether every record has its owner-index entry (owner_index.py, "Migration"): once it has, it stays so
+        self.indexed = False
 
     @contextlib.contextmanager
     def _file_memory(self, size: int) -> Iterator[None]:
@@ -334,6 +339,13 @@ class BatchApi:
         except StoreFault:
             await self._delete_quietly([layout.file_content(file_id)])
             raise
+        entry = owner_index.file_entry_key(record)
+        try:
+            if entry is not None:
+                await self._call(owner_index.add, self.store, entry)
+        except StoreFault:  # no file the caller was not told of: the record and content go again
+            await self._delete_quietly([layout.file_object(file_id), layout.file_content(file_id)])
+            raise
         return web.json_response(_file_view(record))
 
     def _expires_seconds(self, anchor: Any, seconds: Any, param: str) -> int:
@@ -355,11 +367,61 @@ class BatchApi:
         return seconds
 
     async def _records(self, folder: str, name: str) -> list[dict[str, Any]]:
-        """Every `name` object under `folder` (files/ or batches/), read in parallel."""
+        """Every `name` object under `folder` (files/ or batches/), read in parallel: the lists' way before the
+        owner index is complete (owner_index.py, "Migration")."""
         listing = await self._call(self.store.list_objects, folder)
         keys = [o.key for o in listing if o.key.endswith(f"/{name}")]
         records = await asyncio.gather(*(self._read_json(k) for k in keys))
         return [r for r in records if r is not None]
+
+    async def _indexed(self) -> bool:
+        """Whether every record has its owner-index entry (one HEAD a list until it has; then none)."""
+        if not self.indexed:
+            self.indexed = bool(await self._call(owner_index.is_complete, self.store))
+        return self.indexed
+
+    async def _index_page(
+        self,
+        entries: Callable[[str | None, int], Awaitable[list[str]]],
+        start_after: str | None,
+        limit: int,
+        keep: Callable[[str], str | None],
+        read: Callable[[str], Awaitable[dict[str, Any] | None]],
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` records from the owner index, in its order, and whether more follow. `entries(after, n)`
+        lists up to n entry keys after the key `after`; `keep(key)` is the id of an entry the list shows (None: skip
+        it by its name: another purpose, expired); `read(id)` its record, or None when it is gone or expired (a
+        record deleted or expired since its entry was listed: skipped, and the next entries fill the page, so that
+        no page the client's auto-paging follows is empty while more remain)."""
+        records: list[dict[str, Any]] = []
+        after = start_after
+        pending: list[str] = []  # ids listed and kept, not yet read
+        exhausted = False
+        listed_once = False
+        while True:
+            while len(pending) < limit - len(records) + 1 and not exhausted:
+                # what the page still needs, and one more (has_more); once entries were skipped, whole chunks: the
+                # same one request each, and fewer of them when many are skipped
+                want = limit - len(records) + 1 - len(pending) if not listed_once else owner_index.LIST_CHUNK
+                listed_once = True
+                keys = await entries(after, want)
+                exhausted = len(keys) < min(want, owner_index.LIST_CHUNK)
+                if keys:
+                    after = keys[-1]
+                pending += [i for i in (keep(k) for k in keys) if i is not None]
+            if len(records) >= limit:
+                return records, bool(pending)
+            batch, pending = pending[: limit - len(records)], pending[limit - len(records) :]
+            if not batch:
+                return records, False
+            found = await asyncio.gather(*(read(i) for i in batch))
+            records += [r for r in found if r is not None]
+
+    async def _own_listed_file(self, file_id: str, key: ApiKey, purpose: str | None) -> dict[str, Any] | None:
+        record = await self._read_json(layout.file_object(file_id))
+        if record is None or record.get("owner") != key.name or _expired(record):
+            return None
+        return record if purpose is None or record.get("purpose") == purpose else None
 
     async def list_files(self, request: web.Request, key: ApiKey) -> web.Response:
         query = request.query
@@ -368,6 +430,8 @@ class BatchApi:
         if order not in ("asc", "desc"):
             raise _bad("order", 'must be "asc" or "desc"')
         purpose = query.get("purpose")
+        if await self._indexed():
+            return web.json_response(await self._list_files_indexed(key, query.get("after"), limit, order, purpose))
         records = [
             r
             for r in await self._records("files", "object.json")
@@ -376,6 +440,50 @@ class BatchApi:
         records.sort(key=_creation_order, reverse=order == "desc")
         page, more = _page(records, query.get("after"), limit)
         return web.json_response(_list([_file_view(r) for r in page], more))
+
+    async def _list_files_indexed(
+        self, key: ApiKey, after: str | None, limit: int, order: str, purpose: str | None
+    ) -> dict[str, Any]:
+        """The files list from the key's index: `desc` reads from the `after` file's entry on, one list request per
+        page (more only when entries are skipped); `asc` lists the key's whole index (keys only, 1,000 a request:
+        S3 and Cloud Storage list in one direction) and reads the page's records. Either way, other keys' files cost
+        nothing."""
+        folder = layout.owner_files_index(key.name)
+        start: str | None = None
+        if after is not None:
+            # the cursor's place only: a file that expired since the last page still says where the next starts
+            cursor = await self._read_json(layout.file_object(after)) if FILE_ID.match(after) else None
+            start = owner_index.file_entry_key(cursor) if cursor and cursor.get("owner") == key.name else None
+            if start is None:
+                raise _bad("after", "not an id in this list (a deleted or expired object, or another list's)")
+        now = time.time()
+
+        def keep(entry_key: str) -> str | None:
+            entry = owner_index.parse_file_entry(entry_key)
+            if entry is None or entry.expires_at <= now or (purpose is not None and entry.purpose != purpose):
+                return None
+            return entry.file_id
+
+        if order == "desc":
+
+            async def entries(start_after: str | None, count: int) -> list[str]:
+                listed: list[str] = await self._call(owner_index.list_after, self.store, folder, start_after, count)
+                return listed
+
+        else:
+            listed: list[str] = await self._call(owner_index.list_all, self.store, folder)
+            # oldest first, from the cursor's place (its entry's name, whether or not the entry is still there)
+            everything = listed[: bisect.bisect_left(listed, start) if start is not None else len(listed)][::-1]
+
+            async def entries(start_after: str | None, count: int) -> list[str]:
+                offset = everything.index(start_after) + 1 if start_after is not None else 0
+                return everything[offset : offset + count]
+
+            start = None  # `everything` starts after the cursor already
+        records, more = await self._index_page(
+            entries, start, limit, keep, lambda file_id: self._own_listed_file(file_id, key, purpose)
+        )
+        return _list([_file_view(r) for r in records], more)
 
     async def retrieve_file(self, request: web.Request, key: ApiKey) -> web.Response:
         return web.json_response(_file_view(await self._own_file(request.match_info["file_id"], key)))
@@ -392,16 +500,11 @@ class BatchApi:
 
     async def delete_file(self, request: web.Request, key: ApiKey) -> web.Response:
         file_id = request.match_info["file_id"]
-        await self._own_file(file_id, key)
+        record = await self._own_file(file_id, key)
         # the worker reads the input file again whenever it takes a batch up (a restart, a lost lease): deleting it
         # under a batch that has not ended would cost the rest of that batch. OpenAI's API reference documents no
         # such case (openai-python 3.63 src/openai/resources/files.py `delete`: "Delete a file"); refusing is ours.
-        records = [
-            r
-            for r in await self._records("batches", "batch.json")
-            if r.get("owner") == key.name and r.get("input_file_id") == file_id
-        ]
-        for view in await asyncio.gather(*(self._batch_view_of(r) for r in records)):
+        for view in await asyncio.gather(*(self._batch_view_of(r) for r in await self._batches_reading(file_id, key))):
             if view["status"] not in layout.TERMINAL:
                 raise ApiError(
                     400,
@@ -410,10 +513,30 @@ class BatchApi:
                     param="file_id",
                     code="file_in_use",
                 )
-        # purge, not delete: the bucket is versioned, and a noncurrent version of the content would stay readable
-        # (GetObject with its VersionId) until the lifecycle rule's day had passed
+        # the index entry first: a crash after it leaves a record no list shows, which this DELETE again (or the
+        # expiry) removes (owner_index.py). Purge, not delete: the bucket is versioned, and a noncurrent version of
+        # the content would stay readable (GetObject with its VersionId) until the lifecycle rule's day had passed
+        entry = owner_index.file_entry_key(record)
+        if entry is not None:
+            await self._call(owner_index.remove, self.store, [entry])
         await self._call(self.store.purge, [layout.file_object(file_id), layout.file_content(file_id)])
         return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+    async def _batches_reading(self, file_id: str, key: ApiKey) -> list[dict[str, Any]]:
+        """The key's batches whose input is `file_id`: their entries say so (the key's batch index, keys only),
+        only theirs are read; every batch record before the index is complete."""
+        if not await self._indexed():
+            return [
+                r
+                for r in await self._records("batches", "batch.json")
+                if r.get("owner") == key.name and r.get("input_file_id") == file_id
+            ]
+        listed = await self._call(owner_index.list_all, self.store, layout.owner_batches_index(key.name))
+        entries = [e for e in map(owner_index.parse_batch_entry, listed) if e is not None]
+        found = await asyncio.gather(
+            *(self._read_json(layout.batch_record(e.batch_id)) for e in entries if e.input_file_id == file_id)
+        )
+        return [r for r in found if r is not None and r.get("owner") == key.name]
 
     async def _delete_quietly(self, keys: list[str]) -> None:
         try:
@@ -471,6 +594,13 @@ class BatchApi:
             "output_expires_seconds": output_seconds,
         }
         await self._write_json(layout.batch_record(batch_id), record)  # one PUT: the batch exists whole, or not
+        entry = owner_index.batch_entry_key(record)
+        try:
+            if entry is not None:
+                await self._call(owner_index.add, self.store, entry)
+        except StoreFault:  # no batch the caller was not told of (a retry would run the file twice)
+            await self._delete_quietly([layout.batch_record(batch_id)])
+            raise
         return web.json_response(_batch_view(record, None, None))
 
     async def _batch_view_of(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -487,11 +617,41 @@ class BatchApi:
     async def list_batches(self, request: web.Request, key: ApiKey) -> web.Response:
         query = request.query
         limit = _int_param(query, "limit", BATCHES_LIST_DEFAULT, 1, BATCHES_LIST_MAX)
-        records = [r for r in await self._records("batches", "batch.json") if r.get("owner") == key.name]
-        records.sort(key=_creation_order, reverse=True)
-        page, more = _page(records, query.get("after"), limit)
+        after = query.get("after")
+        if await self._indexed():
+            page, more = await self._list_batches_indexed(key, after, limit)
+        else:
+            records = [r for r in await self._records("batches", "batch.json") if r.get("owner") == key.name]
+            records.sort(key=_creation_order, reverse=True)
+            page, more = _page(records, after, limit)
         views = await asyncio.gather(*(self._batch_view_of(r) for r in page))
         return web.json_response(_list(list(views), more))
+
+    async def _list_batches_indexed(
+        self, key: ApiKey, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The batches list from the key's index, newest first, from the `after` batch's entry on."""
+        start: str | None = None
+        if after is not None:
+            cursor = await self._read_json(layout.batch_record(after)) if BATCH_ID.match(after) else None
+            start = owner_index.batch_entry_key(cursor) if cursor and cursor.get("owner") == key.name else None
+            if start is None:
+                raise _bad("after", "not an id in this list (a deleted object, or another list's)")
+        folder = layout.owner_batches_index(key.name)
+
+        async def entries(start_after: str | None, count: int) -> list[str]:
+            listed: list[str] = await self._call(owner_index.list_after, self.store, folder, start_after, count)
+            return listed
+
+        def keep(entry_key: str) -> str | None:
+            entry = owner_index.parse_batch_entry(entry_key)
+            return entry.batch_id if entry is not None else None
+
+        async def read(batch_id: str) -> dict[str, Any] | None:
+            record = await self._read_json(layout.batch_record(batch_id))
+            return record if record is not None and record.get("owner") == key.name else None
+
+        return await self._index_page(entries, start, limit, keep, read)
 
     async def cancel_batch(self, request: web.Request, key: ApiKey) -> web.Response:
         record = await self._own_batch(request.match_info["batch_id"], key)

@@ -6,7 +6,8 @@ version read. The batch worker's lease and its result parts rest on them (runtim
   flight). moto 5.2 honours both headers (moto/s3/responses.py `_key_response_put`).
 - Cloud Storage: `ifGenerationMatch=0` (create only) and `ifGenerationMatch=<generation>` (412 when it moved on).
   Tested against gcp-storage-emulator (tests/runtime/test_batch_gcs.py), which ignores `ifGenerationMatch`: the
-  test wraps its upload with the JSON API's published rule (objects.insert), so the 412 there is the contract's.
+  test wraps its upload (objects.insert) and its download (objects.get) with the JSON API's published rule, so the
+  412 there is the contract's.
 - file://: `os.link` of a written temporary file (fails when the name exists) for a create, and `fcntl.flock` on the
   object itself, re-checked against the path's inode after locking, for a replace.
 """
@@ -57,7 +58,10 @@ def _gcs_read(store: GcsStore, key: str, attempts: int = 3) -> tuple[bytes, str]
     google-cloud-storage resets that from the download's x-goog-generation header (blob.py
     `_extract_headers_from_download`), which gcp-storage-emulator does not send; the precondition makes the bytes
     exactly this generation's either way. An object replaced between the two reads answers 412 (Cloud Storage JSON
-    API, preconditions): read again, the next generation; after `attempts` such races, Conflict."""
+    API reference, objects.get: with `ifGenerationMatch` the read succeeds only while the object's current generation
+    is the one named), and one deleted answers 412 or 404 (the pinned generation is gone where the bucket keeps no
+    noncurrent ones): read again, the next generation or None; after `attempts` such races, Conflict.
+    Tested in tests/runtime/test_batch_gcs.py with a replace landing between the two reads."""
     for _ in range(attempts):
         blob = store._call(f"reading {store.uri(key)}", lambda: store.bucket.get_blob(store._key(key)))
         if blob is None:
@@ -66,7 +70,7 @@ def _gcs_read(store: GcsStore, key: str, attempts: int = 3) -> tuple[bytes, str]
         try:
             data = blob.download_as_bytes(if_generation_match=generation)
         except Exception as exc:  # google.api_core raises many types; 412 is the race, the rest as the store says
-            if getattr(exc, "code", None) == 412:
+            if getattr(exc, "code", None) in (404, 412):
                 continue
             store._call(f"reading {store.uri(key)}", _raising(exc))  # said as every store error is
             raise

@@ -134,3 +134,23 @@ def batch_parts(batch_id: str) -> str:
 
 def batch_folder(batch_id: str) -> str:
     return f"batches/{batch_id}"
+
+
+# -- the owner index (runtime/serve/batch/owner_index.py): what a list reads instead of every record ----------------
+# index/{owner}/files/{rank}.{file_id}.{purpose}.{expires_at}/e     one empty object per file of the key `owner`
+# index/{owner}/batches/{rank}.{batch_id}.{input_file_id}/e        one empty object per batch of the key
+# index/_complete                                                  every record has its entry (the worker's sweep)
+# rank = INDEX_RANK_TOP - the creation time in ns, 20 digits: the names sort oldest last, as OpenAI lists (newest
+# first). One folder per entry (`/e`), so that Store.purge, which lists versions per folder, lists only that entry's.
+INDEX = "index"
+INDEX_COMPLETE = "index/_complete"  # `_` starts no key name (runtime/serve/keys.py KEY_NAME): no owner's folder
+INDEX_RANK_TOP = 10**20 - 1
+INDEX_LEAF = "e"
+
+
+def owner_files_index(owner: str) -> str:
+    return f"{INDEX}/{owner}/files"
+
+
+def owner_batches_index(owner: str) -> str:
+    return f"{INDEX}/{owner}/batches"

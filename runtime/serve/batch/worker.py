@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 
 from byoc.errors import ByocError, ByocFailure
 from runtime.model_build.stores import ObjectMissing, Store, open_store
-from runtime.serve.batch import conditional, layout
+from runtime.serve.batch import conditional, layout, owner_index
 from runtime.serve.batch.window import SendWindow
 from runtime.serve.logs import exception_summary
 
@@ -436,8 +436,29 @@ class BatchWorker:
         """Deletes expired files (content and object.json), the data of batches ended more than --retention-hours
         ago, and the parts and lease a crash left behind a batch that ended: every version of each (Store.purge), so
         nothing of it stays readable by version id in the versioned bucket. The bucket's lifecycle rule is only a
-        backstop for this."""
+        backstop for this.
+
+        It keeps the owner index (owner_index.py) whole: an entry is deleted before its record, entries whose name
+        says expired or whose record is gone are deleted, a record without its entry (written before the index
+        existed, or by a gateway that crashed between the two) gets it, and then `index/_complete` says so. The index
+        is listed first: an entry in that listing was written after its record (the gateway's order), so a record
+        missing from the listings after it is gone, not yet to come."""
         now = time.time()
+        index = owner_index.list_index(self.store, now)  # first: see above
+        stale = set(index.expired)  # entries to delete: expired by their name, or naming a record that is gone
+        missing: list[str] = []  # entries to write: records without theirs
+        ended, in_use = self._sweep_batches(now, index, stale, missing)
+        deleted = self._sweep_files(now, index, in_use, stale, missing)
+        owner_index.settle(self.store, index, stale, missing)
+        if missing or not index.complete:
+            log.info("sweep: wrote %d owner-index entries that were missing", len(missing))
+        if deleted or ended:
+            log.info("sweep: deleted %d expired files and the data of %d ended batches", deleted, ended)
+
+    def _sweep_batches(
+        self, now: float, index: owner_index.IndexListing, stale: set[str], missing: list[str]
+    ) -> tuple[int, set[str]]:
+        """The batches' part of the sweep: how many it deleted, and the input files of those still running."""
         retention = self.settings.retention_hours * 3600
         by_batch: dict[str, list[str]] = {}
         for item in self.store.list_objects("batches"):
@@ -446,30 +467,57 @@ class BatchWorker:
         in_use: set[str] = set()  # the input files of batches still running: kept whatever their expiry says
         for batch_id, keys in by_batch.items():
             state = self._read_json(layout.batch_state(batch_id)) if layout.batch_state(batch_id) in keys else None
+            record: dict[str, Any] | None = None
             if state is None or state.get("status") not in layout.TERMINAL:
                 record = self._read_json(layout.batch_record(batch_id)) or {}
                 in_use.add(str(record.get("input_file_id")))
-                continue
-            at = state.get(f"{state['status']}_at") or 0
-            if now >= float(at) + retention:
+            elif now >= float(state.get(f"{state['status']}_at") or 0) + retention:
+                owner_index.remove(self.store, index.batches.pop(batch_id, []))  # the entry before the record
                 self.store.purge(keys)
                 ended += 1
+                continue
             else:
                 leftovers = [k for k in keys if "/parts/" in k or k == layout.batch_lease(batch_id)]
                 if leftovers:
                     self.store.purge(leftovers)
+            if batch_id not in index.batches and layout.batch_record(batch_id) in keys:
+                record = record if record is not None else self._read_json(layout.batch_record(batch_id)) or {}
+                if (entry_key := owner_index.batch_entry_key(record)) is not None:
+                    missing.append(entry_key)
+        for batch_id, entries in index.batches.items():
+            if layout.batch_record(batch_id) not in by_batch.get(batch_id, []):
+                stale.update(entries)
+        return ended, in_use
+
+    def _sweep_files(
+        self, now: float, index: owner_index.IndexListing, in_use: set[str], stale: set[str], missing: list[str]
+    ) -> int:
+        """The files' part of the sweep: how many expired files it deleted."""
         deleted = 0
+        records: set[str] = set()
         for item in self.store.list_objects("files"):
             file_id = item.key.split("/")[1]
-            if not item.key.endswith("/object.json") or file_id in in_use:
+            if not item.key.endswith("/object.json"):
                 continue
-            found = self._read_json(item.key)
-            expires = found.get("expires_at") if found else None
-            if isinstance(expires, int | float) and expires <= now:
+            records.add(file_id)
+            if file_id in in_use and file_id in index.files:
+                continue
+            found = self._read_json(item.key) or {}
+            expires = found.get("expires_at")
+            expired = isinstance(expires, int | float) and expires <= now
+            if expired and file_id not in in_use:
+                removed = index.files.pop(file_id, [])
+                owner_index.remove(self.store, removed)  # the entry before the record
+                stale.difference_update(removed)
                 self.store.purge([layout.file_content(file_id), layout.file_object(file_id)])
+                records.discard(file_id)
                 deleted += 1
-        if deleted or ended:
-            log.info("sweep: deleted %d expired files and the data of %d ended batches", deleted, ended)
+            elif not expired and file_id not in index.files and (entry_key := owner_index.file_entry_key(found)):
+                missing.append(entry_key)
+        for file_id, entries in index.files.items():
+            if file_id not in records:
+                stale.update(entries)
+        return deleted
 
 
 def fair_order(waiting: list[tuple[float, str, str]], running_owners: list[str]) -> list[tuple[str, str]]:
@@ -901,6 +949,10 @@ class BatchRun:
         }
         self.store.write_bytes(layout.file_content(file_id), content)
         self.store.write_bytes(layout.file_object(file_id), _dumps(record))
+        # then its owner-index entry (owner_index.py): written again, the same name, if finalizing runs again
+        entry = owner_index.file_entry_key(record)
+        if entry is not None:
+            owner_index.add(self.store, entry)
         return file_id
 
 
