@@ -7,8 +7,8 @@ capacity online traffic leaves idle, and commits exactly one result per `custom_
 Up to `--max-batches` batches run at once, chosen fairly across owners (the owner with the fewest batches running
 first, each owner's oldest batch first), so that one key's 50,000-line batch does not hold another key's 2-line batch
 in `validating` for hours; they share the worker's lines in flight (one window, first come first served: it grows
-while the gateways admit lines and halves when they tell lines to yield, up to `--concurrency`; window.py), each
-under its own lease.
+while the gateways admit lines and falls to what they hold when they tell one to yield, up to `--concurrency`;
+window.py), each under its own lease.
 
 A batch (runtime/serve/batch/layout.py) goes validating -> in_progress -> finalizing -> completed; or failed (an input
 file that cannot run: no `custom_id`, a duplicate one, not JSON, over OpenAI's limits), expired (the 24 h window
@@ -74,7 +74,7 @@ BATCH_CANCELLED = ("batch_cancelled", "This request was not executed: the batch 
 # unreachable or failing (502, 504); a gateway's own 500 is retried a few times, then is the line's result
 NOT_NOW_CODES = ("batch_yield", "rate_limit_exceeded", "gateway_draining", "no_replica_ready", "upstream_unavailable")
 RETRIED_500 = 3
-# the "not now" answers that say the gateways have no room for more batch lines: the send window halves on them
+# the "not now" answers that say the gateways have no room for more batch lines: the send window shrinks on them
 YIELD_CODES = ("batch_yield", "rate_limit_exceeded")
 
 
