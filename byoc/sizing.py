@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from byoc.catalogs import InstanceType, ModelArch
 from byoc.planner import weight_bytes
@@ -348,10 +348,23 @@ def gke_ephemeral_allocatable_gib(disk_gib: float) -> float:
     return capacity - system - EVICTION_NODEFS_FRACTION * capacity
 
 
-def serving_ephemeral_gib(model: ModelArch, precision: str) -> int:
-    """A serving pod's ephemeral-storage request and limit: the artifact in /models, /scratch and its containers."""
-    artifact = weight_bytes(model, precision) / GIB * EPHEMERAL_SPARE
-    return math.ceil(artifact) + SERVING_SCRATCH_GIB + CONTAINER_FILES_GIB
+# Where the serving pods' /models lies (spec cold_start.weights_cache): "per_pod", each replica's own emptyDir (its
+# ephemeral storage); "per_node", one copy per node in the node's ephemeral storage outside the pods' requests (AWS
+# node_cache: the Mountpoint Pod's cache emptyDir, stacks/k8s/weights.py); "volume", a volume outside the node's
+# ephemeral storage (GKE node_cache: the Hyperdisk ML volume attached read-only).
+WeightsCopy = Literal["per_pod", "per_node", "volume"]
+
+
+def artifact_gib(model: ModelArch, precision: str) -> int:
+    """The built artifact as /models holds it, GiB (its weights and a margin for the engine's files)."""
+    return math.ceil(weight_bytes(model, precision) / GIB * EPHEMERAL_SPARE)
+
+
+def serving_ephemeral_gib(model: ModelArch, precision: str, weights_copy: WeightsCopy = "per_pod") -> int:
+    """A serving pod's ephemeral-storage request and limit: /scratch and its containers, and the artifact in /models
+    when the pod holds its own copy (`weights_copy` per_pod)."""
+    own = artifact_gib(model, precision) if weights_copy == "per_pod" else 0
+    return own + SERVING_SCRATCH_GIB + CONTAINER_FILES_GIB
 
 
 def build_ephemeral_gib(model: ModelArch, precision: str) -> int:
@@ -374,18 +387,21 @@ class DiskPlan:
     # (local_nvme_plan), and the root disk holds only the OS
     ephemeral_on: str = "root_disk"
     local_nvme_gib: float | None = None  # the NVMe's size, when ephemeral_on is local_nvme
+    # the built artifact as /models holds it (stacks/k8s/serving.py sizes a pod's emptyDir, and node_cache its
+    # shared copy, with it)
+    artifact_gib: int = 0
+    weights_copy: WeightsCopy = "per_pod"
 
     @property
-    def artifact_gib(self) -> int:
-        """The built artifact as a serving pod's /models holds it: its ephemeral storage less /scratch and the
-        containers' files (stacks/k8s/serving.py sizes the emptyDir, and node_cache its shared copy, with it)."""
-        return self.serving_gib - SERVING_SCRATCH_GIB - CONTAINER_FILES_GIB
+    def node_copy_gib(self) -> int:
+        """The node's one copy of the artifact outside the pods' requests (weights_copy per_node), GiB."""
+        return self.artifact_gib if self.weights_copy == "per_node" else 0
 
     @property
     def required_gib(self) -> int:
         """What must fit the allocatable: the fullest node, with the build Job (one per deployment) in one slot and
-        replicas in the others, and the node's own files."""
-        return required_gib(self.serving_gib, self.build_gib, self.slots)
+        replicas in the others, the node's one copy of the weights where it keeps one, and the node's own files."""
+        return required_gib(self.serving_gib, self.build_gib, self.slots, self.node_copy_gib)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -399,25 +415,34 @@ class DiskPlan:
             "formula": self.formula,
             "ephemeral_on": self.ephemeral_on,
             "local_nvme_gib": None if self.local_nvme_gib is None else round(self.local_nvme_gib, 1),
+            "artifact_gib": self.artifact_gib,
+            "weights_copy": self.weights_copy,
+            "node_copy_gib": self.node_copy_gib,
         }
 
 
-def required_gib(serving_gib: int, build_gib: int, slots: int) -> int:
+def required_gib(serving_gib: int, build_gib: int, slots: int, node_copy_gib: int = 0) -> int:
     """Ephemeral storage the fullest node must allocate: one slot the larger of a replica and the build Job (a
-    deployment runs one build Job), the other slots replicas, and what the node keeps outside pods."""
-    return (slots - 1) * serving_gib + max(serving_gib, build_gib) + NODE_FILES_GIB
+    deployment runs one build Job), the other slots replicas, the node's one copy of the weights (node_cache on AWS:
+    the Mountpoint Pod's cache, which no serving pod requests) and what the node keeps outside pods."""
+    return (slots - 1) * serving_gib + max(serving_gib, build_gib) + node_copy_gib + NODE_FILES_GIB
 
 
-def disk_plan(model: ModelArch, precision: str, slots: int, formula: str) -> DiskPlan:
+def disk_plan(
+    model: ModelArch, precision: str, slots: int, formula: str, weights_copy: WeightsCopy = "per_pod"
+) -> DiskPlan:
     """The smallest root disk (in DISK_STEP_GIB steps) whose ephemeral-storage allocatable, by `formula` ("eks" or
     "gke"), holds the fullest node's pods (`required_gib`)."""
     allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula]
-    serving, build = serving_ephemeral_gib(model, precision), build_ephemeral_gib(model, precision)
-    required = required_gib(serving, build, slots)
+    serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
+    artifact = artifact_gib(model, precision)
+    required = required_gib(serving, build, slots, artifact if weights_copy == "per_node" else 0)
     disk = DISK_STEP_GIB
     while allocatable(disk) < required:
         disk += DISK_STEP_GIB
-    return DiskPlan(serving, build, slots, disk, allocatable(disk), formula)
+    return DiskPlan(
+        serving, build, slots, disk, allocatable(disk), formula, artifact_gib=artifact, weights_copy=weights_copy
+    )
 
 
 # --- ephemeral storage on the node's local NVMe (cold_start.weights_cache: local_ssd) ---------------------------
@@ -431,13 +456,27 @@ OS_ONLY_ROOT_DISK_GIB = 100
 LOCAL_SSD_GIB = 375  # one GCP Local SSD disk (Compute Engine "About Local SSD disks")
 
 
-def local_nvme_plan(model: ModelArch, precision: str, slots: int, formula: str, nvme_gib: float) -> DiskPlan | None:
+def local_nvme_plan(
+    model: ModelArch, precision: str, slots: int, formula: str, nvme_gib: float, weights_copy: WeightsCopy = "per_pod"
+) -> DiskPlan | None:
     """The pods' ephemeral storage on `nvme_gib` of local NVMe (allocatable by the same cloud formula as a root disk
     of that size: on GKE an estimate, GKE's Local SSD reservation is not published per disk count), with the root
     disk cut to the OS's; None when the fullest node's pods do not fit it (the root disk plan applies then)."""
     allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](nvme_gib)
-    serving, build = serving_ephemeral_gib(model, precision), build_ephemeral_gib(model, precision)
+    serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
+    artifact = artifact_gib(model, precision)
     # images live on the NVMe too, so NODE_FILES_GIB (in required_gib) still counts against it
-    if allocatable < required_gib(serving, build, slots):
+    if allocatable < required_gib(serving, build, slots, artifact if weights_copy == "per_node" else 0):
         return None
-    return DiskPlan(serving, build, slots, OS_ONLY_ROOT_DISK_GIB, allocatable, formula, "local_nvme", nvme_gib)
+    return DiskPlan(
+        serving,
+        build,
+        slots,
+        OS_ONLY_ROOT_DISK_GIB,
+        allocatable,
+        formula,
+        "local_nvme",
+        nvme_gib,
+        artifact,
+        weights_copy,
+    )

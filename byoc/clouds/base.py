@@ -32,6 +32,7 @@ from byoc.sizing import (
     PodNeeds,
     PodSizing,
     Resources,
+    WeightsCopy,
     daemonset_requests,
     disk_plan,
     local_nvme_plan,
@@ -323,12 +324,14 @@ class Cloud(ABC):
         slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
         formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
         nvme = self.pool_local_nvme_gib(instance_types)
+        # with node_cache no serving pod holds a copy of its own: the node holds one (AWS) or a volume does (GKE)
+        copy = self.node_cache_weights_copy if weights_cache == "node_cache" else "per_pod"
         # node_cache keeps the node's one copy in the Mountpoint Pod's emptyDir: on the NVMe too when it is there
         if weights_cache in ("local_ssd", "node_cache") and nvme is not None:
-            on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme)
+            on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme, copy)
             if on_nvme is not None:
                 return on_nvme
-        return disk_plan(model, shape.precision, slots, formula)
+        return disk_plan(model, shape.precision, slots, formula, copy)
 
     # -- cold start caches (byoc/caches.py; spec cold_start) ---------------------------------------------------
     def local_nvme_gib(self, instance: InstanceType) -> float | None:
@@ -372,6 +375,9 @@ class Cloud(ABC):
 
     # Why weights_cache node_cache cannot serve a deployment in several regions (None: it can).
     node_weights_multi_region: ClassVar[str | None] = None
+    # Where weights_cache node_cache keeps the artifact (byoc/sizing.py WeightsCopy): in each node's ephemeral
+    # storage (AWS: the Mountpoint Pod's cache), or on a volume outside it (GKE: Hyperdisk ML)
+    node_cache_weights_copy: ClassVar[WeightsCopy] = "per_node"
 
     def check_node_weights(self, pool: tuple[str, ...], field: str) -> None:
         """Raises ByocError naming `field` where a machine type of the pool cannot share the weights; every type

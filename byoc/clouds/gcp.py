@@ -135,6 +135,7 @@ class Gcp(Cloud):
         "on GKE the shared weights are a Hyperdisk ML volume that the GKE Volume Populator fills once, when the "
         "claim is created, and the other regions receive the artifact later, by replication"
     )
+    node_cache_weights_copy = "volume"  # the Hyperdisk ML volume: no copy in a node's ephemeral storage
     # GKE's cluster autoscaler sizes the GPU node pool, a resource of the stack (stacks/gcp/capacity.py): Pulumi
     # deletes it with its nodes, and `byoc scale` moves its bound.
     node_provisioner = NodeProvisioner(

@@ -392,8 +392,8 @@ class ServingStack(pulumi.ComponentResource):
 
     @property
     def _artifact_gib(self) -> int:
-        """The serving pod's /models: the artifact it fetches (its ephemeral storage less /scratch and layers)."""
-        return self.deployment.disk.serving_gib - SERVING_SCRATCH_GIB - CONTAINER_FILES_GIB
+        """The serving pod's /models: the artifact it fetches, or reads from the node's shared copy (node_cache)."""
+        return self.deployment.disk.artifact_gib
 
     def _build_job(self, account: Any, config: Any) -> Any:
         deployment = self.deployment
