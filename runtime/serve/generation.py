@@ -272,10 +272,14 @@ class Generator:
         with self._wake:
             self._wake.notify()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the generation thread and wait (up to `timeout` seconds) for the pass it is computing to end, so
+        that nothing touches the model or its caches once this returns."""
         with self._wake:
             self._running = False
             self._wake.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     # -- the worker thread -----------------------------------------------------------------------------------
     def _blocks(self, tokens: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,37 @@ def test_running_requests_never_outgrow_the_kv_budget(tmp_path_factory: pytest.T
     assert max(k["usedNumBlocks"] for k in kv) <= 8 and min(k["freeNumBlocks"] for k in kv) >= 0
     assert max(s["numActiveRequests"] for s in stats) == 2
     assert max(s["numQueuedRequests"] for s in stats) >= 5
+
+
+def test_stop_returns_once_the_generation_thread_has_ended(tmp_path: Path) -> None:
+    """An engine shutting down (SIGTERM) stops its generator while requests run: stop() returns only once the pass
+    being computed has ended and the thread is gone, so nothing computes on the model after it."""
+    from tests.tiny_model import make_tiny_llama
+
+    engine = Generator(
+        make_tiny_llama(tmp_path / "base"), {}, "tiny", max_batch_size=8, kv_cache_tokens=4096, threads=1
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        sequences = [
+            Sequence(
+                engine.tokenizer(p)["input_ids"],
+                Sampling(max_tokens=400, temperature=0.0, ignore_eos=True),
+                BASE_ADAPTER,
+                loop,
+                asyncio.Queue(),
+            )
+            for p in PROMPTS
+        ]
+        for sequence in sequences:
+            engine.submit(sequence)
+        while not any(s.generated for s in sequences):
+            await asyncio.sleep(0.01)
+        engine.stop()
+        assert not engine._thread.is_alive()
+        computed = [len(s.generated) for s in sequences]
+        await asyncio.sleep(0.2)
+        assert [len(s.generated) for s in sequences] == computed
+
+    asyncio.run(run())

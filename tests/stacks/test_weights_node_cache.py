@@ -190,3 +190,27 @@ def test_status_names_the_weights_phase_while_the_pod_reads_through_the_node_cac
     progress = wake_progress(pods, events, get_cloud("aws").node_provisioner, now)
     assert progress is not None and progress.phase == "weights_fetch"
     assert "verify-artifacts to read the artifact through the node's cache" in progress.waiting_for
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_with_node_cache_no_replica_requests_room_for_a_copy_of_its_own(cloud: str) -> None:
+    """A replica that reads the node's shared copy must not ask the scheduler for ephemeral storage to hold the
+    artifact again: on a node of 8 replicas that would be 8 copies' room, a root disk sized for them, and pods that
+    fit no node with a small NVMe. AWS keeps one copy per node (the Mountpoint Pod's cache, which the node's disk
+    must hold); GKE keeps it on the Hyperdisk ML volume, outside the node's ephemeral storage."""
+    from byoc.sizing import CONTAINER_FILES_GIB, NODE_FILES_GIB, SERVING_SCRATCH_GIB
+
+    overrides: dict[str, Any] = {"cloud": cloud, "cold_start": {"weights_cache": "node_cache"}}
+    own, shared = deploy(cloud=cloud).disk, deploy(**overrides).disk
+    artifact = shared.artifact_gib
+    assert artifact > 8  # llama-3.1-8b in FP8
+    assert shared.serving_gib == SERVING_SCRATCH_GIB + CONTAINER_FILES_GIB == own.serving_gib - artifact
+    serving = pod_of(graph(**overrides), "-serving")
+    engine = next(c for c in serving["containers"] if c["resources"]["requests"].get("nvidia.com/gpu"))
+    assert engine["resources"]["requests"]["ephemeral-storage"] == f"{shared.serving_gib}Gi"
+    assert engine["resources"]["limits"]["ephemeral-storage"] == f"{shared.serving_gib}Gi"
+    node_copy = artifact if cloud == "aws" else 0
+    assert shared.node_copy_gib == node_copy
+    # the node's disk is sized for its pods' requests and, on AWS, the one copy in the Mountpoint Pod's cache
+    pods = (shared.slots - 1) * shared.serving_gib + max(shared.serving_gib, shared.build_gib) + NODE_FILES_GIB
+    assert shared.required_gib == pods + node_copy
