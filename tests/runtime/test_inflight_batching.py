@@ -141,7 +141,10 @@ def test_iteration_stats_count_the_requests_each_pass_computed(generator: Genera
     numGenRequests the requests it decoded a token for, so over a run they add up to one context request per request
     and one generation request per token after the first; an iteration that computes prompts only (the decode pass
     put off for the arrivals) scheduled no generation request, though others are generating."""
-    generator.drain_stats()
+    # the generator is shared by this module's tests: the last iteration of the one before records its stats just
+    # after its answers went out, so wait until nothing more comes before counting
+    while generator.drain_stats() or generator._active or generator._waiting:
+        time.sleep(0.05)
     answers = _together(generator, [(PROMPTS[i % len(PROMPTS)], BASE_ADAPTER) for i in range(8)])
     assert all(len(a) == 24 for a in answers)
     # the last iteration's stats are recorded just after its answers went out
