@@ -223,6 +223,14 @@ class Gcp(Cloud):
         else image streaming alone, which only images in Artifact Registry get (GKE docs, "Use secondary boot disks
         to preload data or container images" and "Use Image streaming to pull container images")."""
         if not spec.cold_start.image_cache:
+            if spec.cold_start.image_disk:
+                # a disk image the nodes would not attach: said, not ignored (a user who set it expects no pull)
+                raise ByocError(
+                    "cold_start.image_disk",
+                    "is set but cold_start.image_cache is false, so no GPU node would attach it: each would pull "
+                    "the serving image",
+                    "remove cold_start.image_disk, or set cold_start.image_cache: true",
+                )
             return ImageCache("pulled", "cold_start.image_cache is false: each new GPU node pulls the serving image")
         disk_image = spec.cold_start.image_disk
         if disk_image:

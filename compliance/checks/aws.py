@@ -1096,12 +1096,32 @@ def iam_role_trust_conditions(resource: Resource, graph: Graph) -> Verdict:
     return verdict(ok, "assumeRolePolicy.Condition", [s.get("Condition") for s in needs])
 
 
+def _other_grants(policy: Resource, graph: Graph) -> list[str]:
+    """What else grants to the role `policy` (an inline policy byoc writes) is attached to: managed policies attached
+    to it and other inline policies on it. A role's permissions are the union of all of them (IAM User Guide,
+    "Policy evaluation logic"), so a scope check that reads one policy alone passes a role that an attached
+    AmazonS3ReadOnlyAccess has opened to every bucket. The plan names a role by id in one input and by name in
+    another: either matches."""
+    ref = policy.get("role")
+    refs = {ref} if ref else set()
+    for role in graph.by_type(ROLE):
+        if ref in (role.id, role.get("name"), role.name):
+            refs |= {role.id, role.get("name")}
+    refs.discard(None)
+    attached = [str(a.get("policyArn")) for a in graph.by_type(ATTACHMENT) if a.get("role") in refs]
+    inline = [
+        str(p.get("name") or p.name) for p in graph.by_type(ROLE_POLICY) if p is not policy and p.get("role") in refs
+    ]
+    return attached + inline
+
+
 @check(
     id="iam_workload_roles_scoped_to_prefixes",
     title="Workload roles reach only their own S3 prefixes",
     severity="high",
     resource_types=[ROLE_POLICY],
-    remediation="Limit s3 actions to the bucket's sources/, adapters/, artifacts/ and batch/ prefixes.",
+    remediation="Limit s3 actions to the bucket's sources/, adapters/, artifacts/ and batch/ prefixes, and attach no "
+    "other policy (managed or inline) to the role.",
     risk="A serving pod able to write, or to read outside its prefix, widens any compromise.",
     cloud="aws",
 )
@@ -1126,7 +1146,8 @@ def iam_workload_roles_scoped(resource: Resource, graph: Graph) -> Verdict:
             for r in as_list(s.get("Resource"))
         ):
             too_wide.append(label)
-    return verdict(not too_wide, "Statement[Allow].Action/Resource", too_wide)
+    too_wide += _other_grants(resource, graph)
+    return verdict(not too_wide, "Statement[Allow].Action/Resource, and the role's other policies", too_wide)
 
 
 # Mountpoint for Amazon S3 CSI driver (cold_start.weights_cache node_cache, stacks/aws/weights.py): its role reads
@@ -1163,7 +1184,8 @@ def _mountpoint_statement_too_wide(statement: dict[str, Any]) -> bool:
     severity="high",
     resource_types=[ROLE_POLICY],
     remediation="Grant s3:ListBucket (s3:prefix artifacts/<model>/<key>/*), s3:GetObject on that prefix and "
-    "kms:Decrypt on the artifact key with kms:ViaService s3.<region>.amazonaws.com, nothing else.",
+    "kms:Decrypt on the artifact key with kms:ViaService s3.<region>.amazonaws.com, nothing else, and attach no "
+    "other policy (managed or inline) to the role.",
     risk="The driver serves every GPU node; a wider grant lets any pod that mounts a volume of the driver read "
     "or change other objects of the account.",
     cloud="aws",
@@ -1176,7 +1198,8 @@ def iam_mountpoint_driver_scoped(resource: Resource, graph: Graph) -> Verdict:
         for s in statements(resource.get("policy"))
         if s.get("Effect") == "Allow" and _mountpoint_statement_too_wide(s)
     ]
-    return verdict(not too_wide, "Statement[Allow].Action/Resource/Condition", too_wide)
+    too_wide += _other_grants(resource, graph)
+    return verdict(not too_wide, "Statement[Allow].Action/Resource/Condition, and the role's other policies", too_wide)
 
 
 # -- ElastiCache: the gateway's shared store (stacks/aws/store.py) ----------------------------------------------

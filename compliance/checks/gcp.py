@@ -494,7 +494,9 @@ POPULATOR_ROLE = "roles/storage.objectViewer"  # the GKE Volume Populator guide'
     id="gcp_weights_populator_reads_artifact_prefix_only",
     title="The GKE Volume Populator's identity reads only the model artifact's prefix",
     severity="high",
-    resource_types=[BUCKET_MEMBER],
+    # a grant to the same principal on the project (or a project binding that lists it) reaches every bucket: each
+    # is judged too, not only the bucket's
+    resource_types=[BUCKET_MEMBER, IAM_MEMBER, IAM_BINDING],
     remediation="Grant roles/storage.objectViewer to the populator's Workload Identity principal under an IAM "
     "condition on objects under artifacts/<model>/<key>/ and listings whose objectListPrefix lies under it, "
     "nothing else.",
@@ -503,13 +505,24 @@ POPULATOR_ROLE = "roles/storage.objectViewer"  # the GKE Volume Populator guide'
     cloud="gcp",
 )
 def gcp_weights_populator_scoped(resource: Resource, graph: Graph) -> Verdict:
-    member = str(resource.get("member") or "")
-    if not POPULATOR_SUBJECT.fullmatch(member):
+    members = [str(resource.get("member") or "")] + [str(m) for m in resource.get("members") or []]
+    if not any(POPULATOR_SUBJECT.fullmatch(member) for member in members):
         return not_applicable("not the weights populator's grant")
+    if resource.type != BUCKET_MEMBER:
+        return verdict(False, "member(s)", {"project grant": resource.get("role")})
     role = resource.get("role")
     expression = str(resource.get("condition.expression") or "")
-    scoped = role == POPULATOR_ROLE and ARTIFACT_PREFIX_ONLY.fullmatch(expression) is not None
-    return verdict(scoped, "role/condition.expression", {"role": role, "condition": expression or None})
+    # the principal's permissions are the union of its grants: another one beside this (on the bucket or the
+    # project) widens it whatever this one says
+    others = [
+        str(g.get("role"))
+        for g in graph.by_type(BUCKET_MEMBER, IAM_MEMBER, IAM_BINDING)
+        if g is not resource and members[0] in [g.get("member"), *(g.get("members") or [])]
+    ]
+    scoped = role == POPULATOR_ROLE and ARTIFACT_PREFIX_ONLY.fullmatch(expression) is not None and not others
+    return verdict(
+        scoped, "role/condition.expression", {"role": role, "condition": expression or None, "other grants": others}
+    )
 
 
 @check(

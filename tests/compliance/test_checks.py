@@ -1193,6 +1193,42 @@ EDGES: list[tuple[str, list[Resource], Status, str]] = [
         "NotAction allows everything else",
     ),
     (
+        "gcp_weights_populator_reads_artifact_prefix_only",
+        [
+            populator_grant("roles/storage.objectViewer", PREFIX_ONLY),
+            r(
+                "gcp:projects/iAMMember:IAMMember",
+                {"role": "roles/storage.objectViewer", "member": populator_grant("", "").get("member")},
+                name="project-wide",
+            ),
+        ],
+        Status.FAIL,
+        "the bucket grant is scoped, but the same principal holds the role on the project: every bucket",
+    ),
+    (
+        "iam_workload_roles_scoped_to_prefixes",
+        [
+            r(
+                "aws:iam/rolePolicy:RolePolicy",
+                {
+                    "name": "byoc-serving",
+                    "role": "serving-id",
+                    "policy": policy(
+                        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/artifacts/*"}
+                    ),
+                },
+            ),
+            r("aws:iam/role:Role", {"name": "byoc-serving"}, name="serving"),
+            r(
+                "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+                {"role": "byoc-serving", "policyArn": "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"},
+                name="extra",
+            ),
+        ],
+        Status.FAIL,
+        "the inline policy is scoped, but a managed policy attached to the same role (by name) opens every bucket",
+    ),
+    (
         "iam_inline_policy_no_administrative_privileges",
         [workload_policy({"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:aws:s3:::b/artifacts/*"})],
         Status.FAIL,

@@ -14,7 +14,7 @@ import yaml
 from byoc.errors import ByocError
 from byoc.plan import Plan, RecordedResource
 from byoc.sizing import local_nvme_plan
-from tests.conftest import deploy, run_byoc, spec_data
+from tests.conftest import deploy, refused, run_byoc, spec_data
 from tests.stacks.plans import graph
 from tests.stacks.test_crd_schemas import custom_resources, validate
 from tests.stacks.test_manifests import KUBERNETES_VERSION, checkov, documents
@@ -163,6 +163,21 @@ def test_a_disk_image_that_is_not_one_is_refused_with_exit_2(tmp_path: Path) -> 
     result = run_byoc("validate", "-f", str(spec))
     assert result.returncode == 2
     assert "cold_start.image_disk" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_disk_image_with_the_image_cache_off_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A user who names a disk image expects no pull; with image_cache false no node would attach it."""
+    error = refused(**GCP, cold_start={"image_disk": "projects/my-proj-1/global/images/x", "image_cache": False})
+    assert error.field == "cold_start.image_disk" and "image_cache" in error.hint
+    spec = tmp_path / "byoc.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            spec_data(**GCP, cold_start={"image_disk": "projects/my-proj-1/global/images/x", "image_cache": False})
+        )
+    )
+    result = run_byoc("plan", "-f", str(spec), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "cold_start.image_disk" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # -- sizing -----------------------------------------------------------------------------------------------------

@@ -116,6 +116,15 @@ def test_the_evidence_passes_the_plan_and_fails_a_wide_grant() -> None:
     resources = [r.as_dict() for r in plan.resources if r is not grant]
     resources.append({**grant.as_dict(), "inputs": {**grant.inputs, "policy": json.dumps(wide)}})
     assert evidence(resources) == {"test-mountpoint_s3": Status.FAIL}
+    # the policy as rendered, and a managed policy attached to the same role beside it (the role's permissions are
+    # the union): a tester's AmazonS3ReadOnlyAccess passed the check that read the inline policy alone
+    [role] = [r for r in plan.by_type("aws:iam/role:Role") if r.name.endswith("mountpoint-s3")]
+    attached = {
+        "type": "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+        "name": "test-mountpoint-s3-read-only",
+        "inputs": {"role": role.inputs["name"], "policyArn": "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"},
+    }
+    assert evidence([r.as_dict() for r in plan.resources] + [attached]) == {"test-mountpoint_s3": Status.FAIL}
 
 
 def test_without_node_cache_nothing_of_it_is_rendered() -> None:
