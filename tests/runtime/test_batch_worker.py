@@ -352,6 +352,45 @@ def _output_file_id(store: Store, batch_id: str) -> str:
     return _derived_id("file-", batch_id, "output")
 
 
+def test_a_store_that_refuses_commits_pauses_the_sending_and_nothing_is_lost(
+    gateway: Server, s3_root: tuple[str, Store], token_file: Path, runtime_dir: Path
+) -> None:
+    """The bucket refuses the worker's result parts for a while (403 AccessDenied through a proxy in front of the S3
+    server): the worker sends no new line until a commit succeeds again (each line run meanwhile would be metered,
+    then lost with the buffer if the worker stopped, and run again), says so once rather than at every tick, then
+    resumes; every custom_id has exactly one result."""
+    import threading
+
+    from tests.model_build.test_s3_store import DenyingProxy
+
+    root, store = s3_root
+    lines = [chat_line(f"p-{i:03d}", f"count {i}", max_tokens=20) for i in range(400)]
+    batch_id = write_batch(store, lines)
+    proxy = DenyingProxy(os.environ["AWS_ENDPOINT_URL"], deny="\x00")  # nothing denied yet
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    worker = Worker(runtime_dir, gateway.url, root, token_file, env={"AWS_ENDPOINT_URL": endpoint})
+    try:
+        wait_for(lambda: state_of(store, batch_id).get("request_counts", {}).get("completed", 0) >= 5, 60, "progress")
+        proxy.deny = ".jsonl"  # the result parts: batches/{id}/parts/{seq}.jsonl
+        wait_for(lambda: proxy.denied, 30, "a commit refused")
+        time.sleep(3.0)  # the lines in flight when it began finish
+        before = metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted")
+        time.sleep(2.0)
+        assert metric(gateway.metrics(), "byoc_gateway_batch_requests_total", decision="admitted") == before
+        assert state_of(store, batch_id)["status"] == "in_progress"
+        proxy.deny = "\x00"
+        state = wait_status(store, batch_id, layout.TERMINAL, 120)
+    finally:
+        worker.stop()
+        proxy.shutdown()
+        proxy.server_close()
+    assert state["status"] == "completed" and state["request_counts"]["completed"] == 400
+    assert_exactly_one_result_each(store, state, [line["custom_id"] for line in lines])
+    log = worker.log.read_text()
+    assert log.count("sending paused") == 1 and "sending resumed" in log, log[-2000:]
+
+
 def test_cancel_stops_new_lines_and_reports_the_rest(
     gateway: Server, file_root: tuple[str, Store], token_file: Path, runtime_dir: Path
 ) -> None:

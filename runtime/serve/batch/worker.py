@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -558,6 +559,11 @@ class BatchRun:
         self.sending_done = asyncio.Event()
         self.committing = asyncio.Lock()  # one commit at a time, never cut off half-way by a cancellation
         self.in_flight = 0
+        # set while results can be committed: a store that refuses commits pauses the sending (a line run now
+        # would be metered, then lost with the buffer if the worker stopped, and run again)
+        self.store_up = asyncio.Event()
+        self.store_up.set()
+        self.store_down_logged = -math.inf  # when the pause was last logged (once a minute, not once a tick)
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
         if self.renewing.done():
@@ -693,6 +699,9 @@ class BatchRun:
         if time.time() >= self._deadline() or await self._io(self.store.exists, layout.batch_cancel(self.batch_id)):
             self.stop_sending.set()  # cancelled, or out of time, before a line was sent: none is
         watcher = asyncio.ensure_future(self._watch())
+        # the watcher commits results and sees a cancel: if it ends for any reason (a cancel, a lost lease, an error
+        # it did not expect), no line is sent without it, or a batch would run on uncommitted and uncancellable
+        watcher.add_done_callback(lambda _: self.stop_sending.set())
         senders = [asyncio.ensure_future(self._sender(todo)) for _ in range(self.settings.concurrency)]
         try:
             await asyncio.gather(*senders)
@@ -702,7 +711,20 @@ class BatchRun:
             self.sending_done.set()  # the watcher ends after its commit in progress, if any: never cut off
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await self._commit(force=True)
+        await self._commit_all()
+
+    async def _commit_all(self) -> None:
+        """Commits every buffered result before the batch goes on to finalize. A store that refuses is tried again
+        (after 1 s, doubling to 30 s) for as long as the lease holds and the worker runs: a run that ended here
+        dropped its buffer, and the restarted run sent those lines (metered) again."""
+        delay = 1.0
+        while True:
+            await self._commit(force=True)
+            if not self.progress.buffer or self.worker.stopping.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.worker.stopping.wait(), delay)
+            delay = min(delay * 2, 30.0)
 
     async def _watch(self) -> None:
         """Commits on time, and stops the sending on a cancel, the window's end, the worker's stop or a lost lease."""
@@ -727,6 +749,14 @@ class BatchRun:
 
     async def _sender(self, todo: asyncio.Queue[InputLine]) -> None:
         while not self.stop_sending.is_set():
+            if not self.store_up.is_set():  # commits fail: no new line until one succeeds (or sending stops)
+                waits = [asyncio.ensure_future(self.store_up.wait()), asyncio.ensure_future(self.stop_sending.wait())]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+                continue
             try:
                 line = todo.get_nowait()
             except asyncio.QueueEmpty:
@@ -853,11 +883,18 @@ class BatchRun:
             progress.next_seq += 1
         except ByocError as exc:
             progress.buffer = results + progress.buffer  # kept for the next commit
-            log.warning("batch %s: commit failed, will retry: %s", self.batch_id, exc)
+            self.store_up.clear()
+            if time.monotonic() - self.store_down_logged >= 60:
+                self.store_down_logged = time.monotonic()
+                log.warning("batch %s: commit failed, sending paused, will retry: %s", self.batch_id, exc)
             return
         for result in results:
             progress.add_committed(result)
         progress.last_commit = time.monotonic()
+        if not self.store_up.is_set():
+            self.store_up.set()
+            self.store_down_logged = -math.inf
+            log.info("batch %s: results committed again, sending resumed", self.batch_id)
         self.state["request_counts"] = self._counts()
         try:
             await self._io(self._write_state)
