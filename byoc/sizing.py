@@ -391,6 +391,8 @@ class DiskPlan:
     # shared copy, with it)
     artifact_gib: int = 0
     weights_copy: WeightsCopy = "per_pod"
+    # local_ssd or node_cache asked, and the root disk holds the pods: which type of the pool cannot, and why
+    why_root_disk: str = ""
 
     @property
     def node_copy_gib(self) -> int:
@@ -428,12 +430,21 @@ def required_gib(serving_gib: int, build_gib: int, slots: int, node_copy_gib: in
     return (slots - 1) * serving_gib + max(serving_gib, build_gib) + node_copy_gib + NODE_FILES_GIB
 
 
+def ephemeral_allocatable_gib(formula: str, disk_gib: float) -> float:
+    """The ephemeral-storage allocatable of `disk_gib` (root disk or local NVMe) by the cloud's `formula` ("eks" or
+    "gke"), GiB."""
+    return {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](disk_gib)
+
+
 def disk_plan(
     model: ModelArch, precision: str, slots: int, formula: str, weights_copy: WeightsCopy = "per_pod"
 ) -> DiskPlan:
     """The smallest root disk (in DISK_STEP_GIB steps) whose ephemeral-storage allocatable, by `formula` ("eks" or
     "gke"), holds the fullest node's pods (`required_gib`)."""
-    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula]
+
+    def allocatable(gib: float) -> float:
+        return ephemeral_allocatable_gib(formula, gib)
+
     serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
     artifact = artifact_gib(model, precision)
     required = required_gib(serving, build, slots, artifact if weights_copy == "per_node" else 0)
@@ -462,7 +473,7 @@ def local_nvme_plan(
     """The pods' ephemeral storage on `nvme_gib` of local NVMe (allocatable by the same cloud formula as a root disk
     of that size: on GKE an estimate, GKE's Local SSD reservation is not published per disk count), with the root
     disk cut to the OS's; None when the fullest node's pods do not fit it (the root disk plan applies then)."""
-    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](nvme_gib)
+    allocatable = ephemeral_allocatable_gib(formula, nvme_gib)
     serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
     artifact = artifact_gib(model, precision)
     # images live on the NVMe too, so NODE_FILES_GIB (in required_gib) still counts against it
