@@ -386,7 +386,7 @@ class DiskPlan:
     # "root_disk", or "local_nvme": the node's ephemeral storage (pods' emptyDirs, images, logs) is its local NVMe
     # (local_nvme_plan), and the root disk holds only the OS
     ephemeral_on: str = "root_disk"
-    local_nvme_gib: float | None = None  # the NVMe's size, when ephemeral_on is local_nvme
+    local_nvme_gib: float | None = None  # the fullest node's NVMe, when ephemeral_on is local_nvme
     # the built artifact as /models holds it (stacks/k8s/serving.py sizes a pod's emptyDir, and node_cache its
     # shared copy, with it)
     artifact_gib: int = 0

@@ -357,6 +357,11 @@ class Cloud(ABC):
         """The local NVMe a node of this type can use as ephemeral storage, GiB; None: it has none."""
         return None
 
+    def pool_local_nvme_gib(self, instance_types: tuple[str, ...]) -> float | None:
+        """The least local NVMe of the pool's types (what any node of the pool has at least), None if one has none."""
+        sizes = [self.local_nvme_gib(self.instance_types[name]) for name in instance_types]
+        return None if any(size is None for size in sizes) else min(s for s in sizes if s is not None)
+
     def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:
         """How a new GPU node of this cloud gets the serving image, given the spec's cold_start and where the node's
         ephemeral storage (and containerd's store) lies."""
@@ -367,9 +372,9 @@ class Cloud(ABC):
     ) -> NodeCaches:
         """The cold-start caches of a deployment: image, weights and warm pool (plan.json `cold_start_caches`)."""
         instance = self.instance_types[pool[0]]
-        weights = weights_cache(
-            spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, disk.why_root_disk
-        )
+        # the NVMe every node of the pool has at least (the disk plan shows the fullest node's)
+        nvme = self.pool_local_nvme_gib(pool) if disk.ephemeral_on == "local_nvme" else None
+        weights = weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, nvme, disk.why_root_disk)
         if spec.cold_start.weights_cache == "node_cache":
             self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd")
             self.check_node_weights(pool, "cold_start.weights_cache")
