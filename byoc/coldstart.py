@@ -9,7 +9,8 @@ its source and says where it is byoc's judgement. The spec's `cold_start` option
 - `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
   NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
   throughput); `node_cache`: on AWS the first replica on a node reads the artifact from the bucket through the
-  node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe, and a replica on a node that
+  node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe (or the root disk, where the
+  plan puts the node's ephemeral storage there: `weights_on`, at the root disk's rate), and a replica on a node that
   has it reads it from that cache (`weights_fetch_cached`); on GKE every replica reads it from the deployment's
   Hyperdisk ML volume, which the GKE Volume Populator filled from the bucket at deploy (catalog `every_wake`);
 - `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
