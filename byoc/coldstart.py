@@ -9,7 +9,8 @@ its source and says where it is byoc's judgement. The spec's `cold_start` option
 - `weights_cache: local_ssd`: each replica fetches the artifact into its volume on the node's local NVMe (written at
   NVMe speed, so the bucket sets the rate); `none`: into its volume on the root disk (written at the root disk's
   throughput); `node_cache`: on AWS the first replica on a node reads the artifact from the bucket through the
-  node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe, and a replica on a node that
+  node's Mountpoint for Amazon S3, which keeps it in the node's cache on the local NVMe (or the root disk, where the
+  plan puts the node's ephemeral storage there: `weights_on`, at the root disk's rate), and a replica on a node that
   has it reads it from that cache (`weights_fetch_cached`); on GKE every replica reads it from the deployment's
   Hyperdisk ML volume, which the GKE Volume Populator filled from the bucket at deploy (catalog `every_wake`);
 - `warm_pool: N`: N nodes already run with the images on them and no replica (stacks/k8s/warm_pool.py), so the
@@ -168,34 +169,42 @@ def _image_pull(cloud: str, image_cache: bool, warm: bool) -> Phase:
     )
 
 
-def _weights_fetch(cloud: str, size: int, weights_cache: str, cached: bool = False) -> Phase:
+def _weights_fetch(cloud: str, size: int, weights_cache: str, cached: bool = False, on: str | None = None) -> Phase:
     # local_ssd and none: every replica fetches into its own volume, on a warm-pool node too (a node-wide copy in
     # the pod's namespace would need a hostPath, which its restricted Pod Security level forbids). node_cache: the
     # node's Mountpoint keeps one copy for every replica on the node (stacks/k8s/weights.py), so a node that has
-    # it (`cached`: a warm-pool node, whose placeholders read it) serves it from its local NVMe; on GKE the copy is
-    # a Hyperdisk ML volume filled before any replica starts, so every wake reads it (`every_wake`)
+    # it (`cached`: a warm-pool node, whose placeholders read it) serves it from its own disk; on GKE the copy is
+    # a Hyperdisk ML volume filled before any replica starts, so every wake reads it (`every_wake`). `on`: where the
+    # plan puts the node's ephemeral storage ("local_nvme" or "root_disk"; None: where `weights_cache` asks, the
+    # local NVMe for local_ssd and node_cache); on the root disk, the root disk's rate applies, cached or not.
     entry = cold_start_catalog()["weights_fetch"]
+    on_nvme = weights_cache in ("local_ssd", "node_cache") if on is None else on == "local_nvme"
+    root = entry["write"]["root_disk"][cloud]
     shared = entry["read"]["node_cache"].get(cloud) if weights_cache == "node_cache" else None
     if shared is not None and (cached or shared.get("every_wake")):
-        rate = float(shared["rate_mib_s"])
+        every_wake = bool(shared.get("every_wake"))
+        read = shared if every_wake or on_nvme else root
+        rate = float(read["rate_mib_s"])
         where = (
             "the deployment's Hyperdisk ML volume, attached read-only to the node,"
-            if shared.get("every_wake")
+            if every_wake
             else "the node's Mountpoint cache on its local NVMe"
+            if on_nvme
+            else "the node's Mountpoint cache on its root disk"
         )
         return Phase(
             "weights_fetch",
             size / (rate * MIB),
             f"{_gib(size)} read and checked from {where} at {rate:,.0f} MiB/s",
-            shared["source"],
-            shared.get("judgement"),
+            read["source"],
+            read.get("judgement"),
         )
     bucket = entry["bucket"][cloud]
-    on_nvme = weights_cache in ("local_ssd", "node_cache")
-    write = entry["write"]["local_ssd"] if on_nvme else entry["write"]["root_disk"][cloud]
-    where = "the node's local SSD" if on_nvme else "the pod's volume on the root disk"
+    write = entry["write"]["local_ssd"] if on_nvme else root
+    disk = "local NVMe" if on_nvme else "root disk"
+    where = "the node's local NVMe" if on_nvme else "the pod's volume on the root disk"
     if weights_cache == "node_cache":
-        where = "the node's Mountpoint cache on its local SSD (the first replica on the node)"
+        where = f"the node's Mountpoint cache on its {disk} (the first replica on the node)"
     rate = min(float(bucket["rate_mib_s"]), float(write["rate_mib_s"]))
     limit = "bucket" if float(bucket["rate_mib_s"]) <= float(write["rate_mib_s"]) else "disk"
     chosen = bucket if limit == "bucket" else write
@@ -244,9 +253,15 @@ def estimate_cold_start(
     weights_cache: str = "local_ssd",
     warm_pool: int = 0,
     node_hourly_usd: float | None = None,
+    weights_on: str | None = None,
+    asked: dict[str, Any] | None = None,
+    why: tuple[str, ...] = (),
 ) -> ColdStartEstimate:
-    """The cold start of the first replica of `model` on `shape` on `cloud` ("aws" | "gcp"), with the spec's
-    `cold_start` options (byoc/spec.py ColdStart). `node_hourly_usd` prices the warm pool (None: not priced).
+    """The cold start of the first replica of `model` on `shape` on `cloud` ("aws" | "gcp"), with the `cold_start`
+    options the plan renders (byoc/spec.py ColdStart). `node_hourly_usd` prices the warm pool (None: not priced).
+    `weights_on`: where the plan puts the node's ephemeral storage, "local_nvme" or "root_disk" (None: where
+    `weights_cache` asks). `asked`: the spec's image_cache and weights_cache, where the plan renders other ones
+    (`options` then says both, and `why` the plan's reasons, in plan.json's words).
 
     Raises:
         KeyError: a cloud the catalog has no figures for.
@@ -258,22 +273,31 @@ def estimate_cold_start(
         return (
             _node_launch(cloud, on_warm_node),
             _image_pull(cloud, image_cache, on_warm_node),
-            _weights_fetch(cloud, size, weights_cache, cached=on_warm_node and weights_cache == "node_cache"),
+            _weights_fetch(
+                cloud, size, weights_cache, cached=on_warm_node and weights_cache == "node_cache", on=weights_on
+            ),
             _engine_load(model, shape),
         )
 
     first = phases(warm)
     new_node = sum(p.seconds for p in phases(False))
     timeout, basis = wake_timeout(new_node)
+    rendered = {"image_cache": image_cache, "weights_cache": weights_cache}
+    if weights_on is not None:
+        rendered["weights_on"] = weights_on
+    said = {"image_cache": image_cache, "weights_cache": weights_cache} | (asked or {})
+    options: dict[str, Any] = said | {"warm_pool": warm_pool}
+    if said != {k: rendered[k] for k in said} or (weights_on == "root_disk" and weights_cache != "none"):
+        options |= {"plan_renders": rendered, "why": list(why)}
     return ColdStartEstimate(
         cloud=cloud,
         phases=first,
         new_node_seconds=new_node,
-        options={"image_cache": image_cache, "weights_cache": weights_cache, "warm_pool": warm_pool},
+        options=options,
         warm_pool_hourly_usd=None if node_hourly_usd is None else warm_pool * node_hourly_usd,
         wake_timeout_s=timeout,
         wake_timeout_basis=basis,
-        weights_fetch_cached=_weights_fetch(cloud, size, weights_cache, cached=True)
+        weights_fetch_cached=_weights_fetch(cloud, size, weights_cache, cached=True, on=weights_on)
         if weights_cache == "node_cache"
         else None,
     )

@@ -16,7 +16,7 @@ from byoc import __version__, planner, rules, sizing
 from byoc.batch import GATEWAY_ROLE, GATEWAY_SERVICE_ACCOUNT, WORKER_ROLE, WORKER_SERVICE_ACCOUNT, BatchPlan
 from byoc.caches import NodeCaches
 from byoc.catalogs import MEGA_REGIONS, ModelArch, load_catalog, model_from_hf_config
-from byoc.clouds import Placement, get_cloud
+from byoc.clouds import Cloud, Placement, get_cloud
 from byoc.coldstart import ColdStartEstimate, estimate_cold_start
 from byoc.errors import ByocError, ByocWarning
 from byoc.names import region_code, resource_name
@@ -32,6 +32,7 @@ from byoc.spec import (
     Network,
     Spec,
     Speculative,
+    build_spec,
 )
 
 
@@ -706,6 +707,94 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
     return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs, warnings=tuple(warnings))
 
 
+def plan_cold_start(
+    spec: Spec,
+    cloud: Cloud,
+    shape: rules.DeploymentShape,
+    model: ModelArch,
+    pool: tuple[str, ...],
+    replicas_per_node: int,
+    node_hourly_usd: float | None,
+) -> tuple[sizing.DiskPlan, NodeCaches, ColdStartEstimate]:
+    """Where the GPU pool's pods and weights lie (the disk plan and the cold-start caches) and the wake from zero
+    they give: `byoc plan` (plan.json `disk`, `cold_start_caches`, `estimates.cold_start`) and `byoc shapes --model`
+    (`cold_start_seconds`, with the spec's defaults) both reach it, so they cannot disagree."""
+    disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
+    caches = cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], replicas_per_node)
+    asked = spec.cold_start
+    # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS pulls
+    # with SOCI only onto the instance store, and weights a type's NVMe cannot hold stay on the root disk
+    image_cache = caches.image.mode in ("secondary_boot_disk", "fast_image_pull")
+    why = []
+    if asked.image_cache and not image_cache:
+        why.append(f"image_cache: {caches.image.detail}")
+    if asked.weights_cache != "none" and caches.weights.on == "root_disk":
+        why.append(f"weights_cache: {caches.weights.detail}")
+    cold_start = estimate_cold_start(
+        cloud.name,
+        model,
+        shape,
+        image_cache=image_cache,
+        weights_cache="node_cache"
+        if caches.weights.shared_by_node
+        else "local_ssd"
+        if caches.weights.on == "local_nvme"
+        else "none",
+        warm_pool=asked.warm_pool,
+        node_hourly_usd=node_hourly_usd,
+        weights_on=caches.weights.on if caches.weights.on in ("local_nvme", "root_disk") else None,
+        asked={"image_cache": asked.image_cache, "weights_cache": asked.weights_cache},
+        why=tuple(why),
+    )
+    return disk, caches, cold_start
+
+
+def node_pool(cloud: Cloud, placement: Placement) -> tuple[str, ...]:
+    """The machine types the GPU node pool may launch: every type of the placement that holds a replica where the
+    cloud's pool falls back between types (Karpenter's NodePool), else the placement's one (a GKE node pool)."""
+    return placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
+
+
+def wake_from_zero(
+    cloud: Cloud,
+    model_ref: str | ModelRef,
+    model: ModelArch,
+    shape: rules.DeploymentShape,
+    needs: sizing.PodNeeds,
+    fallback: str,
+    cold_start: dict[str, Any] | None = None,
+    max_replicas: int = 1,
+    node_hourly_usd: float | None = None,
+    region: str = "GLOBAL",
+) -> tuple[NodeCaches, ColdStartEstimate]:
+    """The caches and the cold start `byoc plan` gives `model` (spec `model`: `model_ref`) on `shape` in `region`
+    (a region, or a mega-region: its first region that offers the shape) with the spec's `cold_start` options (None:
+    the spec's defaults), through plan_cold_start, so that `byoc estimate` and `byoc shapes --model` say the plan's
+    figure. `fallback`: the type to assume where no region offers the shape.
+
+    Raises:
+        ByocError: naming a cold_start field the cloud cannot render (e.g. node_cache on a type without it).
+    """
+    spec = build_spec(
+        {
+            "name": "estimate",
+            "cloud": cloud.name,
+            "region": region,
+            "model": model_ref,
+            "shape": shape.name,
+            "cold_start": cold_start or {},
+            "autoscaling": {"max_replicas": max_replicas},
+        }
+    )
+    try:
+        pool = node_pool(cloud, cloud.place(region, shape, needs))
+    except ByocError:
+        pool = (fallback,)
+    replicas_per_node = cloud.instance_types[pool[0]].gpus // shape.count
+    _, caches, estimate = plan_cold_start(spec, cloud, shape, model, pool, replicas_per_node, node_hourly_usd)
+    return caches, estimate
+
+
 def _resolve_in(
     spec: Spec,
     placement: Placement,
@@ -723,10 +812,9 @@ def _resolve_in(
     cloud.check_kms_key(spec.encryption.kms_key, placement.region)
     node_image, warnings = cloud.node_image(spec.node_image)
     rules.check_speculative(spec, model.vocab_size, _draft_vocab(spec))
-    pool = placement.instance_types if cloud.node_pool_fallbacks else (placement.instance_type,)
+    pool = node_pool(cloud, placement)
     cloud.check_address_room(spec, shape, placement, pool)
     pods = cloud.pod_sizing(shape, pool, needs, spec.cold_start.weights_cache)
-    disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
     throughput = planner.estimate_throughput(model, shape, memory)
     instance = cloud.instance_types[placement.instance_type]
     cost = planner.estimate_cost(
@@ -739,21 +827,8 @@ def _resolve_in(
         + (": an upper bound, capacity is spot" if spec.capacity == "spot" else ""),
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
-    caches = cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], pods.replicas_per_node)
-    cold_start = estimate_cold_start(
-        spec.cloud,
-        model,
-        shape,
-        # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS
-        # pulls with SOCI only onto the instance store, and weights too large for the NVMe stay on the root disk
-        image_cache=caches.image.mode in ("secondary_boot_disk", "fast_image_pull"),
-        weights_cache="node_cache"
-        if caches.weights.shared_by_node
-        else "local_ssd"
-        if caches.weights.on == "local_nvme"
-        else "none",
-        warm_pool=spec.cold_start.warm_pool,
-        node_hourly_usd=cost.node.hourly_usd,
+    disk, caches, cold_start = plan_cold_start(
+        spec, cloud, shape, model, pool, pods.replicas_per_node, cost.node.hourly_usd
     )
     scaling = spec.autoscaling
     target = scaling.load_target or LoadTarget(

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from byoc.catalogs import InstanceType, ModelArch
+from byoc.catalogs import InstanceType, ModelArch, load_catalog
 from byoc.planner import weight_bytes
 from byoc.rules import DeploymentShape
 
@@ -360,6 +360,32 @@ def artifact_gib(model: ModelArch, precision: str) -> int:
     return math.ceil(weight_bytes(model, precision) / GIB * EPHEMERAL_SPARE)
 
 
+def _volume_overheads() -> Mapping[str, Any]:
+    overheads: Mapping[str, Any] = load_catalog().kubernetes["volume_overheads"]
+    return overheads
+
+
+def ext4_volume_gib(data_gib: float) -> int:
+    """The smallest volume, whole GiB, whose ext4 filesystem made with mke2fs's defaults leaves `data_gib` free to
+    write: the volume less its inode tables, bitmaps, reserved blocks and journal (byoc/catalogs/kubernetes.yaml
+    volume_overheads.ext4, with its sources)."""
+    ext4 = _volume_overheads()["ext4"]
+    block = int(ext4["block_size"])
+    # inode tables, 5% reserved, and two bitmap blocks per group of 8 x block_size blocks
+    fraction = int(ext4["inode_size"]) / int(ext4["inode_ratio"]) + float(ext4["reserved_ratio"]) + 2 / (8 * block)
+    return math.ceil((data_gib + int(ext4["journal_max_mib"]) / 1024) / (1 - fraction))
+
+
+def mountpoint_cache_gib(data_gib: float) -> int:
+    """The Mountpoint Pod's cache emptyDir size limit (cacheEmptyDirSizeLimit, which the CSI driver also makes
+    Mountpoint's max-cache-size) that holds `data_gib` of objects without an eviction, whole GiB: each block's file
+    rounded up on disk, and headroom for blocks being written (byoc/catalogs/kubernetes.yaml
+    volume_overheads.mountpoint_cache, with its sources)."""
+    cache = _volume_overheads()["mountpoint_cache"]
+    per_block = 1 + int(cache["per_block_kib"]) / 1024 / float(cache["block_mib"])
+    return math.ceil(data_gib * per_block + float(cache["headroom_gib"]))
+
+
 def serving_ephemeral_gib(model: ModelArch, precision: str, weights_copy: WeightsCopy = "per_pod") -> int:
     """A serving pod's ephemeral-storage request and limit: /scratch and its containers, and the artifact in /models
     when the pod holds its own copy (`weights_copy` per_pod)."""
@@ -386,16 +412,19 @@ class DiskPlan:
     # "root_disk", or "local_nvme": the node's ephemeral storage (pods' emptyDirs, images, logs) is its local NVMe
     # (local_nvme_plan), and the root disk holds only the OS
     ephemeral_on: str = "root_disk"
-    local_nvme_gib: float | None = None  # the NVMe's size, when ephemeral_on is local_nvme
+    local_nvme_gib: float | None = None  # the fullest node's NVMe, when ephemeral_on is local_nvme
     # the built artifact as /models holds it (stacks/k8s/serving.py sizes a pod's emptyDir, and node_cache its
     # shared copy, with it)
     artifact_gib: int = 0
     weights_copy: WeightsCopy = "per_pod"
+    # local_ssd or node_cache asked, and the root disk holds the pods: which type of the pool cannot, and why
+    why_root_disk: str = ""
 
     @property
     def node_copy_gib(self) -> int:
-        """The node's one copy of the artifact outside the pods' requests (weights_copy per_node), GiB."""
-        return self.artifact_gib if self.weights_copy == "per_node" else 0
+        """The node's one copy of the artifact outside the pods' requests (weights_copy per_node: the Mountpoint
+        Pod's cache emptyDir, its size limit with the cache's overhead, `mountpoint_cache_gib`), GiB."""
+        return mountpoint_cache_gib(self.artifact_gib) if self.weights_copy == "per_node" else 0
 
     @property
     def required_gib(self) -> int:
@@ -428,15 +457,24 @@ def required_gib(serving_gib: int, build_gib: int, slots: int, node_copy_gib: in
     return (slots - 1) * serving_gib + max(serving_gib, build_gib) + node_copy_gib + NODE_FILES_GIB
 
 
+def ephemeral_allocatable_gib(formula: str, disk_gib: float) -> float:
+    """The ephemeral-storage allocatable of `disk_gib` (root disk or local NVMe) by the cloud's `formula` ("eks" or
+    "gke"), GiB."""
+    return {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](disk_gib)
+
+
 def disk_plan(
     model: ModelArch, precision: str, slots: int, formula: str, weights_copy: WeightsCopy = "per_pod"
 ) -> DiskPlan:
     """The smallest root disk (in DISK_STEP_GIB steps) whose ephemeral-storage allocatable, by `formula` ("eks" or
     "gke"), holds the fullest node's pods (`required_gib`)."""
-    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula]
+
+    def allocatable(gib: float) -> float:
+        return ephemeral_allocatable_gib(formula, gib)
+
     serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
     artifact = artifact_gib(model, precision)
-    required = required_gib(serving, build, slots, artifact if weights_copy == "per_node" else 0)
+    required = required_gib(serving, build, slots, mountpoint_cache_gib(artifact) if weights_copy == "per_node" else 0)
     disk = DISK_STEP_GIB
     while allocatable(disk) < required:
         disk += DISK_STEP_GIB
@@ -462,11 +500,12 @@ def local_nvme_plan(
     """The pods' ephemeral storage on `nvme_gib` of local NVMe (allocatable by the same cloud formula as a root disk
     of that size: on GKE an estimate, GKE's Local SSD reservation is not published per disk count), with the root
     disk cut to the OS's; None when the fullest node's pods do not fit it (the root disk plan applies then)."""
-    allocatable = {"eks": eks_ephemeral_allocatable_gib, "gke": gke_ephemeral_allocatable_gib}[formula](nvme_gib)
+    allocatable = ephemeral_allocatable_gib(formula, nvme_gib)
     serving, build = serving_ephemeral_gib(model, precision, weights_copy), build_ephemeral_gib(model, precision)
     artifact = artifact_gib(model, precision)
     # images live on the NVMe too, so NODE_FILES_GIB (in required_gib) still counts against it
-    if allocatable < required_gib(serving, build, slots, artifact if weights_copy == "per_node" else 0):
+    node_copy = mountpoint_cache_gib(artifact) if weights_copy == "per_node" else 0
+    if allocatable < required_gib(serving, build, slots, node_copy):
         return None
     return DiskPlan(
         serving,

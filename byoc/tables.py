@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from byoc import coldstart, planner, rules, sizing
-from byoc.caches import weights_cache
+from byoc import planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
 from byoc.clouds.base import Feature
 from byoc.errors import ByocError, ByocFailure
-from byoc.resolve import catalog_shapes, resolve_model
+from byoc.resolve import catalog_shapes, resolve_model, wake_from_zero
 from byoc.spec import ModelRef
 
 
@@ -42,10 +41,12 @@ def estimate_row(
     max_replicas: int = 1,
     cold_start: dict[str, Any] | None = None,
     warm_pool_field: str = "--warm-pool",
+    region: str = "GLOBAL",
 ) -> dict[str, Any]:
     """The estimate of one shape. A model that does not fit gets its memory lines only: throughput, cost and cold
     start are None, with the reason in `not_estimated` (a model that cannot load serves nothing). `cold_start` holds
-    the spec's cold_start options (image_cache, weights_cache, warm_pool; the spec's defaults when None)."""
+    the spec's cold_start options (image_cache, weights_cache, warm_pool, image_disk; the spec's defaults when None),
+    rendered as `byoc plan` renders them in `region` (byoc/resolve.py wake_from_zero)."""
     if not 0 < kv_cache_fraction < 1:
         raise ByocError("--kv-cache-fraction", f"{kv_cache_fraction} is not strictly between 0 and 1", "use 0.9")
     if min_replicas > max_replicas:
@@ -100,18 +101,16 @@ def estimate_row(
         price_per_gpu_hour=price_per_gpu_hour,
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
-    shared: dict[str, Any] = {}
     if (cold_start or {}).get("weights_cache") == "node_cache":
         cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd")
         cloud.check_node_weights((instance.name,), "--weights-cache")
-        # what the cloud keeps the shared copy on, and what that costs (GKE: a Hyperdisk ML volume per zone)
-        disk = cloud.disk_plan(shape, (instance.name,), model, "node_cache")
-        node_local = weights_cache("node_cache", disk.ephemeral_on, disk.local_nvme_gib, "")
-        weights = cloud.node_weights_cache((instance.name,), disk, node_local, "--weights-cache")
-        if weights.disk is not None:
-            shared = {"weights_disk": weights.disk.as_dict()}
     warm = int((cold_start or {}).get("warm_pool", 0))
     planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
+    # the plan's caches and wake for these options (GKE node_cache: the Hyperdisk ML volume per zone and its cost)
+    caches, wake = wake_from_zero(
+        cloud, model_id, model, shape, needs, instance.name, cold_start, max_replicas, cost.node.hourly_usd, region
+    )
+    shared = {"weights_disk": caches.weights.disk.as_dict()} if caches.weights.disk is not None else {}
     return row | {
         "output_tokens_per_s": round(throughput.output_tokens_per_s, 1),
         "cost_per_million_output_tokens": round(cost.cost_per_million_output_tokens, 4),
@@ -119,9 +118,7 @@ def estimate_row(
         "cost": cost.as_dict(),
         # gateway.store: managed (the default) adds the shared store, billed every hour, replicas or none
         "store": planner.store_estimate(cloud.name).as_dict(),
-        "cold_start": coldstart.estimate_cold_start(
-            cloud.name, model, shape, **(cold_start or {}), node_hourly_usd=cost.node.hourly_usd
-        ).as_dict(),
+        "cold_start": wake.as_dict(),
         **shared,
     }
 
@@ -177,9 +174,12 @@ def shape_rows(
                     RANKED_BY: round(cost.cost_per_million_output_tokens_at_floor, 4),
                     "kv_capacity_tokens": memory.kv_capacity_tokens,
                     "max_context": context,
-                    # a wake from zero with the spec's cold_start defaults (byoc/coldstart.py)
+                    # a wake from zero as `byoc plan` gives it with the spec's cold_start defaults
                     "cold_start_seconds": round(
-                        coldstart.estimate_cold_start(cloud_name, model, shape).total_seconds, 1
+                        wake_from_zero(cloud, model_id or model.id, model, shape, needs, instance.name)[
+                            1
+                        ].total_seconds,
+                        1,
                     ),
                 }
             rows.append(row)

@@ -35,6 +35,7 @@ from byoc.sizing import (
     WeightsCopy,
     daemonset_requests,
     disk_plan,
+    ephemeral_allocatable_gib,
     local_nvme_plan,
     pod_needs,
     slot,
@@ -319,19 +320,37 @@ class Cloud(ABC):
     ) -> DiskPlan:
         """The GPU pods' ephemeral storage and the root disk that holds them on the pool's fullest node (one disk
         size for every type of the pool: Karpenter's EC2NodeClass and a GKE node pool each set one). With
-        `weights_cache` local_ssd and local NVMe on every type of the pool that holds the fullest node's pods, the
-        ephemeral storage is that NVMe (byoc/sizing.py local_nvme_plan) and the root disk holds only the OS."""
+        `weights_cache` local_ssd (or node_cache) the ephemeral storage is the local NVMe (byoc/sizing.py
+        local_nvme_plan) when every type of the pool holds its own slots' pods on its own NVMe: Karpenter's
+        `instanceStorePolicy: RAID0` and GKE's Local SSD ephemeral storage make each node's own NVMe its ephemeral
+        storage, so a small type with one slot needs only one slot's worth. Otherwise the root disk holds them, and
+        `DiskPlan.why_root_disk` says which type cannot."""
         slots = max(self.instance_types[name].gpus // shape.count for name in instance_types)
         formula = self.node_allocatable(self.instance_types[instance_types[0]]).formula
-        nvme = self.pool_local_nvme_gib(instance_types)
         # with node_cache no serving pod holds a copy of its own: the node holds one (AWS) or a volume does (GKE)
         copy = self.node_cache_weights_copy if weights_cache == "node_cache" else "per_pod"
+        on_root = disk_plan(model, shape.precision, slots, formula, copy)
         # node_cache keeps the node's one copy in the Mountpoint Pod's emptyDir: on the NVMe too when it is there
-        if weights_cache in ("local_ssd", "node_cache") and nvme is not None:
-            on_nvme = local_nvme_plan(model, shape.precision, slots, formula, nvme, copy)
-            if on_nvme is not None:
-                return on_nvme
-        return disk_plan(model, shape.precision, slots, formula, copy)
+        if weights_cache not in ("local_ssd", "node_cache"):
+            return on_root
+        per_type: list[tuple[int, DiskPlan]] = []
+        for name in instance_types:
+            nvme = self.local_nvme_gib(self.instance_types[name])
+            if nvme is None:
+                return replace(on_root, why_root_disk=f"{name} has no local NVMe")
+            own = self.instance_types[name].gpus // shape.count
+            on_nvme = local_nvme_plan(model, shape.precision, own, formula, nvme, copy)
+            if on_nvme is None:
+                need = replace(on_root, slots=own).required_gib
+                return replace(
+                    on_root,
+                    why_root_disk=f"a {name} node's {own} pod(s) need {need} GiB of ephemeral storage, more than the "
+                    f"{ephemeral_allocatable_gib(formula, nvme):.0f} GiB its {nvme:.0f} GiB of local NVMe allocates "
+                    f"(byoc/sizing.py required_gib)",
+                )
+            per_type.append((own, on_nvme))
+        # plan.json shows the fullest node (the most slots; of those, the least NVMe), as the root disk plan does
+        return max(per_type, key=lambda item: (item[0], -(item[1].local_nvme_gib or 0.0)))[1]
 
     # -- cold start caches (byoc/caches.py; spec cold_start) ---------------------------------------------------
     def local_nvme_gib(self, instance: InstanceType) -> float | None:
@@ -339,7 +358,7 @@ class Cloud(ABC):
         return None
 
     def pool_local_nvme_gib(self, instance_types: tuple[str, ...]) -> float | None:
-        """The least local NVMe of the pool's types (a pool renders one setting for all), None if one has none."""
+        """The least local NVMe of the pool's types (what any node of the pool has at least), None if one has none."""
         sizes = [self.local_nvme_gib(self.instance_types[name]) for name in instance_types]
         return None if any(size is None for size in sizes) else min(s for s in sizes if s is not None)
 
@@ -352,15 +371,10 @@ class Cloud(ABC):
         self, spec: Spec, pool: tuple[str, ...], disk: DiskPlan, serving_image: str, replicas_per_node: int
     ) -> NodeCaches:
         """The cold-start caches of a deployment: image, weights and warm pool (plan.json `cold_start_caches`)."""
-        nvme = self.pool_local_nvme_gib(pool)
-        why_not = (
-            f"{', '.join(pool)} has no local NVMe"
-            if nvme is None
-            else f"the fullest node's pods need {disk.required_gib} GiB of ephemeral storage, more than the "
-            f"{nvme:.0f} GiB of local NVMe offers"
-        )
         instance = self.instance_types[pool[0]]
-        weights = weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, disk.local_nvme_gib, why_not)
+        # the NVMe every node of the pool has at least (the disk plan shows the fullest node's)
+        nvme = self.pool_local_nvme_gib(pool) if disk.ephemeral_on == "local_nvme" else None
+        weights = weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, nvme, disk.why_root_disk)
         if spec.cold_start.weights_cache == "node_cache":
             self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd")
             self.check_node_weights(pool, "cold_start.weights_cache")

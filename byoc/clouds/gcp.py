@@ -16,7 +16,7 @@ from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvis
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError
 from byoc.rules import DeploymentShape
-from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, gke_allocatable
+from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, ext4_volume_gib, gke_allocatable
 from byoc.spec import Spec
 
 # What people write when they mean Google's default encryption at rest: no key of theirs at all.
@@ -203,10 +203,11 @@ class Gcp(Cloud):
     def node_weights_cache(
         self, pool: tuple[str, ...], disk: DiskPlan, weights: WeightsCache, field: str
     ) -> WeightsCache:
-        """A Hyperdisk ML volume per zone of the pool, the size of the artifact, filled once per build by the GKE
-        Volume Populator; priced per zone from the catalog's list prices."""
+        """A Hyperdisk ML volume per zone of the pool, filled once per build by the GKE Volume Populator; priced per
+        zone from the catalog's list prices. Its size: the artifact plus what ext4, which the PD CSI driver formats
+        it with, keeps for itself (byoc/sizing.py ext4_volume_gib)."""
         hdml = load_catalog().kubernetes["gke"]["hyperdisk_ml"]
-        size = max(disk.artifact_gib, int(hdml["min_size_gib"]))
+        size = max(ext4_volume_gib(disk.artifact_gib), int(hdml["min_size_gib"]))
         throughput = int(hdml["provisioned_throughput_mib_s"])
         monthly = size * float(hdml["usd_per_gib_month"]) + throughput * float(hdml["usd_per_mib_s_month"])
         return WeightsCache(

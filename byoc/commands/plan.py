@@ -357,7 +357,7 @@ def regions(
     )
 
 
-def estimate(
+def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values in turn
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Spec file: model, shape, cloud, context, KV share, replicas, cold_start."),
@@ -395,6 +395,13 @@ def estimate(
         int | None,
         typer.Option("--warm-pool", min=0, max=64, help="GPU nodes kept warm, no replica [0; or the spec's]."),
     ] = None,
+    image_disk: Annotated[
+        str | None,
+        typer.Option(
+            "--image-disk",
+            help="GKE: disk image holding the serving image (cold_start.image_disk) [none; or the spec's].",
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
@@ -402,11 +409,18 @@ def estimate(
     from byoc.spec import ColdStart
     from byoc.tables import estimate_row
 
-    given = {"image_cache": image_cache, "weights_cache": weights_cache, "warm_pool": warm_pool}
-    # the options the estimate takes (cold_start.image_disk is the plan's: byoc/caches.py)
-    options = {"image_cache", "weights_cache", "warm_pool"}
+    given: dict[str, Any] = {
+        "image_cache": image_cache,
+        "weights_cache": weights_cache,
+        "warm_pool": warm_pool,
+        "image_disk": image_disk,
+    }
+    # the spec's cold_start options, in its words: the estimate renders them as `byoc plan` does (byoc/resolve.py
+    # wake_from_zero) and says where the plan does otherwise, and why
+    options = {"image_cache", "weights_cache", "warm_pool", "image_disk"}
     cold_start = ColdStart().model_dump(include=options)
     model_ref: Any = model
+    region = "GLOBAL"
     regions: dict[str, Any] | None = None
     with reporting(output):
         if file is not None:
@@ -416,7 +430,8 @@ def estimate(
             max_context = spec.max_context if max_context is None else max_context
             min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
-            cold_start = _rendered_cold_start(spec) or spec.cold_start.model_dump(include=options)
+            cold_start = spec.cold_start.model_dump(include=options)
+            region = spec.region
             regions = _region_costs(spec, min_replicas, max_replicas)
         elif model is None or shape is None:
             raise ByocError(
@@ -438,6 +453,7 @@ def estimate(
             1 if max_replicas is None else max_replicas,
             cold_start,
             "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
+            region,
         )
     if regions is not None and row["fits"]:
         row["regions"] = regions
@@ -480,19 +496,6 @@ def estimate(
             raise misfit
 
 
-def _rendered_cold_start(spec: Any) -> dict[str, Any] | None:
-    """The cold_start options as `byoc plan` renders them for this spec (GKE caches the image only with a disk image,
-    EKS pulls with SOCI only onto the instance store, weights too large for the NVMe stay on the root disk: the
-    Deployment's estimate), so that `estimate -f` and plan.json agree; None when the spec does not resolve (a model
-    that does not fit: the estimate then shows why)."""
-    from byoc.resolve import resolve
-
-    try:
-        return dict(resolve(spec).cold_start.options)
-    except ByocError:
-        return None
-
-
 def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None) -> dict[str, Any] | None:
     """A multi-region spec's cost per region and in total (plan.json's estimates.regions), with the replica bounds
     the estimate uses; None for one region, or a spec that does not resolve (the estimate then shows why)."""
@@ -521,7 +524,16 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
         f"image_cache {'on' if options['image_cache'] else 'off'}, weights_cache {options['weights_cache']}, "
         f"warm_pool {options['warm_pool']}"
     )
+    renders = options.get("plan_renders")
+    if renders:
+        # the spec's words first, then what the plan does instead and why (plan.json cold_start_caches)
+        weights_on = renders.get("weights_on", "")
+        said += (
+            f"; the plan renders image_cache {'on' if renders['image_cache'] else 'off'}, weights_cache "
+            f"{renders['weights_cache']}" + (f" on the {weights_on.replace('_', ' ')}" if weights_on else "")
+        )
     lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} from zero ({said})"]
+    lines += [f"    {'why':<16} {'':>10}  {reason}" for reason in options.get("why", [])]
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
     cached = estimate.get("weights_fetch_cached")

@@ -46,7 +46,7 @@ class NodeWeightsVolume:
     """How the cloud serves the artifact prefix as a volume cached once per node (stacks/aws/program.py)."""
 
     driver: str  # the CSI driver's name, e.g. s3.csi.aws.com
-    # the PV's spec.csi.volumeAttributes without the cache's size (this module adds it: the artifact's size)
+    # the PV's spec.csi.volumeAttributes without the cache's size (this module adds it: deployment.disk.node_copy_gib)
     volume_attributes: dict[str, pulumi.Input[str]]
     # the PV's spec.mountOptions without the prefix (this module adds the artifact's)
     mount_options: list[str]
@@ -92,6 +92,9 @@ def render(stack: ServingStack, build: pulumi.Resource | None = None) -> dict[st
         return render_populated(stack, source, build)
     name = claim_name(stack)
     size = f"{stack._artifact_gib}Gi"
+    # the node's cache holds the artifact with room for Mountpoint's per-block files and the blocks being written
+    # (byoc/sizing.py mountpoint_cache_gib): a limit of the artifact's bare size gets the Mountpoint Pod evicted
+    cache = f"{stack.deployment.disk.node_copy_gib}Gi"
     volume = stack._resource(
         k8s.core.v1.PersistentVolume,
         f"weights-pv-{stack.plan.cache_key[:10]}",
@@ -109,7 +112,7 @@ def render(stack: ServingStack, build: pulumi.Resource | None = None) -> dict[st
                 "driver": source.driver,
                 "volumeHandle": name,  # unique: Kubernetes processes a volume once per handle
                 "readOnly": True,
-                "volumeAttributes": {**source.volume_attributes, source.cache_size_attribute: size},
+                "volumeAttributes": {**source.volume_attributes, source.cache_size_attribute: cache},
             },
         },
     )

@@ -326,3 +326,68 @@ def test_a_spent_budget_stops_the_warm_pool(tmp_path: Path) -> None:
     unit.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
     result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("shape", ["l4x1-fp8", "l40sx1-fp8", "l40sx1-bf16"])
+def test_each_type_of_the_aws_pool_holds_its_own_pods_on_its_own_nvme(shape: str) -> None:
+    """The tester's report: on AWS's cheapest shapes local_ssd fell back to the root disk ("the fullest node's pods
+    need 233 GiB ..., more than the 233 GiB of local NVMe offers"), comparing the pool's smallest NVMe (a 1-slot
+    xlarge) with the 8-slot 48xlarge's pods, and so turned FastImagePull off too. With instanceStorePolicy RAID0
+    each node's own instance store is its ephemeral storage, so each type holds its own slots' pods."""
+    from byoc.clouds import get_cloud
+    from byoc.sizing import ephemeral_allocatable_gib, required_gib
+
+    deployment = deploy(region="us-east-1", shape=shape, max_context=8192)
+    pool = deployment.placement.instance_types
+    assert len(pool) > 1 and deployment.disk.slots == 8  # the 48xlarge is in the pool
+    aws = get_cloud("aws")
+    for name in pool:  # every type's own slots fit its own NVMe
+        instance = aws.instance_types[name]
+        own = required_gib(
+            deployment.disk.serving_gib, deployment.disk.build_gib, instance.gpus
+        )  # x1 shapes: a slot per GPU
+        assert own <= ephemeral_allocatable_gib("eks", aws.local_nvme_gib(instance) or 0), name
+    caches = deployment.plan_document()["cold_start_caches"]
+    assert deployment.disk.ephemeral_on == "local_nvme" and caches["weights"]["on"] == "local_nvme"
+    assert caches["image"]["mode"] == "fast_image_pull"
+    options = deployment.cold_start.options
+    assert options == {"image_cache": True, "weights_cache": "local_ssd", "warm_pool": 0}  # as the spec says
+    assert "local NVMe" in deployment.cold_start.phase("weights_fetch").basis
+
+
+def test_a_type_whose_nvme_cannot_hold_its_own_pods_is_named_with_true_numbers() -> None:
+    """Where a type really cannot hold its pods, the root disk holds them and the plan names the type, what its pods
+    need and what its NVMe allocates (the need larger than the room), and the estimate says the spec's options and
+    what the plan renders instead, with that reason and the root disk's rates (weights and, for node_cache, the
+    Mountpoint cache)."""
+    from byoc.clouds import get_cloud
+    from byoc.coldstart import cold_start_catalog
+    from byoc.resolve import plan_cold_start, resolve_model
+    from byoc.rules import parse_shape
+    from byoc.spec import build_spec
+
+    aws, shape = get_cloud("aws"), parse_shape("l4x1-fp8", "shape")
+    big = resolve_model("llama-3.1-70b-instruct")[0]  # a BF16 source of ~140 GiB: the build alone needs ~230 GiB
+    pool = ("g6.xlarge", "g6.48xlarge")
+    for asked in ("local_ssd", "node_cache"):
+        spec = build_spec(spec_data(region="us-east-1", shape="l4x1-fp8", cold_start={"weights_cache": asked}))
+        disk, caches, cold = plan_cold_start(spec, aws, shape, big, pool, 1, 0.8)
+        assert disk.ephemeral_on == "root_disk" and caches.weights.on == "root_disk"
+        reason = disk.why_root_disk
+        assert reason.startswith("a g6.xlarge node's 1 pod(s) need "), reason
+        need = int(reason.split(" need ")[1].split(" GiB")[0])
+        room = int(reason.split("more than the ")[1].split(" GiB")[0])
+        assert need > room and need == disk.build_gib + disk.node_copy_gib + 50  # one slot: the build Job's
+        assert reason in caches.weights.detail
+        assert cold.options["weights_cache"] == asked and cold.options["image_cache"] is True
+        assert cold.options["plan_renders"]["weights_on"] == "root_disk"
+        assert any(reason in why for why in cold.options["why"])
+        root_rate = cold_start_catalog()["weights_fetch"]["write"]["root_disk"]["aws"]["rate_mib_s"]
+        fetch = cold.phase("weights_fetch").basis
+        assert "root disk" in fetch and f"at {root_rate:,} MiB/s" in fetch, fetch
+        assert "NVMe" not in cold.phase("weights_fetch").basis
+        if asked == "node_cache":  # the tester's third report: the cache follows the plan onto the root disk
+            cached = cold.weights_fetch_cached
+            assert cached is not None and "Mountpoint cache on its root disk" in cached.basis
+            assert f"at {root_rate:,} MiB/s" in cached.basis
+            assert "whose cache lies on the root disk" in caches.weights.detail

@@ -6,6 +6,7 @@ manifests pass kubernetes-validate and checkov. GKE's Hyperdisk ML counterpart: 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def test_with_node_cache_no_replica_requests_room_for_a_copy_of_its_own(cloud: s
     artifact again: on a node of 8 replicas that would be 8 copies' room, a root disk sized for them, and pods that
     fit no node with a small NVMe. AWS keeps one copy per node (the Mountpoint Pod's cache, which the node's disk
     must hold); GKE keeps it on the Hyperdisk ML volume, outside the node's ephemeral storage."""
-    from byoc.sizing import CONTAINER_FILES_GIB, NODE_FILES_GIB, SERVING_SCRATCH_GIB
+    from byoc.sizing import CONTAINER_FILES_GIB, NODE_FILES_GIB, SERVING_SCRATCH_GIB, mountpoint_cache_gib
 
     overrides: dict[str, Any] = {"cloud": cloud, "cold_start": {"weights_cache": "node_cache"}}
     own, shared = deploy(cloud=cloud).disk, deploy(**overrides).disk
@@ -218,8 +219,29 @@ def test_with_node_cache_no_replica_requests_room_for_a_copy_of_its_own(cloud: s
     engine = next(c for c in serving["containers"] if c["resources"]["requests"].get("nvidia.com/gpu"))
     assert engine["resources"]["requests"]["ephemeral-storage"] == f"{shared.serving_gib}Gi"
     assert engine["resources"]["limits"]["ephemeral-storage"] == f"{shared.serving_gib}Gi"
-    node_copy = artifact if cloud == "aws" else 0
+    # AWS: the Mountpoint Pod's cache, its size limit (the artifact and the cache's overhead); GKE: none
+    node_copy = mountpoint_cache_gib(artifact) if cloud == "aws" else 0
     assert shared.node_copy_gib == node_copy
     # the node's disk is sized for its pods' requests and, on AWS, the one copy in the Mountpoint Pod's cache
     pods = (shared.slots - 1) * shared.serving_gib + max(shared.serving_gib, shared.build_gib) + NODE_FILES_GIB
     assert shared.required_gib == pods + node_copy
+
+
+def test_the_mountpoint_cache_limit_holds_the_artifact_with_its_block_files_and_the_node_disk_counts_it() -> None:
+    """The tester's fourth report, its AWS kin: cacheEmptyDirSizeLimit was the artifact's bare size (10 GiB for a
+    9.73 GiB artifact). The CSI driver makes it Mountpoint's max-cache-size, Mountpoint writes each 1 MiB block as a
+    file with a header (1 MiB + 4 KiB on disk) and the kubelet evicts the Mountpoint Pod whose emptyDir passes the
+    limit: the limit must hold the artifact's blocks as files, with room for the blocks being written, and the
+    node's disk plan must count that limit (awslabs/mountpoint-s3-csi-driver docs/CACHING.md; mountpoint-s3
+    disk_data_cache.rs)."""
+    from byoc.coldstart import artifact_bytes
+
+    deployment = deploy(**SHARED)
+    [volume] = kind(graph(**SHARED), "PersistentVolume")
+    limit = volume.inputs["spec"]["csi"]["volumeAttributes"]["cacheEmptyDirSizeLimit"]
+    artifact = artifact_bytes(deployment.model, deployment.shape) / 1024**3  # the planned artifact, ~9.7 GiB
+    blocks = math.ceil(artifact * 1024)  # 1 MiB blocks, each a file of 1 MiB + a 4 KiB block for its header
+    on_disk = blocks * (1024 + 4) / 1024**2
+    assert limit == f"{deployment.disk.node_copy_gib}Gi"
+    assert int(limit.removesuffix("Gi")) >= on_disk + 1 > deployment.disk.artifact_gib
+    assert deployment.disk.as_dict()["node_copy_gib"] == int(limit.removesuffix("Gi"))
