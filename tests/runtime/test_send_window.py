@@ -80,6 +80,33 @@ def test_senders_wait_for_room_in_order_and_a_cancelled_one_gives_its_room_on() 
     asyncio.run(run())
 
 
+def test_owners_take_turns_for_room_so_a_small_batch_is_not_behind_a_big_one() -> None:
+    """Key a's big batch has 100 lines waiting for room when key b's 2-line batch arrives: b's lines get the next
+    two rooms that free up in turn with a's, not the 101st and 102nd (a tester's 2-line batch waited 150 s in
+    in_progress behind another key's 7,500 lines)."""
+
+    async def run() -> None:
+        window = SendWindow(1)
+        held = await window.acquire("a")
+        order: list[str] = []
+
+        async def sender(owner: str) -> None:
+            ticket = await window.acquire(owner)
+            order.append(owner)
+            await asyncio.sleep(0)
+            window.release(ticket, None)
+
+        big = [asyncio.ensure_future(sender("a")) for _ in range(100)]
+        await asyncio.sleep(0)
+        small = [asyncio.ensure_future(sender("b")) for _ in range(2)]
+        await asyncio.sleep(0)
+        window.release(held, None)
+        await asyncio.wait_for(asyncio.gather(*big, *small), 5)
+        assert order[:4] == ["a", "b", "a", "b"] and len(order) == 102
+
+    asyncio.run(run())
+
+
 def test_a_worker_with_a_high_ceiling_finds_the_engines_slots_and_rarely_hears_no(tmp_path: Path) -> None:
     """A worker allowed 500 lines in flight, in front of one engine that runs 4 batch lines at once: the gateway
     answers the lines beyond 4 with batch_yield. The window shrinks to what is admitted, so the gateway refuses far

@@ -34,7 +34,9 @@ class SendWindow:
     sent after the last cut sets the threshold and the limit to the lines sent before it still in flight (at least
     1). Answers that are neither (a gateway
     down, a 5xx, a cancelled send) leave it as it is: they say nothing about the slots. Waiters get room in arrival
-    order. `acquire` returns the line's ticket (its place in sending order), which `release` takes back.
+    order within an owner, and owners take turns (round-robin): one key's batches of thousands of lines waiting for
+    room must not hold another key's 2-line batch behind all of them. `acquire` returns the line's ticket (its place
+    in sending order), which `release` takes back.
     """
 
     def __init__(self, ceiling: int) -> None:
@@ -45,23 +47,26 @@ class SendWindow:
         self._sent = 0  # tickets given
         self._cut_at = 0  # tickets given at the last cut: refusals of these answer the window before it
         self._in_flight: set[int] = set()  # tickets acquired and not released
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # senders waiting for room, by owner; the owners in turn order (dicts keep insertion order)
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def acquire(self) -> int:
+    async def acquire(self, owner: str = "") -> int:
         if not self._waiters and self.in_use < int(self.limit):
             self.in_use += 1
             self._sent += 1
             self._in_flight.add(self._sent)
             return self._sent
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters.setdefault(owner, deque()).append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():  # given room just as it was cancelled: pass it on
                 self.in_use -= 1
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+            elif waiter in self._waiters.get(owner, ()):
+                self._waiters[owner].remove(waiter)
+                if not self._waiters[owner]:
+                    del self._waiters[owner]
             self._wake()
             raise
         self._sent += 1
@@ -87,7 +92,11 @@ class SendWindow:
 
     def _wake(self) -> None:
         while self._waiters and self.in_use < int(self.limit):
-            waiter = self._waiters.popleft()
+            owner = next(iter(self._waiters))  # the owner whose turn it is
+            queue = self._waiters.pop(owner)
+            waiter = queue.popleft()
+            if queue:
+                self._waiters[owner] = queue  # back of the turn order
             if not waiter.done():
                 waiter.set_result(None)
                 self.in_use += 1

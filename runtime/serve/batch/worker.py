@@ -75,6 +75,8 @@ BATCH_CANCELLED = ("batch_cancelled", "This request was not executed: the batch 
 # unreachable or failing (502, 504); a gateway's own 500 is retried a few times, then is the line's result
 NOT_NOW_CODES = ("batch_yield", "rate_limit_exceeded", "gateway_draining", "no_replica_ready", "upstream_unavailable")
 RETRIED_500 = 3
+# results waiting to be committed, in --commit-lines, past which the sending pauses until a commit catches up
+BEHIND_COMMITS = 4
 # the "not now" answers that say the gateways have no room for more batch lines: the send window shrinks on them
 YIELD_CODES = ("batch_yield", "rate_limit_exceeded")
 
@@ -355,14 +357,17 @@ class BatchWorker:
 
     async def poll_once(self) -> None:
         """One round: the sweep when due, then batches not in a terminal state started, while fewer than
-        --max-batches run, in `fair_order`; returns without waiting for them."""
+        --max-batches run, in `fair_order`; returns without waiting for them. Past --max-batches, an owner with no
+        batch running still gets one started (up to twice --max-batches in all): one key's five big batches must not
+        hold another key's 2-line batch in `validating` until one of them ends."""
         if time.monotonic() - self._last_sweep >= self.settings.sweep_seconds:
             await self._io(self.sweep)
             self._last_sweep = time.monotonic()
         for batch_id in [b for b, run in self._running.items() if run.done()]:
             del self._running[batch_id]
             self._owners.pop(batch_id, None)
-        if len(self._running) >= self.settings.max_batches:
+        most = self.settings.max_batches
+        if len(self._running) >= 2 * most:
             return
         objects = await self._io(self.store.list_objects, "batches")
         listed = {o.key.split("/")[1] for o in objects if o.key.endswith("/batch.json")}
@@ -379,9 +384,11 @@ class BatchWorker:
             created_at = float(created) if isinstance(created, int | float) else 0.0
             waiting.append((created_at, batch_id, str(record.get("owner", ""))))
         chosen = fair_order(waiting, list(self._owners.values()))
-        for batch_id, owner in chosen[: self.settings.max_batches - len(self._running)]:
-            if self.stopping.is_set():
+        for batch_id, owner in chosen:
+            if self.stopping.is_set() or len(self._running) >= 2 * most:
                 return
+            if len(self._running) >= most and owner in self._owners.values():
+                continue  # past --max-batches: only owners with nothing running
             self._owners[batch_id] = owner
             self._running[batch_id] = asyncio.ensure_future(self._run_guarded(batch_id))
 
@@ -563,6 +570,7 @@ class BatchRun:
         # would be metered, then lost with the buffer if the worker stopped, and run again)
         self.store_up = asyncio.Event()
         self.store_up.set()
+        self.commit_due = asyncio.Event()  # --commit-lines results wait, or the sending is done: the watcher commits
         self.store_down_logged = -math.inf  # when the pause was last logged (once a minute, not once a tick)
 
     async def _io(self, function: Callable[..., T], *args: Any) -> T:
@@ -709,6 +717,7 @@ class BatchRun:
             for task in senders:
                 task.cancel()
             self.sending_done.set()  # the watcher ends after its commit in progress, if any: never cut off
+            self.commit_due.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await self._commit_all()
@@ -730,7 +739,8 @@ class BatchRun:
         """Commits on time, and stops the sending on a cancel, the window's end, the worker's stop or a lost lease."""
         while not self.sending_done.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sending_done.wait(), min(0.5, self.settings.commit_seconds))
+                await asyncio.wait_for(self.commit_due.wait(), min(0.5, self.settings.commit_seconds))
+            self.commit_due.clear()
             if self.renewing.done() or self.worker.stopping.is_set() or time.time() >= self._deadline():
                 self.stop_sending.set()  # a lost lease, the worker's stop, the window's end: no new line
                 return
@@ -814,7 +824,7 @@ class BatchRun:
         import aiohttp
 
         window = self.worker.window
-        ticket = await window.acquire() if window is not None else 0
+        ticket = await window.acquire(str(self.record.get("owner", ""))) if window is not None else 0
         admitted: bool | None = None
         try:
             if self.stop_sending.is_set():
@@ -856,6 +866,12 @@ class BatchRun:
             "error": error,
         }
         self.progress.buffer.append(result)
+        if len(self.progress.buffer) >= self.settings.commit_lines:
+            self.commit_due.set()
+        if len(self.progress.buffer) >= BEHIND_COMMITS * self.settings.commit_lines:
+            # the watcher's commits are behind (a slow store, a stuck call): no new line until they catch up, so
+            # that what a crash or a cancel costs stays a few parts, not the batch
+            self.store_up.clear()
 
     async def _commit(self, force: bool = False) -> None:
         """Writes the buffered results as the next part when --commit-lines are waiting or --commit-seconds passed."""
@@ -893,8 +909,9 @@ class BatchRun:
         progress.last_commit = time.monotonic()
         if not self.store_up.is_set():
             self.store_up.set()
-            self.store_down_logged = -math.inf
-            log.info("batch %s: results committed again, sending resumed", self.batch_id)
+            if self.store_down_logged > -math.inf:
+                self.store_down_logged = -math.inf
+                log.info("batch %s: results committed again, sending resumed", self.batch_id)
         self.state["request_counts"] = self._counts()
         try:
             await self._io(self._write_state)
