@@ -494,6 +494,67 @@ def warm_pool_hourly_usd(instance: InstanceType, nodes: int) -> float:
     return round(instance.hourly_usd * nodes, 2)
 
 
+@dataclass(frozen=True)
+class WarmPoolBudget:
+    """What the warm pool spends of a GPU-hour budget (spec `budget`): the budget's rules count every running pod of
+    the namespace by the GPUs it requests (stacks/k8s/budget.py, docs/operations.md "GPU-hour budget"), and each
+    placeholder requests a serving replica's GPUs, so the pool alone spends the budget at zero replicas. Counting
+    it is right (its nodes are paid); this says how fast."""
+
+    placeholders: int
+    gpus: int  # the GPUs the placeholders request together
+    budget_gpu_hours: float  # budget.gpu_hours, per period
+    period: str  # budget.period
+    stops_the_pool: bool  # budget.cap_replicas set: a spent budget empties the pool (stacks/k8s/warm_pool.py)
+
+    @property
+    def gpu_hours_per_day(self) -> float:
+        return self.gpus * 24.0
+
+    @property
+    def days_at_zero_replicas(self) -> float:
+        """Days the budget lasts with no serving replica and no build: the pool's spending alone."""
+        return self.budget_gpu_hours / self.gpu_hours_per_day
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "placeholders": self.placeholders,
+            "gpus": self.gpus,
+            "gpu_hours_per_day": round(self.gpu_hours_per_day, 2),
+            "budget_gpu_hours": self.budget_gpu_hours,
+            "period": self.period,
+            "days_at_zero_replicas": round(self.days_at_zero_replicas, 2),
+            "stops_the_pool": self.stops_the_pool,
+        }
+
+    def words(self) -> str:
+        """The sentence `byoc plan` and `byoc estimate` print."""
+        gpus = f"{self.gpus} GPU{'' if self.gpus == 1 else 's'}"
+        then = (
+            "once it is spent, cap_replicas empties the warm pool too, until the period ends"
+            if self.stops_the_pool
+            else "the pool keeps running once it is spent (no cap_replicas: alerts only)"
+        )
+        return (
+            f"the warm pool's placeholders hold {gpus}: {self.gpu_hours_per_day:,.0f} GPU-hours a day of budget."
+            f"gpu_hours ({self.budget_gpu_hours:,g} a {self.period}), which last {self.days_at_zero_replicas:,.1f} "
+            f"days at zero replicas; {then}"
+        )
+
+
+def warm_pool_budget(placeholders: int, shape: DeploymentShape, budget: Any) -> WarmPoolBudget | None:
+    """The warm pool's share of a GPU-hour budget (`budget`: the spec's Budget), or None without a pool or a budget."""
+    if not placeholders or budget is None:
+        return None
+    return WarmPoolBudget(
+        placeholders=placeholders,
+        gpus=placeholders * shape.count,
+        budget_gpu_hours=float(budget.gpu_hours),
+        period=str(budget.period),
+        stops_the_pool=budget.cap_replicas is not None,
+    )
+
+
 def check_warm_pool(
     nodes: int, max_replicas: int, replicas_per_node: int, field: str, replicas_field: str = "autoscaling.max_replicas"
 ) -> None:

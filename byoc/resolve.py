@@ -245,6 +245,12 @@ class Deployment:
         """The shared store of the gateway replicas (gateway.store: managed), with its price; None without one."""
         return planner.store_estimate(self.cloud) if self.gateway.store == "managed" else None
 
+    @property
+    def warm_pool_budget(self) -> planner.WarmPoolBudget | None:
+        """What the warm pool spends of the GPU-hour budget (in each region), or None without both."""
+        placeholders = self.caches.warm_pool.placeholders if self.caches else 0
+        return planner.warm_pool_budget(placeholders, self.shape, self.budget)
+
     def estimates(self) -> dict[str, Any]:
         if self.per_region:
             return self._estimates() | {"regions": self.region_estimates()}
@@ -287,6 +293,8 @@ class Deployment:
             "store": self.store.as_dict() if self.store else None,
             # a wake from zero of the first replica, phase by phase (byoc/coldstart.py)
             "cold_start": self.cold_start.as_dict(),
+            # the warm pool's placeholders spend the GPU-hour budget at zero replicas (docs/operations.md)
+            "warm_pool_budget": self.warm_pool_budget.as_dict() if self.warm_pool_budget else None,
         }
 
     def _regions_document(self) -> list[dict[str, Any]]:

@@ -193,7 +193,11 @@ def _cache_lines(deployment: Deployment) -> list[str]:
         if warm.nodes
         else "no warm pool (cold_start.warm_pool)"
     )
-    return [f"caches      image {image}; weights on {where}; {pool}"]
+    lines = [f"caches      image {image}; weights on {where}; {pool}"]
+    spends = deployment.warm_pool_budget
+    if spends is not None:
+        lines.append(f"budget      {spends.words()}" + (" (in each region)" if warm.regions > 1 else ""))
+    return lines
 
 
 def _replicas(count: int) -> str:
@@ -408,6 +412,7 @@ def estimate(
     cold_start = ColdStart().model_dump(include=options)
     model_ref: Any = model
     regions: dict[str, Any] | None = None
+    budget: Any = None
     with reporting(output):
         if file is not None:
             spec = _spec(file, cloud, None, model, shape, None)
@@ -417,7 +422,7 @@ def estimate(
             min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
             cold_start = _rendered_cold_start(spec) or spec.cold_start.model_dump(include=options)
-            regions = _region_costs(spec, min_replicas, max_replicas)
+            regions, budget = _region_costs(spec, min_replicas, max_replicas), spec.budget
         elif model is None or shape is None:
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -440,7 +445,7 @@ def estimate(
             "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
         )
     if row["fits"]:
-        _add_standing(row, regions)
+        _add_standing(row, regions, budget)
     model, cloud = row["model"], cloud or CloudName.aws
     misfit = None
     if not row["fits"]:
@@ -480,11 +485,12 @@ def estimate(
             raise misfit
 
 
-def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None) -> None:
+def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None, budget: Any) -> None:
     """The estimate's cost as plan.json's estimates.cost has it: with what the warm pool and node_cache's volumes
     bill at every replica count (byoc/planner.py StandingCost), from the row's own figures; and a multi-region
-    spec's cost per region and in total."""
-    from byoc.planner import StandingCost
+    spec's cost per region and in total; and what the warm pool spends of the spec's GPU-hour budget."""
+    from byoc.planner import StandingCost, warm_pool_budget
+    from byoc.rules import parse_shape
 
     cold_start, disk = row["cold_start"], row.get("weights_disk")
     standing = StandingCost(
@@ -497,6 +503,9 @@ def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None) -> None:
     row["cost"] |= {"standing": standing.as_dict(), "paid_at_min_replicas_hourly_usd": round(paid, 4)}
     if regions is not None:
         row["regions"] = regions
+    warm = int(cold_start["options"]["warm_pool"]) * int(row["cost"]["node"]["replicas_per_node"])
+    spends = warm_pool_budget(warm, parse_shape(row["shape"], "--shape"), budget)
+    row["warm_pool_budget"] = spends.as_dict() | {"words": spends.words()} if spends else None
 
 
 def _rendered_cold_start(spec: Any) -> dict[str, Any] | None:
@@ -612,6 +621,8 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
             f"the GPU pool, ${disk['monthly_usd']:,.2f}/month in {disk['zones']} zones, counted in the costs above "
             f"(weights_cache: node_cache; {disk['price_source']})"
         )
+    if row.get("warm_pool_budget"):
+        lines.append(f"  budget             {row['warm_pool_budget']['words']}")
     store = row.get("store")
     if store:
         lines.append(

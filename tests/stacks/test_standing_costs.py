@@ -109,3 +109,47 @@ def test_gke_node_cache_volumes_are_in_the_cost_and_its_floor(tmp_path: Path) ->
     assert row["cost"]["paid_at_min_replicas_hourly_usd"] == cost["paid_at_min_replicas_hourly_usd"]
     assert f"${paid:,.2f}/h at min_replicas 0" in line(text, "cost")
     assert f"${volumes_monthly:,.2f}/month in 3 zones" in line(text, "weights disk")
+
+
+BUDGET = {"gpu_hours": 100, "cap_replicas": 0}
+
+
+def test_the_plan_and_the_estimate_say_what_the_warm_pool_spends_of_the_gpu_hour_budget(tmp_path: Path) -> None:
+    plan, stdout, spec = planned(
+        tmp_path,
+        region="us-east-1",
+        autoscaling={"max_replicas": 2},
+        cold_start={"warm_pool": 2},
+        budget=BUDGET,
+    )
+    # the budget counts the GPUs the running placeholders request, as it counts a replica's
+    [pool] = (tmp_path / "out" / "manifests").rglob("deployment-*-warm-pool.yaml")
+    placeholders = yaml.safe_load(pool.read_text())["spec"]
+    gpus = placeholders["replicas"] * int(
+        placeholders["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"]
+    )
+    spends = plan["estimates"]["warm_pool_budget"]
+    assert spends["gpus"] == gpus == 2
+    assert spends["gpu_hours_per_day"] == gpus * 24 == 48
+    assert spends["days_at_zero_replicas"] == pytest.approx(100 / 48, abs=0.01)
+    assert spends["stops_the_pool"] is True
+    budget_line = line(stdout, "budget")
+    assert "48 GPU-hours a day" in budget_line and "last 2.1 days at zero replicas" in budget_line
+    assert "cap_replicas empties the warm pool too" in budget_line
+    row, text = estimated(spec)
+    assert {k: v for k, v in row["warm_pool_budget"].items() if k != "words"} == spends
+    assert line(text, "budget") == f"  budget             {row['warm_pool_budget']['words']}"
+
+
+def test_an_alert_only_budget_says_the_pool_keeps_running_and_no_budget_says_nothing(tmp_path: Path) -> None:
+    alerts_only = {"gpu_hours": 100, "period": "week"}
+    plan, stdout, _ = planned(
+        tmp_path, region="us-east-1", autoscaling={"max_replicas": 2}, cold_start={"warm_pool": 1}, budget=alerts_only
+    )
+    assert plan["estimates"]["warm_pool_budget"]["stops_the_pool"] is False
+    assert "(100 a week)" in line(stdout, "budget") and "the pool keeps running" in line(stdout, "budget")
+    (tmp_path / "none").mkdir()
+    none, stdout, _ = planned(tmp_path / "none", region="us-east-1", autoscaling={"max_replicas": 2},
+                              cold_start={"warm_pool": 1})  # fmt: skip
+    assert none["estimates"]["warm_pool_budget"] is None
+    assert not any(x.startswith("budget ") for x in stdout.splitlines())
