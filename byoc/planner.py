@@ -426,13 +426,9 @@ def _nodes(count: int) -> str:
     return f"{count} node" if count == 1 else f"{count} nodes"
 
 
-def fleet_text(fleet: NodeFleet) -> str:
-    """`$113.93/h (1 node)`."""
-    return f"{_dollars(fleet.hourly_usd)} ({_nodes(fleet.nodes)})"
-
-
 def floor_text(cost: CostEstimate) -> str:
-    """The floor in words: what min_replicas (or, at 0, one serving replica) costs in whole nodes."""
+    """The floor in words: what is paid at min_replicas (its whole nodes and the standing cost: the warm pool,
+    node_cache's volumes), and at 0 what one serving replica adds."""
     floor, standing = cost.serving_floor, cost.standing
     paid = _dollars(cost.paid_at_min_replicas_hourly_usd) if cost.paid_at_min_replicas_hourly_usd else "$0/h"
     if cost.at_min_replicas.replicas == 0:

@@ -574,10 +574,6 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
     cost, node = row["cost"], row["cost"]["node"]
     fewest, floor, most = cost["at_min_replicas"], cost["serving_floor"], cost["at_max_replicas"]
 
-    def fleet(figures: dict[str, Any]) -> str:
-        nodes = figures["nodes"]
-        return f"${figures['hourly_usd']:,.2f}/h ({nodes} node{'' if nodes == 1 else 's'})"
-
     from byoc.planner import standing_what
 
     standing = cost["standing"]["hourly_usd"]
@@ -588,8 +584,8 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         f"{paid} at min_replicas 0, ${floor['hourly_usd'] + standing:,.2f}/h while serving (1 replica, "
         f"{floor['nodes']} node{plus})"
         if fewest["replicas"] == 0
-        else f"{paid} at min_replicas {fewest['replicas']} ({fewest['nodes']} node{'' if fewest['nodes'] == 1 else 's'}"
-        f"{plus})"
+        else f"{paid} ({fewest['nodes']} node{'' if fewest['nodes'] == 1 else 's'}{plus}) at min_replicas "
+        f"{fewest['replicas']}"
     )
     top = f"${most['hourly_usd'] + standing:,.2f}/h ({most['nodes']} node{'' if most['nodes'] == 1 else 's'}{plus})"
     gpus = f"{node['gpus']} GPU{'' if node['gpus'] == 1 else 's'}"
