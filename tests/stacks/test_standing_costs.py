@@ -5,6 +5,9 @@ text and `byoc estimate` (text and JSON). The manifests are the ground truth: wh
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,22 @@ def estimated(spec: Path) -> tuple[dict[str, Any], str]:
     text, data = run_byoc("estimate", "-f", str(spec)), run_byoc("estimate", "-f", str(spec), "--output", "json")
     assert text.returncode == 0 and data.returncode == 0, text.stderr + data.stderr
     return json.loads(data.stdout), text.stdout
+
+
+def ci_summary(plan_json: Path) -> str:
+    """The pull-request summary examples/github-actions/byoc-plan.yml writes, run on `plan_json` as CI runs it."""
+    workflow = yaml.safe_load((Path(__file__).parents[2] / "examples/github-actions/byoc-plan.yml").read_text())
+    [step] = [s for job in workflow["jobs"].values() for s in job["steps"] if s.get("name") == "Summarise the plan"]
+    script = step["run"].split("<<'PY'", 1)[1].split("\n", 1)[1].rsplit("\nPY", 1)[0]
+    (plan_json.parent / "byoc-plan.json").write_text(plan_json.read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        cwd=plan_json.parent,
+        check=True,
+    )
+    return result.stdout
 
 
 def line(stdout: str, head: str) -> str:
@@ -66,6 +85,8 @@ def test_a_multi_region_warm_pool_is_priced_in_every_region_it_is_rendered(
     assert regions["total"]["at_min_replicas_hourly_usd"] == pytest.approx(warm_nodes * P5 + stores, abs=1e-3)
     total = line(stdout, "total")
     assert f"${warm_nodes * P5 + stores:,.2f}/h at min_replicas" in total
+    total_paid = regions["total"]["at_min_replicas_hourly_usd"]
+    assert f"${total_paid:,.2f}/h at min_replicas (all regions)" in ci_summary(us_warm[2].parent / "out" / "plan.json")
     # the primary's floor says its own pool is paid at zero replicas
     assert f"${P5:.2f}/h at min_replicas 0 (warm pool 1 node ${P5:.2f}/h)" in line(stdout, "floor")
 
@@ -104,6 +125,8 @@ def test_gke_node_cache_volumes_are_in_the_cost_and_its_floor(tmp_path: Path) ->
     assert cost["paid_at_min_replicas_hourly_usd"] == pytest.approx(paid, abs=1e-3)
     assert line(stdout, "floor").startswith(f"floor       ${paid:,.2f}/h at min_replicas 0 (")
     assert f"${volumes_monthly:,.2f}/month in 3 zones" in line(stdout, "caches")
+    store = plan["estimates"]["store"]["hourly_usd"]
+    assert f"${paid + store:,.2f}/h at min_replicas\n" in ci_summary(tmp_path / "out" / "plan.json")
     row, text = estimated(spec)
     assert row["cost"]["standing"] == cost["standing"]
     assert row["cost"]["paid_at_min_replicas_hourly_usd"] == cost["paid_at_min_replicas_hourly_usd"]
