@@ -422,7 +422,7 @@ def estimate(
             min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
             cold_start = _rendered_cold_start(spec) or spec.cold_start.model_dump(include=options)
-            regions, budget = _region_costs(spec, min_replicas, max_replicas), spec.budget
+            regions, budget = _region_costs(spec, min_replicas, max_replicas, given), spec.budget
         elif model is None or shape is None:
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -521,9 +521,12 @@ def _rendered_cold_start(spec: Any) -> dict[str, Any] | None:
         return None
 
 
-def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None) -> dict[str, Any] | None:
+def _region_costs(
+    spec: Any, min_replicas: int | None, max_replicas: int | None, cold_start: dict[str, Any]
+) -> dict[str, Any] | None:
     """A multi-region spec's cost per region and in total (plan.json's estimates.regions), with the replica bounds
-    the estimate uses; None for one region, or a spec that does not resolve (the estimate then shows why)."""
+    and the cold_start flags (`cold_start`: those given, None where not) the estimate uses; None for one region, or a
+    spec that does not resolve (the estimate then shows why)."""
     from byoc.resolve import resolve
     from byoc.spec import build_spec
 
@@ -532,8 +535,10 @@ def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None)
     scaling |= {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas)) if v is not None}
     if scaling.get("min_replicas"):
         scaling.pop("scale_to_zero_window", None)
+    caches = dict(data.get("cold_start") or {})
+    caches |= {k: v.value if isinstance(v, StrEnum) else v for k, v in cold_start.items() if v is not None}
     try:
-        deployment = resolve(build_spec(data | {"autoscaling": scaling}))
+        deployment = resolve(build_spec(data | {"autoscaling": scaling, "cold_start": caches}))
     except (ByocError, ValueError):
         return None
     return deployment.region_estimates() if deployment.multi_region else None

@@ -99,6 +99,13 @@ def test_byoc_estimate_prices_a_multi_region_warm_pool_as_the_plan_does(
     assert row["regions"] == plan["estimates"]["regions"]
     assert row["cost"]["standing"] == plan["estimates"]["cost"]["standing"]
     assert f"${P5:.2f}/h at min_replicas 0" in line(text, "cost")
+    # --warm-pool beside -f overrides the spec's pool in every region's figures too
+    bare = run_byoc("estimate", "-f", str(spec), "--warm-pool", "0", "--output", "json")
+    assert bare.returncode == 0, bare.stderr
+    total = json.loads(bare.stdout)["regions"]["total"]
+    assert total["at_min_replicas_hourly_usd"] == pytest.approx(
+        plan["estimates"]["regions"]["total"]["at_min_replicas_hourly_usd"] - 2 * P5, abs=1e-3
+    )
 
 
 GKE = {
