@@ -39,6 +39,14 @@ class SharedWeightsDisk:
     throughput_mib_s: int  # provisioned, shared by the nodes that read at once
     monthly_usd_per_zone: float  # capacity and provisioned throughput, billed while the volume exists
     price_source: str
+    # the zones priced: the GPU pool's zones are read at deploy (those of the region that offer the machine type);
+    # the estimate prices as many as the plan renders (byoc/clouds/gcp.py GPU_POOL_ZONES)
+    zones: int = 1
+
+    @property
+    def monthly_usd(self) -> float:
+        """Every zone's volume, per month (USD), in one region."""
+        return self.monthly_usd_per_zone * self.zones
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,7 +54,10 @@ class SharedWeightsDisk:
             "size_gib": self.size_gib,
             "provisioned_throughput_mib_s": self.throughput_mib_s,
             "monthly_usd_per_zone": round(self.monthly_usd_per_zone, 2),
-            "zones": "each zone of the GPU node pool (the region's zones that offer the machine type, read at deploy)",
+            "zones": self.zones,
+            "zones_are": "each zone of the GPU node pool (the region's zones that offer the machine type, read at "
+            "deploy; priced for the zones the plan renders)",
+            "monthly_usd": round(self.monthly_usd, 2),
             "price_source": self.price_source,
         }
 
@@ -78,15 +89,24 @@ class WarmPool:
     nodes: int
     placeholders: int  # pods, one per replica slot of each warm node
     instance_type: str
-    hourly_usd: float  # byoc/planner.py warm_pool_hourly_usd
+    hourly_usd: float  # byoc/planner.py warm_pool_hourly_usd; in one region
+    regions: int = 1  # a multi-region deployment renders the pool in every region: `nodes` in each
+    regions_hourly_usd: float | None = None  # every region's pool at its own instance type; None: one region
+
+    @property
+    def total_hourly_usd(self) -> float:
+        """Every region's pool, per hour (USD)."""
+        return round(self.hourly_usd if self.regions_hourly_usd is None else self.regions_hourly_usd, 2)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "nodes": self.nodes,
+            "nodes": self.nodes,  # in each region
             "placeholder_pods": self.placeholders,
             "instance_type": self.instance_type,
-            "hourly_usd": self.hourly_usd,
-            "monthly_usd": round(self.hourly_usd * 730, 2),  # 730 h: a month as cloud price pages count it
+            "regions": self.regions,
+            "hourly_usd_per_region": self.hourly_usd,
+            "hourly_usd": self.total_hourly_usd,  # every region's
+            "monthly_usd": round(self.total_hourly_usd * 730, 2),  # 730 h: a month as cloud price pages count it
             "saves": "the node launch of a wake (estimates.cold_start, node launch phase) for up to "
             f"{self.placeholders} replicas at once"
             if self.nodes

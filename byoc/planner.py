@@ -234,6 +234,59 @@ class Node:
         }
 
 
+@dataclass(frozen=True)
+class StandingCost:
+    """What a deployment pays every hour beside its serving nodes, whatever the replica count (zero included): the
+    warm pool's idle GPU nodes (cold_start.warm_pool, byoc/caches.py WarmPool) and weights_cache node_cache's
+    volumes on GKE (a Hyperdisk ML volume in each zone of the GPU pool, billed monthly while it exists). USD; one
+    region's (a multi-region deployment pays it in every region: Deployment.region_estimates)."""
+
+    warm_pool_nodes: int = 0
+    warm_pool_hourly_usd: float = 0.0
+    weights_disk_zones: int = 0
+    weights_disk_monthly_usd_per_zone: float = 0.0
+
+    @property
+    def weights_disk_hourly_usd(self) -> float:
+        return self.weights_disk_zones * self.weights_disk_monthly_usd_per_zone / HOURS_PER_MONTH
+
+    @property
+    def hourly_usd(self) -> float:
+        return self.warm_pool_hourly_usd + self.weights_disk_hourly_usd
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "hourly_usd": round(self.hourly_usd, 4),
+            "monthly_usd": round(self.hourly_usd * HOURS_PER_MONTH, 2),
+            "warm_pool_nodes": self.warm_pool_nodes,
+            "warm_pool_hourly_usd": round(self.warm_pool_hourly_usd, 4),
+            "weights_disk_zones": self.weights_disk_zones,
+            "weights_disk_hourly_usd": round(self.weights_disk_hourly_usd, 4),
+            "weights_disk_monthly_usd": round(self.weights_disk_zones * self.weights_disk_monthly_usd_per_zone, 2),
+        }
+
+    @property
+    def what(self) -> str:
+        """`the warm pool`, `the weights volumes` or both: what it is, in a few words."""
+        return standing_what(self.warm_pool_hourly_usd > 0, self.weights_disk_zones > 0)
+
+    def words(self) -> str:
+        """`warm pool 2 nodes $13.76/h, weights volumes in 3 zones $1.19/h`: its parts, as the plan and the estimate
+        say them."""
+        parts = []
+        if self.warm_pool_hourly_usd:
+            parts.append(f"warm pool {_nodes(self.warm_pool_nodes)} {_dollars(self.warm_pool_hourly_usd)}")
+        if self.weights_disk_zones:
+            zones = f"{self.weights_disk_zones} zone{'' if self.weights_disk_zones == 1 else 's'}"
+            parts.append(f"weights volumes in {zones} {_dollars(self.weights_disk_hourly_usd)}")
+        return ", ".join(parts)
+
+
+def standing_what(warm_pool: bool, weights_volumes: bool) -> str:
+    """What a StandingCost (or its as_dict) holds, in a few words."""
+    return " and ".join(p for p, on in (("the warm pool", warm_pool), ("the weights volumes", weights_volumes)) if on)
+
+
 # What the per-replica share and `cost_per_million_output_tokens` assume; plan.json and `byoc estimate` say it.
 PACKED_BASIS = "saturation: every replica kept busy and every node full of replicas (no GPU paid for and unused)"
 
@@ -254,10 +307,16 @@ class CostEstimate:
     at_max_replicas: NodeFleet
     cost_per_million_output_tokens_at_floor: float  # the serving floor's nodes, its replicas saturated
     fallback_nodes: tuple[Node, ...] = ()  # larger types the node pool may launch when the node has no capacity
+    standing: StandingCost = StandingCost()  # paid at every replica count beside the fleets' nodes
 
     @property
     def floor_hourly_usd(self) -> float:
         return self.serving_floor.hourly_usd
+
+    @property
+    def paid_at_min_replicas_hourly_usd(self) -> float:
+        """What is billed at min_replicas (zero included): its nodes and the standing cost."""
+        return self.at_min_replicas.hourly_usd + self.standing.hourly_usd
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -273,6 +332,9 @@ class CostEstimate:
             "at_max_replicas": self.at_max_replicas.as_dict(),
             "cost_per_million_output_tokens_at_floor": round(self.cost_per_million_output_tokens_at_floor, 4),
             "fallback_nodes": [f.as_dict() for f in self.fallback_nodes],
+            # billed at every replica count on top of the fleets above: the warm pool, node_cache's volumes
+            "standing": self.standing.as_dict(),
+            "paid_at_min_replicas_hourly_usd": round(self.paid_at_min_replicas_hourly_usd, 4),
         }
 
 
@@ -364,17 +426,19 @@ def _nodes(count: int) -> str:
     return f"{count} node" if count == 1 else f"{count} nodes"
 
 
-def fleet_text(fleet: NodeFleet) -> str:
-    """`$113.93/h (1 node)`."""
-    return f"{_dollars(fleet.hourly_usd)} ({_nodes(fleet.nodes)})"
-
-
 def floor_text(cost: CostEstimate) -> str:
-    """The floor in words: what min_replicas (or, at 0, one serving replica) costs in whole nodes."""
-    floor = cost.serving_floor
+    """The floor in words: what is paid at min_replicas (its whole nodes and the standing cost: the warm pool,
+    node_cache's volumes), and at 0 what one serving replica adds."""
+    floor, standing = cost.serving_floor, cost.standing
+    paid = _dollars(cost.paid_at_min_replicas_hourly_usd) if cost.paid_at_min_replicas_hourly_usd else "$0/h"
     if cost.at_min_replicas.replicas == 0:
-        return f"$0/h at min_replicas 0, {_dollars(floor.hourly_usd)} while serving (1 replica, {_nodes(floor.nodes)})"
-    return f"{_dollars(floor.hourly_usd)} at min_replicas {floor.replicas} ({_nodes(floor.nodes)})"
+        serving = f"{_dollars(floor.hourly_usd + standing.hourly_usd)} while serving (1 replica, {_nodes(floor.nodes)}"
+        if not standing.hourly_usd:
+            return f"{paid} at min_replicas 0, {serving})"
+        return f"{paid} at min_replicas 0 ({standing.words()}), {serving}, plus those)"
+    if not standing.hourly_usd:
+        return f"{paid} at min_replicas {floor.replicas} ({_nodes(floor.nodes)})"
+    return f"{paid} at min_replicas {floor.replicas} ({_nodes(floor.nodes)}, {standing.words()})"
 
 
 def cost_warnings(shape: DeploymentShape, cost: CostEstimate, model_id: str) -> list[ByocWarning]:
@@ -424,6 +488,67 @@ def warm_pool_hourly_usd(instance: InstanceType, nodes: int) -> float:
     """What `nodes` idle GPU nodes of `instance` cost per hour (USD, the catalog's on-demand list price, billed whole
     whether a replica runs on them or not): the price of skipping the node launch on a wake (byoc/caches.py)."""
     return round(instance.hourly_usd * nodes, 2)
+
+
+@dataclass(frozen=True)
+class WarmPoolBudget:
+    """What the warm pool spends of a GPU-hour budget (spec `budget`): the budget's rules count every running pod of
+    the namespace by the GPUs it requests (stacks/k8s/budget.py, docs/operations.md "GPU-hour budget"), and each
+    placeholder requests a serving replica's GPUs, so the pool alone spends the budget at zero replicas. Counting
+    it is right (its nodes are paid); this says how fast."""
+
+    placeholders: int
+    gpus: int  # the GPUs the placeholders request together
+    budget_gpu_hours: float  # budget.gpu_hours, per period
+    period: str  # budget.period
+    stops_the_pool: bool  # budget.cap_replicas set: a spent budget empties the pool (stacks/k8s/warm_pool.py)
+
+    @property
+    def gpu_hours_per_day(self) -> float:
+        return self.gpus * 24.0
+
+    @property
+    def days_at_zero_replicas(self) -> float:
+        """Days the budget lasts with no serving replica and no build: the pool's spending alone."""
+        return self.budget_gpu_hours / self.gpu_hours_per_day
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "placeholders": self.placeholders,
+            "gpus": self.gpus,
+            "gpu_hours_per_day": round(self.gpu_hours_per_day, 2),
+            "budget_gpu_hours": self.budget_gpu_hours,
+            "period": self.period,
+            "days_at_zero_replicas": round(self.days_at_zero_replicas, 2),
+            "stops_the_pool": self.stops_the_pool,
+        }
+
+    def words(self) -> str:
+        """The sentence `byoc plan` and `byoc estimate` print."""
+        gpus = f"{self.gpus} GPU{'' if self.gpus == 1 else 's'}"
+        then = (
+            "once it is spent, cap_replicas empties the warm pool too, until the period ends"
+            if self.stops_the_pool
+            else "the pool keeps running once it is spent (no cap_replicas: alerts only)"
+        )
+        return (
+            f"the warm pool's placeholders hold {gpus}: {self.gpu_hours_per_day:,.0f} GPU-hours a day of budget."
+            f"gpu_hours ({self.budget_gpu_hours:,g} a {self.period}), which last {self.days_at_zero_replicas:,.1f} "
+            f"days at zero replicas; {then}"
+        )
+
+
+def warm_pool_budget(placeholders: int, shape: DeploymentShape, budget: Any) -> WarmPoolBudget | None:
+    """The warm pool's share of a GPU-hour budget (`budget`: the spec's Budget), or None without a pool or a budget."""
+    if not placeholders or budget is None:
+        return None
+    return WarmPoolBudget(
+        placeholders=placeholders,
+        gpus=placeholders * shape.count,
+        budget_gpu_hours=float(budget.gpu_hours),
+        period=str(budget.period),
+        stops_the_pool=budget.cap_replicas is not None,
+    )
 
 
 def check_warm_pool(

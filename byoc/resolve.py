@@ -246,6 +246,12 @@ class Deployment:
         """The shared store of the gateway replicas (gateway.store: managed), with its price; None without one."""
         return planner.store_estimate(self.cloud) if self.gateway.store == "managed" else None
 
+    @property
+    def warm_pool_budget(self) -> planner.WarmPoolBudget | None:
+        """What the warm pool spends of the GPU-hour budget (in each region), or None without both."""
+        placeholders = self.caches.warm_pool.placeholders if self.caches else 0
+        return planner.warm_pool_budget(placeholders, self.shape, self.budget)
+
     def estimates(self) -> dict[str, Any]:
         if self.per_region:
             return self._estimates() | {"regions": self.region_estimates()}
@@ -254,16 +260,25 @@ class Deployment:
     def region_estimates(self) -> dict[str, Any]:
         """Cost per region and in total for a multi-region deployment: every region runs its own replicas
         (autoscaling's bounds hold per region, so each can carry the load alone when another fails), its own
-        nodes at its own instance type, and its own shared store."""
+        nodes at its own instance type, and its own standing costs (billed at every replica count, zero included:
+        the shared store, the warm pool's nodes, node_cache's volumes), which every figure includes."""
         per: dict[str, Any] = {}
-        totals = {"floor_hourly_usd": 0.0, "at_min_replicas_hourly_usd": 0.0, "at_max_replicas_hourly_usd": 0.0}
+        totals = {
+            "floor_hourly_usd": 0.0,
+            "at_min_replicas_hourly_usd": 0.0,
+            "at_max_replicas_hourly_usd": 0.0,
+            "standing_hourly_usd": 0.0,
+        }
         for regional in self.per_region or (self,):
-            store = regional.store.hourly_usd if regional.store else 0.0
+            # billed at every replica count: the shared store, the warm pool, node_cache's volumes
+            standing = (regional.store.hourly_usd if regional.store else 0.0) + regional.cost.standing.hourly_usd
             figures = {
                 "instance_type": regional.placement.instance_type,
-                "floor_hourly_usd": round(regional.cost.floor_hourly_usd + store, 4),
-                "at_min_replicas_hourly_usd": round(regional.cost.at_min_replicas.hourly_usd + store, 4),
-                "at_max_replicas_hourly_usd": round(regional.cost.at_max_replicas.hourly_usd + store, 4),
+                "floor_hourly_usd": round(regional.cost.floor_hourly_usd + standing, 4),
+                "at_min_replicas_hourly_usd": round(regional.cost.at_min_replicas.hourly_usd + standing, 4),
+                "at_max_replicas_hourly_usd": round(regional.cost.at_max_replicas.hourly_usd + standing, 4),
+                "standing_hourly_usd": round(standing, 4),
+                "standing": regional.cost.standing.as_dict(),
             }
             per[regional.region] = figures
             for key in totals:
@@ -279,6 +294,8 @@ class Deployment:
             "store": self.store.as_dict() if self.store else None,
             # a wake from zero of the first replica, phase by phase (byoc/coldstart.py)
             "cold_start": self.cold_start.as_dict(),
+            # the warm pool's placeholders spend the GPU-hour budget at zero replicas (docs/operations.md)
+            "warm_pool_budget": self.warm_pool_budget.as_dict() if self.warm_pool_budget else None,
         }
 
     def _regions_document(self) -> list[dict[str, Any]]:
@@ -704,6 +721,13 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
             if (warning.field, warning.message) not in said:
                 said.add((warning.field, warning.message))
                 warnings.append(ByocWarning(warning.field, f"{regional.region}: {warning.message}", warning.hint))
+    if primary.caches is not None:  # the warm pool is rendered in every region: what the plan says it costs
+        pool = replace(
+            primary.caches.warm_pool,
+            regions=len(per_region),
+            regions_hourly_usd=sum(r.caches.warm_pool.hourly_usd for r in per_region if r.caches is not None),
+        )
+        primary = replace(primary, caches=replace(primary.caches, warm_pool=pool))
     return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs, warnings=tuple(warnings))
 
 
@@ -829,6 +853,17 @@ def _resolve_in(
     )
     disk, caches, cold_start = plan_cold_start(
         spec, cloud, shape, model, pool, pods.replicas_per_node, cost.node.hourly_usd
+    )
+    # what the caches bill at every replica count, zero included, in this region
+    volumes = caches.weights.disk
+    cost = replace(
+        cost,
+        standing=planner.StandingCost(
+            warm_pool_nodes=caches.warm_pool.nodes,
+            warm_pool_hourly_usd=caches.warm_pool.hourly_usd,
+            weights_disk_zones=volumes.zones if volumes else 0,
+            weights_disk_monthly_usd_per_zone=volumes.monthly_usd_per_zone if volumes else 0.0,
+        ),
     )
     scaling = spec.autoscaling
     target = scaling.load_target or LoadTarget(

@@ -512,8 +512,9 @@ class Budget(_Strict):
     gpu_hours: Number = Field(
         gt=0,
         le=1e7,
-        description="GPU-hours the serving replicas may use per period (a replica of an h100x8 shape uses 8 per "
-        "hour); counted by Prometheus from the serving pods' GPU requests (docs/operations.md, 'GPU-hour budget').",
+        description="GPU-hours the deployment's pods may use per period (a replica of an h100x8 shape uses 8 per "
+        "hour); counted by Prometheus from the GPU requests of its running pods: serving replicas, the build Job and "
+        "the warm pool's placeholders (docs/operations.md, 'GPU-hour budget').",
     )
     period: BudgetPeriod = Field(
         default="month",

@@ -36,6 +36,10 @@ GKE_MAX_NODES = 15_000
 # A regional cluster's node pools span three zones of the region unless told otherwise (GKE docs, "Regional
 # clusters"); the system pool's max_per_zone counts per zone.
 SYSTEM_POOL_ZONES = 3
+# The GPU pool's zones are those of the region that offer its machine type, read at deploy (stacks/gcp/capacity.py
+# offering_zones); an estimate prices as many as a regional cluster spans by default (the same GKE docs page), which
+# the offline plan renders too (byoc/clouds/gcp_offline.py answers three zones).
+GPU_POOL_ZONES = SYSTEM_POOL_ZONES
 # Google Cloud reserves four addresses of a subnet's primary range (VPC docs, "Reserved IP addresses in IPv4
 # subnets"); the gateway's internal load balancer takes one more from it.
 NODE_RANGE_TAKEN = 4 + 1
@@ -216,7 +220,9 @@ class Gcp(Cloud):
             POPULATED_DISK_DETAIL.format(size=size, throughput=throughput),
             shared_by_node=True,
             shared_through="a Hyperdisk ML volume per zone, filled by the GKE Volume Populator",
-            disk=SharedWeightsDisk("hyperdisk-ml", size, throughput, monthly, str(hdml["price_source"])),
+            disk=SharedWeightsDisk(
+                "hyperdisk-ml", size, throughput, monthly, str(hdml["price_source"]), zones=GPU_POOL_ZONES
+            ),
         )
 
     def image_cache(self, spec: Spec, serving_image: str, disk: DiskPlan) -> ImageCache:

@@ -95,7 +95,7 @@ def _spec(
 
 
 def _summary_lines(deployment: Deployment) -> list[str]:
-    from byoc.planner import fleet_text, floor_text
+    from byoc.planner import floor_text
 
     p, m, t, c = deployment.placement, deployment.memory, deployment.throughput, deployment.cost
     pods = deployment.pods
@@ -113,12 +113,10 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"{pods.allocatable.allocatable.text()} allocatable ({pods.daemonsets.text()} left to its DaemonSets)",
         f"cost        node {node.instance_type} ${node.hourly_usd:.2f}/h, billed whole, "
         f"{_replicas(node.replicas_per_node)} per node{share}",
-        f"floor       {floor_text(c)}; {fleet_text(top)} at max_replicas {top.replicas}"
-        + (
-            f"; plus the warm pool, ${deployment.caches.warm_pool.hourly_usd:,.2f}/h every hour"
-            if deployment.caches is not None and deployment.caches.warm_pool.nodes
-            else ""
-        ),
+        f"floor       {floor_text(c)}; ${top.hourly_usd + c.standing.hourly_usd:,.2f}/h ({top.nodes} nodes"
+        + (f", plus {c.standing.what}" if c.standing.hourly_usd else "")
+        + f") at max_replicas {top.replicas}"
+        + (" (in each region)" if deployment.multi_region else ""),
         f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
         _cold_start_summary(deployment),
@@ -183,17 +181,23 @@ def _cache_lines(deployment: Deployment) -> list[str]:
     if weights.disk is not None:  # GKE's node_cache: one read-only volume per zone, every GPU node attaches it
         where = (
             f"{weights.disk.size_gib} GiB read-only {weights.disk.disk_type} per zone ({weights.shared_through}), "
-            f"${weights.disk.monthly_usd_per_zone:,.2f}/month per zone"
+            f"${weights.disk.monthly_usd_per_zone:,.2f}/month per zone, ${weights.disk.monthly_usd:,.2f}/month in "
+            f"{weights.disk.zones} zones"
         )
     elif weights.shared_by_node:
         where += f", one copy per node shared by its replicas ({weights.shared_through})"
     warm = caches.warm_pool
+    each = f" in each of {warm.regions} regions" if warm.regions > 1 else ""
     pool = (
-        f"{warm.nodes} x {warm.instance_type} kept warm, ${warm.hourly_usd:,.2f}/h"
+        f"{warm.nodes} x {warm.instance_type} kept warm{each}, ${warm.total_hourly_usd:,.2f}/h"
         if warm.nodes
         else "no warm pool (cold_start.warm_pool)"
     )
-    return [f"caches      image {image}; weights on {where}; {pool}"]
+    lines = [f"caches      image {image}; weights on {where}; {pool}"]
+    spends = deployment.warm_pool_budget
+    if spends is not None:
+        lines.append(f"budget      {spends.words()}" + (" (in each region)" if warm.regions > 1 else ""))
+    return lines
 
 
 def _replicas(count: int) -> str:
@@ -422,6 +426,7 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
     model_ref: Any = model
     region = "GLOBAL"
     regions: dict[str, Any] | None = None
+    budget: Any = None
     with reporting(output):
         if file is not None:
             spec = _spec(file, cloud, None, model, shape, None)
@@ -432,7 +437,7 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
             max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
             cold_start = spec.cold_start.model_dump(include=options)
             region = spec.region
-            regions = _region_costs(spec, min_replicas, max_replicas)
+            regions, budget = _region_costs(spec, min_replicas, max_replicas, given), spec.budget
         elif model is None or shape is None:
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -455,8 +460,8 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
             "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
             region,
         )
-    if regions is not None and row["fits"]:
-        row["regions"] = regions
+    if row["fits"]:
+        _add_standing(row, regions, budget)
     model, cloud = row["model"], cloud or CloudName.aws
     misfit = None
     if not row["fits"]:
@@ -496,9 +501,35 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
             raise misfit
 
 
-def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None) -> dict[str, Any] | None:
+def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None, budget: Any) -> None:
+    """The estimate's cost as plan.json's estimates.cost has it: with what the warm pool and node_cache's volumes
+    bill at every replica count (byoc/planner.py StandingCost), from the row's own figures; and a multi-region
+    spec's cost per region and in total; and what the warm pool spends of the spec's GPU-hour budget."""
+    from byoc.planner import StandingCost, warm_pool_budget
+    from byoc.rules import parse_shape
+
+    cold_start, disk = row["cold_start"], row.get("weights_disk")
+    standing = StandingCost(
+        warm_pool_nodes=int(cold_start["options"]["warm_pool"]),
+        warm_pool_hourly_usd=float(cold_start["warm_pool_hourly_usd"] or 0.0),
+        weights_disk_zones=int(disk["zones"]) if disk else 0,
+        weights_disk_monthly_usd_per_zone=float(disk["monthly_usd_per_zone"]) if disk else 0.0,
+    )
+    paid = row["cost"]["at_min_replicas"]["hourly_usd"] + standing.hourly_usd
+    row["cost"] |= {"standing": standing.as_dict(), "paid_at_min_replicas_hourly_usd": round(paid, 4)}
+    if regions is not None:
+        row["regions"] = regions
+    warm = int(cold_start["options"]["warm_pool"]) * int(row["cost"]["node"]["replicas_per_node"])
+    spends = warm_pool_budget(warm, parse_shape(row["shape"], "--shape"), budget)
+    row["warm_pool_budget"] = spends.as_dict() | {"words": spends.words()} if spends else None
+
+
+def _region_costs(
+    spec: Any, min_replicas: int | None, max_replicas: int | None, cold_start: dict[str, Any]
+) -> dict[str, Any] | None:
     """A multi-region spec's cost per region and in total (plan.json's estimates.regions), with the replica bounds
-    the estimate uses; None for one region, or a spec that does not resolve (the estimate then shows why)."""
+    and the cold_start flags (`cold_start`: those given, None where not) the estimate uses; None for one region, or a
+    spec that does not resolve (the estimate then shows why)."""
     from byoc.resolve import resolve
     from byoc.spec import build_spec
 
@@ -507,8 +538,10 @@ def _region_costs(spec: Any, min_replicas: int | None, max_replicas: int | None)
     scaling |= {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas)) if v is not None}
     if scaling.get("min_replicas"):
         scaling.pop("scale_to_zero_window", None)
+    caches = dict(data.get("cold_start") or {})
+    caches |= {k: v.value if isinstance(v, StrEnum) else v for k, v in cold_start.items() if v is not None}
     try:
-        deployment = resolve(build_spec(data | {"autoscaling": scaling}))
+        deployment = resolve(build_spec(data | {"autoscaling": scaling, "cold_start": caches}))
     except (ByocError, ValueError):
         return None
     return deployment.region_estimates() if deployment.multi_region else None
@@ -558,15 +591,20 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
     cost, node = row["cost"], row["cost"]["node"]
     fewest, floor, most = cost["at_min_replicas"], cost["serving_floor"], cost["at_max_replicas"]
 
-    def fleet(figures: dict[str, Any]) -> str:
-        nodes = figures["nodes"]
-        return f"${figures['hourly_usd']:,.2f}/h ({nodes} node{'' if nodes == 1 else 's'})"
+    from byoc.planner import standing_what
 
+    standing = cost["standing"]["hourly_usd"]
+    what = standing_what(cost["standing"]["warm_pool_hourly_usd"] > 0, cost["standing"]["weights_disk_zones"] > 0)
+    plus = f", plus {what}" if standing else ""
+    paid = f"${cost['paid_at_min_replicas_hourly_usd']:,.2f}/h" if cost["paid_at_min_replicas_hourly_usd"] else "$0/h"
     at_min = (
-        f"$0/h at min_replicas 0, ${floor['hourly_usd']:,.2f}/h while serving (1 replica, {floor['nodes']} node)"
+        f"{paid} at min_replicas 0, ${floor['hourly_usd'] + standing:,.2f}/h while serving (1 replica, "
+        f"{floor['nodes']} node{plus})"
         if fewest["replicas"] == 0
-        else f"{fleet(fewest)} at min_replicas {fewest['replicas']}"
+        else f"{paid} ({fewest['nodes']} node{'' if fewest['nodes'] == 1 else 's'}{plus}) at min_replicas "
+        f"{fewest['replicas']}"
     )
+    top = f"${most['hourly_usd'] + standing:,.2f}/h ({most['nodes']} node{'' if most['nodes'] == 1 else 's'}{plus})"
     gpus = f"{node['gpus']} GPU{'' if node['gpus'] == 1 else 's'}"
     share = f" (${cost['replica_hourly_usd']:.2f}/h each when full)" if node["replicas_per_node"] > 1 else ""
     lines = [
@@ -575,7 +613,7 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         f"{row['throughput']['bound']}-bound)",
         f"  node               {node['instance_type']}, {gpus}, ${node['hourly_usd']:,.2f}/h billed whole: "
         f"{_replicas(node['replicas_per_node'])} per node{share}",
-        f"  cost               {at_min}; {fleet(most)} at max_replicas {most['replicas']}",
+        f"  cost               {at_min}; {top} at max_replicas {most['replicas']}",
         f"  per 1M output      ${cost['cost_per_million_output_tokens']:.3f} at saturation on full nodes, "
         f"${cost['cost_per_million_output_tokens_at_floor']:.3f} at the floor ({_replicas(floor['replicas'])} "
         "saturated)",
@@ -586,15 +624,18 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         pool_usd = row["cold_start"]["warm_pool_hourly_usd"]
         lines.append(
             f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
-            "cold_start.warm_pool), every hour, on top of the costs above"
+            "cold_start.warm_pool), every hour, counted in the costs above"
         )
     disk = row.get("weights_disk")
     if disk:  # weights_cache node_cache on GKE: the shared Hyperdisk ML volume, billed while it exists
         lines.append(
             f"  weights disk       {disk['size_gib']} GiB {disk['disk_type']}, "
             f"{disk['provisioned_throughput_mib_s']:,} MiB/s, ${disk['monthly_usd_per_zone']:,.2f}/month per zone of "
-            f"the GPU pool (weights_cache: node_cache; {disk['price_source']})"
+            f"the GPU pool, ${disk['monthly_usd']:,.2f}/month in {disk['zones']} zones, counted in the costs above "
+            f"(weights_cache: node_cache; {disk['price_source']})"
         )
+    if row.get("warm_pool_budget"):
+        lines.append(f"  budget             {row['warm_pool_budget']['words']}")
     store = row.get("store")
     if store:
         lines.append(
