@@ -1319,9 +1319,9 @@ def _routes(app: web.Application, routes: list[tuple[str, str, Any]]) -> None:
 
         async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
             error = ApiError(405, f"{request.path} accepts {allowed} only", code="method_not_allowed")
-            return web.Response(
-                status=405, body=error.body(), headers={**JSON_HEADERS, "Allow": allowed.replace(", HEAD", "")}
-            )
+            # aiohttp answers HEAD wherever it routes GET, so Allow names it as the message does (RFC 9110 10.2.1:
+            # the methods the resource supports)
+            return web.Response(status=405, body=error.body(), headers={**JSON_HEADERS, "Allow": allowed})
 
         app.router.add_route("*", path, not_allowed)
 

@@ -477,6 +477,9 @@ REFUSALS = {
     "unknown model": ([request_line("a", model=CANARY)], 1, "body.model"),
     "two models": ([request_line("a"), request_line("b", model="sql")], 2, "body.model"),
     "stream": ([request_line("a"), request_line("b", stream=True)], 2, "body.stream"),
+    # not a boolean: the endpoint would refuse each such line later; the file is refused now, as with `true`
+    "stream not a boolean": ([request_line("a", stream=False), request_line("b", stream="true")], 2, "body.stream"),
+    "stream a number": ([request_line("a", stream=1)], 1, "body.stream"),
 }
 
 
@@ -595,13 +598,23 @@ def test_nothing_of_a_batch_reaches_the_gateway_log(gateway: Server) -> None:
     assert CANARY not in gateway.metrics()
 
 
+def test_a_filename_past_the_header_line_limit_is_a_400_naming_the_file(gateway: Server) -> None:
+    """aiohttp refuses a multipart header line over 8,190 bytes: the client's request is at fault (it was a 500)."""
+    api = client(gateway)
+    with pytest.raises(openai.BadRequestError) as caught:
+        api.files.create(file=("x" * 100_000 + ".jsonl", b"{}\n"), purpose="batch")
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "file"
+
+
 def test_a_wrong_method_is_405_naming_the_methods_a_path_takes(gateway: Server) -> None:
     answer = http("PUT", gateway.url + "/v1/files", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
     assert answer.status == 405
-    assert answer.headers["allow"] == "POST, GET"
+    assert answer.headers["allow"] == "POST, GET, HEAD"
     assert answer.json()["error"]["code"] == "method_not_allowed"
     answer = http("PATCH", gateway.url + "/v1/files/file-abc", b"{}", {"Authorization": f"Bearer {KEYS['ci']}"})
-    assert (answer.status, answer.headers["allow"]) == (405, "GET, DELETE")
+    # the header and the message name the same methods (HEAD: aiohttp answers it wherever GET is routed)
+    assert (answer.status, answer.headers["allow"]) == (405, "GET, HEAD, DELETE")
+    assert "accepts GET, HEAD, DELETE only" in answer.json()["error"]["message"]
 
 
 def test_without_batch_store_the_routes_are_unknown(runtime_dir: Path, standin: StandInEngine, keys_file: Path) -> None:

@@ -112,7 +112,7 @@ def test_a_body_over_the_limit_is_413_in_openais_shape(gateway: GatewayUnderTest
     [
         ("GET", "/v1/chat/completions", 405, "POST"),
         ("PUT", "/v1/completions", 405, "POST"),
-        ("POST", "/v1/models", 405, "GET"),
+        ("POST", "/v1/models", 405, "GET, HEAD"),
         ("GET", "/v1/embeddings", 404, None),
         ("POST", "/v2/chat/completions", 404, None),
     ],

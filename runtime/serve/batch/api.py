@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from byoc.errors import ByocError
 from runtime.model_build.stores import ObjectMissing, Store
@@ -114,6 +115,19 @@ def _not_found(what: str, param: str) -> ApiError:
 
 def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param)
+
+
+async def _next_part(reader: Any) -> Any:
+    """The multipart body's next part (None after the last). A part's headers past aiohttp's 8,190-byte line limit
+    (a filename of 100,000 characters) or a malformed part is the client's fault: 400 naming `file` (it was a 500)."""
+    try:
+        return await reader.next()
+    except (BadHttpMessage, ValueError) as exc:
+        raise _bad(
+            "file",
+            f"the multipart body cannot be read ({type(exc).__name__}): send the file with a filename under 1,000 "
+            "characters",
+        ) from None
 
 
 def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
@@ -281,7 +295,7 @@ class BatchApi:
         # each part read as it arrives; the file's bytes land once, in one buffer, and an upload over the limit is
         # refused as soon as it crosses it
         while True:
-            part: Any = await reader.next()
+            part: Any = await _next_part(reader)
             if part is None:
                 break
             if part.name == "file":

@@ -52,8 +52,12 @@ def _request_model(number: int, raw: bytes, endpoint: str, seen: set[str]) -> st
     body = line.get("body")
     if not isinstance(body, dict):
         raise _refuse(number, "body", "must be a JSON object: the request for the endpoint")
-    if body.get("stream") is True:
+    stream = body.get("stream")
+    if stream is True:
         raise _refuse(number, "body.stream", "a batch request cannot stream: leave stream out or false")
+    if stream is not None and stream is not False:
+        # OpenAI's `stream` is a boolean: 1, "true" or {} would be refused by the endpoint line by line later
+        raise _refuse(number, "body.stream", "must be a boolean (false, or left out: a batch answers whole)")
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise _refuse(number, "body.model", "must be a non-empty string")

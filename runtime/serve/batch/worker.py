@@ -924,9 +924,14 @@ class BatchRun:
         with an error line for each request not run. Idempotent: a crash anywhere here finalizes again."""
         ending = self.state.get("ending")
         if ending is None:
-            cancelled = await self._io(self.store.exists, layout.batch_cancel(self.batch_id))
-            if cancelled:
+            # the gateway's cancel request, with the time its answer gave the client (kept, not stamped anew)
+            cancel = await self._io(self.worker._read_json, layout.batch_cancel(self.batch_id))
+            stamp: dict[str, Any] = {}
+            if cancel is not None:
                 ending = layout.CANCELLED
+                asked = cancel.get("cancelling_at")
+                if isinstance(asked, int) and not isinstance(asked, bool):
+                    stamp = {"cancelling_at": asked}
             elif self._missing() and time.time() >= self._deadline():
                 ending = layout.EXPIRED
             elif self._missing():
@@ -934,7 +939,7 @@ class BatchRun:
             else:
                 ending = layout.COMPLETED
             status = layout.CANCELLING if ending == layout.CANCELLED else layout.FINALIZING
-            self.state.update(status=status, ending=ending, **{f"{status}_at": _now()})
+            self.state.update(status=status, ending=ending, **({f"{status}_at": _now()} | stamp))
             await self._io(self._write_state)
         await self._io(self._assemble, str(ending))
         log.info(
