@@ -735,19 +735,22 @@ def _write_plan(out: Path, document: dict[str, Any], graph: Any, evidence: Evide
     from byoc.manifests import write_helm_releases, write_manifests
 
     created = [p for p in (out, *out.parents) if not p.exists()]  # the folders this run makes (none published yet)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".byoc-plan-"))
+    staging: Path | None = None
     published = False
 
     def remove() -> None:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if not published:  # an interrupted or failed first plan leaves no empty --out behind either
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty
 
     try:
+        # the clean-up is in place before the first folder is made: a Ctrl+C between the two left an empty --out
         with interrupts.on_stop(remove):
+            out.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=out, prefix=".byoc-plan-"))
             compliance = None
             if graph is not None:
                 write_manifests(graph, staging / "manifests")
