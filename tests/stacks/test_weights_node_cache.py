@@ -164,14 +164,18 @@ def test_every_gpu_node_keeps_room_for_the_driver_and_its_mountpoint() -> None:
     assert (plain.slot.cpu_m - shared.slot.cpu_m, plain.slot.memory_mib - shared.slot.memory_mib) == (cpu, memory)
 
 
-@pytest.fixture(scope="module")
-def shared_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("shared")
+def planned(folder: Path, overrides: dict[str, Any]) -> Path:
+    """`byoc plan` of a deployment named `shared` with `overrides`, as a user runs it: its output folder."""
     spec = folder / "byoc.yaml"
-    spec.write_text(yaml.safe_dump(spec_data(name="shared", **SHARED)))
+    spec.write_text(yaml.safe_dump(spec_data(name="shared", **overrides)))
     result = run_byoc("plan", "-f", str(spec), "--out", str(folder / "out"))
     assert result.returncode == 0, result.stderr
     return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def shared_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return planned(tmp_path_factory.mktemp("shared"), SHARED)
 
 
 def test_shared_weights_manifests_are_valid_kubernetes(shared_plan: Path) -> None:

@@ -26,7 +26,7 @@ from runtime.model_build.plan import build_plan
 from tests.conftest import deploy, refused, run_byoc, spec_data
 from tests.stacks.plans import graph
 from tests.stacks.test_manifests import KUBERNETES_VERSION, checkov, documents
-from tests.stacks.test_weights_node_cache import RESTRICTED_VOLUMES, kind, pod_of
+from tests.stacks.test_weights_node_cache import RESTRICTED_VOLUMES, kind, planned, pod_of
 
 SHARED: dict[str, Any] = {"cloud": "gcp", "cold_start": {"weights_cache": "node_cache", "warm_pool": 1}}
 KEY_RING = "projects/example-project/locations/europe-west4/keyRings/byoc-test"
@@ -231,12 +231,7 @@ def test_a_multi_region_deployment_is_refused_with_the_field_and_a_fix(tmp_path:
 
 @pytest.fixture(scope="module")
 def shared_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("shared-gcp")
-    spec = folder / "byoc.yaml"
-    spec.write_text(yaml.safe_dump(spec_data(name="shared", **SHARED)))
-    result = run_byoc("plan", "-f", str(spec), "--out", str(folder / "out"))
-    assert result.returncode == 0, result.stderr
-    return folder / "out"
+    return planned(tmp_path_factory.mktemp("shared-gcp"), SHARED)
 
 
 def test_shared_weights_manifests_are_valid_kubernetes(shared_plan: Path) -> None:
