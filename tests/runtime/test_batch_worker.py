@@ -742,7 +742,7 @@ def test_a_small_batch_of_another_key_completes_while_a_big_one_runs(
     root, store = file_root
     big = [
         write_batch(store, [chat_line(f"big{n}-{i:03d}", f"count {i}", max_tokens=40) for i in range(80)], owner="ci")
-        for n in range(2)
+        for n in range(3)
     ]
     worker = Worker(runtime_dir, gateway.url, root, token_file, "--max-batches", "1", "--concurrency", "64")
     try:
@@ -761,9 +761,12 @@ def test_a_small_batch_of_another_key_completes_while_a_big_one_runs(
     finally:
         worker.stop()
     assert state["status"] == "completed" and state["request_counts"]["completed"] == 2
-    running = [b for b in big_states if b.get("status") == "in_progress"]
-    assert running, "the small batch ended while the big ones were still running"
-    assert all(b["request_counts"]["completed"] < 80 for b in running)
+    # What the user notices is that the 2 lines did not wait for key `ci`'s 240: when they were done, some of `ci`'s
+    # were not. (Which of `ci`'s batches was running at that moment depends on the machine's speed: on a loaded
+    # runner the first can finish and the next still be `validating`, so no status is asserted.)
+    big_done = sum(b.get("request_counts", {}).get("completed", 0) for b in big_states)
+    assert big_done < 3 * 80, f"the small batch ended after all of key ci's lines: {big_done}"
+    assert any(b.get("status") not in layout.TERMINAL for b in big_states)
 
 
 def test_fair_order_takes_turns_between_owners_oldest_first() -> None:
