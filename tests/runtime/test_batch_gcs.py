@@ -279,7 +279,7 @@ def test_kill_9_mid_batch_and_a_restart_leave_exactly_one_result_per_custom_id(
     """The worker killed once some parts are committed and lines are in flight, then restarted: the batch completes,
     each custom_id has exactly one result and none is missing."""
     api = api_for(gateway)
-    lines = [chat_line(f"kill-{i:03d}", f"say {i}", max_tokens=3) for i in range(60)]
+    lines = [chat_line(f"kill-{i:03d}", f"say {i}", max_tokens=3) for i in range(240)]
     batch = api.batches.create(
         input_file_id=upload(api, lines).id, endpoint="/v1/chat/completions", completion_window="24h"
     )
