@@ -944,6 +944,8 @@ class Gateway:
             raise self._draining(outcome)
         if not ready:
             self.metrics.upstream_errors.labels(reason="no_upstream").inc()
+            if outcome.spilled_from is None:  # held for a wake here (a spilled request is not held at all)
+                self.metrics.wake_timeouts.inc()
             outcome.reason = "no_upstream"
             where = " here or in a peer region" if self.peers.enabled and outcome.spilled_from is None else ""
             raise ApiError(

@@ -163,6 +163,12 @@ class GatewayMetrics:
             buckets=WAKE_BUCKETS,
             registry=r,
         )
+        self.wake_timeouts = Counter(
+            "byoc_gateway_wake_timeouts",
+            "Requests held while no replica was ready that --wake-timeout gave up on (answered 503 "
+            "no_replica_ready): the wakes that failed, which byoc_gateway_wake_seconds does not count.",
+            registry=r,
+        )
         self.slo = Gauge("byoc_slo_ttft_p95_seconds", "The deployment's time-to-first-token p95 objective.", registry=r)
         self.slo.set(ttft_slo)
 

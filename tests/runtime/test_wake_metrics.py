@@ -70,6 +70,7 @@ def test_requests_held_for_a_wake_are_measured_apart(tiny_models: dict[str, Path
         assert metric(after, "byoc_gateway_requests_total", code="200") == answered + 1
         assert metric(after, "byoc_gateway_wake_seconds_count") == 2
         assert metric(after, "byoc_gateway_wake_time_to_first_token_seconds_count") == 2
+        assert metric(after, "byoc_gateway_wake_timeouts_total") == 0
     finally:
         gateway.stop()
         if engine is not None:
@@ -86,5 +87,7 @@ def test_a_request_the_wake_timeout_gave_up_on_is_not_a_wake(runtime_dir: Path) 
         text = gateway.metrics()
         assert metric(text, "byoc_gateway_wake_seconds_count") == 0
         assert metric(text, "byoc_gateway_wake_time_to_first_token_seconds_count") == 0
+        # ...but it is a wake that failed, counted apart (the dashboard's "Wakes from zero" shows it)
+        assert metric(text, "byoc_gateway_wake_timeouts_total") == 1
     finally:
         gateway.stop()

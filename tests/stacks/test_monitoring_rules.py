@@ -41,6 +41,7 @@ RAW_METRICS = frozenset(
         "byoc_gateway_limits_store_up",
         "byoc_gateway_wake_seconds_bucket",
         "byoc_gateway_wake_seconds_count",
+        "byoc_gateway_wake_timeouts_total",
         "byoc_gateway_wake_time_to_first_token_seconds_bucket",
         "byoc_slo_ttft_p95_seconds",
         "byoc_engine_kv_cache_utilization",
@@ -269,4 +270,6 @@ def test_the_dashboard_shows_wakes_from_zero() -> None:
     (panel,) = [p for p in load_dashboard()["panels"] if p["title"] == "Wakes from zero"]
     used = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
     assert {"byoc_gateway_wake_seconds_bucket", "byoc_gateway_wake_time_to_first_token_seconds_bucket"} <= used
+    # the failed wakes too: a p95 of the wakes that got a replica leaves out the ones the timeout gave up on
+    assert "byoc_gateway_wake_timeouts_total" in used
     assert panel["fieldConfig"]["defaults"]["unit"] == "s"
