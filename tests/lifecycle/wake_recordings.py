@@ -17,8 +17,8 @@ tests/lifecycle/data/wake/README.md; in short:
 - an event seen N times over a span is shown, at a moment inside the span, as its first occurrence only;
 - the pod: made at its `SuccessfulCreate` (or, without one, its first event); bound to the node its `Scheduled`
   event names; each container running from its `Started` event; an init container done at the next kubelet event
-  for another container; waiting in CrashLoopBackOff from a BackOff event about it (its last run in lastState); ready `ready_after_s` after it
-  was made when the source says so (never otherwise);
+  for another container; waiting in CrashLoopBackOff from a BackOff event about it (its last run in lastState);
+  ready `ready_after_s` after it was made when the source says so (never otherwise);
 - the recorded serving container (`engine`) is named `trtllm-serve`, the name byoc/wake.py reads, in the pod
   status (the events keep the recorded name).
 """
