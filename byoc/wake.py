@@ -256,9 +256,9 @@ def _trouble(pod: dict[str, Any], pod_events: list[dict[str, Any]], scheduled: d
             reason = str(waiting.get("reason") or "")
             if reason in IMAGE_FAILURES:
                 image = container.get("image") or None
-                failure = _pull_failure(pod_events, image) or (
-                    _pull_failure(pod_events, None) if image is None else None
-                )
+                failure = _pull_failure(pod_events, image)
+                if image is None and failure is not None and failure[0].count('"') >= 2:
+                    image = failure[0].split('"')[1]  # the status does not name it: the image whose pull failed
                 detail = f"{failure[0]} ({failure[1]}x)" if failure else str(waiting.get("message") or "")
                 return _Trouble(
                     "image_pull",
