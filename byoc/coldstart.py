@@ -94,6 +94,12 @@ class ColdStartEstimate:
     wake_timeout_basis: str
     # weights_cache node_cache: the weights phase on a node whose cache holds the artifact; None otherwise
     weights_fetch_cached: Phase | None = None
+    # the phases of a wake that must launch a node (they sum to new_node_seconds); empty: the same as `phases`
+    new_node_phases: tuple[Phase, ...] = ()
+
+    def on_node(self, new_node: bool) -> tuple[Phase, ...]:
+        """The phases of a wake on a warm-pool node (`phases`) or on a node launched for it (`new_node_phases`)."""
+        return (self.new_node_phases or self.phases) if new_node else self.phases
 
     @property
     def total_seconds(self) -> float:
@@ -280,7 +286,8 @@ def estimate_cold_start(
         )
 
     first = phases(warm)
-    new_node = sum(p.seconds for p in phases(False))
+    cold = phases(False)
+    new_node = sum(p.seconds for p in cold)
     timeout, basis = wake_timeout(new_node)
     rendered = {"image_cache": image_cache, "weights_cache": weights_cache}
     if weights_on is not None:
@@ -300,6 +307,7 @@ def estimate_cold_start(
         weights_fetch_cached=_weights_fetch(cloud, size, weights_cache, cached=True, on=weights_on)
         if weights_cache == "node_cache"
         else None,
+        new_node_phases=cold,
     )
 
 

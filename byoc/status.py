@@ -14,10 +14,11 @@ Health rules (`judge`):
 - replicas missing and the newest serving pod waking: the phase of its wake (node launching, image pulling,
   weights fetching, engine loading; byoc/wake.py), how long it has taken beside the cold-start estimate, and what
   it waits for;
-- replicas missing: why GPU replicas are not coming, in the words of the cloud's node provisioner
-  (`Cloud.gpu_blockers`: on AWS Karpenter's NodeClaim conditions and limit events, on GKE the cluster autoscaler's
-  FailedScaleUp and NotTriggerScaleUp events: no capacity, no quota, the pool's limit), or a node whose GPUs never
-  registered (allocatable nvidia.com/gpu 0);
+- replicas missing and a serving pod not bound to a node: why GPU replicas are not coming, in the words of the
+  cloud's node provisioner about this deployment's pods and GPU pool only (`Cloud.gpu_blockers`: on AWS Karpenter's
+  NodeClaim conditions and events of the GPU NodePool and its limit events on the pods, on GKE the cluster
+  autoscaler's FailedScaleUp and NotTriggerScaleUp events on the pods: no capacity, no quota, the pool's limit), or a
+  node of the pool whose GPUs never registered (allocatable nvidia.com/gpu 0 ten minutes after it joined);
 - otherwise, without a completion: unknown, with the reason no completion was sent.
 """
 
@@ -118,17 +119,25 @@ def cold_start_estimate(record: Record) -> ColdStartEstimate | None:
         return None
 
 
-def wake_of(record: Record, cluster: Any, now: datetime | None = None) -> tuple[str, dict[str, Any]] | None:
-    """Where the newest waking serving pod is (byoc/wake.py), as a sentence with the estimate beside the elapsed
-    time, and as data for --output json; None when no serving pod is waking."""
-    from byoc.wake import wake_progress
-
+def serving_pods(record: Record, cluster: Any) -> list[dict[str, Any]]:
+    """The deployment's serving pods (stacks/k8s/serving.py labels), as the cluster lists them."""
     selector = {"app.kubernetes.io/name": "serving", "app.kubernetes.io/instance": record.name}
-    pods = [
+    return [
         p
         for p in cluster.list("pods", resource_name(record.name))
         if selector.items() <= p.get("metadata", {}).get("labels", {}).items()
     ]
+
+
+def wake_of(
+    record: Record, cluster: Any, now: datetime | None = None, pods: list[dict[str, Any]] | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """Where the newest waking serving pod is (byoc/wake.py), as a sentence with the estimate beside the elapsed
+    time, and as data for --output json; None when no serving pod is waking. `pods`: the serving pods, when
+    already listed."""
+    from byoc.wake import wake_progress
+
+    pods = serving_pods(record, cluster) if pods is None else pods
     progress = wake_progress(pods, cluster.list("events"), get_cloud(record.cloud).node_provisioner, now)
     if progress is None:
         return None
@@ -239,8 +248,10 @@ def observe(
             if service.get("spec", {}).get("type") == "LoadBalancer" and ingress:
                 host = ingress[0].get("hostname") or ingress[0].get("ip")
                 seen["endpoint"] = f"https://{host}"
-        blockers = get_cloud(record.cloud).gpu_blockers(cluster, str(record.outputs.get("gpu_node_pool", "")))
-        wake = wake_of(record, cluster, now) if desired > 0 and ready < desired else None
+        pods = serving_pods(record, cluster)
+        pool = str(record.outputs.get("gpu_node_pool", ""))
+        blockers = get_cloud(record.cloud).gpu_blockers(cluster, pool, pods, now)
+        wake = wake_of(record, cluster, now, pods) if desired > 0 and ready < desired else None
     except ClusterUnreachable as exc:
         return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
     endpoint = os.environ.get("BYOC_ENDPOINT") or seen["endpoint"]

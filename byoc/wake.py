@@ -28,6 +28,10 @@ from typing import Any
 
 from byoc.clouds.base import NodeProvisioner
 from byoc.coldstart import ColdStartEstimate, duration_words
+from byoc.kube_events import CLOCK_SKEW, event_count, event_first_time, event_time, is_about, parse_time
+from byoc.kube_events import created as created_at
+
+__all__ = ["WakeProgress", "event_time", "parse_time", "wake_progress"]
 
 FETCH_CONTAINER = "fetch-artifacts"
 # cold_start.weights_cache node_cache: the init container reads the artifact through the node's shared mount
@@ -44,61 +48,79 @@ PHASE_RUNNING = {
 }
 
 
+# A container's waiting reasons that mean it cannot start, as the kubelet sets them: image pulls
+# (k8s.io/kubernetes pkg/kubelet/images/types.go: ImagePullBackOff, ErrImagePull, ImageInspectError,
+# ErrImageNeverPull, InvalidImageName) and the rest (pkg/kubelet/container/sync_result.go: CrashLoopBackOff,
+# RunContainerError; pkg/kubelet/kuberuntime/kuberuntime_container.go: CreateContainerConfigError,
+# CreateContainerError, PreStartHookError, PostStartHookError).
+IMAGE_FAILURES = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "ImageInspectError", "ErrImageNeverPull", "InvalidImageName"}
+)
+START_FAILURES = frozenset(
+    {
+        "CrashLoopBackOff",
+        "RunContainerError",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "PreStartHookError",
+        "PostStartHookError",
+    }
+)
+# The kubelet's events for one container in the order it records them (pkg/kubelet/events/event.go: Pulling,
+# Pulled, Failed, BackOff, Created, Started): events stamped in the same second are read in this order.
+_KUBELET_ORDER = {"Scheduled": 0, "Pulling": 1, "Pulled": 2, "Failed": 3, "BackOff": 3, "Created": 4, "Started": 5}
+
+
 @dataclass(frozen=True)
 class WakeProgress:
-    """One serving pod's wake: `phase` (a byoc.coldstart phase, or "starting" between two of them), seconds in it,
-    seconds since the pod was made, and what it waits for in words."""
+    """One serving pod's wake: `phase` (a byoc.coldstart phase, or "starting" between two of them), seconds in it
+    (since the phase first started, across the kubelet's retries), seconds since the pod was made, what it waits
+    for in words, whether the pod is on a node launched for it (`new_node`: compared with the estimate's new-node
+    phases, not a warm-pool node's), and the container that keeps failing, in the kubelet's words (`failing`)."""
 
     pod: str
     phase: str
     phase_seconds: float
     wake_seconds: float
     waiting_for: str
+    new_node: bool = False
+    failing: str | None = None
+
+    def _estimate(self, estimate: ColdStartEstimate | None) -> tuple[float | None, float | None]:
+        """The estimate of this phase (None: not one the estimate has) and of the whole wake, on a warm-pool node or
+        a new one as this wake is."""
+        if estimate is None:
+            return None, None
+        phases = estimate.on_node(self.new_node)
+        phase = next((p.seconds for p in phases if p.name == self.phase), None)
+        return phase, sum(p.seconds for p in phases)
 
     def sentence(self, estimate: ColdStartEstimate | None = None) -> str:
-        """`engine loading, 1 min 10 s of ~1 min 6 s estimated (wake 8 min of ~7 min 5 s): waiting for ...`."""
+        """`engine loading, 1 min 10 s of ~1 min 6 s estimated (wake 8 min of ~7 min 5 s): waiting for ...`, and
+        `; failing: ...` where a container keeps failing."""
         said = f"{PHASE_RUNNING[self.phase]}, {duration_words(self.phase_seconds)}"
-        if estimate is not None and self.phase in {p.name for p in estimate.phases}:
-            phase_estimate = estimate.phase(self.phase).seconds
+        phase_estimate, wake_estimate = self._estimate(estimate)
+        if phase_estimate is not None and wake_estimate is not None:
             said += f" of ~{duration_words(phase_estimate)} estimated"
-            said += f" (wake {duration_words(self.wake_seconds)} of ~{duration_words(estimate.total_seconds)})"
+            said += f" (wake {duration_words(self.wake_seconds)} of ~{duration_words(wake_estimate)})"
         else:
             said += f" (wake {duration_words(self.wake_seconds)})"
-        return f"{said}: waiting for {self.waiting_for}"
+        failing = f"; failing: {self.failing}" if self.failing else ""
+        return f"{said}: waiting for {self.waiting_for}{failing}"
 
     def as_dict(self, estimate: ColdStartEstimate | None = None) -> dict[str, Any]:
-        known = estimate is not None and self.phase in {p.name for p in estimate.phases}
+        phase_estimate, wake_estimate = self._estimate(estimate)
         return {
             "pod": self.pod,
             "phase": self.phase,
             "phase_seconds": round(self.phase_seconds, 1),
-            "phase_estimate_seconds": round(estimate.phase(self.phase).seconds, 1) if known and estimate else None,
+            "phase_estimate_seconds": None if phase_estimate is None else round(phase_estimate, 1),
             "wake_seconds": round(self.wake_seconds, 1),
-            "wake_estimate_seconds": round(estimate.total_seconds, 1) if estimate else None,
+            "wake_estimate_seconds": None if wake_estimate is None else round(wake_estimate, 1),
+            "new_node": self.new_node,
             "waiting_for": self.waiting_for,
+            "failing": self.failing,
         }
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """A Kubernetes timestamp (RFC 3339, `2026-12-06T10:00:00Z` or with fractions) as an aware datetime."""
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def event_time(event: dict[str, Any]) -> datetime | None:
-    """When an event last happened, read as kubectl reads it (k8s.io/kubectl pkg/cmd/events `eventTime`): an
-    events.k8s.io series' `series.lastObservedTime` (the scheduler's repeated FailedScheduling: `eventTime` is its
-    first occurrence, and `firstTimestamp`/`lastTimestamp` are null), else `lastTimestamp` (core/v1 events of the
-    kubelet, Karpenter and the cluster autoscaler; `count` > 1 keeps the first time in `firstTimestamp`), else
-    `eventTime`, else the event object's creation."""
-    series = event.get("series") or {}
-    return parse_time(
-        series.get("lastObservedTime")
-        or event.get("lastTimestamp")
-        or event.get("eventTime")
-        or event.get("metadata", {}).get("creationTimestamp")
-    )
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:
@@ -107,36 +129,171 @@ def _is_ready(pod: dict[str, Any]) -> bool:
 
 
 def _container(pod: dict[str, Any], key: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = next((c for c in pod.get("status", {}).get(key, []) if c.get("name") == name), {})
+    found: dict[str, Any] = next((c for c in pod.get("status", {}).get(key) or [] if c.get("name") == name), {})
     return found
 
 
-def _pod_events(events: list[dict[str, Any]], pod: str, since: datetime) -> list[dict[str, Any]]:
-    mine = [
-        e
-        for e in events
-        if e.get("involvedObject", {}).get("kind") == "Pod"
-        and e.get("involvedObject", {}).get("name") == pod
-        and (event_time(e) or since) >= since
-    ]
-    return sorted(mine, key=lambda e: event_time(e) or since)
+def _pod_events(events: list[dict[str, Any]], pod: dict[str, Any], since: datetime) -> list[dict[str, Any]]:
+    """The pod's events (byoc/kube_events.py `is_about`), oldest first; events of one second in the kubelet's
+    order (a `Pulled` listed before the `Pulling` of the same second is still read after it)."""
+    mine = [e for e in events if is_about(e, pod)]
+    return sorted(mine, key=lambda e: (event_time(e) or since, _KUBELET_ORDER.get(str(e.get("reason")), 9)))
+
+
+def _image_of(event: dict[str, Any]) -> str:
+    message = str(event.get("message", ""))
+    return message.split('"')[1] if message.count('"') >= 2 else message
 
 
 def _pulling(pod_events: list[dict[str, Any]]) -> tuple[str, datetime] | None:
-    """The image the kubelet is pulling now (a Pulling event with no Pulled for that image after it)."""
+    """The image the kubelet is pulling now (a Pulling event with no Pulled for that image after it), and when its
+    pull first started (a pull the kubelet retries keeps its first time in `firstTimestamp`)."""
     open_pulls: dict[str, datetime] = {}
     for event in pod_events:
-        message = str(event.get("message", ""))
-        image = message.split('"')[1] if message.count('"') >= 2 else message
-        when = event_time(event)
+        image = _image_of(event)
+        when = event_first_time(event)
         if event.get("reason") == "Pulling" and when is not None:
-            open_pulls[image] = when
+            open_pulls[image] = min(when, open_pulls.get(image, when))
         elif event.get("reason") in ("Pulled", "Failed", "BackOff"):
             open_pulls.pop(image, None)
     if not open_pulls:
         return None
     image, since = max(open_pulls.items(), key=lambda item: item[1])
     return image, since
+
+
+def _pull_started(pod_events: list[dict[str, Any]], image: str | None) -> datetime | None:
+    """When the kubelet first tried to pull `image` (any image with None) for this pod."""
+    times = [
+        t
+        for e in pod_events
+        if e.get("reason") == "Pulling"
+        and (image is None or _image_of(e) == image)
+        and (t := event_first_time(e)) is not None
+    ]
+    return min(times) if times else None
+
+
+def _pull_failure(pod_events: list[dict[str, Any]], image: str | None) -> tuple[str, int] | None:
+    """The kubelet's latest word on a failed pull of `image` (any image with None): "Failed to pull image "X":
+    ..." (pkg/kubelet/images/image_manager.go), and how many times it failed."""
+    failed = [
+        e
+        for e in pod_events
+        if e.get("reason") == "Failed"
+        and str(e.get("message", "")).startswith("Failed to pull image")
+        and (image is None or _image_of(e) == image)
+    ]
+    if not failed:
+        return None
+    return str(failed[-1].get("message", "")), max(event_count(e) for e in failed)
+
+
+def _container_started(pod_events: list[dict[str, Any]], name: str) -> datetime | None:
+    """When the kubelet first started (or created) container `name`: its Started/Created event ("Started container
+    %s", "Created container: %s", pkg/kubelet/kuberuntime) keeps the first of its restarts in `firstTimestamp`."""
+    times = [
+        t
+        for e in pod_events
+        if e.get("reason") in ("Created", "Started")
+        and (
+            (e.get("involvedObject") or {}).get("fieldPath", "").endswith("{" + name + "}")
+            or re.search(rf"container:? {re.escape(name)}\b", str(e.get("message", ""))) is not None
+        )
+        and (t := event_first_time(e)) is not None
+    ]
+    return min(times) if times else None
+
+
+def _restarts(status: dict[str, Any]) -> str | None:
+    """`restarted 7x, last exit 1 (Error)`, `restarted 6x, last OOMKilled (exit 137)`: a container the kubelet
+    has restarted (restartCount, lastState.terminated); None if it never was."""
+    count = status.get("restartCount")
+    if not isinstance(count, int) or count <= 0:
+        return None
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    reason, code = last.get("reason"), last.get("exitCode")
+    if reason == "OOMKilled":
+        ended = f", last OOMKilled (exit {code})" if code is not None else ", last OOMKilled"
+    elif code is not None:
+        ended = f", last exit {code}" + (f" ({reason})" if reason else "")
+    else:
+        ended = f", last {reason}" if reason else ""
+    return f"restarted {count}x{ended}"
+
+
+def _phase_of(container: str) -> str:
+    if container in (FETCH_CONTAINER, VERIFY_CONTAINER):
+        return "weights_fetch"
+    if container == ENGINE_CONTAINER:
+        return "engine_load"
+    return "starting"
+
+
+@dataclass(frozen=True)
+class _Trouble:
+    phase: str
+    since: datetime | None
+    waiting_for: str
+    failing: str
+
+
+def _trouble(pod: dict[str, Any], pod_events: list[dict[str, Any]], scheduled: datetime | None) -> _Trouble | None:
+    """The first container of the pod (init containers in order, then the others: fetch-artifacts or
+    verify-artifacts, trtllm-serve, engine-stats) that cannot start or keeps being restarted, in the kubelet's words,
+    with the time its phase first started."""
+    status = pod.get("status") or {}
+    finished_init = [
+        t
+        for c in status.get("initContainerStatuses") or []
+        if (t := parse_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))) is not None
+    ]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            name = str(container.get("name", ""))
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason in IMAGE_FAILURES:
+                image = container.get("image") or None
+                failure = _pull_failure(pod_events, image)
+                if image is None and failure is not None and failure[0].count('"') >= 2:
+                    image = failure[0].split('"')[1]  # the status does not name it: the image whose pull failed
+                detail = f"{failure[0]} ({failure[1]}x)" if failure else str(waiting.get("message") or "")
+                return _Trouble(
+                    "image_pull",
+                    _pull_started(pod_events, image) or scheduled,
+                    f"the kubelet to pull the image of {name}",
+                    f"{name} {reason}" + (f": {detail}" if detail else ""),
+                )
+            restarted = _restarts(container)
+            if reason not in START_FAILURES and (restarted is None or state.get("terminated")):
+                continue
+            previous = max(finished_init) if key == "containerStatuses" and finished_init else scheduled
+            # its first start: the kubelet's event of it, else the earliest start its status still shows (the last
+            # attempt's, in lastState), else the end of the phase before it
+            starts = [
+                t
+                for t in (
+                    _container_started(pod_events, name),
+                    parse_time(((container.get("lastState") or {}).get("terminated") or {}).get("startedAt")),
+                    parse_time((state.get("running") or {}).get("startedAt")),
+                )
+                if t is not None
+            ]
+            since = min(starts) if starts else previous
+            said = restarted or name
+            if reason in START_FAILURES:
+                message = f": {waiting['message']}" if waiting.get("message") else ""
+                failing = f"{name} {restarted}, now {reason}{message}" if restarted else f"{name} {reason}{message}"
+            else:
+                failing = f"{name} {said}"
+            waits = {
+                "weights_fetch": f"{name} to copy the artifact from the bucket and verify it",
+                "engine_load": f"{name} to load the weights and answer /health",
+            }.get(_phase_of(name), f"{name} to start")
+            return _Trouble(_phase_of(name), since, waits, failing)
+    return None
 
 
 # The scheduler's verdict on a pending pod (k8s.io/kubernetes pkg/scheduler: "0/%v nodes are available: %v").
@@ -164,40 +321,72 @@ def _new_node_lacks(pod_events: list[dict[str, Any]]) -> tuple[datetime, str] | 
     return when, "the scheduler to place the pod on the new node"
 
 
-def _node_launch(
-    pod: str, created: datetime, events: list[dict[str, Any]], provisioner: NodeProvisioner
-) -> tuple[datetime, str]:
-    """The node provisioner's latest step for this wake, and what comes after it."""
-    latest: tuple[datetime, str] | None = None
-    pod_nodeclaims: set[str] = set()
-    for event in events:
-        involved = event.get("involvedObject", {})
-        when = event_time(event)
-        if when is None or when < created:
+# Karpenter's nomination of a pending pod: "Pod should schedule on: nodeclaim/NAME, node/NAME" (kubernetes-sigs/
+# karpenter pkg/controllers/provisioning/scheduling/events.go `NominatePodEvent`; node/ alone: room on a node that
+# is already up).
+_NOMINATED = re.compile(r"\b(nodeclaim|node)/([a-z0-9.-]+)")
+
+
+def _nominations(pod_events: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """The NodeClaims and the nodes Karpenter nominated the pod for."""
+    claims: set[str] = set()
+    nodes: set[str] = set()
+    for event in pod_events:
+        if event.get("reason") != "Nominated":
             continue
-        if involved.get("kind") == "Pod" and involved.get("name") == pod and event.get("reason") == "Nominated":
-            # Karpenter: "Pod should schedule on: nodeclaim/NAME" names the claim whose events are this wake's
-            pod_nodeclaims.update(w.split("/", 1)[1] for w in str(event.get("message", "")).split() if "/" in w)
+        for kind, name in _NOMINATED.findall(str(event.get("message", ""))):
+            (claims if kind == "nodeclaim" else nodes).add(name)
+    return claims, nodes
+
+
+def _launches_node(pod_events: list[dict[str, Any]], provisioner: NodeProvisioner) -> bool:
+    """Whether the provisioner launched (or is launching) a node for the pod: a launch step on the pod itself
+    (Karpenter's Nominated for a NodeClaim, the cluster autoscaler's TriggeredScaleUp), not a nomination for a node
+    already up."""
+    claims, _ = _nominations(pod_events)
+    pod_steps = {s.reason for s in provisioner.launch_steps if s.kind == "Pod"} - {"Nominated"}
+    return bool(claims) or any(e.get("reason") in pod_steps for e in pod_events)
+
+
+def _node_launch(
+    pod_events: list[dict[str, Any]], events: list[dict[str, Any]], since: datetime, provisioner: NodeProvisioner
+) -> str:
+    """What the node launch for this pod waits for now: after the provisioner's latest step for it, or the
+    scheduler's word once the new node has joined. A NodeClaim's events count only once the pod was nominated for
+    that NodeClaim (another deployment's or pool's NodeClaim launching at the same moment is not this wake's)."""
+    latest: tuple[datetime, str] | None = None
+    claims, nodes = _nominations(pod_events)
+    for step in provisioner.launch_steps:
+        if step.kind != "Pod":
+            continue
+        for event in pod_events:
+            when = event_time(event)
+            if event.get("reason") != step.reason or when is None:
+                continue
+            waits = step.waits_for
+            if (
+                step.reason == "Nominated"
+                and nodes
+                and not _NOMINATED.search(str(event.get("message", "")).split("node/")[0])
+            ):
+                waits = f"the scheduler to bind the pod to {', '.join(sorted(nodes))} (a node already up)"
+            if latest is None or when >= latest[0]:
+                latest = (when, waits)
     for event in events:
-        involved = event.get("involvedObject", {})
+        involved = event.get("involvedObject") or {}
         when = event_time(event)
-        if when is None or when < created:
+        if when is None or when < since or involved.get("name") not in claims:
             continue
         for step in provisioner.launch_steps:
-            if event.get("reason") != step.reason or involved.get("kind") != step.kind:
-                continue
-            if step.kind == "Pod" and involved.get("name") != pod:
-                continue
-            if step.kind != "Pod" and pod_nodeclaims and involved.get("name") not in pod_nodeclaims:
-                continue
-            if latest is None or when >= latest[0]:
+            this = step.kind != "Pod" and event.get("reason") == step.reason and involved.get("kind") == step.kind
+            if this and (latest is None or when >= latest[0]):
                 latest = (when, step.waits_for)
-    lacks = _new_node_lacks(_pod_events(events, pod, created))
+    lacks = _new_node_lacks(pod_events)
     if lacks is not None and (latest is None or lacks[0] >= latest[0]):
         latest = lacks
     if latest is None:
-        return created, f"{provisioner.name} to launch a GPU node for the pending pod"
-    return created, latest[1]
+        return f"{provisioner.name} to launch a GPU node for the pending pod"
+    return latest[1]
 
 
 def wake_progress(
@@ -205,57 +394,76 @@ def wake_progress(
 ) -> WakeProgress | None:
     """The phase of the newest serving pod that is not ready; None when every pod is ready or there is none.
     `pods` are the serving Deployment's pods, `events` every namespace's (the node provisioner's objects are
-    cluster-scoped, their events land in `default`)."""
+    cluster-scoped, their events land in `default`). Times are never negative: a phase that began before the pod
+    (a node's clock behind the API server's) is counted from the pod's creation, and a pod made after `now` (this
+    machine's clock behind the API server's) has waited 0 s."""
     now = now or datetime.now(UTC)
-    waking = [p for p in pods if not _is_ready(p) and not p.get("metadata", {}).get("deletionTimestamp")]
+    waking = [
+        p
+        for p in pods
+        if not _is_ready(p)
+        and not p.get("metadata", {}).get("deletionTimestamp")
+        and p.get("status", {}).get("phase") not in ("Failed", "Succeeded")
+    ]
     if not waking:
         return None
-    pod = max(waking, key=lambda p: parse_time(p.get("metadata", {}).get("creationTimestamp")) or now)
+    pod = max(waking, key=lambda p: created_at(p) or now)
     name = str(pod.get("metadata", {}).get("name", ""))
-    created = parse_time(pod.get("metadata", {}).get("creationTimestamp")) or now
+    created = min(created_at(pod) or now, now)
     wake_s = (now - created).total_seconds()
+    mine = _pod_events(events, pod, created)
+    launched = _launches_node(mine, provisioner)
+    # a phase starts no earlier than the pod was made, or bound to its node once it is: a node whose clock is behind
+    # stamps its kubelet's events before either
+    floor = [created]
 
-    def progress(phase: str, since: datetime, waiting_for: str) -> WakeProgress:
-        return WakeProgress(name, phase, max(0.0, (now - since).total_seconds()), max(0.0, wake_s), waiting_for)
+    def progress(
+        phase: str, since: datetime | None, waiting_for: str, failing: str | None = None, new_node: bool = False
+    ) -> WakeProgress:
+        start = min(max(since or floor[0], floor[0]), now)
+        return WakeProgress(
+            name, phase, (now - start).total_seconds(), wake_s, waiting_for, launched or new_node, failing
+        )
 
     if not pod.get("spec", {}).get("nodeName"):
-        since, waits = _node_launch(name, created, events, provisioner)
-        return progress("node_launch", since, waits)
-    mine = _pod_events(events, name, created)
+        _, nodes = _nominations(mine)
+        waits = _node_launch(mine, events, created - CLOCK_SKEW, provisioner)
+        return progress("node_launch", created, waits, new_node=not nodes or launched)
+    scheduled_event = next((e for e in mine if e.get("reason") == "Scheduled"), None)
+    scheduled = event_time(scheduled_event) if scheduled_event else None
+    floor[0] = min(max(created, scheduled or created), now)
+    trouble = _trouble(pod, mine, scheduled)
+    if trouble is not None and trouble.phase == "image_pull":
+        return progress(trouble.phase, trouble.since, trouble.waiting_for, trouble.failing, new_node=True)
     pulling = _pulling(mine)
     if pulling is not None:
-        image, since = pulling
-        return progress("image_pull", since, f"the kubelet to pull {image}")
-    fetch = _container(pod, "initContainerStatuses", FETCH_CONTAINER)
-    running = fetch.get("state", {}).get("running")
-    if running is not None:
-        since = parse_time(running.get("startedAt")) or created
-        return progress("weights_fetch", since, f"{FETCH_CONTAINER} to copy the artifact from the bucket and verify it")
-    verify = _container(pod, "initContainerStatuses", VERIFY_CONTAINER)
-    running = verify.get("state", {}).get("running")
-    if running is not None:
-        since = parse_time(running.get("startedAt")) or created
-        return progress(
-            "weights_fetch", since, f"{VERIFY_CONTAINER} to read the artifact through the node's cache and verify it"
-        )
+        image, pull_since = pulling
+        failed = _pull_failure(mine, image)
+        failing = f"the pull of {image} failed {failed[1]}x: {failed[0]}" if failed else None
+        return progress("image_pull", pull_since, f"the kubelet to pull {image}", failing, new_node=True)
+    if trouble is not None:
+        return progress(trouble.phase, trouble.since, trouble.waiting_for, trouble.failing)
+    for container, waits in (
+        (FETCH_CONTAINER, f"{FETCH_CONTAINER} to copy the artifact from the bucket and verify it"),
+        (VERIFY_CONTAINER, f"{VERIFY_CONTAINER} to read the artifact through the node's cache and verify it"),
+    ):
+        running = (_container(pod, "initContainerStatuses", container).get("state") or {}).get("running")
+        if running is not None:
+            return progress("weights_fetch", parse_time(running.get("startedAt")), waits)
     engine = _container(pod, "containerStatuses", ENGINE_CONTAINER)
-    running = engine.get("state", {}).get("running")
+    running = (engine.get("state") or {}).get("running")
     if running is not None:
-        since = parse_time(running.get("startedAt")) or created
-        return progress("engine_load", since, f"{ENGINE_CONTAINER} to load the weights and answer /health")
-    init_running = next(
-        (
-            c["name"]
-            for c in pod.get("status", {}).get("initContainerStatuses", [])
-            if c.get("state", {}).get("running")
-        ),
-        None,
-    )
-    waiting = engine.get("state", {}).get("waiting") or fetch.get("state", {}).get("waiting") or {}
-    scheduled = next(
-        (e for e in reversed(mine) if e.get("reason") in ("Scheduled", "Pulled", "Created", "Started")), None
-    )
-    since = (event_time(scheduled) if scheduled else None) or created
+        return progress(
+            "engine_load",
+            parse_time(running.get("startedAt")),
+            f"{ENGINE_CONTAINER} to load the weights and answer /health",
+        )
+    init_statuses = pod.get("status", {}).get("initContainerStatuses") or []
+    init_running = next((c["name"] for c in init_statuses if (c.get("state") or {}).get("running")), None)
+    unfinished = [c for c in init_statuses if not (c.get("state") or {}).get("terminated")]
+    waiting = ((unfinished[0] if unfinished else engine).get("state") or {}).get("waiting") or {}
+    last = next((e for e in reversed(mine) if e.get("reason") in ("Scheduled", "Pulled", "Created", "Started")), None)
+    since = event_time(last) if last else None
     if init_running is not None:
         # another init container than the artifact fetch (a wait for a dependency, a volume's permissions): the
         # engine cannot start before it ends

@@ -105,24 +105,62 @@ class Aws(Cloud):
         "(nodeadm's FastImagePull) onto the instance store instead (docs/operations.md, 'Cold start')",
     }
 
-    def capacity_blockers(self, cluster: Any) -> list[str]:
-        """Karpenter's words: a NodeClaim whose Launched condition is False (EC2's InsufficientInstanceCapacity, or
-        another launch error), and its scheduling event when the NodePool's limits would be exceeded
-        ("... exceed limits for nodepool", karpenter pkg/controllers/provisioning/scheduling)."""
+    def capacity_blockers(self, cluster: Any, node_pool: str, waiting: list[dict[str, Any]]) -> list[str]:
+        """Karpenter's words, about the GPU NodePool `node_pool` and the `waiting` serving pods only:
+        - a NodeClaim of the pool (label karpenter.sh/nodepool) whose Launched condition failed: False, or Unknown
+          with the launch error's reason ("LaunchFailed"; kubernetes-sigs/karpenter
+          pkg/controllers/nodeclaim/lifecycle/launch.go `SetUnknownWithReason`);
+        - an InsufficientCapacityError event on a NodeClaim of the pool since the pods were made (Karpenter deletes
+          a NodeClaim EC2 had no capacity for, so only its event is left: "NodeClaim NAME event: ...", lifecycle
+          events.go; the NodeClaim is named after its pool, nodeclaimtemplate.go `GenerateName: "<pool>-"`);
+        - the pods' FailedScheduling when the pool's limits would be exceeded ("Failed to schedule pod, ... all
+          available instance types exceed limits for nodepool" or "node limits have been exhausted for nodepool",
+          provisioning/scheduling/scheduler.go and events.go `PodFailedToScheduleEvent`);
+        - the pool's NoCompatibleInstanceTypes ("NodePool requirements filtered out all compatible available instance
+          types", scheduling/events.go)."""
+        from byoc.kube_events import event_time, events_about, since_any
+
         reasons: list[str] = []
         for claim in cluster.list(self.node_provisioner.claims):
+            name = claim.get("metadata", {}).get("name", "")
+            if (claim.get("metadata", {}).get("labels") or {}).get(self.node_provisioner.pool_label) != node_pool:
+                continue
             for condition in claim.get("status", {}).get("conditions", []):
-                if condition.get("status") != "False" or condition.get("type") != "Launched":
+                failed = condition.get("status") == "False" or (
+                    condition.get("status") == "Unknown"
+                    and condition.get("reason") not in (None, "", "AwaitingReconciliation")
+                )
+                if condition.get("type") != "Launched" or not failed:
                     continue
                 message = str(condition.get("message", ""))
-                name = claim.get("metadata", {}).get("name", "")
                 if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
                     reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
                 else:
                     reasons.append(f"NodeClaim {name} not launched: {message}")
-        for event in cluster.list("events"):
+        events = cluster.list("events")
+        since = since_any(waiting)
+        for event in events:
+            involved = event.get("involvedObject", {})
+            when = event_time(event)
+            if since is not None and when is not None and when < since:
+                continue
             message = str(event.get("message", ""))
-            if "exceed limits for nodepool" in message:
+            claim = str(involved.get("name", ""))
+            if (
+                involved.get("kind") == "NodeClaim"
+                and event.get("reason") == "InsufficientCapacityError"
+                and claim.startswith(f"{node_pool}-")
+            ):
+                reasons.append(f"no capacity in the zone: {message}")
+            elif (
+                involved.get("kind") == "NodePool"
+                and involved.get("name") == node_pool
+                and event.get("reason") == "NoCompatibleInstanceTypes"
+            ):
+                reasons.append(f"the NodePool {node_pool} can launch no instance type: {message}")
+        for event in events_about(events, waiting):
+            message = str(event.get("message", ""))
+            if "exceed limits for nodepool" in message or "limits have been exhausted for nodepool" in message:
                 reasons.append(f"the NodePool's GPU limit is reached: {message}")
                 break
         return reasons

@@ -16,6 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,6 +133,11 @@ SCALE_CHANGES: Mapping[str, frozenset[str] | None] = {
 
 
 GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource NVIDIA's device plugin registers
+# How long a GPU node may be in the cluster without advertising GPU_RESOURCE before status calls it a blocker: a node
+# of the wake under way has none until its driver and device plugin start (22 s to 57 s after it joined in the
+# recorded wakes, tests/lifecycle/data/wake/recorded; GKE installs the driver on first boot, which takes minutes), and
+# that is a wake's step, not a fault. byoc's judgement: ten minutes, several times the longest seen.
+GPU_REGISTRATION_GRACE = timedelta(minutes=10)
 
 # The private address ranges of RFC 1918 (not Python's wider is_private, which also covers documentation ranges).
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -218,14 +224,28 @@ class Cloud(ABC):
         return importlib.import_module(self.offline_answers)
 
     # -- status ------------------------------------------------------------------------------------------------
-    def gpu_blockers(self, cluster: Any, node_pool: str) -> list[str]:
-        """Why GPU replicas are not coming, in the node provisioner's own words (its objects' conditions and
-        events), then nodes of the pool whose GPUs never registered with the kubelet."""
-        reasons = self.capacity_blockers(cluster)
+    def gpu_blockers(
+        self, cluster: Any, node_pool: str, pods: list[dict[str, Any]], now: datetime | None = None
+    ) -> list[str]:
+        """Why this deployment's GPU replicas are not coming, in the node provisioner's own words (its objects'
+        conditions and events), then nodes of the pool `node_pool` whose GPUs never registered. `pods`: the
+        deployment's serving pods. Only what concerns them counts: nothing when none of them waits for a node (a pod
+        bound to a node waits for no GPUs), and of the rest only their own events since they were made, the GPU
+        pool's objects (byoc/kube_events.py), never another pool's, pod's or an earlier wake's."""
+        from byoc.kube_events import created, waits_for_node
+
+        waiting = [p for p in pods if waits_for_node(p)]
+        if not waiting:
+            return []
+        reasons = self.capacity_blockers(cluster, node_pool, waiting)
+        now = now or datetime.now(UTC)
         for node in cluster.list("nodes"):
             labels = node.get("metadata", {}).get("labels", {})
             if labels.get(self.node_provisioner.pool_label) != node_pool:
                 continue
+            joined = created(node)
+            if joined is not None and now - joined < GPU_REGISTRATION_GRACE:
+                continue  # a node of this wake: its driver and device plugin are still starting
             allocatable = str(node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
             if allocatable in ("0", ""):
                 reasons.append(
@@ -235,8 +255,9 @@ class Cloud(ABC):
         return list(dict.fromkeys(reasons))
 
     @abstractmethod
-    def capacity_blockers(self, cluster: Any) -> list[str]:
-        """Why the node provisioner launches no GPU node: no capacity, no quota, its limit reached."""
+    def capacity_blockers(self, cluster: Any, node_pool: str, waiting: list[dict[str, Any]]) -> list[str]:
+        """Why the node provisioner launches no GPU node for the `waiting` pods (serving pods not bound to a node):
+        no capacity, no quota, its limit reached; read from their events and the pool `node_pool`'s objects only."""
 
     @property
     def catalog(self) -> Catalog:

@@ -154,13 +154,17 @@ class Gcp(Cloud):
         ),
     )
 
-    def capacity_blockers(self, cluster: Any) -> list[str]:
-        """The cluster autoscaler's events on the pending pods: FailedScaleUp ("Node scale up in zones ...
-        associated with this pod failed: GCE quota exceeded | GCE out of resources | IP space exhausted ...",
-        GKE's cluster autoscaler, pkg/.../gke event messages) and NotTriggerScaleUp ("pod didn't trigger scale-up:
-        ... max node group size reached", kubernetes/autoscaler cluster-autoscaler/core/scaleup)."""
+    def capacity_blockers(self, cluster: Any, node_pool: str, waiting: list[dict[str, Any]]) -> list[str]:
+        """The cluster autoscaler's events on the `waiting` serving pods since they were made (never another pod's,
+        such as the GKE Volume Populator's transfer pod): FailedScaleUp ("Node scale up in zones ... associated with
+        this pod failed: GCE quota exceeded | GCE out of resources | IP space exhausted ...", GKE's cluster
+        autoscaler, pkg/.../gke event messages) and NotTriggerScaleUp ("pod didn't trigger scale-up: ... max node
+        group size reached", kubernetes/autoscaler cluster-autoscaler/core/scaleup). The pool's own objects are the
+        stack's node pool, which publishes no events of its own here."""
+        from byoc.kube_events import events_about
+
         reasons: list[str] = []
-        for event in cluster.list("events"):
+        for event in events_about(cluster.list("events"), waiting):
             reason = str(event.get("reason", ""))
             message = str(event.get("message", "")).strip()
             if reason == "FailedScaleUp":

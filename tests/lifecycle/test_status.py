@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,25 @@ class RecordedCluster:
         raise AssertionError("status never deletes")
 
 
+def stamp(seconds_ago: float) -> str:
+    """A Kubernetes timestamp `seconds_ago` before now (status reads with the clock's own time)."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pending_pod(name: str, seconds_ago: float, node: str | None = None) -> dict[str, Any]:
+    """A serving pod of the deployment `demo` as kubectl lists it: made `seconds_ago`, bound to `node` or pending."""
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "byoc-demo",
+            "labels": {"app.kubernetes.io/name": "serving", "app.kubernetes.io/instance": "demo"},
+            "creationTimestamp": stamp(seconds_ago),
+        },
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": str(bool(node))}]},
+    }
+
+
 GCP_SPEC = {"name": "demo", "cloud": "gcp", "region": "EUROPE", "model": "llama-3.1-8b-instruct", "shape": "l4x1-bf16"}
 
 
@@ -136,9 +156,10 @@ def test_healthy_and_lagging_readiness(tmp_path: Path, endpoint: dict[str, Any])
 def test_why_gpu_replicas_are_not_coming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BYOC_API_KEY", raising=False)
     cluster = RecordedCluster(desired=3, ready=0)
+    cluster.objects["pods"] = [pending_pod("byoc-demo-serving-abc", 120)]
     cluster.objects["nodeclaims.karpenter.sh"] = [
         {
-            "metadata": {"name": "byoc-gpu-x1"},
+            "metadata": {"name": "byoc-gpu-x1", "labels": {"karpenter.sh/nodepool": "byoc-gpu"}},
             "status": {
                 "conditions": [
                     {
@@ -156,13 +177,18 @@ def test_why_gpu_replicas_are_not_coming(tmp_path: Path, monkeypatch: pytest.Mon
     cluster.objects["events"] = [
         {
             "reason": "FailedScheduling",
-            "involvedObject": {"kind": "Pod", "name": "byoc-demo-serving-abc"},
+            "involvedObject": {"kind": "Pod", "name": "byoc-demo-serving-abc", "namespace": "byoc-demo"},
             "message": 'Failed to schedule pod, all available instance types exceed limits for nodepool: "byoc-gpu"',
+            "lastTimestamp": stamp(60),
         }
     ]
     cluster.objects["nodes"] = [
         {
-            "metadata": {"name": "ip-10-42-1-7", "labels": {"karpenter.sh/nodepool": "byoc-gpu"}},
+            "metadata": {
+                "name": "ip-10-42-1-7",
+                "labels": {"karpenter.sh/nodepool": "byoc-gpu"},
+                "creationTimestamp": stamp(3600),
+            },
             "status": {"allocatable": {"cpu": "15", "nvidia.com/gpu": "0"}},
         },
         {
@@ -193,7 +219,8 @@ def test_why_gpu_replicas_are_not_coming_on_gke(tmp_path: Path, monkeypatch: pyt
     (kubernetes/autoscaler: "pod didn't trigger scale-up: ... max node group size reached")."""
     monkeypatch.delenv("BYOC_API_KEY", raising=False)
     cluster = GkeCluster(desired=3, ready=0)
-    pod = {"kind": "Pod", "name": "byoc-demo-serving-abc"}
+    cluster.objects["pods"] = [pending_pod("byoc-demo-serving-abc", 600)]
+    pod = {"kind": "Pod", "name": "byoc-demo-serving-abc", "namespace": "byoc-demo"}
     cluster.objects["events"] = [
         {
             "reason": "TriggeredScaleUp",
@@ -221,7 +248,11 @@ def test_why_gpu_replicas_are_not_coming_on_gke(tmp_path: Path, monkeypatch: pyt
     ]
     cluster.objects["nodes"] = [
         {
-            "metadata": {"name": "gke-byoc-demo-gpu-1", "labels": {"cloud.google.com/gke-nodepool": "byoc-demo-gpu"}},
+            "metadata": {
+                "name": "gke-byoc-demo-gpu-1",
+                "labels": {"cloud.google.com/gke-nodepool": "byoc-demo-gpu"},
+                "creationTimestamp": stamp(1800),
+            },
             "status": {"allocatable": {"cpu": "7910m", "nvidia.com/gpu": "0"}},
         },
         {

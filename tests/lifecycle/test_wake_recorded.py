@@ -100,7 +100,8 @@ AUTOMODE_MOMENTS = [
     (80, "image_pull", 28, "the kubelet to pull nvidia/cuda:13.0.2-runtime-ubuntu22.04"),
     (110, "image_pull", 58, "the kubelet to pull nvidia/cuda:13.0.2-runtime-ubuntu22.04"),  # "in 58.965s"
     (115, "engine_load", 4, "trtllm-serve to load the weights"),
-    (130, "starting", 8, "the containers to start (CrashLoopBackOff: Back-off restarting failed container"),
+    # nvidia-smi exited and is backed off: still the engine's phase, counted from its first start, and named failing
+    (130, "engine_load", 19, "trtllm-serve to load the weights"),
 ]
 
 
@@ -112,6 +113,9 @@ def test_a_recorded_eks_auto_mode_wake(seconds: int, phase: str, in_phase: int, 
     assert progress is not None
     assert (progress.phase, round(progress.phase_seconds), round(progress.wake_seconds)) == (phase, in_phase, seconds)
     assert waiting_for in progress.waiting_for
+    if seconds == 130:
+        assert progress.failing is not None
+        assert progress.failing.startswith("trtllm-serve CrashLoopBackOff: Back-off restarting failed container")
 
 
 # GKE + cluster autoscaler + KEDA from zero (vfarcic/devopstoolkit-live): absolute timestamps, to the second.

@@ -159,3 +159,301 @@ def test_status_watch_keeps_following_a_wake() -> None:
 
     assert not _settled([{"health": "waking (0/1 ready): engine loading, 5 s (wake 4 min 2 s): waiting for x"}])
     assert _settled([{"health": "healthy: a completion succeeded"}])
+
+
+# -- only this wake's blockers (status replays the AWS wake at 480 s: the pod is bound and its engine loads) -------
+
+
+def _old_event(kind: str, name: str, namespace: str, reason: str, message: str) -> dict[str, Any]:
+    """An event as kubectl lists it, from eleven months ago."""
+    then = "2026-01-01T00:00:00Z"
+    involved = {"kind": kind, "name": name, "namespace": namespace}
+    return {"involvedObject": involved, "reason": reason, "message": message, "lastTimestamp": then, "count": 1}
+
+
+def _still_waking(row: dict[str, Any], phase: str) -> None:
+    assert row["health"].startswith("waking (0/1 ready): "), row["health"]
+    assert row["wake"]["phase"] == phase
+
+
+def test_another_pods_old_limit_event_is_no_blocker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = ReplayedCluster(load("aws-karpenter-wake.json"), 480)
+    cluster.objects["events"].append(
+        _old_event(
+            "Pod",
+            "byoc-demo-build-xyz",
+            "byoc-demo",
+            "FailedScheduling",
+            'Failed to schedule pod, all available instance types exceed limits for nodepool: "byoc-gpu"',
+        )
+    )
+    _still_waking(health(tmp_path, cluster), "engine_load")
+
+
+def test_another_pools_failed_nodeclaim_is_no_blocker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = ReplayedCluster(load("aws-karpenter-wake.json"), 480)
+    cluster.objects["nodeclaims.karpenter.sh"] = [
+        {
+            "metadata": {"name": "system-abc", "labels": {"karpenter.sh/nodepool": "system"}},
+            "status": {
+                "conditions": [
+                    {"type": "Launched", "status": "Unknown", "reason": "LaunchFailed", "message": "m7i.large ICE"}
+                ]
+            },
+        }
+    ]
+    _still_waking(health(tmp_path, cluster), "engine_load")
+
+
+def test_another_namespaces_failed_scale_up_is_no_blocker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = ReplayedCluster(load("gcp-autoscaler-wake.json"), 245, gke=True)
+    cluster.objects["events"].append(
+        _old_event(
+            "Pod",
+            "weights-transfer-job-abc",
+            "gke-managed-volumepopulator",
+            "FailedScaleUp",
+            "Node scale up in zones europe-west4-a associated with this pod failed: GCE out of resources. Pod is at "
+            "risk of not being scheduled.",
+        )
+    )
+    _still_waking(health(tmp_path, cluster, cloud="gcp"), "weights_fetch")
+
+
+def test_a_gpu_pool_stockout_during_this_wake_is_a_blocker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Karpenter deletes a NodeClaim EC2 had no capacity for and leaves its InsufficientCapacityError event
+    (kubernetes-sigs/karpenter pkg/controllers/nodeclaim/lifecycle/events.go); a GPU node that joined a minute ago
+    and has no GPUs yet is a step of the wake, not a blocker."""
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = ReplayedCluster(load("aws-karpenter-wake.json"), 30)
+    pod_made = parse_time(cluster.objects["pods"][0]["metadata"]["creationTimestamp"])
+    assert pod_made is not None
+    when = (pod_made + timedelta(seconds=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = (
+        "NodeClaim byoc-gpu-7xk2p event: creating instance, insufficient capacity, with fleet error(s), "
+        "InsufficientInstanceCapacity: We currently do not have sufficient p5.4xlarge capacity"
+    )
+    cluster.objects["events"].append(
+        {
+            "involvedObject": {"kind": "NodeClaim", "name": "byoc-gpu-7xk2p"},
+            "reason": "InsufficientCapacityError",
+            "message": message,
+            "lastTimestamp": when,
+        }
+    )
+    cluster.objects["nodes"] = [
+        {
+            "metadata": {"name": "ip-1", "labels": {"karpenter.sh/nodepool": "byoc-gpu"}, "creationTimestamp": when},
+            "status": {"allocatable": {"nvidia.com/gpu": "0"}},
+        }
+    ]
+    text = health(tmp_path, cluster)["health"]
+    assert text == f"waiting for GPUs (0/1 ready): no capacity in the zone: {message}"
+
+
+# -- failing containers, named with the kubelet's reason; a retried phase counted from its first start -------------
+
+T0 = datetime(2026, 12, 6, 10, 0, 0, tzinfo=UTC)
+POD = "byoc-demo-serving-abc-x1"
+RUNTIME = "ghcr.io/example/byoc-runtime@sha256:" + "1" * 64
+SERVING = "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "0" * 64
+
+
+def ts(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ev(reason: str, message: str, last: float, first: float | None = None, count: int = 1, **extra: Any) -> dict:
+    """A kubelet event on the pod (core/v1: firstTimestamp, lastTimestamp, count)."""
+    start = last if first is None else first
+    involved = {"kind": "Pod", "name": POD, "namespace": "byoc-demo", **extra}
+    return {
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "count": count,
+        "firstTimestamp": ts(start),
+        "lastTimestamp": ts(last),
+    }
+
+
+def serving_pod(init: list[dict[str, Any]], main: list[dict[str, Any]], node: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": POD, "namespace": "byoc-demo", "creationTimestamp": ts(0)},
+        "spec": {"nodeName": "ip-10-0-1-1"} if node else {},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "initContainerStatuses": init,
+            "containerStatuses": main,
+        },
+    }
+
+
+def status_of(name: str, state: dict[str, Any], restarts: int = 0, last: dict[str, Any] | None = None) -> dict:
+    return {"name": name, "state": state, "restartCount": restarts, **({"lastState": last} if last else {})}
+
+
+FETCHED = status_of("fetch-artifacts", {"terminated": {"exitCode": 0, "reason": "Completed"}})
+ENGINE_WAITS = status_of("trtllm-serve", {"waiting": {"reason": "PodInitializing"}})
+SCHEDULED = ev("Scheduled", "Successfully assigned byoc-demo/x to ip-10-0-1-1", 120)
+
+
+def aws_wake(pod: dict[str, Any], events: list[dict[str, Any]], seconds: float) -> Any:
+    progress = wake_progress([pod], events, get_cloud("aws").node_provisioner, T0 + timedelta(seconds=seconds))
+    assert progress is not None
+    return progress
+
+
+def test_the_runtime_image_failing_to_pull_is_named() -> None:
+    pull_failed = f'Failed to pull image "{RUNTIME}": unexpected status from HEAD request: 403 Forbidden'
+    events = [
+        SCHEDULED,
+        ev("Pulling", f'Pulling image "{RUNTIME}"', 1150, first=121, count=8),
+        ev("Failed", pull_failed, 1160, first=125, count=8),
+        ev("BackOff", f'Back-off pulling image "{RUNTIME}"', 1190, first=130, count=40),
+    ]
+    fetch = status_of("fetch-artifacts", {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling"}})
+    progress = aws_wake(serving_pod([fetch], [ENGINE_WAITS]), events, 1200)
+    assert (progress.phase, progress.phase_seconds) == ("image_pull", 1200 - 121)  # since the first Pulling
+    assert progress.failing == f"fetch-artifacts ImagePullBackOff: {pull_failed} (8x)"
+    assert "PodInitializing" not in progress.sentence()
+
+
+def test_the_serving_image_not_found_during_a_retry_counts_from_the_first_pull() -> None:
+    not_found = f'Failed to pull image "{SERVING}": rpc error: code = NotFound desc = not found'
+    events = [
+        SCHEDULED,
+        ev("Pulling", f'Pulling image "{RUNTIME}"', 121),
+        ev("Pulled", f'Successfully pulled image "{RUNTIME}" in 5s', 126),
+        ev("Failed", not_found, 1100, first=300, count=6),
+        ev("Pulling", f'Pulling image "{SERVING}"', 1195, first=140, count=7),  # retry 7, under way
+    ]
+    engine = status_of("trtllm-serve", {"waiting": {"reason": "ErrImagePull"}})
+    progress = aws_wake(serving_pod([FETCHED], [engine]), events, 1200)
+    assert (progress.phase, progress.phase_seconds) == ("image_pull", 1200 - 140)
+    assert progress.failing == f"trtllm-serve ErrImagePull: {not_found} (6x)"
+
+
+@pytest.mark.parametrize(
+    ("state", "failing"),
+    [
+        (
+            {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}},
+            "fetch-artifacts restarted 7x, last exit 1 (Error), now CrashLoopBackOff: back-off 5m0s restarting "
+            "failed container",
+        ),
+        ({"running": {"startedAt": ts(1795)}}, "fetch-artifacts restarted 7x, last exit 1 (Error)"),  # 8th attempt
+    ],
+)
+def test_a_crash_looping_fetch_is_named(state: dict[str, Any], failing: str) -> None:
+    fetch = status_of("fetch-artifacts", state, 7, {"terminated": {"exitCode": 1, "reason": "Error"}})
+    events = [SCHEDULED, ev("Started", "Started container fetch-artifacts", 1795, first=160, count=8)]
+    progress = aws_wake(serving_pod([fetch], [ENGINE_WAITS]), events, 1800)
+    assert (progress.phase, progress.phase_seconds) == ("weights_fetch", 1800 - 160)  # the first attempt's start
+    assert progress.failing == failing
+    assert progress.sentence().endswith(f"; failing: {failing}")
+
+
+def test_an_engine_running_after_oom_kills_counts_from_its_first_start() -> None:
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": ts(2000)}}
+    engine = status_of("trtllm-serve", {"running": {"startedAt": ts(2390)}}, 6, oom)
+    events = [SCHEDULED, ev("Started", "Started container trtllm-serve", 2390, first=400, count=7)]
+    progress = aws_wake(serving_pod([FETCHED], [engine]), events, 2400)
+    assert (progress.phase, progress.phase_seconds) == ("engine_load", 2000)
+    assert progress.failing == "trtllm-serve restarted 6x, last OOMKilled (exit 137)"
+
+
+def test_a_failing_verify_artifacts_and_engine_stats_are_named() -> None:
+    """weights_cache node_cache runs verify-artifacts instead of fetch-artifacts (stacks/k8s/serving.py); the
+    engine-stats sidecar is the pod's other container."""
+    verify = status_of(
+        "verify-artifacts", {"waiting": {"reason": "CrashLoopBackOff"}}, 2, {"terminated": {"exitCode": 3}}
+    )
+    progress = aws_wake(serving_pod([verify], [ENGINE_WAITS]), [SCHEDULED], 600)
+    assert (progress.phase, progress.failing) == (
+        "weights_fetch",
+        "verify-artifacts restarted 2x, last exit 3, now CrashLoopBackOff",
+    )
+    stats = status_of("engine-stats", {"waiting": {"reason": "CreateContainerConfigError", "message": "no secret"}})
+    engine = status_of("trtllm-serve", {"running": {"startedAt": ts(300)}})
+    progress = aws_wake(serving_pod([FETCHED], [engine, stats]), [SCHEDULED], 600)
+    assert progress.failing == "engine-stats CreateContainerConfigError: no secret"
+
+
+# -- a wake that launches a node is compared with the new-node estimate --------------------------------------------
+
+
+def test_a_warm_pool_wake_that_launches_a_node_is_compared_with_a_new_nodes_estimate() -> None:
+    from byoc.resolve import resolve
+    from byoc.spec import build_spec
+    from byoc.wake import WakeProgress
+
+    estimate = resolve(build_spec({**test_status.SPEC, "cold_start": {"warm_pool": 1}})).cold_start
+    assert estimate.phase("node_launch").seconds == 0  # a warm node's wake skips the launch
+    launching = WakeProgress("p", "node_launch", 150, 150, "x", new_node=True)
+    new_launch = next(p for p in estimate.new_node_phases if p.name == "node_launch").seconds
+    assert launching.as_dict(estimate)["phase_estimate_seconds"] == round(new_launch, 1) > 0
+    assert launching.as_dict(estimate)["wake_estimate_seconds"] == round(estimate.new_node_seconds, 1)
+    assert "of ~0 s estimated" not in launching.sentence(estimate)
+    warm = WakeProgress("p", "engine_load", 10, 20, "x")
+    assert warm.as_dict(estimate)["wake_estimate_seconds"] == round(estimate.total_seconds, 1)
+    # a pod Karpenter nominated for a NodeClaim is on a new node in every later phase too
+    now, pods, events = at(load("aws-karpenter-wake.json"), 480)
+    assert aws_progress(pods, events, now).new_node
+
+
+def aws_progress(pods: list[dict[str, Any]], events: list[dict[str, Any]], now: datetime) -> Any:
+    progress = wake_progress(pods, events, get_cloud("aws").node_provisioner, now)
+    assert progress is not None
+    return progress
+
+
+# -- another NodeClaim's events before the pod's nomination ---------------------------------------------------------
+
+
+def test_another_nodeclaims_events_before_the_nomination_are_not_this_wakes() -> None:
+    other = ev("Initialized", "Status condition transitioned, Type: Initialized", 1)
+    other["involvedObject"] = {"kind": "NodeClaim", "name": "other-cpu-zzz"}
+    progress = aws_wake(serving_pod([], [], node=False), [other], 2)
+    assert progress.waiting_for == "Karpenter to launch a GPU node for the pending pod"
+
+
+# -- timestamps ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stamp", ["garbage", "2026-12-06T10:00:05", "", None, 12])
+def test_a_timestamp_that_does_not_parse_never_raises(stamp: Any) -> None:
+    pulling = ev("Pulling", f'Pulling image "{SERVING}"', 5)
+    pulling["lastTimestamp"] = pulling["firstTimestamp"] = stamp
+    pod = serving_pod([FETCHED], [status_of("trtllm-serve", {"waiting": {"reason": "ContainerCreating"}})])
+    pod["metadata"]["creationTimestamp"] = stamp
+    progress = aws_wake(pod, [pulling], 10)
+    assert progress.phase_seconds >= 0 and progress.wake_seconds >= 0
+
+
+def test_a_kubelet_clock_behind_still_shows_its_pull_within_the_wake() -> None:
+    """A node 3 min behind stamps its Pulling before the pod was made: read (CLOCK_SKEW, 5 min), counted from the
+    pod's binding, never longer than the wake."""
+    events = [SCHEDULED, ev("Pulling", f'Pulling image "{SERVING}"', 130 - 180)]
+    creating = status_of("trtllm-serve", {"waiting": {"reason": "ContainerCreating"}})
+    progress = aws_wake(serving_pod([FETCHED], [creating]), events, 300)
+    assert (progress.phase, progress.phase_seconds, progress.wake_seconds) == ("image_pull", 180, 300)
+
+
+def test_pulled_in_the_same_second_as_pulling_ends_the_pull() -> None:
+    same = [
+        ev("Pulled", f'Container image "{SERVING}" already present on machine', 200),
+        ev("Pulling", f'Pulling image "{SERVING}"', 200),
+    ]
+    creating = status_of("trtllm-serve", {"waiting": {"reason": "ContainerCreating"}})
+    progress = aws_wake(serving_pod([FETCHED], [creating]), same, 205)
+    assert progress.phase == "starting"
+
+
+def test_this_machines_clock_behind_the_api_server_shows_nothing_negative() -> None:
+    progress = aws_wake(serving_pod([], [], node=False), [], -300)
+    assert (progress.phase_seconds, progress.wake_seconds) == (0, 0)

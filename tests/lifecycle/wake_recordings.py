@@ -17,8 +17,8 @@ tests/lifecycle/data/wake/README.md; in short:
 - an event seen N times over a span is shown, at a moment inside the span, as its first occurrence only;
 - the pod: made at its `SuccessfulCreate` (or, without one, its first event); bound to the node its `Scheduled`
   event names; each container running from its `Started` event; an init container done at the next kubelet event
-  for another container; waiting in CrashLoopBackOff from a BackOff event about it; ready `ready_after_s` after it
-  was made when the source says so (never otherwise);
+  for another container; waiting in CrashLoopBackOff from a BackOff event about it (its last run in lastState);
+  ready `ready_after_s` after it was made when the source says so (never otherwise);
 - the recorded serving container (`engine`) is named `trtllm-serve`, the name byoc/wake.py reads, in the pod
   status (the events keep the recorded name).
 """
@@ -217,12 +217,17 @@ class Recording:
             # the kubelet restarts the exited container after a back-off (CrashLoopBackOff in the status)
             status["phase"] = "Running"
             engine_state: dict[str, Any] = {"waiting": {"reason": "CrashLoopBackOff", "message": backoff.message}}
+            # core/v1 ContainerStatus keeps the exited run in lastState (its exit code is not in the paste)
+            last_state: dict[str, Any] = {"terminated": {"startedAt": stamp(started[engine])}}
         elif engine in started:
             status["phase"] = "Running"
             engine_state = {"running": {"startedAt": stamp(started[engine])}}
         else:
             engine_state = {"waiting": {"reason": "ContainerCreating" if inits_done else "PodInitializing"}}
-        status["containerStatuses"] = [{"name": ENGINE_CONTAINER, "state": engine_state, "ready": ready}]
+        engine_status = {"name": ENGINE_CONTAINER, "state": engine_state, "ready": ready}
+        if backoff is not None and engine in started and backoff.first >= started[engine]:
+            engine_status["lastState"] = last_state
+        status["containerStatuses"] = [engine_status]
         status["conditions"].append({"type": "Ready", "status": "True" if ready else "False"})
         return pod
 
