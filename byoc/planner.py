@@ -521,6 +521,7 @@ class WarmPoolBudget:
             "period": self.period,
             "days_at_zero_replicas": round(self.days_at_zero_replicas, 2),
             "stops_the_pool": self.stops_the_pool,
+            "words": self.words(),
         }
 
     def words(self) -> str:

@@ -518,7 +518,7 @@ def estimate(
             lines.append(f"  regions            {len(per_region)}, each with its own replicas and nodes:")
             lines += [f"    {r:<{width}}  {_cost_words(f)} ({f['instance_type']})" for r, f in per_region.items()]
             lines.append(f"    {'total':<{width}}  {_cost_words(row['regions']['total'])}")
-        lines += cold_start_lines(row["cold_start"])
+        lines += cold_start_lines(row["cold_start"], row.get("warm_pool"))
     print("\n".join(lines))
     if misfit:
         with reporting(output):
@@ -599,12 +599,13 @@ def _add_standing(row: dict[str, Any], deployment: Deployment) -> None:
             row["warm_pool"] = deployment.caches.warm_pool.as_dict()
     warm = int(cold_start["options"]["warm_pool"]) * int(row["cost"]["node"]["replicas_per_node"])
     spends = warm_pool_budget(warm, parse_shape(row["shape"], "--shape"), deployment.budget)
-    row["warm_pool_budget"] = spends.as_dict() | {"words": spends.words()} if spends else None
+    row["warm_pool_budget"] = spends.as_dict() if spends else None
 
 
-def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
+def cold_start_lines(estimate: dict[str, Any], pool: dict[str, Any] | None = None) -> list[str]:
     """A wake from zero, phase by phase, as `byoc estimate` and `byoc plan` print it (plan.json
-    estimates.cold_start holds the same figures with their sources)."""
+    estimates.cold_start holds the same figures with their sources). `pool`: a multi-region spec's warm pool in every
+    region (plan.json cold_start_caches.warm_pool), priced in all."""
     from byoc.coldstart import PHASE_WORDS, duration_words
 
     options = estimate["options"]
@@ -630,8 +631,13 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
         # node_cache: the weights phase of a replica on a node whose cache has them
         lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
+        price = (
+            f"in each of {pool['regions']} regions, ${pool['hourly_usd']:,.2f}/h in all,"
+            if pool and pool["regions"] > 1
+            else f"at ${estimate['warm_pool_hourly_usd']:,.2f}/h"
+        )
         lines.append(
-            f"    warm pool        {options['warm_pool']} node(s) at ${estimate['warm_pool_hourly_usd']:,.2f}/h save "
+            f"    warm pool        {options['warm_pool']} node(s) {price} save "
             f"{duration_words(estimate['new_node_seconds'] - estimate['total_seconds'])} of a "
             f"{duration_words(estimate['new_node_seconds'])} wake on a new node"
         )
@@ -675,7 +681,15 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         f"  price              {cost['price_source']}",
     ]
     warm = (row.get("cold_start") or {}).get("options", {}).get("warm_pool", 0)
-    if warm:
+    regional = row.get("warm_pool")  # a multi-region spec: every region's pool, each at its own machine
+    if warm and regional:
+        per = regional["per_region"]
+        each = "; ".join(f"{r} {p['nodes']} x {p['instance_type']} ${p['hourly_usd']:,.2f}/h" for r, p in per.items())
+        lines.append(
+            f"  warm pool          ${regional['hourly_usd']:,.2f}/h in all ({each}; cold_start.warm_pool), every "
+            f"hour; the cost above is {row['cost']['region']}'s, the regions below count each one's"
+        )
+    elif warm:
         pool_usd = row["cold_start"]["warm_pool_hourly_usd"]
         lines.append(
             f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
@@ -689,8 +703,16 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
             f"the GPU pool, ${disk['monthly_usd']:,.2f}/month in {disk['zones']} zones, counted in the costs above "
             f"(weights_cache: node_cache; {disk['price_source']})"
         )
-    if row.get("warm_pool_budget"):
-        lines.append(f"  budget             {row['warm_pool_budget']['words']}")
+    budgets = {
+        region: figures["warm_pool_budget"]
+        for region, figures in (row.get("regions") or {}).get("per_region", {}).items()
+        if figures.get("warm_pool_budget")
+    }
+    if budgets and len({str(b) for b in budgets.values()}) > 1:  # each region counts its own placeholders
+        lines += [f"  budget             {region}: {spends['words']}" for region, spends in budgets.items()]
+    elif row.get("warm_pool_budget"):
+        each = " (in each region)" if len(budgets) > 1 else ""
+        lines.append(f"  budget             {row['warm_pool_budget']['words']}{each}")
     store = row.get("store")
     if store:
         lines.append(
