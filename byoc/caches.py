@@ -84,31 +84,64 @@ class WeightsCache:
 
 @dataclass(frozen=True)
 class WarmPool:
-    """Idle GPU nodes held by low-priority placeholder pods that any serving replica preempts."""
+    """Idle GPU nodes held by low-priority placeholder pods that any serving replica preempts, in one region; a
+    multi-region deployment's pool lists every region's in `per_region` (each at its own instance type, so with its
+    own placeholders per node and price)."""
 
-    nodes: int
-    placeholders: int  # pods, one per replica slot of each warm node
+    nodes: int  # in `region`
+    placeholders: int  # pods, one per replica slot of each warm node, in `region`
     instance_type: str
-    hourly_usd: float  # byoc/planner.py warm_pool_hourly_usd; in one region
-    regions: int = 1  # a multi-region deployment renders the pool in every region: `nodes` in each
-    regions_hourly_usd: float | None = None  # every region's pool at its own instance type; None: one region
+    hourly_usd: float  # byoc/planner.py warm_pool_hourly_usd; in `region`
+    region: str = ""
+    per_region: tuple[WarmPool, ...] = ()  # a multi-region deployment: every region's pool, the primary first
+
+    @property
+    def regions(self) -> tuple[WarmPool, ...]:
+        """Every region's pool (this one alone for a one-region deployment)."""
+        return self.per_region or (self,)
 
     @property
     def total_hourly_usd(self) -> float:
         """Every region's pool, per hour (USD)."""
-        return round(self.hourly_usd if self.regions_hourly_usd is None else self.regions_hourly_usd, 2)
+        return round(sum(r.hourly_usd for r in self.regions), 2)
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(r.nodes for r in self.regions)
+
+    @property
+    def total_placeholders(self) -> int:
+        return sum(r.placeholders for r in self.regions)
+
+    @property
+    def uniform(self) -> bool:
+        """Every region runs the same instance type (so the same placeholders per node and price)."""
+        return len({r.instance_type for r in self.regions}) == 1
+
+    def _region_dict(self) -> dict[str, Any]:
+        return {
+            "instance_type": self.instance_type,
+            "nodes": self.nodes,
+            "placeholder_pods": self.placeholders,
+            "hourly_usd": round(self.hourly_usd, 2),
+            "monthly_usd": round(self.hourly_usd * 730, 2),
+        }
 
     def as_dict(self) -> dict[str, Any]:
+        regions = self.regions
         return {
-            "nodes": self.nodes,  # in each region
-            "placeholder_pods": self.placeholders,
-            "instance_type": self.instance_type,
-            "regions": self.regions,
-            "hourly_usd_per_region": self.hourly_usd,
-            "hourly_usd": self.total_hourly_usd,  # every region's
+            # every region's together; per_region has each
+            "nodes": self.total_nodes,
+            "nodes_per_region": self.nodes,  # cold_start.warm_pool: the same count in each region
+            "placeholder_pods": self.total_placeholders,
+            # the one type of every region, or None where they differ (per_region names each)
+            "instance_type": self.instance_type if self.uniform else None,
+            "regions": len(regions),
+            "hourly_usd": self.total_hourly_usd,
             "monthly_usd": round(self.total_hourly_usd * 730, 2),  # 730 h: a month as cloud price pages count it
+            "per_region": {r.region: r._region_dict() for r in regions},
             "saves": "the node launch of a wake (estimates.cold_start, node launch phase) for up to "
-            f"{self.placeholders} replicas at once"
+            + ", ".join(f"{r.placeholders} replicas at once in {r.region}" for r in regions)
             if self.nodes
             else None,
         }
@@ -120,8 +153,23 @@ class NodeCaches:
     weights: WeightsCache
     warm_pool: WarmPool
 
+    # a multi-region deployment: every region's caches (region -> its NodeCaches), the primary first; the image and
+    # weights above are the primary's (`region`), the warm pool every region's
+    region: str = ""
+    per_region: tuple[tuple[str, NodeCaches], ...] = ()
+
     def as_dict(self) -> dict[str, Any]:
-        return {"image": self.image.as_dict(), "weights": self.weights.as_dict(), "warm_pool": self.warm_pool.as_dict()}
+        shown = {
+            "region": self.region,  # the region `image` and `weights` describe
+            "image": self.image.as_dict(),
+            "weights": self.weights.as_dict(),
+            "warm_pool": self.warm_pool.as_dict(),
+        }
+        if self.per_region:
+            shown["per_region"] = {
+                region: {"image": c.image.as_dict(), "weights": c.weights.as_dict()} for region, c in self.per_region
+            }
+        return shown
 
 
 # What weights_cache node_cache renders (stacks/k8s/weights.py), in the words plan.json says it.

@@ -17,8 +17,10 @@ its source and says where it is byoc's judgement. The spec's `cold_start` option
   first wake skips the node launch and the pull; the replica still fetches the artifact, except with `node_cache`,
   where the warm node's placeholders have read it into the node's cache.
 
-Estimates are for the first replica of a deployment at zero. A replica on a node that already serves one (a node
-with several slots) skips the node launch and the pull too; `byoc status` shows what a wake is waiting for.
+Estimates are for the first replica of a deployment at zero; with min_replicas above 0 the deployment never sits
+at zero, and the same phases are those of the first replica past the minimum that needs a new node. A replica on
+a node that already serves one (a node with several slots) skips the node launch and the pull too; `byoc status`
+shows what a wake is waiting for.
 """
 
 from __future__ import annotations
@@ -96,10 +98,20 @@ class ColdStartEstimate:
     weights_fetch_cached: Phase | None = None
     # the phases of a wake that must launch a node (they sum to new_node_seconds); empty: the same as `phases`
     new_node_phases: tuple[Phase, ...] = ()
+    # autoscaling.min_replicas: 0, a wake from zero; above, the deployment never sits at zero and the estimate is
+    # that of a replica past the minimum
+    min_replicas: int = 0
 
     def on_node(self, new_node: bool) -> tuple[Phase, ...]:
         """The phases of a wake on a warm-pool node (`phases`) or on a node launched for it (`new_node_phases`)."""
         return (self.new_node_phases or self.phases) if new_node else self.phases
+
+    @property
+    def applies_to(self) -> str:
+        """What the estimate times, in the words `byoc estimate` and `byoc plan` print after its total."""
+        if self.min_replicas == 0:
+            return "from zero"
+        return f"for a new replica past min_replicas {self.min_replicas} (the deployment never sits at zero)"
 
     @property
     def total_seconds(self) -> float:
@@ -118,6 +130,9 @@ class ColdStartEstimate:
             "wake_timeout_seconds": self.wake_timeout_s,
             "wake_timeout_basis": self.wake_timeout_basis,
             "weights_fetch_cached": None if self.weights_fetch_cached is None else self.weights_fetch_cached.as_dict(),
+            "min_replicas": self.min_replicas,
+            "from_zero": self.min_replicas == 0,
+            "applies_to": self.applies_to,
             "catalog": CATALOG,
         }
 
@@ -258,6 +273,7 @@ def estimate_cold_start(
     image_cache: bool = True,
     weights_cache: str = "local_ssd",
     warm_pool: int = 0,
+    min_replicas: int = 0,
     node_hourly_usd: float | None = None,
     weights_on: str | None = None,
     asked: dict[str, Any] | None = None,
@@ -267,7 +283,8 @@ def estimate_cold_start(
     options the plan renders (byoc/spec.py ColdStart). `node_hourly_usd` prices the warm pool (None: not priced).
     `weights_on`: where the plan puts the node's ephemeral storage, "local_nvme" or "root_disk" (None: where
     `weights_cache` asks). `asked`: the spec's image_cache and weights_cache, where the plan renders other ones
-    (`options` then says both, and `why` the plan's reasons, in plan.json's words).
+    (`options` then says both, and `why` the plan's reasons, in plan.json's words). `min_replicas` above 0: the
+    estimate is that of a replica past the minimum, not a wake from zero (`applies_to` says which).
 
     Raises:
         KeyError: a cloud the catalog has no figures for.
@@ -308,6 +325,7 @@ def estimate_cold_start(
         if weights_cache == "node_cache"
         else None,
         new_node_phases=cold,
+        min_replicas=min_replicas,
     )
 
 

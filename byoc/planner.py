@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from byoc.catalogs import InstanceType, ModelArch, load_catalog
-from byoc.errors import ByocError, ByocWarning
+from byoc.errors import ByocError, ByocWarning, named
 from byoc.rules import DeploymentShape
 
 GIB = 1024**3
@@ -521,6 +521,7 @@ class WarmPoolBudget:
             "period": self.period,
             "days_at_zero_replicas": round(self.days_at_zero_replicas, 2),
             "stops_the_pool": self.stops_the_pool,
+            "words": self.words(),
         }
 
     def words(self) -> str:
@@ -552,18 +553,35 @@ def warm_pool_budget(placeholders: int, shape: DeploymentShape, budget: Any) -> 
 
 
 def check_warm_pool(
-    nodes: int, max_replicas: int, replicas_per_node: int, field: str, replicas_field: str = "autoscaling.max_replicas"
+    nodes: int, min_replicas: int, max_replicas: int, replicas_per_node: int, instance_type: str, region: str
 ) -> None:
-    """A warm pool larger than the nodes max_replicas can fill keeps GPU nodes no replica can ever take: refused.
+    """A warm node is taken only by a replica past min_replicas (the first min_replicas always run): a pool larger
+    than the nodes those `max_replicas - min_replicas` replicas fill, at `replicas_per_node` on `region`'s
+    `instance_type`, keeps GPU nodes no replica can ever take: refused. A multi-region deployment checks each region,
+    whose machine (and so replicas per node) may differ.
 
     Raises:
-        ByocError: `field` names the spec field or the flag; the fix says the most that can be used.
+        ByocError: naming cold_start.warm_pool (or its flag, byoc.errors.fields_as_flags), the region and its
+            machine; the fix says the most that can be used.
     """
-    most = math.ceil(max_replicas / max(replicas_per_node, 1))
-    if nodes > most:
-        raise ByocError(
-            field,
-            f"{nodes} warm node(s), but max_replicas {max_replicas} fills at most {most} node(s) "
-            f"({replicas_per_node} replica(s) per node): the others would be billed and never used",
-            f"set {field} to at most {most}, or raise {replicas_field}",
-        )
+    extra = max(max_replicas - min_replicas, 0)
+    per_node = max(replicas_per_node, 1)
+    most = math.ceil(extra / per_node)
+    if nodes <= most:
+        return
+    node_word = "node" if most == 1 else "nodes"
+    fills = (
+        f"min_replicas {min_replicas} and max_replicas {max_replicas} leave no replica past the minimum to take a "
+        "warm node"
+        if extra == 0
+        else f"the {extra} replica(s) past min_replicas {min_replicas} (up to max_replicas {max_replicas}) fill at "
+        f"most {most} {instance_type} {node_word} there ({per_node} replica(s) per node)"
+    )
+    raise ByocError(
+        "cold_start.warm_pool",
+        f"{nodes} warm node(s) in {region}, but {fills}: "
+        + ("they" if most == 0 else "the others")
+        + " would be billed and never used",
+        f"set {named('cold_start.warm_pool')} to at most {most}, or raise {named('autoscaling.max_replicas')}"
+        + (f" or lower {named('autoscaling.min_replicas')}" if min_replicas else ""),
+    )

@@ -18,7 +18,7 @@ from byoc.caches import NodeCaches
 from byoc.catalogs import MEGA_REGIONS, ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Cloud, Placement, get_cloud
 from byoc.coldstart import ColdStartEstimate, estimate_cold_start
-from byoc.errors import ByocError, ByocWarning
+from byoc.errors import ByocError, ByocWarning, setting
 from byoc.names import region_code, resource_name
 from byoc.spec import (
     Addon,
@@ -248,7 +248,9 @@ class Deployment:
 
     @property
     def warm_pool_budget(self) -> planner.WarmPoolBudget | None:
-        """What the warm pool spends of the GPU-hour budget (in each region), or None without both."""
+        """What the warm pool spends of the GPU-hour budget in this deployment's region (the primary's for a
+        multi-region deployment: each region counts its own pods, at its own placeholders per node; see
+        `region_estimates`), or None without both."""
         placeholders = self.caches.warm_pool.placeholders if self.caches else 0
         return planner.warm_pool_budget(placeholders, self.shape, self.budget)
 
@@ -279,6 +281,8 @@ class Deployment:
                 "at_max_replicas_hourly_usd": round(regional.cost.at_max_replicas.hourly_usd + standing, 4),
                 "standing_hourly_usd": round(standing, 4),
                 "standing": regional.cost.standing.as_dict(),
+                # each region's Prometheus counts its own pods against budget.gpu_hours
+                "warm_pool_budget": regional.warm_pool_budget.as_dict() if regional.warm_pool_budget else None,
             }
             per[regional.region] = figures
             for key in totals:
@@ -289,7 +293,10 @@ class Deployment:
         return {
             "memory": self.memory.as_dict(),
             "throughput": self.throughput.as_dict(),
-            "cost": self.cost.as_dict(),
+            # the region these figures are for: a multi-region deployment's primary (estimates.regions has every
+            # region's, and their total)
+            "region": self.region,
+            "cost": self.cost.as_dict() | {"region": self.region},
             # the gateway's shared store runs whatever the replica count, zero included
             "store": self.store.as_dict() if self.store else None,
             # a wake from zero of the first replica, phase by phase (byoc/coldstart.py)
@@ -534,7 +541,13 @@ def catalog_shapes(cloud_name: str) -> list[rules.DeploymentShape]:
     return shapes
 
 
+class ModelDoesNotFit(ByocError):
+    """The model's weights and one sequence's KV cache do not fit the shape's GPUs (exit 2): `byoc estimate` still
+    shows the memory lines that say why."""
+
+
 def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory: planner.MemoryPlan) -> None:
+    """Raises ModelDoesNotFit naming `shape`, with the cheapest shape that holds the model or the context that fits."""
     if memory.fits:
         return
     gib = planner.GIB
@@ -551,7 +564,9 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
     longest = planner.longest_context_that_fits(memory)
     if longest >= 1024:
         options.append(f"set max_context <= {longest}")
-    raise ByocError("shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU")
+    raise ModelDoesNotFit(
+        "shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU"
+    )
 
 
 def place(spec: Spec, shape: rules.DeploymentShape, model: ModelArch, needs: sizing.PodNeeds) -> tuple[Placement, ...]:
@@ -689,7 +704,7 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
         raise ByocError(
             "cold_start.weights_cache",
             f"node_cache cannot serve a deployment in {len(placements)} regions: {cloud.node_weights_multi_region}",
-            "use weights_cache: local_ssd, or placement.min_regions: 1",
+            f"{setting('cold_start.weights_cache', 'local_ssd')}, or {setting('placement.min_regions', 1)}",
         )
     cidrs = tuple(_regional_cidr(spec.network.cidr, i, p.region) for i, p in enumerate(placements))
     per_region = tuple(
@@ -721,13 +736,10 @@ def resolve(spec: Spec, *, build_location: BuildLocation = "cluster") -> Deploym
             if (warning.field, warning.message) not in said:
                 said.add((warning.field, warning.message))
                 warnings.append(ByocWarning(warning.field, f"{regional.region}: {warning.message}", warning.hint))
-    if primary.caches is not None:  # the warm pool is rendered in every region: what the plan says it costs
-        pool = replace(
-            primary.caches.warm_pool,
-            regions=len(per_region),
-            regions_hourly_usd=sum(r.caches.warm_pool.hourly_usd for r in per_region if r.caches is not None),
-        )
-        primary = replace(primary, caches=replace(primary.caches, warm_pool=pool))
+    if primary.caches is not None:  # the caches and the warm pool are rendered in every region, each its own
+        caches = [(r.region, r.caches) for r in per_region if r.caches is not None]
+        pool = replace(primary.caches.warm_pool, per_region=tuple(c.warm_pool for _, c in caches))
+        primary = replace(primary, caches=replace(primary.caches, warm_pool=pool, per_region=tuple(caches)))
     return replace(primary, regions=placements, per_region=per_region, region_cidrs=cidrs, warnings=tuple(warnings))
 
 
@@ -739,12 +751,16 @@ def plan_cold_start(
     pool: tuple[str, ...],
     replicas_per_node: int,
     node_hourly_usd: float | None,
+    region: str | None = None,
 ) -> tuple[sizing.DiskPlan, NodeCaches, ColdStartEstimate]:
     """Where the GPU pool's pods and weights lie (the disk plan and the cold-start caches) and the wake from zero
     they give: `byoc plan` (plan.json `disk`, `cold_start_caches`, `estimates.cold_start`) and `byoc shapes --model`
-    (`cold_start_seconds`, with the spec's defaults) both reach it, so they cannot disagree."""
+    (`cold_start_seconds`, with the spec's defaults) both reach it, so they cannot disagree. `region`: the region
+    the pool is in (None: the spec's region), which a refusal names."""
     disk = cloud.disk_plan(shape, pool, model, spec.cold_start.weights_cache)
-    caches = cloud.node_caches(spec, pool, disk, chosen_images(spec)["serving"], replicas_per_node)
+    caches = cloud.node_caches(
+        spec, pool, disk, chosen_images(spec)["serving"], replicas_per_node, region or spec.region
+    )
     asked = spec.cold_start
     # what the plan renders, not only what the spec asks: GKE caches the image only with a disk image, EKS pulls
     # with SOCI only onto the instance store, and weights a type's NVMe cannot hold stay on the root disk
@@ -765,6 +781,7 @@ def plan_cold_start(
         if caches.weights.on == "local_nvme"
         else "none",
         warm_pool=asked.warm_pool,
+        min_replicas=spec.autoscaling.min_replicas,
         node_hourly_usd=node_hourly_usd,
         weights_on=caches.weights.on if caches.weights.on in ("local_nvme", "root_disk") else None,
         asked={"image_cache": asked.image_cache, "weights_cache": asked.weights_cache},
@@ -790,6 +807,7 @@ def wake_from_zero(
     max_replicas: int = 1,
     node_hourly_usd: float | None = None,
     region: str = "GLOBAL",
+    min_replicas: int = 0,
 ) -> tuple[NodeCaches, ColdStartEstimate]:
     """The caches and the cold start `byoc plan` gives `model` (spec `model`: `model_ref`) on `shape` in `region`
     (a region, or a mega-region: its first region that offers the shape) with the spec's `cold_start` options (None:
@@ -807,15 +825,16 @@ def wake_from_zero(
             "model": model_ref,
             "shape": shape.name,
             "cold_start": cold_start or {},
-            "autoscaling": {"max_replicas": max_replicas},
+            "autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas},
         }
     )
     try:
-        pool = node_pool(cloud, cloud.place(region, shape, needs))
+        placed = cloud.place(region, shape, needs)
+        pool, where = node_pool(cloud, placed), placed.region
     except ByocError:
-        pool = (fallback,)
+        pool, where = (fallback,), region
     replicas_per_node = cloud.instance_types[pool[0]].gpus // shape.count
-    _, caches, estimate = plan_cold_start(spec, cloud, shape, model, pool, replicas_per_node, node_hourly_usd)
+    _, caches, estimate = plan_cold_start(spec, cloud, shape, model, pool, replicas_per_node, node_hourly_usd, where)
     return caches, estimate
 
 
@@ -852,7 +871,7 @@ def _resolve_in(
         fallbacks=[cloud.instance_types[t] for t in placement.instance_types] if cloud.node_pool_fallbacks else [],
     )
     disk, caches, cold_start = plan_cold_start(
-        spec, cloud, shape, model, pool, pods.replicas_per_node, cost.node.hourly_usd
+        spec, cloud, shape, model, pool, pods.replicas_per_node, cost.node.hourly_usd, placement.region
     )
     # what the caches bill at every replica count, zero included, in this region
     volumes = caches.weights.disk

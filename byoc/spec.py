@@ -89,6 +89,9 @@ Seconds = Annotated[
 # Whole numbers as YAML writes them: `true` or "4" is not a count (pydantic's lax mode would take both).
 Count = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]
+# true or false as YAML writes them: "yes", "false" (quoted) or 0 is not a switch (pydantic's lax mode would take all
+# three, and read the quoted "false" as off only by luck).
+Switch = Annotated[bool, Strict()]
 
 
 class _Strict(BaseModel):
@@ -292,7 +295,7 @@ class Encryption(_Strict):
         description="`create` to create customer-managed keys, or an existing key: an AWS KMS key ARN "
         "(arn:aws:kms:...) or a Cloud KMS key id (projects/.../cryptoKeys/...).",
     )
-    ebs_default: bool = Field(
+    ebs_default: Switch = Field(
         default=False,
         description="AWS: turn on EBS encryption by default for the account in the deployment's region, with the "
         "platform key as the default key, so that every new volume there is encrypted, including volumes made "
@@ -431,7 +434,7 @@ class Gateway(_Strict):
 class Batch(_Strict):
     """OpenAI's Files and Batches API on the gateway, run by a worker that fills only capacity online traffic leaves."""
 
-    enabled: bool = Field(
+    enabled: Switch = Field(
         default=True,
         description="Serve /v1/files and /v1/batches and run the batch worker. Files live under batch/ in the "
         "deployment's artifact bucket, encrypted with its customer-managed key.",
@@ -453,7 +456,7 @@ WeightsCache = Literal["local_ssd", "node_cache", "none"]
 class ColdStart(_Strict):
     """What shortens a wake from zero: caches on the GPU node and an optional warm pool (docs/operations.md)."""
 
-    image_cache: bool = Field(
+    image_cache: Switch = Field(
         default=True,
         description="Shorten the serving image's pull on a new GPU node: GKE, a secondary boot disk that holds the "
         "image (cold_start.image_disk) and image streaming (images in Artifact Registry); AWS, SOCI parallel pull "
@@ -485,7 +488,9 @@ class ColdStart(_Strict):
         le=64,
         description="GPU nodes kept running with the images pulled and no replica (held by low-priority "
         "placeholder pods that a replica preempts), so a wake skips the node launch; each costs its instance's "
-        "hourly price, always (plan.json cold_start_caches.warm_pool).",
+        "hourly price, always, in each region of the deployment (plan.json cold_start_caches.warm_pool, per_region). "
+        "At most the nodes that max_replicas - min_replicas replicas fill in each region: only a replica past the "
+        "minimum takes a warm node.",
     )
 
     @field_validator("image_disk")
@@ -737,6 +742,8 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
         expected = first.get("ctx", {}).get("expected", "")
         return ByocError(field, f"{first['input']!r} is not allowed", f"use one of {expected}")
     message = str(first["msg"]).removeprefix("Value error, ")
+    if kind == "bool_type":  # a quoted word or a number where YAML's true/false belongs
+        message = f"{first['input']!r} is not true or false"
     hint = {
         "greater_than_equal": "use a value at or above the minimum",
         "greater_than": "use a larger value",
@@ -745,6 +752,7 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
         "int_type": "write a whole number, not true/false or a quoted value",
         "float_parsing": "write a number",
         "float_type": "write a number, not true/false or a quoted value",
+        "bool_type": "write true or false, unquoted",
         "finite_number": "write a finite number",
         "string_type": "quote it: YAML reads yes/no/on/off (and NO, Norway's code) as true/false",
     }.get(kind, "see `byoc schema` for the allowed values")

@@ -7,7 +7,6 @@ from typing import Any
 from byoc import planner, rules, sizing
 from byoc.catalogs import ModelArch, load_catalog
 from byoc.clouds import get_cloud
-from byoc.clouds.base import Feature
 from byoc.errors import ByocError, ByocFailure
 from byoc.resolve import catalog_shapes, resolve_model, wake_from_zero
 from byoc.spec import ModelRef
@@ -40,13 +39,14 @@ def estimate_row(
     min_replicas: int = 0,
     max_replicas: int = 1,
     cold_start: dict[str, Any] | None = None,
-    warm_pool_field: str = "--warm-pool",
     region: str = "GLOBAL",
 ) -> dict[str, Any]:
     """The estimate of one shape. A model that does not fit gets its memory lines only: throughput, cost and cold
     start are None, with the reason in `not_estimated` (a model that cannot load serves nothing). `cold_start` holds
     the spec's cold_start options (image_cache, weights_cache, warm_pool, image_disk; the spec's defaults when None),
-    rendered as `byoc plan` renders them in `region` (byoc/resolve.py wake_from_zero)."""
+    rendered as `byoc plan` renders them in `region` (byoc/resolve.py wake_from_zero). `byoc estimate` first checks
+    the spec these make with every rule `byoc validate` runs (byoc/resolve.py resolve); the checks here are those a
+    caller without a spec meets."""
     if not 0 < kv_cache_fraction < 1:
         raise ByocError("--kv-cache-fraction", f"{kv_cache_fraction} is not strictly between 0 and 1", "use 0.9")
     if min_replicas > max_replicas:
@@ -101,14 +101,20 @@ def estimate_row(
         price_per_gpu_hour=price_per_gpu_hour,
         fallbacks=candidates if cloud.node_pool_fallbacks else [],
     )
-    if (cold_start or {}).get("weights_cache") == "node_cache":
-        cloud.check_features([Feature.NODE_WEIGHTS_CACHE], "--weights-cache", "use local_ssd")
-        cloud.check_node_weights((instance.name,), "--weights-cache")
-    warm = int((cold_start or {}).get("warm_pool", 0))
-    planner.check_warm_pool(warm, max_replicas, cost.node.replicas_per_node, warm_pool_field, "--max-replicas")
-    # the plan's caches and wake for these options (GKE node_cache: the Hyperdisk ML volume per zone and its cost)
+    # the plan's caches and wake for these options (GKE node_cache: the Hyperdisk ML volume per zone and its cost),
+    # through the checks the plan runs on them (byoc/clouds/base.py node_caches)
     caches, wake = wake_from_zero(
-        cloud, model_id, model, shape, needs, instance.name, cold_start, max_replicas, cost.node.hourly_usd, region
+        cloud,
+        model_id,
+        model,
+        shape,
+        needs,
+        instance.name,
+        cold_start,
+        max_replicas,
+        cost.node.hourly_usd,
+        region,
+        min_replicas,
     )
     shared = {"weights_disk": caches.weights.disk.as_dict()} if caches.weights.disk is not None else {}
     return row | {

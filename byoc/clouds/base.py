@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from byoc.caches import ImageCache, NodeCaches, WarmPool, WeightsCache, weights_cache
 from byoc.catalogs import CLOUDS, MEGA_REGIONS, Catalog, InstanceType, ModelArch, load_catalog
 from byoc.clouds.checks import CapacityNeed, Check, PreflightReport, SweepReport, SweepTarget
-from byoc.errors import ByocError, ByocWarning
+from byoc.errors import ByocError, ByocWarning, removal, setting
 from byoc.planner import check_warm_pool, warm_pool_hourly_usd
 from byoc.rules import GPU_COUNTS, DeploymentShape, shape_name
 from byoc.sizing import (
@@ -389,23 +389,38 @@ class Cloud(ABC):
         return ImageCache("pulled", "each new GPU node pulls the serving image")
 
     def node_caches(
-        self, spec: Spec, pool: tuple[str, ...], disk: DiskPlan, serving_image: str, replicas_per_node: int
+        self,
+        spec: Spec,
+        pool: tuple[str, ...],
+        disk: DiskPlan,
+        serving_image: str,
+        replicas_per_node: int,
+        region: str,
     ) -> NodeCaches:
-        """The cold-start caches of a deployment: image, weights and warm pool (plan.json `cold_start_caches`)."""
+        """The cold-start caches of a deployment in `region`: image, weights and warm pool (plan.json
+        `cold_start_caches`)."""
         instance = self.instance_types[pool[0]]
         # the NVMe every node of the pool has at least (the disk plan shows the fullest node's)
         nvme = self.pool_local_nvme_gib(pool) if disk.ephemeral_on == "local_nvme" else None
         weights = weights_cache(spec.cold_start.weights_cache, disk.ephemeral_on, nvme, disk.why_root_disk)
         if spec.cold_start.weights_cache == "node_cache":
-            self.check_features([Feature.NODE_WEIGHTS_CACHE], "cold_start.weights_cache", "use local_ssd")
+            self.check_features(
+                [Feature.NODE_WEIGHTS_CACHE],
+                "cold_start.weights_cache",
+                setting("cold_start.weights_cache", "local_ssd"),
+            )
             self.check_node_weights(pool, "cold_start.weights_cache")
             weights = self.node_weights_cache(pool, disk, weights, "cold_start.weights_cache")
         nodes = spec.cold_start.warm_pool
-        check_warm_pool(nodes, spec.autoscaling.max_replicas, replicas_per_node, "cold_start.warm_pool")
+        scaling = spec.autoscaling
+        check_warm_pool(nodes, scaling.min_replicas, scaling.max_replicas, replicas_per_node, instance.name, region)
         return NodeCaches(
             image=self.image_cache(spec, serving_image, disk),
             weights=weights,
-            warm_pool=WarmPool(nodes, nodes * replicas_per_node, instance.name, warm_pool_hourly_usd(instance, nodes)),
+            warm_pool=WarmPool(
+                nodes, nodes * replicas_per_node, instance.name, warm_pool_hourly_usd(instance, nodes), region
+            ),
+            region=region,
         )
 
     # Why weights_cache node_cache cannot serve a deployment in several regions (None: it can).
@@ -702,7 +717,7 @@ class Cloud(ABC):
                     break
                 node = getattr(node, name)
             if node is not None and leaf in node.model_fields_set:
-                raise ByocError(path, f"does not apply on {self.title}: {why}", f"remove {path} from the spec")
+                raise ByocError(path, f"does not apply on {self.title}: {why}", removal(path))
 
     # -- addresses -------------------------------------------------------------------------------------------
     # The range sizes network.cidr may take (byoc.spec.Network): the hint names the smallest one that fits.

@@ -14,7 +14,7 @@ from byoc.caches import POPULATED_DISK_DETAIL, ImageCache, SharedWeightsDisk, We
 from byoc.catalogs import InstanceType, load_catalog
 from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvisioner, Placement
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
-from byoc.errors import ByocError
+from byoc.errors import ByocError, removal, setting, stated
 from byoc.rules import DeploymentShape
 from byoc.sizing import LOCAL_SSD_GIB, DiskPlan, NodeAllocatable, ext4_volume_gib, gke_allocatable
 from byoc.spec import Spec
@@ -197,7 +197,8 @@ class Gcp(Cloud):
                 field,
                 f"node_cache on GKE is a Hyperdisk ML volume attached read-only to every GPU node, and "
                 f"{', '.join(cannot)} cannot attach Hyperdisk ML (the machine series that can: {', '.join(series)})",
-                "use weights_cache: local_ssd, or a shape whose machine type is of one of those series",
+                f"{setting('cold_start.weights_cache', 'local_ssd')}, or use a shape whose machine type is of one of "
+                "those series",
             )
         version = load_catalog().kubernetes["gke"]["version"]
         if _minor(version) < _minor(hdml["min_gke_version"]):
@@ -205,7 +206,7 @@ class Gcp(Cloud):
                 field,
                 f"the GKE Volume Populator fills Hyperdisk ML volumes from GKE {hdml['min_gke_version']}; the "
                 f"cluster runs {version}",
-                "use weights_cache: local_ssd",
+                setting("cold_start.weights_cache", "local_ssd"),
             )
 
     def node_weights_cache(
@@ -238,9 +239,9 @@ class Gcp(Cloud):
                 # a disk image the nodes would not attach: said, not ignored (a user who set it expects no pull)
                 raise ByocError(
                     "cold_start.image_disk",
-                    "is set but cold_start.image_cache is false, so no GPU node would attach it: each would pull "
-                    "the serving image",
-                    "remove cold_start.image_disk, or set cold_start.image_cache: true",
+                    f"is set but {stated('cold_start.image_cache', False)} turns the image cache off, so no GPU "
+                    "node would attach the disk image: each would pull the serving image",
+                    f"{removal('cold_start.image_disk')}, or {setting('cold_start.image_cache', True)}",
                 )
             return ImageCache("pulled", "cold_start.image_cache is false: each new GPU node pulls the serving image")
         disk_image = spec.cold_start.image_disk

@@ -21,6 +21,7 @@ from byoc.commands.common import Output, OutputOpt, print_json, print_warnings, 
 from byoc.errors import ByocError
 
 if TYPE_CHECKING:
+    from byoc.caches import NodeCaches, WarmPool
     from byoc.resolve import Deployment
     from byoc.spec import Spec
 
@@ -116,7 +117,7 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"floor       {floor_text(c)}; ${top.hourly_usd + c.standing.hourly_usd:,.2f}/h ({top.nodes} nodes"
         + (f", plus {c.standing.what}" if c.standing.hourly_usd else "")
         + f") at max_replicas {top.replicas}"
-        + (" (in each region)" if deployment.multi_region else ""),
+        + (f" (in {p.region}; every region's below)" if deployment.multi_region else ""),
         f"per token   ${c.cost_per_million_output_tokens:.3f} per 1M output tokens at saturation on full nodes, "
         f"${c.cost_per_million_output_tokens_at_floor:.3f} at the floor ({_replicas(floor.replicas)} saturated)",
         _cold_start_summary(deployment),
@@ -160,16 +161,35 @@ def _cold_start_summary(deployment: Deployment) -> str:
     estimate = deployment.cold_start
     phases = ", ".join(f"{PHASE_WORDS[p.name]} {duration_words(p.seconds)}" for p in estimate.phases)
     return (
-        f"cold start  ~{duration_words(estimate.total_seconds)} from zero ({phases}); the gateway holds requests "
-        f"{estimate.wake_timeout_s} s (`byoc estimate -f` for the sources)"
+        f"cold start  ~{duration_words(estimate.total_seconds)} {estimate.applies_to} ({phases}); the gateway holds "
+        f"requests {estimate.wake_timeout_s} s (`byoc estimate -f` for the sources)"
     )
 
 
 def _cache_lines(deployment: Deployment) -> list[str]:
-    """cold_start's caches and warm pool, as plan.json `cold_start_caches` has them (byoc/caches.py)."""
+    """cold_start's caches and warm pool, as plan.json `cold_start_caches` has them (byoc/caches.py): each region's
+    image and weights where a multi-region deployment's regions differ (their machines do), and the warm pool of
+    every region, in total."""
     caches = deployment.caches
     if caches is None:
         return []
+    warm = caches.warm_pool
+    regional = [(region, _node_cache_words(c)) for region, c in caches.per_region] or [("", _node_cache_words(caches))]
+    if len({words for _, words in regional}) == 1:
+        lines = [f"caches      {regional[0][1]}; {warm_pool_words(warm)}"]
+    else:
+        lines = [f"caches      {warm_pool_words(warm)}"]
+        lines += [f"  {region}: {words}" for region, words in regional]
+    regionals = deployment.per_region or (deployment,)
+    budgets = [(r.region, r.warm_pool_budget) for r in regionals if r.warm_pool_budget is not None]
+    if len({spends for _, spends in budgets}) == 1:  # the same in every region
+        lines.append(f"budget      {budgets[0][1].words()}" + (" (in each region)" if len(budgets) > 1 else ""))
+    else:  # each region's Prometheus counts its own placeholders, as many as its machine holds
+        lines += [f"budget      {region}: {spends.words()}" for region, spends in budgets]
+    return lines
+
+
+def _node_cache_words(caches: NodeCaches) -> str:
     image = {
         "secondary_boot_disk": f"on a secondary boot disk ({caches.image.disk_image})",
         "image_streaming": "streamed from Artifact Registry",
@@ -186,18 +206,23 @@ def _cache_lines(deployment: Deployment) -> list[str]:
         )
     elif weights.shared_by_node:
         where += f", one copy per node shared by its replicas ({weights.shared_through})"
-    warm = caches.warm_pool
-    each = f" in each of {warm.regions} regions" if warm.regions > 1 else ""
-    pool = (
-        f"{warm.nodes} x {warm.instance_type} kept warm{each}, ${warm.total_hourly_usd:,.2f}/h"
-        if warm.nodes
-        else "no warm pool (cold_start.warm_pool)"
+    return f"image {image}; weights on {where}"
+
+
+def warm_pool_words(warm: WarmPool) -> str:
+    """The warm pool as `byoc plan` and `byoc estimate` say it: every region's, in total, and each region's where
+    their machines differ."""
+    if not warm.nodes:
+        return "no warm pool (cold_start.warm_pool)"
+    regions = warm.regions
+    if warm.uniform:
+        each = f" in each of {len(regions)} regions" if len(regions) > 1 else ""
+        return f"{warm.nodes} x {warm.instance_type} kept warm{each}, ${warm.total_hourly_usd:,.2f}/h"
+    parts = "; ".join(f"{r.region} {r.nodes} x {r.instance_type} ${r.hourly_usd:,.2f}/h" for r in regions)
+    return (
+        f"{warm.nodes} node(s) kept warm in each of {len(regions)} regions, ${warm.total_hourly_usd:,.2f}/h in all "
+        f"({parts})"
     )
-    lines = [f"caches      image {image}; weights on {where}; {pool}"]
-    spends = deployment.warm_pool_budget
-    if spends is not None:
-        lines.append(f"budget      {spends.words()}" + (" (in each region)" if warm.regions > 1 else ""))
-    return lines
 
 
 def _replicas(count: int) -> str:
@@ -361,7 +386,7 @@ def regions(
     )
 
 
-def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values in turn
+def estimate(
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Spec file: model, shape, cloud, context, KV share, replicas, cold_start."),
@@ -410,59 +435,58 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
 ) -> None:
     """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
     from a spec (-f; a flag given beside it overrides the spec's value)."""
-    from byoc.spec import ColdStart
+    from byoc.errors import fields_as_flags
+    from byoc.resolve import ModelDoesNotFit, resolve
     from byoc.tables import estimate_row
 
     given: dict[str, Any] = {
-        "image_cache": image_cache,
-        "weights_cache": weights_cache,
-        "warm_pool": warm_pool,
-        "image_disk": image_disk,
+        "cloud": cloud,
+        "model": model,
+        "shape": shape,
+        "kv_cache_fraction": kv_cache_fraction,
+        "max_context": max_context,
+        "autoscaling.min_replicas": min_replicas,
+        "autoscaling.max_replicas": max_replicas,
+        "cold_start.image_cache": image_cache,
+        "cold_start.weights_cache": weights_cache,
+        "cold_start.warm_pool": warm_pool,
+        "cold_start.image_disk": image_disk,
     }
-    # the spec's cold_start options, in its words: the estimate renders them as `byoc plan` does (byoc/resolve.py
-    # wake_from_zero) and says where the plan does otherwise, and why
-    options = {"image_cache", "weights_cache", "warm_pool", "image_disk"}
-    cold_start = ColdStart().model_dump(include=options)
-    model_ref: Any = model
-    region = "GLOBAL"
-    regions: dict[str, Any] | None = None
-    budget: Any = None
+    deployment: Deployment | None = None
     with reporting(output):
-        if file is not None:
-            spec = _spec(file, cloud, None, model, shape, None)
-            model_ref, shape, cloud = spec.model, spec.shape, CloudName(spec.cloud)
-            kv_cache_fraction = spec.kv_cache_fraction if kv_cache_fraction is None else kv_cache_fraction
-            max_context = spec.max_context if max_context is None else max_context
-            min_replicas = spec.autoscaling.min_replicas if min_replicas is None else min_replicas
-            max_replicas = spec.autoscaling.max_replicas if max_replicas is None else max_replicas
-            cold_start = spec.cold_start.model_dump(include=options)
-            region = spec.region
-            regions, budget = _region_costs(spec, min_replicas, max_replicas, given), spec.budget
-        elif model is None or shape is None:
+        if file is None and (model is None or shape is None):
             raise ByocError(
                 "--model" if model is None else "--shape",
                 "byoc estimate needs a model and a shape",
                 "pass --model and --shape (`byoc shapes --model ID` lists them), or a spec with -f byoc.yaml",
             )
-        cold_start |= {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
-        row = estimate_row(
-            (cloud or CloudName.aws).value,
-            model_ref,
-            shape,
-            input_tokens,
-            output_tokens,
-            0.9 if kv_cache_fraction is None else kv_cache_fraction,
-            max_context,
-            price_per_gpu_hour,
-            0 if min_replicas is None else min_replicas,
-            1 if max_replicas is None else max_replicas,
-            cold_start,
-            "cold_start.warm_pool" if file is not None and warm_pool is None else "--warm-pool",
-            region,
-        )
-    if row["fits"]:
-        _add_standing(row, regions, budget)
-    model, cloud = row["model"], cloud or CloudName.aws
+        # the spec the flags and the file make: validate's rules (the cloud's fields, every region's checks, the
+        # multi-region rules) decide whether it is valid, in the words the user gave it (a flag or a spec field)
+        spec, flags = _estimate_spec(file, given)
+        with fields_as_flags(flags):
+            with contextlib.suppress(ModelDoesNotFit):  # the memory lines below say why, then exit 2
+                deployment = resolve(spec)
+            # the spec's cold_start options, in its words: the estimate renders them as `byoc plan` does
+            # (byoc/resolve.py wake_from_zero) and says where the plan does otherwise, and why
+            options = {"image_cache", "weights_cache", "warm_pool", "image_disk"}
+            row = estimate_row(
+                spec.cloud,
+                spec.model,
+                spec.shape,
+                input_tokens,
+                output_tokens,
+                spec.kv_cache_fraction,
+                spec.max_context,
+                price_per_gpu_hour,
+                spec.autoscaling.min_replicas,
+                spec.autoscaling.max_replicas,
+                spec.cold_start.model_dump(include=options),
+                spec.region if file is not None else "GLOBAL",
+            )
+    shape, cloud = spec.shape, CloudName(spec.cloud)
+    if row["fits"] and deployment is not None:
+        _add_standing(row, deployment)
+    model = row["model"]
     misfit = None
     if not row["fits"]:
         # As validate does: a model that does not fit is invalid input (exit 2), the memory lines still shown.
@@ -494,17 +518,68 @@ def estimate(  # noqa: PLR0915 - one flag each, applied over the spec's values i
             lines.append(f"  regions            {len(per_region)}, each with its own replicas and nodes:")
             lines += [f"    {r:<{width}}  {_cost_words(f)} ({f['instance_type']})" for r, f in per_region.items()]
             lines.append(f"    {'total':<{width}}  {_cost_words(row['regions']['total'])}")
-        lines += cold_start_lines(row["cold_start"])
+        lines += cold_start_lines(row["cold_start"], row.get("warm_pool"))
     print("\n".join(lines))
     if misfit:
         with reporting(output):
             raise misfit
 
 
-def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None, budget: Any) -> None:
+# The spec fields `byoc estimate` takes as flags: a message names such a field by its flag where the user gave it
+# as one (byoc.errors.fields_as_flags).
+ESTIMATE_FLAGS = {
+    "cloud": "--cloud",
+    "model": "--model",
+    "shape": "--shape",
+    "kv_cache_fraction": "--kv-cache-fraction",
+    "max_context": "--max-context",
+    "autoscaling.min_replicas": "--min-replicas",
+    "autoscaling.max_replicas": "--max-replicas",
+    "cold_start.image_cache": "--image-cache",
+    "cold_start.weights_cache": "--weights-cache",
+    "cold_start.warm_pool": "--warm-pool",
+    "cold_start.image_disk": "--image-disk",
+}
+
+
+def _estimate_spec(file: Path | None, given: dict[str, Any]) -> tuple[Spec, dict[str, str]]:
+    """The spec `byoc estimate` checks and prices: the file's (-f) with the flags given over it, or, with no file,
+    one made of the flags alone (one region of GLOBAL, the spec's defaults for the rest); and the fields the user
+    gave as flags, with their flags (all of them without a file: every value is a flag's or its default).
+
+    Raises:
+        ByocError: an invalid spec, naming the field or its flag.
+    """
+    from byoc.errors import fields_as_flags
+    from byoc.spec import build_spec, load_spec_file
+
+    values = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
+    if file is not None:
+        data = load_spec_file(file)
+        flags = {k: ESTIMATE_FLAGS[k] for k in values}
+    else:
+        data = {"name": "estimate", "cloud": "aws", "region": "GLOBAL", "placement": {"min_regions": 1}}
+        flags = dict(ESTIMATE_FLAGS)
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for parent in parents:
+            node[parent] = dict(node.get(parent) or {}) if isinstance(node.get(parent) or {}, dict) else node[parent]
+            node = node[parent]
+        if isinstance(node, dict):  # else the spec's own value is wrong, and validation says so
+            node[leaf] = value
+    scaling = data.get("autoscaling")
+    if values.get("autoscaling.min_replicas") and isinstance(scaling, dict):
+        scaling.pop("scale_to_zero_window", None)  # --min-replicas keeps replicas up: no window to zero
+    with fields_as_flags(flags):
+        return build_spec(data), flags
+
+
+def _add_standing(row: dict[str, Any], deployment: Deployment) -> None:
     """The estimate's cost as plan.json's estimates.cost has it: with what the warm pool and node_cache's volumes
     bill at every replica count (byoc/planner.py StandingCost), from the row's own figures; and a multi-region
-    spec's cost per region and in total; and what the warm pool spends of the spec's GPU-hour budget."""
+    spec's cost per region and in total, and its warm pool in every region (each at its own machine); and what the
+    warm pool spends of the spec's GPU-hour budget."""
     from byoc.planner import StandingCost, warm_pool_budget
     from byoc.rules import parse_shape
 
@@ -517,39 +592,20 @@ def _add_standing(row: dict[str, Any], regions: dict[str, Any] | None, budget: A
     )
     paid = row["cost"]["at_min_replicas"]["hourly_usd"] + standing.hourly_usd
     row["cost"] |= {"standing": standing.as_dict(), "paid_at_min_replicas_hourly_usd": round(paid, 4)}
-    if regions is not None:
-        row["regions"] = regions
+    if deployment.multi_region:
+        row["cost"]["region"] = deployment.region
+        row["regions"] = deployment.region_estimates()
+        if deployment.caches is not None:
+            row["warm_pool"] = deployment.caches.warm_pool.as_dict()
     warm = int(cold_start["options"]["warm_pool"]) * int(row["cost"]["node"]["replicas_per_node"])
-    spends = warm_pool_budget(warm, parse_shape(row["shape"], "--shape"), budget)
-    row["warm_pool_budget"] = spends.as_dict() | {"words": spends.words()} if spends else None
+    spends = warm_pool_budget(warm, parse_shape(row["shape"], "--shape"), deployment.budget)
+    row["warm_pool_budget"] = spends.as_dict() if spends else None
 
 
-def _region_costs(
-    spec: Any, min_replicas: int | None, max_replicas: int | None, cold_start: dict[str, Any]
-) -> dict[str, Any] | None:
-    """A multi-region spec's cost per region and in total (plan.json's estimates.regions), with the replica bounds
-    and the cold_start flags (`cold_start`: those given, None where not) the estimate uses; None for one region, or a
-    spec that does not resolve (the estimate then shows why)."""
-    from byoc.resolve import resolve
-    from byoc.spec import build_spec
-
-    data = spec.model_dump(mode="json", exclude_unset=True)
-    scaling = dict(data.get("autoscaling") or {})
-    scaling |= {k: v for k, v in (("min_replicas", min_replicas), ("max_replicas", max_replicas)) if v is not None}
-    if scaling.get("min_replicas"):
-        scaling.pop("scale_to_zero_window", None)
-    caches = dict(data.get("cold_start") or {})
-    caches |= {k: v.value if isinstance(v, StrEnum) else v for k, v in cold_start.items() if v is not None}
-    try:
-        deployment = resolve(build_spec(data | {"autoscaling": scaling, "cold_start": caches}))
-    except (ByocError, ValueError):
-        return None
-    return deployment.region_estimates() if deployment.multi_region else None
-
-
-def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
+def cold_start_lines(estimate: dict[str, Any], pool: dict[str, Any] | None = None) -> list[str]:
     """A wake from zero, phase by phase, as `byoc estimate` and `byoc plan` print it (plan.json
-    estimates.cold_start holds the same figures with their sources)."""
+    estimates.cold_start holds the same figures with their sources). `pool`: a multi-region spec's warm pool in every
+    region (plan.json cold_start_caches.warm_pool), priced in all."""
     from byoc.coldstart import PHASE_WORDS, duration_words
 
     options = estimate["options"]
@@ -565,7 +621,7 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
             f"; the plan renders image_cache {'on' if renders['image_cache'] else 'off'}, weights_cache "
             f"{renders['weights_cache']}" + (f" on the {weights_on.replace('_', ' ')}" if weights_on else "")
         )
-    lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} from zero ({said})"]
+    lines = [f"  cold start         ~{duration_words(estimate['total_seconds'])} {estimate['applies_to']} ({said})"]
     lines += [f"    {'why':<16} {'':>10}  {reason}" for reason in options.get("why", [])]
     for phase in estimate["phases"]:
         lines.append(f"    {PHASE_WORDS[phase['phase']]:<16} {duration_words(phase['seconds']):>10}  {phase['basis']}")
@@ -575,8 +631,13 @@ def cold_start_lines(estimate: dict[str, Any]) -> list[str]:
         # node_cache: the weights phase of a replica on a node whose cache has them
         lines.append(f"    {'weights cached':<16} {duration_words(cached['seconds']):>10}  {cached['basis']}")
     if options["warm_pool"]:
+        price = (
+            f"in each of {pool['regions']} regions, ${pool['hourly_usd']:,.2f}/h in all,"
+            if pool and pool["regions"] > 1
+            else f"at ${estimate['warm_pool_hourly_usd']:,.2f}/h"
+        )
         lines.append(
-            f"    warm pool        {options['warm_pool']} node(s) at ${estimate['warm_pool_hourly_usd']:,.2f}/h save "
+            f"    warm pool        {options['warm_pool']} node(s) {price} save "
             f"{duration_words(estimate['new_node_seconds'] - estimate['total_seconds'])} of a "
             f"{duration_words(estimate['new_node_seconds'])} wake on a new node"
         )
@@ -620,7 +681,15 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         f"  price              {cost['price_source']}",
     ]
     warm = (row.get("cold_start") or {}).get("options", {}).get("warm_pool", 0)
-    if warm:
+    regional = row.get("warm_pool")  # a multi-region spec: every region's pool, each at its own machine
+    if warm and regional:
+        per = regional["per_region"]
+        each = "; ".join(f"{r} {p['nodes']} x {p['instance_type']} ${p['hourly_usd']:,.2f}/h" for r, p in per.items())
+        lines.append(
+            f"  warm pool          ${regional['hourly_usd']:,.2f}/h in all ({each}; cold_start.warm_pool), every "
+            f"hour; the cost above is {row['cost']['region']}'s, the regions below count each one's"
+        )
+    elif warm:
         pool_usd = row["cold_start"]["warm_pool_hourly_usd"]
         lines.append(
             f"  warm pool          ${pool_usd:,.2f}/h ({warm} idle node{'' if warm == 1 else 's'} kept ready, "
@@ -634,8 +703,16 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
             f"the GPU pool, ${disk['monthly_usd']:,.2f}/month in {disk['zones']} zones, counted in the costs above "
             f"(weights_cache: node_cache; {disk['price_source']})"
         )
-    if row.get("warm_pool_budget"):
-        lines.append(f"  budget             {row['warm_pool_budget']['words']}")
+    budgets = {
+        region: figures["warm_pool_budget"]
+        for region, figures in (row.get("regions") or {}).get("per_region", {}).items()
+        if figures.get("warm_pool_budget")
+    }
+    if budgets and len({str(b) for b in budgets.values()}) > 1:  # each region counts its own placeholders
+        lines += [f"  budget             {region}: {spends['words']}" for region, spends in budgets.items()]
+    elif row.get("warm_pool_budget"):
+        each = " (in each region)" if len(budgets) > 1 else ""
+        lines.append(f"  budget             {row['warm_pool_budget']['words']}{each}")
     store = row.get("store")
     if store:
         lines.append(

@@ -244,8 +244,8 @@ def test_a_warm_pool_no_replica_can_use_is_refused_and_its_cost_is_shown(tmp_pat
         result = runner.invoke(app, [*flags, *extra])
         assert result.exit_code == 2, result.output
         assert "--warm-pool" in result.output
-    byoc_yaml = next(e for e in EXAMPLES if e.name == "byoc.yaml")  # p5.4xlarge, one replica each, max_replicas 4
-    shown = runner.invoke(app, ["estimate", "-f", str(byoc_yaml), "--warm-pool", "2"])
+    # one region, p5.4xlarge (one replica each), max_replicas 4: two warm nodes are usable, and priced
+    shown = runner.invoke(app, [*flags[:5], "--max-replicas", "4", "--warm-pool", "2", "--cloud", "aws"])
     assert shown.exit_code == 0, shown.output
     warm_line = next(
         line for line in shown.output.splitlines() if line.strip().startswith("warm pool") and "/h" in line

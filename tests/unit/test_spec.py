@@ -277,3 +277,21 @@ def test_a_missing_nested_field_names_no_flag_that_does_not_exist() -> None:
     with pytest.raises(ByocError) as caught:
         build_spec(data)
     assert caught.value.hint == "add `shape:` to the spec or pass --shape"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("cold_start", "image_cache"), ("batch", "enabled"), ("encryption", "ebs_default")],
+)
+@pytest.mark.parametrize("value", ["yes", "false", "true", 0, 1, None])
+def test_switches_take_only_true_or_false(section: str, key: str, value: object) -> None:
+    # YAML's own true/false only: a quoted "false" or a 0 is not quietly turned into a switch
+    error = invalid(spec_data(**{section: {key: value}}))
+    assert error.field == f"{section}.{key}"
+    assert "true or false" in error.message and "unquoted" in error.hint
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_switches_take_yaml_booleans(value: bool) -> None:
+    spec = build_spec(spec_data(cold_start={"image_cache": value}, batch={"enabled": value}))
+    assert spec.cold_start.image_cache is value and spec.batch.enabled is value
