@@ -101,6 +101,27 @@ def judge(desired: int, ready: int, probe: Probe, blockers: list[str], wake: str
     return f"unknown: {ready}/{desired} ready per Kubernetes, but no completion was sent: {probe.detail}"
 
 
+def _field(obj: Any, *path: str) -> Any:
+    """`obj[path[0]][path[1]]...`, None where a step is absent, null or not an object (the API's JSON may carry an
+    explicit null where Kubernetes' Go types have an empty struct: `status: null` from a proxy or an old client)."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _count(value: Any) -> int | None:
+    """A replica count as the API gives it (an integer; a string of digits from a lenient proxy), None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
 def _model_id(record: Record) -> str:
     model = record.spec.get("model")
     return str(model.get("id") if isinstance(model, dict) else model)
@@ -125,7 +146,7 @@ def serving_pods(record: Record, cluster: Any) -> list[dict[str, Any]]:
     return [
         p
         for p in cluster.list("pods", resource_name(record.name))
-        if selector.items() <= p.get("metadata", {}).get("labels", {}).items()
+        if isinstance(p, dict) and selector.items() <= ((p.get("metadata") or {}).get("labels") or {}).items()
     ]
 
 
@@ -233,30 +254,44 @@ def observe(
     namespace = resource_name(record.name)
     try:
         cluster = cluster_for(record)
-        serving = [
-            d
-            for d in cluster.list("deployments.apps", namespace)
-            if d.get("metadata", {}).get("name") == resource_name(record.name, "serving")
-        ]
+        name = resource_name(record.name, "serving")
+        serving = [d for d in cluster.list("deployments.apps", namespace) if _field(d, "metadata", "name") == name]
         if not serving:
             return seen | {"health": f"unknown: the serving Deployment is not in namespace {namespace}"}
-        desired = int(serving[0].get("spec", {}).get("replicas") or 0)
-        ready = int(serving[0].get("status", {}).get("readyReplicas") or 0)
+        desired = _count(_field(serving[0], "spec", "replicas"))
+        if desired is None:  # the API server defaults it (1) and KEDA writes 0: anything else is not the API's
+            return seen | {
+                "health": f"unknown: Deployment {name}'s spec.replicas is "
+                f"{_field(serving[0], 'spec', 'replicas')!r}, not a count: read it with `kubectl get deployment "
+                f"{name} -n {namespace} -o yaml`"
+            }
+        ready = _count(_field(serving[0], "status", "readyReplicas")) or 0  # absent while none is ready
         seen["replicas"] = {"desired": desired, "ready": ready}
         for service in cluster.list("services", namespace):
-            ingress = service.get("status", {}).get("loadBalancer", {}).get("ingress") or []
-            if service.get("spec", {}).get("type") == "LoadBalancer" and ingress:
-                host = ingress[0].get("hostname") or ingress[0].get("ip")
-                seen["endpoint"] = f"https://{host}"
+            ingress = _field(service, "status", "loadBalancer", "ingress") or []
+            if _field(service, "spec", "type") == "LoadBalancer" and isinstance(ingress, list) and ingress:
+                host = _field(ingress[0], "hostname") or _field(ingress[0], "ip")
+                if host:
+                    seen["endpoint"] = f"https://{host}"
         pods = serving_pods(record, cluster)
         pool = str(record.outputs.get("gpu_node_pool", ""))
         blockers = get_cloud(record.cloud).gpu_blockers(cluster, pool, pods, now)
         wake = wake_of(record, cluster, now, pods) if desired > 0 and ready < desired else None
     except ClusterUnreachable as exc:
         return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        # An object shaped unlike the API's (a null where an object belongs, a string for a count: a proxy, an
+        # admission webhook or a CRD at another version): this deployment's health cannot be judged, the others'
+        # still can, and the user is told what to look at rather than shown a traceback.
+        return seen | {
+            "health": f"unknown: the cluster answered an object byoc cannot read ({type(exc).__name__}: {exc}); "
+            f"look at namespace {namespace}'s serving pods and events with kubectl, and report it to byoc"
+        }
     endpoint = os.environ.get("BYOC_ENDPOINT") or seen["endpoint"]
     result = probe_endpoint(endpoint, _model_id(record)) if probe else Probe("skipped", "the completion check was off")
     if wake is not None:
         seen["wake"] = wake[1]
+    if blockers and desired > ready:
+        seen["blockers"] = blockers  # what the health line quotes, one per reason, for --output json
     health = judge(desired, ready, result, blockers, wake[0] if wake else None)
     return seen | {"health": health, "probe": result.outcome}

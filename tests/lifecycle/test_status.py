@@ -300,3 +300,94 @@ def test_scaled_to_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("BYOC_API_KEY", raising=False)
     row = health(tmp_path, RecordedCluster(desired=0, ready=0))
     assert row["health"] == "scaled to zero: the first request wakes a replica"
+
+
+def _nulled(path: str, value: Any = None) -> RecordedCluster:
+    """A cluster of one pending replica whose object at `path` (kind/index/key/key...) holds `value`: what a proxy,
+    an admission webhook or an old client may hand back where the API server would write an object."""
+    cluster = RecordedCluster(desired=1, ready=0)
+    cluster.objects["pods"] = [pending_pod("byoc-demo-serving-abc-1", 30)]
+    cluster.objects["nodes"] = [{"metadata": {"name": "n1", "labels": {"karpenter.sh/nodepool": "byoc-gpu"}}}]
+    kind, index, *keys = path.split("/")
+    target: Any = cluster.objects[kind][int(index)]
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "deployments.apps/0/status",
+        "deployments.apps/0/metadata",
+        "services/0/status",
+        "services/0/spec",
+        "pods/0/status",
+        "pods/0/spec",
+        "pods/0/metadata",
+        "pods/0/metadata/labels",
+        "pods/0/status/conditions",
+        "nodes/0/metadata",
+        "nodes/0/metadata/labels",
+    ],
+)
+def test_a_null_where_the_api_writes_an_object_is_read_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    row = health(tmp_path, _nulled(path))
+    # each is read as absent: a status the user can act on, never an exception out of `byoc status`
+    assert row["health"].startswith(("starting", "waking", "unknown", "waiting for GPUs")), row["health"]
+
+
+def test_a_replica_count_that_is_not_a_count_is_unknown_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    row = health(tmp_path, _nulled("deployments.apps/0/spec/replicas", "abc"))
+    assert row["health"].startswith("unknown: Deployment byoc-demo-serving's spec.replicas is 'abc', not a count")
+    assert row["replicas"] is None
+    # null is not 0: a Deployment without replicas is not one scaled to zero
+    row = health(tmp_path, _nulled("deployments.apps/0/spec/replicas", None))
+    assert not row["health"].startswith("scaled to zero") and row["health"].startswith("unknown")
+    # a count a lenient proxy turned into a string is still the count
+    row = health(tmp_path, _nulled("deployments.apps/0/spec/replicas", "0"))
+    assert row["health"] == "scaled to zero: the first request wakes a replica"
+
+
+def test_one_deployment_the_cluster_answers_badly_for_does_not_hide_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`byoc status` lists every deployment: an object it cannot read in one cluster makes that one unknown, saying
+    why, and the others are judged as usual."""
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    registry = Registry(tmp_path)
+    for name in ("demo", "other"):
+        registry.create(
+            name=name, cloud="aws", region="eu-west-2", requested_region="EUROPE", shape="h100x1-fp8",
+            instance_type="p5.4xlarge", spec={**SPEC, "name": name}, backend="file:///x",
+        )  # fmt: skip
+        registry.transition(name, State.DEPLOYING)
+        registry.transition(name, State.DEPLOYED)
+        registry.update(name, outputs={"gpu_node_pool": "byoc-gpu"})
+
+    class Broken(RecordedCluster):
+        def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+            if kind == "events":  # a List whose items are not objects, as a misbehaving proxy answered
+                return [{"involvedObject": "pod/x"}, "not an event"]  # type: ignore[list-item]
+            return super().list(kind, namespace)
+
+    broken = Broken(1, 0)
+    broken.objects["pods"] = [pending_pod("byoc-demo-serving-abc-1", 30)]
+    other = RecordedCluster(0, 0)
+    other.objects["deployments.apps"][0]["metadata"]["name"] = "byoc-other-serving"
+
+    def cluster_for(record: Record) -> Any:
+        return broken if record.name == "demo" else other
+
+    rows = {r["name"]: r for r in Lifecycle(registry=registry, cluster_for=cluster_for).status()}
+    registry.close()
+    assert rows["other"]["health"] == "scaled to zero: the first request wakes a replica"
+    # read as unknown, saying so (or, where every field is read null-safely, as a wake without its events)
+    assert rows["demo"]["health"].startswith(("unknown", "starting", "waking")), rows["demo"]["health"]
