@@ -203,6 +203,8 @@ def test_why_gpu_replicas_are_not_coming(tmp_path: Path, monkeypatch: pytest.Mon
     assert "the NodePool's GPU limit is reached: Failed to schedule pod, all available instance types exceed" in text
     assert "node ip-10-42-1-7's GPUs never registered (allocatable nvidia.com/gpu 0)" in text
     assert "ip-10-42-1-9" not in text
+    # --output json: the same reasons, one per entry
+    assert len(row["blockers"]) == 3 and all(reason in text for reason in row["blockers"])
 
 
 class GkeCluster(RecordedCluster):
