@@ -1,4 +1,4 @@
-"""Where a wake from zero is: which phase the newest serving pod is in, since when, and what it waits for.
+"""Where a wake from zero is: which phase the serving pod furthest behind is in, since when, and what it waits for.
 
 Read from what Kubernetes already records, through byoc.cluster_api (kubectl's JSON):
 - node launching: the pod is not scheduled yet. What the node provisioner last said about it comes from its own
