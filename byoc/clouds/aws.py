@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from byoc.caches import ImageCache
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, LaunchStep, NodeProvisioner, Placement
+from byoc.clouds.base import AddressRoom, Cloud, LaunchStep, NodeProvisioner, Placement, Refusal
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, ByocFailure, ByocWarning
 from byoc.rules import DeploymentShape
@@ -88,6 +89,14 @@ class Aws(Cloud):
             ),
             LaunchStep("Initialized", "NodeClaim", "the scheduler to bind the pod to the new node"),
         ),
+        # Karpenter's own FailedScheduling on the pod ("Failed to schedule pod, %s": kubernetes-sigs/karpenter
+        # pkg/controllers/provisioning/scheduling/events.go `PodFailedToScheduleEvent`; the kube-scheduler's own
+        # FailedScheduling reads "0/N nodes are available") and EC2 having no capacity for a NodeClaim
+        # (pkg/controllers/nodeclaim/lifecycle/events.go `InsufficientCapacityErrorEvent`)
+        refusals=(
+            Refusal("FailedScheduling", "Pod", "Failed to schedule pod"),
+            Refusal("InsufficientCapacityError", "NodeClaim"),
+        ),
     )
     object_store_scheme = "s3://"
     # EKS: publicAccessCidrs takes at most 40 blocks and refuses private (RFC 1918) ranges (EKS User Guide,
@@ -106,63 +115,100 @@ class Aws(Cloud):
     }
 
     def capacity_blockers(self, cluster: Any, node_pool: str, waiting: list[dict[str, Any]]) -> list[str]:
-        """Karpenter's words, about the GPU NodePool `node_pool` and the `waiting` serving pods only:
-        - a NodeClaim of the pool (label karpenter.sh/nodepool) whose Launched condition failed: False, or Unknown
-          with the launch error's reason ("LaunchFailed"; kubernetes-sigs/karpenter
-          pkg/controllers/nodeclaim/lifecycle/launch.go `SetUnknownWithReason`);
+        """Karpenter's words, about the GPU NodePool `node_pool` and the `waiting` serving pods only, each only while
+        nothing newer moved the launch on for the pods it concerns (`NodeProvisioner.launch_progress`: a later
+        nomination, another NodeClaim Launched or Registered):
+        - a NodeClaim of the pool (label karpenter.sh/nodepool) whose Launched condition failed since the pods were
+          made (its lastTransitionTime, else the NodeClaim's creation): False, or Unknown with the launch error's
+          reason ("LaunchFailed"; kubernetes-sigs/karpenter pkg/controllers/nodeclaim/lifecycle/launch.go
+          `SetUnknownWithReason`);
         - an InsufficientCapacityError event on a NodeClaim of the pool since the pods were made (Karpenter deletes
           a NodeClaim EC2 had no capacity for, so only its event is left: "NodeClaim NAME event: ...", lifecycle
-          events.go; the NodeClaim is named after its pool, nodeclaimtemplate.go `GenerateName: "<pool>-"`);
-        - the pods' FailedScheduling when the pool's limits would be exceeded ("Failed to schedule pod, ... all
-          available instance types exceed limits for nodepool" or "node limits have been exhausted for nodepool",
-          provisioning/scheduling/scheduler.go and events.go `PodFailedToScheduleEvent`);
+          events.go): the pool read from the NodeClaim's label while it exists, else from its generated name
+          (nodeclaimtemplate.go `GenerateName: "<pool>-"`: the pool and five characters);
+        - the pods' FailedScheduling from Karpenter ("Failed to schedule pod, %s", provisioning/scheduling/events.go
+          `PodFailedToScheduleEvent`): the pool's limits ("all available instance types exceed limits for
+          nodepool", "node limits have been exhausted for nodepool", scheduling/scheduler.go), or no pool can take
+          the pod ("incompatible with nodepool "NAME", ... no instance type satisfied resources {...}");
         - the pool's NoCompatibleInstanceTypes ("NodePool requirements filtered out all compatible available instance
           types", scheduling/events.go)."""
-        from byoc.kube_events import event_time, events_about, since_any
+        from byoc.kube_events import (
+            event_time,
+            events_about,
+            generated_by,
+            involved,
+            message_of,
+            nominations,
+            since_any,
+        )
+
+        provisioner = self.node_provisioner
+        claims: dict[str, dict[str, Any]] = {}
+        for claim in cluster.list(provisioner.claims) or []:
+            name = (claim.get("metadata") or {}).get("name")
+            if isinstance(name, str) and name:
+                claims[name] = claim
+        events = [e for e in cluster.list("events") or [] if isinstance(e, dict)]
+        since = since_any(waiting)
+        by_pod = [(pod, events_about(events, [pod])) for pod in waiting]
+
+        def of_pool(claim: str) -> bool:
+            if claim in claims:
+                labels = (claims[claim].get("metadata") or {}).get("labels") or {}
+                return bool(labels.get(provisioner.pool_label) == node_pool)
+            return generated_by(claim, f"{node_pool}-")
+
+        def current(when: datetime | None, claim: str | None = None) -> bool:
+            """A failure at `when` still holds: no pod it concerns (those nominated for `claim`, else every
+            waiting pod) has moved on since."""
+            concerned = [pe for _, pe in by_pod if claim is not None and claim in nominations(pe)[0]] or [
+                pe for _, pe in by_pod
+            ]
+            for pod_events in concerned:
+                moved = provisioner.launch_progress(pod_events, events, claims, skip_claim=claim)
+                if when is None or moved is None or moved <= when:
+                    return True
+            return False
 
         reasons: list[str] = []
-        for claim in cluster.list(self.node_provisioner.claims):
-            name = claim.get("metadata", {}).get("name", "")
-            if (claim.get("metadata", {}).get("labels") or {}).get(self.node_provisioner.pool_label) != node_pool:
+        for name, claim in sorted(claims.items()):
+            if not of_pool(name):
                 continue
-            for condition in claim.get("status", {}).get("conditions", []):
-                failed = condition.get("status") == "False" or (
-                    condition.get("status") == "Unknown"
-                    and condition.get("reason") not in (None, "", "AwaitingReconciliation")
-                )
-                if condition.get("type") != "Launched" or not failed:
-                    continue
-                message = str(condition.get("message", ""))
-                if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
-                    reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
-                else:
-                    reasons.append(f"NodeClaim {name} not launched: {message}")
-        events = cluster.list("events")
-        since = since_any(waiting)
+            failure = launch_failure(claim)
+            if failure is None:
+                continue
+            when, message = failure
+            if since is not None and when is not None and when < since:
+                continue  # an earlier wake's NodeClaim
+            if not current(when, name):
+                continue
+            if "InsufficientInstanceCapacity" in message or "insufficient capacity" in message.lower():
+                reasons.append(f"no capacity in the zone: NodeClaim {name}: {message}")
+            else:
+                reasons.append(f"NodeClaim {name} not launched: {message}")
         for event in events:
-            involved = event.get("involvedObject", {})
+            about = involved(event)
             when = event_time(event)
             if since is not None and when is not None and when < since:
                 continue
-            message = str(event.get("message", ""))
-            claim = str(involved.get("name", ""))
-            if (
-                involved.get("kind") == "NodeClaim"
-                and event.get("reason") == "InsufficientCapacityError"
-                and claim.startswith(f"{node_pool}-")
-            ):
-                reasons.append(f"no capacity in the zone: {message}")
+            message = message_of(event)
+            claim = str(about.get("name") or "")
+            if about.get("kind") == "NodeClaim" and event.get("reason") == "InsufficientCapacityError":
+                if of_pool(claim) and current(when, claim):
+                    reasons.append(f"no capacity in the zone: {message}")
             elif (
-                involved.get("kind") == "NodePool"
-                and involved.get("name") == node_pool
+                about.get("kind") == "NodePool"
+                and about.get("name") == node_pool
                 and event.get("reason") == "NoCompatibleInstanceTypes"
+                and current(when)
             ):
                 reasons.append(f"the NodePool {node_pool} can launch no instance type: {message}")
-        for event in events_about(events, waiting):
-            message = str(event.get("message", ""))
-            if "exceed limits for nodepool" in message or "limits have been exhausted for nodepool" in message:
-                reasons.append(f"the NodePool's GPU limit is reached: {message}")
-                break
+        for _, pod_events in by_pod:
+            moved = provisioner.launch_progress(pod_events, events, claims)
+            for event in pod_events:
+                when = event_time(event)
+                if provisioner.refused(event) and (moved is None or when is None or when >= moved):
+                    reasons.append(karpenter_refusal(node_pool, message_of(event)))
         return reasons
 
     def key_region(self, key: str) -> str | None:
@@ -370,3 +416,32 @@ class Aws(Cloud):
         from byoc.clouds.aws_sweep import sweep
 
         return sweep(target, delete, **options)
+
+
+def karpenter_refusal(node_pool: str, message: str) -> str:
+    """Karpenter's FailedScheduling on a pod ("Failed to schedule pod, %s"), with what it means for the GPU pool
+    `node_pool` (sources: `Aws.capacity_blockers`)."""
+    if "exceed limits for nodepool" in message or "limits have been exhausted for nodepool" in message:
+        return f"the NodePool's GPU limit is reached: {message}"
+    if f'incompatible with nodepool "{node_pool}"' in message:
+        return f"the NodePool {node_pool} cannot launch a node the pod fits on: {message}"
+    return f"Karpenter launches no node for the pod: {message}"
+
+
+def launch_failure(claim: dict[str, Any]) -> tuple[datetime | None, str] | None:
+    """A NodeClaim's failed Launched condition (False, or Unknown with a reason other than AwaitingReconciliation):
+    when it failed (its lastTransitionTime, else the NodeClaim's creation) and its message; None if it did not."""
+    from byoc.kube_events import parse_time
+
+    for condition in (claim.get("status") or {}).get("conditions") or []:
+        if not isinstance(condition, dict) or condition.get("type") != "Launched":
+            continue
+        failed = condition.get("status") == "False" or (
+            condition.get("status") == "Unknown" and condition.get("reason") not in (None, "", "AwaitingReconciliation")
+        )
+        if failed:
+            when = parse_time(condition.get("lastTransitionTime")) or parse_time(
+                (claim.get("metadata") or {}).get("creationTimestamp")
+            )
+            return when, str(condition.get("message") or condition.get("reason") or "")
+    return None

@@ -101,6 +101,26 @@ class LaunchStep:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """An event by which the node provisioner says it launches no node for a pending pod: `reason` on an object of
+    `kind`, its message beginning with `starts` ("" for any). It counts only while nothing newer moved the pod's
+    launch on (`NodeProvisioner.launch_progress`)."""
+
+    reason: str
+    kind: str = "Pod"
+    starts: str = ""
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        from byoc.kube_events import involved, message_of
+
+        return (
+            event.get("reason") == self.reason
+            and involved(event).get("kind") == self.kind
+            and message_of(event).startswith(self.starts)
+        )
+
+
+@dataclass(frozen=True)
 class NodeProvisioner:
     """Who launches the GPU nodes, and what of it byoc meets in the cluster (`status`, `destroy`).
 
@@ -111,7 +131,8 @@ class NodeProvisioner:
     `pool_label`: the node label naming the node's pool. `scale_changes`: what `byoc scale` may change in the
     provisioner's resources (Pulumi type token -> input paths; None: any). `replace_guarded`: the type tokens whose
     replacement recreates the cluster or its GPU nodes (`byoc update` refuses it without --allow-replace).
-    `launch_steps`: the events by which `byoc status` tells how far a node launch for a waking pod has got."""
+    `launch_steps`: the events by which `byoc status` tells how far a node launch for a waking pod has got.
+    `refusals`: the events by which it says it launches none (a stockout, a limit, no instance type fits)."""
 
     name: str
     pool_label: str
@@ -120,6 +141,56 @@ class NodeProvisioner:
     pools: str | None = None
     claims: str | None = None
     launch_steps: tuple[LaunchStep, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+
+    def refused(self, event: dict[str, Any]) -> bool:
+        """Whether `event` is one of the provisioner's refusals (`refusals`)."""
+        return any(r.matches(event) for r in self.refusals)
+
+    def launch_progress(
+        self,
+        pod_events: Iterable[dict[str, Any]],
+        events: Iterable[dict[str, Any]],
+        claims: Mapping[str, dict[str, Any]] | None = None,
+        skip_claim: str | None = None,
+    ) -> datetime | None:
+        """The latest moment the provisioner moved a node launch for one pod on, from `pod_events` (the pod's own):
+        its launch steps on the pod (Karpenter's Nominated for a NodeClaim other than `skip_claim` or for a node
+        already up; the cluster autoscaler's TriggeredScaleUp), the launch steps of the NodeClaims it was nominated
+        for (their events in `events`, and the `lastTransitionTime` of their conditions of those names that are True
+        in `claims`, by name). A failure older than this is superseded: something newer happened for the pod."""
+        from byoc.kube_events import event_time, involved, nominations, parse_time
+
+        mine = list(pod_events)
+        pod_steps = {s.reason for s in self.launch_steps if s.kind == "Pod"}
+        claim_steps = {(s.reason, s.kind) for s in self.launch_steps if s.kind != "Pod"}
+        times: list[datetime] = []
+        for event in mine:
+            when = event_time(event)
+            if when is None or event.get("reason") not in pod_steps:
+                continue
+            if event.get("reason") == "Nominated":
+                claimed, nodes = nominations([event])
+                if not (claimed - {skip_claim}) and not nodes:
+                    continue
+            times.append(when)
+        nominated = nominations(mine)[0] - {skip_claim}
+        for event in events:
+            about = involved(event)
+            when = event_time(event)
+            step = (event.get("reason"), about.get("kind"))
+            if when is not None and about.get("name") in nominated and step in claim_steps:
+                times.append(when)
+        for name in nominated:
+            claim = (claims or {}).get(name) or {}
+            for condition in (claim.get("status") or {}).get("conditions") or []:
+                if not isinstance(condition, dict) or condition.get("status") != "True":
+                    continue
+                if (condition.get("type"), "NodeClaim") in claim_steps:
+                    when = parse_time(condition.get("lastTransitionTime"))
+                    if when is not None:
+                        times.append(when)
+        return max(times) if times else None
 
 
 # What `byoc scale` may change on every cloud (Pulumi type token -> the input paths that may differ; None: any): the
@@ -239,17 +310,20 @@ class Cloud(ABC):
             return []
         reasons = self.capacity_blockers(cluster, node_pool, waiting)
         now = now or datetime.now(UTC)
-        for node in cluster.list("nodes"):
-            labels = node.get("metadata", {}).get("labels", {})
-            if labels.get(self.node_provisioner.pool_label) != node_pool:
+        for node in cluster.list("nodes") or []:
+            meta = node.get("metadata") or {}
+            if (meta.get("labels") or {}).get(self.node_provisioner.pool_label) != node_pool:
                 continue
             joined = created(node)
             if joined is not None and now - joined < GPU_REGISTRATION_GRACE:
                 continue  # a node of this wake: its driver and device plugin are still starting
-            allocatable = str(node.get("status", {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
+            offered = (node.get("status") or {}).get("allocatable")
+            if not isinstance(offered, dict):
+                continue  # no status yet: nothing says its GPUs are missing
+            allocatable = str(offered.get(GPU_RESOURCE) or "0")
             if allocatable in ("0", ""):
                 reasons.append(
-                    f"node {node['metadata']['name']}'s GPUs never registered (allocatable {GPU_RESOURCE} "
+                    f"node {meta.get('name') or '(unnamed)'}'s GPUs never registered (allocatable {GPU_RESOURCE} "
                     f"{allocatable}): check the GPU driver and device plugin on it"
                 )
         return list(dict.fromkeys(reasons))

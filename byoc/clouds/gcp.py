@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from byoc.caches import POPULATED_DISK_DETAIL, ImageCache, SharedWeightsDisk, WeightsCache
 from byoc.catalogs import InstanceType, load_catalog
-from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvisioner, Placement
+from byoc.clouds.base import AddressRoom, Cloud, Feature, LaunchStep, NodeProvisioner, Placement, Refusal
 from byoc.clouds.checks import CapacityNeed, PreflightReport, SweepReport, SweepTarget
 from byoc.errors import ByocError, removal, setting, stated
 from byoc.rules import DeploymentShape
@@ -152,30 +152,35 @@ class Gcp(Cloud):
         launch_steps=(
             LaunchStep("TriggeredScaleUp", "Pod", "the new VM to boot, install its GPU driver and join the node pool"),
         ),
+        # its refusals on the pod: a scale-up that failed, or none it would make (capacity_blockers)
+        refusals=(Refusal("FailedScaleUp"), Refusal("NotTriggerScaleUp")),
     )
 
     def capacity_blockers(self, cluster: Any, node_pool: str, waiting: list[dict[str, Any]]) -> list[str]:
-        """The cluster autoscaler's events on the `waiting` serving pods since they were made (never another pod's,
-        such as the GKE Volume Populator's transfer pod): FailedScaleUp ("Node scale up in zones ... associated with
-        this pod failed: GCE quota exceeded | GCE out of resources | IP space exhausted ...", GKE's cluster
-        autoscaler, pkg/.../gke event messages) and NotTriggerScaleUp ("pod didn't trigger scale-up: ... max node
-        group size reached", kubernetes/autoscaler cluster-autoscaler/core/scaleup). The pool's own objects are the
-        stack's node pool, which publishes no events of its own here."""
-        from byoc.kube_events import events_about
+        """The cluster autoscaler's refusals on each `waiting` serving pod since it was made (never another
+        pod's, such as the GKE Volume Populator's transfer pod), each while no TriggeredScaleUp for the pod is newer (a
+        scale-up retried in another zone supersedes an older failure):
+        - FailedScaleUp ("Node scale up in zones ... associated with this pod failed: GCE quota exceeded | GCE out of
+          resources | IP space exhausted ...", GKE's cluster autoscaler; kubernetes/autoscaler
+          cluster-autoscaler/core/scaleup/orchestrator/executor.go records "FailedScaleUp" on the pods);
+        - NotTriggerScaleUp ("pod didn't trigger scale-up: ...", "pod didn't trigger scale-up (it wouldn't fit if a
+          new node is added): ...", cluster-autoscaler/processors/status/eventing_scale_up_processor.go), with the
+          node groups' reasons: "max node group size reached", "in backoff after failed scale-up", "Insufficient
+          nvidia.com/gpu" (a new node would not hold the pod), "node(s) didn't match Pod's node affinity/selector".
+        The pool's own objects are the stack's node pool, which publishes no events of its own here."""
+        from byoc.kube_events import event_time, events_about, message_of
 
+        provisioner = self.node_provisioner
+        events = [e for e in cluster.list("events") or [] if isinstance(e, dict)]
         reasons: list[str] = []
-        for event in events_about(cluster.list("events"), waiting):
-            reason = str(event.get("reason", ""))
-            message = str(event.get("message", "")).strip()
-            if reason == "FailedScaleUp":
-                if "quota exceeded" in message:
-                    reasons.append(f"no GPU quota: {message} (ask for more: `byoc preflight` shows the quotas)")
-                elif "out of resources" in message:
-                    reasons.append(f"no capacity in the zone: {message}")
-                else:
-                    reasons.append(f"the node pool could not grow: {message}")
-            elif reason == "NotTriggerScaleUp" and "max node group size reached" in message:
-                reasons.append(f"the node pool's maximum is reached: {message}")
+        for pod in waiting:
+            mine = events_about(events, [pod])
+            moved = provisioner.launch_progress(mine, events)
+            for event in mine:
+                when = event_time(event)
+                if not provisioner.refused(event) or (moved is not None and when is not None and moved > when):
+                    continue  # not a refusal, or a scale-up triggered since it: a node is coming
+                reasons.append(scale_up_refusal(str(event.get("reason")), message_of(event)))
         return reasons
 
     def key_region(self, key: str) -> str | None:
@@ -334,3 +339,23 @@ class Gcp(Cloud):
         from byoc.clouds.gcp_sweep import sweep
 
         return sweep(target, delete, **options)
+
+
+def scale_up_refusal(reason: str, message: str) -> str:
+    """The cluster autoscaler's refusal of a scale-up for a pod, in its words with what it means: `reason`
+    FailedScaleUp or NotTriggerScaleUp, `message` the event's (see `Gcp.capacity_blockers` for the sources)."""
+    if reason == "FailedScaleUp":
+        if "quota exceeded" in message:
+            return f"no GPU quota: {message} (ask for more: `byoc preflight` shows the quotas)"
+        if "out of resources" in message:
+            return f"no capacity in the zone: {message}"
+        return f"the node pool could not grow: {message}"
+    if "max node group size reached" in message:
+        return f"the node pool's maximum is reached: {message}"
+    if "in backoff after failed scale-up" in message:
+        return f"the node pool is in backoff after a failed scale-up: {message}"
+    if "wouldn't fit if a new node is added" in message or "Insufficient " in message:
+        return f"a new node of the pool would not hold the pod: {message}"
+    if "didn't match Pod's node affinity/selector" in message:
+        return f"no node pool matches the pod's node selector: {message}"
+    return f"the cluster autoscaler adds no node for the pod: {message}"
