@@ -11,9 +11,13 @@ Health rules (`judge`):
 - a completion succeeded while readiness lags: serving, with a warning;
 - a completion succeeded and every desired replica is ready: healthy;
 - no replica wanted (scaled to zero): scaled to zero;
-- replicas missing and the newest serving pod waking: the phase of its wake (node launching, image pulling,
-  weights fetching, engine loading; byoc/wake.py), how long it has taken beside the cold-start estimate, and what
-  it waits for;
+- replicas missing and the serving ReplicaSets making no pod (a ResourceQuota, a Pod Security or webhook
+  rejection: their FailedCreate events, `kube_events.pod_creation_failures`): unhealthy, in the controller's words;
+- replicas missing and a wake that cannot finish without a change (an image the registry refuses, a missing secret,
+  a crash loop: `WakeProgress.permanent`): unhealthy, with where the wake stopped (so `status --watch` ends);
+- replicas missing and a serving pod waking (the one furthest behind): the phase of its wake (node launching,
+  image pulling, weights fetching, engine loading; byoc/wake.py), how long it has taken beside the cold-start
+  estimate, and what it waits for;
 - replicas missing and a serving pod not bound to a node: why GPU replicas are not coming, in the words of the
   cloud's node provisioner about this deployment's pods and GPU pool only (`Cloud.gpu_blockers`: on AWS Karpenter's
   NodeClaim conditions and events of the GPU NodePool and its limit events on the pods, on GKE the cluster
@@ -83,7 +87,18 @@ def probe_endpoint(endpoint: str | None, model: str, timeout_s: float = 20.0) ->
         return Probe("failed", "the completion's answer is not JSON")
 
 
-def judge(desired: int, ready: int, probe: Probe, blockers: list[str], wake: str | None = None) -> str:
+def judge(
+    desired: int,
+    ready: int,
+    probe: Probe,
+    blockers: list[str],
+    wake: str | None = None,
+    permanent: bool = False,
+    no_pods: list[str] | None = None,
+) -> str:
+    """The health line. `blockers`: why GPU nodes are not coming; `wake`: where the wake furthest behind is, and
+    `permanent` when it cannot finish without a change (an image the registry refuses, a missing secret, a crash
+    loop: byoc/wake.py); `no_pods`: why the serving ReplicaSets create no pod (a quota, an admission rejection)."""
     if probe.outcome == "failed":
         return f"unhealthy: Kubernetes reports {ready}/{desired} ready but a completion failed: {probe.detail}"
     if probe.outcome == "ok":
@@ -93,6 +108,10 @@ def judge(desired: int, ready: int, probe: Probe, blockers: list[str], wake: str
     if desired == 0:
         return "scaled to zero: the first request wakes a replica"
     if ready < desired:
+        if no_pods:
+            return f"unhealthy ({ready}/{desired} ready): no serving pod can be made: " + "; ".join(no_pods)
+        if wake and permanent:
+            return f"unhealthy ({ready}/{desired} ready): the wake cannot finish without a change: {wake}"
         if blockers:
             return f"waiting for GPUs ({ready}/{desired} ready): " + "; ".join(blockers)
         if wake:
@@ -236,6 +255,7 @@ def observe(
     """{"health", "replicas", "endpoint", "artifact"} for one deployment, and "wake" while a replica wakes.
     `now` is the time elapsed durations are counted to (the clock's when None)."""
     from byoc.cluster_api import ClusterUnreachable
+    from byoc.kube_events import pod_creation_failures
 
     seen: dict[str, Any] = {
         "replicas": None,
@@ -277,6 +297,7 @@ def observe(
         pool = str(record.outputs.get("gpu_node_pool", ""))
         blockers = get_cloud(record.cloud).gpu_blockers(cluster, pool, pods, now)
         wake = wake_of(record, cluster, now, pods) if desired > 0 and ready < desired else None
+        no_pods = pod_creation_failures(cluster.list("events", namespace), name, namespace) if desired > ready else []
     except ClusterUnreachable as exc:
         return seen | {"health": f"unknown: cannot read the cluster: {exc}"}
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
@@ -293,5 +314,6 @@ def observe(
         seen["wake"] = wake[1]
     if blockers and desired > ready:
         seen["blockers"] = blockers  # what the health line quotes, one per reason, for --output json
-    health = judge(desired, ready, result, blockers, wake[0] if wake else None)
+    permanent = bool(wake and wake[1].get("permanent"))
+    health = judge(desired, ready, result, blockers, wake[0] if wake else None, permanent, no_pods)
     return seen | {"health": health, "probe": result.outcome}

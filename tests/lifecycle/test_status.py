@@ -393,3 +393,49 @@ def test_one_deployment_the_cluster_answers_badly_for_does_not_hide_the_others(
     assert rows["other"]["health"] == "scaled to zero: the first request wakes a replica"
     # read as unknown, saying so (or, where every field is read null-safely, as a wake without its events)
     assert rows["demo"]["health"].startswith(("unknown", "starting", "waking")), rows["demo"]["health"]
+
+
+def test_a_wake_that_cannot_finish_is_unhealthy_and_ends_a_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing secret (CreateContainerConfigError) never fixes itself: status says unhealthy, with where the wake
+    stopped, so `byoc status --watch` stops polling instead of waiting out its --timeout."""
+    from byoc.commands.live import _settled
+
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = RecordedCluster(desired=1, ready=0)
+    pod = pending_pod("byoc-demo-serving-7d9f-abcde", 900, node="ip-10-42-1-7")
+    pod["status"]["initContainerStatuses"] = [
+        {"name": "fetch-artifacts", "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    ]
+    missing = {"reason": "CreateContainerConfigError", "message": 'secret "byoc-demo-keys" not found'}
+    pod["status"]["containerStatuses"] = [{"name": "trtllm-serve", "restartCount": 0, "state": {"waiting": missing}}]
+    cluster.objects["pods"] = [pod]
+    row = health(tmp_path, cluster)
+    assert row["health"].startswith("unhealthy (0/1 ready): the wake cannot finish without a change: ")
+    assert 'secret "byoc-demo-keys" not found' in row["health"]
+    assert row["wake"]["permanent"] is True
+    assert _settled([row])
+
+
+def test_a_replicaset_that_makes_no_pod_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No serving pod at all (a ResourceQuota, an admission rejection): the ReplicaSet controller's own words, not
+    `starting: 0/1 ready` for ever."""
+    monkeypatch.delenv("BYOC_API_KEY", raising=False)
+    cluster = RecordedCluster(desired=1, ready=0)
+    quota = 'Error creating: pods "byoc-demo-serving-7d9f-x" is forbidden: exceeded quota: byoc-demo-quota'
+    cluster.objects["events"] = [
+        {
+            "reason": "FailedCreate",
+            "involvedObject": {"kind": "ReplicaSet", "name": "byoc-demo-serving-7d9f85c6b4", "namespace": "byoc-demo"},
+            "message": quota,
+            "count": 12,
+            "firstTimestamp": stamp(600),
+            "lastTimestamp": stamp(20),
+        }
+    ]
+    row = health(tmp_path, cluster)
+    assert row["health"] == (
+        "unhealthy (0/1 ready): no serving pod can be made: ReplicaSet byoc-demo-serving-7d9f85c6b4 cannot create "
+        f"pods (FailedCreate, 12x): {quota}"
+    )
