@@ -12,8 +12,10 @@ model and `python scripts/calibrate_planner.py` re-fits and prints the error on 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -371,9 +373,33 @@ def store_estimate(cloud: str) -> StoreEstimate:
     )
 
 
+# `byoc estimate --price-per-gpu-hour`: the user's own price per GPU-hour, for every node a figure prices within
+# `priced_per_gpu_hour` (the serving nodes, each region's, the warm pool's). It prices only: which machine a shape
+# lands on stays the plan's choice, made on list prices.
+_PRICE_PER_GPU_HOUR: ContextVar[float | None] = ContextVar("byoc_price_per_gpu_hour", default=None)
+
+
+@contextlib.contextmanager
+def priced_per_gpu_hour(price: float | None) -> Iterator[None]:
+    """Within it, every node is priced at `price` USD per GPU-hour x its GPUs (None: the catalog's list prices)."""
+    token = _PRICE_PER_GPU_HOUR.set(price)
+    try:
+        yield
+    finally:
+        _PRICE_PER_GPU_HOUR.reset(token)
+
+
+def node_hourly_usd(instance: InstanceType, price_per_gpu_hour: float | None = None) -> float:
+    """What one node of `instance` costs per hour (USD): `price_per_gpu_hour` x its GPUs where given (or set by
+    `priced_per_gpu_hour`), else the catalog's on-demand list price (byoc/catalogs/instances.yaml)."""
+    price = price_per_gpu_hour if price_per_gpu_hour is not None else _PRICE_PER_GPU_HOUR.get()
+    return instance.hourly_usd if price is None else price * instance.gpus
+
+
 def _node(instance: InstanceType, shape: DeploymentShape, price_per_gpu_hour: float | None) -> Node:
-    hourly = instance.hourly_usd if price_per_gpu_hour is None else price_per_gpu_hour * instance.gpus
-    return Node(instance.name, instance.gpus, hourly, instance.gpus // shape.count)
+    return Node(
+        instance.name, instance.gpus, node_hourly_usd(instance, price_per_gpu_hour), instance.gpus // shape.count
+    )
 
 
 def _per_million(hourly_usd: float, tokens_per_s: float) -> float:
@@ -486,8 +512,9 @@ def default_concurrency_target(throughput: ThroughputEstimate) -> int:
 # --- warm pool (cold_start.warm_pool; issue 24) -------------------------------------------------------------------
 def warm_pool_hourly_usd(instance: InstanceType, nodes: int) -> float:
     """What `nodes` idle GPU nodes of `instance` cost per hour (USD, the catalog's on-demand list price, billed whole
-    whether a replica runs on them or not): the price of skipping the node launch on a wake (byoc/caches.py)."""
-    return round(instance.hourly_usd * nodes, 2)
+    whether a replica runs on them or not; or the price `priced_per_gpu_hour` sets): the price of skipping the node
+    launch on a wake (byoc/caches.py)."""
+    return round(node_hourly_usd(instance) * nodes, 2)
 
 
 @dataclass(frozen=True)
@@ -555,10 +582,11 @@ def warm_pool_budget(placeholders: int, shape: DeploymentShape, budget: Any) -> 
 def check_warm_pool(
     nodes: int, min_replicas: int, max_replicas: int, replicas_per_node: int, instance_type: str, region: str
 ) -> None:
-    """A warm node is taken only by a replica past min_replicas (the first min_replicas always run): a pool larger
-    than the nodes those `max_replicas - min_replicas` replicas fill, at `replicas_per_node` on `region`'s
-    `instance_type`, keeps GPU nodes no replica can ever take: refused. A multi-region deployment checks each region,
-    whose machine (and so replicas per node) may differ.
+    """A warm node is taken only by a replica that needs a node the first min_replicas do not already hold: the
+    nodes `max_replicas` fill less those `min_replicas` fill, at `replicas_per_node` on `region`'s `instance_type`
+    (a replica past the minimum lands first in a free slot of the minimum's last node). A pool larger than that
+    keeps GPU nodes no replica can ever take: refused. A multi-region deployment checks each region, whose machine
+    (and so replicas per node) may differ.
 
     Raises:
         ByocError: naming cold_start.warm_pool (or its flag, byoc.errors.fields_as_flags), the region and its
@@ -566,17 +594,27 @@ def check_warm_pool(
     """
     extra = max(max_replicas - min_replicas, 0)
     per_node = max(replicas_per_node, 1)
-    most = math.ceil(extra / per_node)
+    held = math.ceil(min_replicas / per_node)
+    most = max(math.ceil(max_replicas / per_node) - held, 0)
     if nodes <= most:
         return
     node_word = "node" if most == 1 else "nodes"
-    fills = (
-        f"min_replicas {min_replicas} and max_replicas {max_replicas} leave no replica past the minimum to take a "
-        "warm node"
-        if extra == 0
-        else f"the {extra} replica(s) past min_replicas {min_replicas} (up to max_replicas {max_replicas}) fill at "
-        f"most {most} {instance_type} {node_word} there ({per_node} replica(s) per node)"
-    )
+    if extra == 0:
+        fills = (
+            f"min_replicas {min_replicas} and max_replicas {max_replicas} leave no replica past the minimum to take "
+            "a warm node"
+        )
+    elif most == 0:
+        fills = (
+            f"the {extra} replica(s) past min_replicas {min_replicas} (up to max_replicas {max_replicas}) fit on the "
+            f"{held} {instance_type} node(s) the minimum already holds there ({per_node} replica(s) per node)"
+        )
+    else:
+        fills = (
+            f"the {extra} replica(s) past min_replicas {min_replicas} (up to max_replicas {max_replicas}) need at "
+            f"most {most} {instance_type} {node_word} there beyond the minimum's {held} ({per_node} replica(s) per "
+            "node)"
+        )
     raise ByocError(
         "cold_start.warm_pool",
         f"{nodes} warm node(s) in {region}, but {fills}: "

@@ -489,8 +489,8 @@ class ColdStart(_Strict):
         description="GPU nodes kept running with the images pulled and no replica (held by low-priority "
         "placeholder pods that a replica preempts), so a wake skips the node launch; each costs its instance's "
         "hourly price, always, in each region of the deployment (plan.json cold_start_caches.warm_pool, per_region). "
-        "At most the nodes that max_replicas - min_replicas replicas fill in each region: only a replica past the "
-        "minimum takes a warm node.",
+        "At most the nodes max_replicas replicas fill less those min_replicas fill, in each region: only a replica "
+        "past the minimum that finds no free slot on the minimum's nodes takes a warm node.",
     )
 
     @field_validator("image_disk")

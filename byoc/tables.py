@@ -16,12 +16,15 @@ def _model(model: str | ModelRef) -> ModelArch:
     return resolve_model(model)[0]
 
 
-def priced_instance(cloud: Any, shape: rules.DeploymentShape, candidates: list[Any], needs: Any) -> Any:
-    """The machine `estimate` and `shapes` price a shape on: the one `byoc plan` launches for it with region GLOBAL
-    (the first region offering a candidate, and the first candidate offered there), so all three name the same
-    type; the first candidate where no region offers one (the catalog's best guess)."""
+def priced_instance(
+    cloud: Any, shape: rules.DeploymentShape, candidates: list[Any], needs: Any, region: str = "GLOBAL"
+) -> Any:
+    """The machine `estimate` and `shapes` price a shape on: the one `byoc plan` launches for it in `region` (a
+    region id, or a mega-region's first region offering a candidate, and the first candidate offered there: a
+    spec's region with `estimate -f`, GLOBAL otherwise), so all three name the same type; the first candidate where
+    no region offers one (the catalog's best guess)."""
     try:
-        name = cloud.place("GLOBAL", shape, needs).instance_type
+        name = cloud.place(region, shape, needs).instance_type
     except ByocError:
         return candidates[0]
     return next((t for t in candidates if t.name == name), candidates[0])
@@ -65,7 +68,7 @@ def estimate_row(
     # priced on the first machine whose node holds the shape's pods (byoc/sizing.py), as `byoc plan` places it
     needs = sizing.pod_needs(shape, model)
     candidates = cloud.instance_candidates(shape, needs)
-    instance = priced_instance(cloud, shape, candidates, needs) if candidates else cloud.gpu_types(shape)[0]
+    instance = priced_instance(cloud, shape, candidates, needs, region) if candidates else cloud.gpu_types(shape)[0]
     row: dict[str, Any] = {
         "model": model.id,
         "shape": shape.name,

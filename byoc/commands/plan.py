@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -436,6 +437,7 @@ def estimate(
     """Memory fit, max throughput, cost (nodes billed whole) and cold start of a model on a shape, from flags or
     from a spec (-f; a flag given beside it overrides the spec's value)."""
     from byoc.errors import fields_as_flags
+    from byoc.planner import priced_per_gpu_hour
     from byoc.resolve import ModelDoesNotFit, resolve
     from byoc.tables import estimate_row
 
@@ -454,6 +456,10 @@ def estimate(
     }
     deployment: Deployment | None = None
     with reporting(output):
+        if price_per_gpu_hour is not None and not math.isfinite(price_per_gpu_hour):
+            raise ByocError(
+                "--price-per-gpu-hour", f"{price_per_gpu_hour} is not a price", "pass dollars per GPU-hour, e.g. 2.5"
+            )
         if file is None and (model is None or shape is None):
             raise ByocError(
                 "--model" if model is None else "--shape",
@@ -463,7 +469,8 @@ def estimate(
         # the spec the flags and the file make: validate's rules (the cloud's fields, every region's checks, the
         # multi-region rules) decide whether it is valid, in the words the user gave it (a flag or a spec field)
         spec, flags = _estimate_spec(file, given)
-        with fields_as_flags(flags):
+        # the user's price, where given, for every node the estimate prices (each region's, the warm pool's)
+        with fields_as_flags(flags), priced_per_gpu_hour(price_per_gpu_hour):
             with contextlib.suppress(ModelDoesNotFit):  # the memory lines below say why, then exit 2
                 deployment = resolve(spec)
             # the spec's cold_start options, in its words: the estimate renders them as `byoc plan` does

@@ -136,7 +136,10 @@ def test_estimate_from_each_example_spec_uses_its_cold_start_options(tmp_path: P
         spec = yaml.safe_load(example.read_text())
         assert data["cloud"] == spec["cloud"]
         assert data["cold_start"]["total_seconds"] > 0
-    spec = yaml.safe_load(EXAMPLES[0].read_text()) | {"cold_start": {"warm_pool": 1, "weights_cache": "none"}}
+    # examples/byoc.yaml: scales from zero, so a warm node can take its first replica (b200-fp4's min_replicas 1
+    # holds a p6-b200.48xlarge with room for its max_replicas 2: a warm node there is refused)
+    example = next(e for e in EXAMPLES if e.name == "byoc.yaml")
+    spec = yaml.safe_load(example.read_text()) | {"cold_start": {"warm_pool": 1, "weights_cache": "none"}}
     path = tmp_path / "byoc.yaml"
     path.write_text(yaml.safe_dump(spec))
     options = estimate_json("-f", str(path))["cold_start"]["options"]
@@ -150,7 +153,7 @@ def test_estimate_from_each_example_spec_uses_its_cold_start_options(tmp_path: P
     assert options["plan_renders"] == {"image_cache": False, "weights_cache": "none", "weights_on": "root_disk"}
     assert "FastImagePull is slower than a plain pull below 600 MiB/s" in options["why"][0]
     # a flag given beside the spec wins over it; what is not given is the spec's
-    data = estimate_json("-f", str(EXAMPLES[0]), "--max-replicas", "5")
+    data = estimate_json("-f", str(example), "--max-replicas", "5")
     assert data["cost"]["at_max_replicas"]["replicas"] == 5
     assert data["cost"]["at_min_replicas"]["replicas"] == spec["autoscaling"]["min_replicas"]
     options = estimate_json("-f", str(path), "--no-image-cache", "--warm-pool", "0")["cold_start"]["options"]

@@ -149,3 +149,55 @@ def test_the_cold_start_is_from_zero_only_at_min_replicas_0(tmp_path: Path) -> N
         assert "from zero" not in line and "for a new replica past min_replicas 2" in line
     code, text = byoc("estimate", *FLAGS)
     assert code == 0 and "from zero" in next(x for x in text.splitlines() if x.strip().startswith("cold start"))
+
+
+def test_a_spec_in_one_region_is_priced_on_that_regions_machine(tmp_path: Path) -> None:
+    """eu-north-1 offers no p5.4xlarge: the plan launches p5.48xlarge there, and estimate prices the same machine
+    (it priced GLOBAL's p5.4xlarge, an eighth of the bill)."""
+    spec = written(tmp_path, region="eu-north-1", autoscaling={"min_replicas": 1, "max_replicas": 8})
+    code, out = byoc("estimate", "-f", str(spec), "--output", "json")
+    assert code == 0, out
+    row = document(out)
+    assert row["instance_type"] == "p5.48xlarge"
+    assert row["cost"]["at_min_replicas"]["hourly_usd"] == pytest.approx(P5_48)
+    code, out = byoc("validate", "-f", str(spec), "--output", "json")
+    assert document(out)["estimates"]["cost"]["at_min_replicas"]["hourly_usd"] == pytest.approx(P5_48)
+
+
+def test_the_users_price_per_gpu_hour_prices_every_node(tmp_path: Path) -> None:
+    """--price-per-gpu-hour 2: the serving nodes, each region's and the warm pool's all at $2 a GPU-hour (a
+    p5.4xlarge $2/h, a p5.48xlarge $16/h), so the lines add up to one another."""
+    spec = written(tmp_path, **EUROPE, autoscaling={"max_replicas": 4}, cold_start={"warm_pool": 1})
+    code, out = byoc("estimate", "-f", str(spec), "--price-per-gpu-hour", "2", "--output", "json")
+    assert code == 0, out
+    row = document(out)
+    assert row["warm_pool"]["hourly_usd"] == pytest.approx(2 + 16)
+    assert row["warm_pool"]["per_region"]["eu-north-1"]["hourly_usd"] == pytest.approx(16)
+    per_region = row["regions"]["per_region"]
+    assert per_region["eu-north-1"]["standing"]["warm_pool_hourly_usd"] == pytest.approx(16)
+    assert row["cost"]["standing"]["hourly_usd"] == pytest.approx(2)  # eu-west-2's, as cost.region says
+    # the machines stay the plan's: the price changes what they cost, not which they are
+    assert per_region["eu-north-1"]["instance_type"] == "p5.48xlarge"
+
+
+@pytest.mark.parametrize("price", ["inf", "nan", "-inf"])
+def test_a_price_that_is_not_a_number_is_refused(price: str) -> None:
+    code, out = byoc("estimate", *FLAGS, "--price-per-gpu-hour", price)
+    assert code == 2 and "--price-per-gpu-hour" in out and "Traceback" not in out
+
+
+def test_a_warm_node_the_minimums_node_has_room_for_is_refused(tmp_path: Path) -> None:
+    """min 1, max 8 in eu-north-1: the 7 replicas past the minimum fit the free slots of the minimum's p5.48xlarge,
+    so a warm node would never be taken."""
+    spec = written(
+        tmp_path, region="eu-north-1", autoscaling={"min_replicas": 1, "max_replicas": 8}, cold_start={"warm_pool": 1}
+    )
+    for command in ("validate", "estimate"):
+        code, out = byoc(command, "-f", str(spec))
+        assert code == 2, out
+        assert "fit on the 1 p5.48xlarge node(s) the minimum already holds there" in out
+    # one more than a node's worth past it needs a node of its own: a warm node can take it
+    spec = written(
+        tmp_path, region="eu-north-1", autoscaling={"min_replicas": 1, "max_replicas": 9}, cold_start={"warm_pool": 1}
+    )
+    assert byoc("validate", "-f", str(spec))[0] == 0
