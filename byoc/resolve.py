@@ -18,7 +18,7 @@ from byoc.caches import NodeCaches
 from byoc.catalogs import MEGA_REGIONS, ModelArch, load_catalog, model_from_hf_config
 from byoc.clouds import Cloud, Placement, get_cloud
 from byoc.coldstart import ColdStartEstimate, estimate_cold_start
-from byoc.errors import ByocError, ByocWarning, setting
+from byoc.errors import ByocError, ByocWarning, named, setting
 from byoc.names import region_code, resource_name
 from byoc.spec import (
     Addon,
@@ -563,7 +563,7 @@ def check_fit(spec: Spec, model: ModelArch, shape: rules.DeploymentShape, memory
         options.append(f"try {smallest}, the cheapest shape that holds it with its node billed whole")
     longest = planner.longest_context_that_fits(memory)
     if longest >= 1024:
-        options.append(f"set max_context <= {longest}")
+        options.append(f"set {named('max_context')} <= {longest}")
     raise ModelDoesNotFit(
         "shape", detail, ", or ".join(options) or "no catalog shape holds this model; use a larger GPU"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from byoc.catalogs import PRECISIONS, Gpu, ModelArch, Precision, load_catalog
-from byoc.errors import ByocError, ByocWarning
+from byoc.errors import ByocError, ByocWarning, named
 from byoc.spec import HPA_WINDOW_MAX, SCALE_TO_ZERO_MIN, SHAPE_PATTERN, Spec
 
 GPU_COUNTS = (1, 2, 4, 8)
@@ -127,7 +127,7 @@ def check_autoscaling(spec: Spec) -> None:
         raise ByocError(
             "autoscaling.min_replicas",
             f"min_replicas {scaling.min_replicas} is above max_replicas {scaling.max_replicas}",
-            f"set max_replicas to at least {scaling.min_replicas}",
+            f"set {named('autoscaling.max_replicas')} to at least {scaling.min_replicas}",
         )
     if scaling.min_replicas > 0 and "scale_to_zero_window" in scaling.model_fields_set:
         raise ByocError(
@@ -211,7 +211,7 @@ def check_max_context(max_context: int, model_max: int, model_id: str) -> None:
         raise ByocError(
             "max_context",
             f"{max_context} is longer than {model_id}'s context window of {model_max}",
-            f"use max_context <= {model_max}",
+            f"use {named('max_context')} <= {model_max}",
         )
 
 

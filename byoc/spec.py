@@ -716,6 +716,15 @@ def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
     return list(current.model_fields) if current is not None else []
 
 
+def _as_written(value: Any) -> str:
+    """A value as the spec's YAML writes it (null, true, 'text'), not as Python prints it (None, True)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -> ByocError:
     """Turn pydantic's first error into one message that names the field and a fix."""
     errors = exc.errors()
@@ -740,10 +749,10 @@ def error_from_validation(exc: ValidationError, model: type[BaseModel] = Spec) -
         return ByocError(field, "is required", f"add `{loc[-1]}:` to the spec{flag}")
     if kind == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
-        return ByocError(field, f"{first['input']!r} is not allowed", f"use one of {expected}")
+        return ByocError(field, f"{_as_written(first['input'])} is not allowed", f"use one of {expected}")
     message = str(first["msg"]).removeprefix("Value error, ")
     if kind == "bool_type":  # a quoted word or a number where YAML's true/false belongs
-        message = f"{first['input']!r} is not true or false"
+        message = f"{_as_written(first['input'])} is not true or false"
     hint = {
         "greater_than_equal": "use a value at or above the minimum",
         "greater_than": "use a larger value",

@@ -115,7 +115,8 @@ def _summary_lines(deployment: Deployment) -> list[str]:
         f"{pods.allocatable.allocatable.text()} allocatable ({pods.daemonsets.text()} left to its DaemonSets)",
         f"cost        node {node.instance_type} ${node.hourly_usd:.2f}/h, billed whole, "
         f"{_replicas(node.replicas_per_node)} per node{share}",
-        f"floor       {floor_text(c)}; ${top.hourly_usd + c.standing.hourly_usd:,.2f}/h ({top.nodes} nodes"
+        f"floor       {floor_text(c)}; ${top.hourly_usd + c.standing.hourly_usd:,.2f}/h ({top.nodes} "
+        + ("node" if top.nodes == 1 else "nodes")
         + (f", plus {c.standing.what}" if c.standing.hourly_usd else "")
         + f") at max_replicas {top.replicas}"
         + (f" (in {p.region}; every region's below)" if deployment.multi_region else ""),
@@ -455,6 +456,7 @@ def estimate(
         "cold_start.image_disk": image_disk,
     }
     deployment: Deployment | None = None
+    does_not_fit: ByocError | None = None
     with reporting(output):
         if price_per_gpu_hour is not None and not math.isfinite(price_per_gpu_hour):
             raise ByocError(
@@ -471,8 +473,10 @@ def estimate(
         spec, flags = _estimate_spec(file, given)
         # the user's price, where given, for every node the estimate prices (each region's, the warm pool's)
         with fields_as_flags(flags), priced_per_gpu_hour(price_per_gpu_hour):
-            with contextlib.suppress(ModelDoesNotFit):  # the memory lines below say why, then exit 2
+            try:
                 deployment = resolve(spec)
+            except ModelDoesNotFit as exc:  # the memory lines below say why, then exit 2 with validate's words
+                does_not_fit = exc
             # the spec's cold_start options, in its words: the estimate renders them as `byoc plan` does
             # (byoc/resolve.py wake_from_zero) and says where the plan does otherwise, and why
             options = {"image_cache", "weights_cache", "warm_pool", "image_disk"}
@@ -496,11 +500,12 @@ def estimate(
     model = row["model"]
     misfit = None
     if not row["fits"]:
-        # As validate does: a model that does not fit is invalid input (exit 2), the memory lines still shown.
-        misfit = ByocError(
+        # As validate does, in its words: a model that does not fit is invalid input (exit 2), the memory lines
+        # still shown.
+        misfit = does_not_fit or ByocError(
             "shape",
             f"{model} does not fit {shape} at max_context {row['memory']['max_context']}",
-            f"`byoc shapes --model {model}` lists the shapes that hold it, or lower --max-context",
+            f"`byoc shapes --model {model}` lists the shapes that hold it",
         )
     if output is Output.json:
         print_json({**row, "error": misfit.as_dict()} if misfit else row)
@@ -599,6 +604,9 @@ def _add_standing(row: dict[str, Any], deployment: Deployment) -> None:
     )
     paid = row["cost"]["at_min_replicas"]["hourly_usd"] + standing.hourly_usd
     row["cost"] |= {"standing": standing.as_dict(), "paid_at_min_replicas_hourly_usd": round(paid, 4)}
+    # the region the top-level figures are for (a multi-region spec's primary: `regions` has every region's), as
+    # plan.json's estimates.region
+    row["region"] = deployment.region
     if deployment.multi_region:
         row["cost"]["region"] = deployment.region
         row["regions"] = deployment.region_estimates()
@@ -722,10 +730,12 @@ def _estimate_cost_lines(row: dict[str, Any], input_tokens: int, output_tokens: 
         lines.append(f"  budget             {row['warm_pool_budget']['words']}{each}")
     store = row.get("store")
     if store:
+        regions = len(row["regions"]["per_region"]) if row.get("regions") else 1
         lines.append(
             f"  shared store       {store['service']}, {store['nodes']} nodes, ${store['hourly_usd']:,.4f}/h "
-            f"(${store['monthly_usd']:,.2f}/month) at every replica count (gateway.store: managed; "
-            f"{store['price_source']})"
+            f"(${store['monthly_usd']:,.2f}/month) at every replica count"
+            + (f" in each of {regions} regions (the regions below count each one's)" if regions > 1 else "")
+            + f" (gateway.store: managed; {store['price_source']})"
         )
     for fallback in cost["fallback_nodes"]:
         lines.append(

@@ -240,11 +240,12 @@ def test_estimate_says_when_a_model_does_not_fit() -> None:
     assert result.exit_code == 2  # as validate: invalid input, the estimate still shown
     data = json.loads(result.stdout)
     assert data["fits"] is False
-    assert data["error"]["field"] == "shape" and "byoc shapes --model" in data["error"]["hint"]
+    # validate's words, the input named as given (a flag here): what does not fit, and the shape that would
+    assert data["error"]["field"] == "--shape" and "the cheapest shape that holds it" in data["error"]["hint"]
     text = byoc("estimate", "--model", "llama-3.1-70b-instruct", "--shape", "l4x1-fp8")
     assert text.returncode == 2
     assert "fits               NO" in text.stdout
-    assert text.stderr.startswith("error: shape: llama-3.1-70b-instruct does not fit l4x1-fp8")
+    assert text.stderr.startswith("error: --shape: llama-3.1-70b-instruct does not fit l4x1-fp8")
 
 
 def test_estimate_with_own_price() -> None:

@@ -201,3 +201,16 @@ def test_a_warm_node_the_minimums_node_has_room_for_is_refused(tmp_path: Path) -
         tmp_path, region="eu-north-1", autoscaling={"min_replicas": 1, "max_replicas": 9}, cold_start={"warm_pool": 1}
     )
     assert byoc("validate", "-f", str(spec))[0] == 0
+
+
+def test_messages_name_what_the_user_wrote(tmp_path: Path) -> None:
+    """Flags by their flags; YAML's null and false as YAML writes them, not as Python prints them."""
+    code, out = byoc("estimate", *FLAGS, "--min-replicas", "3", "--max-replicas", "2")
+    assert code == 2 and "set --max-replicas to at least 3" in out
+    code, out = byoc("estimate", *FLAGS, "--max-context", "100000000")
+    assert code == 2 and "use --max-context <= 131072" in out
+    code, out = byoc("validate", "-f", str(written(tmp_path, batch={"enabled": None})))
+    assert code == 2 and "batch.enabled: null is not true or false" in out
+    # estimate's JSON says which region its top-level figures are (as plan.json's estimates.region)
+    code, out = byoc("estimate", "-f", str(written(tmp_path, **EUROPE)), "--output", "json")
+    assert code == 0 and document(out)["region"] == "eu-west-2"
